@@ -1,0 +1,23 @@
+/* One logging entry point for the server and tools.
+ * Messages go to stderr; under systemd (JOURNAL_STREAM set, or forced) each
+ * line gets a "<N>" syslog priority prefix that journald understands. */
+#ifndef VHDNBD_LOG_H
+#define VHDNBD_LOG_H
+
+enum log_level {
+  LOG_LEVEL_ERR = 3,
+  LOG_LEVEL_WARNING = 4,
+  LOG_LEVEL_NOTICE = 5,
+  LOG_LEVEL_INFO = 6,
+  LOG_LEVEL_DEBUG = 7,
+};
+
+/* Messages above this level are dropped (default: NOTICE). */
+void log_set_level(enum log_level max);
+enum log_level log_get_level(void);
+void log_set_program(const char *name);
+/* prefix: -1 auto-detect from JOURNAL_STREAM, 0 never, 1 always */
+void log_set_priority_prefix(int mode);
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

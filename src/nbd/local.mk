@@ -1,0 +1,1 @@
+# NBD codec (bytes <-> options, requests, replies); no sockets.

@@ -1,0 +1,1 @@
+# vhdnbd, the server.

@@ -1,0 +1,208 @@
+/* vhd.h: the VHD sector-mapping engine, the one header the rest of vhdnbd uses.
+ *
+ * The engine opens, validates, reads, writes, creates and checks Microsoft VHD
+ * images (fixed, dynamic, differencing).  It knows nothing of sockets or event
+ * loops: callers hand it byte ranges and buffers.
+ *
+ * Errors: every function returns 0 (or a count) on success and a negative errno
+ * on failure; when a `struct vhd_err *` is passed (it may be NULL) it receives a
+ * message naming the file, field or request at fault.
+ *
+ * Concurrency contract (one vhd_t shared by many threads):
+ *   - vhd_read, vhd_map and vhd_write/vhd_write_zeroes may be called from
+ *     several threads at once.  Reads and writes into already-allocated blocks
+ *     run in parallel (plain pread/pwrite on the image); block allocation and
+ *     every metadata update (BAT, sector bitmaps, footer) are serialized by a
+ *     per-image mutex.
+ *   - The caller keeps overlapping requests ordered: two writes to the same
+ *     bytes, or a read and a write of the same bytes, running at the same time
+ *     give unspecified (but never corrupting) results.
+ *   - vhd_flush makes durable every write that completed before vhd_flush was
+ *     called; writes still running when it starts may or may not be covered.
+ *   - vhd_close must not race with anything else on the handle.
+ *
+ * Crash safety (see vhd-internal.h for the write order): whatever instant the
+ * process dies or the power fails, the image reopens as a valid VHD that holds
+ * every write completed before the last successful vhd_flush (or written with
+ * VHD_FUA).
+ */
+#ifndef VHDNBD_VHD_H
+#define VHDNBD_VHD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VHD_SECTOR_SIZE 512u
+#define VHD_DEFAULT_BLOCK_SIZE (2u * 1024 * 1024)
+#define VHD_MIN_BLOCK_SIZE 512u
+#define VHD_MAX_BLOCK_SIZE (256u * 1024 * 1024)
+/* 0xff000000 sectors: the largest size QEMU accepts, just under 2040 GiB. */
+#define VHD_MAX_VIRTUAL_SIZE (UINT64_C(0xff000000) * 512)
+/* Differencing chains deeper than this are refused (loops, hostile images). */
+#define VHD_MAX_CHAIN_DEPTH 32
+
+typedef struct vhd vhd_t;
+
+struct vhd_err {
+  char msg[1024];
+};
+
+enum vhd_type {
+  VHD_TYPE_FIXED = 2,
+  VHD_TYPE_DYNAMIC = 3,
+  VHD_TYPE_DIFFERENCING = 4,
+};
+
+/* How the virtual size is chosen (see doc/ and vhd_open):
+ * AUTO: the footer's current size, except for images whose creator is
+ *       "vpc " or "vs  " and whose geometry is not the 65535/16/255 maximum:
+ *       those expose cylinders*heads*sectors*512, as Virtual PC did. */
+enum vhd_size_rule {
+  VHD_SIZE_AUTO = 0,
+  VHD_SIZE_CURRENT,
+  VHD_SIZE_CHS,
+};
+
+/* vhd_open flags */
+#define VHD_OPEN_RDONLY 0x1u
+#define VHD_OPEN_NOLOCK 0x2u  /* skip the OFD lock (tests, vhdimg info on a served image) */
+#define VHD_OPEN_NOPARENT 0x4u /* differencing: do not open the parent (info/check) */
+
+struct vhd_open_opts {
+  unsigned flags;
+  enum vhd_size_rule size_rule;
+  /* Called for non-fatal findings (footer copy used, timestamp mismatch...);
+   * may be NULL, then warnings go nowhere. */
+  void (*warn)(void *opaque, const char *msg);
+  void *warn_opaque;
+};
+
+int vhd_open(const char *path, const struct vhd_open_opts *opts, vhd_t **out,
+             struct vhd_err *err);
+/* Flushes (when writable) and closes, parents included.  Returns the flush error. */
+int vhd_close(vhd_t *vhd, struct vhd_err *err);
+
+uint64_t vhd_virtual_size(const vhd_t *vhd);
+enum vhd_type vhd_get_type(const vhd_t *vhd);
+bool vhd_is_readonly(const vhd_t *vhd);
+const char *vhd_path(const vhd_t *vhd);
+/* Parent of a differencing disk (NULL otherwise, or with VHD_OPEN_NOPARENT). */
+vhd_t *vhd_parent(const vhd_t *vhd);
+
+struct vhd_info {
+  enum vhd_type type;
+  uint64_t virtual_size;   /* what the engine serves */
+  uint64_t current_size;   /* footer field */
+  uint64_t original_size;  /* footer field */
+  uint64_t chs_size;       /* cylinders*heads*sectors*512 */
+  uint16_t cylinders;
+  uint8_t heads;
+  uint8_t sectors_per_track;
+  char creator_app[5];     /* NUL-terminated, may hold NULs inside ("d2v\0") */
+  uint32_t creator_version;
+  uint32_t creator_os;
+  uint32_t features;
+  uint32_t timestamp;      /* seconds since 2000-01-01 UTC */
+  uint8_t uuid[16];
+  bool saved_state;
+  bool footer_copy_used;   /* trailing footer damaged, copy at 0 used */
+  /* dynamic and differencing only */
+  uint64_t header_offset;
+  uint64_t bat_offset;
+  uint32_t max_table_entries;
+  uint32_t block_size;
+  uint32_t allocated_blocks;
+  /* differencing only */
+  uint8_t parent_uuid[16];
+  uint32_t parent_timestamp;
+  char parent_name[1024];  /* the header's unicode name, as UTF-8 */
+  uint64_t file_size;
+};
+
+void vhd_get_info(const vhd_t *vhd, struct vhd_info *info);
+
+/* Reads len bytes at byte offset off.  Range must lie inside the virtual size. */
+int vhd_read(vhd_t *vhd, void *buf, uint64_t off, size_t len, struct vhd_err *err);
+
+/* write flags */
+#define VHD_FUA 0x1u        /* durable before returning */
+#define VHD_MAY_TRIM 0x2u   /* write_zeroes: whole blocks may be deallocated */
+#define VHD_NO_HOLE 0x4u    /* write_zeroes: the range must end up allocated */
+
+int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned flags,
+              struct vhd_err *err);
+/* Makes [off, off+len) read as zeros.  On a dynamic disk unallocated blocks stay
+ * unallocated, sectors of allocated blocks get their bitmap bits cleared, and
+ * with VHD_MAY_TRIM whole blocks lose their BAT entry.  On a differencing disk
+ * zeros are written (they must hide the parent).  With VHD_NO_HOLE zeros are
+ * written and allocated everywhere. */
+int vhd_write_zeroes(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags,
+                     struct vhd_err *err);
+/* A hint: zeroes whole sectors inside [off, off+len) the cheap way (no data
+ * written) where the image can; the range's content is undefined afterwards. */
+int vhd_trim(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags, struct vhd_err *err);
+/* Durably stores every write completed before the call. */
+int vhd_flush(vhd_t *vhd, struct vhd_err *err);
+
+/* True when write_zeroes over [off,off+len) needs no data writes (FAST_ZERO). */
+bool vhd_zero_is_fast(vhd_t *vhd, uint64_t off, uint64_t len);
+
+/* Mapping of a virtual range, in runs.  depth is the chain level that holds the
+ * data (0 = this image, 1 = its parent...), or -1 when no level does (reads as
+ * zeros).  file_offset is the byte offset in that level's file (0 when depth = -1). */
+enum vhd_map_flags {
+  VHD_MAP_DATA = 0x1,      /* some level holds these sectors */
+  VHD_MAP_ZERO = 0x2,      /* reads as zeros (unallocated everywhere) */
+};
+struct vhd_extent {
+  uint64_t offset;
+  uint64_t length;
+  unsigned flags;
+  int depth;
+  uint64_t file_offset;
+};
+/* Calls cb for consecutive runs covering [off, off+len); runs with equal flags,
+ * depth and contiguous file offsets are merged.  cb returns 0 to go on,
+ * non-zero to stop (vhd_map then returns that value). */
+typedef int (*vhd_map_cb)(void *opaque, const struct vhd_extent *ext);
+int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
+            struct vhd_err *err);
+
+/* Creation. */
+struct vhd_create_opts {
+  enum vhd_type type;
+  uint64_t size;            /* ignored for differencing (taken from the parent) */
+  uint32_t block_size;      /* 0 = 2 MiB */
+  bool exact_size;          /* keep size exactly (creator "qem2"-style); else CHS-rounded up */
+  const char *parent;       /* differencing: path of the parent */
+};
+int vhd_create(const char *path, const struct vhd_create_opts *opts, struct vhd_err *err);
+
+/* Geometry of the spec for a size in bytes; returns cylinders*heads*spt*512. */
+uint64_t vhd_geometry_for_size(uint64_t size, uint16_t *cyls, uint8_t *heads, uint8_t *spt);
+
+/* Consistency check.  Problems are reported through cb, one line each.
+ * Returns the VHD_CHECK_* bits found (0 = clean) or a negative errno when the
+ * image could not be examined at all. */
+#define VHD_CHECK_CORRUPT 0x1   /* errors that make data unreliable */
+#define VHD_CHECK_LEAKS 0x2     /* unreferenced space, stale footer copy: harmless */
+#define VHD_CHECK_REPAIRED 0x4  /* --repair changed the image */
+#define VHD_CHECK_WARNINGS 0x8  /* noteworthy but valid */
+struct vhd_check_opts {
+  bool repair;
+  void (*report)(void *opaque, const char *level, const char *msg);
+  void *opaque;
+};
+int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_err *err);
+
+/* Fault injection for crash tests: after `n` more writes or syncs to image
+ * files, every further write and sync fails with EIO and does nothing, as if
+ * the power had failed.  n < 0 disarms.  Also armed by the environment
+ * variable VHDNBD_FAULT_AFTER=N at first use. Process-wide. */
+void vhd_fault_arm(long n);
+bool vhd_fault_tripped(void);
+/* Drops a handle without flushing or writing anything (simulated crash). */
+void vhd_abandon(vhd_t *vhd);
+
+#endif

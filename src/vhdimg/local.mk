@@ -1,0 +1,1 @@
+# vhdimg, the image tool.

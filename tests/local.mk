@@ -1,0 +1,5 @@
+EXTRA_DIST += tests/functions.sh
+include tests/unit/local.mk
+include tests/server/local.mk
+include tests/interop/image.mk
+include tests/interop/server.mk
