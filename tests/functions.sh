@@ -41,3 +41,27 @@ fail() {
   echo "FAIL: $*" >&2
   exit 1
 }
+
+# start_vhdnbd SOCKPATH ARGS...: runs the server on a Unix socket in the
+# background and waits (at most ~10 s) until it has written its pidfile, which
+# it does only once it listens.  Sets VHDNBD_PID; the server is killed at exit.
+start_vhdnbd() {
+  local sock=$1
+  shift
+  local pidfile="$TMPD/vhdnbd.pid"
+  rm -f "$pidfile"
+  "$VHDNBD" -U "$sock" --pidfile "$pidfile" "$@" &
+  VHDNBD_PID=$!
+  cleanup_fn "kill $VHDNBD_PID 2>/dev/null; wait $VHDNBD_PID 2>/dev/null"
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if [ -s "$pidfile" ]; then
+      return 0
+    fi
+    if ! kill -0 "$VHDNBD_PID" 2>/dev/null; then
+      fail "vhdnbd exited before listening: $VHDNBD -U $sock $*"
+    fi
+    sleep 0.1
+  done
+  fail "vhdnbd did not write $pidfile within 10 s"
+}
