@@ -1,3 +1,14 @@
 noinst_LIBRARIES += libvhd.a
 libvhd_a_SOURCES = \
-	src/vhd/vhd.h
+	src/vhd/vhd.h \
+	src/vhd/vhd-internal.h \
+	src/vhd/io.c \
+	src/vhd/footer.c \
+	src/vhd/header.c \
+	src/vhd/bat.c \
+	src/vhd/chain.c \
+	src/vhd/open.c \
+	src/vhd/rw.c \
+	src/vhd/create.c \
+	src/vhd/check.c
+libvhd_a_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)

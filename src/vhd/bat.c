@@ -1,0 +1,211 @@
+/* bat.c: the block allocation table, sector bitmaps and block allocation. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "endian-be.h"
+#include "vhd-internal.h"
+
+struct extent_ref {
+  uint64_t start, end;
+  uint32_t blk; /* UINT32_MAX for metadata */
+  const char *what;
+};
+
+static int extent_cmp(const void *a, const void *b) {
+  const struct extent_ref *x = a, *y = b;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Loads the BAT and checks that every allocated block lies inside the file
+ * and overlaps neither metadata nor another block. */
+int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
+  const char *p = vhd->path;
+  uint64_t bat_off = vhd->header.table_offset;
+  uint64_t bat_bytes = (uint64_t)vhd->max_entries * 4;
+  uint64_t bat_span = ROUND_UP(bat_bytes, 512);
+  uint64_t fsz = vhd->file_size;
+  if (bat_off >= fsz || bat_bytes > fsz - bat_off)
+    return vhd_set_err(err, -EINVAL,
+                       "%s: BAT (table offset %llu, %u entries) lies beyond the end of the file "
+                       "(%llu bytes)",
+                       p, (unsigned long long)bat_off, vhd->max_entries, (unsigned long long)fsz);
+  if (bat_off < vhd->header_offset + VHD_HEADER_SIZE && bat_off + bat_bytes > vhd->header_offset)
+    return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the dynamic header at %llu",
+                       p, (unsigned long long)bat_off, (unsigned long long)vhd->header_offset);
+  if (bat_off < VHD_FOOTER_SIZE)
+    return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the footer copy at 0", p,
+                       (unsigned long long)bat_off);
+
+  CLEANUP_FREE uint8_t *raw = malloc(bat_bytes ? bat_bytes : 1);
+  vhd->bat = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
+  vhd->bitmaps = calloc((size_t)vhd->max_entries + 1, sizeof(uint8_t *));
+  vhd->block_dirty = calloc((size_t)vhd->max_entries + 1, 1);
+  vhd->dirty_blocks = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
+  size_t nsec = (size_t)(bat_span / 512) + 1;
+  vhd->bat_sector_dirty = calloc(nsec, 1);
+  vhd->dirty_bat_sectors = malloc(nsec * sizeof(uint32_t));
+  if (!raw || !vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks ||
+      !vhd->bat_sector_dirty || !vhd->dirty_bat_sectors)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory for a BAT of %u entries", p,
+                       vhd->max_entries);
+  int r = vhd_io_pread(vhd->fd, raw, bat_bytes, bat_off);
+  if (r < 0)
+    return vhd_set_err(err, r, "%s: reading the BAT at offset %llu: %s", p,
+                       (unsigned long long)bat_off, strerror(-r));
+
+  /* Metadata regions, then every block, sorted: neighbours must not overlap. */
+  size_t n = 0, cap = 3 + 8;
+  for (uint32_t i = 0; i < vhd->max_entries; i++)
+    if (be32_load(raw + 4 * i) != VHD_BAT_UNUSED)
+      cap++;
+  CLEANUP_FREE struct extent_ref *ext = malloc(cap * sizeof *ext);
+  if (!ext)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory checking the BAT", p);
+  ext[n++] = (struct extent_ref){0, VHD_FOOTER_SIZE, UINT32_MAX, "the footer copy"};
+  ext[n++] = (struct extent_ref){vhd->header_offset, vhd->header_offset + VHD_HEADER_SIZE,
+                                 UINT32_MAX, "the dynamic header"};
+  ext[n++] = (struct extent_ref){bat_off, bat_off + bat_bytes, UINT32_MAX, "the BAT"};
+  if (vhd->type == VHD_TYPE_DIFFERENCING) {
+    for (int i = 0; i < 8; i++) {
+      const struct vhd_locator *l = &vhd->header.locators[i];
+      if (l->code == VHD_PLAT_NONE || l->data_length == 0)
+        continue;
+      if (l->data_offset >= fsz || l->data_length > fsz - l->data_offset)
+        return vhd_set_err(err, -EINVAL,
+                           "%s: parent locator %d data (offset %llu, length %u) lies beyond "
+                           "the end of the file",
+                           p, i, (unsigned long long)l->data_offset, l->data_length);
+      ext[n++] = (struct extent_ref){l->data_offset, l->data_offset + l->data_length, UINT32_MAX,
+                                     "parent locator data"};
+    }
+  }
+  uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  uint64_t data_end = fsz - VHD_FOOTER_SIZE;
+  uint64_t highest = 0;
+  for (size_t i = 0; i < n; i++)
+    highest = MAX(highest, ext[i].end);
+  vhd->allocated_blocks = 0;
+  for (uint32_t i = 0; i < vhd->max_entries; i++) {
+    uint32_t e = be32_load(raw + 4 * i);
+    vhd->bat[i] = e;
+    if (e == VHD_BAT_UNUSED)
+      continue;
+    uint64_t off = (uint64_t)e * 512;
+    if (off + block_span > data_end)
+      return vhd_set_err(err, -EINVAL,
+                         "%s: BAT entry %u: block at offset %llu (%llu bytes) runs past the end "
+                         "of the data area (%llu)",
+                         p, i, (unsigned long long)off, (unsigned long long)block_span,
+                         (unsigned long long)data_end);
+    ext[n++] = (struct extent_ref){off, off + block_span, i, NULL};
+    highest = MAX(highest, off + block_span);
+    vhd->allocated_blocks++;
+  }
+  qsort(ext, n, sizeof *ext, extent_cmp);
+  for (size_t i = 1; i < n; i++) {
+    if (ext[i].start < ext[i - 1].end) {
+      const struct extent_ref *a = &ext[i - 1], *b = &ext[i];
+      char an[64], bn[64];
+      if (a->blk == UINT32_MAX)
+        snprintf(an, sizeof an, "%s", a->what);
+      else
+        snprintf(an, sizeof an, "block %u", a->blk);
+      if (b->blk == UINT32_MAX)
+        snprintf(bn, sizeof bn, "%s", b->what);
+      else
+        snprintf(bn, sizeof bn, "BAT entry %u: block", b->blk);
+      return vhd_set_err(err, -EINVAL, "%s: %s at offset 0x%llx overlaps %s at 0x%llx", p, bn,
+                         (unsigned long long)b->start, an, (unsigned long long)a->start);
+    }
+  }
+  /* New blocks go where the trailing footer is, or after the last structure
+   * when some writer left space before the footer. */
+  vhd->next_block_offset = ROUND_UP(MAX(highest, data_end), 512);
+  return 0;
+}
+
+int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err) {
+  if (vhd->bitmaps[blk]) {
+    *bm = vhd->bitmaps[blk];
+    return 0;
+  }
+  uint8_t *b = malloc(vhd->bitmap_size);
+  if (!b)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory for the bitmap of block %u", vhd->path,
+                       blk);
+  uint64_t off = (uint64_t)vhd->bat[blk] * 512;
+  int r = vhd_io_pread(vhd->fd, b, vhd->bitmap_size, off);
+  if (r < 0) {
+    free(b);
+    return vhd_set_err(err, r, "%s: reading the sector bitmap of block %u at offset %llu: %s",
+                       vhd->path, blk, (unsigned long long)off, strerror(-r));
+  }
+  vhd->bitmaps[blk] = b;
+  *bm = b;
+  return 0;
+}
+
+void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk) {
+  if (!vhd->block_dirty[blk]) {
+    vhd->block_dirty[blk] = 1;
+    vhd->dirty_blocks[vhd->n_dirty_blocks++] = blk;
+  }
+}
+
+void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk) {
+  uint32_t sec = blk / 128;
+  if (!vhd->bat_sector_dirty[sec]) {
+    vhd->bat_sector_dirty[sec] = 1;
+    vhd->dirty_bat_sectors[vhd->n_dirty_bat_sectors++] = sec;
+  }
+}
+
+/* See the write order in vhd-internal.h. */
+int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
+  uint64_t off = vhd->next_block_offset;
+  uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  uint64_t new_footer = off + span;
+  if (new_footer / 512 >= VHD_BAT_UNUSED)
+    return vhd_set_err(err, -ENOSPC, "%s: block %u: the file would pass the 2 TiB VHD limit",
+                       vhd->path, blk);
+  uint8_t *bm = calloc(1, vhd->bitmap_size);
+  if (!bm)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
+  int r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
+  if (r == 0)
+    r = vhd_io_pwrite(vhd->fd, bm, vhd->bitmap_size, off);
+  if (r < 0) {
+    free(bm);
+    return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
+                       (unsigned long long)off, strerror(-r));
+  }
+  vhd->next_block_offset = new_footer;
+  vhd->bat[blk] = (uint32_t)(off / 512);
+  free(vhd->bitmaps[blk]);
+  vhd->bitmaps[blk] = bm;
+  vhd->allocated_blocks++;
+  vhd_bat_mark_dirty(vhd, blk);
+  return 0;
+}
+
+uint32_t vhd_bitmap_run(const uint8_t *bm, uint32_t s, uint32_t end, bool *value) {
+  bool v = vhd_bit_get(bm, s);
+  uint32_t i = s + 1;
+  uint8_t full = v ? 0xFF : 0x00;
+  while (i < end) {
+    if ((i & 7) == 0 && i + 8 <= end && bm[i >> 3] == full) {
+      i += 8;
+      continue;
+    }
+    if (vhd_bit_get(bm, i) != v)
+      break;
+    i++;
+  }
+  *value = v;
+  return i - s;
+}

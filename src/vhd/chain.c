@@ -1,0 +1,166 @@
+/* chain.c: finding and opening the parent of a differencing disk. */
+#include "config.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "vhd-internal.h"
+
+static void slashes_to_posix(char *s) {
+  for (; *s; s++)
+    if (*s == '\\')
+      *s = '/';
+}
+
+static const char *last_component(const char *s) {
+  const char *p = strrchr(s, '/');
+  return p ? p + 1 : s;
+}
+
+/* Reads one locator's path as UTF-8 with POSIX separators. */
+static int locator_path(vhd_t *vhd, const struct vhd_locator *l, char *out, size_t out_len) {
+  uint32_t len = l->data_length;
+  if (len == 0 || len > VHD_MAX_LOCATOR_DATA || l->data_offset >= vhd->file_size ||
+      len > vhd->file_size - l->data_offset)
+    return -EINVAL;
+  CLEANUP_FREE uint8_t *raw = malloc(len + 1);
+  if (!raw)
+    return -ENOMEM;
+  int r = vhd_io_pread(vhd->fd, raw, len, l->data_offset);
+  if (r < 0)
+    return r;
+  if (l->code == VHD_PLAT_W2RU || l->code == VHD_PLAT_W2KU) {
+    vhd_utf16_to_utf8(raw, len, false, out, out_len);
+  } else if (l->code == VHD_PLAT_MACX) {
+    raw[len] = 0;
+    const char *s = (const char *)raw;
+    if (strncmp(s, "file://localhost", 16) == 0)
+      s += 16;
+    else if (strncmp(s, "file://", 7) == 0)
+      s += 7;
+    snprintf(out, out_len, "%s", s);
+  } else {
+    return -ENOTSUP;
+  }
+  slashes_to_posix(out);
+  return out[0] ? 0 : -EINVAL;
+}
+
+struct candidate_ctx {
+  vhd_t *child;
+  int depth;
+  char dir[4096];
+  char tried[2048];
+  vhd_t *found;
+  int last_err;
+  struct vhd_err err;
+};
+
+static void try_candidate(struct candidate_ctx *c, const char *path) {
+  if (c->found || !path[0])
+    return;
+  char full[8192];
+  if (path[0] == '/')
+    snprintf(full, sizeof full, "%s", path);
+  else
+    snprintf(full, sizeof full, "%s/%s", c->dir, path[0] == '.' && path[1] == '/' ? path + 2 : path);
+  if (access(full, F_OK) != 0)
+    return;
+  size_t tl = strlen(c->tried);
+  snprintf(c->tried + tl, sizeof c->tried - tl, "%s%s", tl ? ", " : "", full);
+  struct vhd_open_opts po = {
+      .flags = VHD_OPEN_RDONLY,
+      .warn = c->child->warn,
+      .warn_opaque = c->child->warn_opaque,
+  };
+  vhd_t *p = NULL;
+  struct vhd_err e;
+  int r = vhd_open_depth(full, &po, c->depth + 1, &p, &e);
+  if (r < 0) {
+    c->last_err = r;
+    c->err = e;
+    return;
+  }
+  if (memcmp(p->footer.uuid, c->child->header.parent_uuid, 16) != 0) {
+    c->last_err = -EINVAL;
+    vhd_set_err(&c->err, -EINVAL,
+                "%s: candidate parent %s has a different unique id than the child's parent "
+                "unique id",
+                c->child->path, full);
+    vhd_free(p);
+    return;
+  }
+  c->found = p;
+}
+
+int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
+  if (depth + 1 >= VHD_MAX_CHAIN_DEPTH)
+    return vhd_set_err(err, -ELOOP,
+                       "%s: differencing chain deeper than %d levels (a loop of parents?)",
+                       vhd->path, VHD_MAX_CHAIN_DEPTH);
+  struct candidate_ctx *c = calloc(1, sizeof *c);
+  if (!c)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory", vhd->path);
+  c->child = vhd;
+  c->depth = depth;
+  {
+    CLEANUP_FREE char *copy = strdup(vhd->path);
+    if (!copy) {
+      free(c);
+      return vhd_set_err(err, -ENOMEM, "%s: out of memory", vhd->path);
+    }
+    snprintf(c->dir, sizeof c->dir, "%s", dirname(copy));
+  }
+  /* Order: relative Unicode path, absolute Unicode path (its last component
+   * beside the child, then as a POSIX path), Mac URL, the header's name. */
+  static const uint32_t order[] = {VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX};
+  char path[4096];
+  for (size_t o = 0; o < ARRAY_SIZE(order) && !c->found; o++) {
+    for (int i = 0; i < 8 && !c->found; i++) {
+      const struct vhd_locator *l = &vhd->header.locators[i];
+      if (l->code != order[o] || locator_path(vhd, l, path, sizeof path) < 0)
+        continue;
+      if (l->code == VHD_PLAT_W2RU) {
+        try_candidate(c, path);
+      } else {
+        try_candidate(c, last_component(path));
+        if (path[0] == '/')
+          try_candidate(c, path);
+      }
+    }
+  }
+  if (!c->found && vhd->parent_name[0]) {
+    char name[1024];
+    snprintf(name, sizeof name, "%s", vhd->parent_name);
+    slashes_to_posix(name);
+    try_candidate(c, last_component(name));
+  }
+  int r = 0;
+  if (c->found) {
+    vhd->parent = c->found;
+    if (c->found->footer.timestamp != vhd->header.parent_timestamp)
+      vhd_warn(vhd,
+               "%s: parent %s timestamp %u differs from the child's parent timestamp %u (the "
+               "parent may have been modified)",
+               vhd->path, c->found->path, c->found->footer.timestamp,
+               vhd->header.parent_timestamp);
+    if (c->found->virtual_size != vhd->virtual_size)
+      vhd_warn(vhd, "%s: parent %s is %llu bytes, the child %llu", vhd->path, c->found->path,
+               (unsigned long long)c->found->virtual_size,
+               (unsigned long long)vhd->virtual_size);
+  } else if (c->last_err) {
+    r = vhd_set_err(err, c->last_err, "%s", c->err.msg);
+  } else {
+    r = vhd_set_err(err, -ENOENT,
+                    "%s: parent \"%s\" not found (looked through the parent locators and the "
+                    "parent name beside the child%s%s)",
+                    vhd->path, vhd->parent_name, c->tried[0] ? "; tried " : "", c->tried);
+  }
+  free(c);
+  return r;
+}

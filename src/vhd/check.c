@@ -1,0 +1,191 @@
+/* check.c: consistency check and safe repair. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "vhd-internal.h"
+
+struct check {
+  const struct vhd_check_opts *opts;
+  int found;
+};
+
+static void report(struct check *c, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void report(struct check *c, int kind, const char *fmt, ...) {
+  c->found |= kind;
+  if (!c->opts || !c->opts->report)
+    return;
+  char msg[1200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  const char *level = kind & VHD_CHECK_CORRUPT  ? "error"
+                      : kind & VHD_CHECK_LEAKS  ? "leak"
+                      : kind & VHD_CHECK_REPAIRED ? "repaired"
+                                                  : "warning";
+  c->opts->report(c->opts->opaque, level, msg);
+}
+
+static void collect_warning(void *opaque, const char *msg) {
+  report(opaque, VHD_CHECK_WARNINGS, "%s", msg);
+}
+
+struct span {
+  uint64_t start, end;
+};
+static int span_cmp(const void *a, const void *b) {
+  const struct span *x = a, *y = b;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_err *err) {
+  struct check c = {opts, 0};
+  bool repair = opts && opts->repair;
+  struct vhd_open_opts oo = {
+      .flags = VHD_OPEN_NOPARENT | (repair ? 0 : VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK),
+      .warn = collect_warning,
+      .warn_opaque = &c,
+  };
+  vhd_t *vhd = NULL;
+  struct vhd_err oe;
+  int r = vhd_open(path, &oo, &vhd, &oe);
+  if (r < 0) {
+    if (r == -EBUSY || r == -ENOENT || r == -EACCES || r == -EPERM)
+      return vhd_set_err(err, r, "%s", oe.msg);
+    report(&c, VHD_CHECK_CORRUPT, "%s", oe.msg);
+    return c.found;
+  }
+  if (vhd->footer_copy_used) {
+    if (repair) {
+      r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE,
+                        vhd->file_size - VHD_FOOTER_SIZE);
+      if (r == 0)
+        r = vhd_io_sync(vhd->fd);
+      if (r < 0) {
+        report(&c, VHD_CHECK_CORRUPT, "%s: rewriting the trailing footer failed: %s", path,
+               strerror(-r));
+      } else {
+        c.found &= ~VHD_CHECK_WARNINGS;
+        report(&c, VHD_CHECK_REPAIRED, "%s: rewrote the damaged trailing footer from the copy at 0",
+               path);
+      }
+    } else {
+      report(&c, VHD_CHECK_CORRUPT,
+             "%s: the trailing footer is damaged (the copy at offset 0 is intact)", path);
+    }
+  }
+  if (vhd->type != VHD_TYPE_FIXED) {
+    uint8_t head[VHD_FOOTER_SIZE];
+    if (vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE, 0) == 0 &&
+        memcmp(head, vhd->footer_raw, VHD_FOOTER_SIZE) != 0) {
+      if (repair && vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, 0) == 0 &&
+          vhd_io_sync(vhd->fd) == 0)
+        report(&c, VHD_CHECK_REPAIRED, "%s: rewrote the footer copy at offset 0", path);
+      else
+        report(&c, VHD_CHECK_LEAKS, "%s: the footer copy at offset 0 differs from the trailing footer",
+               path);
+    }
+    /* Leaked space: anything between the structures and the trailing footer
+     * that nothing references (blocks freed by trims, a crash mid-allocation). */
+    size_t n = 0;
+    CLEANUP_FREE struct span *sp = malloc(((size_t)vhd->allocated_blocks + 11) * sizeof *sp);
+    if (!sp) {
+      vhd_free(vhd);
+      return vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
+    }
+    sp[n++] = (struct span){0, VHD_FOOTER_SIZE};
+    sp[n++] = (struct span){vhd->header_offset, vhd->header_offset + VHD_HEADER_SIZE};
+    sp[n++] = (struct span){vhd->header.table_offset,
+                            vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512)};
+    if (vhd->type == VHD_TYPE_DIFFERENCING)
+      for (int i = 0; i < 8; i++) {
+        const struct vhd_locator *l = &vhd->header.locators[i];
+        if (l->code != VHD_PLAT_NONE && l->data_length)
+          sp[n++] = (struct span){l->data_offset,
+                                  l->data_offset + MAX((uint64_t)l->data_length,
+                                                       l->data_space >= l->data_length
+                                                           ? (uint64_t)l->data_space
+                                                           : (uint64_t)l->data_space * 512)};
+      }
+    uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+    for (uint32_t i = 0; i < vhd->max_entries; i++)
+      if (vhd->bat[i] != VHD_BAT_UNUSED)
+        sp[n++] = (struct span){(uint64_t)vhd->bat[i] * 512, (uint64_t)vhd->bat[i] * 512 + span};
+    qsort(sp, n, sizeof *sp, span_cmp);
+    uint64_t covered = 0, leaked = 0, leaked_extents = 0;
+    uint64_t first_block = UINT64_MAX;
+    for (uint32_t i = 0; i < vhd->max_entries; i++)
+      if (vhd->bat[i] != VHD_BAT_UNUSED)
+        first_block = MIN(first_block, (uint64_t)vhd->bat[i] * 512);
+    for (size_t i = 0; i < n; i++) {
+      /* Gaps before the first block are padding some writers use: not leaks. */
+      if (sp[i].start > covered && covered >= MIN(first_block, vhd->file_size) &&
+          sp[i].start - covered >= span) {
+        leaked += sp[i].start - covered;
+        leaked_extents++;
+      }
+      covered = MAX(covered, sp[i].end);
+    }
+    uint64_t data_end = vhd->file_size - VHD_FOOTER_SIZE;
+    uint64_t tail = data_end > covered ? data_end - covered : 0;
+    if (leaked)
+      report(&c, VHD_CHECK_LEAKS, "%s: %llu bytes in %llu unreferenced block-sized extents", path,
+             (unsigned long long)leaked, (unsigned long long)leaked_extents);
+    if (tail >= 512) {
+      if (repair) {
+        /* Footer first at its new place, then cut: at every instant the
+         * file ends with a valid footer. */
+        uint64_t new_end = ROUND_UP(covered, 512);
+        r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
+        if (r == 0)
+          r = vhd_io_sync(vhd->fd);
+        if (r == 0)
+          r = vhd_io_truncate(vhd->fd, new_end + VHD_FOOTER_SIZE);
+        if (r == 0)
+          r = vhd_io_sync(vhd->fd);
+        if (r < 0)
+          report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
+                 strerror(-r));
+        else
+          report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer",
+                 path, (unsigned long long)tail);
+      } else {
+        report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer", path,
+               (unsigned long long)tail);
+      }
+    }
+    /* Every bitmap must be readable. */
+    for (uint32_t i = 0; i < vhd->max_entries; i++) {
+      if (vhd->bat[i] == VHD_BAT_UNUSED)
+        continue;
+      uint8_t *bm;
+      struct vhd_err be;
+      if (vhd_bitmap_get(vhd, i, &bm, &be) < 0) {
+        report(&c, VHD_CHECK_CORRUPT, "%s", be.msg);
+        continue;
+      }
+      free(vhd->bitmaps[i]); /* keep memory flat on big images */
+      vhd->bitmaps[i] = NULL;
+    }
+    if (vhd->type == VHD_TYPE_DIFFERENCING) {
+      vhd_t *full = NULL;
+      struct vhd_open_opts po = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
+                                 .warn = collect_warning, .warn_opaque = &c};
+      struct vhd_err pe;
+      if (vhd_open(path, &po, &full, &pe) < 0)
+        report(&c, VHD_CHECK_CORRUPT, "%s", pe.msg);
+      else
+        vhd_free(full);
+    }
+  }
+  vhd_free(vhd);
+  if (c.found & VHD_CHECK_REPAIRED)
+    c.found &= ~VHD_CHECK_LEAKS;
+  return c.found;
+}

@@ -1,0 +1,167 @@
+/* header.c: the dynamic disk header, parent locators and UTF-16 names. */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "endian-be.h"
+#include "vhd-internal.h"
+
+void vhd_header_decode(const uint8_t *raw, struct vhd_header *h) {
+  memset(h, 0, sizeof *h);
+  h->data_offset = be64_load(raw + 8);
+  h->table_offset = be64_load(raw + 16);
+  h->version = be32_load(raw + 24);
+  h->max_table_entries = be32_load(raw + 28);
+  h->block_size = be32_load(raw + 32);
+  h->checksum = be32_load(raw + 36);
+  memcpy(h->parent_uuid, raw + 40, 16);
+  h->parent_timestamp = be32_load(raw + 56);
+  memcpy(h->parent_name_raw, raw + 64, 512);
+  for (int i = 0; i < 8; i++) {
+    const uint8_t *l = raw + 576 + 24 * i;
+    h->locators[i].code = be32_load(l);
+    h->locators[i].data_space = be32_load(l + 4);
+    h->locators[i].data_length = be32_load(l + 8);
+    h->locators[i].data_offset = be64_load(l + 16);
+  }
+}
+
+void vhd_header_encode(const struct vhd_header *h, uint8_t *raw) {
+  memset(raw, 0, VHD_HEADER_SIZE);
+  memcpy(raw, VHD_HEADER_COOKIE, 8);
+  be64_store(raw + 8, h->data_offset);
+  be64_store(raw + 16, h->table_offset);
+  be32_store(raw + 24, h->version);
+  be32_store(raw + 28, h->max_table_entries);
+  be32_store(raw + 32, h->block_size);
+  memcpy(raw + 40, h->parent_uuid, 16);
+  be32_store(raw + 56, h->parent_timestamp);
+  memcpy(raw + 64, h->parent_name_raw, 512);
+  for (int i = 0; i < 8; i++) {
+    uint8_t *l = raw + 576 + 24 * i;
+    be32_store(l, h->locators[i].code);
+    be32_store(l + 4, h->locators[i].data_space);
+    be32_store(l + 8, h->locators[i].data_length);
+    be64_store(l + 16, h->locators[i].data_offset);
+  }
+  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+}
+
+int vhd_header_check(const uint8_t *raw, const char *path, uint64_t off, struct vhd_err *err) {
+  if (memcmp(raw, VHD_HEADER_COOKIE, 8) != 0)
+    return vhd_set_err(err, -EINVAL,
+                       "%s: dynamic header at offset %llu: cookie is not \"cxsparse\"", path,
+                       (unsigned long long)off);
+  uint32_t stored = be32_load(raw + 36);
+  uint32_t computed = vhd_checksum(raw, VHD_HEADER_SIZE, 36);
+  if (stored != computed)
+    return vhd_set_err(err, -EINVAL,
+                       "%s: dynamic header checksum 0x%08x does not match computed 0x%08x", path,
+                       stored, computed);
+  uint32_t version = be32_load(raw + 24);
+  if (version >> 16 != 1)
+    return vhd_set_err(err, -EINVAL, "%s: dynamic header version 0x%08x is not 1.x", path,
+                       version);
+  return 0;
+}
+
+static size_t put_utf8(uint32_t cp, char *out, size_t pos, size_t out_len) {
+  char tmp[4];
+  size_t n;
+  if (cp < 0x80) {
+    tmp[0] = (char)cp;
+    n = 1;
+  } else if (cp < 0x800) {
+    tmp[0] = (char)(0xC0 | (cp >> 6));
+    tmp[1] = (char)(0x80 | (cp & 0x3F));
+    n = 2;
+  } else if (cp < 0x10000) {
+    tmp[0] = (char)(0xE0 | (cp >> 12));
+    tmp[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    tmp[2] = (char)(0x80 | (cp & 0x3F));
+    n = 3;
+  } else {
+    tmp[0] = (char)(0xF0 | (cp >> 18));
+    tmp[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    tmp[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    tmp[3] = (char)(0x80 | (cp & 0x3F));
+    n = 4;
+  }
+  if (pos + n + 1 > out_len)
+    return 0;
+  memcpy(out + pos, tmp, n);
+  return n;
+}
+
+size_t vhd_utf16_to_utf8(const uint8_t *in, size_t in_len, bool big_endian, char *out,
+                         size_t out_len) {
+  size_t pos = 0;
+  if (out_len == 0)
+    return 0;
+  for (size_t i = 0; i + 1 < in_len; i += 2) {
+    uint32_t u = big_endian ? (uint32_t)(in[i] << 8 | in[i + 1]) : (uint32_t)(in[i + 1] << 8 | in[i]);
+    if (u == 0)
+      break;
+    if (u >= 0xD800 && u < 0xDC00 && i + 3 < in_len) {
+      uint32_t lo = big_endian ? (uint32_t)(in[i + 2] << 8 | in[i + 3])
+                               : (uint32_t)(in[i + 3] << 8 | in[i + 2]);
+      if (lo >= 0xDC00 && lo < 0xE000) {
+        u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+        i += 2;
+      } else {
+        u = 0xFFFD;
+      }
+    } else if (u >= 0xD800 && u < 0xE000) {
+      u = 0xFFFD;
+    }
+    size_t n = put_utf8(u, out, pos, out_len);
+    if (n == 0)
+      break;
+    pos += n;
+  }
+  out[pos] = '\0';
+  return pos;
+}
+
+size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t out_len) {
+  const unsigned char *s = (const unsigned char *)in;
+  size_t pos = 0;
+  while (*s) {
+    uint32_t cp;
+    if (*s < 0x80) {
+      cp = *s++;
+    } else if ((*s & 0xE0) == 0xC0 && s[1]) {
+      cp = (uint32_t)(*s & 0x1F) << 6 | (s[1] & 0x3F);
+      s += 2;
+    } else if ((*s & 0xF0) == 0xE0 && s[1] && s[2]) {
+      cp = (uint32_t)(*s & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+      s += 3;
+    } else if ((*s & 0xF8) == 0xF0 && s[1] && s[2] && s[3]) {
+      cp = (uint32_t)(*s & 0x07) << 18 | (uint32_t)(s[1] & 0x3F) << 12 |
+           (uint32_t)(s[2] & 0x3F) << 6 | (s[3] & 0x3F);
+      s += 4;
+    } else {
+      cp = 0xFFFD;
+      s++;
+    }
+    uint16_t units[2];
+    int n = 1;
+    if (cp >= 0x10000) {
+      cp -= 0x10000;
+      units[0] = (uint16_t)(0xD800 + (cp >> 10));
+      units[1] = (uint16_t)(0xDC00 + (cp & 0x3FF));
+      n = 2;
+    } else {
+      units[0] = (uint16_t)cp;
+    }
+    if (pos + 2 * (size_t)n > out_len)
+      break;
+    for (int k = 0; k < n; k++) {
+      out[pos + (big_endian ? 0 : 1)] = (uint8_t)(units[k] >> 8);
+      out[pos + (big_endian ? 1 : 0)] = (uint8_t)units[k];
+      pos += 2;
+    }
+  }
+  return pos;
+}

@@ -1,0 +1,110 @@
+/* io.c: every byte the engine reads from or writes to an image file passes
+ * here, so that fault injection can stop the world after the Nth write or
+ * sync, as a power cut would. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "vhd-internal.h"
+
+static atomic_long fault_remaining = -1; /* < 0: disarmed */
+static atomic_bool fault_hit;
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static void fault_init_from_env(void) {
+  const char *s = getenv("VHDNBD_FAULT_AFTER");
+  if (s && *s) {
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (*end == '\0' && n >= 0)
+      atomic_store(&fault_remaining, n);
+  }
+}
+
+void vhd_fault_arm(long n) {
+  pthread_once(&fault_once, fault_init_from_env);
+  atomic_store(&fault_hit, false);
+  atomic_store(&fault_remaining, n < 0 ? -1 : n);
+}
+
+bool vhd_fault_tripped(void) { return atomic_load(&fault_hit); }
+
+/* Returns true when this mutating operation must fail. */
+static bool fault_consume(void) {
+  pthread_once(&fault_once, fault_init_from_env);
+  long cur = atomic_load(&fault_remaining);
+  while (cur >= 0) {
+    if (cur == 0) {
+      atomic_store(&fault_hit, true);
+      return true;
+    }
+    if (atomic_compare_exchange_weak(&fault_remaining, &cur, cur - 1))
+      return false;
+  }
+  return false;
+}
+
+int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off) {
+  uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t r = pread(fd, p, len, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (r == 0)
+      return -ENODATA; /* short file: the caller names the structure */
+    p += r;
+    len -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off) {
+  if (fault_consume())
+    return -EIO;
+  const uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t r = pwrite(fd, p, len, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    p += r;
+    len -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+int vhd_io_sync(int fd) {
+  if (fault_consume())
+    return -EIO;
+  if (fdatasync(fd) < 0)
+    return -errno;
+  return 0;
+}
+
+int vhd_io_truncate(int fd, uint64_t size) {
+  if (fault_consume())
+    return -EIO;
+  if (ftruncate(fd, (off_t)size) < 0)
+    return -errno;
+  return 0;
+}
+
+int vhd_io_punch(int fd, uint64_t off, uint64_t len) {
+  if (fault_consume())
+    return -EIO;
+  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+    return -errno;
+  return 0;
+}

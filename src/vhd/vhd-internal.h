@@ -1,0 +1,184 @@
+/* vhd-internal.h: structures shared by the engine's source files only.
+ *
+ * Write order that keeps an image valid at every instant (crash safety):
+ *
+ *  1. Allocating a block (under vhd->lock): the block goes where the trailing
+ *     footer is.  First the footer is written again at the new end of file,
+ *     beyond the new block; then a zeroed sector bitmap at the block's start.
+ *     The BAT entry changes only in memory.  A crash now leaves a file that
+ *     ends with a valid footer and a BAT that does not reference the new
+ *     block: a leak that `vhdimg check --repair` reclaims, never corruption.
+ *  2. Data goes to its place with pwrite; bitmap bits for the sectors written
+ *     are set in memory only after the data write returned.
+ *  3. vhd_flush (serialized by vhd->flush_lock): snapshot the dirty BAT
+ *     sectors and bitmaps under vhd->lock, fdatasync (data, new footers and
+ *     zeroed bitmaps become durable), write the snapshots, fdatasync.  So
+ *     on disk a BAT entry only ever points at a block whose bitmap and
+ *     footer are durable, and a bitmap bit is only set for data that is.
+ *
+ * Metadata is therefore synced only at flush (or FUA) time, never per write.
+ */
+#ifndef VHDNBD_VHD_INTERNAL_H
+#define VHDNBD_VHD_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "vhd.h"
+
+#define VHD_FOOTER_SIZE 512
+#define VHD_HEADER_SIZE 1024
+#define VHD_BAT_UNUSED 0xFFFFFFFFu
+#define VHD_FOOTER_COOKIE "conectix"
+#define VHD_HEADER_COOKIE "cxsparse"
+#define VHD_VERSION 0x00010000u
+#define VHD_FEATURES_RESERVED 0x2u
+#define VHD_TIMESTAMP_EPOCH 946684800 /* 2000-01-01 00:00:00 UTC */
+#define VHD_MAX_LOCATOR_DATA (64 * 1024)
+
+/* Parent locator platform codes */
+#define VHD_PLAT_NONE 0
+#define VHD_PLAT_WI2R 0x57693272u
+#define VHD_PLAT_WI2K 0x5769326Bu
+#define VHD_PLAT_W2RU 0x57327275u
+#define VHD_PLAT_W2KU 0x57326B75u
+#define VHD_PLAT_MAC 0x4D616320u
+#define VHD_PLAT_MACX 0x4D616358u
+
+struct vhd_footer {
+  uint32_t features;
+  uint32_t version;
+  uint64_t data_offset;
+  uint32_t timestamp;
+  char creator_app[4];
+  uint32_t creator_version;
+  uint32_t creator_os;
+  uint64_t original_size;
+  uint64_t current_size;
+  uint16_t cylinders;
+  uint8_t heads;
+  uint8_t spt;
+  uint32_t disk_type;
+  uint32_t checksum;
+  uint8_t uuid[16];
+  uint8_t saved_state;
+};
+
+struct vhd_locator {
+  uint32_t code;
+  uint32_t data_space;
+  uint32_t data_length;
+  uint64_t data_offset;
+};
+
+struct vhd_header {
+  uint64_t data_offset;
+  uint64_t table_offset;
+  uint32_t version;
+  uint32_t max_table_entries;
+  uint32_t block_size;
+  uint32_t checksum;
+  uint8_t parent_uuid[16];
+  uint32_t parent_timestamp;
+  uint8_t parent_name_raw[512]; /* UTF-16BE */
+  struct vhd_locator locators[8];
+};
+
+struct vhd {
+  char *path;
+  int fd;
+  bool readonly;
+  enum vhd_type type;
+  struct vhd_footer footer;
+  uint8_t footer_raw[VHD_FOOTER_SIZE];
+  bool footer_copy_used;
+  uint64_t virtual_size;
+  uint64_t file_size;     /* at open */
+
+  /* dynamic and differencing */
+  struct vhd_header header;
+  uint64_t header_offset;
+  uint32_t max_entries;
+  uint32_t block_size;
+  uint32_t sectors_per_block;
+  uint32_t bitmap_size;   /* bytes on disk, a multiple of 512 */
+  uint32_t *bat;          /* host order */
+  uint32_t allocated_blocks;
+  uint8_t **bitmaps;      /* per block, loaded on first use */
+  /* dirty tracking for flush: lists of indices plus membership flags */
+  uint32_t *dirty_blocks;
+  uint32_t n_dirty_blocks;
+  uint8_t *block_dirty;
+  uint32_t *dirty_bat_sectors;
+  uint32_t n_dirty_bat_sectors;
+  uint8_t *bat_sector_dirty;
+  uint64_t next_block_offset; /* where the trailing footer sits: next block goes here */
+
+  vhd_t *parent;
+  char parent_name[1024];
+
+  pthread_mutex_t lock;       /* BAT, bitmaps, allocation, footer */
+  pthread_mutex_t flush_lock; /* one flush at a time */
+  const struct vhd_open_opts *opts_unused;
+  void (*warn)(void *, const char *);
+  void *warn_opaque;
+};
+
+/* errors */
+int vhd_set_err(struct vhd_err *err, int errnum, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void vhd_warn(vhd_t *vhd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* io.c: the only code that touches image file descriptors */
+int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off);
+int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
+int vhd_io_sync(int fd);
+int vhd_io_truncate(int fd, uint64_t size);
+int vhd_io_punch(int fd, uint64_t off, uint64_t len);
+
+/* footer.c */
+uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
+void vhd_footer_decode(const uint8_t *raw, struct vhd_footer *f);
+void vhd_footer_encode(const struct vhd_footer *f, uint8_t *raw); /* sets checksum */
+/* Validates cookie and checksum only; returns 0 or -EINVAL with a message. */
+int vhd_footer_check(const uint8_t *raw, const char *where, struct vhd_err *err);
+bool vhd_footer_uses_chs(const struct vhd_footer *f);
+
+/* header.c */
+void vhd_header_decode(const uint8_t *raw, struct vhd_header *h);
+void vhd_header_encode(const struct vhd_header *h, uint8_t *raw); /* sets checksum */
+int vhd_header_check(const uint8_t *raw, const char *path, uint64_t off, struct vhd_err *err);
+/* UTF-16 (be or le) to UTF-8; returns length written (always NUL-terminated). */
+size_t vhd_utf16_to_utf8(const uint8_t *in, size_t in_len, bool big_endian, char *out,
+                         size_t out_len);
+/* UTF-8 to UTF-16; returns bytes written. */
+size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t out_len);
+
+/* bat.c */
+int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
+int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
+int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);           /* lock held */
+void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk);
+void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk);
+static inline bool vhd_bit_get(const uint8_t *bm, uint32_t s) {
+  return bm[s >> 3] & (0x80u >> (s & 7));
+}
+static inline void vhd_bit_set(uint8_t *bm, uint32_t s) { bm[s >> 3] |= (uint8_t)(0x80u >> (s & 7)); }
+static inline void vhd_bit_clear(uint8_t *bm, uint32_t s) {
+  bm[s >> 3] &= (uint8_t) ~(0x80u >> (s & 7));
+}
+/* Length of the run of sectors from s (exclusive end limit) with the same bit value. */
+uint32_t vhd_bitmap_run(const uint8_t *bm, uint32_t s, uint32_t end, bool *value);
+
+/* chain.c */
+int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err);
+
+/* open.c */
+int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth, vhd_t **out,
+                   struct vhd_err *err);
+void vhd_free(vhd_t *vhd);
+
+#endif
