@@ -15,8 +15,10 @@
  *     every metadata update (BAT, sector bitmaps, footer) are serialized by a
  *     per-image mutex.
  *   - The caller keeps overlapping requests ordered: two writes to the same
- *     bytes, or a read and a write of the same bytes, running at the same time
- *     give unspecified (but never corrupting) results.
+ *     512-byte sector, or a read and a write of the same sector, running at
+ *     the same time give unspecified (but never corrupting) results.  Overlap
+ *     is judged on whole sectors because a write of part of a sector is a
+ *     read-modify-write of the whole sector.
  *   - vhd_flush makes durable every write that completed before vhd_flush was
  *     called; writes still running when it starts may or may not be covered.
  *   - vhd_close must not race with anything else on the handle.
@@ -164,7 +166,8 @@ struct vhd_extent {
 };
 /* Calls cb for consecutive runs covering [off, off+len); runs with equal flags,
  * depth and contiguous file offsets are merged.  cb returns 0 to go on,
- * non-zero to stop (vhd_map then returns that value). */
+ * non-zero to stop (vhd_map then returns that value).  cb must not be NULL
+ * (NULL is reserved for the engine's own "is it all zeros" probe). */
 typedef int (*vhd_map_cb)(void *opaque, const struct vhd_extent *ext);
 int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
             struct vhd_err *err);
