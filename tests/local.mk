@@ -4,3 +4,5 @@ include tests/unit/codec.mk
 include tests/server/local.mk
 include tests/interop/image.mk
 include tests/interop/server.mk
+include tests/fuzz/local.mk
+include tests/stress/local.mk
