@@ -3,7 +3,7 @@
 # Only what is missing is installed; needs root (or sudo).
 set -eu
 
-build_pkgs="build-essential autoconf automake pkg-config libuv1-dev uuid-dev libsystemd-dev"
+build_pkgs="build-essential autoconf automake pkg-config libuv1-dev uuid-dev libsystemd-dev libgnutls28-dev"
 test_pkgs="libnbd-dev libnbd-bin python3-libnbd nbdkit qemu-utils nbd-client fio
   libvhdi-utils python3-libvhdi valgrind clang systemd gnutls-bin"
 
