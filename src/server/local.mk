@@ -1,1 +1,17 @@
 # vhdnbd, the server.
+sbin_PROGRAMS += vhdnbd
+vhdnbd_SOURCES = \
+	src/server/server.h \
+	src/server/main.c \
+	src/server/config.c \
+	src/server/exports.c \
+	src/server/listen.c \
+	src/server/connection.c \
+	src/server/handshake.c \
+	src/server/transmission.c \
+	src/server/request.h \
+	src/server/ops.c \
+	src/server/queue.c src/server/queue.h \
+	src/server/notify.c
+vhdnbd_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(SYSTEMD_CFLAGS)
+vhdnbd_LDADD = libnbdcodec.a libvhd.a libcommon.a $(UV_LIBS) $(UUID_LIBS) $(SYSTEMD_LIBS)

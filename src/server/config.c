@@ -1,0 +1,273 @@
+/* config.c: the INI configuration file and the settings it shares with the
+ * command line.
+ *
+ *   # comment            ; comment
+ *   [global]
+ *   port = 10809
+ *   bind = 127.0.0.1     (repeatable; also space/comma separated)
+ *   unix = /run/vhdnbd.sock
+ *   read-only = false
+ *   max-connections = 128
+ *   handshake-timeout = 10
+ *   pidfile = /run/vhdnbd.pid
+ *   [export NAME]        ([export] or [export ""] is the default export)
+ *   image = /srv/disk.vhd
+ *   read-only = yes
+ *   description = Some text
+ *
+ * Errors name the file and line; config_load returns -EINVAL after logging. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "server.h"
+
+int parse_bool(const char *v, bool *out) {
+  static const char *const yes[] = {"1", "yes", "true", "on"};
+  static const char *const no[] = {"0", "no", "false", "off"};
+  for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+    if (strcasecmp(v, yes[i]) == 0) {
+      *out = true;
+      return 0;
+    }
+    if (strcasecmp(v, no[i]) == 0) {
+      *out = false;
+      return 0;
+    }
+  }
+  return -EINVAL;
+}
+
+int settings_add_export(struct settings *s, const char *name, const char *image,
+                        const char *description, bool readonly, bool readonly_set) {
+  struct export_spec *e = realloc(s->exports, (s->n_exports + 1) * sizeof *e);
+  if (!e)
+    return -ENOMEM;
+  s->exports = e;
+  e = &s->exports[s->n_exports];
+  memset(e, 0, sizeof *e);
+  e->name = strdup(name);
+  e->image = image ? strdup(image) : NULL;
+  e->description = description ? strdup(description) : NULL;
+  e->readonly = readonly;
+  e->readonly_set = readonly_set;
+  s->n_exports++;
+  if (!e->name || (image && !e->image) || (description && !e->description))
+    return -ENOMEM;
+  return 0;
+}
+
+void settings_free(struct settings *s) {
+  for (size_t i = 0; i < s->n_exports; i++) {
+    free(s->exports[i].name);
+    free(s->exports[i].image);
+    free(s->exports[i].description);
+  }
+  free(s->exports);
+  for (size_t i = 0; i < s->n_binds; i++)
+    free(s->binds[i]);
+  free(s->binds);
+  free(s->port);
+  free(s->unix_path);
+  free(s->pidfile);
+  memset(s, 0, sizeof *s);
+}
+
+static char *trim(char *s) {
+  while (isspace((unsigned char)*s))
+    s++;
+  size_t n = strlen(s);
+  while (n > 0 && isspace((unsigned char)s[n - 1]))
+    s[--n] = '\0';
+  return s;
+}
+
+static int add_binds(struct settings *s, const char *value) {
+  CLEANUP_FREE char *copy = strdup(value);
+  if (!copy)
+    return -ENOMEM;
+  char *save = NULL;
+  for (char *tok = strtok_r(copy, " ,\t", &save); tok; tok = strtok_r(NULL, " ,\t", &save)) {
+    char **b = realloc(s->binds, (s->n_binds + 1) * sizeof *b);
+    if (!b)
+      return -ENOMEM;
+    s->binds = b;
+    if (!(s->binds[s->n_binds] = strdup(tok)))
+      return -ENOMEM;
+    s->n_binds++;
+  }
+  return 0;
+}
+
+static int parse_uint(const char *v, unsigned max, unsigned *out) {
+  char *end;
+  errno = 0;
+  unsigned long n = strtoul(v, &end, 10);
+  if (!isdigit((unsigned char)*v) || *end || errno || n > max)
+    return -EINVAL;
+  *out = (unsigned)n;
+  return 0;
+}
+
+static int set_string(char **field, const char *v) {
+  free(*field);
+  *field = strdup(v);
+  return *field ? 0 : -ENOMEM;
+}
+
+static int global_key(struct settings *s, const char *key, const char *v) {
+  if (strcmp(key, "port") == 0) {
+    unsigned port;
+    if (parse_uint(v, 65535, &port) < 0)
+      return -EINVAL;
+    return set_string(&s->port, v);
+  }
+  if (strcmp(key, "bind") == 0)
+    return add_binds(s, v);
+  if (strcmp(key, "unix") == 0)
+    return set_string(&s->unix_path, v);
+  if (strcmp(key, "read-only") == 0)
+    return parse_bool(v, &s->readonly);
+  if (strcmp(key, "max-connections") == 0)
+    return parse_uint(v, 1000000, &s->max_connections);
+  if (strcmp(key, "handshake-timeout") == 0)
+    return parse_uint(v, 86400, &s->handshake_timeout);
+  if (strcmp(key, "pidfile") == 0)
+    return set_string(&s->pidfile, v);
+  return -ENOENT;
+}
+
+static int export_key(struct export_spec *e, const char *key, const char *v) {
+  if (strcmp(key, "image") == 0)
+    return set_string(&e->image, v);
+  if (strcmp(key, "description") == 0)
+    return set_string(&e->description, v);
+  if (strcmp(key, "read-only") == 0) {
+    e->readonly_set = true;
+    return parse_bool(v, &e->readonly);
+  }
+  return -ENOENT;
+}
+
+/* "[export NAME]", "[export \"NAME\"]", "[export]" -> NAME (may be ""). */
+static int section_export_name(char *sect, char **name) {
+  char *rest = trim(sect + strlen("export"));
+  size_t n = strlen(rest);
+  if (n >= 2 && rest[0] == '"' && rest[n - 1] == '"') {
+    rest[n - 1] = '\0';
+    rest++;
+  }
+  *name = rest;
+  return 0;
+}
+
+int config_load(const char *path, struct settings *s) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    log_msg(LOG_LEVEL_ERR, "%s: %s", path, strerror(errno));
+    return -errno;
+  }
+  char line[8192];
+  unsigned lineno = 0;
+  enum { NONE, GLOBAL, EXPORT } sect = NONE;
+  size_t first_export = s->n_exports;
+  struct export_spec *cur = NULL;
+  int ret = 0;
+  while (fgets(line, sizeof line, f)) {
+    lineno++;
+    if (!strchr(line, '\n') && !feof(f)) {
+      log_msg(LOG_LEVEL_ERR, "%s:%u: line too long", path, lineno);
+      ret = -EINVAL;
+      break;
+    }
+    char *l = trim(line);
+    if (*l == '\0' || *l == '#' || *l == ';')
+      continue;
+    if (*l == '[') {
+      char *end = strchr(l, ']');
+      if (!end || *trim(end + 1) != '\0') {
+        log_msg(LOG_LEVEL_ERR, "%s:%u: malformed section header", path, lineno);
+        ret = -EINVAL;
+        break;
+      }
+      *end = '\0';
+      char *name = trim(l + 1);
+      if (strcmp(name, "global") == 0) {
+        sect = GLOBAL;
+      } else if (strncmp(name, "export", 6) == 0 &&
+                 (name[6] == '\0' || isspace((unsigned char)name[6]))) {
+        char *ename;
+        section_export_name(name, &ename);
+        for (size_t i = 0; i < s->n_exports; i++) {
+          if (strcmp(s->exports[i].name, ename) == 0) {
+            log_msg(LOG_LEVEL_ERR, "%s:%u: export '%s' defined twice", path, lineno, ename);
+            ret = -EINVAL;
+            goto out;
+          }
+        }
+        if (settings_add_export(s, ename, NULL, NULL, false, false) < 0) {
+          ret = -ENOMEM;
+          break;
+        }
+        cur = &s->exports[s->n_exports - 1];
+        sect = EXPORT;
+      } else {
+        log_msg(LOG_LEVEL_ERR, "%s:%u: unknown section [%s]", path, lineno, name);
+        ret = -EINVAL;
+        break;
+      }
+      continue;
+    }
+    char *eq = strchr(l, '=');
+    if (!eq) {
+      log_msg(LOG_LEVEL_ERR, "%s:%u: expected key = value", path, lineno);
+      ret = -EINVAL;
+      break;
+    }
+    *eq = '\0';
+    char *key = trim(l), *value = trim(eq + 1);
+    size_t vl = strlen(value);
+    if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+      value[vl - 1] = '\0';
+      value++;
+    }
+    int r;
+    if (sect == GLOBAL)
+      r = global_key(s, key, value);
+    else if (sect == EXPORT)
+      r = export_key(cur, key, value);
+    else
+      r = -ENOENT;
+    if (r == -ENOENT) {
+      log_msg(LOG_LEVEL_ERR, "%s:%u: unknown key '%s'%s", path, lineno, key,
+              sect == NONE ? " outside any section" : "");
+      ret = -EINVAL;
+      break;
+    }
+    if (r < 0) {
+      log_msg(LOG_LEVEL_ERR, "%s:%u: invalid value for '%s': '%s'", path, lineno, key, value);
+      ret = -EINVAL;
+      break;
+    }
+  }
+  if (ret == 0) {
+    for (size_t i = first_export; i < s->n_exports; i++) {
+      if (!s->exports[i].image) {
+        log_msg(LOG_LEVEL_ERR, "%s: export '%s' has no image =", path, s->exports[i].name);
+        ret = -EINVAL;
+        break;
+      }
+    }
+  }
+out:
+  fclose(f);
+  return ret;
+}

@@ -1,0 +1,432 @@
+/* connection.c: one client connection: input staging and framing, back-pressure,
+ * serialized writes, and a close that waits for every outstanding request. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "server.h"
+
+/* Payload reads at least this large skip the staging buffer and land
+ * directly in the request's buffer (no copy). */
+#define DIRECT_READ_MIN (16u * 1024)
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void conn_process(struct connection *conn);
+
+void conn_ref(struct connection *conn) { conn->refs++; }
+
+void conn_unref(struct connection *conn) {
+  if (--conn->refs > 0)
+    return;
+  if (conn->prev)
+    conn->prev->next = conn->next;
+  else
+    server.conns = conn->next;
+  if (conn->next)
+    conn->next->prev = conn->prev;
+  server.n_conns--;
+  free(conn->inbuf);
+  free(conn->optbuf);
+  free(conn->meta_export);
+  free(conn);
+  server_check_done(&server);
+}
+
+static void on_handle_closed(uv_handle_t *h) { conn_unref(h->data); }
+
+/* Whether we may start reading the next message: bounded requests and bytes. */
+static bool under_limits(const struct connection *conn) {
+  return conn->inflight < SERVER_MAX_INFLIGHT_REQUESTS &&
+         conn->inflight_bytes + conn->write_bytes < SERVER_MAX_INFLIGHT_BYTES;
+}
+
+static bool mid_message(const struct connection *conn) {
+  return conn->want_done > 0 || conn->want_dst != conn->hdr;
+}
+
+static bool input_allowed(const struct connection *conn) {
+  if (conn->closing || conn->eof || !conn->want_cb)
+    return false;
+  /* Once a message has started (a payload being read), finish it even when
+   * draining: the bytes it costs were counted when its header arrived. */
+  if (mid_message(conn))
+    return true;
+  return !conn->draining && under_limits(conn);
+}
+
+void conn_update(struct connection *conn) {
+  if (!conn->closing)
+    conn_process(conn);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  struct connection *conn = h->data;
+  uint64_t left = conn->want_len - conn->want_done;
+  if (conn->in_start == conn->in_end && conn->want_dst && conn->want_dst != conn->hdr &&
+      left >= DIRECT_READ_MIN) {
+    *buf = uv_buf_init((char *)conn->want_dst + conn->want_done, (unsigned)MIN(left, 1u << 30));
+    return;
+  }
+  if (conn->in_start == conn->in_end) {
+    conn->in_start = conn->in_end = 0;
+  } else if (conn->in_start > 0 && SERVER_INBUF_SIZE - conn->in_end < 4096) {
+    memmove(conn->inbuf, conn->inbuf + conn->in_start, conn->in_end - conn->in_start);
+    conn->in_end -= conn->in_start;
+    conn->in_start = 0;
+  }
+  *buf = uv_buf_init((char *)conn->inbuf + conn->in_end,
+                     (unsigned)(SERVER_INBUF_SIZE - conn->in_end));
+}
+
+/* The real read start: libuv wants the alloc callback here. */
+static void start_reading(struct connection *conn) {
+  int r = uv_read_start(&conn->sock.stream, on_alloc, on_read);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: cannot read: %s", conn->peer, uv_strerror(r));
+    conn_close(conn, "read error");
+    return;
+  }
+  conn->reading = true;
+}
+
+static void update_reading(struct connection *conn) {
+  if (conn->closing)
+    return;
+  if (conn->draining && conn->inflight == 0 && conn->writes_pending == 0) {
+    conn_close(conn, NULL);
+    return;
+  }
+  bool want = input_allowed(conn) && conn->in_end - conn->in_start < SERVER_INBUF_SIZE;
+  if (want && !conn->reading)
+    start_reading(conn);
+  else if (!want && conn->reading) {
+    uv_read_stop(&conn->sock.stream);
+    conn->reading = false;
+  }
+}
+
+static void on_eof(struct connection *conn) {
+  conn->eof = true;
+  if (conn->phase == PHASE_HANDSHAKE) {
+    conn_close(conn, "client closed the connection during the handshake");
+  } else if (mid_message(conn)) {
+    conn_close(conn, "client closed the connection in the middle of a request");
+  } else {
+    /* Answer what is in flight (a half-closed client may still read), then close. */
+    conn_drain(conn);
+  }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  struct connection *conn = stream->data;
+  if (conn->closing)
+    return;
+  if (nread > 0) {
+    const uint8_t *b = (const uint8_t *)buf->base;
+    if (b >= conn->inbuf && b < conn->inbuf + SERVER_INBUF_SIZE)
+      conn->in_end += (size_t)nread;
+    else
+      conn->want_done += (uint64_t)nread;
+    conn_process(conn);
+    return;
+  }
+  if (nread == 0 || nread == UV_ENOBUFS)
+    return;
+  if (nread == UV_EOF) {
+    if (conn->in_end > conn->in_start) {
+      /* Leftover bytes that never formed a whole message. */
+      conn->in_start = conn->in_end;
+    }
+    on_eof(conn);
+    return;
+  }
+  log_msg(LOG_LEVEL_INFO, "%s: read error: %s", conn->peer, uv_strerror((int)nread));
+  conn_close(conn, "read error");
+}
+
+/* Feeds buffered input to the current reader until it needs more bytes or
+ * must stop (back-pressure, close, DISC). */
+static void conn_process(struct connection *conn) {
+  if (conn->in_process)
+    return;
+  conn->in_process = true;
+  conn_ref(conn);
+  while (input_allowed(conn)) {
+    uint64_t left = conn->want_len - conn->want_done;
+    size_t avail = conn->in_end - conn->in_start;
+    if (left > 0 && avail > 0) {
+      size_t n = (size_t)MIN(left, (uint64_t)avail);
+      if (conn->want_dst)
+        memcpy(conn->want_dst + conn->want_done, conn->inbuf + conn->in_start, n);
+      conn->want_done += n;
+      conn->in_start += n;
+    }
+    if (conn->want_done < conn->want_len)
+      break;
+    conn_input_cb cb = conn->want_cb;
+    conn->want_cb = NULL;
+    cb(conn);
+  }
+  if (conn->in_start == conn->in_end)
+    conn->in_start = conn->in_end = 0;
+  conn->in_process = false;
+  update_reading(conn);
+  conn_unref(conn);
+}
+
+void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb) {
+  conn->want_dst = dst;
+  conn->want_len = len;
+  conn->want_done = 0;
+  conn->want_cb = cb;
+}
+
+struct write_req {
+  uv_write_t req;
+  struct connection *conn;
+  conn_write_cb cb;
+  void *opaque;
+  size_t len;
+  uint8_t copy[]; /* conn_write_copy only */
+};
+
+static void on_written(uv_write_t *req, int status) {
+  struct write_req *w = (struct write_req *)req;
+  struct connection *conn = w->conn;
+  conn->write_bytes -= w->len;
+  conn->writes_pending--;
+  if (status < 0 && status != UV_ECANCELED && !conn->closing) {
+    log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(status));
+    conn_close(conn, "write error");
+  }
+  if (w->cb)
+    w->cb(conn, w->opaque, status);
+  free(w);
+  if (!conn->closing)
+    conn_process(conn);
+  conn_unref(conn);
+}
+
+static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf_t *bufs,
+                      unsigned nbufs) {
+  w->conn = conn;
+  w->len = 0;
+  for (unsigned i = 0; i < nbufs; i++)
+    w->len += bufs[i].len;
+  int r = conn->closing ? UV_ECANCELED : uv_write(&w->req, conn->out, bufs, nbufs, on_written);
+  if (r < 0) {
+    if (w->cb)
+      w->cb(conn, w->opaque, r);
+    free(w);
+    if (!conn->closing) {
+      log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(r));
+      conn_close(conn, "write error");
+    }
+    return r;
+  }
+  conn_ref(conn);
+  conn->write_bytes += w->len;
+  conn->writes_pending++;
+  return 0;
+}
+
+int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
+               void *opaque) {
+  struct write_req *w = calloc(1, sizeof *w);
+  if (!w) {
+    if (cb)
+      cb(conn, opaque, UV_ENOMEM);
+    conn_close(conn, "out of memory");
+    return -ENOMEM;
+  }
+  w->cb = cb;
+  w->opaque = opaque;
+  return write_bufs(conn, w, bufs, nbufs);
+}
+
+int conn_write_copy(struct connection *conn, const void *data, size_t len) {
+  struct write_req *w = calloc(1, sizeof *w + len);
+  if (!w) {
+    conn_close(conn, "out of memory");
+    return -ENOMEM;
+  }
+  memcpy(w->copy, data, len);
+  uv_buf_t b = uv_buf_init((char *)w->copy, (unsigned)len);
+  return write_bufs(conn, w, &b, 1);
+}
+
+void conn_drain(struct connection *conn) {
+  conn->draining = true;
+  update_reading(conn);
+}
+
+void conn_close(struct connection *conn, const char *why) {
+  if (conn->closing)
+    return;
+  conn->closing = true;
+  conn->eof = true;
+  if (why)
+    log_msg(LOG_LEVEL_INFO, "%s: closing connection: %s", conn->peer, why);
+  else
+    log_msg(LOG_LEVEL_INFO, "%s: connection closed", conn->peer);
+  if (conn->reading)
+    uv_read_stop(&conn->sock.stream);
+  conn->reading = false;
+  transmission_abort_payload(conn);
+  uv_close(&conn->sock.handle, on_handle_closed);
+  if (conn->has_out_pipe)
+    uv_close((uv_handle_t *)&conn->out_pipe, on_handle_closed);
+  uv_close((uv_handle_t *)&conn->timer, on_handle_closed);
+}
+
+static void on_handshake_timeout(uv_timer_t *t) {
+  struct connection *conn = t->data;
+  log_msg(LOG_LEVEL_WARNING, "%s: handshake not finished within %u s", conn->peer,
+          server.cfg->handshake_timeout);
+  conn_close(conn, "handshake timeout");
+}
+
+static struct connection *conn_new(void) {
+  struct connection *conn = calloc(1, sizeof *conn);
+  if (!conn)
+    return NULL;
+  conn->inbuf = malloc(SERVER_INBUF_SIZE);
+  if (!conn->inbuf) {
+    free(conn);
+    return NULL;
+  }
+  conn->id = ++server.next_conn_id;
+  conn->out = &conn->sock.stream;
+  conn->sock.handle.data = conn;
+  uv_timer_init(server.loop, &conn->timer);
+  conn->timer.data = conn;
+  conn->refs = 1; /* the timer */
+  conn->next = server.conns;
+  if (server.conns)
+    server.conns->prev = conn;
+  server.conns = conn;
+  server.n_conns++;
+  return conn;
+}
+
+static void conn_begin(struct connection *conn) {
+  log_msg(LOG_LEVEL_INFO, "%s: new connection", conn->peer);
+  if (server.cfg->handshake_timeout)
+    uv_timer_start(&conn->timer, on_handshake_timeout,
+                   (uint64_t)server.cfg->handshake_timeout * 1000, 0);
+  handshake_start(conn);
+  conn_process(conn);
+}
+
+static void format_peer(struct connection *conn, bool is_tcp) {
+  if (is_tcp) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char host[64] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&conn->sock.tcp, (struct sockaddr *)&ss, &len) == 0) {
+      if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        uv_ip6_name(s6, host, sizeof host);
+        port = ntohs(s6->sin6_port);
+        snprintf(conn->peer, sizeof conn->peer, "client [%s]:%d", host, port);
+        return;
+      }
+      struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+      uv_ip4_name(s4, host, sizeof host);
+      port = ntohs(s4->sin_port);
+    }
+    snprintf(conn->peer, sizeof conn->peer, "client %s:%d", host, port);
+  } else {
+    snprintf(conn->peer, sizeof conn->peer, "client #%" PRIu64 " (unix)", conn->id);
+  }
+}
+
+int conn_accept(uv_stream_t *listener, bool is_tcp) {
+  struct connection *conn = conn_new();
+  if (!conn) {
+    log_msg(LOG_LEVEL_ERR, "accept: out of memory");
+    return -ENOMEM;
+  }
+  if (is_tcp)
+    uv_tcp_init(server.loop, &conn->sock.tcp);
+  else
+    uv_pipe_init(server.loop, &conn->sock.pipe, 0);
+  conn->sock.handle.data = conn;
+  conn->refs++;
+  int r = uv_accept(listener, &conn->sock.stream);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_WARNING, "accept: %s", uv_strerror(r));
+    snprintf(conn->peer, sizeof conn->peer, "client #%" PRIu64, conn->id);
+    conn->closing = true;
+    uv_close(&conn->sock.handle, on_handle_closed);
+    uv_close((uv_handle_t *)&conn->timer, on_handle_closed);
+    return r;
+  }
+  if (is_tcp)
+    uv_tcp_nodelay(&conn->sock.tcp, 1);
+  format_peer(conn, is_tcp);
+  if (server.shutting_down) {
+    conn_close(conn, "server is shutting down");
+    return 0;
+  }
+  if (server.cfg->max_connections && server.n_conns > server.cfg->max_connections) {
+    log_msg(LOG_LEVEL_WARNING, "%s: refused: already %u connections (--max-connections)",
+            conn->peer, server.cfg->max_connections);
+    conn_close(conn, "too many connections");
+    return 0;
+  }
+  conn_begin(conn);
+  return 0;
+}
+
+int conn_start_stdio(void) {
+  struct connection *conn = conn_new();
+  if (!conn)
+    return -ENOMEM;
+  snprintf(conn->peer, sizeof conn->peer, "client (stdio)");
+  uv_pipe_init(server.loop, &conn->sock.pipe, 0);
+  conn->sock.handle.data = conn;
+  conn->refs++;
+  uv_pipe_init(server.loop, &conn->out_pipe, 0);
+  conn->out_pipe.data = conn;
+  conn->refs++;
+  conn->has_out_pipe = true;
+  conn->out = (uv_stream_t *)&conn->out_pipe;
+  int r = uv_pipe_open(&conn->sock.pipe, STDIN_FILENO);
+  if (r == 0)
+    r = uv_pipe_open(&conn->out_pipe, STDOUT_FILENO);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_ERR, "--stdio: cannot use stdin/stdout: %s", uv_strerror(r));
+    conn_close(conn, NULL);
+    return r;
+  }
+  conn_begin(conn);
+  return 0;
+}
+
+/* Server shutdown: connections still negotiating are closed at once; those in
+ * transmission stop reading and close when their requests are answered.
+ * force closes everything (in-flight work finishes in the background). */
+void conns_shutdown(struct server *srv, bool force) {
+  struct connection *next;
+  for (struct connection *c = srv->conns; c; c = next) {
+    next = c->next;
+    if (c->closing)
+      continue;
+    if (force)
+      conn_close(c, "server shutdown timed out");
+    else if (c->phase == PHASE_HANDSHAKE)
+      conn_close(c, "server is shutting down");
+    else
+      conn_drain(c); /* a WRITE payload already started is still read */
+  }
+}

@@ -1,0 +1,104 @@
+/* exports.c: the export table.  Each export's image is opened once, at
+ * startup, and shared by every connection (one vhd_t, one queue), which is
+ * what lets us advertise NBD_FLAG_CAN_MULTI_CONN. */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "server.h"
+
+static void on_warning(void *opaque, const char *msg) {
+  log_msg(LOG_LEVEL_WARNING, "%s: %s", (const char *)opaque, msg);
+}
+
+static void export_free(struct export *e) {
+  if (!e)
+    return;
+  free(e->name);
+  free(e->image);
+  free(e->description);
+  free(e);
+}
+
+int exports_open(struct server *srv, const struct settings *s) {
+  srv->exports = calloc(s->n_exports ? s->n_exports : 1, sizeof *srv->exports);
+  if (!srv->exports)
+    return -ENOMEM;
+  for (size_t i = 0; i < s->n_exports; i++) {
+    const struct export_spec *sp = &s->exports[i];
+    struct export *e = calloc(1, sizeof *e);
+    if (!e)
+      return -ENOMEM;
+    e->name = strdup(sp->name);
+    e->image = strdup(sp->image);
+    e->description = sp->description ? strdup(sp->description) : NULL;
+    e->readonly = sp->readonly_set ? sp->readonly : s->readonly;
+    queue_init(&e->queue);
+    if (!e->name || !e->image || (sp->description && !e->description)) {
+      export_free(e);
+      return -ENOMEM;
+    }
+    struct vhd_open_opts opts = {
+        .flags = e->readonly ? VHD_OPEN_RDONLY : 0,
+        .size_rule = VHD_SIZE_AUTO,
+        .warn = on_warning,
+        .warn_opaque = e->image,
+    };
+    struct vhd_err err = {{0}};
+    int r = vhd_open(e->image, &opts, &e->vhd, &err);
+    if (r < 0) {
+      log_msg(LOG_LEVEL_ERR, "export '%s': %s", e->name,
+              err.msg[0] ? err.msg : strerror(-r));
+      export_free(e);
+      return r;
+    }
+    e->size = vhd_virtual_size(e->vhd);
+    if (vhd_is_readonly(e->vhd))
+      e->readonly = true;
+    srv->exports[srv->n_exports++] = e;
+    log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s", e->name, e->image, e->size,
+            e->readonly ? ", read-only" : "");
+  }
+  return 0;
+}
+
+void exports_close(struct server *srv) {
+  for (size_t i = 0; i < srv->n_exports; i++) {
+    struct export *e = srv->exports[i];
+    struct vhd_err err = {{0}};
+    if (e->vhd && vhd_close(e->vhd, &err) < 0)
+      log_msg(LOG_LEVEL_ERR, "export '%s': closing %s: %s", e->name, e->image, err.msg);
+    export_free(e);
+  }
+  free(srv->exports);
+  srv->exports = NULL;
+  srv->n_exports = 0;
+}
+
+struct export *exports_find(struct server *srv, const char *name, size_t len) {
+  for (size_t i = 0; i < srv->n_exports; i++) {
+    struct export *e = srv->exports[i];
+    if (strlen(e->name) == len && memcmp(e->name, name, len) == 0)
+      return e;
+  }
+  return NULL;
+}
+
+uint16_t export_tflags(const struct export *exp, bool structured) {
+  /* Every connection shares the one vhd_t whose flush covers all writes, so
+   * multi-conn is truthful.  DF needs structured replies (spec). */
+  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE |
+               NBD_FLAG_CAN_MULTI_CONN;
+  if (structured)
+    f |= NBD_FLAG_SEND_DF;
+  if (exp->readonly)
+    f |= NBD_FLAG_READ_ONLY;
+  else
+    f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+         NBD_FLAG_SEND_FAST_ZERO;
+  return f;
+}

@@ -1,0 +1,360 @@
+/* handshake.c: fixed newstyle negotiation, one option at a time.
+ *
+ * Every option is read whole (at most SERVER_OPTION_MAX bytes) before it is
+ * answered; larger ones are discarded through the staging buffer and refused,
+ * absurd ones close the connection.  Replies are built in one buffer per
+ * option and written with a single write. */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "server.h"
+
+static const uint16_t handshake_flags = NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES;
+
+/* Accumulates the replies to one option. */
+struct replies {
+  uint8_t *buf;
+  size_t len, cap;
+  bool failed;
+};
+
+static uint8_t *replies_reserve(struct replies *r, size_t n) {
+  if (r->failed)
+    return NULL;
+  if (r->cap - r->len < n) {
+    size_t cap = MAX(r->cap * 2, r->len + n);
+    uint8_t *b = realloc(r->buf, cap);
+    if (!b) {
+      r->failed = true;
+      return NULL;
+    }
+    r->buf = b;
+    r->cap = cap;
+  }
+  return r->buf + r->len;
+}
+
+/* Runs an encoder into reserved space: the macro keeps call sites short. */
+#define REPLY(r, maxlen, call)                           \
+  do {                                                   \
+    uint8_t *out_ = replies_reserve((r), (maxlen));      \
+    if (out_) {                                          \
+      ssize_t n_ = call;                                 \
+      if (n_ < 0)                                        \
+        (r)->failed = true;                              \
+      else                                               \
+        (r)->len += (size_t)n_;                          \
+    }                                                    \
+  } while (0)
+#define OUT out_
+#define CAP (r->cap - r->len)
+
+static void replies_send(struct connection *conn, struct replies *r) {
+  if (r->failed) {
+    free(r->buf);
+    conn_close(conn, "out of memory building option replies");
+    return;
+  }
+  conn_write_copy(conn, r->buf, r->len);
+  free(r->buf);
+}
+
+static void send_error(struct connection *conn, uint32_t type, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void send_error(struct connection *conn, uint32_t type, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  log_msg(LOG_LEVEL_DEBUG, "%s: option %" PRIu32 ": %s", conn->peer, conn->opt.option, msg);
+  uint8_t buf[NBD_OPTION_REPLY_SIZE(sizeof msg)];
+  ssize_t n = nbd_encode_rep_error(buf, sizeof buf, conn->opt.option, type, msg);
+  if (n > 0)
+    conn_write_copy(conn, buf, (size_t)n);
+}
+
+static void send_ack(struct connection *conn) {
+  uint8_t buf[NBD_OPTION_REPLY_HDR_SIZE];
+  nbd_encode_rep_ack(buf, sizeof buf, conn->opt.option);
+  conn_write_copy(conn, buf, sizeof buf);
+}
+
+static void read_option_header(struct connection *conn);
+
+/* ---- options ---- */
+
+static void opt_list(struct connection *conn) {
+  if (conn->opt.length != 0) {
+    send_error(conn, NBD_REP_ERR_INVALID, "NBD_OPT_LIST: unexpected data");
+    return;
+  }
+  struct replies rr = {0}, *r = &rr;
+  for (size_t i = 0; i < server.n_exports; i++) {
+    const struct export *e = server.exports[i];
+    const char *d = e->description ? e->description : "";
+    size_t nl = strlen(e->name), dl = strlen(d);
+    REPLY(r, NBD_OPTION_REPLY_SIZE(4 + nl + dl),
+          nbd_encode_rep_server(OUT, CAP, NBD_OPT_LIST, e->name, nl, d, dl));
+  }
+  REPLY(r, NBD_OPTION_REPLY_HDR_SIZE, nbd_encode_rep_ack(OUT, CAP, NBD_OPT_LIST));
+  replies_send(conn, r);
+}
+
+static void opt_info_go(struct connection *conn) {
+  uint32_t option = conn->opt.option;
+  const char *oname = option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_INFO";
+  struct nbd_info_request ir;
+  const char *why = NULL;
+  if (nbd_parse_info_request(conn->optbuf, conn->opt.length, &ir, &why) < 0) {
+    send_error(conn, NBD_REP_ERR_INVALID, "%s: %s", oname, why);
+    return;
+  }
+  struct export *exp = exports_find(&server, ir.name, ir.name_len);
+  if (!exp) {
+    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
+               (int)MIN(ir.name_len, 256u), ir.name);
+    return;
+  }
+  struct replies rr = {0}, *r = &rr;
+  REPLY(r, NBD_OPTION_REPLY_SIZE(12),
+        nbd_encode_rep_info_export(OUT, CAP, option, exp->size,
+                                   export_tflags(exp, conn->structured)));
+  if (ir.want & NBD_INFO_WANT_NAME) {
+    size_t nl = strlen(exp->name);
+    REPLY(r, NBD_OPTION_REPLY_SIZE(2 + nl),
+          nbd_encode_rep_info_name(OUT, CAP, option, exp->name, nl));
+  }
+  if ((ir.want & NBD_INFO_WANT_DESCRIPTION) && exp->description) {
+    size_t dl = strlen(exp->description);
+    REPLY(r, NBD_OPTION_REPLY_SIZE(2 + dl),
+          nbd_encode_rep_info_description(OUT, CAP, option, exp->description, dl));
+  }
+  if (ir.want & NBD_INFO_WANT_BLOCK_SIZE)
+    REPLY(r, NBD_OPTION_REPLY_SIZE(14),
+          nbd_encode_rep_info_block_size(OUT, CAP, option, SERVER_BLOCK_MIN,
+                                         SERVER_BLOCK_PREFERRED, SERVER_MAX_PAYLOAD));
+  REPLY(r, NBD_OPTION_REPLY_HDR_SIZE, nbd_encode_rep_ack(OUT, CAP, option));
+  replies_send(conn, r);
+  if (option == NBD_OPT_GO && !conn->closing)
+    transmission_start(conn, exp);
+}
+
+static void opt_export_name(struct connection *conn) {
+  const char *name = (const char *)conn->optbuf;
+  uint32_t len = conn->opt.length;
+  const char *why = NULL;
+  /* EXPORT_NAME cannot be answered with an error: the spec says close. */
+  if (nbd_check_string(name, len, &why) < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME: %s", conn->peer, why);
+    conn_close(conn, "bad export name");
+    return;
+  }
+  struct export *exp = exports_find(&server, name, len);
+  if (!exp) {
+    log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME: export '%.*s' not found", conn->peer,
+            (int)MIN(len, 256u), name);
+    conn_close(conn, "unknown export");
+    return;
+  }
+  uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
+  size_t n = nbd_encode_export_name_reply(buf, exp->size, export_tflags(exp, conn->structured),
+                                          conn->client_flags & NBD_FLAG_C_NO_ZEROES);
+  conn_write_copy(conn, buf, n);
+  if (!conn->closing)
+    transmission_start(conn, exp);
+}
+
+static bool is_base_allocation(const char *q, uint32_t len) {
+  return len == strlen(NBD_CONTEXT_BASE_ALLOCATION) &&
+         memcmp(q, NBD_CONTEXT_BASE_ALLOCATION, len) == 0;
+}
+
+static bool is_base_namespace(const char *q, uint32_t len) {
+  return len == strlen(NBD_META_NS_BASE) && memcmp(q, NBD_META_NS_BASE, len) == 0;
+}
+
+static void opt_meta_context(struct connection *conn) {
+  uint32_t option = conn->opt.option;
+  bool set = option == NBD_OPT_SET_META_CONTEXT;
+  const char *oname = set ? "NBD_OPT_SET_META_CONTEXT" : "NBD_OPT_LIST_META_CONTEXT";
+  if (set) {
+    /* Each SET replaces the selection, even when it fails. */
+    free(conn->meta_export);
+    conn->meta_export = NULL;
+    conn->meta_allocation = false;
+  }
+  if (!conn->structured) {
+    send_error(conn, NBD_REP_ERR_INVALID, "%s: structured replies not negotiated", oname);
+    return;
+  }
+  struct nbd_meta_request mr;
+  const char *why = NULL;
+  if (nbd_parse_meta_request(conn->optbuf, conn->opt.length, &mr, &why) < 0) {
+    send_error(conn, NBD_REP_ERR_INVALID, "%s: %s", oname, why);
+    return;
+  }
+  if (!exports_find(&server, mr.name, mr.name_len)) {
+    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
+               (int)MIN(mr.name_len, 256u), mr.name);
+    return;
+  }
+  bool match = false;
+  if (mr.n_queries == 0) {
+    match = !set; /* LIST: everything; SET: nothing */
+  } else {
+    size_t pos = 0;
+    const char *q;
+    uint32_t ql;
+    while (nbd_meta_query_next(&mr, &pos, &q, &ql))
+      if (is_base_allocation(q, ql) || (!set && is_base_namespace(q, ql)))
+        match = true;
+  }
+  struct replies rr = {0}, *r = &rr;
+  if (match) {
+    size_t nl = strlen(NBD_CONTEXT_BASE_ALLOCATION);
+    REPLY(r, NBD_OPTION_REPLY_SIZE(4 + nl),
+          nbd_encode_rep_meta_context(OUT, CAP, option, set ? SERVER_META_CONTEXT_ID : 0,
+                                      NBD_CONTEXT_BASE_ALLOCATION, nl));
+  }
+  REPLY(r, NBD_OPTION_REPLY_HDR_SIZE, nbd_encode_rep_ack(OUT, CAP, option));
+  if (set) {
+    conn->meta_export = malloc(mr.name_len + 1);
+    if (!conn->meta_export) {
+      free(rr.buf);
+      conn_close(conn, "out of memory");
+      return;
+    }
+    memcpy(conn->meta_export, mr.name, mr.name_len);
+    conn->meta_export[mr.name_len] = '\0';
+    conn->meta_export_len = mr.name_len;
+    conn->meta_allocation = match;
+  }
+  replies_send(conn, r);
+}
+
+static void handle_option(struct connection *conn) {
+  const struct nbd_option_hdr *o = &conn->opt;
+  switch (o->option) {
+  case NBD_OPT_EXPORT_NAME:
+    opt_export_name(conn);
+    return;
+  case NBD_OPT_ABORT:
+    send_ack(conn);
+    log_msg(LOG_LEVEL_DEBUG, "%s: client aborted the handshake", conn->peer);
+    conn_drain(conn);
+    return;
+  case NBD_OPT_LIST:
+    opt_list(conn);
+    break;
+  case NBD_OPT_STARTTLS:
+    send_error(conn, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+    break;
+  case NBD_OPT_INFO:
+  case NBD_OPT_GO:
+    opt_info_go(conn);
+    if (o->option == NBD_OPT_GO && conn->phase == PHASE_TRANSMISSION)
+      return;
+    break;
+  case NBD_OPT_STRUCTURED_REPLY:
+    if (o->length != 0)
+      send_error(conn, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY: unexpected data");
+    else if (conn->structured)
+      send_error(conn, NBD_REP_ERR_INVALID, "structured replies already negotiated");
+    else {
+      conn->structured = true;
+      send_ack(conn);
+    }
+    break;
+  case NBD_OPT_LIST_META_CONTEXT:
+  case NBD_OPT_SET_META_CONTEXT:
+    opt_meta_context(conn);
+    break;
+  default: /* NBD_OPT_PEEK_EXPORT, NBD_OPT_EXTENDED_HEADERS, unknown */
+    send_error(conn, NBD_REP_ERR_UNSUP, "option %" PRIu32 " not supported", o->option);
+    break;
+  }
+  if (!conn->closing && !conn->draining)
+    read_option_header(conn);
+}
+
+static void on_option_data(struct connection *conn) {
+  handle_option(conn);
+  free(conn->optbuf);
+  conn->optbuf = NULL;
+}
+
+static void on_option_discarded(struct connection *conn) {
+  send_error(conn, NBD_REP_ERR_TOO_BIG, "option data of %" PRIu32 " bytes is too large",
+             conn->opt.length);
+  read_option_header(conn);
+}
+
+static void on_option_header(struct connection *conn) {
+  const char *why = NULL;
+  if (nbd_decode_option_hdr(conn->hdr, &conn->opt, &why) < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
+    conn_close(conn, "protocol error");
+    return;
+  }
+  uint32_t len = conn->opt.length;
+  if (++conn->n_options > SERVER_OPTION_COUNT_BASE + 2 * server.n_exports) {
+    log_msg(LOG_LEVEL_WARNING, "%s: too many options (%u)", conn->peer, conn->n_options);
+    conn_close(conn, "too many options");
+    return;
+  }
+  if (!(conn->client_flags & NBD_FLAG_C_FIXED_NEWSTYLE) &&
+      conn->opt.option != NBD_OPT_EXPORT_NAME) {
+    /* Plain newstyle knows no replies: we cannot say no, only hang up. */
+    log_msg(LOG_LEVEL_WARNING, "%s: option %" PRIu32 " from a non-fixed-newstyle client",
+            conn->peer, conn->opt.option);
+    conn_close(conn, "protocol error");
+    return;
+  }
+  if (len > SERVER_OPTION_MAX) {
+    if (len > SERVER_OPTION_DISCARD_MAX || conn->opt.option == NBD_OPT_EXPORT_NAME) {
+      log_msg(LOG_LEVEL_WARNING, "%s: option %" PRIu32 " with %" PRIu32 " bytes of data",
+              conn->peer, conn->opt.option, len);
+      conn_close(conn, "option too large");
+      return;
+    }
+    conn_expect(conn, NULL, len, on_option_discarded);
+    return;
+  }
+  conn->optbuf = malloc(len ? len : 1);
+  if (!conn->optbuf) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  conn_expect(conn, conn->optbuf, len, on_option_data);
+}
+
+static void read_option_header(struct connection *conn) {
+  conn_expect(conn, conn->hdr, NBD_OPTION_HDR_SIZE, on_option_header);
+}
+
+static void on_client_flags(struct connection *conn) {
+  const char *why = NULL;
+  if (nbd_decode_client_flags(conn->hdr, handshake_flags, &conn->client_flags, &why) < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
+    conn_close(conn, "protocol error");
+    return;
+  }
+  read_option_header(conn);
+}
+
+void handshake_start(struct connection *conn) {
+  uint8_t greeting[NBD_GREETING_SIZE];
+  conn->phase = PHASE_HANDSHAKE;
+  nbd_encode_greeting(greeting, handshake_flags);
+  conn_write_copy(conn, greeting, sizeof greeting);
+  conn_expect(conn, conn->hdr, NBD_CLIENT_FLAGS_SIZE, on_client_flags);
+}

@@ -1,0 +1,225 @@
+/* listen.c: where connections come from: TCP (IPv4 and IPv6), a Unix socket,
+ * sockets passed by systemd (LISTEN_FDS), or one connection on stdin/stdout. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "server.h"
+
+#define BACKLOG 128
+#define MAX_LISTENERS 64
+#define SD_LISTEN_FDS_START 3
+
+struct listener {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  bool is_tcp;
+  char desc[128];
+};
+
+static struct listener *listeners[MAX_LISTENERS];
+static size_t n_listeners;
+static bool unix_created;
+
+static void on_connection(uv_stream_t *s, int status) {
+  struct listener *l = s->data;
+  if (status < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: accept: %s", l->desc, uv_strerror(status));
+    return;
+  }
+  conn_accept(s, l->is_tcp);
+}
+
+static struct listener *listener_new(void) {
+  if (n_listeners == MAX_LISTENERS)
+    return NULL;
+  struct listener *l = calloc(1, sizeof *l);
+  if (l)
+    listeners[n_listeners++] = l;
+  return l;
+}
+
+static void on_listener_closed(uv_handle_t *h) { free(h->data); }
+
+static int start_listening(struct listener *l) {
+  l->h.handle.data = l;
+  int r = uv_listen(&l->h.stream, BACKLOG, on_connection);
+  if (r < 0)
+    log_msg(LOG_LEVEL_ERR, "%s: listen: %s", l->desc, uv_strerror(r));
+  else
+    log_msg(LOG_LEVEL_INFO, "listening on %s", l->desc);
+  return r;
+}
+
+static int listen_tcp_addr(struct server *srv, const struct sockaddr *sa, const char *what) {
+  struct listener *l = listener_new();
+  if (!l)
+    return -ENOMEM;
+  l->is_tcp = true;
+  char host[64] = "?";
+  int port = 0;
+  if (sa->sa_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)sa, host, sizeof host);
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    snprintf(l->desc, sizeof l->desc, "[%s]:%d", host, port);
+  } else {
+    uv_ip4_name((const struct sockaddr_in *)sa, host, sizeof host);
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    snprintf(l->desc, sizeof l->desc, "%s:%d", host, port);
+  }
+  uv_tcp_init(srv->loop, &l->h.tcp);
+  l->h.handle.data = l;
+  int r = uv_tcp_bind(&l->h.tcp, sa, sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_ERR, "%s (%s): bind: %s", l->desc, what, uv_strerror(r));
+    return r;
+  }
+  return start_listening(l);
+}
+
+static int listen_tcp(struct server *srv, const char *addr, const char *port) {
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *res = NULL;
+  int r = getaddrinfo(addr, port, &hints, &res);
+  if (r != 0) {
+    log_msg(LOG_LEVEL_ERR, "--bind %s, port %s: %s", addr ? addr : "(all)", port,
+            gai_strerror(r));
+    return -EINVAL;
+  }
+  int ok = 0, err = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+      continue;
+    r = listen_tcp_addr(srv, ai->ai_addr, addr ? addr : "all addresses");
+    if (r == 0)
+      ok++;
+    else if (!(addr == NULL && ai->ai_family == AF_INET6 && r == UV_EAFNOSUPPORT))
+      err = r;
+  }
+  freeaddrinfo(res);
+  if (err < 0)
+    return err;
+  return ok ? 0 : -EADDRNOTAVAIL;
+}
+
+static int listen_unix(struct server *srv, const char *path) {
+  struct listener *l = listener_new();
+  if (!l)
+    return -ENOMEM;
+  snprintf(l->desc, sizeof l->desc, "unix:%s", path);
+  uv_pipe_init(srv->loop, &l->h.pipe, 0);
+  l->h.handle.data = l;
+  /* A stale socket from an earlier run would make bind fail; remove it, but
+   * never anything that is not a socket. */
+  struct stat st;
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(path);
+  int r = uv_pipe_bind(&l->h.pipe, path);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_ERR, "%s: bind: %s", path, uv_strerror(r));
+    return r;
+  }
+  unix_created = true;
+  return start_listening(l);
+}
+
+/* systemd socket activation (sd_listen_fds semantics, without needing libsystemd). */
+static int listen_systemd(struct server *srv) {
+  const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+  if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid())
+    return 0;
+  long n = strtol(fds, NULL, 10);
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  if (n <= 0)
+    return 0;
+  for (long i = 0; i < n; i++) {
+    int fd = SD_LISTEN_FDS_START + (int)i;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+      log_msg(LOG_LEVEL_ERR, "LISTEN_FDS: fd %d: %s", fd, strerror(errno));
+      return -errno;
+    }
+    struct listener *l = listener_new();
+    if (!l)
+      return -ENOMEM;
+    snprintf(l->desc, sizeof l->desc, "systemd socket fd %d", fd);
+    int r;
+    if (ss.ss_family == AF_UNIX) {
+      uv_pipe_init(srv->loop, &l->h.pipe, 0);
+      r = uv_pipe_open(&l->h.pipe, fd);
+    } else {
+      l->is_tcp = true;
+      uv_tcp_init(srv->loop, &l->h.tcp);
+      r = uv_tcp_open(&l->h.tcp, fd);
+    }
+    l->h.handle.data = l;
+    if (r < 0) {
+      log_msg(LOG_LEVEL_ERR, "%s: %s", l->desc, uv_strerror(r));
+      return r;
+    }
+    r = start_listening(l);
+    if (r < 0)
+      return r;
+  }
+  return (int)n;
+}
+
+int listen_start(struct server *srv) {
+  const struct settings *s = srv->cfg;
+  if (s->stdio)
+    return conn_start_stdio();
+  int r = listen_systemd(srv);
+  if (r != 0)
+    return r < 0 ? r : 0;
+  if (s->unix_path) {
+    r = listen_unix(srv, s->unix_path);
+    if (r < 0)
+      return r;
+  }
+  /* TCP unless only a Unix socket was asked for. */
+  if (!s->unix_path || s->port || s->n_binds) {
+    char defport[16];
+    snprintf(defport, sizeof defport, "%d", NBD_DEFAULT_PORT);
+    const char *port = s->port ? s->port : defport;
+    if (s->n_binds == 0) {
+      r = listen_tcp(srv, NULL, port);
+      if (r < 0)
+        return r;
+    }
+    for (size_t i = 0; i < s->n_binds; i++) {
+      r = listen_tcp(srv, s->binds[i], port);
+      if (r < 0)
+        return r;
+    }
+  }
+  return 0;
+}
+
+void listen_stop(struct server *srv) {
+  for (size_t i = 0; i < n_listeners; i++)
+    if (!uv_is_closing(&listeners[i]->h.handle))
+      uv_close(&listeners[i]->h.handle, on_listener_closed);
+  n_listeners = 0;
+}
+
+void listen_cleanup(struct server *srv) {
+  if (unix_created && srv->cfg->unix_path)
+    unlink(srv->cfg->unix_path);
+}

@@ -1,0 +1,402 @@
+/* main.c: vhdnbd's command line, startup and orderly shutdown. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "server.h"
+
+#define EXIT_USAGE 2
+#define WORKER_THREADS "8"
+
+struct server server;
+
+static uv_signal_t sig_term, sig_int;
+static uv_timer_t grace_timer;
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: vhdnbd [OPTIONS] [IMAGE]\n"
+          "Serve VHD images (fixed, dynamic, differencing) over NBD.\n"
+          "\n"
+          "Exports:\n"
+          "  IMAGE                    serve IMAGE as the default export \"\"\n"
+          "  -e, --export NAME=IMAGE[,ro][,description=TEXT]\n"
+          "                           serve IMAGE as export NAME (repeatable)\n"
+          "  -r, --read-only          serve every export read-only\n"
+          "  -C, --config FILE        settings and [export NAME] sections from an INI file\n"
+          "\n"
+          "Listening (default: TCP port %d on all IPv4 and IPv6 addresses):\n"
+          "  -p, --port PORT          TCP port\n"
+          "  -b, --bind ADDR          listen on ADDR only (repeatable)\n"
+          "  -U, --unix PATH          listen on a Unix socket (no TCP unless -p/-b)\n"
+          "  -s, --stdio              serve one client on stdin/stdout, then exit\n"
+          "      --max-connections N  refuse clients beyond N (default %d, 0: no limit)\n"
+          "      --handshake-timeout S  close clients still negotiating after S seconds\n"
+          "                           (default %d, 0: never)\n"
+          "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
+          "\n"
+          "Process:\n"
+          "      --pidfile FILE       write the process id once listening\n"
+          "  -v, --verbose            more messages (repeat for debugging)\n"
+          "  -q, --quiet              errors only\n"
+          "  -h, --help               this help\n"
+          "  -V, --version            print the version\n"
+          "\n"
+          "Examples:\n"
+          "  vhdnbd disk.vhd                        nbd://localhost\n"
+          "  vhdnbd -r -p 10900 -b 127.0.0.1 disk.vhd\n"
+          "  vhdnbd -U /run/vhd.sock -e sys=sys.vhd,ro -e data=data.vhd\n"
+          "                                         nbd+unix:///data?socket=/run/vhd.sock\n"
+          "  nbdinfo --list nbd://localhost\n",
+          NBD_DEFAULT_PORT, SERVER_DEFAULT_MAX_CONNECTIONS, SERVER_DEFAULT_HANDSHAKE_TIMEOUT);
+}
+
+static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "vhdnbd: ");
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\nTry 'vhdnbd --help' for more information.\n");
+  exit(EXIT_USAGE);
+}
+
+static bool starts_with_option(const char *s) {
+  return strncmp(s, "ro", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
+         : strncmp(s, "rw", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
+         : strncmp(s, "read-only", 9) == 0 ? (s[9] == '\0' || s[9] == ',')
+                                           : strncmp(s, "description=", 12) == 0;
+}
+
+/* NAME=IMAGE[,ro][,rw][,description=TEXT]; the image path may contain commas
+ * as long as what follows one is not an option; description takes the rest. */
+static void parse_export_arg(struct settings *s, const char *arg) {
+  CLEANUP_FREE char *copy = strdup(arg);
+  if (!copy)
+    usage_error("out of memory");
+  char *eq = strchr(copy, '=');
+  if (!eq)
+    usage_error("--export %s: expected NAME=IMAGE", arg);
+  *eq = '\0';
+  char *name = copy, *image = eq + 1, *opts = NULL;
+  for (char *c = strchr(image, ','); c; c = strchr(c + 1, ',')) {
+    if (starts_with_option(c + 1)) {
+      *c = '\0';
+      opts = c + 1;
+      break;
+    }
+  }
+  if (!*image)
+    usage_error("--export %s: missing IMAGE", arg);
+  bool ro = false, ro_set = false;
+  const char *desc = NULL;
+  while (opts && *opts) {
+    if (strncmp(opts, "description=", 12) == 0) {
+      desc = opts + 12;
+      break;
+    }
+    char *next = strchr(opts, ',');
+    if (next)
+      *next++ = '\0';
+    if (strcmp(opts, "ro") == 0 || strcmp(opts, "read-only") == 0)
+      ro = ro_set = true;
+    else if (strcmp(opts, "rw") == 0)
+      ro = false, ro_set = true;
+    else
+      usage_error("--export %s: unknown export option '%s'", arg, opts);
+    opts = next;
+  }
+  if (settings_add_export(s, name, image, desc, ro, ro_set) < 0)
+    usage_error("out of memory");
+}
+
+static unsigned parse_count(const char *opt, const char *v, unsigned max) {
+  char *end;
+  errno = 0;
+  unsigned long n = strtoul(v, &end, 10);
+  if (!*v || *end || errno || n > max || *v == '-')
+    usage_error("%s: invalid number '%s'", opt, v);
+  return (unsigned)n;
+}
+
+enum { OPT_MAX_CONNECTIONS = 256, OPT_PIDFILE, OPT_HANDSHAKE_TIMEOUT };
+
+static const struct option long_options[] = {
+    {"port", required_argument, NULL, 'p'},
+    {"bind", required_argument, NULL, 'b'},
+    {"unix", required_argument, NULL, 'U'},
+    {"read-only", no_argument, NULL, 'r'},
+    {"export", required_argument, NULL, 'e'},
+    {"config", required_argument, NULL, 'C'},
+    {"stdio", no_argument, NULL, 's'},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
+    {"pidfile", required_argument, NULL, OPT_PIDFILE},
+    {"verbose", no_argument, NULL, 'v'},
+    {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+/* Command line over configuration file: scalar settings given on the command
+ * line win, exports and bind addresses from both are used. */
+static void parse_args(int argc, char **argv, struct settings *s) {
+  struct settings cli = {0};
+  const char *config = NULL;
+  bool max_set = false, timeout_set = false;
+  int c;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":p:b:U:re:C:svqhV", long_options, NULL)) != -1) {
+    switch (c) {
+    case 'p':
+      parse_count("--port", optarg, 65535);
+      free(cli.port);
+      cli.port = strdup(optarg);
+      break;
+    case 'b': {
+      char **b = realloc(cli.binds, (cli.n_binds + 1) * sizeof *b);
+      if (!b)
+        usage_error("out of memory");
+      cli.binds = b;
+      cli.binds[cli.n_binds++] = strdup(optarg);
+      break;
+    }
+    case 'U':
+      free(cli.unix_path);
+      cli.unix_path = strdup(optarg);
+      break;
+    case 'r':
+      cli.readonly = true;
+      break;
+    case 'e':
+      parse_export_arg(&cli, optarg);
+      break;
+    case 'C':
+      config = optarg;
+      break;
+    case 's':
+      cli.stdio = true;
+      break;
+    case OPT_MAX_CONNECTIONS:
+      cli.max_connections = parse_count("--max-connections", optarg, 1000000);
+      max_set = true;
+      break;
+    case OPT_HANDSHAKE_TIMEOUT:
+      cli.handshake_timeout = parse_count("--handshake-timeout", optarg, 86400);
+      timeout_set = true;
+      break;
+    case OPT_PIDFILE:
+      free(cli.pidfile);
+      cli.pidfile = strdup(optarg);
+      break;
+    case 'v':
+      cli.verbose++;
+      break;
+    case 'q':
+      cli.verbose--;
+      break;
+    case 'h':
+      usage(stdout);
+      exit(0);
+    case 'V':
+      printf("vhdnbd %s\n", PACKAGE_VERSION);
+      exit(0);
+    case ':':
+      usage_error("option '%s' needs an argument", argv[optind - 1]);
+    default:
+      if (optopt)
+        usage_error("unknown option '-%c'", optopt);
+      usage_error("unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (argc - optind > 1)
+    usage_error("more than one IMAGE given ('%s'); use --export NAME=IMAGE", argv[optind + 1]);
+
+  s->max_connections = SERVER_DEFAULT_MAX_CONNECTIONS;
+  s->handshake_timeout = SERVER_DEFAULT_HANDSHAKE_TIMEOUT;
+  if (config) {
+    if (access(config, R_OK) < 0)
+      usage_error("--config %s: %s", config, strerror(errno));
+    if (config_load(config, s) < 0)
+      exit(EXIT_USAGE);
+  }
+  if (cli.port) {
+    free(s->port);
+    s->port = cli.port;
+    cli.port = NULL;
+  }
+  if (cli.n_binds) {
+    for (size_t i = 0; i < s->n_binds; i++)
+      free(s->binds[i]);
+    free(s->binds);
+    s->binds = cli.binds;
+    s->n_binds = cli.n_binds;
+    cli.binds = NULL;
+    cli.n_binds = 0;
+  }
+  if (cli.unix_path) {
+    free(s->unix_path);
+    s->unix_path = cli.unix_path;
+    cli.unix_path = NULL;
+  }
+  if (cli.pidfile) {
+    free(s->pidfile);
+    s->pidfile = cli.pidfile;
+    cli.pidfile = NULL;
+  }
+  if (cli.readonly)
+    s->readonly = true;
+  if (max_set)
+    s->max_connections = cli.max_connections;
+  if (timeout_set)
+    s->handshake_timeout = cli.handshake_timeout;
+  s->stdio = cli.stdio;
+  s->verbose = cli.verbose;
+  if (optind < argc) {
+    /* A bare IMAGE is the default export; its description is its file name. */
+    CLEANUP_FREE char *copy = strdup(argv[optind]);
+    if (!copy || settings_add_export(s, "", argv[optind], basename(copy), false, false) < 0)
+      usage_error("out of memory");
+  }
+  for (size_t i = 0; i < cli.n_exports; i++) {
+    const struct export_spec *e = &cli.exports[i];
+    if (settings_add_export(s, e->name, e->image, e->description, e->readonly,
+                            e->readonly_set) < 0)
+      usage_error("out of memory");
+  }
+  settings_free(&cli);
+
+  if (s->n_exports == 0)
+    usage_error("nothing to serve: give an IMAGE, --export NAME=IMAGE or --config FILE");
+  for (size_t i = 0; i < s->n_exports; i++) {
+    const struct export_spec *e = &s->exports[i];
+    if (strlen(e->name) > NBD_MAX_STRING)
+      usage_error("export name longer than %u bytes", NBD_MAX_STRING);
+    if (e->description && strlen(e->description) > NBD_MAX_STRING)
+      usage_error("export '%s': description longer than %u bytes", e->name, NBD_MAX_STRING);
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(s->exports[j].name, e->name) == 0)
+        usage_error("export '%s' given twice", e->name);
+    if (access(e->image, F_OK) < 0)
+      usage_error("%s: %s", e->image, strerror(errno));
+  }
+  if (s->stdio && (s->unix_path || s->port || s->n_binds))
+    usage_error("--stdio cannot be combined with --unix, --port or --bind");
+}
+
+/* ---- lifecycle ---- */
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void on_grace_timeout(uv_timer_t *t) {
+  log_msg(LOG_LEVEL_WARNING, "clients did not finish within %d s; closing them",
+          SERVER_SHUTDOWN_GRACE_MS / 1000);
+  conns_shutdown(&server, true);
+}
+
+static void server_shutdown(void) {
+  if (server.shutting_down) {
+    conns_shutdown(&server, true);
+    return;
+  }
+  server.shutting_down = true;
+  notify_stopping();
+  listen_stop(&server);
+  conns_shutdown(&server, false);
+  uv_timer_start(&grace_timer, on_grace_timeout, SERVER_SHUTDOWN_GRACE_MS, 0);
+  server_check_done(&server);
+}
+
+void server_check_done(struct server *srv) {
+  if (!srv->shutting_down) {
+    if (srv->cfg->stdio && srv->n_conns == 0)
+      server_shutdown();
+    return;
+  }
+  if (srv->n_conns > 0)
+    return;
+  /* Nothing left but our own handles: let the loop end. */
+  uv_timer_stop(&grace_timer);
+  if (!uv_is_closing((uv_handle_t *)&grace_timer))
+    uv_close((uv_handle_t *)&grace_timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&sig_term))
+    uv_close((uv_handle_t *)&sig_term, NULL);
+  if (!uv_is_closing((uv_handle_t *)&sig_int))
+    uv_close((uv_handle_t *)&sig_int, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  log_msg(LOG_LEVEL_NOTICE, "%s received, shutting down", strsignal(signum));
+  server_shutdown();
+}
+
+int main(int argc, char **argv) {
+  struct settings settings = {0};
+  log_set_program("vhdnbd");
+  signal(SIGPIPE, SIG_IGN);
+  parse_args(argc, argv, &settings);
+  int level = LOG_LEVEL_NOTICE + settings.verbose;
+  if (level < LOG_LEVEL_ERR)
+    level = LOG_LEVEL_ERR;
+  if (level > LOG_LEVEL_DEBUG)
+    level = LOG_LEVEL_DEBUG;
+  log_set_level((enum log_level)level);
+
+  /* Image I/O runs on libuv's pool; its default of 4 threads is small for
+   * many clients waiting on disk.  Must be set before the first work item. */
+  setenv("UV_THREADPOOL_SIZE", WORKER_THREADS, 0);
+
+  server.cfg = &settings;
+  server.loop = uv_default_loop();
+  int status = 0;
+  if (exports_open(&server, &settings) < 0) {
+    status = 1;
+    goto out;
+  }
+  uv_signal_init(server.loop, &sig_term);
+  uv_signal_init(server.loop, &sig_int);
+  uv_timer_init(server.loop, &grace_timer);
+  uv_signal_start(&sig_term, on_signal, SIGTERM);
+  uv_signal_start(&sig_int, on_signal, SIGINT);
+  if (listen_start(&server) < 0) {
+    status = 1;
+    server.shutting_down = true;
+    listen_stop(&server);
+    uv_walk(server.loop, close_walk_cb, NULL);
+    uv_run(server.loop, UV_RUN_DEFAULT);
+    goto out;
+  }
+  if (settings.pidfile && pidfile_write(settings.pidfile) < 0) {
+    status = 1;
+    server_shutdown();
+  } else {
+    notify_ready();
+  }
+  uv_run(server.loop, UV_RUN_DEFAULT);
+  /* Close anything left (normally nothing) so the loop can be closed. */
+  uv_walk(server.loop, close_walk_cb, NULL);
+  uv_run(server.loop, UV_RUN_DEFAULT);
+  log_msg(LOG_LEVEL_INFO, "all clients gone, closing images");
+out:
+  exports_close(&server);
+  listen_cleanup(&server);
+  if (settings.pidfile && status == 0)
+    pidfile_remove(settings.pidfile);
+  uv_loop_close(server.loop);
+  settings_free(&settings);
+  return status;
+}

@@ -1,0 +1,56 @@
+/* notify.c: telling the outside world we are up: sd_notify (Type=notify units)
+ * and the pidfile (scripts, tests). */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "log.h"
+#include "server.h"
+
+void notify_ready(void) {
+#ifdef HAVE_LIBSYSTEMD
+  sd_notify(0, "READY=1");
+#endif
+}
+
+void notify_stopping(void) {
+#ifdef HAVE_LIBSYSTEMD
+  sd_notify(0, "STOPPING=1");
+#endif
+}
+
+/* Written to a temporary name and renamed, so a reader never sees it empty. */
+int pidfile_write(const char *path) {
+  size_t n = strlen(path) + 16;
+  char *tmp = malloc(n);
+  if (!tmp)
+    return -ENOMEM;
+  snprintf(tmp, n, "%s.tmp%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "w");
+  int r = 0;
+  if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+    r = -errno;
+    log_msg(LOG_LEVEL_ERR, "--pidfile %s: %s", path, strerror(errno));
+    unlink(tmp);
+  } else if (rename(tmp, path) < 0) {
+    r = -errno;
+    log_msg(LOG_LEVEL_ERR, "--pidfile %s: %s", path, strerror(errno));
+    unlink(tmp);
+  }
+  free(tmp);
+  return r;
+}
+
+void pidfile_remove(const char *path) {
+  if (path)
+    unlink(path);
+}

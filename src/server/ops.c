@@ -1,0 +1,201 @@
+/* ops.c: the work done on worker threads; the only server file that does
+ * image I/O.  Touches nothing of the connection but the request itself. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "request.h"
+#include "server.h"
+
+/* A structured READ splits into at most this many chunks; holes smaller than
+ * READ_HOLE_MIN are sent as data (a chunk header costs more than it saves). */
+#define READ_MAX_CHUNKS 64
+#define READ_HOLE_MIN 4096u
+/* BLOCK_STATUS answers with at most this many descriptors; the client asks
+ * again from where the answer ended. */
+#define BLOCK_STATUS_MAX_EXTENTS 1024
+
+static void fail(struct request *req, int r, const struct vhd_err *err) {
+  req->error = nbd_errno_to_nbd(r);
+  if (err && err->msg[0])
+    req->errmsg = strdup(err->msg);
+}
+
+struct chunk_list {
+  struct request *req;
+  uint64_t end; /* request end */
+  size_t cap;
+};
+
+static int add_chunk(struct chunk_list *cl, uint64_t off, uint64_t len, bool hole) {
+  struct request *req = cl->req;
+  if (len == 0)
+    return 0;
+  if (hole && len < READ_HOLE_MIN)
+    hole = false;
+  if (req->n_chunks > 0) {
+    struct read_chunk *last = &req->chunks[req->n_chunks - 1];
+    if (last->hole == hole || req->n_chunks == READ_MAX_CHUNKS) {
+      /* Merge, or once out of chunks send the rest as data. */
+      if (last->hole != hole)
+        last->hole = false;
+      last->len += (uint32_t)len;
+      return 0;
+    }
+  }
+  if (req->n_chunks == cl->cap)
+    return -ENOMEM; /* cannot happen: cap = READ_MAX_CHUNKS */
+  req->chunks[req->n_chunks++] = (struct read_chunk){.off = off, .len = (uint32_t)len, .hole = hole};
+  return 0;
+}
+
+static int read_map_cb(void *opaque, const struct vhd_extent *ext) {
+  struct chunk_list *cl = opaque;
+  uint64_t start = MAX(ext->offset, cl->req->r.offset);
+  uint64_t end = MIN(ext->offset + ext->length, cl->end);
+  if (end <= start)
+    return 0;
+  bool hole = (ext->flags & VHD_MAP_ZERO) && !(ext->flags & VHD_MAP_DATA);
+  return add_chunk(cl, start, end - start, hole);
+}
+
+static void op_read(struct request *req) {
+  vhd_t *vhd = req->exp->vhd;
+  struct vhd_err err = {{0}};
+  uint64_t off = req->r.offset;
+  uint32_t len = req->r.length;
+  bool chunked = req->structured && !(req->r.flags & NBD_CMD_FLAG_DF);
+  if (chunked) {
+    req->chunks = calloc(READ_MAX_CHUNKS, sizeof *req->chunks);
+    struct chunk_list cl = {.req = req, .end = off + len, .cap = READ_MAX_CHUNKS};
+    uint64_t covered = 0;
+    if (req->chunks && vhd_map(vhd, off, len, read_map_cb, &cl, NULL) == 0) {
+      for (size_t i = 0; i < req->n_chunks; i++)
+        covered += req->chunks[i].len;
+    }
+    if (covered != len) {
+      /* No usable map: one data chunk (always correct). */
+      free(req->chunks);
+      req->chunks = NULL;
+      req->n_chunks = 0;
+    }
+  }
+  if (req->n_chunks == 0) {
+    int r = vhd_read(vhd, req->data, off, len, &err);
+    if (r < 0)
+      fail(req, r, &err);
+    return;
+  }
+  for (size_t i = 0; i < req->n_chunks; i++) {
+    const struct read_chunk *c = &req->chunks[i];
+    if (c->hole)
+      continue;
+    int r = vhd_read(vhd, req->data + (c->off - off), c->off, c->len, &err);
+    if (r < 0) {
+      fail(req, r, &err);
+      return;
+    }
+  }
+}
+
+struct extent_list {
+  struct request *req;
+  uint64_t pos, end;
+  size_t max;
+};
+
+static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
+  struct extent_list *el = opaque;
+  struct request *req = el->req;
+  uint64_t start = MAX(ext->offset, el->pos);
+  uint64_t end = MIN(ext->offset + ext->length, el->end);
+  if (end <= start)
+    return 0;
+  if (start != el->pos)
+    return -EIO; /* the engine promised contiguous runs */
+  uint32_t state = ((ext->flags & VHD_MAP_ZERO) && !(ext->flags & VHD_MAP_DATA))
+                       ? NBD_STATE_HOLE | NBD_STATE_ZERO
+                       : 0;
+  el->pos = end;
+  if (req->n_ext > 0 && req->ext[req->n_ext - 1].flags == state) {
+    req->ext[req->n_ext - 1].length += (uint32_t)(end - start);
+    return 0;
+  }
+  if (req->n_ext == el->max)
+    return 1; /* full: the answer ends here */
+  req->ext[req->n_ext++] = (struct nbd_extent){.length = (uint32_t)(end - start), .flags = state};
+  return 0;
+}
+
+static void op_block_status(struct request *req) {
+  struct vhd_err err = {{0}};
+  size_t max = (req->r.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BLOCK_STATUS_MAX_EXTENTS;
+  req->ext = calloc(max, sizeof *req->ext);
+  if (!req->ext) {
+    req->error = NBD_ENOMEM;
+    return;
+  }
+  struct extent_list el = {.req = req, .pos = req->r.offset,
+                           .end = req->r.offset + req->r.length, .max = max};
+  int r = vhd_map(req->exp->vhd, req->r.offset, req->r.length, status_map_cb, &el, &err);
+  if (r < 0) {
+    fail(req, r, &err);
+    return;
+  }
+  if (req->n_ext == 0) {
+    req->error = NBD_EIO;
+    req->why = "block status: the image map covered nothing";
+  }
+}
+
+static void op_write_zeroes(struct request *req) {
+  struct vhd_err err = {{0}};
+  vhd_t *vhd = req->exp->vhd;
+  uint16_t f = req->r.flags;
+  if ((f & NBD_CMD_FLAG_FAST_ZERO) && !vhd_zero_is_fast(vhd, req->r.offset, req->r.length)) {
+    req->error = NBD_ENOTSUP;
+    req->why = "zeroing this range is not faster than writing";
+    return;
+  }
+  unsigned flags = (f & NBD_CMD_FLAG_FUA ? VHD_FUA : 0) |
+                   (f & NBD_CMD_FLAG_NO_HOLE ? VHD_NO_HOLE : VHD_MAY_TRIM);
+  int r = vhd_write_zeroes(vhd, req->r.offset, req->r.length, flags, &err);
+  if (r < 0)
+    fail(req, r, &err);
+}
+
+void ops_run(struct request *req) {
+  struct vhd_err err = {{0}};
+  vhd_t *vhd = req->exp->vhd;
+  unsigned fua = req->r.flags & NBD_CMD_FLAG_FUA ? VHD_FUA : 0;
+  int r = 0;
+  switch (req->r.type) {
+  case NBD_CMD_READ:
+    op_read(req);
+    return;
+  case NBD_CMD_WRITE:
+    r = vhd_write(vhd, req->data, req->r.offset, req->r.length, fua, &err);
+    break;
+  case NBD_CMD_FLUSH:
+    r = vhd_flush(vhd, &err);
+    break;
+  case NBD_CMD_TRIM:
+    r = vhd_trim(vhd, req->r.offset, req->r.length, fua, &err);
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    op_write_zeroes(req);
+    return;
+  case NBD_CMD_BLOCK_STATUS:
+    op_block_status(req);
+    return;
+  default:
+    req->error = NBD_EINVAL;
+    req->why = "unexpected command";
+    return;
+  }
+  if (r < 0)
+    fail(req, r, &err);
+}

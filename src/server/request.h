@@ -1,0 +1,56 @@
+/* request.h: one NBD request in transmission, from its header to its reply.
+ *
+ * Created on the loop thread when the header arrives; runs (ops.c) on a worker
+ * thread once its export's queue lets it; its reply is encoded and written on
+ * the loop thread; freed when the write completes. */
+#ifndef VHDNBD_REQUEST_H
+#define VHDNBD_REQUEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "codec.h"
+#include "queue.h"
+
+struct connection;
+struct export;
+
+/* A piece of a structured READ reply. */
+struct read_chunk {
+  uint64_t off;
+  uint32_t len;
+  bool hole;
+};
+
+struct request {
+  struct queue_item qi; /* first: the queue hands it back to us */
+  struct connection *conn;
+  struct export *exp;
+  struct nbd_request r;
+  uv_work_t work;
+  bool structured; /* the reply is structured (READ, BLOCK_STATUS) */
+
+  uint8_t *data;      /* READ result or WRITE payload */
+  uint64_t accounted; /* bytes counted in conn->inflight_bytes */
+
+  /* Outcome, filled by the worker. */
+  uint32_t error;     /* NBD error, 0 on success */
+  const char *why;    /* static reason, or NULL */
+  char *errmsg;       /* engine message (heap), or NULL */
+  struct read_chunk *chunks;
+  size_t n_chunks;
+  struct nbd_extent *ext;
+  size_t n_ext;
+
+  /* Reply wire data. */
+  uint8_t *reply;
+  uv_buf_t *bufs;
+  uint8_t simple[NBD_SIMPLE_REPLY_SIZE];
+};
+
+/* Worker thread: performs the request on the export's image. */
+void ops_run(struct request *req);
+
+#endif

@@ -1,0 +1,206 @@
+/* server.h: the server's internal objects and how the files divide the work.
+ *
+ *   main.c         command line, startup, shutdown
+ *   config.c       the INI configuration file
+ *   exports.c      the export table: one shared vhd_t and queue per export
+ *   listen.c       TCP, Unix and systemd-activated sockets, --stdio
+ *   connection.c   one client: input buffering, back-pressure, writes, close
+ *   handshake.c    fixed newstyle option haggling
+ *   transmission.c requests: validation, dispatch, replies
+ *   ops.c          what runs on the worker threads (the only vhd_* I/O calls)
+ *   queue.c        orders conflicting requests per export (see queue.h)
+ *   notify.c       sd_notify and the pidfile
+ *
+ * Everything except ops.c runs on the libuv loop thread.
+ */
+#ifndef VHDNBD_SERVER_H
+#define VHDNBD_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "codec.h"
+#include "queue.h"
+#include "vhd.h"
+
+/* Limits (see the hostile-client notes in the protocol reference). */
+#define SERVER_MAX_PAYLOAD (32u * 1024 * 1024)       /* advertised maximum READ/WRITE */
+#define SERVER_ABSURD_PAYLOAD (64u * 1024 * 1024)    /* WRITE above this: close */
+#define SERVER_MAX_INFLIGHT_BYTES (64u * 1024 * 1024) /* stop reading the socket above */
+#define SERVER_MAX_INFLIGHT_REQUESTS 512u
+#define SERVER_OPTION_MAX (64u * 1024)                /* option data read and parsed */
+#define SERVER_OPTION_DISCARD_MAX (1024u * 1024)      /* above: close, else ERR_TOO_BIG */
+#define SERVER_OPTION_COUNT_BASE 256u                 /* plus 2 per export */
+#define SERVER_DEFAULT_HANDSHAKE_TIMEOUT 10           /* seconds */
+#define SERVER_DEFAULT_MAX_CONNECTIONS 128
+#define SERVER_INBUF_SIZE (64u * 1024)
+#define SERVER_SHUTDOWN_GRACE_MS 10000
+#define SERVER_BLOCK_MIN 1u
+#define SERVER_BLOCK_PREFERRED 4096u
+#define SERVER_META_CONTEXT_ID 1u /* id of base:allocation */
+
+struct export {
+  char *name;
+  char *image;
+  char *description; /* may be NULL */
+  bool readonly;
+  vhd_t *vhd;
+  uint64_t size;
+  struct queue queue;
+};
+
+struct export_spec {
+  char *name, *image, *description;
+  bool readonly, readonly_set;
+};
+
+/* Settings from the command line and the configuration file. */
+struct settings {
+  char *port;      /* NULL: default */
+  char **binds;    /* addresses to bind TCP to; none: all */
+  size_t n_binds;
+  char *unix_path;
+  bool readonly;
+  bool stdio;
+  unsigned max_connections;
+  unsigned handshake_timeout; /* seconds; 0 = none */
+  char *pidfile;
+  int verbose;                /* -v count minus -q count */
+  struct export_spec *exports;
+  size_t n_exports;
+};
+
+struct connection;
+
+struct server {
+  uv_loop_t *loop;
+  struct settings *cfg;
+  struct export **exports;
+  size_t n_exports;
+  struct connection *conns; /* doubly linked */
+  unsigned n_conns;
+  uint64_t next_conn_id;
+  bool shutting_down;
+  bool stdio_done;
+};
+
+extern struct server server;
+
+/* config.c */
+int config_load(const char *path, struct settings *s);
+int parse_bool(const char *v, bool *out);
+void settings_free(struct settings *s);
+int settings_add_export(struct settings *s, const char *name, const char *image,
+                        const char *description, bool readonly, bool readonly_set);
+
+/* exports.c */
+int exports_open(struct server *srv, const struct settings *s);
+void exports_close(struct server *srv);
+struct export *exports_find(struct server *srv, const char *name, size_t len);
+uint16_t export_tflags(const struct export *exp, bool structured);
+
+/* listen.c */
+int listen_start(struct server *srv);
+void listen_stop(struct server *srv);
+void listen_cleanup(struct server *srv);
+
+/* connection.c (shared by handshake.c and transmission.c) */
+enum conn_phase { PHASE_HANDSHAKE, PHASE_TRANSMISSION };
+
+typedef void (*conn_input_cb)(struct connection *conn);
+
+struct connection {
+  struct connection *prev, *next;
+  uint64_t id;
+  char peer[128];
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } sock;
+  uv_pipe_t out_pipe;   /* --stdio only: stdout */
+  uv_stream_t *out;     /* where replies go: &sock.stream or &out_pipe */
+  bool has_out_pipe;
+  uv_timer_t timer;     /* handshake timeout */
+  unsigned refs;        /* open handles + live requests + pending writes */
+
+  /* Input: a staging buffer, and the one thing we are currently reading. */
+  uint8_t *inbuf;
+  size_t in_start, in_end;
+  uint8_t *want_dst;    /* NULL: discard */
+  uint64_t want_len, want_done;
+  conn_input_cb want_cb;
+  bool reading;         /* uv_read_start active */
+  bool in_process;
+  bool eof;             /* no more input: EOF, DISC, fatal error or shutdown */
+  bool closing;
+  bool draining;        /* close once writes and requests are done */
+
+  enum conn_phase phase;
+  uint8_t hdr[NBD_REQUEST_SIZE];
+
+  /* handshake */
+  uint32_t client_flags;
+  unsigned n_options;
+  struct nbd_option_hdr opt;
+  uint8_t *optbuf;
+  bool structured;
+  char *meta_export;     /* export named by the last SET_META_CONTEXT */
+  uint32_t meta_export_len;
+  bool meta_allocation;  /* ...and whether it selected base:allocation */
+
+  /* transmission */
+  struct export *exp;
+  struct nbd_request_limits limits;
+  struct request *payload_req; /* WRITE whose payload is being read */
+  struct nbd_request discard_req; /* refused WRITE whose payload is being discarded */
+  uint32_t discard_error;
+  const char *discard_why;
+  unsigned inflight;
+  uint64_t inflight_bytes;
+  uint64_t write_bytes;  /* queued on the socket, not yet written */
+  unsigned writes_pending;
+};
+
+int conn_accept(uv_stream_t *listener, bool is_tcp);
+int conn_start_stdio(void);
+/* Reads len bytes into dst (NULL: discard them), then calls cb. */
+void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb);
+/* Queues bufs for writing; cb (may be NULL) runs when written or cancelled, with
+ * the status.  Writes are serialized by libuv in call order. */
+typedef void (*conn_write_cb)(struct connection *conn, void *opaque, int status);
+int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
+               void *opaque);
+/* Writes a private copy of data (handshake replies). */
+int conn_write_copy(struct connection *conn, const void *data, size_t len);
+void conn_close(struct connection *conn, const char *why);
+/* Stop reading; close once all requests and writes are done. */
+void conn_drain(struct connection *conn);
+/* Re-evaluates back-pressure and whether a draining connection may close. */
+void conn_update(struct connection *conn);
+void conn_ref(struct connection *conn);
+void conn_unref(struct connection *conn);
+void conns_shutdown(struct server *srv, bool force);
+
+/* handshake.c */
+void handshake_start(struct connection *conn);
+
+/* transmission.c */
+void transmission_start(struct connection *conn, struct export *exp);
+/* Frees a WRITE whose payload was still arriving when the connection closed. */
+void transmission_abort_payload(struct connection *conn);
+
+/* notify.c */
+void notify_ready(void);
+void notify_stopping(void);
+int pidfile_write(const char *path);
+void pidfile_remove(const char *path);
+
+/* main.c */
+void server_check_done(struct server *srv);
+
+#endif

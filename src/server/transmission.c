@@ -1,0 +1,323 @@
+/* transmission.c: NBD requests on a negotiated connection.
+ *
+ * Headers are validated on the loop thread (codec nbd_check_request), WRITE
+ * payloads are read straight into the request's buffer, valid requests go
+ * through their export's queue to a worker thread, and replies are written
+ * in completion order, each with one uv_write of several buffers (headers
+ * and data, never copied). */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "request.h"
+#include "server.h"
+
+static void read_request_header(struct connection *conn);
+
+static struct request *request_new(struct connection *conn) {
+  struct request *req = calloc(1, sizeof *req);
+  if (!req)
+    return NULL;
+  req->conn = conn;
+  req->exp = conn->exp;
+  conn_ref(conn);
+  conn->inflight++;
+  return req;
+}
+
+static void request_free(struct request *req) {
+  struct connection *conn = req->conn;
+  conn->inflight--;
+  conn->inflight_bytes -= req->accounted;
+  free(req->data);
+  free(req->errmsg);
+  free(req->chunks);
+  free(req->ext);
+  free(req->reply);
+  free(req->bufs);
+  free(req);
+  conn_unref(conn);
+}
+
+void transmission_abort_payload(struct connection *conn) {
+  if (conn->payload_req) {
+    request_free(conn->payload_req);
+    conn->payload_req = NULL;
+  }
+}
+
+static void on_reply_written(struct connection *conn, void *opaque, int status) {
+  request_free(opaque);
+}
+
+static const char *error_text(const struct request *req) {
+  return req->errmsg ? req->errmsg : req->why;
+}
+
+/* Encodes the reply into req->reply / req->bufs; returns the buffer count. */
+static int build_structured(struct request *req) {
+  uint64_t cookie = req->r.cookie;
+  if (req->error) {
+    req->reply = malloc(NBD_CHUNK_ERROR_MAX);
+    req->bufs = malloc(sizeof *req->bufs);
+    if (!req->reply || !req->bufs)
+      return -ENOMEM;
+    ssize_t n = nbd_encode_chunk_error(req->reply, NBD_CHUNK_ERROR_MAX, NBD_REPLY_FLAG_DONE,
+                                       cookie, req->error, error_text(req), false, 0);
+    if (n < 0)
+      return (int)n;
+    req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
+    return 1;
+  }
+  if (req->r.type == NBD_CMD_BLOCK_STATUS) {
+    size_t size = NBD_CHUNK_BLOCK_STATUS_SIZE(req->n_ext);
+    req->reply = malloc(size);
+    req->bufs = malloc(sizeof *req->bufs);
+    if (!req->reply || !req->bufs)
+      return -ENOMEM;
+    ssize_t n = nbd_encode_chunk_block_status(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
+                                              SERVER_META_CONTEXT_ID, req->ext, req->n_ext);
+    if (n < 0)
+      return (int)n;
+    req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
+    return 1;
+  }
+  /* READ */
+  if (req->r.length == 0) {
+    req->reply = malloc(NBD_CHUNK_NONE_SIZE);
+    req->bufs = malloc(sizeof *req->bufs);
+    if (!req->reply || !req->bufs)
+      return -ENOMEM;
+    nbd_encode_chunk_none(req->reply, cookie);
+    req->bufs[0] = uv_buf_init((char *)req->reply, NBD_CHUNK_NONE_SIZE);
+    return 1;
+  }
+  struct read_chunk whole = {.off = req->r.offset, .len = req->r.length, .hole = false};
+  const struct read_chunk *chunks = req->n_chunks ? req->chunks : &whole;
+  size_t n = req->n_chunks ? req->n_chunks : 1;
+  req->reply = malloc(n * NBD_CHUNK_OFFSET_HOLE_SIZE);
+  req->bufs = malloc(2 * n * sizeof *req->bufs);
+  if (!req->reply || !req->bufs)
+    return -ENOMEM;
+  uint8_t *p = req->reply;
+  int nb = 0;
+  for (size_t i = 0; i < n; i++) {
+    const struct read_chunk *c = &chunks[i];
+    uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
+    if (c->hole) {
+      nbd_encode_chunk_offset_hole(p, flags, cookie, c->off, c->len);
+      req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_HOLE_SIZE);
+      p += NBD_CHUNK_OFFSET_HOLE_SIZE;
+    } else {
+      nbd_encode_chunk_offset_data(p, flags, cookie, c->off, c->len);
+      req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_DATA_PREFIX);
+      req->bufs[nb++] = uv_buf_init((char *)req->data + (c->off - req->r.offset), c->len);
+      p += NBD_CHUNK_OFFSET_DATA_PREFIX;
+    }
+  }
+  return nb;
+}
+
+static int build_simple(struct request *req) {
+  nbd_encode_simple_reply(req->simple, req->r.cookie, req->error);
+  req->bufs = malloc(2 * sizeof *req->bufs);
+  if (!req->bufs)
+    return -ENOMEM;
+  int nb = 0;
+  req->bufs[nb++] = uv_buf_init((char *)req->simple, NBD_SIMPLE_REPLY_SIZE);
+  if (req->r.type == NBD_CMD_READ && !req->error && req->r.length > 0)
+    req->bufs[nb++] = uv_buf_init((char *)req->data, req->r.length);
+  return nb;
+}
+
+static void send_reply(struct request *req) {
+  struct connection *conn = req->conn;
+  if (conn->closing) {
+    request_free(req);
+    return;
+  }
+  if (req->error)
+    log_msg(req->errmsg ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
+            "%s: %s at %" PRIu64 "+%" PRIu32 ": error %" PRIu32 ": %s", conn->peer,
+            nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
+            error_text(req) ? error_text(req) : "");
+  int nb = req->structured ? build_structured(req) : build_simple(req);
+  if (nb < 0) {
+    request_free(req);
+    conn_close(conn, "out of memory building a reply");
+    return;
+  }
+  conn_write(conn, req->bufs, (unsigned)nb, on_reply_written, req);
+}
+
+/* ---- dispatch ---- */
+
+static void work_cb(uv_work_t *w) {
+  ops_run(w->data);
+}
+
+static void after_work_cb(uv_work_t *w, int status) {
+  struct request *req = w->data;
+  queue_done(&req->exp->queue, &req->qi);
+  send_reply(req);
+}
+
+static void start_work(struct queue_item *qi) {
+  struct request *req = (struct request *)qi;
+  req->work.data = req;
+  int r = uv_queue_work(server.loop, &req->work, work_cb, after_work_cb);
+  if (r < 0) {
+    /* Cannot happen with a valid loop; answer rather than hang. */
+    queue_done(&req->exp->queue, &req->qi);
+    req->error = NBD_EIO;
+    req->why = "cannot queue work";
+    send_reply(req);
+  }
+}
+
+static void dispatch(struct request *req) {
+  struct queue_item *qi = &req->qi;
+  switch (req->r.type) {
+  case NBD_CMD_READ:
+  case NBD_CMD_BLOCK_STATUS:
+    qi->kind = QUEUE_READ;
+    break;
+  case NBD_CMD_FLUSH:
+    qi->kind = QUEUE_FLUSH;
+    break;
+  default:
+    qi->kind = QUEUE_WRITE;
+    break;
+  }
+  qi->off = req->r.offset;
+  qi->end = req->r.offset + req->r.length;
+  qi->start = start_work;
+  queue_submit(&req->exp->queue, qi);
+}
+
+/* ---- input ---- */
+
+static void on_write_payload(struct connection *conn) {
+  struct request *req = conn->payload_req;
+  conn->payload_req = NULL;
+  dispatch(req);
+  read_request_header(conn);
+}
+
+static void on_write_discarded(struct connection *conn) {
+  struct request *req = request_new(conn);
+  if (!req) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  req->r = conn->discard_req;
+  req->error = conn->discard_error;
+  req->why = conn->discard_why;
+  send_reply(req);
+  read_request_header(conn);
+}
+
+static void on_request_header(struct connection *conn) {
+  struct nbd_request r;
+  const char *why = NULL;
+  if (nbd_decode_request(conn->hdr, &r, &why) < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
+    conn_close(conn, "protocol error");
+    return;
+  }
+  if (r.type == NBD_CMD_DISC) {
+    log_msg(LOG_LEVEL_DEBUG, "%s: NBD_CMD_DISC", conn->peer);
+    conn_drain(conn);
+    return;
+  }
+  uint32_t error = nbd_check_request(&r, &conn->limits, &why);
+  if (r.type == NBD_CMD_WRITE) {
+    if (r.length > SERVER_ABSURD_PAYLOAD) {
+      log_msg(LOG_LEVEL_WARNING, "%s: WRITE of %" PRIu32 " bytes", conn->peer, r.length);
+      conn_close(conn, "request too large");
+      return;
+    }
+    if (error) {
+      /* The payload is on the wire whatever we think of it: consume it. */
+      conn->discard_req = r;
+      conn->discard_error = error;
+      conn->discard_why = why;
+      conn_expect(conn, NULL, r.length, on_write_discarded);
+      return;
+    }
+  }
+  struct request *req = request_new(conn);
+  if (!req) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  req->r = r;
+  req->structured = conn->structured &&
+                    (r.type == NBD_CMD_READ || r.type == NBD_CMD_BLOCK_STATUS);
+  if (error) {
+    req->error = error;
+    req->why = why;
+    send_reply(req);
+    read_request_header(conn);
+    return;
+  }
+  bool needs_buffer = (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) && r.length > 0;
+  if (needs_buffer) {
+    req->data = malloc(r.length);
+    if (!req->data) {
+      if (r.type == NBD_CMD_WRITE) {
+        request_free(req);
+        conn_close(conn, "out of memory for a WRITE payload");
+        return;
+      }
+      req->error = NBD_ENOMEM;
+      send_reply(req);
+      read_request_header(conn);
+      return;
+    }
+    req->accounted = r.length;
+    conn->inflight_bytes += r.length;
+  }
+  if (r.type == NBD_CMD_WRITE && r.length > 0) {
+    conn->payload_req = req;
+    conn_expect(conn, req->data, r.length, on_write_payload);
+    return;
+  }
+  if (r.type == NBD_CMD_CACHE || (r.type == NBD_CMD_READ && r.length == 0) ||
+      (r.type == NBD_CMD_WRITE && r.length == 0)) {
+    /* Nothing to do on the image: CACHE is a hint we cannot act on. */
+    send_reply(req);
+  } else {
+    dispatch(req);
+  }
+  read_request_header(conn);
+}
+
+static void read_request_header(struct connection *conn) {
+  if (conn->closing || conn->draining)
+    return;
+  conn_expect(conn, conn->hdr, NBD_REQUEST_SIZE, on_request_header);
+}
+
+void transmission_start(struct connection *conn, struct export *exp) {
+  conn->phase = PHASE_TRANSMISSION;
+  conn->exp = exp;
+  uv_timer_stop(&conn->timer);
+  conn->limits = (struct nbd_request_limits){
+      .export_size = exp->size,
+      .tflags = export_tflags(exp, conn->structured),
+      .structured = conn->structured,
+      .meta_allocation = conn->meta_allocation && conn->meta_export &&
+                         strcmp(conn->meta_export, exp->name) == 0,
+      .max_payload = SERVER_MAX_PAYLOAD,
+  };
+  log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s", conn->peer, exp->name,
+          conn->structured ? " with structured replies" : "",
+          conn->limits.meta_allocation ? " and base:allocation" : "");
+  read_request_header(conn);
+}
