@@ -2,6 +2,7 @@ EXTRA_DIST += tests/functions.sh
 include tests/unit/engine.mk
 include tests/unit/codec.mk
 include tests/unit/net.mk
+include tests/unit/engine-threads.mk
 include tests/server/local.mk
 include tests/interop/image.mk
 include tests/interop/server.mk
