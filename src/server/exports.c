@@ -66,17 +66,23 @@ int exports_open(struct server *srv, const struct settings *s) {
   return 0;
 }
 
-void exports_close(struct server *srv) {
+int exports_close(struct server *srv) {
+  int ret = 0;
   for (size_t i = 0; i < srv->n_exports; i++) {
     struct export *e = srv->exports[i];
     struct vhd_err err = {{0}};
-    if (e->vhd && vhd_close(e->vhd, &err) < 0)
-      log_msg(LOG_LEVEL_ERR, "export '%s': closing %s: %s", e->name, e->image, err.msg);
+    int r = e->vhd ? vhd_close(e->vhd, &err) : 0;
+    if (r < 0) {
+      log_msg(LOG_LEVEL_ERR, "export '%s': closing %s: %s", e->name, e->image,
+              err.msg[0] ? err.msg : strerror(-r));
+      ret = r;
+    }
     export_free(e);
   }
   free(srv->exports);
   srv->exports = NULL;
   srv->n_exports = 0;
+  return ret;
 }
 
 struct export *exports_find(struct server *srv, const char *name, size_t len) {

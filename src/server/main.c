@@ -67,7 +67,7 @@ static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const ch
   va_start(ap, fmt);
   vfprintf(stderr, fmt, ap);
   va_end(ap);
-  fprintf(stderr, "\nTry 'vhdnbd --help' for more information.\n");
+  fprintf(stderr, " (see vhdnbd --help)\n");
   exit(EXIT_USAGE);
 }
 
@@ -392,7 +392,8 @@ int main(int argc, char **argv) {
   uv_run(server.loop, UV_RUN_DEFAULT);
   log_msg(LOG_LEVEL_INFO, "all clients gone, closing images");
 out:
-  exports_close(&server);
+  if (exports_close(&server) < 0)
+    status = 1;
   listen_cleanup(&server);
   if (settings.pidfile && status == 0)
     pidfile_remove(settings.pidfile);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,13 +38,17 @@ int pidfile_write(const char *path) {
   snprintf(tmp, n, "%s.tmp%ld", path, (long)getpid());
   FILE *f = fopen(tmp, "w");
   int r = 0;
-  if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+  if (!f) {
     r = -errno;
-    log_msg(LOG_LEVEL_ERR, "--pidfile %s: %s", path, strerror(errno));
-    unlink(tmp);
-  } else if (rename(tmp, path) < 0) {
+  } else {
+    bool ok = fprintf(f, "%ld\n", (long)getpid()) > 0;
+    if (fclose(f) != 0 || !ok)
+      r = errno ? -errno : -EIO;
+  }
+  if (r == 0 && rename(tmp, path) < 0)
     r = -errno;
-    log_msg(LOG_LEVEL_ERR, "--pidfile %s: %s", path, strerror(errno));
+  if (r < 0) {
+    log_msg(LOG_LEVEL_ERR, "--pidfile %s: %s", path, strerror(-r));
     unlink(tmp);
   }
   free(tmp);

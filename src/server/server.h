@@ -98,7 +98,8 @@ int settings_add_export(struct settings *s, const char *name, const char *image,
 
 /* exports.c */
 int exports_open(struct server *srv, const struct settings *s);
-void exports_close(struct server *srv);
+/* Flushes and closes every image; returns the last error. */
+int exports_close(struct server *srv);
 struct export *exports_find(struct server *srv, const char *name, size_t len);
 uint16_t export_tflags(const struct export *exp, bool structured);
 
