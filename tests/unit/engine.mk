@@ -1,1 +1,16 @@
-# tests
+# Unit tests of the VHD engine (against a reference model, crash injection,
+# malformed images) and of the common size helpers.
+ENGINE_TEST_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
+ENGINE_TEST_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
+ENGINE_TEST_UTIL = tests/unit/testutil.c tests/unit/testutil.h
+
+check_PROGRAMS += test-vhd-model
+TESTS += test-vhd-model
+test_vhd_model_SOURCES = tests/unit/test-vhd-model.c $(ENGINE_TEST_UTIL)
+test_vhd_model_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_model_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+check_PROGRAMS += test-size
+TESTS += test-size
+test_size_SOURCES = tests/unit/test-size.c
+test_size_LDADD = libcommon.a

@@ -1,0 +1,272 @@
+/* testutil.c: shared helpers of the engine unit tests (see testutil.h). */
+#include "config.h"
+
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t rng_state;
+static uint64_t seed;
+static char tmp_dir[4096];
+static const char *name = "test";
+
+static void remove_tmp_dir(void) {
+  if (!tmp_dir[0])
+    return;
+  DIR *d = opendir(tmp_dir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+        continue;
+      char p[8192];
+      snprintf(p, sizeof p, "%s/%s", tmp_dir, e->d_name);
+      unlink(p);
+    }
+    closedir(d);
+  }
+  rmdir(tmp_dir);
+  tmp_dir[0] = '\0';
+}
+
+void t_fail_at(const char *file, int line, const char *fmt, ...) {
+  va_list ap;
+  fflush(stdout);
+  fprintf(stderr, "%s: FAIL %s:%d: ", name, file, line);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\n%s: reproduce with VHD_TEST_SEED=%llu\n", name, (unsigned long long)seed);
+  if (getenv("VHD_TEST_KEEP") && tmp_dir[0]) {
+    fprintf(stderr, "%s: images kept in %s\n", name, tmp_dir);
+    tmp_dir[0] = '\0';
+  }
+  exit(1);
+}
+
+const char *t_fmt(const char *fmt, ...) {
+  static char bufs[4][2048];
+  static unsigned next;
+  char *b = bufs[next++ % 4];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(b, sizeof bufs[0], fmt, ap);
+  va_end(ap);
+  return b;
+}
+
+const char *t_strerr(long negerrno) { return negerrno < 0 ? strerror((int)-negerrno) : "ok"; }
+
+/* splitmix64: tiny, good enough, and the same sequence on every platform. */
+uint64_t t_rand(void) {
+  uint64_t z = (rng_state += UINT64_C(0x9e3779b97f4a7c15));
+  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+
+uint64_t t_below(uint64_t n) { return n ? t_rand() % n : 0; }
+uint64_t t_range(uint64_t lo, uint64_t hi) { return lo + t_below(hi - lo + 1); }
+bool t_chance(unsigned percent) { return t_below(100) < percent; }
+uint64_t t_seed(void) { return seed; }
+
+void t_fill_random(void *buf, size_t len) {
+  uint8_t *p = buf;
+  while (len >= 8) {
+    uint64_t v = t_rand();
+    memcpy(p, &v, 8);
+    p += 8;
+    len -= 8;
+  }
+  if (len) {
+    uint64_t v = t_rand();
+    memcpy(p, &v, len);
+  }
+}
+
+void t_fill_nonzero(void *buf, size_t len) {
+  t_fill_random(buf, len);
+  uint8_t *p = buf;
+  for (size_t i = 0; i < len; i++)
+    if (!p[i])
+      p[i] = 0xa5;
+}
+
+void t_init(const char *test_name) {
+  name = test_name;
+  const char *s = getenv("VHD_TEST_SEED");
+  if (s && *s) {
+    char *end;
+    seed = strtoull(s, &end, 0);
+    if (*end)
+      t_fail("VHD_TEST_SEED=%s is not a number", s);
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed = (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+  }
+  rng_state = seed;
+  printf("%s: seed %llu (set VHD_TEST_SEED to reproduce), iterations x%u\n", name,
+         (unsigned long long)seed, t_iters());
+
+  const char *base = getenv("TMPDIR");
+  if (!base || !*base)
+    base = "/tmp";
+  snprintf(tmp_dir, sizeof tmp_dir, "%s/vhdnbd-%s-XXXXXX", base, name);
+  if (!mkdtemp(tmp_dir)) {
+    int e = errno;
+    tmp_dir[0] = '\0';
+    t_fail("mkdtemp under %s: %s", base, strerror(e));
+  }
+  atexit(remove_tmp_dir);
+  fflush(stdout);
+}
+
+unsigned t_iters(void) {
+  const char *s = getenv("VHD_TEST_ITERS");
+  if (!s || !*s)
+    return 1;
+  unsigned long v = strtoul(s, NULL, 10);
+  return v ? (unsigned)v : 1;
+}
+
+const char *t_dir(void) { return tmp_dir; }
+
+const char *t_path(const char *file) { return t_fmt("%s/%s", tmp_dir, file); }
+
+void *t_xmalloc(size_t len) {
+  void *p = malloc(len ? len : 1);
+  if (!p)
+    t_fail("out of memory (%zu bytes)", len);
+  return p;
+}
+
+void *t_xcalloc(size_t n, size_t len) {
+  void *p = calloc(n ? n : 1, len ? len : 1);
+  if (!p)
+    t_fail("out of memory (%zu x %zu bytes)", n, len);
+  return p;
+}
+
+void t_copy_file(const char *from, const char *to) {
+  int in = open(from, O_RDONLY | O_CLOEXEC);
+  if (in < 0)
+    t_fail("open %s: %s", from, strerror(errno));
+  int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0)
+    t_fail("create %s: %s", to, strerror(errno));
+  char buf[65536];
+  for (;;) {
+    ssize_t r = read(in, buf, sizeof buf);
+    if (r < 0)
+      t_fail("read %s: %s", from, strerror(errno));
+    if (r == 0)
+      break;
+    if (write(out, buf, (size_t)r) != r)
+      t_fail("write %s: %s", to, strerror(errno));
+  }
+  close(in);
+  if (close(out) < 0)
+    t_fail("close %s: %s", to, strerror(errno));
+}
+
+uint64_t t_file_hash(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    t_fail("open %s: %s", path, strerror(errno));
+  uint64_t h = UINT64_C(0xcbf29ce484222325);
+  uint8_t buf[65536];
+  for (;;) {
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r < 0)
+      t_fail("read %s: %s", path, strerror(errno));
+    if (r == 0)
+      break;
+    for (ssize_t i = 0; i < r; i++) {
+      h ^= buf[i];
+      h *= UINT64_C(0x100000001b3);
+    }
+  }
+  close(fd);
+  return h;
+}
+
+uint64_t t_file_size(const char *path) {
+  struct stat st;
+  if (stat(path, &st) < 0)
+    t_fail("stat %s: %s", path, strerror(errno));
+  return (uint64_t)st.st_size;
+}
+
+void t_pread_file(const char *path, void *buf, size_t len, uint64_t off) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    t_fail("open %s: %s", path, strerror(errno));
+  ssize_t r = pread(fd, buf, len, (off_t)off);
+  if (r != (ssize_t)len)
+    t_fail("pread %s: %zu bytes at %llu: got %zd (%s)", path, len, (unsigned long long)off, r,
+           r < 0 ? strerror(errno) : "short");
+  close(fd);
+}
+
+void t_pwrite_file(const char *path, const void *buf, size_t len, uint64_t off) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    t_fail("open %s: %s", path, strerror(errno));
+  if (pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
+    t_fail("pwrite %s: %zu bytes at %llu: %s", path, len, (unsigned long long)off,
+           strerror(errno));
+  close(fd);
+}
+
+void t_truncate_file(const char *path, uint64_t size) {
+  if (truncate(path, (off_t)size) < 0)
+    t_fail("truncate %s to %llu: %s", path, (unsigned long long)size, strerror(errno));
+}
+
+void t_create(const char *path, enum vhd_type type, uint64_t size, uint32_t block_size,
+              bool exact, const char *parent) {
+  struct vhd_create_opts o = {
+      .type = type, .size = size, .block_size = block_size, .exact_size = exact, .parent = parent};
+  struct vhd_err err = {{0}};
+  int r = vhd_create(path, &o, &err);
+  if (r < 0)
+    t_fail("vhd_create %s (type %d, size %llu, block %u, exact %d): %s: %s", path, (int)type,
+           (unsigned long long)size, block_size, (int)exact, t_strerr(r), err.msg);
+}
+
+vhd_t *t_open(const char *path, bool rdonly) {
+  struct vhd_open_opts o = {.flags = rdonly ? VHD_OPEN_RDONLY : 0};
+  struct vhd_err err = {{0}};
+  vhd_t *v = NULL;
+  int r = vhd_open(path, &o, &v, &err);
+  if (r < 0)
+    t_fail("vhd_open %s: %s: %s", path, t_strerr(r), err.msg);
+  T_ASSERT(v != NULL, "vhd_open %s returned 0 but no handle", path);
+  return v;
+}
+
+static void print_report(void *opaque, const char *level, const char *msg) {
+  fprintf(stderr, "  check %s: %s: %s\n", (const char *)opaque, level, msg);
+}
+
+int t_check(const char *path) {
+  struct vhd_check_opts o = {.repair = false, .report = NULL, .opaque = (void *)path};
+  struct vhd_err err = {{0}};
+  int r = vhd_check(path, &o, &err);
+  if (r < 0)
+    t_fail("vhd_check %s: %s: %s", path, t_strerr(r), err.msg);
+  if (r & ~VHD_CHECK_LEAKS) {
+    /* Run again to show what it found. */
+    o.report = print_report;
+    vhd_check(path, &o, &err);
+  }
+  return r;
+}

@@ -1,0 +1,79 @@
+/* testutil.h: what every engine unit test needs and nothing more: a seeded
+ * PRNG that prints its seed, a private temp directory removed at exit, file
+ * helpers, and assertions that say what failed where. */
+#ifndef VHDNBD_TESTUTIL_H
+#define VHDNBD_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "vhd.h"
+
+/* Prints "FAIL file:line: message" and exits 1 (the temp dir is kept when
+ * VHD_TEST_KEEP is set, to look at the images). */
+void t_fail_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
+#define t_fail(...) t_fail_at(__FILE__, __LINE__, __VA_ARGS__)
+#define T_ASSERT(cond, ...)                                                                 \
+  do {                                                                                      \
+    if (!(cond))                                                                            \
+      t_fail_at(__FILE__, __LINE__, "assertion `%s' failed: %s", #cond, t_fmt(__VA_ARGS__)); \
+  } while (0)
+/* For engine calls: r must be 0 (or >= 0), else print r and err->msg. */
+#define T_OK(r, err, what)                                                                   \
+  do {                                                                                       \
+    long t_r_ = (long)(r);                                                                   \
+    if (t_r_ < 0)                                                                            \
+      t_fail_at(__FILE__, __LINE__, "%s returned %ld (%s): %s", (what), t_r_, t_strerr(t_r_), \
+                (err)->msg);                                                                 \
+  } while (0)
+
+/* Formats into a rotating static buffer (for T_ASSERT messages). */
+const char *t_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *t_strerr(long negerrno);
+
+/* Seeds the PRNG from VHD_TEST_SEED or the clock and prints the seed, and
+ * creates the temp dir.  Call first in main. */
+void t_init(const char *test_name);
+/* Iteration multiplier from VHD_TEST_ITERS (default 1, for long runs by hand). */
+unsigned t_iters(void);
+
+uint64_t t_seed(void);
+uint64_t t_rand(void);
+/* Uniform in [0, n); n > 0. */
+uint64_t t_below(uint64_t n);
+/* Uniform in [lo, hi]. */
+uint64_t t_range(uint64_t lo, uint64_t hi);
+bool t_chance(unsigned percent);
+void t_fill_random(void *buf, size_t len);
+/* Random bytes that are never zero: data that must show up as DATA in vhd_map. */
+void t_fill_nonzero(void *buf, size_t len);
+
+/* The private temp dir and a path inside it (static rotating buffer). */
+const char *t_dir(void);
+const char *t_path(const char *name);
+
+void *t_xmalloc(size_t len);
+void *t_xcalloc(size_t n, size_t len);
+void t_copy_file(const char *from, const char *to);
+/* 64-bit FNV-1a over the whole file. */
+uint64_t t_file_hash(const char *path);
+uint64_t t_file_size(const char *path);
+/* Raw access to an image file, bypassing the engine. */
+void t_pread_file(const char *path, void *buf, size_t len, uint64_t off);
+void t_pwrite_file(const char *path, const void *buf, size_t len, uint64_t off);
+void t_truncate_file(const char *path, uint64_t size);
+
+/* vhd_create with the given fields, failing the test on error. */
+void t_create(const char *path, enum vhd_type type, uint64_t size, uint32_t block_size,
+              bool exact, const char *parent);
+/* vhd_open read-write (or read-only) with default options. */
+vhd_t *t_open(const char *path, bool rdonly);
+/* vhd_check on a closed image; returns the bits, prints the report lines
+ * when the result is not clean. */
+int t_check(const char *path);
+
+#endif
