@@ -1,1 +1,33 @@
-# tests
+# Protocol tests of the server: C programs driving vhdnbd through libnbd (and
+# raw sockets for what libnbd will not send).  Each starts its own server on a
+# Unix socket in a private temp dir; see tests/server/harness.h.
+if HAVE_LIBNBD
+noinst_LIBRARIES += libtestharness.a
+libtestharness_a_SOURCES = tests/server/harness.c tests/server/harness.h
+libtestharness_a_CFLAGS = $(AM_CFLAGS) $(LIBNBD_CFLAGS)
+
+SERVER_TESTS = \
+	tests/server/test-handshake \
+	tests/server/test-structured-reads \
+	tests/server/test-block-status \
+	tests/server/test-errors
+
+check_PROGRAMS += $(SERVER_TESTS)
+TESTS += $(SERVER_TESTS)
+
+SERVER_TEST_CFLAGS = $(AM_CFLAGS) $(LIBNBD_CFLAGS)
+SERVER_TEST_LDADD = libtestharness.a $(LIBNBD_LIBS)
+
+tests_server_test_handshake_SOURCES = tests/server/test-handshake.c
+tests_server_test_handshake_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_handshake_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_structured_reads_SOURCES = tests/server/test-structured-reads.c
+tests_server_test_structured_reads_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_structured_reads_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_block_status_SOURCES = tests/server/test-block-status.c
+tests_server_test_block_status_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_block_status_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_errors_SOURCES = tests/server/test-errors.c
+tests_server_test_errors_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_errors_LDADD = $(SERVER_TEST_LDADD)
+endif
