@@ -194,8 +194,10 @@ static void dispatch(struct request *req) {
     qi->kind = QUEUE_WRITE;
     break;
   }
-  qi->off = req->r.offset;
-  qi->end = req->r.offset + req->r.length;
+  /* Conflicts are judged on whole sectors: the engine writes part of a
+   * sector as a read-modify-write of all of it (see vhd.h). */
+  qi->off = req->r.offset & ~(uint64_t)511;
+  qi->end = req->r.length ? (req->r.offset + req->r.length + 511) & ~(uint64_t)511 : qi->off;
   qi->start = start_work;
   queue_submit(&req->exp->queue, qi);
 }
