@@ -116,9 +116,10 @@ static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
     return 0;
   if (start != el->pos)
     return -EIO; /* the engine promised contiguous runs */
-  uint32_t state = ((ext->flags & VHD_MAP_ZERO) && !(ext->flags & VHD_MAP_DATA))
-                       ? NBD_STATE_HOLE | NBD_STATE_ZERO
-                       : 0;
+  /* DATA -> 0 (allocated), ZERO alone -> a sparse hole, both -> allocated zeros. */
+  uint32_t state = 0;
+  if (ext->flags & VHD_MAP_ZERO)
+    state = (ext->flags & VHD_MAP_DATA) ? NBD_STATE_ZERO : NBD_STATE_HOLE | NBD_STATE_ZERO;
   el->pos = end;
   if (req->n_ext > 0 && req->ext[req->n_ext - 1].flags == state) {
     req->ext[req->n_ext - 1].length += (uint32_t)(end - start);
