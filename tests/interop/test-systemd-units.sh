@@ -1,0 +1,170 @@
+#!/bin/bash
+# The systemd units are valid and work: systemd-analyze verify accepts the
+# generated service and the socket (with their man pages found), the service's
+# Type= matches the build, the sysusers.d file creates the vhdnbd account, and
+# the service's own ExecStart= command line, socket-activated the way
+# vhdnbd.socket does it, serves the configured image on the socket systemd
+# passed (ignoring the configuration's own port), tells the manager READY=1
+# when built for Type=notify, and stops cleanly on SIGTERM.
+. "$top_srcdir/tests/functions.sh"
+
+requires systemd-analyze
+requires systemd-socket-activate
+requires nbdinfo
+
+service="$top_builddir/systemd/vhdnbd.service"
+socket="$top_srcdir/systemd/vhdnbd.socket"
+[ -r "$service" ] || fail "$service was not generated (make all)"
+
+unit_value() { sed -n "s/^$1=//p" "$2"; }
+
+# --- Type= matches the build -----------------------------------------------
+if grep -q '^#define HAVE_LIBSYSTEMD 1' "$top_builddir/config.h"; then
+  want_type=notify
+else
+  want_type=simple
+fi
+[ "$(unit_value Type "$service")" = "$want_type" ] ||
+  fail "vhdnbd.service: Type=$(unit_value Type "$service"), expected $want_type for this build"
+! grep -n '@[a-zA-Z_]*@' "$service" || fail "vhdnbd.service: unsubstituted variables"
+
+exec_start=$(unit_value ExecStart "$service")
+read -r -a argv <<<"$exec_start"
+[ "$(basename "${argv[0]}")" = vhdnbd ] || fail "ExecStart does not run vhdnbd: $exec_start"
+[[ ${argv[0]} == /* ]] || fail "ExecStart path is not absolute: $exec_start"
+conf_path=$(unit_value ConditionPathExists "$service")
+[[ $conf_path == */vhdnbd/vhdnbd.conf ]] || fail "ConditionPathExists=$conf_path"
+[[ " $exec_start " == *" -C $conf_path "* ]] ||
+  fail "ExecStart does not read the file ConditionPathExists= waits for: $exec_start"
+[ "$(unit_value ListenStream "$socket")" = 10809 ] || fail "vhdnbd.socket: not ListenStream=10809"
+for setting in NoNewPrivileges=yes ProtectSystem=strict PrivateTmp=yes ProtectHome=yes \
+  CapabilityBoundingSet= "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" User=vhdnbd \
+  MemoryDenyWriteExecute=yes SystemCallArchitectures=native; do
+  grep -qx -- "$setting" "$service" || fail "vhdnbd.service: $setting is missing"
+done
+
+# --- systemd-analyze verify ------------------------------------------------
+# verify insists that ExecStart's binary exists: point a copy at the build.
+mkdir -p "$TMPD/units"
+sed "s|^ExecStart=[^ ]*|ExecStart=$VHDNBD|" "$service" >"$TMPD/units/vhdnbd.service"
+cp "$socket" "$TMPD/units/vhdnbd.socket"
+rc=0
+(cd "$TMPD/units" && SYSTEMD_LOG_LEVEL=notice \
+  systemd-analyze verify --man=no ./vhdnbd.service ./vhdnbd.socket) >"$TMPD/verify" 2>&1 ||
+  rc=$?
+[ "$rc" -eq 0 ] && [ ! -s "$TMPD/verify" ] ||
+  fail "systemd-analyze verify (status $rc): $(cat "$TMPD/verify")"
+# Its man page check is slow (man-db): check the Documentation= pages here.
+for doc in $(sed -n 's/^Documentation=//p' "$service" "$socket"); do
+  [[ $doc =~ ^man:([a-z.]+)\(([0-9])\)$ ]] || fail "unexpected Documentation=$doc"
+  page="${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
+  [ -r "$top_srcdir/doc/$page" ] || fail "Documentation=$doc: no doc/$page"
+done
+echo "ok: systemd-analyze verify"
+
+# --- the sysusers.d account ------------------------------------------------
+if command -v systemd-sysusers >/dev/null; then
+  mkdir -p "$TMPD/sysroot/etc"
+  systemd-sysusers --root="$TMPD/sysroot" "$top_srcdir/systemd/sysusers.d/vhdnbd.conf" \
+    >"$TMPD/sysusers" 2>&1 || fail "systemd-sysusers: $(cat "$TMPD/sysusers")"
+  grep -q '^vhdnbd:x:[0-9]*:[0-9]*:.*:/var/lib/vhdnbd:' "$TMPD/sysroot/etc/passwd" ||
+    fail "sysusers.d/vhdnbd.conf did not create the vhdnbd user: $(cat "$TMPD/sysroot/etc/passwd")"
+  grep -q '^vhdnbd:x:' "$TMPD/sysroot/etc/group" || fail "no vhdnbd group created"
+  echo "ok: sysusers.d creates vhdnbd"
+fi
+
+# --- socket activation with the unit's own command line --------------------
+free_port() {
+  "$PY3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+"$VHDIMG" create -t dynamic "$TMPD/disk.vhd" 16M
+size=$("$VHDIMG" info --json "$TMPD/disk.vhd" | "$PY3" -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+own_port=$(free_port)
+cat >"$TMPD/vhdnbd.conf" <<EOF
+# The server's own listening settings, to be ignored under activation.
+[global]
+bind = 127.0.0.1
+port = $own_port
+
+[export]
+image = $TMPD/disk.vhd
+description = "activated"
+EOF
+# The unit's command line with the test's binary and configuration.
+cmd=("$VHDNBD")
+for arg in "${argv[@]:1}"; do
+  [ "$arg" = "$conf_path" ] && arg="$TMPD/vhdnbd.conf"
+  cmd+=("$arg")
+done
+
+# A notification socket standing in for the service manager's.
+"$PY3" - "$TMPD/notify" "$TMPD/notify.log" <<'EOF' &
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(0.2)
+deadline = time.time() + 50
+with open(sys.argv[2], "a", buffering=1) as log:
+    while time.time() < deadline:
+        try:
+            log.write(s.recv(4096).decode() + "\n")
+        except socket.timeout:
+            pass
+EOF
+notify_pid=$!
+cleanup_fn "kill $notify_pid 2>/dev/null"
+for ((i = 0; i < 50; i++)); do [ -S "$TMPD/notify" ] && break; sleep 0.1; done
+[ -S "$TMPD/notify" ] || fail "notification socket not created"
+
+# The port may be taken between free_port and the bind: retry a few times.
+for attempt in 1 2 3 4 5; do
+  port=$(free_port)
+  systemd-socket-activate -E NOTIFY_SOCKET="$TMPD/notify" -l "127.0.0.1:$port" -- "${cmd[@]}" \
+    >"$TMPD/server.log" 2>&1 &
+  server_pid=$!
+  cleanup_fn "kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null"
+  sleep 0.3
+  kill -0 "$server_pid" 2>/dev/null && break
+  grep -q "Address already in use" "$TMPD/server.log" ||
+    fail "socket-activated vhdnbd exited at once: $(cat "$TMPD/server.log")"
+done
+kill -0 "$server_pid" 2>/dev/null || fail "no free port found"
+
+# systemd-socket-activate listens at once; the connection waits in the backlog
+# until vhdnbd has opened the image and accepts.
+timeout 20 nbdinfo --json "nbd://127.0.0.1:$port" >"$TMPD/info.json" 2>"$TMPD/nbdinfo.err" ||
+  fail "nbdinfo on the activated socket failed: $(cat "$TMPD/nbdinfo.err") / $(cat "$TMPD/server.log")"
+"$PY3" - "$TMPD/info.json" "$size" <<'EOF' || fail "nbdinfo saw the wrong export: $(cat "$TMPD/info.json")"
+import json, sys
+info = json.load(open(sys.argv[1]))
+e = info["exports"][0]
+assert e["export-size"] == int(sys.argv[2]), e["export-size"]
+assert e.get("description") == "activated", e.get("description")
+EOF
+echo "ok: socket-activated ExecStart serves the configured export on port $port"
+
+# The configuration's own address was not bound: systemd owns the socket.
+if "$PY3" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 2)' \
+  "$own_port" 2>/dev/null; then
+  fail "under socket activation vhdnbd also listened on the configured port $own_port"
+fi
+
+if [ "$want_type" = notify ]; then
+  for ((i = 0; i < 50; i++)); do grep -q '^READY=1' "$TMPD/notify.log" && break; sleep 0.1; done
+  grep -q '^READY=1' "$TMPD/notify.log" ||
+    fail "Type=notify, but vhdnbd sent no READY=1: $(cat "$TMPD/notify.log")"
+  echo "ok: READY=1 sent"
+fi
+
+# KillSignal (SIGTERM): a clean stop, exit status 0.
+kill -TERM "$server_pid"
+rc=0
+for ((i = 0; i < 150; i++)); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$server_pid" 2>/dev/null && fail "vhdnbd did not stop within 15 s of SIGTERM"
+wait "$server_pid" || rc=$?
+[ "$rc" -eq 0 ] || fail "vhdnbd exited with status $rc on SIGTERM: $(cat "$TMPD/server.log")"
+if [ "$want_type" = notify ]; then
+  grep -q '^STOPPING=1' "$TMPD/notify.log" || fail "no STOPPING=1 on SIGTERM"
+fi
+"$VHDIMG" check "$TMPD/disk.vhd" >"$TMPD/check" || fail "image not clean after stop: $(cat "$TMPD/check")"
+echo "ok: SIGTERM stops vhdnbd cleanly"
