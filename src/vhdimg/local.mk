@@ -1,1 +1,13 @@
-# vhdimg, the image tool.
+# vhdimg, the image tool: one file per subcommand over the engine (libvhd.a).
+bin_PROGRAMS += vhdimg
+vhdimg_SOURCES = \
+	src/vhdimg/vhdimg.h \
+	src/vhdimg/main.c \
+	src/vhdimg/util.c \
+	src/vhdimg/create.c \
+	src/vhdimg/info.c \
+	src/vhdimg/check.c \
+	src/vhdimg/map.c \
+	src/vhdimg/convert.c
+vhdimg_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
+vhdimg_LDADD = libvhd.a libcommon.a $(UUID_LIBS)

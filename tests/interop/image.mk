@@ -1,1 +1,22 @@
-# tests
+# Image-level interop tests: vhdimg and engine-written images against QEMU,
+# libvhdi and a corpus of malformed images.
+check_PROGRAMS += vhd-write-helper
+vhd_write_helper_SOURCES = tests/interop/vhd-write-helper.c
+vhd_write_helper_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
+vhd_write_helper_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
+
+TESTS += \
+	tests/interop/test-vhdimg-cli.sh \
+	tests/interop/test-vhdimg-qemu-compare.sh \
+	tests/interop/test-vhdimg-pyvhdi.sh \
+	tests/interop/test-qemu-vpc-images.sh \
+	tests/interop/test-malformed-images.sh
+EXTRA_DIST += \
+	tests/interop/image-functions.sh \
+	tests/interop/make-malformed.py \
+	tests/interop/pyvhdi-dump.py \
+	tests/interop/test-vhdimg-cli.sh \
+	tests/interop/test-vhdimg-qemu-compare.sh \
+	tests/interop/test-vhdimg-pyvhdi.sh \
+	tests/interop/test-qemu-vpc-images.sh \
+	tests/interop/test-malformed-images.sh

@@ -1,0 +1,166 @@
+#!/bin/bash
+# The vhdimg command line: usage errors, help, info --json, map against
+# qemu-img map, convert round trips and sparseness, check exit codes.
+. "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/interop/image-functions.sh"
+requires qemu-img
+requires qemu-io
+cd "$TMPD"
+
+# usage_fails ARGS...: exit 2, a one-line "vhdimg..." message plus a hint, nothing on stdout.
+usage_fails() {
+  local rc=0
+  "$VHDIMG" "$@" >out 2>err || rc=$?
+  [ $rc -eq 2 ] || fail "vhdimg $*: exit $rc, expected 2"
+  [ ! -s out ] || fail "vhdimg $*: a usage error printed on stdout"
+  [ "$(wc -l <err)" -le 2 ] || { cat err >&2; fail "vhdimg $*: more than a line and a hint"; }
+  grep -q '^vhdimg' err || { cat err >&2; fail "vhdimg $*: message does not start with vhdimg"; }
+  grep -q -- '--help' err || { cat err >&2; fail "vhdimg $*: no usage hint"; }
+}
+"$VHDIMG" create ok.vhd 4M
+usage_fails
+usage_fails frobnicate
+usage_fails --frobnicate
+usage_fails help frobnicate
+usage_fails create
+usage_fails create x.vhd
+usage_fails create x.vhd 10Q
+usage_fails create x.vhd 0
+usage_fails create -t weird x.vhd 1M
+usage_fails create -t fixed -b ok.vhd x.vhd
+usage_fails create -t differencing x.vhd
+usage_fails create -b ok.vhd x.vhd 1M
+usage_fails create --block-size 1X x.vhd 1M
+usage_fails create --frob x.vhd 1M
+usage_fails create x.vhd 1M extra
+usage_fails create -t
+usage_fails info
+usage_fails info --frob ok.vhd
+usage_fails info ok.vhd ok.vhd
+usage_fails check
+usage_fails check --frob ok.vhd
+usage_fails map
+usage_fails map ok.vhd extra
+usage_fails convert ok.vhd
+usage_fails convert -O qcow2 ok.vhd x.raw
+usage_fails convert -O
+[ ! -e x.vhd ] && [ ! -e x.raw ] || fail "a usage error created a file"
+
+"$VHDIMG" --help | grep -q '^Usage: vhdimg' || fail "--help"
+"$VHDIMG" -V | grep -Eq '^vhdimg [0-9]' || fail "-V"
+"$VHDIMG" --version | grep -Eq '^vhdimg [0-9]' || fail "--version"
+for cmd in create info check map convert; do
+  "$VHDIMG" help $cmd | grep -q "^Usage: vhdimg $cmd" || fail "help $cmd"
+  "$VHDIMG" $cmd --help | grep -q "^Usage: vhdimg $cmd" || fail "$cmd --help"
+done
+
+# Engine errors: "vhdimg: <message>", exit 1.
+rc=0
+"$VHDIMG" info missing.vhd 2>err || rc=$?
+[ $rc -eq 1 ] || fail "info of a missing file: exit $rc"
+grep -q '^vhdimg: .*missing.vhd' err || { cat err >&2; fail "info of a missing file: message"; }
+
+# create: sizes, types, exact size, block size.
+"$VHDIMG" create -t fixed f.vhd 10M
+[ "$(info_field f.vhd virtual-size)" = "$(qemu_vsize f.vhd)" ] || fail "fixed: sizes differ from qemu"
+"$VHDIMG" create --exact e.vhd 100M
+[ "$(info_field e.vhd virtual-size)" = 104857600 ] || fail "--exact did not keep 100M"
+[ "$(qemu_vsize e.vhd)" = 104857600 ] || fail "--exact: qemu sees $(qemu_vsize e.vhd) bytes"
+"$VHDIMG" create --block-size 512K b.vhd 8M
+[ "$(info_field b.vhd block-size)" = 524288 ] || fail "--block-size 512K not kept"
+
+# info --json is valid JSON even with quotes, tabs and backslashes in names.
+# (A parent name has no backslash: VHD parent locators are Windows paths.)
+cp ok.vhd 'back\slash	tab.vhd'
+"$VHDIMG" info --json 'back\slash	tab.vhd' |
+  "$PY3" -c 'import json, sys; assert json.load(sys.stdin)["filename"] == "back\\slash\ttab.vhd"' ||
+  fail "info --json does not escape a file name"
+parent='odd "name" p.vhd'
+"$VHDIMG" create "$parent" 4M
+"$VHDIMG" create -b "$parent" 'child "c".vhd'
+"$VHDIMG" info --json 'child "c".vhd' >info.json
+"$PY3" - "$parent" <<'PYEOF' || fail "info --json of a differencing image"
+import json, sys
+info = json.load(open("info.json"))
+assert info["type"] == "differencing", info
+assert info["filename"] == 'child "c".vhd', info["filename"]
+chain = info["parent-chain"]
+assert len(chain) == 1 and chain[0]["filename"].endswith(sys.argv[1]), chain
+assert chain[0]["uuid"] == info["parent-uuid"], (chain, info["parent-uuid"])
+assert info["virtual-size"] == chain[0]["virtual-size"]
+for k in ("uuid", "creator-app", "timestamp-utc", "chs-size", "current-size", "block-size",
+          "bat-offset", "allocated-blocks", "geometry"):
+    assert k in info, k
+PYEOF
+"$VHDIMG" info 'child "c".vhd' | grep -q '^parent chain:' || fail "info: no parent chain"
+
+# A qemu-written dynamic image: some data, a zero-filled block, the last block.
+qemu-img create -q -f vpc q.vhd 64M
+vsize=$(qemu_vsize q.vhd)
+qemu-io -f vpc -c 'write -q -P 0xab 0 1M' -c 'write -q -P 0xcd 5M 4k' \
+  -c 'write -q -P 0 32M 2M' -c "write -q -P 0x11 $((vsize - 512)) 512" q.vhd
+
+# map --json matches qemu-img map on every extent.
+"$VHDIMG" map --json q.vhd >map.vhdimg.json
+qemu-img map -f vpc --output=json q.vhd >map.qemu.json
+"$PY3" - <<'PYEOF' || fail "map --json differs from qemu-img map"
+import json
+ours = json.load(open("map.vhdimg.json"))
+theirs = json.load(open("map.qemu.json"))
+keys = ("start", "length", "depth", "present", "zero", "data", "offset")
+norm = lambda l: [{k: e.get(k) for k in keys} for e in l]
+if norm(ours) != norm(theirs):
+    print("vhdimg:", json.dumps(ours, indent=1))
+    print("qemu:", json.dumps(theirs, indent=1))
+    raise SystemExit(1)
+PYEOF
+# The human form lists the same data extents (File aside).
+"$VHDIMG" map q.vhd | awk '{print $1, $2, $3}' >map.vhdimg.txt
+qemu-img map -f vpc q.vhd | awk '{print $1, $2, $3}' >map.qemu.txt
+diff map.qemu.txt map.vhdimg.txt || fail "map (human) differs from qemu-img map"
+
+# convert round trips; only data is written.
+for fmt in raw fixed dynamic; do
+  "$VHDIMG" convert -O $fmt q.vhd out.$fmt
+  qfmt=$([ $fmt = raw ] && echo raw || echo vpc)
+  qemu-img compare -q -f vpc -F $qfmt q.vhd out.$fmt || fail "convert -O $fmt: content differs"
+  [ "$(qemu-img info -f $qfmt --output=json out.$fmt |
+       "$PY3" -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = "$vsize" ] ||
+    fail "convert -O $fmt: virtual size changed"
+done
+[ "$(stat -c %b out.raw)" -lt $((8 * 1024 * 2)) ] ||
+  fail "convert -O raw is not sparse ($(stat -c %b out.raw) blocks allocated)"
+# Source: blocks 0, 2, 16 (zeros) and 31; the zero-filled block is not copied.
+[ "$(info_field out.dynamic allocated-blocks)" = 3 ] ||
+  fail "convert -O dynamic: $(info_field out.dynamic allocated-blocks) blocks, expected 3"
+"$VHDIMG" convert -O dynamic out.dynamic back.vhd
+qemu-img compare -q -f vpc -F vpc q.vhd back.vhd || fail "dynamic -> dynamic round trip"
+"$VHDIMG" convert -O raw out.fixed back.raw
+cmp back.raw out.raw || fail "fixed -> raw round trip"
+# Converting over an existing file replaces it.
+"$VHDIMG" convert -O dynamic q.vhd out.dynamic
+qemu-img compare -q -f vpc -F vpc q.vhd out.dynamic || fail "convert over an existing file"
+# -p draws only on a terminal.
+"$VHDIMG" convert -p q.vhd p.raw 2>err
+[ ! -s err ] || fail "convert -p wrote to a stderr that is not a terminal"
+rc=0
+"$VHDIMG" convert q.vhd q.vhd 2>err || rc=$?
+[ $rc -eq 1 ] || fail "convert onto its own source: exit $rc"
+qemu-img compare -q -f vpc -F raw q.vhd out.raw || fail "convert onto itself damaged the source"
+
+# check exit codes: clean 0, corrupt 1, cannot open 2.
+expect_exit 0 "$VHDIMG" check q.vhd
+expect_exit 2 "$VHDIMG" check missing.vhd
+cp q.vhd corrupt.vhd
+# BAT entry 0 (the BAT is at 1536 in QEMU images) pointing far beyond the end.
+printf '\x00\xff\x00\x00' | dd of=corrupt.vhd bs=1 seek=1536 conv=notrunc status=none
+expect_exit 1 "$VHDIMG" check corrupt.vhd
+# Leaked space: an unreferenced block between the last block and the footer.
+"$PY3" - <<'PYEOF'
+data = open("q.vhd", "rb").read()
+open("leak.vhd", "wb").write(data[:-512] + bytes(2 * 1024 * 1024 + 512) + data[-512:])
+PYEOF
+expect_exit 3 "$VHDIMG" check leak.vhd
+"$VHDIMG" check --repair leak.vhd >repair.out || { cat repair.out >&2; fail "check --repair of a leak"; }
+expect_exit 0 "$VHDIMG" check leak.vhd
+qemu-img compare -q -f vpc -F vpc q.vhd leak.vhd || fail "repairing a leak changed the content"
