@@ -10,7 +10,13 @@ SERVER_TESTS = \
 	tests/server/test-handshake \
 	tests/server/test-structured-reads \
 	tests/server/test-block-status \
-	tests/server/test-errors
+	tests/server/test-errors \
+	tests/server/test-multi-conn \
+	tests/server/test-pipelining \
+	tests/server/test-client-vanish \
+	tests/server/test-stdio \
+	tests/server/test-socket-activation \
+	tests/server/test-shutdown
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -30,4 +36,22 @@ tests_server_test_block_status_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_errors_SOURCES = tests/server/test-errors.c
 tests_server_test_errors_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_errors_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_multi_conn_SOURCES = tests/server/test-multi-conn.c
+tests_server_test_multi_conn_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_multi_conn_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_pipelining_SOURCES = tests/server/test-pipelining.c
+tests_server_test_pipelining_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_pipelining_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_client_vanish_SOURCES = tests/server/test-client-vanish.c
+tests_server_test_client_vanish_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_client_vanish_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_stdio_SOURCES = tests/server/test-stdio.c
+tests_server_test_stdio_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_stdio_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_socket_activation_SOURCES = tests/server/test-socket-activation.c
+tests_server_test_socket_activation_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_socket_activation_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_shutdown_SOURCES = tests/server/test-shutdown.c
+tests_server_test_shutdown_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_shutdown_LDADD = $(SERVER_TEST_LDADD)
 endif
