@@ -8,3 +8,4 @@ include tests/interop/image.mk
 include tests/interop/server.mk
 include tests/fuzz/local.mk
 include tests/stress/local.mk
+include tests/kernel/local.mk

@@ -1,0 +1,170 @@
+#!/bin/bash
+# The Linux kernel's NBD client against vhdnbd: boots a Debian kernel under
+# qemu (KVM when available, TCG otherwise) whose initramfs (see
+# guest-init.sh) attaches /dev/nbd0 to a dynamic VHD served on 127.0.0.1
+# (reached through qemu's user-mode network), does raw I/O, builds and
+# re-reads an ext4 file system, then reconnects with 4 connections and does it
+# again.  Afterwards the image must pass vhdimg check, hold the raw data the
+# guest wrote, a clean ext4, and files whose checksums match the guest's.
+#
+# The kernel package is fetched with apt-get download into
+# $KTEST_CACHE (default $top_builddir/tests/kernel/cache) and reused.
+# Skips when qemu-system-x86_64, busybox or the kernel package is missing.
+# KTEST_TIMEOUT bounds the guest's run in seconds (default 270).
+. "$top_srcdir/tests/functions.sh"
+
+here="$top_srcdir/tests/kernel"
+PATH=$PATH:/usr/sbin:/sbin
+export PATH
+
+requires qemu-system-x86_64
+requires busybox
+requires nbd-client
+requires mke2fs
+requires e2fsck
+requires debugfs
+requires ldd
+requires timeout
+
+# Progress lines carry the seconds since the start, to see where time goes.
+note() { echo "[${SECONDS}s] $*"; }
+
+cache=${KTEST_CACHE:-$top_builddir/tests/kernel/cache}
+kdir=$("$here/fetch-boot-files.sh" "$cache") || exit $?
+kernel=$(ls "$kdir"/boot/vmlinuz-* | head -n 1)
+note "kernel: $kernel"
+
+MB=1048576
+head -c $((4 * MB)) /dev/urandom >"$TMPD/pattern.bin"
+"$here/make-initramfs.sh" "$kdir" "$here/guest-init.sh" "$TMPD/initrd.gz" \
+  "$TMPD/pattern.bin" || fail "cannot build the initramfs"
+note "initramfs built"
+
+img="$TMPD/disk.vhd"
+"$VHDIMG" create -t dynamic "$img" 256M >/dev/null || fail "vhdimg create failed"
+
+# A free port can be taken between probing and binding: retry a few times.
+pidfile="$TMPD/vhdnbd.pid"
+srv_pid=
+for attempt in 1 2 3; do
+  port=$("$PY3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  rm -f "$pidfile"
+  "$VHDNBD" -b 127.0.0.1 -p "$port" --pidfile "$pidfile" "$img" 2>>"$TMPD/vhdnbd.log" &
+  srv_pid=$!
+  for ((i = 0; i < 100; i++)); do
+    [ -s "$pidfile" ] && break
+    kill -0 "$srv_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -s "$pidfile" ] && break
+  kill "$srv_pid" 2>/dev/null || true
+  wait "$srv_pid" 2>/dev/null || true
+  srv_pid=
+done
+[ -n "$srv_pid" ] || { cat "$TMPD/vhdnbd.log"; fail "vhdnbd did not start listening on 127.0.0.1"; }
+cleanup_fn "kill $srv_pid 2>/dev/null; wait $srv_pid 2>/dev/null"
+note "vhdnbd listening on 127.0.0.1:$port"
+
+accel=tcg
+if [ -w /dev/kvm ]; then
+  accel=kvm
+fi
+console="$TMPD/console.log"
+start=$(date +%s)
+set +e
+timeout -k 5 "${KTEST_TIMEOUT:-270}" qemu-system-x86_64 \
+  -nodefaults -machine pc,accel=$accel -cpu max -m 512 -smp 2 \
+  -display none -monitor none -serial "file:$console" -no-reboot \
+  -kernel "$kernel" -initrd "$TMPD/initrd.gz" \
+  -append "console=ttyS0 quiet panic=-1 ktest_port=$port" \
+  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
+  </dev/null >"$TMPD/qemu.log" 2>&1
+qemu_rc=$?
+set -e
+note "guest ran $(($(date +%s) - start)) s under $accel, qemu exit status $qemu_rc"
+tr -d '\r' <"$console" >"$TMPD/console.txt"
+echo "--- guest console"
+cat "$TMPD/console.txt"
+echo "--- end of guest console"
+cat "$TMPD/qemu.log"
+
+if grep -q '^KTEST: FAIL' "$TMPD/console.txt"; then
+  fail "guest: $(grep '^KTEST: FAIL' "$TMPD/console.txt" | head -n 1)"
+fi
+[ "$qemu_rc" != 124 ] && [ "$qemu_rc" != 137 ] ||
+  fail "the guest did not finish within ${KTEST_TIMEOUT:-270} s"
+grep -q '^KTEST: END' "$TMPD/console.txt" ||
+  fail "the guest stopped before the end of its script (qemu exit status $qemu_rc)"
+for step in modules network connect raw mkfs ext4 disconnect multiconn; do
+  grep -q "^KTEST: PASS $step\$" "$TMPD/console.txt" || fail "guest step $step did not pass"
+done
+grep -q '^KTEST: ALL PASSED' "$TMPD/console.txt" || fail "the guest did not report ALL PASSED"
+
+# The server must stop cleanly, leaving a consistent image.
+kill -TERM "$srv_pid"
+set +e
+wait "$srv_pid"
+srv_rc=$?
+set -e
+[ "$srv_rc" = 0 ] || { cat "$TMPD/vhdnbd.log"; fail "vhdnbd exited $srv_rc after SIGTERM"; }
+"$VHDIMG" check "$img" || fail "vhdimg check $img failed after the guest's writes"
+note "vhdimg check passed"
+
+# What the guest wrote is in the image, read back without the server.
+raw="$TMPD/disk.raw"
+"$VHDIMG" convert "$img" "$raw" || fail "vhdimg convert failed"
+size=$(stat -c %s "$raw")
+slice() { # FILE OFFSET LENGTH
+  dd if="$1" bs=64K iflag=skip_bytes,count_bytes skip="$2" count="$3" status=none
+}
+cmp <(slice "$raw" $((201 * MB)) $((3 * MB))) <(slice "$TMPD/pattern.bin" 0 $((3 * MB))) ||
+  fail "the 3 MiB the guest wrote at 201 MiB are not in the image"
+cmp <(slice "$raw" $((206 * MB - 1024)) 1536) <(slice "$TMPD/pattern.bin" $((3 * MB)) 1536) ||
+  fail "the 3 sectors the guest wrote at 206 MiB - 1 KiB are not in the image"
+cmp <(slice "$raw" $((size - MB)) $MB) <(slice "$TMPD/pattern.bin" $((3 * MB)) $MB) ||
+  fail "the last MiB the guest wrote is not in the image"
+cmp <(slice "$raw" $((210 * MB)) $MB) <(head -c $MB /dev/zero) ||
+  fail "the MiB at 210 MiB the guest never wrote is not zero"
+note "raw regions match"
+
+e2fsck -fn "$raw" || fail "e2fsck -fn finds the guest's ext4 damaged in the image"
+
+# Every file the guest summed, dumped from the image, has the same checksum.
+mkdir "$TMPD/dump"
+n=0
+sed -n 's/^KTEST: SUM \([0-9a-f]*\) \.\(\/.*\)$/\1 \2/p' "$TMPD/console.txt" >"$TMPD/sums"
+while read -r sum file; do
+  n=$((n + 1))
+  echo "dump $file $TMPD/dump/$n"
+done <"$TMPD/sums" >"$TMPD/debugfs.cmds"
+[ "$n" -gt 50 ] || fail "the guest listed only $n files"
+debugfs -f "$TMPD/debugfs.cmds" "$raw" >/dev/null 2>&1 || fail "debugfs cannot read the image's ext4"
+n=0
+while read -r sum file; do
+  n=$((n + 1))
+  [ -f "$TMPD/dump/$n" ] || fail "$file is missing from the image's ext4"
+  got=$(md5sum <"$TMPD/dump/$n" | cut -d' ' -f1)
+  [ "$got" = "$sum" ] || fail "$file in the image has md5 $got, the guest wrote $sum"
+done <"$TMPD/sums"
+note "$n files match the guest's checksums"
+
+# An independent reader (libvhdi) sees the same disk as vhdimg convert.
+if "$PY3" -c 'import pyvhdi' 2>/dev/null; then
+  "$PY3" - "$img" "$raw" <<'EOF' || fail "libvhdi reads the image differently from vhdimg convert"
+import sys, pyvhdi
+f = pyvhdi.file()
+f.open(sys.argv[1])
+with open(sys.argv[2], "rb") as raw:
+    off = 0
+    chunk = 4 << 20
+    while off < f.get_media_size():
+        a = f.read_buffer_at_offset(chunk, off)
+        b = raw.read(len(a))
+        if a != b:
+            sys.exit("differs within [%d, %d)" % (off, off + len(a)))
+        off += len(a)
+f.close()
+EOF
+  note "libvhdi agrees"
+fi
+echo "PASS"
