@@ -14,3 +14,16 @@ check_PROGRAMS += test-size
 TESTS += test-size
 test_size_SOURCES = tests/unit/test-size.c
 test_size_LDADD = libcommon.a
+
+check_PROGRAMS += test-vhd-crash
+TESTS += test-vhd-crash
+test_vhd_crash_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
+test_vhd_crash_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_crash_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# The same workload with unsynced writes dropped at random, as a power cut
+# would (see the file's header comment).
+check_PROGRAMS += test-vhd-crash-lost
+test_vhd_crash_lost_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
+test_vhd_crash_lost_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_crash_lost_CFLAGS = $(ENGINE_TEST_CFLAGS) -DCRASH_LOST_WRITES

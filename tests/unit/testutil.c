@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -270,3 +271,64 @@ int t_check(const char *path) {
   }
   return r;
 }
+
+/* ---- the test VFS (see testutil.h) ---- */
+
+static t_io_hook io_hook;
+static void *io_hook_opaque;
+static uint64_t sync_count;
+static int real_sync = -1;
+
+void t_set_io_hook(t_io_hook hook, void *opaque) {
+  io_hook = hook;
+  io_hook_opaque = opaque;
+}
+
+uint64_t t_sync_count(void) { return sync_count; }
+
+static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
+  long r = syscall(SYS_pwrite64, fd, buf, n, off);
+  if (r > 0 && io_hook)
+    io_hook(io_hook_opaque, T_IO_WRITE, fd, buf, (uint64_t)r, (uint64_t)off);
+  return r;
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) { return do_pwrite(fd, buf, n, off); }
+ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off) {
+  return do_pwrite(fd, buf, n, (off_t)off);
+}
+
+static int do_sync(int fd, long nr) {
+  if (real_sync < 0)
+    real_sync = getenv("VHD_TEST_REAL_SYNC") != NULL;
+  sync_count++;
+  long r = real_sync ? syscall(nr, fd) : fcntl(fd, F_GETFD) < 0 ? -1 : 0;
+  if (r == 0 && io_hook)
+    io_hook(io_hook_opaque, T_IO_SYNC, fd, NULL, 0, 0);
+  return (int)r;
+}
+
+int fdatasync(int fd) { return do_sync(fd, SYS_fdatasync); }
+int fsync(int fd) { return do_sync(fd, SYS_fsync); }
+
+static int do_fallocate(int fd, int mode, off_t off, off_t len) {
+  long r = syscall(SYS_fallocate, fd, mode, off, len);
+  if (r == 0 && (mode & FALLOC_FL_PUNCH_HOLE) && io_hook)
+    io_hook(io_hook_opaque, T_IO_PUNCH, fd, NULL, (uint64_t)len, (uint64_t)off);
+  return (int)r;
+}
+
+int fallocate(int fd, int mode, off_t off, off_t len) { return do_fallocate(fd, mode, off, len); }
+int fallocate64(int fd, int mode, off64_t off, off64_t len) {
+  return do_fallocate(fd, mode, (off_t)off, (off_t)len);
+}
+
+static int do_ftruncate(int fd, off_t len) {
+  long r = syscall(SYS_ftruncate, fd, len);
+  if (r == 0 && io_hook)
+    io_hook(io_hook_opaque, T_IO_TRUNCATE, fd, NULL, (uint64_t)len, 0);
+  return (int)r;
+}
+
+int ftruncate(int fd, off_t len) { return do_ftruncate(fd, len); }
+int ftruncate64(int fd, off64_t len) { return do_ftruncate(fd, (off_t)len); }

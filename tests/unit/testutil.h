@@ -52,7 +52,8 @@ void t_fill_random(void *buf, size_t len);
 /* Random bytes that are never zero: data that must show up as DATA in vhd_map. */
 void t_fill_nonzero(void *buf, size_t len);
 
-/* The private temp dir and a path inside it (static rotating buffer). */
+/* The private temp dir and a path inside it (in a rotating static buffer:
+ * copy it to keep it). */
 const char *t_dir(void);
 const char *t_path(const char *name);
 
@@ -76,4 +77,15 @@ vhd_t *t_open(const char *path, bool rdonly);
  * when the result is not clean. */
 int t_check(const char *path);
 
+/* The test "VFS": the test programs define pwrite, fdatasync, fsync and
+ * fallocate themselves, so the engine's calls land here before the kernel.
+ * Syncs are skipped (the page cache is never lost during a test, and real
+ * fdatasyncs made the suites slow on busy machines) unless VHD_TEST_REAL_SYNC
+ * is set.  A hook sees every successful mutation, for the crash tests. */
+enum t_io_kind { T_IO_WRITE, T_IO_SYNC, T_IO_PUNCH, T_IO_TRUNCATE };
+typedef void (*t_io_hook)(void *opaque, enum t_io_kind kind, int fd, const void *buf,
+                          uint64_t len, uint64_t off);
+void t_set_io_hook(t_io_hook hook, void *opaque);
+/* Number of syncs the engine asked for (skipped or not). */
+uint64_t t_sync_count(void);
 #endif

@@ -1,0 +1,585 @@
+/* test-vhd-crash.c: crash safety, the SQLite way.
+ *
+ * A fixed workload (allocations, overwrites, zero writes, flushes, FUA
+ * writes) runs on a dynamic or differencing image.  Two kinds of crash, one
+ * per program built from this file (test-vhd-crash, test-vhd-crash-lost):
+ *
+ * 1. Fault injection: the workload runs once to count its writes and syncs;
+ *    then for EVERY n up to that count a fresh copy of the starting image gets
+ *    the workload with vhd_fault_arm(n): the (n+1)th write or sync and all
+ *    later ones fail with EIO, the workload stops at its first failure and
+ *    the handle is dropped with vhd_abandon (nothing more is written).
+ *
+ * 2. Lost writes: the I/O of one complete run is journaled (the test defines
+ *    pwrite/fdatasync itself, see testutil.h); a crash at journal position k
+ *    keeps every write before the last sync preceding k, and a random subset
+ *    of the writes between that sync and k: what a power cut may leave of an
+ *    unsynced page cache.
+ *
+ * After each crash the image must open, vhd_check must find nothing
+ * VHD_CHECK_CORRUPT (leaks are fine), and every byte must be acceptable: the
+ * value it had when last made durable (by a vhd_flush that returned 0, or an
+ * FUA write that did), or the value of any write issued after that (the write
+ * that failed included).  A read-write open and close must keep the content.
+ *
+ * VHD_TEST_SEED reproduces a run; VHD_TEST_ITERS multiplies the subsets tried.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "testutil.h"
+#include "vhd.h"
+
+enum op_kind { OP_WRITE, OP_ZEROES, OP_FLUSH, OP_CLOSE };
+
+struct op {
+  enum op_kind kind;
+  uint64_t off, len;
+  unsigned flags;
+  uint8_t *data; /* OP_WRITE */
+};
+
+struct workload {
+  const char *label;
+  char pristine[4096];    /* the starting image, never modified */
+  char work[4096];        /* the copy that crashes */
+  char parents[2][4096];  /* hashed before and after */
+  uint64_t parent_hash[2];
+  int n_parents;
+  uint64_t size;
+  uint8_t *initial;       /* the disk's content at the start */
+  struct op *ops;
+  size_t n_ops;
+};
+
+/* What each byte may read after a crash. */
+struct expect {
+  uint64_t size;
+  uint8_t *durable;   /* value as of the last durable point for that byte */
+  uint64_t *dseq;     /* 1 + index of the op that made it durable (0: initial) */
+  uint8_t *cur;       /* the latest value issued */
+  size_t *pending;    /* indices of ops issued since the last flush */
+  size_t n_pending;
+};
+
+static const char *op_name(const struct op *o) {
+  switch (o->kind) {
+  case OP_WRITE: return "write";
+  case OP_ZEROES: return "write_zeroes";
+  case OP_FLUSH: return "flush";
+  default: return "close";
+  }
+}
+
+static const char *op_str(const struct workload *w, size_t i) {
+  const struct op *o = &w->ops[i];
+  return t_fmt("op %zu %s off=%" PRIu64 " len=%" PRIu64 " flags=0x%x", i, op_name(o), o->off,
+               o->len, o->flags);
+}
+
+/* ---- the workload ---- */
+
+static void gen_range(struct workload *w, uint32_t bs, uint64_t *off, uint64_t *len) {
+  uint64_t nb = DIV_ROUND_UP(w->size, bs);
+  switch (t_below(5)) {
+  case 0: /* a whole block */
+    *off = t_below(nb) * bs;
+    *len = bs;
+    break;
+  case 1: /* sub-sector */
+    *off = t_below(w->size);
+    *len = t_range(1, 300);
+    break;
+  case 2: /* straddling blocks */
+    *off = t_range(1, nb) * bs - t_range(1, MIN((uint64_t)bs, (uint64_t)700));
+    *len = t_range(2, MIN(2 * (uint64_t)bs, (uint64_t)3000));
+    break;
+  case 3: /* whole sectors */
+    *off = t_below(w->size / 512) * 512;
+    *len = t_range(1, 8) * 512;
+    break;
+  default: /* the end of the disk */
+    *len = t_range(1, MIN(w->size, (uint64_t)2000));
+    *off = w->size - *len;
+    break;
+  }
+  if (*off >= w->size)
+    *off = w->size - 1;
+  *len = MIN(*len, w->size - *off);
+}
+
+static void gen_workload(struct workload *w, uint32_t bs, size_t n) {
+  w->ops = t_xcalloc(n + 1, sizeof *w->ops);
+  for (size_t i = 0; i < n; i++) {
+    struct op *o = &w->ops[i];
+    unsigned p = (unsigned)t_below(100);
+    if (p < 55) {
+      o->kind = OP_WRITE;
+      gen_range(w, bs, &o->off, &o->len);
+      o->flags = t_chance(20) ? VHD_FUA : 0;
+      o->data = t_xmalloc(o->len);
+      t_fill_nonzero(o->data, o->len);
+    } else if (p < 80) {
+      o->kind = OP_ZEROES;
+      gen_range(w, bs, &o->off, &o->len);
+      static const unsigned fl[] = {0, VHD_MAY_TRIM, VHD_NO_HOLE, VHD_MAY_TRIM | VHD_FUA, VHD_FUA};
+      o->flags = fl[t_below(ARRAY_SIZE(fl))];
+    } else {
+      o->kind = OP_FLUSH;
+    }
+  }
+  w->ops[n].kind = OP_CLOSE;
+  w->n_ops = n + 1;
+}
+
+static void free_workload(struct workload *w) {
+  for (size_t i = 0; i < w->n_ops; i++)
+    free(w->ops[i].data);
+  free(w->ops);
+  free(w->initial);
+}
+
+/* ---- expectations ---- */
+
+static void expect_init(struct expect *e, const struct workload *w) {
+  e->size = w->size;
+  e->durable = t_xmalloc(w->size);
+  e->cur = t_xmalloc(w->size);
+  memcpy(e->durable, w->initial, w->size);
+  memcpy(e->cur, w->initial, w->size);
+  e->dseq = t_xcalloc(w->size, sizeof *e->dseq);
+  e->pending = t_xcalloc(w->n_ops, sizeof *e->pending);
+  e->n_pending = 0;
+}
+
+static void expect_free(struct expect *e) {
+  free(e->durable);
+  free(e->cur);
+  free(e->dseq);
+  free(e->pending);
+}
+
+static uint8_t op_byte(const struct op *o, uint64_t b) {
+  return o->kind == OP_WRITE ? o->data[b - o->off] : 0;
+}
+
+/* An op was issued: its bytes may be on disk from now on. */
+static void expect_issue(struct expect *e, const struct workload *w, size_t i) {
+  const struct op *o = &w->ops[i];
+  if (o->kind == OP_WRITE || o->kind == OP_ZEROES) {
+    e->pending[e->n_pending++] = i;
+    for (uint64_t b = o->off; b < o->off + o->len; b++)
+      e->cur[b] = op_byte(o, b);
+  }
+}
+
+/* An op returned 0: what it made durable. */
+static void expect_complete(struct expect *e, const struct workload *w, size_t i) {
+  const struct op *o = &w->ops[i];
+  if (o->kind == OP_FLUSH || o->kind == OP_CLOSE) {
+    memcpy(e->durable, e->cur, e->size);
+    for (uint64_t b = 0; b < e->size; b++)
+      e->dseq[b] = i + 1;
+    e->n_pending = 0;
+  } else if (o->flags & VHD_FUA) {
+    for (uint64_t b = o->off; b < o->off + o->len; b++) {
+      e->durable[b] = op_byte(o, b);
+      e->dseq[b] = i + 1;
+    }
+  }
+}
+
+static bool byte_ok(const struct expect *e, const struct workload *w, uint64_t b, uint8_t v) {
+  if (v == e->durable[b])
+    return true;
+  for (size_t k = 0; k < e->n_pending; k++) {
+    const struct op *o = &w->ops[e->pending[k]];
+    if (e->pending[k] + 1 > e->dseq[b] && b >= o->off && b < o->off + o->len && op_byte(o, b) == v)
+      return true;
+  }
+  return false;
+}
+
+/* ---- after the crash ---- */
+
+static void report_line(void *opaque, const char *level, const char *msg) {
+  fprintf(stderr, "  check %s: %s: %s\n", (const char *)opaque, level, msg);
+}
+
+static void check_not_corrupt(const char *path, const char *what) {
+  struct vhd_check_opts o = {.report = NULL, .opaque = (void *)path};
+  struct vhd_err err = {{0}};
+  int r = vhd_check(path, &o, &err);
+  if (r < 0 || (r & VHD_CHECK_CORRUPT)) {
+    o.report = report_line;
+    vhd_check(path, &o, &err);
+    t_fail("%s: vhd_check returned %d (%s): %s", what, r, r < 0 ? t_strerr(r) : "corrupt",
+           err.msg);
+  }
+}
+
+static void read_all(const char *path, bool rdonly, uint8_t *buf, uint64_t size,
+                     const char *what) {
+  struct vhd_open_opts oo = {.flags = rdonly ? VHD_OPEN_RDONLY : 0};
+  struct vhd_err err = {{0}};
+  vhd_t *v = NULL;
+  int r = vhd_open(path, &oo, &v, &err);
+  if (r < 0)
+    t_fail("%s: the image does not open %s: %s: %s", what, rdonly ? "read-only" : "read-write",
+           t_strerr(r), err.msg);
+  T_ASSERT(vhd_virtual_size(v) == size, "%s: size %" PRIu64 " after the crash", what,
+           vhd_virtual_size(v));
+  r = vhd_read(v, buf, 0, size, &err);
+  if (r < 0)
+    t_fail("%s: reading the image after the crash: %s: %s", what, t_strerr(r), err.msg);
+  r = vhd_close(v, &err);
+  if (r < 0)
+    t_fail("%s: closing the image after the crash: %s: %s", what, t_strerr(r), err.msg);
+}
+
+static void verify_crashed(const struct workload *w, const struct expect *e, const char *path,
+                           const char *what) {
+  check_not_corrupt(path, what);
+  CLEANUP_FREE uint8_t *buf = t_xmalloc(w->size);
+  read_all(path, true, buf, w->size, what);
+  for (uint64_t b = 0; b < w->size; b++)
+    if (!byte_ok(e, w, b, buf[b])) {
+      fprintf(stderr, "  pending ops:");
+      for (size_t k = 0; k < e->n_pending; k++)
+        fprintf(stderr, " %zu", e->pending[k]);
+      fprintf(stderr, "\n");
+      t_fail("%s: byte %" PRIu64 " reads 0x%02x; durable value 0x%02x (made durable by %s), "
+             "latest issued 0x%02x",
+             what, b, buf[b], e->durable[b],
+             e->dseq[b] ? op_str(w, e->dseq[b] - 1) : "the starting image", e->cur[b]);
+    }
+  /* Opening read-write (which may tidy up) must not change what the disk says. */
+  CLEANUP_FREE uint8_t *again = t_xmalloc(w->size);
+  read_all(path, false, again, w->size, what);
+  if (memcmp(buf, again, w->size) != 0)
+    t_fail("%s: a read-write open and close changed the content", what);
+  check_not_corrupt(path, t_fmt("%s, after a read-write open", what));
+}
+
+#ifndef CRASH_LOST_WRITES
+/* ---- 1. fault injection ---- */
+
+/* Runs the workload on `path` with the fault armed at n (n < 0: never);
+ * returns true when it completed, false when it stopped at a fault. */
+static bool run_faulty(const struct workload *w, const char *path, long n, struct expect *e) {
+  vhd_t *v = t_open(path, false);
+  vhd_fault_arm(n);
+  struct vhd_err err = {{0}};
+  bool completed = true;
+  for (size_t i = 0; i < w->n_ops; i++) {
+    const struct op *o = &w->ops[i];
+    int r = 0;
+    if (e)
+      expect_issue(e, w, i);
+    switch (o->kind) {
+    case OP_WRITE: r = vhd_write(v, o->data, o->off, o->len, o->flags, &err); break;
+    case OP_ZEROES: r = vhd_write_zeroes(v, o->off, o->len, o->flags, &err); break;
+    case OP_FLUSH: r = vhd_flush(v, &err); break;
+    case OP_CLOSE:
+      r = vhd_close(v, &err);
+      v = NULL;
+      break;
+    }
+    if (r < 0) {
+      if (!vhd_fault_tripped())
+        t_fail("%s: %s failed without an injected fault: %s: %s", w->label, op_str(w, i),
+               t_strerr(r), err.msg);
+      completed = false;
+      break;
+    }
+    if (e)
+      expect_complete(e, w, i);
+  }
+  if (v)
+    vhd_abandon(v);
+  vhd_fault_arm(-1);
+  return completed;
+}
+
+static void crash_by_fault(const struct workload *w) {
+  const char *work = w->work;
+  /* The number of writes and syncs of a complete run: the smallest n that
+   * lets it complete (a run is deterministic, so this is monotonic). */
+  t_copy_file(w->pristine, work);
+  T_ASSERT(run_faulty(w, work, -1, NULL), "%s: the workload fails without faults", w->label);
+  long hi = 1;
+  for (;;) {
+    t_copy_file(w->pristine, work);
+    if (run_faulty(w, work, hi, NULL))
+      break;
+    T_ASSERT(hi < (1L << 24), "%s: the workload never completes", w->label);
+    hi *= 2;
+  }
+  long lo = hi / 2; /* fails at lo (or lo = 0), completes at hi */
+  while (hi - lo > 1) {
+    long mid = lo + (hi - lo) / 2;
+    t_copy_file(w->pristine, work);
+    if (run_faulty(w, work, mid, NULL))
+      hi = mid;
+    else
+      lo = mid;
+  }
+  long count = hi;
+  t_copy_file(w->pristine, work);
+  if (run_faulty(w, work, 0, NULL) && count > 0)
+    t_fail("%s: completed with no write allowed", w->label);
+
+  for (long n = 0; n <= count; n++) {
+    t_copy_file(w->pristine, work);
+    struct expect e;
+    expect_init(&e, w);
+    bool done = run_faulty(w, work, n, &e);
+    T_ASSERT(done == (n == count), "%s: fault after %ld of %ld I/Os: completed=%d", w->label, n,
+             count, (int)done);
+    verify_crashed(w, &e, work, t_fmt("%s: fault after %ld of %ld writes/syncs", w->label, n, count));
+    expect_free(&e);
+  }
+  printf("ok %s: fault injected at each of %ld writes/syncs\n", w->label, count + 1);
+  fflush(stdout);
+}
+
+#else
+/* ---- 2. lost unsynced writes ---- */
+
+struct jentry {
+  enum t_io_kind kind;
+  uint64_t off, len;
+  uint8_t *data;
+};
+
+struct journal {
+  int fd;              /* the image's descriptor: -1 until the first write */
+  struct jentry *e;
+  size_t n, cap;
+  size_t *op_start;    /* journal length when op i started */
+  size_t *op_end;      /* ... and when it returned */
+};
+
+static void journal_hook(void *opaque, enum t_io_kind kind, int fd, const void *buf, uint64_t len,
+                         uint64_t off) {
+  struct journal *j = opaque;
+  if (j->fd < 0)
+    j->fd = fd;
+  T_ASSERT(fd == j->fd, "the engine wrote to two files (fd %d and %d) for one image", j->fd, fd);
+  if (j->n == j->cap) {
+    j->cap = j->cap ? 2 * j->cap : 64;
+    j->e = realloc(j->e, j->cap * sizeof *j->e);
+    T_ASSERT(j->e != NULL, "out of memory");
+  }
+  struct jentry *x = &j->e[j->n++];
+  x->kind = kind;
+  x->off = off;
+  x->len = len;
+  x->data = NULL;
+  if (kind == T_IO_WRITE) {
+    x->data = t_xmalloc(len);
+    memcpy(x->data, buf, len);
+  }
+}
+
+static void apply_entry(int fd, const struct jentry *x) {
+  switch (x->kind) {
+  case T_IO_WRITE:
+    T_ASSERT(pwrite(fd, x->data, x->len, (off_t)x->off) == (ssize_t)x->len, "replay: pwrite");
+    break;
+  case T_IO_PUNCH: {
+    CLEANUP_FREE uint8_t *z = t_xcalloc(1, x->len);
+    T_ASSERT(pwrite(fd, z, x->len, (off_t)x->off) == (ssize_t)x->len, "replay: punch");
+    break;
+  }
+  case T_IO_TRUNCATE:
+    T_ASSERT(ftruncate(fd, (off_t)x->len) == 0, "replay: ftruncate");
+    break;
+  case T_IO_SYNC:
+    break;
+  }
+}
+
+static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
+  const char *work = w->work;
+  struct journal j = {.fd = -1};
+  j.op_start = t_xcalloc(w->n_ops, sizeof *j.op_start);
+  j.op_end = t_xcalloc(w->n_ops, sizeof *j.op_end);
+
+  t_copy_file(w->pristine, work);
+  vhd_t *v = t_open(work, false);
+  struct vhd_err err = {{0}};
+  t_set_io_hook(journal_hook, &j);
+  for (size_t i = 0; i < w->n_ops; i++) {
+    const struct op *o = &w->ops[i];
+    int r = 0;
+    j.op_start[i] = j.n;
+    switch (o->kind) {
+    case OP_WRITE: r = vhd_write(v, o->data, o->off, o->len, o->flags, &err); break;
+    case OP_ZEROES: r = vhd_write_zeroes(v, o->off, o->len, o->flags, &err); break;
+    case OP_FLUSH: r = vhd_flush(v, &err); break;
+    case OP_CLOSE: r = vhd_close(v, &err); break;
+    }
+    j.op_end[i] = j.n;
+    if (r < 0)
+      t_fail("%s: journaled run: %s: %s: %s", w->label, op_str(w, i), t_strerr(r), err.msg);
+  }
+  t_set_io_hook(NULL, NULL);
+
+  unsigned tried = 0;
+  for (size_t k = 0; k <= j.n; k++) {
+    /* Entries before the last sync at or before k are on disk for sure. */
+    size_t s = 0;
+    for (size_t x = 0; x < k; x++)
+      if (j.e[x].kind == T_IO_SYNC)
+        s = x + 1;
+    unsigned n_sub = k > s ? subsets : 1;
+    for (unsigned sub = 0; sub < n_sub; sub++) {
+      t_copy_file(w->pristine, work);
+      int fd = open(work, O_WRONLY | O_CLOEXEC);
+      T_ASSERT(fd >= 0, "open %s: %s", work, strerror(errno));
+      /* sub 0 keeps every write, sub 1 none of the unsynced ones, others a
+       * random subset, in order. */
+      for (size_t x = 0; x < k; x++)
+        if (x < s || sub == 0 || (sub > 1 && t_chance(50)))
+          apply_entry(fd, &j.e[x]);
+      close(fd);
+
+      struct expect e;
+      expect_init(&e, w);
+      for (size_t i = 0; i < w->n_ops && j.op_start[i] <= k; i++) {
+        /* An op whose I/O started before the crash point is issued; one that
+         * returned before it completed.  An op without I/O (a flush with
+         * nothing dirty) that starts at k has returned too. */
+        expect_issue(&e, w, i);
+        if (j.op_end[i] <= k)
+          expect_complete(&e, w, i);
+        else
+          break;
+      }
+      verify_crashed(w, &e, work,
+                     t_fmt("%s: crash at journal entry %zu of %zu (last sync before it: %zu), "
+                           "unsynced writes kept: %s",
+                           w->label, k, j.n, s,
+                           sub == 0 ? "all" : sub == 1 ? "none" : "a random subset"));
+      expect_free(&e);
+      tried++;
+    }
+  }
+  for (size_t x = 0; x < j.n; x++)
+    free(j.e[x].data);
+  free(j.e);
+  free(j.op_start);
+  free(j.op_end);
+  printf("ok %s: %u crash images from a journal of %zu writes/syncs\n", w->label, tried, j.n);
+  fflush(stdout);
+}
+
+#endif
+
+/* ---- set-ups ---- */
+
+static uint8_t *read_image(const char *path, uint64_t *size) {
+  vhd_t *v = t_open(path, true);
+  *size = vhd_virtual_size(v);
+  uint8_t *buf = t_xmalloc(*size);
+  struct vhd_err err = {{0}};
+  T_OK(vhd_read(v, buf, 0, *size, &err), &err, "vhd_read");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  return buf;
+}
+
+/* Random data in some places of an image, through the engine. */
+static void fill_some(const char *path, uint32_t bs) {
+  vhd_t *v = t_open(path, false);
+  uint64_t size = vhd_virtual_size(v);
+  struct vhd_err err = {{0}};
+  CLEANUP_FREE uint8_t *buf = t_xmalloc(2 * (size_t)bs + 4096);
+  for (int i = 0; i < 12; i++) {
+    uint64_t off = t_below(size);
+    uint64_t len = t_range(1, 2 * (uint64_t)bs + 4096);
+    len = MIN(len, size - off);
+    t_fill_nonzero(buf, len);
+    T_OK(vhd_write(v, buf, off, len, 0, &err), &err, "vhd_write (filling)");
+  }
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+}
+
+static void finish_setup(struct workload *w, uint32_t bs, size_t n_ops) {
+  snprintf(w->work, sizeof w->work, "%s", t_path(t_fmt("%s-work.vhd", w->label)));
+  w->initial = read_image(w->pristine, &w->size);
+  for (int p = 0; p < w->n_parents; p++)
+    w->parent_hash[p] = t_file_hash(w->parents[p]);
+  gen_workload(w, bs, n_ops);
+}
+
+static void check_parents(const struct workload *w) {
+  for (int p = 0; p < w->n_parents; p++)
+    T_ASSERT(t_file_hash(w->parents[p]) == w->parent_hash[p], "%s: parent %s changed", w->label,
+             w->parents[p]);
+}
+
+/* One source, two programs: test-vhd-crash injects faults, and
+ * test-vhd-crash-lost (built with CRASH_LOST_WRITES) drops unsynced writes. */
+static void run_both(struct workload *w, uint32_t bs, size_t n_ops) {
+  finish_setup(w, bs, n_ops);
+#ifdef CRASH_LOST_WRITES
+  crash_by_lost_writes(w, 2 + 3 * t_iters());
+#else
+  crash_by_fault(w);
+#endif
+  check_parents(w);
+  free_workload(w);
+}
+
+static void test_dynamic(const char *label, uint64_t size, uint32_t bs, bool prefill,
+                         size_t n_ops) {
+  struct workload w = {.label = label};
+  snprintf(w.pristine, sizeof w.pristine, "%s", t_path(t_fmt("%s.vhd", label)));
+  t_create(w.pristine, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+  if (prefill)
+    fill_some(w.pristine, bs);
+  run_both(&w, bs, n_ops);
+}
+
+static void test_differencing(const char *label, int depth, uint64_t size, uint32_t bs,
+                              size_t n_ops) {
+  struct workload w = {.label = label, .n_parents = depth - 1};
+  char prev[4096];
+  for (int lvl = 0; lvl < depth; lvl++) {
+    const char *p = t_path(t_fmt("%s-%d.vhd", label, lvl));
+    if (lvl == 0)
+      t_create(p, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+    else
+      t_create(p, VHD_TYPE_DIFFERENCING, 0, bs, false, prev);
+    if (lvl < depth - 1) {
+      fill_some(p, bs);
+      snprintf(w.parents[lvl], sizeof w.parents[lvl], "%s", p);
+    } else {
+      snprintf(w.pristine, sizeof w.pristine, "%s", p);
+    }
+    snprintf(prev, sizeof prev, "%s", p);
+  }
+  run_both(&w, bs, n_ops);
+}
+
+int main(void) {
+#ifdef CRASH_LOST_WRITES
+  t_init("test-vhd-crash-lost");
+#else
+  t_init("test-vhd-crash");
+#endif
+  test_dynamic("dynamic-4k", 40 * 1024 + 1536, 4096, false, 40);
+  test_dynamic("dynamic-4k-prefilled", 40 * 1024 + 1536, 4096, true, 40);
+  test_dynamic("dynamic-512", 8 * 1024, 512, false, 40);
+  test_dynamic("dynamic-64k", 256 * 1024 + 512, 65536, true, 30);
+  test_differencing("differencing", 2, 40 * 1024 + 1536, 4096, 40);
+  test_differencing("differencing-3", 3, 24 * 1024, 4096, 30);
+  return 0;
+}
