@@ -27,3 +27,9 @@ check_PROGRAMS += test-vhd-crash-lost
 test_vhd_crash_lost_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
 test_vhd_crash_lost_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_crash_lost_CFLAGS = $(ENGINE_TEST_CFLAGS) -DCRASH_LOST_WRITES
+
+check_PROGRAMS += test-vhd-open
+TESTS += test-vhd-open
+test_vhd_open_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
+test_vhd_open_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_open_CFLAGS = $(ENGINE_TEST_CFLAGS)

@@ -1,0 +1,432 @@
+/* test-vhd-open.c: vhd_open on damaged and hostile images, and image locking.
+ *
+ * A good dynamic image is made with vhd_create and written through the
+ * engine; each case damages one field of a copy (fixing up checksums where
+ * the point is the field, not the checksum) and requires vhd_open to refuse
+ * it with a negative errno and a message naming the file and the field, or,
+ * for a damaged trailing footer, to open it from the copy at offset 0 with a
+ * warning.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "endian-be.h"
+#include "testutil.h"
+#include "vhd.h"
+
+static uint8_t *good;           /* the good image's bytes */
+static uint64_t good_len;
+static char good_path[4096];
+static uint8_t *good_content;   /* what the good image reads as */
+static uint64_t vsize;
+/* Where its structures are, found from the file itself. */
+static uint64_t hdr_off, bat_off;
+static uint32_t bat_entries, block_size;
+
+struct warnings {
+  unsigned n;
+  char last[1024];
+};
+
+static void on_warn(void *opaque, const char *msg) {
+  struct warnings *w = opaque;
+  w->n++;
+  snprintf(w->last, sizeof w->last, "%s", msg);
+}
+
+/* Ones' complement of the byte sum, checksum field counted as zero: the
+ * spec's algorithm, written here so that the test does not trust the engine's. */
+static void fix_checksum(uint8_t *raw, size_t len, size_t csum_off) {
+  uint32_t sum = 0;
+  for (size_t i = 0; i < len; i++)
+    if (i < csum_off || i >= csum_off + 4)
+      sum += raw[i];
+  be32_store(raw + csum_off, ~sum);
+}
+
+static void fix_footers(uint8_t *img, uint64_t len) {
+  fix_checksum(img, 512, 64);
+  fix_checksum(img + len - 512, 512, 64);
+}
+
+static void fix_header(uint8_t *img) { fix_checksum(img + hdr_off, 1024, 36); }
+
+static bool mentions_any(const char *msg, const char *words) {
+  /* words: '|'-separated alternatives, matched without case. */
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", words);
+  char *save = NULL;
+  for (char *w = strtok_r(buf, "|", &save); w; w = strtok_r(NULL, "|", &save))
+    if (strcasestr(msg, w))
+      return true;
+  return false;
+}
+
+static const char *write_case(const char *name, const uint8_t *img, uint64_t len) {
+  const char *p = t_path(t_fmt("%s.vhd", name));
+  int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  T_ASSERT(fd >= 0, "create %s: %s", p, strerror(errno));
+  T_ASSERT(write(fd, img, (size_t)len) == (ssize_t)len, "write %s: %s", p, strerror(errno));
+  close(fd);
+  return p;
+}
+
+/* The case image must not open; the message must name the file and one of `words`. */
+static void expect_refused(const char *name, const uint8_t *img, uint64_t len,
+                           const char *words) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s", write_case(name, img, len));
+  struct warnings w = {0};
+  struct vhd_open_opts o = {.flags = VHD_OPEN_RDONLY, .warn = on_warn, .warn_opaque = &w};
+  struct vhd_err err = {{0}};
+  vhd_t *v = (vhd_t *)&w; /* must be reset to NULL */
+  int r = vhd_open(path, &o, &v, &err);
+  if (r >= 0) {
+    vhd_close(v, &err);
+    t_fail("%s: vhd_open accepted the damaged image (warnings: %u, last: %s)", name, w.n, w.last);
+  }
+  T_ASSERT(v == NULL, "%s: failed open left a handle", name);
+  T_ASSERT(r != -ENOMEM && r != -ENOENT, "%s: unexpected error %d (%s): %s", name, r, t_strerr(r),
+           err.msg);
+  T_ASSERT(strstr(err.msg, path) != NULL, "%s: message does not name the file: %s", name,
+           err.msg);
+  T_ASSERT(mentions_any(err.msg, words), "%s: message does not mention %s: %s", name, words,
+           err.msg);
+  printf("ok %s: %s\n", name, err.msg);
+  /* vhd_check must not call it clean either. */
+  struct vhd_check_opts co = {0};
+  r = vhd_check(path, &co, &err);
+  T_ASSERT(r < 0 || (r & VHD_CHECK_CORRUPT), "%s: vhd_check returned %d on a damaged image", name,
+           r);
+}
+
+static void make_good(void) {
+  snprintf(good_path, sizeof good_path, "%s", t_path("good.vhd"));
+  t_create(good_path, VHD_TYPE_DYNAMIC, (1u << 20) + 3 * 512, 4096, true, NULL);
+  vhd_t *v = t_open(good_path, false);
+  vsize = vhd_virtual_size(v);
+  struct vhd_err err = {{0}};
+  uint8_t buf[6000];
+  /* Blocks 0, 1 and 5 (the write straddles 0 and 1), and the last block. */
+  static const uint64_t offs[] = {1000, 5 * 4096 + 17};
+  for (size_t i = 0; i < ARRAY_SIZE(offs); i++) {
+    t_fill_nonzero(buf, sizeof buf);
+    T_OK(vhd_write(v, buf, offs[i], 4000, 0, &err), &err, "vhd_write");
+  }
+  T_OK(vhd_write(v, buf, vsize - 700, 700, 0, &err), &err, "vhd_write at the end");
+  good_content = t_xmalloc(vsize);
+  T_OK(vhd_read(v, good_content, 0, vsize, &err), &err, "vhd_read");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+
+  good_len = t_file_size(good_path);
+  good = t_xmalloc(good_len);
+  t_pread_file(good_path, good, good_len, 0);
+  const uint8_t *foot = good + good_len - 512;
+  T_ASSERT(memcmp(foot, "conectix", 8) == 0, "no trailing footer");
+  T_ASSERT(memcmp(good, foot, 512) == 0, "the footer copy at 0 differs from the trailing footer");
+  hdr_off = be64_load(foot + 16);
+  T_ASSERT(hdr_off + 1024 <= good_len && memcmp(good + hdr_off, "cxsparse", 8) == 0,
+           "no dynamic header at %" PRIu64, hdr_off);
+  bat_off = be64_load(good + hdr_off + 16);
+  bat_entries = be32_load(good + hdr_off + 28);
+  block_size = be32_load(good + hdr_off + 32);
+  T_ASSERT(block_size == 4096, "block size %u", block_size);
+  T_ASSERT(bat_entries >= DIV_ROUND_UP(vsize, 4096), "%u BAT entries", bat_entries);
+  /* The checksums this test writes agree with the engine's. */
+  CLEANUP_FREE uint8_t *copy = t_xmalloc(good_len);
+  memcpy(copy, good, good_len);
+  fix_footers(copy, good_len);
+  fix_header(copy);
+  T_ASSERT(memcmp(copy, good, good_len) == 0, "recomputed checksums differ from the engine's");
+  unsigned allocated = 0;
+  for (uint32_t i = 0; i < bat_entries; i++)
+    if (be32_load(good + bat_off + 4 * i) != 0xffffffffu)
+      allocated++;
+  T_ASSERT(allocated == 4, "%u blocks allocated, expected 4", allocated);
+}
+
+static uint8_t *fresh_copy(void) {
+  uint8_t *c = t_xmalloc(good_len);
+  memcpy(c, good, good_len);
+  return c;
+}
+
+static void test_footer_copy(void) {
+  /* Only the trailing footer damaged: the copy at 0 serves, with a warning. */
+  CLEANUP_FREE uint8_t *img = fresh_copy();
+  img[good_len - 512 + 200] ^= 0x5a; /* reserved byte: checksum now wrong */
+  char path[4096];
+  snprintf(path, sizeof path, "%s", write_case("trailing-footer-checksum", img, good_len));
+  struct warnings w = {0};
+  struct vhd_open_opts o = {.flags = VHD_OPEN_RDONLY, .warn = on_warn, .warn_opaque = &w};
+  struct vhd_err err = {{0}};
+  vhd_t *v = NULL;
+  int r = vhd_open(path, &o, &v, &err);
+  if (r < 0)
+    t_fail("damaged trailing footer with a good copy: vhd_open: %s: %s", t_strerr(r), err.msg);
+  struct vhd_info info;
+  vhd_get_info(v, &info);
+  T_ASSERT(info.footer_copy_used, "footer_copy_used not set");
+  T_ASSERT(w.n >= 1 && mentions_any(w.last, "footer") && mentions_any(w.last, "checksum"),
+           "expected a warning about the footer checksum, got %u: %s", w.n, w.last);
+  CLEANUP_FREE uint8_t *buf = t_xmalloc(vsize);
+  T_OK(vhd_read(v, buf, 0, vsize, &err), &err, "vhd_read");
+  T_ASSERT(memcmp(buf, good_content, vsize) == 0, "content differs when read via the footer copy");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  printf("ok trailing-footer-checksum: %s\n", w.last);
+
+  /* Without a warn callback it opens all the same. */
+  v = NULL;
+  struct vhd_open_opts quiet = {.flags = VHD_OPEN_RDONLY};
+  T_OK(vhd_open(path, &quiet, &v, &err), &err, "vhd_open without warn callback");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+
+  /* check reports it, repair rewrites it, and then it opens silently. */
+  struct vhd_check_opts co = {0};
+  r = vhd_check(path, &co, &err);
+  T_ASSERT(r > 0, "vhd_check found nothing wrong with a damaged trailing footer (%d)", r);
+  co.repair = true;
+  r = vhd_check(path, &co, &err);
+  T_ASSERT(r >= 0 && (r & VHD_CHECK_REPAIRED), "vhd_check --repair returned %d: %s", r, err.msg);
+  co.repair = false;
+  r = vhd_check(path, &co, &err);
+  T_ASSERT(r == 0, "after repair vhd_check returned %d", r);
+  w.n = 0;
+  v = NULL;
+  T_OK(vhd_open(path, &o, &v, &err), &err, "vhd_open after repair");
+  vhd_get_info(v, &info);
+  T_ASSERT(!info.footer_copy_used && w.n == 0, "still using the copy after repair (%u warnings)",
+           w.n);
+  T_OK(vhd_read(v, buf, 0, vsize, &err), &err, "vhd_read");
+  T_ASSERT(memcmp(buf, good_content, vsize) == 0, "content differs after repair");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  printf("ok trailing footer repaired\n");
+}
+
+static void test_damaged(void) {
+  uint8_t *img;
+
+  img = fresh_copy();
+  img[good_len - 512 + 200] ^= 0x5a;
+  img[200] ^= 0x5a;
+  expect_refused("both-footer-checksums", img, good_len, "checksum");
+  free(img);
+
+  img = fresh_copy();
+  memcpy(img + good_len - 512, "conectiy", 8);
+  memcpy(img, "conectiy", 8);
+  fix_footers(img, good_len);
+  expect_refused("footer-cookies", img, good_len, "cookie|conectix");
+  free(img);
+
+  img = fresh_copy();
+  be32_store(img + 60, 5);
+  be32_store(img + good_len - 512 + 60, 5);
+  fix_footers(img, good_len);
+  expect_refused("disk-type-5", img, good_len, "disk type");
+  free(img);
+
+  img = fresh_copy();
+  be64_store(img + 16, good_len + 4096);
+  be64_store(img + good_len - 512 + 16, good_len + 4096);
+  fix_footers(img, good_len);
+  expect_refused("data-offset-beyond-eof", img, good_len, "data offset|header");
+  free(img);
+
+  img = fresh_copy();
+  memcpy(img + hdr_off, "cxsparsf", 8);
+  fix_header(img);
+  expect_refused("header-cookie", img, good_len, "cookie|cxsparse");
+  free(img);
+
+  img = fresh_copy();
+  img[hdr_off + 900] ^= 1;
+  expect_refused("header-checksum", img, good_len, "checksum");
+  free(img);
+
+  img = fresh_copy();
+  be32_store(img + hdr_off + 32, 3000);
+  fix_header(img);
+  expect_refused("block-size-3000", img, good_len, "block size");
+  free(img);
+
+  img = fresh_copy();
+  be32_store(img + hdr_off + 32, 0);
+  fix_header(img);
+  expect_refused("block-size-0", img, good_len, "block size");
+  free(img);
+
+  img = fresh_copy();
+  be32_store(img + hdr_off + 28, 0xffffffffu);
+  fix_header(img);
+  expect_refused("max-table-entries-huge", img, good_len, "table entries|max_table_entries");
+  free(img);
+
+  img = fresh_copy();
+  be32_store(img + hdr_off + 28, 3);
+  fix_header(img);
+  expect_refused("max-table-entries-too-few", img, good_len, "table entries|max_table_entries");
+  free(img);
+
+  img = fresh_copy();
+  be64_store(img + hdr_off + 16, good_len + 4096);
+  fix_header(img);
+  expect_refused("bat-beyond-eof", img, good_len, "BAT|table offset");
+  free(img);
+
+  img = fresh_copy();
+  be64_store(img + hdr_off + 16, hdr_off);
+  fix_header(img);
+  expect_refused("bat-on-header", img, good_len, "overlap");
+  free(img);
+
+  /* Two BAT entries naming one block. */
+  img = fresh_copy();
+  memcpy(img + bat_off + 4 * 1, img + bat_off + 4 * 0, 4);
+  expect_refused("bat-duplicate", img, good_len, "overlap");
+  free(img);
+
+  /* A block on top of the dynamic header. */
+  img = fresh_copy();
+  be32_store(img + bat_off + 4 * 2, (uint32_t)(hdr_off / 512));
+  expect_refused("bat-entry-in-header", img, good_len, "overlap");
+  free(img);
+
+  /* A block on top of the BAT. */
+  img = fresh_copy();
+  be32_store(img + bat_off + 4 * 3, (uint32_t)(bat_off / 512));
+  expect_refused("bat-entry-in-bat", img, good_len, "overlap");
+  free(img);
+
+  /* A block past the end of the file. */
+  img = fresh_copy();
+  be32_store(img + bat_off + 4 * 7, (uint32_t)(good_len / 512 + 10));
+  expect_refused("bat-entry-beyond-eof", img, good_len, "BAT entry|end");
+  free(img);
+
+  /* Half-sized blocks: a block straddles the next one. */
+  img = fresh_copy();
+  uint32_t b1 = be32_load(img + bat_off + 4 * 1);
+  be32_store(img + bat_off + 4 * 1, b1 - 4);
+  expect_refused("bat-entry-overlapping-next", img, good_len, "overlap");
+  free(img);
+
+  /* Truncations. */
+  expect_refused("empty-file", good, 0, "small|size|footer");
+  expect_refused("truncated-300", good, 300, "small|size|footer");
+  /* The trailing footer and half of the last block gone: the copy at 0
+   * serves, and then the last block runs past the end. */
+  expect_refused("truncated-last-block", good, good_len - 512 - 2048, "BAT entry|end");
+}
+
+static void test_fixed_damaged(void) {
+  const char *p = t_path("fixed.vhd");
+  char path[4096];
+  snprintf(path, sizeof path, "%s", p);
+  t_create(path, VHD_TYPE_FIXED, 64 * 1024, 0, true, NULL);
+  uint64_t len = t_file_size(path);
+  T_ASSERT(len == 64 * 1024 + 512, "fixed image of %" PRIu64 " bytes", len);
+  CLEANUP_FREE uint8_t *img = t_xmalloc(len);
+  t_pread_file(path, img, len, 0);
+  /* A footer claiming more data than the file holds. */
+  be64_store(img + len - 512 + 48, 128 * 1024);
+  fix_checksum(img + len - 512, 512, 64);
+  expect_refused("fixed-size-beyond-file", img, len, "size");
+  /* No footer at all: a fixed disk has no copy to fall back on. */
+  t_pread_file(path, img, len, 0);
+  expect_refused("fixed-footer-cut", img, len - 512, "cookie|footer|checksum");
+  t_pread_file(path, img, len, 0);
+  img[len - 512 + 300] ^= 1;
+  expect_refused("fixed-footer-checksum", img, len, "checksum");
+}
+
+/* ---- locking ---- */
+
+static int try_open(const char *path, unsigned flags, vhd_t **v, struct vhd_err *err) {
+  struct vhd_open_opts o = {.flags = flags};
+  *v = NULL;
+  return vhd_open(path, &o, v, err);
+}
+
+static void expect_locked(const char *path, unsigned flags, const char *what) {
+  vhd_t *v;
+  struct vhd_err err = {{0}};
+  int r = try_open(path, flags, &v, &err);
+  if (r >= 0) {
+    vhd_close(v, &err);
+    t_fail("%s: the second open succeeded", what);
+  }
+  T_ASSERT(r == -EBUSY || r == -EAGAIN, "%s: error %d (%s), expected EBUSY or EAGAIN: %s", what,
+           r, t_strerr(r), err.msg);
+  T_ASSERT(mentions_any(err.msg, "lock"), "%s: message does not mention the lock: %s", what,
+           err.msg);
+  printf("ok %s: %s\n", what, err.msg);
+}
+
+static vhd_t *expect_opens(const char *path, unsigned flags, const char *what) {
+  vhd_t *v;
+  struct vhd_err err = {{0}};
+  int r = try_open(path, flags, &v, &err);
+  if (r < 0)
+    t_fail("%s: vhd_open: %s: %s", what, t_strerr(r), err.msg);
+  return v;
+}
+
+static void close_ok(vhd_t *v) {
+  struct vhd_err err = {{0}};
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+}
+
+static void test_locking(void) {
+  const char *p = good_path;
+  /* OFD locks belong to the open file description: two opens in one
+   * process conflict just as two processes would. */
+  vhd_t *a = expect_opens(p, 0, "first read-write open");
+  expect_locked(p, 0, "second read-write open");
+  expect_locked(p, VHD_OPEN_RDONLY, "read-only open of an image open read-write");
+  vhd_t *nolock = expect_opens(p, VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, "read-only open without lock");
+  close_ok(nolock);
+  close_ok(a);
+  a = expect_opens(p, 0, "read-write open after the first closed");
+  close_ok(a);
+
+  vhd_t *r1 = expect_opens(p, VHD_OPEN_RDONLY, "first read-only open");
+  vhd_t *r2 = expect_opens(p, VHD_OPEN_RDONLY, "second read-only open");
+  expect_locked(p, 0, "read-write open of an image open read-only");
+  close_ok(r1);
+  expect_locked(p, 0, "read-write open with one reader left");
+  close_ok(r2);
+  a = expect_opens(p, 0, "read-write open after the readers closed");
+  close_ok(a);
+
+  /* A parent in use by an open child is read-locked through it. */
+  char child[4096];
+  snprintf(child, sizeof child, "%s", t_path("child.vhd"));
+  t_create(child, VHD_TYPE_DIFFERENCING, 0, 4096, false, p);
+  vhd_t *c = expect_opens(child, 0, "child read-write open");
+  expect_locked(p, 0, "read-write open of the parent of an open child");
+  vhd_t *pr = expect_opens(p, VHD_OPEN_RDONLY, "read-only open of the parent of an open child");
+  close_ok(pr);
+  close_ok(c);
+  a = expect_opens(p, 0, "read-write open of the parent after the child closed");
+  close_ok(a);
+}
+
+int main(void) {
+  t_init("test-vhd-open");
+  make_good();
+  test_footer_copy();
+  test_damaged();
+  test_fixed_damaged();
+  test_locking();
+  free(good);
+  free(good_content);
+  return 0;
+}
