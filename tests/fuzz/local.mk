@@ -1,1 +1,61 @@
-# fragment
+# Fuzzing.  "make fuzz" builds the libFuzzer targets with clang (never part
+# of "all" or "check": the default compiler is gcc); the same target files,
+# built with -DFUZZ_STANDALONE and a small main(), replay the seed corpora and
+# every saved crash in tests/fuzz/regressions in each "make check".
+FUZZ_CC = clang
+FUZZ_CFLAGS = -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer -g -O1 -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
+	-Wno-missing-field-initializers -pthread
+FUZZ_CPPFLAGS = $(DEFS) -I$(top_builddir) $(AM_CPPFLAGS) -I$(top_srcdir)/tests/fuzz
+# Sources are taken from the libraries' own lists (the .c files only).
+FUZZ_C_OF = for f in $$list; do case $$f in *.c) printf '%s ' "$(top_srcdir)/$$f";; esac; done
+FUZZ_DEPS = $(libvhd_a_SOURCES) $(libnbdcodec_a_SOURCES) tests/fuzz/fuzz-common.h \
+	tests/fuzz/fuzz-vhd-open.c tests/fuzz/vhd-parent.c tests/fuzz/vhd-parent.h \
+	tests/fuzz/fuzz-nbd-codec.c
+
+tests/fuzz/fuzz-vhd-open: $(FUZZ_DEPS)
+	@$(MKDIR_P) tests/fuzz
+	$(AM_V_GEN)list='$(libvhd_a_SOURCES) tests/fuzz/fuzz-vhd-open.c tests/fuzz/vhd-parent.c'; \
+	  $(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_CPPFLAGS) $(UUID_CFLAGS) -o $@ `$(FUZZ_C_OF)` $(UUID_LIBS)
+tests/fuzz/fuzz-nbd-codec: $(FUZZ_DEPS)
+	@$(MKDIR_P) tests/fuzz
+	$(AM_V_GEN)list='$(libnbdcodec_a_SOURCES) tests/fuzz/fuzz-nbd-codec.c'; \
+	  $(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_CPPFLAGS) -o $@ `$(FUZZ_C_OF)`
+fuzz: tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-nbd-codec
+.PHONY: fuzz
+
+# Regenerates the VHD seed corpus (committed; run after changing the seeds).
+tests/fuzz/make-vhd-seeds: $(top_srcdir)/tests/fuzz/make-vhd-seeds.c \
+	$(top_srcdir)/tests/fuzz/vhd-parent.c libvhd.a libcommon.a
+	@$(MKDIR_P) tests/fuzz
+	$(AM_V_CCLD)$(CC) $(AM_CFLAGS) $(CFLAGS) $(FUZZ_CPPFLAGS) $(UUID_CFLAGS) -o $@ \
+	  $(top_srcdir)/tests/fuzz/make-vhd-seeds.c $(top_srcdir)/tests/fuzz/vhd-parent.c \
+	  libvhd.a libcommon.a $(UUID_LIBS) $(AM_LDFLAGS)
+fuzz-seeds: tests/fuzz/make-vhd-seeds
+	./tests/fuzz/make-vhd-seeds $(top_srcdir)/tests/fuzz/corpus-vhd
+	python3 $(top_srcdir)/tests/fuzz/make-nbd-seeds.py $(top_srcdir)/tests/fuzz/corpus-nbd
+.PHONY: fuzz-seeds
+
+CLEANFILES += tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-nbd-codec tests/fuzz/make-vhd-seeds
+
+check_PROGRAMS += fuzz-vhd-open-replay fuzz-nbd-codec-replay
+FUZZ_REPLAY_SOURCES = tests/fuzz/standalone.c tests/fuzz/fuzz-common.h
+fuzz_vhd_open_replay_SOURCES = tests/fuzz/fuzz-vhd-open.c tests/fuzz/vhd-parent.c \
+	tests/fuzz/vhd-parent.h $(FUZZ_REPLAY_SOURCES)
+fuzz_vhd_open_replay_CPPFLAGS = $(AM_CPPFLAGS) -DFUZZ_STANDALONE
+fuzz_vhd_open_replay_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
+fuzz_vhd_open_replay_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
+fuzz_nbd_codec_replay_SOURCES = tests/fuzz/fuzz-nbd-codec.c $(FUZZ_REPLAY_SOURCES)
+fuzz_nbd_codec_replay_CPPFLAGS = $(AM_CPPFLAGS) -DFUZZ_STANDALONE
+fuzz_nbd_codec_replay_LDADD = libnbdcodec.a libcommon.a
+
+TESTS += tests/fuzz/test-fuzz-replay.sh tests/fuzz/test-fuzz-smoke.sh
+EXTRA_DIST += \
+	tests/fuzz/README.md \
+	tests/fuzz/test-fuzz-replay.sh \
+	tests/fuzz/test-fuzz-smoke.sh \
+	tests/fuzz/make-vhd-seeds.c \
+	tests/fuzz/make-nbd-seeds.py \
+	tests/fuzz/corpus-vhd \
+	tests/fuzz/corpus-nbd \
+	tests/fuzz/regressions

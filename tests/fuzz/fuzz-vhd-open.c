@@ -1,0 +1,430 @@
+/* fuzz-vhd-open.c: arbitrary bytes as an image file, through the engine's
+ * public API (vhd.h) only.
+ *
+ * Per input: the bytes go into a memfd opened as /proc/self/fd/N; then
+ *   1. a read-only open (parents looked up) whose map and reads must agree:
+ *      runs mapped as unallocated read as zeros, runs held by the image read
+ *      as the file bytes the map points at, and a write must be refused;
+ *   2. vhd_check;
+ *   3. a read-write session (no parent, so differencing images are written
+ *      too) of writes, zeroing, trims and flushes at input-derived offsets:
+ *      every write must read back at once, the image must reopen after
+ *      vhd_close with every write in place, and an image that checked clean
+ *      must still check clean.
+ * Any broken rule aborts (FUZZ_ASSERT), which libFuzzer reports as a crash. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "endian-be.h"
+#include "fuzz-common.h"
+#include "vhd-parent.h"
+#include "vhd.h"
+
+#define MAX_IO (16u * 1024)       /* per read or write: keeps one input fast */
+#define MAX_OPS 8
+#define MAP_LIMIT (64u * 1024 * 1024) /* mapped per full pass */
+#define MAP_MAX_RUNS 4096u        /* runs examined per vhd_map call */
+#define VERIFY_BUDGET (1u << 20)  /* bytes compared against the file per input */
+
+static void ignore_warning(void *opaque, const char *msg) {
+  (void)opaque;
+  (void)msg;
+}
+
+static void ignore_report(void *opaque, const char *level, const char *msg) {
+  (void)opaque;
+  (void)level;
+  (void)msg;
+}
+
+/* Engine errors are negative errnos with a message naming what is at fault. */
+static void assert_error(int r, const struct vhd_err *err, const char *what) {
+  FUZZ_ASSERT(r < 0 && r > -4096, "%s returned %d, not a negative errno", what, r);
+  FUZZ_ASSERT(err->msg[0] != '\0', "%s failed (%s) without a message", what, strerror(-r));
+}
+
+static int memfd_with(const uint8_t *data, size_t size) {
+  int fd = memfd_create("vhdnbd-fuzz-image", MFD_CLOEXEC);
+  FUZZ_ASSERT(fd >= 0, "memfd_create: %s", strerror(errno));
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pwrite(fd, data + done, size - done, (off_t)done);
+    FUZZ_ASSERT(n > 0, "writing the input to the memfd: %s", strerror(errno));
+    done += (size_t)n;
+  }
+  return fd;
+}
+
+/* A range inside the disk, biased towards the first blocks and the end,
+ * with unaligned starts and lengths half the time (sub-sector paths). */
+static void pick_range(struct fuzz_rng *rng, uint64_t vsize, uint64_t *off, size_t *len) {
+  uint64_t o;
+  switch (fuzz_rng_below(rng, 4)) {
+  case 0:
+  case 1:
+    o = fuzz_rng_below(rng, vsize < 262144 ? vsize : 262144);
+    break;
+  case 2: {
+    uint64_t back = 1 + fuzz_rng_below(rng, 65536);
+    o = back < vsize ? vsize - back : 0;
+    break;
+  }
+  default:
+    o = fuzz_rng_below(rng, vsize);
+  }
+  if (fuzz_rng_below(rng, 2))
+    o &= ~(uint64_t)511;
+  uint64_t l = 1 + fuzz_rng_below(rng, MAX_IO);
+  if (fuzz_rng_below(rng, 2))
+    l = (l + 511) & ~(uint64_t)511;
+  if (l > vsize - o)
+    l = vsize - o;
+  *off = o;
+  *len = (size_t)l;
+}
+
+/* ---- map and read must agree ---- */
+
+struct map_check {
+  uint64_t next, end;
+  unsigned runs;
+  const uint8_t *file; /* the input: what depth-0 runs must read as */
+  size_t file_size;
+  const uint8_t *buf;  /* what vhd_read returned for [start, end), or NULL */
+  uint64_t start;
+  size_t *budget;
+};
+
+FUZZ_NO_COVERAGE
+static int check_run(void *opaque, const struct vhd_extent *e) {
+  struct map_check *m = opaque;
+  FUZZ_ASSERT(e->offset == m->next, "map run at %llu, expected %llu (gap or overlap)",
+              (unsigned long long)e->offset, (unsigned long long)m->next);
+  FUZZ_ASSERT(e->length > 0 && e->length <= m->end - e->offset,
+              "map run at %llu of %llu bytes leaves the range ending at %llu",
+              (unsigned long long)e->offset, (unsigned long long)e->length,
+              (unsigned long long)m->end);
+  FUZZ_ASSERT(!(e->flags & ~(unsigned)(VHD_MAP_DATA | VHD_MAP_ZERO)), "map run flags 0x%x",
+              e->flags);
+  FUZZ_ASSERT((e->depth < 0) == !(e->flags & VHD_MAP_DATA),
+              "map run at %llu: depth %d with flags 0x%x", (unsigned long long)e->offset,
+              e->depth, e->flags);
+  FUZZ_ASSERT(e->depth >= -1 && e->depth < VHD_MAX_CHAIN_DEPTH, "map run depth %d", e->depth);
+  if (e->depth == 0)
+    FUZZ_ASSERT(e->file_offset <= m->file_size && e->length <= m->file_size - e->file_offset,
+                "map run at %llu points at file bytes %llu+%llu outside the %zu-byte file",
+                (unsigned long long)e->offset, (unsigned long long)e->file_offset,
+                (unsigned long long)e->length, m->file_size);
+  if (m->buf) {
+    size_t n = (size_t)e->length;
+    if (n > *m->budget)
+      n = *m->budget;
+    *m->budget -= n;
+    const uint8_t *got = m->buf + (e->offset - m->start);
+    for (size_t i = 0; i < n; i++) {
+      if (e->depth < 0)
+        FUZZ_ASSERT(got[i] == 0, "byte %llu is in a run mapped as zeros but reads as 0x%02x",
+                    (unsigned long long)(e->offset + i), got[i]);
+      else if (e->depth == 0)
+        FUZZ_ASSERT(got[i] == m->file[e->file_offset + i],
+                    "byte %llu reads as 0x%02x but the map points at file offset %llu holding "
+                    "0x%02x",
+                    (unsigned long long)(e->offset + i), got[i],
+                    (unsigned long long)(e->file_offset + i), m->file[e->file_offset + i]);
+    }
+  }
+  m->next = e->offset + e->length;
+  return ++m->runs >= MAP_MAX_RUNS;
+}
+
+static void map_and_check(vhd_t *v, uint64_t off, uint64_t len, const uint8_t *buf,
+                          const uint8_t *data, size_t size, size_t *budget) {
+  struct map_check m = {.next = off,
+                        .end = off + len,
+                        .file = data,
+                        .file_size = size,
+                        .buf = buf,
+                        .start = off,
+                        .budget = budget};
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_map(v, off, len, check_run, &m, &err);
+  if (r < 0) {
+    assert_error(r, &err, "vhd_map");
+    return;
+  }
+  if (r == 0)
+    FUZZ_ASSERT(m.next == m.end, "vhd_map of [%llu, %llu) stopped at %llu",
+                (unsigned long long)off, (unsigned long long)(off + len),
+                (unsigned long long)m.next);
+}
+
+static void read_phase(const char *path, const uint8_t *data, size_t size,
+                       struct fuzz_rng *rng) {
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, .warn = ignore_warning};
+  vhd_t *v = NULL;
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_open(path, &oo, &v, &err);
+  if (r < 0) {
+    assert_error(r, &err, "vhd_open (read-only)");
+    return;
+  }
+  struct vhd_info info;
+  vhd_get_info(v, &info);
+  uint64_t vsize = vhd_virtual_size(v);
+  FUZZ_ASSERT(vsize > 0 && vsize % 512 == 0 && vsize <= VHD_MAX_VIRTUAL_SIZE,
+              "virtual size %llu", (unsigned long long)vsize);
+  FUZZ_ASSERT(info.virtual_size == vsize && info.type == vhd_get_type(v), "info disagrees");
+  FUZZ_ASSERT(vhd_is_readonly(v), "read-only open gave a writable handle");
+
+  size_t budget = VERIFY_BUDGET;
+  map_and_check(v, 0, vsize < MAP_LIMIT ? vsize : MAP_LIMIT, NULL, data, size, &budget);
+
+  static uint8_t buf[MAX_IO];
+  for (int i = 0; i < 4; i++) {
+    uint64_t off;
+    size_t len;
+    pick_range(rng, vsize, &off, &len);
+    err.msg[0] = '\0';
+    r = vhd_read(v, buf, off, len, &err);
+    if (r < 0) {
+      assert_error(r, &err, "vhd_read");
+      continue;
+    }
+    map_and_check(v, off, len, buf, data, size, &budget);
+    (void)vhd_zero_is_fast(v, off, len);
+  }
+  /* Out-of-range requests are refused, never served. */
+  err.msg[0] = '\0';
+  r = vhd_read(v, buf, vsize - 512, 1024, &err);
+  FUZZ_ASSERT(r < 0, "a read past the end of the disk succeeded");
+  err.msg[0] = '\0';
+  r = vhd_write(v, buf, 0, 512, 0, &err);
+  FUZZ_ASSERT(r < 0, "a write through a read-only handle succeeded");
+  r = vhd_close(v, &err);
+  FUZZ_ASSERT(r == 0, "closing a read-only handle failed: %s", err.msg);
+}
+
+/* ---- read-write session ---- */
+
+enum op_kind { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH };
+struct op {
+  enum op_kind kind;
+  uint64_t off;
+  size_t len;
+  uint8_t seed;
+  bool ok;
+};
+
+/* Not periodic within a block, so misplaced sectors are noticed. */
+FUZZ_NO_COVERAGE
+static uint8_t pattern(uint8_t seed, uint64_t i) {
+  return (uint8_t)(seed + i * 7 + (i >> 9) * 13);
+}
+
+FUZZ_NO_COVERAGE
+static void fill_pattern(uint8_t *buf, size_t len, uint8_t seed) {
+  for (size_t b = 0; b < len; b++)
+    buf[b] = pattern(seed, b);
+}
+
+/* What [off, off+len) must hold after ops: known[i] says whether byte i is
+ * determined (a trim or a failed operation makes it undefined). */
+FUZZ_NO_COVERAGE
+static void expected(const struct op *ops, int n, uint64_t off, size_t len, uint8_t *exp,
+                     uint8_t *known) {
+  memset(known, 0, len);
+  for (int j = 0; j < n; j++) {
+    const struct op *o = &ops[j];
+    if (o->kind == OP_FLUSH)
+      continue;
+    uint64_t lo = o->off > off ? o->off : off;
+    uint64_t hi = o->off + o->len < off + len ? o->off + o->len : off + len;
+    for (uint64_t p = lo; p < hi; p++) {
+      size_t i = (size_t)(p - off);
+      if (!o->ok || o->kind == OP_TRIM) {
+        known[i] = 0;
+      } else {
+        known[i] = 1;
+        exp[i] = o->kind == OP_WRITE ? pattern(o->seed, p - o->off) : 0;
+      }
+    }
+  }
+}
+
+FUZZ_NO_COVERAGE
+static void verify_ops(vhd_t *v, const struct op *ops, int n, const char *when) {
+  static uint8_t got[MAX_IO], exp[MAX_IO], known[MAX_IO];
+  for (int i = 0; i < n; i++) {
+    const struct op *o = &ops[i];
+    if (o->kind == OP_FLUSH || o->len == 0)
+      continue;
+    struct vhd_err err = {.msg = ""};
+    int r = vhd_read(v, got, o->off, o->len, &err);
+    FUZZ_ASSERT(r == 0, "%s: reading back [%llu, +%zu): %s", when,
+                (unsigned long long)o->off, o->len, err.msg);
+    expected(ops, n, o->off, o->len, exp, known);
+    for (size_t k = 0; k < o->len; k++)
+      FUZZ_ASSERT(!known[k] || got[k] == exp[k],
+                  "%s: byte %llu reads 0x%02x, expected 0x%02x (operation %d of %d)", when,
+                  (unsigned long long)(o->off + k), got[k], exp[k], i, n);
+  }
+}
+
+static int run_check(const char *path) {
+  struct vhd_check_opts co = {.repair = false, .report = ignore_report};
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_check(path, &co, &err);
+  if (r < 0)
+    assert_error(r, &err, "vhd_check");
+  return r;
+}
+
+static void write_phase(const char *path, struct fuzz_rng *rng, int check_before) {
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_NOLOCK | VHD_OPEN_NOPARENT,
+                             .warn = ignore_warning};
+  vhd_t *v = NULL;
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_open(path, &oo, &v, &err);
+  if (r < 0) {
+    assert_error(r, &err, "vhd_open (read-write)");
+    return;
+  }
+  FUZZ_ASSERT(!vhd_is_readonly(v), "read-write open gave a read-only handle");
+  uint64_t vsize = vhd_virtual_size(v);
+  struct op ops[MAX_OPS];
+  int n = 1 + (int)fuzz_rng_below(rng, MAX_OPS);
+  bool all_ok = true;
+  static uint8_t buf[MAX_IO];
+  for (int i = 0; i < n; i++) {
+    struct op *o = &ops[i];
+    uint64_t k = fuzz_rng_below(rng, 10);
+    o->kind = k < 5 ? OP_WRITE : k < 7 ? OP_ZERO : k < 8 ? OP_TRIM : OP_FLUSH;
+    o->seed = (uint8_t)fuzz_rng_next(rng);
+    o->off = 0;
+    o->len = 0;
+    if (o->kind != OP_FLUSH)
+      pick_range(rng, vsize, &o->off, &o->len);
+    unsigned flags = 0;
+    err.msg[0] = '\0';
+    switch (o->kind) {
+    case OP_WRITE:
+      fill_pattern(buf, o->len, o->seed);
+      flags = fuzz_rng_below(rng, 3) == 0 ? VHD_FUA : 0;
+      r = vhd_write(v, buf, o->off, o->len, flags, &err);
+      break;
+    case OP_ZERO:
+      flags = (unsigned)fuzz_rng_below(rng, 3);
+      flags = flags == 1 ? VHD_MAY_TRIM : flags == 2 ? VHD_NO_HOLE : 0;
+      if (fuzz_rng_below(rng, 3) == 0)
+        flags |= VHD_FUA;
+      r = vhd_write_zeroes(v, o->off, o->len, flags, &err);
+      break;
+    case OP_TRIM:
+      r = vhd_trim(v, o->off, o->len, 0, &err);
+      break;
+    case OP_FLUSH:
+      r = vhd_flush(v, &err);
+      break;
+    }
+    o->ok = r == 0;
+    if (r < 0) {
+      assert_error(r, &err, "a write, zero, trim or flush");
+      all_ok = false;
+      continue;
+    }
+    /* Read-your-writes, immediately. */
+    if (o->kind == OP_WRITE || o->kind == OP_ZERO)
+      verify_ops(v, ops, i + 1, "just after the write");
+  }
+  err.msg[0] = '\0';
+  r = vhd_close(v, &err);
+  if (r < 0) {
+    assert_error(r, &err, "vhd_close");
+    all_ok = false;
+  }
+  if (!all_ok)
+    return; /* the engine said so: no promise about the image */
+
+  /* What was written and closed must reopen, with the data in place. */
+  oo.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK | VHD_OPEN_NOPARENT;
+  err.msg[0] = '\0';
+  r = vhd_open(path, &oo, &v, &err);
+  FUZZ_ASSERT(r == 0, "the image does not reopen after a clean read-write session: %s",
+              err.msg);
+  verify_ops(v, ops, n, "after close and reopen");
+  vhd_close(v, NULL);
+
+  if (check_before >= 0 && !(check_before & VHD_CHECK_CORRUPT)) {
+    int after = run_check(path);
+    FUZZ_ASSERT(after >= 0 && !(after & VHD_CHECK_CORRUPT),
+                "an image that checked clean (0x%x) checks corrupt (%d) after writes",
+                check_before, after);
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static bool parent_tried;
+  if (!parent_tried) {
+    parent_tried = true;
+    int r = fuzz_vhd_install_parent();
+    if (r < 0)
+      fprintf(stderr, "warning: no parent image for differencing inputs: %s\n", strerror(-r));
+  }
+  struct fuzz_rng rng;
+  fuzz_rng_seed(&rng, data, size);
+  int fd = memfd_with(data, size);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+
+  read_phase(path, data, size, &rng);
+  int check_before = run_check(path);
+  write_phase(path, &rng, check_before);
+  close(fd);
+  return 0;
+}
+
+#ifndef FUZZ_STANDALONE
+/* Most mutations break the footer or header checksum, and the engine then
+ * rejects the image at once; recomputing them (most of the time) lets the
+ * fuzzer reach the BAT, bitmaps, parent locators and the write paths. */
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsigned int seed);
+
+static uint32_t checksum(const uint8_t *p, size_t len, size_t csum_off) {
+  uint32_t sum = 0;
+  for (size_t i = 0; i < len; i++)
+    if (i < csum_off || i >= csum_off + 4)
+      sum += p[i];
+  return ~sum;
+}
+
+static void fix_checksums(uint8_t *data, size_t size) {
+  if (size < 512)
+    return;
+  uint64_t header_off = 0;
+  const size_t footers[2] = {size - 512, 0};
+  for (int i = 0; i < 2; i++) {
+    uint8_t *f = data + footers[i];
+    if (memcmp(f, "conectix", 8) != 0)
+      continue;
+    be32_store(f + 64, checksum(f, 512, 64));
+    if (!header_off)
+      header_off = be64_load(f + 16);
+  }
+  if (header_off && header_off <= size && size - header_off >= 1024 &&
+      memcmp(data + header_off, "cxsparse", 8) == 0)
+    be32_store(data + header_off + 36, checksum(data + header_off, 1024, 36));
+}
+
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsigned int seed) {
+  size = LLVMFuzzerMutate(data, size, max_size);
+  if (seed % 8 != 0)
+    fix_checksums(data, size);
+  return size;
+}
+#endif
