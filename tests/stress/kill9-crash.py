@@ -1,0 +1,275 @@
+#!/usr/bin/python3
+"""Crash rounds for test-kill9-crash.sh.
+
+usage: kill9-crash.py VHDNBD VHDIMG WORKDIR ROUNDS SEED
+
+For each image (dynamic, fixed, differencing over a parent full of data), ROUNDS
+times: start vhdnbd on a Unix socket, run random writes (some with FUA, some
+unaligned, sub-sector included) and flushes on one connection, SIGKILL the
+server at a random moment, then require
+  - `vhdimg check` to exit 0 (clean) or 3 (leaks only);
+  - the disk (`vhdimg convert -O raw`) to hold every write acknowledged
+    before the last completed flush and every acknowledged FUA write;
+  - each 512-byte sector touched by later writes to hold one of the states
+    the write sequence passed through (a write can tear at sector
+    granularity; a sub-sector write is read-modify-write of its sector).
+The image is reused from round to round, so recovered images crash again;
+every other round with leaks is repaired first (`check --repair` must reclaim
+the unused tail and must not change the disk's content).
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import nbd
+
+SECTOR = 512
+SIZE = 16 * 1024 * 1024
+
+
+class Failure(Exception):
+    pass
+
+
+def payload(seed, wid, length):
+    return random.Random(seed * 1000003 + wid).randbytes(length)
+
+
+class Server:
+    def __init__(self, vhdnbd, sock, pidfile, image):
+        for p in (sock, pidfile):
+            if os.path.exists(p):
+                os.unlink(p)
+        self.proc = subprocess.Popen([vhdnbd, "-U", sock, "--pidfile", pidfile, image])
+        for _ in range(200):  # at most ~10 s
+            if os.path.exists(pidfile) and os.path.getsize(pidfile) > 0:
+                return
+            if self.proc.poll() is not None:
+                raise Failure("vhdnbd exited (%d) before listening on %s" %
+                              (self.proc.returncode, image))
+            time.sleep(0.05)
+        self.kill()
+        raise Failure("vhdnbd did not write its pidfile within 10 s")
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+
+def run(cmd, ok=(0,)):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=60)
+    if r.returncode not in ok:
+        raise Failure("%s: exit %d\n%s" % (" ".join(cmd), r.returncode, r.stdout))
+    return r
+
+
+class Journal:
+    """What the client knows: writes sent (id, off, len, fua), acknowledged,
+    and the last write covered by a completed flush."""
+
+    def __init__(self):
+        self.writes = []  # [off, len, fua, acked]
+        self.last_flush = -1
+        self.error = None
+
+
+def workload(sock, seed, journal, first_ack, stop_at):
+    rng = random.Random(seed)
+    h = nbd.NBD()
+    try:
+        h.connect_unix(sock)
+        if h.get_size() != SIZE:
+            raise Failure("export is %d bytes, expected %d" % (h.get_size(), SIZE))
+        # Some rounds flush often, some rarely (many writes in doubt).
+        flush_rate = rng.choice([0.02, 0.05, 0.1, 0.2])
+        while time.monotonic() < stop_at:
+            if rng.random() < flush_rate:
+                h.flush()
+                journal.last_flush = len(journal.writes) - 1
+                continue
+            if rng.random() < 0.7:
+                off = rng.randrange(0, SIZE // SECTOR) * SECTOR
+                length = rng.randint(1, 64) * SECTOR
+            else:
+                off = rng.randrange(0, SIZE - 1)
+                length = rng.randint(1, 9000)
+            length = min(length, SIZE - off)
+            fua = rng.random() < 0.15
+            wid = len(journal.writes)
+            journal.writes.append([off, length, fua, False])
+            h.pwrite(payload(seed, wid, length), off, nbd.CMD_FLAG_FUA if fua else 0)
+            journal.writes[wid][3] = True
+            first_ack.set()
+    except nbd.Error:
+        pass  # the server was killed: expected
+    except Exception as e:  # reported by the main thread
+        journal.error = e
+    finally:
+        first_ack.set()
+
+
+def verify(raw, baseline, journal, seed):
+    if len(raw) != len(baseline):
+        raise Failure("disk is %d bytes, %d before" % (len(raw), len(baseline)))
+    expect = bytearray(baseline)
+    later = []
+    for wid, (off, length, fua, acked) in enumerate(journal.writes):
+        if wid <= journal.last_flush:
+            expect[off:off + length] = payload(seed, wid, length)
+        else:
+            later.append(wid)
+    touched = {}
+    for wid in later:
+        off, length = journal.writes[wid][0], journal.writes[wid][1]
+        for s in range(off // SECTOR, (off + length - 1) // SECTOR + 1):
+            touched.setdefault(s, []).append(wid)
+    nsec = len(raw) // SECTOR
+    s = 0
+    while s < nsec:  # runs of untouched sectors: exactly the durable content
+        if s in touched:
+            s += 1
+            continue
+        e = s
+        while e < nsec and e not in touched:
+            e += 1
+        a, b = s * SECTOR, e * SECTOR
+        if raw[a:b] != expect[a:b]:
+            bad = next(i for i in range(a, b) if raw[i] != expect[i])
+            raise Failure("byte %d (sector %d, not written since the last completed flush) "
+                          "is 0x%02x, expected 0x%02x" % (bad, bad // SECTOR, raw[bad],
+                                                           expect[bad]))
+        s = e
+    for sec, wids in touched.items():
+        a = sec * SECTOR
+        state = bytearray(expect[a:a + SECTOR])
+        states = [bytes(state)]
+        floor = 0
+        for i, wid in enumerate(wids):
+            off, length, fua, acked = journal.writes[wid]
+            lo, hi = max(off, a), min(off + length, a + SECTOR)
+            state[lo - a:hi - a] = payload(seed, wid, length)[lo - off:hi - off]
+            states.append(bytes(state))
+            if fua and acked:
+                floor = i + 1
+        if raw[a:a + SECTOR] not in states[floor:]:
+            raise Failure("sector %d holds none of the states its writes %s passed through "
+                          "(an acknowledged FUA write makes state %d the oldest allowed)" %
+                          (sec, wids, floor))
+    return len(later)
+
+
+def read_raw(vhdimg, image, out):
+    if os.path.exists(out):
+        os.unlink(out)
+    run([vhdimg, "convert", "-O", "raw", image, out])
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def rounds(args, image, rng, stats):
+    vhdnbd, vhdimg, work, nrounds = args
+    sock = os.path.join(work, "nbd.sock")
+    pidfile = os.path.join(work, "vhdnbd.pid")
+    raw_path = os.path.join(work, "disk.raw")
+    name = os.path.basename(image)
+    baseline = read_raw(vhdimg, image, raw_path)
+    for rnd in range(1, nrounds + 1):
+        seed = rng.randrange(1 << 30)
+        where = "%s round %d (seed %d)" % (name, rnd, seed)
+        journal = Journal()
+        first_ack = threading.Event()
+        server = Server(vhdnbd, sock, pidfile, image)
+        try:
+            worker = threading.Thread(target=workload, args=(
+                sock, seed, journal, first_ack, time.monotonic() + 20))
+            worker.start()
+            first_ack.wait(timeout=10)
+            time.sleep(rng.random() * 0.5)
+        finally:
+            server.kill()
+        worker.join(timeout=30)
+        if worker.is_alive():
+            raise Failure("%s: the client hangs after the server was killed" % where)
+        if journal.error:
+            raise Failure("%s: the client failed: %s" % (where, journal.error))
+        try:
+            r = run([vhdimg, "check", image], ok=(0, 3))
+            raw = read_raw(vhdimg, image, raw_path)
+            doubtful = verify(raw, baseline, journal, seed)
+            if r.returncode == 3 and rnd % 2 == 0:
+                repair(vhdimg, image, raw, work)
+        except Failure as e:
+            keep = os.path.join(os.environ.get("top_builddir", "."), "kill9-" + name)
+            subprocess.run(["cp", image, keep])
+            raise Failure("%s: %s\n(image kept as %s)" % (where, e, keep))
+        print("%s: %d writes, %d after the last flush, check exit %d" %
+              (where, len(journal.writes), doubtful, r.returncode))
+        stats[0] += 1
+        stats[1] += len(journal.writes)
+        baseline = raw
+
+
+def repair(vhdimg, image, raw, work):
+    r = run([vhdimg, "check", "--repair", image], ok=(0, 3))
+    after = run([vhdimg, "check", image], ok=(0, 3))
+    if after.returncode != r.returncode or "before the trailing footer" in after.stdout:
+        raise Failure("check --repair exit %d, then check exit %d:\n%s%s" %
+                      (r.returncode, after.returncode, r.stdout, after.stdout))
+    if read_raw(vhdimg, image, os.path.join(work, "repaired.raw")) != raw:
+        raise Failure("check --repair changed the disk's content")
+
+
+def fill_parent(vhdnbd, vhdimg, work, parent):
+    run([vhdimg, "create", "-t", "dynamic", "--block-size", "64K", "--exact", parent,
+         str(SIZE)])
+    server = Server(vhdnbd, os.path.join(work, "nbd.sock"), os.path.join(work, "vhdnbd.pid"),
+                    parent)
+    try:
+        h = nbd.NBD()
+        h.connect_unix(os.path.join(work, "nbd.sock"))
+        rng = random.Random(1)
+        for off in range(0, SIZE, 1 << 20):
+            h.pwrite(rng.randbytes(1 << 20), off)
+        h.flush()
+        h.shutdown()
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def main():
+    vhdnbd, vhdimg, work = sys.argv[1:4]
+    nrounds, seed = int(sys.argv[4]), int(sys.argv[5])
+    rng = random.Random(seed)
+    args = (vhdnbd, vhdimg, work, nrounds)
+    stats = [0, 0]
+    t0 = time.monotonic()
+    try:
+        dyn = os.path.join(work, "dynamic.vhd")
+        run([vhdimg, "create", "-t", "dynamic", "--block-size", "64K", "--exact", dyn,
+             str(SIZE)])
+        rounds(args, dyn, rng, stats)
+        fixed = os.path.join(work, "fixed.vhd")
+        run([vhdimg, "create", "-t", "fixed", "--exact", fixed, str(SIZE)])
+        rounds(args, fixed, rng, stats)
+        # New writes must hide the parent's data, lost ones let it show.
+        parent = os.path.join(work, "parent.vhd")
+        fill_parent(vhdnbd, vhdimg, work, parent)
+        child = os.path.join(work, "child.vhd")
+        run([vhdimg, "create", "-t", "differencing", "-b", parent, child])
+        rounds(args, child, rng, stats)
+        run([vhdimg, "check", parent])  # never written through its child
+    except Failure as e:
+        print("FAIL: %s" % e, file=sys.stderr)
+        return 1
+    print("%d rounds, %d writes, %.1f s" % (stats[0], stats[1], time.monotonic() - t0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

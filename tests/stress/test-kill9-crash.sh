@@ -1,0 +1,17 @@
+#!/bin/bash
+# Crash safety at the server level: rounds of a verified write workload
+# against vhdnbd, killed with SIGKILL at a random moment, on dynamic, fixed
+# and differencing images (see kill9-crash.py for what is required).
+#   KILL9_ROUNDS: rounds per image type (default 6)
+#   KILL9_SEED:   replays a run (printed at the start)
+. "$top_srcdir/tests/functions.sh"
+
+requires_py nbd
+[ -x "$VHDNBD" ] || fail "$VHDNBD is not built"
+[ -x "$VHDIMG" ] || fail "$VHDIMG is not built"
+
+: "${KILL9_ROUNDS:=6}"
+: "${KILL9_SEED:=$(( (RANDOM << 15) | RANDOM ))}"
+echo "KILL9_SEED=$KILL9_SEED (set it to replay this run's choices)"
+"$PY3" "$top_srcdir/tests/stress/kill9-crash.py" "$VHDNBD" "$VHDIMG" "$TMPD" \
+  "$KILL9_ROUNDS" "$KILL9_SEED" || fail "crash rounds failed (KILL9_SEED=$KILL9_SEED)"
