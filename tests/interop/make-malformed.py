@@ -109,10 +109,11 @@ def corpus(good_dyn, good_fixed, outdir):
 
     # Truncated files: nothing, less than a footer, the footer copy and part of
     # the header, part of the BAT, the last block cut short with its footer.
-    for n in (0, 1, 511, base.hoff + 100, base.bat_off + 10, last_block_end - 4096):
-        emit(f"truncated-{n}", base, "fail",
-             "footer|cookie|size|truncat|beyond|end of file|eof|short|small|header|BAT|block",
-             base.data[:n])
+    for n, patterns in ((0, "footer"), (1, "footer"), (511, "footer"),
+                        (base.hoff + 100, "footer"),
+                        (base.bat_off + 10, "header|BAT|table"),
+                        (last_block_end - 4096, "BAT entry|block;past|beyond|end")):
+        emit(f"truncated-{n}", base, "fail", patterns, base.data[:n])
 
     # Trailing footer damaged, copy at 0 intact: recoverable.
     img = dyn()
@@ -121,16 +122,16 @@ def corpus(good_dyn, good_fixed, outdir):
     # Both footers damaged.
     img = dyn()
     img.edit_footers(64, b"\x12\x34\x56\x78", seal=False)
-    emit("footer-both-checksum", img, "fail", "checksum")
+    emit("footer-both-checksum", img, "fail", "footer;checksum")
     img = dyn()
     img.edit_footers(0, b"notavhd!")
-    emit("footer-bad-cookie", img, "fail", "cookie|conectix")
+    emit("footer-bad-cookie", img, "fail", "footer;cookie|conectix")
     img = dyn()
     img.edit_footers(60, struct.pack(">I", 5))
-    emit("disk-type-5", img, "fail", "type")
+    emit("disk-type-5", img, "fail", "disk type")
     img = dyn()
     img.edit_footers(16, struct.pack(">Q", size + 4096))
-    emit("header-offset-beyond-eof", img, "fail", "header|data offset")
+    emit("header-offset-beyond-eof", img, "fail", "data offset|header offset")
 
     # Dynamic header.
     img = dyn()
@@ -138,16 +139,16 @@ def corpus(good_dyn, good_fixed, outdir):
     emit("header-checksum", img, "fail", "header;checksum")
     img = dyn()
     img.edit_header(0, b"notsprse")
-    emit("header-bad-cookie", img, "fail", "cookie|cxsparse")
+    emit("header-bad-cookie", img, "fail", "header;cookie|cxsparse")
     img = dyn()
     img.edit_header(16, struct.pack(">Q", size + 1024 * 1024))
-    emit("bat-offset-beyond-eof", img, "fail", "BAT|table")
+    emit("bat-offset-beyond-eof", img, "fail", "BAT|table offset")
     img = dyn()
     img.edit_header(28, struct.pack(">I", 0xFFFFFFFF))
-    emit("max-table-entries-huge", img, "fail", "entries|BAT|table")
+    emit("max-table-entries-huge", img, "fail", "max.table.entries")
     img = dyn()
     img.edit_header(28, struct.pack(">I", 1))
-    emit("max-table-entries-too-few", img, "fail", "entries|BAT|table")
+    emit("max-table-entries-too-few", img, "fail", "max.table.entries")
     for name, bs in (("block-size-not-pow2", 3 * 1024 * 1024), ("block-size-zero", 0),
                      ("block-size-1g", 1 << 30)):
         img = dyn()
@@ -157,21 +158,21 @@ def corpus(good_dyn, good_fixed, outdir):
     # BAT entries.
     img = dyn()
     img.set_bat(allocated[1], img.bat(allocated[0]))
-    emit("bat-overlap", img, "fail", "overlap|same|twice|shared|BAT entry")
+    emit("bat-overlap", img, "fail", "BAT entry;overlap")
     img = dyn()
     img.set_bat(allocated[0], img.hoff // 512)
-    emit("bat-into-header", img, "fail", "overlap|header|metadata")
+    emit("bat-into-header", img, "fail", "BAT entry;header")
     img = dyn()
     img.set_bat(allocated[0], size // 512 + 100)
-    emit("block-beyond-eof", img, "fail", "beyond|eof|end of file|outside|past|file size|block")
+    emit("block-beyond-eof", img, "fail", "BAT entry;past|beyond|end")
 
     # Fixed disk whose data is shorter than its footer says.
     fixed = Image(good_fixed)
-    emit("fixed-wrong-size", fixed, "fail", "size",
+    emit("fixed-wrong-size", fixed, "fail", "file size|current size",
          fixed.data[:-FOOTER - 1024 * 1024] + fixed.footer)
     fixed = Image(good_fixed)
     fixed.edit_footers(48, struct.pack(">Q", 0))
-    emit("fixed-size-zero", fixed, "fail", "size")
+    emit("fixed-size-zero", fixed, "fail", "current size")
 
     for name, expect, patterns in cases:
         print(f"{name}\t{expect}\t{patterns}")

@@ -26,7 +26,9 @@ for d in parent-missing parent-uuid; do
 done
 rm corpus/parent-missing/base.vhd
 $gen set-uuid corpus/parent-uuid/base.vhd
-printf '%s\tfail\t%s\n' parent-missing/child.vhd 'parent' parent-uuid/child.vhd 'uuid' >>manifest
+printf '%s\tfail\t%s\n' >>manifest \
+  parent-missing/child.vhd 'parent.*(not found|missing|no such)' \
+  parent-uuid/child.vhd '(unique id|uuid).*(differ|mismatch|match)|(differ|mismatch).*(unique id|uuid)'
 
 valgrind=()
 if command -v valgrind >/dev/null 2>&1 && ! nm "$VHDIMG" 2>/dev/null | grep -q __asan_init; then
