@@ -208,6 +208,14 @@ static bool byte_ok(const struct expect *e, const struct workload *w, uint64_t b
 
 /* ---- after the crash ---- */
 
+/* What the crash image is made of, printed when it fails. */
+static char crash_detail[8192];
+
+static void print_detail(void) {
+  if (crash_detail[0])
+    fprintf(stderr, "  crash image: %s\n", crash_detail);
+}
+
 static void report_line(void *opaque, const char *level, const char *msg) {
   fprintf(stderr, "  check %s: %s: %s\n", (const char *)opaque, level, msg);
 }
@@ -219,8 +227,10 @@ static void check_not_corrupt(const char *path, const char *what) {
   if (r < 0 || (r & VHD_CHECK_CORRUPT)) {
     o.report = report_line;
     vhd_check(path, &o, &err);
-    t_fail("%s: vhd_check returned %d (%s): %s", what, r, r < 0 ? t_strerr(r) : "corrupt",
-           err.msg);
+    print_detail();
+    if (r < 0)
+      t_fail("%s: vhd_check failed: %s: %s", what, t_strerr(r), err.msg);
+    t_fail("%s: vhd_check returned 0x%x (VHD_CHECK_CORRUPT set; see the report above)", what, r);
   }
 }
 
@@ -250,6 +260,7 @@ static void verify_crashed(const struct workload *w, const struct expect *e, con
   read_all(path, true, buf, w->size, what);
   for (uint64_t b = 0; b < w->size; b++)
     if (!byte_ok(e, w, b, buf[b])) {
+      print_detail();
       fprintf(stderr, "  pending ops:");
       for (size_t k = 0; k < e->n_pending; k++)
         fprintf(stderr, " %zu", e->pending[k]);
@@ -446,9 +457,21 @@ static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
       T_ASSERT(fd >= 0, "open %s: %s", work, strerror(errno));
       /* sub 0 keeps every write, sub 1 none of the unsynced ones, others a
        * random subset, in order. */
-      for (size_t x = 0; x < k; x++)
-        if (x < s || sub == 0 || (sub > 1 && t_chance(50)))
+      size_t used = (size_t)snprintf(crash_detail, sizeof crash_detail,
+                                     "entries before %zu kept; after it:", s);
+      for (size_t x = 0; x < k; x++) {
+        bool keep = x < s || sub == 0 || (sub > 1 && t_chance(50));
+        if (keep)
           apply_entry(fd, &j.e[x]);
+        if (x >= s && used < sizeof crash_detail)
+          used += (size_t)snprintf(crash_detail + used, sizeof crash_detail - used,
+                                   " [%zu %s %" PRIu64 "@%" PRIu64 " %s]", x,
+                                   j.e[x].kind == T_IO_WRITE ? "write"
+                                   : j.e[x].kind == T_IO_SYNC ? "sync"
+                                   : j.e[x].kind == T_IO_PUNCH ? "punch"
+                                                               : "truncate",
+                                   j.e[x].len, j.e[x].off, keep ? "kept" : "lost");
+      }
       close(fd);
 
       struct expect e;
@@ -472,6 +495,7 @@ static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
       tried++;
     }
   }
+  crash_detail[0] = '\0';
   for (size_t x = 0; x < j.n; x++)
     free(j.e[x].data);
   free(j.e);
