@@ -27,12 +27,17 @@ done
 exec 9>"$cache/.lock"
 flock -w 600 9 || skip "timed out waiting for the lock on $cache"
 
-# linux-image-amd64 depends on exactly one versioned image package.
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-  sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\).*/\1/p' | head -n 1)
-[ -n "$pkg" ] || skip "apt-cache knows no linux-image-amd64 (run apt-get update?)"
-ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
-[ -n "$ver" ] || skip "apt-cache has no version of $pkg"
+# linux-image-amd64 depends on exactly one versioned image package, pinned:
+# "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)".  One apt-cache call:
+# loading its cache is what takes time here.
+dep=$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null |
+  sed -n 's/^Depends: \(linux-image-[0-9][^ ,]*\)\( (= \([^)]*\))\)\{0,1\}.*/\1 \3/p' | head -n 1)
+read -r pkg ver <<<"$dep" || true
+[ -n "${pkg:-}" ] || skip "apt-cache knows no linux-image-amd64 (run apt-get update?)"
+if [ -z "${ver:-}" ]; then
+  ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+  [ -n "$ver" ] || skip "apt-cache has no version of $pkg"
+fi
 
 dir="$cache/${pkg}_$ver"
 if [ -f "$dir/.complete" ]; then

@@ -1,7 +1,10 @@
 #!/bin/sh
 # /init of the test guest (busybox sh).  Drives the kernel NBD client against
 # the server on the host and reports on the console with lines
-#   KTEST: PASS <step>   KTEST: FAIL <step>: <why>   KTEST: SUM <md5> <file>
+#   KTEST: PASS <step> at <uptime>s
+#   KTEST: FAIL <step>: <why>
+#   KTEST: SUM <md5> <file>
+#   KTEST: ALL PASSED
 #   KTEST: END
 # then powers off.  Parameters come from the kernel command line:
 #   ktest_port=N  the server's port on the host (10.0.2.2 under qemu slirp)
@@ -25,7 +28,8 @@ MB=1048576
 failed=0
 
 say() { echo "KTEST: $*"; }
-pass() { say "PASS $1"; }
+# The guest's uptime tells, in the host's log, which step is slow.
+pass() { say "PASS $1 at $(cut -d' ' -f1 /proc/uptime)s"; }
 # fail STEP WHY: report, clean up and stop; later steps depend on this one.
 fail() {
   say "FAIL $1: $2"
@@ -91,7 +95,11 @@ rawcheck() {
     cmp -s /tmp/r3 /tmp/p3 || fail "$1" "the last MiB differs from what was written"
   dd if=$DEV of=/tmp/r4 bs=64k iflag=direct,skip_bytes skip=$((210 * MB)) count=16 2>/dev/null &&
     cmp -s /tmp/r4 /tmp/zero || fail "$1" "the never-written MiB at 210 MiB is not zero"
-  rm -f /tmp/r1 /tmp/r2 /tmp/r3 /tmp/r4
+  dd if=$DEV of=/tmp/r5 bs=64k iflag=direct,skip_bytes skip=$((212 * MB)) count=16 2>/dev/null &&
+    cmp -s /tmp/r5 /tmp/p1a || fail "$1" "the MiB before the discarded one (at 212 MiB) changed"
+  dd if=$DEV of=/tmp/r6 bs=64k iflag=direct,skip_bytes skip=$((214 * MB)) count=16 2>/dev/null &&
+    cmp -s /tmp/r6 /tmp/p1c || fail "$1" "the MiB after the discarded one (at 214 MiB) changed"
+  rm -f /tmp/r1 /tmp/r2 /tmp/r3 /tmp/r4 /tmp/r5 /tmp/r6
 }
 
 # fscheck STEP SUMS: mount, compare every file with its checksum, unmount.
@@ -126,8 +134,12 @@ say "INFO size $size"
 pass connect
 
 # Raw I/O beyond the file system: 3 MiB across a 2 MiB block boundary, three
-# sectors straddling another boundary, and the last MiB of the disk.
+# sectors straddling another boundary, and the last MiB of the disk.  Then a
+# discard of the middle MiB of another 3 MiB, which ends halfway through a
+# block: what it reads as is unspecified, but its neighbours must not change.
 piece p1 0 $((3 * MB))
+piece p1a 0 $MB
+piece p1c $((2 * MB)) $MB
 piece p2 $((3 * MB)) 1536
 piece p3 $((3 * MB)) $MB
 dd if=/dev/zero of=/tmp/zero bs=64k count=16 2>/dev/null
@@ -137,6 +149,11 @@ dd if=/tmp/p2 of=$DEV bs=512 oflag=direct,seek_bytes seek=$((206 * MB - 1024)) 2
   fail raw "writing 3 sectors at 206 MiB - 1 KiB failed"
 dd if=/tmp/p3 of=$DEV bs=64k oflag=direct,seek_bytes seek=$((size - MB)) 2>/dev/null ||
   fail raw "writing the last MiB failed"
+dd if=/tmp/p1 of=$DEV bs=64k oflag=direct,seek_bytes seek=$((212 * MB)) 2>/dev/null ||
+  fail raw "writing 3 MiB at 212 MiB failed"
+[ "$(cat /sys/block/nbd0/queue/discard_max_bytes)" -gt 0 ] ||
+  fail raw "$DEV takes no discards: the server did not advertise NBD_FLAG_SEND_TRIM"
+blkdiscard -o $((213 * MB)) -l $MB $DEV || fail raw "discarding 1 MiB at 213 MiB failed"
 blockdev --flushbufs $DEV || fail raw "flush failed"
 drop_caches
 rawcheck raw
