@@ -65,3 +65,29 @@ start_vhdnbd() {
   done
   fail "vhdnbd did not write $pidfile within 10 s"
 }
+
+# stop_vhdnbd: SIGTERM to the server of the last start_vhdnbd, then waits (at
+# most 20 s) and fails unless it exited 0, so that the image is closed
+# (flushed) before a test inspects it and sanitizer reports count.
+stop_vhdnbd() {
+  local i state rc=0
+  kill "$VHDNBD_PID" 2>/dev/null || fail "vhdnbd (pid $VHDNBD_PID) is not running"
+  for ((i = 0; i < 200; i++)); do
+    # Until it is reaped the process lingers as a zombie (state Z).
+    state=Z
+    read -r _ _ state _ 2>/dev/null < "/proc/$VHDNBD_PID/stat" || break
+    [ "$state" != Z ] || break
+    sleep 0.1
+  done
+  [ "$state" = Z ] || fail "vhdnbd did not exit within 20 s of SIGTERM"
+  wait "$VHDNBD_PID" || rc=$?
+  [ "$rc" -eq 0 ] || fail "vhdnbd exited with status $rc on SIGTERM"
+}
+
+# free_tcp_port: prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_tcp_port() {
+  "$PY3" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}

@@ -1,1 +1,12 @@
-# tests
+# Interop tests of the server: real NBD clients (QEMU, libnbd's tools, fio,
+# nbd-client) against vhdnbd on a Unix socket (TCP on 127.0.0.1 for
+# nbd-client -l).  Each skips when its client is not installed.
+SERVER_INTEROP_TESTS = \
+	tests/interop/test-qemu-img-nbd.sh \
+	tests/interop/test-qemu-io-nbd.sh \
+	tests/interop/test-nbdinfo.sh \
+	tests/interop/test-fio-nbd.sh \
+	tests/interop/test-nbd-client-list.sh
+
+TESTS += $(SERVER_INTEROP_TESTS)
+EXTRA_DIST += $(SERVER_INTEROP_TESTS)
