@@ -100,6 +100,11 @@ static void start_reading(struct connection *conn) {
 static void update_reading(struct connection *conn) {
   if (conn->closing)
     return;
+  if (conn->lingering) {
+    if (!conn->reading)
+      start_reading(conn);
+    return;
+  }
   if (conn->draining && conn->inflight == 0 && conn->writes_pending == 0) {
     conn_close(conn, NULL);
     return;
@@ -129,6 +134,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   struct connection *conn = stream->data;
   if (conn->closing)
     return;
+  if (conn->lingering) {
+    conn->in_start = conn->in_end = 0;
+    if (nread > 0)
+      conn->linger_bytes += (uint64_t)nread;
+    if (nread < 0 || conn->linger_bytes > SERVER_LINGER_MAX_BYTES)
+      conn_close(conn, NULL);
+    return;
+  }
   if (nread > 0) {
     const uint8_t *b = (const uint8_t *)buf->base;
     if (b >= conn->inbuf && b < conn->inbuf + SERVER_INBUF_SIZE)
@@ -221,12 +234,13 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   w->len = 0;
   for (unsigned i = 0; i < nbufs; i++)
     w->len += bufs[i].len;
-  int r = conn->closing ? UV_ECANCELED : uv_write(&w->req, conn->out, bufs, nbufs, on_written);
+  int r = conn->closing || conn->lingering ? UV_ECANCELED
+                                           : uv_write(&w->req, conn->out, bufs, nbufs, on_written);
   if (r < 0) {
     if (w->cb)
       w->cb(conn, w->opaque, r);
     free(w);
-    if (!conn->closing) {
+    if (!conn->closing && !conn->lingering) {
       log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(r));
       conn_close(conn, "write error");
     }
@@ -285,6 +299,34 @@ void conn_close(struct connection *conn, const char *why) {
   if (conn->has_out_pipe)
     uv_close((uv_handle_t *)&conn->out_pipe, on_handle_closed);
   uv_close((uv_handle_t *)&conn->timer, on_handle_closed);
+}
+
+static void on_linger_timeout(uv_timer_t *t) { conn_close(t->data, NULL); }
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  struct connection *conn = req->data;
+  if (status < 0 && !conn->closing)
+    conn_close(conn, NULL);
+}
+
+void conn_reject(struct connection *conn, const char *why) {
+  if (conn->closing || conn->lingering)
+    return;
+  log_msg(LOG_LEVEL_INFO, "%s: closing connection: %s", conn->peer, why);
+  conn->lingering = true;
+  conn->want_cb = NULL;
+  conn->want_dst = NULL;
+  conn->want_len = conn->want_done = 0;
+  conn->in_start = conn->in_end = 0;
+  transmission_abort_payload(conn);
+  uv_timer_stop(&conn->timer);
+  uv_timer_start(&conn->timer, on_linger_timeout, SERVER_LINGER_MS, 0);
+  conn->shutdown_req.data = conn;
+  if (uv_shutdown(&conn->shutdown_req, conn->out, on_shutdown) < 0) {
+    conn_close(conn, NULL);
+    return;
+  }
+  update_reading(conn);
 }
 
 static void on_handshake_timeout(uv_timer_t *t) {

@@ -155,14 +155,14 @@ static void opt_export_name(struct connection *conn) {
   /* EXPORT_NAME cannot be answered with an error: the spec says close. */
   if (nbd_check_string(name, len, &why) < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME: %s", conn->peer, why);
-    conn_close(conn, "bad export name");
+    conn_reject(conn, "bad export name");
     return;
   }
   struct export *exp = exports_find(&server, name, len);
   if (!exp) {
     log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME: export '%.*s' not found", conn->peer,
             (int)MIN(len, 256u), name);
-    conn_close(conn, "unknown export");
+    conn_reject(conn, "unknown export");
     return;
   }
   uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
@@ -302,13 +302,13 @@ static void on_option_header(struct connection *conn) {
   const char *why = NULL;
   if (nbd_decode_option_hdr(conn->hdr, &conn->opt, &why) < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
-    conn_close(conn, "protocol error");
+    conn_reject(conn, "protocol error");
     return;
   }
   uint32_t len = conn->opt.length;
   if (++conn->n_options > SERVER_OPTION_COUNT_BASE + 2 * server.n_exports) {
     log_msg(LOG_LEVEL_WARNING, "%s: too many options (%u)", conn->peer, conn->n_options);
-    conn_close(conn, "too many options");
+    conn_reject(conn, "too many options");
     return;
   }
   if (!(conn->client_flags & NBD_FLAG_C_FIXED_NEWSTYLE) &&
@@ -316,14 +316,14 @@ static void on_option_header(struct connection *conn) {
     /* Plain newstyle knows no replies: we cannot say no, only hang up. */
     log_msg(LOG_LEVEL_WARNING, "%s: option %" PRIu32 " from a non-fixed-newstyle client",
             conn->peer, conn->opt.option);
-    conn_close(conn, "protocol error");
+    conn_reject(conn, "protocol error");
     return;
   }
   if (len > SERVER_OPTION_MAX) {
     if (len > SERVER_OPTION_DISCARD_MAX || conn->opt.option == NBD_OPT_EXPORT_NAME) {
       log_msg(LOG_LEVEL_WARNING, "%s: option %" PRIu32 " with %" PRIu32 " bytes of data",
               conn->peer, conn->opt.option, len);
-      conn_close(conn, "option too large");
+      conn_reject(conn, "option too large");
       return;
     }
     conn_expect(conn, NULL, len, on_option_discarded);
@@ -345,7 +345,7 @@ static void on_client_flags(struct connection *conn) {
   const char *why = NULL;
   if (nbd_decode_client_flags(conn->hdr, handshake_flags, &conn->client_flags, &why) < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
-    conn_close(conn, "protocol error");
+    conn_reject(conn, "protocol error");
     return;
   }
   read_option_header(conn);

@@ -156,7 +156,9 @@ static void op_write_zeroes(struct request *req) {
   struct vhd_err err = {{0}};
   vhd_t *vhd = req->exp->vhd;
   uint16_t f = req->r.flags;
-  if ((f & NBD_CMD_FLAG_FAST_ZERO) && !vhd_zero_is_fast(vhd, req->r.offset, req->r.length)) {
+  /* NO_HOLE means writing zeros for real: never faster than a WRITE. */
+  if ((f & NBD_CMD_FLAG_FAST_ZERO) &&
+      ((f & NBD_CMD_FLAG_NO_HOLE) || !vhd_zero_is_fast(vhd, req->r.offset, req->r.length))) {
     req->error = NBD_ENOTSUP;
     req->why = "zeroing this range is not faster than writing";
     return;

@@ -38,6 +38,8 @@
 #define SERVER_DEFAULT_MAX_CONNECTIONS 128
 #define SERVER_INBUF_SIZE (64u * 1024)
 #define SERVER_SHUTDOWN_GRACE_MS 10000
+#define SERVER_LINGER_MS 1000
+#define SERVER_LINGER_MAX_BYTES (1024u * 1024)
 #define SERVER_BLOCK_MIN 1u
 #define SERVER_BLOCK_PREFERRED 4096u
 #define SERVER_META_CONTEXT_ID 1u /* id of base:allocation */
@@ -140,6 +142,9 @@ struct connection {
   bool eof;             /* no more input: EOF, DISC, fatal error or shutdown */
   bool closing;
   bool draining;        /* close once writes and requests are done */
+  bool lingering;       /* rejected: replies flushed, write side shut, input discarded */
+  uint64_t linger_bytes;
+  uv_shutdown_t shutdown_req;
 
   enum conn_phase phase;
   uint8_t hdr[NBD_REQUEST_SIZE];
@@ -179,6 +184,10 @@ int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, co
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
 void conn_close(struct connection *conn, const char *why);
+/* Ends a connection that broke the protocol: stops parsing, lets queued
+ * replies go out, shuts the write side and discards input for a short while
+ * before closing, so the client sees an orderly EOF rather than a reset. */
+void conn_reject(struct connection *conn, const char *why);
 /* Stop reading; close once all requests and writes are done. */
 void conn_drain(struct connection *conn);
 /* Re-evaluates back-pressure and whether a draining connection may close. */

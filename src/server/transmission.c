@@ -229,7 +229,7 @@ static void on_request_header(struct connection *conn) {
   const char *why = NULL;
   if (nbd_decode_request(conn->hdr, &r, &why) < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
-    conn_close(conn, "protocol error");
+    conn_reject(conn, "protocol error");
     return;
   }
   if (r.type == NBD_CMD_DISC) {
@@ -241,7 +241,7 @@ static void on_request_header(struct connection *conn) {
   if (r.type == NBD_CMD_WRITE) {
     if (r.length > SERVER_ABSURD_PAYLOAD) {
       log_msg(LOG_LEVEL_WARNING, "%s: WRITE of %" PRIu32 " bytes", conn->peer, r.length);
-      conn_close(conn, "request too large");
+      conn_reject(conn, "request too large");
       return;
     }
     if (error) {
