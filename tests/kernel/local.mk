@@ -6,3 +6,10 @@ EXTRA_DIST += \
 	tests/kernel/fetch-boot-files.sh \
 	tests/kernel/make-initramfs.sh \
 	tests/kernel/guest-init.sh
+
+# The boot-file cache survives make clean (it costs a 70 MB download to
+# refill) but not distclean, which must leave the build tree empty.
+distclean-local: distclean-kernel-cache
+distclean-kernel-cache:
+	rm -rf tests/kernel/cache
+.PHONY: distclean-kernel-cache

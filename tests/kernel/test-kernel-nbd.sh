@@ -30,13 +30,13 @@ requires timeout
 note() { echo "[${SECONDS}s] $*"; }
 
 cache=${KTEST_CACHE:-$top_builddir/tests/kernel/cache}
-kdir=$("$here/fetch-boot-files.sh" "$cache") || exit $?
+kdir=$(bash "$here/fetch-boot-files.sh" "$cache") || exit $?
 kernel=$(ls "$kdir"/boot/vmlinuz-* | head -n 1)
 note "kernel: $kernel"
 
 MB=1048576
 head -c $((4 * MB)) /dev/urandom >"$TMPD/pattern.bin"
-"$here/make-initramfs.sh" "$kdir" "$here/guest-init.sh" "$TMPD/initrd.gz" \
+bash "$here/make-initramfs.sh" "$kdir" "$here/guest-init.sh" "$TMPD/initrd.gz" \
   "$TMPD/pattern.bin" || fail "cannot build the initramfs"
 note "initramfs built"
 
