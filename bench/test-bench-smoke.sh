@@ -53,7 +53,7 @@ for s in vhdnbd qemu-nbd nbdkit-raw; do
     grep -Eq "^\| $s \| $n \| $num \| " "$report" || fail "no VmRSS for $s with $n idle connections"
   done
 done
-grep -Eq "^\| vhd_open \| $num \| $num \| $num \|$" "$report" || fail "no vhd_open timing"
+grep -Eq "^\| vhd_open \| $num \| $num \| $num \| $num \|$" "$report" || fail "no vhd_open timing"
 grep -Eq "^\| vhdnbd start to greeting \| $num \| " "$report" || fail "no vhdnbd startup timing"
 
 targets=$(grep -Ec '^\| .* \| (PASS|FAIL|n/a) \| ' "$report")
