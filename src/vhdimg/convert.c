@@ -18,6 +18,9 @@
 #include "vhdimg.h"
 
 #define CONVERT_CHUNK (2u * 1024 * 1024)
+/* Zeros are looked for in units of a file system block: a data extent (a
+ * whole allocated block of a QEMU-written image, say) is often mostly zeros. */
+#define ZERO_UNIT 4096u
 
 enum out_format { OUT_RAW, OUT_FIXED, OUT_DYNAMIC };
 
@@ -177,6 +180,27 @@ static void progress(bool show, uint64_t done, uint64_t total) {
   fflush(stderr);
 }
 
+/* Writes the parts of buf that are not all zeros, in runs of ZERO_UNIT. */
+static int write_data(struct output *o, const uint8_t *buf, uint64_t off, size_t len,
+                      struct vhd_err *err) {
+  size_t run = 0, run_len = 0; /* current run of non-zero units */
+  for (size_t i = 0; i < len;) {
+    size_t n = MIN((size_t)ZERO_UNIT, len - i);
+    if (!all_zero(buf + i, n)) {
+      if (run_len == 0)
+        run = i;
+      run_len += n;
+    } else if (run_len) {
+      int r = out_write(o, buf + run, off + run, run_len, err);
+      if (r < 0)
+        return r;
+      run_len = 0;
+    }
+    i += n;
+  }
+  return run_len ? out_write(o, buf + run, off + run, run_len, err) : 0;
+}
+
 static int copy_data(vhd_t *src, const struct run_list *l, struct output *o, bool show,
                      struct vhd_err *err) {
   CLEANUP_FREE uint8_t *buf = malloc(CONVERT_CHUNK);
@@ -193,7 +217,7 @@ static int copy_data(vhd_t *src, const struct run_list *l, struct output *o, boo
       int r = vhd_read(src, buf, off, len, err);
       if (r < 0)
         return r;
-      if (!all_zero(buf, len) && (r = out_write(o, buf, off, len, err)) < 0)
+      if ((r = write_data(o, buf, off, len, err)) < 0)
         return r;
       pos += len;
       done += len;
