@@ -5,6 +5,7 @@
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires qemu-img
 requires qemu-io
+requires_write_helper
 cd "$TMPD"
 
 # usage_fails ARGS...: exit 2, a one-line "vhdimg..." message plus a hint, nothing on stdout.
@@ -118,6 +119,29 @@ PYEOF
 "$VHDIMG" map q.vhd | awk '{print $1, $2, $3}' >map.vhdimg.txt
 qemu-img map -f vpc q.vhd | awk '{print $1, $2, $3}' >map.qemu.txt
 diff map.qemu.txt map.vhdimg.txt || fail "map (human) differs from qemu-img map"
+
+# map of a differencing chain: each extent at the level that holds it.
+"$VHDIMG" create mb.vhd 8M
+"$WRITE_HELPER" mb.vhd 0 1M 0xaa
+"$VHDIMG" create -b mb.vhd mc.vhd
+"$WRITE_HELPER" mc.vhd 4M 1M 0xbb  512K 4K 0xcc
+"$VHDIMG" map --json mc.vhd >map.chain.json
+"$PY3" - "$(info_field mc.vhd virtual-size)" <<'PYEOF' || fail "map --json of a differencing chain"
+import json, sys
+size = int(sys.argv[1])
+K, M = 1024, 1024 * 1024
+got = [(e["start"], e["length"], e["depth"], e["data"], e["zero"], "offset" in e)
+       for e in json.load(open("map.chain.json"))]
+want = [(0, 512 * K, 1, True, False, True), (512 * K, 4 * K, 0, True, False, True),
+        (516 * K, 508 * K, 1, True, False, True), (1 * M, 3 * M, 1, False, True, False),
+        (4 * M, 1 * M, 0, True, False, True), (5 * M, size - 5 * M, 1, False, True, False)]
+if got != want:
+    print("got: ", got, "\nwant:", want)
+    raise SystemExit(1)
+PYEOF
+"$VHDIMG" map mc.vhd >map.chain.txt
+[ "$(grep -c 'mb.vhd$' map.chain.txt)" = 2 ] && [ "$(grep -c 'mc.vhd$' map.chain.txt)" = 2 ] ||
+  { cat map.chain.txt >&2; fail "map of a chain: File column"; }
 
 # convert round trips; only data is written.
 for fmt in raw fixed dynamic; do
