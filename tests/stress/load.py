@@ -12,7 +12,6 @@ write cut off in the middle of its payload, an option that claims 4 GiB.
 At the end one more connection reads the whole export ("nothing lost"), the
 server must still be running, and its peak VmRSS must stay under the limit.
 """
-import errno
 import os
 import random
 import select
@@ -175,7 +174,8 @@ def connect_good(path):
             h.connect_unix(path)
             return h
         except nbd.Error as e:
-            if e.errno not in (errno.EAGAIN, errno.ECONNREFUSED) or attempt == 99:
+            # libnbd names the errno ("EAGAIN")
+            if e.errno not in ("EAGAIN", "ECONNREFUSED") or attempt == 99:
                 raise
             note("connect retries")
             time.sleep(0.05 + random.random() * 0.1)
