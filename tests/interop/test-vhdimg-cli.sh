@@ -67,6 +67,11 @@ grep -q '^vhdimg: .*missing.vhd' err || { cat err >&2; fail "info of a missing f
 "$VHDIMG" create --exact e.vhd 100M
 [ "$(info_field e.vhd virtual-size)" = 104857600 ] || fail "--exact did not keep 100M"
 [ "$(qemu_vsize e.vhd)" = 104857600 ] || fail "--exact: qemu sees $(qemu_vsize e.vhd) bytes"
+# Converting keeps a size no CHS geometry expresses.
+for fmt in dynamic fixed; do
+  "$VHDIMG" convert -O $fmt e.vhd e-$fmt.vhd
+  [ "$(qemu_vsize e-$fmt.vhd)" = 104857600 ] || fail "convert -O $fmt of an exact-size image"
+done
 "$VHDIMG" create --block-size 512K b.vhd 8M
 [ "$(info_field b.vhd block-size)" = 524288 ] || fail "--block-size 512K not kept"
 
