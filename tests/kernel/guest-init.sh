@@ -80,26 +80,33 @@ drop_caches() {
 
 # piece NAME SKIP_BYTES LEN_BYTES: a slice of /pattern.bin as /tmp/NAME.
 piece() {
-  dd if=/pattern.bin of=/tmp/$1 bs=512 iflag=skip_bytes,count_bytes \
-    skip=$2 count=$3 2>/dev/null
+  dd if=/pattern.bin of="/tmp/$1" bs=512 iflag=skip_bytes,count_bytes \
+    skip="$2" count="$3" 2>/dev/null
 }
 
-# rawcheck STEP: the raw regions read back (bypassing the page cache) equal
-# what was written; an untouched region reads as zeroes.
+# expect STEP OFFSET FILE WHAT: the device holds FILE at byte OFFSET, read
+# with O_DIRECT so that the page cache cannot answer instead of the server.
+expect() {
+  len=$(stat -c %s "$3")
+  bs=65536
+  [ $((len % bs)) = 0 ] || bs=512
+  if ! dd if=$DEV of=/tmp/readback bs=$bs iflag=direct,skip_bytes \
+    skip="$2" count=$((len / bs)) 2>/dev/null; then
+    fail "$1" "reading $4 failed"
+  fi
+  cmp -s /tmp/readback "$3" || fail "$1" "$4 differs from what was written"
+  rm -f /tmp/readback
+}
+
+# rawcheck STEP: the raw regions read back equal what was written; an
+# untouched region reads as zeroes.
 rawcheck() {
-  dd if=$DEV of=/tmp/r1 bs=64k iflag=direct,skip_bytes skip=$((201 * MB)) count=48 2>/dev/null &&
-    cmp -s /tmp/r1 /tmp/p1 || fail "$1" "3 MiB at 201 MiB differ from what was written"
-  dd if=$DEV of=/tmp/r2 bs=512 iflag=direct,skip_bytes skip=$((206 * MB - 1024)) count=3 2>/dev/null &&
-    cmp -s /tmp/r2 /tmp/p2 || fail "$1" "3 sectors at 206 MiB - 1 KiB differ from what was written"
-  dd if=$DEV of=/tmp/r3 bs=64k iflag=direct,skip_bytes skip=$((size - MB)) count=16 2>/dev/null &&
-    cmp -s /tmp/r3 /tmp/p3 || fail "$1" "the last MiB differs from what was written"
-  dd if=$DEV of=/tmp/r4 bs=64k iflag=direct,skip_bytes skip=$((210 * MB)) count=16 2>/dev/null &&
-    cmp -s /tmp/r4 /tmp/zero || fail "$1" "the never-written MiB at 210 MiB is not zero"
-  dd if=$DEV of=/tmp/r5 bs=64k iflag=direct,skip_bytes skip=$((212 * MB)) count=16 2>/dev/null &&
-    cmp -s /tmp/r5 /tmp/p1a || fail "$1" "the MiB before the discarded one (at 212 MiB) changed"
-  dd if=$DEV of=/tmp/r6 bs=64k iflag=direct,skip_bytes skip=$((214 * MB)) count=16 2>/dev/null &&
-    cmp -s /tmp/r6 /tmp/p1c || fail "$1" "the MiB after the discarded one (at 214 MiB) changed"
-  rm -f /tmp/r1 /tmp/r2 /tmp/r3 /tmp/r4 /tmp/r5 /tmp/r6
+  expect "$1" $((201 * MB)) /tmp/p1 "3 MiB at 201 MiB"
+  expect "$1" $((206 * MB - 1024)) /tmp/p2 "3 sectors at 206 MiB - 1 KiB"
+  expect "$1" $((size - MB)) /tmp/p3 "the last MiB"
+  expect "$1" $((210 * MB)) /tmp/zero "the never-written MiB at 210 MiB (zeroes)"
+  expect "$1" $((212 * MB)) /tmp/p1a "the MiB before the discarded one (212 MiB)"
+  expect "$1" $((214 * MB)) /tmp/p1c "the MiB after the discarded one (214 MiB)"
 }
 
 # fscheck STEP SUMS: mount, compare every file with its checksum, unmount.
@@ -112,7 +119,7 @@ fscheck() {
 [ -n "$PORT" ] || fail boot "no ktest_port= on the kernel command line"
 
 while read -r m; do
-  insmod /lib/modules/$m.ko || fail modules "insmod $m.ko failed"
+  insmod "/lib/modules/$m.ko" || fail modules "insmod $m.ko failed"
 done </lib/modules/load-order
 pass modules
 

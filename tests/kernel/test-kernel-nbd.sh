@@ -46,7 +46,7 @@ img="$TMPD/disk.vhd"
 # A free port can be taken between probing and binding: retry a few times.
 pidfile="$TMPD/vhdnbd.pid"
 srv_pid=
-for attempt in 1 2 3; do
+for _ in 1 2 3; do
   port=$("$PY3" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   rm -f "$pidfile"
   "$VHDNBD" -v -b 127.0.0.1 -p "$port" --pidfile "$pidfile" "$img" 2>>"$TMPD/vhdnbd.log" &
@@ -94,8 +94,9 @@ echo "--- end of vhdnbd log"
 if grep -q '^KTEST: FAIL' "$TMPD/console.txt"; then
   fail "guest: $(grep '^KTEST: FAIL' "$TMPD/console.txt" | head -n 1)"
 fi
-[ "$qemu_rc" != 124 ] && [ "$qemu_rc" != 137 ] ||
+if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
   fail "the guest did not finish within ${KTEST_TIMEOUT:-270} s"
+fi
 grep -q '^KTEST: END' "$TMPD/console.txt" ||
   fail "the guest stopped before the end of its script (qemu exit status $qemu_rc)"
 for step in modules network connect raw mkfs ext4 disconnect multiconn; do
@@ -153,7 +154,7 @@ sed -n 's/^KTEST: SUM \([0-9a-f]*\) \.\(\/.*\)$/\1 \2/p' "$TMPD/console.txt" >"$
 n=$(wc -l <"$TMPD/sums")
 [ "$n" -gt 50 ] || fail "the guest listed only $n files"
 declare -A made=()
-while read -r sum file; do
+while read -r _ file; do
   d="$TMPD/dump${file%/*}"
   [ -n "${made[$d]:-}" ] || mkdir -p "$d"
   made[$d]=1
