@@ -10,6 +10,8 @@ scripts/install-deps.sh --with-tests || exit 1
 autoreconf -fi >/dev/null 2>&1 || { echo "autoreconf failed"; exit 1; }
 
 jobs=$(nproc)
+# Both builds share one cache of the kernel boot files.
+export KTEST_CACHE="$top/build/ktest-cache"
 status=0
 run_build() { # name configure-args...
   local name=$1; shift
