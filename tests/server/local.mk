@@ -11,6 +11,7 @@ SERVER_TESTS = \
 	tests/server/test-structured-reads \
 	tests/server/test-block-status \
 	tests/server/test-errors \
+	tests/server/test-write-zeroes \
 	tests/server/test-multi-conn \
 	tests/server/test-pipelining \
 	tests/server/test-client-vanish \
@@ -54,4 +55,7 @@ tests_server_test_socket_activation_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_shutdown_SOURCES = tests/server/test-shutdown.c
 tests_server_test_shutdown_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_shutdown_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_write_zeroes_SOURCES = tests/server/test-write-zeroes.c
+tests_server_test_write_zeroes_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_write_zeroes_LDADD = $(SERVER_TEST_LDADD)
 endif
