@@ -33,3 +33,5 @@ TESTS += test-vhd-open
 test_vhd_open_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
 test_vhd_open_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size

@@ -22,7 +22,9 @@
  * FUA write that did), or the value of any write issued after that (the write
  * that failed included).  A read-write open and close must keep the content.
  *
- * VHD_TEST_SEED reproduces a run; VHD_TEST_ITERS multiplies the subsets tried.
+ * VHD_TEST_SEED reproduces a run; VHD_TEST_ITERS scales the workloads (1500
+ * is the default: 30-40 operations each, every crash point tried; the cost
+ * grows with the square of the length).
  */
 #include "config.h"
 
@@ -115,6 +117,7 @@ static void gen_range(struct workload *w, uint32_t bs, uint64_t *off, uint64_t *
 }
 
 static void gen_workload(struct workload *w, uint32_t bs, size_t n) {
+  n = (size_t)MAX(t_scaled(n), (uint64_t)6);
   w->ops = t_xcalloc(n + 1, sizeof *w->ops);
   for (size_t i = 0; i < n; i++) {
     struct op *o = &w->ops[i];
@@ -254,7 +257,9 @@ static void read_all(const char *path, bool rdonly, uint8_t *buf, uint64_t size,
 }
 
 static void verify_crashed(const struct workload *w, const struct expect *e, const char *path,
-                           const char *what) {
+                           const char *what_fmt) {
+  char what[1024]; /* what_fmt may be a t_fmt buffer: keep a copy */
+  snprintf(what, sizeof what, "%s", what_fmt);
   check_not_corrupt(path, what);
   CLEANUP_FREE uint8_t *buf = t_xmalloc(w->size);
   read_all(path, true, buf, w->size, what);
@@ -554,7 +559,7 @@ static void check_parents(const struct workload *w) {
 static void run_both(struct workload *w, uint32_t bs, size_t n_ops) {
   finish_setup(w, bs, n_ops);
 #ifdef CRASH_LOST_WRITES
-  crash_by_lost_writes(w, 2 + 3 * t_iters());
+  crash_by_lost_writes(w, 2 + (unsigned)t_scaled(3));
 #else
   crash_by_fault(w);
 #endif

@@ -14,7 +14,8 @@
  * after VHD_MAY_TRIM zero writes or trims, which may drop whole blocks from the
  * BAT and leave their space unreferenced (a documented, harmless leak).
  *
- * VHD_TEST_SEED reproduces a run; VHD_TEST_ITERS multiplies the step counts.
+ * VHD_TEST_SEED reproduces a run; VHD_TEST_ITERS sets the length of the
+ * longest workloads (1500 steps by default), the others scale with it.
  */
 #include "config.h"
 
@@ -43,15 +44,16 @@ struct img {
   uint8_t *known;
   bool may_leak;
   uint64_t steps;
-  const char *last_op;              /* for failure messages */
+  char last_op[512];                /* for failure messages */
 };
 
 static struct vhd_err err;
 
 static const char *op_desc(struct img *m, const char *op, uint64_t off, uint64_t len,
                            unsigned flags) {
-  m->last_op = t_fmt("%s: step %" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64 " flags=0x%x",
-                     m->label, m->steps, op, off, len, flags);
+  snprintf(m->last_op, sizeof m->last_op,
+           "%s: step %" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64 " flags=0x%x", m->label,
+           m->steps, op, off, len, flags);
   return m->last_op;
 }
 
@@ -112,11 +114,11 @@ static void verify_range(struct img *m, uint64_t off, uint64_t len, const char *
     int r = vhd_read(m->v, buf, off, n, &err);
     if (r < 0)
       t_fail("%s: vhd_read off=%" PRIu64 " len=%zu (after %s): %s: %s", m->label, off, n,
-             m->last_op ? m->last_op : "-", t_strerr(r), err.msg);
+             m->last_op[0] ? m->last_op : "-", t_strerr(r), err.msg);
     size_t i = first_mismatch(m, off, buf, n);
     if (i < n)
       t_fail("%s: %s: byte %" PRIu64 " reads 0x%02x, model has 0x%02x (last op: %s)", m->label,
-             why, off + i, buf[i], m->model[off + i], m->last_op ? m->last_op : "-");
+             why, off + i, buf[i], m->model[off + i], m->last_op[0] ? m->last_op : "-");
     off += n;
     len -= n;
   }
@@ -177,7 +179,7 @@ static void map_checked(struct img *m, uint64_t off, uint64_t len, struct extent
         t_fmt("%s: vhd_map(%" PRIu64 ", %" PRIu64 ") extent %zu {off=%" PRIu64 " len=%" PRIu64
               " flags=%u depth=%d file=%" PRIu64 "} (last op: %s)",
               m->label, off, len, i, e->offset, e->length, e->flags, e->depth, e->file_offset,
-              m->last_op ? m->last_op : "-");
+              m->last_op[0] ? m->last_op : "-");
     T_ASSERT(e->offset == pos, "%s: expected to start at %" PRIu64, where, pos);
     T_ASSERT(e->length > 0 && e->length <= off + len - pos, "%s: bad length", where);
     T_ASSERT((e->flags & (VHD_MAP_DATA | VHD_MAP_ZERO)) != 0 &&
@@ -494,7 +496,7 @@ static void adopt_unknown(struct img *m) {
     }
 }
 
-static uint64_t steps_for(uint64_t base) { return base * t_iters(); }
+static uint64_t steps_for(uint64_t base) { return t_scaled(base); }
 
 static void test_single(const char *label, enum vhd_type type, uint64_t req, uint32_t bs,
                         bool exact, uint64_t steps) {
@@ -553,7 +555,9 @@ static void test_chain(const char *label, int n, enum vhd_type base_type, uint64
   uint64_t hashes[MAX_CHAIN];
   for (int lvl = 0; lvl < n; lvl++) {
     snprintf(files[lvl], sizeof files[lvl], "%s", t_path(t_fmt("%s-%d.vhd", label, lvl)));
-    m.label = t_fmt("%s level %d", label, lvl);
+    char level_label[256];
+    snprintf(level_label, sizeof level_label, "%s level %d", label, lvl);
+    m.label = level_label;
     if (lvl == 0)
       t_create(files[0], base_type, req, bss[0], true, NULL);
     else

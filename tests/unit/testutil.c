@@ -53,9 +53,9 @@ void t_fail_at(const char *file, int line, const char *fmt, ...) {
 }
 
 const char *t_fmt(const char *fmt, ...) {
-  static char bufs[4][2048];
+  static char bufs[8][2048];
   static unsigned next;
-  char *b = bufs[next++ % 4];
+  char *b = bufs[next++ % 8];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(b, sizeof bufs[0], fmt, ap);
@@ -100,6 +100,12 @@ void t_fill_nonzero(void *buf, size_t len) {
       p[i] = 0xa5;
 }
 
+static uint64_t iters(void) {
+  const char *s = getenv("VHD_TEST_ITERS");
+  unsigned long long v = s && *s ? strtoull(s, NULL, 10) : 0;
+  return v ? (uint64_t)v : T_DEFAULT_ITERS;
+}
+
 void t_init(const char *test_name) {
   name = test_name;
   const char *s = getenv("VHD_TEST_SEED");
@@ -114,8 +120,9 @@ void t_init(const char *test_name) {
     seed = (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
   }
   rng_state = seed;
-  printf("%s: seed %llu (set VHD_TEST_SEED to reproduce), iterations x%u\n", name,
-         (unsigned long long)seed, t_iters());
+  printf("%s: seed %llu (set VHD_TEST_SEED to reproduce), workload length %llu "
+         "(VHD_TEST_ITERS)\n",
+         name, (unsigned long long)seed, (unsigned long long)iters());
 
   const char *base = getenv("TMPDIR");
   if (!base || !*base)
@@ -130,12 +137,9 @@ void t_init(const char *test_name) {
   fflush(stdout);
 }
 
-unsigned t_iters(void) {
-  const char *s = getenv("VHD_TEST_ITERS");
-  if (!s || !*s)
-    return 1;
-  unsigned long v = strtoul(s, NULL, 10);
-  return v ? (unsigned)v : 1;
+uint64_t t_scaled(uint64_t base) {
+  uint64_t n = base * iters() / T_DEFAULT_ITERS;
+  return n ? n : 1;
 }
 
 const char *t_dir(void) { return tmp_dir; }

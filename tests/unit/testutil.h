@@ -38,8 +38,11 @@ const char *t_strerr(long negerrno);
 /* Seeds the PRNG from VHD_TEST_SEED or the clock and prints the seed, and
  * creates the temp dir.  Call first in main. */
 void t_init(const char *test_name);
-/* Iteration multiplier from VHD_TEST_ITERS (default 1, for long runs by hand). */
-unsigned t_iters(void);
+/* Workload length.  VHD_TEST_ITERS=N makes the main workloads N steps long
+ * (the default is T_DEFAULT_ITERS); the others scale with them, never below
+ * one step.  Larger for long runs by hand, smaller under valgrind. */
+#define T_DEFAULT_ITERS 1500
+uint64_t t_scaled(uint64_t base);
 
 uint64_t t_seed(void);
 uint64_t t_rand(void);
