@@ -1,4 +1,6 @@
 # Helpers for the image interop tests; source after tests/functions.sh.
+# Expected contents and JSON checks are written in Python.
+requires "$PY3"
 
 WRITE_HELPER="$top_builddir/vhd-write-helper"
 
