@@ -17,7 +17,10 @@ SERVER_TESTS = \
 	tests/server/test-client-vanish \
 	tests/server/test-stdio \
 	tests/server/test-socket-activation \
-	tests/server/test-shutdown
+	tests/server/test-shutdown \
+	tests/server/test-options \
+	tests/server/test-limits \
+	tests/server/test-listen
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -58,4 +61,13 @@ tests_server_test_shutdown_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_write_zeroes_SOURCES = tests/server/test-write-zeroes.c
 tests_server_test_write_zeroes_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_write_zeroes_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_options_SOURCES = tests/server/test-options.c
+tests_server_test_options_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_options_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_limits_SOURCES = tests/server/test-limits.c
+tests_server_test_limits_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_limits_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_listen_SOURCES = tests/server/test-listen.c
+tests_server_test_listen_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_listen_LDADD = $(SERVER_TEST_LDADD)
 endif
