@@ -10,7 +10,8 @@ TESTS += \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
-	tests/interop/test-malformed-images.sh
+	tests/interop/test-malformed-images.sh \
+	tests/interop/test-vhdimg-served.sh
 EXTRA_DIST += \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
@@ -19,4 +20,5 @@ EXTRA_DIST += \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
-	tests/interop/test-malformed-images.sh
+	tests/interop/test-malformed-images.sh \
+	tests/interop/test-vhdimg-served.sh
