@@ -21,13 +21,6 @@ test_vhd_crash_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
 test_vhd_crash_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_crash_CFLAGS = $(ENGINE_TEST_CFLAGS)
 
-# The same workload with unsynced writes dropped at random, as a power cut
-# would (see the file's header comment).
-check_PROGRAMS += test-vhd-crash-lost
-test_vhd_crash_lost_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
-test_vhd_crash_lost_LDADD = $(ENGINE_TEST_LDADD)
-test_vhd_crash_lost_CFLAGS = $(ENGINE_TEST_CFLAGS) -DCRASH_LOST_WRITES
-
 check_PROGRAMS += test-vhd-open
 TESTS += test-vhd-open
 test_vhd_open_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
@@ -35,3 +28,17 @@ test_vhd_open_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_CFLAGS = $(ENGINE_TEST_CFLAGS)
 
 VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size
+
+# Reproducers of engine bugs still open, built by `make check` but not run by
+# it; each joins TESTS once the engine passes it:
+# - test-vhd-crash-lost: the crash workloads with unsynced writes dropped at
+#   random, as a power cut may; the trailing footer can be lost today.
+# - test-vhd-open-loop: a self-parented differencing image must be refused
+#   quickly; vhd_open does not return today.
+check_PROGRAMS += test-vhd-crash-lost test-vhd-open-loop
+test_vhd_crash_lost_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
+test_vhd_crash_lost_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_crash_lost_CFLAGS = $(ENGINE_TEST_CFLAGS) -DCRASH_LOST_WRITES
+test_vhd_open_loop_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
+test_vhd_open_loop_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_open_loop_CFLAGS = $(ENGINE_TEST_CFLAGS) -DOPEN_SELF_PARENT

@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -419,6 +420,183 @@ static void test_locking(void) {
   close_ok(a);
 }
 
+/* ---- differencing chains ---- */
+
+/* vhd_open in a child process with a time limit: a hostile chain must fail,
+ * and fail fast.  Returns the open's result; the message goes to msg. */
+static int open_bounded(const char *path, unsigned flags, char *msg, size_t msg_len,
+                        unsigned seconds) {
+  int pipefd[2];
+  T_ASSERT(pipe(pipefd) == 0, "pipe: %s", strerror(errno));
+  fflush(NULL);
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    close(pipefd[0]);
+    alarm(seconds);
+    vhd_t *v = NULL;
+    struct vhd_err err = {{0}};
+    struct vhd_open_opts o = {.flags = flags};
+    int r = vhd_open(path, &o, &v, &err);
+    if (r == 0)
+      vhd_close(v, &err);
+    char out[sizeof err.msg + 16];
+    int n = snprintf(out, sizeof out, "%d %s", r, err.msg);
+    if (write(pipefd[1], out, (size_t)n) < 0)
+      _exit(2);
+    _exit(0);
+  }
+  close(pipefd[1]);
+  char buf[2048];
+  size_t got = 0;
+  ssize_t n;
+  while (got < sizeof buf - 1 && (n = read(pipefd[0], buf + got, sizeof buf - 1 - got)) > 0)
+    got += (size_t)n;
+  buf[got] = '\0';
+  close(pipefd[0]);
+  int status;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
+  if (WIFSIGNALED(status))
+    t_fail("vhd_open %s did not return within %u s (killed by signal %d)", path, seconds,
+           WTERMSIG(status));
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0 && got > 0,
+           "vhd_open %s: the child process failed", path);
+  char *sp = strchr(buf, ' ');
+  snprintf(msg, msg_len, "%s", sp ? sp + 1 : "");
+  return atoi(buf);
+}
+
+static void test_chains(void) {
+  char parent[4096], child[4096], moved[4096];
+  snprintf(parent, sizeof parent, "%s", t_path("chain-parent.vhd"));
+  snprintf(child, sizeof child, "%s", t_path("chain-child.vhd"));
+  snprintf(moved, sizeof moved, "%s", t_path("chain-parent-moved.vhd"));
+  t_create(parent, VHD_TYPE_DYNAMIC, 1u << 20, 4096, true, NULL);
+  t_create(child, VHD_TYPE_DIFFERENCING, 0, 4096, false, parent);
+  vhd_t *v = t_open(child, true);
+  T_ASSERT(vhd_parent(v) != NULL, "child opened without its parent");
+  struct vhd_err err = {{0}};
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+
+  /* The parent gone: refused, naming the parent; NOPARENT still opens. */
+  T_ASSERT(rename(parent, moved) == 0, "rename: %s", strerror(errno));
+  char msg[1100];
+  int r = open_bounded(child, VHD_OPEN_RDONLY, msg, sizeof msg, 20);
+  T_ASSERT(r < 0, "a child without its parent opened");
+  T_ASSERT(mentions_any(msg, "parent") && strstr(msg, child),
+           "missing parent: the message names neither the child nor the parent: %s", msg);
+  printf("ok missing parent: %s\n", msg);
+  struct vhd_open_opts np = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOPARENT};
+  v = NULL;
+  T_OK(vhd_open(child, &np, &v, &err), &err, "vhd_open with VHD_OPEN_NOPARENT");
+  T_ASSERT(vhd_parent(v) == NULL, "VHD_OPEN_NOPARENT opened a parent");
+  T_ASSERT(vhd_get_type(v) == VHD_TYPE_DIFFERENCING, "type %d", (int)vhd_get_type(v));
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+
+  /* Another image under the parent's name: a different unique id. */
+  t_create(parent, VHD_TYPE_DYNAMIC, 1u << 20, 4096, true, NULL);
+  r = open_bounded(child, VHD_OPEN_RDONLY, msg, sizeof msg, 20);
+  T_ASSERT(r < 0, "a child opened over an impostor parent");
+  T_ASSERT(mentions_any(msg, "unique id|uuid|identifier"),
+           "impostor parent: the message does not mention the unique id: %s", msg);
+  printf("ok impostor parent: %s\n", msg);
+  T_ASSERT(rename(moved, parent) == 0, "rename: %s", strerror(errno));
+  v = t_open(child, true);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+
+}
+
+#ifdef OPEN_SELF_PARENT
+/* A child that is its own parent: its locators name its own file and its
+ * parent unique id is its own.  Refused, in bounded time.  Built as
+ * test-vhd-open-loop: vhd_open retries every candidate path at every level,
+ * so this takes (candidates)^32 opens today. */
+static void test_self_parent(void) {
+  char msg[1100];
+  int r;
+  char loop[4096];
+  snprintf(loop, sizeof loop, "%s", t_path("chain-loop.vhd"));
+  t_create(loop, VHD_TYPE_DYNAMIC, 1u << 20, 4096, true, NULL);
+  char loop_child[4096];
+  snprintf(loop_child, sizeof loop_child, "%s", t_path("chain-loop-child.vhd"));
+  t_create(loop_child, VHD_TYPE_DIFFERENCING, 0, 4096, false, loop);
+  uint64_t len = t_file_size(loop_child);
+  CLEANUP_FREE uint8_t *img = t_xmalloc(len);
+  t_pread_file(loop_child, img, len, 0);
+  uint64_t h = be64_load(img + len - 512 + 16);
+  memcpy(img + h + 40, img + len - 512 + 68, 16); /* parent uuid := own uuid */
+  fix_checksum(img + h, 1024, 36);
+  unlink(loop);
+  int fd = open(loop, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  T_ASSERT(fd >= 0 && write(fd, img, len) == (ssize_t)len, "write %s", loop);
+  close(fd);
+  r = open_bounded(loop, VHD_OPEN_RDONLY, msg, sizeof msg, 20);
+  T_ASSERT(r < 0, "a self-parented image opened");
+  T_ASSERT(mentions_any(msg, "loop|deep|depth|chain|cycle"),
+           "self-parented: the message does not mention the loop: %s", msg);
+  printf("ok self-parented image: %s\n", msg);
+}
+#endif
+
+/* ---- the size rule ---- */
+
+static void set_creator(const char *path, const char *creator) {
+  uint64_t len = t_file_size(path);
+  CLEANUP_FREE uint8_t *img = t_xmalloc(len);
+  t_pread_file(path, img, len, 0);
+  memcpy(img + 28, creator, 4);
+  memcpy(img + len - 512 + 28, creator, 4);
+  fix_footers(img, len);
+  t_pwrite_file(path, img, len, 0);
+}
+
+static uint64_t size_with(const char *path, enum vhd_size_rule rule) {
+  struct vhd_open_opts o = {.flags = VHD_OPEN_RDONLY, .size_rule = rule};
+  struct vhd_err err = {{0}};
+  vhd_t *v = NULL;
+  T_OK(vhd_open(path, &o, &v, &err), &err, "vhd_open");
+  uint64_t s = vhd_virtual_size(v);
+  struct vhd_info info;
+  vhd_get_info(v, &info);
+  T_ASSERT(info.virtual_size == s, "info.virtual_size %" PRIu64 " != %" PRIu64,
+           info.virtual_size, s);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  return s;
+}
+
+static void test_size_rule(void) {
+  char p[4096];
+  snprintf(p, sizeof p, "%s", t_path("size-rule.vhd"));
+  uint64_t cur = (10u << 20) + 512;
+  t_create(p, VHD_TYPE_DYNAMIC, cur, 0, true, NULL);
+  vhd_t *v = t_open(p, true);
+  struct vhd_info info;
+  vhd_get_info(v, &info);
+  struct vhd_err err = {{0}};
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  uint64_t chs = info.chs_size;
+  T_ASSERT(info.current_size == cur && chs > 0 && chs < cur,
+           "an exact-size image of %" PRIu64 " has current %" PRIu64 " and CHS %" PRIu64, cur,
+           info.current_size, chs);
+  T_ASSERT(size_with(p, VHD_SIZE_AUTO) == cur, "AUTO on our own image is not the current size");
+  T_ASSERT(size_with(p, VHD_SIZE_CURRENT) == cur, "CURRENT");
+  T_ASSERT(size_with(p, VHD_SIZE_CHS) == chs, "CHS");
+  /* Virtual PC and Virtual Server images showed the guest CHS... */
+  set_creator(p, "vpc ");
+  T_ASSERT(size_with(p, VHD_SIZE_AUTO) == chs, "AUTO on a \"vpc \" image is not the CHS size");
+  T_ASSERT(size_with(p, VHD_SIZE_CURRENT) == cur, "CURRENT on a \"vpc \" image");
+  set_creator(p, "vs  ");
+  T_ASSERT(size_with(p, VHD_SIZE_AUTO) == chs, "AUTO on a \"vs  \" image is not the CHS size");
+  /* ...every later writer means the current size. */
+  static const char *later[] = {"win ", "qem2", "d2v\0", "vbox", "tap\0", "qemu"};
+  for (size_t i = 0; i < ARRAY_SIZE(later); i++) {
+    set_creator(p, later[i]);
+    T_ASSERT(size_with(p, VHD_SIZE_AUTO) == cur, "AUTO on a \"%.4s\" image is not the current size",
+             later[i]);
+  }
+  printf("ok size rule: current %" PRIu64 ", CHS %" PRIu64 "\n", cur, chs);
+}
+
 int main(void) {
   t_init("test-vhd-open");
   make_good();
@@ -426,6 +604,11 @@ int main(void) {
   test_damaged();
   test_fixed_damaged();
   test_locking();
+  test_chains();
+  test_size_rule();
+#ifdef OPEN_SELF_PARENT
+  test_self_parent();
+#endif
   free(good);
   free(good_content);
   return 0;
