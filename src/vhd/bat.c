@@ -1,6 +1,7 @@
 /* bat.c: the block allocation table, sector bitmaps and block allocation. */
 #include "config.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +42,8 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the footer copy at 0", p,
                        (unsigned long long)bat_off);
 
-  CLEANUP_FREE uint8_t *raw = malloc(bat_bytes ? bat_bytes : 1);
+  /* The BAT is read straight into its in-memory array and swapped in place:
+   * a 2 TiB image has a 4 MiB BAT, and opening it must stay cheap. */
   vhd->bat = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
   vhd->bitmaps = calloc((size_t)vhd->max_entries + 1, sizeof(uint8_t *));
   vhd->block_dirty = calloc((size_t)vhd->max_entries + 1, 1);
@@ -49,20 +51,22 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   size_t nsec = (size_t)(bat_span / 512) + 1;
   vhd->bat_sector_dirty = calloc(nsec, 1);
   vhd->dirty_bat_sectors = malloc(nsec * sizeof(uint32_t));
-  if (!raw || !vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks ||
+  if (!vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks ||
       !vhd->bat_sector_dirty || !vhd->dirty_bat_sectors)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory for a BAT of %u entries", p,
                        vhd->max_entries);
-  int r = vhd_io_pread(vhd->fd, raw, bat_bytes, bat_off);
+  int r = vhd_io_pread(vhd->fd, vhd->bat, bat_bytes, bat_off);
   if (r < 0)
     return vhd_set_err(err, r, "%s: reading the BAT at offset %llu: %s", p,
                        (unsigned long long)bat_off, strerror(-r));
+  size_t allocated = 0;
+  for (uint32_t i = 0; i < vhd->max_entries; i++) {
+    vhd->bat[i] = be32toh(vhd->bat[i]);
+    allocated += vhd->bat[i] != VHD_BAT_UNUSED;
+  }
 
   /* Metadata regions, then every block, sorted: neighbours must not overlap. */
-  size_t n = 0, cap = 3 + 8;
-  for (uint32_t i = 0; i < vhd->max_entries; i++)
-    if (be32_load(raw + 4 * i) != VHD_BAT_UNUSED)
-      cap++;
+  size_t n = 0, cap = 3 + 8 + allocated;
   CLEANUP_FREE struct extent_ref *ext = malloc(cap * sizeof *ext);
   if (!ext)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory checking the BAT", p);
@@ -91,8 +95,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     highest = MAX(highest, ext[i].end);
   vhd->allocated_blocks = 0;
   for (uint32_t i = 0; i < vhd->max_entries; i++) {
-    uint32_t e = be32_load(raw + 4 * i);
-    vhd->bat[i] = e;
+    uint32_t e = vhd->bat[i];
     if (e == VHD_BAT_UNUSED)
       continue;
     uint64_t off = (uint64_t)e * 512;

@@ -47,7 +47,6 @@ static int locator_path(vhd_t *vhd, const struct vhd_locator *l, char *out, size
   } else {
     return -ENOTSUP;
   }
-  slashes_to_posix(out);
   return out[0] ? 0 : -EINVAL;
 }
 
@@ -125,6 +124,11 @@ int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
       const struct vhd_locator *l = &vhd->header.locators[i];
       if (l->code != order[o] || locator_path(vhd, l, path, sizeof path) < 0)
         continue;
+      /* A POSIX absolute path is tried as written first: a backslash in
+       * it is part of a file name, not a Windows separator. */
+      if (path[0] == '/')
+        try_candidate(c, path);
+      slashes_to_posix(path);
       if (l->code == VHD_PLAT_W2RU) {
         try_candidate(c, path);
       } else {

@@ -210,9 +210,13 @@ void vhd_free(vhd_t *vhd) {
     vhd_free(vhd->parent);
   if (vhd->fd >= 0)
     close(vhd->fd);
-  if (vhd->bitmaps)
+  /* A bitmap is only ever loaded for an allocated block: walking the BAT
+   * instead of the (mostly untouched) pointer array keeps closing a huge
+   * sparse image cheap. */
+  if (vhd->bitmaps && vhd->bat)
     for (uint32_t i = 0; i < vhd->max_entries; i++)
-      free(vhd->bitmaps[i]);
+      if (vhd->bat[i] != VHD_BAT_UNUSED)
+        free(vhd->bitmaps[i]);
   free(vhd->bitmaps);
   free(vhd->bat);
   free(vhd->block_dirty);
