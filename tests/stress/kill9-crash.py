@@ -5,11 +5,13 @@ usage: kill9-crash.py VHDNBD VHDIMG WORKDIR ROUNDS SEED
 
 For each image (dynamic, fixed, differencing over a parent full of data), ROUNDS
 times: start vhdnbd on a Unix socket, run random writes (some with FUA, some
-unaligned, sub-sector included) and flushes on one connection, SIGKILL the
-server at a random moment, then require
+unaligned, sub-sector included) and flushes on one to three connections
+(each writing its own interleaved 64 KiB chunks), SIGKILL the server at a
+random moment, then require
   - `vhdimg check` to exit 0 (clean) or 3 (leaks only);
   - the disk (`vhdimg convert -O raw`) to hold every write acknowledged
-    before the last completed flush and every acknowledged FUA write;
+    before a completed flush was sent, on any connection (multi-conn), and
+    every acknowledged FUA write;
   - each 512-byte sector touched by later writes to hold one of the states
     the write sequence passed through (a write can tear at sector
     granularity; a sub-sector write is read-modify-write of its sector).
@@ -28,7 +30,7 @@ import time
 import nbd
 
 SECTOR = 512
-SIZE = 16 * 1024 * 1024
+SIZE = 8 * 1024 * 1024
 
 
 class Failure(Exception):
@@ -69,18 +71,45 @@ def run(cmd, ok=(0,)):
     return r
 
 
+CHUNK = 64 * 1024  # connections write to disjoint interleaved chunks
+
+
 class Journal:
-    """What the client knows: writes sent (id, off, len, fua), acknowledged,
-    and the last write covered by a completed flush."""
+    """What the clients know, in one order across connections: writes sent
+    (off, len, fua), when each was acknowledged (a global sequence number),
+    and the latest sequence number a completed flush covers: a flush makes
+    durable every write acknowledged before it was sent, on any connection
+    (the server advertises multi-conn)."""
 
     def __init__(self):
-        self.writes = []  # [off, len, fua, acked]
-        self.last_flush = -1
+        self.lock = threading.Lock()
+        self.writes = []  # [off, len, fua, ack_seq or None]
+        self.seq = 0
+        self.durable_before = 0
         self.error = None
 
+    def sent(self, off, length, fua):
+        with self.lock:
+            self.writes.append([off, length, fua, None])
+            return len(self.writes) - 1
 
-def workload(sock, seed, journal, first_ack, stop_at):
-    rng = random.Random(seed)
+    def acked(self, wid):
+        with self.lock:
+            self.seq += 1
+            self.writes[wid][3] = self.seq
+
+    def flush_sent(self):
+        with self.lock:
+            self.seq += 1
+            return self.seq
+
+    def flush_done(self, issued):
+        with self.lock:
+            self.durable_before = max(self.durable_before, issued)
+
+
+def workload(sock, seed, conn, nconn, journal, first_ack, stop_at):
+    rng = random.Random(seed * 31 + conn)
     h = nbd.NBD()
     try:
         h.connect_unix(sock)
@@ -88,23 +117,25 @@ def workload(sock, seed, journal, first_ack, stop_at):
             raise Failure("export is %d bytes, expected %d" % (h.get_size(), SIZE))
         # Some rounds flush often, some rarely (many writes in doubt).
         flush_rate = rng.choice([0.02, 0.05, 0.1, 0.2])
+        mine = [c for c in range(SIZE // CHUNK) if c % nconn == conn]
         while time.monotonic() < stop_at:
             if rng.random() < flush_rate:
+                issued = journal.flush_sent()
                 h.flush()
-                journal.last_flush = len(journal.writes) - 1
+                journal.flush_done(issued)
                 continue
+            base = rng.choice(mine) * CHUNK
             if rng.random() < 0.7:
-                off = rng.randrange(0, SIZE // SECTOR) * SECTOR
+                off = base + rng.randrange(0, CHUNK // SECTOR) * SECTOR
                 length = rng.randint(1, 64) * SECTOR
             else:
-                off = rng.randrange(0, SIZE - 1)
+                off = base + rng.randrange(0, CHUNK - 1)
                 length = rng.randint(1, 9000)
-            length = min(length, SIZE - off)
+            length = min(length, base + CHUNK - off)
             fua = rng.random() < 0.15
-            wid = len(journal.writes)
-            journal.writes.append([off, length, fua, False])
+            wid = journal.sent(off, length, fua)
             h.pwrite(payload(seed, wid, length), off, nbd.CMD_FLAG_FUA if fua else 0)
-            journal.writes[wid][3] = True
+            journal.acked(wid)
             first_ack.set()
     except nbd.Error:
         pass  # the server was killed: expected
@@ -119,8 +150,11 @@ def verify(raw, baseline, journal, seed):
         raise Failure("disk is %d bytes, %d before" % (len(raw), len(baseline)))
     expect = bytearray(baseline)
     later = []
-    for wid, (off, length, fua, acked) in enumerate(journal.writes):
-        if wid <= journal.last_flush:
+    # A sector is only written by one connection, one write at a time, so
+    # its writes in journal order are the order they reached the disk; a
+    # durable write never follows a doubtful one on the same sector.
+    for wid, (off, length, fua, ack) in enumerate(journal.writes):
+        if ack is not None and ack < journal.durable_before:
             expect[off:off + length] = payload(seed, wid, length)
         else:
             later.append(wid)
@@ -151,11 +185,11 @@ def verify(raw, baseline, journal, seed):
         states = [bytes(state)]
         floor = 0
         for i, wid in enumerate(wids):
-            off, length, fua, acked = journal.writes[wid]
+            off, length, fua, ack = journal.writes[wid]
             lo, hi = max(off, a), min(off + length, a + SECTOR)
             state[lo - a:hi - a] = payload(seed, wid, length)[lo - off:hi - off]
             states.append(bytes(state))
-            if fua and acked:
+            if fua and ack is not None:
                 floor = i + 1
         if raw[a:a + SECTOR] not in states[floor:]:
             raise Failure("sector %d holds none of the states its writes %s passed through "
@@ -184,18 +218,23 @@ def rounds(args, image, rng, stats):
         where = "%s round %d (seed %d)" % (name, rnd, seed)
         journal = Journal()
         first_ack = threading.Event()
+        nconn = rng.choice([1, 1, 2, 3])
+        where += " with %d connection%s" % (nconn, "s" if nconn > 1 else "")
         server = Server(vhdnbd, sock, pidfile, image)
+        workers = []
         try:
-            worker = threading.Thread(target=workload, args=(
-                sock, seed, journal, first_ack, time.monotonic() + 20))
-            worker.start()
+            for conn in range(nconn):
+                workers.append(threading.Thread(target=workload, args=(
+                    sock, seed, conn, nconn, journal, first_ack, time.monotonic() + 20)))
+                workers[-1].start()
             first_ack.wait(timeout=10)
             time.sleep(rng.random() * 0.5)
         finally:
             server.kill()
-        worker.join(timeout=30)
-        if worker.is_alive():
-            raise Failure("%s: the client hangs after the server was killed" % where)
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                raise Failure("%s: a client hangs after the server was killed" % where)
         if journal.error:
             raise Failure("%s: the client failed: %s" % (where, journal.error))
         try:
