@@ -20,7 +20,9 @@ SERVER_TESTS = \
 	tests/server/test-shutdown \
 	tests/server/test-options \
 	tests/server/test-limits \
-	tests/server/test-listen
+	tests/server/test-listen \
+	tests/server/test-sub-sector \
+	tests/server/test-differencing
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -70,4 +72,10 @@ tests_server_test_limits_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_listen_SOURCES = tests/server/test-listen.c
 tests_server_test_listen_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_listen_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_sub_sector_SOURCES = tests/server/test-sub-sector.c
+tests_server_test_sub_sector_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_sub_sector_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_differencing_SOURCES = tests/server/test-differencing.c
+tests_server_test_differencing_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_differencing_LDADD = $(SERVER_TEST_LDADD)
 endif
