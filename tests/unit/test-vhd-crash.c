@@ -378,7 +378,8 @@ static void crash_by_fault(const struct workload *w) {
     bool done = run_faulty(w, work, n, &e);
     T_ASSERT(done == (n == count), "%s: fault after %ld of %ld I/Os: completed=%d", w->label, n,
              count, (int)done);
-    verify_crashed(w, &e, work, t_fmt("%s: fault after %ld of %ld writes/syncs", w->label, n, count));
+    verify_crashed(w, &e, work,
+                   t_fmt("%s: fault after %ld of %ld writes/syncs", w->label, n, count));
     expect_free(&e);
   }
   printf("ok %s: fault injected at each of %ld writes/syncs\n", w->label, count + 1);

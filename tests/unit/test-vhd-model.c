@@ -410,8 +410,9 @@ static void img_close(struct img *m) {
 
 static void img_open(struct img *m) {
   m->v = t_open(m->paths[0], false);
-  T_ASSERT(m->size == 0 || vhd_virtual_size(m->v) == m->size, "%s: reopened with size %" PRIu64 ", was %" PRIu64,
-           m->label, vhd_virtual_size(m->v), m->size);
+  T_ASSERT(m->size == 0 || vhd_virtual_size(m->v) == m->size,
+           "%s: reopened with size %" PRIu64 ", was %" PRIu64, m->label, vhd_virtual_size(m->v),
+           m->size);
   T_ASSERT(vhd_get_type(m->v) == m->type, "%s: type %d after reopen", m->label,
            (int)vhd_get_type(m->v));
   T_ASSERT(!vhd_is_readonly(m->v), "%s: opened read-write but reports read-only", m->label);
