@@ -31,8 +31,8 @@ for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd; do
   fi
   log="$work/fuzz.log"
   if ! (cd "$work" && ASAN_OPTIONS=detect_leaks=1 \
-        timeout $((FUZZ_SECONDS + 60)) "$top_builddir/tests/fuzz/fuzz-$target" \
-          -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=1024 \
+        timeout $((FUZZ_SECONDS + 120)) "$top_builddir/tests/fuzz/fuzz-$target" \
+          -max_total_time="$FUZZ_SECONDS" -timeout=60 -rss_limit_mb=2048 \
           -artifact_prefix="$work/artifacts/" -print_final_stats=1 corpus \
           >"$log" 2>&1); then
     tail -60 "$log" >&2
