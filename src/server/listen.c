@@ -16,7 +16,10 @@
 #include "log.h"
 #include "server.h"
 
-#define BACKLOG 128
+/* Unix-socket connects fail at once (EAGAIN) when the backlog is full, so
+ * keep it deep: bursts of hundreds of clients are normal.  The kernel caps
+ * it at net.core.somaxconn. */
+#define BACKLOG 4096
 #define MAX_LISTENERS 64
 #define SD_LISTEN_FDS_START 3
 
@@ -38,7 +41,9 @@ static bool unix_created;
 static void on_connection(uv_stream_t *s, int status) {
   struct listener *l = s->data;
   if (status < 0) {
-    log_msg(LOG_LEVEL_WARNING, "%s: accept: %s", l->desc, uv_strerror(status));
+    /* Out of descriptors, libuv drops the pending clients: say so loudly. */
+    log_msg(status == UV_EMFILE || status == UV_ENFILE ? LOG_LEVEL_ERR : LOG_LEVEL_WARNING,
+            "%s: accept: %s", l->desc, uv_strerror(status));
     return;
   }
   conn_accept(s, l->is_tcp);

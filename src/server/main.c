@@ -346,12 +346,13 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 int main(int argc, char **argv) {
   struct settings settings = {0};
+  bool pidfile_written = false;
   log_set_program("vhdnbd");
   signal(SIGPIPE, SIG_IGN);
   parse_args(argc, argv, &settings);
   int level = LOG_LEVEL_NOTICE + settings.verbose;
-  if (level < LOG_LEVEL_ERR)
-    level = LOG_LEVEL_ERR;
+  if (settings.verbose < 0)
+    level = LOG_LEVEL_ERR; /* -q: errors only */
   if (level > LOG_LEVEL_DEBUG)
     level = LOG_LEVEL_DEBUG;
   log_set_level((enum log_level)level);
@@ -384,6 +385,7 @@ int main(int argc, char **argv) {
     status = 1;
     server_shutdown();
   } else {
+    pidfile_written = settings.pidfile != NULL;
     notify_ready();
   }
   uv_run(server.loop, UV_RUN_DEFAULT);
@@ -395,7 +397,7 @@ out:
   if (exports_close(&server) < 0)
     status = 1;
   listen_cleanup(&server);
-  if (settings.pidfile && status == 0)
+  if (pidfile_written) /* last: its removal means the images are closed */
     pidfile_remove(settings.pidfile);
   uv_loop_close(server.loop);
   settings_free(&settings);
