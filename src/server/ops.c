@@ -18,10 +18,11 @@
  * again from where the answer ended. */
 #define BLOCK_STATUS_MAX_EXTENTS 1024
 
+/* An engine failure: always carries a message, so it is logged (a client's
+ * own mistakes are caught earlier and only logged when debugging). */
 static void fail(struct request *req, int r, const struct vhd_err *err) {
   req->error = nbd_errno_to_nbd(r);
-  if (err && err->msg[0])
-    req->errmsg = strdup(err->msg);
+  req->errmsg = strdup(err && err->msg[0] ? err->msg : strerror(r < 0 ? -r : r));
 }
 
 struct chunk_list {
