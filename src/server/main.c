@@ -275,6 +275,11 @@ static void parse_args(int argc, char **argv, struct settings *s) {
                             e->readonly_set) < 0)
       usage_error("out of memory");
   }
+  if (cli.readonly) {
+    /* -r wins over per-export settings: "serve every export read-only". */
+    for (size_t i = 0; i < s->n_exports; i++)
+      s->exports[i].readonly = s->exports[i].readonly_set = true;
+  }
   settings_free(&cli);
 
   if (s->n_exports == 0)
