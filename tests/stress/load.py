@@ -3,6 +3,9 @@
 
 usage: load.py SOCKET SERVER_PID CONNECTIONS SECONDS SLOT RSS_LIMIT_MB
 
+The export must be CONNECTIONS * SLOT + 32 MiB bytes (the last 32 MiB are
+scratch space for hostile writers).
+
 CONNECTIONS good clients (libnbd, one thread each) each own a SLOT-byte range
 of the export and, for SECONDS, write, zero, flush and read back their range
 against a private model: every read must match.  Meanwhile hostile clients
@@ -29,6 +32,9 @@ OPT_GO, OPT_LIST, OPT_ABORT = 7, 3, 2
 REQUEST_MAGIC = 0x25609513
 CMD_READ, CMD_WRITE = 0, 1
 REP_ACK = 1
+SCRATCH = 32 << 20  # after the good clients' ranges: for the big writers
+BIG_PAYLOAD = bytes(range(256)) * (SCRATCH // 256)
+MIN_OPS = 5  # each good client does at least this much, however slow the server
 
 lock = threading.Lock()
 errors = []
@@ -99,7 +105,7 @@ def request(typ, offset, length, cookie=1, flags=0):
     return struct.pack(">IHHQQI", REQUEST_MAGIC, flags, typ, cookie, offset, length)
 
 
-def hostile(kind, path, deadline, export_size):
+def hostile(kind, path, deadline, scratch):
     rng = random.Random(hash(kind))
     while time.monotonic() < deadline:
         s = None
@@ -125,7 +131,7 @@ def hostile(kind, path, deadline, export_size):
                 # never reads a reply, then holds the connection a while.
                 s = raw_go(path)
                 s.setblocking(False)
-                req = b"".join(request(CMD_READ, 0, min(1 << 20, export_size), cookie=i)
+                req = b"".join(request(CMD_READ, 0, 1 << 20, cookie=i)
                                for i in range(64))
                 sent, stuck_since = 0, None
                 while time.monotonic() < deadline and sent < 4096 * 28:
@@ -148,8 +154,17 @@ def hostile(kind, path, deadline, export_size):
                     note("flood options")
                 s.sendall(option(OPT_LIST) * 1000 + option(OPT_ABORT))
             elif kind == "mid-payload":
+                # Aimed at client 0's range: the cut-off write must never
+                # reach the disk, or client 0 notices.
                 s = raw_go(path)
                 s.sendall(request(CMD_WRITE, 0, 65536) + rng.randbytes(rng.randint(0, 65535)))
+            elif kind == "big-writer":
+                # Pipelines maximum-size writes and never reads a reply.
+                s = raw_go(path)
+                for k in range(3):
+                    s.sendall(request(CMD_WRITE, scratch, SCRATCH, cookie=k))
+                    s.sendall(BIG_PAYLOAD)
+                time.sleep(min(2, max(0, deadline - time.monotonic())))
             elif kind == "huge-option":
                 s = raw_handshake(path)
                 s.sendall(option(OPT_GO, b"\0" * 100, length=0xFFFFFFFF))
@@ -190,7 +205,7 @@ def good(idx, path, slot, deadline, models):
     try:
         h = connect_good(path)
         can_zero = h.can_zero()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or ops < MIN_OPS:
             off = rng.randrange(slot)
             length = rng.randint(1, min(16384, slot - off))
             r = rng.random()
@@ -232,7 +247,7 @@ def main():
     path, pid = sys.argv[1], int(sys.argv[2])
     nconn, seconds, slot, limit_mb = (int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]),
                                       int(sys.argv[6]))
-    export_size = nconn * slot
+    scratch = nconn * slot
     t0 = time.monotonic()
     deadline = t0 + seconds
     peak = [0]
@@ -251,7 +266,10 @@ def main():
     threading.stack_size(256 * 1024)
     kinds = ["garbage", "garbage", "garbage-after-go", "stall", "stall", "stall", "no-reader",
              "no-reader", "option-flood", "mid-payload", "huge-option"]
-    hostiles = [threading.Thread(target=hostile, args=(k, path, deadline, export_size))
+    # Off by default: the server has no global in-flight budget yet, so
+    # many of these drive its memory far past the bound.
+    kinds += ["big-writer"] * int(os.environ.get("LOAD_BIG_WRITERS", "0"))
+    hostiles = [threading.Thread(target=hostile, args=(k, path, deadline, scratch))
                 for k in kinds]
     for t in hostiles:
         t.start()

@@ -4,7 +4,7 @@
 # good client must succeed, nothing written may be lost, and the server's
 # peak resident memory must stay bounded.
 #   LOAD_CONNECTIONS (default 200; 1000 for the full run), LOAD_SECONDS
-#   (default 20), LOAD_RSS_LIMIT_MB (default 512)
+#   (default 20), LOAD_RSS_LIMIT_MB (default 512), LOAD_BIG_WRITERS (default 0)
 . "$top_srcdir/tests/functions.sh"
 
 requires_py nbd
@@ -31,7 +31,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
 fi
 
 img="$TMPD/load.vhd"
-"$VHDIMG" create -t dynamic --block-size 64K --exact "$img" $((LOAD_CONNECTIONS * slot)) >/dev/null
+# The good clients' ranges, then 32 MiB of scratch for hostile writers.
+"$VHDIMG" create -t dynamic --block-size 64K --exact "$img" \
+  $((LOAD_CONNECTIONS * slot + 32 * 1024 * 1024)) >/dev/null
 sock="$TMPD/nbd.sock"
 # The default --max-connections (128) is below the load: allow every good
 # client plus the hostile ones.
