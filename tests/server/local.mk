@@ -22,7 +22,8 @@ SERVER_TESTS = \
 	tests/server/test-limits \
 	tests/server/test-listen \
 	tests/server/test-sub-sector \
-	tests/server/test-differencing
+	tests/server/test-differencing \
+	tests/server/test-io-errors
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -78,4 +79,7 @@ tests_server_test_sub_sector_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_differencing_SOURCES = tests/server/test-differencing.c
 tests_server_test_differencing_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_differencing_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_io_errors_SOURCES = tests/server/test-io-errors.c
+tests_server_test_io_errors_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_io_errors_LDADD = $(SERVER_TEST_LDADD)
 endif
