@@ -90,7 +90,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   }
   uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   uint64_t data_end = fsz - VHD_FOOTER_SIZE;
-  uint64_t highest = 0;
+  uint64_t highest = 0, highest_block = 0;
   for (size_t i = 0; i < n; i++)
     highest = MAX(highest, ext[i].end);
   vhd->allocated_blocks = 0;
@@ -107,6 +107,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
                          (unsigned long long)data_end);
     ext[n++] = (struct extent_ref){off, off + block_span, i, NULL};
     highest = MAX(highest, off + block_span);
+    highest_block = MAX(highest_block, off + block_span);
     vhd->allocated_blocks++;
   }
   qsort(ext, n, sizeof *ext, extent_cmp);
@@ -126,9 +127,19 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
                          (unsigned long long)b->start, an, (unsigned long long)a->start);
     }
   }
-  /* New blocks go where the trailing footer is, or after the last structure
-   * when some writer left space before the footer. */
-  vhd->next_block_offset = ROUND_UP(MAX(highest, data_end), 512);
+  /* Space between the last block and the footer is an allocation window
+   * left by a crash (or by us): reuse it.  With no block at the end, other
+   * writers' structures (a batmap, locator data) may sit there: start new
+   * blocks after the footer instead. */
+  vhd->footer_offset = data_end;
+  if (highest_block == highest && highest_block > 0)
+    vhd->next_block_offset = ROUND_UP(highest_block, 512);
+  else
+    vhd->next_block_offset = ROUND_UP(MAX(highest, data_end), 512);
+  if (vhd->next_block_offset > data_end)
+    vhd->next_block_offset = data_end;
+  if (vhd->next_block_offset < data_end && (data_end - vhd->next_block_offset) % 512)
+    vhd->next_block_offset = data_end;
   return 0;
 }
 
@@ -168,31 +179,67 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk) {
   }
 }
 
+/* Room reserved per footer move: about 64 MiB of blocks. */
+#define VHD_WINDOW_BYTES (64ull * 1024 * 1024)
+
 /* See the write order in vhd-internal.h. */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint64_t off = vhd->next_block_offset;
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
-  uint64_t new_footer = off + span;
-  if (new_footer / 512 >= VHD_BAT_UNUSED)
+  uint64_t limit = (uint64_t)(VHD_BAT_UNUSED - 1) * 512; /* BAT entries are 32-bit sectors */
+  if (off + span > limit)
     return vhd_set_err(err, -ENOSPC, "%s: block %u: the file would pass the 2 TiB VHD limit",
                        vhd->path, blk);
+  int r;
+  if (off + span > vhd->footer_offset) {
+    uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
+    uint64_t new_footer = off + blocks * span;
+    if (new_footer > limit)
+      new_footer = off + (limit - off) / span * span;
+    r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
+    if (r == 0)
+      r = vhd_io_sync(vhd->fd);
+    if (r < 0)
+      return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
+                         vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
+    vhd->footer_offset = new_footer;
+  }
   uint8_t *bm = calloc(1, vhd->bitmap_size);
   if (!bm)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
-  int r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
-  if (r == 0)
-    r = vhd_io_pwrite(vhd->fd, bm, vhd->bitmap_size, off);
+  r = vhd_io_pwrite(vhd->fd, bm, vhd->bitmap_size, off);
   if (r < 0) {
     free(bm);
     return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
                        (unsigned long long)off, strerror(-r));
   }
-  vhd->next_block_offset = new_footer;
+  vhd->next_block_offset = off + span;
   vhd->bat[blk] = (uint32_t)(off / 512);
   free(vhd->bitmaps[blk]);
   vhd->bitmaps[blk] = bm;
   vhd->allocated_blocks++;
   vhd_bat_mark_dirty(vhd, blk);
+  return 0;
+}
+
+int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
+  if (vhd->readonly || vhd->type == VHD_TYPE_FIXED || !vhd->bat ||
+      vhd->footer_offset <= vhd->next_block_offset)
+    return 0;
+  /* Footer first at its new place, then cut: the file always ends with a
+   * valid footer. */
+  uint64_t end = vhd->next_block_offset;
+  int r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
+  if (r == 0)
+    r = vhd_io_sync(vhd->fd);
+  if (r == 0)
+    r = vhd_io_truncate(vhd->fd, end + VHD_FOOTER_SIZE);
+  if (r == 0)
+    r = vhd_io_sync(vhd->fd);
+  if (r < 0)
+    return vhd_set_err(err, r, "%s: giving back unused space before the footer: %s", vhd->path,
+                       strerror(-r));
+  vhd->footer_offset = end;
   return 0;
 }
 

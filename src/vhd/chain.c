@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -56,20 +57,28 @@ struct candidate_ctx {
   char dir[4096];
   char tried[2048];
   vhd_t *found;
+  bool give_up; /* a deeper level found a loop: stop searching */
   int last_err;
   struct vhd_err err;
 };
 
 static void try_candidate(struct candidate_ctx *c, const char *path) {
-  if (c->found || !path[0])
+  if (c->found || c->give_up || !path[0])
     return;
   char full[8192];
   if (path[0] == '/')
     snprintf(full, sizeof full, "%s", path);
   else
     snprintf(full, sizeof full, "%s/%s", c->dir, path[0] == '.' && path[1] == '/' ? path + 2 : path);
-  if (access(full, F_OK) != 0)
+  struct stat st, self;
+  if (stat(full, &st) != 0)
     return;
+  if (fstat(c->child->fd, &self) == 0 && st.st_dev == self.st_dev && st.st_ino == self.st_ino) {
+    c->last_err = -ELOOP;
+    vhd_set_err(&c->err, -ELOOP, "%s: the image names itself as its parent", c->child->path);
+    c->give_up = true;
+    return;
+  }
   size_t tl = strlen(c->tried);
   snprintf(c->tried + tl, sizeof c->tried - tl, "%s%s", tl ? ", " : "", full);
   struct vhd_open_opts po = {
@@ -83,6 +92,9 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
   if (r < 0) {
     c->last_err = r;
     c->err = e;
+    /* A loop further down fails the same way through every candidate:
+     * searching on would multiply the opens at every level. */
+    c->give_up = r == -ELOOP;
     return;
   }
   if (memcmp(p->footer.uuid, c->child->header.parent_uuid, 16) != 0) {
@@ -119,8 +131,8 @@ int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
    * beside the child, then as a POSIX path), Mac URL, the header's name. */
   static const uint32_t order[] = {VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX};
   char path[4096];
-  for (size_t o = 0; o < ARRAY_SIZE(order) && !c->found; o++) {
-    for (int i = 0; i < 8 && !c->found; i++) {
+  for (size_t o = 0; o < ARRAY_SIZE(order) && !c->found && !c->give_up; o++) {
+    for (int i = 0; i < 8 && !c->found && !c->give_up; i++) {
       const struct vhd_locator *l = &vhd->header.locators[i];
       if (l->code != order[o] || locator_path(vhd, l, path, sizeof path) < 0)
         continue;

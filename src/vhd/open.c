@@ -292,8 +292,11 @@ int vhd_close(vhd_t *vhd, struct vhd_err *err) {
   if (!vhd)
     return 0;
   int r = 0;
-  if (!vhd->readonly)
+  if (!vhd->readonly) {
     r = vhd_flush(vhd, err);
+    if (r == 0)
+      r = vhd_window_release(vhd, err);
+  }
   vhd_free(vhd);
   return r;
 }

@@ -2,12 +2,16 @@
  *
  * Write order that keeps an image valid at every instant (crash safety):
  *
- *  1. Allocating a block (under vhd->lock): the block goes where the trailing
- *     footer is.  First the footer is written again at the new end of file,
- *     beyond the new block; then a zeroed sector bitmap at the block's start.
- *     The BAT entry changes only in memory.  A crash now leaves a file that
- *     ends with a valid footer and a BAT that does not reference the new
- *     block: a leak that `vhdimg check --repair` reclaims, never corruption.
+ *  1. Allocating a block (under vhd->lock): blocks are handed out from a
+ *     window that ends at the trailing footer.  When the window is used up,
+ *     the footer is written again further on (room for several blocks) and
+ *     synced *before* anything overwrites the old footer, so the file ends
+ *     with a durable valid footer whatever order unsynced writes reach the
+ *     disk in.  One sync per window, not per block.  A new block then gets
+ *     a zeroed sector bitmap; its BAT entry changes only in memory.  A crash
+ *     leaves unreferenced space before the footer: a leak that `vhdimg check
+ *     --repair` reclaims, never corruption.  A clean close gives the unused
+ *     part of the window back (footer moved down, synced, file truncated).
  *  2. Data goes to its place with pwrite; bitmap bits for the sectors written
  *     are set in memory only after the data write returned.
  *  3. vhd_flush (serialized by vhd->flush_lock): snapshot the dirty BAT
@@ -115,7 +119,8 @@ struct vhd {
   uint32_t *dirty_bat_sectors;
   uint32_t n_dirty_bat_sectors;
   uint8_t *bat_sector_dirty;
-  uint64_t next_block_offset; /* where the trailing footer sits: next block goes here */
+  uint64_t next_block_offset; /* next block goes here */
+  uint64_t footer_offset;     /* where the durable trailing footer sits */
 
   vhd_t *parent;
   char parent_name[1024];
@@ -161,6 +166,8 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);           /* lock held */
+/* Gives back the unused end of the allocation window (after a flush). */
+int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
 void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk);
 void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk);
 static inline bool vhd_bit_get(const uint8_t *bm, uint32_t s) {
