@@ -4,8 +4,8 @@
 usage: kill9-crash.py VHDNBD VHDIMG WORKDIR ROUNDS SEED
 
 For each image (dynamic, fixed, differencing over a parent full of data), ROUNDS
-times: start vhdnbd on a Unix socket, run random writes (some with FUA, some
-unaligned, sub-sector included) and flushes on one to three connections
+times: start vhdnbd on a Unix socket, run random writes and write-zeroes
+(some with FUA, some unaligned, sub-sector included) and flushes on one to three connections
 (each writing its own interleaved 64 KiB chunks), SIGKILL the server at a
 random moment, then require
   - `vhdimg check` to exit 0 (clean) or 3 (leaks only);
@@ -37,7 +37,12 @@ class Failure(Exception):
     pass
 
 
+ZEROES = set()  # ids of write-zeroes requests: their "payload" is zeros
+
+
 def payload(seed, wid, length):
+    if (seed, wid) in ZEROES:
+        return bytes(length)
     return random.Random(seed * 1000003 + wid).randbytes(length)
 
 
@@ -88,10 +93,9 @@ class Journal:
         self.durable_before = 0
         self.error = None
 
-    def sent(self, off, length, fua):
-        with self.lock:
-            self.writes.append([off, length, fua, None])
-            return len(self.writes) - 1
+    def sent_locked(self, off, length, fua):
+        self.writes.append([off, length, fua, None])
+        return len(self.writes) - 1
 
     def acked(self, wid):
         with self.lock:
@@ -133,8 +137,20 @@ def workload(sock, seed, conn, nconn, journal, first_ack, stop_at):
                 length = rng.randint(1, 9000)
             length = min(length, base + CHUNK - off)
             fua = rng.random() < 0.15
-            wid = journal.sent(off, length, fua)
-            h.pwrite(payload(seed, wid, length), off, nbd.CMD_FLAG_FUA if fua else 0)
+            flags = nbd.CMD_FLAG_FUA if fua else 0
+            zero = rng.random() < 0.15
+            with journal.lock:  # registered before anyone computes a payload
+                wid = journal.sent_locked(off, length, fua)
+                if zero:
+                    ZEROES.add((seed, wid))
+            if zero:
+                # Without NO_HOLE the server may deallocate (bitmap bits,
+                # whole blocks): metadata changes that must be crash-safe too.
+                if rng.random() < 0.3:
+                    flags |= nbd.CMD_FLAG_NO_HOLE
+                h.zero(length, off, flags)
+            else:
+                h.pwrite(payload(seed, wid, length), off, flags)
             journal.acked(wid)
             first_ack.set()
     except nbd.Error:
