@@ -355,6 +355,11 @@ uint32_t nbd_check_request(const struct nbd_request *req, const struct nbd_reque
       WHY("BLOCK_STATUS without a negotiated meta context");
       return NBD_EINVAL;
     }
+    if (req->length == 0) {
+      /* No descriptor can describe nothing: every reply would be invalid. */
+      WHY("BLOCK_STATUS of zero bytes");
+      return NBD_EINVAL;
+    }
     break;
   case NBD_CMD_FLUSH:
   case NBD_CMD_DISC:

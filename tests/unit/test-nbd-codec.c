@@ -364,6 +364,7 @@ static void test_check_request(void) {
            0);
   CHECK_EQ(check(NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 1, &lim), NBD_EINVAL);
   CHECK_EQ(check(NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 0, 1, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_BLOCK_STATUS, 0, 0, 0, &lim), NBD_EINVAL);
   CHECK_EQ(check(NBD_CMD_READ, NBD_CMD_FLAG_REQ_ONE, 0, 1, &lim), NBD_EINVAL);
   CHECK_EQ(check(NBD_CMD_READ, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 1, &lim), NBD_EINVAL);
   CHECK_EQ(check(NBD_CMD_READ, 0x8000, 0, 1, &lim), NBD_EINVAL);
