@@ -70,10 +70,13 @@ unknown_option() {
 }
 
 # --- the pages render cleanly -------------------------------------------
-requires groff
 for page in "$DOC/vhdnbd.8" "$DOC/vhdnbd.conf.5" "$DOC/vhdimg.1"; do
-  out=$(groff -man -ww -z "$page" 2>&1) || fail "$page: groff failed: $out"
-  [ -z "$out" ] || fail "$page: groff warnings: $out"
+  if command -v groff >/dev/null; then
+    out=$(groff -man -ww -z "$page" 2>&1) || fail "$page: groff failed: $out"
+    [ -z "$out" ] || fail "$page: groff warnings: $out"
+  else
+    echo "note: groff is not installed, $page not rendered"
+  fi
   if command -v man >/dev/null; then
     out=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$page" 2>&1 >/dev/null) ||
       fail "$page: man -l failed: $out"
