@@ -377,9 +377,9 @@ static void write_phase(const char *path, struct fuzz_rng *rng, int check_before
 
 /* vhd_check --repair may fix metadata, never change what the disk reads, and
  * what it calls repaired must then check clean.  Off unless FUZZ_VHD_REPAIR=1:
- * it still fails on regressions/vhd-open/repair-footer-over-bat (the repaired
- * trailing footer is written over the BAT of a truncated image); turn it on
- * by default once that is fixed. */
+ * it still fails on regressions/vhd-open-known/repair-footer-over-bat (the
+ * repaired trailing footer is written over the BAT of a truncated image);
+ * turn it on by default once that is fixed. */
 static void repair_phase(const char *path) {
   static uint8_t before[4 * MAX_IO], after[4 * MAX_IO];
   struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK | VHD_OPEN_NOPARENT,
