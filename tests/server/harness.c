@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -427,6 +428,9 @@ pid_t harness_start_server(const char *sock, const char *const *args) {
   if (pid < 0)
     FAIL("fork: %s", strerror(errno));
   if (pid == 0) {
+    /* A test killed by a signal or a sanitizer abort runs no atexit
+     * handler: the server must not outlive it. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     execv(argv[0], (char *const *)argv);
     fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);
