@@ -10,10 +10,16 @@
  *   max-connections = 128
  *   handshake-timeout = 10
  *   pidfile = /run/vhdnbd.pid
+ *   allow = 192.0.2.0/24, 2001:db8::/32   (repeatable; clients allowed at all)
+ *   tls = off | on | require
+ *   tls-certificates = /etc/vhdnbd/pki
+ *   tls-psk = /etc/vhdnbd/keys.psk
+ *   tls-verify-peer = no
  *   [export NAME]        ([export] or [export ""] is the default export)
  *   image = /srv/disk.vhd
  *   read-only = yes
  *   description = Some text
+ *   allow = 10.0.0.0/8   (repeatable; clients that may see this export)
  *
  * Errors name the file and line; config_load returns -EINVAL after logging. */
 #include "config.h"
@@ -46,6 +52,18 @@ int parse_bool(const char *v, bool *out) {
   return -EINVAL;
 }
 
+int parse_tls_mode(const char *v, enum tls_mode *out) {
+  if (strcmp(v, "off") == 0)
+    *out = TLS_OFF;
+  else if (strcmp(v, "on") == 0)
+    *out = TLS_ON;
+  else if (strcmp(v, "require") == 0)
+    *out = TLS_REQUIRE;
+  else
+    return -EINVAL;
+  return 0;
+}
+
 int settings_add_export(struct settings *s, const char *name, const char *image,
                         const char *description, bool readonly, bool readonly_set) {
   struct export_spec *e = realloc(s->exports, (s->n_exports + 1) * sizeof *e);
@@ -70,7 +88,11 @@ void settings_free(struct settings *s) {
     free(s->exports[i].name);
     free(s->exports[i].image);
     free(s->exports[i].description);
+    acl_free(&s->exports[i].allow);
   }
+  acl_free(&s->allow);
+  free(s->tls_certificates);
+  free(s->tls_psk);
   free(s->exports);
   for (size_t i = 0; i < s->n_binds; i++)
     free(s->binds[i]);
@@ -123,6 +145,14 @@ static int set_string(char **field, const char *v) {
   return *field ? 0 : -ENOMEM;
 }
 
+static int add_allow(struct acl *acl, const char *v) {
+  char err[256];
+  int r = acl_add(acl, v, err, sizeof err);
+  if (r == -EINVAL)
+    log_msg(LOG_LEVEL_ERR, "%s", err);
+  return r;
+}
+
 static int global_key(struct settings *s, const char *key, const char *v) {
   if (strcmp(key, "port") == 0) {
     unsigned port;
@@ -142,6 +172,18 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return parse_uint(v, 86400, &s->handshake_timeout);
   if (strcmp(key, "pidfile") == 0)
     return set_string(&s->pidfile, v);
+  if (strcmp(key, "allow") == 0)
+    return add_allow(&s->allow, v);
+  if (strcmp(key, "tls") == 0) {
+    s->tls_set = true;
+    return parse_tls_mode(v, &s->tls);
+  }
+  if (strcmp(key, "tls-certificates") == 0)
+    return set_string(&s->tls_certificates, v);
+  if (strcmp(key, "tls-psk") == 0)
+    return set_string(&s->tls_psk, v);
+  if (strcmp(key, "tls-verify-peer") == 0)
+    return parse_bool(v, &s->tls_verify_peer);
   return -ENOENT;
 }
 
@@ -154,6 +196,8 @@ static int export_key(struct export_spec *e, const char *key, const char *v) {
     e->readonly_set = true;
     return parse_bool(v, &e->readonly);
   }
+  if (strcmp(key, "allow") == 0)
+    return add_allow(&e->allow, v);
   return -ENOENT;
 }
 

@@ -20,6 +20,17 @@
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_process(struct connection *conn);
+static void on_eof(struct connection *conn);
+
+struct write_req {
+  uv_write_t req;
+  struct connection *conn;
+  conn_write_cb cb;
+  void *opaque;
+  size_t len;
+  uint8_t *cipher; /* TLS: what is actually written */
+  uint8_t copy[];  /* conn_write_copy only */
+};
 
 void conn_ref(struct connection *conn) { conn->refs++; }
 
@@ -35,6 +46,9 @@ void conn_unref(struct connection *conn) {
   server.n_conns--;
   free(conn->inbuf);
   free(conn->optbuf);
+  tls_session_free(conn->tls);
+  free(conn->tls_in);
+  free(conn->tls_out);
   free(conn->meta_export);
   free(conn);
   server_check_done(&server);
@@ -69,6 +83,11 @@ void conn_update(struct connection *conn) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   struct connection *conn = h->data;
+  if (conn->tls) {
+    /* Ciphertext: decrypted into inbuf later, never straight into payloads. */
+    *buf = uv_buf_init((char *)conn->tls_in, SERVER_INBUF_SIZE);
+    return;
+  }
   uint64_t left = conn->want_len - conn->want_done;
   if (conn->in_start == conn->in_end && conn->want_dst && conn->want_dst != conn->hdr &&
       left >= DIRECT_READ_MIN) {
@@ -109,7 +128,8 @@ static void update_reading(struct connection *conn) {
     conn_close(conn, NULL);
     return;
   }
-  bool want = input_allowed(conn) && conn->in_end - conn->in_start < SERVER_INBUF_SIZE;
+  bool want = conn->tls_handshaking ||
+              (input_allowed(conn) && conn->in_end - conn->in_start < SERVER_INBUF_SIZE);
   if (want && !conn->reading)
     start_reading(conn);
   else if (!want && conn->reading) {
@@ -130,6 +150,119 @@ static void on_eof(struct connection *conn) {
   }
 }
 
+/* ---- TLS ---- */
+
+static void tls_send(void *opaque, const uint8_t *data, size_t len) {
+  struct connection *conn = opaque;
+  if (conn->tls_out_failed)
+    return;
+  if (conn->tls_out_cap - conn->tls_out_len < len) {
+    size_t cap = MAX(conn->tls_out_cap * 2, conn->tls_out_len + len);
+    uint8_t *b = realloc(conn->tls_out, cap);
+    if (!b) {
+      conn->tls_out_failed = true;
+      return;
+    }
+    conn->tls_out = b;
+    conn->tls_out_cap = cap;
+  }
+  memcpy(conn->tls_out + conn->tls_out_len, data, len);
+  conn->tls_out_len += len;
+}
+
+static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf_t *bufs,
+                      unsigned nbufs);
+
+/* Sends ciphertext GnuTLS produced on its own (handshake, alerts, tickets). */
+static void tls_flush(struct connection *conn) {
+  if (conn->tls_out_len == 0 && !conn->tls_out_failed)
+    return;
+  struct write_req *w = calloc(1, sizeof *w);
+  if (!w) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  write_bufs(conn, w, NULL, 0);
+}
+
+/* Decrypts what fits into inbuf.  Returns < 0 when the connection ended. */
+static int tls_pull(struct connection *conn) {
+  if (!conn->tls || conn->tls_handshaking)
+    return 0;
+  for (;;) {
+    if (conn->in_start == conn->in_end) {
+      conn->in_start = conn->in_end = 0;
+    } else if (conn->in_start > 0 && SERVER_INBUF_SIZE - conn->in_end < 4096) {
+      memmove(conn->inbuf, conn->inbuf + conn->in_start, conn->in_end - conn->in_start);
+      conn->in_end -= conn->in_start;
+      conn->in_start = 0;
+    }
+    if (conn->in_end == SERVER_INBUF_SIZE)
+      return 0;
+    ssize_t n = tls_session_read(conn->tls, conn->inbuf + conn->in_end,
+                                 SERVER_INBUF_SIZE - conn->in_end);
+    tls_flush(conn);
+    if (n > 0) {
+      conn->in_end += (size_t)n;
+      continue;
+    }
+    if (n == 0)
+      return 0;
+    if (n == -EPIPE) {
+      on_eof(conn);
+      return -EPIPE;
+    }
+    log_msg(LOG_LEVEL_INFO, "%s: %s", conn->peer, tls_session_error(conn->tls));
+    conn_close(conn, "TLS error");
+    return (int)n;
+  }
+}
+
+static void on_tls_read(struct connection *conn, const uint8_t *data, size_t len) {
+  if (tls_session_feed(conn->tls, data, len) < 0) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  if (conn->tls_handshaking) {
+    int r = tls_session_handshake(conn->tls);
+    tls_flush(conn);
+    if (conn->closing)
+      return;
+    if (r < 0) {
+      log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, tls_session_error(conn->tls));
+      conn_close(conn, "TLS handshake failed");
+      return;
+    }
+    if (r == 0)
+      return;
+    conn->tls_handshaking = false;
+    log_msg(LOG_LEVEL_INFO, "%s: TLS established, peer %s", conn->peer,
+            tls_session_peer(conn->tls));
+    conn_input_cb cb = conn->tls_done_cb;
+    conn->tls_done_cb = NULL;
+    cb(conn);
+  }
+  conn_process(conn);
+}
+
+int conn_start_tls(struct connection *conn, conn_input_cb cb) {
+  /* Plaintext that arrived after STARTTLS must not be taken as if it came
+   * through TLS (CVE-2021-3716): drop it. */
+  conn->in_start = conn->in_end = 0;
+  conn->want_cb = NULL;
+  conn->want_dst = NULL;
+  conn->want_len = conn->want_done = 0;
+  conn->tls_in = malloc(SERVER_INBUF_SIZE);
+  if (!conn->tls_in)
+    return -ENOMEM;
+  int r = tls_session_new(server.tls, tls_send, conn, &conn->tls);
+  if (r < 0)
+    return r;
+  conn->tls_handshaking = true;
+  conn->tls_done_cb = cb;
+  return 0;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   struct connection *conn = stream->data;
   if (conn->closing)
@@ -140,6 +273,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       conn->linger_bytes += (uint64_t)nread;
     if (nread < 0 || conn->linger_bytes > SERVER_LINGER_MAX_BYTES)
       conn_close(conn, NULL);
+    return;
+  }
+  if (nread > 0 && conn->tls) {
+    on_tls_read(conn, (const uint8_t *)buf->base, (size_t)nread);
     return;
   }
   if (nread > 0) {
@@ -173,6 +310,10 @@ static void conn_process(struct connection *conn) {
   conn->in_process = true;
   conn_ref(conn);
   while (input_allowed(conn)) {
+    if (conn->tls && tls_pull(conn) < 0)
+      break;
+    if (!input_allowed(conn))
+      break;
     uint64_t left = conn->want_len - conn->want_done;
     size_t avail = conn->in_end - conn->in_start;
     if (left > 0 && avail > 0) {
@@ -202,14 +343,6 @@ void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input
   conn->want_cb = cb;
 }
 
-struct write_req {
-  uv_write_t req;
-  struct connection *conn;
-  conn_write_cb cb;
-  void *opaque;
-  size_t len;
-  uint8_t copy[]; /* conn_write_copy only */
-};
 
 static void on_written(uv_write_t *req, int status) {
   struct write_req *w = (struct write_req *)req;
@@ -222,6 +355,7 @@ static void on_written(uv_write_t *req, int status) {
   }
   if (w->cb)
     w->cb(conn, w->opaque, status);
+  free(w->cipher);
   free(w);
   if (!conn->closing)
     conn_process(conn);
@@ -234,11 +368,35 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   w->len = 0;
   for (unsigned i = 0; i < nbufs; i++)
     w->len += bufs[i].len;
-  int r = conn->closing || conn->lingering ? UV_ECANCELED
-                                           : uv_write(&w->req, conn->out, bufs, nbufs, on_written);
+  int r = conn->closing || conn->lingering ? UV_ECANCELED : 0;
+  uv_buf_t cbuf;
+  if (r == 0 && conn->tls) {
+    /* Encrypt now (the caller's buffers are not needed after this) and
+     * write everything GnuTLS produced, including any of its own records
+     * queued before, as one buffer. */
+    for (unsigned i = 0; i < nbufs && r == 0; i++)
+      if (bufs[i].len && tls_session_write(conn->tls, (const uint8_t *)bufs[i].base,
+                                           bufs[i].len) < 0) {
+        log_msg(LOG_LEVEL_INFO, "%s: %s", conn->peer, tls_session_error(conn->tls));
+        r = UV_EPROTO;
+      }
+    if (r == 0 && conn->tls_out_failed)
+      r = UV_ENOMEM;
+    if (r == 0) {
+      w->cipher = conn->tls_out;
+      cbuf = uv_buf_init((char *)w->cipher, (unsigned)conn->tls_out_len);
+      conn->tls_out = NULL;
+      conn->tls_out_len = conn->tls_out_cap = 0;
+      bufs = &cbuf;
+      nbufs = 1;
+    }
+  }
+  if (r == 0)
+    r = uv_write(&w->req, conn->out, bufs, nbufs, on_written);
   if (r < 0) {
     if (w->cb)
       w->cb(conn, w->opaque, r);
+    free(w->cipher);
     free(w);
     if (!conn->closing && !conn->lingering) {
       log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(r));
@@ -375,6 +533,7 @@ static void format_peer(struct connection *conn, bool is_tcp) {
     char host[64] = "?";
     int port = 0;
     if (uv_tcp_getpeername(&conn->sock.tcp, (struct sockaddr *)&ss, &len) == 0) {
+      conn->addr = ss;
       if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
         uv_ip6_name(s6, host, sizeof host);
@@ -418,6 +577,14 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
   format_peer(conn, is_tcp);
   if (server.shutting_down) {
     conn_close(conn, "server is shutting down");
+    return 0;
+  }
+  if (is_tcp && !acl_allows(&server.cfg->allow, (const struct sockaddr *)&conn->addr)) {
+    log_msg(LOG_LEVEL_WARNING, "%s: refused: address not in the --allow list", conn->peer);
+    conn->closing = true; /* no "closing" line: the refusal said it all */
+    conn->eof = true;
+    uv_close(&conn->sock.handle, on_handle_closed);
+    uv_close((uv_handle_t *)&conn->timer, on_handle_closed);
     return 0;
   }
   if (server.cfg->max_connections && server.n_conns > server.cfg->max_connections) {

@@ -21,6 +21,7 @@ static void export_free(struct export *e) {
   free(e->name);
   free(e->image);
   free(e->description);
+  acl_free(&e->allow);
   free(e);
 }
 
@@ -38,7 +39,15 @@ int exports_open(struct server *srv, const struct settings *s) {
     e->description = sp->description ? strdup(sp->description) : NULL;
     e->readonly = sp->readonly_set ? sp->readonly : s->readonly;
     queue_init(&e->queue);
-    if (!e->name || !e->image || (sp->description && !e->description)) {
+    if (sp->allow.n) {
+      e->allow.entries = malloc(sp->allow.n * sizeof *e->allow.entries);
+      if (e->allow.entries) {
+        memcpy(e->allow.entries, sp->allow.entries, sp->allow.n * sizeof *e->allow.entries);
+        e->allow.n = sp->allow.n;
+      }
+    }
+    if (!e->name || !e->image || (sp->description && !e->description) ||
+        e->allow.n != sp->allow.n) {
       export_free(e);
       return -ENOMEM;
     }
@@ -107,4 +116,10 @@ uint16_t export_tflags(const struct export *exp, bool structured) {
     f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
          NBD_FLAG_SEND_FAST_ZERO;
   return f;
+}
+
+bool export_allows(const struct export *exp, const struct connection *conn) {
+  if (conn->addr.ss_family == AF_UNSPEC)
+    return true; /* Unix socket or stdio */
+  return acl_allows(&exp->allow, (const struct sockaddr *)&conn->addr);
 }

@@ -100,6 +100,11 @@ static void opt_list(struct connection *conn) {
   struct replies rr = {0}, *r = &rr;
   for (size_t i = 0; i < server.n_exports; i++) {
     const struct export *e = server.exports[i];
+    if (!export_allows(e, conn)) {
+      log_msg(LOG_LEVEL_INFO, "%s: NBD_OPT_LIST: export '%s' hidden by its allow list",
+              conn->peer, e->name);
+      continue;
+    }
     const char *d = e->description ? e->description : "";
     size_t nl = strlen(e->name), dl = strlen(d);
     REPLY(r, NBD_OPTION_REPLY_SIZE(4 + nl + dl),
@@ -121,6 +126,13 @@ static void opt_info_go(struct connection *conn) {
   struct export *exp = exports_find(&server, ir.name, ir.name_len);
   if (!exp) {
     send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
+               (int)MIN(ir.name_len, 256u), ir.name);
+    return;
+  }
+  if (!export_allows(exp, conn)) {
+    log_msg(LOG_LEVEL_WARNING, "%s: %s: export '%s' refused: address not in its allow list",
+            conn->peer, oname, exp->name);
+    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%.*s' not available", oname,
                (int)MIN(ir.name_len, 256u), ir.name);
     return;
   }
@@ -165,6 +177,13 @@ static void opt_export_name(struct connection *conn) {
     conn_reject(conn, "unknown export");
     return;
   }
+  if (!export_allows(exp, conn)) {
+    log_msg(LOG_LEVEL_WARNING,
+            "%s: NBD_OPT_EXPORT_NAME: export '%s' refused: address not in its allow list",
+            conn->peer, exp->name);
+    conn_reject(conn, "export not allowed");
+    return;
+  }
   uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
   size_t n = nbd_encode_export_name_reply(buf, exp->size, export_tflags(exp, conn->structured),
                                           conn->client_flags & NBD_FLAG_C_NO_ZEROES);
@@ -202,7 +221,13 @@ static void opt_meta_context(struct connection *conn) {
     send_error(conn, NBD_REP_ERR_INVALID, "%s: %s", oname, why);
     return;
   }
-  if (!exports_find(&server, mr.name, mr.name_len)) {
+  const struct export *mexp = exports_find(&server, mr.name, mr.name_len);
+  if (mexp && !export_allows(mexp, conn)) {
+    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%.*s' not available", oname,
+               (int)MIN(mr.name_len, 256u), mr.name);
+    return;
+  }
+  if (!mexp) {
     send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
                (int)MIN(mr.name_len, 256u), mr.name);
     return;
@@ -241,8 +266,54 @@ static void opt_meta_context(struct connection *conn) {
   replies_send(conn, r);
 }
 
+static void on_tls_established(struct connection *conn) { read_option_header(conn); }
+
+static void opt_starttls(struct connection *conn) {
+  if (!server.tls) {
+    send_error(conn, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+    return;
+  }
+  if (conn->tls) {
+    send_error(conn, NBD_REP_ERR_INVALID, "TLS already negotiated");
+    return;
+  }
+  if (conn->opt.length != 0) {
+    send_error(conn, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS: unexpected data");
+    return;
+  }
+  send_ack(conn); /* the last plaintext we send */
+  if (conn->closing)
+    return;
+  /* Nothing negotiated in the clear survives into TLS. */
+  conn->structured = false;
+  free(conn->meta_export);
+  conn->meta_export = NULL;
+  conn->meta_export_len = 0;
+  conn->meta_allocation = false;
+  int r = conn_start_tls(conn, on_tls_established);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_ERR, "%s: cannot start TLS: %s", conn->peer, strerror(-r));
+    conn_close(conn, "TLS setup failed");
+  }
+}
+
 static void handle_option(struct connection *conn) {
   const struct nbd_option_hdr *o = &conn->opt;
+  if (server.cfg->tls == TLS_REQUIRE && !conn->tls && o->option != NBD_OPT_STARTTLS &&
+      o->option != NBD_OPT_ABORT) {
+    if (o->option == NBD_OPT_EXPORT_NAME) {
+      log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME without TLS (--tls=require)",
+              conn->peer);
+      conn_reject(conn, "TLS required");
+      return;
+    }
+    log_msg(LOG_LEVEL_INFO, "%s: option %" PRIu32 " refused: TLS is required", conn->peer,
+            o->option);
+    send_error(conn, NBD_REP_ERR_TLS_REQD, "TLS is required: use NBD_OPT_STARTTLS first");
+    if (!conn->closing && !conn->draining)
+      read_option_header(conn);
+    return;
+  }
   switch (o->option) {
   case NBD_OPT_EXPORT_NAME:
     opt_export_name(conn);
@@ -256,7 +327,9 @@ static void handle_option(struct connection *conn) {
     opt_list(conn);
     break;
   case NBD_OPT_STARTTLS:
-    send_error(conn, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+    opt_starttls(conn);
+    if (conn->tls_handshaking)
+      return; /* options resume once the TLS handshake is done */
     break;
   case NBD_OPT_INFO:
   case NBD_OPT_GO:

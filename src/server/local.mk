@@ -13,5 +13,6 @@ vhdnbd_SOURCES = \
 	src/server/ops.c \
 	src/server/queue.c src/server/queue.h \
 	src/server/notify.c
-vhdnbd_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(SYSTEMD_CFLAGS)
-vhdnbd_LDADD = libnbdcodec.a libvhd.a libcommon.a $(UV_LIBS) $(UUID_LIBS) $(SYSTEMD_LIBS)
+vhdnbd_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(SYSTEMD_CFLAGS) $(GNUTLS_CFLAGS)
+vhdnbd_LDADD = libnbdcodec.a libvhd.a libnet.a libcommon.a $(UV_LIBS) $(UUID_LIBS) $(SYSTEMD_LIBS) \
+	$(GNUTLS_LIBS)

@@ -45,6 +45,14 @@ static void usage(FILE *f) {
           "                           (default %d, 0: never)\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
+          "Access control and TLS:\n"
+          "      --allow CIDR[,CIDR...]  accept TCP clients from these networks only\n"
+          "                           (repeatable; Unix-socket clients always allowed)\n"
+          "      --tls=off|on|require TLS with NBD_OPT_STARTTLS (default off)\n"
+          "      --tls-certificates DIR  ca-cert.pem, server-cert.pem, server-key.pem\n"
+          "      --tls-verify-peer    clients need a certificate signed by ca-cert.pem\n"
+          "      --tls-psk FILE       pre-shared keys (psktool format) instead of X.509\n"
+          "\n"
           "Process:\n"
           "      --pidfile FILE       write the process id once listening\n"
           "  -v, --verbose            more messages (repeat for debugging)\n"
@@ -129,7 +137,16 @@ static unsigned parse_count(const char *opt, const char *v, unsigned max) {
   return (unsigned)n;
 }
 
-enum { OPT_MAX_CONNECTIONS = 256, OPT_PIDFILE, OPT_HANDSHAKE_TIMEOUT };
+enum {
+  OPT_MAX_CONNECTIONS = 256,
+  OPT_PIDFILE,
+  OPT_HANDSHAKE_TIMEOUT,
+  OPT_ALLOW,
+  OPT_TLS,
+  OPT_TLS_CERTIFICATES,
+  OPT_TLS_VERIFY_PEER,
+  OPT_TLS_PSK,
+};
 
 static const struct option long_options[] = {
     {"port", required_argument, NULL, 'p'},
@@ -142,6 +159,11 @@ static const struct option long_options[] = {
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
     {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"pidfile", required_argument, NULL, OPT_PIDFILE},
+    {"allow", required_argument, NULL, OPT_ALLOW},
+    {"tls", required_argument, NULL, OPT_TLS},
+    {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
+    {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
+    {"tls-psk", required_argument, NULL, OPT_TLS_PSK},
     {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -200,6 +222,28 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       free(cli.pidfile);
       cli.pidfile = strdup(optarg);
       break;
+    case OPT_ALLOW: {
+      char err[256];
+      if (acl_add(&cli.allow, optarg, err, sizeof err) < 0)
+        usage_error("--allow: %s", err);
+      break;
+    }
+    case OPT_TLS:
+      if (parse_tls_mode(optarg, &cli.tls) < 0)
+        usage_error("--tls: expected off, on or require, not '%s'", optarg);
+      cli.tls_set = true;
+      break;
+    case OPT_TLS_CERTIFICATES:
+      free(cli.tls_certificates);
+      cli.tls_certificates = strdup(optarg);
+      break;
+    case OPT_TLS_PSK:
+      free(cli.tls_psk);
+      cli.tls_psk = strdup(optarg);
+      break;
+    case OPT_TLS_VERIFY_PEER:
+      cli.tls_verify_peer = true;
+      break;
     case 'v':
       cli.verbose++;
       break;
@@ -257,6 +301,30 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   if (cli.readonly)
     s->readonly = true;
+  if (cli.allow.n) {
+    /* Both lists apply: a client is allowed when either names it. */
+    struct acl_entry *n =
+        realloc(s->allow.entries, (s->allow.n + cli.allow.n) * sizeof *n);
+    if (!n)
+      usage_error("out of memory");
+    memcpy(n + s->allow.n, cli.allow.entries, cli.allow.n * sizeof *n);
+    s->allow.entries = n;
+    s->allow.n += cli.allow.n;
+  }
+  if (cli.tls_set)
+    s->tls = cli.tls;
+  if (cli.tls_certificates) {
+    free(s->tls_certificates);
+    s->tls_certificates = cli.tls_certificates;
+    cli.tls_certificates = NULL;
+  }
+  if (cli.tls_psk) {
+    free(s->tls_psk);
+    s->tls_psk = cli.tls_psk;
+    cli.tls_psk = NULL;
+  }
+  if (cli.tls_verify_peer)
+    s->tls_verify_peer = true;
   if (max_set)
     s->max_connections = cli.max_connections;
   if (timeout_set)
@@ -298,6 +366,15 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   if (s->stdio && (s->unix_path || s->port || s->n_binds))
     usage_error("--stdio cannot be combined with --unix, --port or --bind");
+  if (s->tls_certificates && s->tls_psk)
+    usage_error("--tls-certificates and --tls-psk cannot be combined");
+  if (s->tls != TLS_OFF && !s->tls_certificates && !s->tls_psk)
+    usage_error("--tls=%s needs --tls-certificates DIR or --tls-psk FILE",
+                s->tls == TLS_ON ? "on" : "require");
+  if (s->tls == TLS_OFF && (s->tls_certificates || s->tls_psk))
+    usage_error("TLS credentials given but TLS is off: add --tls=on or --tls=require");
+  if (s->tls_verify_peer && !s->tls_certificates)
+    usage_error("--tls-verify-peer needs --tls-certificates DIR");
 }
 
 /* ---- lifecycle ---- */
@@ -369,6 +446,15 @@ int main(int argc, char **argv) {
   server.cfg = &settings;
   server.loop = uv_default_loop();
   int status = 0;
+  if (settings.tls != TLS_OFF) {
+    char err[512];
+    if (tls_creds_load(settings.tls_certificates, settings.tls_psk, settings.tls_verify_peer,
+                       &server.tls, err, sizeof err) < 0) {
+      log_msg(LOG_LEVEL_ERR, "TLS: %s", err);
+      settings_free(&settings);
+      return 1;
+    }
+  }
   if (exports_open(&server, &settings) < 0) {
     status = 1;
     goto out;
@@ -405,6 +491,7 @@ out:
   if (pidfile_written) /* last: its removal means the images are closed */
     pidfile_remove(settings.pidfile);
   uv_loop_close(server.loop);
+  tls_creds_free(server.tls);
   settings_free(&settings);
   return status;
 }

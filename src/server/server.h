@@ -22,8 +22,10 @@
 
 #include <uv.h>
 
+#include "acl.h"
 #include "codec.h"
 #include "queue.h"
+#include "tls.h"
 #include "vhd.h"
 
 /* Limits (see the hostile-client notes in the protocol reference). */
@@ -52,12 +54,16 @@ struct export {
   vhd_t *vhd;
   uint64_t size;
   struct queue queue;
+  struct acl allow; /* empty: everyone the global list lets in */
 };
 
 struct export_spec {
   char *name, *image, *description;
   bool readonly, readonly_set;
+  struct acl allow;
 };
+
+enum tls_mode { TLS_OFF, TLS_ON, TLS_REQUIRE };
 
 /* Settings from the command line and the configuration file. */
 struct settings {
@@ -73,6 +79,12 @@ struct settings {
   int verbose;                /* -v count minus -q count */
   struct export_spec *exports;
   size_t n_exports;
+  struct acl allow;           /* clients refused at accept unless listed */
+  enum tls_mode tls;
+  bool tls_set;
+  char *tls_certificates;     /* directory */
+  char *tls_psk;              /* psktool key file */
+  bool tls_verify_peer;
 };
 
 struct connection;
@@ -87,6 +99,7 @@ struct server {
   uint64_t next_conn_id;
   bool shutting_down;
   bool stdio_done;
+  struct tls_creds *tls; /* NULL: --tls=off */
 };
 
 extern struct server server;
@@ -94,6 +107,7 @@ extern struct server server;
 /* config.c */
 int config_load(const char *path, struct settings *s);
 int parse_bool(const char *v, bool *out);
+int parse_tls_mode(const char *v, enum tls_mode *out);
 void settings_free(struct settings *s);
 int settings_add_export(struct settings *s, const char *name, const char *image,
                         const char *description, bool readonly, bool readonly_set);
@@ -103,6 +117,8 @@ int exports_open(struct server *srv, const struct settings *s);
 /* Flushes and closes every image; returns the last error. */
 int exports_close(struct server *srv);
 struct export *exports_find(struct server *srv, const char *name, size_t len);
+/* Whether the export's allow list admits the connection's peer. */
+bool export_allows(const struct export *exp, const struct connection *conn);
 uint16_t export_tflags(const struct export *exp, bool structured);
 
 /* listen.c */
@@ -119,6 +135,7 @@ struct connection {
   struct connection *prev, *next;
   uint64_t id;
   char peer[128];
+  struct sockaddr_storage addr; /* TCP peers; ss_family AF_UNSPEC otherwise */
   union {
     uv_handle_t handle;
     uv_stream_t stream;
@@ -159,6 +176,15 @@ struct connection {
   uint32_t meta_export_len;
   bool meta_allocation;  /* ...and whether it selected base:allocation */
 
+  /* TLS (after STARTTLS): ciphertext read lands in tls_in, is fed to the
+   * session and decrypted into inbuf; ciphertext to send collects in tls_out. */
+  struct tls_session *tls;
+  bool tls_handshaking;
+  uint8_t *tls_in;
+  uint8_t *tls_out;
+  size_t tls_out_len, tls_out_cap;
+  bool tls_out_failed;
+
   /* transmission */
   struct export *exp;
   struct nbd_request_limits limits;
@@ -169,6 +195,7 @@ struct connection {
   unsigned inflight;
   uint64_t inflight_bytes;
   uint64_t write_bytes;  /* queued on the socket, not yet written */
+  conn_input_cb tls_done_cb;
   unsigned writes_pending;
 };
 
@@ -184,6 +211,10 @@ int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, co
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
 void conn_close(struct connection *conn, const char *why);
+/* Switches the connection to TLS after the STARTTLS ACK was queued: drops any
+ * plaintext already buffered and starts the TLS handshake.  When it completes,
+ * cb runs (option haggling resumes inside TLS). */
+int conn_start_tls(struct connection *conn, conn_input_cb cb);
 /* Ends a connection that broke the protocol: stops parsing, lets queued
  * replies go out, shuts the write side and discards input for a short while
  * before closing, so the client sees an orderly EOF rather than a reset. */

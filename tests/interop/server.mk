@@ -11,3 +11,10 @@ SERVER_INTEROP_TESTS = \
 
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)
+
+# Access control and TLS (TCP on loopback).
+SERVER_POLICY_TESTS = \
+	tests/interop/test-acl.sh \
+	tests/interop/test-tls.sh
+TESTS += $(SERVER_POLICY_TESTS)
+EXTRA_DIST += $(SERVER_POLICY_TESTS)
