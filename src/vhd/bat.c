@@ -38,6 +38,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   if (bat_off < vhd->header_offset + VHD_HEADER_SIZE && bat_off + bat_bytes > vhd->header_offset)
     return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the dynamic header at %llu",
                        p, (unsigned long long)bat_off, (unsigned long long)vhd->header_offset);
+  if (bat_off + bat_bytes > fsz - VHD_FOOTER_SIZE)
+    return vhd_set_err(err, -EINVAL,
+                       "%s: BAT (table offset %llu, %u entries) overlaps the trailing footer at %llu",
+                       p, (unsigned long long)bat_off, vhd->max_entries,
+                       (unsigned long long)(fsz - VHD_FOOTER_SIZE));
   if (bat_off < VHD_FOOTER_SIZE)
     return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the footer copy at 0", p,
                        (unsigned long long)bat_off);
@@ -136,10 +141,8 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     vhd->next_block_offset = ROUND_UP(highest_block, 512);
   else
     vhd->next_block_offset = ROUND_UP(MAX(highest, data_end), 512);
-  if (vhd->next_block_offset > data_end)
-    vhd->next_block_offset = data_end;
   if (vhd->next_block_offset < data_end && (data_end - vhd->next_block_offset) % 512)
-    vhd->next_block_offset = data_end;
+    vhd->next_block_offset = ROUND_UP(data_end, 512);
   return 0;
 }
 

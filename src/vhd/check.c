@@ -25,7 +25,8 @@ static void report(struct check *c, int kind, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  const char *level = kind & VHD_CHECK_CORRUPT  ? "error"
+  const char *level = kind == 0                 ? "note"
+                      : kind & VHD_CHECK_CORRUPT  ? "error"
                       : kind & VHD_CHECK_LEAKS  ? "leak"
                       : kind & VHD_CHECK_REPAIRED ? "repaired"
                                                   : "warning";
@@ -155,6 +156,13 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         else
           report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer",
                  path, (unsigned long long)tail);
+      } else if (!vhd_io_has_data(vhd->fd, covered, tail)) {
+        /* Reserved, never written: the allocation window of a server that
+         * has the image open, or one a crash left.  It costs no disk space. */
+        report(&c, 0,
+               "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; "
+               "given back on close or by --repair)",
+               path, (unsigned long long)tail);
       } else {
         report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer", path,
                (unsigned long long)tail);

@@ -108,3 +108,16 @@ int vhd_io_punch(int fd, uint64_t off, uint64_t len) {
     return -errno;
   return 0;
 }
+
+/* Whether [off, off+len) may hold data (false only when the file system
+ * says it is all holes).  Holes are page-granular: the page shared with
+ * whatever follows the range (the footer) is not counted. */
+bool vhd_io_has_data(int fd, uint64_t off, uint64_t len) {
+  uint64_t end = (off + len) & ~(uint64_t)4095;
+  if (end <= off)
+    return true;
+  off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+  if (d < 0)
+    return errno != ENXIO;
+  return (uint64_t)d < end;
+}

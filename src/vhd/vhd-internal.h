@@ -143,6 +143,7 @@ int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(int fd);
 int vhd_io_truncate(int fd, uint64_t size);
 int vhd_io_punch(int fd, uint64_t off, uint64_t len);
+bool vhd_io_has_data(int fd, uint64_t off, uint64_t len);
 
 /* footer.c */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
