@@ -316,15 +316,21 @@ static void conn_process(struct connection *conn) {
       break;
     uint64_t left = conn->want_len - conn->want_done;
     size_t avail = conn->in_end - conn->in_start;
+    size_t n = 0;
     if (left > 0 && avail > 0) {
-      size_t n = (size_t)MIN(left, (uint64_t)avail);
+      n = (size_t)MIN(left, (uint64_t)avail);
       if (conn->want_dst)
         memcpy(conn->want_dst + conn->want_done, conn->inbuf + conn->in_start, n);
       conn->want_done += n;
       conn->in_start += n;
     }
-    if (conn->want_done < conn->want_len)
+    if (conn->want_done < conn->want_len) {
+      /* Under TLS more plaintext may wait in the session, and no socket
+       * read may come to fetch it: pull again while it keeps coming. */
+      if (conn->tls && n > 0)
+        continue;
       break;
+    }
     conn_input_cb cb = conn->want_cb;
     conn->want_cb = NULL;
     cb(conn);

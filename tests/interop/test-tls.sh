@@ -67,6 +67,20 @@ h.pwrite(big, 8 << 20)
 h.flush()
 assert h.pread(len(small), 512 * seed) == small, "small read differs"
 assert h.pread(len(big), 8 << 20) == big, "big read differs"
+# Pipelined: many requests and payloads in flight through TLS at once.
+chunks = [bytearray([(seed + k) % 256]) * (1 << 20) for k in range(16)]
+wbufs = [nbd.Buffer.from_bytearray(c) for c in chunks]
+for k, b in enumerate(wbufs):
+    h.aio_pwrite(b, (32 + k) << 20)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+rbufs = [nbd.Buffer(1 << 20) for _ in chunks]
+for k, b in enumerate(rbufs):
+    h.aio_pread(b, (32 + k) << 20)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+for k, b in enumerate(rbufs):
+    assert b.to_bytearray() == chunks[k], "pipelined read %d differs" % k
 h.shutdown()
 print("ok")
 PY
