@@ -84,7 +84,8 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
       const struct vhd_locator *l = &vhd->header.locators[i];
       if (l->code == VHD_PLAT_NONE || l->data_length == 0)
         continue;
-      if (l->data_offset >= fsz || l->data_length > fsz - l->data_offset)
+      if (l->data_offset >= fsz - VHD_FOOTER_SIZE ||
+          l->data_length > fsz - VHD_FOOTER_SIZE - l->data_offset)
         return vhd_set_err(err, -EINVAL,
                            "%s: parent locator %d data (offset %llu, length %u) lies beyond "
                            "the end of the file",

@@ -64,10 +64,17 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
   }
   if (vhd->footer_copy_used) {
     if (repair) {
-      r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE,
-                        vhd->file_size - VHD_FOOTER_SIZE);
+      /* Open checked that every structure ends by file size - 512; a file
+       * cut inside its footer gets the footer on the next sector boundary
+       * and the file ends right after it. */
+      uint64_t pos = ROUND_UP(vhd->file_size - VHD_FOOTER_SIZE, 512);
+      r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, pos);
+      if (r == 0)
+        r = vhd_io_truncate(vhd->fd, pos + VHD_FOOTER_SIZE);
       if (r == 0)
         r = vhd_io_sync(vhd->fd);
+      if (r == 0)
+        vhd->file_size = pos + VHD_FOOTER_SIZE;
       if (r < 0) {
         report(&c, VHD_CHECK_CORRUPT, "%s: rewriting the trailing footer failed: %s", path,
                strerror(-r));

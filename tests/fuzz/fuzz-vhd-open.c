@@ -376,10 +376,9 @@ static void write_phase(const char *path, struct fuzz_rng *rng, int check_before
 }
 
 /* vhd_check --repair may fix metadata, never change what the disk reads, and
- * what it calls repaired must then check clean.  Off unless FUZZ_VHD_REPAIR=1:
- * it still fails on regressions/vhd-open-known/repair-footer-over-bat (the
- * repaired trailing footer is written over the BAT of a truncated image);
- * turn it on by default once that is fixed. */
+ * what it calls repaired must then check clean.  On unless FUZZ_VHD_REPAIR=0
+ * (regressions/vhd-open/repair-footer-over-bat is the case that once broke
+ * it). */
 static void repair_phase(const char *path) {
   static uint8_t before[4 * MAX_IO], after[4 * MAX_IO];
   struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK | VHD_OPEN_NOPARENT,
@@ -437,7 +436,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static int repair = -1;
   if (repair < 0) {
     const char *e = getenv("FUZZ_VHD_REPAIR");
-    repair = e && strcmp(e, "1") == 0;
+    repair = !(e && strcmp(e, "0") == 0);
   }
   if (repair)
     repair_phase(path);

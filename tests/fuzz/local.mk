@@ -49,14 +49,10 @@ fuzz_nbd_codec_replay_SOURCES = tests/fuzz/fuzz-nbd-codec.c $(FUZZ_REPLAY_SOURCE
 fuzz_nbd_codec_replay_CPPFLAGS = $(AM_CPPFLAGS) -DFUZZ_STANDALONE
 fuzz_nbd_codec_replay_LDADD = libnbdcodec.a libcommon.a
 
-TESTS += tests/fuzz/test-fuzz-replay.sh tests/fuzz/test-fuzz-smoke.sh \
-	tests/fuzz/test-fuzz-known-bugs.sh
-# Fails while a fuzz-found bug in regressions/*-known is unfixed.
-XFAIL_TESTS += tests/fuzz/test-fuzz-known-bugs.sh
+TESTS += tests/fuzz/test-fuzz-replay.sh tests/fuzz/test-fuzz-smoke.sh
 EXTRA_DIST += \
 	tests/fuzz/README.md \
 	tests/fuzz/test-fuzz-replay.sh \
-	tests/fuzz/test-fuzz-known-bugs.sh \
 	tests/fuzz/test-fuzz-smoke.sh \
 	tests/fuzz/make-vhd-seeds.c \
 	tests/fuzz/make-nbd-seeds.py \

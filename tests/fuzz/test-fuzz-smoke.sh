@@ -19,8 +19,6 @@ if ! make -C "$top_builddir" fuzz >"$TMPD/build.log" 2>&1; then
 fi
 
 fz="$top_srcdir/tests/fuzz"
-# Messages of the unfixed bugs in regressions/*-known (see the README there).
-KNOWN_BUGS='the image does not reopen after a clean read-write session: .* (overlaps (the BAT|the dynamic header|the footer copy|parent locator data)|runs past the end of the data area)'
 for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd; do
   target=${t%%:*}
   corpus=${t#*:}
@@ -39,13 +37,6 @@ for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd; do
           -artifact_prefix="$work/artifacts/" -print_final_stats=1 corpus \
           >"$log" 2>&1) || rc=$?
   if [ "$rc" != 0 ]; then
-    # A bug already known (regressions/*-known, XFAIL) found again is no
-    # news; anything else is.
-    if [ -n "$KNOWN_BUGS" ] && grep -Eq "invariant broken: ($KNOWN_BUGS)" "$log"; then
-      echo "fuzz-$target found a known bug again:"
-      grep -o 'invariant broken: .*' "$log" | head -1
-      continue
-    fi
     tail -60 "$log" >&2
     ls -l "$work/artifacts" >&2
     fail "fuzz-$target crashed; the input is above (add it to tests/fuzz/regressions/$target)"
