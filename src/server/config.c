@@ -9,6 +9,7 @@
  *   read-only = false
  *   max-connections = 128
  *   handshake-timeout = 10
+ *   idle-timeout = 0
  *   pidfile = /run/vhdnbd.pid
  *   allow = 192.0.2.0/24, 2001:db8::/32   (repeatable; clients allowed at all)
  *   tls = off | on | require
@@ -170,6 +171,8 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return parse_uint(v, 1000000, &s->max_connections);
   if (strcmp(key, "handshake-timeout") == 0)
     return parse_uint(v, 86400, &s->handshake_timeout);
+  if (strcmp(key, "idle-timeout") == 0)
+    return parse_uint(v, 86400 * 7, &s->idle_timeout);
   if (strcmp(key, "pidfile") == 0)
     return set_string(&s->pidfile, v);
   if (strcmp(key, "allow") == 0)

@@ -43,6 +43,8 @@ static void usage(FILE *f) {
           "      --max-connections N  refuse clients beyond N (default %d, 0: no limit)\n"
           "      --handshake-timeout S  close clients still negotiating after S seconds\n"
           "                           (default %d, 0: never)\n"
+          "      --idle-timeout S     close clients that send no request for S seconds\n"
+          "                           (default 0: never)\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
@@ -146,6 +148,7 @@ enum {
   OPT_TLS_CERTIFICATES,
   OPT_TLS_VERIFY_PEER,
   OPT_TLS_PSK,
+  OPT_IDLE_TIMEOUT,
 };
 
 static const struct option long_options[] = {
@@ -160,6 +163,7 @@ static const struct option long_options[] = {
     {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"pidfile", required_argument, NULL, OPT_PIDFILE},
     {"allow", required_argument, NULL, OPT_ALLOW},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"tls", required_argument, NULL, OPT_TLS},
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
@@ -176,7 +180,7 @@ static const struct option long_options[] = {
 static void parse_args(int argc, char **argv, struct settings *s) {
   struct settings cli = {0};
   const char *config = NULL;
-  bool max_set = false, timeout_set = false;
+  bool max_set = false, timeout_set = false, idle_set = false;
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, ":p:b:U:re:C:svqhV", long_options, NULL)) != -1) {
@@ -217,6 +221,10 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     case OPT_HANDSHAKE_TIMEOUT:
       cli.handshake_timeout = parse_count("--handshake-timeout", optarg, 86400);
       timeout_set = true;
+      break;
+    case OPT_IDLE_TIMEOUT:
+      cli.idle_timeout = parse_count("--idle-timeout", optarg, 86400 * 7);
+      idle_set = true;
       break;
     case OPT_PIDFILE:
       free(cli.pidfile);
@@ -329,6 +337,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     s->max_connections = cli.max_connections;
   if (timeout_set)
     s->handshake_timeout = cli.handshake_timeout;
+  if (idle_set)
+    s->idle_timeout = cli.idle_timeout;
   s->stdio = cli.stdio;
   s->verbose = cli.verbose;
   if (optind < argc) {

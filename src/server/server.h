@@ -75,6 +75,7 @@ struct settings {
   bool stdio;
   unsigned max_connections;
   unsigned handshake_timeout; /* seconds; 0 = none */
+  unsigned idle_timeout;      /* seconds without requests; 0 = none */
   char *pidfile;
   int verbose;                /* -v count minus -q count */
   struct export_spec *exports;
@@ -145,7 +146,8 @@ struct connection {
   uv_pipe_t out_pipe;   /* --stdio only: stdout */
   uv_stream_t *out;     /* where replies go: &sock.stream or &out_pipe */
   bool has_out_pipe;
-  uv_timer_t timer;     /* handshake timeout */
+  uv_timer_t timer;     /* handshake timeout, then idle timeout */
+  uint64_t last_request; /* uv_now() when the last request header arrived */
   unsigned refs;        /* open handles + live requests + pending writes */
 
   /* Input: a staging buffer, and the one thing we are currently reading. */

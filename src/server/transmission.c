@@ -225,6 +225,7 @@ static void on_write_discarded(struct connection *conn) {
 }
 
 static void on_request_header(struct connection *conn) {
+  conn->last_request = uv_now(server.loop);
   struct nbd_request r;
   const char *why = NULL;
   if (nbd_decode_request(conn->hdr, &r, &why) < 0) {
@@ -306,10 +307,35 @@ static void read_request_header(struct connection *conn) {
   conn_expect(conn, conn->hdr, NBD_REQUEST_SIZE, on_request_header);
 }
 
+/* A connection is idle when no request arrived for --idle-timeout seconds and
+ * nothing is in progress: no request in flight, no reply being written, no
+ * payload half read.  Checked when the timer fires rather than re-armed on
+ * every request. */
+static void on_idle_timer(uv_timer_t *t) {
+  struct connection *conn = t->data;
+  if (conn->closing || conn->lingering)
+    return;
+  uint64_t limit = (uint64_t)server.cfg->idle_timeout * 1000;
+  uint64_t idle = uv_now(server.loop) - conn->last_request;
+  bool busy = conn->inflight > 0 || conn->writes_pending > 0 || conn->want_done > 0 ||
+              conn->want_dst != conn->hdr;
+  if (idle >= limit && !busy) {
+    log_msg(LOG_LEVEL_NOTICE, "%s: no request for %u s (--idle-timeout), closing", conn->peer,
+            server.cfg->idle_timeout);
+    conn_close(conn, "idle timeout");
+    return;
+  }
+  uv_timer_start(&conn->timer, on_idle_timer, idle >= limit ? MIN(limit, 1000) : limit - idle, 0);
+}
+
 void transmission_start(struct connection *conn, struct export *exp) {
   conn->phase = PHASE_TRANSMISSION;
   conn->exp = exp;
   uv_timer_stop(&conn->timer);
+  if (server.cfg->idle_timeout) {
+    conn->last_request = uv_now(server.loop);
+    uv_timer_start(&conn->timer, on_idle_timer, (uint64_t)server.cfg->idle_timeout * 1000, 0);
+  }
   conn->limits = (struct nbd_request_limits){
       .export_size = exp->size,
       .tflags = export_tflags(exp, conn->structured),

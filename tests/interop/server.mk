@@ -12,9 +12,10 @@ SERVER_INTEROP_TESTS = \
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)
 
-# Access control and TLS (TCP on loopback).
+# Access control, TLS (TCP on loopback) and the idle timeout.
 SERVER_POLICY_TESTS = \
 	tests/interop/test-acl.sh \
-	tests/interop/test-tls.sh
+	tests/interop/test-tls.sh \
+	tests/interop/test-idle-timeout.sh
 TESTS += $(SERVER_POLICY_TESTS)
 EXTRA_DIST += $(SERVER_POLICY_TESTS)
