@@ -3,6 +3,7 @@
 #include "codec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #include "endian-be.h"
@@ -471,6 +472,8 @@ ssize_t nbd_encode_chunk_error(uint8_t *out, size_t cap, uint16_t flags, uint64_
 }
 
 uint32_t nbd_errno_to_nbd(int err) {
+  if (err == INT_MIN)
+    return NBD_EINVAL; /* no errno; and -INT_MIN would overflow */
   if (err < 0)
     err = -err;
   switch (err) {
