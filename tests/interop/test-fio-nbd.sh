@@ -10,6 +10,8 @@ if ! fio --enghelp=nbd >/dev/null 2>&1; then
   exit 77
 fi
 
+# fio leaves verify-state files in its working directory.
+cd "$TMPD"
 sock=$TMPD/sock
 uri="nbd+unix:///?socket=$sock"
 size=$((32 * 1024 * 1024))
