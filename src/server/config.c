@@ -10,6 +10,7 @@
  *   max-connections = 128
  *   handshake-timeout = 10
  *   idle-timeout = 0
+ *   max-inflight = 1G
  *   pidfile = /run/vhdnbd.pid
  *   allow = 192.0.2.0/24, 2001:db8::/32   (repeatable; clients allowed at all)
  *   tls = off | on | require
@@ -36,6 +37,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "server.h"
+#include "size.h"
 
 int parse_bool(const char *v, bool *out) {
   static const char *const yes[] = {"1", "yes", "true", "on"};
@@ -171,6 +173,8 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return parse_uint(v, 1000000, &s->max_connections);
   if (strcmp(key, "handshake-timeout") == 0)
     return parse_uint(v, 86400, &s->handshake_timeout);
+  if (strcmp(key, "max-inflight") == 0)
+    return size_parse(v, &s->max_inflight) < 0 || s->max_inflight == 0 ? -EINVAL : 0;
   if (strcmp(key, "idle-timeout") == 0)
     return parse_uint(v, 86400 * 7, &s->idle_timeout);
   if (strcmp(key, "pidfile") == 0)

@@ -56,10 +56,38 @@ void conn_unref(struct connection *conn) {
 
 static void on_handle_closed(uv_handle_t *h) { conn_unref(h->data); }
 
-/* Whether we may start reading the next message: bounded requests and bytes. */
+static void on_resume(uv_timer_t *t) {
+  /* Connections are freed only from close callbacks, so the list stays
+   * valid while we walk it. */
+  for (struct connection *c = server.conns; c; c = c->next)
+    if (!c->closing)
+      conn_update(c);
+}
+
+void server_inflight_add(uint64_t n) { server.inflight_bytes += n; }
+
+void server_inflight_sub(uint64_t n) {
+  server.inflight_bytes -= n;
+  if (server.inflight_blocked && server.inflight_bytes < server.cfg->max_inflight) {
+    server.inflight_blocked = false;
+    /* Not from here: we are inside some connection's callback. */
+    uv_timer_start(&server.resume_timer, on_resume, 0, 0);
+  }
+}
+
+static bool server_under_cap(void) {
+  if (server.inflight_bytes < server.cfg->max_inflight)
+    return true;
+  server.inflight_blocked = true;
+  return false;
+}
+
+/* Whether we may start reading the next message: bounded requests and bytes,
+ * per connection and for the whole server. */
 static bool under_limits(const struct connection *conn) {
   return conn->inflight < SERVER_MAX_INFLIGHT_REQUESTS &&
-         conn->inflight_bytes + conn->write_bytes < SERVER_MAX_INFLIGHT_BYTES;
+         conn->inflight_bytes + conn->write_bytes < SERVER_MAX_INFLIGHT_BYTES &&
+         server_under_cap();
 }
 
 static bool mid_message(const struct connection *conn) {
@@ -355,6 +383,7 @@ static void on_written(uv_write_t *req, int status) {
   struct connection *conn = w->conn;
   conn->write_bytes -= w->len;
   conn->writes_pending--;
+  server_inflight_sub(w->len);
   if (status < 0 && status != UV_ECANCELED && !conn->closing) {
     log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(status));
     conn_close(conn, "write error");
@@ -413,6 +442,7 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   conn_ref(conn);
   conn->write_bytes += w->len;
   conn->writes_pending++;
+  server_inflight_add(w->len);
   return 0;
 }
 

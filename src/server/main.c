@@ -14,6 +14,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "server.h"
+#include "size.h"
 
 #define EXIT_USAGE 2
 #define WORKER_THREADS "8"
@@ -45,6 +46,8 @@ static void usage(FILE *f) {
           "                           (default %d, 0: never)\n"
           "      --idle-timeout S     close clients that send no request for S seconds\n"
           "                           (default 0: never)\n"
+          "      --max-inflight SIZE  stop reading from all clients while this much\n"
+          "                           request and reply data is buffered (default 1G)\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
@@ -149,6 +152,7 @@ enum {
   OPT_TLS_VERIFY_PEER,
   OPT_TLS_PSK,
   OPT_IDLE_TIMEOUT,
+  OPT_MAX_INFLIGHT,
 };
 
 static const struct option long_options[] = {
@@ -164,6 +168,7 @@ static const struct option long_options[] = {
     {"pidfile", required_argument, NULL, OPT_PIDFILE},
     {"allow", required_argument, NULL, OPT_ALLOW},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
     {"tls", required_argument, NULL, OPT_TLS},
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
@@ -226,6 +231,10 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       cli.idle_timeout = parse_count("--idle-timeout", optarg, 86400 * 7);
       idle_set = true;
       break;
+    case OPT_MAX_INFLIGHT:
+      if (size_parse(optarg, &cli.max_inflight) < 0 || cli.max_inflight == 0)
+        usage_error("--max-inflight: invalid size '%s'", optarg);
+      break;
     case OPT_PIDFILE:
       free(cli.pidfile);
       cli.pidfile = strdup(optarg);
@@ -277,6 +286,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
 
   s->max_connections = SERVER_DEFAULT_MAX_CONNECTIONS;
   s->handshake_timeout = SERVER_DEFAULT_HANDSHAKE_TIMEOUT;
+  s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
   if (config) {
     if (access(config, R_OK) < 0)
       usage_error("--config %s: %s", config, strerror(errno));
@@ -339,6 +349,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     s->handshake_timeout = cli.handshake_timeout;
   if (idle_set)
     s->idle_timeout = cli.idle_timeout;
+  if (cli.max_inflight)
+    s->max_inflight = cli.max_inflight;
   s->stdio = cli.stdio;
   s->verbose = cli.verbose;
   if (optind < argc) {
@@ -425,6 +437,8 @@ void server_check_done(struct server *srv) {
   uv_timer_stop(&grace_timer);
   if (!uv_is_closing((uv_handle_t *)&grace_timer))
     uv_close((uv_handle_t *)&grace_timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&server.resume_timer))
+    uv_close((uv_handle_t *)&server.resume_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_term))
     uv_close((uv_handle_t *)&sig_term, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_int))
@@ -472,6 +486,7 @@ int main(int argc, char **argv) {
   uv_signal_init(server.loop, &sig_term);
   uv_signal_init(server.loop, &sig_int);
   uv_timer_init(server.loop, &grace_timer);
+  uv_timer_init(server.loop, &server.resume_timer);
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
   if (listen_start(&server) < 0) {

@@ -33,6 +33,7 @@
 #define SERVER_ABSURD_PAYLOAD (64u * 1024 * 1024)    /* WRITE above this: close */
 #define SERVER_MAX_INFLIGHT_BYTES (64u * 1024 * 1024) /* stop reading the socket above */
 #define SERVER_MAX_INFLIGHT_REQUESTS 512u
+#define SERVER_DEFAULT_MAX_INFLIGHT (1024ull * 1024 * 1024) /* all connections together */
 #define SERVER_OPTION_MAX (64u * 1024)                /* option data read and parsed */
 #define SERVER_OPTION_DISCARD_MAX (1024u * 1024)      /* above: close, else ERR_TOO_BIG */
 #define SERVER_OPTION_COUNT_BASE 256u                 /* plus 2 per export */
@@ -76,6 +77,7 @@ struct settings {
   unsigned max_connections;
   unsigned handshake_timeout; /* seconds; 0 = none */
   unsigned idle_timeout;      /* seconds without requests; 0 = none */
+  uint64_t max_inflight;      /* bytes buffered for all connections together */
   char *pidfile;
   int verbose;                /* -v count minus -q count */
   struct export_spec *exports;
@@ -101,6 +103,9 @@ struct server {
   bool shutting_down;
   bool stdio_done;
   struct tls_creds *tls; /* NULL: --tls=off */
+  uint64_t inflight_bytes; /* sum over connections of their inflight + write bytes */
+  bool inflight_blocked;   /* some connection stopped reading for the cap */
+  uv_timer_t resume_timer; /* wakes every connection once below the cap */
 };
 
 extern struct server server;
@@ -228,6 +233,9 @@ void conn_update(struct connection *conn);
 void conn_ref(struct connection *conn);
 void conn_unref(struct connection *conn);
 void conns_shutdown(struct server *srv, bool force);
+/* Server-wide accounting of buffered bytes (see --max-inflight). */
+void server_inflight_add(uint64_t n);
+void server_inflight_sub(uint64_t n);
 
 /* handshake.c */
 void handshake_start(struct connection *conn);

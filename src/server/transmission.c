@@ -34,6 +34,7 @@ static void request_free(struct request *req) {
   struct connection *conn = req->conn;
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
+  server_inflight_sub(req->accounted);
   free(req->data);
   free(req->errmsg);
   free(req->chunks);
@@ -285,6 +286,7 @@ static void on_request_header(struct connection *conn) {
     }
     req->accounted = r.length;
     conn->inflight_bytes += r.length;
+    server_inflight_add(r.length);
   }
   if (r.type == NBD_CMD_WRITE && r.length > 0) {
     conn->payload_req = req;

@@ -12,10 +12,12 @@ SERVER_INTEROP_TESTS = \
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)
 
-# Access control, TLS (TCP on loopback) and the idle timeout.
+# Access control, TLS (TCP on loopback), the idle timeout and the server-wide
+# in-flight cap.
 SERVER_POLICY_TESTS = \
 	tests/interop/test-acl.sh \
 	tests/interop/test-tls.sh \
-	tests/interop/test-idle-timeout.sh
+	tests/interop/test-idle-timeout.sh \
+	tests/interop/test-max-inflight.sh
 TESTS += $(SERVER_POLICY_TESTS)
 EXTRA_DIST += $(SERVER_POLICY_TESTS)
