@@ -1,8 +1,7 @@
 # Benchmarks: bench/run compares vhdnbd with qemu-nbd and nbdkit (see
 # bench/README.md).  Nothing here is built by a plain `make`: bench/run builds
 # bench/open-time on demand.
-# Makefile.am does not initialise EXTRA_PROGRAMS; only this fragment uses it.
-EXTRA_PROGRAMS = bench/open-time
+EXTRA_PROGRAMS += bench/open-time
 bench_open_time_SOURCES = bench/open-time.c
 bench_open_time_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
 CLEANFILES += bench/open-time

@@ -22,6 +22,8 @@ static int extent_cmp(const void *a, const void *b) {
   return x->start < y->start ? -1 : x->start > y->start;
 }
 
+static void collect_gaps(vhd_t *vhd, const struct extent_ref *ext, size_t n, uint64_t span);
+
 /* Loads the BAT and checks that every allocated block lies inside the file
  * and overlaps neither metadata nor another block. */
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
@@ -133,6 +135,8 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
                          (unsigned long long)b->start, an, (unsigned long long)a->start);
     }
   }
+  if (!vhd->readonly)
+    collect_gaps(vhd, ext, n, block_span);
   /* Space between the last block and the footer is an allocation window
    * left by a crash (or by us): reuse it.  With no block at the end, other
    * writers' structures (a batmap, locator data) may sit there: start new
@@ -144,6 +148,14 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     vhd->next_block_offset = ROUND_UP(MAX(highest, data_end), 512);
   if (vhd->next_block_offset < data_end && (data_end - vhd->next_block_offset) % 512)
     vhd->next_block_offset = ROUND_UP(data_end, 512);
+  /* Whatever lies before the first block (another writer's extensions
+   * included) is kept when unused blocks are given back at close. */
+  vhd->window_floor = vhd->next_block_offset;
+  for (size_t i = 0; i < n; i++)
+    if (ext[i].blk != UINT32_MAX) {
+      vhd->window_floor = ext[i].start;
+      break;
+    }
   return 0;
 }
 
@@ -186,10 +198,60 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk) {
 /* Room reserved per footer move: about 64 MiB of blocks. */
 #define VHD_WINDOW_BYTES (64ull * 1024 * 1024)
 
+static int push_offset(uint64_t **arr, size_t *n, size_t *cap, uint64_t off) {
+  if (*n == *cap) {
+    size_t nc = *cap ? *cap * 2 : 64;
+    uint64_t *na = realloc(*arr, nc * sizeof *na);
+    if (!na)
+      return -ENOMEM;
+    *arr = na;
+    *cap = nc;
+  }
+  (*arr)[(*n)++] = off;
+  return 0;
+}
+
+int vhd_block_free_space(vhd_t *vhd, uint64_t off) {
+  return push_offset(&vhd->free_pending, &vhd->n_free_pending, &vhd->cap_free_pending, off);
+}
+
+/* Unreferenced block-sized gaps between blocks (what trims or a crash left)
+ * are reusable at once: nothing on disk points at them. */
+static void collect_gaps(vhd_t *vhd, const struct extent_ref *ext, size_t n, uint64_t span) {
+  bool seen_block = false;
+  for (size_t i = 0; i + 1 < n; i++) {
+    seen_block |= ext[i].blk != UINT32_MAX;
+    if (!seen_block)
+      continue;
+    for (uint64_t g = ROUND_UP(ext[i].end, 512); g + span <= ext[i + 1].start; g += span)
+      if (push_offset(&vhd->free_ready, &vhd->n_free_ready, &vhd->cap_free_ready, g) < 0)
+        return;
+  }
+}
+
 /* See the write order in vhd-internal.h. */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
-  uint64_t off = vhd->next_block_offset;
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  if (vhd->n_free_ready > 0) {
+    uint64_t off = vhd->free_ready[--vhd->n_free_ready];
+    uint8_t *bm = calloc(1, vhd->bitmap_size);
+    if (!bm)
+      return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
+    int r = vhd_io_pwrite(vhd->fd, bm, vhd->bitmap_size, off);
+    if (r < 0) {
+      vhd->n_free_ready++;
+      free(bm);
+      return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
+                         (unsigned long long)off, strerror(-r));
+    }
+    vhd->bat[blk] = (uint32_t)(off / 512);
+    free(vhd->bitmaps[blk]);
+    vhd->bitmaps[blk] = bm;
+    vhd->allocated_blocks++;
+    vhd_bat_mark_dirty(vhd, blk);
+    return 0;
+  }
+  uint64_t off = vhd->next_block_offset;
   uint64_t limit = (uint64_t)(VHD_BAT_UNUSED - 1) * 512; /* BAT entries are 32-bit sectors */
   if (off + span > limit)
     return vhd_set_err(err, -ENOSPC, "%s: block %u: the file would pass the 2 TiB VHD limit",
@@ -227,12 +289,24 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
 }
 
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
-  if (vhd->readonly || vhd->type == VHD_TYPE_FIXED || !vhd->bat ||
-      vhd->footer_offset <= vhd->next_block_offset)
+  if (vhd->readonly || vhd->type == VHD_TYPE_FIXED || !vhd->bat)
+    return 0;
+  /* Blocks freed at the end since the last flush are unreferenced on disk
+   * now (the caller flushed): the file can end after the last block in use,
+   * but never before metadata or where the window began. */
+  uint64_t end = vhd->next_block_offset, last = 0;
+  uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  for (uint32_t i = 0; i < vhd->max_entries; i++)
+    if (vhd->bat[i] != VHD_BAT_UNUSED)
+      last = MAX(last, (uint64_t)vhd->bat[i] * 512 + span);
+  if (last < end && last >= vhd->window_floor)
+    end = last;
+  else if (last < end && vhd->window_floor < end)
+    end = vhd->window_floor;
+  if (vhd->footer_offset <= end)
     return 0;
   /* Footer first at its new place, then cut: the file always ends with a
    * valid footer. */
-  uint64_t end = vhd->next_block_offset;
   int r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
   if (r == 0)
     r = vhd_io_sync(vhd->fd);

@@ -126,7 +126,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       if (vhd->bat[i] != VHD_BAT_UNUSED)
         sp[n++] = (struct span){(uint64_t)vhd->bat[i] * 512, (uint64_t)vhd->bat[i] * 512 + span};
     qsort(sp, n, sizeof *sp, span_cmp);
-    uint64_t covered = 0, leaked = 0, leaked_extents = 0;
+    uint64_t covered = 0, leaked = 0, leaked_extents = 0, sparse_free = 0;
     uint64_t first_block = UINT64_MAX;
     for (uint32_t i = 0; i < vhd->max_entries; i++)
       if (vhd->bat[i] != VHD_BAT_UNUSED)
@@ -135,13 +135,25 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       /* Gaps before the first block are padding some writers use: not leaks. */
       if (sp[i].start > covered && covered >= MIN(first_block, vhd->file_size) &&
           sp[i].start - covered >= span) {
-        leaked += sp[i].start - covered;
-        leaked_extents++;
+        /* Freed blocks are punched and reused by the next allocations:
+         * as long as they hold no data they cost nothing. */
+        uint64_t gap = sp[i].start - covered;
+        /* Punching a block leaves at most the pages it shares with its
+         * neighbours allocated. */
+        if (vhd_io_allocated_bytes(vhd->fd, covered, gap) > (gap / span + 1) * 8192) {
+          leaked += sp[i].start - covered;
+          leaked_extents++;
+        } else {
+          sparse_free += sp[i].start - covered;
+        }
       }
       covered = MAX(covered, sp[i].end);
     }
     uint64_t data_end = vhd->file_size - VHD_FOOTER_SIZE;
     uint64_t tail = data_end > covered ? data_end - covered : 0;
+    if (sparse_free)
+      report(&c, 0, "%s: %llu bytes of freed block space between blocks (sparse; reused by new blocks)",
+             path, (unsigned long long)sparse_free);
     if (leaked)
       report(&c, VHD_CHECK_LEAKS, "%s: %llu bytes in %llu unreferenced block-sized extents", path,
              (unsigned long long)leaked, (unsigned long long)leaked_extents);
@@ -163,7 +175,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         else
           report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer",
                  path, (unsigned long long)tail);
-      } else if (!vhd_io_has_data(vhd->fd, covered, tail)) {
+      } else if (vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192) {
         /* Reserved, never written: the allocation window of a server that
          * has the image open, or one a crash left.  It costs no disk space. */
         report(&c, 0,

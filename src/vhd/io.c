@@ -8,8 +8,10 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "vhd-internal.h"
 
 static atomic_long fault_remaining = -1; /* < 0: disarmed */
@@ -109,15 +111,19 @@ int vhd_io_punch(int fd, uint64_t off, uint64_t len) {
   return 0;
 }
 
-/* Whether [off, off+len) may hold data (false only when the file system
- * says it is all holes).  Holes are page-granular: the page shared with
- * whatever follows the range (the footer) is not counted. */
-bool vhd_io_has_data(int fd, uint64_t off, uint64_t len) {
-  uint64_t end = (off + len) & ~(uint64_t)4095;
-  if (end <= off)
-    return true;
-  off_t d = lseek(fd, (off_t)off, SEEK_DATA);
-  if (d < 0)
-    return errno != ENXIO;
-  return (uint64_t)d < end;
+/* Bytes of [off, off+len) that the file system has allocated (not holes). */
+uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
+  uint64_t end = off + len, total = 0;
+  while (off < end) {
+    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+    if (d < 0)
+      return errno == ENXIO ? total : len;
+    if ((uint64_t)d >= end)
+      break;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    uint64_t stop = h < 0 ? end : MIN((uint64_t)h, end);
+    total += stop - (uint64_t)d;
+    off = stop;
+  }
+  return total;
 }

@@ -223,6 +223,8 @@ void vhd_free(vhd_t *vhd) {
   free(vhd->dirty_blocks);
   free(vhd->bat_sector_dirty);
   free(vhd->dirty_bat_sectors);
+  free(vhd->free_pending);
+  free(vhd->free_ready);
   pthread_mutex_destroy(&vhd->lock);
   pthread_mutex_destroy(&vhd->flush_lock);
   free(vhd->path);

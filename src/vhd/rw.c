@@ -257,10 +257,18 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
     r = vhd_bitmap_get(vhd, blk, &bm, err);
   bool head_set = false, tail_set = false;
   if (r == 0 && entry != VHD_BAT_UNUSED) {
-    if (may_free && boff == 0 && len == vhd->block_size) {
-      /* The space leaks until `vhdimg check --repair` or a convert: reusing
-       * it before the BAT change is durable could make two entries point
-       * at one block after a crash. */
+    if (may_free && boff == 0 && len == vhd->block_size &&
+        vhd_block_free_space(vhd, (uint64_t)entry * 512) == 0) {
+      /* (pending: not reusable before the next flush completes) */
+      /* The block is reused after the next flush (see the write order);
+       * until then its on-disk BAT entry may still point here, so its
+       * holes must read as zeros: punching bitmap and data does that and
+       * gives the disk space back now. */
+      /* Punched under the lock: once the space is on the free list a
+       * flush may hand it to another block, and a late punch would
+       * destroy that block's data. */
+      (void)vhd_io_punch(vhd->fd, (uint64_t)entry * 512,
+                         (uint64_t)vhd->bitmap_size + vhd->block_size);
       vhd->bat[blk] = VHD_BAT_UNUSED;
       free(vhd->bitmaps[blk]);
       vhd->bitmaps[blk] = NULL;
@@ -281,6 +289,21 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
       tail_set = vhd_bit_get(bm, (uint32_t)((off + len - (off - boff)) / 512));
   }
   pthread_mutex_unlock(&vhd->lock);
+  if (r == 0 && entry != VHD_BAT_UNUSED && a < b) {
+    /* Cleared bits already make these sectors read as zeros here; zeroing
+     * the bytes too keeps readers that ignore bitmaps (QEMU) in agreement.
+     * A hole punch is cheap; where it is not supported, write zeros. */
+    uint64_t data = (uint64_t)entry * 512 + vhd->bitmap_size + (a - (off - boff));
+    if (vhd_io_punch(vhd->fd, data, b - a) < 0) {
+      for (uint64_t done = 0; done < b - a && r == 0;) {
+        size_t n = (size_t)MIN(b - a - done, (uint64_t)ZERO_BUF_SIZE);
+        r = vhd_io_pwrite(vhd->fd, zero_buf, n, data + done);
+        if (r < 0)
+          r = io_err(vhd, err, r, "zeroing data", data + done);
+        done += n;
+      }
+    }
+  }
   if (r < 0 || whole_only)
     return r;
   /* Partial sectors still holding data get zero bytes written. */
@@ -588,6 +611,11 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
     }
     vhd->n_dirty_bat_sectors = 0;
   }
+  /* Blocks freed before this snapshot become reusable once it is durable. */
+  uint64_t *freed = vhd->free_pending;
+  size_t n_freed = vhd->n_free_pending, cap_freed = vhd->cap_free_pending;
+  vhd->free_pending = NULL;
+  vhd->n_free_pending = vhd->cap_free_pending = 0;
   pthread_mutex_unlock(&vhd->lock);
   if (r == 0) {
     for (size_t i = 0; i < k; i++)
@@ -617,6 +645,27 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
     }
     pthread_mutex_unlock(&vhd->lock);
   }
+  /* Freed blocks: reusable if the BAT that drops them is durable, else
+   * pending again. */
+  pthread_mutex_lock(&vhd->lock);
+  for (size_t i = 0; i < n_freed; i++) {
+    if (r == 0) {
+      if (vhd->n_free_ready == vhd->cap_free_ready) {
+        size_t nc = vhd->cap_free_ready ? vhd->cap_free_ready * 2 : 64;
+        uint64_t *na = realloc(vhd->free_ready, nc * sizeof *na);
+        if (!na)
+          break; /* the space stays leaked: harmless */
+        vhd->free_ready = na;
+        vhd->cap_free_ready = nc;
+      }
+      vhd->free_ready[vhd->n_free_ready++] = freed[i];
+    } else if (vhd_block_free_space(vhd, freed[i]) < 0) {
+      break;
+    }
+  }
+  pthread_mutex_unlock(&vhd->lock);
+  (void)cap_freed;
+  free(freed);
   for (size_t i = 0; i < k; i++)
     free(w[i].data);
   free(w);

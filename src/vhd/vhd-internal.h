@@ -12,6 +12,9 @@
  *     leaves unreferenced space before the footer: a leak that `vhdimg check
  *     --repair` reclaims, never corruption.  A clean close gives the unused
  *     part of the window back (footer moved down, synced, file truncated).
+ *     Blocks freed by zeroing are reused only after a flush has made their
+ *     BAT entries durably unused, so a crash can never leave two entries
+ *     pointing at one block.
  *  2. Data goes to its place with pwrite; bitmap bits for the sectors written
  *     are set in memory only after the data write returned.
  *  3. vhd_flush (serialized by vhd->flush_lock): snapshot the dirty BAT
@@ -121,6 +124,11 @@ struct vhd {
   uint8_t *bat_sector_dirty;
   uint64_t next_block_offset; /* next block goes here */
   uint64_t footer_offset;     /* where the durable trailing footer sits */
+  uint64_t window_floor;      /* the file never shrinks below this (see bat.c) */
+  /* Freed blocks: `pending` until a flush makes their BAT entries durably
+   * unused, then `ready` for reuse (see vhd_block_allocate). */
+  uint64_t *free_pending, *free_ready;
+  size_t n_free_pending, n_free_ready, cap_free_pending, cap_free_ready;
 
   vhd_t *parent;
   char parent_name[1024];
@@ -143,7 +151,7 @@ int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(int fd);
 int vhd_io_truncate(int fd, uint64_t size);
 int vhd_io_punch(int fd, uint64_t off, uint64_t len);
-bool vhd_io_has_data(int fd, uint64_t off, uint64_t len);
+uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
 
 /* footer.c */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
@@ -167,6 +175,8 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);           /* lock held */
+/* Records a block's space as free (lock held); reusable after the next flush. */
+int vhd_block_free_space(vhd_t *vhd, uint64_t off);
 /* Gives back the unused end of the allocation window (after a flush). */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
 void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk);

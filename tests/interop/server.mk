@@ -7,7 +7,8 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-nbdinfo.sh \
 	tests/interop/test-fio-nbd.sh \
 	tests/interop/test-nbd-client-list.sh \
-	tests/interop/test-nbdcopy.sh
+	tests/interop/test-nbdcopy.sh \
+	tests/interop/test-nbdcopy-overwrite.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)

@@ -23,7 +23,8 @@ SERVER_TESTS = \
 	tests/server/test-listen \
 	tests/server/test-sub-sector \
 	tests/server/test-differencing \
-	tests/server/test-io-errors
+	tests/server/test-io-errors \
+	tests/server/test-space-reuse
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -31,6 +32,9 @@ TESTS += $(SERVER_TESTS)
 SERVER_TEST_CFLAGS = $(AM_CFLAGS) $(LIBNBD_CFLAGS)
 SERVER_TEST_LDADD = libtestharness.a $(LIBNBD_LIBS)
 
+tests_server_test_space_reuse_SOURCES = tests/server/test-space-reuse.c
+tests_server_test_space_reuse_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_space_reuse_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_handshake_SOURCES = tests/server/test-handshake.c
 tests_server_test_handshake_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_handshake_LDADD = $(SERVER_TEST_LDADD)
