@@ -613,7 +613,7 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
   }
   /* Blocks freed before this snapshot become reusable once it is durable. */
   uint64_t *freed = vhd->free_pending;
-  size_t n_freed = vhd->n_free_pending, cap_freed = vhd->cap_free_pending;
+  size_t n_freed = vhd->n_free_pending;
   vhd->free_pending = NULL;
   vhd->n_free_pending = vhd->cap_free_pending = 0;
   pthread_mutex_unlock(&vhd->lock);
@@ -664,7 +664,6 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
     }
   }
   pthread_mutex_unlock(&vhd->lock);
-  (void)cap_freed;
   free(freed);
   for (size_t i = 0; i < k; i++)
     free(w[i].data);

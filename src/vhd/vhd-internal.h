@@ -135,7 +135,6 @@ struct vhd {
 
   pthread_mutex_t lock;       /* BAT, bitmaps, allocation, footer */
   pthread_mutex_t flush_lock; /* one flush at a time */
-  const struct vhd_open_opts *opts_unused;
   void (*warn)(void *, const char *);
   void *warn_opaque;
 };
