@@ -54,10 +54,43 @@ static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struc
   return 0;
 }
 
-/* Copies the bitmap bytes covering sectors [s0, s1) of a block into dst
- * (bit 0 of dst = sector s0 rounded down to a multiple of 8). */
-static void bitmap_snapshot(const uint8_t *bm, uint32_t s0, uint32_t s1, uint8_t *dst) {
-  memcpy(dst, bm + s0 / 8, (s1 + 7) / 8 - s0 / 8);
+/* A block's BAT entry and a copy of the bitmap bytes covering sectors
+ * [s0, s1), taken under the lock so the I/O after it runs without it.
+ * bits[0] holds sector s0 rounded down to a multiple of 8. */
+struct block_snapshot {
+  uint32_t entry;
+  uint8_t *bits;
+  uint8_t *heap;
+  uint8_t stack[2048];
+};
+
+static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1,
+                               struct block_snapshot *snap, struct vhd_err *err) {
+  size_t need = (s1 + 7) / 8 - s0 / 8;
+  snap->heap = NULL;
+  snap->bits = snap->stack;
+  if (need > sizeof snap->stack) {
+    snap->heap = malloc(need);
+    if (!snap->heap)
+      return vhd_set_err(err, -ENOMEM, "%s: out of memory for the bitmap of block %u",
+                         vhd->path, blk);
+    snap->bits = snap->heap;
+  }
+  int r = 0;
+  pthread_mutex_lock(&vhd->lock);
+  snap->entry = vhd->bat[blk];
+  if (snap->entry != VHD_BAT_UNUSED) {
+    uint8_t *full;
+    r = vhd_bitmap_get(vhd, blk, &full, err);
+    if (r == 0)
+      memcpy(snap->bits, full + s0 / 8, need);
+  }
+  pthread_mutex_unlock(&vhd->lock);
+  if (r < 0) {
+    free(snap->heap);
+    snap->heap = NULL;
+  }
+  return r;
 }
 
 /* One block of a dynamic/differencing disk: [off, off+len) inside block blk. */
@@ -66,28 +99,13 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
   uint64_t block_start = (uint64_t)blk * vhd->block_size;
   uint32_t boff = (uint32_t)(off - block_start);
   uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + len, 512);
-  uint8_t stackbm[2048];
-  CLEANUP_FREE uint8_t *heapbm = NULL;
-  uint8_t *bm = stackbm;
-  size_t need = (s1 + 7) / 8 - s0 / 8;
-  if (need > sizeof stackbm) {
-    heapbm = malloc(need);
-    if (!heapbm)
-      return vhd_set_err(err, -ENOMEM, "%s: out of memory reading", vhd->path);
-    bm = heapbm;
-  }
-  pthread_mutex_lock(&vhd->lock);
-  uint32_t entry = vhd->bat[blk];
-  int r = 0;
-  if (entry != VHD_BAT_UNUSED) {
-    uint8_t *full;
-    r = vhd_bitmap_get(vhd, blk, &full, err);
-    if (r == 0)
-      bitmap_snapshot(full, s0, s1, bm);
-  }
-  pthread_mutex_unlock(&vhd->lock);
+  struct block_snapshot snap;
+  int r = block_snapshot_take(vhd, blk, s0, s1, &snap, err);
   if (r < 0)
     return r;
+  CLEANUP_FREE uint8_t *heapbm = snap.heap;
+  uint32_t entry = snap.entry;
+  const uint8_t *bm = snap.bits;
   if (entry == VHD_BAT_UNUSED)
     return read_absent(vhd, buf, off, len, err);
 
@@ -479,28 +497,13 @@ static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct m
     uint32_t boff = (uint32_t)(off - block_start);
     uint32_t n = (uint32_t)MIN(len, (uint64_t)vhd->block_size - boff);
     uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + n, 512);
-    uint8_t stackbm[2048];
-    CLEANUP_FREE uint8_t *heapbm = NULL;
-    uint8_t *bm = stackbm;
-    size_t need = (s1 + 7) / 8 - s0 / 8;
-    if (need > sizeof stackbm) {
-      heapbm = malloc(need);
-      if (!heapbm)
-        return vhd_set_err(err, -ENOMEM, "%s: out of memory mapping", vhd->path);
-      bm = heapbm;
-    }
-    int r = 0;
-    pthread_mutex_lock(&vhd->lock);
-    uint32_t entry = vhd->bat[blk];
-    if (entry != VHD_BAT_UNUSED) {
-      uint8_t *full;
-      r = vhd_bitmap_get(vhd, blk, &full, err);
-      if (r == 0)
-        bitmap_snapshot(full, s0, s1, bm);
-    }
-    pthread_mutex_unlock(&vhd->lock);
+    struct block_snapshot snap;
+    int r = block_snapshot_take(vhd, blk, s0, s1, &snap, err);
     if (r < 0)
       return r;
+    CLEANUP_FREE uint8_t *heapbm = snap.heap;
+    uint32_t entry = snap.entry;
+    const uint8_t *bm = snap.bits;
     if (entry == VHD_BAT_UNUSED) {
       if ((r = map_absent(vhd, off, n, depth, m, err)))
         return r;
