@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -67,6 +68,24 @@ int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off) {
     off += (uint64_t)r;
   }
   return 0;
+}
+
+/* Kernels or file systems without RWF_NOWAIT for reads answer EOPNOTSUPP:
+ * remember it and stop asking. */
+static atomic_bool nowait_unsupported;
+
+int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off) {
+  if (atomic_load_explicit(&nowait_unsupported, memory_order_relaxed))
+    return -EAGAIN;
+  struct iovec iov = {.iov_base = buf, .iov_len = len};
+  ssize_t r = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+  if (r == (ssize_t)len)
+    return 0;
+  if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
+    atomic_store(&nowait_unsupported, true);
+  /* Partly cached, short file, or an error: the waiting path sorts it out
+   * and reports it properly. */
+  return -EAGAIN;
 }
 
 int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off) {

@@ -35,28 +35,67 @@ static int io_err(vhd_t *vhd, struct vhd_err *err, int r, const char *what, uint
                                                             : strerror(-r));
 }
 
-/* Bytes that this image does not hold: the parent's, or zeros. */
-static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct vhd_err *err) {
-  vhd_t *p = vhd->parent;
-  if (!p) {
-    memset(buf, 0, len);
+/* One read in progress (vhd_read_map): its flags and the run not yet
+ * reported to the caller. */
+struct read_ctx {
+  unsigned flags;
+  vhd_map_cb cb;
+  void *opaque;
+  struct vhd_extent cur;
+  bool have;
+};
+
+static int read_emit(struct read_ctx *rc, uint64_t off, uint64_t len, unsigned mflags) {
+  if (!rc->cb)
+    return 0;
+  if (rc->have && rc->cur.flags == mflags && rc->cur.offset + rc->cur.length == off) {
+    rc->cur.length += len;
     return 0;
   }
-  size_t inside = 0;
-  if (off < p->virtual_size)
-    inside = (size_t)MIN((uint64_t)len, p->virtual_size - off);
-  if (inside) {
-    int r = vhd_read(p, buf, off, inside, err);
-    if (r < 0)
+  if (rc->have) {
+    int r = rc->cb(rc->opaque, &rc->cur);
+    if (r)
       return r;
   }
-  memset(buf + inside, 0, len - inside);
+  rc->cur = (struct vhd_extent){.offset = off, .length = len, .flags = mflags};
+  rc->have = true;
   return 0;
+}
+
+static int read_data(vhd_t *vhd, struct read_ctx *rc, uint8_t *buf, size_t len, uint64_t foff,
+                     struct vhd_err *err) {
+  if (rc->flags & VHD_READ_NOWAIT)
+    return vhd_io_pread_nowait(vhd->fd, buf, len, foff);
+  int r = vhd_io_pread(vhd->fd, buf, len, foff);
+  return r < 0 ? io_err(vhd, err, r, "reading data", foff) : 0;
+}
+
+static int read_range(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                      struct vhd_err *err);
+
+/* Bytes that this image does not hold: the parent's, or zeros. */
+static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                       struct vhd_err *err) {
+  vhd_t *p = vhd->parent;
+  size_t inside = 0;
+  if (p && off < p->virtual_size)
+    inside = (size_t)MIN((uint64_t)len, p->virtual_size - off);
+  if (inside) {
+    int r = read_range(p, buf, off, inside, rc, err);
+    if (r)
+      return r;
+  }
+  if (inside == len)
+    return 0;
+  if (!(rc->flags & VHD_READ_SKIP_ZERO))
+    memset(buf + inside, 0, len - inside);
+  return read_emit(rc, off + inside, len - inside, VHD_MAP_ZERO);
 }
 
 /* A block's BAT entry and a copy of the bitmap bytes covering sectors
  * [s0, s1), taken under the lock so the I/O after it runs without it.
- * bits[0] holds sector s0 rounded down to a multiple of 8. */
+ * bits[0] holds sector s0 rounded down to a multiple of 8.  With nowait,
+ * -EAGAIN rather than waiting for the lock or for the bitmap to be read. */
 struct block_snapshot {
   uint32_t entry;
   uint8_t *bits;
@@ -64,7 +103,7 @@ struct block_snapshot {
   uint8_t stack[2048];
 };
 
-static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1,
+static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1, bool nowait,
                                struct block_snapshot *snap, struct vhd_err *err) {
   size_t need = (s1 + 7) / 8 - s0 / 8;
   snap->heap = NULL;
@@ -77,15 +116,25 @@ static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s
     snap->bits = snap->heap;
   }
   int r = 0;
-  pthread_mutex_lock(&vhd->lock);
-  snap->entry = vhd->bat[blk];
-  if (snap->entry != VHD_BAT_UNUSED) {
-    uint8_t *full;
-    r = vhd_bitmap_get(vhd, blk, &full, err);
-    if (r == 0)
-      memcpy(snap->bits, full + s0 / 8, need);
+  if (nowait) {
+    if (pthread_mutex_trylock(&vhd->lock) != 0)
+      r = -EAGAIN;
+  } else {
+    pthread_mutex_lock(&vhd->lock);
   }
-  pthread_mutex_unlock(&vhd->lock);
+  if (r == 0) {
+    snap->entry = vhd->bat[blk];
+    if (snap->entry != VHD_BAT_UNUSED) {
+      uint8_t *full = NULL;
+      if (nowait && !vhd->bitmaps[blk])
+        r = -EAGAIN;
+      else
+        r = vhd_bitmap_get(vhd, blk, &full, err);
+      if (r == 0)
+        memcpy(snap->bits, full + s0 / 8, need);
+    }
+    pthread_mutex_unlock(&vhd->lock);
+  }
   if (r < 0) {
     free(snap->heap);
     snap->heap = NULL;
@@ -94,20 +143,21 @@ static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s
 }
 
 /* One block of a dynamic/differencing disk: [off, off+len) inside block blk. */
-static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct vhd_err *err) {
+static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                        struct vhd_err *err) {
   uint32_t blk = (uint32_t)(off / vhd->block_size);
   uint64_t block_start = (uint64_t)blk * vhd->block_size;
   uint32_t boff = (uint32_t)(off - block_start);
   uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + len, 512);
   struct block_snapshot snap;
-  int r = block_snapshot_take(vhd, blk, s0, s1, &snap, err);
+  int r = block_snapshot_take(vhd, blk, s0, s1, rc->flags & VHD_READ_NOWAIT, &snap, err);
   if (r < 0)
     return r;
   CLEANUP_FREE uint8_t *heapbm = snap.heap;
   uint32_t entry = snap.entry;
   const uint8_t *bm = snap.bits;
   if (entry == VHD_BAT_UNUSED)
-    return read_absent(vhd, buf, off, len, err);
+    return read_absent(vhd, buf, off, len, rc, err);
 
   uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;
   uint32_t base = s0 & ~7u; /* bm holds bits from sector `base` on */
@@ -121,37 +171,60 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
     uint8_t *dst = buf + (pos - boff);
     size_t n = run_end - pos;
     if (present) {
-      r = vhd_io_pread(vhd->fd, dst, n, data_off + pos);
-      if (r < 0)
-        return io_err(vhd, err, r, "reading data", data_off + pos);
+      r = read_data(vhd, rc, dst, n, data_off + pos, err);
+      if (r == 0)
+        r = read_emit(rc, block_start + pos, n, VHD_MAP_DATA);
     } else {
-      r = read_absent(vhd, dst, block_start + pos, n, err);
-      if (r < 0)
-        return r;
+      r = read_absent(vhd, dst, block_start + pos, n, rc, err);
     }
+    if (r)
+      return r;
     pos = run_end;
   }
   return 0;
 }
 
-int vhd_read(vhd_t *vhd, void *buf, uint64_t off, size_t len, struct vhd_err *err) {
-  int r = check_range(vhd, off, len, "read", err);
-  if (r < 0 || len == 0)
-    return r;
+static int read_range(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                      struct vhd_err *err) {
   if (vhd->type == VHD_TYPE_FIXED) {
-    r = vhd_io_pread(vhd->fd, buf, len, off);
-    return r < 0 ? io_err(vhd, err, r, "reading", off) : 0;
+    int r = read_data(vhd, rc, buf, len, off, err);
+    return r ? r : read_emit(rc, off, len, VHD_MAP_DATA);
   }
-  uint8_t *p = buf;
   while (len > 0) {
     size_t n = (size_t)MIN((uint64_t)len, vhd->block_size - off % vhd->block_size);
-    if ((r = read_segment(vhd, p, off, n, err)) < 0)
+    int r = read_segment(vhd, buf, off, n, rc, err);
+    if (r)
       return r;
-    p += n;
+    buf += n;
     off += n;
     len -= n;
   }
   return 0;
+}
+
+int vhd_read_map(vhd_t *vhd, void *buf, uint64_t off, size_t len, unsigned flags,
+                 vhd_map_cb cb, void *opaque, struct vhd_err *err) {
+  if ((flags & VHD_READ_SKIP_ZERO) && !cb)
+    return vhd_set_err(err, -EINVAL, "%s: read: VHD_READ_SKIP_ZERO without a map callback",
+                       vhd->path);
+  int r = check_range(vhd, off, len, "read", err);
+  if (r < 0 || len == 0)
+    return r;
+  struct read_ctx rc = {.flags = flags, .cb = cb, .opaque = opaque};
+  r = read_range(vhd, buf, off, len, &rc, err);
+  if (r == 0 && rc.have)
+    r = cb(opaque, &rc.cur);
+  return r;
+}
+
+int vhd_read(vhd_t *vhd, void *buf, uint64_t off, size_t len, struct vhd_err *err) {
+  return vhd_read_map(vhd, buf, off, len, 0, NULL, NULL, err);
+}
+
+/* A read inside the engine (read-modify-write of sector edges). */
+static int read_plain(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct vhd_err *err) {
+  struct read_ctx rc = {0};
+  return read_range(vhd, buf, off, len, &rc, err);
 }
 
 /* Writes whole sectors [off, off+len) (512-aligned) inside one block. */
@@ -206,9 +279,9 @@ static int write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t le
     return vhd_set_err(err, -ENOMEM, "%s: out of memory writing", vhd->path);
   int r = 0;
   if (a != off)
-    r = read_segment(vhd, tmp, a, 512, err);
+    r = read_plain(vhd, tmp, a, 512, err);
   if (r == 0 && b != off + len && (b - 512 != a || a == off))
-    r = read_segment(vhd, tmp + wlen - 512, b - 512, 512, err);
+    r = read_plain(vhd, tmp + wlen - 512, b - 512, 512, err);
   if (r < 0)
     return r;
   memcpy(tmp + (off - a), buf, len);
@@ -498,7 +571,7 @@ static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct m
     uint32_t n = (uint32_t)MIN(len, (uint64_t)vhd->block_size - boff);
     uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + n, 512);
     struct block_snapshot snap;
-    int r = block_snapshot_take(vhd, blk, s0, s1, &snap, err);
+    int r = block_snapshot_take(vhd, blk, s0, s1, false, &snap, err);
     if (r < 0)
       return r;
     CLEANUP_FREE uint8_t *heapbm = snap.heap;

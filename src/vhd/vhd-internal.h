@@ -146,6 +146,9 @@ void vhd_warn(vhd_t *vhd, const char *fmt, ...) __attribute__((format(printf, 2,
 
 /* io.c: the only code that touches image file descriptors */
 int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off);
+/* Like vhd_io_pread but -EAGAIN instead of waiting for the disk: all of
+ * [off, off+len) must be in the page cache. */
+int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off);
 int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(int fd);
 int vhd_io_truncate(int fd, uint64_t size);

@@ -9,8 +9,8 @@
  * message naming the file, field or request at fault.
  *
  * Concurrency contract (one vhd_t shared by many threads):
- *   - vhd_read, vhd_map and vhd_write/vhd_write_zeroes may be called from
- *     several threads at once.  Reads and writes into already-allocated blocks
+ *   - vhd_read, vhd_read_map, vhd_map and vhd_write/vhd_write_zeroes may be
+ *     called from several threads at once.  Reads and writes into already-allocated blocks
  *     run in parallel (plain pread/pwrite on the image); block allocation and
  *     every metadata update (BAT, sector bitmaps, footer) are serialized by a
  *     per-image mutex.
@@ -171,6 +171,25 @@ struct vhd_extent {
 typedef int (*vhd_map_cb)(void *opaque, const struct vhd_extent *ext);
 int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
             struct vhd_err *err);
+
+/* vhd_read and vhd_map in one pass (one look at each block's BAT entry and
+ * bitmap): reads [off, off+len) into buf and, when cb is not NULL, calls it
+ * for consecutive runs covering the range, flagged VHD_MAP_DATA (some level
+ * holds the bytes) or VHD_MAP_ZERO (no level does); runs with equal flags are
+ * merged, depth and file_offset are not reported (0).
+ * flags:
+ *   VHD_READ_SKIP_ZERO  leave buf untouched where a VHD_MAP_ZERO run lies (the
+ *                       caller zero-fills what it needs); requires cb.
+ *   VHD_READ_NOWAIT     never wait: for a contended image lock, a bitmap not
+ *                       yet in memory or file data not in the page cache
+ *                       (preadv2 RWF_NOWAIT) return -EAGAIN at once, leaving
+ *                       buf and the runs already reported unspecified.  Lets
+ *                       an event loop serve cached reads without a thread.
+ * A cb returning non-zero stops the read and is returned. */
+#define VHD_READ_SKIP_ZERO 0x1u
+#define VHD_READ_NOWAIT 0x2u
+int vhd_read_map(vhd_t *vhd, void *buf, uint64_t off, size_t len, unsigned flags,
+                 vhd_map_cb cb, void *opaque, struct vhd_err *err);
 
 /* Creation. */
 struct vhd_create_opts {

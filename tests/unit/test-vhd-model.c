@@ -386,6 +386,104 @@ static void do_map(struct img *m) {
   free(x.e);
 }
 
+/* vhd_read_map: the data as vhd_read gives it, runs that agree with vhd_map,
+ * holes left untouched under VHD_READ_SKIP_ZERO, and under VHD_READ_NOWAIT
+ * either all of that or -EAGAIN. */
+static uint64_t read_map_eagain, read_map_done;
+
+static void do_read_map(struct img *m) {
+  uint64_t off, len;
+  pick_range(m, &off, &len);
+  unsigned flags = (t_chance(50) ? VHD_READ_SKIP_ZERO : 0) | (t_chance(50) ? VHD_READ_NOWAIT : 0);
+  const char *d = op_desc(m, "vhd_read_map", off, len, flags);
+  uint8_t *buf = t_xmalloc((size_t)len);
+  memset(buf, 0xee, (size_t)len);
+  struct extents x = {0};
+  int r = vhd_read_map(m->v, buf, off, (size_t)len, flags, collect_extent, &x, &err);
+  if (r == -EAGAIN && (flags & VHD_READ_NOWAIT)) {
+    read_map_eagain++;
+    free(buf);
+    free(x.e);
+    return;
+  }
+  if (r != 0)
+    t_fail("%s: returned %d (%s): %s", d, r, t_strerr(r), err.msg);
+  read_map_done++;
+  uint64_t pos = off;
+  for (size_t i = 0; i < x.n; i++) {
+    const struct vhd_extent *e = &x.e[i];
+    T_ASSERT(e->offset == pos && e->length > 0 && e->length <= off + len - pos,
+             "%s: run %zu {off=%" PRIu64 " len=%" PRIu64 "} does not continue at %" PRIu64, d, i,
+             e->offset, e->length, pos);
+    T_ASSERT(e->flags == VHD_MAP_DATA || e->flags == VHD_MAP_ZERO, "%s: run %zu flags %u", d, i,
+             e->flags);
+    T_ASSERT(i == 0 || x.e[i - 1].flags != e->flags, "%s: run %zu not merged", d, i);
+    const uint8_t *b = buf + (e->offset - off);
+    if (e->flags == VHD_MAP_ZERO) {
+      size_t k = first_nonzero(m, e->offset, (size_t)e->length);
+      T_ASSERT(k == e->length, "%s: ZERO run holds model byte %" PRIu64 " = 0x%02x", d,
+               e->offset + k, m->model[e->offset + k]);
+      uint8_t want = (flags & VHD_READ_SKIP_ZERO) ? 0xee : 0;
+      for (uint64_t j = 0; j < e->length; j++)
+        T_ASSERT(b[j] == want, "%s: hole byte %" PRIu64 " is 0x%02x, expected 0x%02x", d,
+                 e->offset + j, b[j], want);
+    } else {
+      size_t k = first_mismatch(m, e->offset, b, (size_t)e->length);
+      T_ASSERT(k == e->length, "%s: byte %" PRIu64 " reads 0x%02x, model has 0x%02x", d,
+               e->offset + k, b[k], m->model[e->offset + k]);
+    }
+    pos += e->length;
+  }
+  T_ASSERT(pos == off + len, "%s: runs end at %" PRIu64, d, pos);
+  /* Same classification as vhd_map, byte for byte. */
+  struct extents mx = {0};
+  r = vhd_map(m->v, off, len, collect_extent, &mx, &err);
+  T_ASSERT(r == 0, "%s: vhd_map: %s", d, err.msg);
+  size_t i = 0, j = 0;
+  for (pos = off; pos < off + len;) {
+    while (x.e[i].offset + x.e[i].length <= pos)
+      i++;
+    while (mx.e[j].offset + mx.e[j].length <= pos)
+      j++;
+    T_ASSERT((x.e[i].flags == VHD_MAP_ZERO) == !(mx.e[j].flags & VHD_MAP_DATA),
+             "%s: at %" PRIu64 " read_map says flags %u, vhd_map %u", d, pos, x.e[i].flags,
+             mx.e[j].flags);
+    pos = MIN(x.e[i].offset + x.e[i].length, mx.e[j].offset + mx.e[j].length);
+  }
+  free(mx.e);
+  free(x.e);
+  free(buf);
+}
+
+/* A bitmap not yet read from the file must make VHD_READ_NOWAIT give up
+ * (reading it would wait for the disk); once it is loaded, the same read
+ * completes. */
+static void test_read_nowait_bitmap(void) {
+  const char *path = t_path("nowait.vhd");
+  t_create(path, VHD_TYPE_DYNAMIC, 4u << 20, 65536, true, NULL);
+  uint8_t data[4096], got[4096];
+  t_fill_nonzero(data, sizeof data);
+  vhd_t *v = t_open(path, false);
+  T_ASSERT(vhd_write(v, data, 65536 + 512, sizeof data, 0, &err) == 0, "write: %s", err.msg);
+  T_ASSERT(vhd_close(v, &err) == 0, "close: %s", err.msg);
+  v = t_open(path, true);
+  int r = vhd_read_map(v, got, 65536 + 512, sizeof got, VHD_READ_NOWAIT, NULL, NULL, &err);
+  T_ASSERT(r == -EAGAIN, "NOWAIT read with the bitmap on disk returned %d, not -EAGAIN", r);
+  /* An unallocated block needs no bitmap: served at once, as zeros. */
+  memset(got, 0xee, sizeof got);
+  r = vhd_read_map(v, got, 3 * 65536, sizeof got, VHD_READ_NOWAIT, NULL, NULL, &err);
+  T_ASSERT(r == 0 && got[0] == 0 && got[sizeof got - 1] == 0,
+           "NOWAIT read of an unallocated block: %d", r);
+  T_ASSERT(vhd_read(v, got, 65536 + 512, sizeof got, &err) == 0, "read: %s", err.msg);
+  memset(got, 0, sizeof got);
+  r = vhd_read_map(v, got, 65536 + 512, sizeof got, VHD_READ_NOWAIT, NULL, NULL, &err);
+  T_ASSERT(r == 0, "NOWAIT read with the bitmap loaded and the data cached returned %d", r);
+  T_ASSERT(memcmp(got, data, sizeof data) == 0, "NOWAIT read returned other bytes");
+  T_ASSERT(vhd_read_map(v, got, 0, 512, VHD_READ_SKIP_ZERO, NULL, NULL, &err) == -EINVAL,
+           "VHD_READ_SKIP_ZERO without a callback was accepted");
+  T_ASSERT(vhd_close(v, &err) == 0, "close: %s", err.msg);
+}
+
 static void do_flush(struct img *m) {
   const char *d = op_desc(m, "vhd_flush", 0, 0, 0);
   int r = vhd_flush(m->v, &err);
@@ -455,8 +553,10 @@ static void run_workload(struct img *m, uint64_t steps) {
       do_write_zeroes(m);
     else if (p < 60)
       do_trim(m);
-    else if (p < 80)
+    else if (p < 74)
       do_read(m);
+    else if (p < 80)
+      do_read_map(m);
     else if (p < 95)
       do_map(m);
     else if (p < 99)
@@ -766,5 +866,10 @@ int main(void) {
   test_chain("diff3", 3, VHD_TYPE_DYNAMIC, (1u << 20) + 7 * 512, bs3, 1200);
   static const uint32_t bs3f[] = {0, 0, 65536};
   test_chain("diff3-fixed-base", 3, VHD_TYPE_FIXED, (5u << 20) + 512, bs3f, 600);
+  test_read_nowait_bitmap();
+  /* The data was just written, so it is cached: NOWAIT reads must complete. */
+  T_ASSERT(read_map_done > 0, "vhd_read_map never ran to completion");
+  printf("vhd_read_map: %" PRIu64 " completed, %" PRIu64 " would have waited\n", read_map_done,
+         read_map_eagain);
   return 0;
 }
