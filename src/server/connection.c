@@ -19,18 +19,36 @@
 #define DIRECT_READ_MIN (16u * 1024)
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void conn_flush_output(struct connection *conn);
 static void conn_process(struct connection *conn);
 static void on_eof(struct connection *conn);
+
+/* Whom to tell when a write is done: one per reply coalesced into it. */
+struct write_done {
+  conn_write_cb cb;
+  void *opaque;
+};
 
 struct write_req {
   uv_write_t req;
   struct connection *conn;
-  conn_write_cb cb;
-  void *opaque;
+  struct write_done *done; /* n_done entries; &one or heap */
+  unsigned n_done;
+  struct write_done one;
   size_t len;
   uint8_t *cipher; /* TLS: what is actually written */
   uint8_t copy[];  /* conn_write_copy only */
 };
+
+static void write_req_finish(struct write_req *w, int status) {
+  for (unsigned i = 0; i < w->n_done; i++)
+    if (w->done[i].cb)
+      w->done[i].cb(w->conn, w->done[i].opaque, status);
+  if (w->done != &w->one)
+    free(w->done);
+  free(w->cipher);
+  free(w);
+}
 
 void conn_ref(struct connection *conn) { conn->refs++; }
 
@@ -50,6 +68,8 @@ void conn_unref(struct connection *conn) {
   free(conn->tls_in);
   free(conn->tls_out);
   free(conn->meta_export);
+  free(conn->outq);
+  free(conn->outq_done);
   free(conn);
   server_check_done(&server);
 }
@@ -205,6 +225,7 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
 static void tls_flush(struct connection *conn) {
   if (conn->tls_out_len == 0 && !conn->tls_out_failed)
     return;
+  conn_flush_output(conn);
   struct write_req *w = calloc(1, sizeof *w);
   if (!w) {
     conn_close(conn, "out of memory");
@@ -388,10 +409,7 @@ static void on_written(uv_write_t *req, int status) {
     log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(status));
     conn_close(conn, "write error");
   }
-  if (w->cb)
-    w->cb(conn, w->opaque, status);
-  free(w->cipher);
-  free(w);
+  write_req_finish(w, status);
   if (!conn->closing)
     conn_process(conn);
   conn_unref(conn);
@@ -429,10 +447,7 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   if (r == 0)
     r = uv_write(&w->req, conn->out, bufs, nbufs, on_written);
   if (r < 0) {
-    if (w->cb)
-      w->cb(conn, w->opaque, r);
-    free(w->cipher);
-    free(w);
+    write_req_finish(w, r);
     if (!conn->closing && !conn->lingering) {
       log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(r));
       conn_close(conn, "write error");
@@ -446,21 +461,91 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   return 0;
 }
 
-int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
-               void *opaque) {
+/* Replies are not written one by one: conn_write queues them, and the loop
+ * writes each connection's queue as one uv_write (one writev) from
+ * conn_flush_all, which runs after the poll phase and before the next one. */
+static void conn_flush_output(struct connection *conn) {
+  if (conn->outq_n_done == 0)
+    return;
   struct write_req *w = calloc(1, sizeof *w);
   if (!w) {
-    if (cb)
-      cb(conn, opaque, UV_ENOMEM);
+    /* Dropping replies would hang the client: give up on it. */
     conn_close(conn, "out of memory");
-    return -ENOMEM;
+    w = NULL;
   }
-  w->cb = cb;
-  w->opaque = opaque;
-  return write_bufs(conn, w, bufs, nbufs);
+  unsigned nbufs = conn->outq_nbufs;
+  struct write_done *done = conn->outq_done;
+  unsigned n_done = conn->outq_n_done;
+  conn->outq_nbufs = 0;
+  conn->outq_n_done = 0;
+  conn->outq_done = NULL;
+  conn->outq_done_cap = 0;
+  if (!w) {
+    for (unsigned i = 0; i < n_done; i++)
+      if (done[i].cb)
+        done[i].cb(conn, done[i].opaque, UV_ENOMEM);
+    free(done);
+    return;
+  }
+  w->done = done;
+  w->n_done = n_done;
+  /* uv_write copies the array of buffers, so outq is free again after it. */
+  write_bufs(conn, w, conn->outq, nbufs);
+}
+
+void conn_flush_all(void) {
+  while (server.outq_head) {
+    struct connection *conn = server.outq_head;
+    server.outq_head = conn->outq_next;
+    conn->outq_next = NULL;
+    conn->outq_listed = false;
+    conn_flush_output(conn);
+    conn_unref(conn);
+  }
+}
+
+int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
+               void *opaque) {
+  if (conn->closing || conn->lingering) {
+    if (cb)
+      cb(conn, opaque, UV_ECANCELED);
+    return UV_ECANCELED;
+  }
+  if (conn->outq_nbufs + nbufs > conn->outq_cap) {
+    unsigned cap = MAX(conn->outq_cap * 2, conn->outq_nbufs + nbufs + 16);
+    uv_buf_t *b = realloc(conn->outq, cap * sizeof *b);
+    if (!b)
+      goto nomem;
+    conn->outq = b;
+    conn->outq_cap = cap;
+  }
+  if (conn->outq_n_done == conn->outq_done_cap) {
+    unsigned cap = MAX(conn->outq_done_cap * 2, 16u);
+    struct write_done *d = realloc(conn->outq_done, cap * sizeof *d);
+    if (!d)
+      goto nomem;
+    conn->outq_done = d;
+    conn->outq_done_cap = cap;
+  }
+  memcpy(conn->outq + conn->outq_nbufs, bufs, nbufs * sizeof *bufs);
+  conn->outq_nbufs += nbufs;
+  conn->outq_done[conn->outq_n_done++] = (struct write_done){cb, opaque};
+  if (!conn->outq_listed) {
+    conn->outq_listed = true;
+    conn->outq_next = server.outq_head;
+    server.outq_head = conn;
+    conn_ref(conn);
+  }
+  return 0;
+nomem:
+  if (cb)
+    cb(conn, opaque, UV_ENOMEM);
+  conn_close(conn, "out of memory");
+  return -ENOMEM;
 }
 
 int conn_write_copy(struct connection *conn, const void *data, size_t len) {
+  conn_flush_output(conn); /* keep the order of everything written */
   struct write_req *w = calloc(1, sizeof *w + len);
   if (!w) {
     conn_close(conn, "out of memory");
@@ -479,6 +564,9 @@ void conn_drain(struct connection *conn) {
 void conn_close(struct connection *conn, const char *why) {
   if (conn->closing)
     return;
+  /* Queued replies go to libuv first: written if the socket takes them at
+   * once, cancelled by the close otherwise; their requests are freed either way. */
+  conn_flush_output(conn);
   conn->closing = true;
   conn->eof = true;
   if (why)
@@ -507,6 +595,7 @@ void conn_reject(struct connection *conn, const char *why) {
   if (conn->closing || conn->lingering)
     return;
   log_msg(LOG_LEVEL_INFO, "%s: closing connection: %s", conn->peer, why);
+  conn_flush_output(conn); /* before the shutdown that follows the last write */
   conn->lingering = true;
   conn->want_cb = NULL;
   conn->want_dst = NULL;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bufpool.h"
 #include "cleanup.h"
 #include "log.h"
 #include "server.h"
@@ -439,11 +440,22 @@ void server_check_done(struct server *srv) {
     uv_close((uv_handle_t *)&grace_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&server.resume_timer))
     uv_close((uv_handle_t *)&server.resume_timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&server.flush_prepare))
+    uv_close((uv_handle_t *)&server.flush_prepare, NULL);
+  if (!uv_is_closing((uv_handle_t *)&server.flush_check))
+    uv_close((uv_handle_t *)&server.flush_check, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_term))
     uv_close((uv_handle_t *)&sig_term, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_int))
     uv_close((uv_handle_t *)&sig_int, NULL);
 }
+
+static void on_flush_prepare(uv_prepare_t *h) {
+  conn_flush_all();
+  server.inline_bytes = 0;
+}
+
+static void on_flush_check(uv_check_t *h) { conn_flush_all(); }
 
 static void on_signal(uv_signal_t *h, int signum) {
   log_msg(LOG_LEVEL_NOTICE, "%s received, shutting down", strsignal(signum));
@@ -487,6 +499,14 @@ int main(int argc, char **argv) {
   uv_signal_init(server.loop, &sig_int);
   uv_timer_init(server.loop, &grace_timer);
   uv_timer_init(server.loop, &server.resume_timer);
+  /* Queued replies go out after every poll (check) and before the loop
+   * would block again (prepare); neither keeps the loop alive. */
+  uv_prepare_init(server.loop, &server.flush_prepare);
+  uv_check_init(server.loop, &server.flush_check);
+  uv_prepare_start(&server.flush_prepare, on_flush_prepare);
+  uv_check_start(&server.flush_check, on_flush_check);
+  uv_unref((uv_handle_t *)&server.flush_prepare);
+  uv_unref((uv_handle_t *)&server.flush_check);
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
   if (listen_start(&server) < 0) {
@@ -516,6 +536,7 @@ out:
   if (pidfile_written) /* last: its removal means the images are closed */
     pidfile_remove(settings.pidfile);
   uv_loop_close(server.loop);
+  bufpool_drain();
   tls_creds_free(server.tls);
   settings_free(&settings);
   return status;

@@ -1,5 +1,6 @@
-/* ops.c: the work done on worker threads; the only server file that does
- * image I/O.  Touches nothing of the connection but the request itself. */
+/* ops.c: the work done on the image; the only server file that does image
+ * I/O.  Runs on worker threads, except ops_read_now (loop thread, never
+ * waits).  Touches nothing of the connection but the request itself. */
 #include "config.h"
 
 #include <errno.h>
@@ -31,18 +32,31 @@ struct chunk_list {
   size_t cap;
 };
 
+/* The engine leaves the bytes of holes unset (VHD_READ_SKIP_ZERO); a hole
+ * sent as data must be zeroed here. */
+static void zero_fill(struct request *req, uint64_t off, uint64_t len) {
+  memset(req->data + (off - req->r.offset), 0, len);
+}
+
 static int add_chunk(struct chunk_list *cl, uint64_t off, uint64_t len, bool hole) {
   struct request *req = cl->req;
   if (len == 0)
     return 0;
-  if (hole && len < READ_HOLE_MIN)
+  if (hole && len < READ_HOLE_MIN) {
+    zero_fill(req, off, len);
     hole = false;
+  }
   if (req->n_chunks > 0) {
     struct read_chunk *last = &req->chunks[req->n_chunks - 1];
     if (last->hole == hole || req->n_chunks == READ_MAX_CHUNKS) {
       /* Merge, or once out of chunks send the rest as data. */
-      if (last->hole != hole)
+      if (last->hole != hole) {
+        if (last->hole)
+          zero_fill(req, last->off, last->len);
+        else
+          zero_fill(req, off, len);
         last->hole = false;
+      }
       last->len += (uint32_t)len;
       return 0;
     }
@@ -55,51 +69,54 @@ static int add_chunk(struct chunk_list *cl, uint64_t off, uint64_t len, bool hol
 
 static int read_map_cb(void *opaque, const struct vhd_extent *ext) {
   struct chunk_list *cl = opaque;
-  uint64_t start = MAX(ext->offset, cl->req->r.offset);
-  uint64_t end = MIN(ext->offset + ext->length, cl->end);
-  if (end <= start)
-    return 0;
   bool hole = (ext->flags & VHD_MAP_ZERO) && !(ext->flags & VHD_MAP_DATA);
-  return add_chunk(cl, start, end - start, hole);
+  return add_chunk(cl, ext->offset, ext->length, hole);
 }
 
-static void op_read(struct request *req) {
+/* A READ in one pass over the image: data and, for a structured reply, where
+ * the holes are.  With VHD_READ_NOWAIT returns -EAGAIN (and nothing else)
+ * when it would wait; the request is then as it was before. */
+static int op_read(struct request *req, unsigned flags) {
   vhd_t *vhd = req->exp->vhd;
   struct vhd_err err = {{0}};
   uint64_t off = req->r.offset;
   uint32_t len = req->r.length;
   bool chunked = req->structured && !(req->r.flags & NBD_CMD_FLAG_DF);
-  if (chunked) {
+  if (chunked && !req->chunks)
     req->chunks = calloc(READ_MAX_CHUNKS, sizeof *req->chunks);
+  req->n_chunks = 0;
+  int r;
+  if (chunked && req->chunks) {
     struct chunk_list cl = {.req = req, .end = off + len, .cap = READ_MAX_CHUNKS};
-    uint64_t covered = 0;
-    if (req->chunks && vhd_map(vhd, off, len, read_map_cb, &cl, NULL) == 0) {
+    r = vhd_read_map(vhd, req->data, off, len, flags | VHD_READ_SKIP_ZERO, read_map_cb, &cl,
+                     &err);
+    if (r == 0) {
+      uint64_t covered = 0;
       for (size_t i = 0; i < req->n_chunks; i++)
         covered += req->chunks[i].len;
+      if (covered != len) {
+        req->n_chunks = 0;
+        req->error = NBD_EIO;
+        req->why = "read: the image map did not cover the request";
+        return 0;
+      }
     }
-    if (covered != len) {
-      /* No usable map: one data chunk (always correct). */
-      free(req->chunks);
-      req->chunks = NULL;
-      req->n_chunks = 0;
-    }
+  } else {
+    r = vhd_read_map(vhd, req->data, off, len, flags, NULL, NULL, &err);
   }
-  if (req->n_chunks == 0) {
-    int r = vhd_read(vhd, req->data, off, len, &err);
-    if (r < 0)
-      fail(req, r, &err);
-    return;
+  if (r == -EAGAIN && (flags & VHD_READ_NOWAIT)) {
+    req->n_chunks = 0;
+    return -EAGAIN;
   }
-  for (size_t i = 0; i < req->n_chunks; i++) {
-    const struct read_chunk *c = &req->chunks[i];
-    if (c->hole)
-      continue;
-    int r = vhd_read(vhd, req->data + (c->off - off), c->off, c->len, &err);
-    if (r < 0) {
-      fail(req, r, &err);
-      return;
-    }
+  if (r < 0) {
+    req->n_chunks = 0;
+    fail(req, r, &err);
   }
+  return 0;
+}
+
+int ops_read_now(struct request *req) {
+  return op_read(req, VHD_READ_NOWAIT);
 }
 
 struct extent_list {
@@ -178,7 +195,7 @@ void ops_run(struct request *req) {
   int r = 0;
   switch (req->r.type) {
   case NBD_CMD_READ:
-    op_read(req);
+    op_read(req, 0);
     return;
   case NBD_CMD_WRITE:
     r = vhd_write(vhd, req->data, req->r.offset, req->r.length, fua, &err);

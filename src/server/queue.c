@@ -35,6 +35,13 @@ static bool may_start(const struct queue_item *item) {
   return true;
 }
 
+bool queue_may_start_now(const struct queue *q, const struct queue_item *item) {
+  for (const struct queue_item *e = q->tail; e; e = e->prev)
+    if (conflicts(e, item))
+      return false;
+  return true;
+}
+
 static void start(struct queue *q, struct queue_item *item) {
   item->running = true;
   q->running++;

@@ -60,5 +60,9 @@ void queue_submit(struct queue *q, struct queue_item *item);
 /* Removes a finished item and starts every waiting item it unblocked. */
 void queue_done(struct queue *q, struct queue_item *item);
 bool queue_empty(const struct queue *q);
+/* Whether item, submitted now, would start at once (nothing in the queue
+ * conflicts with it).  Lets the caller run a request that completes on the
+ * spot without queueing it. */
+bool queue_may_start_now(const struct queue *q, const struct queue_item *item);
 
 #endif

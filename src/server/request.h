@@ -52,5 +52,9 @@ struct request {
 
 /* Worker thread: performs the request on the export's image. */
 void ops_run(struct request *req);
+/* Loop thread: performs a READ if it can without waiting (the data is in the
+ * page cache, the image lock free); returns -EAGAIN, the request untouched,
+ * otherwise. */
+int ops_read_now(struct request *req);
 
 #endif

@@ -7,11 +7,12 @@
  *   connection.c   one client: input buffering, back-pressure, writes, close
  *   handshake.c    fixed newstyle option haggling
  *   transmission.c requests: validation, dispatch, replies
- *   ops.c          what runs on the worker threads (the only vhd_* I/O calls)
+ *   ops.c          the image I/O (the only vhd_* I/O calls): on worker threads,
+ *                  and cached READs on the loop thread without waiting
  *   queue.c        orders conflicting requests per export (see queue.h)
  *   notify.c       sd_notify and the pidfile
  *
- * Everything except ops.c runs on the libuv loop thread.
+ * Everything except ops_run (ops.c) runs on the libuv loop thread.
  */
 #ifndef VHDNBD_SERVER_H
 #define VHDNBD_SERVER_H
@@ -40,6 +41,11 @@
 #define SERVER_DEFAULT_HANDSHAKE_TIMEOUT 10           /* seconds */
 #define SERVER_DEFAULT_MAX_CONNECTIONS 128
 #define SERVER_INBUF_SIZE (64u * 1024)
+/* READs of cached data up to this size are served on the loop thread, up to
+ * SERVER_INLINE_BUDGET bytes per loop iteration (larger ones gain nothing
+ * from skipping the thread hand-off and would hold up other clients). */
+#define SERVER_INLINE_READ_MAX (256u * 1024)
+#define SERVER_INLINE_BUDGET (4u * 1024 * 1024)
 #define SERVER_SHUTDOWN_GRACE_MS 10000
 #define SERVER_LINGER_MS 1000
 #define SERVER_LINGER_MAX_BYTES (1024u * 1024)
@@ -106,6 +112,10 @@ struct server {
   uint64_t inflight_bytes; /* sum over connections of their inflight + write bytes */
   bool inflight_blocked;   /* some connection stopped reading for the cap */
   uv_timer_t resume_timer; /* wakes every connection once below the cap */
+  struct connection *outq_head; /* connections with replies queued */
+  uv_prepare_t flush_prepare;   /* conn_flush_all before the loop polls */
+  uv_check_t flush_check;       /* ...and right after the poll's callbacks */
+  uint64_t inline_bytes;        /* READ bytes served on the loop this iteration */
 };
 
 extern struct server server;
@@ -204,6 +214,13 @@ struct connection {
   uint64_t write_bytes;  /* queued on the socket, not yet written */
   conn_input_cb tls_done_cb;
   unsigned writes_pending;
+  /* Replies waiting for conn_flush_all (see conn_write). */
+  uv_buf_t *outq;
+  unsigned outq_nbufs, outq_cap;
+  struct write_done *outq_done;
+  unsigned outq_n_done, outq_done_cap;
+  bool outq_listed;
+  struct connection *outq_next;
 };
 
 int conn_accept(uv_stream_t *listener, bool is_tcp);
@@ -211,13 +228,16 @@ int conn_start_stdio(void);
 /* Reads len bytes into dst (NULL: discard them), then calls cb. */
 void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb);
 /* Queues bufs for writing; cb (may be NULL) runs when written or cancelled, with
- * the status.  Writes are serialized by libuv in call order. */
+ * the status.  Writes go out in call order; the queue is written by
+ * conn_flush_all, in the same loop iteration. */
 typedef void (*conn_write_cb)(struct connection *conn, void *opaque, int status);
 int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
                void *opaque);
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
 void conn_close(struct connection *conn, const char *why);
+/* Writes every connection's queued replies, each as one write. */
+void conn_flush_all(void);
 /* Switches the connection to TLS after the STARTTLS ACK was queued: drops any
  * plaintext already buffered and starts the TLS handshake.  When it completes,
  * cb runs (option haggling resumes inside TLS). */

@@ -2,9 +2,10 @@
  *
  * Headers are validated on the loop thread (codec nbd_check_request), WRITE
  * payloads are read straight into the request's buffer, valid requests go
- * through their export's queue to a worker thread, and replies are written
- * in completion order, each with one uv_write of several buffers (headers
- * and data, never copied). */
+ * through their export's queue to a worker thread (or, for a READ of cached
+ * data, are served on the spot), and replies are queued in completion order
+ * as buffers (headers and data, never copied) that the connection writes
+ * together. */
 #include "config.h"
 
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bufpool.h"
 #include "cleanup.h"
 #include "log.h"
 #include "request.h"
@@ -35,7 +37,7 @@ static void request_free(struct request *req) {
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
   server_inflight_sub(req->accounted);
-  free(req->data);
+  bufpool_put(req->data, req->r.length);
   free(req->errmsg);
   free(req->chunks);
   free(req->ext);
@@ -200,6 +202,17 @@ static void dispatch(struct request *req) {
   qi->off = req->r.offset & ~(uint64_t)511;
   qi->end = req->r.length ? (req->r.offset + req->r.length + 511) & ~(uint64_t)511 : qi->off;
   qi->start = start_work;
+  /* A READ that nothing earlier conflicts with may be served right here when
+   * its bytes are in the page cache: no thread hand-off in either direction.
+   * It completes before anything else runs on the loop, so it need not enter
+   * the queue.  The budget bounds the copying done per loop iteration. */
+  if (req->r.type == NBD_CMD_READ && req->r.length <= SERVER_INLINE_READ_MAX &&
+      server.inline_bytes < SERVER_INLINE_BUDGET &&
+      queue_may_start_now(&req->exp->queue, qi) && ops_read_now(req) == 0) {
+    server.inline_bytes += req->r.length;
+    send_reply(req);
+    return;
+  }
   queue_submit(&req->exp->queue, qi);
 }
 
@@ -272,7 +285,7 @@ static void on_request_header(struct connection *conn) {
   }
   bool needs_buffer = (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) && r.length > 0;
   if (needs_buffer) {
-    req->data = malloc(r.length);
+    req->data = bufpool_get(r.length);
     if (!req->data) {
       if (r.type == NBD_CMD_WRITE) {
         request_free(req);
@@ -319,7 +332,8 @@ static void on_idle_timer(uv_timer_t *t) {
     return;
   uint64_t limit = (uint64_t)server.cfg->idle_timeout * 1000;
   uint64_t idle = uv_now(server.loop) - conn->last_request;
-  bool busy = conn->inflight > 0 || conn->writes_pending > 0 || conn->want_done > 0 ||
+  bool busy = conn->inflight > 0 || conn->writes_pending > 0 || conn->outq_n_done > 0 ||
+              conn->want_done > 0 ||
               conn->want_dst != conn->hdr;
   if (idle >= limit && !busy) {
     log_msg(LOG_LEVEL_NOTICE, "%s: no request for %u s (--idle-timeout), closing", conn->peer,

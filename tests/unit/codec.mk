@@ -9,3 +9,11 @@ check_PROGRAMS += test-server-queue
 TESTS += test-server-queue
 test_server_queue_SOURCES = tests/unit/test-server-queue.c src/server/queue.c src/server/queue.h
 test_server_queue_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server
+
+# The server's payload buffer pool.
+check_PROGRAMS += test-server-bufpool
+TESTS += test-server-bufpool
+VALGRIND_TESTS += test-server-bufpool
+test_server_bufpool_SOURCES = tests/unit/test-server-bufpool.c src/server/bufpool.c \
+	src/server/bufpool.h
+test_server_bufpool_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server
