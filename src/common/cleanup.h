@@ -2,6 +2,7 @@
 #ifndef VHDNBD_CLEANUP_H
 #define VHDNBD_CLEANUP_H
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -19,5 +20,6 @@ static inline void cleanup_close(int *fd) {
 #define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
 #define ROUND_UP(n, a) (DIV_ROUND_UP(n, a) * (a))
 #define ROUND_DOWN(n, a) ((n) / (a) * (a))
+#define CONTAINER_OF(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
 
 #endif

@@ -11,6 +11,7 @@
  *   handshake-timeout = 10
  *   idle-timeout = 0
  *   max-inflight = 1G
+ *   threads = 8
  *   pidfile = /run/vhdnbd.pid
  *   allow = 192.0.2.0/24, 2001:db8::/32   (repeatable; clients allowed at all)
  *   tls = off | on | require
@@ -175,6 +176,8 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return parse_uint(v, 86400, &s->handshake_timeout);
   if (strcmp(key, "max-inflight") == 0)
     return size_parse(v, &s->max_inflight) < 0 || s->max_inflight == 0 ? -EINVAL : 0;
+  if (strcmp(key, "threads") == 0)
+    return parse_uint(v, SERVER_MAX_THREADS, &s->threads) < 0 || s->threads == 0 ? -EINVAL : 0;
   if (strcmp(key, "idle-timeout") == 0)
     return parse_uint(v, 86400 * 7, &s->idle_timeout);
   if (strcmp(key, "pidfile") == 0)

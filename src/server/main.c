@@ -16,9 +16,9 @@
 #include "log.h"
 #include "server.h"
 #include "size.h"
+#include "workers.h"
 
 #define EXIT_USAGE 2
-#define WORKER_THREADS "8"
 
 struct server server;
 
@@ -49,6 +49,7 @@ static void usage(FILE *f) {
           "                           (default 0: never)\n"
           "      --max-inflight SIZE  stop reading from all clients while this much\n"
           "                           request and reply data is buffered (default 1G)\n"
+          "      --threads N          worker threads for image I/O (default %u)\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
@@ -72,7 +73,8 @@ static void usage(FILE *f) {
           "  vhdnbd -U /run/vhd.sock -e sys=sys.vhd,ro -e data=data.vhd\n"
           "                                         nbd+unix:///data?socket=/run/vhd.sock\n"
           "  nbdinfo --list nbd://localhost\n",
-          NBD_DEFAULT_PORT, SERVER_DEFAULT_MAX_CONNECTIONS, SERVER_DEFAULT_HANDSHAKE_TIMEOUT);
+          NBD_DEFAULT_PORT, SERVER_DEFAULT_MAX_CONNECTIONS, SERVER_DEFAULT_HANDSHAKE_TIMEOUT,
+          SERVER_DEFAULT_THREADS);
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const char *fmt, ...) {
@@ -154,6 +156,7 @@ enum {
   OPT_TLS_PSK,
   OPT_IDLE_TIMEOUT,
   OPT_MAX_INFLIGHT,
+  OPT_THREADS,
 };
 
 static const struct option long_options[] = {
@@ -170,6 +173,7 @@ static const struct option long_options[] = {
     {"allow", required_argument, NULL, OPT_ALLOW},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
+    {"threads", required_argument, NULL, OPT_THREADS},
     {"tls", required_argument, NULL, OPT_TLS},
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
@@ -232,6 +236,11 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       cli.idle_timeout = parse_count("--idle-timeout", optarg, 86400 * 7);
       idle_set = true;
       break;
+    case OPT_THREADS:
+      cli.threads = parse_count("--threads", optarg, SERVER_MAX_THREADS);
+      if (cli.threads == 0)
+        usage_error("--threads: at least 1");
+      break;
     case OPT_MAX_INFLIGHT:
       if (size_parse(optarg, &cli.max_inflight) < 0 || cli.max_inflight == 0)
         usage_error("--max-inflight: invalid size '%s'", optarg);
@@ -288,6 +297,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   s->max_connections = SERVER_DEFAULT_MAX_CONNECTIONS;
   s->handshake_timeout = SERVER_DEFAULT_HANDSHAKE_TIMEOUT;
   s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
+  s->threads = SERVER_DEFAULT_THREADS;
   if (config) {
     if (access(config, R_OK) < 0)
       usage_error("--config %s: %s", config, strerror(errno));
@@ -352,6 +362,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     s->idle_timeout = cli.idle_timeout;
   if (cli.max_inflight)
     s->max_inflight = cli.max_inflight;
+  if (cli.threads)
+    s->threads = cli.threads;
   s->stdio = cli.stdio;
   s->verbose = cli.verbose;
   if (optind < argc) {
@@ -475,10 +487,6 @@ int main(int argc, char **argv) {
     level = LOG_LEVEL_DEBUG;
   log_set_level((enum log_level)level);
 
-  /* Image I/O runs on libuv's pool; its default of 4 threads is small for
-   * many clients waiting on disk.  Must be set before the first work item. */
-  setenv("UV_THREADPOOL_SIZE", WORKER_THREADS, 0);
-
   server.cfg = &settings;
   server.loop = uv_default_loop();
   int status = 0;
@@ -490,6 +498,14 @@ int main(int argc, char **argv) {
       settings_free(&settings);
       return 1;
     }
+  }
+  unsigned threads = settings.threads;
+  int wr = workers_start(server.loop, threads);
+  if (wr < 0) {
+    log_msg(LOG_LEVEL_ERR, "cannot start %u worker threads: %s", threads, strerror(-wr));
+    tls_creds_free(server.tls);
+    settings_free(&settings);
+    return 1;
   }
   if (exports_open(&server, &settings) < 0) {
     status = 1;
@@ -535,6 +551,7 @@ out:
   listen_cleanup(&server);
   if (pidfile_written) /* last: its removal means the images are closed */
     pidfile_remove(settings.pidfile);
+  workers_stop();
   uv_loop_close(server.loop);
   bufpool_drain();
   tls_creds_free(server.tls);

@@ -13,6 +13,7 @@
 
 #include "codec.h"
 #include "queue.h"
+#include "workers.h"
 
 struct connection;
 struct export;
@@ -29,7 +30,7 @@ struct request {
   struct connection *conn;
   struct export *exp;
   struct nbd_request r;
-  uv_work_t work;
+  struct work_item work;
   bool structured; /* the reply is structured (READ, BLOCK_STATUS) */
 
   uint8_t *data;      /* READ result or WRITE payload */

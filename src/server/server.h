@@ -10,6 +10,8 @@
  *   ops.c          the image I/O (the only vhd_* I/O calls): on worker threads,
  *                  and cached READs on the loop thread without waiting
  *   queue.c        orders conflicting requests per export (see queue.h)
+ *   workers.c      the worker threads (see workers.h)
+ *   bufpool.c      reuse of large payload buffers (see bufpool.h)
  *   notify.c       sd_notify and the pidfile
  *
  * Everything except ops_run (ops.c) runs on the libuv loop thread.
@@ -40,6 +42,8 @@
 #define SERVER_OPTION_COUNT_BASE 256u                 /* plus 2 per export */
 #define SERVER_DEFAULT_HANDSHAKE_TIMEOUT 10           /* seconds */
 #define SERVER_DEFAULT_MAX_CONNECTIONS 128
+#define SERVER_DEFAULT_THREADS 8u /* image I/O that waits for the disk runs in parallel */
+#define SERVER_MAX_THREADS 1024u
 #define SERVER_INBUF_SIZE (64u * 1024)
 /* READs of cached data up to this size are served on the loop thread, up to
  * SERVER_INLINE_BUDGET bytes per loop iteration (larger ones gain nothing
@@ -84,6 +88,7 @@ struct settings {
   unsigned handshake_timeout; /* seconds; 0 = none */
   unsigned idle_timeout;      /* seconds without requests; 0 = none */
   uint64_t max_inflight;      /* bytes buffered for all connections together */
+  unsigned threads;           /* worker threads */
   char *pidfile;
   int verbose;                /* -v count minus -q count */
   struct export_spec *exports;

@@ -160,27 +160,21 @@ static void send_reply(struct request *req) {
 
 /* ---- dispatch ---- */
 
-static void work_cb(uv_work_t *w) {
-  ops_run(w->data);
+static void work_run(struct work_item *w) {
+  ops_run(CONTAINER_OF(w, struct request, work));
 }
 
-static void after_work_cb(uv_work_t *w, int status) {
-  struct request *req = w->data;
+static void work_done(struct work_item *w) {
+  struct request *req = CONTAINER_OF(w, struct request, work);
   queue_done(&req->exp->queue, &req->qi);
   send_reply(req);
 }
 
 static void start_work(struct queue_item *qi) {
   struct request *req = (struct request *)qi;
-  req->work.data = req;
-  int r = uv_queue_work(server.loop, &req->work, work_cb, after_work_cb);
-  if (r < 0) {
-    /* Cannot happen with a valid loop; answer rather than hang. */
-    queue_done(&req->exp->queue, &req->qi);
-    req->error = NBD_EIO;
-    req->why = "cannot queue work";
-    send_reply(req);
-  }
+  req->work.run = work_run;
+  req->work.done = work_done;
+  workers_submit(&req->work);
 }
 
 static void dispatch(struct request *req) {

@@ -1,7 +1,9 @@
 #!/bin/bash
 # fio's nbd engine (libnbd) against vhdnbd: random writes from several jobs at
 # once with crc32c verification, then random mixed I/O.  Afterwards the image
-# is check-clean and holds exactly what the server last served.
+# is check-clean and holds exactly what the server last served.  The fixed
+# image is served by a single worker thread (--threads 1): every request
+# then waits its turn on it, and the results must be the same.
 . "$top_srcdir/tests/functions.sh"
 requires fio
 requires qemu-img
@@ -19,7 +21,9 @@ size=$((32 * 1024 * 1024))
 for t in dynamic fixed; do
   img=$TMPD/$t.vhd
   qemu-img create -q -f vpc -o subformat=$t,force_size=on "$img" "$size"
-  start_vhdnbd "$sock" "$img"
+  threads=8
+  [ $t = fixed ] && threads=1
+  start_vhdnbd "$sock" --threads "$threads" "$img"
 
   # Four jobs on disjoint 8 MiB ranges, 4k-64k blocks (unaligned sizes too),
   # each verifying what it wrote.

@@ -1,0 +1,165 @@
+#include "config.h"
+
+#include "workers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+/* Idle workers wait on their own condition variable, in a stack: the
+ * worker woken is the one that went idle last, whose stack and CPU caches
+ * are still warm.  With one shared condition variable the wake-ups rotate
+ * over every thread, and each request paid for waking a cold one. */
+struct worker {
+  pthread_t thread;
+  pthread_cond_t wake;
+  struct worker *next_idle;
+  bool woken;
+};
+
+static struct {
+  uv_loop_t *loop;
+  uv_async_t async;
+  struct worker *workers;
+  unsigned n_workers;
+  /* Items waiting for a worker (FIFO), idle workers, under lock. */
+  pthread_mutex_t lock;
+  struct work_item *head, *tail;
+  struct worker *idle;
+  bool stop;
+  /* Items run, waiting for the loop (LIFO; reversed when taken). */
+  pthread_mutex_t done_lock;
+  struct work_item *done;
+  /* Loop thread only. */
+  unsigned outstanding;
+} wp = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .done_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static void *worker_main(void *arg) {
+  struct worker *self = arg;
+  pthread_mutex_lock(&wp.lock);
+  for (;;) {
+    if (!wp.head) {
+      if (wp.stop)
+        break;
+      self->woken = false;
+      self->next_idle = wp.idle;
+      wp.idle = self;
+      /* Whoever sets woken has taken us off the idle stack. */
+      while (!self->woken)
+        pthread_cond_wait(&self->wake, &wp.lock);
+      continue;
+    }
+    struct work_item *w = wp.head;
+    wp.head = w->next;
+    if (!wp.head)
+      wp.tail = NULL;
+    pthread_mutex_unlock(&wp.lock);
+
+    w->run(w);
+
+    pthread_mutex_lock(&wp.done_lock);
+    w->next = wp.done;
+    wp.done = w;
+    /* Coalesced by libuv: one wake-up however many items finish.  Sent under
+     * the lock so the loop cannot finish this item, see nothing outstanding
+     * and close the handle before the send. */
+    uv_async_send(&wp.async);
+    pthread_mutex_unlock(&wp.done_lock);
+    pthread_mutex_lock(&wp.lock);
+  }
+  pthread_mutex_unlock(&wp.lock);
+  return NULL;
+}
+
+/* Takes the most recently idle worker off the stack; under wp.lock. */
+static struct worker *idle_pop(void) {
+  struct worker *k = wp.idle;
+  if (k) {
+    wp.idle = k->next_idle;
+    k->woken = true;
+  }
+  return k;
+}
+
+static void on_async(uv_async_t *h) {
+  (void)h;
+  pthread_mutex_lock(&wp.done_lock);
+  struct work_item *list = wp.done;
+  wp.done = NULL;
+  pthread_mutex_unlock(&wp.done_lock);
+  /* Oldest first. */
+  struct work_item *rev = NULL;
+  while (list) {
+    struct work_item *next = list->next;
+    list->next = rev;
+    rev = list;
+    list = next;
+  }
+  while (rev) {
+    struct work_item *w = rev;
+    rev = w->next;
+    if (--wp.outstanding == 0)
+      uv_unref((uv_handle_t *)&wp.async);
+    w->done(w);
+  }
+}
+
+int workers_start(uv_loop_t *loop, unsigned n) {
+  wp.loop = loop;
+  int r = uv_async_init(loop, &wp.async, on_async);
+  if (r < 0)
+    return r;
+  uv_unref((uv_handle_t *)&wp.async);
+  wp.workers = calloc(n, sizeof *wp.workers);
+  if (!wp.workers)
+    return -ENOMEM;
+  for (unsigned i = 0; i < n; i++) {
+    struct worker *k = &wp.workers[i];
+    pthread_cond_init(&k->wake, NULL);
+    r = pthread_create(&k->thread, NULL, worker_main, k);
+    if (r != 0) {
+      pthread_cond_destroy(&k->wake);
+      workers_stop();
+      return -r;
+    }
+    wp.n_workers++;
+  }
+  return 0;
+}
+
+void workers_submit(struct work_item *w) {
+  if (wp.outstanding++ == 0)
+    uv_ref((uv_handle_t *)&wp.async);
+  w->next = NULL;
+  pthread_mutex_lock(&wp.lock);
+  if (wp.tail)
+    wp.tail->next = w;
+  else
+    wp.head = w;
+  wp.tail = w;
+  struct worker *k = idle_pop();
+  pthread_mutex_unlock(&wp.lock);
+  /* After the unlock, so the woken worker does not block on the mutex. */
+  if (k)
+    pthread_cond_signal(&k->wake);
+}
+
+void workers_stop(void) {
+  pthread_mutex_lock(&wp.lock);
+  wp.stop = true;
+  struct worker *k;
+  while ((k = idle_pop()))
+    pthread_cond_signal(&k->wake);
+  pthread_mutex_unlock(&wp.lock);
+  for (unsigned i = 0; i < wp.n_workers; i++) {
+    pthread_join(wp.workers[i].thread, NULL);
+    pthread_cond_destroy(&wp.workers[i].wake);
+  }
+  free(wp.workers);
+  wp.workers = NULL;
+  wp.n_workers = 0;
+}
