@@ -489,8 +489,35 @@ static void conn_flush_output(struct connection *conn) {
   }
   w->done = done;
   w->n_done = n_done;
+  w->conn = conn;
+  uv_buf_t *bufs = conn->outq;
+  if (!conn->tls && conn->writes_pending == 0 && !conn->closing && !conn->lingering) {
+    /* Nothing ahead of us on the socket: write now, and complete at once
+     * what went out.  A uv_write that completes is cheaper to avoid than to
+     * issue: libuv then re-arms the socket's epoll registration (one more
+     * system call per batch of replies) and runs its callback later. */
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+      total += bufs[i].len;
+    int n = uv_try_write(conn->out, bufs, nbufs);
+    if (n > 0 && (size_t)n == total) {
+      write_req_finish(w, 0);
+      return;
+    }
+    if (n > 0) {
+      size_t left = (size_t)n;
+      while (left >= bufs[0].len) {
+        left -= bufs[0].len;
+        bufs++;
+        nbufs--;
+      }
+      bufs[0].base += left;
+      bufs[0].len -= left;
+    }
+    /* UV_EAGAIN, or the rest: queue it.  Other errors show in uv_write. */
+  }
   /* uv_write copies the array of buffers, so outq is free again after it. */
-  write_bufs(conn, w, conn->outq, nbufs);
+  write_bufs(conn, w, bufs, nbufs);
 }
 
 void conn_flush_all(void) {
