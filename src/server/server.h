@@ -46,9 +46,10 @@
 #define SERVER_MAX_THREADS 1024u
 #define SERVER_INBUF_SIZE (64u * 1024)
 /* READs of cached data up to this size are served on the loop thread, up to
- * SERVER_INLINE_BUDGET bytes per loop iteration (larger ones gain nothing
- * from skipping the thread hand-off and would hold up other clients). */
-#define SERVER_INLINE_READ_MAX (256u * 1024)
+ * SERVER_INLINE_BUDGET bytes per loop iteration: copying 4 MiB holds up the
+ * other clients for about a millisecond at most.  (1 MiB sequential reads
+ * at QD16 measured 3.0-3.7 GB/s this way, 1.3-2.9 GB/s through the workers.) */
+#define SERVER_INLINE_READ_MAX (1024u * 1024)
 #define SERVER_INLINE_BUDGET (4u * 1024 * 1024)
 #define SERVER_SHUTDOWN_GRACE_MS 10000
 #define SERVER_LINGER_MS 1000
