@@ -467,12 +467,6 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
 static void conn_flush_output(struct connection *conn) {
   if (conn->outq_n_done == 0)
     return;
-  struct write_req *w = calloc(1, sizeof *w);
-  if (!w) {
-    /* Dropping replies would hang the client: give up on it. */
-    conn_close(conn, "out of memory");
-    w = NULL;
-  }
   unsigned nbufs = conn->outq_nbufs;
   struct write_done *done = conn->outq_done;
   unsigned n_done = conn->outq_n_done;
@@ -480,11 +474,14 @@ static void conn_flush_output(struct connection *conn) {
   conn->outq_n_done = 0;
   conn->outq_done = NULL;
   conn->outq_done_cap = 0;
+  struct write_req *w = calloc(1, sizeof *w);
   if (!w) {
     for (unsigned i = 0; i < n_done; i++)
       if (done[i].cb)
         done[i].cb(conn, done[i].opaque, UV_ENOMEM);
     free(done);
+    /* Dropping replies would hang the client: give up on it. */
+    conn_close(conn, "out of memory");
     return;
   }
   w->done = done;
