@@ -524,6 +524,10 @@ void conn_flush_all(void) {
     conn->outq_next = NULL;
     conn->outq_listed = false;
     conn_flush_output(conn);
+    /* Replies written at once freed their requests without on_written:
+     * input stopped for back-pressure may resume (as on_written does). */
+    if (!conn->closing)
+      conn_process(conn);
     conn_unref(conn);
   }
 }
