@@ -30,6 +30,7 @@
 #include "queue.h"
 #include "tls.h"
 #include "vhd.h"
+#include "workers.h"
 
 /* Limits (see the hostile-client notes in the protocol reference). */
 #define SERVER_MAX_PAYLOAD (32u * 1024 * 1024)       /* advertised maximum READ/WRITE */
@@ -67,6 +68,7 @@ struct export {
   uint64_t size;
   struct queue queue;
   struct acl allow; /* empty: everyone the global list lets in */
+  struct work_serial write_serial; /* plain WRITEs, one at a time */
 };
 
 struct export_spec {

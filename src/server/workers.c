@@ -57,19 +57,34 @@ static void *worker_main(void *arg) {
     wp.head = w->next;
     if (!wp.head)
       wp.tail = NULL;
-    pthread_mutex_unlock(&wp.lock);
+    while (w) {
+      pthread_mutex_unlock(&wp.lock);
+      struct work_serial *serial = w->serial;
+      w->run(w);
 
-    w->run(w);
+      pthread_mutex_lock(&wp.done_lock);
+      w->next = wp.done;
+      wp.done = w;
+      /* Coalesced by libuv: one wake-up however many items finish.  Sent
+       * under the lock so the loop cannot finish this item, see nothing
+       * outstanding and close the handle before the send. */
+      uv_async_send(&wp.async);
+      pthread_mutex_unlock(&wp.done_lock);
 
-    pthread_mutex_lock(&wp.done_lock);
-    w->next = wp.done;
-    wp.done = w;
-    /* Coalesced by libuv: one wake-up however many items finish.  Sent under
-     * the lock so the loop cannot finish this item, see nothing outstanding
-     * and close the handle before the send. */
-    uv_async_send(&wp.async);
-    pthread_mutex_unlock(&wp.done_lock);
-    pthread_mutex_lock(&wp.lock);
+      pthread_mutex_lock(&wp.lock);
+      w = NULL;
+      if (serial) {
+        /* The serial's next item, if any, is ours: it stays busy. */
+        w = serial->head;
+        if (w) {
+          serial->head = w->next;
+          if (!serial->head)
+            serial->tail = NULL;
+        } else {
+          serial->busy = false;
+        }
+      }
+    }
   }
   pthread_mutex_unlock(&wp.lock);
   return NULL;
@@ -131,11 +146,24 @@ int workers_start(uv_loop_t *loop, unsigned n) {
   return 0;
 }
 
-void workers_submit(struct work_item *w) {
+static void submit(struct work_serial *s, struct work_item *w) {
   if (wp.outstanding++ == 0)
     uv_ref((uv_handle_t *)&wp.async);
   w->next = NULL;
+  w->serial = s;
   pthread_mutex_lock(&wp.lock);
+  if (s && s->busy) {
+    /* Its worker will take it when the one before is done. */
+    if (s->tail)
+      s->tail->next = w;
+    else
+      s->head = w;
+    s->tail = w;
+    pthread_mutex_unlock(&wp.lock);
+    return;
+  }
+  if (s)
+    s->busy = true;
   if (wp.tail)
     wp.tail->next = w;
   else
@@ -147,6 +175,10 @@ void workers_submit(struct work_item *w) {
   if (k)
     pthread_cond_signal(&k->wake);
 }
+
+void workers_submit(struct work_item *w) { submit(NULL, w); }
+
+void workers_submit_serial(struct work_serial *s, struct work_item *w) { submit(s, w); }
 
 void workers_stop(void) {
   pthread_mutex_lock(&wp.lock);

@@ -13,12 +13,25 @@
 #ifndef VHDNBD_WORKERS_H
 #define VHDNBD_WORKERS_H
 
+#include <stdbool.h>
+
 #include <uv.h>
+
+struct work_serial;
 
 struct work_item {
   struct work_item *next;
   void (*run)(struct work_item *w);  /* on a worker thread */
   void (*done)(struct work_item *w); /* then on the loop thread */
+  struct work_serial *serial;        /* set by workers_submit_serial */
+};
+
+/* Items submitted to one serial run one at a time, in submission order; a
+ * worker that finishes one goes straight on to the next, with no trip
+ * through the loop and no wake-up.  Zero-initialized before first use. */
+struct work_serial {
+  struct work_item *head, *tail; /* waiting, under the pool's lock */
+  bool busy;
 };
 
 /* Starts n threads serving loop.  Returns 0 or a negative errno. */
@@ -27,6 +40,7 @@ int workers_start(uv_loop_t *loop, unsigned n);
  * handle is referenced only then; closing it is left to whoever closes every
  * handle of the loop). */
 void workers_submit(struct work_item *w);
+void workers_submit_serial(struct work_serial *s, struct work_item *w);
 /* Joins the threads, once the loop has stopped with nothing outstanding. */
 void workers_stop(void);
 
