@@ -225,7 +225,9 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
 static void tls_flush(struct connection *conn) {
   if (conn->tls_out_len == 0 && !conn->tls_out_failed)
     return;
-  conn_flush_output(conn);
+  conn_flush_output(conn); /* may have sent the pending ciphertext already */
+  if (conn->closing || (conn->tls_out_len == 0 && !conn->tls_out_failed))
+    return;
   struct write_req *w = calloc(1, sizeof *w);
   if (!w) {
     conn_close(conn, "out of memory");
@@ -593,8 +595,11 @@ void conn_close(struct connection *conn, const char *why) {
   if (conn->closing)
     return;
   /* Queued replies go to libuv first: written if the socket takes them at
-   * once, cancelled by the close otherwise; their requests are freed either way. */
+   * once, cancelled by the close otherwise; their requests are freed either way.
+   * A write that fails at once closes the connection from inside the flush. */
   conn_flush_output(conn);
+  if (conn->closing)
+    return;
   conn->closing = true;
   conn->eof = true;
   if (why)
@@ -624,6 +629,8 @@ void conn_reject(struct connection *conn, const char *why) {
     return;
   log_msg(LOG_LEVEL_INFO, "%s: closing connection: %s", conn->peer, why);
   conn_flush_output(conn); /* before the shutdown that follows the last write */
+  if (conn->closing || conn->lingering)
+    return; /* the flush failed and closed the connection */
   conn->lingering = true;
   conn->want_cb = NULL;
   conn->want_dst = NULL;

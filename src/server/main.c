@@ -546,12 +546,14 @@ int main(int argc, char **argv) {
   uv_run(server.loop, UV_RUN_DEFAULT);
   log_msg(LOG_LEVEL_INFO, "all clients gone, closing images");
 out:
+  /* Workers first: none may still be returning from an item when the
+   * exports (and their write serials) go. */
+  workers_stop();
   if (exports_close(&server) < 0)
     status = 1;
   listen_cleanup(&server);
   if (pidfile_written) /* last: its removal means the images are closed */
     pidfile_remove(settings.pidfile);
-  workers_stop();
   uv_loop_close(server.loop);
   bufpool_drain();
   tls_creds_free(server.tls);

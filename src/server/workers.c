@@ -62,6 +62,23 @@ static void *worker_main(void *arg) {
       struct work_serial *serial = w->serial;
       w->run(w);
 
+      /* The serial's next item, if any, is ours (it stays busy).  Settled
+       * before the loop can see w done: from then on the serial's owner
+       * may be gone (an export closed at exit). */
+      struct work_item *next = NULL;
+      if (serial) {
+        pthread_mutex_lock(&wp.lock);
+        next = serial->head;
+        if (next) {
+          serial->head = next->next;
+          if (!serial->head)
+            serial->tail = NULL;
+        } else {
+          serial->busy = false;
+        }
+        pthread_mutex_unlock(&wp.lock);
+      }
+
       pthread_mutex_lock(&wp.done_lock);
       w->next = wp.done;
       wp.done = w;
@@ -72,18 +89,7 @@ static void *worker_main(void *arg) {
       pthread_mutex_unlock(&wp.done_lock);
 
       pthread_mutex_lock(&wp.lock);
-      w = NULL;
-      if (serial) {
-        /* The serial's next item, if any, is ours: it stays busy. */
-        w = serial->head;
-        if (w) {
-          serial->head = w->next;
-          if (!serial->head)
-            serial->tail = NULL;
-        } else {
-          serial->busy = false;
-        }
-      }
+      w = next;
     }
   }
   pthread_mutex_unlock(&wp.lock);

@@ -70,8 +70,9 @@ int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off) {
   return 0;
 }
 
-/* Kernels or file systems without RWF_NOWAIT for reads answer EOPNOTSUPP:
- * remember it and stop asking. */
+/* Kernels without RWF_NOWAIT (or without preadv2) answer EOPNOTSUPP (ENOSYS):
+ * remember it and stop asking.  Any other failure only sends this read to
+ * the waiting path, which reports it properly. */
 static atomic_bool nowait_unsupported;
 
 int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off) {
@@ -81,7 +82,7 @@ int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off) {
   ssize_t r = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
   if (r == (ssize_t)len)
     return 0;
-  if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
+  if (r < 0 && (errno == EOPNOTSUPP || errno == ENOSYS))
     atomic_store(&nowait_unsupported, true);
   /* Partly cached, short file, or an error: the waiting path sorts it out
    * and reports it properly. */
