@@ -32,20 +32,24 @@ struct write_done {
 struct write_req {
   uv_write_t req;
   struct connection *conn;
-  struct write_done *done; /* n_done entries; &one or heap */
+  struct write_done *done; /* n_done entries (heap), or NULL */
   unsigned n_done;
-  struct write_done one;
   size_t len;
   uint8_t *cipher; /* TLS: what is actually written */
   uint8_t copy[];  /* conn_write_copy only */
 };
 
+/* Tells every waiter its write is over, and frees the array. */
+static void write_done_all(struct connection *conn, struct write_done *done, unsigned n,
+                           int status) {
+  for (unsigned i = 0; i < n; i++)
+    if (done[i].cb)
+      done[i].cb(conn, done[i].opaque, status);
+  free(done);
+}
+
 static void write_req_finish(struct write_req *w, int status) {
-  for (unsigned i = 0; i < w->n_done; i++)
-    if (w->done[i].cb)
-      w->done[i].cb(w->conn, w->done[i].opaque, status);
-  if (w->done != &w->one)
-    free(w->done);
+  write_done_all(w->conn, w->done, w->n_done, status);
   free(w->cipher);
   free(w);
 }
@@ -469,6 +473,7 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
 static void conn_flush_output(struct connection *conn) {
   if (conn->outq_n_done == 0)
     return;
+  uv_buf_t *bufs = conn->outq;
   unsigned nbufs = conn->outq_nbufs;
   struct write_done *done = conn->outq_done;
   unsigned n_done = conn->outq_n_done;
@@ -476,20 +481,6 @@ static void conn_flush_output(struct connection *conn) {
   conn->outq_n_done = 0;
   conn->outq_done = NULL;
   conn->outq_done_cap = 0;
-  struct write_req *w = calloc(1, sizeof *w);
-  if (!w) {
-    for (unsigned i = 0; i < n_done; i++)
-      if (done[i].cb)
-        done[i].cb(conn, done[i].opaque, UV_ENOMEM);
-    free(done);
-    /* Dropping replies would hang the client: give up on it. */
-    conn_close(conn, "out of memory");
-    return;
-  }
-  w->done = done;
-  w->n_done = n_done;
-  w->conn = conn;
-  uv_buf_t *bufs = conn->outq;
   if (!conn->tls && conn->writes_pending == 0 && !conn->closing && !conn->lingering) {
     /* Nothing ahead of us on the socket: write now, and complete at once
      * what went out.  A uv_write that completes is cheaper to avoid than to
@@ -500,7 +491,7 @@ static void conn_flush_output(struct connection *conn) {
       total += bufs[i].len;
     int n = uv_try_write(conn->out, bufs, nbufs);
     if (n > 0 && (size_t)n == total) {
-      write_req_finish(w, 0);
+      write_done_all(conn, done, n_done, 0);
       return;
     }
     if (n > 0) {
@@ -515,6 +506,15 @@ static void conn_flush_output(struct connection *conn) {
     }
     /* UV_EAGAIN, or the rest: queue it.  Other errors show in uv_write. */
   }
+  struct write_req *w = calloc(1, sizeof *w);
+  if (!w) {
+    write_done_all(conn, done, n_done, UV_ENOMEM);
+    /* Dropping replies would hang the client: give up on it. */
+    conn_close(conn, "out of memory");
+    return;
+  }
+  w->done = done;
+  w->n_done = n_done;
   /* uv_write copies the array of buffers, so outq is free again after it. */
   write_bufs(conn, w, bufs, nbufs);
 }

@@ -28,7 +28,6 @@ static void fail(struct request *req, int r, const struct vhd_err *err) {
 
 struct chunk_list {
   struct request *req;
-  uint64_t end; /* request end */
   size_t cap;
 };
 
@@ -87,7 +86,7 @@ static int op_read(struct request *req, unsigned flags) {
   req->n_chunks = 0;
   int r;
   if (chunked && req->chunks) {
-    struct chunk_list cl = {.req = req, .end = off + len, .cap = READ_MAX_CHUNKS};
+    struct chunk_list cl = {.req = req, .cap = READ_MAX_CHUNKS};
     r = vhd_read_map(vhd, req->data, off, len, flags | VHD_READ_SKIP_ZERO, read_map_cb, &cl,
                      &err);
     if (r == 0) {

@@ -35,31 +35,47 @@ static int io_err(vhd_t *vhd, struct vhd_err *err, int r, const char *what, uint
                                                             : strerror(-r));
 }
 
-/* One read in progress (vhd_read_map): its flags and the run not yet
- * reported to the caller. */
-struct read_ctx {
-  unsigned flags;
+/* Runs reported to a vhd_map or vhd_read_map caller, merged as they come. */
+struct map_merge {
   vhd_map_cb cb;
   void *opaque;
   struct vhd_extent cur;
   bool have;
+  bool probe_zero; /* cb == NULL: answer "is everything zero?" (1) or not (2) */
+  bool flags_only; /* merge runs by flags alone (vhd_read_map reports no depth) */
 };
 
-static int read_emit(struct read_ctx *rc, uint64_t off, uint64_t len, unsigned mflags) {
-  if (!rc->cb)
-    return 0;
-  if (rc->have && rc->cur.flags == mflags && rc->cur.offset + rc->cur.length == off) {
-    rc->cur.length += len;
+static int merge_emit(struct map_merge *m, const struct vhd_extent *e) {
+  if (m->probe_zero)
+    return (e->flags & VHD_MAP_ZERO) ? 0 : 2;
+  if (m->have && m->cur.flags == e->flags && m->cur.offset + m->cur.length == e->offset &&
+      (m->flags_only || (m->cur.depth == e->depth &&
+                         (e->depth < 0 || m->cur.file_offset + m->cur.length == e->file_offset)))) {
+    m->cur.length += e->length;
     return 0;
   }
-  if (rc->have) {
-    int r = rc->cb(rc->opaque, &rc->cur);
+  if (m->have) {
+    int r = m->cb(m->opaque, &m->cur);
     if (r)
       return r;
   }
-  rc->cur = (struct vhd_extent){.offset = off, .length = len, .flags = mflags};
-  rc->have = true;
+  m->cur = *e;
+  m->have = true;
   return 0;
+}
+
+/* One read in progress (vhd_read_map): its flags, and its runs for the
+ * caller (m.cb NULL: nobody asked). */
+struct read_ctx {
+  unsigned flags;
+  struct map_merge m;
+};
+
+static int read_emit(struct read_ctx *rc, uint64_t off, uint64_t len, unsigned mflags) {
+  if (!rc->m.cb)
+    return 0;
+  struct vhd_extent e = {.offset = off, .length = len, .flags = mflags};
+  return merge_emit(&rc->m, &e);
 }
 
 static int read_data(vhd_t *vhd, struct read_ctx *rc, uint8_t *buf, size_t len, uint64_t foff,
@@ -210,10 +226,10 @@ int vhd_read_map(vhd_t *vhd, void *buf, uint64_t off, size_t len, unsigned flags
   int r = check_range(vhd, off, len, "read", err);
   if (r < 0 || len == 0)
     return r;
-  struct read_ctx rc = {.flags = flags, .cb = cb, .opaque = opaque};
+  struct read_ctx rc = {.flags = flags, .m = {.cb = cb, .opaque = opaque, .flags_only = true}};
   r = read_range(vhd, buf, off, len, &rc, err);
-  if (r == 0 && rc.have)
-    r = cb(opaque, &rc.cur);
+  if (r == 0 && rc.m.have)
+    r = cb(opaque, &rc.m.cur);
   return r;
 }
 
@@ -510,33 +526,6 @@ bool vhd_zero_is_fast(vhd_t *vhd, uint64_t off, uint64_t len) {
 }
 
 /* --- mapping ------------------------------------------------------------ */
-
-struct map_merge {
-  vhd_map_cb cb;
-  void *opaque;
-  struct vhd_extent cur;
-  bool have;
-  bool probe_zero; /* cb == NULL: answer "is everything zero?" (1) or not (2) */
-};
-
-static int merge_emit(struct map_merge *m, const struct vhd_extent *e) {
-  if (m->probe_zero)
-    return (e->flags & VHD_MAP_ZERO) ? 0 : 2;
-  if (m->have && m->cur.flags == e->flags && m->cur.depth == e->depth &&
-      m->cur.offset + m->cur.length == e->offset &&
-      (e->depth < 0 || m->cur.file_offset + m->cur.length == e->file_offset)) {
-    m->cur.length += e->length;
-    return 0;
-  }
-  if (m->have) {
-    int r = m->cb(m->opaque, &m->cur);
-    if (r)
-      return r;
-  }
-  m->cur = *e;
-  m->have = true;
-  return 0;
-}
 
 static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct map_merge *m,
                      struct vhd_err *err);
