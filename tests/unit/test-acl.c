@@ -9,15 +9,7 @@
 #include <sys/un.h>
 
 #include "acl.h"
-
-static int failures;
-#define CHECK(c)                                                   \
-  do {                                                             \
-    if (!(c)) {                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-      failures++;                                                  \
-    }                                                              \
-  } while (0)
+#include "check.h"
 
 static bool allows4(const struct acl *a, const char *ip) {
   struct sockaddr_in sin = {.sin_family = AF_INET};
@@ -59,8 +51,5 @@ int main(void) {
   CHECK(acl_add(&a, "0.0.0.0/0", err, sizeof err) == 0);
   CHECK(allows4(&a, "203.0.113.9"));
   acl_free(&a);
-  if (failures)
-    return 1;
-  printf("acl: all checks passed\n");
-  return 0;
+  return check_finish("ACL");
 }

@@ -7,27 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "codec.h"
 #include "endian-be.h"
-
-static int failures;
-
-#define CHECK(cond)                                                       \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                         \
-    }                                                                     \
-  } while (0)
-#define CHECK_EQ(a, b)                                                              \
-  do {                                                                              \
-    long long a_ = (long long)(a), b_ = (long long)(b);                             \
-    if (a_ != b_) {                                                                 \
-      fprintf(stderr, "%s:%d: %s == %lld, expected %s == %lld\n", __FILE__, __LINE__, \
-              #a, a_, #b, b_);                                                      \
-      failures++;                                                                   \
-    }                                                                               \
-  } while (0)
 
 /* Builds INFO/GO data: name, then count and types. */
 static size_t build_info(uint8_t *buf, const char *name, uint32_t claimed_len, uint16_t n,
@@ -521,10 +503,5 @@ int main(void) {
   test_replies();
   test_errno();
   test_random_inputs();
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("all NBD codec checks passed\n");
-  return 0;
+  return check_finish("NBD codec");
 }

@@ -8,16 +8,7 @@
 #include <string.h>
 
 #include "bufpool.h"
-
-static int failures;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
+#include "check.h"
 
 static void test_reuse_within_class(void) {
   uint8_t *a = bufpool_get(1u << 20);
@@ -78,10 +69,5 @@ int main(void) {
   test_cap();
   test_beyond_largest_class();
   bufpool_drain();
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("bufpool: all checks passed\n");
-  return 0;
+  return check_finish("buffer pool");
 }

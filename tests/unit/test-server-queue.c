@@ -6,17 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "queue.h"
-
-static int failures;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
 
 #define MAX_ITEMS 64
 static struct queue_item items[MAX_ITEMS];
@@ -212,10 +203,5 @@ int main(void) {
   test_flush_waits_for_earlier_writes_only();
   test_empty_ranges_overlap_nothing();
   test_random();
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("all queue checks passed\n");
-  return 0;
+  return check_finish("queue");
 }
