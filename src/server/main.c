@@ -77,6 +77,15 @@ static void usage(FILE *f) {
           SERVER_DEFAULT_THREADS);
 }
 
+/* A command-line string, when given, replaces the configuration file's. */
+static void take_string(char **setting, char **cli) {
+  if (*cli) {
+    free(*setting);
+    *setting = *cli;
+    *cli = NULL;
+  }
+}
+
 static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const char *fmt, ...) {
   va_list ap;
   fprintf(stderr, "vhdnbd: ");
@@ -318,16 +327,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     cli.binds = NULL;
     cli.n_binds = 0;
   }
-  if (cli.unix_path) {
-    free(s->unix_path);
-    s->unix_path = cli.unix_path;
-    cli.unix_path = NULL;
-  }
-  if (cli.pidfile) {
-    free(s->pidfile);
-    s->pidfile = cli.pidfile;
-    cli.pidfile = NULL;
-  }
+  take_string(&s->unix_path, &cli.unix_path);
+  take_string(&s->pidfile, &cli.pidfile);
   if (cli.readonly)
     s->readonly = true;
   if (cli.allow.n) {
@@ -342,16 +343,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   if (cli.tls_set)
     s->tls = cli.tls;
-  if (cli.tls_certificates) {
-    free(s->tls_certificates);
-    s->tls_certificates = cli.tls_certificates;
-    cli.tls_certificates = NULL;
-  }
-  if (cli.tls_psk) {
-    free(s->tls_psk);
-    s->tls_psk = cli.tls_psk;
-    cli.tls_psk = NULL;
-  }
+  take_string(&s->tls_certificates, &cli.tls_certificates);
+  take_string(&s->tls_psk, &cli.tls_psk);
   if (cli.tls_verify_peer)
     s->tls_verify_peer = true;
   if (max_set)
