@@ -1,6 +1,6 @@
 #!/bin/bash
 # The Linux kernel's NBD client against vhdnbd: boots a Debian kernel under
-# qemu (KVM when available, TCG otherwise) whose initramfs (see
+# qemu (KVM when it works, TCG otherwise: see guest-run.sh) whose initramfs (see
 # guest-init.sh) attaches /dev/nbd0 to a dynamic VHD served on 127.0.0.1
 # (reached through qemu's user-mode network), does raw I/O, builds and
 # re-reads an ext4 file system, then reconnects with 4 connections and does it
@@ -14,6 +14,7 @@
 . "$top_srcdir/tests/functions.sh"
 
 here="$top_srcdir/tests/kernel"
+. "$here/guest-run.sh"
 PATH=$PATH:/usr/sbin:/sbin
 export PATH
 
@@ -65,28 +66,19 @@ done
 cleanup_fn "kill $srv_pid 2>/dev/null; wait $srv_pid 2>/dev/null"
 note "vhdnbd listening on 127.0.0.1:$port"
 
-accel=tcg
-if [ -w /dev/kvm ]; then
-  accel=kvm
-fi
 console="$TMPD/console.log"
-start=$(date +%s)
-set +e
-timeout -k 5 "${KTEST_TIMEOUT:-270}" qemu-system-x86_64 \
-  -nodefaults -machine pc,accel=$accel -cpu max -m 512 -smp 2 \
-  -display none -monitor none -serial "file:$console" -no-reboot \
-  -kernel "$kernel" -initrd "$TMPD/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 ktest_port=$port" \
-  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-  </dev/null >"$TMPD/qemu.log" 2>&1
-qemu_rc=$?
-set -e
-note "guest ran $(($(date +%s) - start)) s under $accel, qemu exit status $qemu_rc"
+ktest_run_guest "$kernel" "$TMPD/initrd.gz" "$console" "$TMPD/qemu.log" \
+  "console=ttyS0 quiet panic=-1 ktest_port=$port"
+qemu_rc=$guest_rc
 tr -d '\r' <"$console" >"$TMPD/console.txt"
 echo "--- guest console"
 cat "$TMPD/console.txt"
 echo "--- end of guest console"
 cat "$TMPD/qemu.log"
+if [ -f "$TMPD/qemu.log.kvm" ]; then
+  echo "--- qemu output of the failed KVM start"
+  cat "$TMPD/qemu.log.kvm"
+fi
 echo "--- vhdnbd -v log (last 30 lines)"
 tail -n 30 "$TMPD/vhdnbd.log"
 echo "--- end of vhdnbd log"
@@ -95,10 +87,10 @@ if grep -q '^KTEST: FAIL' "$TMPD/console.txt"; then
   fail "guest: $(grep '^KTEST: FAIL' "$TMPD/console.txt" | head -n 1)"
 fi
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
-  fail "the guest did not finish within ${KTEST_TIMEOUT:-270} s"
+  fail "the guest did not finish within ${KTEST_TIMEOUT:-270} s under $guest_accel"
 fi
 grep -q '^KTEST: END' "$TMPD/console.txt" ||
-  fail "the guest stopped before the end of its script (qemu exit status $qemu_rc)"
+  fail "the guest stopped before the end of its script (qemu exit status $qemu_rc under $guest_accel)"
 for step in modules network connect raw mkfs ext4 disconnect multiconn; do
   grep -q "^KTEST: PASS $step at " "$TMPD/console.txt" || fail "guest step $step did not pass"
 done
