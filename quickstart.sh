@@ -1,29 +1,43 @@
 #!/bin/bash
-# Installs what is missing, builds vhdnbd and serves an image on 127.0.0.1:10809.
+# Installs what is missing (build dependencies and the NBD clients it suggests
+# below), builds vhdnbd out of tree under build/quickstart, and serves an image
+# on 127.0.0.1:10809.  Safe to run again, and before or after ./run-tests.sh.
 # Usage: ./quickstart.sh [IMAGE.vhd]    (without an image, a demo dynamic VHD is made)
 set -eu
 cd "$(dirname "$0")"
+top=$(pwd)
 
-scripts/install-deps.sh
-[ -x configure ] || autoreconf -fi
-[ -f Makefile ] || ./configure
-make -j"$(nproc)"
+scripts/install-deps.sh --with-clients
+[ -x configure ] && [ configure -nt configure.ac ] || autoreconf -fi
+# A tree configured in place makes out-of-tree configure refuse to run.
+if [ -f config.status ]; then
+  make distclean >/dev/null 2>&1 || rm -f config.status Makefile config.h
+fi
+build="$top/build/quickstart"
+mkdir -p "$build"
+[ -f "$build/Makefile" ] || (cd "$build" && "$top/configure" -q)
+make -C "$build" -j"$(nproc)" >"$build/make.out" 2>&1 || {
+  tail -40 "$build/make.out"
+  echo "quickstart: the build failed (full log: $build/make.out)" >&2
+  exit 1
+}
 
 image="${1:-}"
 if [ -z "$image" ]; then
   mkdir -p demo
   image=demo/demo.vhd
   if [ ! -f "$image" ]; then
-    ./vhdimg create -t dynamic "$image" 1G
+    "$build/vhdimg" create -t dynamic "$image" 1G
     echo "Created a demo 1 GiB dynamic VHD: $image"
   fi
 fi
 
 cat <<MSG
+Built $build/vhdnbd and $build/vhdimg.
 Serving $image on 127.0.0.1:10809 (Ctrl-C stops). Connect with:
   nbdinfo nbd://127.0.0.1
   qemu-img info nbd://127.0.0.1
   qemu-io -f raw -c 'read -v 0 512' nbd://127.0.0.1
   sudo modprobe nbd && sudo nbd-client 127.0.0.1 10809 /dev/nbd0 -N ''
 MSG
-exec ./vhdnbd -b 127.0.0.1 -p 10809 "$image"
+exec "$build/vhdnbd" -b 127.0.0.1 -p 10809 "$image"

@@ -1,26 +1,50 @@
 #!/bin/bash
-# Installs what is missing and runs the whole test suite twice: a plain build
-# (with -Werror, plus a valgrind pass over the engine and codec unit tests)
-# and an ASan+UBSan build.  Ends with "N passed, N failed".
+# Installs what is missing and runs the whole test suite: a plain build (with
+# -Werror, plus a valgrind pass over the unit tests), an ASan+UBSan build, and
+# the Debian package round trip.  Builds go under build/ (out of tree), so
+# this works in any checkout, before or after ./quickstart.sh, any number of
+# times.  Lists every skipped test with its reason and ends with
+# "N passed, N failed, N skipped"; a build that fails counts as a failure and
+# is named with its reason.  Exits non-zero unless everything passed.
 set -u
 cd "$(dirname "$0")"
 top=$(pwd)
 
-scripts/install-deps.sh --with-tests || exit 1
-autoreconf -fi >/dev/null 2>&1 || { echo "autoreconf failed"; exit 1; }
+scripts/install-deps.sh --with-tests || { echo "installing the test dependencies failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+out=$(autoreconf -fi 2>&1) || {
+  echo "$out"; echo "autoreconf failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1
+}
+
+# A tree configured in place (by hand, or by an older quickstart) makes every
+# out-of-tree configure refuse to run.
+if [ -f "$top/config.status" ]; then
+  echo "=== the source tree is configured in place; make distclean there first"
+  make -C "$top" distclean >/dev/null 2>&1 || rm -f "$top/config.status" "$top/Makefile" "$top/config.h"
+fi
 
 jobs=$(nproc)
 # Both builds share one cache of the kernel boot files.
 export KTEST_CACHE="$top/build/ktest-cache"
-status=0
+build_failures=()   # "name: step (reason)" for each build that could not run its tests
+extra_pass=0 extra_fail=0 extra_skip=0
+extra_skips=()
+
 run_build() { # name configure-args...
   local name=$1; shift
   local dir="$top/build/$name"
   rm -rf "$dir" && mkdir -p "$dir"
   echo "=== $name build: configure $*"
-  (cd "$dir" && "$top/configure" -q "$@" >configure.out 2>&1) || { cat "$dir/configure.out"; return 1; }
+  if ! (cd "$dir" && "$top/configure" -q "$@" >configure.out 2>&1); then
+    tail -20 "$dir/configure.out"
+    build_failures+=("$name build: configure failed: $(grep -m1 'error:' "$dir/configure.out" || tail -1 "$dir/configure.out")")
+    return 1
+  fi
   echo "=== $name build: make"
-  (cd "$dir" && make -j"$jobs" >make.out 2>&1) || { tail -50 "$dir/make.out"; return 1; }
+  if ! (cd "$dir" && make -j"$jobs" >make.out 2>&1); then
+    tail -50 "$dir/make.out"
+    build_failures+=("$name build: make failed: $(grep -m1 -E 'error|Error' "$dir/make.out" || tail -1 "$dir/make.out")")
+    return 1
+  fi
   echo "=== $name build: make check"
   (cd "$dir" && make -j"$jobs" check >check.out 2>&1)
   local rc=$?
@@ -29,32 +53,80 @@ run_build() { # name configure-args...
     for f in $(grep -lE '^:test-result: (FAIL|ERROR)' $(find "$dir" -name '*.trs') 2>/dev/null); do
       echo "----- ${f%.trs}.log"; tail -40 "${f%.trs}.log"
     done
+    # A make check that failed without any failing test failed elsewhere
+    # (building a test program, say).
+    if ! grep -qE '^(FAIL|ERROR):' "$dir/check.out"; then
+      tail -30 "$dir/check.out"
+      build_failures+=("$name build: make check failed outside the tests: $(grep -m1 -E 'error|Error' "$dir/check.out" || tail -1 "$dir/check.out")")
+    fi
   fi
   return $rc
 }
 
-run_build plain --enable-werror || status=1
-if [ -d "$top/build/plain" ] && command -v valgrind >/dev/null; then
+run_build plain --enable-werror
+if [ -f "$top/build/plain/vhdnbd" ] && command -v valgrind >/dev/null; then
   echo "=== valgrind pass over the unit tests"
   (cd "$top/build/plain" && make -j"$jobs" check-valgrind >valgrind.out 2>&1)
   vrc=$?
   grep -E '^(PASS|FAIL|SKIP|ERROR):' "$top/build/plain/valgrind.out" | sed 's/^/[valgrind] /'
-  [ $vrc -eq 0 ] || { tail -60 "$top/build/plain/valgrind.out"; status=1; }
+  if [ $vrc -ne 0 ]; then
+    tail -60 "$top/build/plain/valgrind.out"
+    grep -q '^FAIL: .*(valgrind)' "$top/build/plain/valgrind.out" ||
+      build_failures+=("valgrind pass: make check-valgrind failed: $(tail -1 "$top/build/plain/valgrind.out")")
+  fi
+elif ! command -v valgrind >/dev/null; then
+  extra_skip=$((extra_skip + 1)); extra_skips+=("valgrind pass over the unit tests: valgrind is not installed")
 fi
-run_build sanitizers --enable-werror --enable-sanitizers || status=1
+run_build sanitizers --enable-werror --enable-sanitizers
 
-pass=0; fail=0
-for f in $(find "$top/build" -name '*.trs' 2>/dev/null); do
-  r=$(sed -n 's/^:test-result: //p' "$f" | head -1)
-  case "$r" in
-    PASS|XFAIL) pass=$((pass + 1)) ;;
-    FAIL|ERROR|XPASS) fail=$((fail + 1)) ;;
+# Built from a clean clone of the committed tree, installed, checked, purged.
+pkgtest="$top/tests/package/test-deb-package.sh"
+if [ -f "$pkgtest" ]; then
+  echo "=== Debian package round trip"
+  bash "$pkgtest" "$top" >"$top/build/package.log" 2>&1
+  prc=$?
+  case $prc in
+  0) echo "[package] PASS: $pkgtest"; extra_pass=$((extra_pass + 1)) ;;
+  77) echo "[package] SKIP: $pkgtest"; extra_skip=$((extra_skip + 1))
+      extra_skips+=("[package] Debian package round trip: $(grep -m1 'SKIP' "$top/build/package.log" || tail -1 "$top/build/package.log")") ;;
+  *) echo "[package] FAIL: $pkgtest"; tail -40 "$top/build/package.log"; extra_fail=$((extra_fail + 1)) ;;
   esac
+fi
+
+pass=$extra_pass; fail=$extra_fail; skip=$extra_skip
+skips=("${extra_skips[@]+"${extra_skips[@]}"}")
+for name in plain sanitizers; do
+  for f in $(find "$top/build/$name" -name '*.trs' 2>/dev/null | sort); do
+    r=$(sed -n 's/^:test-result: //p' "$f" | head -1)
+    case "$r" in
+      PASS|XFAIL) pass=$((pass + 1)) ;;
+      FAIL|ERROR|XPASS) fail=$((fail + 1)) ;;
+      SKIP)
+        skip=$((skip + 1))
+        log="${f%.trs}.log"
+        why=$(grep -m1 -E 'SKIP|skip' "$log" 2>/dev/null || tail -1 "$log" 2>/dev/null)
+        skips+=("[$name] ${f#"$top/build/$name/"}: ${why:-no reason given}")
+        ;;
+    esac
+  done
 done
 if [ -f "$top/build/plain/valgrind.out" ]; then
   pass=$((pass + $(grep -c '^PASS: .*(valgrind)' "$top/build/plain/valgrind.out")))
   fail=$((fail + $(grep -c '^FAIL: .*(valgrind)' "$top/build/plain/valgrind.out")))
 fi
-[ $fail -eq 0 ] || status=1
-echo "$pass passed, $fail failed"
-exit $status
+
+if [ ${#skips[@]} -gt 0 ]; then
+  echo "=== skipped, with the reason each gave"
+  printf '  %s\n' "${skips[@]}"
+fi
+if [ ${#build_failures[@]} -gt 0 ]; then
+  echo "=== builds that failed (each counts as one failure)"
+  printf '  %s\n' "${build_failures[@]}"
+  fail=$((fail + ${#build_failures[@]}))
+fi
+if [ $((pass + fail)) -eq 0 ]; then
+  echo "no test ran"
+  fail=1
+fi
+echo "$pass passed, $fail failed, $skip skipped"
+[ $fail -eq 0 ]
