@@ -8,7 +8,9 @@ cd "$(dirname "$0")"
 top=$(pwd)
 
 scripts/install-deps.sh --with-clients
-[ -x configure ] && [ configure -nt configure.ac ] || autoreconf -fi
+if [ ! -x configure ] || [ configure.ac -nt configure ]; then
+  out=$(autoreconf -fi 2>&1) || { echo "$out"; echo "quickstart: autoreconf failed" >&2; exit 1; }
+fi
 # A tree configured in place makes out-of-tree configure refuse to run.
 if [ -f config.status ]; then
   make distclean >/dev/null 2>&1 || rm -f config.status Makefile config.h

@@ -9,3 +9,5 @@ include tests/interop/server.mk
 include tests/fuzz/local.mk
 include tests/stress/local.mk
 include tests/kernel/local.mk
+# The whole directory: every planted bug and its runner.
+EXTRA_DIST += tests/mutants
