@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs what is missing and runs the whole test suite: a plain build (with
-# -Werror, plus a valgrind pass over the unit tests), an ASan+UBSan build, and
-# the Debian package round trip.  Builds go under build/ (out of tree), so
+# -Werror, plus a valgrind pass over the unit tests), an ASan+UBSan build, the
+# Debian package round trip, and a sample of planted bugs that must be caught.  Builds go under build/ (out of tree), so
 # this works in any checkout, before or after ./quickstart.sh, any number of
 # times.  Lists every skipped test with its reason and ends with
 # "N passed, N failed, N skipped"; a build that fails counts as a failure and
@@ -91,6 +91,19 @@ if [ -f "$pkgtest" ]; then
       extra_skips+=("[package] Debian package round trip: $(grep -m1 'SKIP' "$top/build/package.log" || tail -1 "$top/build/package.log")") ;;
   *) echo "[package] FAIL: $pkgtest"; tail -40 "$top/build/package.log"; extra_fail=$((extra_fail + 1)) ;;
   esac
+fi
+
+# A daily sample of the planted bugs: each must make one of its tests fail.
+echo "=== a sample of planted bugs (tests/mutants; all of them: make check-mutants)"
+MUTANTS_DIR="$top/build/mutants" bash "$top/tests/mutants/run-mutants.sh" \
+  --sample "${MUTANT_SAMPLE:-3}" >"$top/build/mutants.log" 2>&1
+mrc=$?
+grep -E '^(CAUGHT|MISSED|sample)' "$top/build/mutants.log" | sed 's/^/[mutants] /'
+extra_pass=$((extra_pass + $(grep -c '^CAUGHT:' "$top/build/mutants.log")))
+extra_fail=$((extra_fail + $(grep -c '^MISSED:' "$top/build/mutants.log")))
+if [ $mrc -ne 0 ] && ! grep -q '^MISSED:' "$top/build/mutants.log"; then
+  tail -20 "$top/build/mutants.log"
+  build_failures+=("mutant sample: $(tail -1 "$top/build/mutants.log")")
 fi
 
 pass=$extra_pass; fail=$extra_fail; skip=$extra_skip

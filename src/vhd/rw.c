@@ -81,7 +81,7 @@ static int read_emit(struct read_ctx *rc, uint64_t off, uint64_t len, unsigned m
 static int read_data(vhd_t *vhd, struct read_ctx *rc, uint8_t *buf, size_t len, uint64_t foff,
                      struct vhd_err *err) {
   if (rc->flags & VHD_READ_NOWAIT)
-    return vhd_io_pread_nowait(vhd->fd, buf, len, foff);
+    return vhd->atime_free ? vhd_io_pread_nowait(vhd->fd, buf, len, foff) : -EAGAIN;
   int r = vhd_io_pread(vhd->fd, buf, len, foff);
   return r < 0 ? io_err(vhd, err, r, "reading data", foff) : 0;
 }

@@ -98,6 +98,10 @@ struct vhd {
   char *path;
   int fd;
   bool readonly;
+  /* Reads of fd never update the access time (O_NOATIME, or a noatime
+   * mount).  Otherwise a read may wait for a journal commit to store the new
+   * atime, so VHD_READ_NOWAIT gives up at once. */
+  bool atime_free;
   enum vhd_type type;
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];

@@ -182,7 +182,10 @@ int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
  *                       caller zero-fills what it needs); requires cb.
  *   VHD_READ_NOWAIT     never wait: for a contended image lock, a bitmap not
  *                       yet in memory or file data not in the page cache
- *                       (preadv2 RWF_NOWAIT) return -EAGAIN at once, leaving
+ *                       (preadv2 RWF_NOWAIT), or an image whose reads may
+ *                       update its access time (opened without O_NOATIME,
+ *                       which needs ownership or CAP_FOWNER, on a mount
+ *                       without noatime), return -EAGAIN at once, leaving
  *                       buf and the runs already reported unspecified.  Lets
  *                       an event loop serve cached reads without a thread.
  * A cb returning non-zero stops the read and is returned. */

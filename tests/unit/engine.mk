@@ -41,3 +41,12 @@ test_vhd_crash_lost_CFLAGS = $(ENGINE_TEST_CFLAGS) -DCRASH_LOST_WRITES
 test_vhd_open_loop_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
 test_vhd_open_loop_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_loop_CFLAGS = $(ENGINE_TEST_CFLAGS) -DOPEN_SELF_PARENT
+
+# - test-vhd-noatime: reads never update the atime where NOWAIT reads are
+#   answered (O_NOATIME), and give up with EAGAIN where they might.
+check_PROGRAMS += test-vhd-noatime
+TESTS += test-vhd-noatime
+test_vhd_noatime_SOURCES = tests/unit/test-vhd-noatime.c $(ENGINE_TEST_UTIL)
+test_vhd_noatime_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_noatime_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-noatime
