@@ -39,7 +39,7 @@ struct request {
   /* Outcome, filled by the worker. */
   uint32_t error;     /* NBD error, 0 on success */
   const char *why;    /* static reason, or NULL */
-  char *errmsg;       /* engine message (heap), or NULL */
+  char *errmsg;       /* engine message (heap), or NULL; for the log only */
   struct read_chunk *chunks;
   size_t n_chunks;
   struct nbd_extent *ext;

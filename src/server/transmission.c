@@ -62,16 +62,30 @@ static const char *error_text(const struct request *req) {
   return req->errmsg ? req->errmsg : req->why;
 }
 
+/* What the client is told: its own mistakes as they are, but an engine
+ * failure only in the client's terms, the command and the NBD error (whose
+ * values are Linux errno values); the engine's message names server paths
+ * and file offsets and stays in the log. */
+static const char *client_error_text(const struct request *req, char *buf, size_t size) {
+  if (!req->errmsg)
+    return req->why;
+  snprintf(buf, size, "%s failed on the server: %s", nbd_cmd_name(req->r.type),
+           strerror((int)req->error));
+  return buf;
+}
+
 /* Encodes the reply into req->reply / req->bufs; returns the buffer count. */
 static int build_structured(struct request *req) {
   uint64_t cookie = req->r.cookie;
   if (req->error) {
+    char text[128];
     req->reply = malloc(NBD_CHUNK_ERROR_MAX);
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
     ssize_t n = nbd_encode_chunk_error(req->reply, NBD_CHUNK_ERROR_MAX, NBD_REPLY_FLAG_DONE,
-                                       cookie, req->error, error_text(req), false, 0);
+                                       cookie, req->error,
+                                       client_error_text(req, text, sizeof text), false, 0);
     if (n < 0)
       return (int)n;
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);

@@ -24,7 +24,8 @@ SERVER_TESTS = \
 	tests/server/test-sub-sector \
 	tests/server/test-differencing \
 	tests/server/test-io-errors \
-	tests/server/test-space-reuse
+	tests/server/test-space-reuse \
+	tests/server/test-error-messages
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -32,6 +33,9 @@ TESTS += $(SERVER_TESTS)
 SERVER_TEST_CFLAGS = $(AM_CFLAGS) $(LIBNBD_CFLAGS)
 SERVER_TEST_LDADD = libtestharness.a $(LIBNBD_LIBS)
 
+tests_server_test_error_messages_SOURCES = tests/server/test-error-messages.c
+tests_server_test_error_messages_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_error_messages_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_space_reuse_SOURCES = tests/server/test-space-reuse.c
 tests_server_test_space_reuse_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_space_reuse_LDADD = $(SERVER_TEST_LDADD)
