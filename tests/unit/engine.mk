@@ -15,6 +15,11 @@ TESTS += test-size
 test_size_SOURCES = tests/unit/test-size.c
 test_size_LDADD = libcommon.a
 
+check_PROGRAMS += test-log-escape
+TESTS += test-log-escape
+test_log_escape_SOURCES = tests/unit/test-log-escape.c tests/unit/check.h
+test_log_escape_LDADD = libcommon.a
+
 check_PROGRAMS += test-vhd-crash
 TESTS += test-vhd-crash
 test_vhd_crash_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
@@ -27,7 +32,7 @@ test_vhd_open_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
 test_vhd_open_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_CFLAGS = $(ENGINE_TEST_CFLAGS)
 
-VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size
+VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size test-log-escape
 
 # - test-vhd-crash-lost: the crash workloads with unsynced writes dropped at
 #   random, as a power cut may: the trailing footer must survive.
