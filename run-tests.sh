@@ -43,6 +43,17 @@ if [ -d "$top/build/plain" ] && command -v valgrind >/dev/null; then
 fi
 run_build sanitizers --enable-werror --enable-sanitizers || status=1
 
+# The Debian package round trip installs and purges the package, so it runs
+# here (as root) rather than under make check.
+echo "=== Debian package round trip"
+tests/package/test-deb-package.sh "$top" >"$top/build/deb-package.out" 2>&1
+deb_rc=$?
+case $deb_rc in
+  0) echo "PASS: tests/package/test-deb-package.sh" ;;
+  77) echo "SKIP: tests/package/test-deb-package.sh: $(grep '^SKIP' "$top/build/deb-package.out")" ;;
+  *) echo "FAIL: tests/package/test-deb-package.sh"; tail -40 "$top/build/deb-package.out" ;;
+esac
+
 pass=0; fail=0
 for f in $(find "$top/build" -name '*.trs' 2>/dev/null); do
   r=$(sed -n 's/^:test-result: //p' "$f" | head -1)
@@ -55,6 +66,11 @@ if [ -f "$top/build/plain/valgrind.out" ]; then
   pass=$((pass + $(grep -c '^PASS: .*(valgrind)' "$top/build/plain/valgrind.out")))
   fail=$((fail + $(grep -c '^FAIL: .*(valgrind)' "$top/build/plain/valgrind.out")))
 fi
+case $deb_rc in
+  0) pass=$((pass + 1)) ;;
+  77) ;;
+  *) fail=$((fail + 1)) ;;
+esac
 [ $fail -eq 0 ] || status=1
 echo "$pass passed, $fail failed"
 exit $status

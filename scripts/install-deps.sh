@@ -6,7 +6,8 @@ set -eu
 build_pkgs="build-essential autoconf automake pkg-config libuv1-dev uuid-dev libsystemd-dev libgnutls28-dev"
 test_pkgs="libnbd-dev libnbd-bin python3-libnbd nbdkit qemu-utils nbd-client fio
   libvhdi-utils python3-libvhdi valgrind clang libclang-rt-14-dev systemd gnutls-bin
-  qemu-system-x86 busybox-static"
+  qemu-system-x86 busybox-static
+  git dpkg-dev debhelper dh-autoreconf lintian"
 
 want="$build_pkgs"
 [ "${1:-}" = "--with-tests" ] && want="$want $test_pkgs"
