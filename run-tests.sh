@@ -50,7 +50,7 @@ tests/package/test-deb-package.sh "$top" >"$top/build/deb-package.out" 2>&1
 deb_rc=$?
 case $deb_rc in
   0) echo "PASS: tests/package/test-deb-package.sh" ;;
-  77) echo "SKIP: tests/package/test-deb-package.sh: $(grep '^SKIP' "$top/build/deb-package.out")" ;;
+  77) echo "SKIP: tests/package/test-deb-package.sh: $(sed -n 's/^SKIP: //p' "$top/build/deb-package.out")" ;;
   *) echo "FAIL: tests/package/test-deb-package.sh"; tail -40 "$top/build/deb-package.out" ;;
 esac
 
