@@ -11,7 +11,8 @@ build_pkgs="build-essential autoconf automake pkg-config libuv1-dev uuid-dev lib
 client_pkgs="libnbd-bin qemu-utils nbd-client"
 test_pkgs="$client_pkgs libnbd-dev python3-libnbd nbdkit fio
   libvhdi-utils python3-libvhdi valgrind clang libclang-rt-14-dev systemd gnutls-bin
-  qemu-system-x86 busybox-static"
+  qemu-system-x86 busybox-static
+  git dpkg-dev debhelper dh-autoreconf lintian"
 
 want="$build_pkgs"
 for arg in "$@"; do

@@ -1,4 +1,7 @@
 EXTRA_DIST += tests/functions.sh
+# Builds, installs and purges the Debian package: needs root, so it runs from
+# run-tests.sh rather than from "make check".
+EXTRA_DIST += tests/package/test-deb-package.sh
 include tests/unit/engine.mk
 include tests/unit/codec.mk
 include tests/unit/net.mk
