@@ -26,6 +26,14 @@ static void fail(struct request *req, int r, const struct vhd_err *err) {
   req->errmsg = strdup(err && err->msg[0] ? err->msg : strerror(r < 0 ? -r : r));
 }
 
+/* A failed WRITE, WRITE_ZEROES, TRIM or FLUSH: once the image latched a
+ * write error, every such request fails with EIO until restart, and the
+ * reply path logs the cause once rather than each request. */
+static void fail_write(struct request *req, int r, const struct vhd_err *err) {
+  fail(req, r, err);
+  req->image_failed = vhd_write_error(req->exp->vhd, NULL) != 0;
+}
+
 struct chunk_list {
   struct request *req;
   size_t cap;
@@ -184,7 +192,7 @@ static void op_write_zeroes(struct request *req) {
                    (f & NBD_CMD_FLAG_NO_HOLE ? VHD_NO_HOLE : VHD_MAY_TRIM);
   int r = vhd_write_zeroes(vhd, req->r.offset, req->r.length, flags, &err);
   if (r < 0)
-    fail(req, r, &err);
+    fail_write(req, r, &err);
 }
 
 void ops_run(struct request *req) {
@@ -217,5 +225,5 @@ void ops_run(struct request *req) {
     return;
   }
   if (r < 0)
-    fail(req, r, &err);
+    fail_write(req, r, &err);
 }

@@ -40,6 +40,8 @@ struct request {
   uint32_t error;     /* NBD error, 0 on success */
   const char *why;    /* static reason, or NULL */
   char *errmsg;       /* engine message (heap), or NULL; for the log only */
+  bool image_failed;  /* a write-kind request failed on an image that now
+                         refuses writes (vhd_write_error) */
   struct read_chunk *chunks;
   size_t n_chunks;
   struct nbd_extent *ext;

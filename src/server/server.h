@@ -69,6 +69,7 @@ struct export {
   struct queue queue;
   struct acl allow; /* empty: everyone the global list lets in */
   struct work_serial write_serial; /* plain WRITEs, one at a time */
+  bool write_error_logged; /* loop thread: the image's write error was logged */
 };
 
 struct export_spec {

@@ -152,14 +152,33 @@ static int build_simple(struct request *req) {
   return nb;
 }
 
+/* Once an image latched a write error every write and flush of it fails:
+ * that is said once per export, as an error naming the image and the first
+ * failure (even when the client that met it has gone). */
+static void log_image_failure(struct export *exp) {
+  if (exp->write_error_logged)
+    return;
+  struct vhd_err err = {{0}};
+  vhd_write_error(exp->vhd, &err);
+  exp->write_error_logged = true;
+  log_msg(LOG_LEVEL_ERR,
+          "export '%s': %s; writes since the last successful flush may be lost, and every "
+          "flush and write of this export now fails with EIO until vhdnbd is restarted",
+          exp->name, err.msg);
+}
+
 static void send_reply(struct request *req) {
   struct connection *conn = req->conn;
+  if (req->image_failed)
+    log_image_failure(req->exp);
   if (conn->closing) {
     request_free(req);
     return;
   }
+  /* Engine failures are warnings, a client's mistakes only debugging, and
+   * so are the requests an image refuses after a write error. */
   if (req->error)
-    log_msg(req->errmsg ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
+    log_msg(req->errmsg && !req->image_failed ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
             "%s: %s at %" PRIu64 "+%" PRIu32 ": error %" PRIu32 ": %s", conn->peer,
             nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
             error_text(req) ? error_text(req) : "");

@@ -237,7 +237,7 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
     uint8_t *bm = calloc(1, vhd->bitmap_size);
     if (!bm)
       return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
-    int r = vhd_io_pwrite(vhd->fd, bm, vhd->bitmap_size, off);
+    int r = vhd_io_pwrite(vhd, bm, vhd->bitmap_size, off);
     if (r < 0) {
       vhd->n_free_ready++;
       free(bm);
@@ -262,9 +262,9 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
     uint64_t new_footer = off + blocks * span;
     if (new_footer > limit)
       new_footer = off + (limit - off) / span * span;
-    r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
+    r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
     if (r == 0)
-      r = vhd_io_sync(vhd->fd);
+      r = vhd_io_sync(vhd);
     if (r < 0)
       return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
                          vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
@@ -273,7 +273,7 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint8_t *bm = calloc(1, vhd->bitmap_size);
   if (!bm)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
-  r = vhd_io_pwrite(vhd->fd, bm, vhd->bitmap_size, off);
+  r = vhd_io_pwrite(vhd, bm, vhd->bitmap_size, off);
   if (r < 0) {
     free(bm);
     return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
@@ -307,13 +307,13 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
     return 0;
   /* Footer first at its new place, then cut: the file always ends with a
    * valid footer. */
-  int r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
+  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
   if (r == 0)
-    r = vhd_io_sync(vhd->fd);
+    r = vhd_io_sync(vhd);
   if (r == 0)
-    r = vhd_io_truncate(vhd->fd, end + VHD_FOOTER_SIZE);
+    r = vhd_io_truncate(vhd, end + VHD_FOOTER_SIZE);
   if (r == 0)
-    r = vhd_io_sync(vhd->fd);
+    r = vhd_io_sync(vhd);
   if (r < 0)
     return vhd_set_err(err, r, "%s: giving back unused space before the footer: %s", vhd->path,
                        strerror(-r));

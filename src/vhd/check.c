@@ -68,11 +68,11 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
        * cut inside its footer gets the footer on the next sector boundary
        * and the file ends right after it. */
       uint64_t pos = ROUND_UP(vhd->file_size - VHD_FOOTER_SIZE, 512);
-      r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, pos);
+      r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, pos);
       if (r == 0)
-        r = vhd_io_truncate(vhd->fd, pos + VHD_FOOTER_SIZE);
+        r = vhd_io_truncate(vhd, pos + VHD_FOOTER_SIZE);
       if (r == 0)
-        r = vhd_io_sync(vhd->fd);
+        r = vhd_io_sync(vhd);
       if (r == 0)
         vhd->file_size = pos + VHD_FOOTER_SIZE;
       if (r < 0) {
@@ -92,8 +92,8 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     uint8_t head[VHD_FOOTER_SIZE];
     if (vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE, 0) == 0 &&
         memcmp(head, vhd->footer_raw, VHD_FOOTER_SIZE) != 0) {
-      if (repair && vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, 0) == 0 &&
-          vhd_io_sync(vhd->fd) == 0)
+      if (repair && vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, 0) == 0 &&
+          vhd_io_sync(vhd) == 0)
         report(&c, VHD_CHECK_REPAIRED, "%s: rewrote the footer copy at offset 0", path);
       else
         report(&c, VHD_CHECK_LEAKS, "%s: the footer copy at offset 0 differs from the trailing footer",
@@ -162,13 +162,13 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         /* Footer first at its new place, then cut: at every instant the
          * file ends with a valid footer. */
         uint64_t new_end = ROUND_UP(covered, 512);
-        r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
+        r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
         if (r == 0)
-          r = vhd_io_sync(vhd->fd);
+          r = vhd_io_sync(vhd);
         if (r == 0)
-          r = vhd_io_truncate(vhd->fd, new_end + VHD_FOOTER_SIZE);
+          r = vhd_io_truncate(vhd, new_end + VHD_FOOTER_SIZE);
         if (r == 0)
-          r = vhd_io_sync(vhd->fd);
+          r = vhd_io_sync(vhd);
         if (r < 0)
           report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
                  strerror(-r));

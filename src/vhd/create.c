@@ -48,7 +48,7 @@ static void relative_path(const char *from_dir, const char *to, char *out, size_
 
 static int write_all(int fd, const char *path, const void *buf, size_t len, uint64_t off,
                      struct vhd_err *err) {
-  int r = vhd_io_pwrite(fd, buf, len, off);
+  int r = vhd_io_pwrite_fd(fd, buf, len, off);
   if (r < 0)
     return vhd_set_err(err, r, "%s: writing at offset %llu: %s", path, (unsigned long long)off,
                        strerror(-r));

@@ -1,12 +1,16 @@
 /* io.c: every byte the engine reads from or writes to an image file passes
- * here, so that fault injection can stop the world after the Nth write or
- * sync, as a power cut would. */
+ * here, so that
+ *  - a failed write or sync is remembered for the image (the write-error
+ *    latch, see "Write errors" in vhd.h) and nothing more is written to it;
+ *  - fault injection can fail the Nth write or sync, once or for good. */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -15,42 +19,147 @@
 #include "cleanup.h"
 #include "vhd-internal.h"
 
+/* ---- the fault switch (tests) ---------------------------------------- */
+
+/* Which operations the armed mode counts. */
+enum fault_op { FAULT_OP_WRITE, FAULT_OP_SYNC, FAULT_OP_OTHER /* truncate, punch */ };
+
 static atomic_long fault_remaining = -1; /* < 0: disarmed */
+static atomic_int fault_mode = VHD_FAULT_POWER_CUT;
+static atomic_int fault_errnum = EIO;
 static atomic_bool fault_hit;
 static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
 
-static void fault_init_from_env(void) {
-  const char *s = getenv("VHDNBD_FAULT_AFTER");
-  if (s && *s) {
-    char *end;
-    long n = strtol(s, &end, 10);
-    if (*end == '\0' && n >= 0)
-      atomic_store(&fault_remaining, n);
-  }
+static bool parse_mode(const char *s, enum vhd_fault_mode *mode) {
+  static const struct {
+    const char *name;
+    enum vhd_fault_mode mode;
+  } modes[] = {
+      {"power-cut", VHD_FAULT_POWER_CUT},
+      {"sync-once", VHD_FAULT_SYNC_ONCE},
+      {"write-once", VHD_FAULT_WRITE_ONCE},
+  };
+  for (size_t i = 0; i < ARRAY_SIZE(modes); i++)
+    if (strcmp(s, modes[i].name) == 0) {
+      *mode = modes[i].mode;
+      return true;
+    }
+  return false;
 }
 
-void vhd_fault_arm(long n) {
+static bool parse_errnum(const char *s, int *errnum) {
+  static const struct {
+    const char *name;
+    int errnum;
+  } names[] = {{"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}};
+  for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+    if (strcmp(s, names[i].name) == 0) {
+      *errnum = names[i].errnum;
+      return true;
+    }
+  char *end;
+  long n = strtol(s, &end, 10);
+  if (*s == '\0' || *end != '\0' || n <= 0 || n > 4095)
+    return false;
+  *errnum = (int)n;
+  return true;
+}
+
+/* VHDNBD_FAULT_AFTER=N arms the switch; VHDNBD_FAULT_MODE and
+ * VHDNBD_FAULT_ERRNO choose how.  Anything unparsable leaves it disarmed,
+ * so that a typo cannot inject a different fault than the one asked for. */
+static void fault_init_from_env(void) {
+  const char *after = getenv("VHDNBD_FAULT_AFTER");
+  const char *mode_s = getenv("VHDNBD_FAULT_MODE");
+  const char *errnum_s = getenv("VHDNBD_FAULT_ERRNO");
+  if (!after || !*after)
+    return;
+  char *end;
+  long n = strtol(after, &end, 10);
+  enum vhd_fault_mode mode = VHD_FAULT_POWER_CUT;
+  int errnum = EIO;
+  if (*end != '\0' || n < 0 || (mode_s && *mode_s && !parse_mode(mode_s, &mode)) ||
+      (errnum_s && *errnum_s && !parse_errnum(errnum_s, &errnum)))
+    return;
+  atomic_store(&fault_mode, (int)mode);
+  atomic_store(&fault_errnum, errnum);
+  atomic_store(&fault_remaining, n);
+}
+
+void vhd_fault_arm_mode(enum vhd_fault_mode mode, long n, int errnum) {
   pthread_once(&fault_once, fault_init_from_env);
+  atomic_store(&fault_remaining, -1); /* no I/O sees a half-set switch */
+  atomic_store(&fault_mode, (int)mode);
+  atomic_store(&fault_errnum, errnum > 0 ? errnum : EIO);
   atomic_store(&fault_hit, false);
   atomic_store(&fault_remaining, n < 0 ? -1 : n);
 }
 
+void vhd_fault_arm(long n) { vhd_fault_arm_mode(VHD_FAULT_POWER_CUT, n, EIO); }
+
 bool vhd_fault_tripped(void) { return atomic_load(&fault_hit); }
 
-/* Returns true when this mutating operation must fail. */
-static bool fault_consume(void) {
+/* 0, or the negative errno this operation must fail with (doing nothing). */
+static int fault_check(enum fault_op op) {
   pthread_once(&fault_once, fault_init_from_env);
   long cur = atomic_load(&fault_remaining);
+  if (cur < 0)
+    return 0;
+  int mode = atomic_load(&fault_mode);
+  if ((mode == VHD_FAULT_SYNC_ONCE && op != FAULT_OP_SYNC) ||
+      (mode == VHD_FAULT_WRITE_ONCE && op != FAULT_OP_WRITE))
+    return 0;
   while (cur >= 0) {
     if (cur == 0) {
+      /* A power cut stays; a single failure disarms the switch, and only
+       * the thread that disarms it fails. */
+      if (mode != VHD_FAULT_POWER_CUT &&
+          !atomic_compare_exchange_weak(&fault_remaining, &cur, -1))
+        continue;
       atomic_store(&fault_hit, true);
-      return true;
+      return -atomic_load(&fault_errnum);
     }
     if (atomic_compare_exchange_weak(&fault_remaining, &cur, cur - 1))
-      return false;
+      return 0;
   }
-  return false;
+  return 0;
 }
+
+/* ---- the write-error latch ------------------------------------------- */
+
+/* Records the image's first failed write or sync (what failed and why) and
+ * returns r.  sync_lock held: see vhd_io_sync. */
+static int latch_locked(vhd_t *vhd, int r, const char *what) {
+  if (atomic_load(&vhd->write_error) == 0) {
+    snprintf(vhd->write_error_what, sizeof vhd->write_error_what, "%s: %s", what, strerror(-r));
+    atomic_store(&vhd->write_error, r);
+  }
+  return r;
+}
+
+static int latch(vhd_t *vhd, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int latch(vhd_t *vhd, int r, const char *fmt, ...) {
+  char what[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  pthread_mutex_lock(&vhd->sync_lock);
+  latch_locked(vhd, r, what);
+  pthread_mutex_unlock(&vhd->sync_lock);
+  return r;
+}
+
+bool vhd_io_refuses_writes(const vhd_t *vhd) { return atomic_load(&vhd->write_error) != 0; }
+
+int vhd_write_error(const vhd_t *vhd, struct vhd_err *err) {
+  int r = atomic_load(&vhd->write_error);
+  if (r)
+    vhd_set_err(err, r, "%s: %s", vhd->path, vhd->write_error_what);
+  return r;
+}
+
+/* ---- I/O --------------------------------------------------------------- */
 
 int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off) {
   uint8_t *p = buf;
@@ -89,44 +198,71 @@ int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off) {
   return -EAGAIN;
 }
 
-int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off) {
-  if (fault_consume())
-    return -EIO;
+int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off) {
+  int r = fault_check(FAULT_OP_WRITE);
+  if (r < 0)
+    return r;
   const uint8_t *p = buf;
   while (len > 0) {
-    ssize_t r = pwrite(fd, p, len, (off_t)off);
-    if (r < 0) {
+    ssize_t n = pwrite(fd, p, len, (off_t)off);
+    if (n < 0) {
       if (errno == EINTR)
         continue;
       return -errno;
     }
-    p += r;
-    len -= (size_t)r;
-    off += (uint64_t)r;
+    p += n;
+    len -= (size_t)n;
+    off += (uint64_t)n;
   }
   return 0;
 }
 
-int vhd_io_sync(int fd) {
-  if (fault_consume())
+/* A failed pwrite may have written part of the range, and a write that
+ * cannot be trusted ends what the image can promise: it latches too. */
+int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
+  if (vhd_io_refuses_writes(vhd))
     return -EIO;
-  if (fdatasync(fd) < 0)
-    return -errno;
+  int r = vhd_io_pwrite_fd(vhd->fd, buf, len, off);
+  if (r < 0)
+    return latch(vhd, r, "writing %zu bytes at offset %llu", len, (unsigned long long)off);
   return 0;
 }
 
-int vhd_io_truncate(int fd, uint64_t size) {
-  if (fault_consume())
+/* Serialized by sync_lock, and a failure latched before the lock is
+ * released: Linux reports a failed write-back to one fdatasync only, so two
+ * syncs racing could otherwise see one fail and the other succeed, and a
+ * flush go on to commit metadata for data that never reached the disk. */
+int vhd_io_sync(vhd_t *vhd) {
+  pthread_mutex_lock(&vhd->sync_lock);
+  int r = vhd_io_refuses_writes(vhd) ? -EIO : fault_check(FAULT_OP_SYNC);
+  if (r == 0 && fdatasync(vhd->fd) < 0)
+    r = -errno;
+  if (r < 0)
+    latch_locked(vhd, r, "fdatasync");
+  pthread_mutex_unlock(&vhd->sync_lock);
+  return r;
+}
+
+int vhd_io_truncate(vhd_t *vhd, uint64_t size) {
+  if (vhd_io_refuses_writes(vhd))
     return -EIO;
-  if (ftruncate(fd, (off_t)size) < 0)
-    return -errno;
+  int r = fault_check(FAULT_OP_OTHER);
+  if (r == 0 && ftruncate(vhd->fd, (off_t)size) < 0)
+    r = -errno;
+  if (r < 0)
+    return latch(vhd, r, "truncating to %llu bytes", (unsigned long long)size);
   return 0;
 }
 
-int vhd_io_punch(int fd, uint64_t off, uint64_t len) {
-  if (fault_consume())
+/* A punch is a hint the callers may do without (file systems without hole
+ * punching answer EOPNOTSUPP): a failure does not latch. */
+int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len) {
+  if (vhd_io_refuses_writes(vhd))
     return -EIO;
-  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+  int r = fault_check(FAULT_OP_OTHER);
+  if (r < 0)
+    return r;
+  if (fallocate(vhd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
     return -errno;
   return 0;
 }

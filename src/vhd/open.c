@@ -228,6 +228,7 @@ void vhd_free(vhd_t *vhd) {
   free(vhd->free_ready);
   pthread_mutex_destroy(&vhd->lock);
   pthread_mutex_destroy(&vhd->flush_lock);
+  pthread_mutex_destroy(&vhd->sync_lock);
   free(vhd->path);
   free(vhd);
 }
@@ -260,6 +261,7 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   vhd->fd = -1;
   pthread_mutex_init(&vhd->lock, NULL);
   pthread_mutex_init(&vhd->flush_lock, NULL);
+  pthread_mutex_init(&vhd->sync_lock, NULL);
   vhd->path = strdup(path);
   unsigned flags = opts ? opts->flags : 0;
   vhd->readonly = flags & VHD_OPEN_RDONLY;

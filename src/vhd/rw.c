@@ -23,10 +23,21 @@ static int check_range(const vhd_t *vhd, uint64_t off, uint64_t len, const char 
   return 0;
 }
 
+/* After a failed write or sync nothing more is written or flushed (see
+ * "Write errors" in vhd.h): EIO, whatever the first failure was. */
+static int check_no_write_error(const vhd_t *vhd, const char *what, struct vhd_err *err) {
+  if (!vhd_io_refuses_writes(vhd))
+    return 0;
+  return vhd_set_err(err, -EIO,
+                     "%s: %s refused after an earlier failure (%s): data written since the last "
+                     "successful flush may not be on the disk",
+                     vhd->path, what, vhd->write_error_what);
+}
+
 static int check_writable(const vhd_t *vhd, const char *what, struct vhd_err *err) {
   if (vhd->readonly)
     return vhd_set_err(err, -EPERM, "%s: %s on an image opened read-only", vhd->path, what);
-  return 0;
+  return check_no_write_error(vhd, what, err);
 }
 
 static int io_err(vhd_t *vhd, struct vhd_err *err, int r, const char *what, uint64_t off) {
@@ -266,7 +277,7 @@ static int write_sectors(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t le
   pthread_mutex_unlock(&vhd->lock);
   if (r < 0)
     return r;
-  r = vhd_io_pwrite(vhd->fd, buf, len, data_off);
+  r = vhd_io_pwrite(vhd, buf, len, data_off);
   if (r < 0)
     return io_err(vhd, err, r, "writing data", data_off);
   if (!all_set) {
@@ -306,7 +317,7 @@ static int write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t le
 
 static int write_fixed(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
                        struct vhd_err *err) {
-  int r = vhd_io_pwrite(vhd->fd, buf, len, off);
+  int r = vhd_io_pwrite(vhd, buf, len, off);
   return r < 0 ? io_err(vhd, err, r, "writing", off) : 0;
 }
 
@@ -374,7 +385,7 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
       /* Punched under the lock: once the space is on the free list a
        * flush may hand it to another block, and a late punch would
        * destroy that block's data. */
-      (void)vhd_io_punch(vhd->fd, (uint64_t)entry * 512,
+      (void)vhd_io_punch(vhd, (uint64_t)entry * 512,
                          (uint64_t)vhd->bitmap_size + vhd->block_size);
       vhd->bat[blk] = VHD_BAT_UNUSED;
       free(vhd->bitmaps[blk]);
@@ -401,10 +412,10 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
      * the bytes too keeps readers that ignore bitmaps (QEMU) in agreement.
      * A hole punch is cheap; where it is not supported, write zeros. */
     uint64_t data = (uint64_t)entry * 512 + vhd->bitmap_size + (a - (off - boff));
-    if (vhd_io_punch(vhd->fd, data, b - a) < 0) {
+    if (vhd_io_punch(vhd, data, b - a) < 0) {
       for (uint64_t done = 0; done < b - a && r == 0;) {
         size_t n = (size_t)MIN(b - a - done, (uint64_t)ZERO_BUF_SIZE);
-        r = vhd_io_pwrite(vhd->fd, zero_buf, n, data + done);
+        r = vhd_io_pwrite(vhd, zero_buf, n, data + done);
         if (r < 0)
           r = io_err(vhd, err, r, "zeroing data", data + done);
         done += n;
@@ -469,7 +480,7 @@ int vhd_write_zeroes(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags,
     return r;
   if (vhd->type == VHD_TYPE_FIXED || (flags & VHD_NO_HOLE)) {
     if (vhd->type == VHD_TYPE_FIXED && (flags & VHD_MAY_TRIM) && !(flags & VHD_NO_HOLE) &&
-        vhd_io_punch(vhd->fd, off, len) == 0) {
+        vhd_io_punch(vhd, off, len) == 0) {
       r = 0;
     } else {
       r = write_zero_data(vhd, off, len, err);
@@ -496,7 +507,7 @@ int vhd_trim(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags, struct vhd_
   if (vhd->type == VHD_TYPE_FIXED) {
     uint64_t a = ROUND_UP(off, 512), b = ROUND_DOWN(off + len, 512);
     if (a < b)
-      (void)vhd_io_punch(vhd->fd, a, b - a); /* a hint: unsupported is fine */
+      (void)vhd_io_punch(vhd, a, b - a); /* a hint: unsupported is fine */
   } else {
     /* On a differencing disk, cleared bits let the parent show through:
      * after a trim the content is undefined, so that is allowed. */
@@ -623,8 +634,14 @@ struct meta_write {
 int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
   if (vhd->readonly)
     return 0;
+  /* A sync now could succeed for data whose write-back already failed: the
+   * kernel reports such a failure once.  (vhd_io_sync refuses too; this
+   * gives the message.) */
+  int r = check_no_write_error(vhd, "flush", err);
+  if (r < 0)
+    return r;
   if (vhd->type == VHD_TYPE_FIXED) {
-    int r = vhd_io_sync(vhd->fd);
+    r = vhd_io_sync(vhd);
     return r < 0 ? vhd_set_err(err, r, "%s: fdatasync: %s", vhd->path, strerror(-r)) : 0;
   }
   pthread_mutex_lock(&vhd->flush_lock);
@@ -635,7 +652,6 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
   size_t n = (size_t)vhd->n_dirty_blocks + vhd->n_dirty_bat_sectors;
   struct meta_write *w = n ? calloc(n, sizeof *w) : NULL;
   size_t k = 0;
-  int r = 0;
   if (n && !w) {
     r = vhd_set_err(err, -ENOMEM, "%s: out of memory flushing", vhd->path);
   } else {
@@ -687,16 +703,17 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
       if (!w[i].data)
         r = vhd_set_err(err, -ENOMEM, "%s: out of memory flushing", vhd->path);
   }
-  if (r == 0 && (r = vhd_io_sync(vhd->fd)) < 0)
+  if (r == 0 && (r = vhd_io_sync(vhd)) < 0)
     vhd_set_err(err, r, "%s: fdatasync: %s", vhd->path, strerror(-r));
   for (size_t i = 0; i < k && r == 0; i++)
-    if ((r = vhd_io_pwrite(vhd->fd, w[i].data, w[i].len, w[i].off)) < 0)
+    if ((r = vhd_io_pwrite(vhd, w[i].data, w[i].len, w[i].off)) < 0)
       vhd_set_err(err, r, "%s: writing metadata at offset %llu: %s", vhd->path,
                   (unsigned long long)w[i].off, strerror(-r));
-  if (r == 0 && k && (r = vhd_io_sync(vhd->fd)) < 0)
+  if (r == 0 && k && (r = vhd_io_sync(vhd)) < 0)
     vhd_set_err(err, r, "%s: fdatasync: %s", vhd->path, strerror(-r));
   if (r < 0) {
-    /* Nothing reached disk for sure: mark everything dirty again. */
+    /* Nothing reached disk for sure: mark everything dirty again.  (A
+     * failed write or sync latched the image: it is never written.) */
     pthread_mutex_lock(&vhd->lock);
     for (size_t i = 0; i < k; i++) {
       if (w[i].is_bat) {

@@ -23,6 +23,15 @@
  *     on disk a BAT entry only ever points at a block whose bitmap and
  *     footer are durable, and a bitmap bit is only set for data that is.
  *
+ *  4. A failed write, sync or truncate latches the handle (io.c): every
+ *     later write, punch, truncate and sync of the image is refused.  A
+ *     failed sync may have dropped dirty pages the kernel will not report
+ *     again, so the next sync would succeed without them: committing the
+ *     bitmaps and BAT entries of step 3 after that would make missing data
+ *     visible.  With nothing written after the failure, the disk keeps the
+ *     metadata of the last successful flush; blocks allocated since are
+ *     space nothing refers to (a leak at worst).
+ *
  * Metadata is therefore synced only at flush (or FUA) time, never per write.
  */
 #ifndef VHDNBD_VHD_INTERNAL_H
@@ -30,6 +39,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -102,6 +112,12 @@ struct vhd {
    * mount).  Otherwise a read may wait for a journal commit to store the new
    * atime, so VHD_READ_NOWAIT gives up at once. */
   bool atime_free;
+  /* The write-error latch (io.c): the first failed write or sync as a
+   * negative errno (0: none yet), and what failed.  Set once, under
+   * sync_lock, which also keeps fdatasyncs of the image one at a time. */
+  atomic_int write_error;
+  char write_error_what[320];
+  pthread_mutex_t sync_lock;
   enum vhd_type type;
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];
@@ -148,15 +164,22 @@ int vhd_set_err(struct vhd_err *err, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void vhd_warn(vhd_t *vhd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* io.c: the only code that touches image file descriptors */
+/* io.c: the only code that touches image file descriptors.  Writes,
+ * syncs, truncates and punches of an open image go through its vhd_t: once
+ * one write, sync or truncate has failed they are all refused with -EIO
+ * (see "Write errors" in vhd.h). */
 int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off);
 /* Like vhd_io_pread but -EAGAIN instead of waiting for the disk: all of
  * [off, off+len) must be in the page cache. */
 int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off);
-int vhd_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
-int vhd_io_sync(int fd);
-int vhd_io_truncate(int fd, uint64_t size);
-int vhd_io_punch(int fd, uint64_t off, uint64_t len);
+int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
+/* For a file that is not an open image yet (vhd_create): no latch. */
+int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off);
+int vhd_io_sync(vhd_t *vhd);
+int vhd_io_truncate(vhd_t *vhd, uint64_t size);
+int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
+/* True once a write, sync or truncate of the image failed. */
+bool vhd_io_refuses_writes(const vhd_t *vhd);
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
 
 /* footer.c */

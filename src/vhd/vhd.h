@@ -27,6 +27,21 @@
  * process dies or the power fails, the image reopens as a valid VHD that holds
  * every write completed before the last successful vhd_flush (or written with
  * VHD_FUA).
+ *
+ * Write errors: when a write, sync or truncate of an image fails (EIO,
+ * ENOSPC, EDQUOT...), data the kernel had already accepted may be lost with
+ * it: Linux reports a failed write-back to one fdatasync and forgets it, so
+ * a later sync would succeed without that data ever reaching the disk.  The
+ * handle therefore latches the first failure: the call that met it returns
+ * its errno, and from then on every vhd_flush, every vhd_write (with or
+ * without VHD_FUA), vhd_write_zeroes and vhd_trim fails with EIO and
+ * nothing more is written to the file, so no BAT entry or sector bitmap is
+ * committed for data that may be missing: on disk the image stays as the
+ * last successful flush left it, plus space nothing refers to.  Plain writes
+ * are refused too: none of them could ever be made durable, and a client
+ * told so at once stops sooner.  Reads go on.  Only closing and reopening
+ * the image (after fixing the disk) makes it writable again; vhd_close on a
+ * latched handle returns EIO.  vhd_write_error tells what failed.
  */
 #ifndef VHDNBD_VHD_H
 #define VHDNBD_VHD_H
@@ -144,8 +159,13 @@ int vhd_write_zeroes(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags,
 /* A hint: zeroes whole sectors inside [off, off+len) the cheap way (no data
  * written) where the image can; the range's content is undefined afterwards. */
 int vhd_trim(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags, struct vhd_err *err);
-/* Durably stores every write completed before the call. */
+/* Durably stores every write completed before the call.  EIO after a write
+ * error (see above). */
 int vhd_flush(vhd_t *vhd, struct vhd_err *err);
+/* The first write, sync or truncate of this handle that failed, as a
+ * negative errno, with err->msg naming the image, what failed and why; 0
+ * while none has (see "Write errors" above). */
+int vhd_write_error(const vhd_t *vhd, struct vhd_err *err);
 
 /* True when write_zeroes over [off,off+len) needs no data writes (FAST_ZERO). */
 bool vhd_zero_is_fast(vhd_t *vhd, uint64_t off, uint64_t len);
@@ -221,11 +241,29 @@ struct vhd_check_opts {
 };
 int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_err *err);
 
-/* Fault injection for crash tests: after `n` more writes or syncs to image
- * files, every further write and sync fails with EIO and does nothing, as if
- * the power had failed.  n < 0 disarms.  Also armed by the environment
- * variable VHDNBD_FAULT_AFTER=N at first use. Process-wide. */
+/* Fault injection for tests, process-wide.  An injected failure does nothing
+ * and returns the chosen errno, exactly as a failing disk would (so it
+ * latches the image like a real one, see "Write errors").
+ *   VHD_FAULT_POWER_CUT   after n more writes, syncs, truncates or punches
+ *                         of image files, every further one fails, as if the
+ *                         power had failed (crash tests).
+ *   VHD_FAULT_SYNC_ONCE   the (n+1)th sync from now fails; the switch then
+ *                         disarms and later syncs succeed, as a transient
+ *                         write-back error would.
+ *   VHD_FAULT_WRITE_ONCE  the same for the (n+1)th pwrite.
+ * n < 0 disarms; errnum <= 0 means EIO.  The environment arms it at first
+ * use: VHDNBD_FAULT_AFTER=N, VHDNBD_FAULT_MODE=power-cut|sync-once|write-once
+ * (default power-cut), VHDNBD_FAULT_ERRNO=EIO|ENOSPC|EDQUOT or a number
+ * (default EIO); an unparsable value leaves it disarmed. */
+enum vhd_fault_mode {
+  VHD_FAULT_POWER_CUT,
+  VHD_FAULT_SYNC_ONCE,
+  VHD_FAULT_WRITE_ONCE,
+};
+void vhd_fault_arm_mode(enum vhd_fault_mode mode, long n, int errnum);
+/* vhd_fault_arm_mode(VHD_FAULT_POWER_CUT, n, EIO) */
 void vhd_fault_arm(long n);
+/* True once the armed fault has been injected. */
 bool vhd_fault_tripped(void);
 /* Drops a handle without flushing or writing anything (simulated crash). */
 void vhd_abandon(vhd_t *vhd);

@@ -322,6 +322,26 @@ const char *harness_qemu_image_from(const char *name, const char *type, const vo
   return path;
 }
 
+char *harness_read_file(const char *path) {
+  FILE *fp = fopen(path, "r");
+  if (!fp)
+    FAIL("%s: %s", path, strerror(errno));
+  size_t len = 0, cap = 4096;
+  char *buf = malloc(cap);
+  for (size_t n; buf && (n = fread(buf + len, 1, cap - len - 1, fp)) > 0;) {
+    len += n;
+    if (cap - len == 1)
+      buf = realloc(buf, cap *= 2);
+  }
+  if (!buf)
+    FAIL("out of memory reading %s", path);
+  if (ferror(fp))
+    FAIL("%s: read error", path);
+  fclose(fp);
+  buf[len] = '\0';
+  return buf;
+}
+
 int harness_check_image(const char *path) {
   const char *argv[] = {harness_vhdimg(), "check", path, NULL};
   return harness_run(argv);
@@ -398,7 +418,7 @@ static void forget_server(pid_t pid) {
       servers[i] = 0;
 }
 
-pid_t harness_start_server(const char *sock, const char *const *args) {
+static pid_t start_server(const char *sock, const char *const *args, const char *log_path) {
   static unsigned n;
   if (nr_servers >= MAX_SERVERS)
     FAIL("too many servers");
@@ -431,6 +451,13 @@ pid_t harness_start_server(const char *sock, const char *const *args) {
     /* A test killed by a signal or a sanitizer abort runs no atexit
      * handler: the server must not outlive it. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (log_path) {
+      int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) {
+        fprintf(stderr, "%s: %s\n", log_path, strerror(errno));
+        _exit(126);
+      }
+    }
     execv(argv[0], (char *const *)argv);
     fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);
@@ -450,6 +477,15 @@ pid_t harness_start_server(const char *sock, const char *const *args) {
     usleep(50000);
   }
   FAIL("vhdnbd did not write %s within 10 s", pidfile);
+}
+
+pid_t harness_start_server(const char *sock, const char *const *args) {
+  return start_server(sock, args, NULL);
+}
+
+pid_t harness_start_server_logged(const char *sock, const char *const *args,
+                                  const char *log_path) {
+  return start_server(sock, args, log_path);
 }
 
 pid_t harness_start_server_image(const char *sock, const char *image, bool readonly) {

@@ -82,6 +82,8 @@ const char *harness_qemu_image_from(const char *name, const char *type, const vo
 /* Made with $VHDIMG create (the only way to get a differencing child). */
 const char *harness_vhdimg_create(const char *name, const char *type,
                                   const char *parent, uint64_t size);
+/* The whole file as a NUL-terminated string (malloc'd); fails on error. */
+char *harness_read_file(const char *path);
 /* $VHDIMG check: returns its exit status (0 = clean). */
 int harness_check_image(const char *path);
 /* Fails unless `path` (a VHD) reads exactly as `expected` (len bytes): the
@@ -95,6 +97,10 @@ const char *harness_sha256(const char *path, char out[65]);
 /* Servers: `$VHDNBD -U sock --pidfile ... args...` (args NULL-terminated).
  * Returns once the pidfile is written (the server listens). */
 pid_t harness_start_server(const char *sock, const char *const *args);
+/* Like harness_start_server, with the server's standard error appended to
+ * log_path (to check what it logs). */
+pid_t harness_start_server_logged(const char *sock, const char *const *args,
+                                  const char *log_path);
 /* Convenience: one image as the default export, optional extra args. */
 pid_t harness_start_server_image(const char *sock, const char *image, bool readonly);
 /* Sends sig and reaps within timeout_s; returns the wait status (or fails). */

@@ -24,6 +24,7 @@ SERVER_TESTS = \
 	tests/server/test-sub-sector \
 	tests/server/test-differencing \
 	tests/server/test-io-errors \
+	tests/server/test-flush-error \
 	tests/server/test-space-reuse \
 	tests/server/test-error-messages
 
@@ -90,4 +91,7 @@ tests_server_test_differencing_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_io_errors_SOURCES = tests/server/test-io-errors.c
 tests_server_test_io_errors_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_io_errors_LDADD = $(SERVER_TEST_LDADD)
+tests_server_test_flush_error_SOURCES = tests/server/test-flush-error.c
+tests_server_test_flush_error_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_flush_error_LDADD = $(SERVER_TEST_LDADD)
 endif

@@ -32,7 +32,13 @@ test_vhd_open_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
 test_vhd_open_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_CFLAGS = $(ENGINE_TEST_CFLAGS)
 
-VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size test-log-escape
+check_PROGRAMS += test-vhd-write-error test-log-escape
+TESTS += test-vhd-write-error test-log-escape
+test_vhd_write_error_SOURCES = tests/unit/test-vhd-write-error.c $(ENGINE_TEST_UTIL)
+test_vhd_write_error_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_write_error_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size test-vhd-write-error test-log-escape
 
 # - test-vhd-crash-lost: the crash workloads with unsynced writes dropped at
 #   random, as a power cut may: the trailing footer must survive.

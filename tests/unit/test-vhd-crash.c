@@ -9,6 +9,12 @@
  *    the workload with vhd_fault_arm(n): the (n+1)th write or sync and all
  *    later ones fail with EIO, the workload stops at its first failure and
  *    the handle is dropped with vhd_abandon (nothing more is written).
+ *    Then single failures: for every n, the (n+1)th sync fails once (EIO,
+ *    ENOSPC or EDQUOT in turn) and loses the pages written since the last
+ *    sync, as Linux may; likewise the (n+1)th write, without the loss.  The
+ *    workload goes on to its end: the op that met the failure must return
+ *    its errno, every later one EIO (no flush may claim durability after a
+ *    failed write-back), and the image is then checked as after a crash.
  *
  * 2. Lost writes: the I/O of one complete run is journaled (the test defines
  *    pwrite/fdatasync itself, see testutil.h); a crash at journal position k
@@ -306,13 +312,33 @@ static void verify_crashed(const struct workload *w, const struct expect *e, con
 #ifndef CRASH_LOST_WRITES
 /* ---- 1. fault injection ---- */
 
-/* Runs the workload on `path` with the fault armed at n (n < 0: never);
- * returns true when it completed, false when it stopped at a fault. */
-static bool run_faulty(const struct workload *w, const char *path, long n, struct expect *e) {
+struct fault {
+  enum vhd_fault_mode mode;
+  long n;     /* < 0: none */
+  int errnum;
+};
+
+struct run_result {
+  bool completed; /* every op returned 0 */
+  bool tripped;   /* the fault was injected */
+};
+
+/* Runs the workload on `path` with the fault armed.  A power cut stops the
+ * workload at its first failure and drops the handle (nothing more is
+ * written).  After a single failure the workload goes on, as a client would:
+ * the op that met the failure must return its errno and every later op
+ * must fail with EIO (the write-error latch), however many succeed at the
+ * disk; a failed sync also loses the pages written since the last one
+ * (t_lose_unsynced), as Linux may. */
+static struct run_result run_faulty(const struct workload *w, const char *path,
+                                    const struct fault *f, struct expect *e) {
+  bool once = f->mode != VHD_FAULT_POWER_CUT;
   vhd_t *v = t_open(path, false);
-  vhd_fault_arm(n);
+  if (f->mode == VHD_FAULT_SYNC_ONCE)
+    t_track_unsynced(true);
+  vhd_fault_arm_mode(f->mode, f->n, f->errnum);
   struct vhd_err err = {{0}};
-  bool completed = true;
+  struct run_result res = {.completed = true};
   for (size_t i = 0; i < w->n_ops; i++) {
     const struct op *o = &w->ops[i];
     int r = 0;
@@ -327,12 +353,25 @@ static bool run_faulty(const struct workload *w, const char *path, long n, struc
       v = NULL;
       break;
     }
+    bool tripped_now = vhd_fault_tripped() && !res.tripped;
+    if (r < 0 && !vhd_fault_tripped())
+      t_fail("%s: %s failed without an injected fault: %s: %s", w->label, op_str(w, i),
+             t_strerr(r), err.msg);
+    if (once && tripped_now && r != -f->errnum)
+      t_fail("%s: %s met the injected %s but returned %d (%s): %s", w->label, op_str(w, i),
+             strerror(f->errnum), r, t_strerr(r), err.msg);
+    if (once && res.tripped && r != -EIO)
+      t_fail("%s: %s returned %d (%s) after an injected %s: every op after a failed write or "
+             "sync must fail with EIO",
+             w->label, op_str(w, i), r, t_strerr(r), strerror(f->errnum));
+    if (tripped_now && f->mode == VHD_FAULT_SYNC_ONCE)
+      t_lose_unsynced(path);
+    res.tripped |= tripped_now;
     if (r < 0) {
-      if (!vhd_fault_tripped())
-        t_fail("%s: %s failed without an injected fault: %s: %s", w->label, op_str(w, i),
-               t_strerr(r), err.msg);
-      completed = false;
-      break;
+      res.completed = false;
+      if (!once)
+        break;
+      continue;
     }
     if (e)
       expect_complete(e, w, i);
@@ -340,19 +379,22 @@ static bool run_faulty(const struct workload *w, const char *path, long n, struc
   if (v)
     vhd_abandon(v);
   vhd_fault_arm(-1);
-  return completed;
+  t_track_unsynced(false);
+  return res;
 }
 
 static void crash_by_fault(const struct workload *w) {
   const char *work = w->work;
+  struct fault none = {VHD_FAULT_POWER_CUT, -1, EIO};
   /* The number of writes and syncs of a complete run: the smallest n that
    * lets it complete (a run is deterministic, so this is monotonic). */
   t_copy_file(w->pristine, work);
-  T_ASSERT(run_faulty(w, work, -1, NULL), "%s: the workload fails without faults", w->label);
+  T_ASSERT(run_faulty(w, work, &none, NULL).completed, "%s: the workload fails without faults",
+           w->label);
   long hi = 1;
   for (;;) {
     t_copy_file(w->pristine, work);
-    if (run_faulty(w, work, hi, NULL))
+    if (run_faulty(w, work, &(struct fault){VHD_FAULT_POWER_CUT, hi, EIO}, NULL).completed)
       break;
     T_ASSERT(hi < (1L << 24), "%s: the workload never completes", w->label);
     hi *= 2;
@@ -361,21 +403,23 @@ static void crash_by_fault(const struct workload *w) {
   while (hi - lo > 1) {
     long mid = lo + (hi - lo) / 2;
     t_copy_file(w->pristine, work);
-    if (run_faulty(w, work, mid, NULL))
+    if (run_faulty(w, work, &(struct fault){VHD_FAULT_POWER_CUT, mid, EIO}, NULL).completed)
       hi = mid;
     else
       lo = mid;
   }
   long count = hi;
   t_copy_file(w->pristine, work);
-  if (run_faulty(w, work, 0, NULL) && count > 0)
+  if (run_faulty(w, work, &(struct fault){VHD_FAULT_POWER_CUT, 0, EIO}, NULL).completed &&
+      count > 0)
     t_fail("%s: completed with no write allowed", w->label);
 
   for (long n = 0; n <= count; n++) {
     t_copy_file(w->pristine, work);
     struct expect e;
     expect_init(&e, w);
-    bool done = run_faulty(w, work, n, &e);
+    bool done =
+        run_faulty(w, work, &(struct fault){VHD_FAULT_POWER_CUT, n, EIO}, &e).completed;
     T_ASSERT(done == (n == count), "%s: fault after %ld of %ld I/Os: completed=%d", w->label, n,
              count, (int)done);
     verify_crashed(w, &e, work,
@@ -383,6 +427,32 @@ static void crash_by_fault(const struct workload *w) {
     expect_free(&e);
   }
   printf("ok %s: fault injected at each of %ld writes/syncs\n", w->label, count + 1);
+  fflush(stdout);
+}
+
+/* A single failure at each sync (or write) in turn, the workload carried on
+ * to the end, then the image checked as after a crash: no flush may have
+ * claimed data that a failed sync lost. */
+static void fail_once_each(const struct workload *w, enum vhd_fault_mode mode) {
+  static const int errnums[] = {EIO, ENOSPC, EDQUOT};
+  const char *what = mode == VHD_FAULT_SYNC_ONCE ? "sync" : "write";
+  long n = 0;
+  for (;; n++) {
+    int errnum = errnums[n % ARRAY_SIZE(errnums)];
+    t_copy_file(w->pristine, w->work);
+    struct expect e;
+    expect_init(&e, w);
+    struct run_result res = run_faulty(w, w->work, &(struct fault){mode, n, errnum}, &e);
+    T_ASSERT(res.completed == !res.tripped, "%s: %s %ld failing once: completed=%d", w->label,
+             what, n, (int)res.completed);
+    verify_crashed(w, &e, w->work,
+                   t_fmt("%s: %s %ld failed once with %s, the workload went on", w->label, what,
+                         n, strerror(errnum)));
+    expect_free(&e);
+    if (!res.tripped)
+      break;
+  }
+  printf("ok %s: each of %ld %ss failed once in turn\n", w->label, n, what);
   fflush(stdout);
 }
 
@@ -583,6 +653,8 @@ static void run_both(struct workload *w, uint32_t bs, size_t n_ops) {
   crash_by_lost_writes(w, 2 + (unsigned)t_scaled(3));
 #else
   crash_by_fault(w);
+  fail_once_each(w, VHD_FAULT_SYNC_ONCE);
+  fail_once_each(w, VHD_FAULT_WRITE_ONCE);
 #endif
   check_parents(w);
   free_workload(w);

@@ -3,6 +3,8 @@
 
 #include "testutil.h"
 
+#include "cleanup.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -290,8 +292,92 @@ void t_set_io_hook(t_io_hook hook, void *opaque) {
 
 uint64_t t_sync_count(void) { return sync_count; }
 
+/* What changed the file since the last sync, for t_lose_unsynced. */
+struct unsynced {
+  enum t_io_kind kind;
+  uint64_t off, len;   /* T_IO_TRUNCATE: len is the new size */
+  uint8_t *old;        /* T_IO_WRITE: the bytes it replaced (old_len of them) */
+  uint64_t old_len;
+  uint64_t old_size;   /* T_IO_WRITE: the file size before it */
+};
+static bool tracking;
+static struct unsynced *unsynced;
+static size_t n_unsynced, cap_unsynced;
+
+static void forget_unsynced(void) {
+  for (size_t i = 0; i < n_unsynced; i++)
+    free(unsynced[i].old);
+  n_unsynced = 0;
+}
+
+static struct unsynced *add_unsynced(enum t_io_kind kind, uint64_t off, uint64_t len) {
+  if (n_unsynced == cap_unsynced) {
+    cap_unsynced = cap_unsynced ? 2 * cap_unsynced : 64;
+    unsynced = realloc(unsynced, cap_unsynced * sizeof *unsynced);
+    T_ASSERT(unsynced != NULL, "out of memory");
+  }
+  struct unsynced *u = &unsynced[n_unsynced++];
+  *u = (struct unsynced){.kind = kind, .off = off, .len = len};
+  return u;
+}
+
+void t_track_unsynced(bool on) {
+  tracking = on;
+  forget_unsynced();
+}
+
+void t_lose_unsynced(const char *path) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  T_ASSERT(fd >= 0, "t_lose_unsynced: open %s: %s", path, strerror(errno));
+  /* Straight to the kernel: these writes are the test's, not the engine's. */
+  for (size_t i = n_unsynced; i-- > 0;) {
+    const struct unsynced *u = &unsynced[i];
+    if (u->kind != T_IO_WRITE)
+      continue;
+    T_ASSERT(syscall(SYS_pwrite64, fd, u->old, u->old_len, u->off) == (long)u->old_len,
+             "t_lose_unsynced: pwrite %s: %s", path, strerror(errno));
+    if (u->off + u->len > u->old_size)
+      T_ASSERT(syscall(SYS_ftruncate, fd, u->old_size) == 0, "t_lose_unsynced: ftruncate %s: %s",
+               path, strerror(errno));
+  }
+  for (size_t i = 0; i < n_unsynced; i++) {
+    const struct unsynced *u = &unsynced[i];
+    if (u->kind == T_IO_PUNCH)
+      T_ASSERT(syscall(SYS_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, u->off,
+                       u->len) == 0,
+               "t_lose_unsynced: punch %s: %s", path, strerror(errno));
+    else if (u->kind == T_IO_TRUNCATE)
+      T_ASSERT(syscall(SYS_ftruncate, fd, u->len) == 0, "t_lose_unsynced: ftruncate %s: %s", path,
+               strerror(errno));
+  }
+  close(fd);
+  forget_unsynced();
+}
+
+/* The bytes a write is about to replace, and the file size before it. */
+static void remember_old(int fd, size_t n, off_t off, struct unsynced *u) {
+  struct stat st;
+  T_ASSERT(fstat(fd, &st) == 0, "fstat: %s", strerror(errno));
+  u->old_size = (uint64_t)st.st_size;
+  u->old_len = (uint64_t)off < u->old_size ? MIN((uint64_t)n, u->old_size - (uint64_t)off) : 0;
+  u->old = t_xmalloc(u->old_len ? u->old_len : 1);
+  T_ASSERT(syscall(SYS_pread64, fd, u->old, u->old_len, off) == (long)u->old_len, "pread: %s",
+           strerror(errno));
+}
+
 static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
+  struct unsynced before = {0};
+  if (tracking)
+    remember_old(fd, n, off, &before);
   long r = syscall(SYS_pwrite64, fd, buf, n, off);
+  if (r > 0 && tracking) {
+    struct unsynced *u = add_unsynced(T_IO_WRITE, (uint64_t)off, (uint64_t)r);
+    u->old = before.old;
+    u->old_len = MIN(before.old_len, (uint64_t)r);
+    u->old_size = before.old_size;
+  } else {
+    free(before.old);
+  }
   if (r > 0 && io_hook)
     io_hook(io_hook_opaque, T_IO_WRITE, fd, buf, (uint64_t)r, (uint64_t)off);
   return r;
@@ -307,6 +393,8 @@ static int do_sync(int fd, long nr) {
     real_sync = getenv("VHD_TEST_REAL_SYNC") != NULL;
   sync_count++;
   long r = real_sync ? syscall(nr, fd) : fcntl(fd, F_GETFD) < 0 ? -1 : 0;
+  if (r == 0)
+    forget_unsynced();
   if (r == 0 && io_hook)
     io_hook(io_hook_opaque, T_IO_SYNC, fd, NULL, 0, 0);
   return (int)r;
@@ -317,6 +405,8 @@ int fsync(int fd) { return do_sync(fd, SYS_fsync); }
 
 static int do_fallocate(int fd, int mode, off_t off, off_t len) {
   long r = syscall(SYS_fallocate, fd, mode, off, len);
+  if (r == 0 && (mode & FALLOC_FL_PUNCH_HOLE) && tracking)
+    add_unsynced(T_IO_PUNCH, (uint64_t)off, (uint64_t)len);
   if (r == 0 && (mode & FALLOC_FL_PUNCH_HOLE) && io_hook)
     io_hook(io_hook_opaque, T_IO_PUNCH, fd, NULL, (uint64_t)len, (uint64_t)off);
   return (int)r;
@@ -329,6 +419,8 @@ int fallocate64(int fd, int mode, off64_t off, off64_t len) {
 
 static int do_ftruncate(int fd, off_t len) {
   long r = syscall(SYS_ftruncate, fd, len);
+  if (r == 0 && tracking)
+    add_unsynced(T_IO_TRUNCATE, 0, (uint64_t)len);
   if (r == 0 && io_hook)
     io_hook(io_hook_opaque, T_IO_TRUNCATE, fd, NULL, (uint64_t)len, 0);
   return (int)r;

@@ -91,4 +91,15 @@ typedef void (*t_io_hook)(void *opaque, enum t_io_kind kind, int fd, const void 
 void t_set_io_hook(t_io_hook hook, void *opaque);
 /* Number of syncs the engine asked for (skipped or not). */
 uint64_t t_sync_count(void);
+/* Lost write-back, as Linux may leave it after a failed fdatasync: the
+ * failed pages never reach the disk, and the error is reported only once.
+ * While tracking is on, the test VFS remembers every pwrite since the last
+ * sync (with the bytes it replaced), and every punch and truncate.
+ * t_lose_unsynced(path) then puts the replaced bytes back, newest first (a
+ * write that grew the file is cut off again), replays the punches and
+ * truncates (metadata, not written back with the pages) and forgets it all:
+ * the file as the disk would hold it had the unsynced pages been lost.
+ * Single-threaded tests only. */
+void t_track_unsynced(bool on);
+void t_lose_unsynced(const char *path);
 #endif
