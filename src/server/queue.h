@@ -34,7 +34,10 @@
  * request covers entirely leaves the tree: whatever would conflict with it
  * conflicts with the covering request too, which waits for it.  So a
  * submission costs O(log N) per request it waits for directly, a completion
- * O(1) per request it releases (plus O(log N)), and FLUSHes cost O(1).
+ * O(log N) plus O(1) per request recorded with it, and FLUSHes O(1).  A
+ * record is one pointer: repeated writes to one range hold one each, but
+ * each of many wide READs behind many small disjoint writes holds one per
+ * write.
  */
 #ifndef VHDNBD_QUEUE_H
 #define VHDNBD_QUEUE_H
