@@ -121,6 +121,13 @@ static bool tree_any_overlap(const struct queue_item *t, uint64_t off, uint64_t 
 
 /* ---- dependency records ---- */
 
+/* The unit test builds this file with an allocator that fails on demand. */
+#ifdef QUEUE_REALLOC
+void *QUEUE_REALLOC(void *p, size_t size);
+#else
+#define QUEUE_REALLOC realloc
+#endif
+
 struct submission {
   struct queue_item *item;
   struct queue_item *covered; /* list through uncover_next */
@@ -131,7 +138,7 @@ static int add_waiter(struct queue_item *blocker, struct queue_item *w) {
     unsigned cap = blocker->cap_waiters ? blocker->cap_waiters * 2 : 4;
     if (cap < blocker->cap_waiters)
       return -ENOMEM;
-    struct queue_item **p = realloc(blocker->waiters, cap * sizeof *p);
+    struct queue_item **p = QUEUE_REALLOC(blocker->waiters, cap * sizeof *p);
     if (!p)
       return -ENOMEM;
     blocker->waiters = p;

@@ -2,6 +2,7 @@
  * requests start at once, which wait, and what completing one releases. */
 #include "config.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,16 @@
 
 #include "check.h"
 #include "queue.h"
+
+/* queue.c is built here with this allocator: when armed, the countdown-th
+ * call from now on fails. */
+void *queue_test_realloc(void *p, size_t size);
+static unsigned realloc_fail_countdown;
+void *queue_test_realloc(void *p, size_t size) {
+  if (realloc_fail_countdown && --realloc_fail_countdown == 0)
+    return NULL;
+  return realloc(p, size);
+}
 
 #define MAX_ITEMS 64
 static struct queue_item items[MAX_ITEMS];
@@ -229,6 +240,7 @@ static bool pool_started[POOL], pool_live[POOL];
 static uint64_t pool_order[POOL];
 static int pool_blockers[POOL]; /* model: earlier live items it conflicts with */
 static int pool_start_calls[POOL];
+static uint64_t failed_submissions;
 
 static void on_pool_start(struct queue_item *it) {
   int i = (int)(it - pool);
@@ -258,6 +270,11 @@ static void random_probe(const struct shape *sh, struct queue_item *probe) {
 static bool check_model(const struct shape *sh, struct queue *q, uint64_t step) {
   unsigned running = 0, waiting = 0;
   for (int a = 0; a < sh->slots; a++) {
+    if (!pool_live[a] && pool_start_calls[a]) {
+      fprintf(stderr, "%s step %llu: item %d started after its submission failed\n", sh->name,
+              (unsigned long long)step, a);
+      return false;
+    }
     if (!pool_live[a])
       continue;
     bool blocked = pool_blockers[a] > 0;
@@ -312,11 +329,22 @@ static void model_submit(const struct shape *sh, struct queue *q, int i, uint64_
   for (int b = 0; b < sh->slots; b++)
     if (pool_live[b] && conflicts_model(&pool[b], it))
       pool_blockers[i]++;
-  pool_live[i] = true;
   pool_started[i] = false;
   pool_start_calls[i] = 0;
   pool_order[i] = order;
-  CHECK_EQ(queue_submit(q, it), 0);
+  /* Sometimes the allocation of a dependency record fails: the submission
+   * must then leave the queue as it was, the item never to start. */
+  bool armed = below(8) == 0;
+  realloc_fail_countdown = armed ? 1 + (unsigned)below(3) : 0;
+  int r = queue_submit(q, it);
+  bool failed = armed && realloc_fail_countdown == 0 && r == -ENOMEM;
+  realloc_fail_countdown = 0;
+  if (failed) {
+    failed_submissions++;
+    return;
+  }
+  CHECK_EQ(r, 0);
+  pool_live[i] = true;
 }
 
 static void model_done(const struct shape *sh, struct queue *q, int i) {
@@ -326,6 +354,7 @@ static void model_done(const struct shape *sh, struct queue *q, int i) {
       pool_blockers[b]--;
   queue_done(q, &pool[i]);
   pool_started[i] = false;
+  pool_start_calls[i] = 0;
 }
 
 /* Picks a started live item uniformly (completions come in any order). */
@@ -343,6 +372,7 @@ static bool run_shape(const struct shape *sh, uint64_t steps) {
   memset(pool_live, 0, sizeof pool_live);
   uint64_t order = 0;
   unsigned most_waiting = 0;
+  failed_submissions = 0;
   for (uint64_t step = 0; step < steps; step++) {
     int i = (int)below((uint64_t)sh->slots);
     if (!pool_live[i] && below(100) >= sh->done_pct) {
@@ -357,12 +387,15 @@ static bool run_shape(const struct shape *sh, uint64_t steps) {
     if (q.waiting > most_waiting)
       most_waiting = q.waiting;
   }
-  printf("queue: %s: %llu requests, at most %u waiting at once\n", sh->name,
-         (unsigned long long)order, most_waiting);
-  /* A workload where nothing ever waits would check nothing. */
-  if (steps >= 1000 && most_waiting < 4) {
-    fprintf(stderr, "%s: at most %u requests waiting: the workload tests nothing\n", sh->name,
-            most_waiting);
+  printf("queue: %s: %llu requests, at most %u waiting at once, %llu submissions failed\n",
+         sh->name, (unsigned long long)order, most_waiting,
+         (unsigned long long)failed_submissions);
+  /* A workload where nothing ever waits, or no submission ever fails,
+   * would check nothing. */
+  if (steps >= 5000 && (most_waiting < 4 || failed_submissions == 0)) {
+    fprintf(stderr, "%s: at most %u requests waiting, %llu submissions failed: the workload "
+                    "tests nothing\n",
+            sh->name, most_waiting, (unsigned long long)failed_submissions);
     return false;
   }
   /* Drain: every item must start eventually. */
