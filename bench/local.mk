@@ -6,6 +6,13 @@ bench_open_time_SOURCES = bench/open-time.c
 bench_open_time_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
 CLEANFILES += bench/open-time
 
+# bench/queue-bench: the serializing queue alone, tens of thousands of
+# requests waiting (`make bench/queue-bench`, see bench/RESULTS.md).
+EXTRA_PROGRAMS += bench/queue-bench
+bench_queue_bench_SOURCES = bench/queue-bench.c src/server/queue.c src/server/queue.h
+bench_queue_bench_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server
+CLEANFILES += bench/queue-bench
+
 EXTRA_DIST += \
 	bench/README.md \
 	bench/RESULTS.md \

@@ -252,7 +252,11 @@ static void dispatch(struct request *req) {
     send_reply(req);
     return;
   }
-  queue_submit(&req->exp->queue, qi);
+  if (queue_submit(&req->exp->queue, qi) < 0) {
+    req->error = NBD_ENOMEM;
+    req->why = "out of memory queueing the request";
+    send_reply(req);
+  }
 }
 
 /* ---- input ---- */

@@ -7,9 +7,11 @@ test_nbd_codec_LDADD = libnbdcodec.a libcommon.a
 # The server's serializing queue (pure bookkeeping, no loop needed).
 check_PROGRAMS += test-server-queue
 TESTS += test-server-queue
+VALGRIND_TESTS += test-server-queue
 test_server_queue_SOURCES = tests/unit/test-server-queue.c tests/unit/check.h src/server/queue.c \
 	src/server/queue.h
-test_server_queue_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server
+test_server_queue_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server \
+	-DQUEUE_REALLOC=queue_test_realloc
 
 # The server's payload buffer pool.
 check_PROGRAMS += test-server-bufpool

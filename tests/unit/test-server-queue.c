@@ -2,12 +2,24 @@
  * requests start at once, which wait, and what completing one releases. */
 #include "config.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "queue.h"
+
+/* queue.c is built here with this allocator: when armed, the countdown-th
+ * call from now on fails. */
+void *queue_test_realloc(void *p, size_t size);
+static unsigned realloc_fail_countdown;
+void *queue_test_realloc(void *p, size_t size) {
+  if (realloc_fail_countdown && --realloc_fail_countdown == 0)
+    return NULL;
+  return realloc(p, size);
+}
 
 #define MAX_ITEMS 64
 static struct queue_item items[MAX_ITEMS];
@@ -115,20 +127,93 @@ static void test_flush_waits_for_earlier_writes_only(void) {
   CHECK(queue_empty(&q));
 }
 
-static void test_empty_ranges_overlap_nothing(void) {
+/* An empty range [x, x) overlaps only a range with x strictly inside it. */
+static void test_empty_ranges(void) {
   struct queue q;
   reset(&q);
   submit(&q, 0, QUEUE_WRITE, 0, 0);
-  submit(&q, 1, QUEUE_WRITE, 0, 512);
-  submit(&q, 2, QUEUE_READ, 0, 0);
-  CHECK(started[0] && started[1] && started[2]);
+  submit(&q, 1, QUEUE_WRITE, 0, 1024);
+  submit(&q, 2, QUEUE_READ, 0, 0);     /* at the write's start: no overlap */
+  submit(&q, 3, QUEUE_READ, 1024, 0);  /* at its end: no overlap */
+  submit(&q, 4, QUEUE_READ, 512, 0);   /* inside it: waits */
+  CHECK(started[0] && started[1] && started[2] && started[3]);
+  CHECK(!started[4]);
   queue_done(&q, &items[1]);
+  CHECK(started[4]);
   queue_done(&q, &items[0]);
+  queue_done(&q, &items[2]);
+  queue_done(&q, &items[3]);
+  queue_done(&q, &items[4]);
+  CHECK(queue_empty(&q));
+}
+
+/* The shape of the worst case: one long WRITE_ZEROES, many small reads
+ * inside it waiting for it, all released by its completion. */
+static void test_long_write_zeroes_releases_all_readers(void) {
+  struct queue q;
+  reset(&q);
+  submit(&q, 0, QUEUE_WRITE, 0, 1 << 20);
+  for (int i = 1; i < MAX_ITEMS; i++)
+    submit(&q, i, QUEUE_READ, (uint64_t)(i % 16) * 4096, 4096);
+  CHECK(started[0]);
+  CHECK_EQ(q.waiting, MAX_ITEMS - 1);
+  queue_done(&q, &items[0]);
+  for (int i = 1; i < MAX_ITEMS; i++)
+    CHECK(started[i]);
+  CHECK_EQ(q.running, MAX_ITEMS - 1);
+  for (int i = 1; i < MAX_ITEMS; i++)
+    queue_done(&q, &items[i]);
+  CHECK(queue_empty(&q));
+}
+
+/* A write covering an earlier one stands in for it: a later read inside both
+ * waits for both, and starts only when the covering write has completed. */
+static void test_covering_write_keeps_order(void) {
+  struct queue q;
+  reset(&q);
+  submit(&q, 0, QUEUE_WRITE, 0, 4096);
+  submit(&q, 1, QUEUE_WRITE, 0, 8192); /* covers 0 */
+  submit(&q, 2, QUEUE_READ, 0, 512);
+  struct queue_item probe = {.kind = QUEUE_READ, .off = 512, .end = 1024};
+  CHECK(started[0] && !started[1] && !started[2]);
+  CHECK(!queue_may_start_now(&q, &probe));
+  queue_done(&q, &items[0]);
+  CHECK(started[1] && !started[2]);
+  CHECK(!queue_may_start_now(&q, &probe));
+  queue_done(&q, &items[1]);
+  CHECK(started[2]);
+  CHECK(queue_may_start_now(&q, &probe));
   queue_done(&q, &items[2]);
   CHECK(queue_empty(&q));
 }
 
-/* Random workload against a brute-force model of the rules. */
+/* A write overlapping only part of an earlier read does not stand in for it:
+ * a later write over the rest of the read still waits for the read. */
+static void test_partly_covered_read_still_blocks(void) {
+  struct queue q;
+  reset(&q);
+  submit(&q, 0, QUEUE_READ, 0, 8192);
+  submit(&q, 1, QUEUE_WRITE, 4096, 8192); /* overlaps the read's second half */
+  submit(&q, 2, QUEUE_WRITE, 0, 512);     /* overlaps only the read */
+  CHECK(started[0] && !started[1] && !started[2]);
+  queue_done(&q, &items[0]);
+  CHECK(started[1] && started[2]);
+  queue_done(&q, &items[2]);
+  queue_done(&q, &items[1]);
+  CHECK(queue_empty(&q));
+}
+
+/* ---- random workloads against a brute-force model of the rules ---- */
+
+static uint64_t rng_state;
+static uint64_t rnd(void) {
+  uint64_t z = (rng_state += UINT64_C(0x9e3779b97f4a7c15));
+  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+static uint64_t below(uint64_t n) { return rnd() % n; }
+
 /* The rules of queue.h, restated: must n wait for the earlier e? */
 static bool conflicts_model(const struct queue_item *e, const struct queue_item *n) {
   bool ov = e->off < n->end && n->off < e->end;
@@ -139,59 +224,229 @@ static bool conflicts_model(const struct queue_item *e, const struct queue_item 
   return e->kind == QUEUE_WRITE;
 }
 
-static void test_random(void) {
-  struct queue q;
-  reset(&q);
-  unsigned seed = 7;
-  bool live[MAX_ITEMS] = {0};
-  int order[MAX_ITEMS]; /* submission sequence numbers */
-  int seq = 0;
-  for (int step = 0; step < 20000; step++) {
-    int i = rand_r(&seed) % MAX_ITEMS;
-    if (!live[i]) {
-      enum queue_kind k = (enum queue_kind)(rand_r(&seed) % 3);
-      uint64_t off = (uint64_t)(rand_r(&seed) % 16) * 512, len = (uint64_t)(rand_r(&seed) % 4) * 512;
-      started[i] = false;
-      order[i] = seq++;
-      live[i] = true;
-      submit(&q, i, k, off, len);
-    } else if (started[i]) {
-      queue_done(&q, &items[i]);
-      live[i] = false;
-      started[i] = false;
+/* A workload shape: how many items may be in the queue, how wide the
+ * export is (in sectors), how long a range may be, how often each kind
+ * comes, and how often a step completes rather than submits. */
+struct shape {
+  const char *name;
+  int slots;
+  uint64_t sectors, max_len;
+  unsigned read_pct, flush_pct, done_pct;
+};
+
+#define POOL 512
+static struct queue_item pool[POOL];
+static bool pool_started[POOL], pool_live[POOL];
+static uint64_t pool_order[POOL];
+static int pool_blockers[POOL]; /* model: earlier live items it conflicts with */
+static int pool_start_calls[POOL];
+static uint64_t failed_submissions;
+
+static void on_pool_start(struct queue_item *it) {
+  int i = (int)(it - pool);
+  pool_start_calls[i]++;
+  pool_started[i] = true;
+}
+
+static void random_range(const struct shape *sh, struct queue_item *it) {
+  /* Mostly short ranges, some up to max_len, some empty (at any offset,
+   * inside other ranges too). */
+  uint64_t len = below(8) == 0 ? 0 : below(4) == 0 ? 1 + below(sh->max_len) : 1 + below(4);
+  if (len > sh->sectors)
+    len = sh->sectors;
+  it->off = below(sh->sectors - len + 1) * 512;
+  it->end = it->off + len * 512;
+}
+
+static void random_probe(const struct shape *sh, struct queue_item *probe) {
+  memset(probe, 0, sizeof *probe);
+  unsigned k = (unsigned)below(100);
+  probe->kind = k < sh->flush_pct ? QUEUE_FLUSH : k < sh->flush_pct + sh->read_pct ? QUEUE_READ
+                                                                                   : QUEUE_WRITE;
+  random_range(sh, probe);
+}
+
+/* Checks every live item against the model; returns false on a mismatch. */
+static bool check_model(const struct shape *sh, struct queue *q, uint64_t step) {
+  unsigned running = 0, waiting = 0;
+  for (int a = 0; a < sh->slots; a++) {
+    if (!pool_live[a] && pool_start_calls[a]) {
+      fprintf(stderr, "%s step %llu: item %d started after its submission failed\n", sh->name,
+              (unsigned long long)step, a);
+      return false;
     }
-    /* queue_may_start_now on a probe that is not submitted: true iff no
-     * live item conflicts with it. */
-    struct queue_item probe = {.kind = (enum queue_kind)(rand_r(&seed) % 3)};
-    probe.off = (uint64_t)(rand_r(&seed) % 16) * 512;
-    probe.end = probe.off + (uint64_t)(rand_r(&seed) % 4) * 512;
-    bool probe_blocked = false;
-    for (int b = 0; b < MAX_ITEMS && !probe_blocked; b++)
-      if (live[b])
-        probe_blocked = conflicts_model(&items[b], &probe);
-    if (queue_may_start_now(&q, &probe) == probe_blocked) {
-      fprintf(stderr, "step %d: queue_may_start_now says %d, model says blocked=%d\n", step,
-              !probe_blocked, probe_blocked);
+    if (!pool_live[a])
+      continue;
+    bool blocked = pool_blockers[a] > 0;
+    if (blocked == pool_started[a] || pool_start_calls[a] > 1) {
+      fprintf(stderr,
+              "%s step %llu: item %d (kind %d, [%llu, %llu), submitted %llu) started %d times, "
+              "the model has it %s\n",
+              sh->name, (unsigned long long)step, a, pool[a].kind,
+              (unsigned long long)pool[a].off, (unsigned long long)pool[a].end,
+              (unsigned long long)pool_order[a], pool_start_calls[a],
+              blocked ? "blocked" : "free to run");
+      return false;
+    }
+    if (pool_started[a])
+      running++;
+    else
+      waiting++;
+  }
+  if (q->running != running || q->waiting != waiting) {
+    fprintf(stderr, "%s step %llu: queue counts %u running, %u waiting; model %u, %u\n", sh->name,
+            (unsigned long long)step, q->running, q->waiting, running, waiting);
+    return false;
+  }
+  /* queue_may_start_now on an item that is not submitted: true iff no live
+   * item conflicts with it. */
+  struct queue_item probe;
+  random_probe(sh, &probe);
+  bool probe_blocked = false;
+  for (int b = 0; b < sh->slots && !probe_blocked; b++)
+    if (pool_live[b])
+      probe_blocked = conflicts_model(&pool[b], &probe);
+  if (queue_may_start_now(q, &probe) == probe_blocked) {
+    fprintf(stderr, "%s step %llu: queue_may_start_now(kind %d, [%llu, %llu)) says %d, "
+                    "the model says %d\n",
+            sh->name, (unsigned long long)step, probe.kind, (unsigned long long)probe.off,
+            (unsigned long long)probe.end, !probe_blocked, probe_blocked);
+    return false;
+  }
+  return true;
+}
+
+static void model_submit(const struct shape *sh, struct queue *q, int i, uint64_t order) {
+  struct queue_item *it = &pool[i];
+  memset(it, 0, sizeof *it);
+  unsigned k = (unsigned)below(100);
+  it->kind = k < sh->flush_pct ? QUEUE_FLUSH : k < sh->flush_pct + sh->read_pct ? QUEUE_READ
+                                                                                : QUEUE_WRITE;
+  if (it->kind != QUEUE_FLUSH)
+    random_range(sh, it);
+  it->start = on_pool_start;
+  pool_blockers[i] = 0;
+  for (int b = 0; b < sh->slots; b++)
+    if (pool_live[b] && conflicts_model(&pool[b], it))
+      pool_blockers[i]++;
+  pool_started[i] = false;
+  pool_start_calls[i] = 0;
+  pool_order[i] = order;
+  /* Sometimes the allocation of a dependency record fails: the submission
+   * must then leave the queue as it was, the item never to start. */
+  bool armed = below(8) == 0;
+  realloc_fail_countdown = armed ? 1 + (unsigned)below(3) : 0;
+  int r = queue_submit(q, it);
+  bool failed = armed && realloc_fail_countdown == 0 && r == -ENOMEM;
+  realloc_fail_countdown = 0;
+  if (failed) {
+    failed_submissions++;
+    return;
+  }
+  CHECK_EQ(r, 0);
+  pool_live[i] = true;
+}
+
+static void model_done(const struct shape *sh, struct queue *q, int i) {
+  pool_live[i] = false;
+  for (int b = 0; b < sh->slots; b++)
+    if (pool_live[b] && pool_order[b] > pool_order[i] && conflicts_model(&pool[i], &pool[b]))
+      pool_blockers[b]--;
+  queue_done(q, &pool[i]);
+  pool_started[i] = false;
+  pool_start_calls[i] = 0;
+}
+
+/* Picks a started live item uniformly (completions come in any order). */
+static int pick_started(const struct shape *sh) {
+  int n = 0, pick = -1;
+  for (int i = 0; i < sh->slots; i++)
+    if (pool_live[i] && pool_started[i] && below((uint64_t)++n) == 0)
+      pick = i;
+  return pick;
+}
+
+static bool run_shape(const struct shape *sh, uint64_t steps) {
+  struct queue q;
+  queue_init(&q);
+  memset(pool_live, 0, sizeof pool_live);
+  uint64_t order = 0;
+  unsigned most_waiting = 0;
+  failed_submissions = 0;
+  for (uint64_t step = 0; step < steps; step++) {
+    int i = (int)below((uint64_t)sh->slots);
+    if (!pool_live[i] && below(100) >= sh->done_pct) {
+      model_submit(sh, &q, i, order++);
+    } else {
+      int d = pick_started(sh);
+      if (d >= 0)
+        model_done(sh, &q, d);
+    }
+    if (!check_model(sh, &q, step))
+      return false;
+    if (q.waiting > most_waiting)
+      most_waiting = q.waiting;
+  }
+  printf("queue: %s: %llu requests, at most %u waiting at once, %llu submissions failed\n",
+         sh->name, (unsigned long long)order, most_waiting,
+         (unsigned long long)failed_submissions);
+  /* A workload where nothing ever waits, or no submission ever fails,
+   * would check nothing. */
+  if (steps >= 5000 && (most_waiting < 4 || failed_submissions == 0)) {
+    fprintf(stderr, "%s: at most %u requests waiting, %llu submissions failed: the workload "
+                    "tests nothing\n",
+            sh->name, most_waiting, (unsigned long long)failed_submissions);
+    return false;
+  }
+  /* Drain: every item must start eventually. */
+  for (uint64_t step = steps;; step++) {
+    int d = pick_started(sh);
+    if (d < 0)
+      break;
+    model_done(sh, &q, d);
+    if (!check_model(sh, &q, step))
+      return false;
+  }
+  if (!queue_empty(&q)) {
+    fprintf(stderr, "%s: items left waiting with nothing running\n", sh->name);
+    return false;
+  }
+  return true;
+}
+
+static const struct shape shapes[] = {
+    /* Few items, a narrow export: every kind of overlap, often. */
+    {"small", 24, 16, 4, 40, 10, 40},
+    {"narrow", 64, 16, 16, 45, 5, 45},
+    /* Many waiters: long writes with many short reads behind them. */
+    {"long-writes", POOL, 1024, 1024, 85, 2, 20},
+    /* Flush barriers among many writes. */
+    {"flushes", 128, 256, 32, 20, 30, 45},
+};
+
+static void test_random(void) {
+  const char *s = getenv("VHD_TEST_SEED");
+  uint64_t seed;
+  if (s && *s) {
+    seed = strtoull(s, NULL, 0);
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed = (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
+  }
+  const char *it = getenv("VHD_TEST_ITERS");
+  uint64_t iters = it && *it ? strtoull(it, NULL, 10) : 0;
+  if (!iters)
+    iters = 1500;
+  printf("queue: seed %llu (set VHD_TEST_SEED to reproduce), workload length %llu "
+         "(VHD_TEST_ITERS)\n",
+         (unsigned long long)seed, (unsigned long long)iters);
+  for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+    rng_state = seed + k;
+    if (!run_shape(&shapes[k], iters * 20)) {
+      fprintf(stderr, "queue: reproduce with VHD_TEST_SEED=%llu\n", (unsigned long long)seed);
       failures++;
       return;
-    }
-    /* Model: an item may run iff no earlier live item conflicts; the queue
-     * must have started exactly those. */
-    for (int a = 0; a < MAX_ITEMS; a++) {
-      if (!live[a])
-        continue;
-      bool blocked = false;
-      for (int b = 0; b < MAX_ITEMS && !blocked; b++) {
-        if (!live[b] || order[b] >= order[a])
-          continue;
-        blocked = conflicts_model(&items[b], &items[a]);
-      }
-      if (blocked == started[a]) {
-        fprintf(stderr, "step %d: item %d started=%d but model says blocked=%d\n", step, a,
-                started[a], blocked);
-        failures++;
-        return;
-      }
     }
   }
 }
@@ -201,7 +456,10 @@ int main(void) {
   test_overlapping_write_waits();
   test_writes_keep_order();
   test_flush_waits_for_earlier_writes_only();
-  test_empty_ranges_overlap_nothing();
+  test_empty_ranges();
+  test_long_write_zeroes_releases_all_readers();
+  test_covering_write_keeps_order();
+  test_partly_covered_read_still_blocks();
   test_random();
   return check_finish("queue");
 }
