@@ -17,6 +17,7 @@ EXTRA_DIST += \
 	bench/README.md \
 	bench/RESULTS.md \
 	bench/run \
+	bench/loop-stall \
 	bench/report.py \
 	bench/nbd-idle.py \
 	bench/startup-time.py \
