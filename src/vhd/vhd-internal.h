@@ -98,6 +98,7 @@ struct vhd {
   char *path;
   int fd;
   bool readonly;
+  bool nolock;            /* VHD_OPEN_NOLOCK: parents are opened without a lock too */
   enum vhd_type type;
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];
