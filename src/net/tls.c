@@ -1,6 +1,7 @@
 /* tls.c: GnuTLS sessions over a memory transport (see tls.h). */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -44,6 +45,39 @@ static int set_err(char *err, size_t len, int e, const char *fmt, ...) {
   return e;
 }
 
+/* GnuTLS reads the key file only when a client connects: read it now, so
+ * that a file that cannot be read (a directory, no permission) or holds no
+ * usable key stops startup rather than every handshake. */
+static int psk_file_check(const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return set_err(err, errlen, -errno, "%s: %s", path, strerror(errno));
+  char line[4096];
+  unsigned lineno = 0, keys = 0;
+  int r = 0;
+  while (r == 0 && fgets(line, sizeof line, f)) {
+    lineno++;
+    size_t n = strlen(line);
+    while (n > 0 && isspace((unsigned char)line[n - 1]))
+      line[--n] = '\0';
+    if (n == 0)
+      continue;
+    char *colon = strchr(line, ':');
+    size_t hex = colon ? strspn(colon + 1, "0123456789abcdefABCDEF") : 0;
+    if (!colon || colon == line || hex == 0 || hex % 2 || colon[1 + hex] != '\0')
+      r = set_err(err, errlen, -EINVAL, "%s:%u: expected IDENTITY:HEXKEY (as psktool writes)",
+                  path, lineno);
+    else
+      keys++;
+  }
+  if (r == 0 && ferror(f))
+    r = set_err(err, errlen, -EIO, "%s: %s", path, strerror(errno));
+  else if (r == 0 && keys == 0)
+    r = set_err(err, errlen, -EINVAL, "%s: no keys in the file", path);
+  fclose(f);
+  return r;
+}
+
 int tls_creds_load(const char *cert_dir, const char *psk_file, bool verify_peer,
                    struct tls_creds **out, char *err, size_t errlen) {
   struct tls_creds *c = calloc(1, sizeof *c);
@@ -55,10 +89,8 @@ int tls_creds_load(const char *cert_dir, const char *psk_file, bool verify_peer,
   const char *prio;
   if (psk_file) {
     c->psk = true;
-    if (access(psk_file, R_OK) != 0) {
-      r = set_err(err, errlen, -errno, "%s: %s", psk_file, strerror(errno));
+    if ((r = psk_file_check(psk_file, err, errlen)) < 0)
       goto fail;
-    }
     if ((r = gnutls_psk_allocate_server_credentials(&c->psk_cred)) < 0 ||
         (r = gnutls_psk_set_server_credentials_file(c->psk_cred, psk_file)) < 0) {
       r = set_err(err, errlen, -EINVAL, "%s: cannot load PSK keys: %s", psk_file,
@@ -72,6 +104,14 @@ int tls_creds_load(const char *cert_dir, const char *psk_file, bool verify_peer,
     snprintf(cert, sizeof cert, "%s/server-cert.pem", cert_dir);
     snprintf(key, sizeof key, "%s/server-key.pem", cert_dir);
     snprintf(ca, sizeof ca, "%s/ca-cert.pem", cert_dir);
+    /* GnuTLS says only "Error while reading file" for either file. */
+    const char *const needed[] = {cert, key};
+    for (size_t i = 0; i < 2; i++) {
+      if (access(needed[i], R_OK) != 0) {
+        r = set_err(err, errlen, -errno, "%s: %s", needed[i], strerror(errno));
+        goto fail;
+      }
+    }
     if ((r = gnutls_certificate_allocate_credentials(&c->x509)) < 0) {
       r = set_err(err, errlen, -ENOMEM, "GnuTLS: %s", gnutls_strerror(r));
       goto fail;

@@ -18,7 +18,8 @@ struct tls_session;
 /* Loads X.509 credentials from cert_dir (server-cert.pem, server-key.pem, and
  * ca-cert.pem which, when verify_peer is set, client certificates must chain
  * to) or PSK credentials from psk_file (psktool format: identity:hexkey).
- * Exactly one of cert_dir and psk_file is non-NULL.  On error writes a
+ * Exactly one of cert_dir and psk_file is non-NULL; the PSK file is read and
+ * checked at once (GnuTLS itself reads it per handshake).  On error writes a
  * message naming the file into err and returns a negative errno. */
 int tls_creds_load(const char *cert_dir, const char *psk_file, bool verify_peer,
                    struct tls_creds **out, char *err, size_t errlen);

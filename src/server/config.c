@@ -24,7 +24,8 @@
  *   description = Some text
  *   allow = 10.0.0.0/8   (repeatable; clients that may see this export)
  *
- * Errors name the file and line; config_load returns -EINVAL after logging. */
+ * Errors name the file and line; config_load logs every one and returns
+ * -EINVAL. */
 #include "config.h"
 
 #include <ctype.h>
@@ -69,7 +70,8 @@ int parse_tls_mode(const char *v, enum tls_mode *out) {
 }
 
 int settings_add_export(struct settings *s, const char *name, const char *image,
-                        const char *description, bool readonly, bool readonly_set) {
+                        const char *description, bool readonly, bool readonly_set,
+                        const char *origin) {
   struct export_spec *e = realloc(s->exports, (s->n_exports + 1) * sizeof *e);
   if (!e)
     return -ENOMEM;
@@ -79,10 +81,12 @@ int settings_add_export(struct settings *s, const char *name, const char *image,
   e->name = strdup(name);
   e->image = image ? strdup(image) : NULL;
   e->description = description ? strdup(description) : NULL;
+  e->origin = origin ? strdup(origin) : NULL;
   e->readonly = readonly;
   e->readonly_set = readonly_set;
   s->n_exports++;
-  if (!e->name || (image && !e->image) || (description && !e->description))
+  if (!e->name || (image && !e->image) || (description && !e->description) ||
+      (origin && !e->origin))
     return -ENOMEM;
   return 0;
 }
@@ -92,6 +96,7 @@ void settings_free(struct settings *s) {
     free(s->exports[i].name);
     free(s->exports[i].image);
     free(s->exports[i].description);
+    free(s->exports[i].origin);
     acl_free(&s->exports[i].allow);
   }
   acl_free(&s->allow);
@@ -223,34 +228,41 @@ static int section_export_name(char *sect, char **name) {
   return 0;
 }
 
+/* Every problem is reported, not only the first: a check of the file
+ * (--check-config) should list all there is to fix.  After a bad section
+ * header the section's keys are skipped, since where they belong is unknown. */
 int config_load(const char *path, struct settings *s) {
   FILE *f = fopen(path, "r");
   if (!f) {
-    log_msg(LOG_LEVEL_ERR, "%s: %s", path, strerror(errno));
-    return -errno;
+    int e = errno;
+    log_msg(LOG_LEVEL_ERR, "%s: %s", path, strerror(e));
+    return -e;
   }
   char line[8192];
   unsigned lineno = 0;
-  enum { NONE, GLOBAL, EXPORT } sect = NONE;
+  enum { NONE, GLOBAL, EXPORT, SKIP } sect = NONE;
   size_t first_export = s->n_exports;
-  struct export_spec *cur = NULL;
   int ret = 0;
   while (fgets(line, sizeof line, f)) {
     lineno++;
     if (!strchr(line, '\n') && !feof(f)) {
       log_msg(LOG_LEVEL_ERR, "%s:%u: line too long", path, lineno);
       ret = -EINVAL;
-      break;
+      int c;
+      while ((c = fgetc(f)) != EOF && c != '\n')
+        ;
+      continue;
     }
     char *l = trim(line);
     if (*l == '\0' || *l == '#' || *l == ';')
       continue;
     if (*l == '[') {
       char *end = strchr(l, ']');
+      sect = SKIP;
       if (!end || *trim(end + 1) != '\0') {
         log_msg(LOG_LEVEL_ERR, "%s:%u: malformed section header", path, lineno);
         ret = -EINVAL;
-        break;
+        continue;
       }
       *end = '\0';
       char *name = trim(l + 1);
@@ -260,23 +272,27 @@ int config_load(const char *path, struct settings *s) {
                  (name[6] == '\0' || isspace((unsigned char)name[6]))) {
         char *ename;
         section_export_name(name, &ename);
-        for (size_t i = 0; i < s->n_exports; i++) {
+        bool dup = false;
+        for (size_t i = first_export; i < s->n_exports && !dup; i++) {
           if (strcmp(s->exports[i].name, ename) == 0) {
-            log_msg(LOG_LEVEL_ERR, "%s:%u: export '%s' defined twice", path, lineno, ename);
+            log_msg(LOG_LEVEL_ERR, "%s:%u: export '%s' defined twice (first at %s)", path,
+                    lineno, ename, s->exports[i].origin);
             ret = -EINVAL;
-            goto out;
+            dup = true;
           }
         }
-        if (settings_add_export(s, ename, NULL, NULL, false, false) < 0) {
+        if (dup)
+          continue;
+        char origin[4200];
+        snprintf(origin, sizeof origin, "%s:%u", path, lineno);
+        if (settings_add_export(s, ename, NULL, NULL, false, false, origin) < 0) {
           ret = -ENOMEM;
           break;
         }
-        cur = &s->exports[s->n_exports - 1];
         sect = EXPORT;
       } else {
         log_msg(LOG_LEVEL_ERR, "%s:%u: unknown section [%s]", path, lineno, name);
         ret = -EINVAL;
-        break;
       }
       continue;
     }
@@ -284,7 +300,7 @@ int config_load(const char *path, struct settings *s) {
     if (!eq) {
       log_msg(LOG_LEVEL_ERR, "%s:%u: expected key = value", path, lineno);
       ret = -EINVAL;
-      break;
+      continue;
     }
     *eq = '\0';
     char *key = trim(l), *value = trim(eq + 1);
@@ -294,34 +310,36 @@ int config_load(const char *path, struct settings *s) {
       value++;
     }
     int r;
+    if (sect == SKIP)
+      continue;
     if (sect == GLOBAL)
       r = global_key(s, key, value);
     else if (sect == EXPORT)
-      r = export_key(cur, key, value);
+      r = export_key(&s->exports[s->n_exports - 1], key, value);
     else
       r = -ENOENT;
+    if (r == -ENOMEM) {
+      ret = r;
+      break;
+    }
     if (r == -ENOENT) {
       log_msg(LOG_LEVEL_ERR, "%s:%u: unknown key '%s'%s", path, lineno, key,
               sect == NONE ? " outside any section" : "");
       ret = -EINVAL;
-      break;
-    }
-    if (r < 0) {
+    } else if (r < 0) {
       log_msg(LOG_LEVEL_ERR, "%s:%u: invalid value for '%s': '%s'", path, lineno, key, value);
       ret = -EINVAL;
-      break;
     }
   }
-  if (ret == 0) {
+  if (ret != -ENOMEM) {
     for (size_t i = first_export; i < s->n_exports; i++) {
       if (!s->exports[i].image) {
-        log_msg(LOG_LEVEL_ERR, "%s: export '%s' has no image =", path, s->exports[i].name);
+        log_msg(LOG_LEVEL_ERR, "%s: export '%s' has no image =", s->exports[i].origin,
+                s->exports[i].name);
         ret = -EINVAL;
-        break;
       }
     }
   }
-out:
   fclose(f);
   return ret;
 }

@@ -4,6 +4,7 @@ vhdnbd_SOURCES = \
 	src/server/server.h \
 	src/server/main.c \
 	src/server/config.c \
+	src/server/check-config.c \
 	src/server/exports.c \
 	src/server/listen.c \
 	src/server/connection.c \

@@ -61,6 +61,9 @@ static void usage(FILE *f) {
           "      --tls-psk FILE       pre-shared keys (psktool format) instead of X.509\n"
           "\n"
           "Process:\n"
+          "      --check-config       check the settings, exports and TLS files, open every\n"
+          "                           image read-only (no lock), print the exports, exit:\n"
+          "                           0 all good, 1 not (binds, writes, starts nothing)\n"
           "      --pidfile FILE       write the process id once listening\n"
           "  -v, --verbose            more messages (repeat for debugging)\n"
           "  -q, --quiet              errors only\n"
@@ -86,6 +89,9 @@ static void take_string(char **setting, char **cli) {
   }
 }
 
+/* --check-config: report, open images read-only, exit (check-config.c). */
+static bool check_only;
+
 static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const char *fmt, ...) {
   va_list ap;
   fprintf(stderr, "vhdnbd: ");
@@ -93,7 +99,26 @@ static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const ch
   vfprintf(stderr, fmt, ap);
   va_end(ap);
   fprintf(stderr, " (see vhdnbd --help)\n");
-  exit(EXIT_USAGE);
+  /* A check fails with 1 whatever is wrong, as its documentation says. */
+  exit(check_only ? 1 : EXIT_USAGE);
+}
+
+/* Problems with the settings as a whole: each is reported, then startup
+ * stops (or the check goes on to the images). */
+static unsigned settings_errors;
+
+static void __attribute__((format(printf, 1, 2))) setting_error(const char *fmt, ...) {
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  log_msg(LOG_LEVEL_ERR, "%s", msg);
+  settings_errors++;
+}
+
+static const char *export_origin(const struct export_spec *e) {
+  return e->origin ? e->origin : "the command line";
 }
 
 static bool starts_with_option(const char *s) {
@@ -141,7 +166,7 @@ static void parse_export_arg(struct settings *s, const char *arg) {
       usage_error("--export %s: unknown export option '%s'", arg, opts);
     opts = next;
   }
-  if (settings_add_export(s, name, image, desc, ro, ro_set) < 0)
+  if (settings_add_export(s, name, image, desc, ro, ro_set, NULL) < 0)
     usage_error("out of memory");
 }
 
@@ -166,6 +191,7 @@ enum {
   OPT_IDLE_TIMEOUT,
   OPT_MAX_INFLIGHT,
   OPT_THREADS,
+  OPT_CHECK_CONFIG,
 };
 
 static const struct option long_options[] = {
@@ -187,6 +213,7 @@ static const struct option long_options[] = {
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
     {"tls-psk", required_argument, NULL, OPT_TLS_PSK},
+    {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -194,15 +221,32 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
+#define SHORT_OPTIONS ":p:b:U:re:C:svqhV"
+
+/* --check-config decides the exit status of every error, including those of
+ * options given before it: look for it before parsing anything. */
+static bool wants_check_config(int argc, char **argv) {
+  bool found = false;
+  int c;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, SHORT_OPTIONS, long_options, NULL)) != -1)
+    if (c == OPT_CHECK_CONFIG)
+      found = true;
+  optind = 0; /* GNU getopt: start the next scan afresh */
+  return found;
+}
+
 /* Command line over configuration file: scalar settings given on the command
- * line win, exports and bind addresses from both are used. */
+ * line win, exports and bind addresses from both are used.  Usage errors
+ * exit; errors in the configuration file and in the settings as a whole are
+ * all reported and counted in settings_errors. */
 static void parse_args(int argc, char **argv, struct settings *s) {
   struct settings cli = {0};
   const char *config = NULL;
   bool max_set = false, timeout_set = false, idle_set = false;
   int c;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":p:b:U:re:C:svqhV", long_options, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, SHORT_OPTIONS, long_options, NULL)) != -1) {
     switch (c) {
     case 'p':
       parse_count("--port", optarg, 65535);
@@ -280,6 +324,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     case OPT_TLS_VERIFY_PEER:
       cli.tls_verify_peer = true;
       break;
+    case OPT_CHECK_CONFIG:
+      check_only = true;
+      break;
     case 'v':
       cli.verbose++;
       break;
@@ -310,8 +357,11 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   if (config) {
     if (access(config, R_OK) < 0)
       usage_error("--config %s: %s", config, strerror(errno));
-    if (config_load(config, s) < 0)
-      exit(EXIT_USAGE);
+    int r = config_load(config, s);
+    if (r == -ENOMEM)
+      usage_error("out of memory");
+    if (r < 0)
+      settings_errors++;
   }
   if (cli.port) {
     free(s->port);
@@ -362,13 +412,14 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   if (optind < argc) {
     /* A bare IMAGE is the default export; its description is its file name. */
     CLEANUP_FREE char *copy = strdup(argv[optind]);
-    if (!copy || settings_add_export(s, "", argv[optind], basename(copy), false, false) < 0)
+    if (!copy ||
+        settings_add_export(s, "", argv[optind], basename(copy), false, false, NULL) < 0)
       usage_error("out of memory");
   }
   for (size_t i = 0; i < cli.n_exports; i++) {
     const struct export_spec *e = &cli.exports[i];
     if (settings_add_export(s, e->name, e->image, e->description, e->readonly,
-                            e->readonly_set) < 0)
+                            e->readonly_set, NULL) < 0)
       usage_error("out of memory");
   }
   if (cli.readonly) {
@@ -378,31 +429,35 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   settings_free(&cli);
 
-  if (s->n_exports == 0)
+  if (s->n_exports == 0 && settings_errors == 0)
     usage_error("nothing to serve: give an IMAGE, --export NAME=IMAGE or --config FILE");
   for (size_t i = 0; i < s->n_exports; i++) {
     const struct export_spec *e = &s->exports[i];
+    const char *at = e->origin ? e->origin : "", *sep = e->origin ? ": " : "";
     if (strlen(e->name) > NBD_MAX_STRING)
-      usage_error("export name longer than %u bytes", NBD_MAX_STRING);
+      setting_error("%s%sexport name longer than %u bytes", at, sep, NBD_MAX_STRING);
     if (e->description && strlen(e->description) > NBD_MAX_STRING)
-      usage_error("export '%s': description longer than %u bytes", e->name, NBD_MAX_STRING);
+      setting_error("%s%sexport '%s': description longer than %u bytes", at, sep, e->name,
+                    NBD_MAX_STRING);
     for (size_t j = 0; j < i; j++)
       if (strcmp(s->exports[j].name, e->name) == 0)
-        usage_error("export '%s' given twice", e->name);
-    if (access(e->image, F_OK) < 0)
-      usage_error("%s: %s", e->image, strerror(errno));
+        setting_error("export '%s' given twice: by %s and by %s", e->name,
+                      export_origin(&s->exports[j]), export_origin(e));
+    /* The check opens every image and reports this itself. */
+    if (!check_only && e->image && access(e->image, F_OK) < 0)
+      setting_error("%s%sexport '%s': %s: %s", at, sep, e->name, e->image, strerror(errno));
   }
   if (s->stdio && (s->unix_path || s->port || s->n_binds))
-    usage_error("--stdio cannot be combined with --unix, --port or --bind");
+    setting_error("--stdio cannot be combined with --unix, --port or --bind");
   if (s->tls_certificates && s->tls_psk)
-    usage_error("--tls-certificates and --tls-psk cannot be combined");
+    setting_error("--tls-certificates and --tls-psk cannot be combined");
   if (s->tls != TLS_OFF && !s->tls_certificates && !s->tls_psk)
-    usage_error("--tls=%s needs --tls-certificates DIR or --tls-psk FILE",
-                s->tls == TLS_ON ? "on" : "require");
+    setting_error("--tls=%s needs --tls-certificates DIR or --tls-psk FILE",
+                  s->tls == TLS_ON ? "on" : "require");
   if (s->tls == TLS_OFF && (s->tls_certificates || s->tls_psk))
-    usage_error("TLS credentials given but TLS is off: add --tls=on or --tls=require");
+    setting_error("TLS credentials given but TLS is off: add --tls=on or --tls=require");
   if (s->tls_verify_peer && !s->tls_certificates)
-    usage_error("--tls-verify-peer needs --tls-certificates DIR");
+    setting_error("--tls-verify-peer needs --tls-certificates DIR");
 }
 
 /* ---- lifecycle ---- */
@@ -472,7 +527,19 @@ int main(int argc, char **argv) {
   bool pidfile_written = false;
   log_set_program("vhdnbd");
   signal(SIGPIPE, SIG_IGN);
+  check_only = wants_check_config(argc, argv);
   parse_args(argc, argv, &settings);
+  if (check_only) {
+    if (settings.verbose < 0)
+      log_set_level(LOG_LEVEL_ERR);
+    int status = config_check(&settings, settings_errors);
+    settings_free(&settings);
+    return status;
+  }
+  if (settings_errors) {
+    settings_free(&settings);
+    return EXIT_USAGE;
+  }
   int level = LOG_LEVEL_NOTICE + settings.verbose;
   if (settings.verbose < 0)
     level = LOG_LEVEL_ERR; /* -q: errors only */

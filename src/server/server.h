@@ -2,6 +2,7 @@
  *
  *   main.c         command line, startup, shutdown
  *   config.c       the INI configuration file
+ *   check-config.c --check-config: the settings and images checked, nothing served
  *   exports.c      the export table: one shared vhd_t and queue per export
  *   listen.c       TCP, Unix and systemd-activated sockets, --stdio
  *   connection.c   one client: input buffering, back-pressure, writes, close
@@ -74,6 +75,7 @@ struct export {
 
 struct export_spec {
   char *name, *image, *description;
+  char *origin; /* "FILE:LINE" of its [export] section; NULL: the command line */
   bool readonly, readonly_set;
   struct acl allow;
 };
@@ -135,7 +137,13 @@ int parse_bool(const char *v, bool *out);
 int parse_tls_mode(const char *v, enum tls_mode *out);
 void settings_free(struct settings *s);
 int settings_add_export(struct settings *s, const char *name, const char *image,
-                        const char *description, bool readonly, bool readonly_set);
+                        const char *description, bool readonly, bool readonly_set,
+                        const char *origin);
+
+/* check-config.c: checks the TLS credentials and opens every export's image
+ * (read-only, no lock), printing one line per export; errors: how many
+ * problems the settings already showed.  Returns the exit status: 0 or 1. */
+int config_check(const struct settings *s, unsigned errors);
 
 /* exports.c */
 int exports_open(struct server *srv, const struct settings *s);

@@ -81,8 +81,11 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
   }
   size_t tl = strlen(c->tried);
   snprintf(c->tried + tl, sizeof c->tried - tl, "%s%s", tl ? ", " : "", full);
+  /* A child opened without a lock (to look at an image another process
+   * serves) must not lock its parents either: a writer of a parent would
+   * refuse the read lock. */
   struct vhd_open_opts po = {
-      .flags = VHD_OPEN_RDONLY,
+      .flags = VHD_OPEN_RDONLY | (c->child->nolock ? VHD_OPEN_NOLOCK : 0),
       .warn = c->child->warn,
       .warn_opaque = c->child->warn_opaque,
   };

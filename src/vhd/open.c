@@ -265,6 +265,7 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   vhd->path = strdup(path);
   unsigned flags = opts ? opts->flags : 0;
   vhd->readonly = flags & VHD_OPEN_RDONLY;
+  vhd->nolock = flags & VHD_OPEN_NOLOCK;
   if (opts) {
     vhd->warn = opts->warn;
     vhd->warn_opaque = opts->warn_opaque;

@@ -118,6 +118,7 @@ struct vhd {
   atomic_int write_error;
   char write_error_what[320];
   pthread_mutex_t sync_lock;
+  bool nolock;            /* VHD_OPEN_NOLOCK: parents are opened without a lock too */
   enum vhd_type type;
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];

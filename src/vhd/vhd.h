@@ -83,7 +83,9 @@ enum vhd_size_rule {
 
 /* vhd_open flags */
 #define VHD_OPEN_RDONLY 0x1u
-#define VHD_OPEN_NOLOCK 0x2u  /* skip the OFD lock (tests, vhdimg info on a served image) */
+/* Skip the OFD lock on the image and its parents, to look at an image
+ * another process serves (vhdimg info, vhdnbd --check-config, tests). */
+#define VHD_OPEN_NOLOCK 0x2u
 #define VHD_OPEN_NOPARENT 0x4u /* differencing: do not open the parent (info/check) */
 
 struct vhd_open_opts {

@@ -14,9 +14,10 @@ SERVER_INTEROP_TESTS = \
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)
 
-# Access control, TLS (TCP on loopback), the idle timeout and the server-wide
-# in-flight cap.
+# Access control, TLS (TCP on loopback), the idle timeout, the server-wide
+# in-flight cap, and --check-config.
 SERVER_POLICY_TESTS = \
+	tests/interop/test-check-config.sh \
 	tests/interop/test-acl.sh \
 	tests/interop/test-tls.sh \
 	tests/interop/test-idle-timeout.sh \

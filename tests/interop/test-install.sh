@@ -69,15 +69,18 @@ if [ "$unitdir" != no ]; then
   unit="$root$unitdir/vhdnbd.service"
   grep -qx 'ExecStart=/usr/sbin/vhdnbd -C /etc/vhdnbd/vhdnbd.conf' "$unit" ||
     fail "installed unit does not run the installed paths: $(grep ExecStart "$unit")"
+  grep -qx 'ExecStartPre=/usr/sbin/vhdnbd --check-config -C /etc/vhdnbd/vhdnbd.conf' "$unit" ||
+    fail "installed unit does not check the installed configuration: $(grep ExecStartPre "$unit")"
   grep -qx 'ConditionPathExists=/etc/vhdnbd/vhdnbd.conf' "$unit" ||
     fail "installed unit waits for the wrong configuration file"
   ! grep -n '@[a-zA-Z_]*@' "$unit" || fail "installed unit has unsubstituted variables"
   [ "$(stat -c %a "$unit")" = 644 ] || fail "installed unit mode is $(stat -c %a "$unit")"
   if command -v systemd-analyze >/dev/null; then
-    # Verified with ExecStart= moved into the staging root: the binary the
-    # installed unit names must be there.
+    # Verified with ExecStart= and ExecStartPre= moved into the staging
+    # root: the binary the installed unit names must be there.
     mkdir -p "$TMPD/units"
-    sed 's|^ExecStart=\([^ ]*\)|ExecStart='"$root"'\1|' "$unit" >"$TMPD/units/vhdnbd.service"
+    sed 's|^\(ExecStart\(Pre\)\{0,1\}\)=\([^ ]*\)|\1='"$root"'\3|' "$unit" \
+      >"$TMPD/units/vhdnbd.service"
     cp "$root$unitdir/vhdnbd.socket" "$TMPD/units/"
     rc=0
     (cd "$TMPD/units" && SYSTEMD_LOG_LEVEL=notice \

@@ -5,7 +5,9 @@
 # the service's own ExecStart= command line, socket-activated the way
 # vhdnbd.socket does it, serves the configured image on the socket systemd
 # passed (ignoring the configuration's own port), tells the manager READY=1
-# when built for Type=notify, and stops cleanly on SIGTERM.
+# when built for Type=notify, and stops cleanly on SIGTERM.  Its ExecStartPre=
+# checks the same configuration file: it passes a good one and fails (status
+# 1, naming the image) a bad one.
 . "$top_srcdir/tests/functions.sh"
 
 requires systemd-analyze
@@ -36,6 +38,13 @@ conf_path=$(unit_value ConditionPathExists "$service")
 [[ $conf_path == */vhdnbd/vhdnbd.conf ]] || fail "ConditionPathExists=$conf_path"
 [[ " $exec_start " == *" -C $conf_path "* ]] ||
   fail "ExecStart does not read the file ConditionPathExists= waits for: $exec_start"
+exec_pre=$(unit_value ExecStartPre "$service")
+read -r -a pre_argv <<<"$exec_pre"
+[ "${#pre_argv[@]}" -gt 0 ] && [ "${pre_argv[0]}" = "${argv[0]}" ] ||
+  fail "ExecStartPre does not run the ExecStart binary: '$exec_pre'"
+[[ " $exec_pre " == *" --check-config "* ]] || fail "ExecStartPre is not a --check-config: $exec_pre"
+[[ " $exec_pre " == *" -C $conf_path "* ]] ||
+  fail "ExecStartPre does not check the file ExecStart reads: $exec_pre"
 [ "$(unit_value ListenStream "$socket")" = 10809 ] || fail "vhdnbd.socket: not ListenStream=10809"
 for setting in NoNewPrivileges=yes ProtectSystem=strict PrivateTmp=yes ProtectHome=yes \
   CapabilityBoundingSet= "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" User=vhdnbd \
@@ -46,7 +55,8 @@ done
 # --- systemd-analyze verify ------------------------------------------------
 # verify insists that ExecStart's binary exists: point a copy at the build.
 mkdir -p "$TMPD/units"
-sed "s|^ExecStart=[^ ]*|ExecStart=$VHDNBD|" "$service" >"$TMPD/units/vhdnbd.service"
+sed -e "s|^ExecStart=[^ ]*|ExecStart=$VHDNBD|" -e "s|^ExecStartPre=[^ ]*|ExecStartPre=$VHDNBD|" \
+  "$service" >"$TMPD/units/vhdnbd.service"
 cp "$socket" "$TMPD/units/vhdnbd.socket"
 rc=0
 (cd "$TMPD/units" && SYSTEMD_LOG_LEVEL=notice \
@@ -96,6 +106,28 @@ for arg in "${argv[@]:1}"; do
   [ "$arg" = "$conf_path" ] && arg="$TMPD/vhdnbd.conf"
   cmd+=("$arg")
 done
+
+# ExecStartPre= on this configuration, then on a broken copy of it.
+pre_cmd_with() { # pre_cmd_with CONF: ExecStartPre= for the test's binary and CONF
+  pre_cmd=("$VHDNBD")
+  local arg
+  for arg in "${pre_argv[@]:1}"; do
+    [ "$arg" = "$conf_path" ] && arg=$1
+    pre_cmd+=("$arg")
+  done
+}
+pre_cmd_with "$TMPD/vhdnbd.conf"
+"${pre_cmd[@]}" >"$TMPD/pre.out" 2>"$TMPD/pre.err" ||
+  fail "ExecStartPre failed on a good configuration: $(cat "$TMPD/pre.err")"
+grep -qF "export \"\" (default): $TMPD/disk.vhd, dynamic," "$TMPD/pre.out" ||
+  fail "ExecStartPre did not list the export: $(cat "$TMPD/pre.out")"
+sed "s|^image = .*|image = $TMPD/gone.vhd|" "$TMPD/vhdnbd.conf" >"$TMPD/bad.conf"
+pre_cmd_with "$TMPD/bad.conf"
+rc=0
+"${pre_cmd[@]}" >/dev/null 2>"$TMPD/pre.err" || rc=$?
+[ "$rc" -eq 1 ] || fail "ExecStartPre on a missing image: status $rc, expected 1"
+grep -q "$TMPD/gone.vhd" "$TMPD/pre.err" || fail "ExecStartPre error: $(cat "$TMPD/pre.err")"
+echo "ok: ExecStartPre checks the configuration"
 
 # A notification socket standing in for the service manager's.
 "$PY3" - "$TMPD/notify" "$TMPD/notify.log" <<'EOF' &

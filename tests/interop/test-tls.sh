@@ -251,13 +251,29 @@ stop_vhdnbd
 startup() { # startup RC WHAT ARGS...
   local want=$1 what=$2 rc=0
   shift 2
-  "$VHDNBD" -U "$TMPD/sock2" "$@" "$img" >/dev/null 2>"$TMPD/err" || rc=$?
+  # Bounded: a server that accepts what it should refuse starts serving.
+  timeout 20 "$VHDNBD" -U "$TMPD/sock2" "$@" "$img" >/dev/null 2>"$TMPD/err" || rc=$?
+  [ "$rc" -ne 124 ] || fail "$what: the server started instead of refusing"
   [ "$rc" -eq "$want" ] || fail "$what: exit status $rc, expected $want: $(cat "$TMPD/err")"
   [ "$(wc -l <"$TMPD/err")" -eq 1 ] || fail "$what: expected a one-line error: $(cat "$TMPD/err")"
 }
 startup 1 "missing certificate directory" --tls=on --tls-certificates "$TMPD/none"
 grep -q "$TMPD/none" "$TMPD/err" || fail "the error does not name the directory: $(cat "$TMPD/err")"
 startup 1 "missing PSK file" --tls=on --tls-psk "$TMPD/none.psk"
+# GnuTLS reads the key file only per handshake: the server reads it first.
+mkdir "$TMPD/dir.psk"
+startup 1 "a directory as the PSK file" --tls=on --tls-psk "$TMPD/dir.psk"
+grep -q "$TMPD/dir.psk: Is a directory" "$TMPD/err" || fail "PSK directory: $(cat "$TMPD/err")"
+printf 'alice:0123\nno key here\n' >"$TMPD/bad.psk"
+startup 1 "a PSK file with a line that is not IDENTITY:HEXKEY" --tls=on --tls-psk "$TMPD/bad.psk"
+grep -q "$TMPD/bad.psk:2:" "$TMPD/err" || fail "bad PSK line not named: $(cat "$TMPD/err")"
+: >"$TMPD/empty.psk"
+startup 1 "an empty PSK file" --tls=on --tls-psk "$TMPD/empty.psk"
+mkdir "$TMPD/nokey"
+cp "$pki/server-cert.pem" "$TMPD/nokey/"
+startup 1 "a certificate directory without server-key.pem" --tls=on --tls-certificates "$TMPD/nokey"
+grep -q "$TMPD/nokey/server-key.pem: No such file" "$TMPD/err" ||
+  fail "the error does not name server-key.pem: $(cat "$TMPD/err")"
 startup 1 "--tls-verify-peer without ca-cert.pem" --tls=on --tls-verify-peer \
   --tls-certificates "$pskdir"
 startup 2 "--tls=on without credentials" --tls=on

@@ -417,6 +417,12 @@ static void test_locking(void) {
   close_ok(pr);
   close_ok(c);
   a = expect_opens(p, 0, "read-write open of the parent after the child closed");
+  /* Without a lock, a child opens even while its parent is open for
+   * writing: the parent is not read-locked through it either. */
+  c = expect_opens(child, VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
+                   "child open without lock while its parent is open read-write");
+  T_ASSERT(vhd_parent(c) != NULL, "child opened without lock has no parent");
+  close_ok(c);
   close_ok(a);
 }
 
