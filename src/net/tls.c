@@ -98,7 +98,9 @@ int tls_creds_load(const char *cert_dir, const char *psk_file, bool verify_peer,
       goto fail;
     }
     gnutls_psk_set_server_known_dh_params(c->psk_cred, GNUTLS_SEC_PARAM_MEDIUM);
-    prio = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK";
+    /* Only key exchanges with (EC)DHE: with plain PSK, whoever learns a key
+     * later can decrypt every session recorded with it. */
+    prio = "NORMAL:+ECDHE-PSK:+DHE-PSK";
   } else {
     char cert[4096], key[4096], ca[4096];
     snprintf(cert, sizeof cert, "%s/server-cert.pem", cert_dir);
@@ -126,6 +128,17 @@ int tls_creds_load(const char *cert_dir, const char *psk_file, bool verify_peer,
       r = set_err(err, errlen, -ENOENT, "%s: needed to verify client certificates: %s", ca,
                   strerror(errno));
       goto fail;
+    }
+    /* Revoked client certificates: ca-crl.pem, when present, as QEMU reads it. */
+    char crl[4096];
+    snprintf(crl, sizeof crl, "%s/ca-crl.pem", cert_dir);
+    if (access(crl, F_OK) == 0) {
+      r = gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM);
+      if (r < 0) {
+        r = set_err(err, errlen, -EINVAL, "%s: cannot load the revocation list: %s", crl,
+                    gnutls_strerror(r));
+        goto fail;
+      }
     }
     r = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM);
     if (r < 0) {

@@ -168,6 +168,8 @@ static void start_reading(struct connection *conn) {
   conn->reading = true;
 }
 
+static void tls_flush(struct connection *conn);
+
 static void update_reading(struct connection *conn) {
   if (conn->closing)
     return;
@@ -177,6 +179,16 @@ static void update_reading(struct connection *conn) {
     return;
   }
   if (conn->draining && conn->inflight == 0 && conn->writes_pending == 0) {
+    /* An orderly end of a TLS session says so (close_notify), so the client
+     * can tell it from a connection cut by an attacker; once that alert is
+     * written, this runs again and closes. */
+    if (conn->tls && !conn->tls_handshaking && !conn->tls_bye_sent) {
+      conn->tls_bye_sent = true;
+      tls_session_bye(conn->tls);
+      tls_flush(conn);
+      if (conn->closing || conn->writes_pending > 0)
+        return;
+    }
     conn_close(conn, NULL);
     return;
   }

@@ -218,6 +218,7 @@ struct connection {
   uint8_t *tls_out;
   size_t tls_out_len, tls_out_cap;
   bool tls_out_failed;
+  bool tls_bye_sent;     /* close_notify queued: close once it is written */
 
   /* transmission */
   struct export *exp;

@@ -23,4 +23,9 @@ SERVER_POLICY_TESTS = \
 	tests/interop/test-idle-timeout.sh \
 	tests/interop/test-max-inflight.sh
 TESTS += $(SERVER_POLICY_TESTS)
+# test-tls.sh's GnuTLS client that picks the PSK key exchange.
+check_PROGRAMS += tls-psk-client
+tls_psk_client_SOURCES = tests/interop/tls-psk-client.c
+tls_psk_client_CFLAGS = $(AM_CFLAGS) $(GNUTLS_CFLAGS)
+tls_psk_client_LDADD = $(GNUTLS_LIBS)
 EXTRA_DIST += $(SERVER_POLICY_TESTS)

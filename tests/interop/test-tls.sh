@@ -4,7 +4,9 @@
 # client that checks the STARTTLS rules: options refused with
 # NBD_REP_ERR_TLS_REQD before TLS, plaintext sent after STARTTLS discarded
 # (CVE-2021-3716), nothing negotiated in the clear kept, a second STARTTLS
-# refused.  Every transfer is verified and the image checked afterwards.
+# refused.  An orderly end sends close_notify; PSK is accepted only with an
+# (EC)DHE key exchange; a client certificate listed in ca-crl.pem is refused.
+# Every transfer is verified and the image checked afterwards.
 . "$top_srcdir/tests/functions.sh"
 requires certtool
 requires psktool
@@ -147,7 +149,10 @@ ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.load_verify_locations(pki + "/ca-cert.pem")
 if scenario == "on":
     ctx.load_cert_chain(pki + "/client-cert.pem", pki + "/client-key.pem")
-c.s = ctx.wrap_socket(c.s, server_hostname="localhost")
+# Ragged EOFs raise, so a close without close_notify shows (Python sets
+# OP_IGNORE_UNEXPECTED_EOF by default, which would hide it).
+ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+c.s = ctx.wrap_socket(c.s, server_hostname="localhost", suppress_ragged_eofs=False)
 print("tls", c.s.version() is not None)
 c.opt(5)                                       # second STARTTLS
 print("starttls-again", hex(c.reply()))
@@ -162,6 +167,11 @@ print("list-in-tls", [hex(t) for t in c.replies()])
 c.opt(7, go_default)
 print("go-in-tls", [hex(t) for t in c.replies()])
 c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 1, 0, 0))  # NBD_CMD_DISC
+c.s.settimeout(10)
+try:
+    print("close-notify", c.s.recv(1) == b"")
+except (ssl.SSLError, ConnectionError):
+    print("close-notify False")
 PY
 raw() { timeout 30 "$PY3" "$TMPD/raw.py" "$@" "$pki" 2>&1; }
 
@@ -186,7 +196,8 @@ starttls 0x1
 tls True
 starttls-again 0x80000003
 list-in-tls ['0x2', '0x1']
-go-in-tls ['0x3', '0x1']"
+go-in-tls ['0x3', '0x1']
+close-notify True"
 [ "$out" = "$expected" ] || fail "STARTTLS rules under --tls=require: got
 $out
 expected
@@ -220,6 +231,16 @@ out=$(timeout 30 qemu-io -r "${qemu_psk[@]}" -c 'read -P 0x3c 20M 1M' 2>&1) ||
   fail "qemu-io read over TLS-PSK: $out"
 grep -q "Pattern verification failed" <<<"$out" && fail "qemu-io read over TLS-PSK: $out"
 expect_ok psk "$pskdir/keys.psk" "$port" 7
+# Only (EC)DHE key exchanges: plain PSK has no forward secrecy.
+pskclient() { # PRIORITY: prints "ok KX" or "refused: ..."
+  timeout 30 "$top_builddir/tls-psk-client" "$port" alice "$(cut -d: -f2 "$pskdir/keys.psk")" "$1"
+}
+for kx in ECDHE-PSK DHE-PSK; do
+  out=$(pskclient "NORMAL:-KX-ALL:+$kx") || fail "tls-psk-client $kx: $out"
+  [ "$out" = "ok $kx" ] || fail "a $kx handshake should work, got: $out"
+done
+out=$(pskclient "NORMAL:-KX-ALL:+PSK") || fail "tls-psk-client PSK: $out"
+[[ $out == refused:* ]] || fail "a plain PSK key exchange (no DHE) was accepted: $out"
 stop_vhdnbd
 
 # --- (e) --tls=on --tls-verify-peer ----------------------------------------------
@@ -238,7 +259,8 @@ tls True
 starttls-again 0x80000003
 meta-after-tls 0x80000003
 list-in-tls ['0x2', '0x1']
-go-in-tls ['0x3', '0x1']"
+go-in-tls ['0x3', '0x1']
+close-notify True"
 [ "$out" = "$expected" ] || fail "STARTTLS rules under --tls=on: got
 $out
 expected
@@ -246,6 +268,34 @@ $expected"
 # TLS is optional here: a plaintext client works too.
 expect_ok plain "" "$port" 10
 stop_vhdnbd
+
+# --- (f) a revocation list in the certificates directory -------------------------
+# mallory's certificate is signed by the same CA but listed in ca-crl.pem.
+crldir=$TMPD/pki-crl
+mkdir -p "$crldir" "$TMPD/mallory"
+cp "$pki"/ca-cert.pem "$pki"/server-cert.pem "$pki"/server-key.pem "$crldir/"
+cp "$pki/ca-cert.pem" "$TMPD/mallory/"
+sed 's/cn = alice/cn = mallory/' "$TMPD/client.info" >"$TMPD/mallory.info"
+gen --generate-privkey --outfile "$TMPD/mallory/client-key.pem"
+gen --generate-certificate --load-ca-certificate "$pki/ca-cert.pem" \
+  --load-ca-privkey "$TMPD/ca-key.pem" --load-privkey "$TMPD/mallory/client-key.pem" \
+  --template "$TMPD/mallory.info" --outfile "$TMPD/mallory/client-cert.pem"
+printf 'crl_next_update = 2\ncrl_number = 1\n' >"$TMPD/crl.info"
+gen --generate-crl --load-ca-certificate "$pki/ca-cert.pem" --load-ca-privkey "$TMPD/ca-key.pem" \
+  --load-certificate "$TMPD/mallory/client-cert.pem" --template "$TMPD/crl.info" \
+  --outfile "$crldir/ca-crl.pem"
+port=$(free_tcp_port)
+start_vhdnbd "$TMPD/sock" -v -p "$port" -b 127.0.0.1 --tls=require --tls-verify-peer \
+  --tls-certificates "$crldir" "$img" 2>"$TMPD/log-f"
+expect_ok x509 "$pki" "$port" 11
+expect_refused x509 "$TMPD/mallory" "$port" 12
+log_has "$TMPD/log-f" 'client 127\.0\.0\.1:[0-9]+: TLS handshake failed' "revoked client certificate"
+stop_vhdnbd
+# A revocation list that does not parse stops the start, naming the file.
+echo garbage >"$crldir/ca-crl.pem"
+out=$(timeout 30 "$VHDNBD" -p "$(free_tcp_port)" -b 127.0.0.1 --tls=require \
+  --tls-certificates "$crldir" "$img" 2>&1) && fail "vhdnbd started with a garbled ca-crl.pem"
+grep -q "ca-crl.pem" <<<"$out" || fail "the error does not name ca-crl.pem: $out"
 
 # --- startup errors: one line, exit status 1 (2 for usage errors) ---------------
 startup() { # startup RC WHAT ARGS...
