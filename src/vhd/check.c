@@ -115,11 +115,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       for (int i = 0; i < 8; i++) {
         const struct vhd_locator *l = &vhd->header.locators[i];
         if (l->code != VHD_PLAT_NONE && l->data_length)
-          sp[n++] = (struct span){l->data_offset,
-                                  l->data_offset + MAX((uint64_t)l->data_length,
-                                                       l->data_space >= l->data_length
-                                                           ? (uint64_t)l->data_space
-                                                           : (uint64_t)l->data_space * 512)};
+          sp[n++] = (struct span){l->data_offset, vhd_locator_area_end(l)};
       }
     uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
     for (uint32_t i = 0; i < vhd->max_entries; i++)
@@ -135,8 +131,8 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       /* Gaps before the first block are padding some writers use: not leaks. */
       if (sp[i].start > covered && covered >= MIN(first_block, vhd->file_size) &&
           sp[i].start - covered >= span) {
-        /* Freed blocks are punched and reused by the next allocations:
-         * as long as they hold no data they cost nothing. */
+        /* Freed blocks are punched: as long as they hold no data they
+         * cost nothing. */
         uint64_t gap = sp[i].start - covered;
         /* Punching a block leaves at most the pages it shares with its
          * neighbours allocated. */
@@ -152,13 +148,22 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     uint64_t data_end = vhd->file_size - VHD_FOOTER_SIZE;
     uint64_t tail = data_end > covered ? data_end - covered : 0;
     if (sparse_free)
-      report(&c, 0, "%s: %llu bytes of freed block space between blocks (sparse; reused by new blocks)",
+      report(&c, 0, "%s: %llu bytes of unreferenced space between blocks (sparse: it costs no disk space)",
              path, (unsigned long long)sparse_free);
     if (leaked)
       report(&c, VHD_CHECK_LEAKS, "%s: %llu bytes in %llu unreferenced block-sized extents", path,
              (unsigned long long)leaked, (unsigned long long)leaked_extents);
+    /* The tail can be cut only when it reads as zeros (never written, or
+     * zeroed): bytes in it are not known to be the engine's, and a cut
+     * must not lose what another writer (or a crash) left there. */
+    int tail_zero = tail >= 512 ? vhd_io_range_is_zero(vhd->fd, covered, tail) : 0;
     if (tail >= 512) {
-      if (repair) {
+      if (repair && tail_zero != 1) {
+        report(&c, VHD_CHECK_LEAKS,
+               "%s: %llu unused bytes before the trailing footer hold data: left in place (they "
+               "may belong to another tool)",
+               path, (unsigned long long)tail);
+      } else if (repair) {
         /* Footer first at its new place, then cut: at every instant the
          * file ends with a valid footer. */
         uint64_t new_end = ROUND_UP(covered, 512);

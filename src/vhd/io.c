@@ -147,3 +147,47 @@ uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
   }
   return total;
 }
+
+int vhd_io_range_is_zero(int fd, uint64_t off, uint64_t len) {
+  uint64_t end = off + len;
+  uint8_t buf[65536];
+  while (off < end) {
+    /* Holes read as zeros: only the extents holding data are read. */
+    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO)
+        return 1; /* nothing but a hole up to the end of the file */
+      d = (off_t)off; /* no SEEK_DATA here: read everything */
+    }
+    if ((uint64_t)d >= end)
+      return 1;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    uint64_t stop = h < 0 ? end : MIN((uint64_t)h, end);
+    for (uint64_t p = (uint64_t)d; p < stop;) {
+      size_t n = (size_t)MIN(stop - p, (uint64_t)sizeof buf);
+      int r = vhd_io_pread(fd, buf, n, p);
+      if (r < 0)
+        return r;
+      for (size_t i = 0; i < n; i++)
+        if (buf[i])
+          return 0;
+      p += n;
+    }
+    off = stop;
+  }
+  return 1;
+}
+
+int vhd_io_zero(int fd, uint64_t off, uint64_t len) {
+  if (vhd_io_punch(fd, off, len) == 0)
+    return 0;
+  static const uint8_t zeros[65536];
+  for (uint64_t done = 0; done < len;) {
+    size_t n = (size_t)MIN(len - done, (uint64_t)sizeof zeros);
+    int r = vhd_io_pwrite(fd, zeros, n, off + done);
+    if (r < 0)
+      return r;
+    done += n;
+  }
+  return 0;
+}
