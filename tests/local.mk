@@ -1,4 +1,9 @@
 EXTRA_DIST += tests/functions.sh
+# Planted bugs (patches against src, applied with patch -p1); the first line
+# of each names the test that must catch it.
+EXTRA_DIST += \
+	tests/mutants/layout-footer-over-metadata.patch \
+	tests/mutants/layout-alloc-over-metadata.patch
 include tests/unit/engine.mk
 include tests/unit/codec.mk
 include tests/unit/net.mk
