@@ -3,7 +3,8 @@ EXTRA_DIST += tests/functions.sh
 # of each names the test that must catch it.
 EXTRA_DIST += \
 	tests/mutants/layout-footer-over-metadata.patch \
-	tests/mutants/layout-alloc-over-metadata.patch
+	tests/mutants/layout-alloc-over-metadata.patch \
+	tests/mutants/layout-reuse-stale-bytes.patch
 include tests/unit/engine.mk
 include tests/unit/codec.mk
 include tests/unit/net.mk
