@@ -4,7 +4,8 @@ EXTRA_DIST += tests/functions.sh
 EXTRA_DIST += \
 	tests/mutants/layout-footer-over-metadata.patch \
 	tests/mutants/layout-alloc-over-metadata.patch \
-	tests/mutants/layout-reuse-stale-bytes.patch
+	tests/mutants/layout-reuse-stale-bytes.patch \
+	tests/mutants/layout-repair-cuts-data.patch
 include tests/unit/engine.mk
 include tests/unit/codec.mk
 include tests/unit/net.mk

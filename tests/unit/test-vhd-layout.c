@@ -25,6 +25,8 @@
  *     checksum aside); the parent file is unchanged;
  *   - sectors absent by their bitmap hold zeros on disk in every block the
  *     engine allocated (in all blocks if the generator left none stale);
+ *   - vhd_check --repair on a copy keeps to the same rules (it may also
+ *     write the footer copy at 0) and to the same content;
  *   - libvhdi (pyvhdi) and qemu-img convert -f vpc (fixed and dynamic) read
  *     the same data: libvhdi every known byte of fixed images and of
  *     dynamic ones without stale bytes under clear bits (Debian's libvhdi
@@ -504,9 +506,19 @@ static uint8_t *read_whole(const char *path, uint64_t *size) {
   return b;
 }
 
-static void check_layout(const struct gen *g, const char *what) {
+/* path: g's file after the engine had it (or a repaired copy of it);
+ * repaired: the footer copy at 0 may have been (re)written. */
+static void check_layout(const struct gen *g, const char *path, bool repaired,
+                         const char *what) {
   uint64_t nsz;
-  CLEANUP_FREE uint8_t *now = read_whole(g->path, &nsz);
+  CLEANUP_FREE uint8_t *now = read_whole(path, &nsz);
+  if (repaired && g->type != 2 && memcmp(now, g->file, 512) != 0) {
+    for (int i = 0; i < 512; i++)
+      if (!(i >= 24 && i < 28) && !(i >= 64 && i < 68) && now[i] != g->footer[i])
+        t_fail("%s: the repair wrote byte %d of the footer copy at 0 as 0x%02x, not 0x%02x",
+               what, i, now[i], g->footer[i]);
+    memcpy(now, g->file, 512); /* compared: the rest below */
+  }
   T_ASSERT(nsz >= g->fsz, "%s: the file shrank from %" PRIu64 " to %" PRIu64 " bytes", what,
            g->fsz, nsz);
   T_ASSERT(nsz % 512 == 0 || nsz == g->fsz, "%s: file size %" PRIu64 " is not a sector multiple",
@@ -710,7 +722,7 @@ static void round_one(unsigned n, uint64_t steps) {
   T_OK(vhd_close(v, &err), &err, t_fmt("%s: vhd_close", label));
   t_set_punch_unsupported(false);
 
-  check_layout(&g, label);
+  check_layout(&g, g.path, false, label);
   v = t_open(g.path, true);
   verify(v, &m, t_fmt("%s, reopened", label));
   T_OK(vhd_close(v, &err), &err, "vhd_close");
@@ -723,6 +735,21 @@ static void round_one(unsigned n, uint64_t steps) {
              "%s: the parent file changed", label);
   }
   compare_readers(&g, &m, label);
+
+  /* vhd_check --repair keeps to the same bytes (it may also write the
+   * footer copy at 0) and to the same content. */
+  char repaired[4200];
+  snprintf(repaired, sizeof repaired, "%s", t_path("repaired.vhd"));
+  t_copy_file(g.path, repaired);
+  struct vhd_check_opts co = {.repair = true};
+  c = vhd_check(repaired, &co, &err);
+  T_OK(c, &err, t_fmt("%s: vhd_check --repair", label));
+  T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: corrupt after vhd_check --repair", label);
+  check_layout(&g, repaired, true, t_fmt("%s, after vhd_check --repair", label));
+  v = t_open(repaired, true);
+  verify(v, &m, t_fmt("%s, repaired", label));
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  unlink(repaired);
   unlink(g.path);
   free(m.data);
   free(m.known);
