@@ -5,7 +5,8 @@ EXTRA_DIST += \
 	tests/mutants/layout-footer-over-metadata.patch \
 	tests/mutants/layout-alloc-over-metadata.patch \
 	tests/mutants/layout-reuse-stale-bytes.patch \
-	tests/mutants/layout-repair-cuts-data.patch
+	tests/mutants/layout-repair-cuts-data.patch \
+	tests/mutants/layout-repair-keeps-stale-footer.patch
 include tests/unit/engine.mk
 include tests/unit/codec.mk
 include tests/unit/net.mk

@@ -153,44 +153,44 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     if (leaked)
       report(&c, VHD_CHECK_LEAKS, "%s: %llu bytes in %llu unreferenced block-sized extents", path,
              (unsigned long long)leaked, (unsigned long long)leaked_extents);
-    /* The tail can be cut only when it reads as zeros (never written, or
-     * zeroed): bytes in it are not known to be the engine's, and a cut
-     * must not lose what another writer (or a crash) left there. */
-    int tail_zero = tail >= 512 ? vhd_io_range_is_zero(vhd->fd, covered, tail) : 0;
-    if (tail >= 512) {
-      if (repair && tail_zero != 1) {
-        report(&c, VHD_CHECK_LEAKS,
-               "%s: %llu unused bytes before the trailing footer hold data: left in place (they "
-               "may belong to another tool)",
-               path, (unsigned long long)tail);
-      } else if (repair) {
-        /* Footer first at its new place, then cut: at every instant the
-         * file ends with a valid footer. */
-        uint64_t new_end = ROUND_UP(covered, 512);
-        r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
-        if (r == 0)
-          r = vhd_io_sync(vhd->fd);
-        if (r == 0)
-          r = vhd_io_truncate(vhd->fd, new_end + VHD_FOOTER_SIZE);
-        if (r == 0)
-          r = vhd_io_sync(vhd->fd);
-        if (r < 0)
-          report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
-                 strerror(-r));
-        else
-          report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer",
-                 path, (unsigned long long)tail);
-      } else if (vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192) {
-        /* Reserved, never written: the allocation window of a server that
-         * has the image open, or one a crash left.  It costs no disk space. */
-        report(&c, 0,
-               "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; "
-               "given back on close or by --repair)",
-               path, (unsigned long long)tail);
-      } else {
-        report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer", path,
+    /* The tail can be cut only when it holds nothing: zeros (never
+     * written, or zeroed), and stale copies of this very footer (a crash
+     * right after the footer moved for new blocks leaves the old one).
+     * Other bytes are not known to be the engine's, and a cut must not
+     * lose what another writer (or a crash) left there. */
+    int tail_zero =
+        tail >= 512 ? vhd_io_range_is_blank(vhd->fd, covered, tail, vhd->footer_raw) : 0;
+    if (tail >= 512 && tail_zero != 1) {
+      report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer hold data%s",
+             path, (unsigned long long)tail,
+             repair ? ": left in place (they may belong to another tool)" : "");
+    } else if (tail >= 512 && repair) {
+      /* Footer first at its new place, then cut: at every instant the file
+       * ends with a valid footer. */
+      uint64_t new_end = ROUND_UP(covered, 512);
+      r = vhd_io_pwrite(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
+      if (r == 0)
+        r = vhd_io_sync(vhd->fd);
+      if (r == 0)
+        r = vhd_io_truncate(vhd->fd, new_end + VHD_FOOTER_SIZE);
+      if (r == 0)
+        r = vhd_io_sync(vhd->fd);
+      if (r < 0)
+        report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
+               strerror(-r));
+      else
+        report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer", path,
                (unsigned long long)tail);
-      }
+    } else if (tail >= 512 && vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192) {
+      /* Reserved, never written: the allocation window of a server that has
+       * the image open, or one a crash left.  It costs no disk space. */
+      report(&c, 0,
+             "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; given "
+             "back on close or by --repair)",
+             path, (unsigned long long)tail);
+    } else if (tail >= 512) {
+      report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer (zeros)", path,
+             (unsigned long long)tail);
     }
     /* Every bitmap must be readable. */
     for (uint32_t i = 0; i < vhd->max_entries; i++) {

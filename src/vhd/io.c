@@ -148,7 +148,25 @@ uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
   return total;
 }
 
-int vhd_io_range_is_zero(int fd, uint64_t off, uint64_t len) {
+/* Whether buf[0, n) (at file offset pos) is blank: zeros, or the 512-byte
+ * sector `same` where a whole aligned sector holds it. */
+static bool piece_blank(const uint8_t *buf, size_t n, uint64_t pos, const uint8_t *same) {
+  size_t i = 0;
+  while (i < n) {
+    size_t k = (size_t)MIN((uint64_t)(n - i), 512 - (pos + i) % 512);
+    if (same && k == 512 && memcmp(buf + i, same, 512) == 0) {
+      i += k;
+      continue;
+    }
+    for (size_t j = i; j < i + k; j++)
+      if (buf[j])
+        return false;
+    i += k;
+  }
+  return true;
+}
+
+int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same) {
   uint64_t end = off + len;
   uint8_t buf[65536];
   while (off < end) {
@@ -164,13 +182,13 @@ int vhd_io_range_is_zero(int fd, uint64_t off, uint64_t len) {
     off_t h = lseek(fd, d, SEEK_HOLE);
     uint64_t stop = h < 0 ? end : MIN((uint64_t)h, end);
     for (uint64_t p = (uint64_t)d; p < stop;) {
-      size_t n = (size_t)MIN(stop - p, (uint64_t)sizeof buf);
+      /* Pieces end on sector boundaries, so that no sector is split. */
+      size_t n = (size_t)MIN(stop - p, (uint64_t)sizeof buf - p % 512);
       int r = vhd_io_pread(fd, buf, n, p);
       if (r < 0)
         return r;
-      for (size_t i = 0; i < n; i++)
-        if (buf[i])
-          return 0;
+      if (!piece_blank(buf, n, p, same))
+        return 0;
       p += n;
     }
     off = stop;

@@ -20,9 +20,11 @@
  *     a zeroed sector bitmap, and its data area reads as zeros on disk (new
  *     file space, or a reused block punched or zeroed), so readers that
  *     ignore bitmaps see zeros in sectors never written; its BAT entry
- *     changes only in memory.  A crash
- *     leaves unreferenced space before the footer: a leak that `vhdimg check
- *     --repair` reclaims, never corruption.  A clean close gives the unused
+ *     changes only in memory.  A crash leaves unreferenced space before
+ *     the footer: a leak, never corruption; `vhdimg check --repair`
+ *     reclaims it when it holds only zeros and stale copies of the footer
+ *     (nothing else there is known to be the engine's).  A clean close
+ *     gives the unused
  *     part of the window back (footer moved down, synced, file truncated).
  *     Blocks freed by zeroing are reused only after a flush has made their
  *     BAT entries durably unused, so a crash can never leave two entries
@@ -172,8 +174,9 @@ int vhd_io_truncate(int fd, uint64_t size);
 int vhd_io_punch(int fd, uint64_t off, uint64_t len);
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
 /* 1 when every byte of [off, off+len) reads as zero (holes are skipped
- * without reading), 0 when one does not, or a negative errno. */
-int vhd_io_range_is_zero(int fd, uint64_t off, uint64_t len);
+ * without reading), apart from whole 512-byte-aligned sectors equal to
+ * `same` (when not NULL); 0 when one does not; or a negative errno. */
+int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same);
 /* Makes [off, off+len) read as zeros: a hole punch, else zeros written. */
 int vhd_io_zero(int fd, uint64_t off, uint64_t len);
 

@@ -26,9 +26,9 @@ void usage_check(FILE *f) {
           "prints one line per finding.\n"
           "\n"
           "  -r, --repair  fix what can be fixed (unused space before the footer\n"
-          "                that reads as zeros, a damaged trailing footer...) and\n"
-          "                print what was done; bytes that may be another tool's\n"
-          "                are never changed\n"
+          "                that holds only zeros and old footers, a damaged\n"
+          "                trailing footer...) and print what was done; bytes\n"
+          "                that may be another tool's are never changed\n"
           "  -h, --help    show this help\n"
           "\n"
           "Exit status: 0 clean (with --repair: everything found was repaired),\n"
@@ -70,7 +70,7 @@ static void summary(int bits) {
   if (bits & VHD_CHECK_CORRUPT)
     printf("The image is corrupt.\n");
   else if (bits & VHD_CHECK_LEAKS)
-    printf("The image has leaked space (harmless; --repair reclaims it).\n");
+    printf("The image has leaked space (harmless; --repair reclaims what holds no data).\n");
   else if (bits & VHD_CHECK_WARNINGS)
     printf("The image is consistent, with warnings.\n");
   else
