@@ -158,9 +158,9 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
      * right after the footer moved for new blocks leaves the old one).
      * Other bytes are not known to be the engine's, and a cut must not
      * lose what another writer (or a crash) left there. */
-    int tail_zero =
+    int tail_blank =
         tail >= 512 ? vhd_io_range_is_blank(vhd->fd, covered, tail, vhd->footer_raw) : 0;
-    if (tail >= 512 && tail_zero != 1) {
+    if (tail >= 512 && tail_blank != 1) {
       report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer hold data%s",
              path, (unsigned long long)tail,
              repair ? ": left in place (they may belong to another tool)" : "");

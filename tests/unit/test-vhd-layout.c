@@ -8,7 +8,8 @@
  * of junk between them, blocks not in BAT order, some 4 KiB-aligned,
  * trailing slack before the footer, the footer copy at 0 present or not,
  * locator data space in bytes or in sectors.  Pre-existing blocks have
- * random bitmaps and random bytes under their clear bits.
+ * random bitmaps and, in half of the images, random bytes under their clear
+ * bits.
  *
  * Each image gets a random workload (allocating, sub-sector and unaligned
  * writes, write-zeroes with every flag, trims, flushes) against an
@@ -28,15 +29,16 @@
  *   - vhd_check --repair on a copy keeps to the same rules (it may also
  *     write the footer copy at 0) and to the same content;
  *   - after a crash right after the footer moved for a new block, the
- *     repair gives the tail back unless junk slack stands in it;
+ *     repair gives the tail back unless junk stands in it;
  *   - libvhdi (pyvhdi) and qemu-img convert -f vpc (fixed and dynamic) read
  *     the same data: libvhdi every known byte of fixed images and of
  *     dynamic ones without stale bytes under clear bits (Debian's libvhdi
  *     reads some of those), QEMU (which ignores bitmaps) every known byte
  *     too, as sectors never written must read as zeros on disk, except
  *     where the generator left stale bytes (then the sectors where the
- *     model holds data).  Missing readers are skipped with a printed
- *     reason.
+ *     model holds data).  Neither reads blocks under 4 KiB right, and
+ *     QEMU needs the footer copy at 0: such images are not compared.
+ *     Missing readers are skipped with a printed reason.
  *
  * VHD_TEST_SEED reproduces a run, VHD_TEST_ITERS scales it (the number of
  * images is ITERS / 25, the workload length ITERS / 50 steps).
@@ -614,27 +616,27 @@ static const char pyvhdi_script[] =
     "    k = min(4096, n - pos); f.seek_offset(pos, 0); o.write(f.read_buffer(k)); pos += k\n";
 
 static unsigned compared_libvhdi, compared_qemu;
-static int readers_state; /* 0 unknown, 1 pyvhdi and qemu-img, bit 1 pyvhdi, bit 2 qemu */
+static bool readers_probed, have_pyvhdi, have_qemu;
 
 static void readers_probe(void) {
-  if (readers_state)
+  if (readers_probed)
     return;
-  readers_state = 8;
+  readers_probed = true;
   const char *no = getenv("VHD_TEST_NO_READERS");
   if (no && *no && strcmp(no, "0") != 0) {
     printf("independent readers skipped (VHD_TEST_NO_READERS is set)\n");
     return;
   }
   if (system("/usr/bin/python3 -c 'import pyvhdi' >/dev/null 2>&1") == 0)
-    readers_state |= 2;
+    have_pyvhdi = true;
   else
     printf("libvhdi comparison skipped: /usr/bin/python3 cannot import pyvhdi "
            "(python3-libvhdi)\n");
   if (have_cmd("qemu-img"))
-    readers_state |= 4;
+    have_qemu = true;
   else
     printf("QEMU comparison skipped: qemu-img is not installed\n");
-  if (readers_state & 2) {
+  if (have_pyvhdi) {
     FILE *f = fopen(t_path("pyvhdi-read.py"), "w");
     T_ASSERT(f && fputs(pyvhdi_script, f) >= 0 && fclose(f) == 0, "writing the pyvhdi script");
   }
@@ -663,7 +665,7 @@ static void compare_readers(const struct gen *g, const struct model *m, const ch
    * and takes the sectors after the first set bit of a bitmap byte from the
    * file even where their bits are clear: compare it only where those
    * sectors hold zeros (the engine zeroes what it clears). */
-  if ((readers_state & 2) &&
+  if (have_pyvhdi &&
       (g->type == 2 || (g->bs >= BS_READERS_MIN && !g->stale_data))) {
     CLEANUP_FREE uint8_t *b = run_reader(
         t_fmt("/usr/bin/python3 '%s' '%s' '%s'", t_path("pyvhdi-read.py"), o, img), o, m->size,
@@ -676,7 +678,7 @@ static void compare_readers(const struct gen *g, const struct model *m, const ch
   }
   /* QEMU refuses a dynamic image without the footer copy at 0, and takes
    * the bitmap of a block under 4 KiB to be 0 bytes long. */
-  if ((readers_state & 4) && (g->type == 2 || (g->footer_copy && g->bs >= BS_READERS_MIN))) {
+  if (have_qemu && (g->type == 2 || (g->footer_copy && g->bs >= BS_READERS_MIN))) {
     CLEANUP_FREE uint8_t *b =
         run_reader(t_fmt("qemu-img convert -f vpc -O raw '%s' '%s'", img, o), o, m->size,
                    t_fmt("%s: qemu-img", what));
