@@ -22,7 +22,10 @@ static int extent_cmp(const void *a, const void *b) {
   return x->start < y->start ? -1 : x->start > y->start;
 }
 
-static void collect_gaps(vhd_t *vhd, const struct extent_ref *ext, size_t n, uint64_t span);
+uint64_t vhd_locator_area_end(const struct vhd_locator *l) {
+  uint64_t space = l->data_space >= l->data_length ? l->data_space : (uint64_t)l->data_space * 512;
+  return ROUND_UP(l->data_offset + MAX(space, (uint64_t)l->data_length), 512);
+}
 
 /* Loads the BAT and checks that every allocated block lies inside the file
  * and overlaps neither metadata nor another block. */
@@ -98,9 +101,17 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   }
   uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   uint64_t data_end = fsz - VHD_FOOTER_SIZE;
-  uint64_t highest = 0, highest_block = 0;
-  for (size_t i = 0; i < n; i++)
-    highest = MAX(highest, ext[i].end);
+  /* Everything up to the trailing footer is someone's: structures, blocks,
+   * or bytes the engine cannot account for (another writer's extension, a
+   * crash's leftovers).  Locator data areas count with the room they
+   * reserve, and may even reach past the footer. */
+  uint64_t off_limits_end = ROUND_UP(data_end, 512);
+  off_limits_end = MAX(off_limits_end, ROUND_UP(bat_off + bat_bytes, 512));
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
+      off_limits_end = MAX(off_limits_end, vhd_locator_area_end(l));
+  }
   vhd->allocated_blocks = 0;
   for (uint32_t i = 0; i < vhd->max_entries; i++) {
     uint32_t e = vhd->bat[i];
@@ -114,8 +125,6 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
                          p, i, (unsigned long long)off, (unsigned long long)block_span,
                          (unsigned long long)data_end);
     ext[n++] = (struct extent_ref){off, off + block_span, i, NULL};
-    highest = MAX(highest, off + block_span);
-    highest_block = MAX(highest_block, off + block_span);
     vhd->allocated_blocks++;
   }
   qsort(ext, n, sizeof *ext, extent_cmp);
@@ -135,27 +144,12 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
                          (unsigned long long)b->start, an, (unsigned long long)a->start);
     }
   }
-  if (!vhd->readonly)
-    collect_gaps(vhd, ext, n, block_span);
-  /* Space between the last block and the footer is an allocation window
-   * left by a crash (or by us): reuse it.  With no block at the end, other
-   * writers' structures (a batmap, locator data) may sit there: start new
-   * blocks after the footer instead. */
+  /* New blocks start where the footer is, past everything: the space
+   * between blocks or after the last one is not known to be free (it may
+   * hold another writer's data), so it is left alone. */
   vhd->footer_offset = data_end;
-  if (highest_block == highest && highest_block > 0)
-    vhd->next_block_offset = ROUND_UP(highest_block, 512);
-  else
-    vhd->next_block_offset = ROUND_UP(MAX(highest, data_end), 512);
-  if (vhd->next_block_offset < data_end && (data_end - vhd->next_block_offset) % 512)
-    vhd->next_block_offset = ROUND_UP(data_end, 512);
-  /* Whatever lies before the first block (another writer's extensions
-   * included) is kept when unused blocks are given back at close. */
-  vhd->window_floor = vhd->next_block_offset;
-  for (size_t i = 0; i < n; i++)
-    if (ext[i].blk != UINT32_MAX) {
-      vhd->window_floor = ext[i].start;
-      break;
-    }
+  vhd->next_block_offset = off_limits_end;
+  vhd->alloc_floor = off_limits_end;
   return 0;
 }
 
@@ -211,33 +205,28 @@ static int push_offset(uint64_t **arr, size_t *n, size_t *cap, uint64_t off) {
   return 0;
 }
 
-int vhd_block_free_space(vhd_t *vhd, uint64_t off) {
-  return push_offset(&vhd->free_pending, &vhd->n_free_pending, &vhd->cap_free_pending, off);
-}
-
-/* Unreferenced block-sized gaps between blocks (what trims or a crash left)
- * are reusable at once: nothing on disk points at them. */
-static void collect_gaps(vhd_t *vhd, const struct extent_ref *ext, size_t n, uint64_t span) {
-  bool seen_block = false;
-  for (size_t i = 0; i + 1 < n; i++) {
-    seen_block |= ext[i].blk != UINT32_MAX;
-    if (!seen_block)
-      continue;
-    for (uint64_t g = ROUND_UP(ext[i].end, 512); g + span <= ext[i + 1].start; g += span)
-      if (push_offset(&vhd->free_ready, &vhd->n_free_ready, &vhd->cap_free_ready, g) < 0)
-        return;
-  }
+int vhd_block_free_space(vhd_t *vhd, uint64_t entry) {
+  return push_offset(&vhd->free_pending, &vhd->n_free_pending, &vhd->cap_free_pending, entry);
 }
 
 /* See the write order in vhd-internal.h. */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   if (vhd->n_free_ready > 0) {
-    uint64_t off = vhd->free_ready[--vhd->n_free_ready];
+    uint64_t entry = vhd->free_ready[--vhd->n_free_ready];
+    uint64_t off = entry & ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
     uint8_t *bm = calloc(1, vhd->bitmap_size);
-    if (!bm)
+    if (!bm) {
+      vhd->n_free_ready++;
       return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
-    int r = vhd_io_pwrite(vhd, bm, vhd->bitmap_size, off);
+    }
+    /* Sectors never written must read as zeros to readers that ignore the
+     * bitmap too: a block whose punch failed still holds its old data. */
+    int r = 0;
+    if (entry & VHD_FREE_NEEDS_ZEROING)
+      r = vhd_io_zero(vhd, off + vhd->bitmap_size, vhd->block_size);
+    if (r == 0)
+      r = vhd_io_pwrite(vhd, bm, vhd->bitmap_size, off);
     if (r < 0) {
       vhd->n_free_ready++;
       free(bm);
@@ -291,18 +280,15 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
   if (vhd->readonly || vhd->type == VHD_TYPE_FIXED || !vhd->bat)
     return 0;
-  /* Blocks freed at the end since the last flush are unreferenced on disk
-   * now (the caller flushed): the file can end after the last block in use,
-   * but never before metadata or where the window began. */
-  uint64_t end = vhd->next_block_offset, last = 0;
+  /* The caller flushed: blocks freed at the end of the window are
+   * unreferenced on disk now.  The file may end after the last block in
+   * use that the engine allocated, never below alloc_floor: what lies
+   * before it was there at open and is not the engine's to cut. */
+  uint64_t end = vhd->alloc_floor;
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   for (uint32_t i = 0; i < vhd->max_entries; i++)
     if (vhd->bat[i] != VHD_BAT_UNUSED)
-      last = MAX(last, (uint64_t)vhd->bat[i] * 512 + span);
-  if (last < end && last >= vhd->window_floor)
-    end = last;
-  else if (last < end && vhd->window_floor < end)
-    end = vhd->window_floor;
+      end = MAX(end, (uint64_t)vhd->bat[i] * 512 + span);
   if (vhd->footer_offset <= end)
     return 0;
   /* Footer first at its new place, then cut: the file always ends with a

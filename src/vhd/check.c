@@ -115,11 +115,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       for (int i = 0; i < 8; i++) {
         const struct vhd_locator *l = &vhd->header.locators[i];
         if (l->code != VHD_PLAT_NONE && l->data_length)
-          sp[n++] = (struct span){l->data_offset,
-                                  l->data_offset + MAX((uint64_t)l->data_length,
-                                                       l->data_space >= l->data_length
-                                                           ? (uint64_t)l->data_space
-                                                           : (uint64_t)l->data_space * 512)};
+          sp[n++] = (struct span){l->data_offset, vhd_locator_area_end(l)};
       }
     uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
     for (uint32_t i = 0; i < vhd->max_entries; i++)
@@ -135,8 +131,8 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       /* Gaps before the first block are padding some writers use: not leaks. */
       if (sp[i].start > covered && covered >= MIN(first_block, vhd->file_size) &&
           sp[i].start - covered >= span) {
-        /* Freed blocks are punched and reused by the next allocations:
-         * as long as they hold no data they cost nothing. */
+        /* Freed blocks are punched: as long as they hold no data they
+         * cost nothing. */
         uint64_t gap = sp[i].start - covered;
         /* Punching a block leaves at most the pages it shares with its
          * neighbours allocated. */
@@ -152,40 +148,49 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     uint64_t data_end = vhd->file_size - VHD_FOOTER_SIZE;
     uint64_t tail = data_end > covered ? data_end - covered : 0;
     if (sparse_free)
-      report(&c, 0, "%s: %llu bytes of freed block space between blocks (sparse; reused by new blocks)",
+      report(&c, 0, "%s: %llu bytes of unreferenced space between blocks (sparse: it costs no disk space)",
              path, (unsigned long long)sparse_free);
     if (leaked)
       report(&c, VHD_CHECK_LEAKS, "%s: %llu bytes in %llu unreferenced block-sized extents", path,
              (unsigned long long)leaked, (unsigned long long)leaked_extents);
-    if (tail >= 512) {
-      if (repair) {
-        /* Footer first at its new place, then cut: at every instant the
-         * file ends with a valid footer. */
-        uint64_t new_end = ROUND_UP(covered, 512);
-        r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
-        if (r == 0)
-          r = vhd_io_sync(vhd);
-        if (r == 0)
-          r = vhd_io_truncate(vhd, new_end + VHD_FOOTER_SIZE);
-        if (r == 0)
-          r = vhd_io_sync(vhd);
-        if (r < 0)
-          report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
-                 strerror(-r));
-        else
-          report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer",
-                 path, (unsigned long long)tail);
-      } else if (vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192) {
-        /* Reserved, never written: the allocation window of a server that
-         * has the image open, or one a crash left.  It costs no disk space. */
-        report(&c, 0,
-               "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; "
-               "given back on close or by --repair)",
-               path, (unsigned long long)tail);
-      } else {
-        report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer", path,
+    /* The tail can be cut only when it holds nothing: zeros (never
+     * written, or zeroed), and stale copies of this very footer (a crash
+     * right after the footer moved for new blocks leaves the old one).
+     * Other bytes are not known to be the engine's, and a cut must not
+     * lose what another writer (or a crash) left there. */
+    int tail_blank =
+        tail >= 512 ? vhd_io_range_is_blank(vhd->fd, covered, tail, vhd->footer_raw) : 0;
+    if (tail >= 512 && tail_blank != 1) {
+      report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer hold data%s",
+             path, (unsigned long long)tail,
+             repair ? ": left in place (they may belong to another tool)" : "");
+    } else if (tail >= 512 && repair) {
+      /* Footer first at its new place, then cut: at every instant the file
+       * ends with a valid footer. */
+      uint64_t new_end = ROUND_UP(covered, 512);
+      r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
+      if (r == 0)
+        r = vhd_io_sync(vhd);
+      if (r == 0)
+        r = vhd_io_truncate(vhd, new_end + VHD_FOOTER_SIZE);
+      if (r == 0)
+        r = vhd_io_sync(vhd);
+      if (r < 0)
+        report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
+               strerror(-r));
+      else
+        report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer", path,
                (unsigned long long)tail);
-      }
+    } else if (tail >= 512 && vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192) {
+      /* Reserved, never written: the allocation window of a server that has
+       * the image open, or one a crash left.  It costs no disk space. */
+      report(&c, 0,
+             "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; given "
+             "back on close or by --repair)",
+             path, (unsigned long long)tail);
+    } else if (tail >= 512) {
+      report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer (zeros)", path,
+             (unsigned long long)tail);
     }
     /* Every bitmap must be readable. */
     for (uint32_t i = 0; i < vhd->max_entries; i++) {

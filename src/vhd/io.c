@@ -283,3 +283,65 @@ uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
   }
   return total;
 }
+
+/* Whether buf[0, n) (at file offset pos) is blank: zeros, or the 512-byte
+ * sector `same` where a whole aligned sector holds it. */
+static bool piece_blank(const uint8_t *buf, size_t n, uint64_t pos, const uint8_t *same) {
+  size_t i = 0;
+  while (i < n) {
+    size_t k = (size_t)MIN((uint64_t)(n - i), 512 - (pos + i) % 512);
+    if (same && k == 512 && memcmp(buf + i, same, 512) == 0) {
+      i += k;
+      continue;
+    }
+    for (size_t j = i; j < i + k; j++)
+      if (buf[j])
+        return false;
+    i += k;
+  }
+  return true;
+}
+
+int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same) {
+  uint64_t end = off + len;
+  uint8_t buf[65536];
+  while (off < end) {
+    /* Holes read as zeros: only the extents holding data are read. */
+    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO)
+        return 1; /* nothing but a hole up to the end of the file */
+      d = (off_t)off; /* no SEEK_DATA here: read everything */
+    }
+    if ((uint64_t)d >= end)
+      return 1;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    uint64_t stop = h < 0 ? end : MIN((uint64_t)h, end);
+    for (uint64_t p = (uint64_t)d; p < stop;) {
+      /* Pieces end on sector boundaries, so that no sector is split. */
+      size_t n = (size_t)MIN(stop - p, (uint64_t)sizeof buf - p % 512);
+      int r = vhd_io_pread(fd, buf, n, p);
+      if (r < 0)
+        return r;
+      if (!piece_blank(buf, n, p, same))
+        return 0;
+      p += n;
+    }
+    off = stop;
+  }
+  return 1;
+}
+
+int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len) {
+  if (vhd_io_punch(vhd, off, len) == 0)
+    return 0;
+  static const uint8_t zeros[65536];
+  for (uint64_t done = 0; done < len;) {
+    size_t n = (size_t)MIN(len - done, (uint64_t)sizeof zeros);
+    int r = vhd_io_pwrite(vhd, zeros, n, off + done);
+    if (r < 0)
+      return r;
+    done += n;
+  }
+  return 0;
+}

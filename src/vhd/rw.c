@@ -376,17 +376,17 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
   bool head_set = false, tail_set = false;
   if (r == 0 && entry != VHD_BAT_UNUSED) {
     if (may_free && boff == 0 && len == vhd->block_size &&
-        vhd_block_free_space(vhd, (uint64_t)entry * 512) == 0) {
-      /* (pending: not reusable before the next flush completes) */
+        vhd_block_free_space(vhd, (uint64_t)entry * 512 | VHD_FREE_NEEDS_ZEROING) == 0) {
       /* The block is reused after the next flush (see the write order);
        * until then its on-disk BAT entry may still point here, so its
        * holes must read as zeros: punching bitmap and data does that and
-       * gives the disk space back now. */
-      /* Punched under the lock: once the space is on the free list a
-       * flush may hand it to another block, and a late punch would
-       * destroy that block's data. */
-      (void)vhd_io_punch(vhd, (uint64_t)entry * 512,
-                         (uint64_t)vhd->bitmap_size + vhd->block_size);
+       * gives the disk space back now.  Punched under the lock: once the
+       * space is on the free list a flush may hand it to another block,
+       * and a late punch would destroy that block's data.  Where the
+       * punch fails, the block is zeroed when it is reused. */
+      if (vhd_io_punch(vhd, (uint64_t)entry * 512,
+                       (uint64_t)vhd->bitmap_size + vhd->block_size) == 0)
+        vhd->free_pending[vhd->n_free_pending - 1] &= ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
       vhd->bat[blk] = VHD_BAT_UNUSED;
       free(vhd->bitmaps[blk]);
       vhd->bitmaps[blk] = NULL;

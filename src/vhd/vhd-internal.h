@@ -2,15 +2,29 @@
  *
  * Write order that keeps an image valid at every instant (crash safety):
  *
+ *  0. What the engine may write: the footers, BAT entries, and the blocks it
+ *     allocates itself (bitmap and data).  Every other byte of the file (the
+ *     header, the BAT's padding, parent locator data, other writers'
+ *     extensions, gaps and slack it cannot account for) is off-limits: new
+ *     blocks and the moved footer go only past the end of all of it, where
+ *     the trailing footer sat at open (`alloc_floor`), and the file is never
+ *     cut below that.  Space is reused only when it was verifiably a block
+ *     of this image: a BAT entry loaded at open or allocated since, freed by
+ *     zeroing or trimming.
  *  1. Allocating a block (under vhd->lock): blocks are handed out from a
  *     window that ends at the trailing footer.  When the window is used up,
  *     the footer is written again further on (room for several blocks) and
  *     synced *before* anything overwrites the old footer, so the file ends
  *     with a durable valid footer whatever order unsynced writes reach the
  *     disk in.  One sync per window, not per block.  A new block then gets
- *     a zeroed sector bitmap; its BAT entry changes only in memory.  A crash
- *     leaves unreferenced space before the footer: a leak that `vhdimg check
- *     --repair` reclaims, never corruption.  A clean close gives the unused
+ *     a zeroed sector bitmap, and its data area reads as zeros on disk (new
+ *     file space, or a reused block punched or zeroed), so readers that
+ *     ignore bitmaps see zeros in sectors never written; its BAT entry
+ *     changes only in memory.  A crash leaves unreferenced space before
+ *     the footer: a leak, never corruption; `vhdimg check --repair`
+ *     reclaims it when it holds only zeros and stale copies of the footer
+ *     (nothing else there is known to be the engine's).  A clean close
+ *     gives the unused
  *     part of the window back (footer moved down, synced, file truncated).
  *     Blocks freed by zeroing are reused only after a flush has made their
  *     BAT entries durably unused, so a crash can never leave two entries
@@ -145,9 +159,14 @@ struct vhd {
   uint8_t *bat_sector_dirty;
   uint64_t next_block_offset; /* next block goes here */
   uint64_t footer_offset;     /* where the durable trailing footer sits */
-  uint64_t window_floor;      /* the file never shrinks below this (see bat.c) */
+  /* Where the trailing footer sat at open (rounded up to a sector), past the
+   * end of every structure: the engine allocates only from here on and never
+   * cuts the file below it. */
+  uint64_t alloc_floor;
   /* Freed blocks: `pending` until a flush makes their BAT entries durably
-   * unused, then `ready` for reuse (see vhd_block_allocate). */
+   * unused, then `ready` for reuse (see vhd_block_allocate).  Offsets are
+   * sector multiples; bit 0 set means the punch of the freed block failed,
+   * so its data must be zeroed when it is reused. */
   uint64_t *free_pending, *free_ready;
   size_t n_free_pending, n_free_ready, cap_free_pending, cap_free_ready;
 
@@ -182,6 +201,12 @@ int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
 /* True once a write, sync or truncate of the image failed. */
 bool vhd_io_refuses_writes(const vhd_t *vhd);
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
+/* 1 when every byte of [off, off+len) reads as zero (holes are skipped
+ * without reading), apart from whole 512-byte-aligned sectors equal to
+ * `same` (when not NULL); 0 when one does not; or a negative errno. */
+int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same);
+/* Makes [off, off+len) read as zeros: a hole punch, else zeros written. */
+int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len);
 
 /* footer.c */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
@@ -205,8 +230,15 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);           /* lock held */
-/* Records a block's space as free (lock held); reusable after the next flush. */
-int vhd_block_free_space(vhd_t *vhd, uint64_t off);
+/* Records a block's space as free (lock held); reusable after the next flush.
+ * entry: the block's offset, with VHD_FREE_NEEDS_ZEROING unless its bitmap
+ * and data are known to read as zeros (punched). */
+int vhd_block_free_space(vhd_t *vhd, uint64_t entry);
+#define VHD_FREE_NEEDS_ZEROING 0x1u
+/* End of the bytes a parent locator's data area occupies: its data space
+ * (bytes when at least the data length, else sectors, as in the reference
+ * notes), never less than the data length, rounded up to a sector. */
+uint64_t vhd_locator_area_end(const struct vhd_locator *l);
 /* Gives back the unused end of the allocation window (after a flush). */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
 void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk);

@@ -25,8 +25,10 @@ void usage_check(FILE *f) {
           "Checks a VHD image's metadata (footers, header, BAT, blocks, parent) and\n"
           "prints one line per finding.\n"
           "\n"
-          "  -r, --repair  fix what can be fixed (leaked space, a damaged trailing\n"
-          "                footer...) and print what was done\n"
+          "  -r, --repair  fix what can be fixed (unused space before the footer\n"
+          "                that holds only zeros and old footers, a damaged\n"
+          "                trailing footer...) and print what was done; bytes\n"
+          "                that may be another tool's are never changed\n"
           "  -h, --help    show this help\n"
           "\n"
           "Exit status: 0 clean (with --repair: everything found was repaired),\n"
@@ -68,7 +70,7 @@ static void summary(int bits) {
   if (bits & VHD_CHECK_CORRUPT)
     printf("The image is corrupt.\n");
   else if (bits & VHD_CHECK_LEAKS)
-    printf("The image has leaked space (harmless; --repair reclaims it).\n");
+    printf("The image has leaked space (harmless; --repair reclaims what holds no data).\n");
   else if (bits & VHD_CHECK_WARNINGS)
     printf("The image is consistent, with warnings.\n");
   else

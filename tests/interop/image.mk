@@ -11,7 +11,8 @@ TESTS += \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
 	tests/interop/test-malformed-images.sh \
-	tests/interop/test-vhdimg-served.sh
+	tests/interop/test-vhdimg-served.sh \
+	tests/interop/test-layout-bat-after-block.sh
 EXTRA_DIST += \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
@@ -21,4 +22,5 @@ EXTRA_DIST += \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
 	tests/interop/test-malformed-images.sh \
-	tests/interop/test-vhdimg-served.sh
+	tests/interop/test-vhdimg-served.sh \
+	tests/interop/test-layout-bat-after-block.sh

@@ -61,3 +61,12 @@ test_vhd_noatime_SOURCES = tests/unit/test-vhd-noatime.c $(ENGINE_TEST_UTIL)
 test_vhd_noatime_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_noatime_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-noatime
+
+# Images of every layout the format allows, from a generator of its own: the
+# engine must keep every byte it did not allocate (see the test's comment).
+check_PROGRAMS += test-vhd-layout
+TESTS += test-vhd-layout
+VALGRIND_TESTS += test-vhd-layout
+test_vhd_layout_SOURCES = tests/unit/test-vhd-layout.c $(ENGINE_TEST_UTIL)
+test_vhd_layout_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_layout_CFLAGS = $(ENGINE_TEST_CFLAGS)

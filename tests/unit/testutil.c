@@ -403,7 +403,15 @@ static int do_sync(int fd, long nr) {
 int fdatasync(int fd) { return do_sync(fd, SYS_fdatasync); }
 int fsync(int fd) { return do_sync(fd, SYS_fsync); }
 
+static bool punch_unsupported;
+
+void t_set_punch_unsupported(bool unsupported) { punch_unsupported = unsupported; }
+
 static int do_fallocate(int fd, int mode, off_t off, off_t len) {
+  if ((mode & FALLOC_FL_PUNCH_HOLE) && punch_unsupported) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
   long r = syscall(SYS_fallocate, fd, mode, off, len);
   if (r == 0 && (mode & FALLOC_FL_PUNCH_HOLE) && tracking)
     add_unsynced(T_IO_PUNCH, (uint64_t)off, (uint64_t)len);

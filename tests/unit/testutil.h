@@ -89,6 +89,9 @@ enum t_io_kind { T_IO_WRITE, T_IO_SYNC, T_IO_PUNCH, T_IO_TRUNCATE };
 typedef void (*t_io_hook)(void *opaque, enum t_io_kind kind, int fd, const void *buf,
                           uint64_t len, uint64_t off);
 void t_set_io_hook(t_io_hook hook, void *opaque);
+/* Hole punching fails with EOPNOTSUPP while set, as on a file system that
+ * cannot punch holes. */
+void t_set_punch_unsupported(bool unsupported);
 /* Number of syncs the engine asked for (skipped or not). */
 uint64_t t_sync_count(void);
 /* Lost write-back, as Linux may leave it after a failed fdatasync: the
