@@ -287,7 +287,11 @@ static bool barrier_ready(const struct queue *q, const struct queue_item *b) {
  * leave the trees and the item enters its own.  An item that would need
  * too many records becomes a barrier instead. */
 static int record_blockers(struct queue *q, struct queue_item *item) {
-  struct submission s = {.q = q, .item = item, .covered = NULL, .n_found = 0};
+  struct submission s; /* not s = {...}: that would clear found[] every time */
+  s.q = q;
+  s.item = item;
+  s.covered = NULL;
+  s.n_found = 0;
   int r = wait_for_overlaps(q->writes, &s);
   if (r == 0 && item->kind == QUEUE_WRITE)
     r = wait_for_overlaps(q->reads, &s);
@@ -367,7 +371,7 @@ int queue_submit(struct queue *q, struct queue_item *item) {
  * have all completed, in submission order.  Each list is in submission
  * order, so only its head needs a look. */
 static void start_barriers_before(struct queue *q, uint64_t seq) {
-  for (;;) {
+  while (q->after_writes_head || q->after_all_head) {
     struct queue_item *w = q->after_writes_head, *a = q->after_all_head;
     if (w && (w->seq >= seq || !barrier_ready(q, w)))
       w = NULL;
@@ -404,6 +408,10 @@ void queue_done(struct queue *q, struct queue_item *item) {
    * barriers included.  start() never completes an item inside this call
    * (a completion comes back through the loop), so the records are
    * stable. */
+  /* Only a completion makes FLUSHes and barriers ready, and none happens
+   * below, so when no list head is ready now none will be in this call. */
+  bool barriers = (q->after_writes_head && barrier_ready(q, q->after_writes_head)) ||
+                  (q->after_all_head && barrier_ready(q, q->after_all_head));
   struct queue_item **waiters = item->waiters;
   unsigned n = item->n_waiters;
   q->records -= n;
@@ -412,12 +420,14 @@ void queue_done(struct queue *q, struct queue_item *item) {
   item->n_waiters = item->cap_waiters = 0;
   for (unsigned i = 0; i < n; i++) {
     struct queue_item *w = waiters[i];
-    start_barriers_before(q, w->seq);
+    if (barriers)
+      start_barriers_before(q, w->seq);
     if (--w->blockers == 0) {
       q->waiting--;
       start(q, w);
     }
   }
-  start_barriers_before(q, UINT64_MAX);
+  if (barriers)
+    start_barriers_before(q, UINT64_MAX);
   free(waiters);
 }

@@ -60,15 +60,17 @@
 
 /* The most dependency records one request may hold (rule 5).  A record is
  * a pointer in the array of the request waited for, so one request costs at
- * most 16 x 8 = 128 bytes of them (twice that with the arrays' slack), no
- * more than its own bookkeeping: 65536 requests in flight (512 per
- * connection, 128 connections) hold at most 8 MiB of records, whatever
- * their shape.  Conflicting with more than 16 requests still unfinished is
- * rare for real clients (a 1 MiB read right behind seventeen 4 KiB writes
- * into it), and such a request already waits for the slowest of them;
- * waiting for the other earlier requests of those kinds as well costs it
- * little more. */
-#define QUEUE_MAX_RECORDS 16
+ * most 64 x 8 = 512 bytes of them (twice that with the arrays' slack): a
+ * connection's 512 requests in flight hold at most 256 KiB, against the
+ * 64 MiB of payload it may have buffered, and 65536 requests (128
+ * connections) at most 32 MiB, whatever their shape.  Conflicting with
+ * more than 64 requests still unfinished is rare for real clients (a 1 MiB
+ * read right behind sixty-five 4 KiB writes into it, a long WRITE_ZEROES
+ * over a busy region); such a request already waits for the slowest of
+ * them, and waiting for the other earlier requests of those kinds as well
+ * costs it little more.  A smaller bound turned most long WRITE_ZEROES of
+ * queue-bench's random mix into barriers (bench/RESULTS.md). */
+#define QUEUE_MAX_RECORDS 64
 
 enum queue_kind {
   QUEUE_READ,

@@ -21,7 +21,7 @@ void *queue_test_realloc(void *p, size_t size) {
   return realloc(p, size);
 }
 
-#define MAX_ITEMS 64
+#define MAX_ITEMS (QUEUE_MAX_RECORDS + 64)
 static struct queue_item items[MAX_ITEMS];
 static bool started[MAX_ITEMS];
 
@@ -313,10 +313,6 @@ static void test_hostile_wide_reads_behind_small_writes(void) {
  * still waits for it. */
 static void test_hostile_wide_write_behind_small_reads(void) {
   const int reads = QUEUE_MAX_RECORDS + 1;
-  if (reads + 4 > MAX_ITEMS) {
-    CHECK(reads + 4 <= MAX_ITEMS);
-    return;
-  }
   struct queue q;
   reset(&q);
   submit(&q, 0, QUEUE_WRITE, 1 << 30, 512); /* earlier, disjoint from all */
@@ -370,15 +366,15 @@ static bool conflicts_model(const struct queue_item *e, const struct queue_item 
 }
 
 /* A workload shape: how many items may be in the queue, how wide the
- * export is (in sectors), how long a range may be, how often each kind
- * comes, how often a step completes rather than submits, and whether it
- * must make barriers. */
+ * export is (in sectors), how long a READ-kind and a WRITE-kind range may
+ * be, how often each kind comes, how often a step completes rather than
+ * submits, and which kinds of barrier it must make. */
 struct shape {
   const char *name;
   int slots;
-  uint64_t sectors, max_len;
+  uint64_t sectors, read_max_len, write_max_len;
   unsigned read_pct, flush_pct, done_pct;
-  bool barriers; /* must make READ and WRITE barriers (rule 5) */
+  bool read_barriers, write_barriers; /* must make these (rule 5) */
 };
 
 #define POOL 512
@@ -400,9 +396,10 @@ static void on_pool_start(struct queue_item *it) {
 }
 
 static void random_range(const struct shape *sh, struct queue_item *it) {
-  /* Mostly short ranges, some up to max_len, some empty (at any offset,
+  /* Mostly short ranges, some up to the kind's longest, some empty (at any offset,
    * inside other ranges too). */
-  uint64_t len = below(8) == 0 ? 0 : below(4) == 0 ? 1 + below(sh->max_len) : 1 + below(4);
+  uint64_t max_len = it->kind == QUEUE_READ ? sh->read_max_len : sh->write_max_len;
+  uint64_t len = below(8) == 0 ? 0 : below(4) == 0 ? 1 + below(max_len) : 1 + below(4);
   if (len > sh->sectors)
     len = sh->sectors;
   it->off = below(sh->sectors - len + 1) * 512;
@@ -579,7 +576,8 @@ static bool run_shape(const struct shape *sh, uint64_t steps) {
             sh->name, most_waiting, (unsigned long long)failed_submissions);
     return false;
   }
-  if (steps >= 5000 && sh->barriers && (read_barriers == 0 || write_barriers == 0)) {
+  if (steps >= 5000 && ((sh->read_barriers && read_barriers == 0) ||
+                        (sh->write_barriers && write_barriers == 0))) {
     fprintf(stderr, "%s: %llu READ and %llu WRITE barriers: the workload tests no barriers\n",
             sh->name, (unsigned long long)read_barriers, (unsigned long long)write_barriers);
     return false;
@@ -602,14 +600,16 @@ static bool run_shape(const struct shape *sh, uint64_t steps) {
 
 static const struct shape shapes[] = {
     /* Few items, a narrow export: every kind of overlap, often. */
-    {"small", 24, 16, 4, 40, 10, 40, false},
-    {"narrow", 64, 16, 16, 45, 5, 45, false},
+    {"small", 24, 16, 4, 4, 40, 10, 40, false, false},
+    {"narrow", 64, 16, 16, 16, 45, 5, 45, false, false},
     /* Many waiters: long writes with many short reads behind them. */
-    {"long-writes", POOL, 1024, 1024, 85, 2, 20, false},
+    {"long-writes", POOL, 1024, 1024, 1024, 85, 2, 20, false, false},
     /* Flush barriers among many writes. */
-    {"flushes", 128, 256, 32, 20, 30, 45, false},
-    /* Wide requests behind many short ones still in the queue: barriers. */
-    {"wide", POOL, 4096, 4096, 50, 1, 10, true},
+    {"flushes", 128, 256, 32, 32, 20, 30, 45, false, false},
+    /* Wide requests behind many short ones of the other kind still in the
+     * queue: barriers. */
+    {"wide-reads", POOL, 4096, 4096, 4, 50, 1, 10, true, false},
+    {"wide-writes", POOL, 4096, 4, 4096, 85, 1, 10, false, true},
 };
 
 static void test_random(void) {
