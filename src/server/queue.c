@@ -406,10 +406,9 @@ void queue_done(struct queue *q, struct queue_item *item) {
 
   /* Start what this completion released in submission order, FLUSHes and
    * barriers included.  start() never completes an item inside this call
-   * (a completion comes back through the loop), so the records are
-   * stable. */
-  /* Only a completion makes FLUSHes and barriers ready, and none happens
-   * below, so when no list head is ready now none will be in this call. */
+   * (a completion comes back through the loop), so the records are stable,
+   * and since only a completion makes a FLUSH or barrier ready, when no
+   * list head is ready now none will be in this call. */
   bool barriers = (q->after_writes_head && barrier_ready(q, q->after_writes_head)) ||
                   (q->after_all_head && barrier_ready(q, q->after_all_head));
   struct queue_item **waiters = item->waiters;
