@@ -9,19 +9,27 @@
  *          (4 KiB to 1 MiB; WRITE_ZEROES up to 64 MiB; one in 64 a FLUSH),
  *          with up to `depth` in the queue at once and a random started
  *          request completing whenever the queue is full.
+ *   hostile: N/2 small WRITEs at disjoint offsets (all running), then N/2
+ *          READs and BLOCK_STATUS requests each covering all of them, then
+ *          the writes completing in random order and the reads after them.
+ *          One dependency record per (read, write) pair would be N^2/4
+ *          records; run it alone to read the process's peak memory.
  *
  * Prints, for each case, the total time, the time of all submissions and of
- * all completions, and the mean and worst time of one completion.  Figures
+ * all completions, and the mean and worst time of one completion (and for
+ * the hostile case the dependency records held once every request is
+ * queued, the bytes of their arrays and the process's peak RSS).  Figures
  * depend on the machine and its load; compare builds run side by side.
  *
- * Usage: queue-bench [N [depth [worst|mixed]]]
- *        (defaults 65536, 4096 and both cases) */
+ * Usage: queue-bench [N [depth [worst|mixed|hostile]]]
+ *        (defaults 65536, 4096 and every case) */
 #include "config.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "queue.h"
@@ -90,7 +98,7 @@ static void complete_started(struct queue *q, size_t k, struct timing *t) {
 }
 
 static void report(const char *name, size_t n, const struct timing *t) {
-  printf("%-6s N=%-6zu total %8.3f ms  submit %8.3f ms  complete %8.3f ms  "
+  printf("%-7s N=%-6zu total %8.3f ms  submit %8.3f ms  complete %8.3f ms  "
          "per completion %8.3f us (worst %8.3f ms)\n",
          name, n, (t->submit + t->done) * 1e3, t->submit * 1e3, t->done * 1e3,
          t->completions ? t->done / (double)t->completions * 1e6 : 0.0, t->worst_done * 1e3);
@@ -172,11 +180,64 @@ static int bench_mixed(size_t n, size_t depth) {
   return 0;
 }
 
+/* Records held and bytes of record arrays, summed over every request. */
+static void count_records(size_t n, uint64_t *records, uint64_t *bytes) {
+  *records = *bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    *records += items[i].n_waiters;
+    *bytes += (uint64_t)items[i].cap_waiters * sizeof *items[i].waiters;
+  }
+}
+
+static int bench_hostile(size_t n) {
+  struct queue q;
+  struct timing t = {0};
+  queue_init(&q);
+  n_started_list = 0;
+  memset(started, 0, n);
+  size_t writes = n / 2;
+  for (size_t i = 0; i < writes; i++)
+    submit(&q, i, QUEUE_WRITE, (uint64_t)i * 8192, 4096, &t);
+  if (n_started_list != writes) {
+    fprintf(stderr, "queue-bench: hostile: %zu of %zu writes started\n", n_started_list, writes);
+    return 1;
+  }
+  for (size_t i = writes; i < n; i++)
+    submit(&q, i, QUEUE_READ, 0, (uint64_t)writes * 8192, &t);
+  uint64_t records, bytes;
+  count_records(n, &records, &bytes);
+  while (n_started_list > 0)
+    complete_started(&q, next_rand() % n_started_list, &t);
+  for (size_t i = 0; i < n; i++) {
+    if (!started[i]) {
+      fprintf(stderr, "queue-bench: hostile: request %zu never started\n", i);
+      return 1;
+    }
+  }
+  if (!queue_empty(&q)) {
+    fprintf(stderr, "queue-bench: hostile: queue not empty at the end\n");
+    return 1;
+  }
+  report("hostile", n, &t);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("        %" PRIu64 " records held, %" PRIu64 " bytes of record arrays, "
+         "peak RSS %ld KiB\n",
+         records, bytes, ru.ru_maxrss);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 65536;
   size_t depth = argc > 2 ? strtoul(argv[2], NULL, 10) : 4096;
   if (n < 1 || depth < 1) {
-    fprintf(stderr, "usage: queue-bench [N [depth [worst|mixed]]] (N, depth at least 1)\n");
+    fprintf(stderr,
+            "usage: queue-bench [N [depth [worst|mixed|hostile]]] (N, depth at least 1)\n");
+    return 2;
+  }
+  const char *only = argc > 3 ? argv[3] : "";
+  if (*only && strcmp(only, "worst") && strcmp(only, "mixed") && strcmp(only, "hostile")) {
+    fprintf(stderr, "queue-bench: unknown case %s (worst, mixed or hostile)\n", only);
     return 2;
   }
   items = calloc(n, sizeof *items);
@@ -186,12 +247,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "queue-bench: out of memory for %zu requests\n", n);
     return 1;
   }
-  const char *only = argc > 3 ? argv[3] : "";
   int rc = 0;
-  if (strcmp(only, "mixed") != 0)
+  if (!*only || !strcmp(only, "worst"))
     rc = bench_worst(n);
-  if (!rc && strcmp(only, "worst") != 0)
+  if (!rc && (!*only || !strcmp(only, "mixed")))
     rc = bench_mixed(n, depth);
+  if (!rc && (!*only || !strcmp(only, "hostile")))
+    rc = bench_hostile(n);
   free(items);
   free(started);
   free(started_list);

@@ -12,7 +12,10 @@
  * earlier conflicting item c missing from the trees was covered by a later
  * WRITE-kind item w (c's range inside w's, and so on up to one still in the
  * tree), which conflicts with the new item as well and waited for c
- * directly; w completing means w started, which means c had completed. */
+ * directly; w completing means w started, which means c had completed.
+ * A barrier (rule 5) records nothing and covers nothing: it waits for every
+ * earlier item it could conflict with, so it needs no records, and items
+ * it covers stay in the trees for later items to find. */
 
 /* ---- interval trees ---- */
 
@@ -129,11 +132,17 @@ void *QUEUE_REALLOC(void *p, size_t size);
 #endif
 
 struct submission {
+  struct queue *q;
   struct queue_item *item;
   struct queue_item *covered; /* list through uncover_next */
+  unsigned n_found;
+  struct queue_item *found[QUEUE_MAX_RECORDS]; /* recorded with, so far */
 };
 
-static int add_waiter(struct queue_item *blocker, struct queue_item *w) {
+/* wait_for_overlaps found more than QUEUE_MAX_RECORDS items to wait for. */
+#define TOO_MANY_BLOCKERS 1
+
+static int add_waiter(struct queue *q, struct queue_item *blocker, struct queue_item *w) {
   if (blocker->n_waiters == blocker->cap_waiters) {
     unsigned cap = blocker->cap_waiters ? blocker->cap_waiters * 2 : 4;
     if (cap < blocker->cap_waiters)
@@ -142,25 +151,32 @@ static int add_waiter(struct queue_item *blocker, struct queue_item *w) {
     if (!p)
       return -ENOMEM;
     blocker->waiters = p;
+    q->record_slots += cap - blocker->cap_waiters;
     blocker->cap_waiters = cap;
   }
   blocker->waiters[blocker->n_waiters++] = w;
+  q->records++;
   return 0;
 }
 
-/* Records s->item as waiting for every item of t overlapping it. */
+/* Records s->item as waiting for every item of t overlapping it.  Returns 0,
+ * a negative errno, or TOO_MANY_BLOCKERS (having stopped at once) when that
+ * would take more than QUEUE_MAX_RECORDS records, so that a submission
+ * costs O(QUEUE_MAX_RECORDS log N) however many items it overlaps. */
 static int wait_for_overlaps(struct queue_item *t, struct submission *s) {
   const struct queue_item *it = s->item;
   if (!t || t->max_end <= it->off)
     return 0;
   int r = wait_for_overlaps(t->left, s);
-  if (r < 0 || t->off >= it->end)
+  if (r != 0 || t->off >= it->end)
     return r;
   if (it->off < t->end) {
-    r = add_waiter(t, s->item);
+    if (s->n_found == QUEUE_MAX_RECORDS)
+      return TOO_MANY_BLOCKERS;
+    r = add_waiter(s->q, t, s->item);
     if (r < 0)
       return r;
-    s->item->blockers++;
+    s->found[s->n_found++] = t;
     if (it->kind == QUEUE_WRITE && it->off <= t->off && t->end <= it->end) {
       t->uncover_next = s->covered;
       s->covered = t;
@@ -169,27 +185,26 @@ static int wait_for_overlaps(struct queue_item *t, struct submission *s) {
   return wait_for_overlaps(t->right, s);
 }
 
-/* Undoes wait_for_overlaps after a failure: the item is the last waiter of
- * every blocker it was recorded with. */
-static void unwait_overlaps(struct queue_item *t, struct queue_item *it) {
-  if (!t || t->max_end <= it->off)
-    return;
-  unwait_overlaps(t->left, it);
-  if (t->off >= it->end)
-    return;
-  if (t->n_waiters && t->waiters[t->n_waiters - 1] == it)
-    t->n_waiters--;
-  unwait_overlaps(t->right, it);
+/* Undoes wait_for_overlaps: the item is the last waiter of every item it
+ * was recorded with. */
+static void unwait(struct submission *s) {
+  for (unsigned i = 0; i < s->n_found; i++)
+    s->found[i]->n_waiters--;
+  s->q->records -= s->n_found;
+  s->n_found = 0;
 }
 
 /* ---- the queue ---- */
 
 void queue_init(struct queue *q) {
   q->reads = q->writes = NULL;
+  q->reads_head = q->reads_tail = NULL;
   q->writes_head = q->writes_tail = NULL;
-  q->flushes_head = q->flushes_tail = NULL;
+  q->after_writes_head = q->after_writes_tail = NULL;
+  q->after_all_head = q->after_all_tail = NULL;
   q->next_seq = 0;
   q->running = q->waiting = 0;
+  q->records = q->record_slots = 0;
 }
 
 bool queue_empty(const struct queue *q) { return q->running == 0 && q->waiting == 0; }
@@ -235,19 +250,61 @@ static void unlink_item(struct queue_item **head, struct queue_item **tail, stru
   it->prev = it->next = NULL;
 }
 
+static void barrier_push(struct queue_item **head, struct queue_item **tail,
+                         struct queue_item *it) {
+  it->barrier_next = NULL;
+  if (*tail)
+    (*tail)->barrier_next = it;
+  else
+    *head = it;
+  *tail = it;
+}
+
+static struct queue_item *barrier_pop(struct queue_item **head, struct queue_item **tail) {
+  struct queue_item *it = *head;
+  *head = it->barrier_next;
+  if (!*head)
+    *tail = NULL;
+  it->barrier_next = NULL;
+  return it;
+}
+
+static uint64_t oldest(const struct queue_item *head) { return head ? head->seq : UINT64_MAX; }
+
+/* Whether every item submitted before the FLUSH or barrier b, of the kinds
+ * it waits for, has completed.  Items arrive in increasing seq, so once
+ * true for b this stays true, and while false for b it is false for every
+ * later one too. */
+static bool barrier_ready(const struct queue *q, const struct queue_item *b) {
+  uint64_t first = oldest(q->writes_head);
+  if (b->kind == QUEUE_WRITE && oldest(q->reads_head) < first)
+    first = oldest(q->reads_head);
+  /* >=: a WRITE barrier is on the writes list itself. */
+  return first >= b->seq;
+}
+
 /* Finds what a READ or WRITE item waits for; on success, covered items
- * leave the trees and the item enters its own. */
+ * leave the trees and the item enters its own.  An item that would need
+ * too many records becomes a barrier instead. */
 static int record_blockers(struct queue *q, struct queue_item *item) {
-  struct submission s = {.item = item, .covered = NULL};
+  struct submission s; /* not s = {...}: that would clear found[] every time */
+  s.q = q;
+  s.item = item;
+  s.covered = NULL;
+  s.n_found = 0;
   int r = wait_for_overlaps(q->writes, &s);
   if (r == 0 && item->kind == QUEUE_WRITE)
     r = wait_for_overlaps(q->reads, &s);
   if (r < 0) {
-    unwait_overlaps(q->writes, item);
-    if (item->kind == QUEUE_WRITE)
-      unwait_overlaps(q->reads, item);
-    item->blockers = 0;
+    unwait(&s);
     return r;
+  }
+  if (r == TOO_MANY_BLOCKERS) {
+    unwait(&s);
+    item->barrier = true;
+    s.covered = NULL;
+  } else {
+    item->blockers = s.n_found;
   }
   for (struct queue_item *c = s.covered; c; c = c->uncover_next) {
     if (c->kind == QUEUE_WRITE)
@@ -266,6 +323,7 @@ static int record_blockers(struct queue *q, struct queue_item *item) {
 
 int queue_submit(struct queue *q, struct queue_item *item) {
   item->running = false;
+  item->barrier = false;
   item->in_tree = false;
   item->seq = q->next_seq;
   item->blockers = 0;
@@ -273,12 +331,13 @@ int queue_submit(struct queue *q, struct queue_item *item) {
   item->n_waiters = item->cap_waiters = 0;
   item->left = item->right = item->uncover_next = NULL;
   item->prev = item->next = NULL;
+  item->barrier_next = NULL;
 
   if (item->kind == QUEUE_FLUSH) {
     /* Every WRITE-kind item still in the queue came earlier. */
     q->next_seq++;
     if (q->writes_head) {
-      append(&q->flushes_head, &q->flushes_tail, item);
+      barrier_push(&q->after_writes_head, &q->after_writes_tail, item);
       q->waiting++;
     } else {
       start(q, item);
@@ -291,21 +350,42 @@ int queue_submit(struct queue *q, struct queue_item *item) {
   q->next_seq++;
   if (item->kind == QUEUE_WRITE)
     append(&q->writes_head, &q->writes_tail, item);
-  if (item->blockers == 0)
-    start(q, item);
   else
+    append(&q->reads_head, &q->reads_tail, item);
+  if (item->barrier) {
+    /* Never ready yet: the items it overlapped are earlier and unfinished. */
+    if (item->kind == QUEUE_WRITE)
+      barrier_push(&q->after_all_head, &q->after_all_tail, item);
+    else
+      barrier_push(&q->after_writes_head, &q->after_writes_tail, item);
     q->waiting++;
+  } else if (item->blockers == 0) {
+    start(q, item);
+  } else {
+    q->waiting++;
+  }
   return 0;
 }
 
-/* FLUSHes whose earlier writes have all completed, up to submission seq. */
-static void start_flushes_before(struct queue *q, uint64_t seq) {
-  while (q->flushes_head && q->flushes_head->seq < seq &&
-         (!q->writes_head || q->flushes_head->seq < q->writes_head->seq)) {
-    struct queue_item *f = q->flushes_head;
-    unlink_item(&q->flushes_head, &q->flushes_tail, f);
+/* Starts the FLUSHes and barriers submitted before seq whose earlier items
+ * have all completed, in submission order.  Each list is in submission
+ * order, so only its head needs a look. */
+static void start_barriers_before(struct queue *q, uint64_t seq) {
+  while (q->after_writes_head || q->after_all_head) {
+    struct queue_item *w = q->after_writes_head, *a = q->after_all_head;
+    if (w && (w->seq >= seq || !barrier_ready(q, w)))
+      w = NULL;
+    if (a && (a->seq >= seq || !barrier_ready(q, a)))
+      a = NULL;
+    if (!w && !a)
+      return;
+    struct queue_item *b;
+    if (w && (!a || w->seq < a->seq))
+      b = barrier_pop(&q->after_writes_head, &q->after_writes_tail);
+    else
+      b = barrier_pop(&q->after_all_head, &q->after_all_tail);
     q->waiting--;
-    start(q, f);
+    start(q, b);
   }
 }
 
@@ -319,24 +399,34 @@ void queue_done(struct queue *q, struct queue_item *item) {
   }
   if (item->kind == QUEUE_WRITE)
     unlink_item(&q->writes_head, &q->writes_tail, item);
+  else if (item->kind == QUEUE_READ)
+    unlink_item(&q->reads_head, &q->reads_tail, item);
   item->running = false;
   q->running--;
 
-  /* Start what this completion released in submission order, FLUSHes
-   * included.  start() never completes an item inside this call (a
-   * completion comes back through the loop), so the records are stable. */
+  /* Start what this completion released in submission order, FLUSHes and
+   * barriers included.  start() never completes an item inside this call
+   * (a completion comes back through the loop), so the records are stable,
+   * and since only a completion makes a FLUSH or barrier ready, when no
+   * list head is ready now none will be in this call. */
+  bool barriers = (q->after_writes_head && barrier_ready(q, q->after_writes_head)) ||
+                  (q->after_all_head && barrier_ready(q, q->after_all_head));
   struct queue_item **waiters = item->waiters;
   unsigned n = item->n_waiters;
+  q->records -= n;
+  q->record_slots -= item->cap_waiters;
   item->waiters = NULL;
   item->n_waiters = item->cap_waiters = 0;
   for (unsigned i = 0; i < n; i++) {
     struct queue_item *w = waiters[i];
-    start_flushes_before(q, w->seq);
+    if (barriers)
+      start_barriers_before(q, w->seq);
     if (--w->blockers == 0) {
       q->waiting--;
       start(q, w);
     }
   }
-  start_flushes_before(q, UINT64_MAX);
+  if (barriers)
+    start_barriers_before(q, UINT64_MAX);
   free(waiters);
 }

@@ -25,6 +25,14 @@
  * arrival order, so a write can never overtake an earlier conflicting write.
  * Two ranges overlap when each starts before the other ends, so an empty
  * range [x, x) overlaps only a range with x strictly inside it.
+ *   5. A READ- or WRITE-kind request that would have to wait directly for
+ *      more than QUEUE_MAX_RECORDS earlier requests becomes a barrier
+ *      (item->barrier): it starts once every earlier request of the kinds
+ *      it conflicts with has completed, whatever their ranges (every
+ *      WRITE-kind request for a READ, every READ- and WRITE-kind request
+ *      for a WRITE), as a FLUSH does.  It may wait longer than the rules
+ *      above require, never less, and only for requests submitted before
+ *      it, so it cannot wait forever.
  *
  * Cost: tens of thousands of requests may wait at once (one long
  * WRITE_ZEROES with small READs behind it is enough), so nothing here walks
@@ -35,15 +43,34 @@
  * conflicts with the covering request too, which waits for it.  So a
  * submission costs O(log N) per request it waits for directly, a completion
  * O(log N) plus O(1) per request recorded with it, and FLUSHes O(1).  A
- * record is one pointer: repeated writes to one range hold one each, but
- * each of many wide READs behind many small disjoint writes holds one per
- * write.
+ * record is one pointer: repeated writes to one range hold one each, and
+ * rule 5 caps what one request holds, so that many wide READs behind many
+ * small disjoint writes, which would hold one record per (read, write)
+ * pair, hold none: the queue's memory stays O(N) whatever the requests'
+ * shape.  Barriers and FLUSHes wait in submission order against the oldest
+ * unfinished request of each kind, so starting them costs O(1) each, and a
+ * completion O(1) more.
  */
 #ifndef VHDNBD_QUEUE_H
 #define VHDNBD_QUEUE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+/* The most dependency records one request may hold (rule 5).  A record is
+ * a pointer in the array of the request waited for, so one request costs at
+ * most 64 x 8 = 512 bytes of them (twice that with the arrays' slack): a
+ * connection's 512 requests in flight hold at most 256 KiB, against the
+ * 64 MiB of payload it may have buffered, and 65536 requests (128
+ * connections) at most 32 MiB, whatever their shape.  Conflicting with
+ * more than 64 requests still unfinished is rare for real clients (a 1 MiB
+ * read right behind sixty-five 4 KiB writes into it, a long WRITE_ZEROES
+ * over a busy region); such a request already waits for the slowest of
+ * them, and waiting for the other earlier requests of those kinds as well
+ * costs it little more.  A smaller bound turned most long WRITE_ZEROES of
+ * queue-bench's random mix into barriers (bench/RESULTS.md). */
+#define QUEUE_MAX_RECORDS 64
 
 enum queue_kind {
   QUEUE_READ,
@@ -54,13 +81,15 @@ enum queue_kind {
 struct queue_item;
 typedef void (*queue_start_fn)(struct queue_item *item);
 
-/* The caller sets kind, off, end and start; the rest belongs to the queue. */
+/* The caller sets kind, off, end and start; the rest belongs to the queue
+ * (tests read barrier). */
 struct queue_item {
   enum queue_kind kind;
   uint64_t off, end; /* [off, end) */
   queue_start_fn start;
 
   bool running;
+  bool barrier;      /* waits under rule 5, holding no records */
   bool in_tree;      /* in the interval tree of its kind */
   uint64_t seq;      /* submission order */
   unsigned blockers; /* unfinished requests it still waits for directly */
@@ -71,16 +100,26 @@ struct queue_item {
   struct queue_item *left, *right;
   uint64_t max_end; /* largest end in this subtree */
   struct queue_item *uncover_next; /* list of items a submission covers */
-  /* Unfinished WRITE-kind items, or waiting FLUSHes, in submission order. */
+  /* Unfinished items of its kind (READ or WRITE), in submission order. */
   struct queue_item *prev, *next;
+  /* Waiting FLUSHes and barriers, in submission order. */
+  struct queue_item *barrier_next;
 };
 
 struct queue {
   struct queue_item *reads, *writes; /* interval trees */
-  struct queue_item *writes_head, *writes_tail; /* every unfinished WRITE-kind item */
-  struct queue_item *flushes_head, *flushes_tail; /* waiting FLUSHes */
+  /* Every unfinished READ-kind and WRITE-kind item. */
+  struct queue_item *reads_head, *reads_tail;
+  struct queue_item *writes_head, *writes_tail;
+  /* Waiting FLUSHes and READ barriers, which wait for every earlier
+   * WRITE-kind item; waiting WRITE barriers, which wait for every earlier
+   * READ- and WRITE-kind item. */
+  struct queue_item *after_writes_head, *after_writes_tail;
+  struct queue_item *after_all_head, *after_all_tail;
   uint64_t next_seq;
   unsigned running, waiting;
+  /* Dependency records held, and slots allocated for them (tests, bench). */
+  size_t records, record_slots;
 };
 
 void queue_init(struct queue *q);
