@@ -91,3 +91,21 @@ s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
+
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.1 s until it
+# succeeds; fails the test naming WHAT after SECONDS.  The limit is a
+# generous bound on a loaded machine, never a duration the test relies on.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local end=$((SECONDS + limit))
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || fail "$what: not within $limit s"
+    sleep 0.1
+  done
+}
+
+# vm_kib PID FIELD: prints FIELD (VmRSS, VmHWM) of /proc/PID/status in KiB.
+vm_kib() {
+  awk -v f="$2:" '$1 == f { print $2; found = 1 } END { exit !found }' "/proc/$1/status"
+}
