@@ -43,9 +43,29 @@ fail() {
 }
 
 # start_vhdnbd SOCKPATH ARGS...: runs the server on a Unix socket in the
-# background and waits (at most ~10 s) until it has written its pidfile, which
-# it does only once it listens.  Sets VHDNBD_PID; the server is killed at exit.
+# background and waits (at most 60 s: a sanitizer build on a loaded machine
+# is slow) until it has written its pidfile, which it does only once it
+# listens.  Sets VHDNBD_PID; the server is killed at exit.
 start_vhdnbd() {
+  _start_vhdnbd "$@" || fail "vhdnbd exited before listening: $VHDNBD -U $*"
+}
+
+# start_vhdnbd_tcp SOCKPATH ARGS...: the same, also listening on a TCP port
+# (-p) that was free a moment before, in VHDNBD_PORT.  Another process may
+# take it in between: then the server exits at once, and another port is
+# tried, 5 in all.
+start_vhdnbd_tcp() {
+  local sock=$1 attempt
+  shift
+  for attempt in 1 2 3 4 5; do
+    VHDNBD_PORT=$(free_tcp_port)
+    _start_vhdnbd "$sock" -p "$VHDNBD_PORT" "$@" && return 0
+  done
+  fail "vhdnbd exited before listening, with 5 ports: $VHDNBD -U $sock -p PORT $*"
+}
+
+# Returns 1 when the server exits before listening.
+_start_vhdnbd() {
   local sock=$1
   shift
   local pidfile="$TMPD/vhdnbd.pid"
@@ -53,33 +73,31 @@ start_vhdnbd() {
   "$VHDNBD" -U "$sock" --pidfile "$pidfile" "$@" &
   VHDNBD_PID=$!
   cleanup_fn "kill $VHDNBD_PID 2>/dev/null; wait $VHDNBD_PID 2>/dev/null"
-  local i
-  for ((i = 0; i < 100; i++)); do
-    if [ -s "$pidfile" ]; then
-      return 0
-    fi
+  local end=$((SECONDS + 60))
+  until [ -s "$pidfile" ]; do
     if ! kill -0 "$VHDNBD_PID" 2>/dev/null; then
-      fail "vhdnbd exited before listening: $VHDNBD -U $sock $*"
+      wait "$VHDNBD_PID" 2>/dev/null || true
+      return 1
     fi
+    [ "$SECONDS" -lt "$end" ] || fail "vhdnbd did not write $pidfile within 60 s"
     sleep 0.1
   done
-  fail "vhdnbd did not write $pidfile within 10 s"
 }
 
 # stop_vhdnbd: SIGTERM to the server of the last start_vhdnbd, then waits (at
-# most 20 s) and fails unless it exited 0, so that the image is closed
+# most 60 s) and fails unless it exited 0, so that the image is closed
 # (flushed) before a test inspects it and sanitizer reports count.
 stop_vhdnbd() {
   local i state rc=0
   kill "$VHDNBD_PID" 2>/dev/null || fail "vhdnbd (pid $VHDNBD_PID) is not running"
-  for ((i = 0; i < 200; i++)); do
+  for ((i = 0; i < 600; i++)); do
     # Until it is reaped the process lingers as a zombie (state Z).
     state=Z
     read -r _ _ state _ 2>/dev/null < "/proc/$VHDNBD_PID/stat" || break
     [ "$state" != Z ] || break
     sleep 0.1
   done
-  [ "$state" = Z ] || fail "vhdnbd did not exit within 20 s of SIGTERM"
+  [ "$state" = Z ] || fail "vhdnbd did not exit within 60 s of SIGTERM"
   wait "$VHDNBD_PID" || rc=$?
   [ "$rc" -eq 0 ] || fail "vhdnbd exited with status $rc on SIGTERM"
 }
@@ -90,4 +108,22 @@ free_tcp_port() {
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
+}
+
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.1 s until it
+# succeeds; fails the test naming WHAT after SECONDS.  The limit is a
+# generous bound on a loaded machine, never a duration the test relies on.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local end=$((SECONDS + limit))
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || fail "$what: not within $limit s"
+    sleep 0.1
+  done
+}
+
+# vm_kib PID FIELD: prints FIELD (VmRSS, VmHWM) of /proc/PID/status in KiB.
+vm_kib() {
+  awk -v f="$2:" '$1 == f { print $2; found = 1 } END { exit !found }' "/proc/$1/status"
 }

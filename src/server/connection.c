@@ -99,9 +99,27 @@ void server_inflight_sub(uint64_t n) {
   }
 }
 
+/* Under load the cap can stop and restart reading with every completion:
+ * one line a second at most, with how many pauses it stands for. */
+static void note_cap_pause(void) {
+  server.cap_pauses++;
+  uint64_t now = uv_now(server.loop) + 1; /* never 0, which means "not yet" */
+  if (server.cap_logged_ms && now - server.cap_logged_ms < 1000)
+    return;
+  log_msg(LOG_LEVEL_DEBUG,
+          "%" PRIu64 " bytes buffered, --max-inflight %" PRIu64
+          ": stopped reading from every client until replies drain (%" PRIu64 " pause%s)",
+          server.inflight_bytes, server.cfg->max_inflight, server.cap_pauses,
+          server.cap_pauses == 1 ? "" : "s");
+  server.cap_pauses = 0;
+  server.cap_logged_ms = now;
+}
+
 static bool server_under_cap(void) {
   if (server.inflight_bytes < server.cfg->max_inflight)
     return true;
+  if (!server.inflight_blocked)
+    note_cap_pause();
   server.inflight_blocked = true;
   return false;
 }

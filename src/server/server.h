@@ -122,6 +122,8 @@ struct server {
   struct tls_creds *tls; /* NULL: --tls=off */
   uint64_t inflight_bytes; /* sum over connections of their inflight + write bytes */
   bool inflight_blocked;   /* some connection stopped reading for the cap */
+  uint64_t cap_pauses;     /* times the cap stopped reading, not yet logged */
+  uint64_t cap_logged_ms;  /* uv_now of the last line about them, 0: none yet */
   uv_timer_t resume_timer; /* wakes every connection once below the cap */
   struct connection *outq_head; /* connections with replies queued */
   uv_prepare_t flush_prepare;   /* conn_flush_all before the loop polls */

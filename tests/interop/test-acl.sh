@@ -80,8 +80,8 @@ binds=(-b 127.0.0.1)
 [ "$have_v6" = no ] || binds+=(-b ::1)
 
 # --- global list from the configuration: 127.0.0.0/8 only ------------------
-port=$(free_tcp_port)
-start_vhdnbd "$TMPD/sock" -p "$port" "${binds[@]}" -C "$TMPD/conf" 2>"$TMPD/log1"
+start_vhdnbd_tcp "$TMPD/sock" "${binds[@]}" -C "$TMPD/conf" 2>"$TMPD/log1"
+port=$VHDNBD_PORT
 expect_ok 127.0.0.1 "$port" open
 if [ "$have_v6" = yes ]; then
   expect_refused ::1 "$port" open
@@ -130,9 +130,9 @@ stop_vhdnbd
 
 # --- --allow ::1/128 on the command line: the other way round --------------
 if [ "$have_v6" = yes ]; then
-  port=$(free_tcp_port)
-  start_vhdnbd "$TMPD/sock" -p "$port" "${binds[@]}" --allow ::1/128 \
+  start_vhdnbd_tcp "$TMPD/sock" "${binds[@]}" --allow ::1/128 \
     -e "open=$TMPD/open.vhd" 2>"$TMPD/log2"
+  port=$VHDNBD_PORT
   expect_ok ::1 "$port" open
   expect_refused 127.0.0.1 "$port" open
   grep -q 'client 127.0.0.1:[0-9]*: refused: address not in the --allow list' "$TMPD/log2" ||

@@ -10,10 +10,9 @@ for name in first second; do
   qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$TMPD/$name.vhd" 1M
 done
 
-# A port free a moment ago; another process taking it in between is unlikely.
-port=$(free_tcp_port)
-start_vhdnbd "$sock" -p "$port" -b 127.0.0.1 -e "first=$TMPD/first.vhd" \
+start_vhdnbd_tcp "$sock" -b 127.0.0.1 -e "first=$TMPD/first.vhd" \
   -e "second=$TMPD/second.vhd,ro"
+port=$VHDNBD_PORT
 
 out=$(timeout 20 nbd-client -l 127.0.0.1 "$port" 2>&1) || fail "nbd-client -l: $out"
 echo "$out"

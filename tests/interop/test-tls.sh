@@ -180,9 +180,9 @@ log_has() { # log_has FILE REGEX WHAT
 }
 
 # --- (a, c) --tls=require with X.509, no client certificates asked ------------
-port=$(free_tcp_port)
-start_vhdnbd "$TMPD/sock" -v -p "$port" -b 127.0.0.1 --tls=require \
+start_vhdnbd_tcp "$TMPD/sock" -v -b 127.0.0.1 --tls=require \
   --tls-certificates "$pki" "$img" 2>"$TMPD/log-a"
+port=$VHDNBD_PORT
 expect_ok x509 "$pki" "$port" 1
 log_has "$TMPD/log-a" 'client 127\.0\.0\.1:[0-9]+: TLS established, peer x509' "x509 client"
 expect_ok x509 "$nocert" "$port" 2       # server-only authentication is enough
@@ -216,9 +216,9 @@ grep -q "Pattern verification failed" <<<"$out" && fail "qemu-io read over TLS: 
 stop_vhdnbd
 
 # --- (b) --tls=require with PSK -------------------------------------------------
-port=$(free_tcp_port)
-start_vhdnbd "$TMPD/sock" -v -p "$port" -b 127.0.0.1 --tls=require \
+start_vhdnbd_tcp "$TMPD/sock" -v -b 127.0.0.1 --tls=require \
   --tls-psk "$pskdir/keys.psk" "$img" 2>"$TMPD/log-b"
+port=$VHDNBD_PORT
 expect_ok psk "$pskdir/keys.psk" "$port" 5
 log_has "$TMPD/log-b" 'TLS established, peer PSK identity alice' "PSK client"
 expect_refused psk "$TMPD/wrong.psk" "$port" 6
@@ -244,9 +244,9 @@ out=$(pskclient "NORMAL:-KX-ALL:+PSK") || fail "tls-psk-client PSK: $out"
 stop_vhdnbd
 
 # --- (e) --tls=on --tls-verify-peer ----------------------------------------------
-port=$(free_tcp_port)
-start_vhdnbd "$TMPD/sock" -v -p "$port" -b 127.0.0.1 --tls=on --tls-verify-peer \
+start_vhdnbd_tcp "$TMPD/sock" -v -b 127.0.0.1 --tls=on --tls-verify-peer \
   --tls-certificates "$pki" "$img" 2>"$TMPD/log-e"
+port=$VHDNBD_PORT
 expect_ok x509 "$pki" "$port" 8
 log_has "$TMPD/log-e" 'TLS established, peer x509 .*CN=alice' "client certificate"
 expect_refused x509 "$nocert" "$port" 9

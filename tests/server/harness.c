@@ -24,7 +24,22 @@
 #include "harness.h"
 
 #define MAX_SERVERS 16
-#define RAW_TIMEOUT_S 5
+/* Every bound on a wait here (the watchdog, raw socket timeouts, a server's
+ * start and stop, raw_expect_close) only catches a hang: no test passes by
+ * a wait running out.  So they are generous, and more so under the
+ * sanitizers, which slow server and test several times over (more again
+ * with make -j on a shared machine). */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLOW 4u
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLOW 4u
+#endif
+#endif
+#ifndef SLOW
+#define SLOW 1u
+#endif
+#define RAW_TIMEOUT_S (15 * SLOW)
 
 static char tmpdir[PATH_MAX];
 static char vhdnbd[PATH_MAX];
@@ -170,7 +185,7 @@ void harness_init(const char *name, unsigned timeout_s) {
 
   struct sigaction sa = {.sa_handler = on_alarm};
   sigaction(SIGALRM, &sa, NULL);
-  alarm(timeout_s);
+  alarm(timeout_s * SLOW);
 }
 
 int harness_finish(void) {
@@ -465,7 +480,7 @@ static pid_t start_server(const char *sock, const char *const *args, const char 
   servers[nr_servers++] = pid;
 
   /* The server writes its pidfile only once it listens. */
-  for (int i = 0; i < 200; i++) {
+  for (unsigned i = 0; i < 600 * SLOW; i++) {
     struct stat st;
     if (stat(pidfile, &st) == 0 && st.st_size > 0)
       return pid;
@@ -476,7 +491,7 @@ static pid_t start_server(const char *sock, const char *const *args, const char 
     }
     usleep(50000);
   }
-  FAIL("vhdnbd did not write %s within 10 s", pidfile);
+  FAIL("vhdnbd did not write %s within %u s", pidfile, 30 * SLOW);
 }
 
 pid_t harness_start_server(const char *sock, const char *const *args) {
@@ -496,6 +511,7 @@ pid_t harness_start_server_image(const char *sock, const char *image, bool reado
 int harness_stop_server(pid_t pid, int sig, unsigned timeout_s) {
   if (kill(pid, sig) < 0 && errno != ESRCH)
     FAIL("kill %d: %s", (int)pid, strerror(errno));
+  timeout_s *= SLOW;
   for (unsigned i = 0; i < timeout_s * 20; i++) {
     int status;
     pid_t r = waitpid(pid, &status, WNOHANG);
@@ -603,6 +619,7 @@ int raw_read(int fd, void *buf, size_t len) {
 }
 
 int raw_expect_close(int fd, unsigned timeout_ms) {
+  timeout_ms *= SLOW;
   struct timespec start, now;
   clock_gettime(CLOCK_MONOTONIC, &start);
   for (;;) {

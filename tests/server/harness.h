@@ -54,8 +54,8 @@ void harness_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Exits 77 (automake SKIP) with the reason. */
 void harness_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
-/* Creates the temp dir, arms a watchdog of `timeout_s` seconds for the whole
- * test and locates $VHDNBD / $VHDIMG (skips when the server is not built). */
+/* Creates the temp dir, arms a watchdog of `timeout_s` seconds (four times
+ * that under AddressSanitizer) for the whole test and locates $VHDNBD / $VHDIMG (skips when the server is not built). */
 void harness_init(const char *test_name, unsigned timeout_s);
 /* Stops every server still running; returns the test's exit status. */
 int harness_finish(void);
@@ -103,7 +103,8 @@ pid_t harness_start_server_logged(const char *sock, const char *const *args,
                                   const char *log_path);
 /* Convenience: one image as the default export, optional extra args. */
 pid_t harness_start_server_image(const char *sock, const char *image, bool readonly);
-/* Sends sig and reaps within timeout_s; returns the wait status (or fails). */
+/* Sends sig and reaps within timeout_s (four times that under
+ * AddressSanitizer); returns the wait status (or fails). */
 int harness_stop_server(pid_t pid, int sig, unsigned timeout_s);
 bool harness_server_alive(pid_t pid);
 
@@ -113,7 +114,8 @@ struct nbd_handle *harness_connect(const char *sock, const char *name);
 struct nbd_handle *harness_handle(const char *name);
 void harness_close(struct nbd_handle *h);
 
-/* Raw sockets, for malformed traffic.  All reads and writes time out (5 s). */
+/* Raw sockets, for malformed traffic.  All reads and writes time out (15 s,
+ * 60 s under AddressSanitizer): a bound on a hang, never an expected result. */
 int raw_connect(const char *sock);
 /* Writes all of buf; returns 0 or -errno (EPIPE when the server hung up). */
 int raw_write(int fd, const void *buf, size_t len);
@@ -121,7 +123,8 @@ int raw_write(int fd, const void *buf, size_t len);
  * -ETIMEDOUT when nothing comes within the timeout. */
 int raw_read(int fd, void *buf, size_t len);
 /* Waits until the server closes fd (reading and dropping whatever it sends
- * first); returns 0 when it closed, -ETIMEDOUT when it kept it open. */
+ * first); returns 0 when it closed, -ETIMEDOUT when it kept it open for
+ * timeout_ms (four times that under AddressSanitizer). */
 int raw_expect_close(int fd, unsigned timeout_ms);
 /* Reads the greeting and sends the client flags; fails the test if the
  * greeting is not fixed newstyle. */

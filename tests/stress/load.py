@@ -266,9 +266,9 @@ def main():
     threading.stack_size(256 * 1024)
     kinds = ["garbage", "garbage", "garbage-after-go", "stall", "stall", "stall", "no-reader",
              "no-reader", "option-flood", "mid-payload", "huge-option"]
-    # Off by default: the server has no global in-flight budget yet, so
-    # many of these drive its memory far past the bound.
-    kinds += ["big-writer"] * int(os.environ.get("LOAD_BIG_WRITERS", "0"))
+    # Each pipelines 96 MiB of writes: the per-client and --max-inflight
+    # caps must keep the server under the RSS limit all the same.
+    kinds += ["big-writer"] * int(os.environ.get("LOAD_BIG_WRITERS", "2"))
     hostiles = [threading.Thread(target=hostile, args=(k, path, deadline, scratch))
                 for k in kinds]
     for t in hostiles:

@@ -3,8 +3,11 @@
 # on disjoint ranges while hostile clients come and go (see load.py).  Every
 # good client must succeed, nothing written may be lost, and the server's
 # peak resident memory must stay bounded.
-#   LOAD_CONNECTIONS (default 200; 1000 for the full run), LOAD_SECONDS
-#   (default 20), LOAD_RSS_LIMIT_MB (default 512), LOAD_BIG_WRITERS (default 0)
+#   LOAD_CONNECTIONS (default 200), LOAD_SECONDS (default 20),
+#   LOAD_RSS_LIMIT_MB (default 512), LOAD_BIG_WRITERS (default 2).
+# make check runs the default; a heavier run is by hand, e.g.
+#   LOAD_CONNECTIONS=1000 make check TESTS=tests/stress/test-load.sh
+# (it needs about 2200 file descriptors and skips without them).
 . "$top_srcdir/tests/functions.sh"
 
 requires_py nbd

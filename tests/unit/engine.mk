@@ -32,8 +32,8 @@ test_vhd_open_SOURCES = tests/unit/test-vhd-open.c $(ENGINE_TEST_UTIL)
 test_vhd_open_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_CFLAGS = $(ENGINE_TEST_CFLAGS)
 
-check_PROGRAMS += test-vhd-write-error test-log-escape
-TESTS += test-vhd-write-error test-log-escape
+check_PROGRAMS += test-vhd-write-error
+TESTS += test-vhd-write-error
 test_vhd_write_error_SOURCES = tests/unit/test-vhd-write-error.c $(ENGINE_TEST_UTIL)
 test_vhd_write_error_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_write_error_CFLAGS = $(ENGINE_TEST_CFLAGS)
@@ -46,6 +46,7 @@ VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size test-vhd
 #   quickly.
 check_PROGRAMS += test-vhd-crash-lost test-vhd-open-loop
 TESTS += test-vhd-crash-lost test-vhd-open-loop
+VALGRIND_TESTS += test-vhd-crash-lost test-vhd-open-loop
 test_vhd_crash_lost_SOURCES = tests/unit/test-vhd-crash.c $(ENGINE_TEST_UTIL)
 test_vhd_crash_lost_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_crash_lost_CFLAGS = $(ENGINE_TEST_CFLAGS) -DCRASH_LOST_WRITES
