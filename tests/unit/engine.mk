@@ -61,3 +61,13 @@ test_vhd_noatime_SOURCES = tests/unit/test-vhd-noatime.c $(ENGINE_TEST_UTIL)
 test_vhd_noatime_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_noatime_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-noatime
+
+# - test-vhd-bitmap-bytes: one-sector writes leave the bitmap bytes the VHD
+#   specification prescribes (most significant bit = first sector), read
+#   from the file without the engine.
+check_PROGRAMS += test-vhd-bitmap-bytes
+TESTS += test-vhd-bitmap-bytes
+test_vhd_bitmap_bytes_SOURCES = tests/unit/test-vhd-bitmap-bytes.c $(ENGINE_TEST_UTIL)
+test_vhd_bitmap_bytes_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_bitmap_bytes_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-bitmap-bytes
