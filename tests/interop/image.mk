@@ -12,8 +12,11 @@ TESTS += \
 	tests/interop/test-qemu-vpc-images.sh \
 	tests/interop/test-malformed-images.sh \
 	tests/interop/test-vhdimg-served.sh \
-	tests/interop/test-layout-bat-after-block.sh
+	tests/interop/test-layout-bat-after-block.sh \
+	tests/interop/test-vhd-crash-readers.sh
 EXTRA_DIST += \
+	tests/interop/crash-readers.py \
+	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
 	tests/interop/pyvhdi-dump.py \

@@ -1,7 +1,10 @@
 #!/bin/bash
 # fio's nbd engine (libnbd) against vhdnbd: random writes from several jobs at
-# once with crc32c verification, then random mixed I/O.  Afterwards the image
-# is check-clean and holds exactly what the server last served.  The fixed
+# once with crc32c verification, then random mixed I/O whose writes carry
+# crc32c verification headers too.  Afterwards the image is check-clean and
+# holds exactly what the server last served, and the mixed phase's writes are
+# verified without the server: fio replays the phase (--verify_only) with
+# psync against the raw disk qemu-img reads from the closed image.  The fixed
 # image is served by a single worker thread (--threads 1): every request
 # then waits its turn on it, and the results must be the same.
 . "$top_srcdir/tests/functions.sh"
@@ -17,6 +20,9 @@ cd "$TMPD"
 sock=$TMPD/sock
 uri="nbd+unix:///?socket=$sock"
 size=$((32 * 1024 * 1024))
+
+# issued FIO_OUTPUT: "READS WRITES" that fio issued.
+issued() { sed -n 's/.*issued rwts: total=\([0-9]*\),\([0-9]*\),.*/\1 \2/p' "$1"; }
 
 for t in dynamic fixed; do
   img=$TMPD/$t.vhd
@@ -54,9 +60,12 @@ EOF
   grep -qi 'verify.*fail\|bad magic\|crc32c.*wanted' "$TMPD/fio-verify.txt" &&
     fail "$t: fio verification failed"
 
-  fio --name=mixed --ioengine=nbd --uri="$uri" --rw=randrw --rwmixread=60 --bs=4k \
-    --size=$size --iodepth=32 --time_based --runtime=1 --output="$TMPD/fio-mixed.txt" ||
-    fail "$t: fio randrw: $(cat "$TMPD/fio-mixed.txt")"
+  # One pass over the disk (each 4 KiB block read or written once), so that
+  # the replay below knows every block's last write; fio's default fixed
+  # random seed makes the replay choose the same blocks.
+  mixed=(--name=mixed --rw=randrw --rwmixread=60 --bs=4k --size=$size --verify=crc32c)
+  fio "${mixed[@]}" --ioengine=nbd --uri="$uri" --iodepth=32 --do_verify=0 \
+    --output="$TMPD/fio-mixed.txt" || fail "$t: fio randrw: $(cat "$TMPD/fio-mixed.txt")"
   grep -q 'err= 0' "$TMPD/fio-mixed.txt" || fail "$t: fio randrw reported errors"
 
   # What the server serves now must be what the image holds after it exits.
@@ -66,6 +75,18 @@ EOF
   "$VHDIMG" convert -O raw "$img" "$TMPD/stored.raw" || fail "vhdimg convert $t.vhd"
   cmp "$TMPD/served.raw" "$TMPD/stored.raw" || fail "$t.vhd differs from what was served"
   qemu-img compare -f vpc -F raw "$img" "$TMPD/served.raw" || fail "$t.vhd content (qemu)"
-  rm -f "$TMPD/served.raw" "$TMPD/stored.raw"
+  qemu-img convert -f vpc -O raw "$img" "$TMPD/qemu.raw" || fail "qemu-img convert $t.vhd"
+  fio "${mixed[@]}" --ioengine=psync --filename="$TMPD/qemu.raw" --verify_only \
+    --verify_fatal=1 --output="$TMPD/fio-replay.txt" 2>"$TMPD/fio-replay.err" ||
+    fail "$t: the randrw writes are not in $t.vhd as qemu-img reads it:" \
+      "$(cat "$TMPD/fio-replay.err")"
+  grep -q 'err= 0' "$TMPD/fio-replay.txt" || fail "$t: fio verify_only reported errors"
+  # The replay reads every block and verifies those the phase wrote: it
+  # must count as many writes (which it skips) as the phase made.
+  written=$(issued "$TMPD/fio-mixed.txt" | cut -d' ' -f2)
+  replayed=$(issued "$TMPD/fio-replay.txt")
+  [ "$replayed" = "$((size / 4096)) $written" ] ||
+    fail "$t: the replay (reads, writes: $replayed) is not the randrw phase ($written writes)"
+  rm -f "$TMPD/served.raw" "$TMPD/stored.raw" "$TMPD/qemu.raw"
 done
 echo PASS

@@ -1,12 +1,17 @@
 #!/bin/bash
 # Crash safety at the server level: rounds of a verified write workload
 # against vhdnbd, killed with SIGKILL at a random moment, on dynamic, fixed
-# and differencing images (see kill9-crash.py for what is required).
+# and differencing images (see kill9-crash.py for what is required): the
+# server must die of that SIGKILL only, after at least 100 acknowledged
+# writes a round, with no sanitizer report, and QEMU and libvhdi must read
+# what the clients made durable.
 #   KILL9_ROUNDS: rounds per image type (default 6, 3 in sanitizer builds)
 #   KILL9_SEED:   replays a run (printed at the start)
 . "$top_srcdir/tests/functions.sh"
 
 requires_py nbd
+requires_py pyvhdi
+requires qemu-img
 [ -x "$VHDNBD" ] || fail "$VHDNBD is not built"
 [ -x "$VHDIMG" ] || fail "$VHDIMG is not built"
 

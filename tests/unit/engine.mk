@@ -71,3 +71,13 @@ VALGRIND_TESTS += test-vhd-layout
 test_vhd_layout_SOURCES = tests/unit/test-vhd-layout.c $(ENGINE_TEST_UTIL)
 test_vhd_layout_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_layout_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# - test-vhd-bitmap-bytes: one-sector writes leave the bitmap bytes the VHD
+#   specification prescribes (most significant bit = first sector), read
+#   from the file without the engine.
+check_PROGRAMS += test-vhd-bitmap-bytes
+TESTS += test-vhd-bitmap-bytes
+test_vhd_bitmap_bytes_SOURCES = tests/unit/test-vhd-bitmap-bytes.c $(ENGINE_TEST_UTIL)
+test_vhd_bitmap_bytes_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_bitmap_bytes_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-bitmap-bytes

@@ -32,6 +32,12 @@
  * VHD_TEST_SEED reproduces a run; VHD_TEST_ITERS scales the workloads (1500
  * is the default: 30-40 operations each, every crash point tried; the cost
  * grows with the square of the length).
+ *
+ * Our own reader is not the only judge: with VHD_CRASH_SAMPLE_DIR set, every
+ * VHD_CRASH_SAMPLE_EVERY-th crash image (default 8) is saved there as it is
+ * after the crash, with what the model knows of it, for
+ * tests/interop/test-vhd-crash-readers.sh to read with QEMU and libvhdi (see
+ * save_sample).
  */
 #include "config.h"
 
@@ -67,12 +73,17 @@ struct workload {
   size_t n_ops;
 };
 
+enum byte_src { SRC_START, SRC_ZEROES, SRC_DATA };
+
 /* What each byte may read after a crash. */
 struct expect {
   uint64_t size;
   uint8_t *durable;   /* value as of the last durable point for that byte */
   uint64_t *dseq;     /* 1 + index of the op that made it durable (0: initial) */
   uint8_t *cur;       /* the latest value issued */
+  /* Who wrote each byte last, among ops issued (cur_src) and as of the
+   * durable point (durable_src): SRC_START, SRC_ZEROES or SRC_DATA. */
+  uint8_t *cur_src, *durable_src;
   size_t *pending;    /* indices of ops issued since the last flush */
   size_t n_pending;
 };
@@ -163,6 +174,8 @@ static void expect_init(struct expect *e, const struct workload *w) {
   e->cur = t_xmalloc(w->size);
   memcpy(e->durable, w->initial, w->size);
   memcpy(e->cur, w->initial, w->size);
+  e->cur_src = t_xcalloc(w->size, 1);
+  e->durable_src = t_xcalloc(w->size, 1);
   e->dseq = t_xcalloc(w->size, sizeof *e->dseq);
   e->pending = t_xcalloc(w->n_ops, sizeof *e->pending);
   e->n_pending = 0;
@@ -171,6 +184,8 @@ static void expect_init(struct expect *e, const struct workload *w) {
 static void expect_free(struct expect *e) {
   free(e->durable);
   free(e->cur);
+  free(e->cur_src);
+  free(e->durable_src);
   free(e->dseq);
   free(e->pending);
 }
@@ -184,8 +199,10 @@ static void expect_issue(struct expect *e, const struct workload *w, size_t i) {
   const struct op *o = &w->ops[i];
   if (o->kind == OP_WRITE || o->kind == OP_ZEROES) {
     e->pending[e->n_pending++] = i;
-    for (uint64_t b = o->off; b < o->off + o->len; b++)
+    for (uint64_t b = o->off; b < o->off + o->len; b++) {
       e->cur[b] = op_byte(o, b);
+      e->cur_src[b] = o->kind == OP_WRITE ? SRC_DATA : SRC_ZEROES;
+    }
   }
 }
 
@@ -194,12 +211,14 @@ static void expect_complete(struct expect *e, const struct workload *w, size_t i
   const struct op *o = &w->ops[i];
   if (o->kind == OP_FLUSH || o->kind == OP_CLOSE) {
     memcpy(e->durable, e->cur, e->size);
+    memcpy(e->durable_src, e->cur_src, e->size);
     for (uint64_t b = 0; b < e->size; b++)
       e->dseq[b] = i + 1;
     e->n_pending = 0;
   } else if (o->flags & VHD_FUA) {
     for (uint64_t b = o->off; b < o->off + o->len; b++) {
       e->durable[b] = op_byte(o, b);
+      e->durable_src[b] = o->kind == OP_WRITE ? SRC_DATA : SRC_ZEROES;
       e->dseq[b] = i + 1;
     }
   }
@@ -214,6 +233,106 @@ static bool byte_ok(const struct expect *e, const struct workload *w, uint64_t b
       return true;
   }
   return false;
+}
+
+/* True when no op issued after b was made durable covers b: b must read
+ * its durable value, not just one of several. */
+static bool byte_settled(const struct expect *e, const struct workload *w, uint64_t b) {
+  for (size_t k = 0; k < e->n_pending; k++) {
+    const struct op *o = &w->ops[e->pending[k]];
+    if (e->pending[k] + 1 > e->dseq[b] && b >= o->off && b < o->off + o->len)
+      return false;
+  }
+  return true;
+}
+
+/* ---- crash images for other readers ---- */
+
+static const char *sample_dir;
+static unsigned long sample_every = 8, n_crashes, n_samples;
+
+static void write_file(const char *path, const void *buf, size_t len) {
+  FILE *f = fopen(path, "wb");
+  T_ASSERT(f != NULL, "fopen %s: %m", path);
+  T_ASSERT(fwrite(buf, 1, len, f) == len && fclose(f) == 0, "writing %s: %m", path);
+}
+
+/* Copies leaving holes where the image has zeros: crash images keep the
+ * engine's preallocated tail (tens of MiB for small blocks). */
+static void copy_sparse(const char *from, const char *to) {
+  int in = open(from, O_RDONLY | O_CLOEXEC);
+  T_ASSERT(in >= 0, "open %s: %m", from);
+  int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  T_ASSERT(out >= 0, "create %s: %m", to);
+  static uint8_t buf[65536];
+  static const uint8_t zero[65536];
+  off_t off = 0;
+  ssize_t n;
+  while ((n = pread(in, buf, sizeof buf, off)) > 0) {
+    if (memcmp(buf, zero, (size_t)n) != 0)
+      T_ASSERT(pwrite(out, buf, (size_t)n, off) == n, "write %s: %m", to);
+    off += n;
+  }
+  T_ASSERT(n == 0, "read %s: %m", from);
+  T_ASSERT(ftruncate(out, off) == 0 && close(out) == 0 && close(in) == 0, "ftruncate %s: %m", to);
+}
+
+static const char *base_name(const char *path) {
+  const char *s = strrchr(path, '/');
+  return s ? s + 1 : path;
+}
+
+/* Saves the crash image at `path` as NAME.vhd in sample_dir, with
+ *   NAME.want: the bytes the model expects (the durable content);
+ *   NAME.mask: one byte per disk byte: bit 0 set where every reader that
+ *     honours the sector bitmaps must read the NAME.want byte (the byte is
+ *     settled; in a differencing image, its sector was also written through
+ *     the image since it started, so that the sector's bit is set: Debian
+ *     12's libvhdi misreads clear bits after a set one in a bitmap byte);
+ *     bit 1 set where QEMU, which ignores the bitmaps, must too: every byte
+ *     of the sector was last made durable by a data write (which leaves the
+ *     whole sector in the data area, bit set), not by zeroes (which may just
+ *     clear the bit) or the starting image;
+ *   NAME.txt: what crashed, then "parent FILE" lines, nearest parent first
+ *     (copies in sample_dir). */
+static void save_sample(const struct workload *w, const struct expect *e, const char *path,
+                        const char *what) {
+  char name[512], file[4096];
+  snprintf(name, sizeof name, "%s-%04lu", w->label, n_samples++);
+  snprintf(file, sizeof file, "%s/%s.vhd", sample_dir, name);
+  copy_sparse(path, file);
+  snprintf(file, sizeof file, "%s/%s.want", sample_dir, name);
+  write_file(file, e->durable, w->size);
+  CLEANUP_FREE uint8_t *mask = t_xcalloc(w->size, 1);
+  for (uint64_t s = 0; s < w->size; s += 512) {
+    uint64_t end = MIN(s + 512, w->size);
+    bool written = false, all_data = true;
+    for (uint64_t b = s; b < end; b++) {
+      written |= e->durable_src[b] != SRC_START;
+      all_data &= e->durable_src[b] == SRC_DATA;
+    }
+    for (uint64_t b = s; b < end; b++) {
+      if (!byte_settled(e, w, b))
+        continue;
+      if (w->n_parents == 0 || written)
+        mask[b] |= 1;
+      if (all_data)
+        mask[b] |= 2;
+    }
+  }
+  snprintf(file, sizeof file, "%s/%s.mask", sample_dir, name);
+  write_file(file, mask, w->size);
+  snprintf(file, sizeof file, "%s/%s.txt", sample_dir, name);
+  FILE *f = fopen(file, "w");
+  T_ASSERT(f != NULL, "fopen %s: %m", file);
+  fprintf(f, "%s\n", what);
+  for (int p = w->n_parents - 1; p >= 0; p--) {
+    fprintf(f, "parent %s\n", base_name(w->parents[p]));
+    snprintf(file, sizeof file, "%s/%s", sample_dir, base_name(w->parents[p]));
+    if (access(file, F_OK) != 0)
+      t_copy_file(w->parents[p], file);
+  }
+  T_ASSERT(fclose(f) == 0, "writing %s/%s.txt: %m", sample_dir, name);
 }
 
 /* ---- after the crash ---- */
@@ -267,6 +386,8 @@ static void verify_crashed(const struct workload *w, const struct expect *e, con
                            const char *what_fmt) {
   char what[1024]; /* what_fmt may be a t_fmt buffer: keep a copy */
   snprintf(what, sizeof what, "%s", what_fmt);
+  if (sample_dir && n_crashes++ % sample_every == 0)
+    save_sample(w, e, path, what);
   check_not_corrupt(path, what);
   CLEANUP_FREE uint8_t *buf = t_xmalloc(w->size);
   read_all(path, true, buf, w->size, what);
@@ -664,7 +785,8 @@ static void test_dynamic(const char *label, uint64_t size, uint32_t bs, bool pre
                          size_t n_ops) {
   struct workload w = {.label = label};
   snprintf(w.pristine, sizeof w.pristine, "%s", t_path(t_fmt("%s.vhd", label)));
-  t_create(w.pristine, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+  /* The default block size as a user gets it: by asking for none. */
+  t_create(w.pristine, VHD_TYPE_DYNAMIC, size, bs == VHD_DEFAULT_BLOCK_SIZE ? 0 : bs, true, NULL);
   if (prefill)
     fill_some(w.pristine, bs);
   run_both(&w, bs, n_ops);
@@ -697,11 +819,20 @@ int main(void) {
 #else
   t_init("test-vhd-crash");
 #endif
+  sample_dir = getenv("VHD_CRASH_SAMPLE_DIR");
+  const char *every = getenv("VHD_CRASH_SAMPLE_EVERY");
+  if (every && strtoul(every, NULL, 10) > 0)
+    sample_every = strtoul(every, NULL, 10);
   test_dynamic("dynamic-4k", 40 * 1024 + 1536, 4096, false, 40);
   test_dynamic("dynamic-4k-prefilled", 40 * 1024 + 1536, 4096, true, 40);
   test_dynamic("dynamic-512", 8 * 1024, 512, false, 40);
   test_dynamic("dynamic-64k", 256 * 1024 + 512, 65536, true, 30);
+  /* Two blocks of the default 2 MiB, the second cut short by the disk's end. */
+  test_dynamic("dynamic-2m", VHD_DEFAULT_BLOCK_SIZE + 96 * 1024 + 512, VHD_DEFAULT_BLOCK_SIZE,
+               false, 14);
   test_differencing("differencing", 2, 40 * 1024 + 1536, 4096, 40);
   test_differencing("differencing-3", 3, 24 * 1024, 4096, 30);
+  if (sample_dir)
+    printf("%lu crash images saved for other readers, of %lu\n", n_samples, n_crashes);
   return 0;
 }
