@@ -150,6 +150,23 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   vhd->footer_offset = data_end;
   vhd->next_block_offset = off_limits_end;
   vhd->alloc_floor = off_limits_end;
+  /* The blocks that end the file, back to back up to the footer, are this
+   * image's own: once freed they may be cut at close, but nothing before
+   * them (a structure, a gap, slack) may. */
+  uint64_t tail = data_end;
+  for (size_t i = n; i-- > 0 && ext[i].blk != UINT32_MAX && ext[i].end == tail;)
+    tail = ext[i].start;
+  vhd->cut_floor = tail;
+  for (size_t i = 0; i < n; i++)
+    if (ext[i].blk == UINT32_MAX)
+      vhd->cut_floor = MAX(vhd->cut_floor, ROUND_UP(ext[i].end, 512));
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
+      vhd->cut_floor = MAX(vhd->cut_floor, vhd_locator_area_end(l));
+  }
+  if (vhd->cut_floor == data_end)
+    vhd->cut_floor = off_limits_end;
   return 0;
 }
 
@@ -280,11 +297,11 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
   if (vhd->readonly || vhd->type == VHD_TYPE_FIXED || !vhd->bat)
     return 0;
-  /* The caller flushed: blocks freed at the end of the window are
+  /* The caller flushed: blocks freed at the end of the file are
    * unreferenced on disk now.  The file may end after the last block in
-   * use that the engine allocated, never below alloc_floor: what lies
-   * before it was there at open and is not the engine's to cut. */
-  uint64_t end = vhd->alloc_floor;
+   * use, never below cut_floor: what lies before it (structures, gaps,
+   * slack) was there at open and is not the engine's to cut. */
+  uint64_t end = vhd->cut_floor;
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   for (uint32_t i = 0; i < vhd->max_entries; i++)
     if (vhd->bat[i] != VHD_BAT_UNUSED)

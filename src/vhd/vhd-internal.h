@@ -8,7 +8,8 @@
  *     extensions, gaps and slack it cannot account for) is off-limits: new
  *     blocks and the moved footer go only past the end of all of it, where
  *     the trailing footer sat at open (`alloc_floor`), and the file is never
- *     cut below that.  Space is reused only when it was verifiably a block
+ *     cut below the end of the last of them (`cut_floor`: freed blocks
+ *     that ran up to the footer at open may go).  Space is reused only when it was verifiably a block
  *     of this image: a BAT entry loaded at open or allocated since, freed by
  *     zeroing or trimming.
  *  1. Allocating a block (under vhd->lock): blocks are handed out from a
@@ -163,6 +164,11 @@ struct vhd {
    * end of every structure: the engine allocates only from here on and never
    * cuts the file below it. */
   uint64_t alloc_floor;
+  /* The file is never cut below this at close: the end of the last thing
+   * in it that is not one of the blocks running back to back up to the
+   * trailing footer at open (those were verifiably this image's blocks,
+   * and may go once freed), at most alloc_floor. */
+  uint64_t cut_floor;
   /* Freed blocks: `pending` until a flush makes their BAT entries durably
    * unused, then `ready` for reuse (see vhd_block_allocate).  Offsets are
    * sector multiples; bit 0 set means the punch of the freed block failed,
