@@ -194,3 +194,17 @@ expect_exit 3 "$VHDIMG" check leak.vhd
 "$VHDIMG" check --repair leak.vhd >repair.out || { cat repair.out >&2; fail "check --repair of a leak"; }
 expect_exit 0 "$VHDIMG" check leak.vhd
 qemu-img compare -q -f vpc -F vpc q.vhd leak.vhd || fail "repairing a leak changed the content"
+
+# A parent in a subdirectory, child and parent then moved together: only the
+# relative locator (W2ru, UTF-16LE) still leads to it (the absolute one names
+# the old place, and the parent's name is not beside the child).
+mkdir -p moved-from/sub
+"$VHDIMG" create -t dynamic moved-from/sub/base.vhd 4M >/dev/null
+qemu-io -f vpc -c "write -P 0x5a 1M 64k" moved-from/sub/base.vhd >/dev/null || fail "qemu-io write"
+(cd moved-from && "$VHDIMG" create -b sub/base.vhd child.vhd >/dev/null) || fail "create -b sub/base.vhd"
+mv moved-from moved-to
+"$VHDIMG" info moved-to/child.vhd >info-moved.out || fail "the moved child's parent was not found: $(cat info-moved.out)"
+grep -q "1: moved-to/sub/base.vhd" info-moved.out || fail "parent chain of the moved child: $(cat info-moved.out)"
+"$VHDIMG" convert -O raw moved-to/child.vhd moved.raw || fail "convert of the moved child"
+cmp <(dd if=moved.raw bs=64k skip=16 count=1 status=none) <(head -c 65536 /dev/zero | tr '\0' '\132') ||
+  fail "the moved child does not read its parent's data"
