@@ -42,7 +42,7 @@ struct chunk_list {
 /* The engine leaves the bytes of holes unset (VHD_READ_SKIP_ZERO); a hole
  * sent as data must be zeroed here. */
 static void zero_fill(struct request *req, uint64_t off, uint64_t len) {
-  memset(req->data + (off - req->r.offset), 0, len);
+  memset(req->data + (off - req->io_off), 0, len);
 }
 
 static int add_chunk(struct chunk_list *cl, uint64_t off, uint64_t len, bool hole) {
@@ -86,8 +86,8 @@ static int read_map_cb(void *opaque, const struct vhd_extent *ext) {
 static int op_read(struct request *req, unsigned flags) {
   vhd_t *vhd = req->exp->vhd;
   struct vhd_err err = {{0}};
-  uint64_t off = req->r.offset;
-  uint32_t len = req->r.length;
+  uint64_t off = req->io_off;
+  uint32_t len = req->io_len;
   bool chunked = req->structured && !(req->r.flags & NBD_CMD_FLAG_DF);
   if (chunked && !req->chunks)
     req->chunks = calloc(READ_MAX_CHUNKS, sizeof *req->chunks);
