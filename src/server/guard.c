@@ -58,20 +58,28 @@ static bool live(const struct connection *c) { return !c->closing && !c->lingeri
 int guard_admit(struct connection *conn) {
   const struct settings *s = server.cfg;
   unsigned open = 0, same = 0, negotiating = 0;
-  struct connection *oldest = NULL;
+  struct connection *oldest = NULL, *oldest_same = NULL;
   /* The list runs newest first, so the last negotiating connection seen is
    * the oldest. */
   for (struct connection *c = server.conns; c; c = c->next) {
     if (c == conn || !live(c))
       continue;
     open++;
-    if (conn->addr.ss_family != AF_UNSPEC && same_host(&c->addr, &conn->addr))
+    bool same_addr = conn->addr.ss_family != AF_UNSPEC && same_host(&c->addr, &conn->addr);
+    if (same_addr)
       same++;
     if (c->phase == PHASE_HANDSHAKE) {
       negotiating++;
       oldest = c;
+      if (same_addr)
+        oldest_same = c;
     }
   }
+  /* An address that has connections negotiating gives way with its own
+   * oldest: a client reconnecting as fast as it is closed then only churns
+   * its own connections, never a newcomer's handshake. */
+  if (oldest_same)
+    oldest = oldest_same;
   if (s->max_connections_per_address && same >= s->max_connections_per_address) {
     drop(DROP_PER_ADDRESS);
     conn_close(conn, "too many connections from this address");

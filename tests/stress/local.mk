@@ -8,3 +8,7 @@ EXTRA_DIST += \
 	tests/stress/kill9-crash.py \
 	tests/stress/test-load.sh \
 	tests/stress/load.py
+TESTS += tests/stress/test-attack.sh
+EXTRA_DIST += \
+	tests/stress/test-attack.sh \
+	tests/stress/attack.py
