@@ -673,7 +673,7 @@ static struct connection *conn_new(void) {
     return NULL;
   }
   conn->id = ++server.next_conn_id;
-  conn->last_input = uv_now(server.loop);
+  conn->last_input = conn->accepted = uv_now(server.loop);
   conn->out = &conn->sock.stream;
   conn->sock.handle.data = conn;
   uv_timer_init(server.loop, &conn->timer);

@@ -17,6 +17,10 @@
 #include "server.h"
 
 #define GUARD_TICK_MS 1000
+/* Below --max-connections, only a connection negotiating for this long
+ * gives way to a new one: a real client's handshake takes milliseconds, and
+ * a burst of them beyond --max-handshakes must not evict itself. */
+#define GUARD_EVICT_MIN_MS 1000
 
 enum drop_reason {
   DROP_PER_ADDRESS,
@@ -30,7 +34,7 @@ enum drop_reason {
 static const char *const drop_text[DROP_N] = {
     [DROP_PER_ADDRESS] = "over --max-connections-per-address",
     [DROP_MAX_CONNECTIONS] = "over --max-connections",
-    [DROP_EVICTED] = "negotiating longest when --max-handshakes was reached",
+    [DROP_EVICTED] = "negotiating longest when --max-handshakes or --max-connections was reached",
     [DROP_HANDSHAKE_TIMEOUT] = "past --handshake-timeout",
     [DROP_PAYLOAD_STALLED] = "WRITE payload stalled past --payload-timeout",
 };
@@ -91,7 +95,9 @@ int guard_admit(struct connection *conn) {
     conn_close(conn, "too many connections");
     return -EBUSY;
   }
-  if (full || (s->max_handshakes && negotiating >= s->max_handshakes)) {
+  bool many = s->max_handshakes && negotiating >= s->max_handshakes && oldest &&
+              uv_now(server.loop) - oldest->accepted >= GUARD_EVICT_MIN_MS;
+  if (full || many) {
     drop(DROP_EVICTED);
     conn_close(oldest, "evicted: too many connections negotiating");
   }

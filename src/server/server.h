@@ -191,6 +191,7 @@ struct connection {
   uv_timer_t timer;     /* handshake timeout, then idle timeout */
   uint64_t last_request; /* uv_now() when the last request header arrived */
   uint64_t last_input;   /* uv_now() when bytes last arrived */
+  uint64_t accepted;     /* uv_now() when accepted */
   unsigned refs;        /* open handles + live requests + pending writes */
 
   /* Input: a staging buffer, and the one thing we are currently reading. */
