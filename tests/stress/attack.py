@@ -7,7 +7,7 @@ The server listens on 127.0.0.1:PORT and serves a default export of at least
 256 MiB.  Each phase starts one kind of hostile client from 127.0.0.1 (or
 the kind named), lets it settle, and meanwhile a legitimate client from
 127.0.0.2 makes LEGIT_REQUESTS requests, each a new connection: handshake,
-one 4 KiB READ, disconnect.  Every one must be answered within the latency
+two 4 KiB READs sent together (real clients pipeline), disconnect.  Every one must be answered within the latency
 limit, the server's resident memory (sampled every 50 ms) must stay under
 the limit, and the server must stay up.  Phases:
 
@@ -222,17 +222,22 @@ class Trickle(Attack):
 
 
 def legit_request(port, cookie):
-    """One connection, one 4 KiB READ; returns its latency in seconds."""
+    """One connection, two 4 KiB READs in flight together; returns the
+    latency of the whole exchange in seconds."""
     t0 = time.monotonic()
     s = connect(port, "127.0.0.2", LEGIT_TIMEOUT)
     try:
         go(s)
-        off = cookie * 4096 % EXPORT_SIZE
-        s.sendall(request(CMD_READ, off, 4096, cookie))
-        magic, err, c = struct.unpack(">IIQ", recv_exact(s, 16))
-        if magic != SIMPLE_REPLY_MAGIC or c != cookie or err != 0:
-            raise ConnectionError("bad reply: magic %#x error %d cookie %d" % (magic, err, c))
-        recv_exact(s, 4096)
+        cookies = {2 * cookie, 2 * cookie + 1}
+        s.sendall(b"".join(request(CMD_READ, k * 4096 % EXPORT_SIZE, 4096, k)
+                           for k in sorted(cookies)))
+        while cookies:
+            magic, err, c = struct.unpack(">IIQ", recv_exact(s, 16))
+            if magic != SIMPLE_REPLY_MAGIC or c not in cookies or err != 0:
+                raise ConnectionError("bad reply: magic %#x error %d cookie %d" %
+                                      (magic, err, c))
+            cookies.remove(c)
+            recv_exact(s, 4096)
         latency = time.monotonic() - t0
         s.sendall(request(CMD_DISC, 0, 0, cookie))
         return latency

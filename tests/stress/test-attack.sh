@@ -44,11 +44,17 @@ img="$TMPD/attack.vhd"
 "$VHDIMG" create -t dynamic "$img" 256M >/dev/null
 port=$(free_tcp_port)
 # Default limits: the point is that they hold as they are.
-start_vhdnbd "$TMPD/sock" --quiet -b 127.0.0.1 -p "$port" "$img" 2>"$TMPD/log"
+start_vhdnbd "$TMPD/sock" -b 127.0.0.1 -p "$port" "$img" 2>"$TMPD/log"
 # shellcheck disable=SC2086
 "$PY3" "$top_srcdir/tests/stress/attack.py" "$port" "$VHDNBD_PID" "$ATTACK_LATENCY_LIMIT" \
   "$ATTACK_RSS_LIMIT_MB" ${ATTACK_PHASES:-} || fail "the server did not hold under attack"
 kill -0 "$VHDNBD_PID" 2>/dev/null || fail "the server died"
 stop_vhdnbd
+# Thousands of attackers were closed, in a summary a second at most.
+closed=$(grep -c "connections closed in the last second" "$TMPD/log" || true)
+lines=$(wc -l <"$TMPD/log")
+echo "$lines log lines, $closed of them summaries of closed connections"
+[ "$closed" -gt 0 ] || fail "no summary of the connections closed: $(head -5 "$TMPD/log")"
+[ "$lines" -le 200 ] || fail "$lines log lines: not in aggregate: $(sort "$TMPD/log" | uniq -c | sort -rn | head -5)"
 "$VHDIMG" check "$img" >/dev/null || fail "the image does not check clean after the attacks"
 echo PASS
