@@ -23,3 +23,5 @@ SERVER_POLICY_TESTS = \
 	tests/interop/test-max-inflight.sh
 TESTS += $(SERVER_POLICY_TESTS)
 EXTRA_DIST += $(SERVER_POLICY_TESTS)
+# The caps on connections per address and negotiating, and --payload-timeout.
+SERVER_POLICY_TESTS += tests/interop/test-connection-caps.sh
