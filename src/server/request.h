@@ -69,5 +69,9 @@ void ops_run(struct request *req);
  * page cache, the image lock free); returns -EAGAIN, the request untouched,
  * otherwise. */
 int ops_read_now(struct request *req);
+/* The most the request's own bookkeeping and reply framing (not its data)
+ * can take: counted against the budgets when its header arrives, so that
+ * what a client may pipeline is bounded by memory, not only by count. */
+size_t ops_overhead_max(const struct request *req);
 
 #endif

@@ -32,6 +32,14 @@ static struct request *request_new(struct connection *conn) {
   return req;
 }
 
+/* Counts n more bytes held for req against its connection's and the
+ * server's budgets (given back by request_free). */
+static void request_charge(struct request *req, uint64_t n) {
+  req->accounted += n;
+  req->conn->inflight_bytes += n;
+  server_inflight_add(n);
+}
+
 static void request_free(struct request *req) {
   struct connection *conn = req->conn;
   conn->inflight--;
@@ -93,13 +101,16 @@ static int build_structured(struct request *req) {
   uint64_t cookie = req->r.cookie;
   if (req->error) {
     char text[128];
-    req->reply = malloc(NBD_CHUNK_ERROR_MAX);
+    const char *msg = client_error_text(req, text, sizeof text);
+    /* The message's own size, not the largest the protocol allows. */
+    size_t size = NBD_CHUNK_ERROR_MAX - NBD_MAX_STRING + MIN(strlen(msg ? msg : ""),
+                                                             (size_t)NBD_MAX_STRING);
+    req->reply = malloc(size);
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    ssize_t n = nbd_encode_chunk_error(req->reply, NBD_CHUNK_ERROR_MAX, NBD_REPLY_FLAG_DONE,
-                                       cookie, req->error,
-                                       client_error_text(req, text, sizeof text), false, 0);
+    ssize_t n = nbd_encode_chunk_error(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
+                                       req->error, msg, false, 0);
     if (n < 0)
       return (int)n;
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
@@ -372,9 +383,7 @@ static void on_payload_step(struct connection *conn);
 static void expect_payload_step(struct connection *conn) {
   struct request *req = conn->payload_req;
   uint32_t step = MIN(SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
-  req->accounted += step;
-  conn->inflight_bytes += step;
-  server_inflight_add(step);
+  request_charge(req, step);
   conn_expect(conn, req->data + req->payload_done, step, on_payload_step);
 }
 
@@ -438,6 +447,7 @@ static void on_request_header(struct connection *conn) {
   req->r = r;
   req->structured = conn->structured &&
                     (r.type == NBD_CMD_READ || r.type == NBD_CMD_BLOCK_STATUS);
+  request_charge(req, ops_overhead_max(req));
   if (error) {
     req->error = error;
     req->why = why;
@@ -466,11 +476,8 @@ static void on_request_header(struct connection *conn) {
       read_request_header(conn);
       return;
     }
-    if (r.type == NBD_CMD_READ) {
-      req->accounted = req->data_size;
-      conn->inflight_bytes += req->data_size;
-      server_inflight_add(req->data_size);
-    }
+    if (r.type == NBD_CMD_READ)
+      request_charge(req, req->data_size);
   }
   if (r.type == NBD_CMD_WRITE && r.length > 0) {
     conn->payload_req = req;

@@ -8,7 +8,10 @@ EXTRA_DIST += \
 	tests/stress/kill9-crash.py \
 	tests/stress/test-load.sh \
 	tests/stress/load.py
-TESTS += tests/stress/test-attack.sh
+TESTS += \
+	tests/stress/test-attack.sh \
+	tests/stress/test-request-memory.sh
 EXTRA_DIST += \
 	tests/stress/test-attack.sh \
-	tests/stress/attack.py
+	tests/stress/attack.py \
+	tests/stress/test-request-memory.sh
