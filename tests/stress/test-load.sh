@@ -4,7 +4,7 @@
 # good client must succeed, nothing written may be lost, and the server's
 # peak resident memory must stay bounded.
 #   LOAD_CONNECTIONS (default 200; 1000 for the full run), LOAD_SECONDS
-#   (default 20), LOAD_RSS_LIMIT_MB (default 512), LOAD_BIG_WRITERS (default 0)
+#   (default 20), LOAD_RSS_LIMIT_MB (default 512), LOAD_BIG_WRITERS (default 2)
 . "$top_srcdir/tests/functions.sh"
 
 requires_py nbd
