@@ -10,8 +10,10 @@ EXTRA_DIST += \
 	tests/stress/load.py
 TESTS += \
 	tests/stress/test-attack.sh \
-	tests/stress/test-request-memory.sh
+	tests/stress/test-request-memory.sh \
+	tests/stress/test-trickle-budget.sh
 EXTRA_DIST += \
 	tests/stress/test-attack.sh \
 	tests/stress/attack.py \
-	tests/stress/test-request-memory.sh
+	tests/stress/test-request-memory.sh \
+	tests/stress/test-trickle-budget.sh
