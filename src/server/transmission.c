@@ -80,6 +80,29 @@ static bool last_slice(const struct request *req) {
   return req->io_off + req->io_len == req->r.offset + req->r.length;
 }
 
+/* A reply whose framing was sent whole with its first slice: a simple
+ * reply, or a structured READ the client asked not to fragment (DF), which
+ * is one data chunk.  Later slices are bare data; it cannot end in error. */
+static bool one_frame(const struct request *req) {
+  return !req->structured || (req->r.flags & NBD_CMD_FLAG_DF);
+}
+
+/* A sliced DF READ: one data chunk for the whole range, streamed. */
+static int build_df_slice(struct request *req) {
+  req->reply = malloc(NBD_CHUNK_OFFSET_DATA_PREFIX);
+  req->bufs = malloc(2 * sizeof *req->bufs);
+  if (!req->reply || !req->bufs)
+    return -ENOMEM;
+  int nb = 0;
+  if (!req->streaming) {
+    nbd_encode_chunk_offset_data(req->reply, NBD_REPLY_FLAG_DONE, req->r.cookie, req->r.offset,
+                                 req->r.length);
+    req->bufs[nb++] = uv_buf_init((char *)req->reply, NBD_CHUNK_OFFSET_DATA_PREFIX);
+  }
+  req->bufs[nb++] = uv_buf_init((char *)req->data, req->io_len);
+  return nb;
+}
+
 static const char *error_text(const struct request *req) {
   return req->errmsg ? req->errmsg : req->why;
 }
@@ -130,6 +153,8 @@ static int build_structured(struct request *req) {
     return 1;
   }
   /* READ */
+  if (req->sliced && (req->r.flags & NBD_CMD_FLAG_DF))
+    return build_df_slice(req);
   if (req->r.length == 0) {
     req->reply = malloc(NBD_CHUNK_NONE_SIZE);
     req->bufs = malloc(sizeof *req->bufs);
@@ -238,8 +263,8 @@ static void send_reply(struct request *req) {
   free(req->bufs);
   req->reply = NULL;
   req->bufs = NULL;
-  if (req->error && req->streaming && !req->structured) {
-    /* The header already said success: nothing can tell the client now. */
+  if (req->error && req->streaming && one_frame(req)) {
+    /* The framing already said success: nothing can tell the client now. */
     log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu32 " failed after part of "
             "its reply was sent: %s", conn->peer, req->r.offset, req->r.length,
             error_text(req) ? error_text(req) : "");
