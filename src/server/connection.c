@@ -114,8 +114,8 @@ static bool under_limits(const struct connection *conn) {
     return false;
   /* The shared budget never stops a connection with nothing of its own in
    * flight: clients that fill it without reading their replies must not
-   * silence the others.  What this admits beyond the budget is small, one
-   * READ slice or WRITE payload step per connection. */
+   * silence the others.  What this admits beyond the budget is one request
+   * per connection: a READ slice, or a WRITE payload as it arrives. */
   if (conn->inflight == 0 && conn->write_bytes == 0)
     return true;
   return server_under_cap();

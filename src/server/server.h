@@ -39,9 +39,9 @@
 #define SERVER_ABSURD_PAYLOAD (64u * 1024 * 1024)    /* WRITE above this: close */
 #define SERVER_MAX_INFLIGHT_BYTES (64u * 1024 * 1024) /* stop reading the socket above */
 #define SERVER_MAX_INFLIGHT_REQUESTS 512u
-/* All connections together.  A connection with nothing buffered may always
- * read one request, so the memory held is at most this plus one READ slice
- * or WRITE payload step per connection. */
+/* All connections together.  A connection with nothing in flight may always
+ * read one request, so the memory held is at most this plus one request per
+ * connection: a READ slice, or a WRITE payload still arriving. */
 #define SERVER_DEFAULT_MAX_INFLIGHT (128ull * 1024 * 1024)
 /* READs larger than this are produced and sent a slice at a time, each
  * slice once the previous one was written: a client that does not read its
