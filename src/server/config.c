@@ -8,9 +8,12 @@
  *   unix = /run/vhdnbd.sock
  *   read-only = false
  *   max-connections = 128
+ *   max-connections-per-address = 32   (default: a quarter of max-connections)
+ *   max-handshakes = 32                (default: a quarter of max-connections)
  *   handshake-timeout = 10
+ *   payload-timeout = 30
  *   idle-timeout = 0
- *   max-inflight = 1G
+ *   max-inflight = 128M
  *   threads = 8
  *   pidfile = /run/vhdnbd.pid
  *   allow = 192.0.2.0/24, 2001:db8::/32   (repeatable; clients allowed at all)
@@ -177,6 +180,12 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return parse_bool(v, &s->readonly);
   if (strcmp(key, "max-connections") == 0)
     return parse_uint(v, 1000000, &s->max_connections);
+  if (strcmp(key, "max-connections-per-address") == 0)
+    return parse_uint(v, 1000000, &s->max_connections_per_address);
+  if (strcmp(key, "max-handshakes") == 0)
+    return parse_uint(v, 1000000, &s->max_handshakes);
+  if (strcmp(key, "payload-timeout") == 0)
+    return parse_uint(v, 86400, &s->payload_timeout);
   if (strcmp(key, "handshake-timeout") == 0)
     return parse_uint(v, 86400, &s->handshake_timeout);
   if (strcmp(key, "max-inflight") == 0)

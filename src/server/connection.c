@@ -127,9 +127,16 @@ static bool server_under_cap(void) {
 /* Whether we may start reading the next message: bounded requests and bytes,
  * per connection and for the whole server. */
 static bool under_limits(const struct connection *conn) {
-  return conn->inflight < SERVER_MAX_INFLIGHT_REQUESTS &&
-         conn->inflight_bytes + conn->write_bytes < SERVER_MAX_INFLIGHT_BYTES &&
-         server_under_cap();
+  if (conn->inflight >= SERVER_MAX_INFLIGHT_REQUESTS ||
+      conn->inflight_bytes + conn->write_bytes >= SERVER_MAX_INFLIGHT_BYTES)
+    return false;
+  /* The shared budget never stops a connection with nothing of its own in
+   * flight: clients that fill it without reading their replies must not
+   * silence the others.  What this admits beyond the budget is one request
+   * per connection: a READ slice, or a WRITE payload as it arrives. */
+  if (conn->inflight == 0 && conn->write_bytes == 0)
+    return true;
+  return server_under_cap();
 }
 
 static bool mid_message(const struct connection *conn) {
@@ -360,6 +367,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       conn_close(conn, NULL);
     return;
   }
+  if (nread > 0)
+    conn->last_input = uv_now(server.loop);
   if (nread > 0 && conn->tls) {
     on_tls_read(conn, (const uint8_t *)buf->base, (size_t)nread);
     return;
@@ -679,9 +688,9 @@ void conn_reject(struct connection *conn, const char *why) {
 
 static void on_handshake_timeout(uv_timer_t *t) {
   struct connection *conn = t->data;
-  log_msg(LOG_LEVEL_WARNING, "%s: handshake not finished within %u s", conn->peer,
+  log_msg(LOG_LEVEL_INFO, "%s: handshake not finished within %u s", conn->peer,
           server.cfg->handshake_timeout);
-  conn_close(conn, "handshake timeout");
+  guard_handshake_timeout(conn);
 }
 
 static struct connection *conn_new(void) {
@@ -694,6 +703,7 @@ static struct connection *conn_new(void) {
     return NULL;
   }
   conn->id = ++server.next_conn_id;
+  conn->last_input = conn->accepted = uv_now(server.loop);
   conn->out = &conn->sock.stream;
   conn->sock.handle.data = conn;
   uv_timer_init(server.loop, &conn->timer);
@@ -777,12 +787,8 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
     uv_close((uv_handle_t *)&conn->timer, on_handle_closed);
     return 0;
   }
-  if (server.cfg->max_connections && server.n_conns > server.cfg->max_connections) {
-    log_msg(LOG_LEVEL_WARNING, "%s: refused: already %u connections (--max-connections)",
-            conn->peer, server.cfg->max_connections);
-    conn_close(conn, "too many connections");
+  if (guard_admit(conn) < 0)
     return 0;
-  }
   conn_begin(conn);
   return 0;
 }

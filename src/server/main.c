@@ -43,12 +43,20 @@ static void usage(FILE *f) {
           "  -U, --unix PATH          listen on a Unix socket (no TCP unless -p/-b)\n"
           "  -s, --stdio              serve one client on stdin/stdout, then exit\n"
           "      --max-connections N  refuse clients beyond N (default %d, 0: no limit)\n"
+          "      --max-connections-per-address N  refuse TCP clients beyond N from one\n"
+          "                           address (default: a quarter of --max-connections)\n"
+          "      --max-handshakes N   beyond N clients negotiating, close the one\n"
+          "                           negotiating longest, once past a second\n"
+          "                           (default: a quarter of --max-connections)\n"
           "      --handshake-timeout S  close clients still negotiating after S seconds\n"
           "                           (default %d, 0: never)\n"
+          "      --payload-timeout S  close clients whose WRITE payload stops arriving\n"
+          "                           for S seconds (default %d, 0: never)\n"
           "      --idle-timeout S     close clients that send no request for S seconds\n"
           "                           (default 0: never)\n"
-          "      --max-inflight SIZE  stop reading from all clients while this much\n"
-          "                           request and reply data is buffered (default 1G)\n"
+          "      --max-inflight SIZE  stop reading from clients with requests in flight\n"
+          "                           while this much request and reply data is\n"
+          "                           buffered (default 128M)\n"
           "      --threads N          worker threads for image I/O (default %u)\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
@@ -77,7 +85,7 @@ static void usage(FILE *f) {
           "                                         nbd+unix:///data?socket=/run/vhd.sock\n"
           "  nbdinfo --list nbd://localhost\n",
           NBD_DEFAULT_PORT, SERVER_DEFAULT_MAX_CONNECTIONS, SERVER_DEFAULT_HANDSHAKE_TIMEOUT,
-          SERVER_DEFAULT_THREADS);
+          SERVER_DEFAULT_PAYLOAD_TIMEOUT, SERVER_DEFAULT_THREADS);
 }
 
 /* A command-line string, when given, replaces the configuration file's. */
@@ -192,6 +200,9 @@ enum {
   OPT_MAX_INFLIGHT,
   OPT_THREADS,
   OPT_CHECK_CONFIG,
+  OPT_MAX_HANDSHAKES,
+  OPT_MAX_PER_ADDRESS,
+  OPT_PAYLOAD_TIMEOUT,
 };
 
 static const struct option long_options[] = {
@@ -204,6 +215,9 @@ static const struct option long_options[] = {
     {"stdio", no_argument, NULL, 's'},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
     {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
+    {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
+    {"max-connections-per-address", required_argument, NULL, OPT_MAX_PER_ADDRESS},
+    {"payload-timeout", required_argument, NULL, OPT_PAYLOAD_TIMEOUT},
     {"pidfile", required_argument, NULL, OPT_PIDFILE},
     {"allow", required_argument, NULL, OPT_ALLOW},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
@@ -244,6 +258,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   struct settings cli = {0};
   const char *config = NULL;
   bool max_set = false, timeout_set = false, idle_set = false;
+  bool handshakes_set = false, per_address_set = false, payload_set = false;
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, SHORT_OPTIONS, long_options, NULL)) != -1) {
@@ -284,6 +299,19 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     case OPT_HANDSHAKE_TIMEOUT:
       cli.handshake_timeout = parse_count("--handshake-timeout", optarg, 86400);
       timeout_set = true;
+      break;
+    case OPT_MAX_HANDSHAKES:
+      cli.max_handshakes = parse_count("--max-handshakes", optarg, 1000000);
+      handshakes_set = true;
+      break;
+    case OPT_MAX_PER_ADDRESS:
+      cli.max_connections_per_address =
+          parse_count("--max-connections-per-address", optarg, 1000000);
+      per_address_set = true;
+      break;
+    case OPT_PAYLOAD_TIMEOUT:
+      cli.payload_timeout = parse_count("--payload-timeout", optarg, 86400);
+      payload_set = true;
       break;
     case OPT_IDLE_TIMEOUT:
       cli.idle_timeout = parse_count("--idle-timeout", optarg, 86400 * 7);
@@ -352,6 +380,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
 
   s->max_connections = SERVER_DEFAULT_MAX_CONNECTIONS;
   s->handshake_timeout = SERVER_DEFAULT_HANDSHAKE_TIMEOUT;
+  s->max_handshakes = SERVER_DERIVED;
+  s->max_connections_per_address = SERVER_DERIVED;
+  s->payload_timeout = SERVER_DEFAULT_PAYLOAD_TIMEOUT;
   s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
   s->threads = SERVER_DEFAULT_THREADS;
   if (config) {
@@ -403,6 +434,19 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     s->handshake_timeout = cli.handshake_timeout;
   if (idle_set)
     s->idle_timeout = cli.idle_timeout;
+  if (handshakes_set)
+    s->max_handshakes = cli.max_handshakes;
+  if (per_address_set)
+    s->max_connections_per_address = cli.max_connections_per_address;
+  if (payload_set)
+    s->payload_timeout = cli.payload_timeout;
+  /* A quarter of the connections each: one address cannot take them all,
+   * and clients that never negotiate cannot keep out those that do. */
+  unsigned quarter = s->max_connections ? MAX(s->max_connections / 4, 1u) : 0;
+  if (s->max_handshakes == SERVER_DERIVED)
+    s->max_handshakes = quarter;
+  if (s->max_connections_per_address == SERVER_DERIVED)
+    s->max_connections_per_address = quarter;
   if (cli.max_inflight)
     s->max_inflight = cli.max_inflight;
   if (cli.threads)
@@ -498,6 +542,7 @@ void server_check_done(struct server *srv) {
   uv_timer_stop(&grace_timer);
   if (!uv_is_closing((uv_handle_t *)&grace_timer))
     uv_close((uv_handle_t *)&grace_timer, NULL);
+  guard_stop(srv);
   if (!uv_is_closing((uv_handle_t *)&server.resume_timer))
     uv_close((uv_handle_t *)&server.resume_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&server.flush_prepare))
@@ -583,6 +628,7 @@ int main(int argc, char **argv) {
   uv_check_start(&server.flush_check, on_flush_check);
   uv_unref((uv_handle_t *)&server.flush_prepare);
   uv_unref((uv_handle_t *)&server.flush_check);
+  guard_start(&server);
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
   if (listen_start(&server) < 0) {

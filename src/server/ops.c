@@ -42,7 +42,7 @@ struct chunk_list {
 /* The engine leaves the bytes of holes unset (VHD_READ_SKIP_ZERO); a hole
  * sent as data must be zeroed here. */
 static void zero_fill(struct request *req, uint64_t off, uint64_t len) {
-  memset(req->data + (off - req->r.offset), 0, len);
+  memset(req->data + (off - req->io_off), 0, len);
 }
 
 static int add_chunk(struct chunk_list *cl, uint64_t off, uint64_t len, bool hole) {
@@ -86,8 +86,8 @@ static int read_map_cb(void *opaque, const struct vhd_extent *ext) {
 static int op_read(struct request *req, unsigned flags) {
   vhd_t *vhd = req->exp->vhd;
   struct vhd_err err = {{0}};
-  uint64_t off = req->r.offset;
-  uint32_t len = req->r.length;
+  uint64_t off = req->io_off;
+  uint32_t len = req->io_len;
   bool chunked = req->structured && !(req->r.flags & NBD_CMD_FLAG_DF);
   if (chunked && !req->chunks)
     req->chunks = calloc(READ_MAX_CHUNKS, sizeof *req->chunks);
@@ -129,8 +129,22 @@ int ops_read_now(struct request *req) {
 struct extent_list {
   struct request *req;
   uint64_t pos, end;
-  size_t max;
+  size_t max, cap;
 };
+
+size_t ops_overhead_max(const struct request *req) {
+  size_t n = sizeof *req;
+  if (req->r.type == NBD_CMD_BLOCK_STATUS) {
+    size_t max = (req->r.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BLOCK_STATUS_MAX_EXTENTS;
+    n += max * sizeof(struct nbd_extent) + NBD_CHUNK_BLOCK_STATUS_SIZE(max) + sizeof(uv_buf_t);
+  } else if (req->r.type == NBD_CMD_READ && req->structured) {
+    n += READ_MAX_CHUNKS * (sizeof(struct read_chunk) + NBD_CHUNK_OFFSET_HOLE_SIZE +
+                            2 * sizeof(uv_buf_t));
+  } else {
+    n += 2 * sizeof(uv_buf_t);
+  }
+  return n;
+}
 
 static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
   struct extent_list *el = opaque;
@@ -152,6 +166,15 @@ static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
   }
   if (req->n_ext == el->max)
     return 1; /* full: the answer ends here */
+  if (req->n_ext == el->cap) {
+    /* Most answers are short: grow as needed rather than allocate the most. */
+    size_t cap = MIN(el->cap * 2, el->max);
+    struct nbd_extent *e = realloc(req->ext, cap * sizeof *e);
+    if (!e)
+      return -ENOMEM;
+    req->ext = e;
+    el->cap = cap;
+  }
   req->ext[req->n_ext++] = (struct nbd_extent){.length = (uint32_t)(end - start), .flags = state};
   return 0;
 }
@@ -159,13 +182,14 @@ static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
 static void op_block_status(struct request *req) {
   struct vhd_err err = {{0}};
   size_t max = (req->r.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BLOCK_STATUS_MAX_EXTENTS;
-  req->ext = calloc(max, sizeof *req->ext);
+  size_t cap = MIN(max, (size_t)16);
+  req->ext = calloc(cap, sizeof *req->ext);
   if (!req->ext) {
     req->error = NBD_ENOMEM;
     return;
   }
   struct extent_list el = {.req = req, .pos = req->r.offset,
-                           .end = req->r.offset + req->r.length, .max = max};
+                           .end = req->r.offset + req->r.length, .max = max, .cap = cap};
   int r = vhd_map(req->exp->vhd, req->r.offset, req->r.length, status_map_cb, &el, &err);
   if (r < 0) {
     fail(req, r, &err);

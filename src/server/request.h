@@ -34,7 +34,17 @@ struct request {
   bool structured; /* the reply is structured (READ, BLOCK_STATUS) */
 
   uint8_t *data;      /* READ result or WRITE payload */
+  size_t data_size;   /* bytes allocated at data */
   uint64_t accounted; /* bytes counted in conn->inflight_bytes */
+  uint32_t payload_done; /* WRITE: payload bytes read so far */
+
+  /* READ: the range being produced, all of it or, for a sliced READ, one
+   * slice (SERVER_READ_SLICE) at a time. */
+  uint64_t io_off;
+  uint32_t io_len;
+  bool sliced;
+  bool streaming;     /* part of its reply was written */
+  struct request *held_next; /* its reply waits for another's stream to end */
 
   /* Outcome, filled by the worker. */
   uint32_t error;     /* NBD error, 0 on success */
@@ -59,5 +69,9 @@ void ops_run(struct request *req);
  * page cache, the image lock free); returns -EAGAIN, the request untouched,
  * otherwise. */
 int ops_read_now(struct request *req);
+/* The most the request's own bookkeeping and reply framing (not its data)
+ * can take: counted against the budgets when its header arrives, so that
+ * what a client may pipeline is bounded by memory, not only by count. */
+size_t ops_overhead_max(const struct request *req);
 
 #endif

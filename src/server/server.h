@@ -13,6 +13,8 @@
  *   queue.c        orders conflicting requests per export (see queue.h)
  *   workers.c      the worker threads (see workers.h)
  *   bufpool.c      reuse of large payload buffers (see bufpool.h)
+ *   guard.c        per-address and negotiation caps at accept, stalled
+ *                  payloads, the once-a-second summary of dropped clients
  *   notify.c       sd_notify and the pidfile
  *
  * Everything except ops_run (ops.c) runs on the libuv loop thread.
@@ -38,12 +40,24 @@
 #define SERVER_ABSURD_PAYLOAD (64u * 1024 * 1024)    /* WRITE above this: close */
 #define SERVER_MAX_INFLIGHT_BYTES (64u * 1024 * 1024) /* stop reading the socket above */
 #define SERVER_MAX_INFLIGHT_REQUESTS 512u
-#define SERVER_DEFAULT_MAX_INFLIGHT (1024ull * 1024 * 1024) /* all connections together */
+/* All connections together.  A connection with nothing in flight may always
+ * read one request, so the memory held is at most this plus one request per
+ * connection: a READ slice, or a WRITE payload still arriving. */
+#define SERVER_DEFAULT_MAX_INFLIGHT (128ull * 1024 * 1024)
+/* READs larger than this are produced and sent a slice at a time, each
+ * slice once the previous one was written: a client that does not read its
+ * replies holds one slice, not the whole range.  WRITE payloads are counted
+ * against the budgets a step at a time as they arrive. */
+#define SERVER_READ_SLICE (1024u * 1024)
+#define SERVER_PAYLOAD_STEP (1024u * 1024)
 #define SERVER_OPTION_MAX (64u * 1024)                /* option data read and parsed */
 #define SERVER_OPTION_DISCARD_MAX (1024u * 1024)      /* above: close, else ERR_TOO_BIG */
 #define SERVER_OPTION_COUNT_BASE 256u                 /* plus 2 per export */
 #define SERVER_DEFAULT_HANDSHAKE_TIMEOUT 10           /* seconds */
 #define SERVER_DEFAULT_MAX_CONNECTIONS 128
+/* Derived from --max-connections unless set: both a quarter of it. */
+#define SERVER_DERIVED UINT32_MAX
+#define SERVER_DEFAULT_PAYLOAD_TIMEOUT 30             /* seconds */
 #define SERVER_DEFAULT_THREADS 8u /* image I/O that waits for the disk runs in parallel */
 #define SERVER_MAX_THREADS 1024u
 #define SERVER_INBUF_SIZE (64u * 1024)
@@ -91,7 +105,10 @@ struct settings {
   bool readonly;
   bool stdio;
   unsigned max_connections;
+  unsigned max_handshakes;    /* connections negotiating; 0 = no limit */
+  unsigned max_connections_per_address; /* TCP, per client address; 0 = no limit */
   unsigned handshake_timeout; /* seconds; 0 = none */
+  unsigned payload_timeout;   /* seconds without WRITE payload bytes; 0 = none */
   unsigned idle_timeout;      /* seconds without requests; 0 = none */
   uint64_t max_inflight;      /* bytes buffered for all connections together */
   unsigned threads;           /* worker threads */
@@ -108,6 +125,7 @@ struct settings {
 };
 
 struct connection;
+struct request;
 
 struct server {
   uv_loop_t *loop;
@@ -182,6 +200,8 @@ struct connection {
   bool has_out_pipe;
   uv_timer_t timer;     /* handshake timeout, then idle timeout */
   uint64_t last_request; /* uv_now() when the last request header arrived */
+  uint64_t last_input;   /* uv_now() when bytes last arrived */
+  uint64_t accepted;     /* uv_now() when accepted */
   unsigned refs;        /* open handles + live requests + pending writes */
 
   /* Input: a staging buffer, and the one thing we are currently reading. */
@@ -226,6 +246,8 @@ struct connection {
   struct export *exp;
   struct nbd_request_limits limits;
   struct request *payload_req; /* WRITE whose payload is being read */
+  struct request *streaming;   /* sliced READ whose reply is being written */
+  struct request *held_head, *held_tail; /* replies waiting for it, in order */
   struct nbd_request discard_req; /* refused WRITE whose payload is being discarded */
   uint32_t discard_error;
   const char *discard_why;
@@ -277,13 +299,24 @@ void conns_shutdown(struct server *srv, bool force);
 void server_inflight_add(uint64_t n);
 void server_inflight_sub(uint64_t n);
 
+/* guard.c */
+/* Admits a new connection, or closes it (and returns -EBUSY) when its address
+ * has too many; closes the oldest negotiating connection when too many are. */
+int guard_admit(struct connection *conn);
+void guard_handshake_timeout(struct connection *conn);
+void guard_start(struct server *srv);
+void guard_stop(struct server *srv);
+
 /* handshake.c */
 void handshake_start(struct connection *conn);
 
 /* transmission.c */
 void transmission_start(struct connection *conn, struct export *exp);
-/* Frees a WRITE whose payload was still arriving when the connection closed. */
+/* Frees what the connection's requests hold that no completion will free: a
+ * WRITE whose payload was still arriving, replies held behind a sliced READ. */
 void transmission_abort_payload(struct connection *conn);
+/* Whether a WRITE payload is being read (or discarded). */
+bool transmission_payload_pending(const struct connection *conn);
 
 /* notify.c */
 void notify_ready(void);

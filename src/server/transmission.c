@@ -32,12 +32,20 @@ static struct request *request_new(struct connection *conn) {
   return req;
 }
 
+/* Counts n more bytes held for req against its connection's and the
+ * server's budgets (given back by request_free). */
+static void request_charge(struct request *req, uint64_t n) {
+  req->accounted += n;
+  req->conn->inflight_bytes += n;
+  server_inflight_add(n);
+}
+
 static void request_free(struct request *req) {
   struct connection *conn = req->conn;
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
   server_inflight_sub(req->accounted);
-  bufpool_put(req->data, req->r.length);
+  bufpool_put(req->data, req->data_size);
   free(req->errmsg);
   free(req->chunks);
   free(req->ext);
@@ -52,10 +60,47 @@ void transmission_abort_payload(struct connection *conn) {
     request_free(conn->payload_req);
     conn->payload_req = NULL;
   }
+  while (conn->held_head) {
+    struct request *req = conn->held_head;
+    conn->held_head = req->held_next;
+    request_free(req);
+  }
+  conn->held_tail = NULL;
+}
+
+bool transmission_payload_pending(const struct connection *conn) {
+  return conn->want_cb && (conn->want_dst != conn->hdr || conn->want_done > 0);
 }
 
 static void on_reply_written(struct connection *conn, void *opaque, int status) {
   request_free(opaque);
+}
+
+static bool last_slice(const struct request *req) {
+  return req->io_off + req->io_len == req->r.offset + req->r.length;
+}
+
+/* A reply whose framing was sent whole with its first slice: a simple
+ * reply, or a structured READ the client asked not to fragment (DF), which
+ * is one data chunk.  Later slices are bare data; it cannot end in error. */
+static bool one_frame(const struct request *req) {
+  return !req->structured || (req->r.flags & NBD_CMD_FLAG_DF);
+}
+
+/* A sliced DF READ: one data chunk for the whole range, streamed. */
+static int build_df_slice(struct request *req) {
+  req->reply = malloc(NBD_CHUNK_OFFSET_DATA_PREFIX);
+  req->bufs = malloc(2 * sizeof *req->bufs);
+  if (!req->reply || !req->bufs)
+    return -ENOMEM;
+  int nb = 0;
+  if (!req->streaming) {
+    nbd_encode_chunk_offset_data(req->reply, NBD_REPLY_FLAG_DONE, req->r.cookie, req->r.offset,
+                                 req->r.length);
+    req->bufs[nb++] = uv_buf_init((char *)req->reply, NBD_CHUNK_OFFSET_DATA_PREFIX);
+  }
+  req->bufs[nb++] = uv_buf_init((char *)req->data, req->io_len);
+  return nb;
 }
 
 static const char *error_text(const struct request *req) {
@@ -79,13 +124,16 @@ static int build_structured(struct request *req) {
   uint64_t cookie = req->r.cookie;
   if (req->error) {
     char text[128];
-    req->reply = malloc(NBD_CHUNK_ERROR_MAX);
+    const char *msg = client_error_text(req, text, sizeof text);
+    /* The message's own size, not the largest the protocol allows. */
+    size_t size = NBD_CHUNK_ERROR_MAX - NBD_MAX_STRING + MIN(strlen(msg ? msg : ""),
+                                                             (size_t)NBD_MAX_STRING);
+    req->reply = malloc(size);
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    ssize_t n = nbd_encode_chunk_error(req->reply, NBD_CHUNK_ERROR_MAX, NBD_REPLY_FLAG_DONE,
-                                       cookie, req->error,
-                                       client_error_text(req, text, sizeof text), false, 0);
+    ssize_t n = nbd_encode_chunk_error(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
+                                       req->error, msg, false, 0);
     if (n < 0)
       return (int)n;
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
@@ -105,6 +153,8 @@ static int build_structured(struct request *req) {
     return 1;
   }
   /* READ */
+  if (req->sliced && (req->r.flags & NBD_CMD_FLAG_DF))
+    return build_df_slice(req);
   if (req->r.length == 0) {
     req->reply = malloc(NBD_CHUNK_NONE_SIZE);
     req->bufs = malloc(sizeof *req->bufs);
@@ -114,9 +164,10 @@ static int build_structured(struct request *req) {
     req->bufs[0] = uv_buf_init((char *)req->reply, NBD_CHUNK_NONE_SIZE);
     return 1;
   }
-  struct read_chunk whole = {.off = req->r.offset, .len = req->r.length, .hole = false};
+  struct read_chunk whole = {.off = req->io_off, .len = req->io_len, .hole = false};
   const struct read_chunk *chunks = req->n_chunks ? req->chunks : &whole;
   size_t n = req->n_chunks ? req->n_chunks : 1;
+  bool last = last_slice(req);
   req->reply = malloc(n * NBD_CHUNK_OFFSET_HOLE_SIZE);
   req->bufs = malloc(2 * n * sizeof *req->bufs);
   if (!req->reply || !req->bufs)
@@ -125,7 +176,7 @@ static int build_structured(struct request *req) {
   int nb = 0;
   for (size_t i = 0; i < n; i++) {
     const struct read_chunk *c = &chunks[i];
-    uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
+    uint16_t flags = i == n - 1 && last ? NBD_REPLY_FLAG_DONE : 0;
     if (c->hole) {
       nbd_encode_chunk_offset_hole(p, flags, cookie, c->off, c->len);
       req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_HOLE_SIZE);
@@ -133,22 +184,24 @@ static int build_structured(struct request *req) {
     } else {
       nbd_encode_chunk_offset_data(p, flags, cookie, c->off, c->len);
       req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_DATA_PREFIX);
-      req->bufs[nb++] = uv_buf_init((char *)req->data + (c->off - req->r.offset), c->len);
+      req->bufs[nb++] = uv_buf_init((char *)req->data + (c->off - req->io_off), c->len);
       p += NBD_CHUNK_OFFSET_DATA_PREFIX;
     }
   }
   return nb;
 }
 
+/* A simple reply has one header: a sliced READ's later slices are bare data. */
 static int build_simple(struct request *req) {
   nbd_encode_simple_reply(req->simple, req->r.cookie, req->error);
   req->bufs = malloc(2 * sizeof *req->bufs);
   if (!req->bufs)
     return -ENOMEM;
   int nb = 0;
-  req->bufs[nb++] = uv_buf_init((char *)req->simple, NBD_SIMPLE_REPLY_SIZE);
-  if (req->r.type == NBD_CMD_READ && !req->error && req->r.length > 0)
-    req->bufs[nb++] = uv_buf_init((char *)req->data, req->r.length);
+  if (!req->streaming)
+    req->bufs[nb++] = uv_buf_init((char *)req->simple, NBD_SIMPLE_REPLY_SIZE);
+  if (req->r.type == NBD_CMD_READ && !req->error && req->io_len > 0)
+    req->bufs[nb++] = uv_buf_init((char *)req->data, req->io_len);
   return nb;
 }
 
@@ -167,12 +220,57 @@ static void log_image_failure(struct export *exp) {
           exp->name, err.msg);
 }
 
+static void on_slice_written(struct connection *conn, void *opaque, int status);
+
+/* Replies that completed while a sliced READ streams wait for its end: the
+ * slices of one reply cannot be interleaved with other replies. */
+static void hold_reply(struct connection *conn, struct request *req) {
+  req->held_next = NULL;
+  if (conn->held_tail)
+    conn->held_tail->held_next = req;
+  else
+    conn->held_head = req;
+  conn->held_tail = req;
+}
+
+static void send_reply(struct request *req);
+
+static void release_held(struct connection *conn) {
+  while (conn->held_head && !conn->streaming && !conn->closing) {
+    struct request *req = conn->held_head;
+    conn->held_head = req->held_next;
+    if (!conn->held_head)
+      conn->held_tail = NULL;
+    send_reply(req);
+  }
+}
+
 static void send_reply(struct request *req) {
   struct connection *conn = req->conn;
   if (req->image_failed)
     log_image_failure(req->exp);
   if (conn->closing) {
+    if (conn->streaming == req)
+      conn->streaming = NULL;
     request_free(req);
+    return;
+  }
+  if (conn->streaming && conn->streaming != req) {
+    hold_reply(conn, req);
+    return;
+  }
+  free(req->reply);
+  free(req->bufs);
+  req->reply = NULL;
+  req->bufs = NULL;
+  if (req->error && req->streaming && one_frame(req)) {
+    /* The framing already said success: nothing can tell the client now. */
+    log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu32 " failed after part of "
+            "its reply was sent: %s", conn->peer, req->r.offset, req->r.length,
+            error_text(req) ? error_text(req) : "");
+    conn->streaming = NULL;
+    request_free(req);
+    conn_close(conn, "READ failed in the middle of its reply");
     return;
   }
   /* Engine failures are warnings, a client's mistakes only debugging, and
@@ -184,8 +282,16 @@ static void send_reply(struct request *req) {
             error_text(req) ? error_text(req) : "");
   int nb = req->structured ? build_structured(req) : build_simple(req);
   if (nb < 0) {
+    if (conn->streaming == req)
+      conn->streaming = NULL;
     request_free(req);
     conn_close(conn, "out of memory building a reply");
+    return;
+  }
+  if (req->sliced) {
+    req->streaming = true;
+    conn->streaming = req;
+    conn_write(conn, req->bufs, (unsigned)nb, on_slice_written, req);
     return;
   }
   conn_write(conn, req->bufs, (unsigned)nb, on_reply_written, req);
@@ -238,17 +344,22 @@ static void dispatch(struct request *req) {
   }
   /* Conflicts are judged on whole sectors: the engine writes part of a
    * sector as a read-modify-write of all of it (see vhd.h). */
-  qi->off = req->r.offset & ~(uint64_t)511;
-  qi->end = req->r.length ? (req->r.offset + req->r.length + 511) & ~(uint64_t)511 : qi->off;
+  uint64_t off = req->r.offset, len = req->r.length;
+  if (req->sliced) {
+    off = req->io_off;
+    len = req->io_len;
+  }
+  qi->off = off & ~(uint64_t)511;
+  qi->end = len ? (off + len + 511) & ~(uint64_t)511 : qi->off;
   qi->start = start_work;
   /* A READ that nothing earlier conflicts with may be served right here when
    * its bytes are in the page cache: no thread hand-off in either direction.
    * It completes before anything else runs on the loop, so it need not enter
    * the queue.  The budget bounds the copying done per loop iteration. */
-  if (req->r.type == NBD_CMD_READ && req->r.length <= SERVER_INLINE_READ_MAX &&
+  if (req->r.type == NBD_CMD_READ && len <= SERVER_INLINE_READ_MAX &&
       server.inline_bytes < SERVER_INLINE_BUDGET &&
       queue_may_start_now(&req->exp->queue, qi) && ops_read_now(req) == 0) {
-    server.inline_bytes += req->r.length;
+    server.inline_bytes += len;
     send_reply(req);
     return;
   }
@@ -259,6 +370,26 @@ static void dispatch(struct request *req) {
   }
 }
 
+/* The next slice is produced only once the previous one was written: a
+ * client that stops reading holds one slice of memory, and the slice
+ * re-enters the queue on its own, so a READ that cannot be sent holds back
+ * no WRITE of its range. */
+static void on_slice_written(struct connection *conn, void *opaque, int status) {
+  struct request *req = opaque;
+  if (status < 0 || req->error || last_slice(req) || conn->closing) {
+    if (conn->streaming == req)
+      conn->streaming = NULL;
+    request_free(req);
+    if (!conn->closing)
+      release_held(conn);
+    return;
+  }
+  req->io_off += req->io_len;
+  req->io_len = (uint32_t)MIN((uint64_t)SERVER_READ_SLICE,
+                              req->r.offset + req->r.length - req->io_off);
+  dispatch(req);
+}
+
 /* ---- input ---- */
 
 static void on_write_payload(struct connection *conn) {
@@ -266,6 +397,28 @@ static void on_write_payload(struct connection *conn) {
   conn->payload_req = NULL;
   dispatch(req);
   read_request_header(conn);
+}
+
+static void on_payload_step(struct connection *conn);
+
+/* A payload is counted against the budgets a step ahead of its bytes, not
+ * all at once when its header arrives: a client that declares a large WRITE
+ * and trickles it holds only what it sent (the buffer's untouched pages are
+ * not even resident). */
+static void expect_payload_step(struct connection *conn) {
+  struct request *req = conn->payload_req;
+  uint32_t step = MIN(SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
+  request_charge(req, step);
+  conn_expect(conn, req->data + req->payload_done, step, on_payload_step);
+}
+
+static void on_payload_step(struct connection *conn) {
+  struct request *req = conn->payload_req;
+  req->payload_done += (uint32_t)conn->want_len;
+  if (req->payload_done == req->r.length)
+    on_write_payload(conn);
+  else
+    expect_payload_step(conn);
 }
 
 static void on_write_discarded(struct connection *conn) {
@@ -319,6 +472,7 @@ static void on_request_header(struct connection *conn) {
   req->r = r;
   req->structured = conn->structured &&
                     (r.type == NBD_CMD_READ || r.type == NBD_CMD_BLOCK_STATUS);
+  request_charge(req, ops_overhead_max(req));
   if (error) {
     req->error = error;
     req->why = why;
@@ -327,8 +481,15 @@ static void on_request_header(struct connection *conn) {
     return;
   }
   bool needs_buffer = (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) && r.length > 0;
+  req->io_off = r.offset;
+  req->io_len = r.length;
+  if (r.type == NBD_CMD_READ && r.length > SERVER_READ_SLICE) {
+    req->sliced = true;
+    req->io_len = SERVER_READ_SLICE;
+  }
   if (needs_buffer) {
-    req->data = bufpool_get(r.length);
+    req->data_size = req->io_len;
+    req->data = bufpool_get(req->data_size);
     if (!req->data) {
       if (r.type == NBD_CMD_WRITE) {
         request_free(req);
@@ -340,13 +501,12 @@ static void on_request_header(struct connection *conn) {
       read_request_header(conn);
       return;
     }
-    req->accounted = r.length;
-    conn->inflight_bytes += r.length;
-    server_inflight_add(r.length);
+    if (r.type == NBD_CMD_READ)
+      request_charge(req, req->data_size);
   }
   if (r.type == NBD_CMD_WRITE && r.length > 0) {
     conn->payload_req = req;
-    conn_expect(conn, req->data, r.length, on_write_payload);
+    expect_payload_step(conn);
     return;
   }
   if (r.type == NBD_CMD_CACHE || (r.type == NBD_CMD_READ && r.length == 0) ||

@@ -29,3 +29,5 @@ tls_psk_client_SOURCES = tests/interop/tls-psk-client.c
 tls_psk_client_CFLAGS = $(AM_CFLAGS) $(GNUTLS_CFLAGS)
 tls_psk_client_LDADD = $(GNUTLS_LIBS)
 EXTRA_DIST += $(SERVER_POLICY_TESTS)
+# The caps on connections per address and negotiating, and --payload-timeout.
+SERVER_POLICY_TESTS += tests/interop/test-connection-caps.sh

@@ -160,7 +160,9 @@ missing=$(comm -13 <(echo "$parsed") <(echo "$documented"))
 sample() {
   case $1 in
     port) echo 10809 ;; bind) echo 127.0.0.1 ;; unix) echo "$TMPD/sock" ;;
-    read-only) echo yes ;; max-connections | handshake-timeout | idle-timeout | max-inflight | threads) echo 5 ;;
+    read-only) echo yes ;;
+    max-connections | max-connections-per-address | max-handshakes | handshake-timeout | \
+      payload-timeout | idle-timeout | max-inflight | threads) echo 5 ;;
     pidfile) echo "$TMPD/pid" ;; image) echo "$TMPD/missing.vhd" ;;
     description) echo '"some text"' ;; allow) echo 127.0.0.0/8,::1 ;;
     tls) echo require ;; tls-verify-peer) echo yes ;; *) echo x ;;

@@ -104,9 +104,8 @@ static void check_chunks(struct nbd_handle *h, uint32_t flags) {
     FAIL("malloc");
   for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
     const struct range *r = &ranges[i];
-    /* DF reads are only promised up to 64 KiB. */
-    if ((flags & LIBNBD_CMD_FLAG_DF) && r->len > 64 * KiB)
-      continue;
+    /* The spec lets a server refuse DF reads over 64 KiB; vhdnbd answers
+     * them in one chunk, also those it produces a slice at a time. */
     struct chunks c = {.off = r->off, .len = r->len, .covered = calloc(1, r->len)};
     NBD_OK(nbd_pread_structured(h, buf, r->len, r->off,
                                 (nbd_chunk_callback){.callback = chunk_cb, .user_data = &c},

@@ -10,8 +10,11 @@ CONNECTIONS good clients (libnbd, one thread each) each own a SLOT-byte range
 of the export and, for SECONDS, write, zero, flush and read back their range
 against a private model: every read must match.  Meanwhile hostile clients
 come and go on raw sockets: garbage bytes, clients that connect and stall,
-a client that sends reads but never reads the replies, option floods, a
-write cut off in the middle of its payload, an option that claims 4 GiB.
+a client that sends reads but never reads the replies, one that pipelines
+32 MiB reads and never reads the replies, option floods, a write cut off in
+the middle of its payload, a 32 MiB write whose payload trickles in a byte
+every half second, clients that pipeline 32 MiB writes, an option that
+claims 4 GiB.
 At the end one more connection reads the whole export ("nothing lost"), the
 server must still be running, and its peak VmRSS must stay under the limit.
 """
@@ -165,6 +168,25 @@ def hostile(kind, path, deadline, scratch):
                     s.sendall(request(CMD_WRITE, scratch, SCRATCH, cookie=k))
                     s.sendall(BIG_PAYLOAD)
                 time.sleep(min(2, max(0, deadline - time.monotonic())))
+            elif kind == "big-reader":
+                # Pipelines maximum-size reads and never reads a reply.
+                s = raw_go(path)
+                s.setblocking(False)
+                reqs = b"".join(request(CMD_READ, 0, SCRATCH, cookie=k) for k in range(64))
+                try:
+                    s.send(reqs)
+                except BlockingIOError:
+                    pass
+                time.sleep(min(3, max(0, deadline - time.monotonic())))
+            elif kind == "trickle":
+                # Declares a 32 MiB write to the scratch space and sends its
+                # payload a byte every half second.
+                s = raw_go(path)
+                s.sendall(request(CMD_WRITE, scratch, SCRATCH))
+                end = min(deadline, time.monotonic() + 8)
+                while time.monotonic() < end:
+                    s.sendall(b"\x5a")
+                    time.sleep(0.5)
             elif kind == "huge-option":
                 s = raw_handshake(path)
                 s.sendall(option(OPT_GO, b"\0" * 100, length=0xFFFFFFFF))
@@ -265,7 +287,8 @@ def main():
     threading.Thread(target=monitor, daemon=True).start()
     threading.stack_size(256 * 1024)
     kinds = ["garbage", "garbage", "garbage-after-go", "stall", "stall", "stall", "no-reader",
-             "no-reader", "option-flood", "mid-payload", "huge-option"]
+             "no-reader", "big-reader", "big-reader", "option-flood", "mid-payload",
+             "trickle", "trickle", "trickle", "huge-option"]
     # Each pipelines 96 MiB of writes: the per-client and --max-inflight
     # caps must keep the server under the RSS limit all the same.
     kinds += ["big-writer"] * int(os.environ.get("LOAD_BIG_WRITERS", "2"))

@@ -8,3 +8,12 @@ EXTRA_DIST += \
 	tests/stress/kill9-crash.py \
 	tests/stress/test-load.sh \
 	tests/stress/load.py
+TESTS += \
+	tests/stress/test-attack.sh \
+	tests/stress/test-request-memory.sh \
+	tests/stress/test-trickle-budget.sh
+EXTRA_DIST += \
+	tests/stress/test-attack.sh \
+	tests/stress/attack.py \
+	tests/stress/test-request-memory.sh \
+	tests/stress/test-trickle-budget.sh

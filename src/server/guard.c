@@ -1,0 +1,164 @@
+/* guard.c: defences against clients that hold on to what others need.
+ *
+ * At accept: a cap on connections per client address, and a cap on
+ * connections still negotiating, where the oldest negotiating connection
+ * gives way to the new one (a flood of clients that never negotiate then
+ * churns among itself instead of locking everyone out until the handshake
+ * timeout).  Once a second: WRITE payloads that stopped arriving are cut
+ * off, and one line sums up the connections dropped for any of these
+ * reasons, so that a flood costs one log line a second, not one per client. */
+#include "config.h"
+
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <string.h>
+
+#include "log.h"
+#include "server.h"
+
+#define GUARD_TICK_MS 1000
+/* Below --max-connections, only a connection negotiating for this long
+ * gives way to a new one: a real client's handshake takes milliseconds, and
+ * a burst of them beyond --max-handshakes must not evict itself. */
+#define GUARD_EVICT_MIN_MS 1000
+
+enum drop_reason {
+  DROP_PER_ADDRESS,
+  DROP_MAX_CONNECTIONS,
+  DROP_EVICTED,
+  DROP_HANDSHAKE_TIMEOUT,
+  DROP_PAYLOAD_STALLED,
+  DROP_N
+};
+
+static const char *const drop_text[DROP_N] = {
+    [DROP_PER_ADDRESS] = "over --max-connections-per-address",
+    [DROP_MAX_CONNECTIONS] = "over --max-connections",
+    [DROP_EVICTED] = "negotiating longest when --max-handshakes or --max-connections was reached",
+    [DROP_HANDSHAKE_TIMEOUT] = "past --handshake-timeout",
+    [DROP_PAYLOAD_STALLED] = "WRITE payload stalled past --payload-timeout",
+};
+
+static uv_timer_t tick;
+static bool tick_started;
+static unsigned drops[DROP_N];
+
+static void drop(enum drop_reason why) { drops[why]++; }
+
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family)
+    return false;
+  if (a->ss_family == AF_INET)
+    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+  if (a->ss_family == AF_INET6)
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+  return false;
+}
+
+static bool live(const struct connection *c) { return !c->closing && !c->lingering; }
+
+int guard_admit(struct connection *conn) {
+  const struct settings *s = server.cfg;
+  unsigned open = 0, same = 0, negotiating = 0;
+  struct connection *oldest = NULL, *oldest_same = NULL;
+  /* The list runs newest first, so the last negotiating connection seen is
+   * the oldest. */
+  for (struct connection *c = server.conns; c; c = c->next) {
+    if (c == conn || !live(c))
+      continue;
+    open++;
+    bool same_addr = conn->addr.ss_family != AF_UNSPEC && same_host(&c->addr, &conn->addr);
+    if (same_addr)
+      same++;
+    if (c->phase == PHASE_HANDSHAKE) {
+      negotiating++;
+      oldest = c;
+      if (same_addr)
+        oldest_same = c;
+    }
+  }
+  /* An address that has connections negotiating gives way with its own
+   * oldest: a client reconnecting as fast as it is closed then only churns
+   * its own connections, never a newcomer's handshake. */
+  if (oldest_same)
+    oldest = oldest_same;
+  if (s->max_connections_per_address && same >= s->max_connections_per_address) {
+    drop(DROP_PER_ADDRESS);
+    conn_close(conn, "too many connections from this address");
+    return -EBUSY;
+  }
+  bool full = s->max_connections && open >= s->max_connections;
+  if (full && !oldest) {
+    drop(DROP_MAX_CONNECTIONS);
+    conn_close(conn, "too many connections");
+    return -EBUSY;
+  }
+  bool many = s->max_handshakes && negotiating >= s->max_handshakes && oldest &&
+              uv_now(server.loop) - oldest->accepted >= GUARD_EVICT_MIN_MS;
+  if (full || many) {
+    drop(DROP_EVICTED);
+    conn_close(oldest, "evicted: too many connections negotiating");
+  }
+  return 0;
+}
+
+void guard_handshake_timeout(struct connection *conn) {
+  drop(DROP_HANDSHAKE_TIMEOUT);
+  conn_close(conn, "handshake timeout");
+}
+
+/* A payload counts as stalled when no byte of it arrived for the timeout:
+ * until then it holds a connection slot and the part of the shared budget
+ * its bytes have taken. */
+static void check_payloads(void) {
+  unsigned timeout = server.cfg->payload_timeout;
+  if (!timeout)
+    return;
+  uint64_t now = uv_now(server.loop);
+  for (struct connection *c = server.conns; c; c = c->next) {
+    if (!live(c) || c->phase != PHASE_TRANSMISSION || !transmission_payload_pending(c))
+      continue;
+    if (now - c->last_input >= (uint64_t)timeout * 1000) {
+      drop(DROP_PAYLOAD_STALLED);
+      conn_close(c, "WRITE payload stalled (--payload-timeout)");
+    }
+  }
+}
+
+static void log_drops(void) {
+  char line[512];
+  size_t len = 0;
+  for (int i = 0; i < DROP_N; i++) {
+    if (!drops[i])
+      continue;
+    int n = snprintf(line + len, sizeof line - len, "%s%u %s", len ? ", " : "", drops[i],
+                     drop_text[i]);
+    if (n > 0 && (size_t)n < sizeof line - len)
+      len += (size_t)n;
+    drops[i] = 0;
+  }
+  if (len)
+    log_msg(LOG_LEVEL_WARNING, "connections closed in the last second: %s", line);
+}
+
+static void on_tick(uv_timer_t *t) {
+  check_payloads();
+  log_drops();
+}
+
+void guard_start(struct server *srv) {
+  uv_timer_init(srv->loop, &tick);
+  uv_timer_start(&tick, on_tick, GUARD_TICK_MS, GUARD_TICK_MS);
+  /* Never what keeps the loop alive. */
+  uv_unref((uv_handle_t *)&tick);
+  tick_started = true;
+}
+
+void guard_stop(struct server *srv) {
+  if (!tick_started || uv_is_closing((uv_handle_t *)&tick))
+    return;
+  log_drops();
+  uv_close((uv_handle_t *)&tick, NULL);
+}
