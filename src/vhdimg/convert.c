@@ -24,8 +24,9 @@
 #include "vhdimg.h"
 
 #define CONVERT_CHUNK (2u * 1024 * 1024)
-/* Zeros are looked for in units of a file system block: a data extent (a
- * whole allocated block of a QEMU-written image, say) is often mostly zeros. */
+/* Zeros are looked for in units of a file system block (or of a smaller VHD
+ * block, which a piece of zeros must not allocate): a data extent (a whole
+ * allocated block of a QEMU-written image, say) is often mostly zeros. */
 #define ZERO_UNIT 4096u
 
 enum out_format { OUT_RAW, OUT_FIXED, OUT_DYNAMIC };
@@ -61,6 +62,7 @@ struct output {
   int fd;           /* raw */
   vhd_t *vhd;       /* fixed, dynamic */
   uint64_t size;    /* virtual size of the output */
+  size_t zero_unit; /* all-zero pieces of this size are not written */
 };
 
 static const char *out_file(const struct output *o) { return o->tmp ? o->tmp : o->path; }
@@ -122,6 +124,9 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
   if (r < 0)
     return r;
   o->size = size;
+  o->zero_unit = ZERO_UNIT;
+  if (o->fmt == OUT_DYNAMIC && block_size && block_size < ZERO_UNIT)
+    o->zero_unit = block_size;
   if (o->fmt == OUT_RAW) {
     struct stat st;
     if (fstat(o->fd, &st) < 0)
@@ -247,12 +252,12 @@ static void progress(bool show, uint64_t done, uint64_t total) {
   fflush(stderr);
 }
 
-/* Writes the parts of buf that are not all zeros, in runs of ZERO_UNIT. */
+/* Writes the parts of buf that are not all zeros, in runs of zero_unit. */
 static int write_data(struct output *o, const uint8_t *buf, uint64_t off, size_t len,
                       struct vhd_err *err) {
   size_t run = 0, run_len = 0; /* current run of non-zero units */
   for (size_t i = 0; i < len;) {
-    size_t n = MIN((size_t)ZERO_UNIT, len - i);
+    size_t n = MIN(o->zero_unit, len - i);
     if (!buf_is_zero(buf + i, n)) {
       if (run_len == 0)
         run = i;

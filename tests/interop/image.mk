@@ -7,6 +7,7 @@ vhd_write_helper_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
 
 TESTS += \
 	tests/interop/test-vhdimg-cli.sh \
+	tests/interop/test-vhdimg-convert.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
@@ -17,6 +18,7 @@ EXTRA_DIST += \
 	tests/interop/make-malformed.py \
 	tests/interop/pyvhdi-dump.py \
 	tests/interop/test-vhdimg-cli.sh \
+	tests/interop/test-vhdimg-convert.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
