@@ -8,6 +8,7 @@ vhd_write_helper_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
 TESTS += \
 	tests/interop/test-vhdimg-cli.sh \
 	tests/interop/test-vhdimg-convert.sh \
+	tests/interop/test-vhdimg-compare.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
@@ -19,6 +20,7 @@ EXTRA_DIST += \
 	tests/interop/pyvhdi-dump.py \
 	tests/interop/test-vhdimg-cli.sh \
 	tests/interop/test-vhdimg-convert.sh \
+	tests/interop/test-vhdimg-compare.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \

@@ -50,7 +50,7 @@ usage_fails convert -O
 "$VHDIMG" --help | grep -q '^Usage: vhdimg' || fail "--help"
 "$VHDIMG" -V | grep -Eq '^vhdimg [0-9]' || fail "-V"
 "$VHDIMG" --version | grep -Eq '^vhdimg [0-9]' || fail "--version"
-for cmd in create info check map convert; do
+for cmd in create info check map convert compare; do
   "$VHDIMG" help $cmd | grep -q "^Usage: vhdimg $cmd" || fail "help $cmd"
   "$VHDIMG" $cmd --help | grep -q "^Usage: vhdimg $cmd" || fail "$cmd --help"
 done
