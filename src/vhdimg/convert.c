@@ -56,7 +56,8 @@ void usage_convert(FILE *f) {
 
 struct output {
   enum out_format fmt;
-  const char *path; /* DST */
+  const char *path; /* DST, or the file a symbolic link DST points to */
+  char *target;     /* that file's name, when DST is a link */
   char *tmp;        /* the file written, renamed to DST at the end; NULL when
                        DST is a device written in place */
   int fd;           /* raw */
@@ -70,6 +71,26 @@ static const char *out_file(const struct output *o) { return o->tmp ? o->tmp : o
 static int set_errno_msg(struct vhd_err *err, int e, const char *path, const char *what) {
   snprintf(err->msg, sizeof err->msg, "%s: %s: %s", path, what, strerror(e));
   return -e;
+}
+
+/* The file a symbolic link points to, followed to the end even when that
+ * file does not exist yet (as open(O_CREAT) would); malloc'ed. */
+static char *link_target(const char *path) {
+  char *p = realpath(path, NULL);
+  if (p || errno != ENOENT)
+    return p;
+  /* Dangling: its target, relative to the link's directory. */
+  char buf[4096];
+  ssize_t n = readlink(path, buf, sizeof buf - 1);
+  if (n < 0)
+    return NULL;
+  buf[n] = '\0';
+  if (buf[0] == '/')
+    return strdup(buf);
+  CLEANUP_FREE char *d = strdup(path);
+  if (!d || asprintf(&p, "%s/%s", dirname(d), buf) < 0)
+    return NULL;
+  return p;
 }
 
 /* Makes the file the output is written to: a temporary one beside DST, or DST
@@ -91,6 +112,13 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
     return o->fd < 0 ? set_errno_msg(err, errno, o->path, "open") : 0;
   }
 
+  /* A symbolic link stays one: the file it points to is replaced. */
+  struct stat lst;
+  if (lstat(o->path, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+    if (!(o->target = link_target(o->path)))
+      return set_errno_msg(err, errno, o->path, "reading the symbolic link");
+    o->path = o->target;
+  }
   CLEANUP_FREE char *d = strdup(o->path), *b = strdup(o->path);
   if (!d || !b) {
     snprintf(err->msg, sizeof err->msg, "out of memory");
@@ -446,6 +474,7 @@ out:
     out_abort(&o);
   }
   free(runs.runs);
+  free(o.target);
   source_close(&src);
   return r < 0 ? VHDIMG_EXIT_FAILURE : VHDIMG_EXIT_OK;
 }

@@ -266,3 +266,17 @@ expect_exit 1 "$VHDIMG" convert -f raw -O dynamic ../src.raw no/such/dir.vhd
 "$VHDIMG" compare -F raw dst.vhd ../src.raw >/dev/null || fail "converting over an existing DST"
 [ "$(ls -A | sort | tr '\n' ' ')" = "dst.vhd dst.vhd.before " ] ||
   fail "a successful conversion left files behind: $(ls -A | tr '\n' ' ')"
+
+# DST a symbolic link (to an existing file, or dangling): it stays a link,
+# the file it points to gets the image.
+cd "$TMPD"
+mkdir -p linked
+cp exact-dynamic.vhd linked/old.vhd
+ln -s linked/old.vhd link1.vhd
+ln -s linked/new.vhd link2.vhd
+for l in link1.vhd link2.vhd; do
+  "$VHDIMG" convert -f raw -O dynamic src.raw $l
+  [ -L $l ] || fail "converting to the symbolic link $l replaced the link"
+  "$VHDIMG" compare -F raw "$(readlink $l)" src.raw >/dev/null || fail "$l: its target does not hold the image"
+done
+[ "$(ls -A linked | sort | tr '\n' ' ')" = "new.vhd old.vhd " ] || fail "files left beside the link targets: $(ls -A linked)"
