@@ -9,7 +9,9 @@
  * the image as it is now, not what the repair pass believed it fixed. */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vhdimg.h"
@@ -20,7 +22,7 @@
 
 void usage_check(FILE *f) {
   fprintf(f,
-          "Usage: vhdimg check [--repair] FILE\n"
+          "Usage: vhdimg check [--repair] [--json] FILE\n"
           "\n"
           "Checks a VHD image's metadata (footers, header, BAT, blocks, parent) and\n"
           "prints one line per finding.\n"
@@ -29,6 +31,9 @@ void usage_check(FILE *f) {
           "                that holds only zeros and old footers, a damaged\n"
           "                trailing footer...) and print what was done; bytes\n"
           "                that may be another tool's are never changed\n"
+          "      --json    print one JSON object: filename, findings (level,\n"
+          "                message), corrupt, leaks, warnings, repaired, result\n"
+          "                and, after a repair, the check of the result\n"
           "  -h, --help    show this help\n"
           "\n"
           "Exit status: 0 clean (with --repair: everything found was repaired),\n"
@@ -39,24 +44,81 @@ void usage_check(FILE *f) {
 struct report_ctx {
   const char *prefix;
   unsigned lines;
+  FILE *json; /* when set, findings go there as JSON array elements */
 };
 
 static void report_line(void *opaque, const char *level, const char *msg) {
   struct report_ctx *rc = opaque;
-  printf("%s%s: %s\n", rc->prefix, level ? level : "info", msg);
+  if (rc->json) {
+    fprintf(rc->json, "%s\n    {\"level\": ", rc->lines ? "," : "");
+    json_put_string(rc->json, level ? level : "info");
+    fprintf(rc->json, ", \"message\": ");
+    json_put_string(rc->json, msg);
+    fprintf(rc->json, "}");
+  } else {
+    printf("%s%s: %s\n", rc->prefix, level ? level : "info", msg);
+  }
   rc->lines++;
 }
 
-static int run_check(const char *file, bool repair, const char *prefix) {
+/* With findings, they are collected there as a JSON array (held back so that
+ * a check that fails prints no JSON at all). */
+static int run_check(const char *file, bool repair, const char *prefix, char **findings) {
   struct report_ctx rc = {.prefix = prefix};
   struct vhd_check_opts opts = {.repair = repair, .report = report_line, .opaque = &rc};
   struct vhd_err err = {{0}};
+  size_t len = 0;
+  if (findings) {
+    *findings = NULL;
+    if (!(rc.json = open_memstream(findings, &len))) {
+      print_error("out of memory");
+      return -ENOMEM;
+    }
+    fputc('[', rc.json);
+  }
   int r = vhd_check(file, &opts, &err);
+  if (rc.json) {
+    fprintf(rc.json, "%s]", rc.lines ? "\n  " : "");
+    if (fclose(rc.json) != 0 && r >= 0) {
+      print_error("out of memory");
+      r = -ENOMEM;
+    }
+  }
   fflush(stdout);
   if (r < 0)
     print_vhd_error(r, &err);
   return r;
 }
+
+static const char *result_name(int bits) {
+  return bits & VHD_CHECK_CORRUPT    ? "corrupt"
+         : bits & VHD_CHECK_LEAKS    ? "leaks"
+         : bits & VHD_CHECK_WARNINGS ? "warnings"
+                                     : "clean";
+}
+
+static void json_bits(int bits) {
+  printf("\"corrupt\": %s, \"leaks\": %s, \"warnings\": %s",
+         bits & VHD_CHECK_CORRUPT ? "true" : "false", bits & VHD_CHECK_LEAKS ? "true" : "false",
+         bits & VHD_CHECK_WARNINGS ? "true" : "false");
+}
+
+/* One object; `after` (the re-check of a repaired image) may be NULL. */
+static void print_json(const char *file, int bits, const char *findings, int after_bits,
+                       const char *after) {
+  printf("{\n  \"filename\": ");
+  json_put_string(stdout, file);
+  printf(",\n  \"findings\": %s,\n  ", findings);
+  json_bits(bits);
+  printf(",\n  \"repaired\": %s", bits & VHD_CHECK_REPAIRED ? "true" : "false");
+  if (after) {
+    printf(",\n  \"after-repair\": {\"findings\": %s, ", after);
+    json_bits(after_bits);
+    printf("}");
+  }
+  printf(",\n  \"result\": \"%s\"\n}\n", result_name(after ? after_bits : bits));
+}
+
 
 static int exit_status(int bits) {
   if (bits & VHD_CHECK_CORRUPT)
@@ -77,13 +139,29 @@ static void summary(int bits) {
     printf("No errors were found on the image.\n");
 }
 
+static int check_json(const char *file, bool repair) {
+  char *findings = NULL, *after = NULL;
+  int bits = run_check(file, repair, "", &findings), after_bits = 0;
+  if (bits >= 0 && repair && (bits & VHD_CHECK_REPAIRED))
+    after_bits = run_check(file, false, "", &after);
+  if (bits >= 0 && after_bits >= 0)
+    print_json(file, bits, findings, after_bits, after);
+  free(findings);
+  free(after);
+  if (bits < 0 || after_bits < 0)
+    return CHECK_EXIT_ERROR;
+  return exit_status(after ? after_bits : bits);
+}
+
 int cmd_check(int argc, char **argv) {
+  enum { OPT_JSON = 256 };
   static const struct option longopts[] = {
       {"repair", no_argument, NULL, 'r'},
+      {"json", no_argument, NULL, OPT_JSON},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  bool repair = false;
+  bool repair = false, json = false;
   int c;
 
   opterr = 0;
@@ -91,6 +169,9 @@ int cmd_check(int argc, char **argv) {
     switch (c) {
     case 'r':
       repair = true;
+      break;
+    case OPT_JSON:
+      json = true;
       break;
     case 'h':
       usage_check(stdout);
@@ -104,8 +185,10 @@ int cmd_check(int argc, char **argv) {
   if (argc - optind > 1)
     return usage_error("check", "unexpected argument '%s'", argv[optind + 1]);
   const char *file = argv[optind];
+  if (json)
+    return check_json(file, repair);
 
-  int bits = run_check(file, repair, "");
+  int bits = run_check(file, repair, "", NULL);
   if (bits < 0)
     return CHECK_EXIT_ERROR;
   if (!repair || !(bits & VHD_CHECK_REPAIRED)) {
@@ -114,7 +197,7 @@ int cmd_check(int argc, char **argv) {
   }
   printf("The image was repaired; checking it again:\n");
   fflush(stdout);
-  int after = run_check(file, false, "  ");
+  int after = run_check(file, false, "  ", NULL);
   if (after < 0)
     return CHECK_EXIT_ERROR;
   summary(after);

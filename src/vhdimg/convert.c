@@ -1,14 +1,20 @@
-/* convert.c: `vhdimg convert`, a VHD (chain flattened) to raw, fixed or
- * dynamic.
+/* convert.c: `vhdimg convert`, a VHD (chain flattened) or a raw disk image to
+ * raw, fixed or dynamic.
  *
- * Only data is copied: ranges the source maps as zero are skipped, and so are
- * chunks that read back as all zeros, so raw and dynamic outputs stay sparse. */
+ * Only data is copied: ranges the source maps as zero (unallocated blocks,
+ * holes of a raw file) are skipped, and so are chunks that read back as all
+ * zeros, so raw and dynamic outputs stay sparse.
+ *
+ * The output is written under a temporary name beside DST, made durable, and
+ * renamed over DST at the end: DST is at every instant either what it was or
+ * the whole new image, never a half-made one. */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,114 +24,179 @@
 #include "vhdimg.h"
 
 #define CONVERT_CHUNK (2u * 1024 * 1024)
-/* Zeros are looked for in units of a file system block: a data extent (a
- * whole allocated block of a QEMU-written image, say) is often mostly zeros. */
+/* Zeros are looked for in units of a file system block (or of a smaller VHD
+ * block, which a piece of zeros must not allocate): a data extent (a whole
+ * allocated block of a QEMU-written image, say) is often mostly zeros. */
 #define ZERO_UNIT 4096u
 
 enum out_format { OUT_RAW, OUT_FIXED, OUT_DYNAMIC };
 
 void usage_convert(FILE *f) {
   fprintf(f,
-          "Usage: vhdimg convert [-O raw|fixed|dynamic] [-p] SRC DST\n"
+          "Usage: vhdimg convert [-f vhd|raw] [-O raw|fixed|dynamic] [--block-size N]\n"
+          "                      [--exact] [--align SIZE] [-p] SRC DST\n"
           "\n"
-          "Copies the virtual disk of the VHD image SRC (any type; a differencing\n"
-          "chain is flattened) into DST, which is created or overwritten.  Only data\n"
-          "is written: raw and dynamic outputs stay sparse.\n"
+          "Copies the virtual disk of SRC, a VHD image (any type; a differencing\n"
+          "chain is flattened) or with -f raw a raw disk image, into DST, which is\n"
+          "created or replaced.  Only data is written: raw and dynamic outputs stay\n"
+          "sparse.  A SRC without a VHD footer is refused unless -f raw is given.\n"
           "\n"
+          "  -f, --format FMT         vhd or raw: how to read SRC (default: vhd,\n"
+          "                           recognised by its footer)\n"
           "  -O, --output-format FMT  raw (default), fixed or dynamic\n"
+          "      --block-size N       block size of a dynamic output (a power of\n"
+          "                           two from 512 to 256M, default 2M)\n"
+          "      --exact              VHD output of a raw SRC: keep its size instead\n"
+          "                           of rounding it up to the next CHS geometry\n"
+          "      --align SIZE         round the virtual size up to a multiple of\n"
+          "                           SIZE (a multiple of 512); keeps it exactly\n"
           "  -p, --progress           show a progress bar (when stderr is a terminal)\n"
           "  -h, --help               show this help\n");
 }
 
-struct data_run {
-  uint64_t off, len;
+struct output {
+  enum out_format fmt;
+  const char *path; /* DST, or the file a symbolic link DST points to */
+  char *target;     /* that file's name, when DST is a link */
+  char *tmp;        /* the file written, renamed to DST at the end; NULL when
+                       DST is a device written in place */
+  int fd;           /* raw */
+  vhd_t *vhd;       /* fixed, dynamic */
+  uint64_t size;    /* virtual size of the output */
+  size_t zero_unit; /* all-zero pieces of this size are not written */
 };
 
-struct run_list {
-  struct data_run *runs;
-  size_t n, cap;
-  uint64_t total; /* bytes of data, for progress */
-};
+static const char *out_file(const struct output *o) { return o->tmp ? o->tmp : o->path; }
 
-static int collect_run(void *opaque, const struct vhd_extent *ext) {
-  struct run_list *l = opaque;
-  if (!(ext->flags & VHD_MAP_DATA))
-    return 0;
-  if (l->n && l->runs[l->n - 1].off + l->runs[l->n - 1].len == ext->offset) {
-    l->runs[l->n - 1].len += ext->length; /* adjacent data from different levels */
-  } else {
-    if (l->n == l->cap) {
-      size_t cap = l->cap ? l->cap * 2 : 64;
-      struct data_run *r = realloc(l->runs, cap * sizeof *r);
-      if (!r)
-        return -ENOMEM;
-      l->runs = r;
-      l->cap = cap;
+static int set_errno_msg(struct vhd_err *err, int e, const char *path, const char *what) {
+  snprintf(err->msg, sizeof err->msg, "%s: %s: %s", path, what, strerror(e));
+  return -e;
+}
+
+/* The file a symbolic link points to, followed to the end even when that
+ * file does not exist yet (as open(O_CREAT) would); malloc'ed. */
+static char *link_target(const char *path) {
+  char *p = realpath(path, NULL);
+  if (p || errno != ENOENT)
+    return p;
+  /* Dangling: its target, relative to the link's directory. */
+  char buf[4096];
+  ssize_t n = readlink(path, buf, sizeof buf - 1);
+  if (n < 0)
+    return NULL;
+  buf[n] = '\0';
+  if (buf[0] == '/')
+    return strdup(buf);
+  CLEANUP_FREE char *d = strdup(path);
+  if (!d || asprintf(&p, "%s/%s", dirname(d), buf) < 0)
+    return NULL;
+  return p;
+}
+
+/* Makes the file the output is written to: a temporary one beside DST, or DST
+ * itself when it is a device (a raw output only). */
+static int out_prepare(struct output *o, struct vhd_err *err) {
+  struct stat st;
+  if (stat(o->path, &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (S_ISDIR(st.st_mode)) {
+      snprintf(err->msg, sizeof err->msg, "%s: is a directory", o->path);
+      return -EISDIR;
     }
-    l->runs[l->n++] = (struct data_run){ext->offset, ext->length};
+    if (o->fmt != OUT_RAW) {
+      snprintf(err->msg, sizeof err->msg,
+               "%s: not a regular file: only a raw output can be written to a device",
+               o->path);
+      return -EINVAL;
+    }
+    o->fd = open(o->path, O_WRONLY | O_CLOEXEC);
+    return o->fd < 0 ? set_errno_msg(err, errno, o->path, "open") : 0;
   }
-  l->total += ext->length;
+
+  /* A symbolic link stays one: the file it points to is replaced. */
+  struct stat lst;
+  if (lstat(o->path, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+    if (!(o->target = link_target(o->path)))
+      return set_errno_msg(err, errno, o->path, "reading the symbolic link");
+    o->path = o->target;
+  }
+  CLEANUP_FREE char *d = strdup(o->path), *b = strdup(o->path);
+  if (!d || !b) {
+    snprintf(err->msg, sizeof err->msg, "out of memory");
+    return -ENOMEM;
+  }
+  if (asprintf(&o->tmp, "%s/.%s.XXXXXX", dirname(d), basename(b)) < 0) {
+    o->tmp = NULL;
+    snprintf(err->msg, sizeof err->msg, "out of memory");
+    return -ENOMEM;
+  }
+  o->fd = mkstemp(o->tmp);
+  if (o->fd < 0) {
+    int e = errno;
+    free(o->tmp);
+    o->tmp = NULL; /* nothing to remove */
+    return set_errno_msg(err, e, o->path, "creating a temporary file beside it");
+  }
+  /* mkstemp makes it private; give it the mode a new file gets. */
+  mode_t mask = umask(0);
+  umask(mask);
+  if (fchmod(o->fd, 0644 & ~mask) < 0)
+    return set_errno_msg(err, errno, o->tmp, "chmod");
   return 0;
 }
 
-static bool all_zero(const uint8_t *p, size_t len) {
-  /* Compare the buffer with itself shifted by one byte: zero iff the first
-   * byte is zero and every byte equals its successor. */
-  return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
-}
-
-struct output {
-  enum out_format fmt;
-  const char *path;
-  int fd;      /* raw */
-  vhd_t *vhd;  /* fixed, dynamic */
-};
-
-static int out_open(struct output *o, uint64_t size, struct vhd_err *err) {
+/* Sizes the raw output, or creates the VHD one: with `exact` its virtual size
+ * is `size`, otherwise the smallest CHS geometry at least as large. */
+static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_size,
+                    struct vhd_err *err) {
+  int r = out_prepare(o, err);
+  if (r < 0)
+    return r;
+  o->size = size;
+  o->zero_unit = ZERO_UNIT;
+  if (o->fmt == OUT_DYNAMIC && block_size && block_size < ZERO_UNIT)
+    o->zero_unit = block_size;
   if (o->fmt == OUT_RAW) {
-    o->fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (o->fd < 0) {
-      int e = errno;
-      snprintf(err->msg, sizeof err->msg, "%s: open: %s", o->path, strerror(e));
-      return -e;
-    }
     struct stat st;
-    /* A block device keeps its size; a file gets the size as a hole. */
-    if (fstat(o->fd, &st) == 0 && S_ISREG(st.st_mode) && ftruncate(o->fd, (off_t)size) < 0) {
-      int e = errno;
-      snprintf(err->msg, sizeof err->msg, "%s: ftruncate to %" PRIu64 ": %s", o->path, size,
-               strerror(e));
-      return -e;
+    if (fstat(o->fd, &st) < 0)
+      return set_errno_msg(err, errno, out_file(o), "stat");
+    if (S_ISREG(st.st_mode)) { /* the size as a hole */
+      if (ftruncate(o->fd, (off_t)size) < 0)
+        return set_errno_msg(err, errno, out_file(o), "ftruncate");
+      return 0;
+    }
+    off_t end = lseek(o->fd, 0, SEEK_END); /* a device keeps its size */
+    if (end >= 0 && (uint64_t)end < size) {
+      snprintf(err->msg, sizeof err->msg, "%s: %" PRIu64 " bytes, too small for %" PRIu64,
+               o->path, (uint64_t)end, size);
+      return -ENOSPC;
     }
     return 0;
   }
 
-  /* Overwrite like the raw output does, whether or not vhd_create would. */
-  if (unlink(o->path) < 0 && errno != ENOENT) {
-    int e = errno;
-    snprintf(err->msg, sizeof err->msg, "%s: unlink: %s", o->path, strerror(e));
-    return -e;
-  }
-
-  uint16_t cyl;
-  uint8_t heads, spt;
+  /* vhd_create makes the file itself (O_EXCL). */
+  close(o->fd);
+  o->fd = -1;
+  if (unlink(o->tmp) < 0)
+    return set_errno_msg(err, errno, o->tmp, "unlink");
   struct vhd_create_opts co = {
       .type = o->fmt == OUT_FIXED ? VHD_TYPE_FIXED : VHD_TYPE_DYNAMIC,
       .size = size,
-      /* Keep the size a CHS geometry cannot express exactly. */
-      .exact_size = vhd_geometry_for_size(size, &cyl, &heads, &spt) != size,
+      .block_size = block_size,
+      /* An exact size a CHS geometry expresses needs no "qem2" creator. */
+      .exact_size = exact && vhd_geometry_for_size(size, NULL, NULL, NULL) != size,
   };
-  int r = vhd_create(o->path, &co, err);
+  r = vhd_create(o->tmp, &co, err);
   if (r < 0)
     return r;
   struct vhd_open_opts oo = {.flags = 0};
-  r = vhd_open(o->path, &oo, &o->vhd, err);
+  r = vhd_open(o->tmp, &oo, &o->vhd, err);
   if (r < 0)
     return r;
-  if (vhd_virtual_size(o->vhd) != size) {
+  o->size = vhd_virtual_size(o->vhd);
+  if (o->size < size || (exact && o->size != size)) {
     snprintf(err->msg, sizeof err->msg,
-             "%s: created with virtual size %" PRIu64 ", expected %" PRIu64, o->path,
-             vhd_virtual_size(o->vhd), size);
+             "%s: created with virtual size %" PRIu64 ", expected %" PRIu64, o->tmp, o->size,
+             size);
     return -EINVAL;
   }
   return 0;
@@ -142,8 +213,8 @@ static int out_write(struct output *o, const void *buf, uint64_t off, size_t len
       continue;
     if (w <= 0) {
       int e = w < 0 ? errno : EIO;
-      snprintf(err->msg, sizeof err->msg, "%s: write at offset %" PRIu64 ": %s", o->path, off,
-               strerror(e));
+      snprintf(err->msg, sizeof err->msg, "%s: write at offset %" PRIu64 ": %s", out_file(o),
+               off, strerror(e));
       return -e;
     }
     p += w;
@@ -153,21 +224,50 @@ static int out_write(struct output *o, const void *buf, uint64_t off, size_t len
   return 0;
 }
 
-/* Closes the output; returns the first error (the flush, for an image). */
-static int out_close(struct output *o, struct vhd_err *err) {
+/* Makes the output durable and puts it in place of DST. */
+static int out_commit(struct output *o, struct vhd_err *err) {
   int r = 0;
   if (o->fd >= 0) {
-    if (close(o->fd) < 0 && err) {
-      r = -errno;
-      snprintf(err->msg, sizeof err->msg, "%s: close: %s", o->path, strerror(-r));
-    }
+    if (fsync(o->fd) < 0)
+      r = set_errno_msg(err, errno, out_file(o), "fsync");
+    if (close(o->fd) < 0 && r == 0)
+      r = set_errno_msg(err, errno, out_file(o), "close");
     o->fd = -1;
   }
   if (o->vhd) {
-    r = vhd_close(o->vhd, err);
+    int rc = vhd_close(o->vhd, err); /* flushes */
     o->vhd = NULL;
+    if (rc < 0 && r == 0)
+      r = rc;
   }
+  if (r < 0 || !o->tmp)
+    return r;
+  if (rename(o->tmp, o->path) < 0)
+    return set_errno_msg(err, errno, o->path, "rename from the temporary file");
+  free(o->tmp);
+  o->tmp = NULL;
+  /* The rename itself must survive a crash too. */
+  CLEANUP_FREE char *d = strdup(o->path);
+  int dfd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+  if (dfd < 0 || fsync(dfd) < 0)
+    r = set_errno_msg(err, errno, o->path, "fsync of its directory");
+  if (dfd >= 0)
+    close(dfd);
   return r;
+}
+
+/* After a failure: drops the output and removes the temporary file. */
+static void out_abort(struct output *o) {
+  if (o->fd >= 0)
+    close(o->fd);
+  o->fd = -1;
+  if (o->vhd)
+    vhd_abandon(o->vhd); /* it is about to be removed: nothing to flush */
+  o->vhd = NULL;
+  if (o->tmp)
+    unlink(o->tmp);
+  free(o->tmp);
+  o->tmp = NULL;
 }
 
 static void progress(bool show, uint64_t done, uint64_t total) {
@@ -180,13 +280,13 @@ static void progress(bool show, uint64_t done, uint64_t total) {
   fflush(stderr);
 }
 
-/* Writes the parts of buf that are not all zeros, in runs of ZERO_UNIT. */
+/* Writes the parts of buf that are not all zeros, in runs of zero_unit. */
 static int write_data(struct output *o, const uint8_t *buf, uint64_t off, size_t len,
                       struct vhd_err *err) {
   size_t run = 0, run_len = 0; /* current run of non-zero units */
   for (size_t i = 0; i < len;) {
-    size_t n = MIN((size_t)ZERO_UNIT, len - i);
-    if (!all_zero(buf + i, n)) {
+    size_t n = MIN(o->zero_unit, len - i);
+    if (!buf_is_zero(buf + i, n)) {
       if (run_len == 0)
         run = i;
       run_len += n;
@@ -201,7 +301,7 @@ static int write_data(struct output *o, const uint8_t *buf, uint64_t off, size_t
   return run_len ? out_write(o, buf + run, off + run, run_len, err) : 0;
 }
 
-static int copy_data(vhd_t *src, const struct run_list *l, struct output *o, bool show,
+static int copy_data(struct source *src, const struct run_list *l, struct output *o, bool show,
                      struct vhd_err *err) {
   CLEANUP_FREE uint8_t *buf = malloc(CONVERT_CHUNK);
   if (!buf) {
@@ -214,7 +314,7 @@ static int copy_data(vhd_t *src, const struct run_list *l, struct output *o, boo
     for (uint64_t pos = 0; pos < l->runs[i].len;) {
       uint64_t off = l->runs[i].off + pos;
       size_t len = (size_t)MIN((uint64_t)CONVERT_CHUNK, l->runs[i].len - pos);
-      int r = vhd_read(src, buf, off, len, err);
+      int r = source_read(src, buf, off, len, err);
       if (r < 0)
         return r;
       if ((r = write_data(o, buf, off, len, err)) < 0)
@@ -235,20 +335,55 @@ static int same_file(const char *a, const char *b) {
          sa.st_ino == sb.st_ino;
 }
 
+/* The virtual size of the output, before any CHS rounding. */
+static int output_size(const struct source *src, const struct output *o, uint64_t align,
+                       uint64_t *size) {
+  uint64_t s = src->size;
+  if (align) {
+    if (s > UINT64_MAX - align) {
+      print_error("%s: %" PRIu64 " bytes cannot be aligned to %" PRIu64, src->path, s, align);
+      return -ERANGE;
+    }
+    s = ROUND_UP(s, align);
+  }
+  if (o->fmt != OUT_RAW && s == 0) {
+    print_error("%s: the disk is empty, and a VHD cannot be 0 bytes", src->path);
+    return -EINVAL;
+  }
+  if (o->fmt != OUT_RAW && s > VHD_MAX_VIRTUAL_SIZE) {
+    print_error("%s: %" PRIu64 " bytes%s, more than a VHD holds (%" PRIu64 ")", src->path, s,
+                align ? " once aligned" : "", (uint64_t)VHD_MAX_VIRTUAL_SIZE);
+    return -EFBIG;
+  }
+  *size = s;
+  return 0;
+}
+
 int cmd_convert(int argc, char **argv) {
+  enum { OPT_BLOCK_SIZE = 256, OPT_EXACT, OPT_ALIGN };
   static const struct option longopts[] = {
+      {"format", required_argument, NULL, 'f'},
       {"output-format", required_argument, NULL, 'O'},
+      {"block-size", required_argument, NULL, OPT_BLOCK_SIZE},
+      {"exact", no_argument, NULL, OPT_EXACT},
+      {"align", required_argument, NULL, OPT_ALIGN},
       {"progress", no_argument, NULL, 'p'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   struct output o = {.fmt = OUT_RAW, .fd = -1};
-  bool show_progress = false;
-  int c;
+  enum source_format in_fmt = SOURCE_AUTO;
+  bool show_progress = false, exact = false;
+  uint64_t align = 0, bs = 0;
+  int c, r;
 
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":O:ph", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":f:O:ph", longopts, NULL)) != -1) {
     switch (c) {
+    case 'f':
+      if (parse_source_format(optarg, &in_fmt) < 0)
+        return usage_error("convert", "unknown source format '%s' (vhd, raw)", optarg);
+      break;
     case 'O':
       if (strcmp(optarg, "raw") == 0)
         o.fmt = OUT_RAW;
@@ -259,6 +394,23 @@ int cmd_convert(int argc, char **argv) {
       else
         return usage_error("convert", "unknown output format '%s' (raw, fixed, dynamic)",
                            optarg);
+      break;
+    case OPT_BLOCK_SIZE:
+      if ((r = parse_size_arg("convert", "block size", optarg, &bs)) != 0)
+        return r;
+      /* The values vhdimg create accepts (the engine's limits). */
+      if (bs < VHD_MIN_BLOCK_SIZE || bs > VHD_MAX_BLOCK_SIZE || (bs & (bs - 1)))
+        return usage_error("convert", "block size '%s' is not a power of two from 512 to 256M",
+                           optarg);
+      break;
+    case OPT_EXACT:
+      exact = true;
+      break;
+    case OPT_ALIGN:
+      if ((r = parse_size_arg("convert", "alignment", optarg, &align)) != 0)
+        return r;
+      if (align == 0 || align % VHD_SECTOR_SIZE)
+        return usage_error("convert", "alignment '%s' is not a multiple of 512", optarg);
       break;
     case 'p':
       show_progress = true;
@@ -274,6 +426,11 @@ int cmd_convert(int argc, char **argv) {
     return usage_error("convert", "missing %s", argc - optind < 1 ? "SRC and DST" : "DST");
   if (argc - optind > 2)
     return usage_error("convert", "unexpected argument '%s'", argv[optind + 2]);
+  if (bs && o.fmt != OUT_DYNAMIC)
+    return usage_error("convert", "--block-size is only for -O dynamic");
+  if (exact && o.fmt == OUT_RAW)
+    return usage_error("convert", "--exact is only for -O fixed or dynamic (a raw output "
+                                  "always has the exact size)");
   const char *src_path = argv[optind];
   o.path = argv[optind + 1];
   if (same_file(src_path, o.path)) {
@@ -282,46 +439,42 @@ int cmd_convert(int argc, char **argv) {
   }
   show_progress = show_progress && isatty(STDERR_FILENO);
 
-  struct warn_list warnings = {.print = true};
-  /* Without the lock, like info and map: converting an image being served
-   * copies it as of the server's last metadata update. */
-  struct vhd_open_opts oo = {
-      .flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
-      .warn = warn_collect,
-      .warn_opaque = &warnings,
-  };
   struct vhd_err err = {{0}};
-  vhd_t *src = NULL;
-  int r = vhd_open(src_path, &oo, &src, &err);
-  warn_list_free(&warnings);
+  struct source src;
+  r = source_open(&src, src_path, in_fmt, "use -f raw to convert a raw disk image", &err);
   if (r < 0) {
     print_vhd_error(r, &err);
+    source_close(&src);
     return VHDIMG_EXIT_FAILURE;
   }
 
   struct run_list runs = {0};
-  bool created = false;
-  uint64_t size = vhd_virtual_size(src);
-  r = vhd_map(src, 0, size, collect_run, &runs, &err);
+  uint64_t size;
+  if (output_size(&src, &o, align, &size) < 0) {
+    source_close(&src);
+    return VHDIMG_EXIT_FAILURE;
+  }
+  /* A VHD source's size is already a disk's; a raw one's is CHS-rounded
+   * as vhdimg create rounds, unless asked to keep it. */
+  exact = exact || align || src.fmt == SOURCE_VHD;
+  r = source_data_runs(&src, &runs, &err);
   if (r < 0)
     goto out;
-  created = true;
-  r = out_open(&o, size, &err);
+  r = out_open(&o, size, exact, (uint32_t)bs, &err);
   if (r < 0)
     goto out;
-  r = copy_data(src, &runs, &o, show_progress, &err);
+  r = copy_data(&src, &runs, &o, show_progress, &err);
   if (r < 0)
     goto out;
-  r = out_close(&o, &err);
+  r = out_commit(&o, &err);
 
 out:
   if (r < 0) {
     print_vhd_error(r, &err);
-    out_close(&o, NULL);
-    if (created)
-      unlink(o.path); /* no half-written output left behind */
+    out_abort(&o);
   }
   free(runs.runs);
-  vhd_close(src, NULL);
+  free(o.target);
+  source_close(&src);
   return r < 0 ? VHDIMG_EXIT_FAILURE : VHDIMG_EXIT_OK;
 }

@@ -8,6 +8,8 @@ vhdimg_SOURCES = \
 	src/vhdimg/info.c \
 	src/vhdimg/check.c \
 	src/vhdimg/map.c \
-	src/vhdimg/convert.c
+	src/vhdimg/source.c \
+	src/vhdimg/convert.c \
+	src/vhdimg/compare.c
 vhdimg_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
 vhdimg_LDADD = libvhd.a libcommon.a $(UUID_LIBS)

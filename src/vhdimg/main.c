@@ -11,8 +11,9 @@ static const struct vhdimg_cmd commands[] = {
     {"info", "show an image's metadata and parent chain", cmd_info, usage_info},
     {"check", "check an image's consistency, optionally repair it", cmd_check, usage_check},
     {"map", "show which ranges hold data and where", cmd_map, usage_map},
-    {"convert", "convert an image (chain flattened) to raw, fixed or dynamic", cmd_convert,
+    {"convert", "convert an image or a raw disk to raw, fixed or dynamic", cmd_convert,
      usage_convert},
+    {"compare", "compare the contents of two images", cmd_compare, usage_compare},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -28,8 +29,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "\n"
           "Sizes take an optional K, M, G or T suffix (powers of 1024).\n"
-          "Exit status: 0 success, 1 failure, 2 bad arguments (check: see 'vhdimg help "
-          "check').\n");
+          "Exit status: 0 success, 1 failure, 2 bad arguments (check and compare:\n"
+          "see 'vhdimg help check' and 'vhdimg help compare').\n");
 }
 
 static const struct vhdimg_cmd *find_command(const char *name) {

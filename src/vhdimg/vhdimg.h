@@ -27,11 +27,13 @@ int cmd_info(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 void usage_create(FILE *f);
 void usage_info(FILE *f);
 void usage_check(FILE *f);
 void usage_map(FILE *f);
 void usage_convert(FILE *f);
+void usage_compare(FILE *f);
 
 /* util.c */
 /* Prints "vhdimg CMD: <msg>" and a hint to run --help; returns VHDIMG_EXIT_USAGE. */
@@ -63,5 +65,38 @@ struct warn_list {
 };
 void warn_collect(void *opaque, const char *msg);
 void warn_list_free(struct warn_list *w);
+
+/* source.c: an image convert and compare read, VHD or raw. */
+enum source_format { SOURCE_AUTO, SOURCE_VHD, SOURCE_RAW };
+struct source {
+  const char *path;
+  enum source_format fmt; /* SOURCE_VHD or SOURCE_RAW once open */
+  vhd_t *vhd;             /* VHD */
+  int fd;                 /* raw */
+  uint64_t file_size;     /* raw: bytes in the file */
+  uint64_t size;          /* the virtual disk (raw: file_size rounded up to 512) */
+};
+/* "vhd" (or "vpc") and "raw"; -1 for anything else. */
+int parse_source_format(const char *s, enum source_format *fmt);
+/* Opens path read-only.  SOURCE_AUTO takes a file with a VHD footer as a VHD
+ * and refuses any other, saying "PATH is not a VHD image (why); RAW_HINT". */
+int source_open(struct source *s, const char *path, enum source_format fmt,
+                const char *raw_hint, struct vhd_err *err);
+void source_close(struct source *s);
+/* Reads [off, off+len) of the virtual disk, which it must lie in. */
+int source_read(struct source *s, void *buf, uint64_t off, size_t len, struct vhd_err *err);
+
+/* Ranges of the virtual disk that may hold data, in order; the rest reads as
+ * zeros. */
+struct data_run {
+  uint64_t off, len;
+};
+struct run_list {
+  struct data_run *runs;
+  size_t n, cap;
+  uint64_t total; /* bytes in runs */
+};
+int source_data_runs(struct source *s, struct run_list *l, struct vhd_err *err);
+bool buf_is_zero(const uint8_t *p, size_t len);
 
 #endif

@@ -7,6 +7,8 @@ vhd_write_helper_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
 
 TESTS += \
 	tests/interop/test-vhdimg-cli.sh \
+	tests/interop/test-vhdimg-convert.sh \
+	tests/interop/test-vhdimg-compare.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \
@@ -21,6 +23,8 @@ EXTRA_DIST += \
 	tests/interop/make-malformed.py \
 	tests/interop/pyvhdi-dump.py \
 	tests/interop/test-vhdimg-cli.sh \
+	tests/interop/test-vhdimg-convert.sh \
+	tests/interop/test-vhdimg-compare.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
 	tests/interop/test-qemu-vpc-images.sh \

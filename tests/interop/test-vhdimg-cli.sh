@@ -50,7 +50,7 @@ usage_fails convert -O
 "$VHDIMG" --help | grep -q '^Usage: vhdimg' || fail "--help"
 "$VHDIMG" -V | grep -Eq '^vhdimg [0-9]' || fail "-V"
 "$VHDIMG" --version | grep -Eq '^vhdimg [0-9]' || fail "--version"
-for cmd in create info check map convert; do
+for cmd in create info check map convert compare; do
   "$VHDIMG" help $cmd | grep -q "^Usage: vhdimg $cmd" || fail "help $cmd"
   "$VHDIMG" $cmd --help | grep -q "^Usage: vhdimg $cmd" || fail "$cmd --help"
 done
@@ -191,6 +191,27 @@ data = open("q.vhd", "rb").read()
 open("leak.vhd", "wb").write(data[:-512] + bytes(2 * 1024 * 1024 + 512) + data[-512:])
 PYEOF
 expect_exit 3 "$VHDIMG" check leak.vhd
+
+# check --json: the same verdicts, as one object, with the same exit codes.
+# json_check FILE EXIT PYTHON-ASSERTION [--repair]
+json_check() {
+  local file=$1 want=$2 assertion=$3 rc=0
+  shift 3
+  "$VHDIMG" check --json "$@" "$file" >check.json || rc=$?
+  [ $rc = "$want" ] || fail "check --json $* $file: exit $rc, expected $want"
+  "$PY3" -c "import json, sys; j = json.load(open('check.json')); assert $assertion, j" ||
+    fail "check --json $* $file: $(cat check.json)"
+}
+json_check q.vhd 0 'j["result"] == "clean" and j["findings"] == [] and not (j["corrupt"] or j["leaks"] or j["repaired"])'
+json_check corrupt.vhd 1 'j["result"] == "corrupt" and j["corrupt"] and any(f["level"] == "error" and "BAT" in f["message"] for f in j["findings"])'
+json_check leak.vhd 3 'j["result"] == "leaks" and j["leaks"] and not j["corrupt"] and [f["level"] for f in j["findings"]] == ["leak"]'
+cp leak.vhd 'leak "q"\.vhd'
+json_check 'leak "q"\.vhd' 0 'j["filename"] == "leak \"q\"\\.vhd" and j["repaired"] and j["result"] == "clean" and j["after-repair"]["findings"] == [] and j["findings"][0]["level"] == "repaired"' --repair
+expect_exit 3 "$VHDIMG" check leak.vhd
+rc=0
+"$VHDIMG" check --json missing.vhd >check.json 2>/dev/null || rc=$?
+[ $rc = 2 ] && [ ! -s check.json ] || fail "check --json of a missing file: exit $rc, output '$(cat check.json)'"
+
 "$VHDIMG" check --repair leak.vhd >repair.out || { cat repair.out >&2; fail "check --repair of a leak"; }
 expect_exit 0 "$VHDIMG" check leak.vhd
 qemu-img compare -q -f vpc -F vpc q.vhd leak.vhd || fail "repairing a leak changed the content"
