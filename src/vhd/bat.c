@@ -58,10 +58,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   vhd->bitmaps = calloc((size_t)vhd->max_entries + 1, sizeof(uint8_t *));
   vhd->block_dirty = calloc((size_t)vhd->max_entries + 1, 1);
   vhd->dirty_blocks = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
+  vhd->pins = calloc((size_t)vhd->max_entries + 1, sizeof *vhd->pins);
   size_t nsec = (size_t)(bat_span / 512) + 1;
   vhd->bat_sector_dirty = calloc(nsec, 1);
   vhd->dirty_bat_sectors = malloc(nsec * sizeof(uint32_t));
-  if (!vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks ||
+  if (!vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks || !vhd->pins ||
       !vhd->bat_sector_dirty || !vhd->dirty_bat_sectors)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory for a BAT of %u entries", p,
                        vhd->max_entries);
@@ -207,6 +208,37 @@ static int push_offset(uint64_t **arr, size_t *n, size_t *cap, uint64_t off) {
 
 int vhd_block_free_space(vhd_t *vhd, uint64_t entry) {
   return push_offset(&vhd->free_pending, &vhd->n_free_pending, &vhd->cap_free_pending, entry);
+}
+
+int vhd_block_release_space(vhd_t *vhd, uint32_t blk, uint64_t entry) {
+  if (atomic_load(&vhd->pins[blk]) == 0) {
+    int r = vhd_block_free_space(vhd, entry);
+    return r < 0 ? r : 0;
+  }
+  if (vhd->n_retired == vhd->cap_retired) {
+    size_t nc = vhd->cap_retired ? vhd->cap_retired * 2 : 16;
+    struct vhd_retired *na = realloc(vhd->retired, nc * sizeof *na);
+    if (!na)
+      return -ENOMEM;
+    vhd->retired = na;
+    vhd->cap_retired = nc;
+  }
+  /* A pinned write may land after the punch: zero the space on reuse. */
+  vhd->retired[vhd->n_retired++] =
+      (struct vhd_retired){blk, entry | VHD_FREE_NEEDS_ZEROING};
+  return 1;
+}
+
+void vhd_retired_collect(vhd_t *vhd) {
+  size_t k = 0;
+  for (size_t i = 0; i < vhd->n_retired; i++) {
+    const struct vhd_retired *e = &vhd->retired[i];
+    /* Pins taken since the free are for the block's new space, if any:
+     * waiting for them too is merely cautious. */
+    if (atomic_load(&vhd->pins[e->blk]) != 0 || vhd_block_free_space(vhd, e->entry) < 0)
+      vhd->retired[k++] = *e;
+  }
+  vhd->n_retired = k;
 }
 
 /* See the write order in vhd-internal.h. */

@@ -226,6 +226,8 @@ void vhd_free(vhd_t *vhd) {
   free(vhd->dirty_bat_sectors);
   free(vhd->free_pending);
   free(vhd->free_ready);
+  free(vhd->pins);
+  free(vhd->retired);
   pthread_mutex_destroy(&vhd->lock);
   pthread_mutex_destroy(&vhd->flush_lock);
   pthread_mutex_destroy(&vhd->sync_lock);

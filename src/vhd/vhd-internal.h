@@ -37,6 +37,19 @@
  *     on disk a BAT entry only ever points at a block whose bitmap and
  *     footer are durable, and a bitmap bit is only set for data that is.
  *
+ *  Pins: an offset read from the BAT under vhd->lock is used after the
+ *     lock is dropped (pread, pwrite, punch).  Meanwhile another thread may
+ *     free the block, a flush make its space reusable and an allocation
+ *     give that space to another block: the late I/O would then write into,
+ *     punch or read that other block.  So every such I/O pins its block
+ *     (vhd->pins, taken under the lock with the offset, dropped once the
+ *     I/O returned), and a block freed while pinned has its space retired
+ *     rather than put on the free lists: a flush that finds its pins gone
+ *     moves it on (it is zeroed when reused, since a late write may have
+ *     landed after its punch).  Nothing waits for a pin, and I/O into
+ *     allocated blocks takes no lock of its own: the engine's I/O never
+ *     crosses blocks whatever the caller overlaps.
+ *
  *  4. A failed write, sync or truncate latches the handle (io.c): every
  *     later write, punch, truncate and sync of the image is refused.  A
  *     failed sync may have dropped dirty pages the kernel will not report
@@ -169,6 +182,16 @@ struct vhd {
    * so its data must be zeroed when it is reused. */
   uint64_t *free_pending, *free_ready;
   size_t n_free_pending, n_free_ready, cap_free_pending, cap_free_ready;
+  /* I/O in flight per block (see "Pins" above).  Taken under `lock` with
+   * the offset read from the BAT, dropped without it. */
+  atomic_uint *pins;
+  /* Blocks freed while pinned: their space (an entry as in free_pending)
+   * waits here until the block's pins are gone. */
+  struct vhd_retired {
+    uint32_t blk;
+    uint64_t entry;
+  } *retired;
+  size_t n_retired, cap_retired;
 
   vhd_t *parent;
   char parent_name[1024];
@@ -235,6 +258,18 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);          
  * and data are known to read as zeros (punched). */
 int vhd_block_free_space(vhd_t *vhd, uint64_t entry);
 #define VHD_FREE_NEEDS_ZEROING 0x1u
+/* Pins (see the write order): pin with the lock held, unpin without. */
+static inline void vhd_block_pin(vhd_t *vhd, uint32_t blk) { atomic_fetch_add(&vhd->pins[blk], 1); }
+static inline void vhd_block_unpin(vhd_t *vhd, uint32_t blk) {
+  atomic_fetch_sub(&vhd->pins[blk], 1);
+}
+/* Frees block blk's space, entry as for vhd_block_free_space (lock held):
+ * retired while I/O into the block is in flight, else free as usual.
+ * Returns whether it was retired, or a negative errno. */
+int vhd_block_release_space(vhd_t *vhd, uint32_t blk, uint64_t entry);
+/* Moves retired space whose block has no pins left to the free list (lock
+ * held; a flush does it before its snapshot). */
+void vhd_retired_collect(vhd_t *vhd);
 /* End of the bytes a parent locator's data area occupies: its data space
  * (bytes when at least the data length, else sectors, as in the reference
  * notes), never less than the data length, rounded up to a sector. */

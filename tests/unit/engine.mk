@@ -70,3 +70,12 @@ VALGRIND_TESTS += test-vhd-layout
 test_vhd_layout_SOURCES = tests/unit/test-vhd-layout.c $(ENGINE_TEST_UTIL)
 test_vhd_layout_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_layout_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# Overlapping requests without the server's queue: no data lands in a block
+# it was not written to, whatever a freed block's space is reused for.
+check_PROGRAMS += test-vhd-race
+TESTS += test-vhd-race
+VALGRIND_TESTS += test-vhd-race
+test_vhd_race_SOURCES = tests/unit/test-vhd-race.c $(ENGINE_TEST_UTIL)
+test_vhd_race_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_race_CFLAGS = $(ENGINE_TEST_CFLAGS)
