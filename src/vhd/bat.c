@@ -241,9 +241,45 @@ void vhd_retired_collect(vhd_t *vhd) {
   vhd->n_retired = k;
 }
 
-/* See the write order in vhd-internal.h. */
-int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
+/* Makes room for new blocks from off on (lock held): writes the footer
+ * further on and syncs it before any block may overwrite the old one (see
+ * the write order).  The sync runs without the lock, which reads need for
+ * their bitmap snapshots; meanwhile footer_moving keeps other allocations
+ * of new space waiting (allocations from freed space, writes into
+ * allocated blocks and flushes go on), and the old footer stays where it
+ * is.  Returns with the lock held; the caller looks at everything again. */
+static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, uint32_t blk,
+                       struct vhd_err *err) {
+  if (vhd->footer_moving) {
+    pthread_cond_wait(&vhd->footer_moved, &vhd->lock);
+    return 0;
+  }
+  uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
+  uint64_t new_footer = off + blocks * span;
+  if (new_footer > limit)
+    new_footer = off + (limit - off) / span * span;
+  vhd->footer_moving = true;
+  pthread_mutex_unlock(&vhd->lock);
+  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
+  if (r == 0)
+    r = vhd_io_sync(vhd);
+  pthread_mutex_lock(&vhd->lock);
+  vhd->footer_moving = false;
+  pthread_cond_broadcast(&vhd->footer_moved);
+  if (r < 0)
+    return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
+                       vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
+  vhd->footer_offset = new_footer;
+  return 0;
+}
+
+/* One try at allocating block blk: 0, a negative errno, or 1 after the
+ * lock was dropped for a footer move (look at everything again: another
+ * thread may even have allocated the block from freed space). */
+static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  if (vhd->bat[blk] != VHD_BAT_UNUSED)
+    return 0;
   if (vhd->n_free_ready > 0) {
     uint64_t entry = vhd->free_ready[--vhd->n_free_ready];
     uint64_t off = entry & ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
@@ -277,20 +313,11 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   if (off + span > limit)
     return vhd_set_err(err, -ENOSPC, "%s: block %u: the file would pass the 2 TiB VHD limit",
                        vhd->path, blk);
-  int r;
   if (off + span > vhd->footer_offset) {
-    uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
-    uint64_t new_footer = off + blocks * span;
-    if (new_footer > limit)
-      new_footer = off + (limit - off) / span * span;
-    r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
-    if (r == 0)
-      r = vhd_io_sync(vhd);
-    if (r < 0)
-      return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
-                         vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
-    vhd->footer_offset = new_footer;
+    int r = footer_move(vhd, off, span, limit, blk, err);
+    return r < 0 ? r : 1;
   }
+  int r;
   uint8_t *bm = calloc(1, vhd->bitmap_size);
   if (!bm)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
@@ -307,6 +334,17 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   vhd->allocated_blocks++;
   vhd_bat_mark_dirty(vhd, blk);
   return 0;
+}
+
+/* See the write order in vhd-internal.h.  May drop the lock while the
+ * footer moves; returns with it held and, on success, block blk allocated
+ * (by this call or another thread's).  Each further try follows a footer
+ * move that made room. */
+int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
+  int r;
+  while ((r = allocate_once(vhd, blk, err)) > 0)
+    ;
+  return r;
 }
 
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {

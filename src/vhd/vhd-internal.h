@@ -16,7 +16,14 @@
  *     the footer is written again further on (room for several blocks) and
  *     synced *before* anything overwrites the old footer, so the file ends
  *     with a durable valid footer whatever order unsynced writes reach the
- *     disk in.  One sync per window, not per block.  A new block then gets
+ *     disk in.  One sync per window, not per block.  That sync runs
+ *     without vhd->lock, so that reads (which take it for their bitmap
+ *     snapshots) do not wait for it: until it returned no block is handed
+ *     out past the old footer (footer_moving makes such allocations wait),
+ *     and the moved footer counts only then.  The moving thread holds
+ *     only sync_lock during the sync, as a flush does; a failed sync is
+ *     latched as any other, and allocations that waited for the move then
+ *     fail on the latch.  A new block then gets
  *     a zeroed sector bitmap, and its data area reads as zeros on disk (new
  *     file space, or a reused block punched or zeroed), so readers that
  *     ignore bitmaps see zeros in sectors never written; its BAT entry
@@ -196,6 +203,10 @@ struct vhd {
   vhd_t *parent;
   char parent_name[1024];
 
+  /* A thread is moving the footer on, without the lock (see footer_move
+   * in bat.c); allocations that need the room wait for footer_moved. */
+  bool footer_moving;
+  pthread_cond_t footer_moved;
   pthread_mutex_t lock;       /* BAT, bitmaps, allocation, footer */
   pthread_mutex_t flush_lock; /* one flush at a time */
   void (*warn)(void *, const char *);
@@ -252,7 +263,8 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 /* bat.c */
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
-int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);           /* lock held */
+/* Lock held; may drop it while the footer moves (see bat.c). */
+int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);
 /* Records a block's space as free (lock held); reusable after the next flush.
  * entry: the block's offset, with VHD_FREE_NEEDS_ZEROING unless its bitmap
  * and data are known to read as zeros (punched). */
