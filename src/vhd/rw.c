@@ -668,7 +668,8 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
    * pwrite already returned, so the first fdatasync makes that data durable
    * before the metadata that points at it is written. */
   pthread_mutex_lock(&vhd->lock);
-  /* Their BAT entries changed before this snapshot. */
+  /* Retired space no I/O targets any more joins the blocks freed before
+   * this snapshot: their BAT entries changed before it too. */
   vhd_retired_collect(vhd);
   size_t n = (size_t)vhd->n_dirty_blocks + vhd->n_dirty_bat_sectors;
   struct meta_write *w = n ? calloc(n, sizeof *w) : NULL;

@@ -35,7 +35,8 @@
  *     part of the window back (footer moved down, synced, file truncated).
  *     Blocks freed by zeroing are reused only after a flush has made their
  *     BAT entries durably unused, so a crash can never leave two entries
- *     pointing at one block.
+ *     pointing at one block, and only once no I/O chosen before the free
+ *     can still reach them (see "Pins" below).
  *  2. Data goes to its place with pwrite; bitmap bits for the sectors written
  *     are set in memory only after the data write returned.
  *  3. vhd_flush (serialized by vhd->flush_lock): snapshot the dirty BAT
