@@ -58,10 +58,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   vhd->bitmaps = calloc((size_t)vhd->max_entries + 1, sizeof(uint8_t *));
   vhd->block_dirty = calloc((size_t)vhd->max_entries + 1, 1);
   vhd->dirty_blocks = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
+  vhd->pins = calloc((size_t)vhd->max_entries + 1, sizeof *vhd->pins);
   size_t nsec = (size_t)(bat_span / 512) + 1;
   vhd->bat_sector_dirty = calloc(nsec, 1);
   vhd->dirty_bat_sectors = malloc(nsec * sizeof(uint32_t));
-  if (!vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks ||
+  if (!vhd->bat || !vhd->bitmaps || !vhd->block_dirty || !vhd->dirty_blocks || !vhd->pins ||
       !vhd->bat_sector_dirty || !vhd->dirty_bat_sectors)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory for a BAT of %u entries", p,
                        vhd->max_entries);
@@ -226,9 +227,76 @@ int vhd_block_free_space(vhd_t *vhd, uint64_t entry) {
   return push_offset(&vhd->free_pending, &vhd->n_free_pending, &vhd->cap_free_pending, entry);
 }
 
-/* See the write order in vhd-internal.h. */
-int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
+int vhd_block_release_space(vhd_t *vhd, uint32_t blk, uint64_t entry) {
+  if (atomic_load(&vhd->pins[blk]) == 0) {
+    int r = vhd_block_free_space(vhd, entry);
+    return r < 0 ? r : 0;
+  }
+  if (vhd->n_retired == vhd->cap_retired) {
+    size_t nc = vhd->cap_retired ? vhd->cap_retired * 2 : 16;
+    struct vhd_retired *na = realloc(vhd->retired, nc * sizeof *na);
+    if (!na)
+      return -ENOMEM;
+    vhd->retired = na;
+    vhd->cap_retired = nc;
+  }
+  /* A pinned write may land after the punch: zero the space on reuse. */
+  vhd->retired[vhd->n_retired++] =
+      (struct vhd_retired){blk, entry | VHD_FREE_NEEDS_ZEROING};
+  return 1;
+}
+
+void vhd_retired_collect(vhd_t *vhd) {
+  size_t k = 0;
+  for (size_t i = 0; i < vhd->n_retired; i++) {
+    const struct vhd_retired *e = &vhd->retired[i];
+    /* Pins taken since the free are for the block's new space, if any:
+     * waiting for them too is merely cautious. */
+    if (atomic_load(&vhd->pins[e->blk]) != 0 || vhd_block_free_space(vhd, e->entry) < 0)
+      vhd->retired[k++] = *e;
+  }
+  vhd->n_retired = k;
+}
+
+/* Makes room for new blocks from off on (lock held): writes the footer
+ * further on and syncs it before any block may overwrite the old one (see
+ * the write order).  The sync runs without the lock, which reads need for
+ * their bitmap snapshots; meanwhile footer_moving keeps other allocations
+ * of new space waiting (allocations from freed space, writes into
+ * allocated blocks and flushes go on), and the old footer stays where it
+ * is.  Returns with the lock held; the caller looks at everything again. */
+static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, uint32_t blk,
+                       struct vhd_err *err) {
+  if (vhd->footer_moving) {
+    pthread_cond_wait(&vhd->footer_moved, &vhd->lock);
+    return 0;
+  }
+  uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
+  uint64_t new_footer = off + blocks * span;
+  if (new_footer > limit)
+    new_footer = off + (limit - off) / span * span;
+  vhd->footer_moving = true;
+  pthread_mutex_unlock(&vhd->lock);
+  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
+  if (r == 0)
+    r = vhd_io_sync(vhd);
+  pthread_mutex_lock(&vhd->lock);
+  vhd->footer_moving = false;
+  pthread_cond_broadcast(&vhd->footer_moved);
+  if (r < 0)
+    return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
+                       vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
+  vhd->footer_offset = new_footer;
+  return 0;
+}
+
+/* One try at allocating block blk: 0, a negative errno, or 1 after the
+ * lock was dropped for a footer move (look at everything again: another
+ * thread may even have allocated the block from freed space). */
+static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  if (vhd->bat[blk] != VHD_BAT_UNUSED)
+    return 0;
   if (vhd->n_free_ready > 0) {
     uint64_t entry = vhd->free_ready[--vhd->n_free_ready];
     uint64_t off = entry & ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
@@ -262,20 +330,11 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   if (off + span > limit)
     return vhd_set_err(err, -ENOSPC, "%s: block %u: the file would pass the 2 TiB VHD limit",
                        vhd->path, blk);
-  int r;
   if (off + span > vhd->footer_offset) {
-    uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
-    uint64_t new_footer = off + blocks * span;
-    if (new_footer > limit)
-      new_footer = off + (limit - off) / span * span;
-    r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
-    if (r == 0)
-      r = vhd_io_sync(vhd);
-    if (r < 0)
-      return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
-                         vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
-    vhd->footer_offset = new_footer;
+    int r = footer_move(vhd, off, span, limit, blk, err);
+    return r < 0 ? r : 1;
   }
+  int r;
   uint8_t *bm = calloc(1, vhd->bitmap_size);
   if (!bm)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
@@ -292,6 +351,17 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   vhd->allocated_blocks++;
   vhd_bat_mark_dirty(vhd, blk);
   return 0;
+}
+
+/* See the write order in vhd-internal.h.  May drop the lock while the
+ * footer moves; returns with it held and, on success, block blk allocated
+ * (by this call or another thread's).  Each further try follows a footer
+ * move that made room. */
+int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
+  int r;
+  while ((r = allocate_once(vhd, blk, err)) > 0)
+    ;
+  return r;
 }
 
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {

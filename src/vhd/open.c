@@ -226,9 +226,12 @@ void vhd_free(vhd_t *vhd) {
   free(vhd->dirty_bat_sectors);
   free(vhd->free_pending);
   free(vhd->free_ready);
+  free(vhd->pins);
+  free(vhd->retired);
   pthread_mutex_destroy(&vhd->lock);
   pthread_mutex_destroy(&vhd->flush_lock);
   pthread_mutex_destroy(&vhd->sync_lock);
+  pthread_cond_destroy(&vhd->footer_moved);
   free(vhd->path);
   free(vhd);
 }
@@ -262,6 +265,7 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   pthread_mutex_init(&vhd->lock, NULL);
   pthread_mutex_init(&vhd->flush_lock, NULL);
   pthread_mutex_init(&vhd->sync_lock, NULL);
+  pthread_cond_init(&vhd->footer_moved, NULL);
   vhd->path = strdup(path);
   unsigned flags = opts ? opts->flags : 0;
   vhd->readonly = flags & VHD_OPEN_RDONLY;

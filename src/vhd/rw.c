@@ -122,18 +122,22 @@ static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struc
 /* A block's BAT entry and a copy of the bitmap bytes covering sectors
  * [s0, s1), taken under the lock so the I/O after it runs without it.
  * bits[0] holds sector s0 rounded down to a multiple of 8.  With nowait,
- * -EAGAIN rather than waiting for the lock or for the bitmap to be read. */
+ * -EAGAIN rather than waiting for the lock or for the bitmap to be read.
+ * With pin, an allocated block stays pinned (see the write order) until
+ * the caller's reads of it are done. */
 struct block_snapshot {
   uint32_t entry;
+  bool pinned;
   uint8_t *bits;
   uint8_t *heap;
   uint8_t stack[2048];
 };
 
 static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1, bool nowait,
-                               struct block_snapshot *snap, struct vhd_err *err) {
+                               bool pin, struct block_snapshot *snap, struct vhd_err *err) {
   size_t need = (s1 + 7) / 8 - s0 / 8;
   snap->heap = NULL;
+  snap->pinned = false;
   snap->bits = snap->stack;
   if (need > sizeof snap->stack) {
     snap->heap = malloc(need);
@@ -159,6 +163,10 @@ static int block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s
         r = vhd_bitmap_get(vhd, blk, &full, err);
       if (r == 0)
         memcpy(snap->bits, full + s0 / 8, need);
+      if (r == 0 && pin) {
+        vhd_block_pin(vhd, blk);
+        snap->pinned = true;
+      }
     }
     pthread_mutex_unlock(&vhd->lock);
   }
@@ -177,7 +185,7 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
   uint32_t boff = (uint32_t)(off - block_start);
   uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + len, 512);
   struct block_snapshot snap;
-  int r = block_snapshot_take(vhd, blk, s0, s1, rc->flags & VHD_READ_NOWAIT, &snap, err);
+  int r = block_snapshot_take(vhd, blk, s0, s1, rc->flags & VHD_READ_NOWAIT, true, &snap, err);
   if (r < 0)
     return r;
   CLEANUP_FREE uint8_t *heapbm = snap.heap;
@@ -190,7 +198,7 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
   uint32_t base = s0 & ~7u; /* bm holds bits from sector `base` on */
   uint32_t pos = boff;
   uint32_t end = boff + (uint32_t)len;
-  while (pos < end) {
+  while (pos < end && r == 0) {
     bool present;
     uint32_t s = pos / 512;
     uint32_t run = vhd_bitmap_run(bm, s - base, s1 - base, &present);
@@ -204,11 +212,11 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
     } else {
       r = read_absent(vhd, dst, block_start + pos, n, rc, err);
     }
-    if (r)
-      return r;
     pos = run_end;
   }
-  return 0;
+  if (snap.pinned)
+    vhd_block_unpin(vhd, blk);
+  return r;
 }
 
 static int read_range(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
@@ -268,29 +276,32 @@ static int write_sectors(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t le
   if (r == 0)
     r = vhd_bitmap_get(vhd, blk, &bm, err);
   bool all_set = false;
-  uint64_t data_off = 0;
+  uint32_t entry = VHD_BAT_UNUSED;
   if (r == 0) {
     bool v;
     all_set = vhd_bitmap_run(bm, s0, s1, &v) == s1 - s0 && v;
-    data_off = (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + boff;
+    entry = vhd->bat[blk];
+    vhd_block_pin(vhd, blk);
   }
   pthread_mutex_unlock(&vhd->lock);
   if (r < 0)
     return r;
+  uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size + boff;
   r = vhd_io_pwrite(vhd, buf, len, data_off);
-  if (r < 0)
-    return io_err(vhd, err, r, "writing data", data_off);
-  if (!all_set) {
-    /* Bits only after the data is in place: see the write order. */
+  if (r == 0 && !all_set) {
+    /* Bits only after the data is in place: see the write order.  Still
+     * pinned, so a block that kept its entry kept its space: a block
+     * freed meanwhile gets no bits for data that went to its old space. */
     pthread_mutex_lock(&vhd->lock);
-    if (vhd->bat[blk] != VHD_BAT_UNUSED && vhd->bitmaps[blk]) {
+    if (vhd->bat[blk] == entry && vhd->bitmaps[blk]) {
       for (uint32_t s = s0; s < s1; s++)
         vhd_bit_set(vhd->bitmaps[blk], s);
       vhd_block_mark_dirty(vhd, blk);
     }
     pthread_mutex_unlock(&vhd->lock);
   }
-  return 0;
+  vhd_block_unpin(vhd, blk);
+  return r < 0 ? io_err(vhd, err, r, "writing data", data_off) : 0;
 }
 
 /* [off, off+len) inside one block, any alignment: partial sectors are
@@ -375,17 +386,22 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
     r = vhd_bitmap_get(vhd, blk, &bm, err);
   bool head_set = false, tail_set = false;
   if (r == 0 && entry != VHD_BAT_UNUSED) {
-    if (may_free && boff == 0 && len == vhd->block_size &&
-        vhd_block_free_space(vhd, (uint64_t)entry * 512 | VHD_FREE_NEEDS_ZEROING) == 0) {
+    int freed = may_free && boff == 0 && len == vhd->block_size
+                    ? vhd_block_release_space(vhd, blk,
+                                              (uint64_t)entry * 512 | VHD_FREE_NEEDS_ZEROING)
+                    : -1;
+    if (freed >= 0) {
       /* The block is reused after the next flush (see the write order);
        * until then its on-disk BAT entry may still point here, so its
        * holes must read as zeros: punching bitmap and data does that and
        * gives the disk space back now.  Punched under the lock: once the
        * space is on the free list a flush may hand it to another block,
        * and a late punch would destroy that block's data.  Where the
-       * punch fails, the block is zeroed when it is reused. */
+       * punch fails (or a pinned write may land after it), the block is
+       * zeroed when it is reused. */
       if (vhd_io_punch(vhd, (uint64_t)entry * 512,
-                       (uint64_t)vhd->bitmap_size + vhd->block_size) == 0)
+                       (uint64_t)vhd->bitmap_size + vhd->block_size) == 0 &&
+          !freed)
         vhd->free_pending[vhd->n_free_pending - 1] &= ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
       vhd->bat[blk] = VHD_BAT_UNUSED;
       free(vhd->bitmaps[blk]);
@@ -405,6 +421,8 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
       head_set = vhd_bit_get(bm, boff / 512);
     if ((off + len) % 512 && (a <= b || !(off % 512)))
       tail_set = vhd_bit_get(bm, (uint32_t)((off + len - (off - boff)) / 512));
+    if (a < b)
+      vhd_block_pin(vhd, blk);
   }
   pthread_mutex_unlock(&vhd->lock);
   if (r == 0 && entry != VHD_BAT_UNUSED && a < b) {
@@ -421,6 +439,7 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
         done += n;
       }
     }
+    vhd_block_unpin(vhd, blk);
   }
   if (r < 0 || whole_only)
     return r;
@@ -571,7 +590,7 @@ static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct m
     uint32_t n = (uint32_t)MIN(len, (uint64_t)vhd->block_size - boff);
     uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + n, 512);
     struct block_snapshot snap;
-    int r = block_snapshot_take(vhd, blk, s0, s1, false, &snap, err);
+    int r = block_snapshot_take(vhd, blk, s0, s1, false, false, &snap, err);
     if (r < 0)
       return r;
     CLEANUP_FREE uint8_t *heapbm = snap.heap;
@@ -649,6 +668,9 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err) {
    * pwrite already returned, so the first fdatasync makes that data durable
    * before the metadata that points at it is written. */
   pthread_mutex_lock(&vhd->lock);
+  /* Retired space no I/O targets any more joins the blocks freed before
+   * this snapshot: their BAT entries changed before it too. */
+  vhd_retired_collect(vhd);
   size_t n = (size_t)vhd->n_dirty_blocks + vhd->n_dirty_bat_sectors;
   struct meta_write *w = n ? calloc(n, sizeof *w) : NULL;
   size_t k = 0;

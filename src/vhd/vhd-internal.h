@@ -17,7 +17,14 @@
  *     the footer is written again further on (room for several blocks) and
  *     synced *before* anything overwrites the old footer, so the file ends
  *     with a durable valid footer whatever order unsynced writes reach the
- *     disk in.  One sync per window, not per block.  A new block then gets
+ *     disk in.  One sync per window, not per block.  That sync runs
+ *     without vhd->lock, so that reads (which take it for their bitmap
+ *     snapshots) do not wait for it: until it returned no block is handed
+ *     out past the old footer (footer_moving makes such allocations wait),
+ *     and the moved footer counts only then.  The moving thread holds
+ *     only sync_lock during the sync, as a flush does; a failed sync is
+ *     latched as any other, and allocations that waited for the move then
+ *     fail on the latch.  A new block then gets
  *     a zeroed sector bitmap, and its data area reads as zeros on disk (new
  *     file space, or a reused block punched or zeroed), so readers that
  *     ignore bitmaps see zeros in sectors never written; its BAT entry
@@ -29,7 +36,8 @@
  *     part of the window back (footer moved down, synced, file truncated).
  *     Blocks freed by zeroing are reused only after a flush has made their
  *     BAT entries durably unused, so a crash can never leave two entries
- *     pointing at one block.
+ *     pointing at one block, and only once no I/O chosen before the free
+ *     can still reach them (see "Pins" below).
  *  2. Data goes to its place with pwrite; bitmap bits for the sectors written
  *     are set in memory only after the data write returned.
  *  3. vhd_flush (serialized by vhd->flush_lock): snapshot the dirty BAT
@@ -37,6 +45,19 @@
  *     zeroed bitmaps become durable), write the snapshots, fdatasync.  So
  *     on disk a BAT entry only ever points at a block whose bitmap and
  *     footer are durable, and a bitmap bit is only set for data that is.
+ *
+ *  Pins: an offset read from the BAT under vhd->lock is used after the
+ *     lock is dropped (pread, pwrite, punch).  Meanwhile another thread may
+ *     free the block, a flush make its space reusable and an allocation
+ *     give that space to another block: the late I/O would then write into,
+ *     punch or read that other block.  So every such I/O pins its block
+ *     (vhd->pins, taken under the lock with the offset, dropped once the
+ *     I/O returned), and a block freed while pinned has its space retired
+ *     rather than put on the free lists: a flush that finds its pins gone
+ *     moves it on (it is zeroed when reused, since a late write may have
+ *     landed after its punch).  Nothing waits for a pin, and I/O into
+ *     allocated blocks takes no lock of its own: the engine's I/O never
+ *     crosses blocks whatever the caller overlaps.
  *
  *  4. A failed write, sync or truncate latches the handle (io.c): every
  *     later write, punch, truncate and sync of the image is refused.  A
@@ -175,10 +196,24 @@ struct vhd {
    * so its data must be zeroed when it is reused. */
   uint64_t *free_pending, *free_ready;
   size_t n_free_pending, n_free_ready, cap_free_pending, cap_free_ready;
+  /* I/O in flight per block (see "Pins" above).  Taken under `lock` with
+   * the offset read from the BAT, dropped without it. */
+  atomic_uint *pins;
+  /* Blocks freed while pinned: their space (an entry as in free_pending)
+   * waits here until the block's pins are gone. */
+  struct vhd_retired {
+    uint32_t blk;
+    uint64_t entry;
+  } *retired;
+  size_t n_retired, cap_retired;
 
   vhd_t *parent;
   char parent_name[1024];
 
+  /* A thread is moving the footer on, without the lock (see footer_move
+   * in bat.c); allocations that need the room wait for footer_moved. */
+  bool footer_moving;
+  pthread_cond_t footer_moved;
   pthread_mutex_t lock;       /* BAT, bitmaps, allocation, footer */
   pthread_mutex_t flush_lock; /* one flush at a time */
   void (*warn)(void *, const char *);
@@ -235,12 +270,25 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 /* bat.c */
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
-int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);           /* lock held */
+/* Lock held; may drop it while the footer moves (see bat.c). */
+int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);
 /* Records a block's space as free (lock held); reusable after the next flush.
  * entry: the block's offset, with VHD_FREE_NEEDS_ZEROING unless its bitmap
  * and data are known to read as zeros (punched). */
 int vhd_block_free_space(vhd_t *vhd, uint64_t entry);
 #define VHD_FREE_NEEDS_ZEROING 0x1u
+/* Pins (see the write order): pin with the lock held, unpin without. */
+static inline void vhd_block_pin(vhd_t *vhd, uint32_t blk) { atomic_fetch_add(&vhd->pins[blk], 1); }
+static inline void vhd_block_unpin(vhd_t *vhd, uint32_t blk) {
+  atomic_fetch_sub(&vhd->pins[blk], 1);
+}
+/* Frees block blk's space, entry as for vhd_block_free_space (lock held):
+ * retired while I/O into the block is in flight, else free as usual.
+ * Returns whether it was retired, or a negative errno. */
+int vhd_block_release_space(vhd_t *vhd, uint32_t blk, uint64_t entry);
+/* Moves retired space whose block has no pins left to the free list (lock
+ * held; a flush does it before its snapshot). */
+void vhd_retired_collect(vhd_t *vhd);
 /* End of the bytes a parent locator's data area occupies: its data space
  * (bytes when at least the data length, else sectors, as in the reference
  * notes), never less than the data length, rounded up to a sector. */

@@ -18,7 +18,11 @@
  *     512-byte sector, or a read and a write of the same sector, running at
  *     the same time give unspecified (but never corrupting) results.  Overlap
  *     is judged on whole sectors because a write of part of a sector is a
- *     read-modify-write of the whole sector.
+ *     read-modify-write of the whole sector.  "Never corrupting" holds
+ *     without the caller's help: a block trimmed or zeroed away while a
+ *     read, write or zeroing of it is still running does not have its
+ *     space reused until that request is done, so no request ever reads or
+ *     changes another block's data, and the image stays valid.
  *   - vhd_flush makes durable every write that completed before vhd_flush was
  *     called; writes still running when it starts may or may not be covered.
  *   - vhd_close must not race with anything else on the handle.

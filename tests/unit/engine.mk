@@ -81,3 +81,20 @@ test_vhd_bitmap_bytes_SOURCES = tests/unit/test-vhd-bitmap-bytes.c $(ENGINE_TEST
 test_vhd_bitmap_bytes_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_bitmap_bytes_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-bitmap-bytes
+
+# Overlapping requests without the server's queue: no data lands in a block
+# it was not written to, whatever a freed block's space is reused for.
+check_PROGRAMS += test-vhd-race
+TESTS += test-vhd-race
+VALGRIND_TESTS += test-vhd-race
+test_vhd_race_SOURCES = tests/unit/test-vhd-race.c $(ENGINE_TEST_UTIL)
+test_vhd_race_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_race_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# The sync of a footer move does not hold up the image's readers.
+check_PROGRAMS += test-vhd-footer-sync
+TESTS += test-vhd-footer-sync
+VALGRIND_TESTS += test-vhd-footer-sync
+test_vhd_footer_sync_SOURCES = tests/unit/test-vhd-footer-sync.c $(ENGINE_TEST_UTIL)
+test_vhd_footer_sync_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_footer_sync_CFLAGS = $(ENGINE_TEST_CFLAGS)

@@ -290,6 +290,25 @@ void t_set_io_hook(t_io_hook hook, void *opaque) {
   io_hook_opaque = opaque;
 }
 
+static t_io_before_hook before_hook;
+static void *before_hook_opaque;
+
+void t_set_io_before_hook(t_io_before_hook hook, void *opaque) {
+  before_hook = hook;
+  before_hook_opaque = opaque;
+}
+
+static ssize_t do_pread(int fd, void *buf, size_t n, off_t off) {
+  if (before_hook)
+    before_hook(before_hook_opaque, T_OP_READ, fd, (uint64_t)n, (uint64_t)off);
+  return syscall(SYS_pread64, fd, buf, n, off);
+}
+
+ssize_t pread(int fd, void *buf, size_t n, off_t off) { return do_pread(fd, buf, n, off); }
+ssize_t pread64(int fd, void *buf, size_t n, off64_t off) {
+  return do_pread(fd, buf, n, (off_t)off);
+}
+
 uint64_t t_sync_count(void) { return sync_count; }
 
 /* What changed the file since the last sync, for t_lose_unsynced. */
@@ -366,6 +385,8 @@ static void remember_old(int fd, size_t n, off_t off, struct unsynced *u) {
 }
 
 static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
+  if (before_hook)
+    before_hook(before_hook_opaque, T_OP_WRITE, fd, (uint64_t)n, (uint64_t)off);
   struct unsynced before = {0};
   if (tracking)
     remember_old(fd, n, off, &before);
@@ -408,6 +429,8 @@ static bool punch_unsupported;
 void t_set_punch_unsupported(bool unsupported) { punch_unsupported = unsupported; }
 
 static int do_fallocate(int fd, int mode, off_t off, off_t len) {
+  if ((mode & FALLOC_FL_PUNCH_HOLE) && before_hook)
+    before_hook(before_hook_opaque, T_OP_PUNCH, fd, (uint64_t)len, (uint64_t)off);
   if ((mode & FALLOC_FL_PUNCH_HOLE) && punch_unsupported) {
     errno = EOPNOTSUPP;
     return -1;

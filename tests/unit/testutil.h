@@ -80,8 +80,8 @@ vhd_t *t_open(const char *path, bool rdonly);
  * when the result is not clean. */
 int t_check(const char *path);
 
-/* The test "VFS": the test programs define pwrite, fdatasync, fsync and
- * fallocate themselves, so the engine's calls land here before the kernel.
+/* The test "VFS": the test programs define pread, pwrite, fdatasync, fsync
+ * and fallocate themselves, so the engine's calls land here before the kernel.
  * Syncs are skipped (the page cache is never lost during a test, and real
  * fdatasyncs made the suites slow on busy machines) unless VHD_TEST_REAL_SYNC
  * is set.  A hook sees every successful mutation, for the crash tests. */
@@ -89,6 +89,14 @@ enum t_io_kind { T_IO_WRITE, T_IO_SYNC, T_IO_PUNCH, T_IO_TRUNCATE };
 typedef void (*t_io_hook)(void *opaque, enum t_io_kind kind, int fd, const void *buf,
                           uint64_t len, uint64_t off);
 void t_set_io_hook(t_io_hook hook, void *opaque);
+/* Called in the calling thread before every pread, pwrite and hole punch
+ * reaches the kernel, so that a test can hold the caller there (until
+ * another thread has done something) and widen a race window: the gap
+ * between the engine choosing a file offset and its I/O at that offset. */
+enum t_io_op { T_OP_READ, T_OP_WRITE, T_OP_PUNCH };
+typedef void (*t_io_before_hook)(void *opaque, enum t_io_op op, int fd, uint64_t len,
+                                 uint64_t off);
+void t_set_io_before_hook(t_io_before_hook hook, void *opaque);
 /* Hole punching fails with EOPNOTSUPP while set, as on a file system that
  * cannot punch holes. */
 void t_set_punch_unsupported(bool unsupported);
