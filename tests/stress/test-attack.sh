@@ -47,7 +47,13 @@ port=$(free_tcp_port)
 start_vhdnbd "$TMPD/sock" -b 127.0.0.1 -p "$port" "$img" 2>"$TMPD/log"
 # shellcheck disable=SC2086
 "$PY3" "$top_srcdir/tests/stress/attack.py" "$port" "$VHDNBD_PID" "$ATTACK_LATENCY_LIMIT" \
-  "$ATTACK_RSS_LIMIT_MB" ${ATTACK_PHASES:-} || fail "the server did not hold under attack"
+  "$ATTACK_RSS_LIMIT_MB" ${ATTACK_PHASES:-} || {
+  # What the server said and what it holds, to tell a starved host from a bug.
+  echo "--- server log (last 40 lines)"; tail -n 40 "$TMPD/log"
+  echo "--- server status"; grep -E '^(VmRSS|VmHWM|Threads)' "/proc/$VHDNBD_PID/status" || true
+  uptime || true
+  fail "the server did not hold under attack"
+}
 kill -0 "$VHDNBD_PID" 2>/dev/null || fail "the server died"
 stop_vhdnbd
 # Thousands of attackers were closed, in a summary a second at most.
