@@ -192,14 +192,21 @@ static void opt_export_name(struct connection *conn) {
     transmission_start(conn, exp);
 }
 
-static bool is_base_allocation(const char *q, uint32_t len) {
-  return len == strlen(NBD_CONTEXT_BASE_ALLOCATION) &&
-         memcmp(q, NBD_CONTEXT_BASE_ALLOCATION, len) == 0;
+static bool query_is(const char *q, uint32_t len, const char *what) {
+  return len == strlen(what) && memcmp(q, what, len) == 0;
 }
 
-static bool is_base_namespace(const char *q, uint32_t len) {
-  return len == strlen(NBD_META_NS_BASE) && memcmp(q, NBD_META_NS_BASE, len) == 0;
-}
+/* The contexts we offer, in the order opt_meta_context stores the selection.
+ * A query names one, or (LIST only) its namespace: "base:" or "qemu:" lists
+ * every context in it. */
+static const struct {
+  const char *name, *ns;
+  uint32_t id;
+} meta_contexts[] = {
+    {NBD_CONTEXT_BASE_ALLOCATION, NBD_META_NS_BASE, SERVER_META_CONTEXT_ID},
+    {NBD_CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_META_NS_QEMU, SERVER_META_DEPTH_ID},
+};
+#define N_META_CONTEXTS (sizeof meta_contexts / sizeof meta_contexts[0])
 
 static void opt_meta_context(struct connection *conn) {
   uint32_t option = conn->opt.option;
@@ -210,6 +217,7 @@ static void opt_meta_context(struct connection *conn) {
     free(conn->meta_export);
     conn->meta_export = NULL;
     conn->meta_allocation = false;
+    conn->meta_depth = false;
   }
   if (!conn->structured) {
     send_error(conn, NBD_REP_ERR_INVALID, "%s: structured replies not negotiated", oname);
@@ -232,23 +240,27 @@ static void opt_meta_context(struct connection *conn) {
                (int)MIN(mr.name_len, 256u), mr.name);
     return;
   }
-  bool match = false;
-  if (mr.n_queries == 0) {
-    match = !set; /* LIST: everything; SET: nothing */
-  } else {
+  bool match[N_META_CONTEXTS] = {false};
+  for (size_t i = 0; i < N_META_CONTEXTS; i++) {
+    if (mr.n_queries == 0) {
+      match[i] = !set; /* LIST: everything; SET: nothing */
+      continue;
+    }
     size_t pos = 0;
     const char *q;
     uint32_t ql;
     while (nbd_meta_query_next(&mr, &pos, &q, &ql))
-      if (is_base_allocation(q, ql) || (!set && is_base_namespace(q, ql)))
-        match = true;
+      if (query_is(q, ql, meta_contexts[i].name) || (!set && query_is(q, ql, meta_contexts[i].ns)))
+        match[i] = true;
   }
   struct replies rr = {0}, *r = &rr;
-  if (match) {
-    size_t nl = strlen(NBD_CONTEXT_BASE_ALLOCATION);
+  for (size_t i = 0; i < N_META_CONTEXTS; i++) {
+    if (!match[i])
+      continue;
+    size_t nl = strlen(meta_contexts[i].name);
     REPLY(r, NBD_OPTION_REPLY_SIZE(4 + nl),
-          nbd_encode_rep_meta_context(OUT, CAP, option, set ? SERVER_META_CONTEXT_ID : 0,
-                                      NBD_CONTEXT_BASE_ALLOCATION, nl));
+          nbd_encode_rep_meta_context(OUT, CAP, option, set ? meta_contexts[i].id : 0,
+                                      meta_contexts[i].name, nl));
   }
   REPLY(r, NBD_OPTION_REPLY_HDR_SIZE, nbd_encode_rep_ack(OUT, CAP, option));
   if (set) {
@@ -261,7 +273,8 @@ static void opt_meta_context(struct connection *conn) {
     memcpy(conn->meta_export, mr.name, mr.name_len);
     conn->meta_export[mr.name_len] = '\0';
     conn->meta_export_len = mr.name_len;
-    conn->meta_allocation = match;
+    conn->meta_allocation = match[0];
+    conn->meta_depth = match[1];
   }
   replies_send(conn, r);
 }
@@ -290,6 +303,7 @@ static void opt_starttls(struct connection *conn) {
   conn->meta_export = NULL;
   conn->meta_export_len = 0;
   conn->meta_allocation = false;
+  conn->meta_depth = false;
   int r = conn_start_tls(conn, on_tls_established);
   if (r < 0) {
     log_msg(LOG_LEVEL_ERR, "%s: cannot start TLS: %s", conn->peer, strerror(-r));

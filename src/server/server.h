@@ -73,6 +73,7 @@
 #define SERVER_BLOCK_MIN 1u
 #define SERVER_BLOCK_PREFERRED 4096u
 #define SERVER_META_CONTEXT_ID 1u /* id of base:allocation */
+#define SERVER_META_DEPTH_ID 2u   /* id of qemu:allocation-depth */
 
 struct export {
   char *name;
@@ -231,6 +232,7 @@ struct connection {
   char *meta_export;     /* export named by the last SET_META_CONTEXT */
   uint32_t meta_export_len;
   bool meta_allocation;  /* ...and whether it selected base:allocation */
+  bool meta_depth;       /* ...and qemu:allocation-depth */
 
   /* TLS (after STARTTLS): ciphertext read lands in tls_in, is fed to the
    * session and decrypted into inbuf; ciphertext to send collects in tls_out. */

@@ -5,6 +5,7 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-qemu-img-nbd.sh \
 	tests/interop/test-qemu-io-nbd.sh \
 	tests/interop/test-nbdinfo.sh \
+	tests/interop/test-allocation-depth.sh \
 	tests/interop/test-fio-nbd.sh \
 	tests/interop/test-nbd-client-list.sh \
 	tests/interop/test-nbdcopy.sh \
