@@ -90,6 +90,29 @@ static void send_ack(struct connection *conn) {
 
 static void read_option_header(struct connection *conn);
 
+/* Whether the export's allow list admits the client; when it does not,
+ * logs who was refused by which rules and answers the option: with
+ * NBD_REP_ERR_TLS_REQD when a dn: or psk: rule may admit the client once it
+ * has negotiated TLS, NBD_REP_ERR_POLICY otherwise. */
+static bool export_admits(struct connection *conn, const struct export *exp, const char *oname,
+                          const char *name, uint32_t name_len) {
+  enum acl_verdict v = export_access(exp, conn);
+  if (v == ACL_ALLOW)
+    return true;
+  char rules[512], id[128];
+  acl_describe(&exp->allow, rules, sizeof rules);
+  log_msg(LOG_LEVEL_WARNING, "%s%s: %s: export '%s' refused: %s of its allow list (%s)",
+          conn->peer, conn_describe_identity(conn, id, sizeof id), oname, exp->name,
+          v == ACL_AFTER_TLS ? "without TLS, matches no rule" : "matches no rule", rules);
+  if (v == ACL_AFTER_TLS)
+    send_error(conn, NBD_REP_ERR_TLS_REQD, "export '%.*s' requires TLS",
+               (int)MIN(name_len, 256u), name);
+  else
+    send_error(conn, NBD_REP_ERR_POLICY, "export '%.*s' not available to this client",
+               (int)MIN(name_len, 256u), name);
+  return false;
+}
+
 /* ---- options ---- */
 
 static void opt_list(struct connection *conn) {
@@ -129,13 +152,8 @@ static void opt_info_go(struct connection *conn) {
                (int)MIN(ir.name_len, 256u), ir.name);
     return;
   }
-  if (!export_allows(exp, conn)) {
-    log_msg(LOG_LEVEL_WARNING, "%s: %s: export '%s' refused: address not in its allow list",
-            conn->peer, oname, exp->name);
-    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%.*s' not available", oname,
-               (int)MIN(ir.name_len, 256u), ir.name);
+  if (!export_admits(conn, exp, oname, ir.name, ir.name_len))
     return;
-  }
   struct replies rr = {0}, *r = &rr;
   REPLY(r, NBD_OPTION_REPLY_SIZE(12),
         nbd_encode_rep_info_export(OUT, CAP, option, exp->size,
@@ -178,9 +196,12 @@ static void opt_export_name(struct connection *conn) {
     return;
   }
   if (!export_allows(exp, conn)) {
+    char rules[512], id[128];
+    acl_describe(&exp->allow, rules, sizeof rules);
     log_msg(LOG_LEVEL_WARNING,
-            "%s: NBD_OPT_EXPORT_NAME: export '%s' refused: address not in its allow list",
-            conn->peer, exp->name);
+            "%s%s: NBD_OPT_EXPORT_NAME: export '%s' refused: matches no rule of its allow list "
+            "(%s)",
+            conn->peer, conn_describe_identity(conn, id, sizeof id), exp->name, rules);
     conn_reject(conn, "export not allowed");
     return;
   }
@@ -230,11 +251,8 @@ static void opt_meta_context(struct connection *conn) {
     return;
   }
   const struct export *mexp = exports_find(&server, mr.name, mr.name_len);
-  if (mexp && !export_allows(mexp, conn)) {
-    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%.*s' not available", oname,
-               (int)MIN(mr.name_len, 256u), mr.name);
+  if (mexp && !export_admits(conn, mexp, oname, mr.name, mr.name_len))
     return;
-  }
   if (!mexp) {
     send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
                (int)MIN(mr.name_len, 256u), mr.name);
@@ -279,7 +297,23 @@ static void opt_meta_context(struct connection *conn) {
   replies_send(conn, r);
 }
 
-static void on_tls_established(struct connection *conn) { read_option_header(conn); }
+/* The TLS identity is known now: the global allow list can decide on a
+ * client it admitted only to negotiate TLS. */
+static void on_tls_established(struct connection *conn) {
+  if (conn->tls_first) {
+    conn->tls_first = false;
+    struct acl_peer who;
+    conn_identity(conn, &who);
+    if (acl_check(&server.cfg->allow, &who) != ACL_ALLOW) {
+      char rules[512], id[128];
+      acl_describe(&server.cfg->allow, rules, sizeof rules);
+      log_msg(LOG_LEVEL_WARNING, "%s%s: refused: matches no rule of the global allow list (%s)",
+              conn->peer, conn_describe_identity(conn, id, sizeof id), rules);
+      conn->refused = true;
+    }
+  }
+  read_option_header(conn);
+}
 
 static void opt_starttls(struct connection *conn) {
   if (!server.tls) {
@@ -313,16 +347,27 @@ static void opt_starttls(struct connection *conn) {
 
 static void handle_option(struct connection *conn) {
   const struct nbd_option_hdr *o = &conn->opt;
-  if (server.cfg->tls == TLS_REQUIRE && !conn->tls && o->option != NBD_OPT_STARTTLS &&
-      o->option != NBD_OPT_ABORT) {
+  if (conn->refused && o->option != NBD_OPT_ABORT) {
     if (o->option == NBD_OPT_EXPORT_NAME) {
-      log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME without TLS (--tls=require)",
-              conn->peer);
+      conn_reject(conn, "not allowed");
+      return;
+    }
+    send_error(conn, NBD_REP_ERR_POLICY, "this client is not allowed on this server");
+    if (!conn->closing && !conn->draining)
+      read_option_header(conn);
+    return;
+  }
+  if ((server.cfg->tls == TLS_REQUIRE || conn->tls_first) && !conn->tls &&
+      o->option != NBD_OPT_STARTTLS && o->option != NBD_OPT_ABORT) {
+    const char *why = conn->tls_first ? "the allow list needs the client's TLS identity"
+                                      : "--tls=require";
+    if (o->option == NBD_OPT_EXPORT_NAME) {
+      log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME without TLS (%s)", conn->peer, why);
       conn_reject(conn, "TLS required");
       return;
     }
-    log_msg(LOG_LEVEL_INFO, "%s: option %" PRIu32 " refused: TLS is required", conn->peer,
-            o->option);
+    log_msg(LOG_LEVEL_INFO, "%s: option %" PRIu32 " refused: TLS is required (%s)", conn->peer,
+            o->option, why);
     send_error(conn, NBD_REP_ERR_TLS_REQD, "TLS is required: use NBD_OPT_STARTTLS first");
     if (!conn->closing && !conn->draining)
       read_option_header(conn);
