@@ -300,7 +300,7 @@ static void describe_peer(struct tls_session *s) {
     return;
   gnutls_datum_t dn = {NULL, 0};
   if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0 &&
-      gnutls_x509_crt_get_dn2(crt, &dn) == 0) {
+      gnutls_x509_crt_get_dn3(crt, &dn, 0) == 0) {
     snprintf(s->peer, sizeof s->peer, "x509 %s", (const char *)dn.data);
     /* Without verification the certificate proves nothing: anyone can
      * make one with any subject. */
