@@ -3,7 +3,8 @@
 #   - dn: on X.509 client certificates with different CNs (--tls=on: a
 #     global list of dn: rules lets a client negotiate TLS and nothing
 #     else, NBD_REP_ERR_TLS_REQD, then decides);
-#   - psk: on PSK identities made with psktool;
+#   - psk: on PSK identities made with psktool (export lists: before TLS
+#     the exports are hidden and refused with NBD_REP_ERR_TLS_REQD);
 #   - uid: and gid: on Unix-socket clients run as other users (as root only).
 # Each kind admits one client and refuses another: a refused client does
 # not see the export in LIST and gets NBD_REP_ERR_POLICY; a log line names
@@ -133,6 +134,41 @@ print(hex(typ))
 PY
 }
 
+# raw_tls PORT CREDS OPTION EXPORT: a raw client (python's ssl for TLS with
+# the client certificate in CREDS, "-": no TLS) sends NBD_OPT_LIST (3) or
+# NBD_OPT_INFO (6) for EXPORT and prints the reply type and message
+# (libnbd does not expose reply types).
+raw_tls() {
+  timeout 20 "$PY3" - "$@" <<'PY'
+import socket, ssl, struct, sys
+port, creds, opt, name = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+s = socket.create_connection(("127.0.0.1", port))
+def recv(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("server closed the connection")
+        b += c
+    return b
+def option(o, data=b""):
+    s.sendall(struct.pack(">QII", 0x49484156454F5054, o, len(data)) + data)
+    magic, _, typ, ln = struct.unpack(">QIII", recv(20))
+    return typ, recv(ln)
+recv(18)
+s.sendall(struct.pack(">I", 3))
+if creds != "-":
+    assert option(5)[0] == 1, "STARTTLS refused"
+    ctx = ssl.create_default_context(cafile=creds + "/ca-cert.pem")
+    ctx.check_hostname = False
+    ctx.load_cert_chain(creds + "/client-cert.pem", creds + "/client-key.pem")
+    s = ctx.wrap_socket(s)
+data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0) if opt == 6 else b""
+typ, msg = option(opt, data)
+print(hex(typ), msg.decode())
+PY
+}
+
 # --- dn: (X.509, --tls=on) ---------------------------------------------------------------
 cat >"$TMPD/x509.conf" <<CONF
 [global]
@@ -160,38 +196,8 @@ grep -q "client 127.0.0.1:[0-9]* (x509 CN=bob,O=vhdnbd test): refused: matches n
 # Before TLS such a list can admit nobody yet: TLS first.
 [ "$(raw_list "$port")" = 0x80000005 ] || fail "LIST before TLS: expected NBD_REP_ERR_TLS_REQD"
 expect "dn: plaintext" "list refused: *|pub refused: *|" plain - - "$port" pub
-# NBD_REP_ERR_POLICY, not merely "refused" (libnbd does not expose reply
-# types): a raw client with python's ssl, for carol-2's INFO of 'secret'
-# and bob's LIST.
-raw_tls() {
-  timeout 20 "$PY3" - "$@" <<'PY'
-import socket, ssl, struct, sys
-port, creds, opt, name = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-s = socket.create_connection(("127.0.0.1", port))
-def recv(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise SystemExit("server closed the connection")
-        b += c
-    return b
-def option(o, data=b""):
-    s.sendall(struct.pack(">QII", 0x49484156454F5054, o, len(data)) + data)
-    magic, _, typ, ln = struct.unpack(">QIII", recv(20))
-    return typ, recv(ln)
-recv(18)
-s.sendall(struct.pack(">I", 3))
-assert option(5)[0] == 1, "STARTTLS refused"
-ctx = ssl.create_default_context(cafile=creds + "/ca-cert.pem")
-ctx.check_hostname = False
-ctx.load_cert_chain(creds + "/client-cert.pem", creds + "/client-key.pem")
-s = ctx.wrap_socket(s)
-data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0) if opt == 6 else b""
-typ, msg = option(opt, data)
-print(hex(typ), msg.decode())
-PY
-}
+# NBD_REP_ERR_POLICY, not merely "refused": carol-2's INFO of 'secret' and
+# bob's LIST.
 out=$(raw_tls "$port" "$TMPD/client-carol-2" 6 secret) || fail "raw INFO as carol-2: $out"
 [ "$out" = "0x80000002 export 'secret' not available to this client" ] ||
   fail "carol-2's INFO of 'secret': expected NBD_REP_ERR_POLICY, got: $out"
@@ -199,26 +205,33 @@ out=$(raw_tls "$port" "$TMPD/client-bob" 3 -) || fail "raw LIST as bob: $out"
 [[ $out == "0x80000002 "* ]] || fail "bob's LIST: expected NBD_REP_ERR_POLICY, got: $out"
 stop_vhdnbd
 
-# --- psk: (PSK, --tls=require) ------------------------------------------------------------
+# --- psk: (PSK, --tls=on) -----------------------------------------------------------------
+# Export lists only: before TLS a client sees neither export, and is told
+# NBD_REP_ERR_TLS_REQD for them.
 cat >"$TMPD/psk.conf" <<CONF
 [global]
-allow = psk:alice, psk:carol
+allow = 127.0.0.0/8
 [export pub]
 image = $TMPD/pub.vhd
+allow = psk:alice, psk:carol
 [export secret]
 image = $TMPD/secret.vhd
 allow = psk:alice
 CONF
-start_vhdnbd_tcp "$TMPD/sock" -b 127.0.0.1 -C "$TMPD/psk.conf" --tls=require \
+start_vhdnbd_tcp "$TMPD/sock" -b 127.0.0.1 -C "$TMPD/psk.conf" --tls=on \
   --tls-psk "$TMPD/keys.psk" 2>"$TMPD/psk.log"
 port=$VHDNBD_PORT
 expect "psk: alice" "list: pub,secret|pub ok|secret ok|" psk "$TMPD/alice.psk" alice "$port" pub secret
 expect "psk: carol" "list: pub|pub ok|secret refused: *|" psk "$TMPD/carol.psk" carol "$port" pub secret
 grep -q "(PSK identity carol): NBD_OPT_INFO: export 'secret' refused: matches no rule of its allow list (psk:alice)" \
   "$TMPD/psk.log" || fail "no log line names carol and the rules of 'secret': $(cat "$TMPD/psk.log")"
-expect "psk: bob" "list refused: *|pub refused: *|" psk "$TMPD/bob.psk" bob "$port" pub
-grep -q "(PSK identity bob): refused: matches no rule of the global allow list (psk:alice, psk:carol)" \
-  "$TMPD/psk.log" || fail "no log line names bob and the global rules: $(cat "$TMPD/psk.log")"
+expect "psk: bob" "list: |pub refused: *|secret refused: *|" psk "$TMPD/bob.psk" bob "$port" pub secret
+grep -q "(PSK identity bob): NBD_OPT_INFO: export 'pub' refused: matches no rule of its allow list (psk:alice, psk:carol)" \
+  "$TMPD/psk.log" || fail "no log line names bob and the rules of 'pub': $(cat "$TMPD/psk.log")"
+expect "psk: plaintext" "list: |pub refused: *|" plain - - "$port" pub
+out=$(raw_tls "$port" - 6 pub) || fail "raw INFO without TLS: $out"
+[ "$out" = "0x80000005 export 'pub' requires TLS" ] ||
+  fail "INFO of 'pub' without TLS: expected NBD_REP_ERR_TLS_REQD, got: $out"
 stop_vhdnbd
 
 # dn: and psk: rules without the credentials that prove them: startup refuses.
