@@ -21,6 +21,7 @@ SERVER_POLICY_TESTS = \
 	tests/interop/test-check-config.sh \
 	tests/interop/test-acl.sh \
 	tests/interop/test-allow-identity.sh \
+	tests/interop/test-option-errors.sh \
 	tests/interop/test-tls.sh \
 	tests/interop/test-idle-timeout.sh \
 	tests/interop/test-max-inflight.sh
