@@ -75,6 +75,18 @@ int main(void) {
   CHECK(acl_check(&a, &unix_root) == ACL_ALLOW);
   CHECK(acl_check(&a, &unix_nobody) == ACL_DENY);
   acl_free(&a);
+  /* A user in another group: each rule looks at its own id. */
+  struct acl_peer mixed = {.has_cred = true, .uid = 65534, .gid = 100};
+  CHECK(acl_add(&a, "uid:100", err, sizeof err) == 0);
+  CHECK(acl_check(&a, &mixed) == ACL_DENY);
+  CHECK(acl_add(&a, "gid:65534", err, sizeof err) == 0);
+  CHECK(acl_check(&a, &mixed) == ACL_DENY);
+  CHECK(acl_add(&a, "gid:100", err, sizeof err) == 0);
+  CHECK(acl_check(&a, &mixed) == ACL_ALLOW);
+  acl_free(&a);
+  CHECK(acl_add(&a, "uid:65534", err, sizeof err) == 0);
+  CHECK(acl_check(&a, &mixed) == ACL_ALLOW);
+  acl_free(&a);
   /* dn: takes the rest of the value, commas and blanks included. */
   CHECK(acl_add(&a, "127.0.0.0/8, psk:alice dn:CN=a*,O=vhdnbd test  ", err, sizeof err) == 0);
   CHECK(a.n == 3 && a.entries[2].kind == ACL_DN);
