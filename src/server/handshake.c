@@ -124,8 +124,10 @@ static void opt_list(struct connection *conn) {
   for (size_t i = 0; i < server.n_exports; i++) {
     const struct export *e = server.exports[i];
     if (!export_allows(e, conn)) {
-      log_msg(LOG_LEVEL_INFO, "%s: NBD_OPT_LIST: export '%s' hidden by its allow list",
-              conn->peer, e->name);
+      char rules[512], id[128];
+      acl_describe(&e->allow, rules, sizeof rules);
+      log_msg(LOG_LEVEL_INFO, "%s%s: NBD_OPT_LIST: export '%s' hidden by its allow list (%s)",
+              conn->peer, conn_describe_identity(conn, id, sizeof id), e->name, rules);
       continue;
     }
     const char *d = e->description ? e->description : "";

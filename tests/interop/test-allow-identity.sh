@@ -218,13 +218,15 @@ allow = psk:alice, psk:carol
 image = $TMPD/secret.vhd
 allow = psk:alice
 CONF
-start_vhdnbd_tcp "$TMPD/sock" -b 127.0.0.1 -C "$TMPD/psk.conf" --tls=on \
+start_vhdnbd_tcp "$TMPD/sock" -b 127.0.0.1 -C "$TMPD/psk.conf" --tls=on -v \
   --tls-psk "$TMPD/keys.psk" 2>"$TMPD/psk.log"
 port=$VHDNBD_PORT
 expect "psk: alice" "list: pub,secret|pub ok|secret ok|" psk "$TMPD/alice.psk" alice "$port" pub secret
 expect "psk: carol" "list: pub|pub ok|secret refused: *|" psk "$TMPD/carol.psk" carol "$port" pub secret
 grep -q "(PSK identity carol): NBD_OPT_INFO: export 'secret' refused: matches no rule of its allow list (psk:alice)" \
   "$TMPD/psk.log" || fail "no log line names carol and the rules of 'secret': $(cat "$TMPD/psk.log")"
+grep -q "(PSK identity carol): NBD_OPT_LIST: export 'secret' hidden by its allow list (psk:alice)" \
+  "$TMPD/psk.log" || fail "no log line says 'secret' was hidden from carol: $(cat "$TMPD/psk.log")"
 expect "psk: bob" "list: |pub refused: *|secret refused: *|" psk "$TMPD/bob.psk" bob "$port" pub secret
 grep -q "(PSK identity bob): NBD_OPT_INFO: export 'pub' refused: matches no rule of its allow list (psk:alice, psk:carol)" \
   "$TMPD/psk.log" || fail "no log line names bob and the rules of 'pub': $(cat "$TMPD/psk.log")"
