@@ -21,6 +21,7 @@ enum acl_kind { ACL_CIDR, ACL_DN, ACL_PSK, ACL_UID, ACL_GID };
 
 #define ACL_TEXT_MAX 256
 
+/* Holds no pointers: lists are copied and joined with memcpy. */
 struct acl_entry {
   enum acl_kind kind;
   int family; /* ACL_CIDR: AF_INET or AF_INET6 */
