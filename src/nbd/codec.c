@@ -352,7 +352,7 @@ uint32_t nbd_check_request(const struct nbd_request *req, const struct nbd_reque
     writes = true;
     break;
   case NBD_CMD_BLOCK_STATUS:
-    if (!lim->structured || !lim->meta_allocation) {
+    if (!lim->structured || (!lim->meta_allocation && !lim->meta_depth)) {
       WHY("BLOCK_STATUS without a negotiated meta context");
       return NBD_EINVAL;
     }

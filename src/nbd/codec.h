@@ -126,6 +126,7 @@ struct nbd_request_limits {
   uint16_t tflags;          /* transmission flags advertised */
   bool structured;          /* NBD_OPT_STRUCTURED_REPLY negotiated */
   bool meta_allocation;     /* base:allocation selected */
+  bool meta_depth;          /* qemu:allocation-depth selected */
   uint32_t max_payload;     /* READ/WRITE larger than this are refused */
 };
 /* Validates a decoded request against the negotiated state.  Returns 0 or

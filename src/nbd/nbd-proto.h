@@ -126,6 +126,10 @@
 #define NBD_CONTEXT_BASE_ALLOCATION "base:allocation"
 #define NBD_STATE_HOLE (1u << 0)
 #define NBD_STATE_ZERO (1u << 1)
+/* QEMU's context: each extent's value is the level of the backing chain that
+ * holds it, 1 the image itself, 0 none (docs/interop/nbd.txt in QEMU). */
+#define NBD_META_NS_QEMU "qemu:"
+#define NBD_CONTEXT_QEMU_ALLOCATION_DEPTH "qemu:allocation-depth"
 
 /* Sizes of the fixed wire structures. */
 #define NBD_GREETING_SIZE 18u        /* NBDMAGIC, IHAVEOPT, handshake flags */

@@ -31,6 +31,8 @@ struct tls_session {
   size_t in_start, in_end, in_cap;
   char error[256];
   char peer[256];
+  char *dn;  /* verified client certificate's subject, or NULL */
+  char *psk; /* PSK identity, or NULL */
 };
 
 static int global_refs;
@@ -253,6 +255,8 @@ void tls_session_free(struct tls_session *s) {
     return;
   gnutls_deinit(s->gs);
   free(s->in);
+  free(s->dn);
+  free(s->psk);
   free(s);
 }
 
@@ -283,6 +287,7 @@ static void describe_peer(struct tls_session *s) {
   if (s->creds->psk) {
     const char *id = gnutls_psk_server_get_username(s->gs);
     snprintf(s->peer, sizeof s->peer, "PSK identity %s", id ? id : "?");
+    s->psk = id ? strdup(id) : NULL;
     return;
   }
   unsigned n = 0;
@@ -293,11 +298,15 @@ static void describe_peer(struct tls_session *s) {
   gnutls_x509_crt_t crt;
   if (gnutls_x509_crt_init(&crt) < 0)
     return;
-  if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0) {
-    char dn[200];
-    size_t len = sizeof dn;
-    if (gnutls_x509_crt_get_dn(crt, dn, &len) == 0)
-      snprintf(s->peer, sizeof s->peer, "x509 %s", dn);
+  gnutls_datum_t dn = {NULL, 0};
+  if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0 &&
+      gnutls_x509_crt_get_dn3(crt, &dn, 0) == 0) {
+    snprintf(s->peer, sizeof s->peer, "x509 %s", (const char *)dn.data);
+    /* Without verification the certificate proves nothing: anyone can
+     * make one with any subject. */
+    if (s->creds->verify_peer)
+      s->dn = strdup((const char *)dn.data);
+    gnutls_free(dn.data);
   }
   gnutls_x509_crt_deinit(crt);
 }
@@ -354,3 +363,5 @@ int tls_session_write(struct tls_session *s, const uint8_t *data, size_t len) {
 void tls_session_bye(struct tls_session *s) { gnutls_bye(s->gs, GNUTLS_SHUT_WR); }
 const char *tls_session_error(const struct tls_session *s) { return s->error; }
 const char *tls_session_peer(const struct tls_session *s) { return s->peer; }
+const char *tls_session_peer_dn(const struct tls_session *s) { return s->dn; }
+const char *tls_session_psk_identity(const struct tls_session *s) { return s->psk; }

@@ -47,5 +47,11 @@ void tls_session_bye(struct tls_session *s);
 const char *tls_session_error(const struct tls_session *s);
 /* Human description of the peer ("PSK identity alice", "x509 CN=..."). */
 const char *tls_session_peer(const struct tls_session *s);
+/* What the peer proved in the handshake, NULL when nothing (or before the
+ * handshake is done): the subject DN of its certificate as GnuTLS prints
+ * it (RFC 4514, most specific first: "CN=alice,O=Example Corp"), only when
+ * client certificates are verified against the CA; its PSK identity. */
+const char *tls_session_peer_dn(const struct tls_session *s);
+const char *tls_session_psk_identity(const struct tls_session *s);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -751,6 +752,43 @@ static void format_peer(struct connection *conn, bool is_tcp) {
   }
 }
 
+/* Unix-socket clients: who connected, for uid: and gid: rules. */
+static void read_peer_cred(struct connection *conn) {
+  uv_os_fd_t fd;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (uv_fileno(&conn->sock.handle, &fd) == 0 &&
+      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && len == sizeof cred) {
+    conn->has_cred = true;
+    conn->uid = cred.uid;
+    conn->gid = cred.gid;
+  }
+}
+
+void conn_identity(const struct connection *conn, struct acl_peer *out) {
+  *out = (struct acl_peer){
+      .addr = conn->addr.ss_family == AF_UNSPEC ? NULL : (const struct sockaddr *)&conn->addr,
+      .has_cred = conn->has_cred,
+      .uid = conn->uid,
+      .gid = conn->gid,
+      .tls = conn->tls && !conn->tls_handshaking,
+  };
+  if (out->tls) {
+    out->dn = tls_session_peer_dn(conn->tls);
+    out->psk = tls_session_psk_identity(conn->tls);
+  }
+}
+
+const char *conn_describe_identity(const struct connection *conn, char *buf, size_t len) {
+  if (conn->tls && !conn->tls_handshaking)
+    snprintf(buf, len, " (%s)", tls_session_peer(conn->tls));
+  else if (conn->has_cred)
+    snprintf(buf, len, " (uid %u, gid %u)", (unsigned)conn->uid, (unsigned)conn->gid);
+  else
+    buf[0] = '\0';
+  return buf;
+}
+
 int conn_accept(uv_stream_t *listener, bool is_tcp) {
   struct connection *conn = conn_new();
   if (!conn) {
@@ -779,8 +817,19 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
     conn_close(conn, "server is shutting down");
     return 0;
   }
-  if (is_tcp && !acl_allows(&server.cfg->allow, (const struct sockaddr *)&conn->addr)) {
-    log_msg(LOG_LEVEL_WARNING, "%s: refused: address not in the --allow list", conn->peer);
+  if (!is_tcp)
+    read_peer_cred(conn);
+  struct acl_peer who;
+  conn_identity(conn, &who);
+  enum acl_verdict v = acl_check(&server.cfg->allow, &who);
+  if (v == ACL_AFTER_TLS && !server.tls)
+    v = ACL_DENY; /* cannot happen: startup refuses dn:, psk: without TLS */
+  conn->tls_first = v == ACL_AFTER_TLS;
+  if (v == ACL_DENY) {
+    char rules[512], id[128];
+    acl_describe(&server.cfg->allow, rules, sizeof rules);
+    log_msg(LOG_LEVEL_WARNING, "%s%s: refused: matches no rule of the global allow list (%s)",
+            conn->peer, conn_describe_identity(conn, id, sizeof id), rules);
     conn->closing = true; /* no "closing" line: the refusal said it all */
     conn->eof = true;
     uv_close(&conn->sock.handle, on_handle_closed);

@@ -118,8 +118,13 @@ uint16_t export_tflags(const struct export *exp, bool structured) {
   return f;
 }
 
+enum acl_verdict export_access(const struct export *exp, const struct connection *conn) {
+  struct acl_peer who;
+  conn_identity(conn, &who);
+  enum acl_verdict v = acl_check(&exp->allow, &who);
+  return v == ACL_AFTER_TLS && !server.tls ? ACL_DENY : v;
+}
+
 bool export_allows(const struct export *exp, const struct connection *conn) {
-  if (conn->addr.ss_family == AF_UNSPEC)
-    return true; /* Unix socket or stdio */
-  return acl_allows(&exp->allow, (const struct sockaddr *)&conn->addr);
+  return export_access(exp, conn) == ACL_ALLOW;
 }

@@ -90,6 +90,29 @@ static void send_ack(struct connection *conn) {
 
 static void read_option_header(struct connection *conn);
 
+/* Whether the export's allow list admits the client; when it does not,
+ * logs who was refused by which rules and answers the option: with
+ * NBD_REP_ERR_TLS_REQD when a dn: or psk: rule may admit the client once it
+ * has negotiated TLS, NBD_REP_ERR_POLICY otherwise. */
+static bool export_admits(struct connection *conn, const struct export *exp, const char *oname,
+                          const char *name, uint32_t name_len) {
+  enum acl_verdict v = export_access(exp, conn);
+  if (v == ACL_ALLOW)
+    return true;
+  char rules[512], id[128];
+  acl_describe(&exp->allow, rules, sizeof rules);
+  log_msg(LOG_LEVEL_WARNING, "%s%s: %s: export '%s' refused: %s of its allow list (%s)",
+          conn->peer, conn_describe_identity(conn, id, sizeof id), oname, exp->name,
+          v == ACL_AFTER_TLS ? "without TLS, matches no rule" : "matches no rule", rules);
+  if (v == ACL_AFTER_TLS)
+    send_error(conn, NBD_REP_ERR_TLS_REQD, "export '%.*s' requires TLS",
+               (int)MIN(name_len, 256u), name);
+  else
+    send_error(conn, NBD_REP_ERR_POLICY, "export '%.*s' not available to this client",
+               (int)MIN(name_len, 256u), name);
+  return false;
+}
+
 /* ---- options ---- */
 
 static void opt_list(struct connection *conn) {
@@ -101,8 +124,10 @@ static void opt_list(struct connection *conn) {
   for (size_t i = 0; i < server.n_exports; i++) {
     const struct export *e = server.exports[i];
     if (!export_allows(e, conn)) {
-      log_msg(LOG_LEVEL_INFO, "%s: NBD_OPT_LIST: export '%s' hidden by its allow list",
-              conn->peer, e->name);
+      char rules[512], id[128];
+      acl_describe(&e->allow, rules, sizeof rules);
+      log_msg(LOG_LEVEL_INFO, "%s%s: NBD_OPT_LIST: export '%s' hidden by its allow list (%s)",
+              conn->peer, conn_describe_identity(conn, id, sizeof id), e->name, rules);
       continue;
     }
     const char *d = e->description ? e->description : "";
@@ -129,13 +154,8 @@ static void opt_info_go(struct connection *conn) {
                (int)MIN(ir.name_len, 256u), ir.name);
     return;
   }
-  if (!export_allows(exp, conn)) {
-    log_msg(LOG_LEVEL_WARNING, "%s: %s: export '%s' refused: address not in its allow list",
-            conn->peer, oname, exp->name);
-    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%.*s' not available", oname,
-               (int)MIN(ir.name_len, 256u), ir.name);
+  if (!export_admits(conn, exp, oname, ir.name, ir.name_len))
     return;
-  }
   struct replies rr = {0}, *r = &rr;
   REPLY(r, NBD_OPTION_REPLY_SIZE(12),
         nbd_encode_rep_info_export(OUT, CAP, option, exp->size,
@@ -178,9 +198,12 @@ static void opt_export_name(struct connection *conn) {
     return;
   }
   if (!export_allows(exp, conn)) {
+    char rules[512], id[128];
+    acl_describe(&exp->allow, rules, sizeof rules);
     log_msg(LOG_LEVEL_WARNING,
-            "%s: NBD_OPT_EXPORT_NAME: export '%s' refused: address not in its allow list",
-            conn->peer, exp->name);
+            "%s%s: NBD_OPT_EXPORT_NAME: export '%s' refused: matches no rule of its allow list "
+            "(%s)",
+            conn->peer, conn_describe_identity(conn, id, sizeof id), exp->name, rules);
     conn_reject(conn, "export not allowed");
     return;
   }
@@ -192,14 +215,21 @@ static void opt_export_name(struct connection *conn) {
     transmission_start(conn, exp);
 }
 
-static bool is_base_allocation(const char *q, uint32_t len) {
-  return len == strlen(NBD_CONTEXT_BASE_ALLOCATION) &&
-         memcmp(q, NBD_CONTEXT_BASE_ALLOCATION, len) == 0;
+static bool query_is(const char *q, uint32_t len, const char *what) {
+  return len == strlen(what) && memcmp(q, what, len) == 0;
 }
 
-static bool is_base_namespace(const char *q, uint32_t len) {
-  return len == strlen(NBD_META_NS_BASE) && memcmp(q, NBD_META_NS_BASE, len) == 0;
-}
+/* The contexts we offer, in the order opt_meta_context stores the selection.
+ * A query names one, or (LIST only) its namespace: "base:" or "qemu:" lists
+ * every context in it. */
+static const struct {
+  const char *name, *ns;
+  uint32_t id;
+} meta_contexts[] = {
+    {NBD_CONTEXT_BASE_ALLOCATION, NBD_META_NS_BASE, SERVER_META_CONTEXT_ID},
+    {NBD_CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_META_NS_QEMU, SERVER_META_DEPTH_ID},
+};
+#define N_META_CONTEXTS (sizeof meta_contexts / sizeof meta_contexts[0])
 
 static void opt_meta_context(struct connection *conn) {
   uint32_t option = conn->opt.option;
@@ -210,6 +240,7 @@ static void opt_meta_context(struct connection *conn) {
     free(conn->meta_export);
     conn->meta_export = NULL;
     conn->meta_allocation = false;
+    conn->meta_depth = false;
   }
   if (!conn->structured) {
     send_error(conn, NBD_REP_ERR_INVALID, "%s: structured replies not negotiated", oname);
@@ -222,33 +253,34 @@ static void opt_meta_context(struct connection *conn) {
     return;
   }
   const struct export *mexp = exports_find(&server, mr.name, mr.name_len);
-  if (mexp && !export_allows(mexp, conn)) {
-    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%.*s' not available", oname,
-               (int)MIN(mr.name_len, 256u), mr.name);
+  if (mexp && !export_admits(conn, mexp, oname, mr.name, mr.name_len))
     return;
-  }
   if (!mexp) {
     send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
                (int)MIN(mr.name_len, 256u), mr.name);
     return;
   }
-  bool match = false;
-  if (mr.n_queries == 0) {
-    match = !set; /* LIST: everything; SET: nothing */
-  } else {
+  bool match[N_META_CONTEXTS] = {false};
+  for (size_t i = 0; i < N_META_CONTEXTS; i++) {
+    if (mr.n_queries == 0) {
+      match[i] = !set; /* LIST: everything; SET: nothing */
+      continue;
+    }
     size_t pos = 0;
     const char *q;
     uint32_t ql;
     while (nbd_meta_query_next(&mr, &pos, &q, &ql))
-      if (is_base_allocation(q, ql) || (!set && is_base_namespace(q, ql)))
-        match = true;
+      if (query_is(q, ql, meta_contexts[i].name) || (!set && query_is(q, ql, meta_contexts[i].ns)))
+        match[i] = true;
   }
   struct replies rr = {0}, *r = &rr;
-  if (match) {
-    size_t nl = strlen(NBD_CONTEXT_BASE_ALLOCATION);
+  for (size_t i = 0; i < N_META_CONTEXTS; i++) {
+    if (!match[i])
+      continue;
+    size_t nl = strlen(meta_contexts[i].name);
     REPLY(r, NBD_OPTION_REPLY_SIZE(4 + nl),
-          nbd_encode_rep_meta_context(OUT, CAP, option, set ? SERVER_META_CONTEXT_ID : 0,
-                                      NBD_CONTEXT_BASE_ALLOCATION, nl));
+          nbd_encode_rep_meta_context(OUT, CAP, option, set ? meta_contexts[i].id : 0,
+                                      meta_contexts[i].name, nl));
   }
   REPLY(r, NBD_OPTION_REPLY_HDR_SIZE, nbd_encode_rep_ack(OUT, CAP, option));
   if (set) {
@@ -261,12 +293,29 @@ static void opt_meta_context(struct connection *conn) {
     memcpy(conn->meta_export, mr.name, mr.name_len);
     conn->meta_export[mr.name_len] = '\0';
     conn->meta_export_len = mr.name_len;
-    conn->meta_allocation = match;
+    conn->meta_allocation = match[0];
+    conn->meta_depth = match[1];
   }
   replies_send(conn, r);
 }
 
-static void on_tls_established(struct connection *conn) { read_option_header(conn); }
+/* The TLS identity is known now: the global allow list can decide on a
+ * client it admitted only to negotiate TLS. */
+static void on_tls_established(struct connection *conn) {
+  if (conn->tls_first) {
+    conn->tls_first = false;
+    struct acl_peer who;
+    conn_identity(conn, &who);
+    if (acl_check(&server.cfg->allow, &who) != ACL_ALLOW) {
+      char rules[512], id[128];
+      acl_describe(&server.cfg->allow, rules, sizeof rules);
+      log_msg(LOG_LEVEL_WARNING, "%s%s: refused: matches no rule of the global allow list (%s)",
+              conn->peer, conn_describe_identity(conn, id, sizeof id), rules);
+      conn->refused = true;
+    }
+  }
+  read_option_header(conn);
+}
 
 static void opt_starttls(struct connection *conn) {
   if (!server.tls) {
@@ -290,6 +339,7 @@ static void opt_starttls(struct connection *conn) {
   conn->meta_export = NULL;
   conn->meta_export_len = 0;
   conn->meta_allocation = false;
+  conn->meta_depth = false;
   int r = conn_start_tls(conn, on_tls_established);
   if (r < 0) {
     log_msg(LOG_LEVEL_ERR, "%s: cannot start TLS: %s", conn->peer, strerror(-r));
@@ -299,16 +349,27 @@ static void opt_starttls(struct connection *conn) {
 
 static void handle_option(struct connection *conn) {
   const struct nbd_option_hdr *o = &conn->opt;
-  if (server.cfg->tls == TLS_REQUIRE && !conn->tls && o->option != NBD_OPT_STARTTLS &&
-      o->option != NBD_OPT_ABORT) {
+  if (conn->refused && o->option != NBD_OPT_ABORT) {
     if (o->option == NBD_OPT_EXPORT_NAME) {
-      log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME without TLS (--tls=require)",
-              conn->peer);
+      conn_reject(conn, "not allowed");
+      return;
+    }
+    send_error(conn, NBD_REP_ERR_POLICY, "this client is not allowed on this server");
+    if (!conn->closing && !conn->draining)
+      read_option_header(conn);
+    return;
+  }
+  if ((server.cfg->tls == TLS_REQUIRE || conn->tls_first) && !conn->tls &&
+      o->option != NBD_OPT_STARTTLS && o->option != NBD_OPT_ABORT) {
+    const char *why = conn->tls_first ? "the allow list needs the client's TLS identity"
+                                      : "--tls=require";
+    if (o->option == NBD_OPT_EXPORT_NAME) {
+      log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME without TLS (%s)", conn->peer, why);
       conn_reject(conn, "TLS required");
       return;
     }
-    log_msg(LOG_LEVEL_INFO, "%s: option %" PRIu32 " refused: TLS is required", conn->peer,
-            o->option);
+    log_msg(LOG_LEVEL_INFO, "%s: option %" PRIu32 " refused: TLS is required (%s)", conn->peer,
+            o->option, why);
     send_error(conn, NBD_REP_ERR_TLS_REQD, "TLS is required: use NBD_OPT_STARTTLS first");
     if (!conn->closing && !conn->draining)
       read_option_header(conn);

@@ -61,8 +61,10 @@ static void usage(FILE *f) {
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
-          "      --allow CIDR[,CIDR...]  accept TCP clients from these networks only\n"
-          "                           (repeatable; Unix-socket clients always allowed)\n"
+          "      --allow RULE[,RULE...]  admit only clients a rule matches (repeatable):\n"
+          "                           CIDR (TCP clients), dn:GLOB (verified client\n"
+          "                           certificate subject), psk:IDENTITY, uid:N, gid:N\n"
+          "                           (Unix-socket clients); see ALLOW LISTS in vhdnbd(8)\n"
           "      --tls=off|on|require TLS with NBD_OPT_STARTTLS (default off)\n"
           "      --tls-certificates DIR  ca-cert.pem, server-cert.pem, server-key.pem\n"
           "      --tls-verify-peer    clients need a certificate signed by ca-cert.pem\n"
@@ -123,6 +125,18 @@ static void __attribute__((format(printf, 1, 2))) setting_error(const char *fmt,
   va_end(ap);
   log_msg(LOG_LEVEL_ERR, "%s", msg);
   settings_errors++;
+}
+
+/* dn: and psk: rules match only what a TLS handshake proved: without the
+ * credentials that prove it, no client could ever match them. */
+static void check_identity_rules(const struct settings *s, const struct acl *a,
+                                 const char *whose) {
+  if (acl_has(a, ACL_DN) && (s->tls == TLS_OFF || !s->tls_certificates || !s->tls_verify_peer))
+    setting_error("%s: dn: rules need --tls-certificates DIR and --tls-verify-peer "
+                  "(an unverified certificate proves no DN)",
+                  whose);
+  if (acl_has(a, ACL_PSK) && (s->tls == TLS_OFF || !s->tls_psk))
+    setting_error("%s: psk: rules need --tls-psk FILE", whose);
 }
 
 static const char *export_origin(const struct export_spec *e) {
@@ -502,6 +516,12 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     setting_error("TLS credentials given but TLS is off: add --tls=on or --tls=require");
   if (s->tls_verify_peer && !s->tls_certificates)
     setting_error("--tls-verify-peer needs --tls-certificates DIR");
+  check_identity_rules(s, &s->allow, "the global allow list");
+  for (size_t i = 0; i < s->n_exports; i++) {
+    char whose[600];
+    snprintf(whose, sizeof whose, "export '%s': allow", s->exports[i].name);
+    check_identity_rules(s, &s->exports[i].allow, whose);
+  }
 }
 
 /* ---- lifecycle ---- */

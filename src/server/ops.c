@@ -126,17 +126,27 @@ int ops_read_now(struct request *req) {
   return op_read(req, VHD_READ_NOWAIT);
 }
 
+/* The answer for one meta context, grown as descriptors come. */
 struct extent_list {
-  struct request *req;
-  uint64_t pos, end;
+  struct nbd_extent **ext;
+  size_t *n;
   size_t max, cap;
+  bool full; /* the answer ends here */
+};
+
+/* Both contexts' answers, built from one pass over the image map. */
+struct status_ctx {
+  uint64_t pos, end;
+  struct extent_list alloc, depth;
 };
 
 size_t ops_overhead_max(const struct request *req) {
   size_t n = sizeof *req;
   if (req->r.type == NBD_CMD_BLOCK_STATUS) {
     size_t max = (req->r.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BLOCK_STATUS_MAX_EXTENTS;
-    n += max * sizeof(struct nbd_extent) + NBD_CHUNK_BLOCK_STATUS_SIZE(max) + sizeof(uv_buf_t);
+    size_t contexts = (size_t)req->want_alloc + (size_t)req->want_depth;
+    n += contexts * (max * sizeof(struct nbd_extent) + NBD_CHUNK_BLOCK_STATUS_SIZE(max)) +
+         sizeof(uv_buf_t);
   } else if (req->r.type == NBD_CMD_READ && req->structured) {
     n += READ_MAX_CHUNKS * (sizeof(struct read_chunk) + NBD_CHUNK_OFFSET_HOLE_SIZE +
                             2 * sizeof(uv_buf_t));
@@ -146,56 +156,75 @@ size_t ops_overhead_max(const struct request *req) {
   return n;
 }
 
+/* Adds a run to one context's answer, merged with the last descriptor when
+ * the state is the same.  Returns -ENOMEM, or 0 (el->full once it is). */
+static int extent_add(struct extent_list *el, uint64_t len, uint32_t state) {
+  struct nbd_extent *ext = *el->ext;
+  size_t n = *el->n;
+  if (el->full)
+    return 0;
+  if (n > 0 && ext[n - 1].flags == state) {
+    ext[n - 1].length += (uint32_t)len;
+    return 0;
+  }
+  if (n == el->max) {
+    el->full = true;
+    return 0;
+  }
+  if (n == el->cap) {
+    /* Most answers are short: grow as needed rather than allocate the most. */
+    size_t cap = el->cap ? MIN(el->cap * 2, el->max) : MIN(el->max, (size_t)16);
+    struct nbd_extent *e = realloc(ext, cap * sizeof *e);
+    if (!e)
+      return -ENOMEM;
+    *el->ext = e;
+    el->cap = cap;
+  }
+  (*el->ext)[(*el->n)++] = (struct nbd_extent){.length = (uint32_t)len, .flags = state};
+  return 0;
+}
+
 static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
-  struct extent_list *el = opaque;
-  struct request *req = el->req;
-  uint64_t start = MAX(ext->offset, el->pos);
-  uint64_t end = MIN(ext->offset + ext->length, el->end);
+  struct status_ctx *sc = opaque;
+  uint64_t start = MAX(ext->offset, sc->pos);
+  uint64_t end = MIN(ext->offset + ext->length, sc->end);
   if (end <= start)
     return 0;
-  if (start != el->pos)
+  if (start != sc->pos)
     return -EIO; /* the engine promised contiguous runs */
+  sc->pos = end;
   /* DATA -> 0 (allocated), ZERO alone -> a sparse hole, both -> allocated zeros. */
   uint32_t state = 0;
   if (ext->flags & VHD_MAP_ZERO)
     state = (ext->flags & VHD_MAP_DATA) ? NBD_STATE_ZERO : NBD_STATE_HOLE | NBD_STATE_ZERO;
-  el->pos = end;
-  if (req->n_ext > 0 && req->ext[req->n_ext - 1].flags == state) {
-    req->ext[req->n_ext - 1].length += (uint32_t)(end - start);
-    return 0;
-  }
-  if (req->n_ext == el->max)
-    return 1; /* full: the answer ends here */
-  if (req->n_ext == el->cap) {
-    /* Most answers are short: grow as needed rather than allocate the most. */
-    size_t cap = MIN(el->cap * 2, el->max);
-    struct nbd_extent *e = realloc(req->ext, cap * sizeof *e);
-    if (!e)
-      return -ENOMEM;
-    req->ext = e;
-    el->cap = cap;
-  }
-  req->ext[req->n_ext++] = (struct nbd_extent){.length = (uint32_t)(end - start), .flags = state};
-  return 0;
+  int r = extent_add(&sc->alloc, end - start, state);
+  /* The engine counts levels from 0 (this image) and says -1 for none;
+   * qemu:allocation-depth counts from 1 and says 0 for none. */
+  uint32_t depth = ext->depth < 0 ? 0 : (uint32_t)ext->depth + 1;
+  if (r == 0)
+    r = extent_add(&sc->depth, end - start, depth);
+  if (r < 0)
+    return r;
+  return sc->alloc.full && sc->depth.full ? 1 : 0;
 }
 
 static void op_block_status(struct request *req) {
   struct vhd_err err = {{0}};
   size_t max = (req->r.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BLOCK_STATUS_MAX_EXTENTS;
-  size_t cap = MIN(max, (size_t)16);
-  req->ext = calloc(cap, sizeof *req->ext);
-  if (!req->ext) {
-    req->error = NBD_ENOMEM;
-    return;
-  }
-  struct extent_list el = {.req = req, .pos = req->r.offset,
-                           .end = req->r.offset + req->r.length, .max = max, .cap = cap};
-  int r = vhd_map(req->exp->vhd, req->r.offset, req->r.length, status_map_cb, &el, &err);
+  /* A context nobody asked for counts as full from the start. */
+  struct status_ctx sc = {
+      .pos = req->r.offset,
+      .end = req->r.offset + req->r.length,
+      .alloc = {.ext = &req->ext, .n = &req->n_ext, .max = max, .full = !req->want_alloc},
+      .depth = {.ext = &req->depth_ext, .n = &req->n_depth_ext, .max = max,
+                .full = !req->want_depth},
+  };
+  int r = vhd_map(req->exp->vhd, req->r.offset, req->r.length, status_map_cb, &sc, &err);
   if (r < 0) {
     fail(req, r, &err);
     return;
   }
-  if (req->n_ext == 0) {
+  if ((req->want_alloc && req->n_ext == 0) || (req->want_depth && req->n_depth_ext == 0)) {
     req->error = NBD_EIO;
     req->why = "block status: the image map covered nothing";
   }

@@ -54,8 +54,12 @@ struct request {
                          refuses writes (vhd_write_error) */
   struct read_chunk *chunks;
   size_t n_chunks;
-  struct nbd_extent *ext;
+  /* BLOCK_STATUS: the contexts asked for, and an answer for each. */
+  bool want_alloc, want_depth;
+  struct nbd_extent *ext;       /* base:allocation */
   size_t n_ext;
+  struct nbd_extent *depth_ext; /* qemu:allocation-depth */
+  size_t n_depth_ext;
 
   /* Reply wire data. */
   uint8_t *reply;

@@ -73,6 +73,7 @@
 #define SERVER_BLOCK_MIN 1u
 #define SERVER_BLOCK_PREFERRED 4096u
 #define SERVER_META_CONTEXT_ID 1u /* id of base:allocation */
+#define SERVER_META_DEPTH_ID 2u   /* id of qemu:allocation-depth */
 
 struct export {
   char *name;
@@ -170,7 +171,9 @@ int exports_open(struct server *srv, const struct settings *s);
 /* Flushes and closes every image; returns the last error. */
 int exports_close(struct server *srv);
 struct export *exports_find(struct server *srv, const char *name, size_t len);
-/* Whether the export's allow list admits the connection's peer. */
+/* Whether the export's allow list admits the connection's peer now
+ * (ACL_AFTER_TLS: it may, once the client has negotiated TLS). */
+enum acl_verdict export_access(const struct export *exp, const struct connection *conn);
 bool export_allows(const struct export *exp, const struct connection *conn);
 uint16_t export_tflags(const struct export *exp, bool structured);
 
@@ -219,6 +222,15 @@ struct connection {
   uint64_t linger_bytes;
   uv_shutdown_t shutdown_req;
 
+  /* Identity, for the allow lists: Unix-socket peer credentials
+   * (SO_PEERCRED); dn: and psk: come from the TLS session. */
+  bool has_cred;
+  uid_t uid;
+  gid_t gid;
+  bool tls_first;  /* the global allow list needs the TLS identity: only
+                      STARTTLS until then */
+  bool refused;    /* ...which it did not admit: every option is refused */
+
   enum conn_phase phase;
   uint8_t hdr[NBD_REQUEST_SIZE];
 
@@ -231,6 +243,7 @@ struct connection {
   char *meta_export;     /* export named by the last SET_META_CONTEXT */
   uint32_t meta_export_len;
   bool meta_allocation;  /* ...and whether it selected base:allocation */
+  bool meta_depth;       /* ...and qemu:allocation-depth */
 
   /* TLS (after STARTTLS): ciphertext read lands in tls_in, is fed to the
    * session and decrypted into inbuf; ciphertext to send collects in tls_out. */
@@ -278,6 +291,10 @@ int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, co
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
 void conn_close(struct connection *conn, const char *why);
+/* Who the client is, as far as known now (see acl.h). */
+void conn_identity(const struct connection *conn, struct acl_peer *out);
+/* " (uid 0, gid 0)", " (x509 CN=...)", " (PSK identity ...)" or "": for logs. */
+const char *conn_describe_identity(const struct connection *conn, char *buf, size_t len);
 /* Writes every connection's queued replies, each as one write. */
 void conn_flush_all(void);
 /* Switches the connection to TLS after the STARTTLS ACK was queued: drops any

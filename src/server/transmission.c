@@ -49,6 +49,7 @@ static void request_free(struct request *req) {
   free(req->errmsg);
   free(req->chunks);
   free(req->ext);
+  free(req->depth_ext);
   free(req->reply);
   free(req->bufs);
   free(req);
@@ -140,16 +141,32 @@ static int build_structured(struct request *req) {
     return 1;
   }
   if (req->r.type == NBD_CMD_BLOCK_STATUS) {
-    size_t size = NBD_CHUNK_BLOCK_STATUS_SIZE(req->n_ext);
+    /* One chunk per selected context, the last one flagged DONE. */
+    size_t n_alloc = req->want_alloc ? req->n_ext : 0;
+    size_t n_depth = req->want_depth ? req->n_depth_ext : 0;
+    size_t size = (n_alloc ? NBD_CHUNK_BLOCK_STATUS_SIZE(n_alloc) : 0) +
+                  (n_depth ? NBD_CHUNK_BLOCK_STATUS_SIZE(n_depth) : 0);
     req->reply = malloc(size);
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    ssize_t n = nbd_encode_chunk_block_status(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
-                                              SERVER_META_CONTEXT_ID, req->ext, req->n_ext);
-    if (n < 0)
-      return (int)n;
-    req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
+    size_t len = 0;
+    if (n_alloc) {
+      ssize_t n = nbd_encode_chunk_block_status(req->reply, size, n_depth ? 0 : NBD_REPLY_FLAG_DONE,
+                                                cookie, SERVER_META_CONTEXT_ID, req->ext, n_alloc);
+      if (n < 0)
+        return (int)n;
+      len += (size_t)n;
+    }
+    if (n_depth) {
+      ssize_t n = nbd_encode_chunk_block_status(req->reply + len, size - len,
+                                                NBD_REPLY_FLAG_DONE, cookie, SERVER_META_DEPTH_ID,
+                                                req->depth_ext, n_depth);
+      if (n < 0)
+        return (int)n;
+      len += (size_t)n;
+    }
+    req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)len);
     return 1;
   }
   /* READ */
@@ -472,6 +489,10 @@ static void on_request_header(struct connection *conn) {
   req->r = r;
   req->structured = conn->structured &&
                     (r.type == NBD_CMD_READ || r.type == NBD_CMD_BLOCK_STATUS);
+  if (r.type == NBD_CMD_BLOCK_STATUS) {
+    req->want_alloc = conn->limits.meta_allocation;
+    req->want_depth = conn->limits.meta_depth;
+  }
   request_charge(req, ops_overhead_max(req));
   if (error) {
     req->error = error;
@@ -561,10 +582,13 @@ void transmission_start(struct connection *conn, struct export *exp) {
       .structured = conn->structured,
       .meta_allocation = conn->meta_allocation && conn->meta_export &&
                          strcmp(conn->meta_export, exp->name) == 0,
+      .meta_depth = conn->meta_depth && conn->meta_export &&
+                    strcmp(conn->meta_export, exp->name) == 0,
       .max_payload = SERVER_MAX_PAYLOAD,
   };
-  log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s", conn->peer, exp->name,
+  log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s%s", conn->peer, exp->name,
           conn->structured ? " with structured replies" : "",
-          conn->limits.meta_allocation ? " and base:allocation" : "");
+          conn->limits.meta_allocation ? " and base:allocation" : "",
+          conn->limits.meta_depth ? " and qemu:allocation-depth" : "");
   read_request_header(conn);
 }

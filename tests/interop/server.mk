@@ -5,6 +5,7 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-qemu-img-nbd.sh \
 	tests/interop/test-qemu-io-nbd.sh \
 	tests/interop/test-nbdinfo.sh \
+	tests/interop/test-allocation-depth.sh \
 	tests/interop/test-fio-nbd.sh \
 	tests/interop/test-nbd-client-list.sh \
 	tests/interop/test-nbdcopy.sh \
@@ -19,6 +20,8 @@ EXTRA_DIST += $(SERVER_INTEROP_TESTS)
 SERVER_POLICY_TESTS = \
 	tests/interop/test-check-config.sh \
 	tests/interop/test-acl.sh \
+	tests/interop/test-allow-identity.sh \
+	tests/interop/test-option-errors.sh \
 	tests/interop/test-tls.sh \
 	tests/interop/test-idle-timeout.sh \
 	tests/interop/test-max-inflight.sh

@@ -1,0 +1,97 @@
+#!/bin/bash
+# What a client is told when the server refuses an option: every
+# NBD_REP_ERR_* reply of the handshake carries a message in the client's
+# terms (the export it named, the option, what to do), and none names a
+# server path, an image file or a file offset; the server's log keeps the
+# details.  A raw client walks through every refusal the handshake has.
+. "$top_srcdir/tests/functions.sh"
+
+mkdir -p "$TMPD/images"
+for x in open secret; do
+  "$VHDIMG" create -t dynamic "$TMPD/images/$x-image.vhd" 1M >/dev/null || fail "vhdimg create"
+done
+cat >"$TMPD/conf" <<CONF
+[export open]
+image = $TMPD/images/open-image.vhd
+[export secret]
+image = $TMPD/images/secret-image.vhd
+allow = uid:4321
+CONF
+start_vhdnbd "$TMPD/sock" -C "$TMPD/conf" -v 2>"$TMPD/log"
+
+timeout 60 "$PY3" - "$TMPD/sock" >"$TMPD/replies" 2>&1 <<'PY' || fail "raw client: $(cat "$TMPD/replies")"
+import socket, struct, sys
+MAGIC = 0x49484156454F5054
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+def recv(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("server closed the connection")
+        b += c
+    return b
+def option(what, o, data=b""):
+    s.sendall(struct.pack(">QII", MAGIC, o, len(data)) + data)
+    while True:
+        magic, _, typ, ln = struct.unpack(">QIII", recv(20))
+        payload = recv(ln)
+        if typ & 0x80000000:
+            print(f"{what}\t{typ:#x}\t{payload.decode('utf-8', 'replace')}")
+            return
+        if typ == 1:  # ACK: this one was not refused
+            raise SystemExit(f"{what}: not refused")
+def name(n, infos=b"\0\0"):
+    return struct.pack(">I", len(n)) + n + infos
+def meta(n, *queries):
+    q = b"".join(struct.pack(">I", len(x)) + x for x in queries)
+    return struct.pack(">I", len(n)) + n + struct.pack(">I", len(queries)) + q
+recv(18)
+s.sendall(struct.pack(">I", 3))
+option("list-with-data", 3, b"x")
+option("info-short", 6, b"\0\0")
+option("info-unknown", 6, name(b"nope"))
+option("info-refused", 6, name(b"secret"))
+option("go-refused", 7, name(b"secret"))
+option("go-bad-infos", 7, name(b"open", b"\0\5\0\1"))
+option("meta-unstructured", 10, meta(b"open", b"base:allocation"))
+option("starttls-off", 5)
+option("unknown-option", 99)
+option("too-big", 9, b"\0" * (64 * 1024 + 1))
+option("structured-data", 8, b"x")
+s.sendall(struct.pack(">QII", MAGIC, 8, 0))  # STRUCTURED_REPLY: ACK
+assert struct.unpack(">QIII", recv(20))[2] == 1
+option("structured-twice", 8)
+option("meta-short", 10, b"\0\0\0\4ope")
+option("meta-unknown", 9, meta(b"nope"))
+option("meta-refused", 10, meta(b"secret", b"base:allocation"))
+s.sendall(struct.pack(">QII", MAGIC, 2, 0))  # ABORT
+PY
+
+n=$(wc -l <"$TMPD/replies")
+[ "$n" -eq 15 ] || fail "expected 15 refusals, got $n: $(cat "$TMPD/replies")"
+while IFS=$'\t' read -r what typ msg; do
+  [ -n "$msg" ] || fail "$what ($typ): no message"
+  case $msg in
+  *"$TMPD"* | *images/* | *.vhd* | *-image* | *0x* | *offset*)
+    fail "$what ($typ): the message names server internals: $msg" ;;
+  esac
+  LC_ALL=C grep -q '^[[:print:]]*$' <<<"$msg" || fail "$what ($typ): unprintable message: $msg"
+done <"$TMPD/replies"
+# Some in full: what the client can act on.
+expect_reply() {
+  grep -qxF "$1" "$TMPD/replies" || fail "no reply '$1' in: $(cat "$TMPD/replies")"
+}
+tab=$'\t'
+expect_reply "info-unknown${tab}0x80000006${tab}NBD_OPT_INFO: export 'nope' not found"
+expect_reply "info-refused${tab}0x80000002${tab}export 'secret' not available to this client"
+expect_reply "go-refused${tab}0x80000002${tab}export 'secret' not available to this client"
+expect_reply "meta-refused${tab}0x80000002${tab}export 'secret' not available to this client"
+expect_reply "starttls-off${tab}0x80000002${tab}TLS is not configured on this server"
+expect_reply "too-big${tab}0x80000009${tab}option data of 65537 bytes is too large"
+# ...while the log names the image and the rules.
+grep -q "client #[0-9]* (unix) (uid 0, gid 0): NBD_OPT_GO: export 'secret' refused: matches no rule of its allow list (uid:4321)" \
+  "$TMPD/log" || fail "the log does not say who was refused 'secret' and why: $(cat "$TMPD/log")"
+stop_vhdnbd
+echo PASS
