@@ -141,7 +141,7 @@ size_t ops_overhead_max(const struct request *req) {
     n += READ_MAX_CHUNKS * (sizeof(struct read_chunk) + NBD_CHUNK_OFFSET_HOLE_SIZE +
                             2 * sizeof(uv_buf_t));
   } else {
-    n += 2 * sizeof(uv_buf_t);
+    n += 2 * sizeof(uv_buf_t) + NBD_CHUNK_NONE_SIZE;
   }
   return n;
 }
@@ -161,7 +161,7 @@ static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
     state = (ext->flags & VHD_MAP_DATA) ? NBD_STATE_ZERO : NBD_STATE_HOLE | NBD_STATE_ZERO;
   el->pos = end;
   if (req->n_ext > 0 && req->ext[req->n_ext - 1].flags == state) {
-    req->ext[req->n_ext - 1].length += (uint32_t)(end - start);
+    req->ext[req->n_ext - 1].length += end - start;
     return 0;
   }
   if (req->n_ext == el->max)
@@ -175,7 +175,7 @@ static int status_map_cb(void *opaque, const struct vhd_extent *ext) {
     req->ext = e;
     el->cap = cap;
   }
-  req->ext[req->n_ext++] = (struct nbd_extent){.length = (uint32_t)(end - start), .flags = state};
+  req->ext[req->n_ext++] = (struct nbd_extent){.length = end - start, .flags = state};
   return 0;
 }
 

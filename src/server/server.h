@@ -220,14 +220,15 @@ struct connection {
   uv_shutdown_t shutdown_req;
 
   enum conn_phase phase;
-  uint8_t hdr[NBD_REQUEST_SIZE];
+  uint8_t hdr[NBD_EXTENDED_REQUEST_SIZE];
 
   /* handshake */
   uint32_t client_flags;
   unsigned n_options;
   struct nbd_option_hdr opt;
   uint8_t *optbuf;
-  bool structured;
+  bool structured;       /* also set by extended headers, which imply it */
+  bool extended;         /* NBD_OPT_EXTENDED_HEADERS: 32-byte requests and replies */
   char *meta_export;     /* export named by the last SET_META_CONTEXT */
   uint32_t meta_export_len;
   bool meta_allocation;  /* ...and whether it selected base:allocation */

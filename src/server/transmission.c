@@ -87,17 +87,23 @@ static bool one_frame(const struct request *req) {
   return !req->structured || (req->r.flags & NBD_CMD_FLAG_DF);
 }
 
+static struct nbd_reply_to reply_to(const struct request *req) {
+  return (struct nbd_reply_to){.cookie = req->r.cookie, .offset = req->r.offset,
+                               .extended = req->conn->extended};
+}
+
 /* A sliced DF READ: one data chunk for the whole range, streamed. */
 static int build_df_slice(struct request *req) {
+  struct nbd_reply_to to = reply_to(req);
   req->reply = malloc(NBD_CHUNK_OFFSET_DATA_PREFIX);
   req->bufs = malloc(2 * sizeof *req->bufs);
   if (!req->reply || !req->bufs)
     return -ENOMEM;
   int nb = 0;
   if (!req->streaming) {
-    nbd_encode_chunk_offset_data(req->reply, NBD_REPLY_FLAG_DONE, req->r.cookie, req->r.offset,
-                                 req->r.length);
-    req->bufs[nb++] = uv_buf_init((char *)req->reply, NBD_CHUNK_OFFSET_DATA_PREFIX);
+    size_t h = nbd_encode_chunk_offset_data(req->reply, &to, NBD_REPLY_FLAG_DONE, req->r.offset,
+                                            (uint32_t)req->r.length);
+    req->bufs[nb++] = uv_buf_init((char *)req->reply, (unsigned)h);
   }
   req->bufs[nb++] = uv_buf_init((char *)req->data, req->io_len);
   return nb;
@@ -121,7 +127,7 @@ static const char *client_error_text(const struct request *req, char *buf, size_
 
 /* Encodes the reply into req->reply / req->bufs; returns the buffer count. */
 static int build_structured(struct request *req) {
-  uint64_t cookie = req->r.cookie;
+  struct nbd_reply_to to = reply_to(req);
   if (req->error) {
     char text[128];
     const char *msg = client_error_text(req, text, sizeof text);
@@ -132,8 +138,8 @@ static int build_structured(struct request *req) {
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    ssize_t n = nbd_encode_chunk_error(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
-                                       req->error, msg, false, 0);
+    ssize_t n = nbd_encode_chunk_error(req->reply, size, &to, NBD_REPLY_FLAG_DONE, req->error,
+                                       msg, false, 0);
     if (n < 0)
       return (int)n;
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
@@ -145,23 +151,24 @@ static int build_structured(struct request *req) {
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    ssize_t n = nbd_encode_chunk_block_status(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
+    ssize_t n = nbd_encode_chunk_block_status(req->reply, size, &to, NBD_REPLY_FLAG_DONE,
                                               SERVER_META_CONTEXT_ID, req->ext, req->n_ext);
     if (n < 0)
       return (int)n;
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
     return 1;
   }
-  /* READ */
   if (req->sliced && (req->r.flags & NBD_CMD_FLAG_DF))
     return build_df_slice(req);
-  if (req->r.length == 0) {
+  /* An empty READ, or with extended headers (which have no simple replies)
+   * any other command's success. */
+  if (req->r.type != NBD_CMD_READ || req->r.length == 0) {
     req->reply = malloc(NBD_CHUNK_NONE_SIZE);
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    nbd_encode_chunk_none(req->reply, cookie);
-    req->bufs[0] = uv_buf_init((char *)req->reply, NBD_CHUNK_NONE_SIZE);
+    size_t h = nbd_encode_chunk_none(req->reply, &to);
+    req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)h);
     return 1;
   }
   struct read_chunk whole = {.off = req->io_off, .len = req->io_len, .hole = false};
@@ -178,14 +185,14 @@ static int build_structured(struct request *req) {
     const struct read_chunk *c = &chunks[i];
     uint16_t flags = i == n - 1 && last ? NBD_REPLY_FLAG_DONE : 0;
     if (c->hole) {
-      nbd_encode_chunk_offset_hole(p, flags, cookie, c->off, c->len);
-      req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_HOLE_SIZE);
-      p += NBD_CHUNK_OFFSET_HOLE_SIZE;
+      size_t h = nbd_encode_chunk_offset_hole(p, &to, flags, c->off, c->len);
+      req->bufs[nb++] = uv_buf_init((char *)p, (unsigned)h);
+      p += h;
     } else {
-      nbd_encode_chunk_offset_data(p, flags, cookie, c->off, c->len);
-      req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_DATA_PREFIX);
+      size_t h = nbd_encode_chunk_offset_data(p, &to, flags, c->off, c->len);
+      req->bufs[nb++] = uv_buf_init((char *)p, (unsigned)h);
       req->bufs[nb++] = uv_buf_init((char *)req->data + (c->off - req->io_off), c->len);
-      p += NBD_CHUNK_OFFSET_DATA_PREFIX;
+      p += h;
     }
   }
   return nb;
@@ -265,7 +272,7 @@ static void send_reply(struct request *req) {
   req->bufs = NULL;
   if (req->error && req->streaming && one_frame(req)) {
     /* The framing already said success: nothing can tell the client now. */
-    log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu32 " failed after part of "
+    log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu64 " failed after part of "
             "its reply was sent: %s", conn->peer, req->r.offset, req->r.length,
             error_text(req) ? error_text(req) : "");
     conn->streaming = NULL;
@@ -277,7 +284,7 @@ static void send_reply(struct request *req) {
    * so are the requests an image refuses after a write error. */
   if (req->error)
     log_msg(req->errmsg && !req->image_failed ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
-            "%s: %s at %" PRIu64 "+%" PRIu32 ": error %" PRIu32 ": %s", conn->peer,
+            "%s: %s at %" PRIu64 "+%" PRIu64 ": error %" PRIu32 ": %s", conn->peer,
             nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
             error_text(req) ? error_text(req) : "");
   int nb = req->structured ? build_structured(req) : build_simple(req);
@@ -392,6 +399,13 @@ static void on_slice_written(struct connection *conn, void *opaque, int status) 
 
 /* ---- input ---- */
 
+/* Extended headers have no simple replies; structured replies only for the
+ * commands whose reply carries data. */
+static bool reply_is_structured(const struct connection *conn, uint16_t type) {
+  return conn->extended ||
+         (conn->structured && (type == NBD_CMD_READ || type == NBD_CMD_BLOCK_STATUS));
+}
+
 static void on_write_payload(struct connection *conn) {
   struct request *req = conn->payload_req;
   conn->payload_req = NULL;
@@ -407,7 +421,7 @@ static void on_payload_step(struct connection *conn);
  * not even resident). */
 static void expect_payload_step(struct connection *conn) {
   struct request *req = conn->payload_req;
-  uint32_t step = MIN(SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
+  uint32_t step = (uint32_t)MIN((uint64_t)SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
   request_charge(req, step);
   conn_expect(conn, req->data + req->payload_done, step, on_payload_step);
 }
@@ -428,6 +442,7 @@ static void on_write_discarded(struct connection *conn) {
     return;
   }
   req->r = conn->discard_req;
+  req->structured = reply_is_structured(conn, req->r.type);
   req->error = conn->discard_error;
   req->why = conn->discard_why;
   send_reply(req);
@@ -438,7 +453,9 @@ static void on_request_header(struct connection *conn) {
   conn->last_request = uv_now(server.loop);
   struct nbd_request r;
   const char *why = NULL;
-  if (nbd_decode_request(conn->hdr, &r, &why) < 0) {
+  int dr = conn->extended ? nbd_decode_request_ext(conn->hdr, &r, &why)
+                          : nbd_decode_request(conn->hdr, &r, &why);
+  if (dr < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
     conn_reject(conn, "protocol error");
     return;
@@ -449,9 +466,10 @@ static void on_request_header(struct connection *conn) {
     return;
   }
   uint32_t error = nbd_check_request(&r, &conn->limits, &why);
-  if (r.type == NBD_CMD_WRITE) {
+  if (nbd_request_has_payload(&r, conn->extended)) {
     if (r.length > SERVER_ABSURD_PAYLOAD) {
-      log_msg(LOG_LEVEL_WARNING, "%s: WRITE of %" PRIu32 " bytes", conn->peer, r.length);
+      log_msg(LOG_LEVEL_WARNING, "%s: %s with a payload of %" PRIu64 " bytes", conn->peer,
+              nbd_cmd_name(r.type), r.length);
       conn_reject(conn, "request too large");
       return;
     }
@@ -470,8 +488,7 @@ static void on_request_header(struct connection *conn) {
     return;
   }
   req->r = r;
-  req->structured = conn->structured &&
-                    (r.type == NBD_CMD_READ || r.type == NBD_CMD_BLOCK_STATUS);
+  req->structured = reply_is_structured(conn, r.type);
   request_charge(req, ops_overhead_max(req));
   if (error) {
     req->error = error;
@@ -482,7 +499,8 @@ static void on_request_header(struct connection *conn) {
   }
   bool needs_buffer = (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) && r.length > 0;
   req->io_off = r.offset;
-  req->io_len = r.length;
+  if (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE)
+    req->io_len = (uint32_t)r.length; /* at most the maximum payload: checked */
   if (r.type == NBD_CMD_READ && r.length > SERVER_READ_SLICE) {
     req->sliced = true;
     req->io_len = SERVER_READ_SLICE;
@@ -522,7 +540,7 @@ static void on_request_header(struct connection *conn) {
 static void read_request_header(struct connection *conn) {
   if (conn->closing || conn->draining)
     return;
-  conn_expect(conn, conn->hdr, NBD_REQUEST_SIZE, on_request_header);
+  conn_expect(conn, conn->hdr, nbd_request_size(conn->extended), on_request_header);
 }
 
 /* A connection is idle when no request arrived for --idle-timeout seconds and
@@ -559,12 +577,15 @@ void transmission_start(struct connection *conn, struct export *exp) {
       .export_size = exp->size,
       .tflags = export_tflags(exp, conn->structured),
       .structured = conn->structured,
+      .extended = conn->extended,
       .meta_allocation = conn->meta_allocation && conn->meta_export &&
                          strcmp(conn->meta_export, exp->name) == 0,
       .max_payload = SERVER_MAX_PAYLOAD,
   };
   log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s", conn->peer, exp->name,
-          conn->structured ? " with structured replies" : "",
+          conn->extended     ? " with extended headers"
+          : conn->structured ? " with structured replies"
+                             : "",
           conn->limits.meta_allocation ? " and base:allocation" : "");
   read_request_header(conn);
 }
