@@ -12,6 +12,7 @@
 
 #include "cleanup.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 /* Payload reads at least this large skip the staging buffer and land
@@ -775,12 +776,14 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
   if (is_tcp)
     uv_tcp_nodelay(&conn->sock.tcp, 1);
   format_peer(conn, is_tcp);
+  metrics_connection_accepted();
   if (server.shutting_down) {
     conn_close(conn, "server is shutting down");
     return 0;
   }
   if (is_tcp && !acl_allows(&server.cfg->allow, (const struct sockaddr *)&conn->addr)) {
     log_msg(LOG_LEVEL_WARNING, "%s: refused: address not in the --allow list", conn->peer);
+    metrics_connection_refused("not_allowed");
     conn->closing = true; /* no "closing" line: the refusal said it all */
     conn->eof = true;
     uv_close(&conn->sock.handle, on_handle_closed);

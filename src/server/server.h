@@ -13,6 +13,7 @@
  *   queue.c        orders conflicting requests per export (see queue.h)
  *   workers.c      the worker threads (see workers.h)
  *   bufpool.c      reuse of large payload buffers (see bufpool.h)
+ *   metrics.c      counters, --metrics-file and the SIGUSR1 summary (metrics.h)
  *   guard.c        per-address and negotiation caps at accept, stalled
  *                  payloads, the once-a-second summary of dropped clients
  *   notify.c       sd_notify and the pidfile
@@ -113,6 +114,8 @@ struct settings {
   uint64_t max_inflight;      /* bytes buffered for all connections together */
   unsigned threads;           /* worker threads */
   char *pidfile;
+  char *metrics_file;         /* Prometheus text file; NULL: none */
+  unsigned metrics_interval;  /* seconds between its rewrites */
   int verbose;                /* -v count minus -q count */
   struct export_spec *exports;
   size_t n_exports;

@@ -16,6 +16,7 @@
 #include "bufpool.h"
 #include "cleanup.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "server.h"
 
@@ -27,6 +28,8 @@ static struct request *request_new(struct connection *conn) {
     return NULL;
   req->conn = conn;
   req->exp = conn->exp;
+  req->started_ns = uv_hrtime();
+  metrics_request_begin(req->exp);
   conn_ref(conn);
   conn->inflight++;
   return req;
@@ -42,6 +45,8 @@ static void request_charge(struct request *req, uint64_t n) {
 
 static void request_free(struct request *req) {
   struct connection *conn = req->conn;
+  metrics_request_end(req->exp, req->r.type, req->error, req->r.length,
+                      uv_hrtime() - req->started_ns, req->replied);
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
   server_inflight_sub(req->accounted);
@@ -73,7 +78,9 @@ bool transmission_payload_pending(const struct connection *conn) {
 }
 
 static void on_reply_written(struct connection *conn, void *opaque, int status) {
-  request_free(opaque);
+  struct request *req = opaque;
+  req->replied = true;
+  request_free(req);
 }
 
 static bool last_slice(const struct request *req) {
@@ -384,6 +391,7 @@ static void dispatch(struct request *req) {
 static void on_slice_written(struct connection *conn, void *opaque, int status) {
   struct request *req = opaque;
   if (status < 0 || req->error || last_slice(req) || conn->closing) {
+    req->replied = status == 0 && !conn->closing;
     if (conn->streaming == req)
       conn->streaming = NULL;
     request_free(req);
