@@ -1,6 +1,7 @@
 #!/bin/bash
 # --metrics-file: known I/O through libnbd (writes and reads of known sizes,
-# a FLUSH, a READ the server refuses) must show up exactly in the Prometheus
+# a FLUSH, a READ the server refuses, a client over --max-connections) must
+# show up exactly in the Prometheus
 # text file, per export and in total; every version of the file a reader can
 # open while the server rewrites it each second must parse whole (it is
 # replaced by a rename, never rewritten in place); SIGUSR1 logs one line per
@@ -16,6 +17,7 @@ prom=$TMPD/prom/vhdnbd.prom
 qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$TMPD/d0.vhd" $((8 * M))
 qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$TMPD/d1.vhd" $((8 * M))
 start_vhdnbd "$sock" -e "alpha=$TMPD/d1.vhd" --metrics-file "$prom" --metrics-interval 1 \
+  --max-connections 1 \
   "$TMPD/d0.vhd" 2>"$TMPD/server.log"
 
 # A parser of the text exposition format: every sample belongs to a family
@@ -104,6 +106,13 @@ try:
     sys.exit("READ past the end succeeded")
 except nbd.Error as e:
     assert e.errnum == errno.EINVAL, e
+# A second client while the first is connected: over --max-connections.
+h2 = nbd.NBD()
+try:
+    h2.connect_uri(f"nbd+unix:///alpha?socket={sys.argv[1]}")
+    sys.exit("a second connection got past --max-connections 1")
+except nbd.Error:
+    pass
 h.shutdown()
 EOF
 
@@ -136,8 +145,10 @@ assert get(s, "vhdnbd_request_duration_seconds_count", command="READ", **A) == 5
 assert get(s, "vhdnbd_request_duration_seconds_bucket", command="WRITE", le="+Inf", **A) == 8
 assert get(s, "vhdnbd_requests_in_flight", **A) == 0
 assert get(s, "vhdnbd_requests_queued", **A) == 0
-assert get(s, "vhdnbd_connections_total") >= 1
+assert get(s, "vhdnbd_connections_total") == 2
+assert get(s, "vhdnbd_connections_refused_total", reason="max_connections") == 1
 assert get(s, "vhdnbd_connections_refused_total", reason="per_address") == 0
+assert get(s, "vhdnbd_connections") == 0
 # Every write fell in the first 2 MiB block; the default export has none.
 assert get(s, "vhdnbd_allocated_bytes", **A) == 2 << 20, get(s, "vhdnbd_allocated_bytes", **A)
 assert get(s, "vhdnbd_allocated_bytes", export="") == 0
