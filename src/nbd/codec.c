@@ -324,6 +324,27 @@ bool nbd_request_has_payload(const struct nbd_request *req, bool extended) {
   return req->type == NBD_CMD_WRITE;
 }
 
+int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t context_id,
+                                   uint64_t *effect_length, const char **why) {
+  if (len < 12 || (len - 8) % 4 != 0) {
+    WHY("BLOCK_STATUS payload is not an effect length and one or more context ids");
+    return -EINVAL;
+  }
+  if (len > 12) {
+    /* Every id must be the one context, so a second one repeats it. */
+    WHY(be32_load(data + 8) == context_id && be32_load(data + 12) == context_id
+            ? "BLOCK_STATUS payload repeats a context id"
+            : "BLOCK_STATUS payload names a context that was not selected");
+    return -EINVAL;
+  }
+  if (be32_load(data + 8) != context_id) {
+    WHY("BLOCK_STATUS payload names a context that was not selected");
+    return -EINVAL;
+  }
+  *effect_length = be64_load(data);
+  return 0;
+}
+
 const char *nbd_cmd_name(uint16_t type) {
   switch (type) {
   case NBD_CMD_READ: return "READ";
@@ -361,8 +382,9 @@ static uint16_t valid_flags(uint16_t type, const struct nbd_request_limits *lim)
     break;
   }
   /* With extended headers a WRITE says its payload length with this flag;
-   * no other command of ours takes a payload (BLOCK_STATUS's payload form
-   * is not advertised), so there it is refused after the payload is read. */
+   * no other command takes a payload here (the server reads BLOCK_STATUS's
+   * payload form itself and checks the plain request it stands for), so
+   * there it is refused after the payload is read. */
   if (type == NBD_CMD_WRITE && lim->extended)
     f |= NBD_CMD_FLAG_PAYLOAD_LEN;
   return f;
@@ -400,9 +422,12 @@ uint32_t nbd_check_request(const struct nbd_request *req, const struct nbd_reque
     return NBD_EINVAL;
   }
   if (req->flags & ~valid_flags(req->type, lim)) {
-    WHY((req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) && lim->extended
-            ? "NBD_CMD_FLAG_PAYLOAD_LEN: this command takes no payload"
-            : "command flag not valid for this command");
+    if (!(req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) || !lim->extended)
+      WHY("command flag not valid for this command");
+    else if (req->type == NBD_CMD_BLOCK_STATUS && (lim->tflags & NBD_FLAG_BLOCK_STATUS_PAYLOAD))
+      WHY("BLOCK_STATUS payload longer than the contexts selected need");
+    else
+      WHY("NBD_CMD_FLAG_PAYLOAD_LEN: this command takes no payload");
     return NBD_EINVAL;
   }
   if (lim->extended && req->type == NBD_CMD_WRITE &&

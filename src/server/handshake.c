@@ -139,7 +139,7 @@ static void opt_info_go(struct connection *conn) {
   struct replies rr = {0}, *r = &rr;
   REPLY(r, NBD_OPTION_REPLY_SIZE(12),
         nbd_encode_rep_info_export(OUT, CAP, option, exp->size,
-                                   export_tflags(exp, conn->structured)));
+                                   transmission_tflags(conn, exp)));
   if (ir.want & NBD_INFO_WANT_NAME) {
     size_t nl = strlen(exp->name);
     REPLY(r, NBD_OPTION_REPLY_SIZE(2 + nl),
@@ -193,7 +193,7 @@ static void opt_export_name(struct connection *conn) {
     return;
   }
   uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
-  size_t n = nbd_encode_export_name_reply(buf, exp->size, export_tflags(exp, conn->structured),
+  size_t n = nbd_encode_export_name_reply(buf, exp->size, transmission_tflags(conn, exp),
                                           conn->client_flags & NBD_FLAG_C_NO_ZEROES);
   conn_write_copy(conn, buf, n);
   if (!conn->closing)

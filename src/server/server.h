@@ -253,6 +253,8 @@ struct connection {
   struct request *streaming;   /* sliced READ whose reply is being written */
   struct request *held_head, *held_tail; /* replies waiting for it, in order */
   struct nbd_request discard_req; /* refused WRITE whose payload is being discarded */
+  struct nbd_request status_req;  /* BLOCK_STATUS whose payload is being read */
+  uint8_t status_payload[NBD_BLOCK_STATUS_PAYLOAD_MAX];
   uint32_t discard_error;
   const char *discard_why;
   unsigned inflight;
@@ -316,6 +318,8 @@ void handshake_start(struct connection *conn);
 
 /* transmission.c */
 void transmission_start(struct connection *conn, struct export *exp);
+/* The transmission flags conn is told for exp (INFO, GO, EXPORT_NAME). */
+uint16_t transmission_tflags(const struct connection *conn, const struct export *exp);
 /* Frees what the connection's requests hold that no completion will free: a
  * WRITE whose payload was still arriving, replies held behind a sliced READ. */
 void transmission_abort_payload(struct connection *conn);

@@ -457,6 +457,9 @@ static void on_write_discarded(struct connection *conn) {
   read_request_header(conn);
 }
 
+static void start_request(struct connection *conn, struct nbd_request r);
+static void on_status_payload(struct connection *conn);
+
 static void on_request_header(struct connection *conn) {
   conn->last_request = uv_now(server.loop);
   struct nbd_request r;
@@ -473,6 +476,40 @@ static void on_request_header(struct connection *conn) {
     conn_drain(conn);
     return;
   }
+  if (r.type == NBD_CMD_BLOCK_STATUS && (r.flags & NBD_CMD_FLAG_PAYLOAD_LEN) &&
+      conn->extended && (conn->limits.tflags & NBD_FLAG_BLOCK_STATUS_PAYLOAD)) {
+    /* A longer payload is refused by nbd_check_request and consumed (or,
+     * above any payload, ends the connection) like any other. */
+    if (r.length <= NBD_BLOCK_STATUS_PAYLOAD_MAX) {
+      conn->status_req = r;
+      conn_expect(conn, conn->status_payload, r.length, on_status_payload);
+      return;
+    }
+  }
+  start_request(conn, r);
+}
+
+/* The payload form of BLOCK_STATUS, read: with a valid payload the request
+ * is an ordinary one of the effect length it gives. */
+static void on_status_payload(struct connection *conn) {
+  struct nbd_request r = conn->status_req;
+  const char *why = NULL;
+  uint64_t effect;
+  if (nbd_parse_block_status_payload(conn->status_payload, r.length, SERVER_META_CONTEXT_ID,
+                                     &effect, &why) < 0) {
+    conn->discard_req = r;
+    conn->discard_error = NBD_EINVAL;
+    conn->discard_why = why;
+    on_write_discarded(conn);
+    return;
+  }
+  r.length = effect;
+  r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
+  start_request(conn, r);
+}
+
+static void start_request(struct connection *conn, struct nbd_request r) {
+  const char *why = NULL;
   uint32_t error = nbd_check_request(&r, &conn->limits, &why);
   if (nbd_request_has_payload(&r, conn->extended)) {
     if (r.length > SERVER_ABSURD_PAYLOAD) {
@@ -573,6 +610,20 @@ static void on_idle_timer(uv_timer_t *t) {
   uv_timer_start(&conn->timer, on_idle_timer, idle >= limit ? MIN(limit, 1000) : limit - idle, 0);
 }
 
+/* Whether the last SET_META_CONTEXT selected base:allocation for exp. */
+static bool meta_selected(const struct connection *conn, const struct export *exp) {
+  return conn->meta_allocation && conn->meta_export && strcmp(conn->meta_export, exp->name) == 0;
+}
+
+/* The spec allows the BLOCK_STATUS payload form only with extended headers,
+ * and it means nothing without a context to choose. */
+uint16_t transmission_tflags(const struct connection *conn, const struct export *exp) {
+  uint16_t f = export_tflags(exp, conn->structured);
+  if (conn->extended && meta_selected(conn, exp))
+    f |= NBD_FLAG_BLOCK_STATUS_PAYLOAD;
+  return f;
+}
+
 void transmission_start(struct connection *conn, struct export *exp) {
   conn->phase = PHASE_TRANSMISSION;
   conn->exp = exp;
@@ -583,11 +634,10 @@ void transmission_start(struct connection *conn, struct export *exp) {
   }
   conn->limits = (struct nbd_request_limits){
       .export_size = exp->size,
-      .tflags = export_tflags(exp, conn->structured),
+      .tflags = transmission_tflags(conn, exp),
       .structured = conn->structured,
       .extended = conn->extended,
-      .meta_allocation = conn->meta_allocation && conn->meta_export &&
-                         strcmp(conn->meta_export, exp->name) == 0,
+      .meta_allocation = meta_selected(conn, exp),
       .max_payload = SERVER_MAX_PAYLOAD,
   };
   log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s", conn->peer, exp->name,

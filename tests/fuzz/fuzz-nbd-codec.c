@@ -244,8 +244,18 @@ static void handle_request(struct cursor *c) {
   FUZZ_ASSERT(payload == (extended ? (req.flags & NBD_CMD_FLAG_PAYLOAD_LEN) != 0
                                    : req.type == NBD_CMD_WRITE),
               "payload presence wrong for %s flags 0x%x", nbd_cmd_name(req.type), req.flags);
-  if (payload)
-    take(c, req.length < c->left ? req.length : c->left);
+  if (payload) {
+    size_t plen = req.length < c->left ? req.length : c->left;
+    const uint8_t *p = take(c, plen);
+    /* The BLOCK_STATUS payload form selects the one context, once. */
+    uint64_t effect = 0;
+    why = NULL;
+    if (p && nbd_parse_block_status_payload(p, plen, 1, &effect, &why) == 0)
+      FUZZ_ASSERT(plen == 12 && be32_load(p + 8) == 1 && effect == be64_load(p),
+                  "accepted a %zu-byte BLOCK_STATUS payload", plen);
+    else if (p)
+      FUZZ_ASSERT(why && why[0], "BLOCK_STATUS payload refused without a reason");
+  }
 
   /* Replies echo the client's cookie and ranges. */
   uint8_t simple[NBD_SIMPLE_REPLY_SIZE];

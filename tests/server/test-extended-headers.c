@@ -2,8 +2,8 @@
  * predates it): the negotiation rules (STRUCTURED_REPLY refused after it,
  * EXPORT_NAME ending the session, SET_META_CONTEXT allowed by it), every
  * command with 32-byte requests and replies (BLOCK_STATUS answering with
- * BLOCK_STATUS_EXT), PAYLOAD_LEN refused where it does not belong with the
- * payload consumed, READ/WRITE kept within the maximum payload, 64-bit
+ * BLOCK_STATUS_EXT, and its payload form), PAYLOAD_LEN refused where it does
+ * not belong with the payload consumed, READ/WRITE kept within the maximum payload, 64-bit
  * WRITE_ZEROES/TRIM/BLOCK_STATUS over a whole 2040 GiB image in one request,
  * and data written this way read back identically by libnbd. */
 #include <config.h>
@@ -35,7 +35,9 @@ static uint32_t expect_option_reply(int fd, uint32_t option) {
   return type;
 }
 
-/* Extended headers, base:allocation, GO: a connection ready for requests. */
+/* Extended headers, base:allocation, GO: a connection ready for requests.
+ * The BLOCK_STATUS payload form is advertised exactly when a context was
+ * selected. */
 static int connect_extended(const char *sock, bool meta) {
   int fd = raw_connect(sock);
   raw_handshake(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
@@ -60,6 +62,9 @@ static int connect_extended(const char *sock, bool meta) {
   uint16_t flags;
   CHECK(raw_opt_go(fd, "", &size, &flags) == NBD_REP_ACK, "NBD_OPT_GO refused");
   CHECK(flags & NBD_FLAG_SEND_DF, "DF not advertised with extended headers");
+  CHECK(!(flags & NBD_FLAG_BLOCK_STATUS_PAYLOAD) == !meta,
+        "NBD_FLAG_BLOCK_STATUS_PAYLOAD %s with%s a meta context",
+        meta ? "not advertised" : "advertised", meta ? "" : "out");
   return fd;
 }
 
@@ -131,11 +136,14 @@ struct ext_status {
   uint64_t total;
 };
 
-/* BLOCK_STATUS: one BLOCK_STATUS_EXT chunk for context 1. */
-static void block_status_ext(int fd, uint16_t flags, uint64_t off, uint64_t len,
-                             struct ext_status *st) {
+/* BLOCK_STATUS: one BLOCK_STATUS_EXT chunk for context 1.  With payload
+ * (the payload form), len is its length. */
+static void block_status_payload(int fd, uint16_t flags, uint64_t off, uint64_t len,
+                                 const void *payload, struct ext_status *st) {
   uint64_t cookie = next_cookie++;
   CHECK(raw_send_request_ext(fd, flags, NBD_CMD_BLOCK_STATUS, cookie, off, len) == 0, "send");
+  if (payload)
+    CHECK(raw_write(fd, payload, len) == 0, "sending the BLOCK_STATUS payload");
   struct raw_ext_reply rep;
   CHECK(raw_recv_ext_reply(fd, &rep) == 0, "reading BLOCK_STATUS");
   CHECK(rep.cookie == cookie && rep.offset == off, "BLOCK_STATUS cookie/offset");
@@ -158,6 +166,11 @@ static void block_status_ext(int fd, uint16_t flags, uint64_t off, uint64_t len,
     st->total += st->len[i];
   }
   free(rep.payload);
+}
+
+static void block_status_ext(int fd, uint16_t flags, uint64_t off, uint64_t len,
+                             struct ext_status *st) {
+  block_status_payload(fd, flags, off, len, NULL, st);
 }
 
 static void test_negotiation(const char *sock) {
@@ -257,11 +270,33 @@ static void test_commands(const char *sock, const char *image) {
         "READ of 4 GiB accepted");
   CHECK(simple_request(fd, 0, NBD_CMD_WRITE, 0, 4096, NULL, 0) == NBD_EINVAL,
         "WRITE without NBD_CMD_FLAG_PAYLOAD_LEN accepted");
-  uint8_t bs_payload[12] = {0};
-  be32_store(bs_payload + 8, 1);
-  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, sizeof bs_payload,
-                       bs_payload, sizeof bs_payload) == NBD_EINVAL,
-        "BLOCK_STATUS payload form accepted though not advertised");
+  /* The BLOCK_STATUS payload form: effect length, then context ids. */
+  uint8_t bs[100] = {0}; /* longer than any valid payload with one context */
+  be64_store(bs, 2 * MiB);
+  be32_store(bs + 8, CONTEXT_ID);
+  block_status_payload(fd, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 12, bs, &st);
+  CHECK(st.count >= 2 && st.len[0] == 1 * MiB && st.total == 2 * MiB,
+        "payload form: %" PRIu32 " extents over %" PRIu64 " bytes, want the effect length",
+        st.count, st.total);
+  be32_store(bs + 12, CONTEXT_ID);
+  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, 16, bs, 16) ==
+            NBD_EINVAL,
+        "BLOCK_STATUS payload with a repeated context id accepted");
+  be32_store(bs + 8, CONTEXT_ID + 1);
+  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, 12, bs, 12) ==
+            NBD_EINVAL,
+        "BLOCK_STATUS payload with an unknown context id accepted");
+  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, 8, bs, 8) ==
+            NBD_EINVAL,
+        "BLOCK_STATUS payload without a context id accepted");
+  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, sizeof bs, bs,
+                       sizeof bs) == NBD_EINVAL,
+        "BLOCK_STATUS payload longer than any valid one accepted");
+  be32_store(bs + 8, CONTEXT_ID);
+  be64_store(bs, SIZE + 1);
+  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, 12, bs, 12) ==
+            NBD_EINVAL,
+        "BLOCK_STATUS payload form past the end accepted");
   CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_READ, 0, 8, "12345678", 8) ==
             NBD_EINVAL,
         "READ with a payload accepted");

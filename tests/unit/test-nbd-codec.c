@@ -344,6 +344,25 @@ static void test_request_ext(void) {
   CHECK_EQ(nbd_request_size(false), 28);
 }
 
+static void test_block_status_payload(void) {
+  uint8_t p[24];
+  uint64_t effect = 0;
+  const char *why = NULL;
+  be64_store(p, UINT64_C(2040) << 30);
+  be32_store(p + 8, 1);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, 1, &effect, &why), 0);
+  CHECK(effect == UINT64_C(2040) << 30);
+  be32_store(p + 12, 1);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, 1, &effect, &why), -EINVAL); /* repeated */
+  CHECK(why && strstr(why, "repeats"));
+  be32_store(p + 12, 2);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, 1, &effect, &why), -EINVAL); /* unknown */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, 2, &effect, &why), -EINVAL);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 8, 1, &effect, &why), -EINVAL);  /* no id */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 13, 1, &effect, &why), -EINVAL); /* 8 + 4n */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 0, 1, &effect, &why), -EINVAL);
+}
+
 static uint32_t check(uint16_t type, uint16_t flags, uint64_t off, uint64_t len,
                       const struct nbd_request_limits *lim) {
   struct nbd_request req = {.flags = flags, .type = type, .offset = off, .length = len};
@@ -632,6 +651,7 @@ int main(void) {
   test_request_ext();
   test_check_request();
   test_check_request_ext();
+  test_block_status_payload();
   test_replies();
   test_replies_ext();
   test_errno();
