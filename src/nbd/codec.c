@@ -300,6 +300,51 @@ int nbd_decode_request(const uint8_t in[NBD_REQUEST_SIZE], struct nbd_request *r
   return 0;
 }
 
+int nbd_decode_request_ext(const uint8_t in[NBD_EXTENDED_REQUEST_SIZE], struct nbd_request *req,
+                           const char **why) {
+  uint32_t magic = be32_load(in);
+  if (magic != NBD_EXTENDED_REQUEST_MAGIC) {
+    /* The spec lets no client fall back once extended headers were agreed. */
+    WHY(magic == NBD_REQUEST_MAGIC ? "compact request header after extended headers were "
+                                     "negotiated"
+                                   : "bad request magic");
+    return -EPROTO;
+  }
+  req->flags = be16_load(in + 4);
+  req->type = be16_load(in + 6);
+  req->cookie = be64_load(in + 8);
+  req->offset = be64_load(in + 16);
+  req->length = be64_load(in + 24);
+  return 0;
+}
+
+bool nbd_request_has_payload(const struct nbd_request *req, bool extended) {
+  if (extended)
+    return req->flags & NBD_CMD_FLAG_PAYLOAD_LEN;
+  return req->type == NBD_CMD_WRITE;
+}
+
+int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t context_id,
+                                   uint64_t *effect_length, const char **why) {
+  if (len < 12 || (len - 8) % 4 != 0) {
+    WHY("BLOCK_STATUS payload is not an effect length and one or more context ids");
+    return -EINVAL;
+  }
+  if (len > 12) {
+    /* Every id must be the one context, so a second one repeats it. */
+    WHY(be32_load(data + 8) == context_id && be32_load(data + 12) == context_id
+            ? "BLOCK_STATUS payload repeats a context id"
+            : "BLOCK_STATUS payload names a context that was not selected");
+    return -EINVAL;
+  }
+  if (be32_load(data + 8) != context_id) {
+    WHY("BLOCK_STATUS payload names a context that was not selected");
+    return -EINVAL;
+  }
+  *effect_length = be64_load(data);
+  return 0;
+}
+
 const char *nbd_cmd_name(uint16_t type) {
   switch (type) {
   case NBD_CMD_READ: return "READ";
@@ -336,6 +381,12 @@ static uint16_t valid_flags(uint16_t type, const struct nbd_request_limits *lim)
   default:
     break;
   }
+  /* With extended headers a WRITE says its payload length with this flag;
+   * no other command takes a payload here (the server reads BLOCK_STATUS's
+   * payload form itself and checks the plain request it stands for), so
+   * there it is refused after the payload is read. */
+  if (type == NBD_CMD_WRITE && lim->extended)
+    f |= NBD_CMD_FLAG_PAYLOAD_LEN;
   return f;
 }
 
@@ -371,7 +422,18 @@ uint32_t nbd_check_request(const struct nbd_request *req, const struct nbd_reque
     return NBD_EINVAL;
   }
   if (req->flags & ~valid_flags(req->type, lim)) {
-    WHY("command flag not valid for this command");
+    if (!(req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) || !lim->extended)
+      WHY("command flag not valid for this command");
+    else if (req->type == NBD_CMD_BLOCK_STATUS && (lim->tflags & NBD_FLAG_BLOCK_STATUS_PAYLOAD))
+      WHY("BLOCK_STATUS payload longer than the contexts selected need");
+    else
+      WHY("NBD_CMD_FLAG_PAYLOAD_LEN: this command takes no payload");
+    return NBD_EINVAL;
+  }
+  if (lim->extended && req->type == NBD_CMD_WRITE &&
+      !(req->flags & NBD_CMD_FLAG_PAYLOAD_LEN)) {
+    /* Its length is then an effect length with no payload behind it. */
+    WHY("WRITE without NBD_CMD_FLAG_PAYLOAD_LEN under extended headers");
     return NBD_EINVAL;
   }
   if (writes && (lim->tflags & NBD_FLAG_READ_ONLY)) {
@@ -405,70 +467,104 @@ void nbd_encode_simple_reply(uint8_t out[NBD_SIMPLE_REPLY_SIZE], uint64_t cookie
   be64_store(out + 8, cookie);
 }
 
-void nbd_encode_chunk_hdr(uint8_t out[NBD_CHUNK_HDR_SIZE], uint16_t flags, uint16_t type,
-                          uint64_t cookie, uint32_t length) {
+size_t nbd_encode_chunk_hdr(uint8_t out[NBD_REPLY_HDR_MAX], const struct nbd_reply_to *to,
+                            uint16_t flags, uint16_t type, uint64_t length) {
+  if (to->extended) {
+    be32_store(out, NBD_EXTENDED_REPLY_MAGIC);
+    be16_store(out + 4, flags);
+    be16_store(out + 6, type);
+    be64_store(out + 8, to->cookie);
+    be64_store(out + 16, to->offset);
+    be64_store(out + 24, length);
+    return NBD_EXTENDED_REPLY_SIZE;
+  }
   be32_store(out, NBD_STRUCTURED_REPLY_MAGIC);
   be16_store(out + 4, flags);
   be16_store(out + 6, type);
-  be64_store(out + 8, cookie);
-  be32_store(out + 16, length);
+  be64_store(out + 8, to->cookie);
+  be32_store(out + 16, (uint32_t)length);
+  return NBD_CHUNK_HDR_SIZE;
 }
 
-void nbd_encode_chunk_offset_data(uint8_t out[NBD_CHUNK_OFFSET_DATA_PREFIX], uint16_t flags,
-                                  uint64_t cookie, uint64_t offset, uint32_t data_len) {
-  nbd_encode_chunk_hdr(out, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + data_len);
-  be64_store(out + NBD_CHUNK_HDR_SIZE, offset);
+size_t nbd_encode_chunk_offset_data(uint8_t out[NBD_CHUNK_OFFSET_DATA_PREFIX],
+                                    const struct nbd_reply_to *to, uint16_t flags,
+                                    uint64_t offset, uint32_t data_len) {
+  size_t h = nbd_encode_chunk_hdr(out, to, flags, NBD_REPLY_TYPE_OFFSET_DATA,
+                                  8 + (uint64_t)data_len);
+  be64_store(out + h, offset);
+  return h + 8;
 }
 
-void nbd_encode_chunk_offset_hole(uint8_t out[NBD_CHUNK_OFFSET_HOLE_SIZE], uint16_t flags,
-                                  uint64_t cookie, uint64_t offset, uint32_t hole_len) {
-  nbd_encode_chunk_hdr(out, flags, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12);
-  be64_store(out + NBD_CHUNK_HDR_SIZE, offset);
-  be32_store(out + NBD_CHUNK_HDR_SIZE + 8, hole_len);
+size_t nbd_encode_chunk_offset_hole(uint8_t out[NBD_CHUNK_OFFSET_HOLE_SIZE],
+                                    const struct nbd_reply_to *to, uint16_t flags,
+                                    uint64_t offset, uint32_t hole_len) {
+  size_t h = nbd_encode_chunk_hdr(out, to, flags, NBD_REPLY_TYPE_OFFSET_HOLE, 12);
+  be64_store(out + h, offset);
+  be32_store(out + h + 8, hole_len);
+  return h + 12;
 }
 
-void nbd_encode_chunk_none(uint8_t out[NBD_CHUNK_NONE_SIZE], uint64_t cookie) {
-  nbd_encode_chunk_hdr(out, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
+size_t nbd_encode_chunk_none(uint8_t out[NBD_CHUNK_NONE_SIZE], const struct nbd_reply_to *to) {
+  return nbd_encode_chunk_hdr(out, to, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, 0);
 }
 
-ssize_t nbd_encode_chunk_block_status(uint8_t *out, size_t cap, uint16_t flags, uint64_t cookie,
-                                      uint32_t context_id, const struct nbd_extent *ext,
-                                      size_t n) {
+ssize_t nbd_encode_chunk_block_status(uint8_t *out, size_t cap, const struct nbd_reply_to *to,
+                                      uint16_t flags, uint32_t context_id,
+                                      const struct nbd_extent *ext, size_t n) {
   if (n == 0 || n > NBD_MAX_BLOCK_STATUS_DESCRIPTORS)
     return -EINVAL;
-  if (cap < NBD_CHUNK_BLOCK_STATUS_SIZE(n))
+  size_t payload = to->extended ? 8 + 16 * n : 4 + 8 * n;
+  size_t size = nbd_reply_hdr_size(to) + payload;
+  if (cap < size)
     return -ENOBUFS;
-  nbd_encode_chunk_hdr(out, flags, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, (uint32_t)(4 + 8 * n));
-  uint8_t *p = out + NBD_CHUNK_HDR_SIZE;
+  for (size_t i = 0; i < n; i++) {
+    if (ext[i].length == 0)
+      return -EINVAL;
+    if (!to->extended && ext[i].length > UINT32_MAX)
+      return -EOVERFLOW;
+  }
+  uint8_t *p = out + nbd_encode_chunk_hdr(out, to, flags,
+                                          to->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+                                                       : NBD_REPLY_TYPE_BLOCK_STATUS,
+                                          payload);
   be32_store(p, context_id);
   p += 4;
-  for (size_t i = 0; i < n; i++, p += 8) {
-    be32_store(p, ext[i].length);
-    be32_store(p + 4, ext[i].flags);
+  if (to->extended) {
+    be32_store(p, (uint32_t)n);
+    p += 4;
+    for (size_t i = 0; i < n; i++, p += 16) {
+      be64_store(p, ext[i].length);
+      be64_store(p + 8, ext[i].flags);
+    }
+  } else {
+    for (size_t i = 0; i < n; i++, p += 8) {
+      be32_store(p, (uint32_t)ext[i].length);
+      be32_store(p + 4, ext[i].flags);
+    }
   }
-  return (ssize_t)NBD_CHUNK_BLOCK_STATUS_SIZE(n);
+  return (ssize_t)size;
 }
 
-ssize_t nbd_encode_chunk_error(uint8_t *out, size_t cap, uint16_t flags, uint64_t cookie,
-                               uint32_t error, const char *msg, bool has_offset,
-                               uint64_t offset) {
+ssize_t nbd_encode_chunk_error(uint8_t *out, size_t cap, const struct nbd_reply_to *to,
+                               uint16_t flags, uint32_t error, const char *msg,
+                               bool has_offset, uint64_t offset) {
   size_t len = msg ? strnlen(msg, NBD_MAX_STRING) : 0;
   size_t payload = 6 + len + (has_offset ? 8 : 0);
   if (error == 0)
     return -EINVAL;
-  if (cap < NBD_CHUNK_HDR_SIZE + payload)
+  if (cap < nbd_reply_hdr_size(to) + payload)
     return -ENOBUFS;
-  nbd_encode_chunk_hdr(out, flags,
-                       has_offset ? NBD_REPLY_TYPE_ERROR_OFFSET : NBD_REPLY_TYPE_ERROR, cookie,
-                       (uint32_t)payload);
-  uint8_t *p = out + NBD_CHUNK_HDR_SIZE;
+  uint8_t *p = out + nbd_encode_chunk_hdr(out, to, flags,
+                                          has_offset ? NBD_REPLY_TYPE_ERROR_OFFSET
+                                                     : NBD_REPLY_TYPE_ERROR,
+                                          payload);
   be32_store(p, error);
   be16_store(p + 4, (uint16_t)len);
   if (len)
     memcpy(p + 6, msg, len);
   if (has_offset)
     be64_store(p + 6 + len, offset);
-  return (ssize_t)(NBD_CHUNK_HDR_SIZE + payload);
+  return (ssize_t)(nbd_reply_hdr_size(to) + payload);
 }
 
 uint32_t nbd_errno_to_nbd(int err) {

@@ -114,17 +114,25 @@ struct nbd_request {
   uint16_t type;
   uint64_t cookie;
   uint64_t offset;
-  uint32_t length;
+  uint64_t length; /* 32 bits on the wire unless extended headers were negotiated */
 };
-/* -EPROTO on a wrong magic (the server closes). */
+/* -EPROTO on a wrong magic (the server closes).  The compact header is
+ * NBD_REQUEST_SIZE bytes, the extended one NBD_EXTENDED_REQUEST_SIZE; each
+ * refuses the other's magic, since only one of them was negotiated. */
 int nbd_decode_request(const uint8_t in[NBD_REQUEST_SIZE], struct nbd_request *req,
                        const char **why);
+int nbd_decode_request_ext(const uint8_t in[NBD_EXTENDED_REQUEST_SIZE], struct nbd_request *req,
+                           const char **why);
+static inline size_t nbd_request_size(bool extended) {
+  return extended ? NBD_EXTENDED_REQUEST_SIZE : NBD_REQUEST_SIZE;
+}
 
 /* What a connection negotiated, for nbd_check_request. */
 struct nbd_request_limits {
   uint64_t export_size;
   uint16_t tflags;          /* transmission flags advertised */
-  bool structured;          /* NBD_OPT_STRUCTURED_REPLY negotiated */
+  bool structured;          /* structured replies (implied by extended headers) */
+  bool extended;            /* NBD_OPT_EXTENDED_HEADERS negotiated */
   bool meta_allocation;     /* base:allocation selected */
   bool meta_depth;          /* qemu:allocation-depth selected */
   uint32_t max_payload;     /* READ/WRITE larger than this are refused */
@@ -134,37 +142,70 @@ struct nbd_request_limits {
  * reason in *why.  Ranges are checked without overflow. */
 uint32_t nbd_check_request(const struct nbd_request *req, const struct nbd_request_limits *lim,
                            const char **why);
+/* Whether `length` bytes of payload follow the request's header on the wire
+ * (whatever the server then answers): a WRITE, or with extended headers any
+ * command carrying NBD_CMD_FLAG_PAYLOAD_LEN. */
+bool nbd_request_has_payload(const struct nbd_request *req, bool extended);
 const char *nbd_cmd_name(uint16_t type);
+
+/* The BLOCK_STATUS payload form (extended headers, NBD_CMD_FLAG_PAYLOAD_LEN,
+ * advertised with NBD_FLAG_BLOCK_STATUS_PAYLOAD): a 64-bit effect length,
+ * then the ids of the contexts wanted.  A server with one context needs no
+ * more than a few ids: a longer payload is consumed and refused unread. */
+#define NBD_BLOCK_STATUS_PAYLOAD_MAX (8u + 4u * 16)
+/* -EINVAL (with *why) unless len is 8 + 4n with n >= 1, and the ids are
+ * context_id, the only one selected, without repeats (the spec refuses
+ * unknown and duplicate ids). */
+int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t context_id,
+                                   uint64_t *effect_length, const char **why);
 
 void nbd_encode_simple_reply(uint8_t out[NBD_SIMPLE_REPLY_SIZE], uint64_t cookie,
                              uint32_t error);
-void nbd_encode_chunk_hdr(uint8_t out[NBD_CHUNK_HDR_SIZE], uint16_t flags, uint16_t type,
-                          uint64_t cookie, uint32_t length);
 
-/* OFFSET_DATA: header + offset (28 bytes); the data_len bytes follow separately. */
-#define NBD_CHUNK_OFFSET_DATA_PREFIX (NBD_CHUNK_HDR_SIZE + 8u)
-void nbd_encode_chunk_offset_data(uint8_t out[NBD_CHUNK_OFFSET_DATA_PREFIX], uint16_t flags,
-                                  uint64_t cookie, uint64_t offset, uint32_t data_len);
-#define NBD_CHUNK_OFFSET_HOLE_SIZE (NBD_CHUNK_HDR_SIZE + 12u)
-void nbd_encode_chunk_offset_hole(uint8_t out[NBD_CHUNK_OFFSET_HOLE_SIZE], uint16_t flags,
-                                  uint64_t cookie, uint64_t offset, uint32_t hole_len);
-#define NBD_CHUNK_NONE_SIZE NBD_CHUNK_HDR_SIZE
-void nbd_encode_chunk_none(uint8_t out[NBD_CHUNK_NONE_SIZE], uint64_t cookie);
+/* The request a chunk answers, and its header's form: 20 bytes (structured
+ * replies) or 32 (extended headers, which echo the request's offset and
+ * carry a 64-bit length).  The sizes below are the larger form's; encoders
+ * return the bytes they wrote. */
+struct nbd_reply_to {
+  uint64_t cookie;
+  uint64_t offset;
+  bool extended;
+};
+#define NBD_REPLY_HDR_MAX NBD_EXTENDED_REPLY_SIZE
+static inline size_t nbd_reply_hdr_size(const struct nbd_reply_to *to) {
+  return to->extended ? NBD_EXTENDED_REPLY_SIZE : NBD_CHUNK_HDR_SIZE;
+}
+size_t nbd_encode_chunk_hdr(uint8_t out[NBD_REPLY_HDR_MAX], const struct nbd_reply_to *to,
+                            uint16_t flags, uint16_t type, uint64_t length);
+
+/* OFFSET_DATA: header + offset; the data_len bytes follow separately. */
+#define NBD_CHUNK_OFFSET_DATA_PREFIX (NBD_REPLY_HDR_MAX + 8u)
+size_t nbd_encode_chunk_offset_data(uint8_t out[NBD_CHUNK_OFFSET_DATA_PREFIX],
+                                    const struct nbd_reply_to *to, uint16_t flags,
+                                    uint64_t offset, uint32_t data_len);
+#define NBD_CHUNK_OFFSET_HOLE_SIZE (NBD_REPLY_HDR_MAX + 12u)
+size_t nbd_encode_chunk_offset_hole(uint8_t out[NBD_CHUNK_OFFSET_HOLE_SIZE],
+                                    const struct nbd_reply_to *to, uint16_t flags,
+                                    uint64_t offset, uint32_t hole_len);
+#define NBD_CHUNK_NONE_SIZE NBD_REPLY_HDR_MAX
+size_t nbd_encode_chunk_none(uint8_t out[NBD_CHUNK_NONE_SIZE], const struct nbd_reply_to *to);
 
 struct nbd_extent {
-  uint32_t length;
-  uint32_t flags; /* NBD_STATE_* */
+  uint64_t length; /* over 32 bits only with extended headers */
+  uint32_t flags;  /* NBD_STATE_* */
 };
-#define NBD_CHUNK_BLOCK_STATUS_SIZE(n) (NBD_CHUNK_HDR_SIZE + 4u + 8u * (n))
-ssize_t nbd_encode_chunk_block_status(uint8_t *out, size_t cap, uint16_t flags, uint64_t cookie,
-                                      uint32_t context_id, const struct nbd_extent *ext,
-                                      size_t n);
+/* BLOCK_STATUS (compact descriptors, lengths must fit 32 bits: -EOVERFLOW
+ * otherwise) or, with extended headers, BLOCK_STATUS_EXT. */
+#define NBD_CHUNK_BLOCK_STATUS_SIZE(n) (NBD_REPLY_HDR_MAX + 8u + 16u * (n))
+ssize_t nbd_encode_chunk_block_status(uint8_t *out, size_t cap, const struct nbd_reply_to *to,
+                                      uint16_t flags, uint32_t context_id,
+                                      const struct nbd_extent *ext, size_t n);
 /* ERROR (has_offset false) or ERROR_OFFSET chunk; msg may be NULL, it is cut
  * to NBD_MAX_STRING bytes.  error must be non-zero. */
-#define NBD_CHUNK_ERROR_MAX (NBD_CHUNK_HDR_SIZE + 6u + NBD_MAX_STRING + 8u)
-ssize_t nbd_encode_chunk_error(uint8_t *out, size_t cap, uint16_t flags, uint64_t cookie,
-                               uint32_t error, const char *msg, bool has_offset,
-                               uint64_t offset);
+#define NBD_CHUNK_ERROR_MAX (NBD_REPLY_HDR_MAX + 6u + NBD_MAX_STRING + 8u)
+ssize_t nbd_encode_chunk_error(uint8_t *out, size_t cap, const struct nbd_reply_to *to,
+                               uint16_t flags, uint32_t error, const char *msg,
+                               bool has_offset, uint64_t offset);
 
 /* Host errno (positive or negative) -> NBD error; unknown values become NBD_EIO. */
 uint32_t nbd_errno_to_nbd(int err);

@@ -139,8 +139,10 @@
 #define NBD_EXPORT_NAME_REPLY_SIZE 134u /* size, flags, 124 zeros */
 #define NBD_EXPORT_NAME_REPLY_ZEROES 124u
 #define NBD_REQUEST_SIZE 28u
+#define NBD_EXTENDED_REQUEST_SIZE 32u /* magic, flags, type, cookie, offset, u64 length */
 #define NBD_SIMPLE_REPLY_SIZE 16u
 #define NBD_CHUNK_HDR_SIZE 20u
+#define NBD_EXTENDED_REPLY_SIZE 32u   /* magic, flags, type, cookie, offset, u64 length */
 
 /* Limits the spec sets. */
 #define NBD_MAX_STRING 4096u              /* names, descriptions, queries, messages */

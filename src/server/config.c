@@ -16,6 +16,8 @@
  *   max-inflight = 128M
  *   threads = 8
  *   pidfile = /run/vhdnbd.pid
+ *   metrics-file = /var/lib/prometheus/node-exporter/vhdnbd.prom
+ *   metrics-interval = 15
  *   allow = 192.0.2.0/24, 2001:db8::/32   (repeatable; clients allowed at all)
  *   tls = off | on | require
  *   tls-certificates = /etc/vhdnbd/pki
@@ -105,6 +107,7 @@ void settings_free(struct settings *s) {
   acl_free(&s->allow);
   free(s->tls_certificates);
   free(s->tls_psk);
+  free(s->metrics_file);
   free(s->exports);
   for (size_t i = 0; i < s->n_binds; i++)
     free(s->binds[i]);
@@ -196,6 +199,11 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return parse_uint(v, 86400 * 7, &s->idle_timeout);
   if (strcmp(key, "pidfile") == 0)
     return set_string(&s->pidfile, v);
+  if (strcmp(key, "metrics-file") == 0)
+    return set_string(&s->metrics_file, v);
+  if (strcmp(key, "metrics-interval") == 0)
+    return parse_uint(v, 86400, &s->metrics_interval) < 0 || s->metrics_interval == 0 ? -EINVAL
+                                                                                       : 0;
   if (strcmp(key, "allow") == 0)
     return add_allow(&s->allow, v);
   if (strcmp(key, "tls") == 0) {

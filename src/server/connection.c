@@ -13,6 +13,7 @@
 
 #include "cleanup.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 /* Payload reads at least this large skip the staging buffer and land
@@ -813,6 +814,7 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
   if (is_tcp)
     uv_tcp_nodelay(&conn->sock.tcp, 1);
   format_peer(conn, is_tcp);
+  metrics_connection_accepted();
   if (server.shutting_down) {
     conn_close(conn, "server is shutting down");
     return 0;
@@ -830,6 +832,7 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
     acl_describe(&server.cfg->allow, rules, sizeof rules);
     log_msg(LOG_LEVEL_WARNING, "%s%s: refused: matches no rule of the global allow list (%s)",
             conn->peer, conn_describe_identity(conn, id, sizeof id), rules);
+    metrics_connection_refused("not_allowed");
     conn->closing = true; /* no "closing" line: the refusal said it all */
     conn->eof = true;
     uv_close(&conn->sock.handle, on_handle_closed);

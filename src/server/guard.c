@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define GUARD_TICK_MS 1000
@@ -43,7 +44,19 @@ static uv_timer_t tick;
 static bool tick_started;
 static unsigned drops[DROP_N];
 
-static void drop(enum drop_reason why) { drops[why]++; }
+/* Label values of --metrics-file's vhdnbd_connections_refused_total. */
+static const char *const drop_label[DROP_N] = {
+    [DROP_PER_ADDRESS] = "per_address",
+    [DROP_MAX_CONNECTIONS] = "max_connections",
+    [DROP_EVICTED] = "evicted",
+    [DROP_HANDSHAKE_TIMEOUT] = "handshake_timeout",
+    [DROP_PAYLOAD_STALLED] = "payload_stalled",
+};
+
+static void drop(enum drop_reason why) {
+  drops[why]++;
+  metrics_connection_refused(drop_label[why]);
+}
 
 static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
   if (a->ss_family != b->ss_family)

@@ -159,7 +159,7 @@ static void opt_info_go(struct connection *conn) {
   struct replies rr = {0}, *r = &rr;
   REPLY(r, NBD_OPTION_REPLY_SIZE(12),
         nbd_encode_rep_info_export(OUT, CAP, option, exp->size,
-                                   export_tflags(exp, conn->structured)));
+                                   transmission_tflags(conn, exp)));
   if (ir.want & NBD_INFO_WANT_NAME) {
     size_t nl = strlen(exp->name);
     REPLY(r, NBD_OPTION_REPLY_SIZE(2 + nl),
@@ -184,6 +184,14 @@ static void opt_export_name(struct connection *conn) {
   const char *name = (const char *)conn->optbuf;
   uint32_t len = conn->opt.length;
   const char *why = NULL;
+  /* Its reply has no room for the transmission it would start: the client
+   * MUST NOT send it after extended headers, and we cannot answer an error. */
+  if (conn->extended) {
+    log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME after extended headers were negotiated",
+            conn->peer);
+    conn_reject(conn, "NBD_OPT_EXPORT_NAME after extended headers");
+    return;
+  }
   /* EXPORT_NAME cannot be answered with an error: the spec says close. */
   if (nbd_check_string(name, len, &why) < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: NBD_OPT_EXPORT_NAME: %s", conn->peer, why);
@@ -208,7 +216,7 @@ static void opt_export_name(struct connection *conn) {
     return;
   }
   uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
-  size_t n = nbd_encode_export_name_reply(buf, exp->size, export_tflags(exp, conn->structured),
+  size_t n = nbd_encode_export_name_reply(buf, exp->size, transmission_tflags(conn, exp),
                                           conn->client_flags & NBD_FLAG_C_NO_ZEROES);
   conn_write_copy(conn, buf, n);
   if (!conn->closing)
@@ -335,6 +343,7 @@ static void opt_starttls(struct connection *conn) {
     return;
   /* Nothing negotiated in the clear survives into TLS. */
   conn->structured = false;
+  conn->extended = false;
   free(conn->meta_export);
   conn->meta_export = NULL;
   conn->meta_export_len = 0;
@@ -401,9 +410,24 @@ static void handle_option(struct connection *conn) {
   case NBD_OPT_STRUCTURED_REPLY:
     if (o->length != 0)
       send_error(conn, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY: unexpected data");
+    else if (conn->extended)
+      send_error(conn, NBD_REP_ERR_EXT_HEADER_REQD,
+                 "NBD_OPT_STRUCTURED_REPLY: extended headers already negotiated");
     else if (conn->structured)
       send_error(conn, NBD_REP_ERR_INVALID, "structured replies already negotiated");
     else {
+      conn->structured = true;
+      send_ack(conn);
+    }
+    break;
+  case NBD_OPT_EXTENDED_HEADERS:
+    /* Allowed after STRUCTURED_REPLY too: extended headers supersede it. */
+    if (o->length != 0)
+      send_error(conn, NBD_REP_ERR_INVALID, "NBD_OPT_EXTENDED_HEADERS: unexpected data");
+    else if (conn->extended)
+      send_error(conn, NBD_REP_ERR_INVALID, "extended headers already negotiated");
+    else {
+      conn->extended = true;
       conn->structured = true;
       send_ack(conn);
     }
@@ -412,7 +436,7 @@ static void handle_option(struct connection *conn) {
   case NBD_OPT_SET_META_CONTEXT:
     opt_meta_context(conn);
     break;
-  default: /* NBD_OPT_PEEK_EXPORT, NBD_OPT_EXTENDED_HEADERS, unknown */
+  default: /* NBD_OPT_PEEK_EXPORT, unknown */
     send_error(conn, NBD_REP_ERR_UNSUP, "option %" PRIu32 " not supported", o->option);
     break;
   }

@@ -16,6 +16,7 @@ vhdnbd_SOURCES = \
 	src/server/bufpool.c src/server/bufpool.h \
 	src/server/workers.c src/server/workers.h \
 	src/server/guard.c \
+	src/server/metrics.c src/server/metrics.h \
 	src/server/notify.c
 vhdnbd_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(SYSTEMD_CFLAGS) $(GNUTLS_CFLAGS)
 vhdnbd_LDADD = libnbdcodec.a libvhd.a libnet.a libcommon.a $(UV_LIBS) $(UUID_LIBS) $(SYSTEMD_LIBS) \

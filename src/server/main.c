@@ -14,6 +14,7 @@
 #include "bufpool.h"
 #include "cleanup.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "size.h"
 #include "workers.h"
@@ -75,6 +76,10 @@ static void usage(FILE *f) {
           "                           image read-only (no lock), print the exports, exit:\n"
           "                           0 all good, 1 not (binds, writes, starts nothing)\n"
           "      --pidfile FILE       write the process id once listening\n"
+          "      --metrics-file FILE  write counters in Prometheus text format to FILE\n"
+          "                           (atomically: a temporary file, then a rename)\n"
+          "      --metrics-interval S rewrite it every S seconds (default %d); SIGUSR1\n"
+          "                           logs a one-line summary per export\n"
           "  -v, --verbose            more messages (repeat for debugging)\n"
           "  -q, --quiet              errors only\n"
           "  -h, --help               this help\n"
@@ -87,7 +92,7 @@ static void usage(FILE *f) {
           "                                         nbd+unix:///data?socket=/run/vhd.sock\n"
           "  nbdinfo --list nbd://localhost\n",
           NBD_DEFAULT_PORT, SERVER_DEFAULT_MAX_CONNECTIONS, SERVER_DEFAULT_HANDSHAKE_TIMEOUT,
-          SERVER_DEFAULT_PAYLOAD_TIMEOUT, SERVER_DEFAULT_THREADS);
+          SERVER_DEFAULT_PAYLOAD_TIMEOUT, SERVER_DEFAULT_THREADS, METRICS_DEFAULT_INTERVAL);
 }
 
 /* A command-line string, when given, replaces the configuration file's. */
@@ -217,6 +222,8 @@ enum {
   OPT_MAX_HANDSHAKES,
   OPT_MAX_PER_ADDRESS,
   OPT_PAYLOAD_TIMEOUT,
+  OPT_METRICS_FILE,
+  OPT_METRICS_INTERVAL,
 };
 
 static const struct option long_options[] = {
@@ -242,6 +249,8 @@ static const struct option long_options[] = {
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
     {"tls-psk", required_argument, NULL, OPT_TLS_PSK},
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+    {"metrics-file", required_argument, NULL, OPT_METRICS_FILE},
+    {"metrics-interval", required_argument, NULL, OPT_METRICS_INTERVAL},
     {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -344,6 +353,15 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       free(cli.pidfile);
       cli.pidfile = strdup(optarg);
       break;
+    case OPT_METRICS_FILE:
+      free(cli.metrics_file);
+      cli.metrics_file = strdup(optarg);
+      break;
+    case OPT_METRICS_INTERVAL:
+      cli.metrics_interval = parse_count("--metrics-interval", optarg, 86400);
+      if (cli.metrics_interval == 0)
+        usage_error("--metrics-interval: at least 1 second");
+      break;
     case OPT_ALLOW: {
       char err[256];
       if (acl_add(&cli.allow, optarg, err, sizeof err) < 0)
@@ -399,6 +417,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   s->payload_timeout = SERVER_DEFAULT_PAYLOAD_TIMEOUT;
   s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
   s->threads = SERVER_DEFAULT_THREADS;
+  s->metrics_interval = METRICS_DEFAULT_INTERVAL;
   if (config) {
     if (access(config, R_OK) < 0)
       usage_error("--config %s: %s", config, strerror(errno));
@@ -424,6 +443,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   take_string(&s->unix_path, &cli.unix_path);
   take_string(&s->pidfile, &cli.pidfile);
+  take_string(&s->metrics_file, &cli.metrics_file);
+  if (cli.metrics_interval)
+    s->metrics_interval = cli.metrics_interval;
   if (cli.readonly)
     s->readonly = true;
   if (cli.allow.n) {
@@ -563,6 +585,7 @@ void server_check_done(struct server *srv) {
   if (!uv_is_closing((uv_handle_t *)&grace_timer))
     uv_close((uv_handle_t *)&grace_timer, NULL);
   guard_stop(srv);
+  metrics_stop();
   if (!uv_is_closing((uv_handle_t *)&server.resume_timer))
     uv_close((uv_handle_t *)&server.resume_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&server.flush_prepare))
@@ -649,6 +672,11 @@ int main(int argc, char **argv) {
   uv_unref((uv_handle_t *)&server.flush_prepare);
   uv_unref((uv_handle_t *)&server.flush_check);
   guard_start(&server);
+  if (metrics_start(&server) < 0) {
+    log_msg(LOG_LEVEL_ERR, "metrics: out of memory");
+    status = 1;
+    goto out;
+  }
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
   if (listen_start(&server) < 0) {
@@ -675,6 +703,7 @@ out:
   /* Workers first: none may still be returning from an item when the
    * exports (and their write serials) go. */
   workers_stop();
+  metrics_free();
   if (exports_close(&server) < 0)
     status = 1;
   listen_cleanup(&server);

@@ -151,7 +151,7 @@ size_t ops_overhead_max(const struct request *req) {
     n += READ_MAX_CHUNKS * (sizeof(struct read_chunk) + NBD_CHUNK_OFFSET_HOLE_SIZE +
                             2 * sizeof(uv_buf_t));
   } else {
-    n += 2 * sizeof(uv_buf_t);
+    n += 2 * sizeof(uv_buf_t) + NBD_CHUNK_NONE_SIZE;
   }
   return n;
 }
@@ -164,7 +164,7 @@ static int extent_add(struct extent_list *el, uint64_t len, uint32_t state) {
   if (el->full)
     return 0;
   if (n > 0 && ext[n - 1].flags == state) {
-    ext[n - 1].length += (uint32_t)len;
+    ext[n - 1].length += len;
     return 0;
   }
   if (n == el->max) {
@@ -180,7 +180,7 @@ static int extent_add(struct extent_list *el, uint64_t len, uint32_t state) {
     *el->ext = e;
     el->cap = cap;
   }
-  (*el->ext)[(*el->n)++] = (struct nbd_extent){.length = (uint32_t)len, .flags = state};
+  (*el->ext)[(*el->n)++] = (struct nbd_extent){.length = len, .flags = state};
   return 0;
 }
 

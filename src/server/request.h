@@ -32,6 +32,8 @@ struct request {
   struct nbd_request r;
   struct work_item work;
   bool structured; /* the reply is structured (READ, BLOCK_STATUS) */
+  uint64_t started_ns; /* uv_hrtime() when its header arrived */
+  bool replied;        /* its whole reply was written (or failed to be) */
 
   uint8_t *data;      /* READ result or WRITE payload */
   size_t data_size;   /* bytes allocated at data */

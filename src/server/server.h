@@ -13,6 +13,7 @@
  *   queue.c        orders conflicting requests per export (see queue.h)
  *   workers.c      the worker threads (see workers.h)
  *   bufpool.c      reuse of large payload buffers (see bufpool.h)
+ *   metrics.c      counters, --metrics-file and the SIGUSR1 summary (metrics.h)
  *   guard.c        per-address and negotiation caps at accept, stalled
  *                  payloads, the once-a-second summary of dropped clients
  *   notify.c       sd_notify and the pidfile
@@ -114,6 +115,8 @@ struct settings {
   uint64_t max_inflight;      /* bytes buffered for all connections together */
   unsigned threads;           /* worker threads */
   char *pidfile;
+  char *metrics_file;         /* Prometheus text file; NULL: none */
+  unsigned metrics_interval;  /* seconds between its rewrites */
   int verbose;                /* -v count minus -q count */
   struct export_spec *exports;
   size_t n_exports;
@@ -232,14 +235,15 @@ struct connection {
   bool refused;    /* ...which it did not admit: every option is refused */
 
   enum conn_phase phase;
-  uint8_t hdr[NBD_REQUEST_SIZE];
+  uint8_t hdr[NBD_EXTENDED_REQUEST_SIZE];
 
   /* handshake */
   uint32_t client_flags;
   unsigned n_options;
   struct nbd_option_hdr opt;
   uint8_t *optbuf;
-  bool structured;
+  bool structured;       /* also set by extended headers, which imply it */
+  bool extended;         /* NBD_OPT_EXTENDED_HEADERS: 32-byte requests and replies */
   char *meta_export;     /* export named by the last SET_META_CONTEXT */
   uint32_t meta_export_len;
   bool meta_allocation;  /* ...and whether it selected base:allocation */
@@ -262,6 +266,8 @@ struct connection {
   struct request *streaming;   /* sliced READ whose reply is being written */
   struct request *held_head, *held_tail; /* replies waiting for it, in order */
   struct nbd_request discard_req; /* refused WRITE whose payload is being discarded */
+  struct nbd_request status_req;  /* BLOCK_STATUS whose payload is being read */
+  uint8_t status_payload[NBD_BLOCK_STATUS_PAYLOAD_MAX];
   uint32_t discard_error;
   const char *discard_why;
   unsigned inflight;
@@ -329,6 +335,8 @@ void handshake_start(struct connection *conn);
 
 /* transmission.c */
 void transmission_start(struct connection *conn, struct export *exp);
+/* The transmission flags conn is told for exp (INFO, GO, EXPORT_NAME). */
+uint16_t transmission_tflags(const struct connection *conn, const struct export *exp);
 /* Frees what the connection's requests hold that no completion will free: a
  * WRITE whose payload was still arriving, replies held behind a sliced READ. */
 void transmission_abort_payload(struct connection *conn);

@@ -16,6 +16,7 @@
 #include "bufpool.h"
 #include "cleanup.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "server.h"
 
@@ -27,6 +28,8 @@ static struct request *request_new(struct connection *conn) {
     return NULL;
   req->conn = conn;
   req->exp = conn->exp;
+  req->started_ns = uv_hrtime();
+  metrics_request_begin(req->exp);
   conn_ref(conn);
   conn->inflight++;
   return req;
@@ -42,6 +45,8 @@ static void request_charge(struct request *req, uint64_t n) {
 
 static void request_free(struct request *req) {
   struct connection *conn = req->conn;
+  metrics_request_end(req->exp, req->r.type, req->error, req->r.length,
+                      uv_hrtime() - req->started_ns, req->replied);
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
   server_inflight_sub(req->accounted);
@@ -74,7 +79,9 @@ bool transmission_payload_pending(const struct connection *conn) {
 }
 
 static void on_reply_written(struct connection *conn, void *opaque, int status) {
-  request_free(opaque);
+  struct request *req = opaque;
+  req->replied = true;
+  request_free(req);
 }
 
 static bool last_slice(const struct request *req) {
@@ -88,17 +95,23 @@ static bool one_frame(const struct request *req) {
   return !req->structured || (req->r.flags & NBD_CMD_FLAG_DF);
 }
 
+static struct nbd_reply_to reply_to(const struct request *req) {
+  return (struct nbd_reply_to){.cookie = req->r.cookie, .offset = req->r.offset,
+                               .extended = req->conn->extended};
+}
+
 /* A sliced DF READ: one data chunk for the whole range, streamed. */
 static int build_df_slice(struct request *req) {
+  struct nbd_reply_to to = reply_to(req);
   req->reply = malloc(NBD_CHUNK_OFFSET_DATA_PREFIX);
   req->bufs = malloc(2 * sizeof *req->bufs);
   if (!req->reply || !req->bufs)
     return -ENOMEM;
   int nb = 0;
   if (!req->streaming) {
-    nbd_encode_chunk_offset_data(req->reply, NBD_REPLY_FLAG_DONE, req->r.cookie, req->r.offset,
-                                 req->r.length);
-    req->bufs[nb++] = uv_buf_init((char *)req->reply, NBD_CHUNK_OFFSET_DATA_PREFIX);
+    size_t h = nbd_encode_chunk_offset_data(req->reply, &to, NBD_REPLY_FLAG_DONE, req->r.offset,
+                                            (uint32_t)req->r.length);
+    req->bufs[nb++] = uv_buf_init((char *)req->reply, (unsigned)h);
   }
   req->bufs[nb++] = uv_buf_init((char *)req->data, req->io_len);
   return nb;
@@ -122,7 +135,7 @@ static const char *client_error_text(const struct request *req, char *buf, size_
 
 /* Encodes the reply into req->reply / req->bufs; returns the buffer count. */
 static int build_structured(struct request *req) {
-  uint64_t cookie = req->r.cookie;
+  struct nbd_reply_to to = reply_to(req);
   if (req->error) {
     char text[128];
     const char *msg = client_error_text(req, text, sizeof text);
@@ -133,8 +146,8 @@ static int build_structured(struct request *req) {
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    ssize_t n = nbd_encode_chunk_error(req->reply, size, NBD_REPLY_FLAG_DONE, cookie,
-                                       req->error, msg, false, 0);
+    ssize_t n = nbd_encode_chunk_error(req->reply, size, &to, NBD_REPLY_FLAG_DONE, req->error,
+                                       msg, false, 0);
     if (n < 0)
       return (int)n;
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)n);
@@ -152,15 +165,16 @@ static int build_structured(struct request *req) {
       return -ENOMEM;
     size_t len = 0;
     if (n_alloc) {
-      ssize_t n = nbd_encode_chunk_block_status(req->reply, size, n_depth ? 0 : NBD_REPLY_FLAG_DONE,
-                                                cookie, SERVER_META_CONTEXT_ID, req->ext, n_alloc);
+      ssize_t n = nbd_encode_chunk_block_status(req->reply, size, &to,
+                                                n_depth ? 0 : NBD_REPLY_FLAG_DONE,
+                                                SERVER_META_CONTEXT_ID, req->ext, n_alloc);
       if (n < 0)
         return (int)n;
       len += (size_t)n;
     }
     if (n_depth) {
-      ssize_t n = nbd_encode_chunk_block_status(req->reply + len, size - len,
-                                                NBD_REPLY_FLAG_DONE, cookie, SERVER_META_DEPTH_ID,
+      ssize_t n = nbd_encode_chunk_block_status(req->reply + len, size - len, &to,
+                                                NBD_REPLY_FLAG_DONE, SERVER_META_DEPTH_ID,
                                                 req->depth_ext, n_depth);
       if (n < 0)
         return (int)n;
@@ -169,16 +183,17 @@ static int build_structured(struct request *req) {
     req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)len);
     return 1;
   }
-  /* READ */
   if (req->sliced && (req->r.flags & NBD_CMD_FLAG_DF))
     return build_df_slice(req);
-  if (req->r.length == 0) {
+  /* An empty READ, or with extended headers (which have no simple replies)
+   * any other command's success. */
+  if (req->r.type != NBD_CMD_READ || req->r.length == 0) {
     req->reply = malloc(NBD_CHUNK_NONE_SIZE);
     req->bufs = malloc(sizeof *req->bufs);
     if (!req->reply || !req->bufs)
       return -ENOMEM;
-    nbd_encode_chunk_none(req->reply, cookie);
-    req->bufs[0] = uv_buf_init((char *)req->reply, NBD_CHUNK_NONE_SIZE);
+    size_t h = nbd_encode_chunk_none(req->reply, &to);
+    req->bufs[0] = uv_buf_init((char *)req->reply, (unsigned)h);
     return 1;
   }
   struct read_chunk whole = {.off = req->io_off, .len = req->io_len, .hole = false};
@@ -195,14 +210,14 @@ static int build_structured(struct request *req) {
     const struct read_chunk *c = &chunks[i];
     uint16_t flags = i == n - 1 && last ? NBD_REPLY_FLAG_DONE : 0;
     if (c->hole) {
-      nbd_encode_chunk_offset_hole(p, flags, cookie, c->off, c->len);
-      req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_HOLE_SIZE);
-      p += NBD_CHUNK_OFFSET_HOLE_SIZE;
+      size_t h = nbd_encode_chunk_offset_hole(p, &to, flags, c->off, c->len);
+      req->bufs[nb++] = uv_buf_init((char *)p, (unsigned)h);
+      p += h;
     } else {
-      nbd_encode_chunk_offset_data(p, flags, cookie, c->off, c->len);
-      req->bufs[nb++] = uv_buf_init((char *)p, NBD_CHUNK_OFFSET_DATA_PREFIX);
+      size_t h = nbd_encode_chunk_offset_data(p, &to, flags, c->off, c->len);
+      req->bufs[nb++] = uv_buf_init((char *)p, (unsigned)h);
       req->bufs[nb++] = uv_buf_init((char *)req->data + (c->off - req->io_off), c->len);
-      p += NBD_CHUNK_OFFSET_DATA_PREFIX;
+      p += h;
     }
   }
   return nb;
@@ -282,7 +297,7 @@ static void send_reply(struct request *req) {
   req->bufs = NULL;
   if (req->error && req->streaming && one_frame(req)) {
     /* The framing already said success: nothing can tell the client now. */
-    log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu32 " failed after part of "
+    log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu64 " failed after part of "
             "its reply was sent: %s", conn->peer, req->r.offset, req->r.length,
             error_text(req) ? error_text(req) : "");
     conn->streaming = NULL;
@@ -294,7 +309,7 @@ static void send_reply(struct request *req) {
    * so are the requests an image refuses after a write error. */
   if (req->error)
     log_msg(req->errmsg && !req->image_failed ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
-            "%s: %s at %" PRIu64 "+%" PRIu32 ": error %" PRIu32 ": %s", conn->peer,
+            "%s: %s at %" PRIu64 "+%" PRIu64 ": error %" PRIu32 ": %s", conn->peer,
             nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
             error_text(req) ? error_text(req) : "");
   int nb = req->structured ? build_structured(req) : build_simple(req);
@@ -394,6 +409,7 @@ static void dispatch(struct request *req) {
 static void on_slice_written(struct connection *conn, void *opaque, int status) {
   struct request *req = opaque;
   if (status < 0 || req->error || last_slice(req) || conn->closing) {
+    req->replied = status == 0 && !conn->closing;
     if (conn->streaming == req)
       conn->streaming = NULL;
     request_free(req);
@@ -408,6 +424,13 @@ static void on_slice_written(struct connection *conn, void *opaque, int status) 
 }
 
 /* ---- input ---- */
+
+/* Extended headers have no simple replies; structured replies only for the
+ * commands whose reply carries data. */
+static bool reply_is_structured(const struct connection *conn, uint16_t type) {
+  return conn->extended ||
+         (conn->structured && (type == NBD_CMD_READ || type == NBD_CMD_BLOCK_STATUS));
+}
 
 static void on_write_payload(struct connection *conn) {
   struct request *req = conn->payload_req;
@@ -424,7 +447,7 @@ static void on_payload_step(struct connection *conn);
  * not even resident). */
 static void expect_payload_step(struct connection *conn) {
   struct request *req = conn->payload_req;
-  uint32_t step = MIN(SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
+  uint32_t step = (uint32_t)MIN((uint64_t)SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
   request_charge(req, step);
   conn_expect(conn, req->data + req->payload_done, step, on_payload_step);
 }
@@ -445,17 +468,23 @@ static void on_write_discarded(struct connection *conn) {
     return;
   }
   req->r = conn->discard_req;
+  req->structured = reply_is_structured(conn, req->r.type);
   req->error = conn->discard_error;
   req->why = conn->discard_why;
   send_reply(req);
   read_request_header(conn);
 }
 
+static void start_request(struct connection *conn, struct nbd_request r, bool status_payload_form);
+static void on_status_payload(struct connection *conn);
+
 static void on_request_header(struct connection *conn) {
   conn->last_request = uv_now(server.loop);
   struct nbd_request r;
   const char *why = NULL;
-  if (nbd_decode_request(conn->hdr, &r, &why) < 0) {
+  int dr = conn->extended ? nbd_decode_request_ext(conn->hdr, &r, &why)
+                          : nbd_decode_request(conn->hdr, &r, &why);
+  if (dr < 0) {
     log_msg(LOG_LEVEL_WARNING, "%s: %s", conn->peer, why);
     conn_reject(conn, "protocol error");
     return;
@@ -465,10 +494,45 @@ static void on_request_header(struct connection *conn) {
     conn_drain(conn);
     return;
   }
+  if (r.type == NBD_CMD_BLOCK_STATUS && (r.flags & NBD_CMD_FLAG_PAYLOAD_LEN) &&
+      conn->extended && (conn->limits.tflags & NBD_FLAG_BLOCK_STATUS_PAYLOAD)) {
+    /* A longer payload is refused by nbd_check_request and consumed (or,
+     * above any payload, ends the connection) like any other. */
+    if (r.length <= NBD_BLOCK_STATUS_PAYLOAD_MAX) {
+      conn->status_req = r;
+      conn_expect(conn, conn->status_payload, r.length, on_status_payload);
+      return;
+    }
+  }
+  start_request(conn, r, false);
+}
+
+/* The payload form of BLOCK_STATUS, read: with a valid payload the request
+ * is an ordinary one of the effect length it gives. */
+static void on_status_payload(struct connection *conn) {
+  struct nbd_request r = conn->status_req;
+  const char *why = NULL;
+  uint64_t effect;
+  if (nbd_parse_block_status_payload(conn->status_payload, r.length, SERVER_META_CONTEXT_ID,
+                                     &effect, &why) < 0) {
+    conn->discard_req = r;
+    conn->discard_error = NBD_EINVAL;
+    conn->discard_why = why;
+    on_write_discarded(conn);
+    return;
+  }
+  r.length = effect;
+  r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
+  start_request(conn, r, true);
+}
+
+static void start_request(struct connection *conn, struct nbd_request r, bool status_payload_form) {
+  const char *why = NULL;
   uint32_t error = nbd_check_request(&r, &conn->limits, &why);
-  if (r.type == NBD_CMD_WRITE) {
+  if (nbd_request_has_payload(&r, conn->extended)) {
     if (r.length > SERVER_ABSURD_PAYLOAD) {
-      log_msg(LOG_LEVEL_WARNING, "%s: WRITE of %" PRIu32 " bytes", conn->peer, r.length);
+      log_msg(LOG_LEVEL_WARNING, "%s: %s with a payload of %" PRIu64 " bytes", conn->peer,
+              nbd_cmd_name(r.type), r.length);
       conn_reject(conn, "request too large");
       return;
     }
@@ -487,11 +551,12 @@ static void on_request_header(struct connection *conn) {
     return;
   }
   req->r = r;
-  req->structured = conn->structured &&
-                    (r.type == NBD_CMD_READ || r.type == NBD_CMD_BLOCK_STATUS);
+  req->structured = reply_is_structured(conn, r.type);
   if (r.type == NBD_CMD_BLOCK_STATUS) {
+    /* The payload form chooses among the selected contexts; it can name
+     * only base:allocation (see on_status_payload). */
     req->want_alloc = conn->limits.meta_allocation;
-    req->want_depth = conn->limits.meta_depth;
+    req->want_depth = conn->limits.meta_depth && !status_payload_form;
   }
   request_charge(req, ops_overhead_max(req));
   if (error) {
@@ -503,7 +568,8 @@ static void on_request_header(struct connection *conn) {
   }
   bool needs_buffer = (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) && r.length > 0;
   req->io_off = r.offset;
-  req->io_len = r.length;
+  if (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE)
+    req->io_len = (uint32_t)r.length; /* at most the maximum payload: checked */
   if (r.type == NBD_CMD_READ && r.length > SERVER_READ_SLICE) {
     req->sliced = true;
     req->io_len = SERVER_READ_SLICE;
@@ -543,7 +609,7 @@ static void on_request_header(struct connection *conn) {
 static void read_request_header(struct connection *conn) {
   if (conn->closing || conn->draining)
     return;
-  conn_expect(conn, conn->hdr, NBD_REQUEST_SIZE, on_request_header);
+  conn_expect(conn, conn->hdr, nbd_request_size(conn->extended), on_request_header);
 }
 
 /* A connection is idle when no request arrived for --idle-timeout seconds and
@@ -568,6 +634,20 @@ static void on_idle_timer(uv_timer_t *t) {
   uv_timer_start(&conn->timer, on_idle_timer, idle >= limit ? MIN(limit, 1000) : limit - idle, 0);
 }
 
+/* Whether the last SET_META_CONTEXT selected base:allocation for exp. */
+static bool meta_selected(const struct connection *conn, const struct export *exp) {
+  return conn->meta_allocation && conn->meta_export && strcmp(conn->meta_export, exp->name) == 0;
+}
+
+/* The spec allows the BLOCK_STATUS payload form only with extended headers,
+ * and it means nothing without a context to choose. */
+uint16_t transmission_tflags(const struct connection *conn, const struct export *exp) {
+  uint16_t f = export_tflags(exp, conn->structured);
+  if (conn->extended && meta_selected(conn, exp))
+    f |= NBD_FLAG_BLOCK_STATUS_PAYLOAD;
+  return f;
+}
+
 void transmission_start(struct connection *conn, struct export *exp) {
   conn->phase = PHASE_TRANSMISSION;
   conn->exp = exp;
@@ -578,16 +658,18 @@ void transmission_start(struct connection *conn, struct export *exp) {
   }
   conn->limits = (struct nbd_request_limits){
       .export_size = exp->size,
-      .tflags = export_tflags(exp, conn->structured),
+      .tflags = transmission_tflags(conn, exp),
       .structured = conn->structured,
-      .meta_allocation = conn->meta_allocation && conn->meta_export &&
-                         strcmp(conn->meta_export, exp->name) == 0,
+      .extended = conn->extended,
+      .meta_allocation = meta_selected(conn, exp),
       .meta_depth = conn->meta_depth && conn->meta_export &&
                     strcmp(conn->meta_export, exp->name) == 0,
       .max_payload = SERVER_MAX_PAYLOAD,
   };
   log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s%s", conn->peer, exp->name,
-          conn->structured ? " with structured replies" : "",
+          conn->extended     ? " with extended headers"
+          : conn->structured ? " with structured replies"
+                             : "",
           conn->limits.meta_allocation ? " and base:allocation" : "",
           conn->limits.meta_depth ? " and qemu:allocation-depth" : "");
   read_request_header(conn);

@@ -79,7 +79,8 @@ static void echo_error(uint32_t option, const uint8_t *payload, size_t len) {
                   (size_t)n <= NBD_OPTION_REPLY_HDR_SIZE + NBD_MAX_STRING,
               "error reply of %zd bytes for a %zu-byte message", n, strlen(msg));
   static uint8_t chunk[NBD_CHUNK_ERROR_MAX];
-  n = nbd_encode_chunk_error(chunk, sizeof chunk, NBD_REPLY_FLAG_DONE, 7, NBD_EINVAL, msg,
+  struct nbd_reply_to to = {.cookie = 7, .offset = len, .extended = len & 2};
+  n = nbd_encode_chunk_error(chunk, sizeof chunk, &to, NBD_REPLY_FLAG_DONE, NBD_EINVAL, msg,
                              len & 1, len);
   FUZZ_ASSERT(n > 0 && (size_t)n <= sizeof chunk, "error chunk returned %zd", n);
 }
@@ -175,19 +176,22 @@ static bool known_errno_reply(uint32_t e) {
 
 static void handle_request(struct cursor *c) {
   const uint8_t *l = take(c, 15);
-  const uint8_t *raw = l ? take(c, NBD_REQUEST_SIZE) : NULL;
+  /* Bit 2 of the third byte: extended headers, and the 32-byte header. */
+  bool extended = l && (l[2] & 4);
+  const uint8_t *raw = l ? take(c, nbd_request_size(extended)) : NULL;
   if (!raw)
     return;
   struct nbd_request_limits lim = {
       .tflags = be16_load(l),
-      .structured = l[2] & 1,
+      .structured = (l[2] & 1) || extended,
+      .extended = extended,
       .meta_allocation = l[2] & 2,
       .export_size = be64_load(l + 3),
       .max_payload = be32_load(l + 11),
   };
   struct nbd_request req;
   const char *why = NULL;
-  int r = nbd_decode_request(raw, &req, &why);
+  int r = extended ? nbd_decode_request_ext(raw, &req, &why) : nbd_decode_request(raw, &req, &why);
   if (r < 0) {
     assert_refusal(r, why, "nbd_decode_request");
     return;
@@ -204,19 +208,26 @@ static void handle_request(struct cursor *c) {
     FUZZ_ASSERT(req.type <= NBD_CMD_BLOCK_STATUS, "accepted unknown command %u", req.type);
     FUZZ_ASSERT(!(req.flags & ~(unsigned)(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE |
                                           NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE |
-                                          NBD_CMD_FLAG_FAST_ZERO)),
+                                          NBD_CMD_FLAG_FAST_ZERO | NBD_CMD_FLAG_PAYLOAD_LEN)),
                 "accepted command flags 0x%x", req.flags);
+    /* PAYLOAD_LEN: only with extended headers, only and always on WRITE. */
+    if (extended && req.type == NBD_CMD_WRITE)
+      FUZZ_ASSERT(req.flags & NBD_CMD_FLAG_PAYLOAD_LEN, "accepted an extended WRITE without "
+                  "NBD_CMD_FLAG_PAYLOAD_LEN");
+    else
+      FUZZ_ASSERT(!(req.flags & NBD_CMD_FLAG_PAYLOAD_LEN), "accepted PAYLOAD_LEN on %s%s",
+                  nbd_cmd_name(req.type), extended ? "" : " without extended headers");
     if (ranged)
       FUZZ_ASSERT(req.length <= lim.export_size && req.offset <= lim.export_size - req.length,
-                  "accepted %s at %llu+%u on a %llu-byte export", nbd_cmd_name(req.type),
-                  (unsigned long long)req.offset, req.length,
+                  "accepted %s at %llu+%llu on a %llu-byte export", nbd_cmd_name(req.type),
+                  (unsigned long long)req.offset, (unsigned long long)req.length,
                   (unsigned long long)lim.export_size);
     else
       FUZZ_ASSERT(req.offset == 0 && req.length == 0, "accepted %s with a range",
                   nbd_cmd_name(req.type));
     if (req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE)
-      FUZZ_ASSERT(req.length <= lim.max_payload, "accepted a %u-byte %s over the %u limit",
-                  req.length, nbd_cmd_name(req.type), lim.max_payload);
+      FUZZ_ASSERT(req.length <= lim.max_payload, "accepted a %llu-byte %s over the %u limit",
+                  (unsigned long long)req.length, nbd_cmd_name(req.type), lim.max_payload);
     bool writes = req.type == NBD_CMD_WRITE || req.type == NBD_CMD_TRIM ||
                   req.type == NBD_CMD_WRITE_ZEROES;
     FUZZ_ASSERT(!writes || !(lim.tflags & NBD_FLAG_READ_ONLY), "accepted %s on a read-only export",
@@ -228,33 +239,67 @@ static void handle_request(struct cursor *c) {
       FUZZ_ASSERT(req.type == NBD_CMD_READ && lim.structured, "accepted DF on %s",
                   nbd_cmd_name(req.type));
   }
-  /* The server reads a WRITE's payload whatever it answers. */
-  if (req.type == NBD_CMD_WRITE)
-    take(c, req.length < c->left ? req.length : c->left);
+  /* The server reads a payload whatever it answers. */
+  bool payload = nbd_request_has_payload(&req, extended);
+  FUZZ_ASSERT(payload == (extended ? (req.flags & NBD_CMD_FLAG_PAYLOAD_LEN) != 0
+                                   : req.type == NBD_CMD_WRITE),
+              "payload presence wrong for %s flags 0x%x", nbd_cmd_name(req.type), req.flags);
+  if (payload) {
+    size_t plen = req.length < c->left ? req.length : c->left;
+    const uint8_t *p = take(c, plen);
+    /* The BLOCK_STATUS payload form selects the one context, once. */
+    uint64_t effect = 0;
+    why = NULL;
+    if (p && nbd_parse_block_status_payload(p, plen, 1, &effect, &why) == 0)
+      FUZZ_ASSERT(plen == 12 && be32_load(p + 8) == 1 && effect == be64_load(p),
+                  "accepted a %zu-byte BLOCK_STATUS payload", plen);
+    else if (p)
+      FUZZ_ASSERT(why && why[0], "BLOCK_STATUS payload refused without a reason");
+  }
 
   /* Replies echo the client's cookie and ranges. */
   uint8_t simple[NBD_SIMPLE_REPLY_SIZE];
   nbd_encode_simple_reply(simple, req.cookie, e);
   FUZZ_ASSERT(be64_load(simple + 8) == req.cookie, "simple reply lost the cookie");
+  struct nbd_reply_to to = {.cookie = req.cookie, .offset = req.offset, .extended = extended};
+  size_t hdr = nbd_reply_hdr_size(&to);
   uint8_t hole[NBD_CHUNK_OFFSET_HOLE_SIZE];
-  nbd_encode_chunk_offset_hole(hole, NBD_REPLY_FLAG_DONE, req.cookie, req.offset, req.length);
+  FUZZ_ASSERT(nbd_encode_chunk_offset_hole(hole, &to, NBD_REPLY_FLAG_DONE, req.offset,
+                                           (uint32_t)req.length) == hdr + 12,
+              "hole chunk size");
+  FUZZ_ASSERT(be64_load(hole + 8) == req.cookie, "hole chunk lost the cookie");
+  if (extended)
+    FUZZ_ASSERT(be64_load(hole + 16) == req.offset, "extended reply lost the request offset");
   uint8_t data[NBD_CHUNK_OFFSET_DATA_PREFIX];
-  nbd_encode_chunk_offset_data(data, 0, req.cookie, req.offset, req.length);
+  FUZZ_ASSERT(nbd_encode_chunk_offset_data(data, &to, 0, req.offset, (uint32_t)req.length) ==
+                  hdr + 8,
+              "data chunk size");
   uint8_t none[NBD_CHUNK_NONE_SIZE];
-  nbd_encode_chunk_none(none, req.cookie);
+  FUZZ_ASSERT(nbd_encode_chunk_none(none, &to) == hdr, "none chunk size");
   struct nbd_extent ext[4] = {
-      {req.length, 0}, {(uint32_t)req.offset, NBD_STATE_HOLE}, {1, 3}, {req.flags, 0}};
+      {req.length, 0}, {req.offset, NBD_STATE_HOLE}, {1, 3}, {req.flags, 0}};
   size_t next = (size_t)(req.cookie % 5);
   static uint8_t bs[NBD_CHUNK_BLOCK_STATUS_SIZE(4)];
-  size_t cap = NBD_CHUNK_BLOCK_STATUS_SIZE(4) - (size_t)(req.cookie >> 60);
-  ssize_t n = nbd_encode_chunk_block_status(bs, cap, NBD_REPLY_FLAG_DONE, req.cookie, 1, ext,
-                                            next);
+  size_t cap = NBD_CHUNK_BLOCK_STATUS_SIZE(4) - (size_t)(req.cookie >> 58);
+  ssize_t n = nbd_encode_chunk_block_status(bs, cap, &to, NBD_REPLY_FLAG_DONE, 1, ext, next);
+  size_t want = hdr + (extended ? 8 + 16 * next : 4 + 8 * next);
+  bool zero_len = false, too_long = false;
+  for (size_t i = 0; i < next; i++) {
+    zero_len |= ext[i].length == 0;
+    too_long |= !extended && ext[i].length > UINT32_MAX;
+  }
   if (next == 0)
     FUZZ_ASSERT(n == -EINVAL, "block status chunk without extents returned %zd", n);
+  else if (cap < want)
+    FUZZ_ASSERT(n == -ENOBUFS, "block status chunk of %zu bytes into %zu returned %zd", want,
+                cap, n);
+  else if (zero_len || too_long)
+    /* With both faults, either refusal may come first. */
+    FUZZ_ASSERT((zero_len && n == -EINVAL) || (too_long && n == -EOVERFLOW),
+                "block status chunk with an empty or (compact) 64-bit extent returned %zd", n);
   else
-    FUZZ_ASSERT(n == -ENOBUFS || (n == (ssize_t)NBD_CHUNK_BLOCK_STATUS_SIZE(next) &&
-                                  (size_t)n <= cap),
-                "block status chunk of %zd bytes for %zu extents, capacity %zu", n, next, cap);
+    FUZZ_ASSERT(n == (ssize_t)want, "block status chunk of %zd bytes for %zu extents, want %zu",
+                n, next, want);
   /* Any errno, either sign (INT_MIN is no errno and has no positive). */
   int host = (int)(req.cookie % 4096) * (req.cookie & (UINT64_C(1) << 63) ? -1 : 1);
   uint32_t mapped = nbd_errno_to_nbd(host);

@@ -10,7 +10,8 @@ EXT_REQ_MAGIC = 0x21E41C71
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
 OPT_STRUCTURED, OPT_LIST_META, OPT_SET_META = 8, 9, 10
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_ZERO, CMD_BS = range(8)
-FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO = 1, 2, 4, 8, 16
+OPT_EXTENDED = 11
+FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO, PAYLOAD_LEN = 1, 2, 4, 8, 16, 32
 # transmission flags: HAS_FLAGS|SEND_FLUSH|SEND_FUA|SEND_TRIM|WRITE_ZEROES|DF|FAST_ZERO
 TFLAGS = 0x1 | 0x4 | 0x8 | 0x20 | 0x40 | 0x80 | 0x800
 
@@ -40,6 +41,13 @@ def request(typ, offset=0, length=0, flags=0, cookie=1, tflags=TFLAGS, bools=3,
             struct.pack(">IHHQQI", magic, flags, typ, cookie, offset, length) + payload)
 
 
+def ext_request(typ, offset=0, length=0, flags=0, cookie=1, tflags=TFLAGS, bools=7,
+                size=2040 << 30, max_payload=32 << 20, payload=b"", magic=EXT_REQ_MAGIC):
+    """A 32-byte request (the limits byte's bit 2 says extended headers)."""
+    return (b"\x01" + struct.pack(">HBQI", tflags, bools, size, max_payload) +
+            struct.pack(">IHHQQQ", magic, flags, typ, cookie, offset, length) + payload)
+
+
 SEEDS = {
     "go-default": prologue() + option(OPT_GO, name_and_infos(b"", [])),
     "go-infos": prologue() + option(OPT_GO, name_and_infos(b"disk", [1, 2, 3, 0, 99])),
@@ -63,6 +71,16 @@ SEEDS = {
     request(CMD_READ, 0xFFFFFFFFFFFFFE00, 0x400) + request(CMD_ZERO, 0, 1, tflags=0x3) +
     request(CMD_BS, 0, 512, bools=0) + request(9, 0, 0) + request(CMD_FLUSH, 1, 1) +
     request(CMD_READ, 0, 512, magic=EXT_REQ_MAGIC),
+    "extended": prologue() + option(OPT_EXTENDED, b"") + option(OPT_STRUCTURED, b"") +
+    ext_request(CMD_WRITE, 4096, 8, PAYLOAD_LEN | FUA, payload=b"12345678") +
+    ext_request(CMD_READ, 0, 4096, DF) + ext_request(CMD_ZERO, 0, 2040 << 30) +
+    ext_request(CMD_TRIM, 0, 2040 << 30) + ext_request(CMD_BS, 0, 2040 << 30, REQ_ONE) +
+    ext_request(CMD_FLUSH) + ext_request(CMD_CACHE, 0, 1 << 40) + ext_request(CMD_DISC),
+    "extended-edges": prologue() + ext_request(CMD_WRITE, 0, 8, payload=b"12345678") +
+    ext_request(CMD_BS, 0, 12, PAYLOAD_LEN, payload=b"\0" * 8 + b"\0\0\0\1") +
+    ext_request(CMD_READ, 0, 1 << 32) + ext_request(CMD_ZERO, 1, 2040 << 30) +
+    ext_request(CMD_READ, 0, 8, PAYLOAD_LEN, payload=b"abcdefgh") +
+    ext_request(CMD_FLUSH, magic=REQ_MAGIC),
 }
 
 

@@ -751,6 +751,45 @@ int raw_recv_simple_reply(int fd, uint64_t *cookie, uint32_t *error) {
   return 0;
 }
 
+int raw_send_request_ext(int fd, uint16_t flags, uint16_t type, uint64_t cookie,
+                         uint64_t offset, uint64_t len) {
+  uint8_t req[NBD_EXTENDED_REQUEST_SIZE];
+  be32_store(req, NBD_EXTENDED_REQUEST_MAGIC);
+  be16_store(req + 4, flags);
+  be16_store(req + 6, type);
+  be64_store(req + 8, cookie);
+  be64_store(req + 16, offset);
+  be64_store(req + 24, len);
+  return raw_write(fd, req, sizeof req);
+}
+
+int raw_recv_ext_reply(int fd, struct raw_ext_reply *rep) {
+  uint8_t hdr[NBD_EXTENDED_REPLY_SIZE];
+  memset(rep, 0, sizeof *rep);
+  int r = raw_read(fd, hdr, sizeof hdr);
+  if (r < 0)
+    return r;
+  CHECK(be32_load(hdr) == NBD_EXTENDED_REPLY_MAGIC, "extended reply magic 0x%" PRIx32,
+        be32_load(hdr));
+  rep->flags = be16_load(hdr + 4);
+  rep->type = be16_load(hdr + 6);
+  rep->cookie = be64_load(hdr + 8);
+  rep->offset = be64_load(hdr + 16);
+  rep->length = be64_load(hdr + 24);
+  CHECK(rep->length <= 64 * MiB, "extended reply payload of %" PRIu64 " bytes", rep->length);
+  if (rep->length == 0)
+    return 0;
+  rep->payload = malloc(rep->length);
+  if (!rep->payload)
+    FAIL("malloc");
+  r = raw_read(fd, rep->payload, rep->length);
+  if (r < 0) {
+    free(rep->payload);
+    rep->payload = NULL;
+  }
+  return r;
+}
+
 /* ---- data ---------------------------------------------------------------- */
 
 /* One 64-bit word per aligned 8 bytes, so filling is cheap even under ASan. */

@@ -140,6 +140,18 @@ int raw_send_request(int fd, uint16_t flags, uint16_t type, uint64_t cookie,
                      uint64_t offset, uint32_t len);
 /* Reads a simple reply; returns 0 or -errno (transport); *error gets the NBD error. */
 int raw_recv_simple_reply(int fd, uint64_t *cookie, uint32_t *error);
+/* Extended headers: a 32-byte request with a 64-bit length (payload, if
+ * any, sent separately with raw_write), and one 32-byte reply chunk with its
+ * payload (malloc'd into *payload, NULL when empty); fails the test on a
+ * wrong magic or a payload over 64 MiB. */
+int raw_send_request_ext(int fd, uint16_t flags, uint16_t type, uint64_t cookie,
+                         uint64_t offset, uint64_t len);
+struct raw_ext_reply {
+  uint16_t flags, type;
+  uint64_t cookie, offset, length;
+  uint8_t *payload;
+};
+int raw_recv_ext_reply(int fd, struct raw_ext_reply *rep);
 
 /* Deterministic data: byte at absolute offset off of stream `seed`. */
 void pattern_fill(void *buf, size_t len, uint64_t off, uint32_t seed);

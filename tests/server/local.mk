@@ -26,7 +26,8 @@ SERVER_TESTS = \
 	tests/server/test-io-errors \
 	tests/server/test-flush-error \
 	tests/server/test-space-reuse \
-	tests/server/test-error-messages
+	tests/server/test-error-messages \
+	tests/server/test-extended-headers
 
 check_PROGRAMS += $(SERVER_TESTS)
 TESTS += $(SERVER_TESTS)
@@ -34,6 +35,9 @@ TESTS += $(SERVER_TESTS)
 SERVER_TEST_CFLAGS = $(AM_CFLAGS) $(LIBNBD_CFLAGS)
 SERVER_TEST_LDADD = libtestharness.a $(LIBNBD_LIBS)
 
+tests_server_test_extended_headers_SOURCES = tests/server/test-extended-headers.c
+tests_server_test_extended_headers_CFLAGS = $(SERVER_TEST_CFLAGS)
+tests_server_test_extended_headers_LDADD = $(SERVER_TEST_LDADD)
 tests_server_test_error_messages_SOURCES = tests/server/test-error-messages.c
 tests_server_test_error_messages_CFLAGS = $(SERVER_TEST_CFLAGS)
 tests_server_test_error_messages_LDADD = $(SERVER_TEST_LDADD)

@@ -305,11 +305,65 @@ static void test_request(void) {
   CHECK(why != NULL);
   be32_store(r, 0);
   CHECK_EQ(nbd_decode_request(r, &req, NULL), -EPROTO);
+  CHECK(!nbd_request_has_payload(&(struct nbd_request){.type = NBD_CMD_READ}, false));
+  CHECK(nbd_request_has_payload(&(struct nbd_request){.type = NBD_CMD_WRITE}, false));
   CHECK(strcmp(nbd_cmd_name(NBD_CMD_BLOCK_STATUS), "BLOCK_STATUS") == 0);
   CHECK(strcmp(nbd_cmd_name(999), "unknown") == 0);
 }
 
-static uint32_t check(uint16_t type, uint16_t flags, uint64_t off, uint32_t len,
+/* The 32-byte header: a 64-bit length, and each header refuses the other. */
+static void test_request_ext(void) {
+  uint8_t r[NBD_EXTENDED_REQUEST_SIZE];
+  struct nbd_request req;
+  be32_store(r, NBD_EXTENDED_REQUEST_MAGIC);
+  be16_store(r + 4, NBD_CMD_FLAG_PAYLOAD_LEN);
+  be16_store(r + 6, NBD_CMD_WRITE);
+  be64_store(r + 8, UINT64_C(0xdeadbeefcafef00d));
+  be64_store(r + 16, UINT64_C(0x1122334455667788));
+  be64_store(r + 24, UINT64_C(0x1fe00000000)); /* 2040 GiB */
+  CHECK_EQ(nbd_decode_request_ext(r, &req, NULL), 0);
+  CHECK_EQ(req.flags, NBD_CMD_FLAG_PAYLOAD_LEN);
+  CHECK_EQ(req.type, NBD_CMD_WRITE);
+  CHECK(req.cookie == UINT64_C(0xdeadbeefcafef00d));
+  CHECK(req.offset == UINT64_C(0x1122334455667788));
+  CHECK(req.length == UINT64_C(0x1fe00000000));
+  CHECK(nbd_request_has_payload(&req, true));
+  req.type = NBD_CMD_BLOCK_STATUS;
+  CHECK(nbd_request_has_payload(&req, true));
+  req.flags = 0;
+  CHECK(!nbd_request_has_payload(&req, true));
+  req.type = NBD_CMD_WRITE; /* an extended WRITE without the flag has no payload */
+  CHECK(!nbd_request_has_payload(&req, true));
+  const char *why = NULL;
+  be32_store(r, NBD_REQUEST_MAGIC);
+  CHECK_EQ(nbd_decode_request_ext(r, &req, &why), -EPROTO);
+  CHECK(why && strstr(why, "compact"));
+  be32_store(r, NBD_SIMPLE_REPLY_MAGIC);
+  CHECK_EQ(nbd_decode_request_ext(r, &req, NULL), -EPROTO);
+  CHECK_EQ(nbd_request_size(true), 32);
+  CHECK_EQ(nbd_request_size(false), 28);
+}
+
+static void test_block_status_payload(void) {
+  uint8_t p[24];
+  uint64_t effect = 0;
+  const char *why = NULL;
+  be64_store(p, UINT64_C(2040) << 30);
+  be32_store(p + 8, 1);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, 1, &effect, &why), 0);
+  CHECK(effect == UINT64_C(2040) << 30);
+  be32_store(p + 12, 1);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, 1, &effect, &why), -EINVAL); /* repeated */
+  CHECK(why && strstr(why, "repeats"));
+  be32_store(p + 12, 2);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, 1, &effect, &why), -EINVAL); /* unknown */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, 2, &effect, &why), -EINVAL);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 8, 1, &effect, &why), -EINVAL);  /* no id */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 13, 1, &effect, &why), -EINVAL); /* 8 + 4n */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 0, 1, &effect, &why), -EINVAL);
+}
+
+static uint32_t check(uint16_t type, uint16_t flags, uint64_t off, uint64_t len,
                       const struct nbd_request_limits *lim) {
   struct nbd_request req = {.flags = flags, .type = type, .offset = off, .length = len};
   const char *why = NULL;
@@ -380,6 +434,42 @@ static void test_check_request(void) {
   CHECK_EQ(check(NBD_CMD_FLUSH, 0, 0, 0, &lim), 0);
 }
 
+static void test_check_request_ext(void) {
+  const uint16_t rw = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+                      NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF |
+                      NBD_FLAG_SEND_CACHE;
+  const uint64_t size = UINT64_C(2040) << 30;
+  struct nbd_request_limits lim = {.export_size = size, .tflags = rw, .structured = true,
+                                   .extended = true, .meta_allocation = true,
+                                   .max_payload = 32u << 20};
+  /* 64-bit effect lengths cover the whole export in one request... */
+  CHECK_EQ(check(NBD_CMD_WRITE_ZEROES, 0, 0, size, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_TRIM, 0, 0, size, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_BLOCK_STATUS, 0, 0, size, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_CACHE, 0, 0, size, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_TRIM, 0, 1, size, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_WRITE_ZEROES, 0, 512, size, &lim), NBD_ENOSPC);
+  CHECK_EQ(check(NBD_CMD_BLOCK_STATUS, 0, 0, size + 1, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_TRIM, 0, UINT64_MAX, UINT64_MAX, &lim), NBD_EINVAL);
+  /* ...but READ and WRITE payloads stay within the maximum. */
+  CHECK_EQ(check(NBD_CMD_READ, 0, 0, 32u << 20, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_READ, 0, 0, (32u << 20) + 1, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_READ, 0, 0, UINT64_C(1) << 32, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_WRITE, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 32u << 20, &lim), 0);
+  CHECK_EQ(check(NBD_CMD_WRITE, NBD_CMD_FLAG_PAYLOAD_LEN, 0, (32u << 20) + 1, &lim),
+           NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_WRITE, NBD_CMD_FLAG_PAYLOAD_LEN | NBD_CMD_FLAG_FUA, 0, 4096, &lim), 0);
+  /* PAYLOAD_LEN: required on WRITE, refused elsewhere. */
+  CHECK_EQ(check(NBD_CMD_WRITE, 0, 0, 4096, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_READ, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 4096, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 12, &lim), NBD_EINVAL);
+  CHECK_EQ(check(NBD_CMD_FLUSH, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 0, &lim), NBD_EINVAL);
+  /* Read-only still wins over a well-formed WRITE. */
+  lim.tflags |= NBD_FLAG_READ_ONLY;
+  CHECK_EQ(check(NBD_CMD_WRITE, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 4096, &lim), NBD_EPERM);
+  CHECK_EQ(check(NBD_CMD_WRITE_ZEROES, 0, 0, size, &lim), NBD_EPERM);
+}
+
 static void test_replies(void) {
   uint8_t buf[256];
   nbd_encode_simple_reply(buf, 0x0102030405060708u, NBD_EIO);
@@ -387,7 +477,9 @@ static void test_replies(void) {
   CHECK_EQ(be32_load(buf + 4), 5);
   CHECK(be64_load(buf + 8) == 0x0102030405060708u);
 
-  nbd_encode_chunk_offset_data(buf, NBD_REPLY_FLAG_DONE, 9, 4096, 512);
+  struct nbd_reply_to c9 = {.cookie = 9}, c11 = {.cookie = 11}, c3 = {.cookie = 3},
+                      c4 = {.cookie = 4};
+  CHECK_EQ(nbd_encode_chunk_offset_data(buf, &c9, NBD_REPLY_FLAG_DONE, 4096, 512), 28);
   CHECK_EQ(be32_load(buf), NBD_STRUCTURED_REPLY_MAGIC);
   CHECK_EQ(be16_load(buf + 4), NBD_REPLY_FLAG_DONE);
   CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_OFFSET_DATA);
@@ -395,20 +487,20 @@ static void test_replies(void) {
   CHECK_EQ(be32_load(buf + 16), 520);
   CHECK_EQ(be64_load(buf + 20), 4096);
 
-  nbd_encode_chunk_offset_hole(buf, 0, 9, 8192, 65536);
+  CHECK_EQ(nbd_encode_chunk_offset_hole(buf, &c9, 0, 8192, 65536), 32);
   CHECK_EQ(be16_load(buf + 4), 0);
   CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_OFFSET_HOLE);
   CHECK_EQ(be32_load(buf + 16), 12);
   CHECK_EQ(be64_load(buf + 20), 8192);
   CHECK_EQ(be32_load(buf + 28), 65536);
 
-  nbd_encode_chunk_none(buf, 11);
+  CHECK_EQ(nbd_encode_chunk_none(buf, &c11), 20);
   CHECK_EQ(be16_load(buf + 4), NBD_REPLY_FLAG_DONE);
   CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_NONE);
   CHECK_EQ(be32_load(buf + 16), 0);
 
   struct nbd_extent ext[2] = {{4096, 0}, {8192, NBD_STATE_HOLE | NBD_STATE_ZERO}};
-  ssize_t n = nbd_encode_chunk_block_status(buf, sizeof buf, NBD_REPLY_FLAG_DONE, 3, 1, ext, 2);
+  ssize_t n = nbd_encode_chunk_block_status(buf, sizeof buf, &c3, NBD_REPLY_FLAG_DONE, 1, ext, 2);
   CHECK_EQ(n, 20 + 4 + 16);
   CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_BLOCK_STATUS);
   CHECK_EQ(be32_load(buf + 16), 20);
@@ -417,25 +509,82 @@ static void test_replies(void) {
   CHECK_EQ(be32_load(buf + 28), 0);
   CHECK_EQ(be32_load(buf + 32), 8192);
   CHECK_EQ(be32_load(buf + 36), 3);
-  CHECK_EQ(nbd_encode_chunk_block_status(buf, 39, 0, 3, 1, ext, 2), -ENOBUFS);
-  CHECK_EQ(nbd_encode_chunk_block_status(buf, sizeof buf, 0, 3, 1, ext, 0), -EINVAL);
+  CHECK_EQ(nbd_encode_chunk_block_status(buf, 39, &c3, 0, 1, ext, 2), -ENOBUFS);
+  CHECK_EQ(nbd_encode_chunk_block_status(buf, sizeof buf, &c3, 0, 1, ext, 0), -EINVAL);
+  /* A compact descriptor cannot say more than 32 bits. */
+  struct nbd_extent big = {UINT64_C(1) << 32, 0};
+  CHECK_EQ(nbd_encode_chunk_block_status(buf, sizeof buf, &c3, 0, 1, &big, 1), -EOVERFLOW);
 
-  n = nbd_encode_chunk_error(buf, sizeof buf, NBD_REPLY_FLAG_DONE, 4, NBD_EIO, "bad", false, 0);
+  n = nbd_encode_chunk_error(buf, sizeof buf, &c4, NBD_REPLY_FLAG_DONE, NBD_EIO, "bad", false, 0);
   CHECK_EQ(n, 20 + 6 + 3);
   CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_ERROR);
   CHECK_EQ(be32_load(buf + 16), 9);
   CHECK_EQ(be32_load(buf + 20), NBD_EIO);
   CHECK_EQ(be16_load(buf + 24), 3);
   CHECK(memcmp(buf + 26, "bad", 3) == 0);
-  n = nbd_encode_chunk_error(buf, sizeof buf, NBD_REPLY_FLAG_DONE, 4, NBD_EIO, "bad", true,
+  n = nbd_encode_chunk_error(buf, sizeof buf, &c4, NBD_REPLY_FLAG_DONE, NBD_EIO, "bad", true,
                              12345);
   CHECK_EQ(n, 20 + 6 + 3 + 8);
   CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_ERROR_OFFSET);
   CHECK_EQ(be32_load(buf + 16), 17);
   CHECK_EQ(be64_load(buf + 29), 12345);
-  CHECK_EQ(nbd_encode_chunk_error(buf, sizeof buf, 0, 4, 0, "x", false, 0), -EINVAL);
-  CHECK_EQ(nbd_encode_chunk_error(buf, 25, 0, 4, NBD_EIO, NULL, false, 0), -ENOBUFS);
-  CHECK_EQ(nbd_encode_chunk_error(buf, 26, 0, 4, NBD_EIO, NULL, false, 0), 26);
+  CHECK_EQ(nbd_encode_chunk_error(buf, sizeof buf, &c4, 0, 0, "x", false, 0), -EINVAL);
+  CHECK_EQ(nbd_encode_chunk_error(buf, 25, &c4, 0, NBD_EIO, NULL, false, 0), -ENOBUFS);
+  CHECK_EQ(nbd_encode_chunk_error(buf, 26, &c4, 0, NBD_EIO, NULL, false, 0), 26);
+}
+
+/* Extended replies: 32-byte headers echoing the request's offset, 64-bit
+ * lengths, BLOCK_STATUS_EXT with a descriptor count and 64-bit fields. */
+static void test_replies_ext(void) {
+  uint8_t buf[256];
+  const uint64_t off = UINT64_C(0x0123456789abcdef);
+  struct nbd_reply_to to = {.cookie = 0x0102030405060708u, .offset = off, .extended = true};
+  CHECK_EQ(nbd_encode_chunk_none(buf, &to), 32);
+  CHECK_EQ(be32_load(buf), NBD_EXTENDED_REPLY_MAGIC);
+  CHECK_EQ(be16_load(buf + 4), NBD_REPLY_FLAG_DONE);
+  CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_NONE);
+  CHECK(be64_load(buf + 8) == 0x0102030405060708u);
+  CHECK(be64_load(buf + 16) == off);
+  CHECK(be64_load(buf + 24) == 0);
+
+  CHECK_EQ(nbd_encode_chunk_offset_data(buf, &to, 0, off + 4096, 512), 40);
+  CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_OFFSET_DATA);
+  CHECK(be64_load(buf + 16) == off); /* the request's, not the chunk's */
+  CHECK(be64_load(buf + 24) == 520);
+  CHECK(be64_load(buf + 32) == off + 4096);
+
+  CHECK_EQ(nbd_encode_chunk_offset_hole(buf, &to, NBD_REPLY_FLAG_DONE, off + 8192, 65536), 44);
+  CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_OFFSET_HOLE);
+  CHECK(be64_load(buf + 24) == 12);
+  CHECK(be64_load(buf + 32) == off + 8192);
+  CHECK_EQ(be32_load(buf + 40), 65536);
+
+  struct nbd_extent ext[2] = {{UINT64_C(2040) << 30, NBD_STATE_HOLE | NBD_STATE_ZERO},
+                              {4096, 0}};
+  ssize_t n = nbd_encode_chunk_block_status(buf, sizeof buf, &to, NBD_REPLY_FLAG_DONE, 7, ext, 2);
+  CHECK_EQ(n, 32 + 8 + 32);
+  CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_BLOCK_STATUS_EXT);
+  CHECK(be64_load(buf + 24) == 8 + 32);
+  CHECK_EQ(be32_load(buf + 32), 7);
+  CHECK_EQ(be32_load(buf + 36), 2);
+  CHECK(be64_load(buf + 40) == UINT64_C(2040) << 30);
+  CHECK(be64_load(buf + 48) == 3);
+  CHECK(be64_load(buf + 56) == 4096);
+  CHECK(be64_load(buf + 64) == 0);
+  CHECK_EQ(nbd_encode_chunk_block_status(buf, 71, &to, 0, 7, ext, 2), -ENOBUFS);
+  ext[1].length = 0;
+  CHECK_EQ(nbd_encode_chunk_block_status(buf, sizeof buf, &to, 0, 7, ext, 2), -EINVAL);
+
+  n = nbd_encode_chunk_error(buf, sizeof buf, &to, NBD_REPLY_FLAG_DONE, NBD_EINVAL, "no", false,
+                             0);
+  CHECK_EQ(n, 32 + 6 + 2);
+  CHECK_EQ(be16_load(buf + 6), NBD_REPLY_TYPE_ERROR);
+  CHECK(be64_load(buf + 24) == 8);
+  CHECK_EQ(be32_load(buf + 32), NBD_EINVAL);
+  CHECK_EQ(be16_load(buf + 36), 2);
+  CHECK(memcmp(buf + 38, "no", 2) == 0);
+  CHECK_EQ(nbd_encode_chunk_error(buf, 37, &to, 0, NBD_EIO, NULL, false, 0), -ENOBUFS);
+  CHECK_EQ(nbd_encode_chunk_error(buf, 38, &to, 0, NBD_EIO, NULL, false, 0), 38);
 }
 
 static void test_errno(void) {
@@ -499,8 +648,12 @@ int main(void) {
   test_option_replies();
   test_export_name_reply();
   test_request();
+  test_request_ext();
   test_check_request();
+  test_check_request_ext();
+  test_block_status_payload();
   test_replies();
+  test_replies_ext();
   test_errno();
   test_random_inputs();
   return check_finish("NBD codec");

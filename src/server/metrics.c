@@ -1,0 +1,457 @@
+/* metrics.c: the counters behind --metrics-file and SIGUSR1 (see metrics.h).
+ *
+ * The text is built on the loop thread from the counters (memory only, a few
+ * hundred lines per export); a worker adds each image's allocated bytes
+ * (vhd_get_info, which may touch the file) and writes the file, so the loop
+ * never waits for the disk.  One write is in flight at a time: a tick that
+ * finds the last one unfinished is skipped. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+
+#define N_COMMANDS (NBD_CMD_BLOCK_STATUS + 2) /* the last: unknown commands */
+#define N_BUCKETS 7                           /* the last: +Inf */
+static const double bucket_le[N_BUCKETS - 1] = {0.0001, 0.001, 0.01, 0.1, 1, 10};
+
+/* NBD errors the server answers with (nbd_errno_to_nbd), then "other". */
+static const struct {
+  uint32_t value;
+  const char *name;
+} errnos[] = {
+    {NBD_EPERM, "EPERM"},   {NBD_EIO, "EIO"},         {NBD_ENOMEM, "ENOMEM"},
+    {NBD_EINVAL, "EINVAL"}, {NBD_ENOSPC, "ENOSPC"},   {NBD_EOVERFLOW, "EOVERFLOW"},
+    {NBD_ENOTSUP, "ENOTSUP"}, {NBD_ESHUTDOWN, "ESHUTDOWN"},
+};
+#define N_ERRNOS (sizeof errnos / sizeof errnos[0] + 1)
+
+struct export_stats {
+  uint64_t requests[N_COMMANDS][2]; /* [command][0 ok, 1 error] */
+  uint64_t latency[N_COMMANDS][N_BUCKETS]; /* per bucket, not cumulative */
+  double latency_sum[N_COMMANDS];
+  uint64_t bytes_read, bytes_written;
+  uint64_t errors[N_ERRNOS];
+  uint64_t inflight;
+};
+
+static const char *const refusal_reasons[] = {
+    "per_address", "max_connections", "evicted", "handshake_timeout", "payload_stalled",
+    "not_allowed",
+};
+#define N_REFUSALS (sizeof refusal_reasons / sizeof refusal_reasons[0])
+
+static struct {
+  struct server *srv;
+  struct export_stats *exports; /* parallel to srv->exports */
+  size_t n_exports;
+  uint64_t accepted;
+  uint64_t refused[N_REFUSALS];
+  uv_timer_t timer;
+  uv_signal_t sigusr1;
+  bool started, timer_started;
+  /* The write in flight (loop thread sets it up, a worker runs it). */
+  struct work_item work;
+  bool writing;
+  char *text;
+  size_t text_len;
+  int write_error;          /* errno of the last failed write, 0: none */
+  int logged_error;         /* ...the one last logged */
+} m;
+
+static struct export_stats *stats_of(const struct export *exp) {
+  for (size_t i = 0; i < m.n_exports; i++)
+    if (m.srv->exports[i] == exp)
+      return &m.exports[i];
+  return NULL;
+}
+
+static size_t command_index(uint16_t type) {
+  return type <= NBD_CMD_BLOCK_STATUS ? type : N_COMMANDS - 1;
+}
+
+static const char *command_label(size_t i) {
+  return i < N_COMMANDS - 1 ? nbd_cmd_name((uint16_t)i) : "unknown";
+}
+
+static size_t errno_index(uint32_t e) {
+  for (size_t i = 0; i < N_ERRNOS - 1; i++)
+    if (errnos[i].value == e)
+      return i;
+  return N_ERRNOS - 1;
+}
+
+static const char *errno_label(size_t i) { return i < N_ERRNOS - 1 ? errnos[i].name : "other"; }
+
+void metrics_request_begin(const struct export *exp) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    st->inflight++;
+}
+
+void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_error,
+                         uint64_t length, uint64_t latency_ns, bool replied) {
+  struct export_stats *st = stats_of(exp);
+  if (!st)
+    return;
+  st->inflight--;
+  if (!replied)
+    return;
+  size_t c = command_index(type);
+  st->requests[c][nbd_error ? 1 : 0]++;
+  double s = (double)latency_ns / 1e9;
+  size_t b = 0;
+  while (b < N_BUCKETS - 1 && s > bucket_le[b])
+    b++;
+  st->latency[c][b]++;
+  st->latency_sum[c] += s;
+  if (nbd_error) {
+    st->errors[errno_index(nbd_error)]++;
+    return;
+  }
+  if (type == NBD_CMD_READ)
+    st->bytes_read += length;
+  else if (type == NBD_CMD_WRITE)
+    st->bytes_written += length;
+}
+
+void metrics_connection_accepted(void) { m.accepted++; }
+
+void metrics_connection_refused(const char *reason) {
+  for (size_t i = 0; i < N_REFUSALS; i++)
+    if (strcmp(reason, refusal_reasons[i]) == 0) {
+      m.refused[i]++;
+      return;
+    }
+}
+
+/* ---- the text ---- */
+
+/* A label value as the exposition format quotes it. */
+static void put_label(FILE *f, const char *s) {
+  for (; *s; s++) {
+    if (*s == '\\' || *s == '"')
+      fprintf(f, "\\%c", *s);
+    else if (*s == '\n')
+      fputs("\\n", f);
+    else
+      fputc(*s, f);
+  }
+}
+
+static void family(FILE *f, const char *name, const char *type, const char *help) {
+  fprintf(f, "# HELP vhdnbd_%s %s\n# TYPE vhdnbd_%s %s\n", name, help, name, type);
+}
+
+static void export_series(FILE *f, const char *name, const struct export *exp) {
+  fprintf(f, "vhdnbd_%s{export=\"", name);
+  put_label(f, exp->name);
+  fputc('"', f);
+}
+
+static unsigned export_connections(const struct export *exp) {
+  unsigned n = 0;
+  for (const struct connection *c = m.srv->conns; c; c = c->next)
+    if (c->exp == exp && !c->closing)
+      n++;
+  return n;
+}
+
+static void sum_stats(struct export_stats *t) {
+  memset(t, 0, sizeof *t);
+  for (size_t i = 0; i < m.n_exports; i++) {
+    const struct export_stats *st = &m.exports[i];
+    for (size_t c = 0; c < N_COMMANDS; c++) {
+      t->requests[c][0] += st->requests[c][0];
+      t->requests[c][1] += st->requests[c][1];
+    }
+    for (size_t e = 0; e < N_ERRNOS; e++)
+      t->errors[e] += st->errors[e];
+    t->bytes_read += st->bytes_read;
+    t->bytes_written += st->bytes_written;
+    t->inflight += st->inflight;
+  }
+}
+
+static void write_requests(FILE *f) {
+  family(f, "requests_total", "counter", "NBD requests answered, by export, command and result.");
+  for (size_t i = 0; i < m.n_exports; i++)
+    for (size_t c = 0; c < N_COMMANDS; c++)
+      for (int r = 0; r < 2; r++) {
+        export_series(f, "requests_total", m.srv->exports[i]);
+        fprintf(f, ",command=\"%s\",result=\"%s\"} %" PRIu64 "\n", command_label(c),
+                r ? "error" : "ok", m.exports[i].requests[c][r]);
+      }
+  family(f, "errors_total", "counter", "NBD error replies, by export and error.");
+  for (size_t i = 0; i < m.n_exports; i++)
+    for (size_t e = 0; e < N_ERRNOS; e++) {
+      export_series(f, "errors_total", m.srv->exports[i]);
+      fprintf(f, ",errno=\"%s\"} %" PRIu64 "\n", errno_label(e), m.exports[i].errors[e]);
+    }
+  family(f, "read_bytes_total", "counter", "Bytes returned by successful READs.");
+  for (size_t i = 0; i < m.n_exports; i++) {
+    export_series(f, "read_bytes_total", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", m.exports[i].bytes_read);
+  }
+  family(f, "written_bytes_total", "counter", "Bytes stored by successful WRITEs.");
+  for (size_t i = 0; i < m.n_exports; i++) {
+    export_series(f, "written_bytes_total", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", m.exports[i].bytes_written);
+  }
+  family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
+  for (size_t i = 0; i < m.n_exports; i++) {
+    export_series(f, "requests_in_flight", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", m.exports[i].inflight);
+  }
+  family(f, "requests_queued", "gauge",
+         "Requests waiting in the export's queue for earlier conflicting ones.");
+  for (size_t i = 0; i < m.n_exports; i++) {
+    export_series(f, "requests_queued", m.srv->exports[i]);
+    fprintf(f, "} %u\n", m.srv->exports[i]->queue.waiting);
+  }
+  family(f, "export_connections", "gauge", "Connections in transmission with the export.");
+  for (size_t i = 0; i < m.n_exports; i++) {
+    export_series(f, "export_connections", m.srv->exports[i]);
+    fprintf(f, "} %u\n", export_connections(m.srv->exports[i]));
+  }
+}
+
+static void write_latency(FILE *f) {
+  family(f, "request_duration_seconds", "histogram",
+         "Time from a request's header to its reply written, by export and command.");
+  for (size_t i = 0; i < m.n_exports; i++)
+    for (size_t c = 0; c < N_COMMANDS - 1; c++) {
+      const struct export_stats *st = &m.exports[i];
+      uint64_t cum = 0;
+      for (size_t b = 0; b < N_BUCKETS; b++) {
+        cum += st->latency[c][b];
+        export_series(f, "request_duration_seconds_bucket", m.srv->exports[i]);
+        if (b < N_BUCKETS - 1)
+          fprintf(f, ",command=\"%s\",le=\"%g\"} %" PRIu64 "\n", command_label(c), bucket_le[b],
+                  cum);
+        else
+          fprintf(f, ",command=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", command_label(c), cum);
+      }
+      export_series(f, "request_duration_seconds_sum", m.srv->exports[i]);
+      fprintf(f, ",command=\"%s\"} %.9f\n", command_label(c), st->latency_sum[c]);
+      export_series(f, "request_duration_seconds_count", m.srv->exports[i]);
+      fprintf(f, ",command=\"%s\"} %" PRIu64 "\n", command_label(c), cum);
+    }
+}
+
+/* Server-wide: the sums over exports, and the connections. */
+static void write_server(FILE *f) {
+  struct export_stats t;
+  sum_stats(&t);
+  family(f, "server_requests_total", "counter", "NBD requests answered, all exports.");
+  for (size_t c = 0; c < N_COMMANDS; c++)
+    for (int r = 0; r < 2; r++)
+      fprintf(f, "vhdnbd_server_requests_total{command=\"%s\",result=\"%s\"} %" PRIu64 "\n",
+              command_label(c), r ? "error" : "ok", t.requests[c][r]);
+  family(f, "server_errors_total", "counter", "NBD error replies, all exports.");
+  for (size_t e = 0; e < N_ERRNOS; e++)
+    fprintf(f, "vhdnbd_server_errors_total{errno=\"%s\"} %" PRIu64 "\n", errno_label(e),
+            t.errors[e]);
+  family(f, "server_read_bytes_total", "counter", "Bytes returned by READs, all exports.");
+  fprintf(f, "vhdnbd_server_read_bytes_total %" PRIu64 "\n", t.bytes_read);
+  family(f, "server_written_bytes_total", "counter", "Bytes stored by WRITEs, all exports.");
+  fprintf(f, "vhdnbd_server_written_bytes_total %" PRIu64 "\n", t.bytes_written);
+  family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
+  fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
+  unsigned queued = 0;
+  for (size_t i = 0; i < m.n_exports; i++)
+    queued += m.srv->exports[i]->queue.waiting;
+  family(f, "server_requests_queued", "gauge", "Requests waiting in a queue, all exports.");
+  fprintf(f, "vhdnbd_server_requests_queued %u\n", queued);
+  family(f, "connections", "gauge", "Client connections open, negotiating or not.");
+  fprintf(f, "vhdnbd_connections %u\n", m.srv->n_conns);
+  family(f, "connections_total", "counter", "Client connections accepted.");
+  fprintf(f, "vhdnbd_connections_total %" PRIu64 "\n", m.accepted);
+  family(f, "connections_refused_total", "counter",
+         "Connections refused or closed by the server's limits, by reason.");
+  for (size_t i = 0; i < N_REFUSALS; i++)
+    fprintf(f, "vhdnbd_connections_refused_total{reason=\"%s\"} %" PRIu64 "\n",
+            refusal_reasons[i], m.refused[i]);
+}
+
+static char *build_text(size_t *len) {
+  char *buf = NULL;
+  FILE *f = open_memstream(&buf, len);
+  if (!f)
+    return NULL;
+  write_requests(f);
+  write_latency(f);
+  write_server(f);
+  if (fclose(f) != 0) {
+    free(buf);
+    return NULL;
+  }
+  return buf;
+}
+
+/* ---- the file (worker thread) ---- */
+
+static int write_all(int fd, const char *p, size_t len) {
+  while (len) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Allocated bytes per image: only here, off the loop, since asking the
+ * engine may touch the image file. */
+static char *allocation_text(size_t *len) {
+  char *buf = NULL;
+  FILE *f = open_memstream(&buf, len);
+  if (!f)
+    return NULL;
+  family(f, "allocated_bytes", "gauge",
+         "Bytes of the export's image file holding blocks (fixed: the whole disk).");
+  for (size_t i = 0; i < m.n_exports; i++) {
+    const struct export *exp = m.srv->exports[i];
+    struct vhd_info info;
+    vhd_get_info(exp->vhd, &info);
+    uint64_t bytes = info.type == VHD_TYPE_FIXED
+                         ? info.virtual_size
+                         : (uint64_t)info.allocated_blocks * info.block_size;
+    export_series(f, "allocated_bytes", exp);
+    fprintf(f, "} %" PRIu64 "\n", bytes);
+  }
+  if (fclose(f) != 0) {
+    free(buf);
+    return NULL;
+  }
+  return buf;
+}
+
+static void metrics_write_run(struct work_item *w) {
+  const char *path = m.srv->cfg->metrics_file;
+  size_t alen = 0;
+  CLEANUP_FREE char *alloc = allocation_text(&alen);
+  CLEANUP_FREE char *tmp = NULL;
+  if (!alloc || asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
+    tmp = NULL;
+    m.write_error = ENOMEM;
+    return;
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    m.write_error = errno;
+    return;
+  }
+  int r = write_all(fd, m.text, m.text_len);
+  if (r == 0)
+    r = write_all(fd, alloc, alen);
+  if (close(fd) < 0 && r == 0)
+    r = -errno;
+  /* rename() replaces the old file in one step: a reader opens either. */
+  if (r == 0 && rename(tmp, path) < 0)
+    r = -errno;
+  if (r < 0)
+    unlink(tmp);
+  m.write_error = -r;
+}
+
+static void metrics_write_done(struct work_item *w) {
+  free(m.text);
+  m.text = NULL;
+  m.writing = false;
+  if (m.write_error && m.write_error != m.logged_error)
+    log_msg(LOG_LEVEL_ERR, "--metrics-file %s: %s", m.srv->cfg->metrics_file,
+            strerror(m.write_error));
+  else if (!m.write_error && m.logged_error)
+    log_msg(LOG_LEVEL_NOTICE, "--metrics-file %s: written again", m.srv->cfg->metrics_file);
+  m.logged_error = m.write_error;
+}
+
+static void metrics_write(void) {
+  if (m.writing)
+    return;
+  m.text = build_text(&m.text_len);
+  if (!m.text) {
+    log_msg(LOG_LEVEL_ERR, "--metrics-file: out of memory");
+    return;
+  }
+  m.writing = true;
+  m.work = (struct work_item){.run = metrics_write_run, .done = metrics_write_done};
+  workers_submit(&m.work);
+}
+
+static void on_tick(uv_timer_t *t) { metrics_write(); }
+
+/* ---- SIGUSR1 ---- */
+
+static void on_sigusr1(uv_signal_t *h, int signum) {
+  for (size_t i = 0; i < m.n_exports; i++) {
+    const struct export_stats *st = &m.exports[i];
+    uint64_t ok = 0, err = 0;
+    for (size_t c = 0; c < N_COMMANDS; c++) {
+      ok += st->requests[c][0];
+      err += st->requests[c][1];
+    }
+    log_msg(LOG_LEVEL_NOTICE,
+            "export '%s': %" PRIu64 " requests, %" PRIu64 " failed; %" PRIu64
+            " bytes read, %" PRIu64 " bytes written; %" PRIu64 " in flight, %u queued; "
+            "%u connections",
+            m.srv->exports[i]->name, ok + err, err, st->bytes_read, st->bytes_written,
+            st->inflight, m.srv->exports[i]->queue.waiting,
+            export_connections(m.srv->exports[i]));
+  }
+}
+
+int metrics_start(struct server *srv) {
+  m.srv = srv;
+  m.n_exports = srv->n_exports;
+  m.exports = calloc(m.n_exports ? m.n_exports : 1, sizeof *m.exports);
+  if (!m.exports)
+    return -ENOMEM;
+  uv_signal_init(srv->loop, &m.sigusr1);
+  uv_signal_start(&m.sigusr1, on_sigusr1, SIGUSR1);
+  uv_unref((uv_handle_t *)&m.sigusr1);
+  uv_timer_init(srv->loop, &m.timer);
+  m.started = true;
+  if (srv->cfg->metrics_file) {
+    uint64_t ms = (uint64_t)srv->cfg->metrics_interval * 1000;
+    uv_timer_start(&m.timer, on_tick, ms, ms);
+    uv_unref((uv_handle_t *)&m.timer);
+    m.timer_started = true;
+    metrics_write();
+  }
+  return 0;
+}
+
+void metrics_stop(void) {
+  if (!m.started)
+    return;
+  m.started = false;
+  /* The last figures, once every client is gone. */
+  if (m.timer_started)
+    metrics_write();
+  if (!uv_is_closing((uv_handle_t *)&m.timer))
+    uv_close((uv_handle_t *)&m.timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&m.sigusr1))
+    uv_close((uv_handle_t *)&m.sigusr1, NULL);
+}
+
+void metrics_free(void) {
+  free(m.exports);
+  m.exports = NULL;
+  m.n_exports = 0;
+}

@@ -1,0 +1,41 @@
+/* metrics.h: counters of what the server did, written as a Prometheus text
+ * file (--metrics-file, for node_exporter's textfile collector) and summed
+ * up in the log on SIGUSR1.
+ *
+ * Every function here runs on the loop thread, which alone updates the
+ * counters; the file itself is written by a worker thread from a snapshot,
+ * into a temporary file in the same directory renamed over the old one, so
+ * a reader never sees half of it. */
+#ifndef VHDNBD_METRICS_H
+#define VHDNBD_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct server;
+struct export;
+
+#define METRICS_DEFAULT_INTERVAL 15 /* seconds */
+
+/* Allocates the counters for srv's exports, starts the SIGUSR1 handler and,
+ * with --metrics-file, writes the file now and every interval.  Returns 0
+ * or a negative errno. */
+int metrics_start(struct server *srv);
+/* Writes the file a last time and closes the handles. */
+void metrics_stop(void);
+/* Frees the counters, once the workers have stopped. */
+void metrics_free(void);
+
+/* A request's header arrived / its reply was written (replied) or it was
+ * dropped with its connection (not replied). */
+void metrics_request_begin(const struct export *exp);
+void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_error,
+                         uint64_t length, uint64_t latency_ns, bool replied);
+
+/* Connections accepted, and refused or dropped for `reason` (a label
+ * value: per_address, max_connections, evicted, handshake_timeout,
+ * payload_stalled, not_allowed). */
+void metrics_connection_accepted(void);
+void metrics_connection_refused(const char *reason);
+
+#endif
