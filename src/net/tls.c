@@ -31,6 +31,7 @@ struct tls_session {
   size_t in_start, in_end, in_cap;
   char error[256];
   char peer[256];
+  char identity[256]; /* "" until the handshake shows one */
 };
 
 static int global_refs;
@@ -283,6 +284,8 @@ static void describe_peer(struct tls_session *s) {
   if (s->creds->psk) {
     const char *id = gnutls_psk_server_get_username(s->gs);
     snprintf(s->peer, sizeof s->peer, "PSK identity %s", id ? id : "?");
+    if (id)
+      snprintf(s->identity, sizeof s->identity, "%s", id);
     return;
   }
   unsigned n = 0;
@@ -296,8 +299,12 @@ static void describe_peer(struct tls_session *s) {
   if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0) {
     char dn[200];
     size_t len = sizeof dn;
-    if (gnutls_x509_crt_get_dn(crt, dn, &len) == 0)
+    if (gnutls_x509_crt_get_dn(crt, dn, &len) == 0) {
       snprintf(s->peer, sizeof s->peer, "x509 %s", dn);
+      /* Only a verified certificate names someone. */
+      if (s->creds->verify_peer)
+        snprintf(s->identity, sizeof s->identity, "%s", dn);
+    }
   }
   gnutls_x509_crt_deinit(crt);
 }
@@ -354,3 +361,6 @@ int tls_session_write(struct tls_session *s, const uint8_t *data, size_t len) {
 void tls_session_bye(struct tls_session *s) { gnutls_bye(s->gs, GNUTLS_SHUT_WR); }
 const char *tls_session_error(const struct tls_session *s) { return s->error; }
 const char *tls_session_peer(const struct tls_session *s) { return s->peer; }
+const char *tls_session_identity(const struct tls_session *s) {
+  return s->identity[0] ? s->identity : NULL;
+}

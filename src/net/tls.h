@@ -47,5 +47,8 @@ void tls_session_bye(struct tls_session *s);
 const char *tls_session_error(const struct tls_session *s);
 /* Human description of the peer ("PSK identity alice", "x509 CN=..."). */
 const char *tls_session_peer(const struct tls_session *s);
+/* The peer's raw identity once the handshake is done: the PSK identity, or
+ * the DN of the client certificate; NULL when it showed none. */
+const char *tls_session_identity(const struct tls_session *s);
 
 #endif
