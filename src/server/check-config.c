@@ -75,8 +75,9 @@ static unsigned check_export(const struct settings *s, const struct export_spec 
   }
   /* The server opens a read-write export's image for writing (its parents
    * only for reading): a file or file system it may not write would stop
-   * it at startup. */
-  if (!readonly && faccessat(AT_FDCWD, sp->image, W_OK, AT_EACCESS) < 0) {
+   * it at startup.  Under an overlay it writes only the children. */
+  if (!readonly && sp->overlay.mode == OVERLAY_OFF &&
+      faccessat(AT_FDCWD, sp->image, W_OK, AT_EACCESS) < 0) {
     log_msg(LOG_LEVEL_ERR, "%s%sexport '%s': %s: cannot be written, but the export is "
             "read-write: %s", at, sep, sp->name, sp->image, strerror(errno));
     vhd_close(vhd, NULL);
@@ -89,6 +90,9 @@ static unsigned check_export(const struct settings *s, const struct export_spec 
          size_format(size, human, sizeof human), size, readonly ? "read-only" : "read-write");
   for (vhd_t *p = vhd_parent(vhd); p; p = vhd_parent(p))
     printf("%s%s", p == vhd_parent(vhd) ? ", parents " : " -> ", vhd_path(p));
+  if (sp->overlay.mode != OVERLAY_OFF)
+    printf(", overlay %s in %s", overlay_mode_name(sp->overlay.mode),
+           sp->overlay.dir ? sp->overlay.dir : overlay_default_dir());
   printf("\n");
   vhd_close(vhd, NULL);
   return 0;

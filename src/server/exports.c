@@ -21,8 +21,17 @@ static void export_free(struct export *e) {
   free(e->name);
   free(e->image);
   free(e->description);
+  free(e->overlay.dir);
   acl_free(&e->allow);
   free(e);
+}
+
+void export_put(struct export *exp) {
+  if (exp->base) {
+    overlay_release(exp);
+    return;
+  }
+  exp->refs--;
 }
 
 int exports_open(struct server *srv, const struct settings *s) {
@@ -38,6 +47,12 @@ int exports_open(struct server *srv, const struct settings *s) {
     e->image = strdup(sp->image);
     e->description = sp->description ? strdup(sp->description) : NULL;
     e->readonly = sp->readonly_set ? sp->readonly : s->readonly;
+    e->overlay = sp->overlay;
+    e->overlay.dir = NULL;
+    if (sp->overlay.dir && !(e->overlay.dir = strdup(sp->overlay.dir))) {
+      export_free(e);
+      return -ENOMEM;
+    }
     queue_init(&e->queue);
     if (sp->allow.n) {
       e->allow.entries = malloc(sp->allow.n * sizeof *e->allow.entries);
@@ -51,8 +66,10 @@ int exports_open(struct server *srv, const struct settings *s) {
       export_free(e);
       return -ENOMEM;
     }
+    /* Under overlays the image is every child's parent: never written. */
+    bool overlaid = e->overlay.mode != OVERLAY_OFF;
     struct vhd_open_opts opts = {
-        .flags = e->readonly ? VHD_OPEN_RDONLY : 0,
+        .flags = e->readonly || overlaid ? VHD_OPEN_RDONLY : 0,
         .size_rule = VHD_SIZE_AUTO,
         .warn = on_warning,
         .warn_opaque = e->image,
@@ -66,11 +83,12 @@ int exports_open(struct server *srv, const struct settings *s) {
       return r;
     }
     e->size = vhd_virtual_size(e->vhd);
-    if (vhd_is_readonly(e->vhd))
+    if (vhd_is_readonly(e->vhd) && !overlaid)
       e->readonly = true;
     srv->exports[srv->n_exports++] = e;
-    log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s", e->name, e->image, e->size,
-            e->readonly ? ", read-only" : "");
+    log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name, e->image,
+            e->size, e->readonly ? ", read-only" : "", overlaid ? ", overlay " : "",
+            overlaid ? overlay_mode_name(e->overlay.mode) : "");
   }
   return 0;
 }
@@ -105,9 +123,13 @@ struct export *exports_find(struct server *srv, const char *name, size_t len) {
 
 uint16_t export_tflags(const struct export *exp, bool structured) {
   /* Every connection shares the one vhd_t whose flush covers all writes, so
-   * multi-conn is truthful.  DF needs structured replies (spec). */
-  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE |
-               NBD_FLAG_CAN_MULTI_CONN;
+   * multi-conn is truthful; under a persistent overlay, every connection
+   * with the same key shares one.  A discarded overlay is each
+   * connection's own: other connections never see its writes.  DF needs
+   * structured replies (spec). */
+  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE;
+  if (exp->overlay.mode != OVERLAY_DISCARD)
+    f |= NBD_FLAG_CAN_MULTI_CONN;
   if (structured)
     f |= NBD_FLAG_SEND_DF;
   if (exp->readonly)

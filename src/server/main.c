@@ -32,8 +32,12 @@ static void usage(FILE *f) {
           "\n"
           "Exports:\n"
           "  IMAGE                    serve IMAGE as the default export \"\"\n"
-          "  -e, --export NAME=IMAGE[,ro][,description=TEXT]\n"
+          "  -e, --export NAME=IMAGE[,ro][,OVERLAY-OPTION...][,description=TEXT]\n"
           "                           serve IMAGE as export NAME (repeatable)\n"
+          "                           overlay=off|discard|persistent: clients write to\n"
+          "                           their own differencing child, IMAGE is never written;\n"
+          "                           overlay-key=identity|address (persistent: what a\n"
+          "                           child belongs to), overlay-dir=DIR, overlay-max=SIZE\n"
           "  -r, --read-only          serve every export read-only\n"
           "  -C, --config FILE        settings and [export NAME] sections from an INI file\n"
           "\n"
@@ -130,13 +134,14 @@ static const char *export_origin(const struct export_spec *e) {
 }
 
 static bool starts_with_option(const char *s) {
-  return strncmp(s, "ro", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
+  return strncmp(s, "overlay", 7) == 0 && (s[7] == '=' || s[7] == '-') ? true
+         : strncmp(s, "ro", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
          : strncmp(s, "rw", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
          : strncmp(s, "read-only", 9) == 0 ? (s[9] == '\0' || s[9] == ',')
                                            : strncmp(s, "description=", 12) == 0;
 }
 
-/* NAME=IMAGE[,ro][,rw][,description=TEXT]; the image path may contain commas
+/* NAME=IMAGE[,ro][,rw][,overlay...=V][,description=TEXT]; the image path may contain commas
  * as long as what follows one is not an option; description takes the rest. */
 static void parse_export_arg(struct settings *s, const char *arg) {
   CLEANUP_FREE char *copy = strdup(arg);
@@ -158,6 +163,7 @@ static void parse_export_arg(struct settings *s, const char *arg) {
     usage_error("--export %s: missing IMAGE", arg);
   bool ro = false, ro_set = false;
   const char *desc = NULL;
+  struct overlay_settings ov = {0};
   while (opts && *opts) {
     if (strncmp(opts, "description=", 12) == 0) {
       desc = opts + 12;
@@ -170,12 +176,26 @@ static void parse_export_arg(struct settings *s, const char *arg) {
       ro = ro_set = true;
     else if (strcmp(opts, "rw") == 0)
       ro = false, ro_set = true;
-    else
+    else if (strncmp(opts, "overlay=", 8) == 0) {
+      if (parse_overlay_mode(opts + 8, &ov.mode) < 0)
+        usage_error("--export %s: overlay: expected off, discard or persistent", arg);
+    } else if (strncmp(opts, "overlay-key=", 12) == 0) {
+      if (parse_overlay_key(opts + 12, &ov.key) < 0)
+        usage_error("--export %s: overlay-key: expected identity or address", arg);
+    } else if (strncmp(opts, "overlay-dir=", 12) == 0 && opts[12]) {
+      free(ov.dir);
+      if (!(ov.dir = strdup(opts + 12)))
+        usage_error("out of memory");
+    } else if (strncmp(opts, "overlay-max=", 12) == 0) {
+      if (size_parse(opts + 12, &ov.max) < 0 || ov.max == 0)
+        usage_error("--export %s: overlay-max: invalid size '%s'", arg, opts + 12);
+    } else
       usage_error("--export %s: unknown export option '%s'", arg, opts);
     opts = next;
   }
   if (settings_add_export(s, name, image, desc, ro, ro_set, NULL) < 0)
     usage_error("out of memory");
+  s->exports[s->n_exports - 1].overlay = ov;
 }
 
 static unsigned parse_count(const char *opt, const char *v, unsigned max) {
@@ -465,6 +485,10 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     if (settings_add_export(s, e->name, e->image, e->description, e->readonly,
                             e->readonly_set, NULL) < 0)
       usage_error("out of memory");
+    struct overlay_settings *ov = &s->exports[s->n_exports - 1].overlay;
+    *ov = e->overlay;
+    if (e->overlay.dir && !(ov->dir = strdup(e->overlay.dir)))
+      usage_error("out of memory");
   }
   if (cli.readonly) {
     /* -r wins over per-export settings: "serve every export read-only". */
@@ -487,6 +511,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       if (strcmp(s->exports[j].name, e->name) == 0)
         setting_error("export '%s' given twice: by %s and by %s", e->name,
                       export_origin(&s->exports[j]), export_origin(e));
+    if (e->overlay.mode != OVERLAY_OFF && e->readonly_set && e->readonly)
+      setting_error("%s%sexport '%s': overlay = %s needs a writable export, but it is "
+                    "read-only", at, sep, e->name, overlay_mode_name(e->overlay.mode));
     /* The check opens every image and reports this itself. */
     if (!check_only && e->image && access(e->image, F_OK) < 0)
       setting_error("%s%sexport '%s': %s: %s", at, sep, e->name, e->image, strerror(errno));

@@ -16,6 +16,7 @@
  *   guard.c        per-address and negotiation caps at accept, stalled
  *                  payloads, the once-a-second summary of dropped clients
  *   notify.c       sd_notify and the pidfile
+ *   overlay.c      per-client copy-on-write children of an export's image
  *
  * Everything except ops_run (ops.c) runs on the libuv loop thread.
  */
@@ -74,6 +75,21 @@
 #define SERVER_BLOCK_PREFERRED 4096u
 #define SERVER_META_CONTEXT_ID 1u /* id of base:allocation */
 
+enum overlay_mode { OVERLAY_OFF, OVERLAY_DISCARD, OVERLAY_PERSISTENT };
+enum overlay_key { OVERLAY_KEY_IDENTITY, OVERLAY_KEY_ADDRESS };
+
+struct overlay_settings {
+  enum overlay_mode mode;
+  enum overlay_key key;
+  char *dir;    /* NULL: overlay_default_dir() */
+  uint64_t max; /* bytes per child file; 0: no cap */
+};
+
+struct overlay_waiter;
+
+/* A configured export, or (base != NULL) one open overlay child of one:
+ * connections to an overlay export are served by such an instance, which
+ * has its own image, queue and write serial and shares the base's name. */
 struct export {
   char *name;
   char *image;
@@ -85,6 +101,14 @@ struct export {
   struct acl allow; /* empty: everyone the global list lets in */
   struct work_serial write_serial; /* plain WRITEs, one at a time */
   bool write_error_logged; /* loop thread: the image's write error was logged */
+  struct overlay_settings overlay;
+  unsigned refs;         /* connections (and, for a base, instances) using it */
+  struct export *base;   /* instance: the export it overlays (holds a ref) */
+  struct export *instances; /* base: its open instances; instance: the next one */
+  char *key;             /* persistent instance: what it is keyed on */
+  char *child;           /* instance: the child image's path */
+  int state;             /* instance: see overlay.c */
+  struct overlay_waiter *waiters; /* instance: connections waiting for it */
 };
 
 struct export_spec {
@@ -92,6 +116,7 @@ struct export_spec {
   char *origin; /* "FILE:LINE" of its [export] section; NULL: the command line */
   bool readonly, readonly_set;
   struct acl allow;
+  struct overlay_settings overlay;
 };
 
 enum tls_mode { TLS_OFF, TLS_ON, TLS_REQUIRE };
@@ -173,6 +198,29 @@ struct export *exports_find(struct server *srv, const char *name, size_t len);
 /* Whether the export's allow list admits the connection's peer. */
 bool export_allows(const struct export *exp, const struct connection *conn);
 uint16_t export_tflags(const struct export *exp, bool structured);
+/* Drops a reference taken by a connection or an overlay instance (an
+ * instance's own: see overlay_release). */
+void export_put(struct export *exp);
+
+/* overlay.c */
+int parse_overlay_mode(const char *v, enum overlay_mode *out);
+int parse_overlay_key(const char *v, enum overlay_key *out);
+const char *overlay_mode_name(enum overlay_mode m);
+/* Where children live unless overlay-dir says: "overlays" under
+ * $STATE_DIRECTORY, else under the package's state directory. */
+const char *overlay_default_dir(void);
+typedef void (*overlay_attach_cb)(struct connection *conn, struct export *inst, int err,
+                                  void *opaque);
+/* Finds or opens the instance of overlay export exp for conn.  Returns
+ * -EACCES at once (with a reason in why) when conn has no key; otherwise 0,
+ * and cb runs later on the loop thread with the instance (holding a
+ * reference for conn) or an error.  cb does not run when conn closed
+ * meanwhile. */
+int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
+                   void *opaque, const char **why);
+/* Drops an instance's reference; the last one closes the child on a worker
+ * thread (a discarded child is gone with it). */
+void overlay_release(struct export *inst);
 
 /* listen.c */
 int listen_start(struct server *srv);
