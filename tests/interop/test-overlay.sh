@@ -2,8 +2,9 @@
 # Per-client copy-on-write overlays, with libnbd's Python binding over TLS-PSK
 # and plain TCP on 127.0.0.1:
 #   persistent, keyed on the PSK identity: alice and bob each see only their
-#   own writes, again after reconnecting; two connections of one identity
-#   share one child (a flush through one shows through the other), and a
+#   own writes, again after reconnecting and while both are connected; two
+#   connections of one identity share one child (a flush through one shows
+#   through the other), and a
 #   client without a TLS identity is refused with NBD_REP_ERR_POLICY and a
 #   log line;
 #   discard: every connection starts from the image, and no file is left;
@@ -107,6 +108,18 @@ elif action == "multi":      # two connections of one key share one child
     check(b, 8 << 20, 0x77, 4096)
     a.shutdown()
     b.shutdown()
+elif action == "apart":      # apart OTHER: connected at once, neither sees the other
+    a = connect()
+    user = args[0]
+    b = connect()
+    a.pwrite(b"\x99" * 4096, 12 << 20)
+    a.flush()
+    check(b, 12 << 20, 0x00, 4096)
+    b.pwrite(b"\x98" * 4096, 12 << 20)
+    b.flush()
+    check(a, 12 << 20, 0x99, 4096)
+    a.shutdown()
+    b.shutdown()
 elif action == "discard":    # a fresh child on each connection
     a = connect()
     assert not a.can_multi_conn(), "discard overlay advertises multi-conn"
@@ -158,6 +171,7 @@ client alice persist expect 0 0x11 $((1 << 20)) 0xaa $((4 << 20)) 0xa4 ||
 client bob persist expect 0 0x11 $((1 << 20)) 0xbb $((4 << 20)) 0 ||
   fail "bob sees alice's writes, or not his own"
 client alice persist multi || fail "two connections of alice do not share one child"
+client alice persist apart bob || fail "alice and bob, connected at once, share a child"
 client - persist refused "policy" || fail "a client without identity was not refused"
 grep -q "export 'persist' refused: overlay-key = identity" "$log" ||
   fail "no log line for the client refused for want of an identity"
