@@ -56,7 +56,8 @@ static unsigned check_tls(const struct settings *s) {
   return 0;
 }
 
-static unsigned check_export(const struct settings *s, const struct export_spec *sp) {
+unsigned config_check_export(const struct settings *s, const struct export_spec *sp,
+                             bool print) {
   const char *at = sp->origin ? sp->origin : "", *sep = sp->origin ? ": " : "";
   bool readonly = sp->readonly_set ? sp->readonly : s->readonly;
   struct vhd_open_opts opts = {
@@ -83,6 +84,10 @@ static unsigned check_export(const struct settings *s, const struct export_spec 
     vhd_close(vhd, NULL);
     return 1;
   }
+  if (!print) {
+    vhd_close(vhd, NULL);
+    return 0;
+  }
   char human[32];
   uint64_t size = vhd_virtual_size(vhd);
   printf("export \"%s\"%s: %s, %s, %s (%" PRIu64 " bytes), %s", sp->name,
@@ -102,7 +107,7 @@ int config_check(const struct settings *s, unsigned errors) {
   errors += check_tls(s);
   for (size_t i = 0; i < s->n_exports; i++)
     if (s->exports[i].image) /* else reported by config_load */
-      errors += check_export(s, &s->exports[i]);
+      errors += config_check_export(s, &s->exports[i], true);
   if (errors) {
     log_msg(LOG_LEVEL_ERR, "configuration check failed");
     return 1;

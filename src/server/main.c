@@ -22,7 +22,7 @@
 
 struct server server;
 
-static uv_signal_t sig_term, sig_int;
+static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_timer_t grace_timer;
 
 static void usage(FILE *f) {
@@ -116,8 +116,14 @@ static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const ch
 }
 
 /* Problems with the settings as a whole: each is reported, then startup
- * stops (or the check goes on to the images). */
+ * stops (or the check goes on to the images, or a reload is refused). */
 static unsigned settings_errors;
+
+/* The command line, kept for settings_reparse, and the -C file in it. */
+static int saved_argc;
+static char **saved_argv;
+static const char *config_path;
+static bool reparsing; /* a reload: report problems, never exit */
 
 static void __attribute__((format(printf, 1, 2))) setting_error(const char *fmt, ...) {
   char msg[4096];
@@ -308,6 +314,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       break;
     case 'C':
       config = optarg;
+      config_path = optarg;
       break;
     case 's':
       cli.stdio = true;
@@ -405,6 +412,10 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   s->payload_timeout = SERVER_DEFAULT_PAYLOAD_TIMEOUT;
   s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
   s->threads = SERVER_DEFAULT_THREADS;
+  if (config && reparsing && access(config, R_OK) < 0) {
+    setting_error("--config %s: %s", config, strerror(errno));
+    config = NULL;
+  }
   if (config) {
     if (access(config, R_OK) < 0)
       usage_error("--config %s: %s", config, strerror(errno));
@@ -497,7 +508,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   settings_free(&cli);
 
-  if (s->n_exports == 0 && settings_errors == 0)
+  if (s->n_exports == 0 && settings_errors == 0 && reparsing)
+    setting_error("nothing to serve: the configuration has no export");
+  else if (s->n_exports == 0 && settings_errors == 0)
     usage_error("nothing to serve: give an IMAGE, --export NAME=IMAGE or --config FILE");
   for (size_t i = 0; i < s->n_exports; i++) {
     const struct export_spec *e = &s->exports[i];
@@ -530,6 +543,16 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   if (s->tls_verify_peer && !s->tls_certificates)
     setting_error("--tls-verify-peer needs --tls-certificates DIR");
 }
+
+unsigned settings_reparse(struct settings *s) {
+  reparsing = true;
+  settings_errors = 0;
+  optind = 0; /* GNU getopt: start afresh */
+  parse_args(saved_argc, saved_argv, s);
+  return settings_errors;
+}
+
+const char *settings_config_path(void) { return config_path; }
 
 /* ---- lifecycle ---- */
 
@@ -580,6 +603,8 @@ void server_check_done(struct server *srv) {
     uv_close((uv_handle_t *)&sig_term, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_int))
     uv_close((uv_handle_t *)&sig_int, NULL);
+  if (!uv_is_closing((uv_handle_t *)&sig_hup))
+    uv_close((uv_handle_t *)&sig_hup, NULL);
 }
 
 static void on_flush_prepare(uv_prepare_t *h) {
@@ -588,6 +613,11 @@ static void on_flush_prepare(uv_prepare_t *h) {
 }
 
 static void on_flush_check(uv_check_t *h) { conn_flush_all(); }
+
+static void on_hup(uv_signal_t *h, int signum) {
+  if (!server.shutting_down)
+    reload_start(&server);
+}
 
 static void on_signal(uv_signal_t *h, int signum) {
   log_msg(LOG_LEVEL_NOTICE, "%s received, shutting down", strsignal(signum));
@@ -600,6 +630,8 @@ int main(int argc, char **argv) {
   log_set_program("vhdnbd");
   signal(SIGPIPE, SIG_IGN);
   check_only = wants_check_config(argc, argv);
+  saved_argc = argc;
+  saved_argv = argv;
   parse_args(argc, argv, &settings);
   if (check_only) {
     if (settings.verbose < 0)
@@ -645,6 +677,7 @@ int main(int argc, char **argv) {
   }
   uv_signal_init(server.loop, &sig_term);
   uv_signal_init(server.loop, &sig_int);
+  uv_signal_init(server.loop, &sig_hup);
   uv_timer_init(server.loop, &grace_timer);
   uv_timer_init(server.loop, &server.resume_timer);
   /* Queued replies go out after every poll (check) and before the loop
@@ -658,6 +691,7 @@ int main(int argc, char **argv) {
   guard_start(&server);
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
+  uv_signal_start(&sig_hup, on_hup, SIGHUP);
   if (listen_start(&server) < 0) {
     status = 1;
     server.shutting_down = true;

@@ -17,6 +17,7 @@
  *                  payloads, the once-a-second summary of dropped clients
  *   notify.c       sd_notify and the pidfile
  *   overlay.c      per-client copy-on-write children of an export's image
+ *   reload.c       SIGHUP: the configuration file read again, exports swapped
  *
  * Everything except ops_run (ops.c) runs on the libuv loop thread.
  */
@@ -109,6 +110,7 @@ struct export {
   char *child;           /* instance: the child image's path */
   int state;             /* instance: see overlay.c */
   struct overlay_waiter *waiters; /* instance: connections waiting for it */
+  bool retired;          /* out of the table after a reload: close once unused */
 };
 
 struct export_spec {
@@ -189,9 +191,17 @@ int settings_add_export(struct settings *s, const char *name, const char *image,
  * (read-only, no lock), printing one line per export; errors: how many
  * problems the settings already showed.  Returns the exit status: 0 or 1. */
 int config_check(const struct settings *s, unsigned errors);
+/* One export's part of it: 0, or 1 after logging the problem; prints the
+ * export's line only when print is set.  Any thread. */
+unsigned config_check_export(const struct settings *s, const struct export_spec *sp,
+                             bool print);
 
 /* exports.c */
 int exports_open(struct server *srv, const struct settings *s);
+/* Opens one export's image (logging why not); any thread. */
+int export_open(const struct settings *s, const struct export_spec *sp, struct export **out);
+/* Flushes and closes its image and frees it (logging a failure); any thread. */
+int export_close(struct export *e);
 /* Flushes and closes every image; returns the last error. */
 int exports_close(struct server *srv);
 struct export *exports_find(struct server *srv, const char *name, size_t len);
@@ -221,6 +231,11 @@ int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_c
 /* Drops an instance's reference; the last one closes the child on a worker
  * thread (a discarded child is gone with it). */
 void overlay_release(struct export *inst);
+
+/* reload.c */
+void reload_start(struct server *srv);
+/* A retired export's last reference went: its image is closed. */
+void reload_retired_unused(struct export *e);
 
 /* listen.c */
 int listen_start(struct server *srv);
@@ -369,10 +384,17 @@ bool transmission_payload_pending(const struct connection *conn);
 /* notify.c */
 void notify_ready(void);
 void notify_stopping(void);
+void notify_reloading(void);
 int pidfile_write(const char *path);
 void pidfile_remove(const char *path);
 
 /* main.c */
 void server_check_done(struct server *srv);
+/* Parses the command line given at startup again, with the configuration
+ * file as it is now, into s; returns how many problems were reported
+ * (each logged).  Safe on a worker thread while the loop runs. */
+unsigned settings_reparse(struct settings *s);
+/* The -C file, or NULL. */
+const char *settings_config_path(void);
 
 #endif
