@@ -5,7 +5,8 @@
 #   closed, and the writes it flushed are in the image afterwards;
 #   a changed one (new description) is served anew, its old client closed;
 #   a client of an unchanged export goes on undisturbed throughout;
-#   a bad configuration (unknown key, missing image) is refused with a log
+#   a bad configuration (unknown key, missing image, an image that is no
+#   VHD) is refused with a log
 #   line while everything keeps serving as before.
 . "$top_srcdir/tests/functions.sh"
 requires nbdinfo
@@ -127,6 +128,13 @@ wait_log("unknown key 'no-such-key'", at)
 at = reload("[export keep]\nimage = %s/keep.vhd\n[export bad]\nimage = %s/missing.vhd\n"
             % (tmpd, tmpd))
 wait_log("refused", at)
+# An image that exists but is no VHD fails the checks, not the parse.
+with open(tmpd + "/junk.vhd", "wb") as f:
+    f.write(b"not a VHD" * 1000)
+at = reload("[export keep]\nimage = %s/keep.vhd\n[export junk]\nimage = %s/junk.vhd\n"
+            % (tmpd, tmpd))
+wait_log("refused", at)
+wait_log("export 'junk'", at)
 got = listed()
 assert set(got) == {"keep", "change", "new"}, "a refused reload changed the exports: %s" % got
 keep.pwrite(b"\x03" * 4096, 8192)
