@@ -311,6 +311,10 @@ static void finish_open(struct export *inst, vhd_t *vhd, int r, const char *msg,
       overlay_release(inst);
     } else {
       wl->cb(conn, inst, 0, wl->opaque);
+      /* A reload removed the export while the child opened: the client
+       * gets the same drain as the export's other clients. */
+      if (inst->base->retired && !conn->closing)
+        conn_drain(conn);
     }
     conn_unref(conn);
     free(wl);
