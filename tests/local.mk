@@ -9,6 +9,7 @@ include tests/unit/engine-threads.mk
 include tests/server/local.mk
 include tests/interop/image.mk
 include tests/interop/server.mk
+include tests/interop/overlay.mk
 include tests/fuzz/local.mk
 include tests/stress/local.mk
 include tests/kernel/local.mk

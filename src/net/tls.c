@@ -365,3 +365,7 @@ const char *tls_session_error(const struct tls_session *s) { return s->error; }
 const char *tls_session_peer(const struct tls_session *s) { return s->peer; }
 const char *tls_session_peer_dn(const struct tls_session *s) { return s->dn; }
 const char *tls_session_psk_identity(const struct tls_session *s) { return s->psk; }
+/* For overlay keys: the PSK identity, else the verified certificate's DN. */
+const char *tls_session_identity(const struct tls_session *s) {
+  return s->psk ? s->psk : s->dn;
+}

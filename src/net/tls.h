@@ -53,5 +53,8 @@ const char *tls_session_peer(const struct tls_session *s);
  * client certificates are verified against the CA; its PSK identity. */
 const char *tls_session_peer_dn(const struct tls_session *s);
 const char *tls_session_psk_identity(const struct tls_session *s);
+/* The peer's identity for keying per-client state: the PSK identity, else
+ * the verified certificate's DN; NULL when it proved none. */
+const char *tls_session_identity(const struct tls_session *s);
 
 #endif

@@ -56,7 +56,8 @@ static unsigned check_tls(const struct settings *s) {
   return 0;
 }
 
-static unsigned check_export(const struct settings *s, const struct export_spec *sp) {
+unsigned config_check_export(const struct settings *s, const struct export_spec *sp,
+                             bool print) {
   const char *at = sp->origin ? sp->origin : "", *sep = sp->origin ? ": " : "";
   bool readonly = sp->readonly_set ? sp->readonly : s->readonly;
   struct vhd_open_opts opts = {
@@ -75,12 +76,17 @@ static unsigned check_export(const struct settings *s, const struct export_spec 
   }
   /* The server opens a read-write export's image for writing (its parents
    * only for reading): a file or file system it may not write would stop
-   * it at startup. */
-  if (!readonly && faccessat(AT_FDCWD, sp->image, W_OK, AT_EACCESS) < 0) {
+   * it at startup.  Under an overlay it writes only the children. */
+  if (!readonly && sp->overlay.mode == OVERLAY_OFF &&
+      faccessat(AT_FDCWD, sp->image, W_OK, AT_EACCESS) < 0) {
     log_msg(LOG_LEVEL_ERR, "%s%sexport '%s': %s: cannot be written, but the export is "
             "read-write: %s", at, sep, sp->name, sp->image, strerror(errno));
     vhd_close(vhd, NULL);
     return 1;
+  }
+  if (!print) {
+    vhd_close(vhd, NULL);
+    return 0;
   }
   char human[32];
   uint64_t size = vhd_virtual_size(vhd);
@@ -89,6 +95,9 @@ static unsigned check_export(const struct settings *s, const struct export_spec 
          size_format(size, human, sizeof human), size, readonly ? "read-only" : "read-write");
   for (vhd_t *p = vhd_parent(vhd); p; p = vhd_parent(p))
     printf("%s%s", p == vhd_parent(vhd) ? ", parents " : " -> ", vhd_path(p));
+  if (sp->overlay.mode != OVERLAY_OFF)
+    printf(", overlay %s in %s", overlay_mode_name(sp->overlay.mode),
+           sp->overlay.dir ? sp->overlay.dir : overlay_default_dir());
   printf("\n");
   vhd_close(vhd, NULL);
   return 0;
@@ -98,7 +107,7 @@ int config_check(const struct settings *s, unsigned errors) {
   errors += check_tls(s);
   for (size_t i = 0; i < s->n_exports; i++)
     if (s->exports[i].image) /* else reported by config_load */
-      errors += check_export(s, &s->exports[i]);
+      errors += config_check_export(s, &s->exports[i], true);
   if (errors) {
     log_msg(LOG_LEVEL_ERR, "configuration check failed");
     return 1;

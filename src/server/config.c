@@ -28,6 +28,10 @@
  *   read-only = yes
  *   description = Some text
  *   allow = 10.0.0.0/8   (repeatable; clients that may see this export)
+ *   overlay = off | discard | persistent   (see overlay.c)
+ *   overlay-dir = /var/lib/vhdnbd/overlays
+ *   overlay-key = identity | address
+ *   overlay-max = 1G
  *
  * Errors name the file and line; config_load logs every one and returns
  * -EINVAL. */
@@ -102,6 +106,7 @@ void settings_free(struct settings *s) {
     free(s->exports[i].image);
     free(s->exports[i].description);
     free(s->exports[i].origin);
+    free(s->exports[i].overlay.dir);
     acl_free(&s->exports[i].allow);
   }
   acl_free(&s->allow);
@@ -230,6 +235,14 @@ static int export_key(struct export_spec *e, const char *key, const char *v) {
   }
   if (strcmp(key, "allow") == 0)
     return add_allow(&e->allow, v);
+  if (strcmp(key, "overlay") == 0)
+    return parse_overlay_mode(v, &e->overlay.mode);
+  if (strcmp(key, "overlay-key") == 0)
+    return parse_overlay_key(v, &e->overlay.key);
+  if (strcmp(key, "overlay-dir") == 0)
+    return v[0] ? set_string(&e->overlay.dir, v) : -EINVAL;
+  if (strcmp(key, "overlay-max") == 0)
+    return size_parse(v, &e->overlay.max) < 0 || e->overlay.max == 0 ? -EINVAL : 0;
   return -ENOENT;
 }
 

@@ -68,6 +68,8 @@ void conn_unref(struct connection *conn) {
   if (conn->next)
     conn->next->prev = conn->prev;
   server.n_conns--;
+  if (conn->exp)
+    export_put(conn->exp); /* taken when transmission started */
   free(conn->inbuf);
   free(conn->optbuf);
   tls_session_free(conn->tls);

@@ -1,6 +1,7 @@
 /* exports.c: the export table.  Each export's image is opened once, at
- * startup, and shared by every connection (one vhd_t, one queue), which is
- * what lets us advertise NBD_FLAG_CAN_MULTI_CONN. */
+ * startup (or by a reload, see reload.c), and shared by every connection
+ * (one vhd_t, one queue), which is what lets us advertise
+ * NBD_FLAG_CAN_MULTI_CONN. */
 #include "config.h"
 
 #include <errno.h>
@@ -21,8 +22,72 @@ static void export_free(struct export *e) {
   free(e->name);
   free(e->image);
   free(e->description);
+  free(e->overlay.dir);
   acl_free(&e->allow);
   free(e);
+}
+
+void export_put(struct export *exp) {
+  if (exp->base) {
+    overlay_release(exp);
+    return;
+  }
+  if (--exp->refs == 0 && exp->retired)
+    reload_retired_unused(exp);
+}
+
+int export_open(const struct settings *s, const struct export_spec *sp, struct export **out) {
+  *out = NULL;
+  struct export *e = calloc(1, sizeof *e);
+  if (!e)
+    return -ENOMEM;
+  e->name = strdup(sp->name);
+  e->image = strdup(sp->image);
+  e->description = sp->description ? strdup(sp->description) : NULL;
+  e->readonly = sp->readonly_set ? sp->readonly : s->readonly;
+  e->overlay = sp->overlay;
+  e->overlay.dir = NULL;
+  if (sp->overlay.dir && !(e->overlay.dir = strdup(sp->overlay.dir))) {
+    export_free(e);
+    return -ENOMEM;
+  }
+  queue_init(&e->queue);
+  if (sp->allow.n) {
+    e->allow.entries = malloc(sp->allow.n * sizeof *e->allow.entries);
+    if (e->allow.entries) {
+      memcpy(e->allow.entries, sp->allow.entries, sp->allow.n * sizeof *e->allow.entries);
+      e->allow.n = sp->allow.n;
+    }
+  }
+  if (!e->name || !e->image || (sp->description && !e->description) ||
+      e->allow.n != sp->allow.n) {
+    export_free(e);
+    return -ENOMEM;
+  }
+  /* Under overlays the image is every child's parent: never written. */
+  bool overlaid = e->overlay.mode != OVERLAY_OFF;
+  struct vhd_open_opts opts = {
+      .flags = e->readonly || overlaid ? VHD_OPEN_RDONLY : 0,
+      .size_rule = VHD_SIZE_AUTO,
+      .warn = on_warning,
+      .warn_opaque = e->image,
+  };
+  struct vhd_err err = {{0}};
+  int r = vhd_open(e->image, &opts, &e->vhd, &err);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_ERR, "%s%sexport '%s': %s", sp->origin ? sp->origin : "",
+            sp->origin ? ": " : "", e->name, err.msg[0] ? err.msg : strerror(-r));
+    export_free(e);
+    return r;
+  }
+  e->size = vhd_virtual_size(e->vhd);
+  if (vhd_is_readonly(e->vhd) && !overlaid)
+    e->readonly = true;
+  log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name, e->image,
+          e->size, e->readonly ? ", read-only" : "", overlaid ? ", overlay " : "",
+          overlaid ? overlay_mode_name(e->overlay.mode) : "");
+  *out = e;
+  return 0;
 }
 
 int exports_open(struct server *srv, const struct settings *s) {
@@ -30,63 +95,30 @@ int exports_open(struct server *srv, const struct settings *s) {
   if (!srv->exports)
     return -ENOMEM;
   for (size_t i = 0; i < s->n_exports; i++) {
-    const struct export_spec *sp = &s->exports[i];
-    struct export *e = calloc(1, sizeof *e);
-    if (!e)
-      return -ENOMEM;
-    e->name = strdup(sp->name);
-    e->image = strdup(sp->image);
-    e->description = sp->description ? strdup(sp->description) : NULL;
-    e->readonly = sp->readonly_set ? sp->readonly : s->readonly;
-    queue_init(&e->queue);
-    if (sp->allow.n) {
-      e->allow.entries = malloc(sp->allow.n * sizeof *e->allow.entries);
-      if (e->allow.entries) {
-        memcpy(e->allow.entries, sp->allow.entries, sp->allow.n * sizeof *e->allow.entries);
-        e->allow.n = sp->allow.n;
-      }
-    }
-    if (!e->name || !e->image || (sp->description && !e->description) ||
-        e->allow.n != sp->allow.n) {
-      export_free(e);
-      return -ENOMEM;
-    }
-    struct vhd_open_opts opts = {
-        .flags = e->readonly ? VHD_OPEN_RDONLY : 0,
-        .size_rule = VHD_SIZE_AUTO,
-        .warn = on_warning,
-        .warn_opaque = e->image,
-    };
-    struct vhd_err err = {{0}};
-    int r = vhd_open(e->image, &opts, &e->vhd, &err);
-    if (r < 0) {
-      log_msg(LOG_LEVEL_ERR, "export '%s': %s", e->name,
-              err.msg[0] ? err.msg : strerror(-r));
-      export_free(e);
+    int r = export_open(s, &s->exports[i], &srv->exports[srv->n_exports]);
+    if (r < 0)
       return r;
-    }
-    e->size = vhd_virtual_size(e->vhd);
-    if (vhd_is_readonly(e->vhd))
-      e->readonly = true;
-    srv->exports[srv->n_exports++] = e;
-    log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s", e->name, e->image, e->size,
-            e->readonly ? ", read-only" : "");
+    srv->n_exports++;
   }
   return 0;
+}
+
+int export_close(struct export *e) {
+  struct vhd_err err = {{0}};
+  int r = e->vhd ? vhd_close(e->vhd, &err) : 0;
+  if (r < 0)
+    log_msg(LOG_LEVEL_ERR, "export '%s': closing %s: %s", e->name, e->image,
+            err.msg[0] ? err.msg : strerror(-r));
+  export_free(e);
+  return r;
 }
 
 int exports_close(struct server *srv) {
   int ret = 0;
   for (size_t i = 0; i < srv->n_exports; i++) {
-    struct export *e = srv->exports[i];
-    struct vhd_err err = {{0}};
-    int r = e->vhd ? vhd_close(e->vhd, &err) : 0;
-    if (r < 0) {
-      log_msg(LOG_LEVEL_ERR, "export '%s': closing %s: %s", e->name, e->image,
-              err.msg[0] ? err.msg : strerror(-r));
+    int r = export_close(srv->exports[i]);
+    if (r < 0)
       ret = r;
-    }
-    export_free(e);
   }
   free(srv->exports);
   srv->exports = NULL;
@@ -105,9 +137,13 @@ struct export *exports_find(struct server *srv, const char *name, size_t len) {
 
 uint16_t export_tflags(const struct export *exp, bool structured) {
   /* Every connection shares the one vhd_t whose flush covers all writes, so
-   * multi-conn is truthful.  DF needs structured replies (spec). */
-  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE |
-               NBD_FLAG_CAN_MULTI_CONN;
+   * multi-conn is truthful; under a persistent overlay, every connection
+   * with the same key shares one.  A discarded overlay is each
+   * connection's own: other connections never see its writes.  DF needs
+   * structured replies (spec). */
+  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE;
+  if (exp->overlay.mode != OVERLAY_DISCARD)
+    f |= NBD_FLAG_CAN_MULTI_CONN;
   if (structured)
     f |= NBD_FLAG_SEND_DF;
   if (exp->readonly)

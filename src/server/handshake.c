@@ -139,38 +139,25 @@ static void opt_list(struct connection *conn) {
   replies_send(conn, r);
 }
 
-static void opt_info_go(struct connection *conn) {
-  uint32_t option = conn->opt.option;
-  const char *oname = option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_INFO";
-  struct nbd_info_request ir;
-  const char *why = NULL;
-  if (nbd_parse_info_request(conn->optbuf, conn->opt.length, &ir, &why) < 0) {
-    send_error(conn, NBD_REP_ERR_INVALID, "%s: %s", oname, why);
-    return;
-  }
-  struct export *exp = exports_find(&server, ir.name, ir.name_len);
-  if (!exp) {
-    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
-               (int)MIN(ir.name_len, 256u), ir.name);
-    return;
-  }
-  if (!export_admits(conn, exp, oname, ir.name, ir.name_len))
-    return;
+/* Queues the replies to NBD_OPT_INFO or NBD_OPT_GO for exp; for GO, starts
+ * transmission with the reference the caller took on exp. */
+static void info_go_reply(struct connection *conn, uint32_t option, struct export *exp,
+                          unsigned want) {
   struct replies rr = {0}, *r = &rr;
   REPLY(r, NBD_OPTION_REPLY_SIZE(12),
         nbd_encode_rep_info_export(OUT, CAP, option, exp->size,
                                    transmission_tflags(conn, exp)));
-  if (ir.want & NBD_INFO_WANT_NAME) {
+  if (want & NBD_INFO_WANT_NAME) {
     size_t nl = strlen(exp->name);
     REPLY(r, NBD_OPTION_REPLY_SIZE(2 + nl),
           nbd_encode_rep_info_name(OUT, CAP, option, exp->name, nl));
   }
-  if ((ir.want & NBD_INFO_WANT_DESCRIPTION) && exp->description) {
+  if ((want & NBD_INFO_WANT_DESCRIPTION) && exp->description) {
     size_t dl = strlen(exp->description);
     REPLY(r, NBD_OPTION_REPLY_SIZE(2 + dl),
           nbd_encode_rep_info_description(OUT, CAP, option, exp->description, dl));
   }
-  if (ir.want & NBD_INFO_WANT_BLOCK_SIZE)
+  if (want & NBD_INFO_WANT_BLOCK_SIZE)
     REPLY(r, NBD_OPTION_REPLY_SIZE(14),
           nbd_encode_rep_info_block_size(OUT, CAP, option, SERVER_BLOCK_MIN,
                                          SERVER_BLOCK_PREFERRED, SERVER_MAX_PAYLOAD));
@@ -178,6 +165,90 @@ static void opt_info_go(struct connection *conn) {
   replies_send(conn, r);
   if (option == NBD_OPT_GO && !conn->closing)
     transmission_start(conn, exp);
+  else if (option == NBD_OPT_GO)
+    export_put(exp);
+}
+
+/* The opaque of overlay_attach: the option and the NBD_INFO_WANT bits. */
+#define ATTACH_OPAQUE(option, want) ((void *)(uintptr_t)((option) | (uintptr_t)(want) << 16))
+
+static void on_overlay_attached(struct connection *conn, struct export *inst, int err,
+                                void *opaque) {
+  uint32_t option = (uint32_t)((uintptr_t)opaque & 0xffff);
+  unsigned want = (unsigned)((uintptr_t)opaque >> 16);
+  if (option == NBD_OPT_EXPORT_NAME) {
+    if (err < 0) {
+      conn_reject(conn, "overlay unavailable");
+      return;
+    }
+    uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
+    size_t n = nbd_encode_export_name_reply(buf, inst->size, transmission_tflags(conn, inst),
+                                            conn->client_flags & NBD_FLAG_C_NO_ZEROES);
+    conn_write_copy(conn, buf, n);
+    if (!conn->closing)
+      transmission_start(conn, inst);
+    else
+      export_put(inst);
+    return;
+  }
+  if (err < 0) {
+    send_error(conn, NBD_REP_ERR_UNKNOWN,
+               "NBD_OPT_GO: the export's overlay cannot be opened: %s", strerror(-err));
+    if (!conn->closing && !conn->draining)
+      read_option_header(conn);
+    return;
+  }
+  info_go_reply(conn, option, inst, want);
+}
+
+/* Starts attaching conn to its overlay of exp: true when that is under
+ * way (the option's answer comes later), false when the client was
+ * refused (answered here). */
+static bool start_overlay(struct connection *conn, struct export *exp, unsigned want) {
+  uint32_t option = conn->opt.option;
+  const char *why = "out of memory";
+  int r = overlay_attach(conn, exp, on_overlay_attached, ATTACH_OPAQUE(option, want), &why);
+  if (r == 0)
+    return true;
+  const char *oname = option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_EXPORT_NAME";
+  log_msg(LOG_LEVEL_WARNING, "%s: %s: export '%s' refused: overlay-key = %s, but %s",
+          conn->peer, oname, exp->name,
+          exp->overlay.key == OVERLAY_KEY_IDENTITY ? "identity" : "address", why);
+  if (option == NBD_OPT_EXPORT_NAME)
+    conn_reject(conn, "no overlay key");
+  else if (r == -EACCES)
+    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%s' needs a client %s: %s", oname,
+               exp->name,
+               exp->overlay.key == OVERLAY_KEY_IDENTITY ? "TLS identity" : "IP address", why);
+  else
+    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%s': %s", oname, exp->name, why);
+  return false;
+}
+
+/* Returns true when the answer is left to an overlay being opened. */
+static bool opt_info_go(struct connection *conn) {
+  uint32_t option = conn->opt.option;
+  const char *oname = option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_INFO";
+  struct nbd_info_request ir;
+  const char *why = NULL;
+  if (nbd_parse_info_request(conn->optbuf, conn->opt.length, &ir, &why) < 0) {
+    send_error(conn, NBD_REP_ERR_INVALID, "%s: %s", oname, why);
+    return false;
+  }
+  struct export *exp = exports_find(&server, ir.name, ir.name_len);
+  if (!exp) {
+    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%.*s' not found", oname,
+               (int)MIN(ir.name_len, 256u), ir.name);
+    return false;
+  }
+  if (!export_admits(conn, exp, oname, ir.name, ir.name_len))
+    return false;
+  if (option == NBD_OPT_GO && exp->overlay.mode != OVERLAY_OFF)
+    return start_overlay(conn, exp, ir.want);
+  if (option == NBD_OPT_GO)
+    exp->refs++;
+  info_go_reply(conn, option, exp, ir.want);
+  return false;
 }
 
 static void opt_export_name(struct connection *conn) {
@@ -215,12 +286,18 @@ static void opt_export_name(struct connection *conn) {
     conn_reject(conn, "export not allowed");
     return;
   }
+  if (exp->overlay.mode != OVERLAY_OFF) {
+    start_overlay(conn, exp, 0);
+    return;
+  }
   uint8_t buf[NBD_EXPORT_NAME_REPLY_SIZE];
   size_t n = nbd_encode_export_name_reply(buf, exp->size, transmission_tflags(conn, exp),
                                           conn->client_flags & NBD_FLAG_C_NO_ZEROES);
   conn_write_copy(conn, buf, n);
-  if (!conn->closing)
+  if (!conn->closing) {
+    exp->refs++;
     transmission_start(conn, exp);
+  }
 }
 
 static bool query_is(const char *q, uint32_t len, const char *what) {
@@ -403,7 +480,8 @@ static void handle_option(struct connection *conn) {
     break;
   case NBD_OPT_INFO:
   case NBD_OPT_GO:
-    opt_info_go(conn);
+    if (opt_info_go(conn))
+      return; /* options resume once the overlay is open */
     if (o->option == NBD_OPT_GO && conn->phase == PHASE_TRANSMISSION)
       return;
     break;

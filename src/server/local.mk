@@ -17,7 +17,9 @@ vhdnbd_SOURCES = \
 	src/server/workers.c src/server/workers.h \
 	src/server/guard.c \
 	src/server/metrics.c src/server/metrics.h \
-	src/server/notify.c
-vhdnbd_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(SYSTEMD_CFLAGS) $(GNUTLS_CFLAGS)
+	src/server/notify.c \
+	src/server/overlay.c \
+	src/server/reload.c
+vhdnbd_CFLAGS = $(AM_CFLAGS) -DVHDNBD_STATE_DIR='"$(localstatedir)/lib/vhdnbd"' $(UV_CFLAGS) $(SYSTEMD_CFLAGS) $(GNUTLS_CFLAGS)
 vhdnbd_LDADD = libnbdcodec.a libvhd.a libnet.a libcommon.a $(UV_LIBS) $(UUID_LIBS) $(SYSTEMD_LIBS) \
 	$(GNUTLS_LIBS)

@@ -23,7 +23,7 @@
 
 struct server server;
 
-static uv_signal_t sig_term, sig_int;
+static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_timer_t grace_timer;
 
 static void usage(FILE *f) {
@@ -33,8 +33,12 @@ static void usage(FILE *f) {
           "\n"
           "Exports:\n"
           "  IMAGE                    serve IMAGE as the default export \"\"\n"
-          "  -e, --export NAME=IMAGE[,ro][,description=TEXT]\n"
+          "  -e, --export NAME=IMAGE[,ro][,OVERLAY-OPTION...][,description=TEXT]\n"
           "                           serve IMAGE as export NAME (repeatable)\n"
+          "                           overlay=off|discard|persistent: clients write to\n"
+          "                           their own differencing child, IMAGE is never written;\n"
+          "                           overlay-key=identity|address (persistent: what a\n"
+          "                           child belongs to), overlay-dir=DIR, overlay-max=SIZE\n"
           "  -r, --read-only          serve every export read-only\n"
           "  -C, --config FILE        settings and [export NAME] sections from an INI file\n"
           "\n"
@@ -119,8 +123,14 @@ static void __attribute__((noreturn, format(printf, 1, 2))) usage_error(const ch
 }
 
 /* Problems with the settings as a whole: each is reported, then startup
- * stops (or the check goes on to the images). */
+ * stops (or the check goes on to the images, or a reload is refused). */
 static unsigned settings_errors;
+
+/* The command line, kept for settings_reparse, and the -C file in it. */
+static int saved_argc;
+static char **saved_argv;
+static const char *config_path;
+static bool reparsing; /* a reload: report problems, never exit */
 
 static void __attribute__((format(printf, 1, 2))) setting_error(const char *fmt, ...) {
   char msg[4096];
@@ -149,13 +159,14 @@ static const char *export_origin(const struct export_spec *e) {
 }
 
 static bool starts_with_option(const char *s) {
-  return strncmp(s, "ro", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
+  return strncmp(s, "overlay", 7) == 0 && (s[7] == '=' || s[7] == '-') ? true
+         : strncmp(s, "ro", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
          : strncmp(s, "rw", 2) == 0 ? (s[2] == '\0' || s[2] == ',')
          : strncmp(s, "read-only", 9) == 0 ? (s[9] == '\0' || s[9] == ',')
                                            : strncmp(s, "description=", 12) == 0;
 }
 
-/* NAME=IMAGE[,ro][,rw][,description=TEXT]; the image path may contain commas
+/* NAME=IMAGE[,ro][,rw][,overlay...=V][,description=TEXT]; the image path may contain commas
  * as long as what follows one is not an option; description takes the rest. */
 static void parse_export_arg(struct settings *s, const char *arg) {
   CLEANUP_FREE char *copy = strdup(arg);
@@ -177,6 +188,7 @@ static void parse_export_arg(struct settings *s, const char *arg) {
     usage_error("--export %s: missing IMAGE", arg);
   bool ro = false, ro_set = false;
   const char *desc = NULL;
+  struct overlay_settings ov = {0};
   while (opts && *opts) {
     if (strncmp(opts, "description=", 12) == 0) {
       desc = opts + 12;
@@ -189,12 +201,26 @@ static void parse_export_arg(struct settings *s, const char *arg) {
       ro = ro_set = true;
     else if (strcmp(opts, "rw") == 0)
       ro = false, ro_set = true;
-    else
+    else if (strncmp(opts, "overlay=", 8) == 0) {
+      if (parse_overlay_mode(opts + 8, &ov.mode) < 0)
+        usage_error("--export %s: overlay: expected off, discard or persistent", arg);
+    } else if (strncmp(opts, "overlay-key=", 12) == 0) {
+      if (parse_overlay_key(opts + 12, &ov.key) < 0)
+        usage_error("--export %s: overlay-key: expected identity or address", arg);
+    } else if (strncmp(opts, "overlay-dir=", 12) == 0 && opts[12]) {
+      free(ov.dir);
+      if (!(ov.dir = strdup(opts + 12)))
+        usage_error("out of memory");
+    } else if (strncmp(opts, "overlay-max=", 12) == 0) {
+      if (size_parse(opts + 12, &ov.max) < 0 || ov.max == 0)
+        usage_error("--export %s: overlay-max: invalid size '%s'", arg, opts + 12);
+    } else
       usage_error("--export %s: unknown export option '%s'", arg, opts);
     opts = next;
   }
   if (settings_add_export(s, name, image, desc, ro, ro_set, NULL) < 0)
     usage_error("out of memory");
+  s->exports[s->n_exports - 1].overlay = ov;
 }
 
 static unsigned parse_count(const char *opt, const char *v, unsigned max) {
@@ -311,6 +337,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       break;
     case 'C':
       config = optarg;
+      config_path = optarg;
       break;
     case 's':
       cli.stdio = true;
@@ -418,6 +445,10 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
   s->threads = SERVER_DEFAULT_THREADS;
   s->metrics_interval = METRICS_DEFAULT_INTERVAL;
+  if (config && reparsing && access(config, R_OK) < 0) {
+    setting_error("--config %s: %s", config, strerror(errno));
+    config = NULL;
+  }
   if (config) {
     if (access(config, R_OK) < 0)
       usage_error("--config %s: %s", config, strerror(errno));
@@ -501,6 +532,10 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     if (settings_add_export(s, e->name, e->image, e->description, e->readonly,
                             e->readonly_set, NULL) < 0)
       usage_error("out of memory");
+    struct overlay_settings *ov = &s->exports[s->n_exports - 1].overlay;
+    *ov = e->overlay;
+    if (e->overlay.dir && !(ov->dir = strdup(e->overlay.dir)))
+      usage_error("out of memory");
   }
   if (cli.readonly) {
     /* -r wins over per-export settings: "serve every export read-only". */
@@ -509,7 +544,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   }
   settings_free(&cli);
 
-  if (s->n_exports == 0 && settings_errors == 0)
+  if (s->n_exports == 0 && settings_errors == 0 && reparsing)
+    setting_error("nothing to serve: the configuration has no export");
+  else if (s->n_exports == 0 && settings_errors == 0)
     usage_error("nothing to serve: give an IMAGE, --export NAME=IMAGE or --config FILE");
   for (size_t i = 0; i < s->n_exports; i++) {
     const struct export_spec *e = &s->exports[i];
@@ -523,6 +560,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       if (strcmp(s->exports[j].name, e->name) == 0)
         setting_error("export '%s' given twice: by %s and by %s", e->name,
                       export_origin(&s->exports[j]), export_origin(e));
+    if (e->overlay.mode != OVERLAY_OFF && e->readonly_set && e->readonly)
+      setting_error("%s%sexport '%s': overlay = %s needs a writable export, but it is "
+                    "read-only", at, sep, e->name, overlay_mode_name(e->overlay.mode));
     /* The check opens every image and reports this itself. */
     if (!check_only && e->image && access(e->image, F_OK) < 0)
       setting_error("%s%sexport '%s': %s: %s", at, sep, e->name, e->image, strerror(errno));
@@ -545,6 +585,16 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     check_identity_rules(s, &s->exports[i].allow, whose);
   }
 }
+
+unsigned settings_reparse(struct settings *s) {
+  reparsing = true;
+  settings_errors = 0;
+  optind = 0; /* GNU getopt: start afresh */
+  parse_args(saved_argc, saved_argv, s);
+  return settings_errors;
+}
+
+const char *settings_config_path(void) { return config_path; }
 
 /* ---- lifecycle ---- */
 
@@ -596,6 +646,8 @@ void server_check_done(struct server *srv) {
     uv_close((uv_handle_t *)&sig_term, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_int))
     uv_close((uv_handle_t *)&sig_int, NULL);
+  if (!uv_is_closing((uv_handle_t *)&sig_hup))
+    uv_close((uv_handle_t *)&sig_hup, NULL);
 }
 
 static void on_flush_prepare(uv_prepare_t *h) {
@@ -604,6 +656,11 @@ static void on_flush_prepare(uv_prepare_t *h) {
 }
 
 static void on_flush_check(uv_check_t *h) { conn_flush_all(); }
+
+static void on_hup(uv_signal_t *h, int signum) {
+  if (!server.shutting_down)
+    reload_start(&server);
+}
 
 static void on_signal(uv_signal_t *h, int signum) {
   log_msg(LOG_LEVEL_NOTICE, "%s received, shutting down", strsignal(signum));
@@ -616,6 +673,8 @@ int main(int argc, char **argv) {
   log_set_program("vhdnbd");
   signal(SIGPIPE, SIG_IGN);
   check_only = wants_check_config(argc, argv);
+  saved_argc = argc;
+  saved_argv = argv;
   parse_args(argc, argv, &settings);
   if (check_only) {
     if (settings.verbose < 0)
@@ -661,6 +720,7 @@ int main(int argc, char **argv) {
   }
   uv_signal_init(server.loop, &sig_term);
   uv_signal_init(server.loop, &sig_int);
+  uv_signal_init(server.loop, &sig_hup);
   uv_timer_init(server.loop, &grace_timer);
   uv_timer_init(server.loop, &server.resume_timer);
   /* Queued replies go out after every poll (check) and before the loop
@@ -679,6 +739,7 @@ int main(int argc, char **argv) {
   }
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
+  uv_signal_start(&sig_hup, on_hup, SIGHUP);
   if (listen_start(&server) < 0) {
     status = 1;
     server.shutting_down = true;

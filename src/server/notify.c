@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef HAVE_LIBSYSTEMD
@@ -20,6 +21,17 @@
 void notify_ready(void) {
 #ifdef HAVE_LIBSYSTEMD
   sd_notify(0, "READY=1");
+#endif
+}
+
+/* systemd 253 and later want the CLOCK_MONOTONIC time with RELOADING=1
+ * (Type=notify-reload); older ones ignore it. */
+void notify_reloading(void) {
+#ifdef HAVE_LIBSYSTEMD
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
 #endif
 }
 

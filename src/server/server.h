@@ -17,6 +17,8 @@
  *   guard.c        per-address and negotiation caps at accept, stalled
  *                  payloads, the once-a-second summary of dropped clients
  *   notify.c       sd_notify and the pidfile
+ *   overlay.c      per-client copy-on-write children of an export's image
+ *   reload.c       SIGHUP: the configuration file read again, exports swapped
  *
  * Everything except ops_run (ops.c) runs on the libuv loop thread.
  */
@@ -76,6 +78,21 @@
 #define SERVER_META_CONTEXT_ID 1u /* id of base:allocation */
 #define SERVER_META_DEPTH_ID 2u   /* id of qemu:allocation-depth */
 
+enum overlay_mode { OVERLAY_OFF, OVERLAY_DISCARD, OVERLAY_PERSISTENT };
+enum overlay_key { OVERLAY_KEY_IDENTITY, OVERLAY_KEY_ADDRESS };
+
+struct overlay_settings {
+  enum overlay_mode mode;
+  enum overlay_key key;
+  char *dir;    /* NULL: overlay_default_dir() */
+  uint64_t max; /* bytes per child file; 0: no cap */
+};
+
+struct overlay_waiter;
+
+/* A configured export, or (base != NULL) one open overlay child of one:
+ * connections to an overlay export are served by such an instance, which
+ * has its own image, queue and write serial and shares the base's name. */
 struct export {
   char *name;
   char *image;
@@ -87,6 +104,15 @@ struct export {
   struct acl allow; /* empty: everyone the global list lets in */
   struct work_serial write_serial; /* plain WRITEs, one at a time */
   bool write_error_logged; /* loop thread: the image's write error was logged */
+  struct overlay_settings overlay;
+  unsigned refs;         /* connections (and, for a base, instances) using it */
+  struct export *base;   /* instance: the export it overlays (holds a ref) */
+  struct export *instances; /* base: its open instances; instance: the next one */
+  char *key;             /* persistent instance: what it is keyed on */
+  char *child;           /* instance: the child image's path */
+  int state;             /* instance: see overlay.c */
+  struct overlay_waiter *waiters; /* instance: connections waiting for it */
+  bool retired;          /* out of the table after a reload: close once unused */
 };
 
 struct export_spec {
@@ -94,6 +120,7 @@ struct export_spec {
   char *origin; /* "FILE:LINE" of its [export] section; NULL: the command line */
   bool readonly, readonly_set;
   struct acl allow;
+  struct overlay_settings overlay;
 };
 
 enum tls_mode { TLS_OFF, TLS_ON, TLS_REQUIRE };
@@ -168,9 +195,17 @@ int settings_add_export(struct settings *s, const char *name, const char *image,
  * (read-only, no lock), printing one line per export; errors: how many
  * problems the settings already showed.  Returns the exit status: 0 or 1. */
 int config_check(const struct settings *s, unsigned errors);
+/* One export's part of it: 0, or 1 after logging the problem; prints the
+ * export's line only when print is set.  Any thread. */
+unsigned config_check_export(const struct settings *s, const struct export_spec *sp,
+                             bool print);
 
 /* exports.c */
 int exports_open(struct server *srv, const struct settings *s);
+/* Opens one export's image (logging why not); any thread. */
+int export_open(const struct settings *s, const struct export_spec *sp, struct export **out);
+/* Flushes and closes its image and frees it (logging a failure); any thread. */
+int export_close(struct export *e);
 /* Flushes and closes every image; returns the last error. */
 int exports_close(struct server *srv);
 struct export *exports_find(struct server *srv, const char *name, size_t len);
@@ -179,6 +214,34 @@ struct export *exports_find(struct server *srv, const char *name, size_t len);
 enum acl_verdict export_access(const struct export *exp, const struct connection *conn);
 bool export_allows(const struct export *exp, const struct connection *conn);
 uint16_t export_tflags(const struct export *exp, bool structured);
+/* Drops a reference taken by a connection or an overlay instance (an
+ * instance's own: see overlay_release). */
+void export_put(struct export *exp);
+
+/* overlay.c */
+int parse_overlay_mode(const char *v, enum overlay_mode *out);
+int parse_overlay_key(const char *v, enum overlay_key *out);
+const char *overlay_mode_name(enum overlay_mode m);
+/* Where children live unless overlay-dir says: "overlays" under
+ * $STATE_DIRECTORY, else under the package's state directory. */
+const char *overlay_default_dir(void);
+typedef void (*overlay_attach_cb)(struct connection *conn, struct export *inst, int err,
+                                  void *opaque);
+/* Finds or opens the instance of overlay export exp for conn.  Returns
+ * -EACCES at once (with a reason in why) when conn has no key; otherwise 0,
+ * and cb runs later on the loop thread with the instance (holding a
+ * reference for conn) or an error.  cb does not run when conn closed
+ * meanwhile. */
+int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
+                   void *opaque, const char **why);
+/* Drops an instance's reference; the last one closes the child on a worker
+ * thread (a discarded child is gone with it). */
+void overlay_release(struct export *inst);
+
+/* reload.c */
+void reload_start(struct server *srv);
+/* A retired export's last reference went: its image is closed. */
+void reload_retired_unused(struct export *e);
 
 /* listen.c */
 int listen_start(struct server *srv);
@@ -346,10 +409,17 @@ bool transmission_payload_pending(const struct connection *conn);
 /* notify.c */
 void notify_ready(void);
 void notify_stopping(void);
+void notify_reloading(void);
 int pidfile_write(const char *path);
 void pidfile_remove(const char *path);
 
 /* main.c */
 void server_check_done(struct server *srv);
+/* Parses the command line given at startup again, with the configuration
+ * file as it is now, into s; returns how many problems were reported
+ * (each logged).  Safe on a worker thread while the loop runs. */
+unsigned settings_reparse(struct settings *s);
+/* The -C file, or NULL. */
+const char *settings_config_path(void);
 
 #endif

@@ -330,6 +330,16 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   if (off + span > limit)
     return vhd_set_err(err, -ENOSPC, "%s: block %u: the file would pass the 2 TiB VHD limit",
                        vhd->path, blk);
+  /* The trailing footer counts: the footer move below never places it
+   * past the ceiling either, so the file never grows beyond it. */
+  if (vhd->max_file_size) {
+    uint64_t cap = vhd->max_file_size >= VHD_FOOTER_SIZE ? vhd->max_file_size - VHD_FOOTER_SIZE : 0;
+    if (off + span > cap)
+      return vhd_set_err(err, -ENOSPC,
+                         "%s: block %u: the file would pass its maximum size of %llu bytes",
+                         vhd->path, blk, (unsigned long long)vhd->max_file_size);
+    limit = MIN(limit, cap);
+  }
   if (off + span > vhd->footer_offset) {
     int r = footer_move(vhd, off, span, limit, blk, err);
     return r < 0 ? r : 1;

@@ -207,7 +207,7 @@ static int read_header(vhd_t *vhd, struct vhd_err *err) {
 void vhd_free(vhd_t *vhd) {
   if (!vhd)
     return;
-  if (vhd->parent)
+  if (vhd->parent && !vhd->parent_borrowed)
     vhd_free(vhd->parent);
   if (vhd->fd >= 0)
     close(vhd->fd);
@@ -273,6 +273,7 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   if (opts) {
     vhd->warn = opts->warn;
     vhd->warn_opaque = opts->warn_opaque;
+    vhd->max_file_size = opts->max_file_size;
   }
   int r;
   if (!vhd->path) {
@@ -298,9 +299,20 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   if (vhd->type != VHD_TYPE_FIXED) {
     if ((r = read_header(vhd, err)) < 0 || (r = vhd_bat_load(vhd, err)) < 0)
       goto fail;
-    if (vhd->type == VHD_TYPE_DIFFERENCING && !(flags & VHD_OPEN_NOPARENT) &&
-        (r = vhd_parent_open(vhd, depth, err)) < 0)
+    if (vhd->type == VHD_TYPE_DIFFERENCING && opts && opts->parent) {
+      if (memcmp(opts->parent->footer.uuid, vhd->header.parent_uuid, 16) != 0) {
+        r = vhd_set_err(err, -EINVAL,
+                        "%s: parent %s has a different unique id than the child's parent "
+                        "unique id",
+                        path, opts->parent->path);
+        goto fail;
+      }
+      vhd->parent = opts->parent;
+      vhd->parent_borrowed = true;
+    } else if (vhd->type == VHD_TYPE_DIFFERENCING && !(flags & VHD_OPEN_NOPARENT) &&
+               (r = vhd_parent_open(vhd, depth, err)) < 0) {
       goto fail;
+    }
   }
   *out = vhd;
   return 0;

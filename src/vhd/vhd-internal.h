@@ -208,6 +208,8 @@ struct vhd {
   size_t n_retired, cap_retired;
 
   vhd_t *parent;
+  bool parent_borrowed;   /* vhd_open_opts.parent: not ours to free */
+  uint64_t max_file_size; /* vhd_open_opts.max_file_size; 0: none */
   char parent_name[1024];
 
   /* A thread is moving the footer on, without the lock (see footer_move

@@ -99,6 +99,16 @@ struct vhd_open_opts {
    * may be NULL, then warnings go nowhere. */
   void (*warn)(void *opaque, const char *msg);
   void *warn_opaque;
+  /* Differencing: use this open image as the parent instead of searching
+   * for it (it must carry the child's parent unique id).  It stays the
+   * caller's: vhd_close leaves it open, and the caller closes it only after
+   * every child using it.  Several children may share one, since reads of
+   * an image may run from several threads at once.  NULL: search. */
+  vhd_t *parent;
+  /* A ceiling on the image file's size in bytes (0: none): an allocation
+   * that would take the file past it fails with ENOSPC, before anything is
+   * written, and leaves the handle writable (not a latched write error). */
+  uint64_t max_file_size;
 };
 
 int vhd_open(const char *path, const struct vhd_open_opts *opts, vhd_t **out,

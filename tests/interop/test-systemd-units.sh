@@ -5,7 +5,9 @@
 # the service's own ExecStart= command line, socket-activated the way
 # vhdnbd.socket does it, serves the configured image on the socket systemd
 # passed (ignoring the configuration's own port), tells the manager READY=1
-# when built for Type=notify, and stops cleanly on SIGTERM.  Its ExecStartPre=
+# when built for Type=notify, reloads on ExecReload='s SIGHUP (telling the
+# manager RELOADING=1 with MONOTONIC_USEC=, then READY=1 again) and goes on
+# serving, and stops cleanly on SIGTERM.  Its ExecStartPre=
 # checks the same configuration file: it passes a good one and fails (status
 # 1, naming the image) a bad one.
 . "$top_srcdir/tests/functions.sh"
@@ -45,6 +47,9 @@ read -r -a pre_argv <<<"$exec_pre"
 [[ " $exec_pre " == *" --check-config "* ]] || fail "ExecStartPre is not a --check-config: $exec_pre"
 [[ " $exec_pre " == *" -C $conf_path "* ]] ||
   fail "ExecStartPre does not check the file ExecStart reads: $exec_pre"
+exec_reload=$(unit_value ExecReload "$service")
+[ "$exec_reload" = '/bin/kill -HUP $MAINPID' ] ||
+  fail "ExecReload is not a SIGHUP to the main process: '$exec_reload'"
 [ "$(unit_value ListenStream "$socket")" = 10809 ] || fail "vhdnbd.socket: not ListenStream=10809"
 for setting in NoNewPrivileges=yes ProtectSystem=strict PrivateTmp=yes ProtectHome=yes \
   CapabilityBoundingSet= "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" User=vhdnbd \
@@ -191,6 +196,27 @@ if [ "$want_type" = notify ]; then
   wait_for 60 "Type=notify, but READY=1 from vhdnbd" grep -q '^READY=1' "$TMPD/notify.log"
   echo "ok: READY=1 sent"
 fi
+
+# ExecReload= (SIGHUP): the configuration is read again, the manager told
+# RELOADING=1 then READY=1, and the export is still served.
+ready_before=$(grep -c '^READY=1' "$TMPD/notify.log" || true)
+kill -HUP "$server_pid"
+wait_for 60 "the reload in the log" grep -q "reload: .* applied" "$TMPD/server.log"
+if [ "$want_type" = notify ]; then
+  wait_for 30 "RELOADING=1 on SIGHUP" grep -q '^RELOADING=1$' "$TMPD/notify.log"
+  grep -qE '^MONOTONIC_USEC=[0-9]+$' "$TMPD/notify.log" ||
+    fail "RELOADING=1 without MONOTONIC_USEC=: $(cat "$TMPD/notify.log")"
+  ready_after() { [ "$(grep -c '^READY=1' "$TMPD/notify.log")" -gt "$ready_before" ]; }
+  wait_for 30 "READY=1 after the reload" ready_after
+  reloading_line=$(grep -n '^RELOADING=1$' "$TMPD/notify.log" | tail -1 | cut -d: -f1)
+  ready_line=$(grep -n '^READY=1$' "$TMPD/notify.log" | tail -1 | cut -d: -f1)
+  [ "$reloading_line" -lt "$ready_line" ] ||
+    fail "READY=1 did not follow RELOADING=1: $(cat "$TMPD/notify.log")"
+  echo "ok: RELOADING=1, MONOTONIC_USEC= and READY=1 around a reload"
+fi
+timeout 60 nbdinfo --json "nbd://127.0.0.1:$port" >"$TMPD/info.json" 2>"$TMPD/nbdinfo.err" ||
+  fail "nbdinfo after the reload failed: $(cat "$TMPD/nbdinfo.err") / $(cat "$TMPD/server.log")"
+echo "ok: ExecReload's SIGHUP reloads and vhdnbd goes on serving"
 
 # KillSignal (SIGTERM): a clean stop, exit status 0.
 kill -TERM "$server_pid"

@@ -98,3 +98,10 @@ VALGRIND_TESTS += test-vhd-footer-sync
 test_vhd_footer_sync_SOURCES = tests/unit/test-vhd-footer-sync.c $(ENGINE_TEST_UTIL)
 test_vhd_footer_sync_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_footer_sync_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+check_PROGRAMS += test-vhd-open-opts
+TESTS += test-vhd-open-opts
+test_vhd_open_opts_SOURCES = tests/unit/test-vhd-open-opts.c $(ENGINE_TEST_UTIL)
+test_vhd_open_opts_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_open_opts_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-open-opts

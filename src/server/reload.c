@@ -1,0 +1,435 @@
+/* reload.c: SIGHUP, the configuration read again without a restart.
+ *
+ * The command line is parsed again with the configuration file as it is
+ * now, through the same code as at startup (settings_reparse), and every
+ * export that is new or changed is checked as --check-config checks it.
+ * Any problem refuses the whole new configuration: it is logged and the
+ * old one keeps serving.  Reading the file and opening images is disk I/O:
+ * it runs on a worker thread, and the loop only swaps the export table.
+ *
+ * Exports are compared by name: one whose settings are unchanged keeps its
+ * open image and its connections; one that is gone, or changed, is retired
+ * (a changed one is a removal plus an addition).  A retired export leaves
+ * the table at once, so new clients do not find it; its connections are
+ * drained as at shutdown (no new requests, those received are answered),
+ * those still there after SERVER_SHUTDOWN_GRACE_MS are closed, and when
+ * the last is gone its image is flushed and closed.  A new export that
+ * shares its name or image with a retired one (a changed export, usually)
+ * is opened only then, since the old one still holds the image's lock;
+ * the others are opened before the table is swapped.
+ *
+ * [global] settings are not applied by a reload: those that changed are
+ * logged as needing a restart (listening addresses, TLS credentials and
+ * limits are all fixed at startup).  Its read-only setting does reach the
+ * exports that follow it, as at startup. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "server.h"
+
+enum action { ACT_KEEP, ACT_OPEN, ACT_DEFER };
+
+struct reload_job {
+  struct work_item work;
+  struct settings ns;
+  unsigned errors;
+  enum action *act;       /* per export of ns */
+  struct export **opened; /* ACT_OPEN: the export opened */
+  bool *retire;           /* per export of the current table */
+};
+
+struct open_job {
+  struct work_item work;
+  size_t n;
+  char **names;           /* cfg specs to open */
+  struct export **opened;
+};
+
+static struct {
+  bool busy;            /* a reload (or its deferred opens) is under way */
+  unsigned retiring;    /* retired exports not closed yet */
+  char **deferred;      /* names of exports to open once retiring is 0 */
+  size_t n_deferred;
+  uv_timer_t grace;
+  bool grace_init;
+} rl;
+
+static bool effective_readonly(const struct settings *s, const struct export_spec *sp) {
+  return sp->readonly_set ? sp->readonly : s->readonly;
+}
+
+static bool str_eq(const char *a, const char *b) {
+  return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool spec_equal(const struct settings *as, const struct export_spec *a,
+                       const struct settings *bs, const struct export_spec *b) {
+  return str_eq(a->image, b->image) && str_eq(a->description, b->description) &&
+         effective_readonly(as, a) == effective_readonly(bs, b) && a->allow.n == b->allow.n &&
+         (a->allow.n == 0 ||
+          memcmp(a->allow.entries, b->allow.entries, a->allow.n * sizeof *a->allow.entries) ==
+              0) &&
+         a->overlay.mode == b->overlay.mode && a->overlay.key == b->overlay.key &&
+         a->overlay.max == b->overlay.max && str_eq(a->overlay.dir, b->overlay.dir);
+}
+
+static const struct export_spec *spec_find(const struct settings *s, const char *name) {
+  for (size_t i = 0; i < s->n_exports; i++)
+    if (strcmp(s->exports[i].name, name) == 0)
+      return &s->exports[i];
+  return NULL;
+}
+
+/* Worker thread.  The loop changes neither the table nor the settings
+ * while a reload is busy, so both may be read here. */
+static void reload_run(struct work_item *w) {
+  struct reload_job *j = (struct reload_job *)w;
+  const struct settings *cfg = server.cfg;
+  j->errors = settings_reparse(&j->ns);
+  if (j->errors)
+    return;
+  struct settings *ns = &j->ns;
+  j->act = calloc(ns->n_exports, sizeof *j->act);
+  j->opened = calloc(ns->n_exports, sizeof *j->opened);
+  j->retire = calloc(server.n_exports + 1, sizeof *j->retire);
+  if (!j->act || !j->opened || !j->retire) {
+    log_msg(LOG_LEVEL_ERR, "reload: out of memory");
+    j->errors++;
+    return;
+  }
+  for (size_t t = 0; t < server.n_exports; t++) {
+    const struct export *e = server.exports[t];
+    const struct export_spec *now = spec_find(ns, e->name), *was = spec_find(cfg, e->name);
+    j->retire[t] = !now || !was || !spec_equal(cfg, was, ns, now);
+  }
+  for (size_t i = 0; i < ns->n_exports; i++) {
+    const struct export_spec *sp = &ns->exports[i];
+    bool kept = false, conflict = false;
+    for (size_t t = 0; t < server.n_exports; t++) {
+      const struct export *e = server.exports[t];
+      if (!j->retire[t] && strcmp(e->name, sp->name) == 0)
+        kept = true;
+      else if (j->retire[t] &&
+               (strcmp(e->name, sp->name) == 0 || strcmp(e->image, sp->image) == 0))
+        conflict = true;
+    }
+    if (kept) {
+      j->act[i] = ACT_KEEP;
+    } else if (conflict) {
+      j->act[i] = ACT_DEFER;
+      j->errors += config_check_export(ns, sp, false);
+    } else {
+      j->act[i] = ACT_OPEN;
+      if (export_open(ns, sp, &j->opened[i]) < 0)
+        j->errors++;
+    }
+  }
+  if (j->errors) {
+    for (size_t i = 0; i < ns->n_exports; i++)
+      if (j->opened[i])
+        export_close(j->opened[i]);
+    memset(j->opened, 0, ns->n_exports * sizeof *j->opened);
+  }
+}
+
+/* [global] settings are fixed at startup: say which ones a reload found
+ * changed. */
+static void log_global_changes(const struct settings *a, const struct settings *b) {
+  char list[512] = "";
+  size_t n = 0;
+#define CHANGED(cond, key)                                                                     \
+  do {                                                                                         \
+    if (cond)                                                                                  \
+      n += (size_t)snprintf(list + n, n < sizeof list ? sizeof list - n : 0, "%s%s",           \
+                            n ? ", " : "", key);                                               \
+  } while (0)
+  bool binds = a->n_binds != b->n_binds;
+  for (size_t i = 0; !binds && i < a->n_binds; i++)
+    binds = strcmp(a->binds[i], b->binds[i]) != 0;
+  CHANGED(!str_eq(a->port, b->port), "port");
+  CHANGED(binds, "bind");
+  CHANGED(!str_eq(a->unix_path, b->unix_path), "unix");
+  CHANGED(a->max_connections != b->max_connections, "max-connections");
+  CHANGED(a->max_connections_per_address != b->max_connections_per_address,
+          "max-connections-per-address");
+  CHANGED(a->max_handshakes != b->max_handshakes, "max-handshakes");
+  CHANGED(a->handshake_timeout != b->handshake_timeout, "handshake-timeout");
+  CHANGED(a->payload_timeout != b->payload_timeout, "payload-timeout");
+  CHANGED(a->idle_timeout != b->idle_timeout, "idle-timeout");
+  CHANGED(a->max_inflight != b->max_inflight, "max-inflight");
+  CHANGED(a->threads != b->threads, "threads");
+  CHANGED(!str_eq(a->pidfile, b->pidfile), "pidfile");
+  CHANGED(a->allow.n != b->allow.n ||
+              (a->allow.n &&
+               memcmp(a->allow.entries, b->allow.entries, a->allow.n * sizeof *a->allow.entries)),
+          "allow");
+  CHANGED(a->tls != b->tls, "tls");
+  CHANGED(!str_eq(a->tls_certificates, b->tls_certificates), "tls-certificates");
+  CHANGED(!str_eq(a->tls_psk, b->tls_psk), "tls-psk");
+  CHANGED(a->tls_verify_peer != b->tls_verify_peer, "tls-verify-peer");
+#undef CHANGED
+  if (n)
+    log_msg(LOG_LEVEL_WARNING,
+            "reload: [global] settings changed that take effect only after a restart: %s",
+            list);
+}
+
+static bool conn_uses_retired(const struct connection *c) {
+  return c->exp && (c->exp->retired || (c->exp->base && c->exp->base->retired));
+}
+
+static void on_grace(uv_timer_t *t) {
+  struct connection *next;
+  unsigned n = 0;
+  for (struct connection *c = server.conns; c; c = next) {
+    next = c->next;
+    if (!c->closing && conn_uses_retired(c)) {
+      conn_close(c, "export removed by a reload");
+      n++;
+    }
+  }
+  if (n)
+    log_msg(LOG_LEVEL_WARNING,
+            "reload: %u client%s of removed exports did not finish within %d s; closed", n,
+            n == 1 ? "" : "s", SERVER_SHUTDOWN_GRACE_MS / 1000);
+}
+
+static void open_deferred(void);
+
+struct close_job {
+  struct work_item work;
+  struct export *e;
+  char *name;
+  int r;
+};
+
+static void close_run(struct work_item *w) {
+  struct close_job *j = (struct close_job *)w;
+  j->r = export_close(j->e);
+}
+
+static void close_done(struct work_item *w) {
+  struct close_job *j = (struct close_job *)w;
+  log_msg(LOG_LEVEL_NOTICE, "reload: export '%s' closed%s", j->name ? j->name : "?",
+          j->r < 0 ? " (its final flush failed)" : "");
+  free(j->name);
+  free(j);
+  if (--rl.retiring == 0) {
+    uv_timer_stop(&rl.grace);
+    if (!server.shutting_down)
+      open_deferred();
+  }
+}
+
+void reload_retired_unused(struct export *e) {
+  struct close_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    log_msg(LOG_LEVEL_ERR, "reload: out of memory closing export '%s'", e->name);
+    return;
+  }
+  j->e = e;
+  j->name = strdup(e->name);
+  j->work.run = close_run;
+  j->work.done = close_done;
+  workers_submit(&j->work);
+}
+
+static void retire(struct export *e) {
+  e->retired = true;
+  rl.retiring++;
+  unsigned n = 0;
+  for (struct connection *c = server.conns; c; c = c->next) {
+    if (!c->closing && conn_uses_retired(c)) {
+      conn_drain(c);
+      n++;
+    }
+  }
+  log_msg(LOG_LEVEL_NOTICE, "reload: export '%s' removed%s", e->name,
+          n ? ", its clients drained" : "");
+  if (e->refs == 0)
+    reload_retired_unused(e);
+}
+
+static int table_add(struct export *e) {
+  struct export **t = realloc(server.exports, (server.n_exports + 1) * sizeof *t);
+  if (!t)
+    return -ENOMEM;
+  server.exports = t;
+  server.exports[server.n_exports++] = e;
+  return 0;
+}
+
+static void open_deferred_run(struct work_item *w) {
+  struct open_job *j = (struct open_job *)w;
+  for (size_t i = 0; i < j->n; i++) {
+    const struct export_spec *sp = spec_find(server.cfg, j->names[i]);
+    if (sp)
+      export_open(server.cfg, sp, &j->opened[i]);
+  }
+}
+
+static void open_deferred_done(struct work_item *w) {
+  struct open_job *j = (struct open_job *)w;
+  for (size_t i = 0; i < j->n; i++) {
+    if (j->opened[i] && table_add(j->opened[i]) < 0) {
+      log_msg(LOG_LEVEL_ERR, "reload: out of memory adding export '%s'", j->names[i]);
+      export_close(j->opened[i]);
+    } else if (j->opened[i]) {
+      log_msg(LOG_LEVEL_NOTICE, "reload: export '%s' added", j->names[i]);
+    } else {
+      log_msg(LOG_LEVEL_ERR, "reload: export '%s' could not be opened again; it stays "
+              "unavailable until the next reload", j->names[i]);
+    }
+    free(j->names[i]);
+  }
+  free(j->names);
+  free(j->opened);
+  free(j);
+  rl.busy = false;
+}
+
+static void open_deferred(void) {
+  if (!rl.n_deferred) {
+    if (rl.busy && !rl.retiring)
+      rl.busy = false;
+    return;
+  }
+  struct open_job *j = calloc(1, sizeof *j);
+  struct export **opened = calloc(rl.n_deferred, sizeof *opened);
+  if (!j || !opened) {
+    log_msg(LOG_LEVEL_ERR, "reload: out of memory opening the changed exports");
+    free(j);
+    free(opened);
+    rl.busy = false;
+    return;
+  }
+  j->n = rl.n_deferred;
+  j->names = rl.deferred;
+  j->opened = opened;
+  rl.deferred = NULL;
+  rl.n_deferred = 0;
+  j->work.run = open_deferred_run;
+  j->work.done = open_deferred_done;
+  workers_submit(&j->work);
+}
+
+static void reload_job_free(struct reload_job *j) {
+  settings_free(&j->ns);
+  free(j->act);
+  free(j->opened);
+  free(j->retire);
+  free(j);
+}
+
+static void reload_done(struct work_item *w) {
+  struct reload_job *j = (struct reload_job *)w;
+  struct settings *cfg = server.cfg, *ns = &j->ns;
+  if (j->errors) {
+    log_msg(LOG_LEVEL_ERR,
+            "reload: %s refused (%u problem%s, see above); still serving the previous "
+            "configuration",
+            settings_config_path(), j->errors, j->errors == 1 ? "" : "s");
+    reload_job_free(j);
+    rl.busy = false;
+    notify_ready();
+    return;
+  }
+  log_global_changes(cfg, ns);
+  struct export **tab = calloc(ns->n_exports + 1, sizeof *tab);
+  char **deferred = calloc(ns->n_exports + 1, sizeof *deferred);
+  if (!tab || !deferred) {
+    log_msg(LOG_LEVEL_ERR, "reload: out of memory; still serving the previous configuration");
+    free(tab);
+    free(deferred);
+    for (size_t i = 0; i < ns->n_exports; i++)
+      if (j->opened[i])
+        export_close(j->opened[i]); /* never used: nothing to flush */
+    reload_job_free(j);
+    rl.busy = false;
+    notify_ready();
+    return;
+  }
+  size_t n = 0, added = 0, kept = 0;
+  for (size_t i = 0; i < ns->n_exports; i++) {
+    const char *name = ns->exports[i].name;
+    if (j->act[i] == ACT_KEEP) {
+      for (size_t t = 0; t < server.n_exports; t++)
+        if (!j->retire[t] && strcmp(server.exports[t]->name, name) == 0)
+          tab[n++] = server.exports[t];
+      kept++;
+    } else if (j->act[i] == ACT_OPEN) {
+      tab[n++] = j->opened[i];
+      log_msg(LOG_LEVEL_NOTICE, "reload: export '%s' added", name);
+      added++;
+    } else if ((deferred[rl.n_deferred] = strdup(name))) {
+      rl.n_deferred++;
+    }
+  }
+  struct export **old = server.exports;
+  size_t n_old = server.n_exports;
+  server.exports = tab;
+  server.n_exports = n;
+  for (size_t t = 0; t < n_old; t++)
+    if (j->retire[t])
+      retire(old[t]);
+  free(old);
+  free(rl.deferred);
+  rl.deferred = deferred;
+  /* What was applied becomes the configuration the next reload compares
+   * with; the global read-only setting is folded into each export. */
+  for (size_t i = 0; i < ns->n_exports; i++) {
+    ns->exports[i].readonly = effective_readonly(ns, &ns->exports[i]);
+    ns->exports[i].readonly_set = true;
+  }
+  struct export_spec *specs = cfg->exports;
+  size_t n_specs = cfg->n_exports;
+  cfg->exports = ns->exports;
+  cfg->n_exports = ns->n_exports;
+  ns->exports = specs;
+  ns->n_exports = n_specs;
+  log_msg(LOG_LEVEL_NOTICE,
+          "reload: %s applied: %zu export%s unchanged, %zu opened, %u being removed, %zu "
+          "waiting for removed ones to close",
+          settings_config_path(), kept, kept == 1 ? "" : "s", added, rl.retiring,
+          rl.n_deferred);
+  reload_job_free(j);
+  if (rl.retiring)
+    uv_timer_start(&rl.grace, on_grace, SERVER_SHUTDOWN_GRACE_MS, 0);
+  else
+    open_deferred();
+  if (!rl.retiring && !rl.n_deferred)
+    rl.busy = false;
+  notify_ready();
+}
+
+void reload_start(struct server *srv) {
+  if (!settings_config_path()) {
+    log_msg(LOG_LEVEL_WARNING, "SIGHUP ignored: started without --config, nothing to reload");
+    return;
+  }
+  if (rl.busy) {
+    log_msg(LOG_LEVEL_WARNING, "SIGHUP ignored: the previous reload is still waiting for "
+            "clients of removed exports; send it again later");
+    return;
+  }
+  if (!rl.grace_init) {
+    uv_timer_init(srv->loop, &rl.grace);
+    uv_unref((uv_handle_t *)&rl.grace); /* never keeps a stopping server alive */
+    rl.grace_init = true;
+  }
+  struct reload_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    log_msg(LOG_LEVEL_ERR, "reload: out of memory");
+    return;
+  }
+  log_msg(LOG_LEVEL_NOTICE, "SIGHUP received, reading %s again", settings_config_path());
+  notify_reloading();
+  rl.busy = true;
+  j->work.run = reload_run;
+  j->work.done = reload_done;
+  workers_submit(&j->work);
+}

@@ -1,0 +1,164 @@
+#!/bin/bash
+# SIGHUP reloads the configuration file, with clients attached:
+#   an added export appears in nbdinfo --list and serves a client;
+#   a removed one refuses new clients, its attached client is drained and
+#   closed, and the writes it flushed are in the image afterwards;
+#   a changed one (new description) is served anew, its old client closed;
+#   a client of an unchanged export goes on undisturbed throughout;
+#   a bad configuration (unknown key, missing image, an image that is no
+#   VHD) is refused with a log
+#   line while everything keeps serving as before.
+. "$top_srcdir/tests/functions.sh"
+requires nbdinfo
+requires_py nbd
+
+for n in keep gone change new; do
+  "$VHDIMG" create "$TMPD/$n.vhd" 16M >/dev/null
+done
+conf=$TMPD/vhdnbd.conf
+cat >"$conf" <<EOF
+[export keep]
+image = $TMPD/keep.vhd
+[export gone]
+image = $TMPD/gone.vhd
+[export change]
+image = $TMPD/change.vhd
+description = before
+EOF
+log=$TMPD/vhdnbd.log
+start_vhdnbd "$TMPD/sock" -v -C "$conf" 2>"$log"
+
+cat >"$TMPD/reload.py" <<'PY'
+import os, signal, subprocess, sys, time, nbd
+sock, conf, log, pid, tmpd = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+
+def connect(name):
+    h = nbd.NBD()
+    h.set_export_name(name)
+    h.connect_unix(sock)
+    return h
+
+def wait_log(text, after=0, limit=60):
+    """Waits (bounded) for text in the server's log past offset after."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        with open(log) as f:
+            f.seek(after)
+            if text in f.read():
+                return
+        time.sleep(0.1)
+    sys.exit("not in the log within %d s: %s\n%s" % (limit, text, open(log).read()))
+
+def log_size():
+    return os.path.getsize(log)
+
+def listed():
+    out = subprocess.run(["nbdinfo", "--list", "--json", "nbd+unix:///?socket=" + sock],
+                         capture_output=True, text=True, check=True).stdout
+    import json
+    return {e["export-name"]: e.get("description") for e in json.loads(out)["exports"]}
+
+def refused(name):
+    try:
+        connect(name).shutdown()
+    except nbd.Error:
+        return True
+    return False
+
+def reload(text):
+    with open(conf + ".new", "w") as f:
+        f.write(text)
+    os.rename(conf + ".new", conf)
+    at = log_size()
+    os.kill(pid, signal.SIGHUP)
+    return at
+
+keep, gone, change = connect("keep"), connect("gone"), connect("change")
+keep.pwrite(b"\x01" * 4096, 0)
+gone.pwrite(b"\x6f" * 65536, 1 << 20)
+gone.flush()
+assert listed() == {"keep": None, "gone": None, "change": "before"}, listed()
+
+# --- add, remove, change -------------------------------------------------------
+at = reload("""[export keep]
+image = %(t)s/keep.vhd
+[export change]
+image = %(t)s/change.vhd
+description = after
+[export new]
+image = %(t)s/new.vhd
+""" % {"t": tmpd})
+wait_log("applied", at)
+# A changed export comes back once its old instance has closed (it holds
+# the image's lock until then).
+wait_log("reload: export 'change' added", at)
+got = listed()
+assert set(got) == {"keep", "change", "new"}, got
+assert got["change"] == "after", got
+h = connect("new")
+h.pwrite(b"\x4e" * 4096, 0)
+assert h.pread(4096, 0) == b"\x4e" * 4096
+h.shutdown()
+assert refused("gone"), "a removed export still accepts clients"
+# The removed export's client is drained: its next request gets no answer
+# but an end of connection.
+try:
+    gone.pread(512, 0)
+    sys.exit("the client of a removed export was not closed")
+except nbd.Error:
+    pass
+wait_log("export 'gone' closed", at)
+# The changed export's old client goes too; a new one is served.
+try:
+    change.pread(512, 0)
+    sys.exit("the client of a changed export was not closed")
+except nbd.Error:
+    pass
+h = connect("change")
+h.pwrite(b"\x43" * 4096, 0)
+h.shutdown()
+# The unchanged export's client never noticed.
+keep.pwrite(b"\x02" * 4096, 4096)
+assert keep.pread(8192, 0) == b"\x01" * 4096 + b"\x02" * 4096
+
+# --- bad configurations --------------------------------------------------------
+at = reload("[export keep]\nimage = %s/keep.vhd\nno-such-key = 1\n" % tmpd)
+wait_log("refused", at)
+wait_log("unknown key 'no-such-key'", at)
+at = reload("[export keep]\nimage = %s/keep.vhd\n[export bad]\nimage = %s/missing.vhd\n"
+            % (tmpd, tmpd))
+wait_log("refused", at)
+# An image that exists but is no VHD fails the checks, not the parse.
+with open(tmpd + "/junk.vhd", "wb") as f:
+    f.write(b"not a VHD" * 1000)
+at = reload("[export keep]\nimage = %s/keep.vhd\n[export junk]\nimage = %s/junk.vhd\n"
+            % (tmpd, tmpd))
+wait_log("refused", at)
+wait_log("export 'junk'", at)
+got = listed()
+assert set(got) == {"keep", "change", "new"}, "a refused reload changed the exports: %s" % got
+keep.pwrite(b"\x03" * 4096, 8192)
+assert keep.pread(4096, 8192) == b"\x03" * 4096
+h = connect("new")
+assert h.pread(4096, 0) == b"\x4e" * 4096
+h.shutdown()
+keep.shutdown()
+print("ok")
+PY
+"$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$VHDNBD_PID" "$TMPD" ||
+  fail "reload: $(tail -40 "$log")"
+stop_vhdnbd
+! grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$log" ||
+  fail "sanitizer report: $(cat "$log")"
+
+# The removed export's flushed writes are in its image.
+"$VHDIMG" convert -O raw "$TMPD/gone.vhd" "$TMPD/gone.raw" >/dev/null ||
+  fail "cannot read gone.vhd"
+"$PY3" - "$TMPD/gone.raw" <<'PY' || fail "the removed export's flushed writes are not in its image"
+import sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(1 << 20)
+    assert f.read(65536) == b"\x6f" * 65536
+PY
+"$VHDIMG" check "$TMPD/gone.vhd" >/dev/null || fail "gone.vhd does not check clean"
+echo PASS
