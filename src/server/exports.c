@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 static void on_warning(void *opaque, const char *msg) {
@@ -19,6 +20,7 @@ static void on_warning(void *opaque, const char *msg) {
 static void export_free(struct export *e) {
   if (!e)
     return;
+  metrics_export_free(e);
   free(e->name);
   free(e->image);
   free(e->description);

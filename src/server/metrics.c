@@ -53,8 +53,6 @@ static const char *const refusal_reasons[] = {
 
 static struct {
   struct server *srv;
-  struct export_stats *exports; /* parallel to srv->exports */
-  size_t n_exports;
   uint64_t accepted;
   uint64_t refused[N_REFUSALS];
   uv_timer_t timer;
@@ -69,11 +67,26 @@ static struct {
   int logged_error;         /* ...the one last logged */
 } m;
 
+/* Each export carries its own counters, so a reload that adds or drops
+ * exports never leaves them behind; an overlay instance counts for the
+ * export it overlays.  NULL only when out of memory. */
 static struct export_stats *stats_of(const struct export *exp) {
-  for (size_t i = 0; i < m.n_exports; i++)
-    if (m.srv->exports[i] == exp)
-      return &m.exports[i];
-  return NULL;
+  struct export *e = exp->base ? exp->base : (struct export *)exp;
+  if (!e->stats)
+    e->stats = calloc(1, sizeof *e->stats);
+  return e->stats;
+}
+
+/* The counters of the i-th export, zeros when they cannot be had. */
+static const struct export_stats *stats_at(size_t i) {
+  static const struct export_stats none;
+  const struct export_stats *st = stats_of(m.srv->exports[i]);
+  return st ? st : &none;
+}
+
+void metrics_export_free(struct export *exp) {
+  free(exp->stats);
+  exp->stats = NULL;
 }
 
 static size_t command_index(uint16_t type) {
@@ -169,8 +182,10 @@ static unsigned export_connections(const struct export *exp) {
 
 static void sum_stats(struct export_stats *t) {
   memset(t, 0, sizeof *t);
-  for (size_t i = 0; i < m.n_exports; i++) {
-    const struct export_stats *st = &m.exports[i];
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    const struct export_stats *st = stats_of(m.srv->exports[i]);
+    if (!st)
+      continue;
     for (size_t c = 0; c < N_COMMANDS; c++) {
       t->requests[c][0] += st->requests[c][0];
       t->requests[c][1] += st->requests[c][1];
@@ -185,42 +200,42 @@ static void sum_stats(struct export_stats *t) {
 
 static void write_requests(FILE *f) {
   family(f, "requests_total", "counter", "NBD requests answered, by export, command and result.");
-  for (size_t i = 0; i < m.n_exports; i++)
+  for (size_t i = 0; i < m.srv->n_exports; i++)
     for (size_t c = 0; c < N_COMMANDS; c++)
       for (int r = 0; r < 2; r++) {
         export_series(f, "requests_total", m.srv->exports[i]);
         fprintf(f, ",command=\"%s\",result=\"%s\"} %" PRIu64 "\n", command_label(c),
-                r ? "error" : "ok", m.exports[i].requests[c][r]);
+                r ? "error" : "ok", stats_at(i)->requests[c][r]);
       }
   family(f, "errors_total", "counter", "NBD error replies, by export and error.");
-  for (size_t i = 0; i < m.n_exports; i++)
+  for (size_t i = 0; i < m.srv->n_exports; i++)
     for (size_t e = 0; e < N_ERRNOS; e++) {
       export_series(f, "errors_total", m.srv->exports[i]);
-      fprintf(f, ",errno=\"%s\"} %" PRIu64 "\n", errno_label(e), m.exports[i].errors[e]);
+      fprintf(f, ",errno=\"%s\"} %" PRIu64 "\n", errno_label(e), stats_at(i)->errors[e]);
     }
   family(f, "read_bytes_total", "counter", "Bytes returned by successful READs.");
-  for (size_t i = 0; i < m.n_exports; i++) {
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "read_bytes_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", m.exports[i].bytes_read);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->bytes_read);
   }
   family(f, "written_bytes_total", "counter", "Bytes stored by successful WRITEs.");
-  for (size_t i = 0; i < m.n_exports; i++) {
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "written_bytes_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", m.exports[i].bytes_written);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->bytes_written);
   }
   family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
-  for (size_t i = 0; i < m.n_exports; i++) {
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "requests_in_flight", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", m.exports[i].inflight);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->inflight);
   }
   family(f, "requests_queued", "gauge",
          "Requests waiting in the export's queue for earlier conflicting ones.");
-  for (size_t i = 0; i < m.n_exports; i++) {
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "requests_queued", m.srv->exports[i]);
     fprintf(f, "} %u\n", m.srv->exports[i]->queue.waiting);
   }
   family(f, "export_connections", "gauge", "Connections in transmission with the export.");
-  for (size_t i = 0; i < m.n_exports; i++) {
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "export_connections", m.srv->exports[i]);
     fprintf(f, "} %u\n", export_connections(m.srv->exports[i]));
   }
@@ -229,9 +244,9 @@ static void write_requests(FILE *f) {
 static void write_latency(FILE *f) {
   family(f, "request_duration_seconds", "histogram",
          "Time from a request's header to its reply written, by export and command.");
-  for (size_t i = 0; i < m.n_exports; i++)
+  for (size_t i = 0; i < m.srv->n_exports; i++)
     for (size_t c = 0; c < N_COMMANDS - 1; c++) {
-      const struct export_stats *st = &m.exports[i];
+      const struct export_stats *st = stats_at(i);
       uint64_t cum = 0;
       for (size_t b = 0; b < N_BUCKETS; b++) {
         cum += st->latency[c][b];
@@ -269,7 +284,7 @@ static void write_server(FILE *f) {
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;
-  for (size_t i = 0; i < m.n_exports; i++)
+  for (size_t i = 0; i < m.srv->n_exports; i++)
     queued += m.srv->exports[i]->queue.waiting;
   family(f, "server_requests_queued", "gauge", "Requests waiting in a queue, all exports.");
   fprintf(f, "vhdnbd_server_requests_queued %u\n", queued);
@@ -324,7 +339,7 @@ static char *allocation_text(size_t *len) {
     return NULL;
   family(f, "allocated_bytes", "gauge",
          "Bytes of the export's image file holding blocks (fixed: the whole disk).");
-  for (size_t i = 0; i < m.n_exports; i++) {
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
     const struct export *exp = m.srv->exports[i];
     struct vhd_info info;
     vhd_get_info(exp->vhd, &info);
@@ -343,10 +358,8 @@ static char *allocation_text(size_t *len) {
 
 static void metrics_write_run(struct work_item *w) {
   const char *path = m.srv->cfg->metrics_file;
-  size_t alen = 0;
-  CLEANUP_FREE char *alloc = allocation_text(&alen);
   CLEANUP_FREE char *tmp = NULL;
-  if (!alloc || asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
+  if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
     tmp = NULL;
     m.write_error = ENOMEM;
     return;
@@ -357,8 +370,6 @@ static void metrics_write_run(struct work_item *w) {
     return;
   }
   int r = write_all(fd, m.text, m.text_len);
-  if (r == 0)
-    r = write_all(fd, alloc, alen);
   if (close(fd) < 0 && r == 0)
     r = -errno;
   /* rename() replaces the old file in one step: a reader opens either. */
@@ -384,7 +395,18 @@ static void metrics_write_done(struct work_item *w) {
 static void metrics_write(void) {
   if (m.writing)
     return;
-  m.text = build_text(&m.text_len);
+  /* Built here, on the loop: a reload may swap the exports (and close
+   * their images) at any time between two loop iterations, never during
+   * one.  The allocation figures come from memory, no disk I/O. */
+  size_t main_len = 0, alen = 0;
+  CLEANUP_FREE char *main_text = build_text(&main_len);
+  CLEANUP_FREE char *alloc = allocation_text(&alen);
+  m.text = main_text && alloc ? malloc(main_len + alen + 1) : NULL;
+  if (m.text) {
+    memcpy(m.text, main_text, main_len);
+    memcpy(m.text + main_len, alloc, alen);
+    m.text_len = main_len + alen;
+  }
   if (!m.text) {
     log_msg(LOG_LEVEL_ERR, "--metrics-file: out of memory");
     return;
@@ -399,8 +421,8 @@ static void on_tick(uv_timer_t *t) { metrics_write(); }
 /* ---- SIGUSR1 ---- */
 
 static void on_sigusr1(uv_signal_t *h, int signum) {
-  for (size_t i = 0; i < m.n_exports; i++) {
-    const struct export_stats *st = &m.exports[i];
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    const struct export_stats *st = stats_at(i);
     uint64_t ok = 0, err = 0;
     for (size_t c = 0; c < N_COMMANDS; c++) {
       ok += st->requests[c][0];
@@ -418,10 +440,6 @@ static void on_sigusr1(uv_signal_t *h, int signum) {
 
 int metrics_start(struct server *srv) {
   m.srv = srv;
-  m.n_exports = srv->n_exports;
-  m.exports = calloc(m.n_exports ? m.n_exports : 1, sizeof *m.exports);
-  if (!m.exports)
-    return -ENOMEM;
   uv_signal_init(srv->loop, &m.sigusr1);
   uv_signal_start(&m.sigusr1, on_sigusr1, SIGUSR1);
   uv_unref((uv_handle_t *)&m.sigusr1);
@@ -450,8 +468,4 @@ void metrics_stop(void) {
     uv_close((uv_handle_t *)&m.sigusr1, NULL);
 }
 
-void metrics_free(void) {
-  free(m.exports);
-  m.exports = NULL;
-  m.n_exports = 0;
-}
+void metrics_free(void) {}

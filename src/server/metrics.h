@@ -17,14 +17,16 @@ struct export;
 
 #define METRICS_DEFAULT_INTERVAL 15 /* seconds */
 
-/* Allocates the counters for srv's exports, starts the SIGUSR1 handler and,
+/* Starts the SIGUSR1 handler and,
  * with --metrics-file, writes the file now and every interval.  Returns 0
  * or a negative errno. */
 int metrics_start(struct server *srv);
 /* Writes the file a last time and closes the handles. */
 void metrics_stop(void);
-/* Frees the counters, once the workers have stopped. */
+/* Frees what metrics_start set up, once the workers have stopped. */
 void metrics_free(void);
+/* Frees an export's counters (they live in the export, see stats_of). */
+void metrics_export_free(struct export *exp);
 
 /* A request's header arrived / its reply was written (replied) or it was
  * dropped with its connection (not replied). */

@@ -107,6 +107,7 @@ struct export {
   struct overlay_settings overlay;
   unsigned refs;         /* connections (and, for a base, instances) using it */
   struct export *base;   /* instance: the export it overlays (holds a ref) */
+  struct export_stats *stats; /* metrics.c's counters (a base's count its instances) */
   struct export *instances; /* base: its open instances; instance: the next one */
   char *key;             /* persistent instance: what it is keyed on */
   char *child;           /* instance: the child image's path */

@@ -188,4 +188,32 @@ stop_vhdnbd
 ls "$TMPD/prom" | grep -v '^vhdnbd.prom$' && fail "temporary files left next to the metrics file"
 "$PY3" -c "import sys; sys.path.insert(0, '$TMPD'); from prom import parse; parse(open('$prom').read())" ||
   fail "final metrics file does not parse"
+
+# --- exports a reload adds and removes ------------------------------------------------
+# Counters live with their export: after a SIGHUP that drops one export and
+# adds two, the file lists exactly the exports served, and a request to a
+# new one is counted.
+cp "$TMPD/d1.vhd" "$TMPD/d2.vhd"
+cp "$TMPD/d1.vhd" "$TMPD/d3.vhd"
+printf '[global]\nmetrics-file = %s\nmetrics-interval = 1\n[export first]\nimage = %s\n' \
+  "$prom" "$TMPD/d1.vhd" >"$TMPD/reload.conf"
+start_vhdnbd "$sock" -C "$TMPD/reload.conf" 2>"$TMPD/server2.log"
+printf '[global]\nmetrics-file = %s\nmetrics-interval = 1\n[export second]\nimage = %s\n[export third]\nimage = %s\n' \
+  "$prom" "$TMPD/d2.vhd" "$TMPD/d3.vhd" >"$TMPD/reload.conf"
+kill -HUP "$VHDNBD_PID"
+wait_for 30 "the reload" grep -q 'export="third"' "$prom"
+"$PY3" - "$sock" <<'PYEOF' || fail "reading from an export a reload added"
+import sys, nbd
+h = nbd.NBD()
+h.set_export_name("third")
+h.connect_unix(sys.argv[1])
+h.pread(4096, 0)
+h.shutdown()
+PYEOF
+wait_for 30 "the new export's READ counted" grep -q \
+  'vhdnbd_requests_total{export="third",command="READ",result="ok"} 1' "$prom"
+grep -q 'export="first"' "$prom" && fail "a removed export is still in the metrics file"
+"$PY3" -c "import sys; sys.path.insert(0, '$TMPD'); from prom import parse; parse(open('$prom').read())" ||
+  fail "the metrics file after a reload does not parse"
+stop_vhdnbd
 exit 0
