@@ -39,6 +39,13 @@
 
 #define COPY_CHUNK (1024u * 1024)
 
+static bool buf_all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
 struct resize {
   vhd_t *vhd;
   const struct vhd_resize_opts *o;
@@ -82,20 +89,45 @@ static int write_footers(struct resize *z, const uint8_t *footer, uint64_t pos) 
   return 0;
 }
 
+/* A fixed image's footer ends the file, and nothing else marks where its
+ * data ends: the new footer must not end the file before the bytes it
+ * turns into data read as zeros, and the old footer must end it until the
+ * new one can. */
 static int resize_fixed(struct resize *z, uint64_t new_size, const uint8_t *footer) {
   vhd_t *vhd = z->vhd;
-  uint64_t fpos = vhd->file_size - VHD_FOOTER_SIZE;
+  uint64_t fpos = vhd->file_size - VHD_FOOTER_SIZE, old = vhd->virtual_size;
   int r;
-  if (new_size < vhd->virtual_size) {
-    uint64_t at;
-    r = vhd_io_first_nonzero(vhd->fd, new_size, fpos - new_size, &at);
+  if (new_size < old) {
+    /* The new footer's sector may already hold it (a shrink cut short). */
+    uint8_t sec[VHD_FOOTER_SIZE];
+    uint64_t at = new_size;
+    if ((r = vhd_io_pread(vhd->fd, sec, sizeof sec, new_size)) < 0)
+      return vhd_set_err(z->err, r, "%s: reading past the new end: %s", vhd->path, strerror(-r));
+    if (memcmp(sec, footer, sizeof sec) != 0 && !buf_all_zero(sec, sizeof sec)) {
+      while (sec[at - new_size] == 0)
+        at++;
+      return refuse_data_past(z, at, new_size);
+    }
+    uint64_t from = new_size + VHD_FOOTER_SIZE;
+    r = from < fpos ? vhd_io_first_nonzero(vhd->fd, from, fpos - from, &at) : 0;
     if (r < 0)
       return vhd_set_err(z->err, r, "%s: reading past the new end: %s", vhd->path, strerror(-r));
     if (r > 0)
       return refuse_data_past(z, at, new_size);
+  } else if (new_size > fpos) {
+    /* The old footer becomes data: a copy of it ends the file first. */
+    if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, new_size, "the footer")) < 0 ||
+        (r = sync_image(z, "moving the footer")) < 0)
+      return r;
   }
-  /* The new footer lies past the old data or inside what the shrink drops:
-   * while the old footer still ends the file, the old size holds. */
+  if (new_size > old) {
+    uint64_t end = MIN(new_size, vhd->file_size);
+    if ((r = vhd_io_zero(vhd, old, end - old)) < 0)
+      return vhd_set_err(z->err, r, "%s: zeroing offsets %llu to %llu: %s", vhd->path,
+                         (unsigned long long)old, (unsigned long long)end, strerror(-r));
+    if ((r = sync_image(z, "zeroing the new space")) < 0)
+      return r;
+  }
   if ((r = write_footers(z, footer, new_size)) < 0)
     return r;
   if (new_size + VHD_FOOTER_SIZE < vhd->file_size) {
@@ -104,17 +136,6 @@ static int resize_fixed(struct resize *z, uint64_t new_size, const uint8_t *foot
                          (unsigned long long)(new_size + VHD_FOOTER_SIZE), strerror(-r));
     if ((r = sync_image(z, "truncating")) < 0)
       return r;
-  }
-  /* The old footer (and any slack before it) is data now: zeros. */
-  if (new_size > vhd->virtual_size) {
-    uint64_t end = MIN(new_size, vhd->file_size);
-    if (end > vhd->virtual_size) {
-      if ((r = vhd_io_zero(vhd, vhd->virtual_size, end - vhd->virtual_size)) < 0)
-        return vhd_set_err(z->err, r, "%s: zeroing the old footer at offset %llu: %s", vhd->path,
-                           (unsigned long long)vhd->virtual_size, strerror(-r));
-      if ((r = sync_image(z, "zeroing the old footer")) < 0)
-        return r;
-    }
   }
   return 0;
 }

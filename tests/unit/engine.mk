@@ -98,3 +98,12 @@ VALGRIND_TESTS += test-vhd-footer-sync
 test_vhd_footer_sync_SOURCES = tests/unit/test-vhd-footer-sync.c $(ENGINE_TEST_UTIL)
 test_vhd_footer_sync_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_footer_sync_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# - test-vhd-resize: vhd_resize of every image type and BAT layout, with a
+#   crash at every I/O point (synced writes kept, or unsynced ones lost).
+check_PROGRAMS += test-vhd-resize
+TESTS += test-vhd-resize
+VALGRIND_TESTS += test-vhd-resize
+test_vhd_resize_SOURCES = tests/unit/test-vhd-resize.c $(ENGINE_TEST_UTIL)
+test_vhd_resize_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_resize_CFLAGS = $(ENGINE_TEST_CFLAGS)
