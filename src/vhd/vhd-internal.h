@@ -11,7 +11,8 @@
  *     cut below the end of the last of them (`cut_floor`: freed blocks
  *     that ran up to the footer at open may go).  Space is reused only when it was verifiably a block
  *     of this image: a BAT entry loaded at open or allocated since, freed by
- *     zeroing or trimming.
+ *     zeroing or trimming.  vhd_resize alone also takes the BAT's padding
+ *     for new entries, and the blocks it moved away first (see resize.c).
  *  1. Allocating a block (under vhd->lock): blocks are handed out from a
  *     window that ends at the trailing footer.  When the window is used up,
  *     the footer is written again further on (room for several blocks) and
