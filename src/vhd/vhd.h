@@ -273,6 +273,34 @@ struct vhd_resize_opts {
 int vhd_resize(const char *path, const struct vhd_resize_opts *opts, uint64_t *new_size,
                struct vhd_err *err);
 
+/* Compacting (compact.c), like Optimize-VHD.  Opens path read-write (the
+ * image lock refuses an image in use, with EBUSY), with its parents for a
+ * differencing image, then:
+ *  1. blocks whose present sectors all read as zeros lose their BAT entry
+ *     (in a differencing image only where the parent reads zeros there
+ *     too: zeros that hide parent data stay);
+ *  2. blocks from the end of the file move down into space that is
+ *     verifiably free: blocks step 1 freed, and gaps after every other
+ *     structure that hold only zeros or copies of the footer.  Anything
+ *     else (structures, bytes the engine cannot account for) stays put;
+ *  3. the footer moves down to the new end and the file is cut there.
+ * Crash-safe at every step (a move is copy, sync, switch the BAT entry,
+ * sync).  A fixed image has nothing to compact: EINVAL.  With dry_run
+ * nothing is written and the result says what would be reclaimed. */
+struct vhd_compact_opts {
+  bool dry_run;
+  /* Called now and then with bytes of blocks examined or moved so far and
+   * in all; may be NULL. */
+  void (*progress)(void *opaque, uint64_t done, uint64_t total);
+  void *opaque;
+};
+struct vhd_compact_result {
+  uint64_t file_size_before, file_size_after; /* after: would be, with dry_run */
+  uint32_t blocks_freed, blocks_moved;
+};
+int vhd_compact(const char *path, const struct vhd_compact_opts *opts,
+                struct vhd_compact_result *res, struct vhd_err *err);
+
 /* Fault injection for tests, process-wide.  An injected failure does nothing
  * and returns the chosen errno, exactly as a failing disk would (so it
  * latches the image like a real one, see "Write errors").

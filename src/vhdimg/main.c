@@ -15,6 +15,7 @@ static const struct vhdimg_cmd commands[] = {
      usage_convert},
     {"compare", "compare the contents of two images", cmd_compare, usage_compare},
     {"resize", "grow or shrink an image's virtual size", cmd_resize, usage_resize},
+    {"compact", "give back the space of zero blocks and gaps", cmd_compact, usage_compact},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -29,6 +29,7 @@ int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_compact(int argc, char **argv);
 void usage_create(FILE *f);
 void usage_info(FILE *f);
 void usage_check(FILE *f);
@@ -36,6 +37,7 @@ void usage_map(FILE *f);
 void usage_convert(FILE *f);
 void usage_compare(FILE *f);
 void usage_resize(FILE *f);
+void usage_compact(FILE *f);
 
 /* util.c */
 /* Prints "vhdimg CMD: <msg>" and a hint to run --help; returns VHDIMG_EXIT_USAGE. */
