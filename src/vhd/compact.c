@@ -115,24 +115,51 @@ static uint64_t structures_end(const vhd_t *vhd) {
   return ROUND_UP(end, 512);
 }
 
-/* Adds [a, b) to the free segments where it reads blank (zeros or footer
- * copies), a sector at a time where it does not.  Returns the end of the
- * last byte that is not free (0 when none). */
-static int add_blank(struct compact *c, uint64_t a, uint64_t b, struct seg *free_s, size_t *nf,
-                     uint64_t *busy_end) {
+static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t b) {
+  if (*n && (*v)[*n - 1].end == a) {
+    (*v)[*n - 1].end = b;
+    return 0;
+  }
+  if (*n == *cap) {
+    size_t nc = *cap ? *cap * 2 : 64;
+    struct seg *nv = realloc(*v, nc * sizeof *nv);
+    if (!nv)
+      return -ENOMEM;
+    *v = nv;
+    *cap = nc;
+  }
+  (*v)[(*n)++] = (struct seg){a, b};
+  return 0;
+}
+
+/* Adds the sectors of [a, b) that read blank (zeros, or a copy of the
+ * footer) to the free segments; the others are someone's bytes, not ours
+ * to take, and the file may not end before them (*busy_end). */
+static int add_blank(struct compact *c, uint64_t a, uint64_t b, struct seg **v, size_t *n,
+                     size_t *cap, uint64_t *busy_end) {
   vhd_t *vhd = c->vhd;
-  /* Whole range first: the common case is all blank. */
+  /* The whole range first: the common case is all blank. */
   int r = vhd_io_range_is_blank(vhd->fd, a, b - a, vhd->footer_raw);
+  if (r == 1)
+    return push_seg(v, n, cap, a, b) < 0 ? vhd_set_err(c->err, -ENOMEM, "%s: out of memory",
+                                                         vhd->path)
+                                         : 0;
+  uint8_t sec[512];
+  for (uint64_t p = a; r >= 0 && p < b; p += 512) {
+    size_t len = (size_t)MIN((uint64_t)512, b - p);
+    r = vhd_io_pread(vhd->fd, sec, len, p);
+    if (r < 0)
+      break;
+    if ((len == 512 && memcmp(sec, vhd->footer_raw, 512) == 0) || all_zero(sec, len)) {
+      if (push_seg(v, n, cap, p, p + len) < 0)
+        return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+    } else {
+      *busy_end = MAX(*busy_end, p + len);
+    }
+  }
   if (r < 0)
     return vhd_set_err(c->err, r, "%s: reading offsets %llu to %llu: %s", vhd->path,
                        (unsigned long long)a, (unsigned long long)b, strerror(-r));
-  if (r == 1) {
-    free_s[(*nf)++] = (struct seg){a, b};
-    return 0;
-  }
-  /* Someone's bytes: not ours to take, and the file may not end before
-   * them. */
-  *busy_end = MAX(*busy_end, b);
   return 0;
 }
 
@@ -157,15 +184,13 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   c.span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   buf = malloc(MAX((uint64_t)vhd->block_size, (uint64_t)COPY_CHUNK));
   kept = malloc(((size_t)vhd->allocated_blocks + 1) * sizeof *kept);
-  /* Free segments: at most one per freed block and one per gap. */
-  free_s = malloc(((size_t)vhd->allocated_blocks * 2 + 2) * sizeof *free_s);
-  if (!buf || !kept || !free_s) {
+  if (!buf || !kept) {
     r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
     goto out;
   }
 
   /* 1. Blocks of zeros. */
-  size_t nk = 0, nf = 0;
+  size_t nk = 0, nf = 0, capf = 0;
   c.total = (uint64_t)vhd->allocated_blocks * c.span;
   for (uint32_t i = 0; i < vhd->max_entries; i++) {
     if (vhd->bat[i] == VHD_BAT_UNUSED)
@@ -179,7 +204,10 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       continue;
     }
     res->blocks_freed++;
-    free_s[nf++] = (struct seg){off, off + c.span};
+    if (push_seg(&free_s, &nf, &capf, off, off + c.span) < 0) {
+      r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
+      goto out;
+    }
     if (!o->dry_run) {
       vhd->bat[i] = VHD_BAT_UNUSED;
       free(vhd->bitmaps[i]);
@@ -188,8 +216,18 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       vhd_bat_mark_dirty(vhd, i);
     }
   }
-  if (!o->dry_run && res->blocks_freed && (r = vhd_flush(vhd, err)) < 0)
-    goto out;
+  if (!o->dry_run && res->blocks_freed) {
+    if ((r = vhd_flush(vhd, err)) < 0)
+      goto out;
+    /* Their bitmaps too read as zeros now, so that any later look (this
+     * compaction cut short, check --repair) knows the space as free. */
+    for (size_t i = 0; i < nf; i++)
+      if ((r = vhd_io_zero(vhd, free_s[i].start, free_s[i].end - free_s[i].start)) < 0) {
+        vhd_set_err(err, r, "%s: zeroing a freed block at offset %llu: %s", path,
+                    (unsigned long long)free_s[i].start, strerror(-r));
+        goto out;
+      }
+  }
 
   /* 2. Free space after the structures: freed blocks, and blank gaps
    * between the blocks kept. */
@@ -217,7 +255,7 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       }
       if (fi < nfreed && free_s[fi].start < stop)
         stop = free_s[fi].start;
-      if ((r = add_blank(&c, cur, stop, free_s, &nf, &busy_end)) < 0)
+      if ((r = add_blank(&c, cur, stop, &free_s, &nf, &capf, &busy_end)) < 0)
         goto out;
       cur = stop;
     }
@@ -300,6 +338,13 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
      * not dirty, their data is durable already. */
     if ((r = vhd_flush(vhd, err)) < 0)
       goto out;
+    /* The old places are free now: zeros, for the same reason. */
+    for (size_t k = top; k < nk; k++)
+      if ((r = vhd_io_zero(vhd, kept[k].off, c.span)) < 0) {
+        vhd_set_err(err, r, "%s: zeroing the old place of block %u at offset %llu: %s", path,
+                    kept[k].blk, (unsigned long long)kept[k].off, strerror(-r));
+        goto out;
+      }
   }
 
   /* 3. The footer down to the new end, then the cut. */

@@ -107,3 +107,12 @@ VALGRIND_TESTS += test-vhd-resize
 test_vhd_resize_SOURCES = tests/unit/test-vhd-resize.c $(ENGINE_TEST_UTIL)
 test_vhd_resize_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_resize_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# - test-vhd-compact: vhd_compact of dynamic and differencing images with
+#   free and foreign gaps, with a crash at every I/O point.
+check_PROGRAMS += test-vhd-compact
+TESTS += test-vhd-compact
+VALGRIND_TESTS += test-vhd-compact
+test_vhd_compact_SOURCES = tests/unit/test-vhd-compact.c $(ENGINE_TEST_UTIL)
+test_vhd_compact_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_compact_CFLAGS = $(ENGINE_TEST_CFLAGS)
