@@ -231,9 +231,11 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
 
   /* 2. Free space after the structures: freed blocks, and blank gaps
    * between the blocks kept. */
-  qsort(kept, nk, sizeof *kept, ref_cmp);
+  if (nk)
+    qsort(kept, nk, sizeof *kept, ref_cmp);
   size_t nfreed = nf;
-  qsort(free_s, nfreed, sizeof *free_s, seg_cmp);
+  if (nfreed)
+    qsort(free_s, nfreed, sizeof *free_s, seg_cmp);
   uint64_t floor = structures_end(vhd), footer = vhd->footer_offset;
   uint64_t busy_end = floor; /* the file may not end before this */
   uint64_t cur = floor;
@@ -268,7 +270,8 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     if (free_s[i].start >= floor)
       free_s[w++] = free_s[i];
   nf = w;
-  qsort(free_s, nf, sizeof *free_s, seg_cmp);
+  if (nf)
+    qsort(free_s, nf, sizeof *free_s, seg_cmp);
 
   /* Moves: the lowest free slots take the highest blocks. */
   dest = calloc(nk + 1, sizeof *dest);

@@ -15,6 +15,7 @@ TESTS += \
 	tests/interop/test-malformed-images.sh \
 	tests/interop/test-vhdimg-served.sh \
 	tests/interop/test-vhdimg-resize.sh \
+	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhd-crash-readers.sh
 EXTRA_DIST += \
@@ -32,4 +33,5 @@ EXTRA_DIST += \
 	tests/interop/test-malformed-images.sh \
 	tests/interop/test-vhdimg-served.sh \
 	tests/interop/test-vhdimg-resize.sh \
+	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh
