@@ -312,6 +312,9 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   c.done = 0;
   c.total = (uint64_t)res->blocks_moved * c.span;
   for (size_t k = top; k < nk; k++) {
+    uint8_t *bm;
+    if ((r = vhd_bitmap_get(vhd, kept[k].blk, &bm, err)) < 0)
+      goto out;
     for (uint64_t d = 0; d < c.span;) {
       size_t n = (size_t)MIN(c.span - d, (uint64_t)COPY_CHUNK);
       if ((r = vhd_io_pread(vhd->fd, buf, n, kept[k].off + d)) < 0) {
@@ -319,6 +322,11 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
                     (unsigned long long)(kept[k].off + d), strerror(-r));
         goto out;
       }
+      /* Sectors absent by the bitmap read as zeros in the copy, also to
+       * readers that ignore bitmaps, as in every block the engine writes. */
+      for (uint64_t i = MAX(d, (uint64_t)vhd->bitmap_size); i < d + n; i += 512)
+        if (!vhd_bit_get(bm, (uint32_t)((i - vhd->bitmap_size) / 512)))
+          memset(buf + (i - d), 0, 512);
       if ((r = vhd_io_pwrite(vhd, buf, n, dest[k] + d)) < 0) {
         vhd_set_err(err, r, "%s: moving block %u to offset %llu: %s", path, kept[k].blk,
                     (unsigned long long)(dest[k] + d), strerror(-r));

@@ -83,6 +83,12 @@ static int write_footers(struct resize *z, const uint8_t *footer, uint64_t pos) 
     return r;
   if (z->vhd->type == VHD_TYPE_FIXED)
     return 0;
+  /* The copy at 0 is rewritten only when there is one: other bytes there
+   * are not the engine's. */
+  uint8_t head[VHD_FOOTER_SIZE];
+  if (vhd_io_pread(z->vhd->fd, head, sizeof head, 0) < 0 ||
+      vhd_footer_check(head, "footer copy at offset 0", NULL) < 0)
+    return 0;
   if ((r = put(z, footer, VHD_FOOTER_SIZE, 0, "the footer copy")) < 0 ||
       (r = sync_image(z, "writing the footer copy")) < 0)
     return r;
