@@ -284,8 +284,10 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   while (top > 0 && si < nf) {
     /* Merge touching free segments into the current one. */
     uint64_t seg_end = free_s[si].end;
-    while (si + 1 < nf && free_s[si + 1].start <= seg_end)
-      seg_end = MAX(seg_end, free_s[++si].end);
+    while (si + 1 < nf && free_s[si + 1].start <= seg_end) {
+      si++;
+      seg_end = MAX(seg_end, free_s[si].end);
+    }
     if (slot + c.span > seg_end) {
       if (++si < nf)
         slot = ROUND_UP(free_s[si].start, 512);

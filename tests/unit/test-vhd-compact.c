@@ -85,6 +85,29 @@ static void build_dynamic(const char *path) {
   t_pwrite_file(path, zeros, 512, gap); /* its bitmap: now all zeros */
 }
 
+/* Free space in touching pieces (a freed block, then a gap of zeros), a
+ * block in use, then another freed block: moves must stop at the block in
+ * use, not treat everything up to the last piece as free. */
+static void build_adjacent(const char *path) {
+  struct vhd_err err = {{0}};
+  memset(model, 0, sizeof model);
+  t_create(path, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *v = t_open(path, false);
+  put(v, 0 * BS, BS, -1); /* 0: data */
+  put(v, 1 * BS, BS, 0);  /* 1: zeros: freed */
+  put(v, 2 * BS, BS, 0);  /* 2: a gap of zeros once orphaned */
+  put(v, 3 * BS, BS, -1); /* 3: data, stays */
+  put(v, 4 * BS, BS, 0);  /* 4: zeros: freed */
+  put(v, 5 * BS, BS, -1); /* 5, 6, 7: data, moved into 4, 2 and 1 */
+  put(v, 6 * BS, BS, -1);
+  put(v, 7 * BS, BS, -1);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  foreign_off = 0;
+  uint64_t gap = orphan(path, 2);
+  static const uint8_t zeros[512];
+  t_pwrite_file(path, zeros, 512, gap);
+}
+
 static const char *parent_path;
 
 static void build_differencing(const char *path) {
@@ -217,6 +240,7 @@ int main(void) {
   /* dynamic: blocks 1, 5 and 12 freed; 13, 11, 10 move down into 1, 4's gap
    * and 5 (the foreign bytes of 3 stay); 9 has no free slot below it. */
   run("dynamic", build_dynamic, 3, 3);
+  run("adjacent", build_adjacent, 2, 3);
   /* differencing: blocks 5 and 7 freed; 8 moves into 5's place. */
   run("differencing", build_differencing, 2, 1);
   return 0;

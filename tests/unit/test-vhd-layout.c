@@ -40,6 +40,11 @@
  *     QEMU needs the footer copy at 0: such images are not compared.
  *     Missing readers are skipped with a printed reason.
  *
+ * Other images get a workload, then vhd_compact: the same content, to the
+ * readers too, and the repair's rules (bytes to keep stay, the file may
+ * get shorter but never over one of them, blocks move only into places of
+ * the image's blocks or past what the file held).
+ *
  * VHD_TEST_SEED reproduces a run, VHD_TEST_ITERS scales it (the number of
  * images is ITERS / 25, the workload length ITERS / 50 steps).
  * VHD_TEST_NO_READERS=1 skips the independent readers (for valgrind).
@@ -777,6 +782,63 @@ static void round_one(unsigned n, uint64_t steps) {
   }
 }
 
+/* vhd_compact after a workload: the same content (also to libvhdi and
+ * QEMU), and the same rules as a repair: every byte to keep stays (the file
+ * may get shorter, never over one), blocks move only into places of the
+ * image's blocks or past what the file held, and sectors absent by the
+ * bitmap of a moved block read as zeros on disk. */
+static unsigned compactions, compact_freed, compact_moved;
+
+static void compact_round(unsigned n, uint64_t steps) {
+  struct gen parent, g;
+  int type = t_chance(60) ? 3 : 4;
+  bool has_parent = type == 4;
+  if (has_parent)
+    gen_image(&parent, t_chance(70) ? 3 : 2, NULL, t_fmt("cparent-%u.vhd", n));
+  gen_image(&g, type, has_parent ? &parent : NULL, t_fmt("compact-%u.vhd", n));
+  char label[512];
+  snprintf(label, sizeof label, "compacted image %u (%s, %" PRIu64 " bytes, block %u, file %" PRIu64 ")",
+           n, type == 3 ? "dynamic" : "differencing", g.size, g.bs, g.fsz);
+  struct model m = {.size = g.size};
+  m.data = t_xmalloc(g.size);
+  m.known = t_xmalloc(g.size);
+  memcpy(m.data, g.content, g.size);
+  memset(m.known, 1, g.size);
+  vhd_t *v = t_open(g.path, false);
+  workload(v, &m, g.bs, steps);
+  T_OK(vhd_close(v, &err), &err, t_fmt("%s: vhd_close", label));
+  check_layout(&g, g.path, true, t_fmt("%s, before compacting", label));
+  struct vhd_compact_opts co = {0};
+  struct vhd_compact_result res;
+  T_OK(vhd_compact(g.path, &co, &res, &err), &err, t_fmt("%s: vhd_compact", label));
+  T_ASSERT(res.file_size_after == t_file_size(g.path), "%s: the file is %" PRIu64
+           " bytes, vhd_compact says %" PRIu64, label, t_file_size(g.path), res.file_size_after);
+  compactions++;
+  compact_freed += res.blocks_freed;
+  compact_moved += res.blocks_moved;
+  check_layout(&g, g.path, true, label);
+  int c = t_check(g.path);
+  T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: corrupt to vhd_check after compacting", label);
+  v = t_open(g.path, true);
+  verify(v, &m, label);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  if (has_parent) {
+    uint64_t psz;
+    CLEANUP_FREE uint8_t *p = read_whole(parent.path, &psz);
+    T_ASSERT(psz == parent.fsz && memcmp(p, parent.file, psz) == 0,
+             "%s: the parent file changed", label);
+  }
+  compare_readers(&g, &m, label);
+  unlink(g.path);
+  free(m.data);
+  free(m.known);
+  gen_free(&g);
+  if (has_parent) {
+    unlink(parent.path);
+    gen_free(&parent);
+  }
+}
+
 /* A crash right after the footer moved for a new block (the next write,
  * the block's bitmap, fails): the image must be valid with its content, and
  * vhd_check --repair must give the tail back (it holds nothing but the old
@@ -837,9 +899,12 @@ int main(void) {
     round_one(n, steps);
   for (unsigned n = 0; n < rounds / 4 + 1; n++)
     crash_round(n);
+  for (unsigned n = 0; n < rounds / 2 + 1; n++)
+    compact_round(n, steps);
   printf("%" PRIu64 " generated images kept every byte outside the engine's blocks; "
          "%u read the same in libvhdi, %u in QEMU; %u crashes after a footer move, "
-         "%u tails given back by the repair\n",
-         rounds, compared_libvhdi, compared_qemu, crashes, crash_tails_reclaimed);
+         "%u tails given back by the repair; %u compactions freed %u blocks and moved %u\n",
+         rounds, compared_libvhdi, compared_qemu, crashes, crash_tails_reclaimed, compactions,
+         compact_freed, compact_moved);
   return 0;
 }
