@@ -91,7 +91,7 @@ int cmd_compact(int argc, char **argv) {
            res.blocks_freed, res.blocks_moved);
   } else {
     printf("%s: %s %" PRIu64 " bytes (file size %" PRIu64 " -> %" PRIu64
-           "; %" PRIu32 " blocks of zeros freed, %" PRIu32 " blocks moved)\n",
+           "; blocks of zeros freed: %" PRIu32 ", blocks moved: %" PRIu32 ")\n",
            file, opts.dry_run ? "would reclaim" : "reclaimed", gain, res.file_size_before,
            res.file_size_after, res.blocks_freed, res.blocks_moved);
   }
