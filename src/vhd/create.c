@@ -55,6 +55,28 @@ static int write_all(int fd, const char *path, const void *buf, size_t len, uint
   return 0;
 }
 
+uint64_t vhd_size_geometry(uint64_t size, bool exact, struct vhd_footer *f) {
+  size = ROUND_UP(size, 512);
+  if (exact) {
+    vhd_geometry_for_size(size, &f->cylinders, &f->heads, &f->spt);
+    /* "qem2" is the creator QEMU and others read as "the current size is
+     * the disk size", whatever the geometry says. */
+    memcpy(f->creator_app, "qem2", 4);
+  } else {
+    /* Smallest CHS geometry at least as large as the request, as QEMU
+     * does, so that CHS and current size agree for every reader. */
+    uint64_t chs = 0;
+    for (uint64_t sectors = size / 512; chs < size; sectors++) {
+      chs = vhd_geometry_for_size(sectors * 512, &f->cylinders, &f->heads, &f->spt);
+      if (f->cylinders == 65535 && f->heads == 16 && f->spt == 255)
+        break;
+    }
+    if (chs >= size)
+      size = chs;
+  }
+  return MIN(size, VHD_MAX_VIRTUAL_SIZE);
+}
+
 int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err *err) {
   struct vhd_footer f = {0};
   struct vhd_header h = {0};
@@ -109,27 +131,9 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
     if (size > VHD_MAX_VIRTUAL_SIZE)
       return vhd_set_err(err, -EINVAL, "%s: size %llu exceeds the VHD limit of %llu bytes", path,
                          (unsigned long long)size, (unsigned long long)VHD_MAX_VIRTUAL_SIZE);
-    size = ROUND_UP(size, 512);
-    if (o->exact_size) {
-      vhd_geometry_for_size(size, &f.cylinders, &f.heads, &f.spt);
-      /* "qem2" is the creator QEMU and others read as "the current size is
-       * the disk size", whatever the geometry says. */
-      memcpy(f.creator_app, "qem2", 4);
-    } else {
-      /* Smallest CHS geometry at least as large as the request, as QEMU
-       * does, so that CHS and current size agree for every reader. */
-      uint64_t chs = 0;
-      for (uint64_t sectors = size / 512; chs < size; sectors++) {
-        chs = vhd_geometry_for_size(sectors * 512, &f.cylinders, &f.heads, &f.spt);
-        if (f.cylinders == 65535 && f.heads == 16 && f.spt == 255)
-          break;
-      }
-      if (chs >= size)
-        size = chs;
+    size = vhd_size_geometry(size, o->exact_size, &f);
+    if (!o->exact_size)
       memcpy(f.creator_app, "vhdn", 4);
-    }
-    if (size > VHD_MAX_VIRTUAL_SIZE)
-      size = VHD_MAX_VIRTUAL_SIZE;
     f.original_size = size;
     f.current_size = size;
   }

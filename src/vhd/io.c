@@ -345,3 +345,34 @@ int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len) {
   }
   return 0;
 }
+
+int vhd_io_first_nonzero(int fd, uint64_t off, uint64_t len, uint64_t *at) {
+  uint64_t end = off + len;
+  uint8_t buf[65536];
+  while (off < end) {
+    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO)
+        return 0;
+      d = (off_t)off;
+    }
+    if ((uint64_t)d >= end)
+      return 0;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    uint64_t stop = h < 0 ? end : MIN((uint64_t)h, end);
+    for (uint64_t p = (uint64_t)d; p < stop;) {
+      size_t n = (size_t)MIN(stop - p, (uint64_t)sizeof buf);
+      int r = vhd_io_pread(fd, buf, n, p);
+      if (r < 0)
+        return r;
+      for (size_t i = 0; i < n; i++)
+        if (buf[i]) {
+          *at = p + i;
+          return 1;
+        }
+      p += n;
+    }
+    off = stop;
+  }
+  return 0;
+}

@@ -10,5 +10,7 @@ libvhd_a_SOURCES = \
 	src/vhd/open.c \
 	src/vhd/rw.c \
 	src/vhd/create.c \
-	src/vhd/check.c
+	src/vhd/check.c \
+	src/vhd/resize.c \
+	src/vhd/compact.c
 libvhd_a_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)

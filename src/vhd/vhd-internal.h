@@ -11,7 +11,8 @@
  *     cut below the end of the last of them (`cut_floor`: freed blocks
  *     that ran up to the footer at open may go).  Space is reused only when it was verifiably a block
  *     of this image: a BAT entry loaded at open or allocated since, freed by
- *     zeroing or trimming.
+ *     zeroing or trimming.  vhd_resize alone also takes the BAT's padding
+ *     for new entries, and the blocks it moved away first (see resize.c).
  *  1. Allocating a block (under vhd->lock): blocks are handed out from a
  *     window that ends at the trailing footer.  When the window is used up,
  *     the footer is written again further on (room for several blocks) and
@@ -248,8 +249,18 @@ uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
  * without reading), apart from whole 512-byte-aligned sectors equal to
  * `same` (when not NULL); 0 when one does not; or a negative errno. */
 int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same);
+/* 1 with *at set to the first byte of [off, off+len) that is not zero
+ * (holes are skipped without reading), 0 when all are zero, or a negative
+ * errno. */
+int vhd_io_first_nonzero(int fd, uint64_t off, uint64_t len, uint64_t *at);
 /* Makes [off, off+len) read as zeros: a hole punch, else zeros written. */
 int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len);
+
+/* create.c: the size a request for `size` bytes gives (rounded up to a
+ * sector, then to the next CHS geometry unless exact) and the footer's
+ * geometry for it; exact also sets the creator "qem2" (see README, "Virtual
+ * size").  Never more than VHD_MAX_VIRTUAL_SIZE. */
+uint64_t vhd_size_geometry(uint64_t size, bool exact, struct vhd_footer *f);
 
 /* footer.c */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);

@@ -257,6 +257,60 @@ struct vhd_check_opts {
 };
 int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_err *err);
 
+/* Resizing (resize.c).  Opens path read-write (taking the image lock: an
+ * image in use is refused with EBUSY, naming the holder where it can),
+ * without its parent, and gives it the virtual size `size` rounded as
+ * vhd_create does (see exact_size).  Growing a dynamic or differencing
+ * image past what its BAT covers enlarges the BAT: into its own padding, or
+ * over the blocks right after it (moved first to the end of the file), or,
+ * when something else follows it, at a new place past everything.  A fixed
+ * image grows with zeros.  Shrinking needs `shrink` and is refused with
+ * ENOTEMPTY, naming the first offset, when data lies past the new end
+ * (fixed: a byte that is not zero; otherwise a sector marked present in
+ * this image's bitmaps).  Crash-safe at every step: the image reopens with
+ * the old size or the new one, with the same content within the smaller. */
+struct vhd_resize_opts {
+  uint64_t size;
+  bool exact_size;
+  bool shrink;
+  /* Called now and then with bytes of blocks moved so far and in all; may
+   * be NULL. */
+  void (*progress)(void *opaque, uint64_t done, uint64_t total);
+  void *opaque;
+};
+/* Returns 0 (*new_size, when not NULL, gets the resulting virtual size) or a
+ * negative errno. */
+int vhd_resize(const char *path, const struct vhd_resize_opts *opts, uint64_t *new_size,
+               struct vhd_err *err);
+
+/* Compacting (compact.c), like Optimize-VHD.  Opens path read-write (the
+ * image lock refuses an image in use, with EBUSY), with its parents for a
+ * differencing image, then:
+ *  1. blocks whose present sectors all read as zeros lose their BAT entry
+ *     (in a differencing image only where the parent reads zeros there
+ *     too: zeros that hide parent data stay);
+ *  2. blocks from the end of the file move down into space that is
+ *     verifiably free: blocks step 1 freed, and gaps after every other
+ *     structure that hold only zeros or copies of the footer.  Anything
+ *     else (structures, bytes the engine cannot account for) stays put;
+ *  3. the footer moves down to the new end and the file is cut there.
+ * Crash-safe at every step (a move is copy, sync, switch the BAT entry,
+ * sync).  A fixed image has nothing to compact: EINVAL.  With dry_run
+ * nothing is written and the result says what would be reclaimed. */
+struct vhd_compact_opts {
+  bool dry_run;
+  /* Called now and then with bytes of blocks examined or moved so far and
+   * in all; may be NULL. */
+  void (*progress)(void *opaque, uint64_t done, uint64_t total);
+  void *opaque;
+};
+struct vhd_compact_result {
+  uint64_t file_size_before, file_size_after; /* after: would be, with dry_run */
+  uint32_t blocks_freed, blocks_moved;
+};
+int vhd_compact(const char *path, const struct vhd_compact_opts *opts,
+                struct vhd_compact_result *res, struct vhd_err *err);
+
 /* Fault injection for tests, process-wide.  An injected failure does nothing
  * and returns the chosen errno, exactly as a failing disk would (so it
  * latches the image like a real one, see "Write errors").

@@ -10,6 +10,8 @@ vhdimg_SOURCES = \
 	src/vhdimg/map.c \
 	src/vhdimg/source.c \
 	src/vhdimg/convert.c \
-	src/vhdimg/compare.c
+	src/vhdimg/compare.c \
+	src/vhdimg/resize.c \
+	src/vhdimg/compact.c
 vhdimg_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
 vhdimg_LDADD = libvhd.a libcommon.a $(UUID_LIBS)

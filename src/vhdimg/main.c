@@ -14,6 +14,8 @@ static const struct vhdimg_cmd commands[] = {
     {"convert", "convert an image or a raw disk to raw, fixed or dynamic", cmd_convert,
      usage_convert},
     {"compare", "compare the contents of two images", cmd_compare, usage_compare},
+    {"resize", "grow or shrink an image's virtual size", cmd_resize, usage_resize},
+    {"compact", "give back the space of zero blocks and gaps", cmd_compact, usage_compact},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

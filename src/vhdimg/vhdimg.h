@@ -28,12 +28,16 @@ int cmd_check(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_compact(int argc, char **argv);
 void usage_create(FILE *f);
 void usage_info(FILE *f);
 void usage_check(FILE *f);
 void usage_map(FILE *f);
 void usage_convert(FILE *f);
 void usage_compare(FILE *f);
+void usage_resize(FILE *f);
+void usage_compact(FILE *f);
 
 /* util.c */
 /* Prints "vhdimg CMD: <msg>" and a hint to run --help; returns VHDIMG_EXIT_USAGE. */

@@ -14,6 +14,8 @@ TESTS += \
 	tests/interop/test-qemu-vpc-images.sh \
 	tests/interop/test-malformed-images.sh \
 	tests/interop/test-vhdimg-served.sh \
+	tests/interop/test-vhdimg-resize.sh \
+	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhd-crash-readers.sh
 EXTRA_DIST += \
@@ -30,4 +32,6 @@ EXTRA_DIST += \
 	tests/interop/test-qemu-vpc-images.sh \
 	tests/interop/test-malformed-images.sh \
 	tests/interop/test-vhdimg-served.sh \
+	tests/interop/test-vhdimg-resize.sh \
+	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh

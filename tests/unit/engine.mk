@@ -105,3 +105,21 @@ test_vhd_open_opts_SOURCES = tests/unit/test-vhd-open-opts.c $(ENGINE_TEST_UTIL)
 test_vhd_open_opts_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_open_opts_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-open-opts
+
+# - test-vhd-resize: vhd_resize of every image type and BAT layout, with a
+#   crash at every I/O point (synced writes kept, or unsynced ones lost).
+check_PROGRAMS += test-vhd-resize
+TESTS += test-vhd-resize
+VALGRIND_TESTS += test-vhd-resize
+test_vhd_resize_SOURCES = tests/unit/test-vhd-resize.c $(ENGINE_TEST_UTIL)
+test_vhd_resize_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_resize_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# - test-vhd-compact: vhd_compact of dynamic and differencing images with
+#   free and foreign gaps, with a crash at every I/O point.
+check_PROGRAMS += test-vhd-compact
+TESTS += test-vhd-compact
+VALGRIND_TESTS += test-vhd-compact
+test_vhd_compact_SOURCES = tests/unit/test-vhd-compact.c $(ENGINE_TEST_UTIL)
+test_vhd_compact_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_compact_CFLAGS = $(ENGINE_TEST_CFLAGS)

@@ -40,6 +40,14 @@
  *     QEMU needs the footer copy at 0: such images are not compared.
  *     Missing readers are skipped with a printed reason.
  *
+ * Others are grown by vhd_resize: the same content then zeros, to the
+ * readers too, and no byte to keep changes but the header's table fields,
+ * the BAT's padding and a footer copy at 0.
+ * Others get a workload, then vhd_compact: the same content, to the
+ * readers too, and the repair's rules (bytes to keep stay, the file may
+ * get shorter but never over one of them, blocks move only into places of
+ * the image's blocks or past what the file held).
+ *
  * VHD_TEST_SEED reproduces a run, VHD_TEST_ITERS scales it (the number of
  * images is ITERS / 25, the workload length ITERS / 50 steps).
  * VHD_TEST_NO_READERS=1 skips the independent readers (for valgrind).
@@ -86,6 +94,7 @@ static uint32_t sum_csum(const uint8_t *p, size_t len, size_t at) {
       s += p[i];
   return ~s;
 }
+static uint64_t be_u64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
 static uint64_t up512(uint64_t v) { return (v + 511) / 512 * 512; }
 
 /* One generated image and what it is made of. */
@@ -776,6 +785,130 @@ static void round_one(unsigned n, uint64_t steps) {
   }
 }
 
+/* vhd_compact after a workload: the same content (also to libvhdi and
+ * QEMU), and the same rules as a repair: every byte to keep stays (the file
+ * may get shorter, never over one), blocks move only into places of the
+ * image's blocks or past what the file held, and sectors absent by the
+ * bitmap of a moved block read as zeros on disk. */
+static unsigned compactions, compact_freed, compact_moved;
+
+static void compact_round(unsigned n, uint64_t steps) {
+  struct gen parent, g;
+  int type = t_chance(60) ? 3 : 4;
+  bool has_parent = type == 4;
+  if (has_parent)
+    gen_image(&parent, t_chance(70) ? 3 : 2, NULL, t_fmt("cparent-%u.vhd", n));
+  gen_image(&g, type, has_parent ? &parent : NULL, t_fmt("compact-%u.vhd", n));
+  char label[512];
+  snprintf(label, sizeof label, "compacted image %u (%s, %" PRIu64 " bytes, block %u, file %" PRIu64 ")",
+           n, type == 3 ? "dynamic" : "differencing", g.size, g.bs, g.fsz);
+  struct model m = {.size = g.size};
+  m.data = t_xmalloc(g.size);
+  m.known = t_xmalloc(g.size);
+  memcpy(m.data, g.content, g.size);
+  memset(m.known, 1, g.size);
+  vhd_t *v = t_open(g.path, false);
+  workload(v, &m, g.bs, steps);
+  T_OK(vhd_close(v, &err), &err, t_fmt("%s: vhd_close", label));
+  check_layout(&g, g.path, true, t_fmt("%s, before compacting", label));
+  struct vhd_compact_opts co = {0};
+  struct vhd_compact_result res;
+  T_OK(vhd_compact(g.path, &co, &res, &err), &err, t_fmt("%s: vhd_compact", label));
+  T_ASSERT(res.file_size_after == t_file_size(g.path), "%s: the file is %" PRIu64
+           " bytes, vhd_compact says %" PRIu64, label, t_file_size(g.path), res.file_size_after);
+  compactions++;
+  compact_freed += res.blocks_freed;
+  compact_moved += res.blocks_moved;
+  check_layout(&g, g.path, true, label);
+  int c = t_check(g.path);
+  T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: corrupt to vhd_check after compacting", label);
+  v = t_open(g.path, true);
+  verify(v, &m, label);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  if (has_parent) {
+    uint64_t psz;
+    CLEANUP_FREE uint8_t *p = read_whole(parent.path, &psz);
+    T_ASSERT(psz == parent.fsz && memcmp(p, parent.file, psz) == 0,
+             "%s: the parent file changed", label);
+  }
+  compare_readers(&g, &m, label);
+  unlink(g.path);
+  free(m.data);
+  free(m.known);
+  gen_free(&g);
+  if (has_parent) {
+    unlink(parent.path);
+    gen_free(&parent);
+  }
+}
+
+/* vhd_resize grows a generated image: the content stays, zeros follow (to
+ * libvhdi and QEMU too), and no byte to keep changes but the dynamic
+ * header's table offset, entry count and checksum and the BAT's padding
+ * (where new entries may go); the file never gets shorter. */
+static unsigned resizes, resizes_bat_moved;
+
+static void resize_round(unsigned n) {
+  struct gen parent, g;
+  int type = t_chance(60) ? 3 : 4;
+  bool has_parent = type == 4;
+  if (has_parent)
+    gen_image(&parent, t_chance(70) ? 3 : 2, NULL, t_fmt("rparent-%u.vhd", n));
+  gen_image(&g, type, has_parent ? &parent : NULL, t_fmt("resize-%u.vhd", n));
+  uint64_t new_size = g.size + 512 * t_range(1, t_chance(50) ? 64 : 4096);
+  char label[512];
+  snprintf(label, sizeof label,
+           "resized image %u (%s, %" PRIu64 " -> %" PRIu64 " bytes, block %u, %u entries, file %" PRIu64 ")",
+           n, type == 3 ? "dynamic" : "differencing", g.size, new_size, g.bs, g.entries, g.fsz);
+  struct vhd_resize_opts ro = {.size = new_size, .exact_size = true};
+  T_OK(vhd_resize(g.path, &ro, NULL, &err), &err, t_fmt("%s: vhd_resize", label));
+  resizes++;
+  uint64_t nsz;
+  CLEANUP_FREE uint8_t *now = read_whole(g.path, &nsz);
+  T_ASSERT(nsz >= g.fsz, "%s: the file shrank to %" PRIu64 " bytes", label, nsz);
+  uint64_t hoff = rd32(g.footer + 20); /* data offset, low half: small files */
+  uint64_t pad = g.bat_off + 4 * (uint64_t)g.entries, pad_end = g.bat_off + up512(4 * (uint64_t)g.entries);
+  for (uint64_t i = 0; i < g.fsz - 512; i++) {
+    if (!g.keep[i] || now[i] == g.file[i])
+      continue;
+    uint64_t h = i - hoff;
+    bool header_field = i >= hoff && ((h >= 16 && h < 24) || (h >= 28 && h < 32) || (h >= 36 && h < 40));
+    bool footer_copy = g.footer_copy && i < 512; /* rewritten with the new size */
+    T_ASSERT(header_field || footer_copy || (i >= pad && i < pad_end),
+             "%s: byte %" PRIu64 " of the file (not a block, BAT entry, header field or BAT "
+             "padding) changed from 0x%02x to 0x%02x", label, i, g.file[i], now[i]);
+  }
+  if (be_u64(now + hoff + 16) != g.bat_off)
+    resizes_bat_moved++;
+  int c = t_check(g.path);
+  T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: corrupt to vhd_check after resizing", label);
+  struct model m = {.size = new_size};
+  m.data = t_xcalloc(1, new_size);
+  m.known = t_xmalloc(new_size);
+  memcpy(m.data, g.content, g.size);
+  memset(m.known, 1, new_size);
+  vhd_t *v = t_open(g.path, true);
+  T_ASSERT(vhd_virtual_size(v) == new_size, "%s: the engine sees %" PRIu64 " bytes", label,
+           vhd_virtual_size(v));
+  verify(v, &m, label);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  if (has_parent) {
+    uint64_t psz;
+    CLEANUP_FREE uint8_t *p = read_whole(parent.path, &psz);
+    T_ASSERT(psz == parent.fsz && memcmp(p, parent.file, psz) == 0,
+             "%s: the parent file changed", label);
+  }
+  compare_readers(&g, &m, label);
+  unlink(g.path);
+  free(m.data);
+  free(m.known);
+  gen_free(&g);
+  if (has_parent) {
+    unlink(parent.path);
+    gen_free(&parent);
+  }
+}
+
 /* A crash right after the footer moved for a new block (the next write,
  * the block's bitmap, fails): the image must be valid with its content, and
  * vhd_check --repair must give the tail back (it holds nothing but the old
@@ -836,9 +969,15 @@ int main(void) {
     round_one(n, steps);
   for (unsigned n = 0; n < rounds / 4 + 1; n++)
     crash_round(n);
+  for (unsigned n = 0; n < rounds / 2 + 1; n++)
+    compact_round(n, steps);
+  for (unsigned n = 0; n < rounds / 2 + 1; n++)
+    resize_round(n);
   printf("%" PRIu64 " generated images kept every byte outside the engine's blocks; "
          "%u read the same in libvhdi, %u in QEMU; %u crashes after a footer move, "
-         "%u tails given back by the repair\n",
-         rounds, compared_libvhdi, compared_qemu, crashes, crash_tails_reclaimed);
+         "%u tails given back by the repair; %u compactions freed %u blocks and moved %u; "
+         "%u resizes, %u with the BAT moved\n",
+         rounds, compared_libvhdi, compared_qemu, crashes, crash_tails_reclaimed, compactions,
+         compact_freed, compact_moved, resizes, resizes_bat_moved);
   return 0;
 }

@@ -1,0 +1,380 @@
+/* compact.c: giving back the space of blocks that hold only zeros, and of
+ * gaps, by moving blocks down (vhdimg compact, like Optimize-VHD).
+ *
+ * Write order (on top of the one in vhd-internal.h):
+ *  1. Blocks whose present sectors read as zeros (and, in a differencing
+ *     image, whose parent reads zeros there too) lose their BAT entry in
+ *     memory; a vhd_flush makes that durable.  Either entry reads the same,
+ *     so a crash on either side of it changes nothing a reader sees.
+ *  2. Only then is their space written: a block moves into free space
+ *     below it (copy, sync, its BAT entry switched, sync), so the entry on
+ *     disk always points at a complete copy.  Free space is what step 1
+ *     freed and gaps after every other structure that hold only zeros or
+ *     copies of the footer; a destination never overlaps a block still in
+ *     use (moves fill the lowest free slots from the highest blocks, whose
+ *     old places are never reused).
+ *  3. The footer is written at the new end and synced while the old one
+ *     still ends the file, then the file is cut after it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "vhd-internal.h"
+
+#define COPY_CHUNK (1024u * 1024)
+
+struct seg {
+  uint64_t start, end;
+};
+
+struct compact {
+  vhd_t *vhd;
+  const struct vhd_compact_opts *o;
+  struct vhd_err *err;
+  uint64_t span;
+  uint64_t done, total;
+};
+
+static void progress(struct compact *c, uint64_t n) {
+  c->done += n;
+  if (c->o->progress)
+    c->o->progress(c->o->opaque, c->done, c->total);
+}
+
+static bool all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
+/* 1 when every sector block blk marks present reads as zeros, in this
+ * image and in the parent (if any); 0 when one does not. */
+static int block_blank(struct compact *c, uint32_t blk, uint8_t *buf) {
+  vhd_t *vhd = c->vhd;
+  uint8_t *bm;
+  int r = vhd_bitmap_get(vhd, blk, &bm, c->err);
+  if (r < 0)
+    return r;
+  uint64_t data = (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size;
+  uint64_t vstart = (uint64_t)blk * vhd->block_size;
+  vhd_t *p = vhd->parent;
+  for (uint32_t s = 0; s < vhd->sectors_per_block;) {
+    bool set;
+    uint32_t n = vhd_bitmap_run(bm, s, vhd->sectors_per_block, &set);
+    if (set) {
+      uint64_t len = (uint64_t)n * 512;
+      if ((r = vhd_io_pread(vhd->fd, buf, len, data + (uint64_t)s * 512)) < 0)
+        return vhd_set_err(c->err, r, "%s: reading block %u at offset %llu: %s", vhd->path, blk,
+                           (unsigned long long)(data + (uint64_t)s * 512), strerror(-r));
+      if (!all_zero(buf, len))
+        return 0;
+      uint64_t v = vstart + (uint64_t)s * 512;
+      if (p && v < p->virtual_size) {
+        uint64_t in = MIN(len, p->virtual_size - v);
+        if ((r = vhd_read(p, buf, v, in, c->err)) < 0)
+          return r;
+        if (!all_zero(buf, in))
+          return 0;
+      }
+    }
+    s += n;
+  }
+  return 1;
+}
+
+static int seg_cmp(const void *a, const void *b) {
+  const struct seg *x = a, *y = b;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+struct blk_ref {
+  uint64_t off;
+  uint32_t blk;
+};
+static int ref_cmp(const void *a, const void *b) {
+  const struct blk_ref *x = a, *y = b;
+  return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* End of every structure that is not a block: free space is looked for
+ * only after it. */
+static uint64_t structures_end(const vhd_t *vhd) {
+  uint64_t end = vhd->header_offset + VHD_HEADER_SIZE;
+  end = MAX(end, vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512));
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length)
+      end = MAX(end, vhd_locator_area_end(l));
+  }
+  return ROUND_UP(end, 512);
+}
+
+static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t b) {
+  if (*n && (*v)[*n - 1].end == a) {
+    (*v)[*n - 1].end = b;
+    return 0;
+  }
+  if (*n == *cap) {
+    size_t nc = *cap ? *cap * 2 : 64;
+    struct seg *nv = realloc(*v, nc * sizeof *nv);
+    if (!nv)
+      return -ENOMEM;
+    *v = nv;
+    *cap = nc;
+  }
+  (*v)[(*n)++] = (struct seg){a, b};
+  return 0;
+}
+
+/* Adds the sectors of [a, b) that read blank (zeros, or a copy of the
+ * footer) to the free segments; the others are someone's bytes, not ours
+ * to take, and the file may not end before them (*busy_end). */
+static int add_blank(struct compact *c, uint64_t a, uint64_t b, struct seg **v, size_t *n,
+                     size_t *cap, uint64_t *busy_end) {
+  vhd_t *vhd = c->vhd;
+  /* The whole range first: the common case is all blank. */
+  int r = vhd_io_range_is_blank(vhd->fd, a, b - a, vhd->footer_raw);
+  if (r == 1)
+    return push_seg(v, n, cap, a, b) < 0 ? vhd_set_err(c->err, -ENOMEM, "%s: out of memory",
+                                                         vhd->path)
+                                         : 0;
+  uint8_t sec[512];
+  for (uint64_t p = a; r >= 0 && p < b; p += 512) {
+    size_t len = (size_t)MIN((uint64_t)512, b - p);
+    r = vhd_io_pread(vhd->fd, sec, len, p);
+    if (r < 0)
+      break;
+    if ((len == 512 && memcmp(sec, vhd->footer_raw, 512) == 0) || all_zero(sec, len)) {
+      if (push_seg(v, n, cap, p, p + len) < 0)
+        return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+    } else {
+      *busy_end = MAX(*busy_end, p + len);
+    }
+  }
+  if (r < 0)
+    return vhd_set_err(c->err, r, "%s: reading offsets %llu to %llu: %s", vhd->path,
+                       (unsigned long long)a, (unsigned long long)b, strerror(-r));
+  return 0;
+}
+
+int vhd_compact(const char *path, const struct vhd_compact_opts *o,
+                struct vhd_compact_result *res, struct vhd_err *err) {
+  struct vhd_open_opts oo = {.flags = o->dry_run ? VHD_OPEN_RDONLY : 0};
+  vhd_t *vhd;
+  memset(res, 0, sizeof *res);
+  int r = vhd_open(path, &oo, &vhd, err);
+  if (r < 0)
+    return r;
+  struct compact c = {vhd, o, err, 0, 0, 0};
+  CLEANUP_FREE uint8_t *buf = NULL;
+  CLEANUP_FREE struct blk_ref *kept = NULL;
+  CLEANUP_FREE struct seg *free_s = NULL;
+  CLEANUP_FREE uint64_t *dest = NULL;
+  res->file_size_before = res->file_size_after = vhd->file_size;
+  if (vhd->type == VHD_TYPE_FIXED) {
+    r = vhd_set_err(err, -EINVAL, "%s: a fixed image has no blocks to compact", path);
+    goto out;
+  }
+  c.span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  buf = malloc(MAX((uint64_t)vhd->block_size, (uint64_t)COPY_CHUNK));
+  kept = malloc(((size_t)vhd->allocated_blocks + 1) * sizeof *kept);
+  if (!buf || !kept) {
+    r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
+
+  /* 1. Blocks of zeros. */
+  size_t nk = 0, nf = 0, capf = 0;
+  c.total = (uint64_t)vhd->allocated_blocks * c.span;
+  for (uint32_t i = 0; i < vhd->max_entries; i++) {
+    if (vhd->bat[i] == VHD_BAT_UNUSED)
+      continue;
+    uint64_t off = (uint64_t)vhd->bat[i] * 512;
+    if ((r = block_blank(&c, i, buf)) < 0)
+      goto out;
+    progress(&c, c.span);
+    if (r == 0) {
+      kept[nk++] = (struct blk_ref){off, i};
+      continue;
+    }
+    res->blocks_freed++;
+    if (push_seg(&free_s, &nf, &capf, off, off + c.span) < 0) {
+      r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
+      goto out;
+    }
+    if (!o->dry_run) {
+      vhd->bat[i] = VHD_BAT_UNUSED;
+      free(vhd->bitmaps[i]);
+      vhd->bitmaps[i] = NULL;
+      vhd->allocated_blocks--;
+      vhd_bat_mark_dirty(vhd, i);
+    }
+  }
+  if (!o->dry_run && res->blocks_freed) {
+    if ((r = vhd_flush(vhd, err)) < 0)
+      goto out;
+    /* Their bitmaps too read as zeros now, so that any later look (this
+     * compaction cut short, check --repair) knows the space as free. */
+    for (size_t i = 0; i < nf; i++)
+      if ((r = vhd_io_zero(vhd, free_s[i].start, free_s[i].end - free_s[i].start)) < 0) {
+        vhd_set_err(err, r, "%s: zeroing a freed block at offset %llu: %s", path,
+                    (unsigned long long)free_s[i].start, strerror(-r));
+        goto out;
+      }
+  }
+
+  /* 2. Free space after the structures: freed blocks, and blank gaps
+   * between the blocks kept. */
+  if (nk)
+    qsort(kept, nk, sizeof *kept, ref_cmp);
+  size_t nfreed = nf;
+  if (nfreed)
+    qsort(free_s, nfreed, sizeof *free_s, seg_cmp);
+  uint64_t floor = structures_end(vhd), footer = vhd->footer_offset;
+  uint64_t busy_end = floor; /* the file may not end before this */
+  uint64_t cur = floor;
+  size_t fi = 0;
+  for (size_t k = 0; k <= nk && cur < footer; k++) {
+    uint64_t next = k < nk ? kept[k].off : footer;
+    if (next < cur) { /* a block inside the structures' range */
+      cur = MAX(cur, next + c.span);
+      continue;
+    }
+    /* [cur, next): freed blocks and other bytes. */
+    while (cur < next) {
+      while (fi < nfreed && free_s[fi].end <= cur)
+        fi++;
+      uint64_t stop = next;
+      if (fi < nfreed && free_s[fi].start <= cur) {
+        cur = MIN(free_s[fi].end, next); /* already listed */
+        continue;
+      }
+      if (fi < nfreed && free_s[fi].start < stop)
+        stop = free_s[fi].start;
+      if ((r = add_blank(&c, cur, stop, &free_s, &nf, &capf, &busy_end)) < 0)
+        goto out;
+      cur = stop;
+    }
+    if (k < nk)
+      cur = next + c.span;
+  }
+  /* Only free space past the structures counts. */
+  size_t w = 0;
+  for (size_t i = 0; i < nf; i++)
+    if (free_s[i].start >= floor)
+      free_s[w++] = free_s[i];
+  nf = w;
+  if (nf)
+    qsort(free_s, nf, sizeof *free_s, seg_cmp);
+
+  /* Moves: the lowest free slots take the highest blocks. */
+  dest = calloc(nk + 1, sizeof *dest);
+  if (!dest) {
+    r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
+  size_t top = nk, si = 0;
+  uint64_t slot = nf ? ROUND_UP(free_s[0].start, 512) : 0;
+  while (top > 0 && si < nf) {
+    /* Merge touching free segments into the current one. */
+    uint64_t seg_end = free_s[si].end;
+    while (si + 1 < nf && free_s[si + 1].start <= seg_end) {
+      si++;
+      seg_end = MAX(seg_end, free_s[si].end);
+    }
+    if (slot + c.span > seg_end) {
+      if (++si < nf)
+        slot = ROUND_UP(free_s[si].start, 512);
+      continue;
+    }
+    if (slot >= kept[top - 1].off)
+      break;
+    dest[top - 1] = slot;
+    slot += c.span;
+    top--;
+    res->blocks_moved++;
+  }
+  uint64_t end = busy_end;
+  for (size_t k = 0; k < nk; k++)
+    end = MAX(end, (dest[k] ? dest[k] : kept[k].off) + c.span);
+  end = ROUND_UP(end, 512);
+  if (end < footer)
+    res->file_size_after = end + VHD_FOOTER_SIZE;
+  if (o->dry_run) {
+    r = 0;
+    goto out;
+  }
+
+  c.done = 0;
+  c.total = (uint64_t)res->blocks_moved * c.span;
+  for (size_t k = top; k < nk; k++) {
+    uint8_t *bm;
+    if ((r = vhd_bitmap_get(vhd, kept[k].blk, &bm, err)) < 0)
+      goto out;
+    for (uint64_t d = 0; d < c.span;) {
+      size_t n = (size_t)MIN(c.span - d, (uint64_t)COPY_CHUNK);
+      if ((r = vhd_io_pread(vhd->fd, buf, n, kept[k].off + d)) < 0) {
+        vhd_set_err(err, r, "%s: reading block %u at offset %llu: %s", path, kept[k].blk,
+                    (unsigned long long)(kept[k].off + d), strerror(-r));
+        goto out;
+      }
+      /* Sectors absent by the bitmap read as zeros in the copy, also to
+       * readers that ignore bitmaps, as in every block the engine writes. */
+      for (uint64_t i = MAX(d, (uint64_t)vhd->bitmap_size); i < d + n; i += 512)
+        if (!vhd_bit_get(bm, (uint32_t)((i - vhd->bitmap_size) / 512)))
+          memset(buf + (i - d), 0, 512);
+      if ((r = vhd_io_pwrite(vhd, buf, n, dest[k] + d)) < 0) {
+        vhd_set_err(err, r, "%s: moving block %u to offset %llu: %s", path, kept[k].blk,
+                    (unsigned long long)(dest[k] + d), strerror(-r));
+        goto out;
+      }
+      d += n;
+      progress(&c, n);
+    }
+  }
+  if (res->blocks_moved) {
+    if ((r = vhd_io_sync(vhd)) < 0) {
+      vhd_set_err(err, r, "%s: fdatasync after moving blocks: %s", path, strerror(-r));
+      goto out;
+    }
+    for (size_t k = top; k < nk; k++) {
+      vhd->bat[kept[k].blk] = (uint32_t)(dest[k] / 512);
+      vhd_bat_mark_dirty(vhd, kept[k].blk);
+    }
+    /* The flush writes the BAT sectors and syncs; the blocks' bitmaps are
+     * not dirty, their data is durable already. */
+    if ((r = vhd_flush(vhd, err)) < 0)
+      goto out;
+    /* The old places are free now: zeros, for the same reason. */
+    for (size_t k = top; k < nk; k++)
+      if ((r = vhd_io_zero(vhd, kept[k].off, c.span)) < 0) {
+        vhd_set_err(err, r, "%s: zeroing the old place of block %u at offset %llu: %s", path,
+                    kept[k].blk, (unsigned long long)kept[k].off, strerror(-r));
+        goto out;
+      }
+  }
+
+  /* 3. The footer down to the new end, then the cut. */
+  if (end < footer) {
+    if ((r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end)) == 0 &&
+        (r = vhd_io_sync(vhd)) == 0 && (r = vhd_io_truncate(vhd, end + VHD_FOOTER_SIZE)) == 0)
+      r = vhd_io_sync(vhd);
+    if (r < 0) {
+      vhd_set_err(err, r, "%s: moving the footer to offset %llu: %s", path,
+                  (unsigned long long)end, strerror(-r));
+      goto out;
+    }
+  }
+  r = 0;
+out:
+  /* Everything written is synced; the handle's floors and window describe
+   * the old layout, so it is dropped rather than closed. */
+  vhd_abandon(vhd);
+  return r;
+}

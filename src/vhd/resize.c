@@ -1,0 +1,421 @@
+/* resize.c: giving an image a new virtual size (vhdimg resize).
+ *
+ * Write order (on top of the one in vhd-internal.h): every step leaves an
+ * image that opens with the old size or the new one, and the same content
+ * within the smaller of the two.
+ *
+ *  - The footer's size changes last: the trailing footer is written in one
+ *    512-byte write at a sector boundary and synced, then the copy at 0.
+ *    Until the trailing write reaches the disk the old size holds; a torn
+ *    one is refused by its checksum, and open falls back to the old copy at
+ *    0.  A crash between the two leaves a stale copy, which open ignores
+ *    (`vhdimg check` reports it as a leak).
+ *  - Growing the area a fixed image or a BAT covers first puts a durable
+ *    footer (the old one) past every byte the resize will write, so the
+ *    file always ends with a valid footer.
+ *  - A BAT that needs more sectors takes the bytes right after it only when
+ *    they are blocks of this image (each copied past everything, synced,
+ *    its BAT entry switched and synced before the old place is written) or
+ *    lie past everything; otherwise the whole BAT is written anew past
+ *    everything and synced before the header points at it.  The BAT's own
+ *    last sector is the BAT's: its padding may take new entries.
+ *  - The dynamic header changes in place, but only in its first sector
+ *    (table offset, max table entries and checksum all lie in bytes 16-39;
+ *    the second sector is written with the bytes it holds): one aligned
+ *    512-byte write, which a disk does whole or not at all, and a torn one
+ *    would fail the checksum and be as absent to every reader.  It is
+ *    synced before the footer changes, and by then both the old and the
+ *    new table are valid for the old size.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "vhd-internal.h"
+
+#define COPY_CHUNK (1024u * 1024)
+
+static bool buf_all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
+struct resize {
+  vhd_t *vhd;
+  const struct vhd_resize_opts *o;
+  struct vhd_err *err;
+  uint64_t done, total; /* progress: bytes of blocks moved */
+};
+
+static int put(struct resize *z, const void *buf, size_t len, uint64_t off, const char *what) {
+  int r = vhd_io_pwrite(z->vhd, buf, len, off);
+  if (r < 0)
+    return vhd_set_err(z->err, r, "%s: writing %s at offset %llu: %s", z->vhd->path, what,
+                       (unsigned long long)off, strerror(-r));
+  return 0;
+}
+
+static int sync_image(struct resize *z, const char *after) {
+  int r = vhd_io_sync(z->vhd);
+  if (r < 0)
+    return vhd_set_err(z->err, r, "%s: fdatasync after %s: %s", z->vhd->path, after,
+                       strerror(-r));
+  return 0;
+}
+
+static int refuse_data_past(struct resize *z, uint64_t at, uint64_t new_size) {
+  return vhd_set_err(z->err, -ENOTEMPTY,
+                     "%s: data at offset %llu lies past the new end (%llu bytes): not shrunk",
+                     z->vhd->path, (unsigned long long)at, (unsigned long long)new_size);
+}
+
+/* The footer with the new size last, trailing one first (see above). */
+static int write_footers(struct resize *z, const uint8_t *footer, uint64_t pos) {
+  int r;
+  if ((r = put(z, footer, VHD_FOOTER_SIZE, pos, "the footer")) < 0 ||
+      (r = sync_image(z, "writing the footer")) < 0)
+    return r;
+  if (z->vhd->type == VHD_TYPE_FIXED)
+    return 0;
+  /* The copy at 0 is rewritten only when there is one: other bytes there
+   * are not the engine's. */
+  uint8_t head[VHD_FOOTER_SIZE];
+  if (vhd_io_pread(z->vhd->fd, head, sizeof head, 0) < 0 ||
+      vhd_footer_check(head, "footer copy at offset 0", NULL) < 0)
+    return 0;
+  if ((r = put(z, footer, VHD_FOOTER_SIZE, 0, "the footer copy")) < 0 ||
+      (r = sync_image(z, "writing the footer copy")) < 0)
+    return r;
+  return 0;
+}
+
+/* A fixed image's footer ends the file, and nothing else marks where its
+ * data ends: the new footer must not end the file before the bytes it
+ * turns into data read as zeros, and the old footer must end it until the
+ * new one can. */
+static int resize_fixed(struct resize *z, uint64_t new_size, const uint8_t *footer) {
+  vhd_t *vhd = z->vhd;
+  uint64_t fpos = vhd->file_size - VHD_FOOTER_SIZE, old = vhd->virtual_size;
+  int r;
+  if (new_size < old) {
+    /* The new footer's sector may already hold it (a shrink cut short). */
+    uint8_t sec[VHD_FOOTER_SIZE];
+    uint64_t at = new_size;
+    if ((r = vhd_io_pread(vhd->fd, sec, sizeof sec, new_size)) < 0)
+      return vhd_set_err(z->err, r, "%s: reading past the new end: %s", vhd->path, strerror(-r));
+    if (memcmp(sec, footer, sizeof sec) != 0 && !buf_all_zero(sec, sizeof sec)) {
+      while (sec[at - new_size] == 0)
+        at++;
+      return refuse_data_past(z, at, new_size);
+    }
+    uint64_t from = new_size + VHD_FOOTER_SIZE;
+    r = from < fpos ? vhd_io_first_nonzero(vhd->fd, from, fpos - from, &at) : 0;
+    if (r < 0)
+      return vhd_set_err(z->err, r, "%s: reading past the new end: %s", vhd->path, strerror(-r));
+    if (r > 0)
+      return refuse_data_past(z, at, new_size);
+  } else if (new_size > fpos) {
+    /* The old footer becomes data: a copy of it ends the file first. */
+    if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, new_size, "the footer")) < 0 ||
+        (r = sync_image(z, "moving the footer")) < 0)
+      return r;
+  }
+  if (new_size > old) {
+    uint64_t end = MIN(new_size, vhd->file_size);
+    if ((r = vhd_io_zero(vhd, old, end - old)) < 0)
+      return vhd_set_err(z->err, r, "%s: zeroing offsets %llu to %llu: %s", vhd->path,
+                         (unsigned long long)old, (unsigned long long)end, strerror(-r));
+    if ((r = sync_image(z, "zeroing the new space")) < 0)
+      return r;
+  }
+  if ((r = write_footers(z, footer, new_size)) < 0)
+    return r;
+  if (new_size + VHD_FOOTER_SIZE < vhd->file_size) {
+    if ((r = vhd_io_truncate(vhd, new_size + VHD_FOOTER_SIZE)) < 0)
+      return vhd_set_err(z->err, r, "%s: truncating to %llu bytes: %s", vhd->path,
+                         (unsigned long long)(new_size + VHD_FOOTER_SIZE), strerror(-r));
+    if ((r = sync_image(z, "truncating")) < 0)
+      return r;
+  }
+  return 0;
+}
+
+/* Blocks holding sectors in [from, to): sectors this image marks present
+ * there.  first_set: report the first (shrink); else clear them and zero
+ * their data (grow: what was past the end must read as zeros, also to
+ * readers that ignore bitmaps). */
+static int scan_tail(struct resize *z, uint64_t from, uint64_t to, bool first_set,
+                     uint64_t *at) {
+  vhd_t *vhd = z->vhd;
+  uint64_t bs = vhd->block_size;
+  bool any = false;
+  int r;
+  to = MIN(to, (uint64_t)vhd->max_entries * bs);
+  for (uint64_t b = from / bs; b * bs < to; b++) {
+    uint32_t blk = (uint32_t)b;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED)
+      continue;
+    uint8_t *bm;
+    if ((r = vhd_bitmap_get(vhd, blk, &bm, z->err)) < 0)
+      return r;
+    uint64_t start = b * bs;
+    uint32_t s0 = from > start ? (uint32_t)((from - start) / 512) : 0;
+    uint32_t s1 = (uint32_t)((MIN(to, start + bs) - start) / 512);
+    bool changed = false;
+    for (uint32_t s = s0; s < s1; s++) {
+      if (!vhd_bit_get(bm, s))
+        continue;
+      if (first_set) {
+        *at = start + (uint64_t)s * 512;
+        return 1;
+      }
+      vhd_bit_clear(bm, s);
+      changed = true;
+    }
+    if (first_set)
+      continue;
+    uint64_t boff = (uint64_t)vhd->bat[blk] * 512;
+    if (changed && (r = put(z, bm, vhd->bitmap_size, boff, "a sector bitmap")) < 0)
+      return r;
+    uint64_t doff = boff + vhd->bitmap_size + (uint64_t)s0 * 512;
+    if ((r = vhd_io_zero(vhd, doff, (uint64_t)(s1 - s0) * 512)) < 0)
+      return vhd_set_err(z->err, r, "%s: zeroing block %u past the old end at offset %llu: %s",
+                         vhd->path, blk, (unsigned long long)doff, strerror(-r));
+    any = true;
+  }
+  if (any)
+    return sync_image(z, "clearing sectors past the old end");
+  return 0;
+}
+
+static int block_start_cmp(const void *a, const void *b) {
+  const uint64_t *x = a, *y = b;
+  return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* BAT entries as on disk, for entries [first, first+n). */
+static void encode_entries(const vhd_t *vhd, uint8_t *out, uint32_t first, uint32_t n) {
+  for (uint32_t e = 0; e < n; e++) {
+    uint32_t v = vhd->bat[first + e];
+    out[4 * e] = (uint8_t)(v >> 24);
+    out[4 * e + 1] = (uint8_t)(v >> 16);
+    out[4 * e + 2] = (uint8_t)(v >> 8);
+    out[4 * e + 3] = (uint8_t)v;
+  }
+}
+
+static int copy_block(struct resize *z, uint64_t from, uint64_t to, uint64_t span,
+                      uint8_t *buf) {
+  vhd_t *vhd = z->vhd;
+  for (uint64_t done = 0; done < span;) {
+    size_t n = (size_t)MIN(span - done, (uint64_t)COPY_CHUNK);
+    int r = vhd_io_pread(vhd->fd, buf, n, from + done);
+    if (r < 0)
+      return vhd_set_err(z->err, r, "%s: reading the block at offset %llu: %s", vhd->path,
+                         (unsigned long long)(from + done), strerror(-r));
+    /* Space past the old end of the file is a hole: zeros need no write. */
+    bool zero = to + done >= vhd->file_size;
+    for (size_t i = 0; zero && i < n; i++)
+      zero = buf[i] == 0;
+    if (!zero && (r = put(z, buf, n, to + done, "a moved block")) < 0)
+      return r;
+    done += n;
+    z->done += n;
+    if (z->o->progress)
+      z->o->progress(z->o->opaque, z->done, z->total);
+  }
+  return 0;
+}
+
+/* Writes the header's first sector (see the write order above). */
+static int write_header(struct resize *z, uint64_t table_offset, uint32_t entries) {
+  vhd_t *vhd = z->vhd;
+  struct vhd_header h = vhd->header;
+  h.table_offset = table_offset;
+  h.max_table_entries = entries;
+  uint8_t raw[VHD_HEADER_SIZE];
+  vhd_header_encode(&h, raw);
+  int r = put(z, raw, 512, vhd->header_offset, "the dynamic header");
+  if (r == 0)
+    r = sync_image(z, "writing the dynamic header");
+  return r;
+}
+
+/* Makes the BAT hold `entries` entries; *footer_pos gets where the trailing
+ * footer goes. */
+static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
+  vhd_t *vhd = z->vhd;
+  uint64_t bat = vhd->header.table_offset;
+  uint64_t old_bytes = (uint64_t)vhd->max_entries * 4, new_bytes = (uint64_t)entries * 4;
+  uint64_t old_end = bat + ROUND_UP(old_bytes, 512), new_end = bat + ROUND_UP(new_bytes, 512);
+  uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  static const uint8_t unused[512] = {[0 ... 511] = 0xFF};
+  int r;
+
+  if (new_end == old_end) {
+    /* Room in the BAT's last sector. */
+    CLEANUP_FREE uint8_t *pad = malloc(new_bytes - old_bytes);
+    if (!pad)
+      return vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
+    memset(pad, 0xFF, new_bytes - old_bytes);
+    if ((r = put(z, pad, new_bytes - old_bytes, bat + old_bytes, "new BAT entries")) < 0 ||
+        (r = sync_image(z, "writing new BAT entries")) < 0)
+      return r;
+    *footer_pos = vhd->footer_offset;
+    return write_header(z, bat, entries);
+  }
+
+  /* Which blocks lie in [old_end, new_end), back to back from old_end? */
+  CLEANUP_FREE uint64_t *blocks = malloc(((size_t)vhd->allocated_blocks + 1) * 2 * sizeof *blocks);
+  if (!blocks)
+    return vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
+  size_t nb = 0;
+  for (uint32_t i = 0; i < vhd->max_entries; i++)
+    if (vhd->bat[i] != VHD_BAT_UNUSED) {
+      blocks[2 * nb] = (uint64_t)vhd->bat[i] * 512;
+      blocks[2 * nb + 1] = i;
+      nb++;
+    }
+  qsort(blocks, nb, 2 * sizeof *blocks, block_start_cmp);
+  size_t first = 0, nmove = 0;
+  while (first < nb && blocks[2 * first] < old_end)
+    first++;
+  uint64_t cur = old_end;
+  bool relocate = false;
+  while (cur < new_end && cur < vhd->alloc_floor) {
+    if (first + nmove < nb && blocks[2 * (first + nmove)] == cur) {
+      cur += span;
+      nmove++;
+    } else {
+      relocate = true; /* a structure, or bytes the engine cannot account for */
+      break;
+    }
+  }
+
+  if (relocate) {
+    /* The whole table anew past everything, then the header points at it. */
+    uint64_t nbat = vhd->alloc_floor;
+    uint64_t nspan = ROUND_UP(new_bytes, 512);
+    *footer_pos = nbat + nspan;
+    if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
+        (r = sync_image(z, "moving the footer")) < 0)
+      return r;
+    CLEANUP_FREE uint8_t *t = malloc(nspan);
+    if (!t)
+      return vhd_set_err(z->err, -ENOMEM, "%s: out of memory for a BAT of %u entries",
+                         vhd->path, entries);
+    memset(t, 0xFF, nspan);
+    encode_entries(vhd, t, 0, vhd->max_entries);
+    if ((r = put(z, t, nspan, nbat, "the new BAT")) < 0 ||
+        (r = sync_image(z, "writing the new BAT")) < 0)
+      return r;
+    return write_header(z, nbat, entries);
+  }
+
+  /* The blocks in the way go past everything, then the table grows over
+   * their old place. */
+  uint64_t dest = MAX(vhd->alloc_floor, new_end);
+  *footer_pos = dest + nmove * span;
+  if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
+      (r = sync_image(z, "moving the footer")) < 0)
+    return r;
+  if (nmove) {
+    z->total = nmove * span;
+    CLEANUP_FREE uint8_t *buf = malloc(COPY_CHUNK);
+    if (!buf)
+      return vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
+    for (size_t k = 0; k < nmove; k++)
+      if ((r = copy_block(z, blocks[2 * (first + k)], dest + k * span, span, buf)) < 0)
+        return r;
+    if ((r = sync_image(z, "copying blocks")) < 0)
+      return r;
+    for (size_t k = 0; k < nmove; k++) {
+      uint32_t blk = (uint32_t)blocks[2 * (first + k) + 1];
+      vhd->bat[blk] = (uint32_t)((dest + k * span) / 512);
+      uint32_t sec = blk / 128, e0 = sec * 128, n = MIN(128u, vhd->max_entries - e0);
+      uint8_t s[512];
+      encode_entries(vhd, s, e0, n);
+      if ((r = put(z, s, n * 4, bat + (uint64_t)sec * 512, "a BAT sector")) < 0)
+        return r;
+    }
+    if ((r = sync_image(z, "switching BAT entries of moved blocks")) < 0)
+      return r;
+  }
+  for (uint64_t off = bat + old_bytes; off < new_end;) {
+    size_t n = (size_t)MIN(new_end - off, 512 - off % 512);
+    if ((r = put(z, unused, n, off, "new BAT entries")) < 0)
+      return r;
+    off += n;
+  }
+  if ((r = sync_image(z, "writing new BAT entries")) < 0)
+    return r;
+  return write_header(z, bat, entries);
+}
+
+static int resize_dynamic(struct resize *z, uint64_t new_size, const uint8_t *footer) {
+  vhd_t *vhd = z->vhd;
+  uint64_t old = vhd->virtual_size;
+  int r;
+  if (new_size < old) {
+    uint64_t at;
+    r = scan_tail(z, new_size, old, true, &at);
+    if (r < 0)
+      return r;
+    if (r > 0)
+      return refuse_data_past(z, at, new_size);
+    return write_footers(z, footer, vhd->footer_offset);
+  }
+  if ((r = scan_tail(z, old, new_size, false, NULL)) < 0)
+    return r;
+  uint64_t entries = DIV_ROUND_UP(new_size, vhd->block_size);
+  uint64_t pos = vhd->footer_offset;
+  if (entries > vhd->max_entries && (r = grow_bat(z, (uint32_t)entries, &pos)) < 0)
+    return r;
+  return write_footers(z, footer, pos);
+}
+
+int vhd_resize(const char *path, const struct vhd_resize_opts *o, uint64_t *new_size,
+               struct vhd_err *err) {
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT};
+  vhd_t *vhd;
+  if (o->size == 0)
+    return vhd_set_err(err, -EINVAL, "%s: size must be larger than 0", path);
+  if (o->size > VHD_MAX_VIRTUAL_SIZE)
+    return vhd_set_err(err, -EINVAL, "%s: size %llu exceeds the VHD limit of %llu bytes", path,
+                       (unsigned long long)o->size, (unsigned long long)VHD_MAX_VIRTUAL_SIZE);
+  int r = vhd_open(path, &oo, &vhd, err);
+  if (r < 0)
+    return r;
+  struct vhd_footer f = vhd->footer;
+  uint64_t size = vhd_size_geometry(o->size, o->exact_size, &f);
+  /* Both sizes: libvhdi takes the original size as the disk's. */
+  f.current_size = size;
+  f.original_size = size;
+  struct resize z = {vhd, o, err, 0, 0};
+  if (size < vhd->virtual_size && !o->shrink) {
+    r = vhd_set_err(err, -EINVAL,
+                    "%s: %llu bytes is smaller than the image (%llu bytes): shrinking needs "
+                    "--shrink",
+                    path, (unsigned long long)size, (unsigned long long)vhd->virtual_size);
+  } else if (size == vhd->virtual_size && size == vhd->footer.current_size &&
+             size == vhd->footer.original_size &&
+             memcmp(f.creator_app, vhd->footer.creator_app, 4) == 0) {
+    r = 0; /* nothing to change */
+  } else {
+    uint8_t raw[VHD_FOOTER_SIZE];
+    vhd_footer_encode(&f, raw);
+    r = vhd->type == VHD_TYPE_FIXED ? resize_fixed(&z, size, raw) : resize_dynamic(&z, size, raw);
+  }
+  if (r == 0 && new_size)
+    *new_size = size;
+  /* Everything the resize wrote is synced; the handle has nothing of its
+   * own to flush, and its window and floors describe the old layout. */
+  vhd_abandon(vhd);
+  return r;
+}

@@ -1,0 +1,99 @@
+/* compact.c: `vhdimg compact`, a front end to vhd_compact. */
+#include "config.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <unistd.h>
+
+#include "vhdimg.h"
+
+void usage_compact(FILE *f) {
+  fprintf(f,
+          "Usage: vhdimg compact [--dry-run] [--json] [-p] FILE\n"
+          "\n"
+          "Gives back the space of a dynamic or differencing image's blocks that\n"
+          "hold only zeros (in a differencing image, only where the parent reads\n"
+          "zeros too), and moves blocks down into free space so that the file\n"
+          "gets shorter, like Optimize-VHD.  The image must not be in use.\n"
+          "Prints the file size before and after and the bytes reclaimed.\n"
+          "\n"
+          "  -n, --dry-run      only say what would be reclaimed\n"
+          "      --json         print the result as one JSON object\n"
+          "  -p, --progress     show the progress (when stderr is a terminal)\n"
+          "  -h, --help         show this help\n");
+}
+
+static void show_progress(void *opaque, uint64_t done, uint64_t total) {
+  (void)opaque;
+  double pct = total ? 100.0 * (double)done / (double)total : 100.0;
+  fprintf(stderr, "\r    (%6.2f/100%%)", pct);
+  if (done >= total)
+    fputc('\n', stderr);
+  fflush(stderr);
+}
+
+int cmd_compact(int argc, char **argv) {
+  enum { OPT_JSON = 256 };
+  static const struct option longopts[] = {
+      {"dry-run", no_argument, NULL, 'n'},
+      {"json", no_argument, NULL, OPT_JSON},
+      {"progress", no_argument, NULL, 'p'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  struct vhd_compact_opts opts = {0};
+  bool progress = false, json = false;
+  int c;
+
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":nph", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'n':
+      opts.dry_run = true;
+      break;
+    case OPT_JSON:
+      json = true;
+      break;
+    case 'p':
+      progress = true;
+      break;
+    case 'h':
+      usage_compact(stdout);
+      return VHDIMG_EXIT_OK;
+    default:
+      return option_error("compact", c, argv);
+    }
+  }
+  int nargs = argc - optind;
+  if (nargs < 1)
+    return usage_error("compact", "missing FILE");
+  if (nargs > 1)
+    return usage_error("compact", "unexpected argument '%s'", argv[optind + 1]);
+  if (progress && isatty(STDERR_FILENO))
+    opts.progress = show_progress;
+
+  const char *file = argv[optind];
+  struct vhd_err err = {{0}};
+  struct vhd_compact_result res;
+  int r = vhd_compact(file, &opts, &res, &err);
+  if (r < 0) {
+    print_vhd_error(r, &err);
+    return VHDIMG_EXIT_FAILURE;
+  }
+  uint64_t gain = res.file_size_before - res.file_size_after;
+  if (json) {
+    printf("{\"file\": ");
+    json_put_string(stdout, file);
+    printf(", \"dry-run\": %s, \"file-size-before\": %" PRIu64 ", \"file-size-after\": %" PRIu64
+           ", \"bytes-reclaimed\": %" PRIu64 ", \"blocks-freed\": %" PRIu32
+           ", \"blocks-moved\": %" PRIu32 "}\n",
+           opts.dry_run ? "true" : "false", res.file_size_before, res.file_size_after, gain,
+           res.blocks_freed, res.blocks_moved);
+  } else {
+    printf("%s: %s %" PRIu64 " bytes (file size %" PRIu64 " -> %" PRIu64
+           "; blocks of zeros freed: %" PRIu32 ", blocks moved: %" PRIu32 ")\n",
+           file, opts.dry_run ? "would reclaim" : "reclaimed", gain, res.file_size_before,
+           res.file_size_after, res.blocks_freed, res.blocks_moved);
+  }
+  return VHDIMG_EXIT_OK;
+}

@@ -1,0 +1,93 @@
+/* resize.c: `vhdimg resize`, a front end to vhd_resize. */
+#include "config.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <unistd.h>
+
+#include "vhdimg.h"
+
+void usage_resize(FILE *f) {
+  fprintf(f,
+          "Usage: vhdimg resize [--shrink] [--exact] [-p] FILE SIZE\n"
+          "\n"
+          "Gives a fixed, dynamic or differencing image the virtual size SIZE,\n"
+          "rounded up to the next CHS geometry as create does.  Growing adds\n"
+          "space that reads as zeros; the image must not be in use (served or\n"
+          "open elsewhere).  Shrinking needs --shrink and is refused when data\n"
+          "lies past the new end (the first such offset is named).\n"
+          "\n"
+          "      --shrink       allow a SIZE smaller than the image\n"
+          "      --exact        keep SIZE exactly instead of rounding it up to\n"
+          "                     the next CHS geometry\n"
+          "  -p, --progress     show the progress of blocks moved (when stderr is\n"
+          "                     a terminal)\n"
+          "  -h, --help         show this help\n");
+}
+
+static void show_progress(void *opaque, uint64_t done, uint64_t total) {
+  (void)opaque;
+  double pct = total ? 100.0 * (double)done / (double)total : 100.0;
+  fprintf(stderr, "\r    (%6.2f/100%%)", pct);
+  if (done >= total)
+    fputc('\n', stderr);
+  fflush(stderr);
+}
+
+int cmd_resize(int argc, char **argv) {
+  enum { OPT_SHRINK = 256, OPT_EXACT };
+  static const struct option longopts[] = {
+      {"shrink", no_argument, NULL, OPT_SHRINK},
+      {"exact", no_argument, NULL, OPT_EXACT},
+      {"progress", no_argument, NULL, 'p'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  struct vhd_resize_opts opts = {0};
+  bool progress = false;
+  int c;
+
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":ph", longopts, NULL)) != -1) {
+    switch (c) {
+    case OPT_SHRINK:
+      opts.shrink = true;
+      break;
+    case OPT_EXACT:
+      opts.exact_size = true;
+      break;
+    case 'p':
+      progress = true;
+      break;
+    case 'h':
+      usage_resize(stdout);
+      return VHDIMG_EXIT_OK;
+    default:
+      return option_error("resize", c, argv);
+    }
+  }
+  int nargs = argc - optind;
+  if (nargs < 1)
+    return usage_error("resize", "missing FILE");
+  if (nargs < 2)
+    return usage_error("resize", "missing SIZE");
+  if (nargs > 2)
+    return usage_error("resize", "unexpected argument '%s'", argv[optind + 2]);
+  int r = parse_size_arg("resize", "size", argv[optind + 1], &opts.size);
+  if (r)
+    return r;
+  if (opts.size == 0)
+    return usage_error("resize", "size must not be zero");
+  if (progress && isatty(STDERR_FILENO))
+    opts.progress = show_progress;
+
+  struct vhd_err err = {{0}};
+  uint64_t size;
+  r = vhd_resize(argv[optind], &opts, &size, &err);
+  if (r < 0) {
+    print_vhd_error(r, &err);
+    return VHDIMG_EXIT_FAILURE;
+  }
+  printf("%s: virtual size %" PRIu64 " bytes\n", argv[optind], size);
+  return VHDIMG_EXIT_OK;
+}

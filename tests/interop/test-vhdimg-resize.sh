@@ -1,0 +1,118 @@
+#!/bin/bash
+# vhdimg resize, read back by qemu-img (fixed, dynamic) and libvhdi (every
+# type, chains of 3): fixed and dynamic images grown to odd sizes, with the
+# CHS rule and --exact; dynamic BATs grown into their padding and over the
+# blocks that follow them; differencing BATs moved past their parent
+# locators; shrinks, refused while data lies past the new end (naming its
+# offset) or without --shrink; an image being served is refused by its
+# lock.
+. "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/interop/image-functions.sh"
+requires qemu-img
+requires_py pyvhdi
+requires_write_helper
+cd "$TMPD"
+dump="$PY3 $top_srcdir/tests/interop/pyvhdi-dump.py"
+
+# same_content EXPECTED IMAGE [PARENT...]: libvhdi (and qemu-img, for a
+# fixed or dynamic IMAGE) read EXPECTED; vhdimg check finds nothing.
+same_content() {
+  local expected=$1 img=$2
+  $dump "$img.pyvhdi" "${@:2}" >/dev/null || fail "$img: libvhdi cannot read it"
+  cmp "$img.pyvhdi" "$expected" || fail "$img: libvhdi reads different bytes"
+  if [ "$(info_field "$img" type)" != differencing ]; then
+    [ "$(qemu_vsize "$img")" = "$(stat -c %s "$expected")" ] || fail "$img: qemu-img sees another size"
+    qemu-img compare -q -f vpc -F raw "$img" "$expected" || fail "$img: qemu-img compare differs"
+  fi
+  "$VHDIMG" compare -F raw "$img" "$expected" >/dev/null || fail "$img: vhdimg compare differs"
+  "$VHDIMG" check "$img" >/dev/null || fail "$img: vhdimg check"
+  rm -f "$img.pyvhdi"
+}
+
+# resize_to IMAGE SIZE [OPTION...]: vhdimg resize, echoes the new size.
+resize_to() {
+  local img=$1 size=$2
+  shift 2
+  "$VHDIMG" resize "$@" "$img" "$size" >resize.out || { cat resize.out >&2; fail "resize $img $size $*"; }
+  info_field "$img" virtual-size
+}
+
+# --- fixed: grown with the CHS rule, then exactly, then shrunk ---------------
+"$VHDIMG" create -t fixed --exact f.vhd 1M
+"$WRITE_HELPER" f.vhd 0 4K 0x11 1020K 4K 0x22
+size=$(resize_to f.vhd 3000K)
+[ "$size" -ge $((3000 * 1024)) ] || fail "fixed: grown to $size, less than asked"
+[ "$(info_field f.vhd chs-size)" = "$size" ] || fail "fixed: CHS size is not the new size $size"
+make_raw f.raw "$size" 0 4K 0x11 1020K 4K 0x22
+same_content f.raw f.vhd
+[ "$(stat -c %s f.vhd)" = $((size + 512)) ] || fail "fixed: file is not size + footer"
+size=$(resize_to f.vhd $((5 * 1024 * 1024 + 1536)) --exact)
+[ "$size" = $((5 * 1024 * 1024 + 1536)) ] || fail "fixed --exact: $size"
+"$WRITE_HELPER" f.vhd $((size - 512)) 512 0x33
+make_raw f.raw "$size" 0 4K 0x11 1020K 4K 0x22 $((size - 512)) 512 0x33
+same_content f.raw f.vhd
+expect_exit 1 "$VHDIMG" resize --exact f.vhd 2M 2>err.out
+grep -q -- --shrink err.out || { cat err.out >&2; fail "a shrink without --shrink: no hint"; }
+expect_exit 1 "$VHDIMG" resize --shrink --exact f.vhd 2M 2>err.out
+grep -q "offset $((size - 512))" err.out || { cat err.out >&2; fail "fixed shrink: the first data past the end is not named"; }
+"$WRITE_HELPER" f.vhd $((size - 512)) 512 0
+size=$(resize_to f.vhd 1M --shrink --exact)
+make_raw f.raw 1M 0 4K 0x11 1020K 4K 0x22
+same_content f.raw f.vhd
+
+# --- dynamic, 2 MiB blocks: the BAT grows into its padding --------------------
+"$VHDIMG" create -t dynamic d.vhd 5M
+"$WRITE_HELPER" d.vhd 0 1M 0xab 4M 512K 0xcd
+bat=$(info_field d.vhd bat-offset)
+size=$(resize_to d.vhd $((100 * 1024 * 1024 + 3 * 512)) --exact)
+[ "$(info_field d.vhd bat-offset)" = "$bat" ] || fail "dynamic: the BAT moved although its padding had room"
+"$WRITE_HELPER" d.vhd $((size - 1024)) 1K 0xef
+make_raw d.raw "$size" 0 1M 0xab 4M 512K 0xcd $((size - 1024)) 1K 0xef
+same_content d.raw d.vhd
+
+# --- dynamic, 4 KiB blocks: the blocks after a full BAT sector move ------------
+"$VHDIMG" create -t dynamic --block-size 4K --exact s.vhd 512K
+"$WRITE_HELPER" s.vhd 0 12K 0x41 200K 4K 0x42 508K 4K 0x43
+size=$(resize_to s.vhd $((3 * 1024 * 1024 - 512)) --exact)
+[ "$(info_field s.vhd bat-offset)" = 1536 ] || fail "4K blocks: the BAT moved instead of the blocks"
+"$WRITE_HELPER" s.vhd 2M 8K 0x44
+make_raw s.raw "$size" 0 12K 0x41 200K 4K 0x42 508K 4K 0x43 2M 8K 0x44
+same_content s.raw s.vhd
+# and shrunk: refused past the data, then down to it.
+expect_exit 1 "$VHDIMG" resize --shrink --exact s.vhd 1M 2>err.out
+grep -q "offset $((2 * 1024 * 1024))" err.out || { cat err.out >&2; fail "dynamic shrink: the first data past the end is not named"; }
+size=$(resize_to s.vhd $((2 * 1024 * 1024 + 8 * 1024)) --shrink --exact)
+make_raw s.raw "$size" 0 12K 0x41 200K 4K 0x42 508K 4K 0x43 2M 8K 0x44
+same_content s.raw s.vhd
+
+# --- a chain of 3, each level resized: BATs move past the locators -------------
+"$VHDIMG" create -t dynamic --block-size 4K --exact base.vhd 512K
+"$WRITE_HELPER" base.vhd 0 64K 0x51 500K 12K 0x52
+"$VHDIMG" create -b base.vhd mid.vhd
+"$WRITE_HELPER" mid.vhd 16K 4K 0x61
+"$VHDIMG" create -b mid.vhd top.vhd
+"$WRITE_HELPER" top.vhd 32K 8K 0x71
+top_bat=$(info_field top.vhd bat-offset)
+for img in base mid top; do
+  size=$(resize_to $img.vhd $((1024 * 1024 + 512)) --exact)
+done
+[ "$(info_field top.vhd bat-offset)" != "$top_bat" ] || fail "differencing: the BAT did not move past the locators"
+"$WRITE_HELPER" mid.vhd 600K 4K 0x62
+"$WRITE_HELPER" top.vhd $((size - 512)) 512 0x72
+make_raw chain.raw "$size" 0 64K 0x51 500K 12K 0x52 16K 4K 0x61 32K 8K 0x71 600K 4K 0x62 \
+  $((size - 512)) 512 0x72
+same_content chain.raw top.vhd mid.vhd base.vhd
+
+# --- arguments, and an image in use -------------------------------------------
+expect_exit 2 "$VHDIMG" resize d.vhd 2>/dev/null
+expect_exit 2 "$VHDIMG" resize d.vhd 0 2>/dev/null
+expect_exit 2 "$VHDIMG" resize d.vhd 1Q 2>/dev/null
+if [ -x "$VHDNBD" ]; then
+  before=$(md5sum <d.vhd)
+  start_vhdnbd "$TMPD/nbd.sock" d.vhd
+  expect_exit 1 "$VHDIMG" resize d.vhd 200M 2>err.out
+  grep -qi lock err.out || { cat err.out >&2; fail "resize of a served image: not refused by the lock"; }
+  stop_vhdnbd
+  [ "$(md5sum <d.vhd)" = "$before" ] || fail "a refused resize changed the image"
+fi
+echo "ok"

@@ -1,0 +1,247 @@
+/* test-vhd-compact.c: vhd_compact against an in-memory model, with a crash
+ * at every I/O point.
+ *
+ * A dynamic image holds blocks of data, blocks of written zeros, a gap of
+ * zeros nothing refers to (free) and a gap of someone else's bytes (not
+ * free: it must survive byte for byte, and the file may not end before
+ * it).  A differencing child holds zeros over parent data (they stay),
+ * zeros over parent zeros (freed) and data.  For every n the compaction
+ * runs on a fresh copy with the power cut after n writes, syncs, truncates
+ * or punches, with what reached the page cache kept or the writes since the
+ * last sync lost; after each crash the image must read the model, have
+ * nothing vhd_check calls corrupt, keep the foreign bytes, and a second
+ * vhd_compact must succeed with the same content.  The run without a fault
+ * must give the expected counts and file size, and --dry-run must have
+ * predicted them without changing a byte. */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "testutil.h"
+#include "vhd.h"
+
+#define BS 4096u
+#define SPAN (BS + 512u)
+#define SIZE (256u * 1024)
+
+static uint8_t model[SIZE];
+static uint64_t foreign_off; /* file offset of the foreign bytes, 0: none */
+static uint8_t foreign[SPAN];
+
+static void put(vhd_t *v, uint64_t off, size_t len, int byte) {
+  struct vhd_err err = {{0}};
+  CLEANUP_FREE uint8_t *buf = t_xmalloc(len);
+  if (byte < 0)
+    t_fill_nonzero(buf, len);
+  else
+    memset(buf, byte, len);
+  T_OK(vhd_write(v, buf, off, len, 0, &err), &err, "vhd_write");
+  memcpy(model + off, buf, len);
+}
+
+static uint64_t bat_entry_offset(const char *path, uint32_t blk, uint64_t *entry_pos) {
+  vhd_t *v = t_open(path, true);
+  struct vhd_info info;
+  vhd_get_info(v, &info);
+  vhd_close(v, NULL);
+  uint8_t e[4];
+  *entry_pos = info.bat_offset + (uint64_t)blk * 4;
+  t_pread_file(path, e, 4, *entry_pos);
+  return ((uint64_t)e[0] << 24 | (uint64_t)e[1] << 16 | (uint64_t)e[2] << 8 | e[3]) * 512;
+}
+
+/* Drops block blk from the BAT by hand, as another tool might leave it. */
+static uint64_t orphan(const char *path, uint32_t blk) {
+  uint64_t pos, off = bat_entry_offset(path, blk, &pos);
+  static const uint8_t unused[4] = {0xff, 0xff, 0xff, 0xff};
+  t_pwrite_file(path, unused, 4, pos);
+  memset(model + (uint64_t)blk * BS, 0, BS);
+  return off;
+}
+
+static void build_dynamic(const char *path) {
+  struct vhd_err err = {{0}};
+  memset(model, 0, sizeof model);
+  t_create(path, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *v = t_open(path, false);
+  put(v, 0 * BS, BS, -1);        /* 0: data */
+  put(v, 1 * BS, BS, 0);         /* 1: zeros: freed */
+  put(v, 2 * BS + 512, 512, -1); /* 2: one sector of data */
+  put(v, 3 * BS, BS, -1);        /* 3: foreign bytes once orphaned */
+  put(v, 4 * BS, BS, 0);         /* 4: a gap of zeros once orphaned */
+  put(v, 5 * BS, 1024, 0);       /* 5: zeros in some sectors: freed */
+  put(v, 9 * BS, BS, -1);        /* 9..12: data, moved down */
+  put(v, 10 * BS, BS, -1);
+  put(v, 11 * BS, 2048, -1);
+  put(v, 12 * BS, BS, 0);        /* 12: zeros at the end: freed */
+  put(v, 13 * BS, BS, -1);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  foreign_off = orphan(path, 3);
+  t_pread_file(path, foreign, SPAN, foreign_off);
+  uint64_t gap = orphan(path, 4);
+  static const uint8_t zeros[512];
+  t_pwrite_file(path, zeros, 512, gap); /* its bitmap: now all zeros */
+}
+
+/* Free space in touching pieces (a freed block, then a gap of zeros), a
+ * block in use, then another freed block: moves must stop at the block in
+ * use, not treat everything up to the last piece as free. */
+static void build_adjacent(const char *path) {
+  struct vhd_err err = {{0}};
+  memset(model, 0, sizeof model);
+  t_create(path, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *v = t_open(path, false);
+  put(v, 0 * BS, BS, -1); /* 0: data */
+  put(v, 1 * BS, BS, 0);  /* 1: zeros: freed */
+  put(v, 2 * BS, BS, 0);  /* 2: a gap of zeros once orphaned */
+  put(v, 3 * BS, BS, -1); /* 3: data, stays */
+  put(v, 4 * BS, BS, 0);  /* 4: zeros: freed */
+  put(v, 5 * BS, BS, -1); /* 5, 6, 7: data, moved into 4, 2 and 1 */
+  put(v, 6 * BS, BS, -1);
+  put(v, 7 * BS, BS, -1);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  foreign_off = 0;
+  uint64_t gap = orphan(path, 2);
+  static const uint8_t zeros[512];
+  t_pwrite_file(path, zeros, 512, gap);
+}
+
+static const char *parent_path;
+
+static void build_differencing(const char *path) {
+  struct vhd_err err = {{0}};
+  memset(model, 0, sizeof model);
+  foreign_off = 0;
+  remove(parent_path);
+  t_create(parent_path, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *p = t_open(parent_path, false);
+  put(p, 0, 4 * BS, -1); /* blocks 0-3 */
+  T_OK(vhd_close(p, &err), &err, "vhd_close");
+  t_create(path, VHD_TYPE_DIFFERENCING, 0, BS, false, parent_path);
+  vhd_t *v = t_open(path, false);
+  put(v, 0, BS, 0);          /* zeros over parent data: stay */
+  put(v, 1 * BS + 512, 512, 0); /* one zero sector over parent data: stays */
+  put(v, 5 * BS, BS, 0);     /* zeros over zeros: freed */
+  put(v, 6 * BS, BS, -1);    /* data */
+  put(v, 7 * BS, BS, 0);     /* freed */
+  put(v, 8 * BS, BS, -1);    /* data, moved down */
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+}
+
+static void verify(const char *path, const char *when) {
+  int c = t_check(path);
+  T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: vhd_check finds corruption (0x%x)", when, c);
+  vhd_t *v = t_open(path, true);
+  static uint8_t buf[SIZE];
+  struct vhd_err err = {{0}};
+  T_ASSERT(vhd_virtual_size(v) == SIZE, "%s: size %llu", when,
+           (unsigned long long)vhd_virtual_size(v));
+  T_OK(vhd_read(v, buf, 0, SIZE, &err), &err, "vhd_read");
+  vhd_close(v, NULL);
+  for (uint64_t i = 0; i < SIZE; i++)
+    T_ASSERT(buf[i] == model[i], "%s: byte at %llu reads 0x%02x, expected 0x%02x", when,
+             (unsigned long long)i, buf[i], model[i]);
+  if (foreign_off) {
+    uint8_t now[SPAN];
+    T_ASSERT(t_file_size(path) >= foreign_off + SPAN + 512, "%s: the file ends before the foreign bytes",
+             when);
+    t_pread_file(path, now, SPAN, foreign_off);
+    T_ASSERT(memcmp(now, foreign, SPAN) == 0, "%s: bytes nobody referred to at %llu changed",
+             when, (unsigned long long)foreign_off);
+  }
+}
+
+static void run(const char *name, void (*build)(const char *), uint32_t want_freed,
+                uint32_t want_moved) {
+  CLEANUP_FREE char *start = strdup(t_path("start.vhd")), *work = strdup(t_path("work.vhd"));
+  remove(start);
+  build(start);
+  verify(start, t_fmt("%s: before compacting", name));
+  struct vhd_err err = {{0}};
+  struct vhd_compact_result dry, res;
+  struct vhd_compact_opts dopts = {.dry_run = true}, opts = {0};
+  uint64_t hash = t_file_hash(start);
+  T_OK(vhd_compact(start, &dopts, &dry, &err), &err, "vhd_compact --dry-run");
+  T_ASSERT(t_file_hash(start) == hash, "%s: --dry-run changed the file", name);
+  T_ASSERT(dry.blocks_freed == want_freed && dry.blocks_moved == want_moved,
+           "%s: dry run: %u freed, %u moved; expected %u and %u", name, dry.blocks_freed,
+           dry.blocks_moved, want_freed, want_moved);
+  T_ASSERT(dry.file_size_before == t_file_size(start), "%s: size before", name);
+  unsigned crashes = 0;
+  for (long n = 0;; n++) {
+    for (int lose = 0; lose < 2; lose++) {
+      t_copy_file(start, work);
+      t_track_unsynced(true);
+      vhd_fault_arm(n);
+      int r = vhd_compact(work, &opts, &res, &err);
+      bool tripped = vhd_fault_tripped();
+      vhd_fault_arm(-1);
+      if (!tripped) {
+        t_track_unsynced(false);
+        T_OK(r, &err, "vhd_compact");
+        T_ASSERT(res.blocks_freed == dry.blocks_freed && res.blocks_moved == dry.blocks_moved &&
+                     res.file_size_after == dry.file_size_after,
+                 "%s: the dry run predicted %u/%u/%llu, the compaction did %u/%u/%llu", name,
+                 dry.blocks_freed, dry.blocks_moved, (unsigned long long)dry.file_size_after,
+                 res.blocks_freed, res.blocks_moved, (unsigned long long)res.file_size_after);
+        T_ASSERT(t_file_size(work) == res.file_size_after, "%s: file is %llu bytes, reported %llu",
+                 name, (unsigned long long)t_file_size(work),
+                 (unsigned long long)res.file_size_after);
+        T_ASSERT(res.file_size_after < res.file_size_before, "%s: nothing reclaimed", name);
+        verify(work, t_fmt("%s: after compacting", name));
+        /* Compacting again finds nothing more. */
+        T_OK(vhd_compact(work, &opts, &res, &err), &err, "vhd_compact again");
+        T_ASSERT(res.blocks_freed == 0 && res.blocks_moved == 0 &&
+                     res.file_size_after == res.file_size_before,
+                 "%s: a second compaction still did %u/%u", name, res.blocks_freed,
+                 res.blocks_moved);
+        printf("%s: %ld I/O points, %u crash images checked, %llu -> %llu bytes\n", name, n,
+               crashes, (unsigned long long)dry.file_size_before,
+               (unsigned long long)dry.file_size_after);
+        return;
+      }
+      T_ASSERT(r < 0, "%s: vhd_compact returned %d after the fault at %ld", name, r, n);
+      if (lose)
+        t_lose_unsynced(work);
+      t_track_unsynced(false);
+      const char *when = t_fmt("%s: after a crash at I/O %ld%s", name, n, lose ? " (unsynced lost)" : "");
+      verify(work, when);
+      crashes++;
+      T_OK(vhd_compact(work, &opts, &res, &err), &err, "vhd_compact after a crash");
+      verify(work, t_fmt("%s: compacted again %s", name, when));
+      T_ASSERT(t_file_size(work) <= dry.file_size_before, "%s: the file grew", when);
+    }
+  }
+}
+
+static void refusals(void) {
+  CLEANUP_FREE char *fixed = strdup(t_path("fixed.vhd")), *dyn = strdup(t_path("inuse.vhd"));
+  struct vhd_err err = {{0}};
+  struct vhd_compact_result res;
+  struct vhd_compact_opts opts = {0};
+  t_create(fixed, VHD_TYPE_FIXED, SIZE, 0, true, NULL);
+  T_ASSERT(vhd_compact(fixed, &opts, &res, &err) == -EINVAL, "a fixed image: %s", err.msg);
+  t_create(dyn, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *v = t_open(dyn, false);
+  uint64_t hash = t_file_hash(dyn);
+  int r = vhd_compact(dyn, &opts, &res, &err);
+  T_ASSERT(r == -EBUSY && strstr(err.msg, "locked"), "an image in use: %d %s", r, err.msg);
+  T_ASSERT(t_file_hash(dyn) == hash, "a refused compaction changed the image");
+  vhd_close(v, NULL);
+}
+
+int main(void) {
+  t_init("test-vhd-compact");
+  CLEANUP_FREE char *pp = strdup(t_path("parent.vhd"));
+  parent_path = pp;
+  refusals();
+  /* dynamic: blocks 1, 5 and 12 freed; 13, 11, 10 move down into 1, 4's gap
+   * and 5 (the foreign bytes of 3 stay); 9 has no free slot below it. */
+  run("dynamic", build_dynamic, 3, 3);
+  run("adjacent", build_adjacent, 2, 3);
+  /* differencing: blocks 5 and 7 freed; 8 moves into 5's place. */
+  run("differencing", build_differencing, 2, 1);
+  return 0;
+}
