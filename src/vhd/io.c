@@ -376,3 +376,47 @@ int vhd_io_first_nonzero(int fd, uint64_t off, uint64_t len, uint64_t *at) {
   }
   return 0;
 }
+
+/* ---- whole files: commit and rebase replace or remove images ----------- */
+
+/* For a file that is not an open image (a new image being written, the
+ * directory of a renamed one): counted by the fault switch, no latch. */
+int vhd_io_sync_fd(int fd) {
+  int r = fault_check(FAULT_OP_SYNC);
+  if (r == 0 && fsync(fd) < 0)
+    r = -errno;
+  return r;
+}
+
+int vhd_io_rename(const char *from, const char *to) {
+  int r = fault_check(FAULT_OP_OTHER);
+  if (r == 0 && rename(from, to) < 0)
+    r = -errno;
+  return r;
+}
+
+int vhd_io_unlink(const char *path) {
+  int r = fault_check(FAULT_OP_OTHER);
+  if (r == 0 && unlink(path) < 0)
+    r = -errno;
+  return r;
+}
+
+/* Makes a rename or unlink in the directory of path durable. */
+int vhd_io_sync_dir_of(const char *path) {
+  CLEANUP_FREE char *copy = strdup(path);
+  if (!copy)
+    return -ENOMEM;
+  char *slash = strrchr(copy, '/');
+  const char *dir = ".";
+  if (slash) {
+    *slash = '\0';
+    dir = slash == copy ? "/" : copy;
+  }
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  int r = vhd_io_sync_fd(fd);
+  close(fd);
+  return r;
+}

@@ -12,5 +12,8 @@ libvhd_a_SOURCES = \
 	src/vhd/create.c \
 	src/vhd/check.c \
 	src/vhd/resize.c \
-	src/vhd/compact.c
+	src/vhd/compact.c \
+	src/vhd/relink.c \
+	src/vhd/commit.c \
+	src/vhd/rebase.c
 libvhd_a_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)

@@ -328,4 +328,31 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
                    struct vhd_err *err);
 void vhd_free(vhd_t *vhd);
 
+/* io.c, for whole files (commit and rebase): counted by the fault switch,
+ * never latched (no open image is involved). */
+int vhd_io_sync_fd(int fd);
+int vhd_io_rename(const char *from, const char *to);
+int vhd_io_unlink(const char *path);
+/* fsync of the directory holding path (after a rename or unlink in it). */
+int vhd_io_sync_dir_of(const char *path);
+
+/* relink.c: a parent as a differencing header names it.  rel and abs are
+ * the W2ru and W2ku locator data (UTF-16LE, Windows separators for rel),
+ * name_raw the header's UTF-16BE file name, name the same in UTF-8. */
+struct vhd_parent_ref {
+  uint8_t rel[8192], abs[8192];
+  size_t rel_len, abs_len;
+  uint8_t name_raw[512];
+  char name[1024];
+};
+int vhd_parent_ref_make(const char *child_path, const char *parent_path,
+                        struct vhd_parent_ref *ref, struct vhd_err *err);
+/* Points the differencing child c (open read-write) at p, with p's unique
+ * id, the given timestamp and new W2ru/W2ku locators: the crash-safe
+ * header rewrite described in relink.c.  Flushes c first. */
+int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
+                      struct vhd_err *err);
+/* Rewrites the footer (and its copy at 0) with a new timestamp. */
+int vhd_footer_set_timestamp(vhd_t *vhd, uint32_t ts, struct vhd_err *err);
+
 #endif

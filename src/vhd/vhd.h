@@ -338,4 +338,57 @@ bool vhd_fault_tripped(void);
 /* Drops a handle without flushing or writing anything (simulated crash). */
 void vhd_abandon(vhd_t *vhd);
 
+/* Commit and rebase of a differencing disk (commit.c, rebase.c).  Both take
+ * the image locks as vhd_open does (an image served or open elsewhere is
+ * refused, EBUSY, naming the holder where the kernel tells it), and both are
+ * crash-safe: a crash or power cut at any instant leaves the child reading
+ * what it read before, and running the operation again finishes it.
+ * progress (may be NULL) is called with the bytes done and the total. */
+typedef void (*vhd_progress_cb)(void *opaque, uint64_t done, uint64_t total);
+
+/* vhd_commit: writes every sector the differencing child holds into its
+ * immediate parent (which may itself be differencing), makes it durable,
+ * gives the parent a new footer timestamp, then either replaces the child
+ * with an empty differencing disk of the same unique id over the parent
+ * (written beside it and renamed over it), or with `remove` deletes it.
+ * Refused: a parent locked by another process, a parent whose permissions
+ * allow no writing (even for root), a parent smaller than the child, and,
+ * unless `force`, a parent that other differencing disks name as theirs
+ * (looked for in the parent's and the child's directories, files named
+ * *.vhd or *.avhd: a heuristic, children elsewhere cannot be seen). */
+struct vhd_commit_opts {
+  bool remove;
+  bool force;
+  vhd_progress_cb progress;
+  void *opaque;
+  /* Findings that do not stop the commit (other children under force). */
+  void (*warn)(void *opaque, const char *msg);
+};
+struct vhd_commit_result {
+  char parent[4096];         /* the parent's path as the chain found it */
+  uint64_t bytes;            /* bytes written into the parent */
+  uint32_t parent_timestamp; /* the parent's new footer timestamp */
+  unsigned other_children;   /* other children found (with force) */
+};
+int vhd_commit(const char *child, const struct vhd_commit_opts *opts,
+               struct vhd_commit_result *res, struct vhd_err *err);
+
+/* vhd_rebase: makes the differencing child's parent new_parent.  Safe mode
+ * first copies into the child every sector it does not hold where the old
+ * and the new parent's content differ (old content kept), so the child reads
+ * the same, then rewrites the parent's identity and locators.  `unsafe`
+ * rewrites only the identity, unique id, timestamp, name and W2ru/W2ku
+ * locators (for a parent moved or renamed), without opening the old parent. */
+struct vhd_rebase_opts {
+  const char *new_parent;
+  bool unsafe;
+  vhd_progress_cb progress;
+  void *opaque;
+};
+struct vhd_rebase_result {
+  uint64_t bytes; /* bytes copied into the child */
+};
+int vhd_rebase(const char *child, const struct vhd_rebase_opts *opts,
+               struct vhd_rebase_result *res, struct vhd_err *err);
+
 #endif

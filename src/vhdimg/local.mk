@@ -12,6 +12,8 @@ vhdimg_SOURCES = \
 	src/vhdimg/convert.c \
 	src/vhdimg/compare.c \
 	src/vhdimg/resize.c \
-	src/vhdimg/compact.c
+	src/vhdimg/compact.c \
+	src/vhdimg/commit.c \
+	src/vhdimg/rebase.c
 vhdimg_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)
 vhdimg_LDADD = libvhd.a libcommon.a $(UUID_LIBS)

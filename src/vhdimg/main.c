@@ -16,6 +16,8 @@ static const struct vhdimg_cmd commands[] = {
     {"compare", "compare the contents of two images", cmd_compare, usage_compare},
     {"resize", "grow or shrink an image's virtual size", cmd_resize, usage_resize},
     {"compact", "give back the space of zero blocks and gaps", cmd_compact, usage_compact},
+    {"commit", "write a differencing image's data into its parent", cmd_commit, usage_commit},
+    {"rebase", "point a differencing image at another parent", cmd_rebase, usage_rebase},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

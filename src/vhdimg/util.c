@@ -146,3 +146,11 @@ void print_vhd_error(int r, const struct vhd_err *err) {
   else
     print_error("%s", strerror(-r));
 }
+
+void progress_bar(uint64_t done, uint64_t total) {
+  double pct = total ? 100.0 * (double)done / (double)total : 100.0;
+  fprintf(stderr, "\r    (%6.2f/100%%)", pct);
+  if (done >= total)
+    fputc('\n', stderr);
+  fflush(stderr);
+}

@@ -30,6 +30,8 @@ int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_compact(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 void usage_create(FILE *f);
 void usage_info(FILE *f);
 void usage_check(FILE *f);
@@ -38,6 +40,8 @@ void usage_convert(FILE *f);
 void usage_compare(FILE *f);
 void usage_resize(FILE *f);
 void usage_compact(FILE *f);
+void usage_commit(FILE *f);
+void usage_rebase(FILE *f);
 
 /* util.c */
 /* Prints "vhdimg CMD: <msg>" and a hint to run --help; returns VHDIMG_EXIT_USAGE. */
@@ -47,6 +51,8 @@ void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reports getopt's ':' (missing argument) or '?' (unknown option) as a usage
  * error; run getopt with opterr = 0 and an optstring starting with ':'. */
 int option_error(const char *cmd, int c, char **argv);
+/* "\r    ( 42.00/100%)" on stderr, a newline once done reaches total. */
+void progress_bar(uint64_t done, uint64_t total);
 /* Prints the engine's message (or strerror(-r) when it left none). */
 void print_vhd_error(int r, const struct vhd_err *err);
 /* Parses a size argument for option `what`; prints a usage error on failure. */
