@@ -137,6 +137,14 @@ int vhd_rebase(const char *child, const struct vhd_rebase_opts *o, struct vhd_re
                     child);
     goto out;
   }
+  /* Caught before opening it: the child's own lock would refuse it. */
+  struct stat cs, ps;
+  if (stat(o->new_parent, &ps) == 0 && fstat(c->fd, &cs) == 0 && ps.st_dev == cs.st_dev &&
+      ps.st_ino == cs.st_ino) {
+    r = vhd_set_err(err, -ELOOP, "%s: the new parent %s is the child itself", child,
+                    o->new_parent);
+    goto out;
+  }
   struct vhd_open_opts po = {.flags = VHD_OPEN_RDONLY};
   if ((r = vhd_open(o->new_parent, &po, &np, err)) < 0 || (r = check_loop(c, np, err)) < 0)
     goto out;

@@ -123,3 +123,13 @@ VALGRIND_TESTS += test-vhd-compact
 test_vhd_compact_SOURCES = tests/unit/test-vhd-compact.c $(ENGINE_TEST_UTIL)
 test_vhd_compact_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_compact_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# - test-vhd-commit: vhd_commit and vhd_rebase, with a crash at every I/O
+#   point: the chain reads what the model says, and running them again
+#   finishes the job.
+check_PROGRAMS += test-vhd-commit
+TESTS += test-vhd-commit
+VALGRIND_TESTS += test-vhd-commit
+test_vhd_commit_SOURCES = tests/unit/test-vhd-commit.c $(ENGINE_TEST_UTIL)
+test_vhd_commit_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_commit_CFLAGS = $(ENGINE_TEST_CFLAGS)
