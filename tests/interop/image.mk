@@ -17,7 +17,8 @@ TESTS += \
 	tests/interop/test-vhdimg-resize.sh \
 	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
-	tests/interop/test-vhd-crash-readers.sh
+	tests/interop/test-vhd-crash-readers.sh \
+	tests/interop/test-vhdimg-commit.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/test-vhd-crash-readers.sh \
@@ -34,4 +35,5 @@ EXTRA_DIST += \
 	tests/interop/test-vhdimg-served.sh \
 	tests/interop/test-vhdimg-resize.sh \
 	tests/interop/test-vhdimg-compact.sh \
-	tests/interop/test-layout-bat-after-block.sh
+	tests/interop/test-layout-bat-after-block.sh \
+	tests/interop/test-vhdimg-commit.sh

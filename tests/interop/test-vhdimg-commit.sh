@@ -1,0 +1,159 @@
+#!/bin/bash
+# vhdimg commit and rebase on chains of 3 (base <- mid <- top), at block
+# sizes 4 KiB, 64 KiB and 2 MiB and an odd virtual size, judged by other
+# readers: qemu-img reads the dynamic parents (it cannot read differencing
+# images), libvhdi (pyvhdi) reads the chains, vhdimg convert both.  Writes
+# in the chains are 4 KiB aligned: Debian 12's libvhdi misreads bitmap bytes
+# with only some bits set in a differencing image.  Then the refusals: a
+# parent served by vhdnbd (its lock), a read-only parent, another child.
+. "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/interop/image-functions.sh"
+requires qemu-img
+requires_py pyvhdi
+requires_write_helper
+cd "$TMPD"
+dump="$PY3 $top_srcdir/tests/interop/pyvhdi-dump.py"
+
+json_get() { "$PY3" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+# qemu_reads IMAGE EXPECTED: qemu-img reads the dynamic or fixed IMAGE as EXPECTED.
+qemu_reads() {
+  qemu-img convert -f vpc -O raw "$1" "$1.qemu" || fail "qemu-img cannot read $1"
+  cmp "$1.qemu" "$2" || fail "qemu-img reads $1 differently from $2"
+}
+# libvhdi_reads EXPECTED IMAGE [PARENT...]: libvhdi reads the chain as EXPECTED.
+libvhdi_reads() {
+  local exp=$1
+  shift
+  $dump "$1.pyvhdi" "$@" >"$1.levels" || fail "libvhdi cannot read $*"
+  cmp "$1.pyvhdi" "$exp" || fail "libvhdi reads $* differently from $exp"
+}
+vhdimg_reads() {
+  "$VHDIMG" convert -O raw "$1" "$1.raw" || fail "vhdimg cannot read $1"
+  cmp "$1.raw" "$2" || fail "vhdimg reads $1 differently from $2"
+}
+
+base_w=(0 1M 0x10  3M 512K 0x11)
+mid_w=(512K 1M 0x20  4M 4K 0x21)
+top_w=(1M 8K 0x30  2044K 8K 0x31  3M 64K 0x32)
+
+for bs in 4K 64K 2M; do
+  rm -f ./*.vhd ./*.raw
+  # 5 MiB and 3 sectors: not a whole number of blocks.
+  "$VHDIMG" create --exact --block-size $bs base.vhd 5244416
+  vsize=$(info_field base.vhd virtual-size)
+  [ "$vsize" = 5244416 ] || fail "base is $vsize bytes"
+  last=$((vsize / 4096 * 4096 - 4096))
+  "$WRITE_HELPER" base.vhd "${base_w[@]}" $last 4K 0x1f
+  "$VHDIMG" create -b base.vhd mid.vhd
+  "$WRITE_HELPER" mid.vhd "${mid_w[@]}"
+  "$VHDIMG" create -b mid.vhd top.vhd
+  "$WRITE_HELPER" top.vhd "${top_w[@]}" $last 4K 0x3f
+  make_raw base.exp $vsize "${base_w[@]}" $last 4K 0x1f
+  make_raw mid.exp $vsize "${base_w[@]}" $last 4K 0x1f "${mid_w[@]}"
+  make_raw top.exp $vsize "${base_w[@]}" $last 4K 0x1f "${mid_w[@]}" "${top_w[@]}" $last 4K 0x3f
+  qemu_reads base.vhd base.exp
+  libvhdi_reads top.exp top.vhd mid.vhd base.vhd
+  cp base.vhd base.orig; cp mid.vhd mid.orig; cp top.vhd top.orig
+
+  # commit top into mid (a differencing parent): top reads the same, and is empty.
+  out=$("$VHDIMG" commit --json top.vhd) || fail "bs $bs: commit top.vhd"
+  [ "$(json_get "$out" bytes)" = $((8192 + 8192 + 65536 + 4096)) ] ||
+    fail "bs $bs: commit reports $(json_get "$out" bytes) bytes: $out"
+  "$VHDIMG" check top.vhd >/dev/null || fail "bs $bs: check of the committed child"
+  "$VHDIMG" check mid.vhd >/dev/null || fail "bs $bs: check of the parent"
+  [ "$(info_field top.vhd allocated-blocks)" = 0 ] || fail "bs $bs: the committed child holds blocks"
+  [ "$(info_field top.vhd parent-timestamp)" = "$(info_field mid.vhd timestamp)" ] ||
+    fail "bs $bs: the child's parent timestamp is not the parent's new timestamp"
+  "$VHDIMG" info top.vhd 2>&1 | grep -qi "timestamp.*differs" && fail "bs $bs: stale timestamp warning"
+  vhdimg_reads top.vhd top.exp
+  vhdimg_reads mid.vhd top.exp
+  libvhdi_reads top.exp top.vhd mid.vhd base.vhd
+  libvhdi_reads top.exp mid.vhd base.vhd
+  [ "$(json_get "$(head -1 top.vhd.levels)" parent-identifier)" = "$(info_field mid.vhd uuid)" ] ||
+    fail "bs $bs: libvhdi sees another parent id in the emptied child"
+
+  # commit mid into base (dynamic) with --remove: qemu-img reads the result.
+  "$VHDIMG" commit --remove mid.vhd 2>err.out && fail "bs $bs: --remove of a parent of top was not refused"
+  grep -q top.vhd err.out || { cat err.out >&2; fail "bs $bs: the refusal does not name top.vhd"; }
+  rm top.vhd
+  "$VHDIMG" commit --remove mid.vhd || fail "bs $bs: commit --remove mid.vhd"
+  [ ! -e mid.vhd ] || fail "bs $bs: mid.vhd still there after --remove"
+  qemu_reads base.vhd top.exp
+  libvhdi_reads top.exp base.vhd
+  "$VHDIMG" check base.vhd >/dev/null || fail "bs $bs: check of base after the commit"
+
+  # safe rebase of top from mid onto base: the same content, the new parent's identity.
+  cp base.orig base.vhd; cp mid.orig mid.vhd; cp top.orig top.vhd
+  out=$("$VHDIMG" rebase --json -b base.vhd top.vhd) || fail "bs $bs: rebase"
+  [ "$(json_get "$out" bytes)" -gt 0 ] || fail "bs $bs: rebase copied nothing: $out"
+  vhdimg_reads top.vhd top.exp
+  libvhdi_reads top.exp top.vhd base.vhd
+  [ "$(json_get "$(head -1 top.vhd.levels)" parent-identifier)" = "$(info_field base.vhd uuid)" ] ||
+    fail "bs $bs: libvhdi sees another parent id after the rebase"
+  case "$(json_get "$(head -1 top.vhd.levels)" parent-filename)" in
+    *base.vhd) ;;
+    *) fail "bs $bs: libvhdi's parent file name after rebase: $(head -1 top.vhd.levels)" ;;
+  esac
+  "$VHDIMG" check top.vhd >/dev/null || fail "bs $bs: check after the rebase"
+  cmp mid.vhd mid.orig || fail "bs $bs: rebase changed the old parent"
+  cmp base.vhd base.orig || fail "bs $bs: rebase changed the new parent"
+
+  # -u: the parent moved to another directory; the child finds it again.
+  mkdir -p moved
+  mv base.vhd moved/renamed.vhd
+  "$VHDIMG" info top.vhd >/dev/null 2>&1 && fail "bs $bs: the parent is still found after the move"
+  "$VHDIMG" rebase -u -b moved/renamed.vhd top.vhd || fail "bs $bs: rebase -u"
+  "$VHDIMG" info top.vhd | grep -q "parent name: renamed.vhd" || fail "bs $bs: parent name after -u"
+  vhdimg_reads top.vhd top.exp
+  libvhdi_reads top.exp top.vhd moved/renamed.vhd
+  # The W2ru locator is relative, the W2ku absolute, both UTF-16LE.
+  "$PY3" - top.vhd "$(cd moved && pwd -P)/renamed.vhd" <<'PYEOF' || fail "bs $bs: locators after -u"
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+h = d[512:1536]
+locs = {}
+for i in range(8):
+    code, space, length, _, off = struct.unpack(">IIIIQ", h[576 + 24 * i:600 + 24 * i])
+    if code:
+        locs[code] = d[off:off + length].decode("utf-16-le")
+assert locs == {0x57327275: ".\\moved\\renamed.vhd", 0x57326B75: sys.argv[2]}, locs
+PYEOF
+  rm -rf moved
+done
+
+# Refusals.
+rm -f ./*.vhd
+"$VHDIMG" create base.vhd 8M
+"$VHDIMG" create -b base.vhd mid.vhd
+"$WRITE_HELPER" mid.vhd 0 64K 0x44
+"$VHDIMG" create -b mid.vhd top.vhd
+"$WRITE_HELPER" top.vhd 0 4K 0x55
+make_raw top8.exp $(info_field base.vhd virtual-size) 0 64K 0x44 0 4K 0x55
+
+chmod 444 mid.vhd
+"$VHDIMG" commit top.vhd 2>err.out && fail "commit into a read-only parent"
+grep -q "read-only" err.out || { cat err.out >&2; fail "the read-only refusal does not say so"; }
+chmod 644 mid.vhd
+
+"$VHDIMG" create -b mid.vhd sibling.vhd
+rc=0; "$VHDIMG" commit top.vhd 2>err.out || rc=$?
+[ $rc = 1 ] || fail "commit with another child: exit $rc"
+grep -q "sibling.vhd" err.out && grep -q -- "--force" err.out ||
+  { cat err.out >&2; fail "the other-children refusal does not name sibling.vhd and --force"; }
+
+if [ -x "$VHDNBD" ]; then
+  start_vhdnbd "$TMPD/nbd.sock" sibling.vhd
+  "$VHDIMG" commit --force top.vhd 2>err.out && fail "commit into a parent vhdnbd serves (through sibling)"
+  grep -qi "lock" err.out || { cat err.out >&2; fail "the served parent is not refused by its lock"; }
+  "$VHDIMG" rebase -b base.vhd sibling.vhd 2>err.out && fail "rebase of a served image"
+  grep -qi "lock" err.out || { cat err.out >&2; fail "rebase of a served image: not refused by its lock"; }
+  stop_vhdnbd
+fi
+"$VHDIMG" commit --force top.vhd 2>err.out || { cat err.out >&2; fail "commit --force"; }
+grep -q "cannot be" err.out || { cat err.out >&2; fail "--force does not say what it cannot know"; }
+vhdimg_reads mid.vhd top8.exp
+vhdimg_reads top.vhd top8.exp
+expect_exit 2 "$VHDIMG" rebase top.vhd
+expect_exit 1 "$VHDIMG" rebase -b top.vhd top.vhd
+expect_exit 1 "$VHDIMG" commit base.vhd
