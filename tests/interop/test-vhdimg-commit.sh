@@ -122,6 +122,28 @@ PYEOF
   rm -rf moved
 done
 
+# A fixed parent, with -p on a terminal (script(1) gives it one).
+rm -f ./*.vhd
+"$VHDIMG" create -t fixed base.vhd 4M
+"$WRITE_HELPER" base.vhd 0 1M 0x11
+"$VHDIMG" create -b base.vhd top.vhd
+"$WRITE_HELPER" top.vhd 512K 1M 0x22
+make_raw fixed.exp $(info_field base.vhd virtual-size) 0 1M 0x11 512K 1M 0x22
+if command -v script >/dev/null; then
+  script -qc "'$VHDIMG' commit -p top.vhd" /dev/null >progress.out || fail "commit -p of a fixed parent"
+  grep -q "100.00/100%" progress.out || { cat -A progress.out >&2; fail "commit -p shows no progress bar on a terminal"; }
+else
+  "$VHDIMG" commit top.vhd || fail "commit into a fixed parent"
+fi
+qemu_reads base.vhd fixed.exp
+vhdimg_reads top.vhd fixed.exp
+"$VHDIMG" check base.vhd >/dev/null || fail "check of the fixed parent after the commit"
+# -p without a terminal prints nothing.
+rm top.vhd
+"$VHDIMG" create -b base.vhd top2.vhd
+"$VHDIMG" commit -p top2.vhd 2>progress.out || fail "commit -p without a terminal"
+[ ! -s progress.out ] || fail "commit -p wrote to a non-terminal: $(cat progress.out)"
+
 # Refusals.
 rm -f ./*.vhd
 "$VHDIMG" create base.vhd 8M
