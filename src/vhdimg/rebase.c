@@ -2,6 +2,7 @@
  * (the engine's vhd_rebase; the header rewrite is in src/vhd/relink.c). */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <unistd.h>
@@ -71,6 +72,9 @@ int cmd_rebase(int argc, char **argv) {
   int r = vhd_rebase(child, &o, &res, &err);
   if (r < 0) {
     print_vhd_error(r, &err);
+    if (r == -ENOENT && !o.unsafe)
+      print_error("the old parent is needed to keep the content; if it was moved or renamed, "
+                  "-u only rewrites the parent's identity and locators");
     return VHDIMG_EXIT_FAILURE;
   }
   if (json) {

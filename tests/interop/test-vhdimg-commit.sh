@@ -103,6 +103,8 @@ for bs in 4K 64K 2M; do
   mkdir -p moved
   mv base.vhd moved/renamed.vhd
   "$VHDIMG" info top.vhd >/dev/null 2>&1 && fail "bs $bs: the parent is still found after the move"
+  "$VHDIMG" rebase -b moved/renamed.vhd top.vhd 2>err.out && fail "bs $bs: safe rebase without the old parent"
+  grep -q -- "-u only" err.out || { cat err.out >&2; fail "bs $bs: no hint at -u when the old parent is gone"; }
   "$VHDIMG" rebase -u -b moved/renamed.vhd top.vhd || fail "bs $bs: rebase -u"
   "$VHDIMG" info top.vhd | grep -q "parent name: renamed.vhd" || fail "bs $bs: parent name after -u"
   vhdimg_reads top.vhd top.exp
