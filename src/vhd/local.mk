@@ -15,5 +15,6 @@ libvhd_a_SOURCES = \
 	src/vhd/compact.c \
 	src/vhd/relink.c \
 	src/vhd/commit.c \
-	src/vhd/rebase.c
+	src/vhd/rebase.c \
+	src/vhd/lockholder.c
 libvhd_a_CFLAGS = $(AM_CFLAGS) $(UUID_CFLAGS)

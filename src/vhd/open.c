@@ -49,9 +49,11 @@ static int lock_image(vhd_t *vhd, struct vhd_err *err) {
     struct flock q = fl;
     q.l_type = F_WRLCK;
     const char *who = "another process";
-    char whobuf[64];
+    char whobuf[128];
     if (fcntl(vhd->fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK && q.l_pid > 0) {
       snprintf(whobuf, sizeof whobuf, "process %d", (int)q.l_pid);
+      who = whobuf;
+    } else if (vhd_lock_holder(vhd->fd, whobuf, sizeof whobuf) > 0) {
       who = whobuf;
     }
     return vhd_set_err(err, -EBUSY,

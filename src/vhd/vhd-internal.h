@@ -352,6 +352,9 @@ int vhd_parent_ref_make(const char *child_path, const char *parent_path,
  * header rewrite described in relink.c.  Flushes c first. */
 int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
                       struct vhd_err *err);
+/* lockholder.c: "process PID (COMM)" of a process holding an OFD lock on
+ * fd's file into out: 1 when found, 0 when it cannot be known. */
+int vhd_lock_holder(int fd, char *out, size_t len);
 /* Rewrites the footer (and its copy at 0) with a new timestamp. */
 int vhd_footer_set_timestamp(vhd_t *vhd, uint32_t ts, struct vhd_err *err);
 

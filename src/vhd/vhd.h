@@ -340,7 +340,7 @@ void vhd_abandon(vhd_t *vhd);
 
 /* Commit and rebase of a differencing disk (commit.c, rebase.c).  Both take
  * the image locks as vhd_open does (an image served or open elsewhere is
- * refused, EBUSY, naming the holder where the kernel tells it), and both are
+ * refused, EBUSY, naming the holder when /proc tells it), and both are
  * crash-safe: a crash or power cut at any instant leaves the child reading
  * what it read before, and running the operation again finishes it.
  * progress (may be NULL) is called with the bytes done and the total. */

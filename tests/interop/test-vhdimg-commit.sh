@@ -170,6 +170,7 @@ if [ -x "$VHDNBD" ]; then
   start_vhdnbd "$TMPD/nbd.sock" sibling.vhd
   "$VHDIMG" commit --force top.vhd 2>err.out && fail "commit into a parent vhdnbd serves (through sibling)"
   grep -qi "lock" err.out || { cat err.out >&2; fail "the served parent is not refused by its lock"; }
+  grep -q "process [0-9]* (vhdnbd)" err.out || { cat err.out >&2; fail "the refusal does not name vhdnbd"; }
   "$VHDIMG" rebase -b base.vhd sibling.vhd 2>err.out && fail "rebase of a served image"
   grep -qi "lock" err.out || { cat err.out >&2; fail "rebase of a served image: not refused by its lock"; }
   stop_vhdnbd

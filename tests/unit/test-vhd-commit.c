@@ -364,6 +364,9 @@ static void test_refusals(void) {
   int r = vhd_commit(top, &o, &res, &err);
   T_ASSERT(r == -EBUSY && strstr(err.msg, "locked"), "commit into a locked parent: %d %s", r,
            err.msg);
+  /* The holder is named (found through /proc: OFD locks carry no pid). */
+  T_ASSERT(strstr(err.msg, t_fmt("process %d (", (int)getpid())) != NULL,
+           "the lock's holder is not named: %s", err.msg);
   struct vhd_rebase_opts ro = {.new_parent = t_path("base2.vhd")};
   struct vhd_rebase_result rres;
   vhd_close(holder, NULL);
