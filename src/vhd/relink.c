@@ -13,10 +13,12 @@
  *     synced.
  * Until step 3 reaches the disk the old header, and the old locator data it
  * points to, are untouched.  Step 3 changes two 512-byte sectors in one
- * aligned write inside the first 4 KiB of the file, one page of the page
+ * aligned write; with the header at offset 512, where every writer puts
+ * it, that is inside the first 4 KiB of the file, one page of the page
  * cache, written back as one request: a device whose atomic write unit is
  * at least 4 KiB (4Kn and 512e disks, NVMe and SATA SSDs) stores all of it
- * or none.  A device that tears it at a 512-byte sector leaves a header
+ * or none (a header elsewhere that crosses a 4 KiB boundary has no such
+ * promise).  A device that tears it at a 512-byte sector leaves a header
  * whose checksum fails, and the image is refused on open rather than read
  * through the wrong parent.  The old locator areas stay in the file, unused
  * (a few KiB; `vhdimg check` does not count gaps this small as leaks). */
