@@ -20,8 +20,8 @@
  * Then the refusals: a locked parent, a read-only parent, other children
  * (and --force), a loop.
  *
- * Block sizes 512 B, 4 KiB and 64 KiB, an odd virtual size.
- * VHD_TEST_SEED reproduces a run. */
+ * Block sizes 4 KiB, 512 B and 64 KiB (fewer with a VHD_TEST_ITERS below
+ * the default), an odd virtual size.  VHD_TEST_SEED reproduces a run. */
 #include "config.h"
 
 #include <errno.h>
@@ -89,9 +89,19 @@ static void scribble(const char *path, uint8_t *model, unsigned n) {
   T_OK(vhd_close(v, &err), &err, "vhd_close");
 }
 
+/* Prints only errors: a crash may leave leaks (an allocation window) and
+ * a stale parent timestamp (between the commit's steps 2 and 3). */
+static void report_unexpected(void *opaque, const char *level, const char *msg) {
+  if (strcmp(level, "error") == 0)
+    fprintf(stderr, "  check %s: %s: %s\n", (const char *)opaque, level, msg);
+}
+
 static void not_corrupt(const char *path) {
-  int bits = t_check(path);
-  T_ASSERT(bits >= 0 && !(bits & VHD_CHECK_CORRUPT), "%s: vhd_check says %d", path, bits);
+  struct vhd_check_opts o = {.report = report_unexpected, .opaque = (void *)path};
+  struct vhd_err err = {{0}};
+  int bits = vhd_check(path, &o, &err);
+  T_OK(bits, &err, t_fmt("vhd_check %s", path));
+  T_ASSERT(!(bits & VHD_CHECK_CORRUPT), "%s: vhd_check says %d", path, bits);
 }
 
 static const char *const names[] = {"base.vhd", "mid.vhd", "top.vhd", "base2.vhd"};
@@ -440,8 +450,10 @@ int main(void) {
   mid_m = t_xmalloc(SIZE);
   top_m = t_xmalloc(SIZE);
   base2_m = t_xmalloc(SIZE);
-  static const uint32_t sizes[] = {512, 4096, 65536};
-  for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+  /* A shorter workload (VHD_TEST_ITERS) tries fewer block sizes. */
+  static const uint32_t sizes[] = {4096, 512, 65536};
+  size_t n_sizes = MIN(ARRAY_SIZE(sizes), (size_t)t_scaled(ARRAY_SIZE(sizes)));
+  for (size_t i = 0; i < n_sizes; i++) {
     printf("block size %u\n", sizes[i]);
     build_chain(sizes[i]);
     save_all();
