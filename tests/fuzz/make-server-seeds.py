@@ -117,8 +117,8 @@ SEEDS = {
     "tls-required-export-name": head(TLS_REQUIRE) + flags() + option(OPT_EXPORT_NAME, b""),
     "tls-on": head(TLS_ON, 14) + flags() + option(OPT_STRUCTURED) + option(OPT_STARTTLS) +
     bytes.fromhex("160301002e010000") + bytes(46),
-    "tls-on-client-hello": head(TLS_ON, 4) + flags() + option(OPT_STARTTLS) + CLIENT_HELLO,
-    "tls-required-client-hello": head(TLS_REQUIRE, 4) + flags() + option(OPT_LIST) +
+    "tls-on-client-hello": head(TLS_ON, 29) + flags() + option(OPT_STARTTLS) + CLIENT_HELLO,
+    "tls-required-client-hello": head(TLS_REQUIRE, 21) + flags() + option(OPT_LIST) +
     option(OPT_STARTTLS) + CLIENT_HELLO,
     "read-only": head(READ_ONLY) + flags() + go(b"") + commands(),
     "read-only-fixed": head(0, 3) + flags() + go(b"fixed") + commands(),
