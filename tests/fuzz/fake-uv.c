@@ -127,6 +127,8 @@ int __wrap_uv_try_write(uv_stream_t *handle, const uv_buf_t bufs[], unsigned int
     return UV_EPIPE;
   if (fk.head)
     return UV_EAGAIN; /* libuv: never ahead of queued writes */
+  if (fuzz_rng_below(fk.rng, 64) == 0)
+    return UV_EPIPE; /* the peer reset the connection */
   size_t total = 0;
   for (unsigned i = 0; i < nbufs; i++)
     total += bufs[i].len;
@@ -174,11 +176,12 @@ size_t fake_uv_deliver(const uint8_t *data, size_t len) {
   return n;
 }
 
-void fake_uv_deliver_eof(void) {
+void fake_uv_deliver_end(int status) {
   uv_buf_t buf = uv_buf_init(NULL, 0);
   fk.alloc_cb((uv_handle_t *)fk.in, 65536, &buf);
-  fk.reading = false;
-  fk.read_cb(fk.in, UV_EOF, &buf);
+  if (status == UV_EOF)
+    fk.reading = false;
+  fk.read_cb(fk.in, status, &buf);
 }
 
 size_t fake_uv_pending_writes(void) { return fk.n_writes; }
@@ -198,11 +201,14 @@ void fake_uv_complete_write(void) {
   if (!fk.head)
     return;
   struct pending_write *p = pop_write();
-  emit_bufs(p->bufs, p->nbufs, SIZE_MAX);
+  /* Now and then the peer is gone before the bytes could leave. */
+  int status = fuzz_rng_below(fk.rng, 64) == 0 ? UV_EPIPE : 0;
+  if (status == 0)
+    emit_bufs(p->bufs, p->nbufs, SIZE_MAX);
   uv_write_t *req = p->req;
   uv_write_cb cb = p->cb;
   free(p);
-  cb(req, 0);
+  cb(req, status);
 }
 
 void fake_uv_complete_shutdown(void) {

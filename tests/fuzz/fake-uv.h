@@ -30,15 +30,17 @@ bool fake_uv_reading(void);
 /* One read of at most len bytes of data, as libuv does it: the server's
  * alloc callback, then its read callback.  Returns the bytes it took. */
 size_t fake_uv_deliver(const uint8_t *data, size_t len);
-/* The peer closed its side: UV_EOF, reading stops first as in libuv. */
-void fake_uv_deliver_eof(void);
+/* The input ends: status UV_EOF (the peer closed its side; reading stops
+ * first, as in libuv) or an error such as UV_ECONNRESET. */
+void fake_uv_deliver_end(int status);
 
 /* Writes queued by uv_write and not yet completed, and whether a shutdown
  * waits for them. */
 size_t fake_uv_pending_writes(void);
 bool fake_uv_shutdown_pending(void);
 /* Completes the oldest write: its bytes go out now (read, so that a buffer
- * freed too early is caught), then its callback runs with status 0. */
+ * freed too early is caught), then its callback runs with status 0; now and
+ * then it fails with UV_EPIPE instead, as uv_try_write sometimes does. */
 void fake_uv_complete_write(void);
 /* Completes the shutdown, once every write before it is done. */
 void fake_uv_complete_shutdown(void);

@@ -17,7 +17,8 @@
  *              input is used up, before the client's EOF;
  *   bytes 1-4  the schedule: how the input is cut into reads, how much each
  *              try-write takes, which finished work and writes complete in
- *              which order (a generator seeded with these bytes);
+ *              which order, and the rare reset connection or failed write
+ *              (a generator seeded with these bytes);
  *   the rest   what the client sends, then EOF.
  *
  * Each input must end with the connection closed and freed, nothing left in
@@ -222,7 +223,8 @@ static void server_shutdown(void) {
   conns_shutdown(&server, false);
 }
 
-/* The next read: a slice of the input cut by the schedule, or EOF. */
+/* The next read: a slice of the input cut by the schedule, or EOF; rarely a
+ * connection reset, which ends the input. */
 static void client_send(struct client *c) {
   if (c->pos == c->len) {
     if (c->shutdown_at_end && !c->shut_down) {
@@ -230,7 +232,12 @@ static void client_send(struct client *c) {
       server_shutdown();
       return;
     }
-    fake_uv_deliver_eof();
+    fake_uv_deliver_end(UV_EOF);
+    return;
+  }
+  if (fuzz_rng_below(c->rng, 256) == 0) {
+    fake_uv_deliver_end(UV_ECONNRESET);
+    c->pos = c->len;
     return;
   }
   size_t left = c->len - c->pos, n;
