@@ -34,6 +34,7 @@ static struct {
   uv_shutdown_t *shutdown;
   uv_shutdown_cb shutdown_cb;
   bool shut; /* uv_shutdown was called: later writes fail as after shutdown(2) */
+  bool broken; /* a write failed with EPIPE: the peer is gone, every later one fails */
   uint64_t out;
   uint8_t head_out[64];
   uint8_t sum; /* of every byte written, so that reading them is not optimised away */
@@ -127,8 +128,10 @@ int __wrap_uv_try_write(uv_stream_t *handle, const uv_buf_t bufs[], unsigned int
     return UV_EPIPE;
   if (fk.head)
     return UV_EAGAIN; /* libuv: never ahead of queued writes */
-  if (fuzz_rng_below(fk.rng, 64) == 0)
-    return UV_EPIPE; /* the peer reset the connection */
+  if (fk.broken || fuzz_rng_below(fk.rng, 64) == 0) {
+    fk.broken = true; /* the peer reset the connection */
+    return UV_EPIPE;
+  }
   size_t total = 0;
   for (unsigned i = 0; i < nbufs; i++)
     total += bufs[i].len;
@@ -201,8 +204,15 @@ void fake_uv_complete_write(void) {
   if (!fk.head)
     return;
   struct pending_write *p = pop_write();
-  /* Now and then the peer is gone before the bytes could leave. */
-  int status = fuzz_rng_below(fk.rng, 64) == 0 ? UV_EPIPE : 0;
+  /* Now and then the peer is gone before the bytes could leave; a stream
+   * being closed writes nothing more (libuv cancels what is queued). */
+  int status = 0;
+  if (uv_is_closing((uv_handle_t *)p->req->handle))
+    status = UV_ECANCELED;
+  else if (fk.broken || fuzz_rng_below(fk.rng, 64) == 0)
+    status = UV_EPIPE;
+  if (status == UV_EPIPE)
+    fk.broken = true;
   if (status == 0)
     emit_bufs(p->bufs, p->nbufs, SIZE_MAX);
   uv_write_t *req = p->req;
