@@ -5,7 +5,7 @@
 . "$top_srcdir/tests/functions.sh"
 
 fz="$top_srcdir/tests/fuzz"
-for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd; do
+for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd nbd-server:corpus-server; do
   target=${t%%:*}
   corpus=${t#*:}
   bin="$top_builddir/fuzz-$target-replay"

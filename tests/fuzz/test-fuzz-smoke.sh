@@ -19,7 +19,7 @@ if ! make -C "$top_builddir" fuzz >"$TMPD/build.log" 2>&1; then
 fi
 
 fz="$top_srcdir/tests/fuzz"
-for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd; do
+for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd nbd-server:corpus-server; do
   target=${t%%:*}
   corpus=${t#*:}
   work="$TMPD/$target"
