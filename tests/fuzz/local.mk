@@ -18,7 +18,7 @@ FUZZ_DEPS = $(libvhd_a_SOURCES) $(libnbdcodec_a_SOURCES) tests/fuzz/fuzz-common.
 FUZZ_SERVER_HARNESS = tests/fuzz/fuzz-nbd-server.c tests/fuzz/fake-uv.c tests/fuzz/fake-uv.h \
 	tests/fuzz/fake-workers.c tests/fuzz/fake-workers.h tests/fuzz/vhd-parent.c \
 	tests/fuzz/vhd-parent.h
-FUZZ_SERVER_NOT = */main.c|*/listen.c|*/notify.c|*/workers.c
+FUZZ_SERVER_NOT = */main.c|*/listen.c|*/notify.c|*/workers.c|*/reload.c
 FUZZ_UV_WRAP = -Wl,--wrap=uv_pipe_open -Wl,--wrap=uv_read_start -Wl,--wrap=uv_read_stop \
 	-Wl,--wrap=uv_write -Wl,--wrap=uv_try_write -Wl,--wrap=uv_shutdown
 
@@ -38,6 +38,7 @@ tests/fuzz/fuzz-nbd-server: $(FUZZ_DEPS) $(vhdnbd_SOURCES) $(libnet_a_SOURCES) \
 	  for f in $(vhdnbd_SOURCES); do case $$f in $(FUZZ_SERVER_NOT)) ;; *.c) srv="$$srv $$f";; esac; done; \
 	  list="$$list $$srv"; \
 	  $(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_CPPFLAGS) -I$(top_srcdir)/src/server $(UV_CFLAGS) \
+	    -DVHDNBD_STATE_DIR='"$(localstatedir)/lib/vhdnbd"' \
 	    $(GNUTLS_CFLAGS) $(UUID_CFLAGS) -o $@ `$(FUZZ_C_OF)` $(FUZZ_UV_WRAP) $(UV_LIBS) \
 	    $(GNUTLS_LIBS) $(UUID_LIBS)
 fuzz: tests/fuzz/fuzz-vhd-open tests/fuzz/fuzz-nbd-codec tests/fuzz/fuzz-nbd-server
@@ -73,8 +74,9 @@ fuzz_nbd_codec_replay_LDADD = libnbdcodec.a libcommon.a
 fuzz_nbd_server_replay_SOURCES = $(FUZZ_SERVER_HARNESS) $(FUZZ_REPLAY_SOURCES) \
 	src/server/config.c src/server/exports.c src/server/connection.c \
 	src/server/handshake.c src/server/transmission.c src/server/ops.c src/server/queue.c \
-	src/server/bufpool.c
-fuzz_nbd_server_replay_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server -DFUZZ_STANDALONE
+	src/server/bufpool.c src/server/guard.c src/server/metrics.c src/server/overlay.c
+fuzz_nbd_server_replay_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server -DFUZZ_STANDALONE \
+	-DVHDNBD_STATE_DIR='"$(localstatedir)/lib/vhdnbd"'
 fuzz_nbd_server_replay_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(GNUTLS_CFLAGS) $(UUID_CFLAGS)
 fuzz_nbd_server_replay_LDFLAGS = $(AM_LDFLAGS) $(FUZZ_UV_WRAP)
 fuzz_nbd_server_replay_LDADD = libnbdcodec.a libvhd.a libnet.a libcommon.a $(UV_LIBS) \
