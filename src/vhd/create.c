@@ -21,31 +21,6 @@ static uint32_t vhd_now(void) {
   return t > VHD_TIMESTAMP_EPOCH ? (uint32_t)(t - VHD_TIMESTAMP_EPOCH) : 0;
 }
 
-/* Relative path from directory `from_dir` to file `to` (both absolute and
- * canonical, as realpath gives them). */
-static void relative_path(const char *from_dir, const char *to, char *out, size_t len) {
-  /* Length of the common prefix that ends at a component boundary. */
-  size_t common = 0;
-  for (size_t i = 0;; i++) {
-    char a = from_dir[i], b = to[i];
-    if ((a == '/' || a == '\0') && b == '/')
-      common = i;
-    if (a != b || a == '\0')
-      break;
-  }
-  size_t pos = 0;
-  out[0] = '\0';
-  const char *rest = from_dir + common;
-  if (strcmp(from_dir, "/") != 0) {
-    for (const char *p = rest; *p; p++)
-      if (*p == '/' && pos + 4 < len) {
-        memcpy(out + pos, "../", 4);
-        pos += 3;
-      }
-  }
-  snprintf(out + pos, len - pos, "%s", to + common + 1);
-}
-
 static int write_all(int fd, const char *path, const void *buf, size_t len, uint64_t off,
                      struct vhd_err *err) {
   int r = vhd_io_pwrite_fd(fd, buf, len, off);
@@ -176,7 +151,7 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
         goto done;
       }
     }
-    relative_path(child_dir, parent_abs, parent_rel, sizeof parent_rel);
+    vhd_relative_path(child_dir, parent_abs, parent_rel, sizeof parent_rel);
     char win_rel[PATH_MAX + 3];
     snprintf(win_rel, sizeof win_rel, "%s%s", strncmp(parent_rel, "../", 3) ? ".\\" : "",
              parent_rel);

@@ -35,8 +35,7 @@
 #include "endian-be.h"
 #include "vhd-internal.h"
 
-/* Relative path from directory from_dir to file to (both canonical). */
-static void relative_path(const char *from_dir, const char *to, char *out, size_t len) {
+void vhd_relative_path(const char *from_dir, const char *to, char *out, size_t len) {
   size_t common = 0;
   for (size_t i = 0;; i++) {
     char a = from_dir[i], b = to[i];
@@ -70,7 +69,7 @@ int vhd_parent_ref_make(const char *child_path, const char *parent_path,
       return vhd_set_err(err, -errno, "%s: cannot resolve its directory: %s", child_path,
                          strerror(errno));
   }
-  relative_path(child_dir, parent_abs, rel, sizeof rel);
+  vhd_relative_path(child_dir, parent_abs, rel, sizeof rel);
   char win_rel[PATH_MAX + 3];
   snprintf(win_rel, sizeof win_rel, "%s%s", strncmp(rel, "../", 3) ? ".\\" : "", rel);
   for (char *p = win_rel; *p; p++)

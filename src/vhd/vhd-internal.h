@@ -255,6 +255,9 @@ int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *sam
 int vhd_io_first_nonzero(int fd, uint64_t off, uint64_t len, uint64_t *at);
 /* Makes [off, off+len) read as zeros: a hole punch, else zeros written. */
 int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len);
+/* relink.c: the relative path from directory from_dir to file to (both
+ * absolute and canonical, as realpath gives them), for W2ru locators. */
+void vhd_relative_path(const char *from_dir, const char *to, char *out, size_t len);
 
 /* create.c: the size a request for `size` bytes gives (rounded up to a
  * sector, then to the next CHS geometry unless exact) and the footer's
