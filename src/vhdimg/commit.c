@@ -34,11 +34,6 @@ void usage_commit(FILE *f) {
           "  -h, --help      show this help\n");
 }
 
-static void show_progress(void *opaque, uint64_t done, uint64_t total) {
-  (void)opaque;
-  progress_bar(done, total);
-}
-
 int cmd_commit(int argc, char **argv) {
   enum { OPT_JSON = 256 };
   static const struct option longopts[] = {
@@ -67,7 +62,7 @@ int cmd_commit(int argc, char **argv) {
     return usage_error("commit", "unexpected argument '%s'", argv[optind + 1]);
   const char *child = argv[optind];
   if (progress && isatty(STDERR_FILENO))
-    o.progress = show_progress;
+    o.progress = progress_cb;
 
   struct vhd_commit_result res;
   struct vhd_err err = {{0}};

@@ -23,15 +23,6 @@ void usage_compact(FILE *f) {
           "  -h, --help         show this help\n");
 }
 
-static void show_progress(void *opaque, uint64_t done, uint64_t total) {
-  (void)opaque;
-  double pct = total ? 100.0 * (double)done / (double)total : 100.0;
-  fprintf(stderr, "\r    (%6.2f/100%%)", pct);
-  if (done >= total)
-    fputc('\n', stderr);
-  fflush(stderr);
-}
-
 int cmd_compact(int argc, char **argv) {
   enum { OPT_JSON = 256 };
   static const struct option longopts[] = {
@@ -70,7 +61,7 @@ int cmd_compact(int argc, char **argv) {
   if (nargs > 1)
     return usage_error("compact", "unexpected argument '%s'", argv[optind + 1]);
   if (progress && isatty(STDERR_FILENO))
-    opts.progress = show_progress;
+    opts.progress = progress_cb;
 
   const char *file = argv[optind];
   struct vhd_err err = {{0}};

@@ -31,11 +31,6 @@ void usage_rebase(FILE *f) {
           "  -h, --help              show this help\n");
 }
 
-static void show_progress(void *opaque, uint64_t done, uint64_t total) {
-  (void)opaque;
-  progress_bar(done, total);
-}
-
 int cmd_rebase(int argc, char **argv) {
   enum { OPT_JSON = 256 };
   static const struct option longopts[] = {
@@ -65,7 +60,7 @@ int cmd_rebase(int argc, char **argv) {
     return usage_error("rebase", "unexpected argument '%s'", argv[optind + 1]);
   const char *child = argv[optind];
   if (progress && isatty(STDERR_FILENO))
-    o.progress = show_progress;
+    o.progress = progress_cb;
 
   struct vhd_rebase_result res;
   struct vhd_err err = {{0}};

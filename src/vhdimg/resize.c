@@ -25,15 +25,6 @@ void usage_resize(FILE *f) {
           "  -h, --help         show this help\n");
 }
 
-static void show_progress(void *opaque, uint64_t done, uint64_t total) {
-  (void)opaque;
-  double pct = total ? 100.0 * (double)done / (double)total : 100.0;
-  fprintf(stderr, "\r    (%6.2f/100%%)", pct);
-  if (done >= total)
-    fputc('\n', stderr);
-  fflush(stderr);
-}
-
 int cmd_resize(int argc, char **argv) {
   enum { OPT_SHRINK = 256, OPT_EXACT };
   static const struct option longopts[] = {
@@ -79,7 +70,7 @@ int cmd_resize(int argc, char **argv) {
   if (opts.size == 0)
     return usage_error("resize", "size must not be zero");
   if (progress && isatty(STDERR_FILENO))
-    opts.progress = show_progress;
+    opts.progress = progress_cb;
 
   struct vhd_err err = {{0}};
   uint64_t size;

@@ -154,3 +154,8 @@ void progress_bar(uint64_t done, uint64_t total) {
     fputc('\n', stderr);
   fflush(stderr);
 }
+
+void progress_cb(void *opaque, uint64_t done, uint64_t total) {
+  (void)opaque;
+  progress_bar(done, total);
+}

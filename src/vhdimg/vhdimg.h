@@ -53,6 +53,8 @@ void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int option_error(const char *cmd, int c, char **argv);
 /* "\r    ( 42.00/100%)" on stderr, a newline once done reaches total. */
 void progress_bar(uint64_t done, uint64_t total);
+/* progress_bar as the engine's progress callback (the opaque is unused). */
+void progress_cb(void *opaque, uint64_t done, uint64_t total);
 /* Prints the engine's message (or strerror(-r) when it left none). */
 void print_vhd_error(int r, const struct vhd_err *err);
 /* Parses a size argument for option `what`; prints a usage error on failure. */
