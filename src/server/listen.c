@@ -21,6 +21,12 @@
  * it at net.core.somaxconn. */
 #define BACKLOG 4096
 #define MAX_LISTENERS 64
+/* Connections accepted from one listener per loop iteration.  libuv accepts
+ * for as long as the kernel has connections queued, and a client that
+ * reconnects as fast as it is closed keeps it queued: without a bound the
+ * loop would do nothing else, starving every other client and never
+ * reaching the close callbacks that free the refused connections. */
+#define ACCEPTS_PER_TURN 64
 #define SD_LISTEN_FDS_START 3
 
 struct listener {
@@ -32,10 +38,14 @@ struct listener {
   } h;
   bool is_tcp;
   char desc[128];
+  unsigned accepted; /* this loop iteration */
+  bool deferred;     /* a connection left queued until the next iteration */
 };
 
 static struct listener *listeners[MAX_LISTENERS];
 static size_t n_listeners;
+static uv_check_t accept_turn;
+static bool accept_turn_started;
 static bool unix_created;
 
 static void on_connection(uv_stream_t *s, int status) {
@@ -46,7 +56,29 @@ static void on_connection(uv_stream_t *s, int status) {
             "%s: accept: %s", l->desc, uv_strerror(status));
     return;
   }
+  if (l->accepted >= ACCEPTS_PER_TURN) {
+    /* Left unaccepted, libuv stops watching this listener until uv_accept
+     * is called: on_accept_turn does that once this iteration is over. */
+    l->deferred = true;
+    return;
+  }
+  l->accepted++;
   conn_accept(s, l->is_tcp);
+}
+
+/* After each poll: a new turn for every listener, and the connection a
+ * busy listener left queued is taken now (which watches it again). */
+static void on_accept_turn(uv_check_t *h) {
+  (void)h;
+  for (size_t i = 0; i < n_listeners; i++) {
+    struct listener *l = listeners[i];
+    l->accepted = 0;
+    if (l->deferred && !uv_is_closing(&l->h.handle)) {
+      l->deferred = false;
+      l->accepted = 1;
+      conn_accept(&l->h.stream, l->is_tcp);
+    }
+  }
 }
 
 static struct listener *listener_new(void) {
@@ -62,6 +94,12 @@ static void on_listener_closed(uv_handle_t *h) { free(h->data); }
 
 static int start_listening(struct listener *l) {
   l->h.handle.data = l;
+  if (!accept_turn_started) {
+    uv_check_init(l->h.handle.loop, &accept_turn);
+    uv_check_start(&accept_turn, on_accept_turn);
+    uv_unref((uv_handle_t *)&accept_turn);
+    accept_turn_started = true;
+  }
   int r = uv_listen(&l->h.stream, BACKLOG, on_connection);
   if (r < 0)
     log_msg(LOG_LEVEL_ERR, "%s: listen: %s", l->desc, uv_strerror(r));
@@ -222,6 +260,8 @@ void listen_stop(struct server *srv) {
     if (!uv_is_closing(&listeners[i]->h.handle))
       uv_close(&listeners[i]->h.handle, on_listener_closed);
   n_listeners = 0;
+  if (accept_turn_started && !uv_is_closing((uv_handle_t *)&accept_turn))
+    uv_close((uv_handle_t *)&accept_turn, NULL);
 }
 
 void listen_cleanup(struct server *srv) {
