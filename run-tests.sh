@@ -3,7 +3,8 @@
 # -Werror, plus a valgrind pass over the unit tests), an ASan+UBSan build, the
 # Debian package round trip, and a sample of planted bugs that must be caught.  Builds go under build/ (out of tree), so
 # this works in any checkout, before or after ./quickstart.sh, any number of
-# times.  Lists every skipped test with its reason and ends with
+# times.  Lists every skipped test with its reason, and what passing tests
+# could not test on this host (their "PARTIAL:" lines), and ends with
 # "N passed, N failed, N skipped"; a build that fails counts as a failure and
 # is named with its reason.  Exits non-zero unless everything passed.
 set -u
@@ -133,6 +134,18 @@ fi
 if [ ${#skips[@]} -gt 0 ]; then
   echo "=== skipped, with the reason each gave"
   printf '  %s\n' "${skips[@]}"
+fi
+# Tests that passed but left a part out because the host lacks something
+# say so on a line "PARTIAL: what was not tested".
+partial=$(for name in plain sanitizers; do
+  for f in $(find "$top/build/$name" -name '*.trs' 2>/dev/null | sort); do
+    t=${f#"$top/build/$name/"}
+    grep -h '^PARTIAL: ' "${f%.trs}.log" 2>/dev/null | sort -u | sed "s|^PARTIAL: |[$name] ${t%.trs}: |"
+  done
+done)
+if [ -n "$partial" ]; then
+  echo "=== passed, but in part only (what the host could not test)"
+  printf '%s\n' "$partial" | sed 's/^/  /'
 fi
 if [ ${#build_failures[@]} -gt 0 ]; then
   echo "=== builds that failed (each counts as one failure)"

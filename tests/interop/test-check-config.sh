@@ -96,7 +96,7 @@ if [ -w locked-down.vhd ] && command -v chattr >/dev/null &&
   cleanup_fn chattr -i "$TMPD/locked-down.vhd"
 fi
 if [ -w locked-down.vhd ]; then
-  echo "note: cannot make an image unwritable here: unwritable images not checked"
+  echo "PARTIAL: cannot make an image unwritable here: unwritable images not checked"
 else
   check -e "ro=$TMPD/locked-down.vhd,ro"
   [ "$rc" -eq 0 ] || fail "a read-only export of an unwritable image: status $rc: $err"
@@ -224,7 +224,7 @@ elif chmod o+x "$TMPD" && command -v setpriv >/dev/null &&
   [ "$rc" -eq 1 ] || fail "$unreadable: status $rc, expected 1: $(cat "$TMPD/err")"
   grep -q "keys\\.psk: Permission denied" "$TMPD/err" || fail "$unreadable: $(cat "$TMPD/err")"
 else
-  echo "note: running as root and cannot run the build as nobody: '$unreadable' not checked"
+  echo "PARTIAL: running as root and cannot run the build as nobody: '$unreadable' not checked"
 fi
 chmod 600 keys.psk
 echo "ok: TLS files missing, unreadable or garbled"

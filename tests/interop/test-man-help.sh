@@ -75,7 +75,7 @@ for page in "$DOC/vhdnbd.8" "$DOC/vhdnbd.conf.5" "$DOC/vhdimg.1"; do
     out=$(groff -man -ww -z "$page" 2>&1) || fail "$page: groff failed: $out"
     [ -z "$out" ] || fail "$page: groff warnings: $out"
   else
-    echo "note: groff is not installed, $page not rendered"
+    echo "PARTIAL: groff is not installed, $page not rendered"
   fi
   if command -v man >/dev/null; then
     out=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$page" 2>&1 >/dev/null) ||

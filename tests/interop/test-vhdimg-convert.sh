@@ -116,7 +116,7 @@ for size in $((3 * 1024 * 1024 + 12345)) $((4 * 1024 * 1024 + 3 * 512)); do
   padded src.raw $sectors src.sectors
   sparse=yes
   "$PY3" -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); sys.exit(os.lseek(fd, 0, os.SEEK_HOLE) >= os.fstat(fd).st_size)' src.raw ||
-    { sparse=no; echo "note: $TMPD does not keep holes; hole checks of the raw output skipped"; }
+    { sparse=no; echo "PARTIAL: $TMPD does not keep holes; hole checks of the raw output skipped"; }
 
   # Dynamic, with the CHS rule (the default) and every block size class.
   for bs in 512 1K 4K 64K 512K 2M; do

@@ -84,7 +84,7 @@ static void test_tcp(void) {
     io_tcp("127.0.0.1", p6, 3);
     CHECK(harness_stop_server(pid, SIGTERM, 10) == 0, "TCP server (::1): bad exit status");
   } else
-    harness_note("no IPv6 loopback: ::1 not tested");
+    printf("PARTIAL: no IPv6 loopback: ::1 not tested\n");
 }
 
 struct listed {
