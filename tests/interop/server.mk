@@ -16,7 +16,7 @@ SERVER_INTEROP_TESTS = \
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)
 
-# Access control, TLS (TCP on loopback), the idle timeout, the server-wide
+# Read-only exports, access control, TLS (TCP on loopback), the idle timeout, the server-wide
 # in-flight cap, and --check-config.
 SERVER_POLICY_TESTS = \
 	tests/interop/test-check-config.sh \
@@ -25,7 +25,8 @@ SERVER_POLICY_TESTS = \
 	tests/interop/test-option-errors.sh \
 	tests/interop/test-tls.sh \
 	tests/interop/test-idle-timeout.sh \
-	tests/interop/test-max-inflight.sh
+	tests/interop/test-max-inflight.sh \
+	tests/interop/test-read-only.sh
 TESTS += $(SERVER_POLICY_TESTS)
 # test-tls.sh's GnuTLS client that picks the PSK key exchange.
 check_PROGRAMS += tls-psk-client
