@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "same-client.h"
 #include "server.h"
 
 #define GUARD_TICK_MS 1000
@@ -58,18 +59,6 @@ static void drop(enum drop_reason why) {
   metrics_connection_refused(drop_label[why]);
 }
 
-static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-  if (a->ss_family != b->ss_family)
-    return false;
-  if (a->ss_family == AF_INET)
-    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-  if (a->ss_family == AF_INET6)
-    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
-  return false;
-}
-
 static bool live(const struct connection *c) { return !c->closing && !c->lingering; }
 
 int guard_admit(struct connection *conn) {
@@ -82,7 +71,7 @@ int guard_admit(struct connection *conn) {
     if (c == conn || !live(c))
       continue;
     open++;
-    bool same_addr = conn->addr.ss_family != AF_UNSPEC && same_host(&c->addr, &conn->addr);
+    bool same_addr = conn->addr.ss_family != AF_UNSPEC && same_client((const struct sockaddr *)&c->addr, (const struct sockaddr *)&conn->addr);
     if (same_addr)
       same++;
     if (c->phase == PHASE_HANDSHAKE) {
