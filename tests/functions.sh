@@ -6,6 +6,8 @@ set -eu
 : "${VHDNBD:=$top_builddir/vhdnbd}"
 : "${VHDIMG:=$top_builddir/vhdimg}"
 PY3=/usr/bin/python3
+# Inline test scripts import nbdraw.py (a raw NBD client) from here.
+export PYTHONPATH="$top_srcdir/tests${PYTHONPATH:+:$PYTHONPATH}"
 
 # Exit 77 (automake SKIP) with a reason unless a command exists.
 requires() {

@@ -1,4 +1,4 @@
-EXTRA_DIST += tests/functions.sh
+EXTRA_DIST += tests/functions.sh tests/nbdraw.py
 # Builds, installs and purges the Debian package: needs root, so it runs from
 # run-tests.sh rather than from "make check".
 EXTRA_DIST += tests/package/test-deb-package.sh

@@ -98,24 +98,11 @@ grep -q "client 127.0.0.1:[0-9]*: NBD_OPT_GO: export 'secret' refused" "$TMPD/lo
 # ...and was refused with NBD_REP_ERR_POLICY, not as unknown (a raw
 # handshake: libnbd does not expose the reply type).
 out=$(timeout 20 "$PY3" - 127.0.0.1 "$port" <<'PY'
-import socket, struct, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-def recv(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise SystemExit("server closed the connection")
-        b += c
-    return b
-recv(18)                                    # greeting
-s.sendall(struct.pack(">I", 3))             # FIXED_NEWSTYLE | NO_ZEROES
-for opt in (6, 7):                          # NBD_OPT_INFO, NBD_OPT_GO
-    data = struct.pack(">I", 6) + b"secret" + struct.pack(">H", 0)
-    s.sendall(struct.pack(">QII", 0x49484156454F5054, opt, len(data)) + data)
-    magic, o, typ, ln = struct.unpack(">QIII", recv(20))
-    recv(ln)
-    print(hex(typ))
+import sys, nbdraw
+c = nbdraw.Raw.tcp(sys.argv[1], sys.argv[2])
+c.newstyle()
+for opt in (nbdraw.OPT_INFO, nbdraw.OPT_GO):
+    print(hex(c.option(opt, nbdraw.name_data("secret"))[0]))
 PY
 ) || fail "raw INFO probe failed: $out"
 [ "$out" = "$(printf '0x80000002\n0x80000002')" ] ||

@@ -116,21 +116,10 @@ expect() {
 # raw_list PORT: the reply type a plaintext client gets for NBD_OPT_LIST.
 raw_list() {
   timeout 20 "$PY3" - "$1" <<'PY'
-import socket, struct, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-def recv(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise SystemExit("server closed the connection")
-        b += c
-    return b
-recv(18)
-s.sendall(struct.pack(">I", 3))
-s.sendall(struct.pack(">QII", 0x49484156454F5054, 3, 0))  # NBD_OPT_LIST
-magic, o, typ, ln = struct.unpack(">QIII", recv(20))
-print(hex(typ))
+import sys, nbdraw
+c = nbdraw.Raw.tcp("127.0.0.1", sys.argv[1])
+c.newstyle()
+print(hex(c.option(nbdraw.OPT_LIST)[0]))
 PY
 }
 
@@ -140,31 +129,16 @@ PY
 # (libnbd does not expose reply types).
 raw_tls() {
   timeout 20 "$PY3" - "$@" <<'PY'
-import socket, ssl, struct, sys
-port, creds, opt, name = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-s = socket.create_connection(("127.0.0.1", port))
-def recv(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise SystemExit("server closed the connection")
-        b += c
-    return b
-def option(o, data=b""):
-    s.sendall(struct.pack(">QII", 0x49484156454F5054, o, len(data)) + data)
-    magic, _, typ, ln = struct.unpack(">QIII", recv(20))
-    return typ, recv(ln)
-recv(18)
-s.sendall(struct.pack(">I", 3))
+import ssl, sys, nbdraw
+port, creds, opt, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+c = nbdraw.Raw.tcp("127.0.0.1", port)
+c.newstyle()
 if creds != "-":
-    assert option(5)[0] == 1, "STARTTLS refused"
     ctx = ssl.create_default_context(cafile=creds + "/ca-cert.pem")
     ctx.check_hostname = False
     ctx.load_cert_chain(creds + "/client-cert.pem", creds + "/client-key.pem")
-    s = ctx.wrap_socket(s)
-data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0) if opt == 6 else b""
-typ, msg = option(opt, data)
+    c.starttls(ctx)
+typ, msg = c.option(opt, nbdraw.name_data(name) if opt == nbdraw.OPT_INFO else b"")
 print(hex(typ), msg.decode())
 PY
 }

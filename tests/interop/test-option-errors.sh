@@ -20,35 +20,19 @@ CONF
 start_vhdnbd "$TMPD/sock" -C "$TMPD/conf" -v 2>"$TMPD/log"
 
 timeout 60 "$PY3" - "$TMPD/sock" >"$TMPD/replies" 2>&1 <<'PY' || fail "raw client: $(cat "$TMPD/replies")"
-import socket, struct, sys
-MAGIC = 0x49484156454F5054
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-def recv(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise SystemExit("server closed the connection")
-        b += c
-    return b
+import sys, nbdraw
+from nbdraw import name_data as name, meta_data as meta
+c = nbdraw.Raw.unix(sys.argv[1])
 def option(what, o, data=b""):
-    s.sendall(struct.pack(">QII", MAGIC, o, len(data)) + data)
+    c.send_option(o, data)
     while True:
-        magic, _, typ, ln = struct.unpack(">QIII", recv(20))
-        payload = recv(ln)
+        _, typ, payload = c.reply()
         if typ & 0x80000000:
             print(f"{what}\t{typ:#x}\t{payload.decode('utf-8', 'replace')}")
             return
-        if typ == 1:  # ACK: this one was not refused
+        if typ == nbdraw.REP_ACK:  # this one was not refused
             raise SystemExit(f"{what}: not refused")
-def name(n, infos=b"\0\0"):
-    return struct.pack(">I", len(n)) + n + infos
-def meta(n, *queries):
-    q = b"".join(struct.pack(">I", len(x)) + x for x in queries)
-    return struct.pack(">I", len(n)) + n + struct.pack(">I", len(queries)) + q
-recv(18)
-s.sendall(struct.pack(">I", 3))
+c.newstyle()
 option("list-with-data", 3, b"x")
 option("info-short", 6, b"\0\0")
 option("info-unknown", 6, name(b"nope"))
@@ -60,13 +44,12 @@ option("starttls-off", 5)
 option("unknown-option", 99)
 option("too-big", 9, b"\0" * (64 * 1024 + 1))
 option("structured-data", 8, b"x")
-s.sendall(struct.pack(">QII", MAGIC, 8, 0))  # STRUCTURED_REPLY: ACK
-assert struct.unpack(">QIII", recv(20))[2] == 1
+assert c.option(nbdraw.OPT_STRUCTURED_REPLY)[0] == nbdraw.REP_ACK
 option("structured-twice", 8)
 option("meta-short", 10, b"\0\0\0\4ope")
 option("meta-unknown", 9, meta(b"nope"))
 option("meta-refused", 10, meta(b"secret", b"base:allocation"))
-s.sendall(struct.pack(">QII", MAGIC, 2, 0))  # ABORT
+c.send_option(nbdraw.OPT_ABORT)
 PY
 
 n=$(wc -l <"$TMPD/replies")

@@ -188,34 +188,23 @@ client alice scratch expect $((1 << 20)) 0 0 0x11 || fail "discard: old writes s
 # client reads the image's data through a new discard child; the same
 # option on an identity-keyed export without TLS gets the connection closed.
 cat >"$TMPD/export-name.py" <<'PY'
-import socket, struct, sys
-port, export, expect = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3]
-s = socket.create_connection(("127.0.0.1", port), 30)
-s.settimeout(30)
-def recv(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise EOFError("connection closed after %d of %d bytes" % (len(b), n))
-        b += c
-    return b
-magic, ihave, flags = struct.unpack(">QQH", recv(18))
-assert ihave == 0x49484156454F5054, hex(ihave)
-s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
-s.sendall(struct.pack(">QII", ihave, 1, len(export)) + export)
+import struct, sys, nbdraw
+port, export, expect = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
+c = nbdraw.Raw.tcp("127.0.0.1", port)
+c.newstyle()
+c.send_option(nbdraw.OPT_EXPORT_NAME, export)
 if expect == "closed":
     try:
-        recv(10)
-    except EOFError:
+        c.recv(10)
+    except nbdraw.Closed:
         sys.exit(0)
     sys.exit("EXPORT_NAME answered where it should have closed")
-size, tflags = struct.unpack(">QH", recv(10))
+size, tflags = struct.unpack(">QH", c.recv(10))
 assert size >= 1 << 20, size
-s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 7, 0, 4096))  # READ 4 KiB at 0
-magic, err, handle = struct.unpack(">IIQ", recv(16))
-assert (magic, err, handle) == (0x67446698, 0, 7), (hex(magic), err, handle)
-assert recv(4096) == b"\x11" * 4096, "EXPORT_NAME client did not read the image's data"
+c.send(struct.pack(">IHHQQI", nbdraw.REQUEST_MAGIC, 0, 0, 7, 0, 4096))  # READ 4 KiB at 0
+magic, err, handle = struct.unpack(">IIQ", c.recv(16))
+assert (magic, err, handle) == (nbdraw.SIMPLE_REPLY_MAGIC, 0, 7), (hex(magic), err, handle)
+assert c.recv(4096) == b"\x11" * 4096, "EXPORT_NAME client did not read the image's data"
 PY
 "$PY3" "$TMPD/export-name.py" "$port" scratch data || fail "NBD_OPT_EXPORT_NAME on a discard overlay"
 "$PY3" "$TMPD/export-name.py" "$port" persist closed ||
