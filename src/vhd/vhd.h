@@ -338,6 +338,20 @@ bool vhd_fault_tripped(void);
 /* Drops a handle without flushing or writing anything (simulated crash). */
 void vhd_abandon(vhd_t *vhd);
 
+/* Whole files that are not open images: a new image being written, a
+ * temporary file renamed over an image, a directory to sync (the engine's
+ * commit and rebase, vhdimg convert's output).  Each call is one I/O point
+ * of the fault switch (a write, a sync, or "other" for truncate, rename and
+ * unlink), so a crash test can stop the process at any of them; nothing is
+ * latched.  They return 0 or a negative errno. */
+int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off);
+int vhd_io_truncate_fd(int fd, uint64_t size);
+int vhd_io_sync_fd(int fd);
+int vhd_io_rename(const char *from, const char *to);
+int vhd_io_unlink(const char *path);
+/* fsync of the directory holding path (after a rename or unlink in it). */
+int vhd_io_sync_dir_of(const char *path);
+
 /* Commit and rebase of a differencing disk (commit.c, rebase.c).  Both take
  * the image locks as vhd_open does (an image served or open elsewhere is
  * refused, EBUSY, naming the holder when /proc tells it), and both are

@@ -7,7 +7,11 @@
  *
  * The output is written under a temporary name beside DST, made durable, and
  * renamed over DST at the end: DST is at every instant either what it was or
- * the whole new image, never a half-made one. */
+ * the whole new image, never a half-made one.  Every write, truncate, sync,
+ * rename and unlink of the output goes through the engine's whole-file I/O
+ * (vhd.h), so the fault switch can stop a conversion at any of them.  A
+ * crash leaves the temporary file (.DST.XXXXXX) behind; a failure that
+ * cannot remove it says so. */
 #include "config.h"
 
 #include <errno.h>
@@ -160,8 +164,8 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
     if (fstat(o->fd, &st) < 0)
       return set_errno_msg(err, errno, out_file(o), "stat");
     if (S_ISREG(st.st_mode)) { /* the size as a hole */
-      if (ftruncate(o->fd, (off_t)size) < 0)
-        return set_errno_msg(err, errno, out_file(o), "ftruncate");
+      if ((r = vhd_io_truncate_fd(o->fd, size)) < 0)
+        return set_errno_msg(err, -r, out_file(o), "ftruncate");
       return 0;
     }
     off_t end = lseek(o->fd, 0, SEEK_END); /* a device keeps its size */
@@ -176,8 +180,8 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
   /* vhd_create makes the file itself (O_EXCL). */
   close(o->fd);
   o->fd = -1;
-  if (unlink(o->tmp) < 0)
-    return set_errno_msg(err, errno, o->tmp, "unlink");
+  if ((r = vhd_io_unlink(o->tmp)) < 0)
+    return set_errno_msg(err, -r, o->tmp, "unlink");
   struct vhd_create_opts co = {
       .type = o->fmt == OUT_FIXED ? VHD_TYPE_FIXED : VHD_TYPE_DYNAMIC,
       .size = size,
@@ -206,30 +210,20 @@ static int out_write(struct output *o, const void *buf, uint64_t off, size_t len
                      struct vhd_err *err) {
   if (o->fmt != OUT_RAW)
     return vhd_write(o->vhd, buf, off, len, 0, err);
-  const uint8_t *p = buf;
-  while (len) {
-    ssize_t w = pwrite(o->fd, p, len, (off_t)off);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      int e = w < 0 ? errno : EIO;
-      snprintf(err->msg, sizeof err->msg, "%s: write at offset %" PRIu64 ": %s", out_file(o),
-               off, strerror(e));
-      return -e;
-    }
-    p += w;
-    off += (uint64_t)w;
-    len -= (size_t)w;
-  }
-  return 0;
+  int r = vhd_io_pwrite_fd(o->fd, buf, len, off);
+  if (r < 0)
+    snprintf(err->msg, sizeof err->msg, "%s: write at offset %" PRIu64 ": %s", out_file(o), off,
+             strerror(-r));
+  return r;
 }
 
 /* Makes the output durable and puts it in place of DST. */
 static int out_commit(struct output *o, struct vhd_err *err) {
   int r = 0;
   if (o->fd >= 0) {
-    if (fsync(o->fd) < 0)
-      r = set_errno_msg(err, errno, out_file(o), "fsync");
+    int rc = vhd_io_sync_fd(o->fd);
+    if (rc < 0)
+      r = set_errno_msg(err, -rc, out_file(o), "fsync");
     if (close(o->fd) < 0 && r == 0)
       r = set_errno_msg(err, errno, out_file(o), "close");
     o->fd = -1;
@@ -242,17 +236,13 @@ static int out_commit(struct output *o, struct vhd_err *err) {
   }
   if (r < 0 || !o->tmp)
     return r;
-  if (rename(o->tmp, o->path) < 0)
-    return set_errno_msg(err, errno, o->path, "rename from the temporary file");
+  if ((r = vhd_io_rename(o->tmp, o->path)) < 0)
+    return set_errno_msg(err, -r, o->path, "rename from the temporary file");
   free(o->tmp);
   o->tmp = NULL;
   /* The rename itself must survive a crash too. */
-  CLEANUP_FREE char *d = strdup(o->path);
-  int dfd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-  if (dfd < 0 || fsync(dfd) < 0)
-    r = set_errno_msg(err, errno, o->path, "fsync of its directory");
-  if (dfd >= 0)
-    close(dfd);
+  if ((r = vhd_io_sync_dir_of(o->path)) < 0)
+    r = set_errno_msg(err, -r, o->path, "fsync of its directory");
   return r;
 }
 
@@ -264,8 +254,12 @@ static void out_abort(struct output *o) {
   if (o->vhd)
     vhd_abandon(o->vhd); /* it is about to be removed: nothing to flush */
   o->vhd = NULL;
-  if (o->tmp)
-    unlink(o->tmp);
+  /* vhd_create removes a file it could not finish: then nothing is left. */
+  struct stat st;
+  int r = o->tmp && lstat(o->tmp, &st) == 0 ? vhd_io_unlink(o->tmp) : 0;
+  if (r < 0 && r != -ENOENT)
+    print_error("%s: could not remove the temporary file (%s); remove it by hand", o->tmp,
+                strerror(-r));
   free(o->tmp);
   o->tmp = NULL;
 }

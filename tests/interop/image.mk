@@ -19,7 +19,8 @@ TESTS += \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/test-vhdimg-commit.sh \
-	tests/interop/test-vhdimg-foreign.sh
+	tests/interop/test-vhdimg-foreign.sh \
+	tests/interop/test-vhdimg-convert-crash.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/test-vhd-crash-readers.sh \
@@ -39,4 +40,5 @@ EXTRA_DIST += \
 	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhdimg-commit.sh \
-	tests/interop/test-vhdimg-foreign.sh
+	tests/interop/test-vhdimg-foreign.sh \
+	tests/interop/test-vhdimg-convert-crash.sh
