@@ -328,8 +328,9 @@ def fixtures():
     # A chain of 3, writes whole 4 KiB pages (libvhdi can judge it).
     gp = Image("win-gp", "win", "dynamic", 4 * M,
                writes=[(0, 1 * M), (3 * M, 1 * M)])
+    # win-par leaves its second block to be allocated by a commit of win-top.
     par = Image("win-par", "win", "differencing", 0, parent=gp,
-                writes=[(64 * K, 8 * K), (2 * M - 4096, 8192), (4 * M - 4096, 4096)])
+                writes=[(64 * K, 8 * K), (2 * M - 8192, 8192)])
     top = Image("win-top", "win", "differencing", 0, parent=par,
                 writes=[(68 * K, 4 * K), (3 * M + 12 * K, 20 * K)])
     imgs += [gp, par, top]

@@ -149,6 +149,11 @@ for n in "${!kind[@]}"; do
   judge "$n committed" "$exp" "$rd" "${files[@]}"
   judge "$p1 committed into" "$exp" "$rd" "${files[@]:1}"
   kept "$n committed" "$par" "${keep[$p1]},${locs[$p1]}"
+  # New blocks go at the end of the parent's data, past what its locators
+  # reserve (Windows counts their data space in bytes): it grows by no more
+  # than the child holds.
+  [ "$(stat -c %s "$par")" -le $(($(stat -c %s "$par.orig") + $(stat -c %s "$img.orig"))) ] ||
+    fail "$n: commit grew $par from $(stat -c %s "$par.orig") to $(stat -c %s "$par") bytes"
   [ ${#below[@]} -eq 0 ] || same_as_orig "$n committed" "${below[@]}"
 
   # The same with --remove.
