@@ -278,10 +278,15 @@ struct vhd_resize_opts {
   void (*progress)(void *opaque, uint64_t done, uint64_t total);
   void *opaque;
 };
-/* Returns 0 (*new_size, when not NULL, gets the resulting virtual size) or a
- * negative errno. */
-int vhd_resize(const char *path, const struct vhd_resize_opts *opts, uint64_t *new_size,
-               struct vhd_err *err);
+/* What a resize did. */
+struct vhd_resize_result {
+  uint64_t old_size, new_size; /* virtual sizes before and after */
+  uint32_t blocks_moved;       /* blocks moved out of the way of a larger BAT */
+  bool bat_moved;              /* the BAT itself went past everything */
+};
+/* Returns 0 (*res, when not NULL, says what was done) or a negative errno. */
+int vhd_resize(const char *path, const struct vhd_resize_opts *opts,
+               struct vhd_resize_result *res, struct vhd_err *err);
 
 /* Compacting (compact.c), like Optimize-VHD.  Opens path read-write (the
  * image lock refuses an image in use, with EBUSY), with its parents for a
