@@ -38,7 +38,7 @@ enum out_format { OUT_RAW, OUT_FIXED, OUT_DYNAMIC };
 void usage_convert(FILE *f) {
   fprintf(f,
           "Usage: vhdimg convert [-f vhd|raw] [-O raw|fixed|dynamic] [--block-size N]\n"
-          "                      [--exact] [--align SIZE] [-p] SRC DST\n"
+          "                      [--exact] [--align SIZE] [-p] [--json] SRC DST\n"
           "\n"
           "Copies the virtual disk of SRC, a VHD image (any type; a differencing\n"
           "chain is flattened) or with -f raw a raw disk image, into DST, which is\n"
@@ -49,12 +49,17 @@ void usage_convert(FILE *f) {
           "                           recognised by its footer)\n"
           "  -O, --output-format FMT  raw (default), fixed or dynamic\n"
           "      --block-size N       block size of a dynamic output (a power of\n"
-          "                           two from 512 to 256M, default 2M)\n"
+          "                           two from 512 to 256M, default 2M; under 4K\n"
+          "                           QEMU and libvhdi cannot read it: a warning)\n"
           "      --exact              VHD output of a raw SRC: keep its size instead\n"
           "                           of rounding it up to the next CHS geometry\n"
           "      --align SIZE         round the virtual size up to a multiple of\n"
           "                           SIZE (a multiple of 512); keeps it exactly\n"
           "  -p, --progress           show a progress bar (when stderr is a terminal)\n"
+          "      --json               print what was written as one JSON object:\n"
+          "                           source, destination, format, virtual-size,\n"
+          "                           bytes-written, block-size and allocated-blocks\n"
+          "                           (null but for a dynamic output)\n"
           "  -h, --help               show this help\n");
 }
 
@@ -68,6 +73,8 @@ struct output {
   vhd_t *vhd;       /* fixed, dynamic */
   uint64_t size;    /* virtual size of the output */
   size_t zero_unit; /* all-zero pieces of this size are not written */
+  uint64_t written; /* bytes of data written */
+  uint32_t block_size, allocated_blocks; /* dynamic, read before closing */
 };
 
 static const char *out_file(const struct output *o) { return o->tmp ? o->tmp : o->path; }
@@ -208,6 +215,7 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
 
 static int out_write(struct output *o, const void *buf, uint64_t off, size_t len,
                      struct vhd_err *err) {
+  o->written += len;
   if (o->fmt != OUT_RAW)
     return vhd_write(o->vhd, buf, off, len, 0, err);
   int r = vhd_io_pwrite_fd(o->fd, buf, len, off);
@@ -229,6 +237,10 @@ static int out_commit(struct output *o, struct vhd_err *err) {
     o->fd = -1;
   }
   if (o->vhd) {
+    struct vhd_info info;
+    vhd_get_info(o->vhd, &info);
+    o->block_size = info.block_size;
+    o->allocated_blocks = info.allocated_blocks;
     int rc = vhd_close(o->vhd, err); /* flushes */
     o->vhd = NULL;
     if (rc < 0 && r == 0)
@@ -353,8 +365,24 @@ static int output_size(const struct source *src, const struct output *o, uint64_
   return 0;
 }
 
+static void print_json(const char *src, const struct output *o, const char *dst) {
+  static const char *const names[] = {[OUT_RAW] = "raw", [OUT_FIXED] = "fixed",
+                                      [OUT_DYNAMIC] = "dynamic"};
+  printf("{\"source\": ");
+  json_put_string(stdout, src);
+  printf(", \"destination\": ");
+  json_put_string(stdout, dst);
+  printf(", \"format\": \"%s\", \"virtual-size\": %" PRIu64 ", \"bytes-written\": %" PRIu64,
+         names[o->fmt], o->size, o->written);
+  if (o->fmt == OUT_DYNAMIC)
+    printf(", \"block-size\": %" PRIu32 ", \"allocated-blocks\": %" PRIu32 "}\n", o->block_size,
+           o->allocated_blocks);
+  else
+    printf(", \"block-size\": null, \"allocated-blocks\": null}\n");
+}
+
 int cmd_convert(int argc, char **argv) {
-  enum { OPT_BLOCK_SIZE = 256, OPT_EXACT, OPT_ALIGN };
+  enum { OPT_BLOCK_SIZE = 256, OPT_EXACT, OPT_ALIGN, OPT_JSON };
   static const struct option longopts[] = {
       {"format", required_argument, NULL, 'f'},
       {"output-format", required_argument, NULL, 'O'},
@@ -362,12 +390,13 @@ int cmd_convert(int argc, char **argv) {
       {"exact", no_argument, NULL, OPT_EXACT},
       {"align", required_argument, NULL, OPT_ALIGN},
       {"progress", no_argument, NULL, 'p'},
+      {"json", no_argument, NULL, OPT_JSON},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   struct output o = {.fmt = OUT_RAW, .fd = -1};
   enum source_format in_fmt = SOURCE_AUTO;
-  bool show_progress = false, exact = false;
+  bool show_progress = false, exact = false, json = false;
   uint64_t align = 0, bs = 0;
   int c, r;
 
@@ -409,6 +438,9 @@ int cmd_convert(int argc, char **argv) {
     case 'p':
       show_progress = true;
       break;
+    case OPT_JSON:
+      json = true;
+      break;
     case 'h':
       usage_convert(stdout);
       return VHDIMG_EXIT_OK;
@@ -425,8 +457,8 @@ int cmd_convert(int argc, char **argv) {
   if (exact && o.fmt == OUT_RAW)
     return usage_error("convert", "--exact is only for -O fixed or dynamic (a raw output "
                                   "always has the exact size)");
-  const char *src_path = argv[optind];
-  o.path = argv[optind + 1];
+  const char *src_path = argv[optind], *dst_path = argv[optind + 1];
+  o.path = dst_path;
   if (same_file(src_path, o.path)) {
     print_error("%s: source and destination are the same file", o.path);
     return VHDIMG_EXIT_FAILURE;
@@ -461,6 +493,10 @@ int cmd_convert(int argc, char **argv) {
   if (r < 0)
     goto out;
   r = out_commit(&o, &err);
+  if (r == 0 && json)
+    print_json(src_path, &o, dst_path);
+  if (r == 0)
+    warn_small_blocks(dst_path, (uint32_t)bs);
 
 out:
   if (r < 0) {

@@ -20,7 +20,9 @@ TESTS += \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/test-vhdimg-commit.sh \
 	tests/interop/test-vhdimg-foreign.sh \
-	tests/interop/test-vhdimg-convert-crash.sh
+	tests/interop/test-vhdimg-convert-crash.sh \
+	tests/interop/test-vhdimg-json.sh \
+	tests/interop/test-vhdimg-small-blocks.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/test-vhd-crash-readers.sh \
@@ -41,4 +43,6 @@ EXTRA_DIST += \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhdimg-commit.sh \
 	tests/interop/test-vhdimg-foreign.sh \
-	tests/interop/test-vhdimg-convert-crash.sh
+	tests/interop/test-vhdimg-convert-crash.sh \
+	tests/interop/test-vhdimg-json.sh \
+	tests/interop/test-vhdimg-small-blocks.sh
