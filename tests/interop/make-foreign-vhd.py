@@ -334,6 +334,11 @@ def fixtures():
     top = Image("win-top", "win", "differencing", 0, parent=par,
                 writes=[(68 * K, 4 * K), (3 * M + 12 * K, 20 * K)])
     imgs += [gp, par, top]
+    # Hyper-V's differencing disk over a fixed one.
+    fb = Image("win-fbase", "win", "fixed", 4 * M, writes=[(0, 64 * K), (3 * M, 64 * K)])
+    imgs.append(fb)
+    imgs.append(Image("win-fchild", "win", "differencing", 0, parent=fb,
+                      writes=[(8 * K, 8 * K), (3 * M + 60 * K, 8 * K)]))
     # Partly set bitmap bytes over a parent with data there.
     ob = Image("win-odd-base", "win", "dynamic", 4 * M, writes=[(0, 64 * K), (2 * M, 64 * K)])
     imgs.append(ob)

@@ -2,10 +2,12 @@
 # Images made by other writers (Windows/Hyper-V, XenServer vhd-tool, Xen
 # Orchestra, blktap vhd-util, VirtualBox: make-foreign-vhd.py lays them out
 # as those do), through every vhdimg command that changes an image: resize
-# (grow, shrink, a refused shrink), compact, commit (with and without
-# --remove) and rebase (safe onto another parent, -u after a move).  After
-# each: check is clean, vhdimg, QEMU and libvhdi read what the test expects
-# (computed here, not by vhdimg), and the writer's own bytes no command may
+# (grow, shrink, a refused shrink), compact (refused for fixed images),
+# commit (with and without --remove, into differencing, dynamic and fixed
+# parents) and rebase (safe onto another parent, -u after a move).  After
+# each: check is clean, vhdimg (convert, compare, info), QEMU and libvhdi
+# read what the test expects (computed here, not by vhdimg), and the
+# writer's own bytes no command may
 # change (tdbatmap, vhd-tool's gap, the parent locators of an image not
 # rebased, VirtualBox's BAT padding but where a resize adds entries) are as
 # they were.
@@ -51,6 +53,9 @@ judge() {
   rm -f judge.raw
   "$VHDIMG" convert "$1" judge.raw || fail "$what: vhdimg cannot read $1"
   cmp judge.raw "$exp" || fail "$what: vhdimg reads $1 differently from $exp"
+  "$VHDIMG" compare -F raw "$1" "$exp" >/dev/null || fail "$what: vhdimg compare finds $1 differs"
+  [ "$(info_field "$1" virtual-size)" = "$(stat -c %s "$exp")" ] ||
+    fail "$what: vhdimg info gives $1 another size than $(stat -c %s "$exp")"
   if [ "$have_qemu" = yes ] && [[ $rd == *qemu* ]]; then
     # QEMU takes the CHS size of some creators: it must read that much.
     local q
@@ -120,7 +125,11 @@ for n in "${!kind[@]}"; do
   grep -q "$img" err.out || { cat err.out >&2; fail "$n: the refused shrink does not name the image"; }
   cmp -s "$img" before.vhd || fail "$n: a refused shrink changed the image"
 
-  [ "${kind[$n]}" = fixed ] && continue
+  if [ "${kind[$n]}" = fixed ]; then
+    expect_exit 1 "$VHDIMG" compact "$img" 2>/dev/null
+    cmp -s "$img" before.vhd || fail "$n: a refused compact changed the image"
+    continue
+  fi
   # Compact: blocks of zeros freed, blocks moved, the same content.
   fresh "$n"
   out=$("$VHDIMG" compact --json "$img") || fail "$n: compact"
