@@ -28,8 +28,9 @@ PYEOF
 }
 
 # 1 MiB with data in three 4 KiB pieces (one a 1536-byte write), in the
-# 64 KiB blocks 0, 4 and 15.
-make_raw src.raw 1M 0 4K 0x11 300K 1536 0x22 1020K 4K 0x33
+# 64 KiB blocks 0, 4 and 15, and 8 KiB of zeros written out (data to
+# SEEK_DATA, skipped as zeros).
+make_raw src.raw 1M 0 4K 0x11 4K 8K 0x00 300K 1536 0x22 1020K 4K 0x33
 
 out=$("$VHDIMG" convert --json -f raw -O dynamic --exact --block-size 64K src.raw d.vhd) ||
   fail "convert -O dynamic"
