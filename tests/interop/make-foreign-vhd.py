@@ -363,6 +363,14 @@ def fixtures():
                       zero_writes=[(2 * M, 4096)]))
     imgs.append(Image("xo-1k", "xo", "dynamic", 1 * M + 512, bs=1024,
                       writes=[(512, 512), (512 * K, 2048), (1 * M, 512)]))
+    # Xen Orchestra's delta chain of 3 with 1 KiB blocks (odd size).
+    x0 = Image("xo-d0", "xo", "dynamic", 1 * M + 3 * 512, bs=1024,
+               writes=[(0, 4096), (700 * K, 2048), (1 * M, 3 * 512)])
+    x1 = Image("xo-d1", "xo", "differencing", 0, parent=x0, bs=1024,
+               writes=[(1024, 1024), (512 * K, 512)])
+    x2 = Image("xo-d2", "xo", "differencing", 0, parent=x1, bs=1024,
+               writes=[(1536, 512), (700 * K + 512, 1024), (1 * M + 512, 512)])
+    imgs += [x0, x1, x2]
     # blktap vhd-util: a batmap; dynamic with 2 MiB blocks, a chain of 3 with
     # 4 KiB blocks (whole pages written).
     imgs.append(Image("tap-dyn", "tap", "dynamic", 4 * M,
@@ -379,10 +387,14 @@ def fixtures():
     imgs.append(Image("vbox-dyn", "vbox", "dynamic", 3 * M + 512, bs=64 * K,
                       writes=[(128 * K, 4096), (64 * K - 512, 1024), (3 * M, 512)],
                       zero_writes=[(1 * M, 4096)]))
-    imgs.append(Image("vbox-2k", "vbox", "dynamic", 1 * M, bs=2048,
-                      writes=[(2048, 2048), (1 * M - 1024, 1024)]))
+    v2k = Image("vbox-2k", "vbox", "dynamic", 1 * M, bs=2048,
+                writes=[(2048, 2048), (1 * M - 1024, 1024)])
+    imgs.append(v2k)
     imgs.append(Image("vbox-fixed", "vbox", "fixed", 2 * M + 7 * 512,
                       writes=[(0, 512), (2 * M, 7 * 512)]))
+    # A VirtualBox differencing disk over its 2 KiB-block dynamic one.
+    imgs.append(Image("vbox-2k-child", "vbox", "differencing", 0, parent=v2k,
+                      bs=2048, writes=[(2048 + 512, 512), (512 * K, 4096)]))
     return imgs
 
 
