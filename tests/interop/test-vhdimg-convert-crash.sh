@@ -49,7 +49,7 @@ complete() {
 # crash_every_point NAME FMT OLD ARGS...: runs `vhdimg convert ARGS out/dst`
 # stopped after N = 0, 1, ... I/O points until it succeeds.
 crash_every_point() {
-  local name=$1 fmt=$2 old=$3 n rc tmp
+  local name=$1 fmt=$2 old=$3 n rc tmp left=0
   shift 3
   for ((n = 0; n < 400; n++)); do
     rm -rf out && mkdir out
@@ -61,7 +61,7 @@ crash_every_point() {
       complete "$name" "$fmt" || fail "$name: the conversion that succeeded (at $n) is wrong"
       [ -z "$(ls -A out | grep -v '^dst$')" ] || fail "$name: success left $(ls -A out)"
       [ $n -gt 3 ] || fail "$name: succeeded after only $n I/O points: is the switch armed?"
-      echo "$name (old DST: $old): $n I/O points"
+      echo "$name (old DST: $old): $n I/O points, $left stops left a temporary file (reported)"
       return 0
     fi
     [ $rc -eq 1 ] || fail "$name, stopped after $n: exit $rc"
@@ -70,6 +70,7 @@ crash_every_point() {
     fi
     for tmp in $(ls -A out | grep -v '^dst$'); do
       [[ $tmp == .dst.?????? ]] || fail "$name, stopped after $n: unexpected file $tmp"
+      left=$((left + 1))
       grep -q "out/.dst.*temporary file" err.out ||
         { cat err.out >&2; fail "$name, stopped after $n: $tmp left and not reported"; }
     done
