@@ -123,8 +123,9 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
   if (o->type == VHD_TYPE_FIXED) {
     f.data_offset = UINT64_MAX;
     vhd_footer_encode(&f, footer);
-    if (ftruncate(fd, (off_t)size) < 0)
-      r = vhd_set_err(err, -errno, "%s: %s", path, strerror(errno));
+    if ((r = vhd_io_truncate_fd(fd, size)) < 0)
+      r = vhd_set_err(err, r, "%s: setting the size to %llu: %s", path,
+                      (unsigned long long)size, strerror(-r));
     else
       r = write_all(fd, path, footer, sizeof footer, size, err);
     goto done;
@@ -191,8 +192,8 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
     goto done;
   r = write_all(fd, path, footer, sizeof footer, end, err);
 done:
-  if (r == 0 && fsync(fd) < 0)
-    r = vhd_set_err(err, -errno, "%s: fsync: %s", path, strerror(errno));
+  if (r == 0 && (r = vhd_io_sync_fd(fd)) < 0)
+    r = vhd_set_err(err, r, "%s: fsync: %s", path, strerror(-r));
   close(fd);
   if (r < 0)
     unlink(path);

@@ -377,10 +377,17 @@ int vhd_io_first_nonzero(int fd, uint64_t off, uint64_t len, uint64_t *at) {
   return 0;
 }
 
-/* ---- whole files: commit and rebase replace or remove images ----------- */
+/* ---- whole files: new images, and files replaced or removed ------------ */
 
 /* For a file that is not an open image (a new image being written, the
  * directory of a renamed one): counted by the fault switch, no latch. */
+int vhd_io_truncate_fd(int fd, uint64_t size) {
+  int r = fault_check(FAULT_OP_OTHER);
+  if (r == 0 && ftruncate(fd, (off_t)size) < 0)
+    r = -errno;
+  return r;
+}
+
 int vhd_io_sync_fd(int fd) {
   int r = fault_check(FAULT_OP_SYNC);
   if (r == 0 && fsync(fd) < 0)

@@ -51,6 +51,7 @@ struct resize {
   const struct vhd_resize_opts *o;
   struct vhd_err *err;
   uint64_t done, total; /* progress: bytes of blocks moved */
+  struct vhd_resize_result res;
 };
 
 static int put(struct resize *z, const void *buf, size_t len, uint64_t off, const char *what) {
@@ -315,6 +316,7 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     if ((r = put(z, t, nspan, nbat, "the new BAT")) < 0 ||
         (r = sync_image(z, "writing the new BAT")) < 0)
       return r;
+    z->res.bat_moved = true;
     return write_header(z, nbat, entries);
   }
 
@@ -346,6 +348,7 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     }
     if ((r = sync_image(z, "switching BAT entries of moved blocks")) < 0)
       return r;
+    z->res.blocks_moved = (uint32_t)nmove;
   }
   for (uint64_t off = bat + old_bytes; off < new_end;) {
     size_t n = (size_t)MIN(new_end - off, 512 - off % 512);
@@ -380,7 +383,7 @@ static int resize_dynamic(struct resize *z, uint64_t new_size, const uint8_t *fo
   return write_footers(z, footer, pos);
 }
 
-int vhd_resize(const char *path, const struct vhd_resize_opts *o, uint64_t *new_size,
+int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_resize_result *res,
                struct vhd_err *err) {
   struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT};
   vhd_t *vhd;
@@ -397,7 +400,7 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, uint64_t *new_
   /* Both sizes: libvhdi takes the original size as the disk's. */
   f.current_size = size;
   f.original_size = size;
-  struct resize z = {vhd, o, err, 0, 0};
+  struct resize z = {vhd, o, err, 0, 0, {.old_size = vhd->virtual_size, .new_size = size}};
   if (size < vhd->virtual_size && !o->shrink) {
     r = vhd_set_err(err, -EINVAL,
                     "%s: %llu bytes is smaller than the image (%llu bytes): shrinking needs "
@@ -412,8 +415,8 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, uint64_t *new_
     vhd_footer_encode(&f, raw);
     r = vhd->type == VHD_TYPE_FIXED ? resize_fixed(&z, size, raw) : resize_dynamic(&z, size, raw);
   }
-  if (r == 0 && new_size)
-    *new_size = size;
+  if (r == 0 && res)
+    *res = z.res;
   /* Everything the resize wrote is synced; the handle has nothing of its
    * own to flush, and its window and floors describe the old layout. */
   vhd_abandon(vhd);

@@ -237,8 +237,6 @@ int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off);
  * [off, off+len) must be in the page cache. */
 int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off);
 int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
-/* For a file that is not an open image yet (vhd_create): no latch. */
-int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
@@ -331,13 +329,9 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
                    struct vhd_err *err);
 void vhd_free(vhd_t *vhd);
 
-/* io.c, for whole files (commit and rebase): counted by the fault switch,
- * never latched (no open image is involved). */
-int vhd_io_sync_fd(int fd);
-int vhd_io_rename(const char *from, const char *to);
-int vhd_io_unlink(const char *path);
-/* fsync of the directory holding path (after a rename or unlink in it). */
-int vhd_io_sync_dir_of(const char *path);
+/* io.c, for whole files (commit, rebase, create): vhd_io_pwrite_fd,
+ * vhd_io_truncate_fd, vhd_io_sync_fd, vhd_io_rename, vhd_io_unlink and
+ * vhd_io_sync_dir_of, declared in vhd.h for vhdimg convert. */
 
 /* relink.c: a parent as a differencing header names it.  rel and abs are
  * the W2ru and W2ku locator data (UTF-16LE, Windows separators for rel),

@@ -278,10 +278,15 @@ struct vhd_resize_opts {
   void (*progress)(void *opaque, uint64_t done, uint64_t total);
   void *opaque;
 };
-/* Returns 0 (*new_size, when not NULL, gets the resulting virtual size) or a
- * negative errno. */
-int vhd_resize(const char *path, const struct vhd_resize_opts *opts, uint64_t *new_size,
-               struct vhd_err *err);
+/* What a resize did. */
+struct vhd_resize_result {
+  uint64_t old_size, new_size; /* virtual sizes before and after */
+  uint32_t blocks_moved;       /* blocks moved out of the way of a larger BAT */
+  bool bat_moved;              /* the BAT itself went past everything */
+};
+/* Returns 0 (*res, when not NULL, says what was done) or a negative errno. */
+int vhd_resize(const char *path, const struct vhd_resize_opts *opts,
+               struct vhd_resize_result *res, struct vhd_err *err);
 
 /* Compacting (compact.c), like Optimize-VHD.  Opens path read-write (the
  * image lock refuses an image in use, with EBUSY), with its parents for a
@@ -337,6 +342,20 @@ void vhd_fault_arm(long n);
 bool vhd_fault_tripped(void);
 /* Drops a handle without flushing or writing anything (simulated crash). */
 void vhd_abandon(vhd_t *vhd);
+
+/* Whole files that are not open images: a new image being written, a
+ * temporary file renamed over an image, a directory to sync (the engine's
+ * commit and rebase, vhdimg convert's output).  Each call is one I/O point
+ * of the fault switch (a write, a sync, or "other" for truncate, rename and
+ * unlink), so a crash test can stop the process at any of them; nothing is
+ * latched.  They return 0 or a negative errno. */
+int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off);
+int vhd_io_truncate_fd(int fd, uint64_t size);
+int vhd_io_sync_fd(int fd);
+int vhd_io_rename(const char *from, const char *to);
+int vhd_io_unlink(const char *path);
+/* fsync of the directory holding path (after a rename or unlink in it). */
+int vhd_io_sync_dir_of(const char *path);
 
 /* Commit and rebase of a differencing disk (commit.c, rebase.c).  Both take
  * the image locks as vhd_open does (an image served or open elsewhere is

@@ -30,7 +30,8 @@ void usage_commit(FILE *f) {
           "                  what cannot be known\n"
           "  -p, --progress  show a progress bar (when stderr is a terminal)\n"
           "      --json      print the result as one JSON object: child, parent,\n"
-          "                  bytes committed, removed, the parent's new timestamp\n"
+          "                  bytes and sectors committed, removed, the parent's new\n"
+          "                  timestamp, other children found\n"
           "  -h, --help      show this help\n");
 }
 
@@ -78,8 +79,9 @@ int cmd_commit(int argc, char **argv) {
     json_put_string(stdout, child);
     printf(", \"parent\": ");
     json_put_string(stdout, res.parent);
-    printf(", \"bytes\": %" PRIu64 ", \"removed\": %s, \"parent-timestamp\": ", res.bytes,
-           o.remove ? "true" : "false");
+    printf(", \"bytes\": %" PRIu64 ", \"sectors\": %" PRIu64
+           ", \"removed\": %s, \"parent-timestamp\": ",
+           res.bytes, res.bytes / VHD_SECTOR_SIZE, o.remove ? "true" : "false");
     json_put_string(stdout, vhd_time_format(res.parent_timestamp, ts, sizeof ts));
     printf(", \"other-children\": %u}\n", res.other_children);
   }

@@ -7,7 +7,11 @@
  *
  * The output is written under a temporary name beside DST, made durable, and
  * renamed over DST at the end: DST is at every instant either what it was or
- * the whole new image, never a half-made one. */
+ * the whole new image, never a half-made one.  Every write, truncate, sync,
+ * rename and unlink of the output goes through the engine's whole-file I/O
+ * (vhd.h), so the fault switch can stop a conversion at any of them.  A
+ * crash leaves the temporary file (.DST.XXXXXX) behind; a failure that
+ * cannot remove it says so. */
 #include "config.h"
 
 #include <errno.h>
@@ -34,7 +38,7 @@ enum out_format { OUT_RAW, OUT_FIXED, OUT_DYNAMIC };
 void usage_convert(FILE *f) {
   fprintf(f,
           "Usage: vhdimg convert [-f vhd|raw] [-O raw|fixed|dynamic] [--block-size N]\n"
-          "                      [--exact] [--align SIZE] [-p] SRC DST\n"
+          "                      [--exact] [--align SIZE] [-p] [--json] SRC DST\n"
           "\n"
           "Copies the virtual disk of SRC, a VHD image (any type; a differencing\n"
           "chain is flattened) or with -f raw a raw disk image, into DST, which is\n"
@@ -45,12 +49,17 @@ void usage_convert(FILE *f) {
           "                           recognised by its footer)\n"
           "  -O, --output-format FMT  raw (default), fixed or dynamic\n"
           "      --block-size N       block size of a dynamic output (a power of\n"
-          "                           two from 512 to 256M, default 2M)\n"
+          "                           two from 512 to 256M, default 2M; under 4K\n"
+          "                           QEMU and libvhdi cannot read it: a warning)\n"
           "      --exact              VHD output of a raw SRC: keep its size instead\n"
           "                           of rounding it up to the next CHS geometry\n"
           "      --align SIZE         round the virtual size up to a multiple of\n"
           "                           SIZE (a multiple of 512); keeps it exactly\n"
           "  -p, --progress           show a progress bar (when stderr is a terminal)\n"
+          "      --json               print what was written as one JSON object:\n"
+          "                           source, destination, format, virtual-size,\n"
+          "                           bytes-written, block-size and allocated-blocks\n"
+          "                           (null but for a dynamic output)\n"
           "  -h, --help               show this help\n");
 }
 
@@ -64,6 +73,8 @@ struct output {
   vhd_t *vhd;       /* fixed, dynamic */
   uint64_t size;    /* virtual size of the output */
   size_t zero_unit; /* all-zero pieces of this size are not written */
+  uint64_t written; /* bytes of data written */
+  uint32_t block_size, allocated_blocks; /* dynamic, read before closing */
 };
 
 static const char *out_file(const struct output *o) { return o->tmp ? o->tmp : o->path; }
@@ -160,8 +171,8 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
     if (fstat(o->fd, &st) < 0)
       return set_errno_msg(err, errno, out_file(o), "stat");
     if (S_ISREG(st.st_mode)) { /* the size as a hole */
-      if (ftruncate(o->fd, (off_t)size) < 0)
-        return set_errno_msg(err, errno, out_file(o), "ftruncate");
+      if ((r = vhd_io_truncate_fd(o->fd, size)) < 0)
+        return set_errno_msg(err, -r, out_file(o), "ftruncate");
       return 0;
     }
     off_t end = lseek(o->fd, 0, SEEK_END); /* a device keeps its size */
@@ -176,8 +187,8 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
   /* vhd_create makes the file itself (O_EXCL). */
   close(o->fd);
   o->fd = -1;
-  if (unlink(o->tmp) < 0)
-    return set_errno_msg(err, errno, o->tmp, "unlink");
+  if ((r = vhd_io_unlink(o->tmp)) < 0)
+    return set_errno_msg(err, -r, o->tmp, "unlink");
   struct vhd_create_opts co = {
       .type = o->fmt == OUT_FIXED ? VHD_TYPE_FIXED : VHD_TYPE_DYNAMIC,
       .size = size,
@@ -204,37 +215,32 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
 
 static int out_write(struct output *o, const void *buf, uint64_t off, size_t len,
                      struct vhd_err *err) {
+  o->written += len;
   if (o->fmt != OUT_RAW)
     return vhd_write(o->vhd, buf, off, len, 0, err);
-  const uint8_t *p = buf;
-  while (len) {
-    ssize_t w = pwrite(o->fd, p, len, (off_t)off);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      int e = w < 0 ? errno : EIO;
-      snprintf(err->msg, sizeof err->msg, "%s: write at offset %" PRIu64 ": %s", out_file(o),
-               off, strerror(e));
-      return -e;
-    }
-    p += w;
-    off += (uint64_t)w;
-    len -= (size_t)w;
-  }
-  return 0;
+  int r = vhd_io_pwrite_fd(o->fd, buf, len, off);
+  if (r < 0)
+    snprintf(err->msg, sizeof err->msg, "%s: write at offset %" PRIu64 ": %s", out_file(o), off,
+             strerror(-r));
+  return r;
 }
 
 /* Makes the output durable and puts it in place of DST. */
 static int out_commit(struct output *o, struct vhd_err *err) {
   int r = 0;
   if (o->fd >= 0) {
-    if (fsync(o->fd) < 0)
-      r = set_errno_msg(err, errno, out_file(o), "fsync");
+    int rc = vhd_io_sync_fd(o->fd);
+    if (rc < 0)
+      r = set_errno_msg(err, -rc, out_file(o), "fsync");
     if (close(o->fd) < 0 && r == 0)
       r = set_errno_msg(err, errno, out_file(o), "close");
     o->fd = -1;
   }
   if (o->vhd) {
+    struct vhd_info info;
+    vhd_get_info(o->vhd, &info);
+    o->block_size = info.block_size;
+    o->allocated_blocks = info.allocated_blocks;
     int rc = vhd_close(o->vhd, err); /* flushes */
     o->vhd = NULL;
     if (rc < 0 && r == 0)
@@ -242,17 +248,13 @@ static int out_commit(struct output *o, struct vhd_err *err) {
   }
   if (r < 0 || !o->tmp)
     return r;
-  if (rename(o->tmp, o->path) < 0)
-    return set_errno_msg(err, errno, o->path, "rename from the temporary file");
+  if ((r = vhd_io_rename(o->tmp, o->path)) < 0)
+    return set_errno_msg(err, -r, o->path, "rename from the temporary file");
   free(o->tmp);
   o->tmp = NULL;
   /* The rename itself must survive a crash too. */
-  CLEANUP_FREE char *d = strdup(o->path);
-  int dfd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-  if (dfd < 0 || fsync(dfd) < 0)
-    r = set_errno_msg(err, errno, o->path, "fsync of its directory");
-  if (dfd >= 0)
-    close(dfd);
+  if ((r = vhd_io_sync_dir_of(o->path)) < 0)
+    r = set_errno_msg(err, -r, o->path, "fsync of its directory");
   return r;
 }
 
@@ -264,8 +266,12 @@ static void out_abort(struct output *o) {
   if (o->vhd)
     vhd_abandon(o->vhd); /* it is about to be removed: nothing to flush */
   o->vhd = NULL;
-  if (o->tmp)
-    unlink(o->tmp);
+  /* vhd_create removes a file it could not finish: then nothing is left. */
+  struct stat st;
+  int r = o->tmp && lstat(o->tmp, &st) == 0 ? vhd_io_unlink(o->tmp) : 0;
+  if (r < 0 && r != -ENOENT)
+    print_error("%s: could not remove the temporary file (%s); remove it by hand", o->tmp,
+                strerror(-r));
   free(o->tmp);
   o->tmp = NULL;
 }
@@ -359,8 +365,24 @@ static int output_size(const struct source *src, const struct output *o, uint64_
   return 0;
 }
 
+static void print_json(const char *src, const struct output *o, const char *dst) {
+  static const char *const names[] = {[OUT_RAW] = "raw", [OUT_FIXED] = "fixed",
+                                      [OUT_DYNAMIC] = "dynamic"};
+  printf("{\"source\": ");
+  json_put_string(stdout, src);
+  printf(", \"destination\": ");
+  json_put_string(stdout, dst);
+  printf(", \"format\": \"%s\", \"virtual-size\": %" PRIu64 ", \"bytes-written\": %" PRIu64,
+         names[o->fmt], o->size, o->written);
+  if (o->fmt == OUT_DYNAMIC)
+    printf(", \"block-size\": %" PRIu32 ", \"allocated-blocks\": %" PRIu32 "}\n", o->block_size,
+           o->allocated_blocks);
+  else
+    printf(", \"block-size\": null, \"allocated-blocks\": null}\n");
+}
+
 int cmd_convert(int argc, char **argv) {
-  enum { OPT_BLOCK_SIZE = 256, OPT_EXACT, OPT_ALIGN };
+  enum { OPT_BLOCK_SIZE = 256, OPT_EXACT, OPT_ALIGN, OPT_JSON };
   static const struct option longopts[] = {
       {"format", required_argument, NULL, 'f'},
       {"output-format", required_argument, NULL, 'O'},
@@ -368,12 +390,13 @@ int cmd_convert(int argc, char **argv) {
       {"exact", no_argument, NULL, OPT_EXACT},
       {"align", required_argument, NULL, OPT_ALIGN},
       {"progress", no_argument, NULL, 'p'},
+      {"json", no_argument, NULL, OPT_JSON},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   struct output o = {.fmt = OUT_RAW, .fd = -1};
   enum source_format in_fmt = SOURCE_AUTO;
-  bool show_progress = false, exact = false;
+  bool show_progress = false, exact = false, json = false;
   uint64_t align = 0, bs = 0;
   int c, r;
 
@@ -415,6 +438,9 @@ int cmd_convert(int argc, char **argv) {
     case 'p':
       show_progress = true;
       break;
+    case OPT_JSON:
+      json = true;
+      break;
     case 'h':
       usage_convert(stdout);
       return VHDIMG_EXIT_OK;
@@ -431,8 +457,8 @@ int cmd_convert(int argc, char **argv) {
   if (exact && o.fmt == OUT_RAW)
     return usage_error("convert", "--exact is only for -O fixed or dynamic (a raw output "
                                   "always has the exact size)");
-  const char *src_path = argv[optind];
-  o.path = argv[optind + 1];
+  const char *src_path = argv[optind], *dst_path = argv[optind + 1];
+  o.path = dst_path;
   if (same_file(src_path, o.path)) {
     print_error("%s: source and destination are the same file", o.path);
     return VHDIMG_EXIT_FAILURE;
@@ -467,6 +493,10 @@ int cmd_convert(int argc, char **argv) {
   if (r < 0)
     goto out;
   r = out_commit(&o, &err);
+  if (r == 0 && json)
+    print_json(src_path, &o, dst_path);
+  if (r == 0)
+    warn_small_blocks(dst_path, (uint32_t)bs);
 
 out:
   if (r < 0) {

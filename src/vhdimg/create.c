@@ -18,7 +18,8 @@ void usage_create(FILE *f) {
           "  -t, --type TYPE      fixed, dynamic or differencing\n"
           "  -b, --parent PARENT  parent image of a differencing image\n"
           "      --block-size N   block size of a dynamic/differencing image\n"
-          "                       (a power of two, default 2M)\n"
+          "                       (a power of two, default 2M; under 4K QEMU\n"
+          "                       and libvhdi cannot read the image: a warning)\n"
           "      --exact          keep SIZE exactly instead of rounding it up to\n"
           "                       the next CHS geometry\n"
           "  -h, --help           show this help\n");
@@ -117,5 +118,7 @@ int cmd_create(int argc, char **argv) {
     print_vhd_error(r, &err);
     return VHDIMG_EXIT_FAILURE;
   }
+  if (opts.type != VHD_TYPE_FIXED)
+    warn_small_blocks(file, opts.block_size);
   return VHDIMG_EXIT_OK;
 }

@@ -27,7 +27,8 @@ void usage_rebase(FILE *f) {
           "                          was moved or renamed; content is not kept)\n"
           "  -p, --progress          show a progress bar (when stderr is a terminal)\n"
           "      --json              print the result as one JSON object: child,\n"
-          "                          parent, bytes copied, unsafe\n"
+          "                          parent, bytes and sectors copied, mode (safe or\n"
+          "                          unsafe), unsafe\n"
           "  -h, --help              show this help\n");
 }
 
@@ -77,7 +78,9 @@ int cmd_rebase(int argc, char **argv) {
     json_put_string(stdout, child);
     printf(", \"parent\": ");
     json_put_string(stdout, o.new_parent);
-    printf(", \"bytes\": %" PRIu64 ", \"unsafe\": %s}\n", res.bytes, o.unsafe ? "true" : "false");
+    printf(", \"bytes\": %" PRIu64 ", \"sectors\": %" PRIu64 ", \"mode\": \"%s\", \"unsafe\": %s}\n",
+           res.bytes, res.bytes / VHD_SECTOR_SIZE, o.unsafe ? "unsafe" : "safe",
+           o.unsafe ? "true" : "false");
   }
   return VHDIMG_EXIT_OK;
 }

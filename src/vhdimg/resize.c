@@ -9,7 +9,7 @@
 
 void usage_resize(FILE *f) {
   fprintf(f,
-          "Usage: vhdimg resize [--shrink] [--exact] [-p] FILE SIZE\n"
+          "Usage: vhdimg resize [--shrink] [--exact] [-p] [--json] FILE SIZE\n"
           "\n"
           "Gives a fixed, dynamic or differencing image the virtual size SIZE,\n"
           "rounded up to the next CHS geometry as create does.  Growing adds\n"
@@ -22,20 +22,23 @@ void usage_resize(FILE *f) {
           "                     the next CHS geometry\n"
           "  -p, --progress     show the progress of blocks moved (when stderr is\n"
           "                     a terminal)\n"
+          "      --json         print the result as one JSON object: file,\n"
+          "                     old-size, new-size, blocks-moved, bat-moved\n"
           "  -h, --help         show this help\n");
 }
 
 int cmd_resize(int argc, char **argv) {
-  enum { OPT_SHRINK = 256, OPT_EXACT };
+  enum { OPT_SHRINK = 256, OPT_EXACT, OPT_JSON };
   static const struct option longopts[] = {
       {"shrink", no_argument, NULL, OPT_SHRINK},
       {"exact", no_argument, NULL, OPT_EXACT},
+      {"json", no_argument, NULL, OPT_JSON},
       {"progress", no_argument, NULL, 'p'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   struct vhd_resize_opts opts = {0};
-  bool progress = false;
+  bool progress = false, json = false;
   int c;
 
   opterr = 0;
@@ -46,6 +49,9 @@ int cmd_resize(int argc, char **argv) {
       break;
     case OPT_EXACT:
       opts.exact_size = true;
+      break;
+    case OPT_JSON:
+      json = true;
       break;
     case 'p':
       progress = true;
@@ -73,12 +79,20 @@ int cmd_resize(int argc, char **argv) {
     opts.progress = progress_cb;
 
   struct vhd_err err = {{0}};
-  uint64_t size;
-  r = vhd_resize(argv[optind], &opts, &size, &err);
+  struct vhd_resize_result res;
+  r = vhd_resize(argv[optind], &opts, &res, &err);
   if (r < 0) {
     print_vhd_error(r, &err);
     return VHDIMG_EXIT_FAILURE;
   }
-  printf("%s: virtual size %" PRIu64 " bytes\n", argv[optind], size);
+  if (json) {
+    printf("{\"file\": ");
+    json_put_string(stdout, argv[optind]);
+    printf(", \"old-size\": %" PRIu64 ", \"new-size\": %" PRIu64 ", \"blocks-moved\": %" PRIu32
+           ", \"bat-moved\": %s}\n",
+           res.old_size, res.new_size, res.blocks_moved, res.bat_moved ? "true" : "false");
+  } else {
+    printf("%s: virtual size %" PRIu64 " bytes\n", argv[optind], res.new_size);
+  }
   return VHDIMG_EXIT_OK;
 }

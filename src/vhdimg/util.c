@@ -159,3 +159,16 @@ void progress_cb(void *opaque, uint64_t done, uint64_t total) {
   (void)opaque;
   progress_bar(done, total);
 }
+
+/* Found by experiment (test-vhdimg-small-blocks.sh): QEMU 7.2 takes the
+ * bitmap of such a block as 0 bytes and reads its data from the wrong
+ * offset without a word; libvhdi 20210425 refuses the bitmap size. */
+void warn_small_blocks(const char *file, uint32_t block_size) {
+  if (block_size == 0 || block_size >= VHDIMG_READERS_MIN_BLOCK)
+    return;
+  fprintf(stderr,
+          "vhdimg: warning: %s: blocks of %" PRIu32 " bytes (under 4 KiB) are valid VHD, but "
+          "QEMU (qemu-img, qemu-nbd -f vpc) reads them wrongly without an error and libvhdi "
+          "refuses them; vhdimg and vhdnbd read them\n",
+          file, block_size);
+}

@@ -55,6 +55,10 @@ int option_error(const char *cmd, int c, char **argv);
 void progress_bar(uint64_t done, uint64_t total);
 /* progress_bar as the engine's progress callback (the opaque is unused). */
 void progress_cb(void *opaque, uint64_t done, uint64_t total);
+/* Under 4 KiB a block's bitmap is less than a sector: other readers fail.
+ * Warns on stderr, naming them, when block_size is below that. */
+#define VHDIMG_READERS_MIN_BLOCK 4096u
+void warn_small_blocks(const char *file, uint32_t block_size);
 /* Prints the engine's message (or strerror(-r) when it left none). */
 void print_vhd_error(int r, const struct vhd_err *err);
 /* Parses a size argument for option `what`; prints a usage error on failure. */

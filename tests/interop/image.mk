@@ -18,12 +18,17 @@ TESTS += \
 	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhd-crash-readers.sh \
-	tests/interop/test-vhdimg-commit.sh
+	tests/interop/test-vhdimg-commit.sh \
+	tests/interop/test-vhdimg-foreign.sh \
+	tests/interop/test-vhdimg-convert-crash.sh \
+	tests/interop/test-vhdimg-json.sh \
+	tests/interop/test-vhdimg-small-blocks.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
+	tests/interop/make-foreign-vhd.py \
 	tests/interop/pyvhdi-dump.py \
 	tests/interop/test-vhdimg-cli.sh \
 	tests/interop/test-vhdimg-convert.sh \
@@ -36,4 +41,8 @@ EXTRA_DIST += \
 	tests/interop/test-vhdimg-resize.sh \
 	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
-	tests/interop/test-vhdimg-commit.sh
+	tests/interop/test-vhdimg-commit.sh \
+	tests/interop/test-vhdimg-foreign.sh \
+	tests/interop/test-vhdimg-convert-crash.sh \
+	tests/interop/test-vhdimg-json.sh \
+	tests/interop/test-vhdimg-small-blocks.sh

@@ -120,11 +120,11 @@ static void verify(const struct scenario *s, const char *path, bool final, const
 
 static int do_resize(const struct scenario *s, const char *path, struct vhd_err *err) {
   struct vhd_resize_opts o = {.size = s->new_size, .exact_size = true, .shrink = s->shrink};
-  uint64_t got = 0;
-  int r = vhd_resize(path, &o, &got, err);
+  struct vhd_resize_result res = {0};
+  int r = vhd_resize(path, &o, &res, err);
   if (r == 0)
-    T_ASSERT(got == s->new_size, "%s: vhd_resize reports %llu", s->name,
-             (unsigned long long)got);
+    T_ASSERT(res.new_size == s->new_size, "%s: vhd_resize reports %llu", s->name,
+             (unsigned long long)res.new_size);
   return r;
 }
 
