@@ -25,7 +25,6 @@ import os
 import random
 import resource
 import select
-import socket
 import struct
 import sys
 import time
