@@ -3,7 +3,8 @@
 # over TCP, with the page cache warm and dropped, and prints a complete
 # report: a number (latency percentiles included) in every table row, the
 # round-trip floor, memory with 1000 busy connections, open times, the plots,
-# and a verdict line for every target at the end.
+# and a verdict line for every target at the end.  As root it drops the page
+# cache (sync; echo 3 > /proc/sys/vm/drop_caches) before each TCP job on an image.
 . "$top_srcdir/tests/functions.sh"
 
 requires fio
