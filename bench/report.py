@@ -257,12 +257,13 @@ def verdict(letter, name, sel, ok, detail_fn, missing, worst_first):
     failing = sorted((r for r in sel if not ok(r)), key=worst_first)
     line = "- target (%s) %s: " % (letter, name)
     if not failing and not missing:
-        return line + "holds — all %d rows" % len(sel)
+        return line + "holds — %s" % ("all %d rows" % len(sel) if len(sel) > 1 else "1 row")
     parts = []
     if failing:
         shown = ", ".join(detail_fn(r) for r in failing[:LIST_MAX])
         more = len(failing) - LIST_MAX
-        parts.append("%d of %d rows fail: %s%s" % (len(failing), len(sel), shown,
+        parts.append("%d of %d rows fail%s: %s%s" % (len(failing), len(sel),
+                                                     "s" if len(failing) == 1 else "", shown,
                                                    " and %d more" % more if more > 0 else ""))
     if missing:
         parts.append("no comparison for " + ", ".join(row_name(r) for r in missing[:LIST_MAX]))
