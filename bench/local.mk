@@ -20,9 +20,12 @@ EXTRA_DIST += \
 	bench/loop-stall \
 	bench/report.py \
 	bench/nbd-idle.py \
+	bench/nbd-active.py \
+	bench/plot.py \
 	bench/startup-time.py \
 	bench/test-bench-smoke.sh
 
-# bench/run --smoke: two short workloads on every image and server, so the
-# benchmark keeps working (it measures nothing worth keeping).
+# bench/run --smoke: two short workloads on every image and server, over a
+# Unix socket and TCP, so the benchmark, its report's latency columns and
+# target lines, and its plots keep working (it measures nothing worth keeping).
 TESTS += bench/test-bench-smoke.sh

@@ -1,7 +1,10 @@
 #!/bin/bash
-# bench/run --smoke runs every server on every image and prints a complete
-# report: a number in every table row, memory and open-time figures, and a
-# verdict for every target.
+# bench/run --smoke runs every server on every image, over a Unix socket and
+# over TCP, with the page cache warm and dropped, and prints a complete
+# report: a number (latency percentiles included) in every table row, the
+# round-trip floor, memory with 1000 busy connections, open times, the plots,
+# and a verdict line for every target at the end.  As root it drops the page
+# cache (sync; echo 3 > /proc/sys/vm/drop_caches) before each TCP job on an image.
 . "$top_srcdir/tests/functions.sh"
 
 requires fio
@@ -22,42 +25,108 @@ if ! TMPDIR=$TMPD timeout 300 "$top_srcdir/bench/run" --smoke --output "$report"
 fi
 cmp -s "$report" "$TMPD/stdout" || fail "--output differs from what bench/run printed"
 
+# Both transports; the TCP half with the page cache dropped when we may.
+grep -q '^### Unix socket, page cache warm$' "$report" || fail "no Unix-socket table"
+if [ -w /proc/sys/vm/drop_caches ]; then
+  grep -q '^### TCP 127.0.0.1, page cache dropped before each job$' "$report" ||
+    fail "no TCP table with the page cache dropped"
+else
+  echo "PARTIAL: not root: the page cache was not dropped, TCP measured warm only"
+  grep -q '^### TCP 127.0.0.1, page cache warm$' "$report" || fail "no TCP table"
+  grep -q '^- \*\*not measured with the page cache dropped\*\*' "$report" ||
+    fail "the report does not say the page cache was not dropped"
+fi
+grep -q '^| workload | image | server | MiB/s | IOPS | p50 µs | p99 µs | server CPU s/GiB |' \
+  "$report" || fail "the table header has no p50/p99 latency columns"
+
 num='[0-9]+(\.[0-9]+)?'
-row() { # WORKLOAD IMAGE SERVER [vhdnbd ratio columns expected: 1]
-  local re="^\| $1 \| $2 \| $3 \| $num \| $num \| $num \| "
-  if [ "${4:-0}" = 1 ]; then
-    re+="$num \| $num \|$"
-  fi
-  grep -Eq "$re" "$report" || fail "no complete row for $1 on $2 served by $3"
+row() { # WORKLOAD IMAGE SERVER [ratio columns expected: 0 none, 1 both, 2 nbdkit-raw only]
+  local re="^\| $1 \| $2 \| $3 \| $num \| $num \| $num \| $num \| $num \| "
+  case ${4:-0} in
+  1) re+="$num \| $num \|$" ;;
+  2) re+="— \| $num \|$" ;;
+  esac
+  local n
+  n=$(grep -Ec "$re" "$report" || true)
+  [ "$n" -eq 2 ] || fail "$n complete rows (of 2, one per condition) for $1 on $2 served by $3"
 }
 # vhdnbd rows carry both ratios where qemu-nbd can serve the image.
 for img in alloc fixed; do
-  row rr4k-qd16 "$img" vhdnbd 1
-  row rr4k-qd16 "$img" qemu-nbd
+  row rr4k-qd1 "$img" vhdnbd 1
+  row rr4k-qd1 "$img" qemu-nbd
 done
-row rr4k-qd16 diff vhdnbd
-row rr4k-qd16 raw nbdkit-raw
+row rr4k-qd1 diff vhdnbd 2
+row rr4k-qd1 raw nbdkit-raw
+row rr4k-qd1 null nbdkit-null
 for img in empty alloc fixed; do
   row rw4k-4conn "$img" vhdnbd 1
   row rw4k-4conn "$img" qemu-nbd
 done
-row rw4k-4conn diff vhdnbd
+row rw4k-4conn diff vhdnbd 2
 row rw4k-4conn raw-sparse nbdkit-raw
 row rw4k-4conn raw nbdkit-raw
 rows=$(grep -Ec '^\| (rr4k|rw4k|sr1m|sw1m)' "$report")
-[ "$rows" -eq 15 ] || fail "expected 15 benchmark rows, got $rows"
+[ "$rows" -eq 32 ] || fail "expected 32 benchmark rows (16 per condition), got $rows"
+n=$(grep -Ec "^Round-trip floor, rr4k-qd1: \`nbdkit null\` $num IOPS, p50 $num µs, p99 $num µs" "$report")
+[ "$n" -eq 2 ] || fail "expected a round-trip floor line per condition, got $n"
 
-# The memory table has 1 and 20 idle connections for each server.
+# The memory tables: 1 and 20 idle connections per server, 1000 busy ones.
 for s in vhdnbd qemu-nbd nbdkit-raw; do
   for n in 1 20; do
     grep -Eq "^\| $s \| $n \| $num \| " "$report" || fail "no VmRSS for $s with $n idle connections"
   done
 done
+grep -Eq "^\| vhdnbd \| 1000 \| 4 \| $num \| $num \| $num \| $num \| [1-9][0-9]* \| [1-9][0-9]* \|$" \
+  "$report" || fail "no memory figures for vhdnbd with 1000 busy connections"
 grep -Eq "^\| vhd_open \| $num \| $num \| $num \| $num \|$" "$report" || fail "no vhd_open timing"
 grep -Eq "^\| vhdnbd start to greeting \| $num \| " "$report" || fail "no vhdnbd startup timing"
 
-targets=$(grep -Ec '^\| .* \| (PASS|FAIL|n/a) \| ' "$report")
-[ "$targets" -eq 5 ] || fail "expected 5 target verdicts, got $targets"
+# The report ends with one verdict line per target, then the end marker.
+verdict='(holds|does not hold|not measured) — '
+for t in \
+  "(a) every row ≥ 1.0× nbdkit-raw" \
+  "(b) every row where qemu-nbd runs ≥ 2× qemu-nbd" \
+  "(c) p99 at QD1 ≤ 1.2× nbdkit-raw's" \
+  "(d) server CPU per GiB ≤ nbdkit-raw's" \
+  "(e) RSS with 1000 active connections ≤ 64 MiB"; do
+  n=$(grep -Fc -- "- target $t: " "$report" || true)
+  [ "$n" -eq 1 ] || fail "$n lines for target $t"
+done
+tail -n 8 "$report" | head -n 5 | grep -Evq "^- target \([a-e]\) .*: $verdict" &&
+  fail "the report does not end with the five target lines"
+grep -Eq '^- target \(e\) .*: (holds|does not hold) — .* with 1000 connections, 4 reads in flight each \(.* KiB per connection\)$' \
+  "$report" || fail "target (e) was not measured with 1000 busy connections"
+tail -n 1 "$report" | grep -q '^<!-- END bench/run output -->$' || fail "no end marker"
+
+# Plots: four SVG files beside the report, each linked from it.
+if "$PY3" -c 'import matplotlib' 2>/dev/null; then
+  for p in qd-iops qd-p99 conns-iops seq-mbps; do
+    f=$TMPD/plots/$p.svg
+    [ -s "$f" ] || fail "no plot $p.svg beside the report"
+    "$PY3" -c 'import sys, xml.etree.ElementTree as E
+root = E.parse(sys.argv[1]).getroot()
+sys.exit(0 if root.tag == "{http://www.w3.org/2000/svg}svg" else 1)' "$f" ||
+      fail "$p.svg is not a valid SVG document"
+    grep -q "^!\[.*\](plots/$p.svg)$" "$report" || fail "the report does not link $p.svg"
+  done
+else
+  echo "PARTIAL: python3-matplotlib is not installed: the plots were not checked"
+  grep -q '^No plots: ' "$report" || fail "the report does not say why it has no plots"
+fi
+
+# Replacing the generated part of a file keeps what is around it.
+printf 'hand-written before\n<!-- BEGIN bench/run output: generated, do not edit by hand -->\nold\n<!-- END bench/run output -->\nhand-written after\n' \
+  >"$TMPD/results.md"
+work=$TMPD/work
+mkdir -p "$work"
+: >"$work/results.tsv"
+printf 'meta\tmode\tsmoke\n' >"$work/extra.tsv"
+"$PY3" "$top_srcdir/bench/report.py" --workdir "$work" --output "$TMPD/results.md" >/dev/null
+[ "$(head -n 1 "$TMPD/results.md")" = "hand-written before" ] &&
+  [ "$(tail -n 1 "$TMPD/results.md")" = "hand-written after" ] &&
+  ! grep -qx old "$TMPD/results.md" && grep -q '^- target (a) ' "$TMPD/results.md" ||
+  fail "report.py --output did not replace only the generated part"
+
 # Images and work files live in the temporary directory and are removed.
 if ls -d "$TMPD"/vhdnbd-bench.* >/dev/null 2>&1; then
   fail "bench/run left its work directory behind"

@@ -4,6 +4,8 @@
 #   scripts/install-deps.sh                 to build and run
 #   scripts/install-deps.sh --with-clients  also the NBD clients quickstart suggests
 #   scripts/install-deps.sh --with-tests    also everything the test suite uses
+#   scripts/install-deps.sh --with-bench    also what bench/run uses (and
+#                                           matplotlib, for its SVG plots)
 set -eu
 
 build_pkgs="build-essential autoconf automake pkg-config libuv1-dev uuid-dev libsystemd-dev libgnutls28-dev"
@@ -13,13 +15,15 @@ test_pkgs="$client_pkgs libnbd-dev python3-libnbd nbdkit fio
   libvhdi-utils python3-libvhdi valgrind clang libclang-rt-14-dev systemd gnutls-bin
   qemu-system-x86 busybox-static
   git dpkg-dev debhelper dh-autoreconf lintian"
+bench_pkgs="qemu-utils nbdkit fio python3 python3-matplotlib"
 
 want="$build_pkgs"
 for arg in "$@"; do
   case "$arg" in
   --with-clients) want="$want $client_pkgs" ;;
   --with-tests) want="$want $test_pkgs" ;;
-  *) echo "usage: $0 [--with-clients] [--with-tests]" >&2; exit 2 ;;
+  --with-bench) want="$want $bench_pkgs" ;;
+  *) echo "usage: $0 [--with-clients] [--with-tests] [--with-bench]" >&2; exit 2 ;;
   esac
 done
 
