@@ -5,7 +5,13 @@
  *   check-config.c --check-config: the settings and images checked, nothing served
  *   exports.c      the export table: one shared vhd_t and queue per export
  *   listen.c       TCP, Unix and systemd-activated sockets, --stdio
- *   connection.c   one client: input buffering, back-pressure, writes, close
+ *   connection.c   one client's lifetime: accept, peer identity, timeouts,
+ *                  reject, a close that waits for what is outstanding
+ *   conn-input.c   its input: staging, framing (conn_expect), the budgets
+ *   conn-tls.c     its TLS session after STARTTLS
+ *   conn-output.c  its output: replies batched per loop iteration
+ *                  (conn_flush_all)
+ *                  (the four share conn-internal.h)
  *   handshake.c    fixed newstyle option haggling
  *   transmission.c requests: validation, dispatch, replies
  *   ops.c          the image I/O (the only vhd_* I/O calls): on worker threads,
@@ -249,7 +255,8 @@ int listen_start(struct server *srv);
 void listen_stop(struct server *srv);
 void listen_cleanup(struct server *srv);
 
-/* connection.c (shared by handshake.c and transmission.c) */
+/* connection.c, conn-input.c, conn-tls.c, conn-output.c (used by
+ * handshake.c and transmission.c) */
 enum conn_phase { PHASE_HANDSHAKE, PHASE_TRANSMISSION };
 
 typedef void (*conn_input_cb)(struct connection *conn);

@@ -2,8 +2,8 @@
  * greeting to the close, with the bytes the client sends taken from the
  * input.
  *
- * The server's own handshake.c, transmission.c, connection.c, queue.c,
- * ops.c and exports.c run on a real libuv loop and serve three real images
+ * The server's own handshake.c, transmission.c, connection.c (and its
+ * conn-*.c), queue.c, ops.c and exports.c run on a real libuv loop and serve three real images
  * (in memfds, rewritten before each input): "" dynamic, "diff" differencing
  * (its parent at /proc/self/fd/900, see vhd-parent.h) and "fixed", fixed and
  * read-only.  Only the socket is missing: fake-uv.c answers the stream calls
