@@ -79,13 +79,82 @@ int vhd_write_fixed(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
   return r < 0 ? vhd_set_io_err(vhd, err, r, "writing", off) : 0;
 }
 
+/* VHD_WRITE_NOWAIT on a dynamic or differencing image: every block the
+ * range touches is checked under one try of the lock (allocated, bitmap in
+ * memory, the bit of every sector touched set) and pinned, before any byte
+ * is written, so that giving up never leaves part of the write done.  With
+ * all those bits set the sectors are the image's own: bytes of a partial
+ * sector are written in place, no read-modify-write, and no bit, BAT entry
+ * or footer changes. */
+static int write_nowait_blocks(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                               struct vhd_err *err) {
+  uint32_t first = (uint32_t)(off / vhd->block_size);
+  uint32_t last = (uint32_t)((off + len - 1) / vhd->block_size);
+  if (last - first >= VHD_WRITE_NOWAIT_MAX_BLOCKS)
+    return -EAGAIN;
+  uint64_t foff[VHD_WRITE_NOWAIT_MAX_BLOCKS];
+  if (pthread_mutex_trylock(&vhd->lock) != 0)
+    return -EAGAIN;
+  uint32_t pinned = 0;
+  int r = 0;
+  for (uint32_t blk = first; blk <= last && r == 0; blk++) {
+    uint64_t start = MAX(off, (uint64_t)blk * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(blk + 1) * vhd->block_size);
+    uint32_t s0 = (uint32_t)(start % vhd->block_size / 512);
+    uint32_t s1 = (uint32_t)DIV_ROUND_UP(end - (uint64_t)blk * vhd->block_size, 512);
+    const uint8_t *bm = vhd->bitmaps[blk];
+    bool set = false;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED || !bm ||
+        vhd_bitmap_run(bm, s0, s1, &set) != s1 - s0 || !set) {
+      r = -EAGAIN;
+      break;
+    }
+    foff[blk - first] =
+        (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + start % vhd->block_size;
+    vhd_block_pin(vhd, blk);
+    pinned++;
+  }
+  pthread_mutex_unlock(&vhd->lock);
+  bool wrote = false;
+  for (uint32_t i = 0; i < pinned && r == 0; i++) {
+    uint64_t start = MAX(off, (uint64_t)(first + i) * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(first + i + 1) * vhd->block_size);
+    const uint8_t *p = buf + (start - off);
+    /* Once a byte is in, the rest follows the waiting way: all or nothing. */
+    r = wrote ? vhd_io_pwrite(vhd, p, end - start, foff[i])
+              : vhd_io_pwrite_nowait(vhd, p, end - start, foff[i]);
+    if (r == 0)
+      wrote = true;
+    else if (r != -EAGAIN || wrote)
+      r = vhd_set_io_err(vhd, err, r, "writing data", foff[i]);
+  }
+  for (uint32_t i = 0; i < pinned; i++)
+    vhd_block_unpin(vhd, first + i);
+  return r;
+}
+
+static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                        unsigned flags, struct vhd_err *err) {
+  /* A latched image: the caller's waiting retry gives the message. */
+  if ((flags & VHD_FUA) || vhd_io_refuses_writes(vhd))
+    return -EAGAIN;
+  if (vhd->type != VHD_TYPE_FIXED)
+    return write_nowait_blocks(vhd, buf, off, len, err);
+  int r = vhd_io_pwrite_nowait(vhd, buf, len, off);
+  return r < 0 && r != -EAGAIN ? vhd_set_io_err(vhd, err, r, "writing", off) : r;
+}
+
 int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned flags,
               struct vhd_err *err) {
-  int r = vhd_check_writable(vhd, "write", err);
+  /* A NOWAIT write leaves the latch to write_nowait: it gives up there. */
+  bool nowait = flags & VHD_WRITE_NOWAIT;
+  int r = vhd->readonly || !nowait ? vhd_check_writable(vhd, "write", err) : 0;
   if (r == 0)
     r = vhd_check_range(vhd, off, len, "write", err);
   if (r < 0 || len == 0)
     return r;
+  if (nowait)
+    return write_nowait(vhd, buf, off, len, flags, err);
   const uint8_t *p = buf;
   if (vhd->type == VHD_TYPE_FIXED) {
     r = vhd_write_fixed(vhd, p, off, len, err);
