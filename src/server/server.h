@@ -69,6 +69,8 @@
 #define SERVER_DEFAULT_PAYLOAD_TIMEOUT 30             /* seconds */
 #define SERVER_DEFAULT_THREADS 8u /* image I/O that waits for the disk runs in parallel */
 #define SERVER_MAX_THREADS 1024u
+/* Plain WRITEs of one export run on at most this many lanes at once. */
+#define SERVER_MAX_WRITE_LANES 16u
 #define SERVER_INBUF_SIZE (64u * 1024)
 /* READs of cached data up to this size are served on the loop thread, up to
  * SERVER_INLINE_BUDGET bytes per loop iteration: copying 4 MiB holds up the
@@ -108,7 +110,9 @@ struct export {
   uint64_t size;
   struct queue queue;
   struct acl allow; /* empty: everyone the global list lets in */
-  struct work_serial write_serial; /* plain WRITEs, one at a time */
+  /* Plain WRITEs, one at a time per lane (see export_write_lane). */
+  struct work_serial write_lanes[SERVER_MAX_WRITE_LANES];
+  uint32_t lane_shift;   /* log2 of the bytes one lane takes in turn; 0: not yet known */
   bool write_error_logged; /* loop thread: the image's write error was logged */
   struct overlay_settings overlay;
   unsigned refs;         /* connections (and, for a base, instances) using it */
@@ -148,6 +152,7 @@ struct settings {
   unsigned idle_timeout;      /* seconds without requests; 0 = none */
   uint64_t max_inflight;      /* bytes buffered for all connections together */
   unsigned threads;           /* worker threads */
+  unsigned write_lanes;       /* plain WRITEs in parallel per export; 0: derived */
   char *pidfile;
   char *metrics_file;         /* Prometheus text file; NULL: none */
   unsigned metrics_interval;  /* seconds between its rewrites */
@@ -185,6 +190,7 @@ struct server {
   uv_prepare_t flush_prepare;   /* conn_flush_all before the loop polls */
   uv_check_t flush_check;       /* ...and right after the poll's callbacks */
   uint64_t inline_bytes;        /* READ bytes served on the loop this iteration */
+  unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
 };
 
 extern struct server server;
@@ -221,6 +227,8 @@ struct export *exports_find(struct server *srv, const char *name, size_t len);
 enum acl_verdict export_access(const struct export *exp, const struct connection *conn);
 bool export_allows(const struct export *exp, const struct connection *conn);
 uint16_t export_tflags(const struct export *exp, bool structured);
+/* The lane a plain WRITE at off runs on (see transmission.c, start_work). */
+struct work_serial *export_write_lane(struct export *exp, uint64_t off);
 /* Drops a reference taken by a connection or an overlay instance (an
  * instance's own: see overlay_release). */
 void export_put(struct export *exp);

@@ -184,6 +184,8 @@ static void setup_once(void) {
   if (uv_loop_init(&loop) < 0)
     die("uv_loop_init", "failed");
   server.loop = &loop;
+  /* As main.c may set it: two lanes, so the lane choice runs too. */
+  server.write_lanes = 2;
   uv_timer_init(&loop, &server.resume_timer);
   make_images();
   load_tls();
