@@ -77,6 +77,9 @@
  * other clients for about a millisecond at most.  (1 MiB sequential reads
  * at QD16 measured 3.0-3.7 GB/s this way, 1.3-2.9 GB/s through the workers.) */
 #define SERVER_INLINE_READ_MAX (1024u * 1024)
+/* The same for plain WRITEs the engine can store without waiting (the
+ * budget is shared: it bounds the bytes copied on the loop either way). */
+#define SERVER_INLINE_WRITE_MAX (1024u * 1024)
 #define SERVER_INLINE_BUDGET (4u * 1024 * 1024)
 #define SERVER_SHUTDOWN_GRACE_MS 10000
 #define SERVER_LINGER_MS 1000
@@ -189,7 +192,8 @@ struct server {
   struct connection *outq_head; /* connections with replies queued */
   uv_prepare_t flush_prepare;   /* conn_flush_all before the loop polls */
   uv_check_t flush_check;       /* ...and right after the poll's callbacks */
-  uint64_t inline_bytes;        /* READ bytes served on the loop this iteration */
+  uint64_t inline_bytes;        /* READ and WRITE bytes served on the loop this iteration */
+  bool loop_writes;             /* WRITEs may be served on the loop (ops_write_now) */
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
 };
 

@@ -3,7 +3,7 @@
  * Headers are validated on the loop thread (codec nbd_check_request), WRITE
  * payloads are read straight into the request's buffer, valid requests go
  * through their export's queue to a worker thread (or, for a READ of cached
- * data, are served on the spot), and replies are queued in completion order
+ * data or a WRITE the kernel takes at once, are served on the spot), and replies are queued in completion order
  * as buffers (headers and data, never copied) that the connection writes
  * together. */
 #include "config.h"
@@ -393,6 +393,22 @@ static void dispatch(struct request *req) {
       server.inline_bytes < SERVER_INLINE_BUDGET &&
       queue_may_start_now(&req->exp->queue, qi) && ops_read_now(req) == 0) {
     server.inline_bytes += len;
+    metrics_request_on_loop(req->exp, NBD_CMD_READ);
+    send_reply(req);
+    return;
+  }
+  /* So may a plain WRITE that the engine can store without waiting: into
+   * blocks already allocated, sectors already marked, pages the kernel
+   * takes at once (VHD_WRITE_NOWAIT).  It is then in the page cache before
+   * its reply is queued, exactly as a worker's would be, so a later FLUSH
+   * covers it; and it leaves no metadata behind for a FLUSH to write.  FUA
+   * writes, which wait for the disk, always go to the workers. */
+  if (req->r.type == NBD_CMD_WRITE && !(req->r.flags & NBD_CMD_FLAG_FUA) &&
+      server.loop_writes && len <= SERVER_INLINE_WRITE_MAX &&
+      server.inline_bytes < SERVER_INLINE_BUDGET &&
+      queue_may_start_now(&req->exp->queue, qi) && ops_write_now(req) == 0) {
+    server.inline_bytes += len;
+    metrics_request_on_loop(req->exp, NBD_CMD_WRITE);
     send_reply(req);
     return;
   }

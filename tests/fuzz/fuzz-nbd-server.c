@@ -184,8 +184,10 @@ static void setup_once(void) {
   if (uv_loop_init(&loop) < 0)
     die("uv_loop_init", "failed");
   server.loop = &loop;
-  /* As main.c may set it: two lanes, so the lane choice runs too. */
+  /* As main.c may set them: two lanes, so the lane choice runs too, and
+   * WRITEs tried on the loop first. */
   server.write_lanes = 2;
+  server.loop_writes = true;
   uv_timer_init(&loop, &server.resume_timer);
   make_images();
   load_tls();
