@@ -15,7 +15,8 @@
  *   handshake.c    fixed newstyle option haggling
  *   transmission.c requests: validation, dispatch, replies
  *   ops.c          the image I/O (the only vhd_* I/O calls): on worker threads,
- *                  and cached READs on the loop thread without waiting
+ *                  and cached READs and WRITEs the kernel takes at once on
+ *                  the loop thread without waiting
  *   queue.c        orders conflicting requests per export (see queue.h)
  *   workers.c      the worker threads (see workers.h)
  *   bufpool.c      reuse of large payload buffers (see bufpool.h)
