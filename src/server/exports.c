@@ -50,15 +50,16 @@ void export_put(struct export *exp) {
 struct work_serial *export_write_lane(struct export *exp, uint64_t off) {
   if (server.write_lanes <= 1)
     return &exp->write_lanes[0];
-  if (exp->lane_shift == 0) {
-    struct vhd_info info;
-    vhd_get_info(exp->vhd, &info);
-    uint32_t shift = 21;
-    while (shift < 31 && ((uint64_t)1 << shift) < info.block_size)
-      shift++;
-    exp->lane_shift = shift;
-  }
   return &exp->write_lanes[(off >> exp->lane_shift) % server.write_lanes];
+}
+
+void export_set_lanes(struct export *exp) {
+  struct vhd_info info;
+  vhd_get_info(exp->vhd, &info);
+  uint32_t shift = 21;
+  while (shift < 31 && ((uint64_t)1 << shift) < info.block_size)
+    shift++;
+  exp->lane_shift = shift;
 }
 
 int export_open(const struct settings *s, const struct export_spec *sp, struct export **out) {
@@ -106,6 +107,7 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
     return r;
   }
   e->size = vhd_virtual_size(e->vhd);
+  export_set_lanes(e);
   if (vhd_is_readonly(e->vhd) && !overlaid)
     e->readonly = true;
   log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name, e->image,

@@ -116,7 +116,7 @@ struct export {
   struct acl allow; /* empty: everyone the global list lets in */
   /* Plain WRITEs, one at a time per lane (see export_write_lane). */
   struct work_serial write_lanes[SERVER_MAX_WRITE_LANES];
-  uint32_t lane_shift;   /* log2 of the bytes one lane takes in turn; 0: not yet known */
+  uint32_t lane_shift;   /* log2 of the bytes that share a lane (export_set_lanes) */
   bool write_error_logged; /* loop thread: the image's write error was logged */
   struct overlay_settings overlay;
   unsigned refs;         /* connections (and, for a base, instances) using it */
@@ -234,6 +234,9 @@ bool export_allows(const struct export *exp, const struct connection *conn);
 uint16_t export_tflags(const struct export *exp, bool structured);
 /* The lane a plain WRITE at off runs on (see transmission.c, start_work). */
 struct work_serial *export_write_lane(struct export *exp, uint64_t off);
+/* Sizes the lanes' regions for exp->vhd, once it is open (before any I/O:
+ * the engine's fields are read without its lock). */
+void export_set_lanes(struct export *exp);
 /* Drops a reference taken by a connection or an overlay instance (an
  * instance's own: see overlay_release). */
 void export_put(struct export *exp);
