@@ -3,9 +3,9 @@
  * Headers are validated on the loop thread (codec nbd_check_request), WRITE
  * payloads are read straight into the request's buffer, valid requests go
  * through their export's queue to a worker thread (or, for a READ of cached
- * data or a WRITE the kernel takes at once, are served on the spot), and replies are queued in completion order
- * as buffers (headers and data, never copied) that the connection writes
- * together. */
+ * data or a WRITE the kernel takes at once, are served on the spot), and
+ * replies are queued in completion order as buffers (headers and data, never
+ * copied) that the connection writes together. */
 #include "config.h"
 
 #include <errno.h>
@@ -344,11 +344,12 @@ static void work_done(struct work_item *w) {
 /* Called by the queue once nothing earlier conflicts.  Plain WRITEs to an
  * export then still run one at a time per lane, back to back on one worker
  * each: a buffered write holds the file's inode lock for its whole length,
- * so the kernel runs them one at a time anyway, and each extra one in
- * flight only spins on that lock (a fifth of the server's CPU in 4k random
- * writes at QD16 with eight in flight).  The lanes (--write-lanes) bound
- * how many do.  FUA writes, whose flush runs outside that lock, and
- * everything else run in parallel.  The queue counts a WRITE waiting for
+ * so the kernel runs them one at a time anyway, and with one per worker in
+ * flight the others spun on that lock (a fifth of the server's CPU in 4k
+ * random writes at QD16 with eight).  One lane avoided that but left every
+ * write to one core; a few lanes (--write-lanes, about twice the CPUs) beat
+ * both (bench/RESULTS.md).  FUA writes, whose flush runs outside that lock,
+ * and everything else run in parallel.  The queue counts a WRITE waiting for
  * its turn as running, which only makes later conflicting requests wait
  * for it, as they must. */
 static void start_work(struct queue_item *qi) {
