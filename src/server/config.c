@@ -15,6 +15,7 @@
  *   idle-timeout = 0
  *   max-inflight = 128M
  *   threads = 8
+ *   write-lanes = 1      (default: derived from the CPUs, see main.c)
  *   pidfile = /run/vhdnbd.pid
  *   metrics-file = /var/lib/prometheus/node-exporter/vhdnbd.prom
  *   metrics-interval = 15
@@ -200,6 +201,10 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return size_parse(v, &s->max_inflight) < 0 || s->max_inflight == 0 ? -EINVAL : 0;
   if (strcmp(key, "threads") == 0)
     return parse_uint(v, SERVER_MAX_THREADS, &s->threads) < 0 || s->threads == 0 ? -EINVAL : 0;
+  if (strcmp(key, "write-lanes") == 0)
+    return parse_uint(v, SERVER_MAX_WRITE_LANES, &s->write_lanes) < 0 || s->write_lanes == 0
+               ? -EINVAL
+               : 0;
   if (strcmp(key, "idle-timeout") == 0)
     return parse_uint(v, 86400 * 7, &s->idle_timeout);
   if (strcmp(key, "pidfile") == 0)

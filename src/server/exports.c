@@ -38,6 +38,30 @@ void export_put(struct export *exp) {
     reload_retired_unused(exp);
 }
 
+/* Writes are spread over the lanes by VHD block (2 MiB regions of a fixed
+ * image, and never less than that), so writes into one block run in the
+ * order the queue started them, one at a time: what the single serial
+ * before the lanes gave every write.  The queue already orders overlapping
+ * requests and the engine allows concurrent writes to different sectors of
+ * a block (test-vhd-race), so this is not needed for correctness; it keeps
+ * the writes that share a block's bitmap and allocation on one thread, and
+ * sequential writes on one lane until they cross into the next block.  A
+ * write over a block boundary runs on its first block's lane. */
+struct work_serial *export_write_lane(struct export *exp, uint64_t off) {
+  if (server.write_lanes <= 1)
+    return &exp->write_lanes[0];
+  return &exp->write_lanes[(off >> exp->lane_shift) % server.write_lanes];
+}
+
+void export_set_lanes(struct export *exp) {
+  struct vhd_info info;
+  vhd_get_info(exp->vhd, &info);
+  uint32_t shift = 21;
+  while (shift < 31 && ((uint64_t)1 << shift) < info.block_size)
+    shift++;
+  exp->lane_shift = shift;
+}
+
 int export_open(const struct settings *s, const struct export_spec *sp, struct export **out) {
   *out = NULL;
   struct export *e = calloc(1, sizeof *e);
@@ -83,6 +107,7 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
     return r;
   }
   e->size = vhd_virtual_size(e->vhd);
+  export_set_lanes(e);
   if (vhd_is_readonly(e->vhd) && !overlaid)
     e->readonly = true;
   log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name, e->image,

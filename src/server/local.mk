@@ -7,7 +7,10 @@ vhdnbd_SOURCES = \
 	src/server/check-config.c \
 	src/server/exports.c \
 	src/server/listen.c \
-	src/server/connection.c \
+	src/server/connection.c src/server/conn-internal.h \
+	src/server/conn-input.c \
+	src/server/conn-tls.c \
+	src/server/conn-output.c \
 	src/server/handshake.c \
 	src/server/transmission.c \
 	src/server/request.h \

@@ -41,6 +41,7 @@ struct export_stats {
   uint64_t latency[N_COMMANDS][N_BUCKETS]; /* per bucket, not cumulative */
   double latency_sum[N_COMMANDS];
   uint64_t bytes_read, bytes_written;
+  uint64_t on_loop[2]; /* READs, WRITEs served on the loop thread */
   uint64_t errors[N_ERRNOS];
   uint64_t inflight;
 };
@@ -138,6 +139,12 @@ void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_e
     st->bytes_written += length;
 }
 
+void metrics_request_on_loop(const struct export *exp, uint16_t type) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    st->on_loop[type == NBD_CMD_WRITE]++;
+}
+
 void metrics_connection_accepted(void) { m.accepted++; }
 
 void metrics_connection_refused(const char *reason) {
@@ -194,6 +201,8 @@ static void sum_stats(struct export_stats *t) {
       t->errors[e] += st->errors[e];
     t->bytes_read += st->bytes_read;
     t->bytes_written += st->bytes_written;
+    t->on_loop[0] += st->on_loop[0];
+    t->on_loop[1] += st->on_loop[1];
     t->inflight += st->inflight;
   }
 }
@@ -223,6 +232,14 @@ static void write_requests(FILE *f) {
     export_series(f, "written_bytes_total", m.srv->exports[i]);
     fprintf(f, "} %" PRIu64 "\n", stats_at(i)->bytes_written);
   }
+  family(f, "requests_on_loop_total", "counter",
+         "READs and WRITEs the event loop served itself, with no worker thread.");
+  for (size_t i = 0; i < m.srv->n_exports; i++)
+    for (int w = 0; w < 2; w++) {
+      export_series(f, "requests_on_loop_total", m.srv->exports[i]);
+      fprintf(f, ",command=\"%s\"} %" PRIu64 "\n", w ? "WRITE" : "READ",
+              stats_at(i)->on_loop[w]);
+    }
   family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "requests_in_flight", m.srv->exports[i]);
@@ -281,6 +298,11 @@ static void write_server(FILE *f) {
   fprintf(f, "vhdnbd_server_read_bytes_total %" PRIu64 "\n", t.bytes_read);
   family(f, "server_written_bytes_total", "counter", "Bytes stored by WRITEs, all exports.");
   fprintf(f, "vhdnbd_server_written_bytes_total %" PRIu64 "\n", t.bytes_written);
+  family(f, "server_requests_on_loop_total", "counter",
+         "READs and WRITEs the event loop served itself, all exports.");
+  for (int w = 0; w < 2; w++)
+    fprintf(f, "vhdnbd_server_requests_on_loop_total{command=\"%s\"} %" PRIu64 "\n",
+            w ? "WRITE" : "READ", t.on_loop[w]);
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;

@@ -34,6 +34,10 @@ void metrics_request_begin(const struct export *exp);
 void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_error,
                          uint64_t length, uint64_t latency_ns, bool replied);
 
+/* A READ or WRITE the loop thread served itself (ops_read_now,
+ * ops_write_now), counted besides metrics_request_end. */
+void metrics_request_on_loop(const struct export *exp, uint16_t type);
+
 /* Connections accepted, and refused or dropped for `reason` (a label
  * value: per_address, max_connections, evicted, handshake_timeout,
  * payload_stalled, not_allowed). */

@@ -1,6 +1,6 @@
 /* ops.c: the work done on the image; the only server file that does image
- * I/O.  Runs on worker threads, except ops_read_now (loop thread, never
- * waits).  Touches nothing of the connection but the request itself. */
+ * I/O.  Runs on worker threads, except ops_read_now and ops_write_now (loop
+ * thread, never wait).  Touches nothing of the connection but the request itself. */
 #include "config.h"
 
 #include <errno.h>
@@ -124,6 +124,17 @@ static int op_read(struct request *req, unsigned flags) {
 
 int ops_read_now(struct request *req) {
   return op_read(req, VHD_READ_NOWAIT);
+}
+
+int ops_write_now(struct request *req) {
+  struct vhd_err err = {{0}};
+  int r = vhd_write(req->exp->vhd, req->data, req->r.offset, req->r.length, VHD_WRITE_NOWAIT,
+                    &err);
+  if (r == -EAGAIN)
+    return -EAGAIN;
+  if (r < 0)
+    fail_write(req, r, &err);
+  return 0;
 }
 
 /* The answer for one meta context, grown as descriptors come. */

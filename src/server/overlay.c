@@ -294,6 +294,7 @@ static void finish_open(struct export *inst, vhd_t *vhd, int r, const char *msg,
             msg && msg[0] ? msg : strerror(-r));
   } else {
     inst->vhd = vhd;
+    export_set_lanes(inst);
     inst->state = INST_OPEN;
     inst->write_error_logged = false;
     log_msg(LOG_LEVEL_INFO, "export '%s': overlay %s %s%s%s", inst->name, inst->child,

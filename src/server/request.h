@@ -75,6 +75,11 @@ void ops_run(struct request *req);
  * page cache, the image lock free); returns -EAGAIN, the request untouched,
  * otherwise. */
 int ops_read_now(struct request *req);
+/* Loop thread: the same for a plain WRITE (VHD_WRITE_NOWAIT): stored in
+ * the page cache without waiting and without changing the image's
+ * metadata, or -EAGAIN with nothing written.  A failure of the image is
+ * the request's error, as on a worker. */
+int ops_write_now(struct request *req);
 /* The most the request's own bookkeeping and reply framing (not its data)
  * can take: counted against the budgets when its header arrives, so that
  * what a client may pipeline is bounded by memory, not only by count. */

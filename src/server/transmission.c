@@ -3,9 +3,9 @@
  * Headers are validated on the loop thread (codec nbd_check_request), WRITE
  * payloads are read straight into the request's buffer, valid requests go
  * through their export's queue to a worker thread (or, for a READ of cached
- * data, are served on the spot), and replies are queued in completion order
- * as buffers (headers and data, never copied) that the connection writes
- * together. */
+ * data or a WRITE the kernel takes at once, are served on the spot), and
+ * replies are queued in completion order as buffers (headers and data, never
+ * copied) that the connection writes together. */
 #include "config.h"
 
 #include <errno.h>
@@ -342,20 +342,22 @@ static void work_done(struct work_item *w) {
 }
 
 /* Called by the queue once nothing earlier conflicts.  Plain WRITEs to an
- * export then still run one at a time, back to back on one worker: a
- * buffered write holds the file's inode lock for its whole length, so the
- * kernel runs them one at a time anyway, and each extra one in flight only
- * spins on that lock (a fifth of the server's CPU in 4k random writes at
- * QD16).  FUA writes, whose flush runs outside that lock, and everything
- * else run in parallel.  The queue counts a WRITE waiting for its turn as
- * running, which only makes later conflicting requests wait for it, as
- * they must. */
+ * export then still run one at a time per lane, back to back on one worker
+ * each: a buffered write holds the file's inode lock for its whole length,
+ * so the kernel runs them one at a time anyway, and with one per worker in
+ * flight the others spun on that lock (a fifth of the server's CPU in 4k
+ * random writes at QD16 with eight).  One lane avoided that but left every
+ * write to one core; a few lanes (--write-lanes, about twice the CPUs) beat
+ * both (bench/RESULTS.md).  FUA writes, whose flush runs outside that lock,
+ * and everything else run in parallel.  The queue counts a WRITE waiting for
+ * its turn as running, which only makes later conflicting requests wait
+ * for it, as they must. */
 static void start_work(struct queue_item *qi) {
   struct request *req = (struct request *)qi;
   req->work.run = work_run;
   req->work.done = work_done;
   if (req->r.type == NBD_CMD_WRITE && !(req->r.flags & NBD_CMD_FLAG_FUA))
-    workers_submit_serial(&req->exp->write_serial, &req->work);
+    workers_submit_serial(export_write_lane(req->exp, req->r.offset), &req->work);
   else
     workers_submit(&req->work);
 }
@@ -392,6 +394,22 @@ static void dispatch(struct request *req) {
       server.inline_bytes < SERVER_INLINE_BUDGET &&
       queue_may_start_now(&req->exp->queue, qi) && ops_read_now(req) == 0) {
     server.inline_bytes += len;
+    metrics_request_on_loop(req->exp, NBD_CMD_READ);
+    send_reply(req);
+    return;
+  }
+  /* So may a plain WRITE that the engine can store without waiting: into
+   * blocks already allocated, sectors already marked, pages the kernel
+   * takes at once (VHD_WRITE_NOWAIT).  It is then in the page cache before
+   * its reply is queued, exactly as a worker's would be, so a later FLUSH
+   * covers it; and it leaves no metadata behind for a FLUSH to write.  FUA
+   * writes, which wait for the disk, always go to the workers. */
+  if (req->r.type == NBD_CMD_WRITE && !(req->r.flags & NBD_CMD_FLAG_FUA) &&
+      server.loop_writes && len <= SERVER_INLINE_WRITE_MAX &&
+      server.inline_bytes < SERVER_INLINE_BUDGET &&
+      queue_may_start_now(&req->exp->queue, qi) && ops_write_now(req) == 0) {
+    server.inline_bytes += len;
+    metrics_request_on_loop(req->exp, NBD_CMD_WRITE);
     send_reply(req);
     return;
   }

@@ -8,7 +8,13 @@ libvhd_a_SOURCES = \
 	src/vhd/bat.c \
 	src/vhd/chain.c \
 	src/vhd/open.c \
-	src/vhd/rw.c \
+	src/vhd/rw.h \
+	src/vhd/snapshot.c \
+	src/vhd/read.c \
+	src/vhd/write.c \
+	src/vhd/zero.c \
+	src/vhd/map.c \
+	src/vhd/flush.c \
 	src/vhd/create.c \
 	src/vhd/check.c \
 	src/vhd/resize.c \

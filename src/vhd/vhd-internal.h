@@ -149,6 +149,9 @@ struct vhd {
    * mount).  Otherwise a read may wait for a journal commit to store the new
    * atime, so VHD_READ_NOWAIT gives up at once. */
   bool atime_free;
+  /* The kernel refused a RWF_NOWAIT write of fd (see vhd_io_pwrite_nowait):
+   * VHD_WRITE_NOWAIT gives up at once from then on. */
+  atomic_bool nowait_write_unsupported;
   /* The write-error latch (io.c): the first failed write or sync as a
    * negative errno (0: none yet), and what failed.  Set once, under
    * sync_lock, which also keeps fdatasyncs of the image one at a time. */
@@ -237,6 +240,11 @@ int vhd_io_pread(int fd, void *buf, size_t len, uint64_t off);
  * [off, off+len) must be in the page cache. */
 int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off);
 int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
+/* All of [off, off+len) written, or -EAGAIN with nothing written when the
+ * kernel would wait (pwritev2 RWF_NOWAIT), or does not do that for this
+ * file, or the image is latched.  Another failure latches as vhd_io_pwrite.
+ * A short RWF_NOWAIT write is finished with a waiting one. */
+int vhd_io_pwrite_nowait(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);

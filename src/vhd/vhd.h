@@ -162,6 +162,19 @@ int vhd_read(vhd_t *vhd, void *buf, uint64_t off, size_t len, struct vhd_err *er
 #define VHD_FUA 0x1u        /* durable before returning */
 #define VHD_MAY_TRIM 0x2u   /* write_zeroes: whole blocks may be deallocated */
 #define VHD_NO_HOLE 0x4u    /* write_zeroes: the range must end up allocated */
+/* vhd_write: never wait and change no metadata, or give up.  The write
+ * returns -EAGAIN, having written nothing, wherever it could wait or would
+ * have to change the image's metadata: the image lock is contended, a
+ * block is not allocated, its bitmap is not in memory or does not have
+ * every sector the write touches set, the write spans more than
+ * VHD_WRITE_NOWAIT_MAX_BLOCKS blocks, VHD_FUA is asked for, a write error
+ * is latched, or the kernel would wait for the data write (pwritev2
+ * RWF_NOWAIT) or does not offer that for the file.  Otherwise the whole
+ * range is written, as without the flag (a fixed image needs no metadata).
+ * The caller then does the same write without the flag, on a thread that
+ * may wait.  Another failure is reported as without the flag. */
+#define VHD_WRITE_NOWAIT 0x8u
+#define VHD_WRITE_NOWAIT_MAX_BLOCKS 16
 
 int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned flags,
               struct vhd_err *err);

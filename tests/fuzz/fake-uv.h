@@ -3,7 +3,7 @@
  *
  * The target is linked with -Wl,--wrap for the libuv stream calls the server
  * makes (uv_pipe_open, uv_read_start, uv_read_stop, uv_write, uv_try_write,
- * uv_shutdown), so src/server/connection.c runs unchanged: its reads are
+ * uv_shutdown), so src/server/connection.c and conn-*.c run unchanged: its reads are
  * delivered from the fuzz input by the harness, its writes stay pending here
  * until the harness completes them.  Handles, timers and uv_close are the
  * real libuv on a real loop (the pipes never get a file descriptor).

@@ -2,8 +2,8 @@
  * greeting to the close, with the bytes the client sends taken from the
  * input.
  *
- * The server's own handshake.c, transmission.c, connection.c, queue.c,
- * ops.c and exports.c run on a real libuv loop and serve three real images
+ * The server's own handshake.c, transmission.c, connection.c (and its
+ * conn-*.c), queue.c, ops.c and exports.c run on a real libuv loop and serve three real images
  * (in memfds, rewritten before each input): "" dynamic, "diff" differencing
  * (its parent at /proc/self/fd/900, see vhd-parent.h) and "fixed", fixed and
  * read-only.  Only the socket is missing: fake-uv.c answers the stream calls
@@ -184,6 +184,10 @@ static void setup_once(void) {
   if (uv_loop_init(&loop) < 0)
     die("uv_loop_init", "failed");
   server.loop = &loop;
+  /* As main.c may set them: two lanes, so the lane choice runs too, and
+   * WRITEs tried on the loop first. */
+  server.write_lanes = 2;
+  server.loop_writes = true;
   uv_timer_init(&loop, &server.resume_timer);
   make_images();
   load_tls();

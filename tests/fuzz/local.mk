@@ -73,6 +73,8 @@ fuzz_nbd_codec_replay_LDADD = libnbdcodec.a libcommon.a
 # The server files are listed here too (automake wants them literally).
 fuzz_nbd_server_replay_SOURCES = $(FUZZ_SERVER_HARNESS) $(FUZZ_REPLAY_SOURCES) \
 	src/server/config.c src/server/exports.c src/server/connection.c \
+	src/server/conn-internal.h src/server/conn-input.c src/server/conn-tls.c \
+	src/server/conn-output.c \
 	src/server/handshake.c src/server/transmission.c src/server/ops.c src/server/queue.c \
 	src/server/bufpool.c src/server/guard.c src/server/metrics.c src/server/overlay.c
 fuzz_nbd_server_replay_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server -DFUZZ_STANDALONE \

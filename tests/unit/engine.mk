@@ -63,6 +63,15 @@ test_vhd_noatime_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_noatime_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-noatime
 
+# - test-vhd-nowait-write: VHD_WRITE_NOWAIT writes only where nothing waits
+#   and no metadata changes, else gives up having written nothing.
+check_PROGRAMS += test-vhd-nowait-write
+TESTS += test-vhd-nowait-write
+test_vhd_nowait_write_SOURCES = tests/unit/test-vhd-nowait-write.c $(ENGINE_TEST_UTIL)
+test_vhd_nowait_write_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_nowait_write_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-nowait-write
+
 # Images of every layout the format allows, from a generator of its own: the
 # engine must keep every byte it did not allocate (see the test's comment).
 check_PROGRAMS += test-vhd-layout

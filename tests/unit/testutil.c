@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -407,6 +408,55 @@ static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) { return do_pwrite(fd, buf, n, off); }
 ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off) {
   return do_pwrite(fd, buf, n, (off_t)off);
+}
+
+static enum t_nowait_mode nowait_mode;
+static uint64_t nowait_count;
+
+void t_set_nowait_write(enum t_nowait_mode mode) { nowait_mode = mode; }
+uint64_t t_nowait_write_count(void) { return nowait_count; }
+
+static ssize_t do_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags) {
+  T_ASSERT(iovcnt == 1, "pwritev2 with %d buffers: the test VFS takes one", iovcnt);
+  if (!(flags & RWF_NOWAIT))
+    return do_pwrite(fd, iov->iov_base, iov->iov_len, off);
+  nowait_count++;
+  switch (nowait_mode) {
+  case T_NOWAIT_ACCEPT:
+    return do_pwrite(fd, iov->iov_base, iov->iov_len, off);
+  case T_NOWAIT_SHORT:
+    return do_pwrite(fd, iov->iov_base, iov->iov_len > 1 ? iov->iov_len / 2 : 1, off);
+  case T_NOWAIT_EAGAIN:
+    errno = EAGAIN;
+    return -1;
+  case T_NOWAIT_KERNEL:
+    break;
+  }
+  if (before_hook)
+    before_hook(before_hook_opaque, T_OP_WRITE, fd, (uint64_t)iov->iov_len, (uint64_t)off);
+  struct unsynced before = {0};
+  if (tracking)
+    remember_old(fd, iov->iov_len, off, &before);
+  long r = syscall(SYS_pwritev2, fd, iov, iovcnt, (unsigned long)off,
+                   (unsigned long)((uint64_t)off >> 32), flags);
+  if (r > 0 && tracking) {
+    struct unsynced *u = add_unsynced(T_IO_WRITE, (uint64_t)off, (uint64_t)r);
+    u->old = before.old;
+    u->old_len = MIN(before.old_len, (uint64_t)r);
+    u->old_size = before.old_size;
+  } else {
+    free(before.old);
+  }
+  if (r > 0 && io_hook)
+    io_hook(io_hook_opaque, T_IO_WRITE, fd, iov->iov_base, (uint64_t)r, (uint64_t)off);
+  return r;
+}
+
+ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags) {
+  return do_pwritev2(fd, iov, iovcnt, off, flags);
+}
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off64_t off, int flags) {
+  return do_pwritev2(fd, iov, iovcnt, (off_t)off, flags);
 }
 
 static int do_sync(int fd, long nr) {

@@ -113,4 +113,15 @@ uint64_t t_sync_count(void);
  * Single-threaded tests only. */
 void t_track_unsynced(bool on);
 void t_lose_unsynced(const char *path);
+/* How the test VFS answers a pwritev2 with RWF_NOWAIT (VHD_WRITE_NOWAIT's
+ * data write), whatever the kernel under it does:
+ *   T_NOWAIT_KERNEL  as the kernel answers (the default);
+ *   T_NOWAIT_ACCEPT  written, as a pwrite;
+ *   T_NOWAIT_SHORT   only the first half (at least one byte) written, and
+ *                    that count returned, as when the kernel stops early;
+ *   T_NOWAIT_EAGAIN  nothing written, EAGAIN. */
+enum t_nowait_mode { T_NOWAIT_KERNEL, T_NOWAIT_ACCEPT, T_NOWAIT_SHORT, T_NOWAIT_EAGAIN };
+void t_set_nowait_write(enum t_nowait_mode mode);
+/* pwritev2 calls with RWF_NOWAIT so far. */
+uint64_t t_nowait_write_count(void);
 #endif

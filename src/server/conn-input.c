@@ -1,0 +1,260 @@
+/* conn-input.c: a connection's input: the staging buffer, framing (the one
+ * message conn_expect asked for), and the budgets that decide whether the
+ * socket is read at all (per connection and --max-inflight). */
+#include "config.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+#include "conn-internal.h"
+#include "log.h"
+#include "server.h"
+
+/* Payload reads at least this large skip the staging buffer and land
+ * directly in the request's buffer (no copy). */
+#define DIRECT_READ_MIN (16u * 1024)
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void on_resume(uv_timer_t *t) {
+  /* Connections are freed only from close callbacks, so the list stays
+   * valid while we walk it. */
+  for (struct connection *c = server.conns; c; c = c->next)
+    if (!c->closing)
+      conn_update(c);
+}
+
+void server_inflight_add(uint64_t n) { server.inflight_bytes += n; }
+
+void server_inflight_sub(uint64_t n) {
+  server.inflight_bytes -= n;
+  if (server.inflight_blocked && server.inflight_bytes < server.cfg->max_inflight) {
+    server.inflight_blocked = false;
+    /* Not from here: we are inside some connection's callback. */
+    uv_timer_start(&server.resume_timer, on_resume, 0, 0);
+  }
+}
+
+/* Under load the cap can stop and restart reading with every completion:
+ * one line a second at most, with how many pauses it stands for. */
+static void note_cap_pause(void) {
+  server.cap_pauses++;
+  uint64_t now = uv_now(server.loop) + 1; /* never 0, which means "not yet" */
+  if (server.cap_logged_ms && now - server.cap_logged_ms < 1000)
+    return;
+  log_msg(LOG_LEVEL_DEBUG,
+          "%" PRIu64 " bytes buffered, --max-inflight %" PRIu64
+          ": stopped reading from every client until replies drain (%" PRIu64 " pause%s)",
+          server.inflight_bytes, server.cfg->max_inflight, server.cap_pauses,
+          server.cap_pauses == 1 ? "" : "s");
+  server.cap_pauses = 0;
+  server.cap_logged_ms = now;
+}
+
+static bool server_under_cap(void) {
+  if (server.inflight_bytes < server.cfg->max_inflight)
+    return true;
+  if (!server.inflight_blocked)
+    note_cap_pause();
+  server.inflight_blocked = true;
+  return false;
+}
+
+/* Whether we may start reading the next message: bounded requests and bytes,
+ * per connection and for the whole server. */
+static bool under_limits(const struct connection *conn) {
+  if (conn->inflight >= SERVER_MAX_INFLIGHT_REQUESTS ||
+      conn->inflight_bytes + conn->write_bytes >= SERVER_MAX_INFLIGHT_BYTES)
+    return false;
+  /* The shared budget never stops a connection with nothing of its own in
+   * flight: clients that fill it without reading their replies must not
+   * silence the others.  What this admits beyond the budget is one request
+   * per connection: a READ slice, or a WRITE payload as it arrives. */
+  if (conn->inflight == 0 && conn->write_bytes == 0)
+    return true;
+  return server_under_cap();
+}
+
+static bool mid_message(const struct connection *conn) {
+  return conn->want_done > 0 || conn->want_dst != conn->hdr;
+}
+
+static bool input_allowed(const struct connection *conn) {
+  if (conn->closing || conn->eof || !conn->want_cb)
+    return false;
+  /* Once a message has started (a payload being read), finish it even when
+   * draining: the bytes it costs were counted when its header arrived. */
+  if (mid_message(conn))
+    return true;
+  return !conn->draining && under_limits(conn);
+}
+
+void conn_update(struct connection *conn) {
+  if (!conn->closing)
+    conn_process(conn);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  struct connection *conn = h->data;
+  if (conn->tls) {
+    /* Ciphertext: decrypted into inbuf later, never straight into payloads. */
+    *buf = uv_buf_init((char *)conn->tls_in, SERVER_INBUF_SIZE);
+    return;
+  }
+  uint64_t left = conn->want_len - conn->want_done;
+  if (conn->in_start == conn->in_end && conn->want_dst && conn->want_dst != conn->hdr &&
+      left >= DIRECT_READ_MIN) {
+    *buf = uv_buf_init((char *)conn->want_dst + conn->want_done, (unsigned)MIN(left, 1u << 30));
+    return;
+  }
+  if (conn->in_start == conn->in_end) {
+    conn->in_start = conn->in_end = 0;
+  } else if (conn->in_start > 0 && SERVER_INBUF_SIZE - conn->in_end < 4096) {
+    memmove(conn->inbuf, conn->inbuf + conn->in_start, conn->in_end - conn->in_start);
+    conn->in_end -= conn->in_start;
+    conn->in_start = 0;
+  }
+  *buf = uv_buf_init((char *)conn->inbuf + conn->in_end,
+                     (unsigned)(SERVER_INBUF_SIZE - conn->in_end));
+}
+
+/* The real read start: libuv wants the alloc callback here. */
+static void start_reading(struct connection *conn) {
+  int r = uv_read_start(&conn->sock.stream, on_alloc, on_read);
+  if (r < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: cannot read: %s", conn->peer, uv_strerror(r));
+    conn_close(conn, "read error");
+    return;
+  }
+  conn->reading = true;
+}
+
+void conn_update_reading(struct connection *conn) {
+  if (conn->closing)
+    return;
+  if (conn->lingering) {
+    if (!conn->reading)
+      start_reading(conn);
+    return;
+  }
+  if (conn->draining && conn->inflight == 0 && conn->writes_pending == 0) {
+    /* Under TLS, once close_notify is written this runs again and closes. */
+    if (conn_tls_bye(conn))
+      return;
+    conn_close(conn, NULL);
+    return;
+  }
+  bool want = conn->tls_handshaking ||
+              (input_allowed(conn) && conn->in_end - conn->in_start < SERVER_INBUF_SIZE);
+  if (want && !conn->reading)
+    start_reading(conn);
+  else if (!want && conn->reading) {
+    uv_read_stop(&conn->sock.stream);
+    conn->reading = false;
+  }
+}
+
+void conn_on_eof(struct connection *conn) {
+  conn->eof = true;
+  if (conn->phase == PHASE_HANDSHAKE) {
+    conn_close(conn, "client closed the connection during the handshake");
+  } else if (mid_message(conn)) {
+    conn_close(conn, "client closed the connection in the middle of a request");
+  } else {
+    /* Answer what is in flight (a half-closed client may still read), then close. */
+    conn_drain(conn);
+  }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  struct connection *conn = stream->data;
+  if (conn->closing)
+    return;
+  if (conn->lingering) {
+    conn->in_start = conn->in_end = 0;
+    if (nread > 0)
+      conn->linger_bytes += (uint64_t)nread;
+    if (nread < 0 || conn->linger_bytes > SERVER_LINGER_MAX_BYTES)
+      conn_close(conn, NULL);
+    return;
+  }
+  if (nread > 0)
+    conn->last_input = uv_now(server.loop);
+  if (nread > 0 && conn->tls) {
+    conn_tls_read(conn, (const uint8_t *)buf->base, (size_t)nread);
+    return;
+  }
+  if (nread > 0) {
+    const uint8_t *b = (const uint8_t *)buf->base;
+    if (b >= conn->inbuf && b < conn->inbuf + SERVER_INBUF_SIZE)
+      conn->in_end += (size_t)nread;
+    else
+      conn->want_done += (uint64_t)nread;
+    conn_process(conn);
+    return;
+  }
+  if (nread == 0 || nread == UV_ENOBUFS)
+    return;
+  if (nread == UV_EOF) {
+    if (conn->in_end > conn->in_start) {
+      /* Leftover bytes that never formed a whole message. */
+      conn->in_start = conn->in_end;
+    }
+    conn_on_eof(conn);
+    return;
+  }
+  log_msg(LOG_LEVEL_INFO, "%s: read error: %s", conn->peer, uv_strerror((int)nread));
+  conn_close(conn, "read error");
+}
+
+void conn_process(struct connection *conn) {
+  if (conn->in_process)
+    return;
+  conn->in_process = true;
+  conn_ref(conn);
+  while (input_allowed(conn)) {
+    if (conn->tls && conn_tls_pull(conn) < 0)
+      break;
+    if (!input_allowed(conn))
+      break;
+    uint64_t left = conn->want_len - conn->want_done;
+    size_t avail = conn->in_end - conn->in_start;
+    size_t n = 0;
+    if (left > 0 && avail > 0) {
+      n = (size_t)MIN(left, (uint64_t)avail);
+      if (conn->want_dst)
+        memcpy(conn->want_dst + conn->want_done, conn->inbuf + conn->in_start, n);
+      conn->want_done += n;
+      conn->in_start += n;
+    }
+    if (conn->want_done < conn->want_len) {
+      /* Under TLS more plaintext may wait in the session, and no socket
+       * read may come to fetch it: pull again while it keeps coming. */
+      if (conn->tls && n > 0)
+        continue;
+      break;
+    }
+    conn_input_cb cb = conn->want_cb;
+    conn->want_cb = NULL;
+    cb(conn);
+  }
+  if (conn->in_start == conn->in_end)
+    conn->in_start = conn->in_end = 0;
+  conn->in_process = false;
+  conn_update_reading(conn);
+  conn_unref(conn);
+}
+
+void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb) {
+  conn->want_dst = dst;
+  conn->want_len = len;
+  conn->want_done = 0;
+  conn->want_cb = cb;
+}
+
+
+void conn_drain(struct connection *conn) {
+  conn->draining = true;
+  conn_update_reading(conn);
+}
+

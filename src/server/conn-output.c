@@ -1,0 +1,235 @@
+/* conn-output.c: a connection's output: replies queued during a loop
+ * iteration leave in one write (conn_flush_all), encrypted under TLS, and
+ * their callbacks run once written or cancelled. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "conn-internal.h"
+#include "log.h"
+#include "server.h"
+
+/* Whom to tell when a write is done: one per reply coalesced into it. */
+struct write_done {
+  conn_write_cb cb;
+  void *opaque;
+};
+
+struct write_req {
+  uv_write_t req;
+  struct connection *conn;
+  struct write_done *done; /* n_done entries (heap), or NULL */
+  unsigned n_done;
+  size_t len;
+  uint8_t *cipher; /* TLS: what is actually written */
+  uint8_t copy[];  /* conn_write_copy only */
+};
+
+/* Tells every waiter its write is over, and frees the array. */
+static void write_done_all(struct connection *conn, struct write_done *done, unsigned n,
+                           int status) {
+  for (unsigned i = 0; i < n; i++)
+    if (done[i].cb)
+      done[i].cb(conn, done[i].opaque, status);
+  free(done);
+}
+
+static void write_req_finish(struct write_req *w, int status) {
+  write_done_all(w->conn, w->done, w->n_done, status);
+  free(w->cipher);
+  free(w);
+}
+
+static void on_written(uv_write_t *req, int status) {
+  struct write_req *w = (struct write_req *)req;
+  struct connection *conn = w->conn;
+  conn->write_bytes -= w->len;
+  conn->writes_pending--;
+  server_inflight_sub(w->len);
+  if (status < 0 && status != UV_ECANCELED && !conn->closing) {
+    log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(status));
+    conn_close(conn, "write error");
+  }
+  write_req_finish(w, status);
+  if (!conn->closing)
+    conn_process(conn);
+  conn_unref(conn);
+}
+
+static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf_t *bufs,
+                      unsigned nbufs) {
+  w->conn = conn;
+  w->len = 0;
+  for (unsigned i = 0; i < nbufs; i++)
+    w->len += bufs[i].len;
+  int r = conn->closing || conn->lingering ? UV_ECANCELED : 0;
+  uv_buf_t cbuf;
+  if (r == 0 && conn->tls) {
+    /* Encrypt now (the caller's buffers are not needed after this) and
+     * write everything GnuTLS produced, including any of its own records
+     * queued before, as one buffer. */
+    for (unsigned i = 0; i < nbufs && r == 0; i++)
+      if (bufs[i].len && tls_session_write(conn->tls, (const uint8_t *)bufs[i].base,
+                                           bufs[i].len) < 0) {
+        log_msg(LOG_LEVEL_INFO, "%s: %s", conn->peer, tls_session_error(conn->tls));
+        r = UV_EPROTO;
+      }
+    if (r == 0 && conn->tls_out_failed)
+      r = UV_ENOMEM;
+    if (r == 0) {
+      w->cipher = conn->tls_out;
+      cbuf = uv_buf_init((char *)w->cipher, (unsigned)conn->tls_out_len);
+      conn->tls_out = NULL;
+      conn->tls_out_len = conn->tls_out_cap = 0;
+      bufs = &cbuf;
+      nbufs = 1;
+    }
+  }
+  if (r == 0)
+    r = uv_write(&w->req, conn->out, bufs, nbufs, on_written);
+  if (r < 0) {
+    write_req_finish(w, r);
+    if (!conn->closing && !conn->lingering) {
+      log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(r));
+      conn_close(conn, "write error");
+    }
+    return r;
+  }
+  conn_ref(conn);
+  conn->write_bytes += w->len;
+  conn->writes_pending++;
+  server_inflight_add(w->len);
+  return 0;
+}
+
+/* Replies are not written one by one: conn_write queues them, and the loop
+ * writes each connection's queue as one uv_write (one writev) from
+ * conn_flush_all, which runs after the poll phase and before the next one. */
+void conn_flush_output(struct connection *conn) {
+  if (conn->outq_n_done == 0)
+    return;
+  uv_buf_t *bufs = conn->outq;
+  unsigned nbufs = conn->outq_nbufs;
+  struct write_done *done = conn->outq_done;
+  unsigned n_done = conn->outq_n_done;
+  conn->outq_nbufs = 0;
+  conn->outq_n_done = 0;
+  conn->outq_done = NULL;
+  conn->outq_done_cap = 0;
+  if (!conn->tls && conn->writes_pending == 0 && !conn->closing && !conn->lingering) {
+    /* Nothing ahead of us on the socket: write now, and complete at once
+     * what went out.  A uv_write that completes is cheaper to avoid than to
+     * issue: libuv then re-arms the socket's epoll registration (one more
+     * system call per batch of replies) and runs its callback later. */
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+      total += bufs[i].len;
+    int n = uv_try_write(conn->out, bufs, nbufs);
+    if (n > 0 && (size_t)n == total) {
+      write_done_all(conn, done, n_done, 0);
+      return;
+    }
+    if (n > 0) {
+      size_t left = (size_t)n;
+      while (left >= bufs[0].len) {
+        left -= bufs[0].len;
+        bufs++;
+        nbufs--;
+      }
+      bufs[0].base += left;
+      bufs[0].len -= left;
+    }
+    /* UV_EAGAIN, or the rest: queue it.  Other errors show in uv_write. */
+  }
+  struct write_req *w = calloc(1, sizeof *w);
+  if (!w) {
+    write_done_all(conn, done, n_done, UV_ENOMEM);
+    /* Dropping replies would hang the client: give up on it. */
+    conn_close(conn, "out of memory");
+    return;
+  }
+  w->done = done;
+  w->n_done = n_done;
+  /* uv_write copies the array of buffers, so outq is free again after it. */
+  write_bufs(conn, w, bufs, nbufs);
+}
+
+void conn_flush_all(void) {
+  while (server.outq_head) {
+    struct connection *conn = server.outq_head;
+    server.outq_head = conn->outq_next;
+    conn->outq_next = NULL;
+    conn->outq_listed = false;
+    conn_flush_output(conn);
+    /* Replies written at once freed their requests without on_written:
+     * input stopped for back-pressure may resume (as on_written does). */
+    if (!conn->closing)
+      conn_process(conn);
+    conn_unref(conn);
+  }
+}
+
+int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
+               void *opaque) {
+  if (conn->closing || conn->lingering) {
+    if (cb)
+      cb(conn, opaque, UV_ECANCELED);
+    return UV_ECANCELED;
+  }
+  if (conn->outq_nbufs + nbufs > conn->outq_cap) {
+    unsigned cap = MAX(conn->outq_cap * 2, conn->outq_nbufs + nbufs + 16);
+    uv_buf_t *b = realloc(conn->outq, cap * sizeof *b);
+    if (!b)
+      goto nomem;
+    conn->outq = b;
+    conn->outq_cap = cap;
+  }
+  if (conn->outq_n_done == conn->outq_done_cap) {
+    unsigned cap = MAX(conn->outq_done_cap * 2, 16u);
+    struct write_done *d = realloc(conn->outq_done, cap * sizeof *d);
+    if (!d)
+      goto nomem;
+    conn->outq_done = d;
+    conn->outq_done_cap = cap;
+  }
+  memcpy(conn->outq + conn->outq_nbufs, bufs, nbufs * sizeof *bufs);
+  conn->outq_nbufs += nbufs;
+  conn->outq_done[conn->outq_n_done++] = (struct write_done){cb, opaque};
+  if (!conn->outq_listed) {
+    conn->outq_listed = true;
+    conn->outq_next = server.outq_head;
+    server.outq_head = conn;
+    conn_ref(conn);
+  }
+  return 0;
+nomem:
+  if (cb)
+    cb(conn, opaque, UV_ENOMEM);
+  conn_close(conn, "out of memory");
+  return -ENOMEM;
+}
+
+void conn_write_tls_records(struct connection *conn) {
+  struct write_req *w = calloc(1, sizeof *w);
+  if (!w) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  write_bufs(conn, w, NULL, 0);
+}
+
+int conn_write_copy(struct connection *conn, const void *data, size_t len) {
+  conn_flush_output(conn); /* keep the order of everything written */
+  struct write_req *w = calloc(1, sizeof *w + len);
+  if (!w) {
+    conn_close(conn, "out of memory");
+    return -ENOMEM;
+  }
+  memcpy(w->copy, data, len);
+  uv_buf_t b = uv_buf_init((char *)w->copy, (unsigned)len);
+  return write_bufs(conn, w, &b, 1);
+}
+

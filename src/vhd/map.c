@@ -1,0 +1,113 @@
+/* map.c: where an image's data lies (vhd_map), and the merging of runs
+ * that reads with a map callback share. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "rw.h"
+
+int vhd_merge_emit(struct map_merge *m, const struct vhd_extent *e) {
+  if (m->probe_zero)
+    return (e->flags & VHD_MAP_ZERO) ? 0 : 2;
+  if (m->have && m->cur.flags == e->flags && m->cur.offset + m->cur.length == e->offset &&
+      (m->flags_only || (m->cur.depth == e->depth &&
+                         (e->depth < 0 || m->cur.file_offset + m->cur.length == e->file_offset)))) {
+    m->cur.length += e->length;
+    return 0;
+  }
+  if (m->have) {
+    int r = m->cb(m->opaque, &m->cur);
+    if (r)
+      return r;
+  }
+  m->cur = *e;
+  m->have = true;
+  return 0;
+}
+
+static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct map_merge *m,
+                     struct vhd_err *err);
+
+static int map_absent(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct map_merge *m,
+                      struct vhd_err *err) {
+  vhd_t *p = vhd->parent;
+  uint64_t inside = 0;
+  if (p && off < p->virtual_size) {
+    inside = MIN(len, p->virtual_size - off);
+    int r = map_range(p, off, inside, depth + 1, m, err);
+    if (r)
+      return r;
+  }
+  if (inside < len) {
+    struct vhd_extent e = {off + inside, len - inside, VHD_MAP_ZERO, -1, 0};
+    return vhd_merge_emit(m, &e);
+  }
+  return 0;
+}
+
+static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct map_merge *m,
+                     struct vhd_err *err) {
+  if (vhd->type == VHD_TYPE_FIXED) {
+    struct vhd_extent e = {off, len, VHD_MAP_DATA, depth, off};
+    return vhd_merge_emit(m, &e);
+  }
+  while (len > 0) {
+    uint32_t blk = (uint32_t)(off / vhd->block_size);
+    uint64_t block_start = (uint64_t)blk * vhd->block_size;
+    uint32_t boff = (uint32_t)(off - block_start);
+    uint32_t n = (uint32_t)MIN(len, (uint64_t)vhd->block_size - boff);
+    uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + n, 512);
+    struct block_snapshot snap;
+    int r = vhd_block_snapshot_take(vhd, blk, s0, s1, false, false, &snap, err);
+    if (r < 0)
+      return r;
+    CLEANUP_FREE uint8_t *heapbm = snap.heap;
+    uint32_t entry = snap.entry;
+    const uint8_t *bm = snap.bits;
+    if (entry == VHD_BAT_UNUSED) {
+      if ((r = map_absent(vhd, off, n, depth, m, err)))
+        return r;
+    } else {
+      uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;
+      uint32_t base = s0 & ~7u;
+      uint32_t pos = boff, end = boff + n;
+      while (pos < end) {
+        bool present;
+        uint32_t s = pos / 512;
+        uint32_t run = vhd_bitmap_run(bm, s - base, s1 - base, &present);
+        uint32_t run_end = MIN(end, (s + run) * 512);
+        if (present) {
+          struct vhd_extent e = {block_start + pos, run_end - pos, VHD_MAP_DATA, depth,
+                                 data_off + pos};
+          r = vhd_merge_emit(m, &e);
+        } else {
+          r = map_absent(vhd, block_start + pos, run_end - pos, depth, m, err);
+        }
+        if (r)
+          return r;
+        pos = run_end;
+      }
+    }
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
+            struct vhd_err *err) {
+  int r = vhd_check_range(vhd, off, len, "map", err);
+  if (r < 0 || len == 0)
+    return r;
+  struct map_merge m = {.cb = cb, .opaque = opaque, .probe_zero = cb == NULL};
+  r = map_range(vhd, off, len, 0, &m, err);
+  if (m.probe_zero) /* internal use: 1 = all zero, 2 = some data */
+    return r == 0 ? 1 : r;
+  if (r == 0 && m.have)
+    r = m.cb(m.opaque, &m.cur);
+  return r;
+}

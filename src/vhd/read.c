@@ -1,0 +1,141 @@
+/* read.c: reads (vhd_read, vhd_read_map), through the parents of a
+ * differencing image. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "rw.h"
+
+/* One read in progress (vhd_read_map): its flags, and its runs for the
+ * caller (m.cb NULL: nobody asked). */
+struct read_ctx {
+  unsigned flags;
+  struct map_merge m;
+};
+
+static int read_emit(struct read_ctx *rc, uint64_t off, uint64_t len, unsigned mflags) {
+  if (!rc->m.cb)
+    return 0;
+  struct vhd_extent e = {.offset = off, .length = len, .flags = mflags};
+  return vhd_merge_emit(&rc->m, &e);
+}
+
+static int read_data(vhd_t *vhd, struct read_ctx *rc, uint8_t *buf, size_t len, uint64_t foff,
+                     struct vhd_err *err) {
+  if (rc->flags & VHD_READ_NOWAIT)
+    return vhd->atime_free ? vhd_io_pread_nowait(vhd->fd, buf, len, foff) : -EAGAIN;
+  int r = vhd_io_pread(vhd->fd, buf, len, foff);
+  return r < 0 ? vhd_set_io_err(vhd, err, r, "reading data", foff) : 0;
+}
+
+static int read_range(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                      struct vhd_err *err);
+
+/* Bytes that this image does not hold: the parent's, or zeros. */
+static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                       struct vhd_err *err) {
+  vhd_t *p = vhd->parent;
+  size_t inside = 0;
+  if (p && off < p->virtual_size)
+    inside = (size_t)MIN((uint64_t)len, p->virtual_size - off);
+  if (inside) {
+    int r = read_range(p, buf, off, inside, rc, err);
+    if (r)
+      return r;
+  }
+  if (inside == len)
+    return 0;
+  if (!(rc->flags & VHD_READ_SKIP_ZERO))
+    memset(buf + inside, 0, len - inside);
+  return read_emit(rc, off + inside, len - inside, VHD_MAP_ZERO);
+}
+
+/* One block of a dynamic/differencing disk: [off, off+len) inside block blk. */
+static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                        struct vhd_err *err) {
+  uint32_t blk = (uint32_t)(off / vhd->block_size);
+  uint64_t block_start = (uint64_t)blk * vhd->block_size;
+  uint32_t boff = (uint32_t)(off - block_start);
+  uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + len, 512);
+  struct block_snapshot snap;
+  int r = vhd_block_snapshot_take(vhd, blk, s0, s1, rc->flags & VHD_READ_NOWAIT, true, &snap,
+                                  err);
+  if (r < 0)
+    return r;
+  CLEANUP_FREE uint8_t *heapbm = snap.heap;
+  uint32_t entry = snap.entry;
+  const uint8_t *bm = snap.bits;
+  if (entry == VHD_BAT_UNUSED)
+    return read_absent(vhd, buf, off, len, rc, err);
+
+  uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;
+  uint32_t base = s0 & ~7u; /* bm holds bits from sector `base` on */
+  uint32_t pos = boff;
+  uint32_t end = boff + (uint32_t)len;
+  while (pos < end && r == 0) {
+    bool present;
+    uint32_t s = pos / 512;
+    uint32_t run = vhd_bitmap_run(bm, s - base, s1 - base, &present);
+    uint32_t run_end = MIN(end, (s + run) * 512);
+    uint8_t *dst = buf + (pos - boff);
+    size_t n = run_end - pos;
+    if (present) {
+      r = read_data(vhd, rc, dst, n, data_off + pos, err);
+      if (r == 0)
+        r = read_emit(rc, block_start + pos, n, VHD_MAP_DATA);
+    } else {
+      r = read_absent(vhd, dst, block_start + pos, n, rc, err);
+    }
+    pos = run_end;
+  }
+  if (snap.pinned)
+    vhd_block_unpin(vhd, blk);
+  return r;
+}
+
+static int read_range(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
+                      struct vhd_err *err) {
+  if (vhd->type == VHD_TYPE_FIXED) {
+    int r = read_data(vhd, rc, buf, len, off, err);
+    return r ? r : read_emit(rc, off, len, VHD_MAP_DATA);
+  }
+  while (len > 0) {
+    size_t n = (size_t)MIN((uint64_t)len, vhd->block_size - off % vhd->block_size);
+    int r = read_segment(vhd, buf, off, n, rc, err);
+    if (r)
+      return r;
+    buf += n;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+int vhd_read_map(vhd_t *vhd, void *buf, uint64_t off, size_t len, unsigned flags,
+                 vhd_map_cb cb, void *opaque, struct vhd_err *err) {
+  if ((flags & VHD_READ_SKIP_ZERO) && !cb)
+    return vhd_set_err(err, -EINVAL, "%s: read: VHD_READ_SKIP_ZERO without a map callback",
+                       vhd->path);
+  int r = vhd_check_range(vhd, off, len, "read", err);
+  if (r < 0 || len == 0)
+    return r;
+  struct read_ctx rc = {.flags = flags, .m = {.cb = cb, .opaque = opaque, .flags_only = true}};
+  r = read_range(vhd, buf, off, len, &rc, err);
+  if (r == 0 && rc.m.have)
+    r = cb(opaque, &rc.m.cur);
+  return r;
+}
+
+int vhd_read(vhd_t *vhd, void *buf, uint64_t off, size_t len, struct vhd_err *err) {
+  return vhd_read_map(vhd, buf, off, len, 0, NULL, NULL, err);
+}
+
+/* A read inside the engine (read-modify-write of sector edges). */
+int vhd_read_plain(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct vhd_err *err) {
+  struct read_ctx rc = {0};
+  return read_range(vhd, buf, off, len, &rc, err);
+}

@@ -1,0 +1,173 @@
+/* write.c: data writes (vhd_write): allocation, data, then bitmap bits. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "rw.h"
+
+/* Writes whole sectors [off, off+len) (512-aligned) inside one block. */
+static int write_sectors(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                         struct vhd_err *err) {
+  uint32_t blk = (uint32_t)(off / vhd->block_size);
+  uint32_t boff = (uint32_t)(off % vhd->block_size);
+  uint32_t s0 = boff / 512, s1 = s0 + (uint32_t)(len / 512);
+  pthread_mutex_lock(&vhd->lock);
+  int r = 0;
+  if (vhd->bat[blk] == VHD_BAT_UNUSED)
+    r = vhd_block_allocate(vhd, blk, err);
+  uint8_t *bm = NULL;
+  if (r == 0)
+    r = vhd_bitmap_get(vhd, blk, &bm, err);
+  bool all_set = false;
+  uint32_t entry = VHD_BAT_UNUSED;
+  if (r == 0) {
+    bool v;
+    all_set = vhd_bitmap_run(bm, s0, s1, &v) == s1 - s0 && v;
+    entry = vhd->bat[blk];
+    vhd_block_pin(vhd, blk);
+  }
+  pthread_mutex_unlock(&vhd->lock);
+  if (r < 0)
+    return r;
+  uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size + boff;
+  r = vhd_io_pwrite(vhd, buf, len, data_off);
+  if (r == 0 && !all_set) {
+    /* Bits only after the data is in place: see the write order.  Still
+     * pinned, so a block that kept its entry kept its space: a block
+     * freed meanwhile gets no bits for data that went to its old space. */
+    pthread_mutex_lock(&vhd->lock);
+    if (vhd->bat[blk] == entry && vhd->bitmaps[blk]) {
+      for (uint32_t s = s0; s < s1; s++)
+        vhd_bit_set(vhd->bitmaps[blk], s);
+      vhd_block_mark_dirty(vhd, blk);
+    }
+    pthread_mutex_unlock(&vhd->lock);
+  }
+  vhd_block_unpin(vhd, blk);
+  return r < 0 ? vhd_set_io_err(vhd, err, r, "writing data", data_off) : 0;
+}
+
+/* [off, off+len) inside one block, any alignment: partial sectors are
+ * completed with what the disk shows now (own data, parent or zeros). */
+int vhd_write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                      struct vhd_err *err) {
+  uint64_t a = off & ~511ull, b = ROUND_UP(off + len, 512);
+  if (a == off && b == off + len)
+    return write_sectors(vhd, buf, off, len, err);
+  size_t wlen = (size_t)(b - a);
+  CLEANUP_FREE uint8_t *tmp = malloc(wlen);
+  if (!tmp)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory writing", vhd->path);
+  int r = 0;
+  if (a != off)
+    r = vhd_read_plain(vhd, tmp, a, 512, err);
+  if (r == 0 && b != off + len && (b - 512 != a || a == off))
+    r = vhd_read_plain(vhd, tmp + wlen - 512, b - 512, 512, err);
+  if (r < 0)
+    return r;
+  memcpy(tmp + (off - a), buf, len);
+  return write_sectors(vhd, tmp, a, wlen, err);
+}
+
+int vhd_write_fixed(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                    struct vhd_err *err) {
+  int r = vhd_io_pwrite(vhd, buf, len, off);
+  return r < 0 ? vhd_set_io_err(vhd, err, r, "writing", off) : 0;
+}
+
+/* VHD_WRITE_NOWAIT on a dynamic or differencing image: every block the
+ * range touches is checked under one try of the lock (allocated, bitmap in
+ * memory, the bit of every sector touched set) and pinned, before any byte
+ * is written, so that giving up never leaves part of the write done.  With
+ * all those bits set the sectors are the image's own: bytes of a partial
+ * sector are written in place, no read-modify-write, and no bit, BAT entry
+ * or footer changes. */
+static int write_nowait_blocks(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                               struct vhd_err *err) {
+  uint32_t first = (uint32_t)(off / vhd->block_size);
+  uint32_t last = (uint32_t)((off + len - 1) / vhd->block_size);
+  if (last - first >= VHD_WRITE_NOWAIT_MAX_BLOCKS)
+    return -EAGAIN;
+  uint64_t foff[VHD_WRITE_NOWAIT_MAX_BLOCKS];
+  if (pthread_mutex_trylock(&vhd->lock) != 0)
+    return -EAGAIN;
+  uint32_t pinned = 0;
+  int r = 0;
+  for (uint32_t blk = first; blk <= last && r == 0; blk++) {
+    uint64_t start = MAX(off, (uint64_t)blk * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(blk + 1) * vhd->block_size);
+    uint32_t s0 = (uint32_t)(start % vhd->block_size / 512);
+    uint32_t s1 = (uint32_t)DIV_ROUND_UP(end - (uint64_t)blk * vhd->block_size, 512);
+    const uint8_t *bm = vhd->bitmaps[blk];
+    bool set = false;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED || !bm ||
+        vhd_bitmap_run(bm, s0, s1, &set) != s1 - s0 || !set) {
+      r = -EAGAIN;
+      break;
+    }
+    foff[blk - first] =
+        (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + start % vhd->block_size;
+    vhd_block_pin(vhd, blk);
+    pinned++;
+  }
+  pthread_mutex_unlock(&vhd->lock);
+  bool wrote = false;
+  for (uint32_t i = 0; i < pinned && r == 0; i++) {
+    uint64_t start = MAX(off, (uint64_t)(first + i) * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(first + i + 1) * vhd->block_size);
+    const uint8_t *p = buf + (start - off);
+    /* Once a byte is in, the rest follows the waiting way: all or nothing. */
+    r = wrote ? vhd_io_pwrite(vhd, p, end - start, foff[i])
+              : vhd_io_pwrite_nowait(vhd, p, end - start, foff[i]);
+    if (r == 0)
+      wrote = true;
+    else if (r != -EAGAIN || wrote)
+      r = vhd_set_io_err(vhd, err, r, "writing data", foff[i]);
+  }
+  for (uint32_t i = 0; i < pinned; i++)
+    vhd_block_unpin(vhd, first + i);
+  return r;
+}
+
+static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
+                        unsigned flags, struct vhd_err *err) {
+  /* A latched image: the caller's waiting retry gives the message. */
+  if ((flags & VHD_FUA) || vhd_io_refuses_writes(vhd))
+    return -EAGAIN;
+  if (vhd->type != VHD_TYPE_FIXED)
+    return write_nowait_blocks(vhd, buf, off, len, err);
+  int r = vhd_io_pwrite_nowait(vhd, buf, len, off);
+  return r < 0 && r != -EAGAIN ? vhd_set_io_err(vhd, err, r, "writing", off) : r;
+}
+
+int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned flags,
+              struct vhd_err *err) {
+  /* A NOWAIT write leaves the latch to write_nowait: it gives up there. */
+  bool nowait = flags & VHD_WRITE_NOWAIT;
+  int r = vhd->readonly || !nowait ? vhd_check_writable(vhd, "write", err) : 0;
+  if (r == 0)
+    r = vhd_check_range(vhd, off, len, "write", err);
+  if (r < 0 || len == 0)
+    return r;
+  if (nowait)
+    return write_nowait(vhd, buf, off, len, flags, err);
+  const uint8_t *p = buf;
+  if (vhd->type == VHD_TYPE_FIXED) {
+    r = vhd_write_fixed(vhd, p, off, len, err);
+  } else {
+    while (len > 0 && r == 0) {
+      size_t n = (size_t)MIN((uint64_t)len, vhd->block_size - off % vhd->block_size);
+      r = vhd_write_segment(vhd, p, off, n, err);
+      p += n;
+      off += n;
+      len -= n;
+    }
+  }
+  if (r == 0 && (flags & VHD_FUA))
+    r = vhd_flush(vhd, err);
+  return r;
+}
