@@ -207,8 +207,12 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk) {
   }
 }
 
-/* Room reserved per footer move: about 64 MiB of blocks. */
+/* Room reserved per footer move: about 64 MiB of blocks, or as much as
+ * the handle has allocated since open, up to 1 GiB: a file growing fast
+ * moves its footer less often.  What a crash leaves of a window is a hole
+ * (a leak, see the write order), and a clean close gives it back. */
 #define VHD_WINDOW_BYTES (64ull * 1024 * 1024)
+#define VHD_WINDOW_MAX_BYTES (1024ull * 1024 * 1024)
 
 static int push_offset(uint64_t **arr, size_t *n, size_t *cap, uint64_t off) {
   if (*n == *cap) {
@@ -259,8 +263,9 @@ void vhd_retired_collect(vhd_t *vhd) {
 }
 
 /* Makes room for new blocks from off on (lock held): writes the footer
- * further on and syncs it before any block may overwrite the old one (see
- * the write order).  The sync runs without the lock, which reads need for
+ * further on, durably, before any block may overwrite the old one (see
+ * the write order).  That write (O_DSYNC: it waits for the disk, but for
+ * nothing else of the file) runs without the lock, which reads need for
  * their bitmap snapshots; meanwhile footer_moving keeps other allocations
  * of new space waiting (allocations from freed space, writes into
  * allocated blocks and flushes go on), and the old footer stays where it
@@ -271,15 +276,14 @@ static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, 
     pthread_cond_wait(&vhd->footer_moved, &vhd->lock);
     return 0;
   }
-  uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
+  uint64_t window = MIN(VHD_WINDOW_MAX_BYTES, MAX(VHD_WINDOW_BYTES, off - vhd->alloc_floor));
+  uint64_t blocks = MAX(1, window / span);
   uint64_t new_footer = off + blocks * span;
   if (new_footer > limit)
     new_footer = off + (limit - off) / span * span;
   vhd->footer_moving = true;
   pthread_mutex_unlock(&vhd->lock);
-  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
-  if (r == 0)
-    r = vhd_io_sync(vhd);
+  int r = vhd_io_pwrite_durable(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
   pthread_mutex_lock(&vhd->lock);
   vhd->footer_moving = false;
   pthread_cond_broadcast(&vhd->footer_moved);
