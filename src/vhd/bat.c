@@ -322,7 +322,7 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
       return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
                          (unsigned long long)off, strerror(-r));
     }
-    vhd->bat[blk] = (uint32_t)(off / 512);
+    vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
     free(vhd->bitmaps[blk]);
     vhd->bitmaps[blk] = bm;
     vhd->allocated_blocks++;
@@ -359,7 +359,7 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
                        (unsigned long long)off, strerror(-r));
   }
   vhd->next_block_offset = off + span;
-  vhd->bat[blk] = (uint32_t)(off / 512);
+  vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
   free(vhd->bitmaps[blk]);
   vhd->bitmaps[blk] = bm;
   vhd->allocated_blocks++;
@@ -410,17 +410,28 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
 
 uint32_t vhd_bitmap_run(const uint8_t *bm, uint32_t s, uint32_t end, bool *value) {
   bool v = vhd_bit_get(bm, s);
-  uint32_t i = s + 1;
   uint8_t full = v ? 0xFF : 0x00;
+  uint64_t full64 = v ? UINT64_MAX : 0;
+  uint32_t i = s;
   while (i < end) {
-    if ((i & 7) == 0 && i + 8 <= end && bm[i >> 3] == full) {
-      i += 8;
-      continue;
+    if ((i & 63) == 0 && i + 64 <= end) { /* a 2 MiB block has 4096 sectors */
+      uint64_t w;
+      memcpy(&w, bm + (i >> 3), 8);
+      if (w == full64) {
+        i += 64;
+        continue;
+      }
     }
-    if (vhd_bit_get(bm, i) != v)
+    /* The bits of this byte from sector i on (the first sector is the
+     * byte's high bit) that differ from v: the run ends at the first. */
+    uint8_t diff = (uint8_t)((bm[i >> 3] ^ full) & (0xFFu >> (i & 7)));
+    if (diff) {
+      uint32_t first = (i & ~7u) + (uint32_t)__builtin_clz(diff) - 24;
+      i = first;
       break;
-    i++;
+    }
+    i = (i | 7) + 1;
   }
   *value = v;
-  return i - s;
+  return MIN(i, end) - s;
 }

@@ -331,6 +331,18 @@ void vhd_retired_collect(vhd_t *vhd);
 uint64_t vhd_locator_area_end(const struct vhd_locator *l);
 /* Gives back the unused end of the allocation window (after a flush). */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
+/* BAT entries change under vhd->lock, as atomic stores, so that a reader
+ * may look at one without the lock (vhd_bat_peek): a read of a block the
+ * image does not hold goes to its parent without taking this image's lock.
+ * What such a look can miss is an allocation or a free racing with it,
+ * which the caller's ordering of overlapping requests makes unspecified
+ * anyway (see the concurrency contract in vhd.h). */
+static inline void vhd_bat_set(vhd_t *vhd, uint32_t blk, uint32_t entry) {
+  __atomic_store_n(&vhd->bat[blk], entry, __ATOMIC_RELEASE);
+}
+static inline uint32_t vhd_bat_peek(const vhd_t *vhd, uint32_t blk) {
+  return __atomic_load_n(&vhd->bat[blk], __ATOMIC_ACQUIRE);
+}
 void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk);
 void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk);
 static inline bool vhd_bit_get(const uint8_t *bm, uint32_t s) {
