@@ -26,3 +26,10 @@ EXTRA_DIST += \
 # bench/run --smoke: two short workloads on every image and server, so the
 # benchmark keeps working (it measures nothing worth keeping).
 TESTS += bench/test-bench-smoke.sh
+
+# bench/engine-bench: the engine alone (reads through a chain, footer moves,
+# NOWAIT writes), on demand: make bench/engine-bench.
+EXTRA_PROGRAMS += bench/engine-bench
+bench_engine_bench_SOURCES = bench/engine-bench.c
+bench_engine_bench_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
+CLEANFILES += bench/engine-bench
