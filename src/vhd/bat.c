@@ -282,6 +282,7 @@ static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, 
   if (new_footer > limit)
     new_footer = off + (limit - off) / span * span;
   vhd->footer_moving = true;
+  vhd_io_dsync_open(vhd);
   pthread_mutex_unlock(&vhd->lock);
   int r = vhd_io_pwrite_durable(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
   pthread_mutex_lock(&vhd->lock);

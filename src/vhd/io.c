@@ -269,26 +269,23 @@ int vhd_io_pwrite_nowait(vhd_t *vhd, const void *buf, size_t len, uint64_t off) 
 
 /* The image reopened write-only with O_DSYNC, through /proc so that it is
  * the same inode even when the image's path names something else now (or
- * is itself a /proc/self/fd link): opened at the first durable write, -1
- * when that cannot be done (no /proc). */
-static int dsync_fd(vhd_t *vhd) {
-  pthread_mutex_lock(&vhd->sync_lock);
-  if (!vhd->dsync_tried) {
-    vhd->dsync_tried = true;
-    char p[64];
-    snprintf(p, sizeof p, "/proc/self/fd/%d", vhd->fd);
-    int fd = open(p, O_WRONLY | O_DSYNC | O_CLOEXEC);
-    struct stat a, b;
-    if (fd >= 0 && (fstat(fd, &a) < 0 || fstat(vhd->fd, &b) < 0 || a.st_dev != b.st_dev ||
-                    a.st_ino != b.st_ino)) {
-      close(fd);
-      fd = -1;
-    }
-    vhd->dsync_fd = fd;
+ * is itself a /proc/self/fd link).  Under vhd->lock rather than sync_lock:
+ * a flush holds that one through its fdatasync, which the first footer
+ * move would then wait for. */
+void vhd_io_dsync_open(vhd_t *vhd) {
+  if (vhd->dsync_tried)
+    return;
+  vhd->dsync_tried = true;
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", vhd->fd);
+  int fd = open(p, O_WRONLY | O_DSYNC | O_CLOEXEC);
+  struct stat a, b;
+  if (fd >= 0 && (fstat(fd, &a) < 0 || fstat(vhd->fd, &b) < 0 || a.st_dev != b.st_dev ||
+                  a.st_ino != b.st_ino)) {
+    close(fd);
+    fd = -1;
   }
-  int fd = vhd->dsync_fd;
-  pthread_mutex_unlock(&vhd->sync_lock);
-  return fd;
+  vhd->dsync_fd = fd;
 }
 
 /* For the footer move: an fdatasync of the image would write back every
@@ -301,7 +298,7 @@ static int dsync_fd(vhd_t *vhd) {
  * error of other pages may be what it reports (each descriptor sees each
  * error once, so the image's own next fdatasync still sees it too). */
 int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
-  int fd = dsync_fd(vhd);
+  int fd = vhd->dsync_fd;
   if (fd < 0) {
     int r = vhd_io_pwrite(vhd, buf, len, off);
     return r < 0 ? r : vhd_io_sync(vhd);

@@ -162,7 +162,7 @@ struct vhd {
   char write_error_what[320];
   pthread_mutex_t sync_lock;
   /* The image again, write-only with O_DSYNC, for the footer move (see
-   * vhd_io_pwrite_durable): opened on first use under sync_lock; -1 when
+   * vhd_io_pwrite_durable): opened at the first move, under lock; -1 when
    * it could not be. */
   int dsync_fd;
   bool dsync_tried;
@@ -257,9 +257,12 @@ int vhd_io_pwrite_nowait(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
 int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(vhd_t *vhd);
 /* Writes [off, off+len) and returns once it is durable, without syncing
- * anything else of the file (O_DSYNC; pwrite and fdatasync where the image
- * cannot be reopened). */
+ * anything else of the file (through the O_DSYNC descriptor; pwrite and
+ * fdatasync where vhd_io_dsync_open could not open one). */
 int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
+/* Opens the O_DSYNC descriptor, once per handle (vhd->lock held; before the
+ * first vhd_io_pwrite_durable). */
+void vhd_io_dsync_open(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
 /* True once a write, sync or truncate of the image failed. */
