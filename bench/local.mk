@@ -29,3 +29,10 @@ EXTRA_DIST += \
 # Unix socket and TCP, so the benchmark, its report's latency columns and
 # target lines, and its plots keep working (it measures nothing worth keeping).
 TESTS += bench/test-bench-smoke.sh
+
+# bench/engine-bench: the engine alone (reads through a chain, footer moves,
+# NOWAIT writes), on demand: make bench/engine-bench.
+EXTRA_PROGRAMS += bench/engine-bench
+bench_engine_bench_SOURCES = bench/engine-bench.c
+bench_engine_bench_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
+CLEANFILES += bench/engine-bench

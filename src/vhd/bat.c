@@ -207,8 +207,12 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk) {
   }
 }
 
-/* Room reserved per footer move: about 64 MiB of blocks. */
+/* Room reserved per footer move: about 64 MiB of blocks, or as much as
+ * the handle has allocated since open, up to 1 GiB: a file growing fast
+ * moves its footer less often.  What a crash leaves of a window is a hole
+ * (a leak, see the write order), and a clean close gives it back. */
 #define VHD_WINDOW_BYTES (64ull * 1024 * 1024)
+#define VHD_WINDOW_MAX_BYTES (1024ull * 1024 * 1024)
 
 static int push_offset(uint64_t **arr, size_t *n, size_t *cap, uint64_t off) {
   if (*n == *cap) {
@@ -259,8 +263,9 @@ void vhd_retired_collect(vhd_t *vhd) {
 }
 
 /* Makes room for new blocks from off on (lock held): writes the footer
- * further on and syncs it before any block may overwrite the old one (see
- * the write order).  The sync runs without the lock, which reads need for
+ * further on, durably, before any block may overwrite the old one (see
+ * the write order).  That write (O_DSYNC: it waits for the disk, but for
+ * nothing else of the file) runs without the lock, which reads need for
  * their bitmap snapshots; meanwhile footer_moving keeps other allocations
  * of new space waiting (allocations from freed space, writes into
  * allocated blocks and flushes go on), and the old footer stays where it
@@ -271,15 +276,15 @@ static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, 
     pthread_cond_wait(&vhd->footer_moved, &vhd->lock);
     return 0;
   }
-  uint64_t blocks = MAX(1, VHD_WINDOW_BYTES / span);
+  uint64_t window = MIN(VHD_WINDOW_MAX_BYTES, MAX(VHD_WINDOW_BYTES, off - vhd->alloc_floor));
+  uint64_t blocks = MAX(1, window / span);
   uint64_t new_footer = off + blocks * span;
   if (new_footer > limit)
     new_footer = off + (limit - off) / span * span;
   vhd->footer_moving = true;
+  vhd_io_dsync_open(vhd);
   pthread_mutex_unlock(&vhd->lock);
-  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
-  if (r == 0)
-    r = vhd_io_sync(vhd);
+  int r = vhd_io_pwrite_durable(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_footer);
   pthread_mutex_lock(&vhd->lock);
   vhd->footer_moving = false;
   pthread_cond_broadcast(&vhd->footer_moved);
@@ -318,7 +323,7 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
       return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
                          (unsigned long long)off, strerror(-r));
     }
-    vhd->bat[blk] = (uint32_t)(off / 512);
+    vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
     free(vhd->bitmaps[blk]);
     vhd->bitmaps[blk] = bm;
     vhd->allocated_blocks++;
@@ -355,7 +360,7 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
                        (unsigned long long)off, strerror(-r));
   }
   vhd->next_block_offset = off + span;
-  vhd->bat[blk] = (uint32_t)(off / 512);
+  vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
   free(vhd->bitmaps[blk]);
   vhd->bitmaps[blk] = bm;
   vhd->allocated_blocks++;
@@ -406,17 +411,28 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
 
 uint32_t vhd_bitmap_run(const uint8_t *bm, uint32_t s, uint32_t end, bool *value) {
   bool v = vhd_bit_get(bm, s);
-  uint32_t i = s + 1;
   uint8_t full = v ? 0xFF : 0x00;
+  uint64_t full64 = v ? UINT64_MAX : 0;
+  uint32_t i = s;
   while (i < end) {
-    if ((i & 7) == 0 && i + 8 <= end && bm[i >> 3] == full) {
-      i += 8;
-      continue;
+    if ((i & 63) == 0 && i + 64 <= end) { /* a 2 MiB block has 4096 sectors */
+      uint64_t w;
+      memcpy(&w, bm + (i >> 3), 8);
+      if (w == full64) {
+        i += 64;
+        continue;
+      }
     }
-    if (vhd_bit_get(bm, i) != v)
+    /* The bits of this byte from sector i on (the first sector is the
+     * byte's high bit) that differ from v: the run ends at the first. */
+    uint8_t diff = (uint8_t)((bm[i >> 3] ^ full) & (0xFFu >> (i & 7)));
+    if (diff) {
+      uint32_t first = (i & ~7u) + (uint32_t)__builtin_clz(diff) - 24;
+      i = first;
       break;
-    i++;
+    }
+    i = (i | 7) + 1;
   }
   *value = v;
-  return i - s;
+  return MIN(i, end) - s;
 }

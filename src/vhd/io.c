@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -198,10 +199,7 @@ int vhd_io_pread_nowait(int fd, void *buf, size_t len, uint64_t off) {
   return -EAGAIN;
 }
 
-int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off) {
-  int r = fault_check(FAULT_OP_WRITE);
-  if (r < 0)
-    return r;
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
   const uint8_t *p = buf;
   while (len > 0) {
     ssize_t n = pwrite(fd, p, len, (off_t)off);
@@ -215,6 +213,11 @@ int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off) {
     off += (uint64_t)n;
   }
   return 0;
+}
+
+int vhd_io_pwrite_fd(int fd, const void *buf, size_t len, uint64_t off) {
+  int r = fault_check(FAULT_OP_WRITE);
+  return r < 0 ? r : pwrite_all(fd, buf, len, off);
 }
 
 /* A failed pwrite may have written part of the range, and a write that
@@ -262,6 +265,55 @@ int vhd_io_pwrite_nowait(vhd_t *vhd, const void *buf, size_t len, uint64_t off) 
    * short only where a page would need to be read or allocated), and never
    * a metadata change: the caller only comes here for blocks it holds. */
   return vhd_io_pwrite(vhd, (const uint8_t *)buf + n, len - (size_t)n, off + (uint64_t)n);
+}
+
+/* The image reopened write-only with O_DSYNC, through /proc so that it is
+ * the same inode even when the image's path names something else now (or
+ * is itself a /proc/self/fd link).  Under vhd->lock rather than sync_lock:
+ * a flush holds that one through its fdatasync, which the first footer
+ * move would then wait for. */
+void vhd_io_dsync_open(vhd_t *vhd) {
+  if (vhd->dsync_tried)
+    return;
+  vhd->dsync_tried = true;
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", vhd->fd);
+  int fd = open(p, O_WRONLY | O_DSYNC | O_CLOEXEC);
+  struct stat a, b;
+  if (fd >= 0 && (fstat(fd, &a) < 0 || fstat(vhd->fd, &b) < 0 || a.st_dev != b.st_dev ||
+                  a.st_ino != b.st_ino)) {
+    close(fd);
+    fd = -1;
+  }
+  vhd->dsync_fd = fd;
+}
+
+/* For the footer move: an fdatasync of the image would write back every
+ * dirty page of it (data written since the last flush, all of it, on ext4),
+ * where only the footer and the file size need to be durable.  A write
+ * through the O_DSYNC descriptor returns once its own range and the inode
+ * (the size) are on the disk, and nothing else waits.  It is a write and a
+ * sync to the fault switch: either injected failure means nothing was
+ * written, as a write lost in a power cut.  A failure latches: a write-back
+ * error of other pages may be what it reports (each descriptor sees each
+ * error once, so the image's own next fdatasync still sees it too). */
+int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
+  int fd = vhd->dsync_fd;
+  if (fd < 0) {
+    int r = vhd_io_pwrite(vhd, buf, len, off);
+    return r < 0 ? r : vhd_io_sync(vhd);
+  }
+  if (vhd_io_refuses_writes(vhd))
+    return -EIO;
+  int r = fault_check(FAULT_OP_WRITE);
+  if (r == 0)
+    r = fault_check(FAULT_OP_SYNC);
+  if (r == 0)
+    r = pwrite_all(fd, buf, len, off);
+  if (r < 0)
+    return latch(vhd, r, "writing %zu bytes at offset %llu (O_DSYNC)", len,
+                 (unsigned long long)off);
+  return 0;
 }
 
 /* Serialized by sync_lock, and a failure latched before the lock is

@@ -59,22 +59,33 @@ static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct m
     uint32_t blk = (uint32_t)(off / vhd->block_size);
     uint64_t block_start = (uint64_t)blk * vhd->block_size;
     uint32_t boff = (uint32_t)(off - block_start);
-    uint32_t n = (uint32_t)MIN(len, (uint64_t)vhd->block_size - boff);
+    uint64_t n = MIN(len, (uint64_t)vhd->block_size - boff);
+    uint32_t span = (uint32_t)MIN(DIV_ROUND_UP(boff + len, vhd->block_size),
+                                  (uint64_t)vhd->max_entries - blk);
     uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + n, 512);
     struct block_snapshot snap;
-    int r = vhd_block_snapshot_take(vhd, blk, s0, s1, false, false, &snap, err);
+    int r = vhd_block_snapshot_take(vhd, blk, s0, s1, span, false, false, &snap, err);
     if (r < 0)
       return r;
     CLEANUP_FREE uint8_t *heapbm = snap.heap;
     uint32_t entry = snap.entry;
     const uint8_t *bm = snap.bits;
+    uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;
     if (entry == VHD_BAT_UNUSED) {
+      /* A run of unallocated blocks: the parent's in one piece. */
+      n = MIN(len, (uint64_t)snap.unused_blocks * vhd->block_size - boff);
       if ((r = map_absent(vhd, off, n, depth, m, err)))
         return r;
+    } else if (snap.uniform == SNAP_NONE_SET) {
+      if ((r = map_absent(vhd, off, n, depth, m, err)))
+        return r;
+    } else if (snap.uniform == SNAP_ALL_SET) {
+      struct vhd_extent e = {off, n, VHD_MAP_DATA, depth, data_off + boff};
+      if ((r = vhd_merge_emit(m, &e)))
+        return r;
     } else {
-      uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;
       uint32_t base = s0 & ~7u;
-      uint32_t pos = boff, end = boff + n;
+      uint32_t pos = boff, end = boff + (uint32_t)n;
       while (pos < end) {
         bool present;
         uint32_t s = pos / 512;

@@ -213,6 +213,9 @@ void vhd_free(vhd_t *vhd) {
     vhd_free(vhd->parent);
   if (vhd->fd >= 0)
     close(vhd->fd);
+  /* Never drops the image's OFD lock: that belongs to fd's description. */
+  if (vhd->dsync_fd >= 0)
+    close(vhd->dsync_fd);
   /* A bitmap is only ever loaded for an allocated block: walking the BAT
    * instead of the (mostly untouched) pointer array keeps closing a huge
    * sparse image cheap. */
@@ -264,6 +267,7 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   if (!vhd)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
   vhd->fd = -1;
+  vhd->dsync_fd = -1;
   pthread_mutex_init(&vhd->lock, NULL);
   pthread_mutex_init(&vhd->flush_lock, NULL);
   pthread_mutex_init(&vhd->sync_lock, NULL);

@@ -54,41 +54,60 @@ static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struc
   return read_emit(rc, off + inside, len - inside, VHD_MAP_ZERO);
 }
 
-/* One block of a dynamic/differencing disk: [off, off+len) inside block blk. */
+/* The first block of [off, off+len) on a dynamic or differencing disk, or
+ * the first run of unallocated blocks: *done says how many bytes of the
+ * range were read.  A range the image holds all of is one read of its
+ * data, and a range it holds none of goes to the parent (or reads as zeros)
+ * in one piece, whatever the number of blocks: no sector-by-sector walk. */
 static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct read_ctx *rc,
-                        struct vhd_err *err) {
+                        size_t *done, struct vhd_err *err) {
   uint32_t blk = (uint32_t)(off / vhd->block_size);
   uint64_t block_start = (uint64_t)blk * vhd->block_size;
   uint32_t boff = (uint32_t)(off - block_start);
-  uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + len, 512);
+  size_t n = (size_t)MIN((uint64_t)len, vhd->block_size - boff);
+  uint32_t span = (uint32_t)DIV_ROUND_UP((uint64_t)boff + len, vhd->block_size);
+  uint32_t s0 = boff / 512, s1 = (uint32_t)DIV_ROUND_UP((uint64_t)boff + n, 512);
   struct block_snapshot snap;
-  int r = vhd_block_snapshot_take(vhd, blk, s0, s1, rc->flags & VHD_READ_NOWAIT, true, &snap,
-                                  err);
+  int r = vhd_block_snapshot_take(vhd, blk, s0, s1, span, rc->flags & VHD_READ_NOWAIT, true,
+                                  &snap, err);
   if (r < 0)
     return r;
   CLEANUP_FREE uint8_t *heapbm = snap.heap;
   uint32_t entry = snap.entry;
-  const uint8_t *bm = snap.bits;
-  if (entry == VHD_BAT_UNUSED)
-    return read_absent(vhd, buf, off, len, rc, err);
+  if (entry == VHD_BAT_UNUSED) {
+    n = (size_t)MIN((uint64_t)len, (uint64_t)snap.unused_blocks * vhd->block_size - boff);
+    *done = n;
+    return read_absent(vhd, buf, off, n, rc, err);
+  }
+  *done = n;
+  if (snap.uniform == SNAP_NONE_SET)
+    return read_absent(vhd, buf, off, n, rc, err);
 
   uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;
+  if (snap.uniform == SNAP_ALL_SET) {
+    r = read_data(vhd, rc, buf, n, data_off + boff, err);
+    if (r == 0)
+      r = read_emit(rc, off, n, VHD_MAP_DATA);
+    vhd_block_unpin(vhd, blk);
+    return r;
+  }
+  const uint8_t *bm = snap.bits;
   uint32_t base = s0 & ~7u; /* bm holds bits from sector `base` on */
   uint32_t pos = boff;
-  uint32_t end = boff + (uint32_t)len;
+  uint32_t end = boff + (uint32_t)n;
   while (pos < end && r == 0) {
     bool present;
     uint32_t s = pos / 512;
     uint32_t run = vhd_bitmap_run(bm, s - base, s1 - base, &present);
     uint32_t run_end = MIN(end, (s + run) * 512);
     uint8_t *dst = buf + (pos - boff);
-    size_t n = run_end - pos;
+    size_t k = run_end - pos;
     if (present) {
-      r = read_data(vhd, rc, dst, n, data_off + pos, err);
+      r = read_data(vhd, rc, dst, k, data_off + pos, err);
       if (r == 0)
-        r = read_emit(rc, block_start + pos, n, VHD_MAP_DATA);
+        r = read_emit(rc, block_start + pos, k, VHD_MAP_DATA);
     } else {
-      r = read_absent(vhd, dst, block_start + pos, n, rc, err);
+      r = read_absent(vhd, dst, block_start + pos, k, rc, err);
     }
     pos = run_end;
   }
@@ -104,8 +123,22 @@ static int read_range(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct
     return r ? r : read_emit(rc, off, len, VHD_MAP_DATA);
   }
   while (len > 0) {
-    size_t n = (size_t)MIN((uint64_t)len, vhd->block_size - off % vhd->block_size);
-    int r = read_segment(vhd, buf, off, n, rc, err);
+    uint32_t blk = (uint32_t)(off / vhd->block_size);
+    size_t n = 0;
+    int r;
+    if (vhd_bat_peek(vhd, blk) == VHD_BAT_UNUSED) {
+      /* Nothing of this image to read: no lock, no bitmap, straight to the
+       * parent for every unallocated block in a row. */
+      uint64_t end = (uint64_t)blk * vhd->block_size;
+      do
+        end += vhd->block_size;
+      while (end < off + len && vhd_bat_peek(vhd, (uint32_t)(end / vhd->block_size)) ==
+                                    VHD_BAT_UNUSED);
+      n = (size_t)(MIN(end, off + len) - off);
+      r = read_absent(vhd, buf, off, n, rc, err);
+    } else {
+      r = read_segment(vhd, buf, off, len, rc, &n, err);
+    }
     if (r)
       return r;
     buf += n;

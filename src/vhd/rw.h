@@ -60,21 +60,30 @@ struct map_merge {
  * it cannot be extended (or answers the zero probe). */
 int vhd_merge_emit(struct map_merge *m, const struct vhd_extent *e);
 
-/* A block's BAT entry and a copy of the bitmap bytes covering sectors
- * [s0, s1), taken under the lock so the I/O after it runs without it.
- * bits[0] holds sector s0 rounded down to a multiple of 8.  With nowait,
- * -EAGAIN rather than waiting for the lock or for the bitmap to be read.
- * With pin, an allocated block stays pinned (see the write order) until
- * the caller's reads of it are done. */
+/* A block's BAT entry and what its bitmap says of sectors [s0, s1), taken
+ * under the lock so the I/O after it runs without it.  When every one of
+ * those bits has the same value, `uniform` says which and no bits are
+ * copied (the common cases: a block the image holds all of, or none); else
+ * bits holds a copy of them, bits[0] holding sector s0 rounded down to a
+ * multiple of 8.  An unallocated block comes with the number of blocks
+ * from it on (at most span_blocks) that are all unallocated, so that the
+ * caller can hand them to the parent at once.  With nowait, -EAGAIN rather
+ * than waiting for the lock or for the bitmap to be read.  With pin, an
+ * allocated block with data in the range stays pinned (see the write
+ * order) until the caller's reads of it are done. */
+enum snapshot_bits { SNAP_MIXED, SNAP_ALL_SET, SNAP_NONE_SET };
 struct block_snapshot {
   uint32_t entry;
+  uint32_t unused_blocks; /* entry unused: blocks from blk on that are */
+  enum snapshot_bits uniform;
   bool pinned;
   uint8_t *bits;
   uint8_t *heap;
   uint8_t stack[2048];
 };
-int vhd_block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1, bool nowait,
-                            bool pin, struct block_snapshot *snap, struct vhd_err *err);
+int vhd_block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1,
+                            uint32_t span_blocks, bool nowait, bool pin,
+                            struct block_snapshot *snap, struct vhd_err *err);
 
 /* A read inside the engine (read-modify-write of sector edges). */
 int vhd_read_plain(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struct vhd_err *err);

@@ -10,12 +10,15 @@
 #include "cleanup.h"
 #include "rw.h"
 
-int vhd_block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1, bool nowait,
-                            bool pin, struct block_snapshot *snap, struct vhd_err *err) {
+int vhd_block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1,
+                            uint32_t span_blocks, bool nowait, bool pin,
+                            struct block_snapshot *snap, struct vhd_err *err) {
   size_t need = (s1 + 7) / 8 - s0 / 8;
   snap->heap = NULL;
   snap->pinned = false;
   snap->bits = snap->stack;
+  snap->unused_blocks = 0;
+  snap->uniform = SNAP_MIXED;
   if (need > sizeof snap->stack) {
     snap->heap = malloc(need);
     if (!snap->heap)
@@ -32,15 +35,25 @@ int vhd_block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1, 
   }
   if (r == 0) {
     snap->entry = vhd->bat[blk];
-    if (snap->entry != VHD_BAT_UNUSED) {
+    if (snap->entry == VHD_BAT_UNUSED) {
+      uint32_t n = 1;
+      while (n < span_blocks && vhd->bat[blk + n] == VHD_BAT_UNUSED)
+        n++;
+      snap->unused_blocks = n;
+    } else {
       uint8_t *full = NULL;
       if (nowait && !vhd->bitmaps[blk])
         r = -EAGAIN;
       else
         r = vhd_bitmap_get(vhd, blk, &full, err);
-      if (r == 0)
-        memcpy(snap->bits, full + s0 / 8, need);
-      if (r == 0 && pin) {
+      if (r == 0) {
+        bool v;
+        if (vhd_bitmap_run(full, s0, s1, &v) == s1 - s0)
+          snap->uniform = v ? SNAP_ALL_SET : SNAP_NONE_SET;
+        else
+          memcpy(snap->bits, full + s0 / 8, need);
+      }
+      if (r == 0 && pin && snap->uniform != SNAP_NONE_SET) {
         vhd_block_pin(vhd, blk);
         snap->pinned = true;
       }

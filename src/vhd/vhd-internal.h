@@ -15,17 +15,20 @@
  *     for new entries, and the blocks it moved away first (see resize.c).
  *  1. Allocating a block (under vhd->lock): blocks are handed out from a
  *     window that ends at the trailing footer.  When the window is used up,
- *     the footer is written again further on (room for several blocks) and
- *     synced *before* anything overwrites the old footer, so the file ends
- *     with a durable valid footer whatever order unsynced writes reach the
- *     disk in.  One sync per window, not per block.  That sync runs
- *     without vhd->lock, so that reads (which take it for their bitmap
+ *     the footer is written again further on (room for several blocks, more
+ *     as the file grows) and made durable *before* anything overwrites the
+ *     old footer, so the file ends with a durable valid footer whatever
+ *     order unsynced writes reach the disk in.  One durable write per
+ *     window, not per block, and not a sync of the whole file: the footer
+ *     goes through a second descriptor of the image opened with O_DSYNC,
+ *     which waits for that sector and the file size only, not for the data
+ *     written since the last flush (vhd_io_pwrite_durable).  That write
+ *     runs without vhd->lock, so that reads (which take it for their bitmap
  *     snapshots) do not wait for it: until it returned no block is handed
  *     out past the old footer (footer_moving makes such allocations wait),
- *     and the moved footer counts only then.  The moving thread holds
- *     only sync_lock during the sync, as a flush does; a failed sync is
- *     latched as any other, and allocations that waited for the move then
- *     fail on the latch.  A new block then gets
+ *     and the moved footer counts only then.  A failed one is latched as
+ *     a failed write and sync, and allocations that waited for the move
+ *     then fail on the latch.  A new block then gets
  *     a zeroed sector bitmap, and its data area reads as zeros on disk (new
  *     file space, or a reused block punched or zeroed), so readers that
  *     ignore bitmaps see zeros in sectors never written; its BAT entry
@@ -158,6 +161,11 @@ struct vhd {
   atomic_int write_error;
   char write_error_what[320];
   pthread_mutex_t sync_lock;
+  /* The image again, write-only with O_DSYNC, for the footer move (see
+   * vhd_io_pwrite_durable): opened at the first move, under lock; -1 when
+   * it could not be. */
+  int dsync_fd;
+  bool dsync_tried;
   bool nolock;            /* VHD_OPEN_NOLOCK: parents are opened without a lock too */
   enum vhd_type type;
   struct vhd_footer footer;
@@ -246,6 +254,13 @@ int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
  * A short RWF_NOWAIT write is finished with a waiting one. */
 int vhd_io_pwrite_nowait(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
 int vhd_io_sync(vhd_t *vhd);
+/* Writes [off, off+len) and returns once it is durable, without syncing
+ * anything else of the file (through the O_DSYNC descriptor; pwrite and
+ * fdatasync where vhd_io_dsync_open could not open one). */
+int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
+/* Opens the O_DSYNC descriptor, once per handle (vhd->lock held; before the
+ * first vhd_io_pwrite_durable). */
+void vhd_io_dsync_open(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
 /* True once a write, sync or truncate of the image failed. */
@@ -317,6 +332,18 @@ void vhd_retired_collect(vhd_t *vhd);
 uint64_t vhd_locator_area_end(const struct vhd_locator *l);
 /* Gives back the unused end of the allocation window (after a flush). */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
+/* BAT entries change under vhd->lock, as atomic stores, so that a reader
+ * may look at one without the lock (vhd_bat_peek): a read of a block the
+ * image does not hold goes to its parent without taking this image's lock.
+ * What such a look can miss is an allocation or a free racing with it,
+ * which the caller's ordering of overlapping requests makes unspecified
+ * anyway (see the concurrency contract in vhd.h). */
+static inline void vhd_bat_set(vhd_t *vhd, uint32_t blk, uint32_t entry) {
+  __atomic_store_n(&vhd->bat[blk], entry, __ATOMIC_RELEASE);
+}
+static inline uint32_t vhd_bat_peek(const vhd_t *vhd, uint32_t blk) {
+  return __atomic_load_n(&vhd->bat[blk], __ATOMIC_ACQUIRE);
+}
 void vhd_block_mark_dirty(vhd_t *vhd, uint32_t blk);
 void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk);
 static inline bool vhd_bit_get(const uint8_t *bm, uint32_t s) {

@@ -60,7 +60,7 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
                        (uint64_t)vhd->bitmap_size + vhd->block_size) == 0 &&
           !freed)
         vhd->free_pending[vhd->n_free_pending - 1] &= ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
-      vhd->bat[blk] = VHD_BAT_UNUSED;
+      vhd_bat_set(vhd, blk, VHD_BAT_UNUSED);
       free(vhd->bitmaps[blk]);
       vhd->bitmaps[blk] = NULL;
       vhd->allocated_blocks--;

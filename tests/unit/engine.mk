@@ -72,6 +72,24 @@ test_vhd_nowait_write_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_nowait_write_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-nowait-write
 
+# - test-vhd-footer-dsync: a footer move syncs the footer alone (O_DSYNC),
+#   never the whole file.
+check_PROGRAMS += test-vhd-footer-dsync
+TESTS += test-vhd-footer-dsync
+test_vhd_footer_dsync_SOURCES = tests/unit/test-vhd-footer-dsync.c $(ENGINE_TEST_UTIL)
+test_vhd_footer_dsync_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_footer_dsync_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-footer-dsync
+
+# - test-vhd-chain-read: reads, read maps and maps through three levels of
+#   differencing images at every alignment, against a model.
+check_PROGRAMS += test-vhd-chain-read
+TESTS += test-vhd-chain-read
+test_vhd_chain_read_SOURCES = tests/unit/test-vhd-chain-read.c $(ENGINE_TEST_UTIL)
+test_vhd_chain_read_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_chain_read_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-chain-read
+
 # Images of every layout the format allows, from a generator of its own: the
 # engine must keep every byte it did not allocate (see the test's comment).
 check_PROGRAMS += test-vhd-layout

@@ -5,7 +5,8 @@
  * lock for their bitmap snapshots.
  *
  * With 64 MiB blocks every new block moves the footer.  The test VFS holds
- * the sync of one such move until a reader has read an allocated block;
+ * the sync of one such move (the footer's O_DSYNC write, or its write and
+ * fdatasync) until a reader has read an allocated block;
  * meanwhile other threads write into an allocated block, allocate another
  * new block (which must wait for the move) and flush.  The held sync gives
  * up after HOLD_LIMIT_S seconds, a deadlock guard: reaching it means the
@@ -51,7 +52,10 @@ static void hook(void *opaque, enum t_io_kind kind, int fd, const void *buf, uin
   }
   if (kind == T_IO_WRITE) {
     st.footer_written = len == 512 && memcmp(buf, "conectix", 8) == 0;
-  } else if (kind == T_IO_SYNC) {
+  } else if (kind == T_IO_SYNC || kind == T_IO_WRITE_DSYNC) {
+    /* Held before the engine sees the durable write return. */
+    if (kind == T_IO_WRITE_DSYNC)
+      st.footer_written = len == 512 && memcmp(buf, "conectix", 8) == 0;
     st.armed = false;
     st.footer_synced = st.footer_written;
     st.in_sync = true;

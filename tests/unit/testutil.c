@@ -316,7 +316,8 @@ uint64_t t_sync_count(void) { return sync_count; }
 struct unsynced {
   enum t_io_kind kind;
   uint64_t off, len;   /* T_IO_TRUNCATE: len is the new size */
-  uint8_t *old;        /* T_IO_WRITE: the bytes it replaced (old_len of them) */
+  uint8_t *old;        /* T_IO_WRITE: the bytes it replaced (old_len of them);
+                        * T_IO_WRITE_DSYNC: the bytes it wrote (len) */
   uint64_t old_len;
   uint64_t old_size;   /* T_IO_WRITE: the file size before it */
 };
@@ -370,6 +371,13 @@ void t_lose_unsynced(const char *path) {
       T_ASSERT(syscall(SYS_ftruncate, fd, u->len) == 0, "t_lose_unsynced: ftruncate %s: %s", path,
                strerror(errno));
   }
+  /* O_DSYNC writes reached the disk, whatever happened around them. */
+  for (size_t i = 0; i < n_unsynced; i++) {
+    const struct unsynced *u = &unsynced[i];
+    if (u->kind == T_IO_WRITE_DSYNC)
+      T_ASSERT(syscall(SYS_pwrite64, fd, u->old, u->len, u->off) == (long)u->len,
+               "t_lose_unsynced: pwrite %s: %s", path, strerror(errno));
+  }
   close(fd);
   forget_unsynced();
 }
@@ -385,9 +393,28 @@ static void remember_old(int fd, size_t n, off_t off, struct unsynced *u) {
            strerror(errno));
 }
 
+static uint64_t dsync_count;
+
+uint64_t t_dsync_write_count(void) { return dsync_count; }
+
 static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
   if (before_hook)
     before_hook(before_hook_opaque, T_OP_WRITE, fd, (uint64_t)n, (uint64_t)off);
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0 && (fl & O_DSYNC) == O_DSYNC) {
+    long r = syscall(SYS_pwrite64, fd, buf, n, off);
+    if (r > 0) {
+      dsync_count++;
+      if (tracking) {
+        struct unsynced *u = add_unsynced(T_IO_WRITE_DSYNC, (uint64_t)off, (uint64_t)r);
+        u->old = t_xmalloc((size_t)r);
+        memcpy(u->old, buf, (size_t)r);
+      }
+      if (io_hook)
+        io_hook(io_hook_opaque, T_IO_WRITE_DSYNC, fd, buf, (uint64_t)r, (uint64_t)off);
+    }
+    return r;
+  }
   struct unsynced before = {0};
   if (tracking)
     remember_old(fd, n, off, &before);

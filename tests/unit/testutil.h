@@ -85,7 +85,9 @@ int t_check(const char *path);
  * Syncs are skipped (the page cache is never lost during a test, and real
  * fdatasyncs made the suites slow on busy machines) unless VHD_TEST_REAL_SYNC
  * is set.  A hook sees every successful mutation, for the crash tests. */
-enum t_io_kind { T_IO_WRITE, T_IO_SYNC, T_IO_PUNCH, T_IO_TRUNCATE };
+/* T_IO_WRITE_DSYNC: a write through a descriptor opened with O_DSYNC,
+ * durable when it returns, with nothing else of the file. */
+enum t_io_kind { T_IO_WRITE, T_IO_SYNC, T_IO_PUNCH, T_IO_TRUNCATE, T_IO_WRITE_DSYNC };
 typedef void (*t_io_hook)(void *opaque, enum t_io_kind kind, int fd, const void *buf,
                           uint64_t len, uint64_t off);
 void t_set_io_hook(t_io_hook hook, void *opaque);
@@ -102,10 +104,13 @@ void t_set_io_before_hook(t_io_before_hook hook, void *opaque);
 void t_set_punch_unsupported(bool unsupported);
 /* Number of syncs the engine asked for (skipped or not). */
 uint64_t t_sync_count(void);
+/* Number of writes through O_DSYNC descriptors. */
+uint64_t t_dsync_write_count(void);
 /* Lost write-back, as Linux may leave it after a failed fdatasync: the
  * failed pages never reach the disk, and the error is reported only once.
  * While tracking is on, the test VFS remembers every pwrite since the last
- * sync (with the bytes it replaced), and every punch and truncate.
+ * sync (with the bytes it replaced), and every punch and truncate.  Writes
+ * through an O_DSYNC descriptor are durable: they stay (put back last).
  * t_lose_unsynced(path) then puts the replaced bytes back, newest first (a
  * write that grew the file is cut off again), replays the punches and
  * truncates (metadata, not written back with the pages) and forgets it all:
