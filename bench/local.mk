@@ -22,6 +22,10 @@ EXTRA_DIST += \
 	bench/nbd-idle.py \
 	bench/nbd-active.py \
 	bench/plot.py \
+	bench/plots/qd-iops.svg \
+	bench/plots/qd-p99.svg \
+	bench/plots/conns-iops.svg \
+	bench/plots/seq-mbps.svg \
 	bench/startup-time.py \
 	bench/test-bench-smoke.sh
 
