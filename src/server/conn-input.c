@@ -94,6 +94,16 @@ void conn_update(struct connection *conn) {
     conn_process(conn);
 }
 
+void conn_inbuf_compact(struct connection *conn) {
+  if (conn->in_start == conn->in_end) {
+    conn->in_start = conn->in_end = 0;
+  } else if (conn->in_start > 0 && SERVER_INBUF_SIZE - conn->in_end < 4096) {
+    memmove(conn->inbuf, conn->inbuf + conn->in_start, conn->in_end - conn->in_start);
+    conn->in_end -= conn->in_start;
+    conn->in_start = 0;
+  }
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   struct connection *conn = h->data;
   if (conn->tls) {
@@ -107,13 +117,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     *buf = uv_buf_init((char *)conn->want_dst + conn->want_done, (unsigned)MIN(left, 1u << 30));
     return;
   }
-  if (conn->in_start == conn->in_end) {
-    conn->in_start = conn->in_end = 0;
-  } else if (conn->in_start > 0 && SERVER_INBUF_SIZE - conn->in_end < 4096) {
-    memmove(conn->inbuf, conn->inbuf + conn->in_start, conn->in_end - conn->in_start);
-    conn->in_end -= conn->in_start;
-    conn->in_start = 0;
-  }
+  conn_inbuf_compact(conn);
   *buf = uv_buf_init((char *)conn->inbuf + conn->in_end,
                      (unsigned)(SERVER_INBUF_SIZE - conn->in_end));
 }

@@ -18,6 +18,9 @@ void conn_process(struct connection *conn);
 void conn_update_reading(struct connection *conn);
 /* No more input will come (EOF, or the TLS session ended). */
 void conn_on_eof(struct connection *conn);
+/* Makes room at the end of inbuf: rewinds an empty buffer, and moves what
+ * is left to the front once less than 4 KiB is free behind it. */
+void conn_inbuf_compact(struct connection *conn);
 
 /* conn-tls.c */
 /* Decrypts what fits into inbuf.  Returns < 0 when the connection ended. */

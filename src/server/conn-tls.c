@@ -43,13 +43,7 @@ int conn_tls_pull(struct connection *conn) {
   if (!conn->tls || conn->tls_handshaking)
     return 0;
   for (;;) {
-    if (conn->in_start == conn->in_end) {
-      conn->in_start = conn->in_end = 0;
-    } else if (conn->in_start > 0 && SERVER_INBUF_SIZE - conn->in_end < 4096) {
-      memmove(conn->inbuf, conn->inbuf + conn->in_start, conn->in_end - conn->in_start);
-      conn->in_end -= conn->in_start;
-      conn->in_start = 0;
-    }
+    conn_inbuf_compact(conn);
     if (conn->in_end == SERVER_INBUF_SIZE)
       return 0;
     ssize_t n = tls_session_read(conn->tls, conn->inbuf + conn->in_end,

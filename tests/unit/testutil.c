@@ -397,6 +397,23 @@ static uint64_t dsync_count;
 
 uint64_t t_dsync_write_count(void) { return dsync_count; }
 
+/* After a buffered write of r bytes (or a failure): records what it
+ * overwrote as unsynced, taking `before` (the bytes there before), and
+ * tells the I/O hook. */
+static ssize_t note_write(long r, int fd, const void *buf, off_t off, struct unsynced *before) {
+  if (r > 0 && tracking) {
+    struct unsynced *u = add_unsynced(T_IO_WRITE, (uint64_t)off, (uint64_t)r);
+    u->old = before->old;
+    u->old_len = MIN(before->old_len, (uint64_t)r);
+    u->old_size = before->old_size;
+  } else {
+    free(before->old);
+  }
+  if (r > 0 && io_hook)
+    io_hook(io_hook_opaque, T_IO_WRITE, fd, buf, (uint64_t)r, (uint64_t)off);
+  return r;
+}
+
 static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
   if (before_hook)
     before_hook(before_hook_opaque, T_OP_WRITE, fd, (uint64_t)n, (uint64_t)off);
@@ -418,18 +435,7 @@ static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
   struct unsynced before = {0};
   if (tracking)
     remember_old(fd, n, off, &before);
-  long r = syscall(SYS_pwrite64, fd, buf, n, off);
-  if (r > 0 && tracking) {
-    struct unsynced *u = add_unsynced(T_IO_WRITE, (uint64_t)off, (uint64_t)r);
-    u->old = before.old;
-    u->old_len = MIN(before.old_len, (uint64_t)r);
-    u->old_size = before.old_size;
-  } else {
-    free(before.old);
-  }
-  if (r > 0 && io_hook)
-    io_hook(io_hook_opaque, T_IO_WRITE, fd, buf, (uint64_t)r, (uint64_t)off);
-  return r;
+  return note_write(syscall(SYS_pwrite64, fd, buf, n, off), fd, buf, off, &before);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) { return do_pwrite(fd, buf, n, off); }
@@ -466,17 +472,7 @@ static ssize_t do_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t of
     remember_old(fd, iov->iov_len, off, &before);
   long r = syscall(SYS_pwritev2, fd, iov, iovcnt, (unsigned long)off,
                    (unsigned long)((uint64_t)off >> 32), flags);
-  if (r > 0 && tracking) {
-    struct unsynced *u = add_unsynced(T_IO_WRITE, (uint64_t)off, (uint64_t)r);
-    u->old = before.old;
-    u->old_len = MIN(before.old_len, (uint64_t)r);
-    u->old_size = before.old_size;
-  } else {
-    free(before.old);
-  }
-  if (r > 0 && io_hook)
-    io_hook(io_hook_opaque, T_IO_WRITE, fd, iov->iov_base, (uint64_t)r, (uint64_t)off);
-  return r;
+  return note_write(r, fd, iov->iov_base, off, &before);
 }
 
 ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags) {
