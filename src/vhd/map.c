@@ -67,7 +67,8 @@ static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct m
     int r = vhd_block_snapshot_take(vhd, blk, s0, s1, span, false, false, &snap, err);
     if (r < 0)
       return r;
-    CLEANUP_FREE uint8_t *heapbm = snap.heap;
+    /* Only frees the snapshot's bitmap copy, if it took one, at scope exit. */
+    CLEANUP_FREE __attribute__((unused)) uint8_t *heapbm = snap.heap;
     uint32_t entry = snap.entry;
     const uint8_t *bm = snap.bits;
     uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size;

@@ -72,7 +72,8 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
                                   &snap, err);
   if (r < 0)
     return r;
-  CLEANUP_FREE uint8_t *heapbm = snap.heap;
+  /* Only frees the snapshot's bitmap copy, if it took one, at scope exit. */
+  CLEANUP_FREE __attribute__((unused)) uint8_t *heapbm = snap.heap;
   uint32_t entry = snap.entry;
   if (entry == VHD_BAT_UNUSED) {
     n = (size_t)MIN((uint64_t)len, (uint64_t)snap.unused_blocks * vhd->block_size - boff);
