@@ -712,6 +712,27 @@ static void compare_readers(const struct gen *g, const struct model *m, const ch
 
 /* ---- one round ------------------------------------------------------ */
 
+/* A round's parent image: the engine only reads it, so not a byte of its
+ * file may change. */
+static void check_parent_unchanged(const struct gen *parent, const char *label) {
+  uint64_t psz;
+  CLEANUP_FREE uint8_t *p = read_whole(parent->path, &psz);
+  T_ASSERT(psz == parent->fsz && memcmp(p, parent->file, psz) == 0,
+           "%s: the parent file changed", label);
+}
+
+/* The end of a round: its image (and parent, if any) and model go. */
+static void round_free(struct gen *g, struct gen *parent, struct model *m) {
+  unlink(g->path);
+  free(m->data);
+  free(m->known);
+  gen_free(g);
+  if (parent) {
+    unlink(parent->path);
+    gen_free(parent);
+  }
+}
+
 static void round_one(unsigned n, uint64_t steps) {
   struct gen parent, g;
   int type = (int)t_range(2, 4);
@@ -753,12 +774,8 @@ static void round_one(unsigned n, uint64_t steps) {
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   c = t_check(g.path);
   T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: corrupt to vhd_check after the workload", label);
-  if (has_parent) {
-    uint64_t psz;
-    CLEANUP_FREE uint8_t *p = read_whole(parent.path, &psz);
-    T_ASSERT(psz == parent.fsz && memcmp(p, parent.file, psz) == 0,
-             "%s: the parent file changed", label);
-  }
+  if (has_parent)
+    check_parent_unchanged(&parent, label);
   compare_readers(&g, &m, label);
 
   /* vhd_check --repair keeps to the same bytes (it may also write the
@@ -775,14 +792,7 @@ static void round_one(unsigned n, uint64_t steps) {
   verify(v, &m, t_fmt("%s, repaired", label));
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   unlink(repaired);
-  unlink(g.path);
-  free(m.data);
-  free(m.known);
-  gen_free(&g);
-  if (has_parent) {
-    unlink(parent.path);
-    gen_free(&parent);
-  }
+  round_free(&g, has_parent ? &parent : NULL, &m);
 }
 
 /* vhd_compact after a workload: the same content (also to libvhdi and
@@ -825,21 +835,10 @@ static void compact_round(unsigned n, uint64_t steps) {
   v = t_open(g.path, true);
   verify(v, &m, label);
   T_OK(vhd_close(v, &err), &err, "vhd_close");
-  if (has_parent) {
-    uint64_t psz;
-    CLEANUP_FREE uint8_t *p = read_whole(parent.path, &psz);
-    T_ASSERT(psz == parent.fsz && memcmp(p, parent.file, psz) == 0,
-             "%s: the parent file changed", label);
-  }
+  if (has_parent)
+    check_parent_unchanged(&parent, label);
   compare_readers(&g, &m, label);
-  unlink(g.path);
-  free(m.data);
-  free(m.known);
-  gen_free(&g);
-  if (has_parent) {
-    unlink(parent.path);
-    gen_free(&parent);
-  }
+  round_free(&g, has_parent ? &parent : NULL, &m);
 }
 
 /* vhd_resize grows a generated image: the content stays, zeros follow (to
@@ -892,21 +891,10 @@ static void resize_round(unsigned n) {
            vhd_virtual_size(v));
   verify(v, &m, label);
   T_OK(vhd_close(v, &err), &err, "vhd_close");
-  if (has_parent) {
-    uint64_t psz;
-    CLEANUP_FREE uint8_t *p = read_whole(parent.path, &psz);
-    T_ASSERT(psz == parent.fsz && memcmp(p, parent.file, psz) == 0,
-             "%s: the parent file changed", label);
-  }
+  if (has_parent)
+    check_parent_unchanged(&parent, label);
   compare_readers(&g, &m, label);
-  unlink(g.path);
-  free(m.data);
-  free(m.known);
-  gen_free(&g);
-  if (has_parent) {
-    unlink(parent.path);
-    gen_free(&parent);
-  }
+  round_free(&g, has_parent ? &parent : NULL, &m);
 }
 
 /* A crash right after the footer moved for a new block (the next write,
