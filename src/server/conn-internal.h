@@ -34,6 +34,10 @@ bool conn_tls_bye(struct connection *conn);
 /* conn-output.c */
 /* Writes the connection's queued replies now (see conn_flush_all). */
 void conn_flush_output(struct connection *conn);
+/* Before a close or a shutdown, after conn_flush_output: no worker writes
+ * to the socket any more, and replies that could not be written (held
+ * behind a reply a worker wrote in part) are cancelled. */
+void conn_output_stop(struct connection *conn);
 /* Writes the ciphertext waiting in tls_out (records GnuTLS produced on its
  * own: handshake, alerts, tickets) as a write with no reply of its own. */
 void conn_write_tls_records(struct connection *conn);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "cleanup.h"
 #include "conn-internal.h"
@@ -43,6 +44,50 @@ static void write_req_finish(struct write_req *w, int status) {
   free(w);
 }
 
+/* Before the loop writes anything itself: from here on no worker writes
+ * (one that is writing holds the lock, so it has finished once we have it).
+ * Returns true while a worker's reply went out in part: then nothing may
+ * be written before conn_send_rest. */
+static bool direct_stop(struct connection *conn) {
+  if (conn->direct_fd < 0)
+    return false;
+  pthread_mutex_lock(&conn->direct_lock);
+  conn->direct_ok = false;
+  bool held = conn->direct_held;
+  pthread_mutex_unlock(&conn->direct_lock);
+  return held;
+}
+
+void conn_direct_allow(struct connection *conn) {
+  if (conn->direct_ok || conn->direct_fd < 0 || conn->closing || conn->lingering ||
+      conn->streaming || conn->writes_pending || conn->outq_n_done ||
+      conn->phase != PHASE_TRANSMISSION || !server.direct_replies)
+    return;
+  pthread_mutex_lock(&conn->direct_lock);
+  conn->direct_ok = !conn->direct_held;
+  pthread_mutex_unlock(&conn->direct_lock);
+}
+
+size_t conn_send_direct(struct connection *conn, const void *buf, size_t len) {
+  size_t sent = 0;
+  pthread_mutex_lock(&conn->direct_lock);
+  if (conn->direct_ok && !conn->direct_held) {
+    ssize_t n = send(conn->direct_fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      sent = (size_t)n;
+      if (sent < len)
+        conn->direct_held = true;
+    }
+  }
+  pthread_mutex_unlock(&conn->direct_lock);
+  return sent;
+}
+
+void conn_reply_sent(struct connection *conn) {
+  if (!conn->closing)
+    conn_process(conn);
+}
+
 static void on_written(uv_write_t *req, int status) {
   struct write_req *w = (struct write_req *)req;
   struct connection *conn = w->conn;
@@ -54,13 +99,16 @@ static void on_written(uv_write_t *req, int status) {
     conn_close(conn, "write error");
   }
   write_req_finish(w, status);
-  if (!conn->closing)
+  if (!conn->closing) {
+    conn_direct_allow(conn);
     conn_process(conn);
+  }
   conn_unref(conn);
 }
 
 static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf_t *bufs,
                       unsigned nbufs) {
+  direct_stop(conn); /* never held here: see conn_flush_output */
   w->conn = conn;
   w->len = 0;
   for (unsigned i = 0; i < nbufs; i++)
@@ -111,6 +159,8 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
 void conn_flush_output(struct connection *conn) {
   if (conn->outq_n_done == 0)
     return;
+  if (direct_stop(conn))
+    return; /* conn_send_rest lists the connection again */
   uv_buf_t *bufs = conn->outq;
   unsigned nbufs = conn->outq_nbufs;
   struct write_done *done = conn->outq_done;
@@ -130,6 +180,7 @@ void conn_flush_output(struct connection *conn) {
     int n = uv_try_write(conn->out, bufs, nbufs);
     if (n > 0 && (size_t)n == total) {
       write_done_all(conn, done, n_done, 0);
+      conn_direct_allow(conn);
       return;
     }
     if (n > 0) {
@@ -233,3 +284,33 @@ int conn_write_copy(struct connection *conn, const void *data, size_t len) {
   return write_bufs(conn, w, &b, 1);
 }
 
+
+int conn_send_rest(struct connection *conn, const uv_buf_t *buf, conn_write_cb cb, void *opaque) {
+  pthread_mutex_lock(&conn->direct_lock);
+  conn->direct_held = false;
+  pthread_mutex_unlock(&conn->direct_lock);
+  /* Queue it, then move it in front of every reply queued since. */
+  unsigned nbufs = conn->outq_nbufs, n_done = conn->outq_n_done;
+  int r = conn_write(conn, buf, 1, cb, opaque);
+  if (r < 0)
+    return r;
+  memmove(conn->outq + 1, conn->outq, nbufs * sizeof *conn->outq);
+  conn->outq[0] = *buf;
+  memmove(conn->outq_done + 1, conn->outq_done, n_done * sizeof *conn->outq_done);
+  conn->outq_done[0] = (struct write_done){cb, opaque};
+  return 0;
+}
+
+void conn_output_stop(struct connection *conn) {
+  direct_stop(conn);
+  if (conn->outq_n_done == 0)
+    return;
+  /* Held behind a reply a worker wrote in part: they can never follow it. */
+  struct write_done *done = conn->outq_done;
+  unsigned n_done = conn->outq_n_done;
+  conn->outq_nbufs = 0;
+  conn->outq_n_done = 0;
+  conn->outq_done = NULL;
+  conn->outq_done_cap = 0;
+  write_done_all(conn, done, n_done, UV_ECANCELED);
+}

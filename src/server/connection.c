@@ -40,6 +40,7 @@ void conn_unref(struct connection *conn) {
   free(conn->meta_export);
   free(conn->outq);
   free(conn->outq_done);
+  pthread_mutex_destroy(&conn->direct_lock);
   free(conn);
   server_check_done(&server);
 }
@@ -55,6 +56,7 @@ void conn_close(struct connection *conn, const char *why) {
   conn_flush_output(conn);
   if (conn->closing)
     return;
+  conn_output_stop(conn);
   conn->closing = true;
   conn->eof = true;
   if (why)
@@ -86,6 +88,7 @@ void conn_reject(struct connection *conn, const char *why) {
   conn_flush_output(conn); /* before the shutdown that follows the last write */
   if (conn->closing || conn->lingering)
     return; /* the flush failed and closed the connection */
+  conn_output_stop(conn);
   conn->lingering = true;
   conn->want_cb = NULL;
   conn->want_dst = NULL;
@@ -118,6 +121,8 @@ static struct connection *conn_new(void) {
     free(conn);
     return NULL;
   }
+  pthread_mutex_init(&conn->direct_lock, NULL);
+  conn->direct_fd = -1;
   conn->id = ++server.next_conn_id;
   conn->last_input = conn->accepted = uv_now(server.loop);
   conn->out = &conn->sock.stream;

@@ -732,9 +732,12 @@ int main(int argc, char **argv) {
   unsigned threads = settings.threads;
   server.write_lanes = write_lanes(&settings);
   /* Tests turn the loop's WRITEs off to exercise the workers' path alone
-   * (HACKING.md). */
+   * (HACKING.md)... */
   const char *lw = getenv("VHDNBD_LOOP_WRITES");
   server.loop_writes = !(lw && strcmp(lw, "0") == 0);
+  /* ...and the workers' own replies, to exercise the loop's reply path. */
+  const char *dr = getenv("VHDNBD_DIRECT_REPLIES");
+  server.direct_replies = !(dr && strcmp(dr, "0") == 0);
   int wr = workers_start(server.loop, threads);
   if (wr < 0) {
     log_msg(LOG_LEVEL_ERR, "cannot start %u worker threads: %s", threads, strerror(-wr));

@@ -42,6 +42,7 @@ struct export_stats {
   double latency_sum[N_COMMANDS];
   uint64_t bytes_read, bytes_written;
   uint64_t on_loop[2]; /* READs, WRITEs served on the loop thread */
+  uint64_t from_worker; /* replies a worker sent itself */
   uint64_t errors[N_ERRNOS];
   uint64_t inflight;
 };
@@ -145,6 +146,12 @@ void metrics_request_on_loop(const struct export *exp, uint16_t type) {
     st->on_loop[type == NBD_CMD_WRITE]++;
 }
 
+void metrics_reply_from_worker(const struct export *exp) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    st->from_worker++;
+}
+
 void metrics_connection_accepted(void) { m.accepted++; }
 
 void metrics_connection_refused(const char *reason) {
@@ -203,6 +210,7 @@ static void sum_stats(struct export_stats *t) {
     t->bytes_written += st->bytes_written;
     t->on_loop[0] += st->on_loop[0];
     t->on_loop[1] += st->on_loop[1];
+    t->from_worker += st->from_worker;
     t->inflight += st->inflight;
   }
 }
@@ -240,6 +248,12 @@ static void write_requests(FILE *f) {
       fprintf(f, ",command=\"%s\"} %" PRIu64 "\n", w ? "WRITE" : "READ",
               stats_at(i)->on_loop[w]);
     }
+  family(f, "replies_from_workers_total", "counter",
+         "Replies a worker thread sent itself, with no trip through the event loop.");
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    export_series(f, "replies_from_workers_total", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->from_worker);
+  }
   family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "requests_in_flight", m.srv->exports[i]);
@@ -303,6 +317,9 @@ static void write_server(FILE *f) {
   for (int w = 0; w < 2; w++)
     fprintf(f, "vhdnbd_server_requests_on_loop_total{command=\"%s\"} %" PRIu64 "\n",
             w ? "WRITE" : "READ", t.on_loop[w]);
+  family(f, "server_replies_from_workers_total", "counter",
+         "Replies worker threads sent themselves, all exports.");
+  fprintf(f, "vhdnbd_server_replies_from_workers_total %" PRIu64 "\n", t.from_worker);
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;

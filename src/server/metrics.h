@@ -37,6 +37,8 @@ void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_e
 /* A READ or WRITE the loop thread served itself (ops_read_now,
  * ops_write_now), counted besides metrics_request_end. */
 void metrics_request_on_loop(const struct export *exp, uint16_t type);
+/* A reply its worker sent itself (conn_send_direct). */
+void metrics_reply_from_worker(const struct export *exp);
 
 /* Connections accepted, and refused or dropped for `reason` (a label
  * value: per_address, max_connections, evicted, handshake_timeout,

@@ -63,6 +63,15 @@ struct request {
   struct nbd_extent *depth_ext; /* qemu:allocation-depth */
   size_t n_depth_ext;
 
+  /* A reply its worker wrote itself (conn_send_direct): may_direct is set
+   * by dispatch for the commands whose reply is short; direct_sent
+   * is how many of direct[0..direct_len) went out (0: none, the loop
+   * sends it as usual). */
+  bool may_direct;
+  bool answered; /* counted off conn->unanswered */
+  uint8_t direct_len, direct_sent;
+  uint8_t direct[NBD_CHUNK_NONE_SIZE]; /* the larger of the two short replies */
+
   /* Reply wire data. */
   uint8_t *reply;
   uv_buf_t *bufs;

@@ -36,6 +36,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include <uv.h>
 
 #include "acl.h"
@@ -195,6 +198,7 @@ struct server {
   uv_check_t flush_check;       /* ...and right after the poll's callbacks */
   uint64_t inline_bytes;        /* READ and WRITE bytes served on the loop this iteration */
   bool loop_writes;             /* WRITEs may be served on the loop (ops_write_now) */
+  bool direct_replies;          /* workers may send short replies (conn_send_direct) */
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
 };
 
@@ -362,6 +366,19 @@ struct connection {
   uint64_t write_bytes;  /* queued on the socket, not yet written */
   conn_input_cb tls_done_cb;
   unsigned writes_pending;
+  /* Direct replies (conn_send_direct): a worker may write a short reply
+   * straight to the socket while the loop has nothing queued, nothing being
+   * written and no reply half-sent.  direct_ok and direct_held change under
+   * direct_lock; only the loop sets direct_ok, and it clears it (under the
+   * lock, so no worker is mid-write) before it writes anything itself. */
+  pthread_mutex_t direct_lock;
+  int direct_fd;         /* the socket; -1: never (TLS, --stdio) */
+  bool direct_ok;
+  bool direct_held;      /* a worker's write went out in part: the loop
+                            writes nothing before that reply's rest */
+  /* Requests whose reply is neither sent nor queued (any thread): a worker
+   * sends its own reply only when its request is the one. */
+  atomic_uint unanswered;
   /* Replies waiting for conn_flush_all (see conn_write). */
   uv_buf_t *outq;
   unsigned outq_nbufs, outq_cap;
@@ -383,6 +400,22 @@ int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, co
                void *opaque);
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
+/* Worker thread.  Writes a short reply (at most CONN_DIRECT_MAX bytes) to
+ * the socket at once if the connection allows it now (see direct_ok).
+ * Returns len when all of it went out; 0 when none did (the loop then
+ * sends it as usual); or the count written, the rest of which the loop must
+ * send before anything else (conn_send_rest). */
+#define CONN_DIRECT_MAX 32
+size_t conn_send_direct(struct connection *conn, const void *buf, size_t len);
+/* Loop thread: sends the rest of a reply conn_send_direct wrote in part,
+ * ahead of every reply queued since, and lets output go on. */
+int conn_send_rest(struct connection *conn, const uv_buf_t *buf, conn_write_cb cb, void *opaque);
+/* Loop thread: a reply went out without conn_write (conn_send_direct) and
+ * its request is freed: input held back for it may go on. */
+void conn_reply_sent(struct connection *conn);
+/* Loop thread: output is idle (nothing queued or being written, no reply
+ * half-sent): workers may write short replies themselves from now on. */
+void conn_direct_allow(struct connection *conn);
 void conn_close(struct connection *conn, const char *why);
 /* Who the client is, as far as known now (see acl.h). */
 void conn_identity(const struct connection *conn, struct acl_peer *out);

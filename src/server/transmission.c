@@ -32,7 +32,16 @@ static struct request *request_new(struct connection *conn) {
   metrics_request_begin(req->exp);
   conn_ref(conn);
   conn->inflight++;
+  atomic_fetch_add_explicit(&conn->unanswered, 1, memory_order_relaxed);
   return req;
+}
+
+/* Its reply is sent, queued or never coming (any thread, once). */
+static void request_answered(struct request *req) {
+  if (!req->answered) {
+    req->answered = true;
+    atomic_fetch_sub_explicit(&req->conn->unanswered, 1, memory_order_relaxed);
+  }
 }
 
 /* Counts n more bytes held for req against its connection's and the
@@ -45,6 +54,7 @@ static void request_charge(struct request *req, uint64_t n) {
 
 static void request_free(struct request *req) {
   struct connection *conn = req->conn;
+  request_answered(req);
   metrics_request_end(req->exp, req->r.type, req->error, req->r.length,
                       uv_hrtime() - req->started_ns, req->replied);
   conn->inflight--;
@@ -277,14 +287,54 @@ static void release_held(struct connection *conn) {
   }
 }
 
+/* Engine failures are warnings, a client's mistakes only debugging, and
+ * so are the requests an image refuses after a write error. */
+static void log_reply_error(const struct request *req) {
+  if (req->error)
+    log_msg(req->errmsg && !req->image_failed ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
+            "%s: %s at %" PRIu64 "+%" PRIu64 ": error %" PRIu32 ": %s", req->conn->peer,
+            nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
+            error_text(req) ? error_text(req) : "");
+}
+
+/* The end of a reply its worker wrote itself, whole or in part. */
+static void finish_direct(struct request *req) {
+  struct connection *conn = req->conn;
+  log_reply_error(req);
+  metrics_reply_from_worker(req->exp);
+  if (req->direct_sent < req->direct_len) {
+    req->bufs = malloc(sizeof *req->bufs);
+    uv_buf_t rest = uv_buf_init((char *)req->direct + req->direct_sent,
+                                (unsigned)(req->direct_len - req->direct_sent));
+    if (!req->bufs) {
+      request_free(req);
+      conn_close(conn, "out of memory sending a reply");
+      return;
+    }
+    req->bufs[0] = rest;
+    conn_send_rest(conn, req->bufs, on_reply_written, req);
+    return;
+  }
+  req->replied = true;
+  conn_ref(conn);
+  request_free(req);
+  conn_reply_sent(conn);
+  conn_unref(conn);
+}
+
 static void send_reply(struct request *req) {
   struct connection *conn = req->conn;
+  request_answered(req);
   if (req->image_failed)
     log_image_failure(req->exp);
   if (conn->closing) {
     if (conn->streaming == req)
       conn->streaming = NULL;
     request_free(req);
+    return;
+  }
+  if (req->direct_sent) {
+    finish_direct(req);
     return;
   }
   if (conn->streaming && conn->streaming != req) {
@@ -305,13 +355,7 @@ static void send_reply(struct request *req) {
     conn_close(conn, "READ failed in the middle of its reply");
     return;
   }
-  /* Engine failures are warnings, a client's mistakes only debugging, and
-   * so are the requests an image refuses after a write error. */
-  if (req->error)
-    log_msg(req->errmsg && !req->image_failed ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
-            "%s: %s at %" PRIu64 "+%" PRIu64 ": error %" PRIu32 ": %s", conn->peer,
-            nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
-            error_text(req) ? error_text(req) : "");
+  log_reply_error(req);
   int nb = req->structured ? build_structured(req) : build_simple(req);
   if (nb < 0) {
     if (conn->streaming == req)
@@ -331,8 +375,41 @@ static void send_reply(struct request *req) {
 
 /* ---- dispatch ---- */
 
+/* Worker thread: the reply of a request alone on its connection (no other
+ * reply outstanding) goes out from here, when it is short and the
+ * connection's output is idle.
+ * At queue depth 1 that takes a thread hand-off off every request's path:
+ * the client has its reply before the loop even wakes to free the request.
+ * (READs are not sent from here: at QD1 their reply carries data, and the
+ * loop serves cached ones itself.) */
+static void reply_from_worker(struct request *req) {
+  struct connection *conn = req->conn;
+  /* With others outstanding the loop sends replies in batches, one write
+   * for many, and that costs less than a write from each worker. */
+  if (atomic_load_explicit(&conn->unanswered, memory_order_relaxed) != 1)
+    return;
+  size_t len;
+  _Static_assert(NBD_CHUNK_NONE_SIZE <= CONN_DIRECT_MAX, "a NONE chunk fits");
+  if (!req->structured) {
+    nbd_encode_simple_reply(req->direct, req->r.cookie, req->error);
+    len = NBD_SIMPLE_REPLY_SIZE;
+  } else if (!req->error) {
+    struct nbd_reply_to to = reply_to(req);
+    len = nbd_encode_chunk_none(req->direct, &to);
+  } else {
+    return; /* an error chunk carries a message: the loop builds it */
+  }
+  req->direct_len = (uint8_t)len;
+  req->direct_sent = (uint8_t)conn_send_direct(conn, req->direct, len);
+  if (req->direct_sent)
+    request_answered(req);
+}
+
 static void work_run(struct work_item *w) {
-  ops_run(CONTAINER_OF(w, struct request, work));
+  struct request *req = CONTAINER_OF(w, struct request, work);
+  ops_run(req);
+  if (req->may_direct)
+    reply_from_worker(req);
 }
 
 static void work_done(struct work_item *w) {
@@ -413,6 +490,9 @@ static void dispatch(struct request *req) {
     send_reply(req);
     return;
   }
+  req->may_direct = req->conn->direct_fd >= 0 &&
+                    server.direct_replies && req->r.type != NBD_CMD_READ &&
+                    req->r.type != NBD_CMD_BLOCK_STATUS;
   if (queue_submit(&req->exp->queue, qi) < 0) {
     req->error = NBD_ENOMEM;
     req->why = "out of memory queueing the request";
@@ -690,5 +770,11 @@ void transmission_start(struct connection *conn, struct export *exp) {
                              : "",
           conn->limits.meta_allocation ? " and base:allocation" : "",
           conn->limits.meta_depth ? " and qemu:allocation-depth" : "");
+  /* Replies straight from the workers need the socket itself: not under
+   * TLS (the session is the loop's), not on --stdio's pipe pair. */
+  uv_os_fd_t fd;
+  if (!conn->tls && !conn->has_out_pipe && uv_fileno(&conn->sock.handle, &fd) == 0)
+    conn->direct_fd = fd;
+  conn_direct_allow(conn);
   read_request_header(conn);
 }

@@ -12,7 +12,8 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-nbdcopy-overwrite.sh \
 	tests/interop/test-log-client-strings.sh \
 	tests/interop/test-metrics.sh \
-	tests/interop/test-loop-writes.sh
+	tests/interop/test-loop-writes.sh \
+	tests/interop/test-direct-replies.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)
