@@ -10,7 +10,8 @@
  * -> header -> BAT): the placement of every block, the content against a
  * model, a valid footer ending the file, and a clean vhd_check.  An image
  * whose existing block sits unaligned (laid out here as QEMU lays it out)
- * keeps that block where it is; only new blocks are aligned. */
+ * keeps that block where it is; only new blocks are aligned.  Blocks that
+ * vhd_compact moves down into freed places are aligned as well. */
 #include "config.h"
 
 #include <string.h>
@@ -239,6 +240,36 @@ static void case_existing(uint32_t bs) {
   free(model);
 }
 
+/* vhd_compact moves blocks from the end into the places of blocks of
+ * zeros it frees: they land aligned too, and the file stays packed. */
+static void case_compact(uint32_t bs) {
+  const uint32_t nblocks = 12;
+  uint64_t size = (uint64_t)nblocks * bs;
+  uint8_t *model = t_xcalloc(1, size);
+  char path[4096];
+  snprintf(path, sizeof path, "%s", t_path(t_fmt("compact-%u.vhd", bs)));
+  t_create(path, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+  write_blocks(path, model, bs, 0, nblocks);
+  /* Blocks 2 and 7 (wherever they lie) become all zeros. */
+  uint8_t *zero = t_xcalloc(1, bs);
+  struct vhd_err err = {{0}};
+  vhd_t *vhd = t_open(path, false);
+  for (uint32_t b = 2; b < nblocks; b += 5) {
+    T_OK(vhd_write(vhd, zero, (uint64_t)b * bs, bs, 0, &err), &err, "vhd_write zeros");
+    memset(model + (uint64_t)b * bs, 0, bs);
+  }
+  T_OK(vhd_close(vhd, &err), &err, "vhd_close");
+  free(zero);
+  struct vhd_compact_opts o = {0};
+  struct vhd_compact_result res;
+  T_OK(vhd_compact(path, &o, &res, &err), &err, "vhd_compact");
+  T_ASSERT(res.blocks_freed == 2, "%s: %u blocks freed, expected 2", path, res.blocks_freed);
+  check_image(path, model, size, -1, 0);
+  printf("compact (block size %u): %u blocks moved, placed by the rule\n", bs,
+         res.blocks_moved);
+  free(model);
+}
+
 int main(void) {
   t_init("test-vhd-align");
   static const uint32_t sizes[] = {512, 2 * KiB, 4 * KiB, 64 * KiB, 2 * MiB};
@@ -248,5 +279,7 @@ int main(void) {
   }
   case_existing(64 * KiB);
   case_existing(2 * MiB);
+  case_compact(4 * KiB);
+  case_compact(64 * KiB);
   return 0;
 }
