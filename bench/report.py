@@ -5,7 +5,7 @@ Usage: report.py --workdir DIR [--output FILE]
 
 DIR holds results.tsv (one row per fio job: workload, image, server, status,
 server CPU ticks, fio JSON path, repetition, transport, cache state),
-extra.tsv (memory, open times, machine) and plots/ (the SVGs plot.py drew).
+extra.tsv (memory, open times, layout cost, machine) and plots/ (the SVGs plot.py drew).
 The report goes to stdout, and to FILE when given: if FILE already holds the
 BEGIN and END markers below, only the text from one to the other is
 replaced, so the hand-written parts of bench/RESULTS.md stay as they are.
@@ -31,7 +31,7 @@ SERVER_ORDER = ["vhdnbd", "qemu-nbd", "nbdkit-raw", "nbdkit-null"]
 CONDITION_ORDER = ["unix/warm", "tcp/warm", "unix/cold", "tcp/cold"]
 IMAGE_NOTES = {
     "empty": "empty dynamic VHD (fresh copy per job): writes into new blocks",
-    "alloc": "fully allocated dynamic VHD",
+    "alloc": "fully allocated dynamic VHD (made by `vhdimg convert`: block data 4 KiB-aligned)",
     "fixed": "fixed VHD",
     "diff": "differencing VHD (fresh, empty) over an allocated dynamic parent",
     "raw-sparse": "sparse raw file (fresh per job), nbdkit only",
@@ -123,7 +123,7 @@ def median_runs(rows):
 
 
 def load_extra(workdir):
-    meta, rss, opens, active = {}, [], [], []
+    meta, rss, opens, active, layout = {}, [], [], [], []
     with open(os.path.join(workdir, "extra.tsv")) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
@@ -137,7 +137,9 @@ def load_extra(workdir):
                 d = kv(parts[2])
                 d["failed"] = parts[2].startswith("failed")
                 active.append((parts[1], d))
-    return meta, rss, opens, active
+            elif parts[0] == "layout":
+                layout.append((parts[1], parts[2], parts[3]))
+    return meta, rss, opens, active, layout
 
 
 def kv(text):
@@ -362,9 +364,52 @@ PLOTS = [
 ]
 
 
+LAYOUT_NOTES = {
+    ("qemu-alloc.vhd", "vhdnbd"): "dynamic VHD made by `qemu-img convert -O vpc`: "
+                                  "block data 512 bytes past a page boundary",
+    ("raw-off512.img", "nbdkit-offset"): "raw file served from its byte 512 on "
+                                         "(`--filter=offset offset=512`): every page split",
+    ("raw.img", "nbdkit-raw"): "raw file, aligned",
+    ("alloc.vhd", "vhdnbd"): "dynamic VHD made by `vhdimg convert`: block data 4 KiB-aligned",
+}
+
+
+def layout_section(workdir, meta, layout):
+    """Cold-cache rw4k-qd16 on the same data laid out four ways."""
+    if not layout and not meta.get("layout_skipped"):
+        return []  # --no-extras
+    out = ["### Layout cost", "",
+           "rw4k-qd16 over a Unix socket, page cache dropped before each job: 4 KiB writes "
+           "that cover two partial pages of the file make the kernel read both first, "
+           "whichever server writes.", ""]
+    if not layout:
+        out.extend(["Not measured: %s." % meta["layout_skipped"], ""])
+        return out
+    iops = {}
+    for f, s, j in layout:
+        if j != "failed":
+            try:
+                iops[(f, s)] = load_fio_job(os.path.join(workdir, j))["write"]["iops"]
+            except (OSError, ValueError, KeyError, IndexError):
+                pass
+    ref = iops.get(("raw.img", "nbdkit-raw"))
+    out.append("| layout | server | IOPS | × nbdkit-raw aligned |")
+    out.append("|---|---|---:|---:|")
+    for f, s, j in layout:
+        v = iops.get((f, s))
+        note = LAYOUT_NOTES.get((f, s), f)
+        if v is None:
+            out.append("| %s | %s | failed | |" % (note, s))
+        else:
+            out.append("| %s | %s | %.0f | %s |" % (note, s, v,
+                                                   "%.2f" % (v / ref) if ref else "—"))
+    out.append("")
+    return out
+
+
 def report(workdir):
     rows = median_runs(load_rows(workdir))
-    meta, rss, opens, active = load_extra(workdir)
+    meta, rss, opens, active, layout = load_extra(workdir)
     clk = int(meta.get("clk_tck", "100"))
     add_ratios(rows)
 
@@ -462,6 +507,8 @@ def report(workdir):
                 out.append("| %s | %.1f | %.1f | %.1f | %s |" % (
                     what, d["min"], d["median"], d["max"], fmt(d.get("cpu_median"), ".1f")))
         out.append("")
+
+    out.extend(layout_section(workdir, meta, layout))
 
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:

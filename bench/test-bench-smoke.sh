@@ -2,9 +2,10 @@
 # bench/run --smoke runs every server on every image, over a Unix socket and
 # over TCP, with the page cache warm and dropped, and prints a complete
 # report: a number (latency percentiles included) in every table row, the
-# round-trip floor, memory with 1000 busy connections, open times, the plots,
-# and a verdict line for every target at the end.  As root it drops the page
-# cache (sync; echo 3 > /proc/sys/vm/drop_caches) before each TCP job on an image.
+# round-trip floor, memory with 1000 busy connections, open times, the layout
+# cost, the plots, and a verdict line for every target at the end.  As root
+# it drops the page cache (sync; echo 3 > /proc/sys/vm/drop_caches) before
+# each TCP job on an image and each layout-cost job.
 . "$top_srcdir/tests/functions.sh"
 
 requires fio
@@ -81,6 +82,19 @@ grep -Eq "^\| vhdnbd \| 1000 \| 4 \| $num \| $num \| $num \| $num \| [1-9][0-9]*
 grep -Eq "^\| vhd_open \| $num \| $num \| $num \| $num \|$" "$report" || fail "no vhd_open timing"
 grep -Eq "^\| vhdnbd start to greeting \| $num \| " "$report" || fail "no vhdnbd startup timing"
 
+# Layout cost: the same data laid out four ways, cold (root only).
+grep -q '^### Layout cost$' "$report" || fail "no layout-cost section"
+if [ -w /proc/sys/vm/drop_caches ]; then
+  for s in vhdnbd nbdkit-offset nbdkit-raw; do
+    grep -Eq "^\| [^|]+ \| $s \| $num \| $num \|$" "$report" ||
+      fail "no layout-cost row for $s"
+  done
+  n=$(grep -Ec "^\| [^|]+ \| (vhdnbd|nbdkit-offset|nbdkit-raw) \| $num \| $num \|$" "$report")
+  [ "$n" -eq 4 ] || fail "expected 4 layout-cost rows, got $n"
+else
+  grep -q '^Not measured: cannot write /proc/sys/vm/drop_caches' "$report" ||
+    fail "the report does not say why the layout cost was not measured"
+fi
 # The report ends with one verdict line per target, then the end marker.
 verdict='(holds|does not hold|not measured) — '
 for t in \

@@ -288,15 +288,21 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       si++;
       seg_end = MAX(seg_end, free_s[si].end);
     }
-    if (slot + c.span > seg_end) {
+    /* Moved blocks get their data 4 KiB-aligned, as new blocks do (see
+     * vhd_block_place), where the free space has room for that; a block
+     * that is not aligned where it is may also go back to back. */
+    uint64_t at = vhd_block_place(vhd, slot);
+    if (at + c.span > seg_end && vhd_block_place(vhd, kept[top - 1].off) != kept[top - 1].off)
+      at = slot;
+    if (at + c.span > seg_end) {
       if (++si < nf)
         slot = ROUND_UP(free_s[si].start, 512);
       continue;
     }
-    if (slot >= kept[top - 1].off)
+    if (at >= kept[top - 1].off)
       break;
-    dest[top - 1] = slot;
-    slot += c.span;
+    dest[top - 1] = at;
+    slot = at + c.span;
     top--;
     res->blocks_moved++;
   }

@@ -290,6 +290,15 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
   uint64_t cur = old_end;
   bool relocate = false;
   while (cur < new_end && cur < vhd->alloc_floor) {
+    /* Up to 3.5 KiB before a block are what its alignment skipped (see
+     * vhd_block_place): the table may grow over them when they hold
+     * nothing (zeros, old copies of the footer), never over anything
+     * else. */
+    if (first + nmove < nb && blocks[2 * (first + nmove)] > cur &&
+        blocks[2 * (first + nmove)] - cur < VHD_DATA_ALIGN &&
+        vhd_io_range_is_blank(vhd->fd, cur, blocks[2 * (first + nmove)] - cur,
+                              vhd->footer_raw) == 1)
+      cur = blocks[2 * (first + nmove)];
     if (first + nmove < nb && blocks[2 * (first + nmove)] == cur) {
       cur += span;
       nmove++;
@@ -322,8 +331,14 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
 
   /* The blocks in the way go past everything, then the table grows over
    * their old place. */
-  uint64_t dest = MAX(vhd->alloc_floor, new_end);
-  *footer_pos = dest + nmove * span;
+  uint64_t dest = MAX(vhd->alloc_floor, new_end), stride = span;
+  if (nmove) {
+    /* Placed as new blocks are, data 4 KiB-aligned where the block size
+     * allows. */
+    dest = vhd_block_place(vhd, dest);
+    stride = vhd_block_place(vhd, dest + span) - dest;
+  }
+  *footer_pos = nmove ? dest + (nmove - 1) * stride + span : dest;
   if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
       (r = sync_image(z, "moving the footer")) < 0)
     return r;
@@ -333,13 +348,13 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     if (!buf)
       return vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
     for (size_t k = 0; k < nmove; k++)
-      if ((r = copy_block(z, blocks[2 * (first + k)], dest + k * span, span, buf)) < 0)
+      if ((r = copy_block(z, blocks[2 * (first + k)], dest + k * stride, span, buf)) < 0)
         return r;
     if ((r = sync_image(z, "copying blocks")) < 0)
       return r;
     for (size_t k = 0; k < nmove; k++) {
       uint32_t blk = (uint32_t)blocks[2 * (first + k) + 1];
-      vhd->bat[blk] = (uint32_t)((dest + k * span) / 512);
+      vhd->bat[blk] = (uint32_t)((dest + k * stride) / 512);
       uint32_t sec = blk / 128, e0 = sec * 128, n = MIN(128u, vhd->max_entries - e0);
       uint8_t s[512];
       encode_entries(vhd, s, e0, n);

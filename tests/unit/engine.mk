@@ -109,6 +109,16 @@ test_vhd_bitmap_bytes_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_bitmap_bytes_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-bitmap-bytes
 
+# - test-vhd-align: blocks the engine places in new space have their data
+#   on a 4 KiB file boundary when the block size allows, read from the file
+#   without the engine; existing blocks stay where they are.
+check_PROGRAMS += test-vhd-align
+TESTS += test-vhd-align
+test_vhd_align_SOURCES = tests/unit/test-vhd-align.c $(ENGINE_TEST_UTIL)
+test_vhd_align_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_align_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-align
+
 # Overlapping requests without the server's queue: no data lands in a block
 # it was not written to, whatever a freed block's space is reused for.
 check_PROGRAMS += test-vhd-race

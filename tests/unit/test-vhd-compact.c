@@ -27,6 +27,8 @@
 #define SIZE (256u * 1024)
 
 static uint8_t model[SIZE];
+/* Block size of the adjacent cases (orphan() zeroes a block of it). */
+static uint32_t adjacent_bs = BS;
 static uint64_t foreign_off; /* file offset of the foreign bytes, 0: none */
 static uint8_t foreign[SPAN];
 
@@ -57,7 +59,7 @@ static uint64_t orphan(const char *path, uint32_t blk) {
   uint64_t pos, off = bat_entry_offset(path, blk, &pos);
   static const uint8_t unused[4] = {0xff, 0xff, 0xff, 0xff};
   t_pwrite_file(path, unused, 4, pos);
-  memset(model + (uint64_t)blk * BS, 0, BS);
+  memset(model + (uint64_t)blk * adjacent_bs, 0, adjacent_bs);
   return off;
 }
 
@@ -87,26 +89,33 @@ static void build_dynamic(const char *path) {
 
 /* Free space in touching pieces (a freed block, then a gap of zeros), a
  * block in use, then another freed block: moves must stop at the block in
- * use, not treat everything up to the last piece as free. */
-static void build_adjacent(const char *path) {
+ * use, not treat everything up to the last piece as free.  With 4 KiB
+ * blocks each block has a blank gap before it (its data is aligned), with
+ * 2 KiB blocks none: the pieces touch in both odd and even numbers. */
+static void build_adjacent_bs(const char *path, uint32_t bs) {
   struct vhd_err err = {{0}};
   memset(model, 0, sizeof model);
-  t_create(path, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  adjacent_bs = bs;
+  t_create(path, VHD_TYPE_DYNAMIC, SIZE, bs, true, NULL);
   vhd_t *v = t_open(path, false);
-  put(v, 0 * BS, BS, -1); /* 0: data */
-  put(v, 1 * BS, BS, 0);  /* 1: zeros: freed */
-  put(v, 2 * BS, BS, 0);  /* 2: a gap of zeros once orphaned */
-  put(v, 3 * BS, BS, -1); /* 3: data, stays */
-  put(v, 4 * BS, BS, 0);  /* 4: zeros: freed */
-  put(v, 5 * BS, BS, -1); /* 5, 6, 7: data, moved into 4, 2 and 1 */
-  put(v, 6 * BS, BS, -1);
-  put(v, 7 * BS, BS, -1);
+  put(v, 0 * bs, bs, -1); /* 0: data */
+  put(v, 1 * bs, bs, 0);  /* 1: zeros: freed */
+  put(v, 2 * bs, bs, 0);  /* 2: a gap of zeros once orphaned */
+  put(v, 3 * bs, bs, -1); /* 3: data, stays */
+  put(v, 4 * bs, bs, 0);  /* 4: zeros: freed */
+  put(v, 5 * bs, bs, -1); /* 5, 6, 7: data, moved into 4, 2 and 1 */
+  put(v, 6 * bs, bs, -1);
+  put(v, 7 * bs, bs, -1);
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   foreign_off = 0;
   uint64_t gap = orphan(path, 2);
   static const uint8_t zeros[512];
   t_pwrite_file(path, zeros, 512, gap);
+  adjacent_bs = BS;
 }
+
+static void build_adjacent(const char *path) { build_adjacent_bs(path, BS); }
+static void build_adjacent_packed(const char *path) { build_adjacent_bs(path, 2048); }
 
 static const char *parent_path;
 
@@ -241,6 +250,7 @@ int main(void) {
    * and 5 (the foreign bytes of 3 stay); 9 has no free slot below it. */
   run("dynamic", build_dynamic, 3, 3);
   run("adjacent", build_adjacent, 2, 3);
+  run("adjacent-packed", build_adjacent_packed, 2, 3);
   /* differencing: blocks 5 and 7 freed; 8 moves into 5's place. */
   run("differencing", build_differencing, 2, 1);
   return 0;

@@ -78,9 +78,14 @@ static void ceiling(void) {
   char *path = strdup(t_path("capped.vhd"));
   struct vhd_err err = {0};
   t_create(path, VHD_TYPE_DYNAMIC, 4 * MiB, BLOCK, true, NULL);
-  /* Room for two blocks (bitmap sector plus data each) and the footer. */
+  /* Room for two blocks (bitmap sector plus data each) and the footer.
+   * Their data is 4 KiB-aligned: the first one's bitmap goes to the last
+   * sector of a page at or after the old footer, the second one's to the
+   * last sector of the page after the first one's data. */
   uint64_t start = t_file_size(path);
-  uint64_t max = start + 2 * (512 + BLOCK) + 512;
+  uint64_t first = (start + 4095) / 4096 * 4096 - 512;
+  uint64_t second = first + 512 + BLOCK + 4096 - 512;
+  uint64_t max = second + 512 + BLOCK + 512;
   struct vhd_open_opts o = {.max_file_size = max};
   vhd_t *vhd = NULL;
   T_OK(vhd_open(path, &o, &vhd, &err), &err, "open with a ceiling");

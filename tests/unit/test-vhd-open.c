@@ -312,10 +312,11 @@ static void test_damaged(void) {
   expect_refused("bat-entry-beyond-eof", img, good_len, "BAT entry|end");
   free(img);
 
-  /* Half-sized blocks: a block straddles the next one. */
+  /* Half-sized blocks: a block straddles the next one.  Block 1 is set
+   * half a block into block 0, whatever gap alignment left between them. */
   img = fresh_copy();
-  uint32_t b1 = be32_load(img + bat_off + 4 * 1);
-  be32_store(img + bat_off + 4 * 1, b1 - 4);
+  uint32_t b0 = be32_load(img + bat_off + 4 * 0);
+  be32_store(img + bat_off + 4 * 1, b0 + 4);
   expect_refused("bat-entry-overlapping-next", img, good_len, "overlap");
   free(img);
 
