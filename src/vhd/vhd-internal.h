@@ -330,9 +330,10 @@ void vhd_retired_collect(vhd_t *vhd);
  * (bytes when at least the data length, else sectors, as in the reference
  * notes), never less than the data length, rounded up to a sector. */
 uint64_t vhd_locator_area_end(const struct vhd_locator *l);
-/* Block data starts on this file boundary in blocks placed in new space
- * (see vhd_block_place). */
+/* Block data starts on this file boundary in blocks placed in new space,
+ * for blocks of at least VHD_ALIGN_MIN_BLOCK (see vhd_block_place). */
 #define VHD_DATA_ALIGN 4096u
+#define VHD_ALIGN_MIN_BLOCK (512u * 1024)
 /* Where a block placed at off or after it goes: off itself, or further on
  * so that its data is VHD_DATA_ALIGN-aligned when the block size allows. */
 uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off);

@@ -47,6 +47,12 @@ static const struct scenario scenarios[] = {
      {{0, 9000}, {20 * 1024, 4096}, {508 * 1024, 4096}, {100 * 1024 + 3, 1}}},
     {"dynamic-move-many", VHD_TYPE_DYNAMIC, 512 * 1024, 3 * 1024 * 1024, 4096, false, false,
      {{0, 40 * 1024}, {300 * 1024, 4096}}},
+    /* The same with blocks the engine aligns: the first block after the BAT
+     * starts up to 3.5 KiB later (vhd_block_place), and the table grows
+     * over those blank bytes instead of moving past everything. */
+    {"dynamic-move-aligned", VHD_TYPE_DYNAMIC, 64 * 1024 * 1024, 64 * 1024 * 1024 + 512 * 1024,
+     512 * 1024, false, false,
+     {{0, 4096}, {512 * 1024 + 5, 100}, {64 * 1024 * 1024 - 4096, 4096}}},
     {"differencing-relocate", VHD_TYPE_DIFFERENCING, 512 * 1024, 1024 * 1024 + 512, 4096, false,
      true, {{4096, 4096}, {510 * 1024, 2048}}},
     {"dynamic-shrink", VHD_TYPE_DYNAMIC, 1024 * 1024, 600 * 1024 - 512, 4096, true, false,
