@@ -34,6 +34,12 @@ EXTRA_DIST += \
 # target lines, and its plots keep working (it measures nothing worth keeping).
 TESTS += bench/test-bench-smoke.sh
 
+# bench/loop-floor: an NBD server that is one epoll loop doing the I/O and
+# nothing else, the yardstick of bench/run's QD1 rows (built by bench/run).
+EXTRA_PROGRAMS += bench/loop-floor
+bench_loop_floor_SOURCES = bench/loop-floor.c
+CLEANFILES += bench/loop-floor
+
 # bench/engine-bench: the engine alone (reads through a chain, footer moves,
 # NOWAIT writes), on demand: make bench/engine-bench.
 EXTRA_PROGRAMS += bench/engine-bench

@@ -59,6 +59,7 @@ done
 row rr4k-qd1 diff vhdnbd 2
 row rr4k-qd1 raw nbdkit-raw
 row rr4k-qd1 null nbdkit-null
+row rr4k-qd1 raw loop-floor
 for img in empty alloc fixed; do
   row rw4k-4conn "$img" vhdnbd 1
   row rw4k-4conn "$img" qemu-nbd
@@ -67,9 +68,11 @@ row rw4k-4conn diff vhdnbd 2
 row rw4k-4conn raw-sparse nbdkit-raw
 row rw4k-4conn raw nbdkit-raw
 rows=$(grep -Ec '^\| (rr4k|rw4k|sr1m|sw1m)' "$report")
-[ "$rows" -eq 32 ] || fail "expected 32 benchmark rows (16 per condition), got $rows"
+[ "$rows" -eq 34 ] || fail "expected 34 benchmark rows (17 per condition), got $rows"
 n=$(grep -Ec "^Round-trip floor, rr4k-qd1: \`nbdkit null\` $num IOPS, p50 $num µs, p99 $num µs" "$report")
 [ "$n" -eq 2 ] || fail "expected a round-trip floor line per condition, got $n"
+n=$(grep -Ec "^Event-loop floor, rr4k-qd1 (unix|tcp)/(warm|cold): \`bench/loop-floor\` .* $num IOPS, .*$num× nbdkit-raw; vhdnbd's best row \([a-z]+\) reaches $num% of it\.$" "$report")
+[ "$n" -eq 2 ] || fail "expected an event-loop floor line per condition, got $n"
 
 # The memory tables: 1 and 20 idle connections per server, 1000 busy ones.
 for s in vhdnbd qemu-nbd nbdkit-raw; do

@@ -1,0 +1,277 @@
+/* loop-floor: the fastest an event-loop NBD server can answer on this
+ * machine, as a yardstick for vhdnbd's queue-depth-1 figures.
+ *
+ *   loop-floor -U SOCKET | -p PORT  [-P PIDFILE] FILE
+ *
+ * Serves FILE (raw, read-write) on the Unix socket SOCKET or on TCP
+ * 127.0.0.1:PORT (TCP_NODELAY) to any number of clients, all from one
+ * thread, and writes PIDFILE once it listens: epoll_wait, read the request, pread or
+ * pwrite the file, write the reply, epoll_wait again: no queue, no worker,
+ * no format, no checks beyond what framing needs.  (It writes on the loop
+ * thread, which vhdnbd must not do on file systems that refuse
+ * RWF_NOWAIT writes; so for writes it is a floor vhdnbd is not allowed to
+ * reach by design.)  Simple replies only; FLUSH is fdatasync; it stops at
+ * SIGTERM or SIGINT.  bench/run measures it beside nbdkit's file plugin:
+ * where vhdnbd is as fast as this, what is left between it and a thread
+ * per connection is the price of the event loop's wake-ups, not of VHD. */
+#define _GNU_SOURCE
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#define MAX_LEN (32u << 20)
+
+static int file_fd;
+static uint64_t file_size;
+static uint8_t *buf;
+
+static int read_full(int fd, void *p, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = recv(fd, (uint8_t *)p + done, n - done, MSG_WAITALL);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR)
+        continue;
+      return -1;
+    }
+    done += (size_t)r;
+  }
+  return 0;
+}
+
+static int write_full(int fd, const struct iovec *iov0, int n) {
+  struct iovec iov[2];
+  memcpy(iov, iov0, (size_t)n * sizeof *iov);
+  struct iovec *v = iov;
+  while (n > 0) {
+    ssize_t w = writev(fd, v, n);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    while (n > 0 && (size_t)w >= v->iov_len) {
+      w -= (ssize_t)v->iov_len;
+      v++;
+      n--;
+    }
+    if (n > 0) {
+      v->iov_base = (uint8_t *)v->iov_base + w;
+      v->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+static int send_bytes(int fd, const void *p, size_t n) {
+  struct iovec v = {(void *)p, n};
+  return write_full(fd, &v, 1);
+}
+
+static int option_reply(int fd, uint32_t opt, uint32_t type, const void *data, uint32_t len) {
+  uint8_t h[20];
+  uint64_t magic = htobe64(0x3e889045565a9ULL);
+  uint32_t o = htobe32(opt), t = htobe32(type), l = htobe32(len);
+  memcpy(h, &magic, 8);
+  memcpy(h + 8, &o, 4);
+  memcpy(h + 12, &t, 4);
+  memcpy(h + 16, &l, 4);
+  struct iovec v[2] = {{h, 20}, {(void *)data, len}};
+  return write_full(fd, v, len ? 2 : 1);
+}
+
+/* Fixed newstyle: every option but GO is declined; GO gets the size. */
+static int handshake(int fd) {
+  uint8_t greet[18];
+  memcpy(greet, "NBDMAGICIHAVEOPT", 16);
+  uint16_t hflags = htobe16(3); /* FIXED_NEWSTYLE | NO_ZEROES */
+  memcpy(greet + 16, &hflags, 2);
+  uint32_t cflags;
+  if (send_bytes(fd, greet, sizeof greet) < 0 || read_full(fd, &cflags, 4) < 0)
+    return -1;
+  for (;;) {
+    uint8_t h[16];
+    if (read_full(fd, h, 16) < 0)
+      return -1;
+    uint32_t opt, len;
+    memcpy(&opt, h + 8, 4);
+    memcpy(&len, h + 12, 4);
+    opt = be32toh(opt);
+    len = be32toh(len);
+    if (len > 65536)
+      return -1;
+    uint8_t data[65536];
+    if (len && read_full(fd, data, len) < 0)
+      return -1;
+    if (opt == 7) { /* NBD_OPT_GO */
+      uint8_t info[12];
+      uint16_t type = 0; /* NBD_INFO_EXPORT */
+      uint64_t size = htobe64(file_size);
+      uint16_t tflags = htobe16(1 | 4); /* HAS_FLAGS | SEND_FLUSH */
+      memcpy(info, &type, 2);
+      memcpy(info + 2, &size, 8);
+      memcpy(info + 10, &tflags, 2);
+      if (option_reply(fd, opt, 3, info, sizeof info) < 0 || option_reply(fd, opt, 1, NULL, 0) < 0)
+        return -1;
+      return 0;
+    }
+    if (opt == 2) /* NBD_OPT_ABORT */
+      return -1;
+    if (option_reply(fd, opt, 0x80000001u, NULL, 0) < 0) /* NBD_REP_ERR_UNSUP */
+      return -1;
+  }
+}
+
+/* One request, read whole (the client sends each at once); -1 ends the
+ * connection. */
+static int serve_one(int fd) {
+  uint8_t h[28];
+  if (read_full(fd, h, sizeof h) < 0)
+    return -1;
+  uint16_t type;
+  uint64_t off;
+  uint32_t len;
+  memcpy(&type, h + 6, 2);
+  memcpy(&off, h + 16, 8);
+  memcpy(&len, h + 24, 4);
+  type = be16toh(type);
+  off = be64toh(off);
+  len = be32toh(len);
+  uint8_t rep[16];
+  uint32_t magic = htobe32(0x67446698), err = 0;
+  memcpy(rep, &magic, 4);
+  memcpy(rep + 8, h + 8, 8); /* cookie */
+  struct iovec v[2] = {{rep, 16}, {buf, 0}};
+  int n = 1;
+  if (len > MAX_LEN || off > file_size || len > file_size - off)
+    return -1;
+  switch (type) {
+  case 0: /* READ */
+    if (pread(file_fd, buf, len, (off_t)off) != (ssize_t)len)
+      err = 5;
+    else
+      v[1].iov_len = len, n = 2;
+    break;
+  case 1: /* WRITE */
+    if (read_full(fd, buf, len) < 0)
+      return -1;
+    if (pwrite(file_fd, buf, len, (off_t)off) != (ssize_t)len)
+      err = 5;
+    break;
+  case 2: /* DISC */
+    return -1;
+  case 3: /* FLUSH */
+    if (fdatasync(file_fd) < 0)
+      err = 5;
+    break;
+  default:
+    err = 22;
+  }
+  err = htobe32(err);
+  memcpy(rep + 4, &err, 4);
+  return write_full(fd, v, n);
+}
+
+static int listen_on(const char *unix_path, const char *port) {
+  int ls;
+  if (unix_path) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(unix_path) >= sizeof a.sun_path)
+      return -1;
+    strcpy(a.sun_path, unix_path);
+    unlink(unix_path);
+    ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ls < 0 || bind(ls, (struct sockaddr *)&a, sizeof a) < 0)
+      return -1;
+  } else {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int one = 1;
+    ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(ls, (struct sockaddr *)&a, sizeof a) < 0)
+      return -1;
+  }
+  return listen(ls, 64) < 0 ? -1 : ls;
+}
+
+int main(int argc, char **argv) {
+  const char *unix_path = NULL, *port = NULL, *pidfile = NULL;
+  int opt;
+  while ((opt = getopt(argc, argv, "U:p:P:")) != -1) {
+    if (opt == 'U')
+      unix_path = optarg;
+    else if (opt == 'p')
+      port = optarg;
+    else if (opt == 'P')
+      pidfile = optarg;
+    else
+      optind = argc + 1;
+  }
+  if (optind != argc - 1 || !unix_path == !port) {
+    fprintf(stderr, "usage: loop-floor -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
+    return 2;
+  }
+  file_fd = open(argv[optind], O_RDWR);
+  struct stat st;
+  if (file_fd < 0 || fstat(file_fd, &st) < 0) {
+    fprintf(stderr, "loop-floor: %s: %s\n", argv[optind], strerror(errno));
+    return 1;
+  }
+  file_size = (uint64_t)st.st_size;
+  buf = malloc(MAX_LEN);
+  int ls = listen_on(unix_path, port);
+  if (!buf || ls < 0) {
+    fprintf(stderr, "loop-floor: cannot listen on %s: %s\n", unix_path ? unix_path : port,
+            buf ? strerror(errno) : "out of memory");
+    return 1;
+  }
+  if (pidfile) {
+    FILE *f = fopen(pidfile, "w");
+    if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+      fprintf(stderr, "loop-floor: %s: %s\n", pidfile, strerror(errno));
+      return 1;
+    }
+  }
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls};
+  epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+  for (;;) {
+    struct epoll_event evs[64];
+    int n = epoll_wait(ep, evs, 64, -1);
+    if (n < 0 && errno != EINTR)
+      return 1;
+    for (int i = 0; i < n; i++) {
+      int fd = evs[i].data.fd;
+      if (fd == ls) {
+        int c = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0)
+          continue;
+        int one = 1;
+        if (port)
+          setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (handshake(c) < 0) {
+          close(c);
+          continue;
+        }
+        struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
+        epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
+      } else if (serve_one(fd) < 0) {
+        epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+        close(fd);
+      }
+    }
+  }
+}
