@@ -153,6 +153,18 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   return 0;
 }
 
+/* Empties the reply queue and hands over its callbacks (n of them);
+ * outq's buffers stay valid until the next conn_write. */
+static struct write_done *outq_take(struct connection *conn, unsigned *n) {
+  struct write_done *done = conn->outq_done;
+  *n = conn->outq_n_done;
+  conn->outq_nbufs = 0;
+  conn->outq_n_done = 0;
+  conn->outq_done = NULL;
+  conn->outq_done_cap = 0;
+  return done;
+}
+
 /* Replies are not written one by one: conn_write queues them, and the loop
  * writes each connection's queue as one uv_write (one writev) from
  * conn_flush_all, which runs after the poll phase and before the next one. */
@@ -162,13 +174,8 @@ void conn_flush_output(struct connection *conn) {
   if (direct_stop(conn))
     return; /* conn_send_rest lists the connection again */
   uv_buf_t *bufs = conn->outq;
-  unsigned nbufs = conn->outq_nbufs;
-  struct write_done *done = conn->outq_done;
-  unsigned n_done = conn->outq_n_done;
-  conn->outq_nbufs = 0;
-  conn->outq_n_done = 0;
-  conn->outq_done = NULL;
-  conn->outq_done_cap = 0;
+  unsigned nbufs = conn->outq_nbufs, n_done;
+  struct write_done *done = outq_take(conn, &n_done);
   if (!conn->tls && conn->writes_pending == 0 && !conn->closing && !conn->lingering) {
     /* Nothing ahead of us on the socket: write now, and complete at once
      * what went out.  A uv_write that completes is cheaper to avoid than to
@@ -306,11 +313,7 @@ void conn_output_stop(struct connection *conn) {
   if (conn->outq_n_done == 0)
     return;
   /* Held behind a reply a worker wrote in part: they can never follow it. */
-  struct write_done *done = conn->outq_done;
-  unsigned n_done = conn->outq_n_done;
-  conn->outq_nbufs = 0;
-  conn->outq_n_done = 0;
-  conn->outq_done = NULL;
-  conn->outq_done_cap = 0;
+  unsigned n_done;
+  struct write_done *done = outq_take(conn, &n_done);
   write_done_all(conn, done, n_done, UV_ECANCELED);
 }

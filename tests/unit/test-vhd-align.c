@@ -27,17 +27,6 @@
 /* Whether the engine aligns blocks of this size. */
 #define ALIGNED(bs) ((bs) % ALIGN == 0 && (bs) >= ALIGN_MIN_BLOCK)
 
-static uint64_t be64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v = v << 8 | p[i];
-  return v;
-}
-
-static uint32_t be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void put_be32(uint8_t *p, uint32_t v) {
   for (int i = 0; i < 4; i++)
     p[i] = (uint8_t)(v >> (24 - 8 * i));
@@ -60,20 +49,20 @@ static void read_layout(const char *path, struct layout *l) {
   uint32_t sum = 0;
   for (unsigned i = 0; i < SECTOR; i++)
     sum += i >= 64 && i < 68 ? 0 : footer[i];
-  T_ASSERT(be32(footer + 64) == ~sum, "%s: the footer at EOF-512 has a bad checksum", path);
+  T_ASSERT(t_be32(footer + 64) == ~sum, "%s: the footer at EOF-512 has a bad checksum", path);
   t_pread_file(path, copy, sizeof copy, 0);
   T_ASSERT(memcmp(copy, footer, SECTOR) == 0, "%s: the footer copy at 0 differs", path);
-  t_pread_file(path, header, sizeof header, be64(footer + 16));
+  t_pread_file(path, header, sizeof header, t_be64(footer + 16));
   T_ASSERT(memcmp(header, "cxsparse", 8) == 0, "%s: no dynamic header", path);
-  l->bat_off = be64(header + 16);
-  l->entries = be32(header + 28);
-  l->block_size = be32(header + 32);
+  l->bat_off = t_be64(header + 16);
+  l->entries = t_be32(header + 28);
+  l->block_size = t_be32(header + 32);
   l->bitmap_area = ((l->block_size / SECTOR + 7) / 8 + SECTOR - 1) / SECTOR * SECTOR;
   uint8_t *raw = t_xmalloc((size_t)l->entries * 4);
   t_pread_file(path, raw, (size_t)l->entries * 4, l->bat_off);
   l->bat = t_xmalloc((size_t)l->entries * 4);
   for (uint32_t i = 0; i < l->entries; i++)
-    l->bat[i] = be32(raw + 4 * i);
+    l->bat[i] = t_be32(raw + 4 * i);
   free(raw);
 }
 

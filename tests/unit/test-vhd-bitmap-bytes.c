@@ -19,17 +19,6 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static uint64_t be64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v = v << 8 | p[i];
-  return v;
-}
-
-static uint32_t be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 struct bitmap_case {
   uint32_t block_size; /* 0: the default (2 MiB) */
   uint64_t sector;     /* virtual sector written */
@@ -64,13 +53,13 @@ static void check_case(const struct bitmap_case *c, unsigned n) {
   uint64_t fsize = t_file_size(path);
   t_pread_file(path, footer, sizeof footer, fsize - SECTOR);
   T_ASSERT(memcmp(footer, "conectix", 8) == 0, "case %u: no footer at EOF-512", n);
-  T_ASSERT(be32(footer + 60) == VHD_TYPE_DYNAMIC, "case %u: footer disk type %u", n,
-           be32(footer + 60));
-  t_pread_file(path, header, sizeof header, be64(footer + 16));
+  T_ASSERT(t_be32(footer + 60) == VHD_TYPE_DYNAMIC, "case %u: footer disk type %u", n,
+           t_be32(footer + 60));
+  t_pread_file(path, header, sizeof header, t_be64(footer + 16));
   T_ASSERT(memcmp(header, "cxsparse", 8) == 0, "case %u: no dynamic header at %llu", n,
-           (unsigned long long)be64(footer + 16));
-  uint64_t bat_off = be64(header + 16);
-  uint32_t entries = be32(header + 28), bs = be32(header + 32);
+           (unsigned long long)t_be64(footer + 16));
+  uint64_t bat_off = t_be64(header + 16);
+  uint32_t entries = t_be32(header + 28), bs = t_be32(header + 32);
   T_ASSERT(bs == (c->block_size ? c->block_size : 2 * MiB), "case %u: block size %u", n, bs);
   T_ASSERT(c->block < entries, "case %u: block %u beyond %u BAT entries", n, c->block, entries);
   T_ASSERT(c->sector * SECTOR / bs == c->block, "case %u: sector %llu is not in block %u", n,
@@ -80,9 +69,9 @@ static void check_case(const struct bitmap_case *c, unsigned n) {
   uint8_t *bat = t_xmalloc((size_t)entries * 4);
   t_pread_file(path, bat, (size_t)entries * 4, bat_off);
   for (uint32_t i = 0; i < entries; i++)
-    T_ASSERT((be32(bat + 4 * i) == 0xFFFFFFFFu) == (i != c->block),
-             "case %u: BAT entry %u is 0x%08x", n, i, be32(bat + 4 * i));
-  uint64_t block_off = (uint64_t)be32(bat + 4 * c->block) * SECTOR;
+    T_ASSERT((t_be32(bat + 4 * i) == 0xFFFFFFFFu) == (i != c->block),
+             "case %u: BAT entry %u is 0x%08x", n, i, t_be32(bat + 4 * i));
+  uint64_t block_off = (uint64_t)t_be32(bat + 4 * c->block) * SECTOR;
   free(bat);
 
   /* The bitmap: ceil(sectors per block / 8) bytes, padded to a sector. */

@@ -213,6 +213,14 @@ uint64_t t_file_size(const char *path) {
   return (uint64_t)st.st_size;
 }
 
+uint32_t t_be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+uint64_t t_be64(const uint8_t *p) {
+  return (uint64_t)t_be32(p) << 32 | t_be32(p + 4);
+}
+
 void t_pread_file(const char *path, void *buf, size_t len, uint64_t off) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)

@@ -70,6 +70,10 @@ uint64_t t_file_size(const char *path);
 void t_pread_file(const char *path, void *buf, size_t len, uint64_t off);
 void t_pwrite_file(const char *path, const void *buf, size_t len, uint64_t off);
 void t_truncate_file(const char *path, uint64_t size);
+/* Big-endian fields of bytes read that way (the format's byte order),
+ * decoded here rather than with the engine's own helpers. */
+uint32_t t_be32(const uint8_t *p);
+uint64_t t_be64(const uint8_t *p);
 
 /* vhd_create with the given fields, failing the test on error. */
 void t_create(const char *path, enum vhd_type type, uint64_t size, uint32_t block_size,
