@@ -145,7 +145,7 @@ static void write_blocks(const char *path, uint8_t *model, uint32_t bs, uint32_t
   struct vhd_err err = {{0}};
   for (uint32_t half = 0; half < 2; half++) {
     vhd_t *vhd = t_open(path, false);
-    for (uint32_t k = half * n / 2; k < (half + 1) * n / 2 + (half ? n % 2 : 0); k++) {
+    for (uint32_t k = half ? n / 2 : 0; k < (half ? n : n / 2); k++) {
       uint32_t spb = bs / SECTOR;
       uint32_t s = (uint32_t)t_below(spb), len = (uint32_t)t_range(1, spb - s);
       uint64_t off = (uint64_t)order[k] * bs + (uint64_t)s * SECTOR;
