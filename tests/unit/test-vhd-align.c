@@ -194,15 +194,23 @@ static void case_new(enum vhd_type type, uint32_t bs) {
   free(model);
 }
 
+/* An empty dynamic image of nblocks blocks named NAME-BS.vhd in the test
+ * directory (its path in path), and a zeroed model of its content. */
+static uint8_t *new_dynamic(const char *name, uint32_t bs, uint32_t nblocks, char *path,
+                            size_t path_size) {
+  uint64_t size = (uint64_t)nblocks * bs;
+  snprintf(path, path_size, "%s", t_path(t_fmt("%s-%u.vhd", name, bs)));
+  t_create(path, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+  return t_xcalloc(1, size);
+}
+
 /* One block laid out by hand where the footer was, data right after its
  * bitmap as QEMU puts it; the engine must leave it there. */
 static void case_existing(uint32_t bs) {
   const uint32_t nblocks = 8;
   uint64_t size = (uint64_t)nblocks * bs;
-  uint8_t *model = t_xcalloc(1, size);
   char path[4096];
-  snprintf(path, sizeof path, "%s", t_path(t_fmt("existing-%u.vhd", bs)));
-  t_create(path, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+  uint8_t *model = new_dynamic("existing", bs, nblocks, path, sizeof path);
   struct layout l;
   read_layout(path, &l);
   uint64_t off = l.file_size - SECTOR, span = (uint64_t)l.bitmap_area + bs;
@@ -238,10 +246,8 @@ static void case_existing(uint32_t bs) {
 static void case_compact(uint32_t bs) {
   const uint32_t nblocks = 12;
   uint64_t size = (uint64_t)nblocks * bs;
-  uint8_t *model = t_xcalloc(1, size);
   char path[4096];
-  snprintf(path, sizeof path, "%s", t_path(t_fmt("compact-%u.vhd", bs)));
-  t_create(path, VHD_TYPE_DYNAMIC, size, bs, true, NULL);
+  uint8_t *model = new_dynamic("compact", bs, nblocks, path, sizeof path);
   write_blocks(path, model, bs, 0, nblocks);
   /* Blocks 2 and 7 (wherever they lie) become all zeros. */
   uint8_t *zero = t_xcalloc(1, bs);
