@@ -320,8 +320,8 @@ def check_qemu(image, kind, raw_path, baseline, journal, seed, expect, durable):
 
 
 def check_libvhdi(image, parent, expect, durable):
-    """libvhdi, the reference reader, a sector at a time: it honours the
-    sector bitmaps, so it judges zeroes too.  (Debian 12's libvhdi misreads
+    """libvhdi, the reference reader, a sector at a time, on the sectors
+    written with data this round.  (Debian 12's libvhdi misreads
     clear bits that follow a set one in a bitmap byte of a differencing
     image, taking them from the child instead of the parent; sectors written
     this round all have their bits set, so the misread cannot touch them.)"""
@@ -337,7 +337,12 @@ def check_libvhdi(image, parent, expect, durable):
         if top.get_media_size() != len(expect):
             raise Failure("libvhdi sees a disk of %d bytes, expected %d" %
                           (top.get_media_size(), len(expect)))
-        sectors = list(durable)
+        # Only sectors whose last durable write was data: Debian 12's
+        # libvhdi also misreads a clear bit that follows a set one in a
+        # bitmap byte of a dynamic image (seen: byte 0xe0, sector 4 of it
+        # zeroed and flushed, bit clear on disk, libvhdi read the old data),
+        # so zeroes are judged by vhdimg's read in verify() alone.
+        sectors = [sec for sec, data in durable.items() if data]
         compare_sectors("libvhdi", lambda sec: top.read_buffer_at_offset(SECTOR, sec * SECTOR),
                         sectors, expect)
         return len(sectors)
