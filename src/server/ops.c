@@ -39,8 +39,8 @@ struct chunk_list {
   size_t cap;
 };
 
-/* The engine leaves the bytes of holes unset (VHD_READ_SKIP_ZERO); a hole
- * sent as data must be zeroed here. */
+/* The engine may leave the bytes of holes unset (VHD_READ_SKIP_ZERO); a
+ * hole sent as data must be zeroed here. */
 static void zero_fill(struct request *req, uint64_t off, uint64_t len) {
   memset(req->data + (off - req->io_off), 0, len);
 }

@@ -54,6 +54,35 @@ static int read_absent(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, struc
   return read_emit(rc, off + inside, len - inside, VHD_MAP_ZERO);
 }
 
+/* A block written piecemeal (a guest's 4 KiB writes into a fresh block, a
+ * Windows image with only the written sectors' bits set) alternates short
+ * runs of set and clear bits: read run by run, a 1 MiB read of it cost
+ * hundreds of system calls.  Set runs separated by clear runs of at most
+ * this many bytes are read from the file in one piece instead, and the
+ * clear runs are then overwritten with what they really hold (the
+ * parent's bytes, or zeros).  Copying a clear run's file bytes costs less
+ * than the system call it saves up to about this size; the file range is
+ * inside the block's data area and ends at a set run that must be read
+ * anyway, so it never reaches past the end of a readable file. */
+#define READ_COALESCE_GAP (16u * 1024)
+
+/* From pos, the end of a set run inside [.., end) of a block, where one
+ * read of the file should stop: past every clear run no longer than
+ * READ_COALESCE_GAP that a set run follows. */
+static uint32_t coalesce_end(const uint8_t *bm, uint32_t base, uint32_t s1, uint32_t pos,
+                             uint32_t end) {
+  while (pos < end) {
+    bool present;
+    uint32_t s = pos / 512;
+    uint32_t gap_end = MIN(end, (s + vhd_bitmap_run(bm, s - base, s1 - base, &present)) * 512);
+    if (gap_end >= end || gap_end - pos > READ_COALESCE_GAP)
+      break;
+    s = gap_end / 512;
+    pos = MIN(end, (s + vhd_bitmap_run(bm, s - base, s1 - base, &present)) * 512);
+  }
+  return pos;
+}
+
 /* The first block of [off, off+len) on a dynamic or differencing disk, or
  * the first run of unallocated blocks: *done says how many bytes of the
  * range were read.  A range the image holds all of is one read of its
@@ -96,6 +125,7 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
   uint32_t base = s0 & ~7u; /* bm holds bits from sector `base` on */
   uint32_t pos = boff;
   uint32_t end = boff + (uint32_t)n;
+  uint32_t read_to = boff; /* the file's bytes are in buf up to here */
   while (pos < end && r == 0) {
     bool present;
     uint32_t s = pos / 512;
@@ -104,11 +134,20 @@ static int read_segment(vhd_t *vhd, uint8_t *buf, uint64_t off, size_t len, stru
     uint8_t *dst = buf + (pos - boff);
     size_t k = run_end - pos;
     if (present) {
-      r = read_data(vhd, rc, dst, k, data_off + pos, err);
+      if (pos >= read_to) {
+        read_to = coalesce_end(bm, base, s1, run_end, end);
+        r = read_data(vhd, rc, dst, read_to - pos, data_off + pos, err);
+      }
       if (r == 0)
         r = read_emit(rc, block_start + pos, k, VHD_MAP_DATA);
     } else {
+      /* Inside a coalesced read this overwrites the file's bytes, which
+       * may be stale data: zeros too, whatever VHD_READ_SKIP_ZERO says. */
+      unsigned flags = rc->flags;
+      if (pos < read_to)
+        rc->flags &= ~VHD_READ_SKIP_ZERO;
       r = read_absent(vhd, dst, block_start + pos, k, rc, err);
+      rc->flags = flags;
     }
     pos = run_end;
   }

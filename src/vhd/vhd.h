@@ -227,8 +227,9 @@ int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
  * holds the bytes) or VHD_MAP_ZERO (no level does); runs with equal flags are
  * merged, depth and file_offset are not reported (0).
  * flags:
- *   VHD_READ_SKIP_ZERO  leave buf untouched where a VHD_MAP_ZERO run lies (the
- *                       caller zero-fills what it needs); requires cb.
+ *   VHD_READ_SKIP_ZERO  buf may be left untouched where a VHD_MAP_ZERO run lies
+ *                       (the caller zero-fills what it needs): large runs are,
+ *                       short ones between data may be zeroed; requires cb.
  *   VHD_READ_NOWAIT     never wait: for a contended image lock, a bitmap not
  *                       yet in memory or file data not in the page cache
  *                       (preadv2 RWF_NOWAIT), or an image whose reads may

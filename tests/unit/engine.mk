@@ -119,6 +119,16 @@ test_vhd_align_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_align_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-align
 
+# - test-vhd-read-coalesce: set runs a short clear run apart are read from
+#   the file in one piece, and the clear runs' file bytes (a marker planted
+#   there) never reach the reader, in dynamic and differencing images.
+check_PROGRAMS += test-vhd-read-coalesce
+TESTS += test-vhd-read-coalesce
+test_vhd_read_coalesce_SOURCES = tests/unit/test-vhd-read-coalesce.c $(ENGINE_TEST_UTIL)
+test_vhd_read_coalesce_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_read_coalesce_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-read-coalesce
+
 # Overlapping requests without the server's queue: no data lands in a block
 # it was not written to, whatever a freed block's space is reused for.
 check_PROGRAMS += test-vhd-race
