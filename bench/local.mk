@@ -38,6 +38,8 @@ TESTS += bench/test-bench-smoke.sh
 # nothing else, the yardstick of bench/run's QD1 rows (built by bench/run).
 EXTRA_PROGRAMS += bench/loop-floor
 bench_loop_floor_SOURCES = bench/loop-floor.c
+bench_loop_floor_CFLAGS = $(AM_CFLAGS) $(PTHREAD_CFLAGS)
+bench_loop_floor_LDADD = $(PTHREAD_LIBS)
 CLEANFILES += bench/loop-floor
 
 # bench/engine-bench: the engine alone (reads through a chain, footer moves,

@@ -1,7 +1,7 @@
 /* loop-floor: the fastest an event-loop NBD server can answer on this
  * machine, as a yardstick for vhdnbd's queue-depth-1 figures.
  *
- *   loop-floor -U SOCKET | -p PORT  [-P PIDFILE] FILE
+ *   loop-floor [-t] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE
  *
  * Serves FILE (raw, read-write) on the Unix socket SOCKET or on TCP
  * 127.0.0.1:PORT (TCP_NODELAY) to any number of clients, all from one
@@ -13,11 +13,20 @@
  * reach by design.)  Simple replies only; FLUSH is fdatasync; it stops at
  * SIGTERM or SIGINT.  bench/run measures it beside nbdkit's file plugin:
  * where vhdnbd is as fast as this, what is left between it and a thread
- * per connection is the price of the event loop's wake-ups, not of VHD. */
+ * per connection is the price of the event loop's wake-ups, not of VHD.
+ *
+ * Two variants, as yardsticks measured by hand (bench/RESULTS.md):
+ *   -t  a thread per connection blocked in recv, as nbdkit has, instead of
+ *       the epoll loop: whether the loop's wake-ups are what costs;
+ *   -s  READ data spliced from the file through a pipe into the socket
+ *       (splice(2)): no copy through user space, what a server could gain
+ *       by not copying page-cache data at all. */
 #define _GNU_SOURCE
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +44,10 @@
 
 static int file_fd;
 static uint64_t file_size;
-static uint8_t *buf;
+static bool thread_per_conn, splice_reads;
+/* Per thread: the epoll loop has one, -t one per connection. */
+static __thread uint8_t *buf;
+static __thread int splice_pipe[2] = {-1, -1};
 
 static int read_full(int fd, void *p, size_t n) {
   size_t done = 0;
@@ -134,9 +146,39 @@ static int handshake(int fd) {
   }
 }
 
+/* -s: the header, then len bytes of the file at off moved into the socket
+ * through a pipe, page references rather than copies. */
+static int splice_reply(int fd, const uint8_t rep[16], uint64_t off, uint32_t len) {
+  if (splice_pipe[0] < 0) {
+    if (pipe2(splice_pipe, O_CLOEXEC) < 0)
+      return -1;
+    fcntl(splice_pipe[1], F_SETPIPE_SZ, 1 << 20); /* fewer rounds; the default works too */
+  }
+  if (send(fd, rep, 16, MSG_MORE | MSG_NOSIGNAL) != 16)
+    return -1;
+  loff_t o = (loff_t)off;
+  size_t left = len;
+  while (left > 0) {
+    ssize_t n = splice(file_fd, &o, splice_pipe[1], NULL, left, SPLICE_F_MOVE);
+    if (n <= 0)
+      return -1;
+    left -= (size_t)n;
+    while (n > 0) {
+      ssize_t m = splice(splice_pipe[0], NULL, fd, NULL, (size_t)n,
+                         SPLICE_F_MOVE | (left ? SPLICE_F_MORE : 0));
+      if (m <= 0)
+        return -1;
+      n -= m;
+    }
+  }
+  return 0;
+}
+
 /* One request, read whole (the client sends each at once); -1 ends the
  * connection. */
 static int serve_one(int fd) {
+  if (!buf && !(buf = malloc(MAX_LEN)))
+    return -1;
   uint8_t h[28];
   if (read_full(fd, h, sizeof h) < 0)
     return -1;
@@ -159,6 +201,8 @@ static int serve_one(int fd) {
     return -1;
   switch (type) {
   case 0: /* READ */
+    if (splice_reads && len > 0)
+      return splice_reply(fd, rep, off, len);
     if (pread(file_fd, buf, len, (off_t)off) != (ssize_t)len)
       err = 5;
     else
@@ -182,6 +226,19 @@ static int serve_one(int fd) {
   err = htobe32(err);
   memcpy(rep + 4, &err, 4);
   return write_full(fd, v, n);
+}
+
+static void *connection_thread(void *arg) {
+  int fd = (int)(intptr_t)arg;
+  while (serve_one(fd) == 0)
+    ;
+  close(fd);
+  free(buf);
+  if (splice_pipe[0] >= 0) {
+    close(splice_pipe[0]);
+    close(splice_pipe[1]);
+  }
+  return NULL;
 }
 
 static int listen_on(const char *unix_path, const char *port) {
@@ -210,8 +267,12 @@ static int listen_on(const char *unix_path, const char *port) {
 int main(int argc, char **argv) {
   const char *unix_path = NULL, *port = NULL, *pidfile = NULL;
   int opt;
-  while ((opt = getopt(argc, argv, "U:p:P:")) != -1) {
-    if (opt == 'U')
+  while ((opt = getopt(argc, argv, "tsU:p:P:")) != -1) {
+    if (opt == 't')
+      thread_per_conn = true;
+    else if (opt == 's')
+      splice_reads = true;
+    else if (opt == 'U')
       unix_path = optarg;
     else if (opt == 'p')
       port = optarg;
@@ -221,7 +282,7 @@ int main(int argc, char **argv) {
       optind = argc + 1;
   }
   if (optind != argc - 1 || !unix_path == !port) {
-    fprintf(stderr, "usage: loop-floor -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
+    fprintf(stderr, "usage: loop-floor [-t] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
     return 2;
   }
   file_fd = open(argv[optind], O_RDWR);
@@ -231,11 +292,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   file_size = (uint64_t)st.st_size;
-  buf = malloc(MAX_LEN);
   int ls = listen_on(unix_path, port);
-  if (!buf || ls < 0) {
+  if (ls < 0) {
     fprintf(stderr, "loop-floor: cannot listen on %s: %s\n", unix_path ? unix_path : port,
-            buf ? strerror(errno) : "out of memory");
+            strerror(errno));
     return 1;
   }
   if (pidfile) {
@@ -264,6 +324,14 @@ int main(int argc, char **argv) {
           setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (handshake(c) < 0) {
           close(c);
+          continue;
+        }
+        pthread_t t;
+        if (thread_per_conn) {
+          if (pthread_create(&t, NULL, connection_thread, (void *)(intptr_t)c) == 0)
+            pthread_detach(t);
+          else
+            close(c);
           continue;
         }
         struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};

@@ -148,3 +148,25 @@ printf 'meta\tmode\tsmoke\n' >"$work/extra.tsv"
 if ls -d "$TMPD"/vhdnbd-bench.* >/dev/null 2>&1; then
   fail "bench/run left its work directory behind"
 fi
+
+# bench/loop-floor's variants (-t: a thread per connection, -s: READ data
+# spliced into the socket), used by hand as yardsticks, serve the file's
+# bytes: nbdcopy over 2 connections copies it exactly.
+floor=$top_builddir/bench/loop-floor
+[ -x "$floor" ] || fail "bench/run did not build $floor"
+if command -v nbdcopy >/dev/null; then
+  head -c $((4 * 1024 * 1024)) /dev/urandom >"$TMPD/floor.raw"
+  for opts in "" -t -s "-t -s"; do
+    rm -f "$TMPD/floor.pid" "$TMPD/floor.copy"
+    # shellcheck disable=SC2086
+    "$floor" $opts -U "$TMPD/floor.sock" -P "$TMPD/floor.pid" "$TMPD/floor.raw" &
+    fpid=$!
+    cleanup_fn "kill $fpid 2>/dev/null"
+    wait_for 30 "loop-floor $opts listening" test -s "$TMPD/floor.pid"
+    nbdcopy --connections=2 "nbd+unix:///?socket=$TMPD/floor.sock" "$TMPD/floor.copy" ||
+      fail "nbdcopy from loop-floor $opts failed"
+    cmp -s "$TMPD/floor.raw" "$TMPD/floor.copy" || fail "loop-floor $opts served other bytes"
+    kill "$fpid"
+    wait "$fpid" 2>/dev/null || true
+  done
+fi
