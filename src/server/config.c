@@ -16,6 +16,7 @@
  *   max-inflight = 128M
  *   threads = 8
  *   write-lanes = 1      (default: derived from the CPUs, see main.c)
+ *   splice = yes         (no: READ data always copied, see splice.h)
  *   pidfile = /run/vhdnbd.pid
  *   metrics-file = /var/lib/prometheus/node-exporter/vhdnbd.prom
  *   metrics-interval = 15
@@ -226,6 +227,12 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return set_string(&s->tls_psk, v);
   if (strcmp(key, "tls-verify-peer") == 0)
     return parse_bool(v, &s->tls_verify_peer);
+  if (strcmp(key, "splice") == 0) {
+    bool on;
+    int r = parse_bool(v, &on);
+    s->no_splice = !on;
+    return r;
+  }
   return -ENOENT;
 }
 

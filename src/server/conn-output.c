@@ -1,12 +1,15 @@
 /* conn-output.c: a connection's output: replies queued during a loop
  * iteration leave in one write (conn_flush_all), encrypted under TLS, and
- * their callbacks run once written or cancelled. */
+ * their callbacks run once written or cancelled; spliced READ replies go
+ * between those writes, each whole before anything else is written. */
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "conn-internal.h"
@@ -38,6 +41,31 @@ static void write_done_all(struct connection *conn, struct write_done *done, uns
   free(done);
 }
 
+/* A reply whose data waits in a pipe (conn_write_splice). */
+struct splice_out {
+  struct splice_out *next;
+  int pipe;
+  size_t len, sent;         /* data */
+  size_t hdr_len, hdr_sent;
+  conn_write_cb cb;
+  void *opaque;
+  uint8_t hdr[]; /* hdr_len bytes */
+};
+
+/* When the socket is full, this much of a spliced reply is copied into a
+ * write of its own: libuv then says when the socket took it, which is when
+ * to splice again. */
+#define SPLICE_WAIT_CHUNK (64u * 1024)
+
+static void outq_list(struct connection *conn) {
+  if (!conn->outq_listed) {
+    conn->outq_listed = true;
+    conn->outq_next = server.outq_head;
+    server.outq_head = conn;
+    conn_ref(conn);
+  }
+}
+
 static void write_req_finish(struct write_req *w, int status) {
   write_done_all(w->conn, w->done, w->n_done, status);
   free(w->cipher);
@@ -60,7 +88,8 @@ static bool direct_stop(struct connection *conn) {
 
 void conn_direct_allow(struct connection *conn) {
   if (conn->direct_ok || conn->direct_fd < 0 || conn->closing || conn->lingering ||
-      conn->streaming || conn->writes_pending || conn->outq_n_done ||
+      conn->streaming || conn->writes_pending || conn->outq_n_done || conn->splice_head ||
+      conn->splice_cur ||
       conn->phase != PHASE_TRANSMISSION || !server.direct_replies)
     return;
   pthread_mutex_lock(&conn->direct_lock);
@@ -100,6 +129,8 @@ static void on_written(uv_write_t *req, int status) {
   }
   write_req_finish(w, status);
   if (!conn->closing) {
+    if (conn->splice_cur || conn->splice_head)
+      outq_list(conn); /* the socket took a write: splice on (conn_flush_all) */
     conn_direct_allow(conn);
     conn_process(conn);
   }
@@ -168,7 +199,7 @@ static struct write_done *outq_take(struct connection *conn, unsigned *n) {
 /* Replies are not written one by one: conn_write queues them, and the loop
  * writes each connection's queue as one uv_write (one writev) from
  * conn_flush_all, which runs after the poll phase and before the next one. */
-void conn_flush_output(struct connection *conn) {
+static void flush_queue(struct connection *conn) {
   if (conn->outq_n_done == 0)
     return;
   if (direct_stop(conn))
@@ -215,6 +246,141 @@ void conn_flush_output(struct connection *conn) {
   write_bufs(conn, w, bufs, nbufs);
 }
 
+/* Reads n bytes the pipe holds (they are there: the worker put them in). */
+static int pipe_read_full(int fd, uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return r < 0 ? -errno : -EPIPE;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+/* The socket is full (or takes no splice: then all of it): the next part
+ * of the reply being written goes as a copy through libuv (see
+ * SPLICE_WAIT_CHUNK). */
+static void splice_copy_part(struct connection *conn, struct splice_out *s, bool all) {
+  size_t n;
+  bool hdr = s->hdr_sent < s->hdr_len;
+  if (hdr)
+    n = s->hdr_len - s->hdr_sent;
+  else
+    n = all ? s->len - s->sent : MIN(s->len - s->sent, (size_t)SPLICE_WAIT_CHUNK);
+  struct write_req *w = calloc(1, sizeof *w + n);
+  if (!w) {
+    conn_close(conn, "out of memory");
+    return;
+  }
+  if (hdr) {
+    memcpy(w->copy, s->hdr + s->hdr_sent, n);
+    s->hdr_sent += n;
+  } else {
+    int r = pipe_read_full(s->pipe, w->copy, n);
+    if (r < 0) {
+      free(w);
+      log_msg(LOG_LEVEL_WARNING, "%s: reading a spliced reply back from its pipe: %s",
+              conn->peer, strerror(-r));
+      conn_close(conn, "write error");
+      return;
+    }
+    s->sent += n;
+  }
+  uv_buf_t b = uv_buf_init((char *)w->copy, (unsigned)n);
+  write_bufs(conn, w, &b, 1);
+}
+
+/* Writes queued replies and spliced ones, in turn: a spliced reply starts
+ * once nothing else is being written and the queue before it is out, and
+ * holds every other write back until it is whole. */
+static void splice_pump(struct connection *conn) {
+  for (;;) {
+    if (conn->closing || conn->lingering)
+      return;
+    struct splice_out *s = conn->splice_cur;
+    if (!s) {
+      flush_queue(conn);
+      if (conn->closing || conn->writes_pending || conn->outq_n_done || !conn->splice_head)
+        return;
+      if (direct_stop(conn))
+        return; /* a worker's reply went out in part: conn_send_rest first */
+      s = conn->splice_head;
+      conn->splice_head = s->next;
+      if (!conn->splice_head)
+        conn->splice_tail = NULL;
+      conn->splice_cur = s;
+    } else if (conn->writes_pending) {
+      return; /* on_written lists the connection again */
+    }
+    int e = 0;
+    while (!e && s->hdr_sent < s->hdr_len) {
+      ssize_t n = send(conn->direct_fd, s->hdr + s->hdr_sent, s->hdr_len - s->hdr_sent,
+                       MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE);
+      if (n > 0)
+        s->hdr_sent += (size_t)n;
+      else if (n < 0 && errno != EINTR)
+        e = errno;
+    }
+    while (!e && s->sent < s->len) {
+      ssize_t n = splice(s->pipe, NULL, conn->direct_fd, NULL, s->len - s->sent,
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (n > 0)
+        s->sent += (size_t)n;
+      else if (n == 0)
+        e = EPIPE;
+      else if (errno != EINTR)
+        e = errno;
+    }
+    if (!e) {
+      conn->splice_cur = NULL;
+      s->cb(conn, s->opaque, 0);
+      free(s);
+      continue;
+    }
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINVAL || e == ENOSYS || e == EOPNOTSUPP) {
+      /* Full, or a socket that takes no splice: copy the next part. */
+      splice_copy_part(conn, s, e != EAGAIN && e != EWOULDBLOCK);
+      return;
+    }
+    log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, strerror(e));
+    conn_close(conn, "write error");
+    return;
+  }
+}
+
+void conn_flush_output(struct connection *conn) {
+  if (!conn->splice_cur && !conn->splice_head)
+    flush_queue(conn);
+  else
+    splice_pump(conn);
+}
+
+int conn_write_splice(struct connection *conn, const void *hdr, size_t hdr_len, int pipe_rd,
+                      size_t len, conn_write_cb cb, void *opaque) {
+  struct splice_out *s = NULL;
+  if (conn->closing || conn->lingering || conn->direct_fd < 0 ||
+      !(s = calloc(1, sizeof *s + hdr_len))) {
+    cb(conn, opaque, s ? UV_ECANCELED : UV_ENOMEM);
+    return s ? UV_ECANCELED : -ENOMEM;
+  }
+  s->pipe = pipe_rd;
+  s->len = len;
+  s->hdr_len = hdr_len;
+  s->cb = cb;
+  s->opaque = opaque;
+  memcpy(s->hdr, hdr, hdr_len);
+  if (conn->splice_tail)
+    conn->splice_tail->next = s;
+  else
+    conn->splice_head = s;
+  conn->splice_tail = s;
+  outq_list(conn);
+  return 0;
+}
+
 void conn_flush_all(void) {
   while (server.outq_head) {
     struct connection *conn = server.outq_head;
@@ -256,12 +422,7 @@ int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, co
   memcpy(conn->outq + conn->outq_nbufs, bufs, nbufs * sizeof *bufs);
   conn->outq_nbufs += nbufs;
   conn->outq_done[conn->outq_n_done++] = (struct write_done){cb, opaque};
-  if (!conn->outq_listed) {
-    conn->outq_listed = true;
-    conn->outq_next = server.outq_head;
-    server.outq_head = conn;
-    conn_ref(conn);
-  }
+  outq_list(conn);
   return 0;
 nomem:
   if (cb)
@@ -310,6 +471,20 @@ int conn_send_rest(struct connection *conn, const uv_buf_t *buf, conn_write_cb c
 
 void conn_output_stop(struct connection *conn) {
   direct_stop(conn);
+  /* Spliced replies not (wholly) written: their pipes may hold bytes. */
+  struct splice_out *s = conn->splice_cur;
+  conn->splice_cur = NULL;
+  if (s)
+    s->next = conn->splice_head;
+  else
+    s = conn->splice_head;
+  conn->splice_head = conn->splice_tail = NULL;
+  while (s) {
+    struct splice_out *next = s->next;
+    s->cb(conn, s->opaque, UV_ECANCELED);
+    free(s);
+    s = next;
+  }
   if (conn->outq_n_done == 0)
     return;
   /* Held behind a reply a worker wrote in part: they can never follow it. */

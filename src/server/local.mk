@@ -17,6 +17,7 @@ vhdnbd_SOURCES = \
 	src/server/ops.c \
 	src/server/queue.c src/server/queue.h \
 	src/server/bufpool.c src/server/bufpool.h \
+	src/server/splice.c src/server/splice.h \
 	src/server/workers.c src/server/workers.h \
 	src/server/guard.c \
 	src/server/metrics.c src/server/metrics.h \

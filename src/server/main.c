@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "splice.h"
 #include "size.h"
 #include "workers.h"
 
@@ -65,6 +66,10 @@ static void usage(FILE *f) {
           "      --threads N          worker threads for image I/O (default %u)\n"
           "      --write-lanes N      plain WRITEs to one export running at once\n"
           "                           (default: twice the CPUs, at most --threads)\n"
+          "      --no-splice          copy READ data into replies; by default large\n"
+          "                           READs go from the page cache to the socket\n"
+          "                           uncopied (splice), and a WRITE sent after a READ\n"
+          "                           of the same bytes may show in its reply\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
@@ -242,6 +247,7 @@ enum {
   OPT_TLS,
   OPT_TLS_CERTIFICATES,
   OPT_TLS_VERIFY_PEER,
+  OPT_NO_SPLICE,
   OPT_TLS_PSK,
   OPT_IDLE_TIMEOUT,
   OPT_MAX_INFLIGHT,
@@ -277,6 +283,7 @@ static const struct option long_options[] = {
     {"tls", required_argument, NULL, OPT_TLS},
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
+    {"no-splice", no_argument, NULL, OPT_NO_SPLICE},
     {"tls-psk", required_argument, NULL, OPT_TLS_PSK},
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"metrics-file", required_argument, NULL, OPT_METRICS_FILE},
@@ -417,6 +424,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       free(cli.tls_psk);
       cli.tls_psk = strdup(optarg);
       break;
+    case OPT_NO_SPLICE:
+      cli.no_splice = true;
+      break;
     case OPT_TLS_VERIFY_PEER:
       cli.tls_verify_peer = true;
       break;
@@ -504,6 +514,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   take_string(&s->tls_psk, &cli.tls_psk);
   if (cli.tls_verify_peer)
     s->tls_verify_peer = true;
+  if (cli.no_splice)
+    s->no_splice = true;
   if (max_set)
     s->max_connections = cli.max_connections;
   if (timeout_set)
@@ -738,6 +750,7 @@ int main(int argc, char **argv) {
   /* ...and the workers' own replies, to exercise the loop's reply path. */
   const char *dr = getenv("VHDNBD_DIRECT_REPLIES");
   server.direct_replies = !(dr && strcmp(dr, "0") == 0);
+  server.splice_reads = !settings.no_splice && splice_available();
   int wr = workers_start(server.loop, threads);
   if (wr < 0) {
     log_msg(LOG_LEVEL_ERR, "cannot start %u worker threads: %s", threads, strerror(-wr));

@@ -43,6 +43,7 @@ struct export_stats {
   uint64_t bytes_read, bytes_written;
   uint64_t on_loop[2]; /* READs, WRITEs served on the loop thread */
   uint64_t from_worker; /* replies a worker sent itself */
+  uint64_t spliced;     /* READ replies whose data was spliced */
   uint64_t errors[N_ERRNOS];
   uint64_t inflight;
 };
@@ -152,6 +153,12 @@ void metrics_reply_from_worker(const struct export *exp) {
     st->from_worker++;
 }
 
+void metrics_read_spliced(const struct export *exp) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    st->spliced++;
+}
+
 void metrics_connection_accepted(void) { m.accepted++; }
 
 void metrics_connection_refused(const char *reason) {
@@ -211,6 +218,7 @@ static void sum_stats(struct export_stats *t) {
     t->on_loop[0] += st->on_loop[0];
     t->on_loop[1] += st->on_loop[1];
     t->from_worker += st->from_worker;
+    t->spliced += st->spliced;
     t->inflight += st->inflight;
   }
 }
@@ -253,6 +261,13 @@ static void write_requests(FILE *f) {
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "replies_from_workers_total", m.srv->exports[i]);
     fprintf(f, "} %" PRIu64 "\n", stats_at(i)->from_worker);
+  }
+  family(f, "reads_spliced_total", "counter",
+         "READ replies whose data went from the page cache into the socket by splice, "
+         "never copied through the server.");
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    export_series(f, "reads_spliced_total", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->spliced);
   }
   family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
@@ -320,6 +335,9 @@ static void write_server(FILE *f) {
   family(f, "server_replies_from_workers_total", "counter",
          "Replies worker threads sent themselves, all exports.");
   fprintf(f, "vhdnbd_server_replies_from_workers_total %" PRIu64 "\n", t.from_worker);
+  family(f, "server_reads_spliced_total", "counter",
+         "READ replies whose data was spliced into the socket, all exports.");
+  fprintf(f, "vhdnbd_server_reads_spliced_total %" PRIu64 "\n", t.spliced);
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;

@@ -39,6 +39,8 @@ void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_e
 void metrics_request_on_loop(const struct export *exp, uint16_t type);
 /* A reply its worker sent itself (conn_send_direct). */
 void metrics_reply_from_worker(const struct export *exp);
+/* A READ reply whose data was spliced into the socket (loop thread). */
+void metrics_read_spliced(const struct export *exp);
 
 /* Connections accepted, and refused or dropped for `reason` (a label
  * value: per_address, max_connections, evicted, handshake_timeout,

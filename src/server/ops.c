@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "request.h"
@@ -80,6 +81,55 @@ static int read_map_cb(void *opaque, const struct vhd_extent *ext) {
   return add_chunk(cl, ext->offset, ext->length, hole);
 }
 
+static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t off) {
+  while (len > 0) {
+    ssize_t n = pread(fd, buf, len, (off_t)off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? -errno : -ENODATA;
+    buf += n;
+    len -= (size_t)n;
+    off += (uint64_t)n;
+  }
+  return 0;
+}
+
+/* A READ whose range is one run of one file's data goes into a pipe by
+ * reference (splice.h) rather than into req->data.  Returns true when it
+ * did; anything in the way (holes, no pipe free, a range the pipe cannot
+ * hold, an error) leaves the request to the copying read, which reports
+ * errors properly.  Where the range starts inside a page and a pipe cannot
+ * hold all the pages it touches (1 MiB in a QEMU-made dynamic image,
+ * whose block data starts 512 bytes into a page), the bytes up to the
+ * first page boundary are read into data[] and sent first (splice_head). */
+static bool read_spliced(struct request *req) {
+  struct vhd_err err = {{0}};
+  int fd;
+  uint64_t foff;
+  if (vhd_read_extent(req->exp->vhd, req->io_off, req->io_len, &fd, &foff, &err) != 1)
+    return false;
+  uint32_t head = 0;
+  if (!splice_fits(foff, req->io_len)) {
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    head = (uint32_t)MIN((uint64_t)req->io_len, (page - foff % page) % page);
+    if (head == 0 || head > REQUEST_SPLICE_HEAD_MAX ||
+        !splice_fits(foff + head, req->io_len - head))
+      return false;
+  }
+  if (!splice_pipe_get(&req->pipe))
+    return false;
+  if ((head && pread_full(fd, req->data, head, foff) < 0) ||
+      splice_fill(&req->pipe, fd, foff + head, req->io_len - head) < 0) {
+    splice_pipe_put(&req->pipe, false);
+    return false;
+  }
+  req->splice_head = head;
+  req->spliced = true;
+  req->n_chunks = 0;
+  return true;
+}
+
 /* A READ in one pass over the image: data and, for a structured reply, where
  * the holes are.  With VHD_READ_NOWAIT returns -EAGAIN (and nothing else)
  * when it would wait; the request is then as it was before. */
@@ -88,6 +138,8 @@ static int op_read(struct request *req, unsigned flags) {
   struct vhd_err err = {{0}};
   uint64_t off = req->io_off;
   uint32_t len = req->io_len;
+  if (req->may_splice && !(flags & VHD_READ_NOWAIT) && read_spliced(req))
+    return 0;
   bool chunked = req->structured && !(req->r.flags & NBD_CMD_FLAG_DF);
   if (chunked && !req->chunks)
     req->chunks = calloc(READ_MAX_CHUNKS, sizeof *req->chunks);

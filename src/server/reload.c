@@ -163,6 +163,7 @@ static void log_global_changes(const struct settings *a, const struct settings *
   CHANGED(a->max_inflight != b->max_inflight, "max-inflight");
   CHANGED(a->threads != b->threads, "threads");
   CHANGED(a->write_lanes != b->write_lanes, "write-lanes");
+  CHANGED(a->no_splice != b->no_splice, "splice");
   CHANGED(!str_eq(a->pidfile, b->pidfile), "pidfile");
   CHANGED(a->allow.n != b->allow.n ||
               (a->allow.n &&

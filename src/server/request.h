@@ -13,6 +13,7 @@
 
 #include "codec.h"
 #include "queue.h"
+#include "splice.h"
 #include "workers.h"
 
 struct connection;
@@ -39,6 +40,13 @@ struct request {
   size_t data_size;   /* bytes allocated at data */
   uint64_t accounted; /* bytes counted in conn->inflight_bytes */
   uint32_t payload_done; /* WRITE: payload bytes read so far */
+
+  /* READ of one run of file data: may_splice is set by dispatch where the
+   * worker may splice it; spliced, its data waits in pipe (not in data). */
+  bool may_splice, spliced;
+  struct splice_pipe pipe;
+  uint32_t splice_head; /* bytes of data[] sent before the pipe's */
+#define REQUEST_SPLICE_HEAD_MAX 65536u
 
   /* READ: the range being produced, all of it or, for a sliced READ, one
    * slice (SERVER_READ_SLICE) at a time. */

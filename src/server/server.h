@@ -85,6 +85,11 @@
  * budget is shared: it bounds the bytes copied on the loop either way). */
 #define SERVER_INLINE_WRITE_MAX (1024u * 1024)
 #define SERVER_INLINE_BUDGET (4u * 1024 * 1024)
+/* READs of at least this many bytes (one slice at most) whose range is one
+ * run of one file's data are spliced (splice.h) by a worker rather than
+ * copied, twice, on the loop: the page-cache copy into our buffer and the
+ * copy into the socket were most of the server's CPU for large reads. */
+#define SERVER_SPLICE_MIN (64u * 1024)
 #define SERVER_SHUTDOWN_GRACE_MS 10000
 #define SERVER_LINGER_MS 1000
 #define SERVER_LINGER_MAX_BYTES (1024u * 1024)
@@ -172,6 +177,7 @@ struct settings {
   char *tls_certificates;     /* directory */
   char *tls_psk;              /* psktool key file */
   bool tls_verify_peer;
+  bool no_splice; /* READs always copied (--no-splice, splice = no) */
 };
 
 struct connection;
@@ -199,6 +205,7 @@ struct server {
   uint64_t inline_bytes;        /* READ and WRITE bytes served on the loop this iteration */
   bool loop_writes;             /* WRITEs may be served on the loop (ops_write_now) */
   bool direct_replies;          /* workers may send short replies (conn_send_direct) */
+  bool splice_reads;            /* large READs spliced from the page cache (splice.h) */
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
 };
 
@@ -379,6 +386,9 @@ struct connection {
   /* Requests whose reply is neither sent nor queued (any thread): a worker
    * sends its own reply only when its request is the one. */
   atomic_uint unanswered;
+  /* Spliced READ replies (conn_write_splice) in order; splice_cur is the
+   * one being written, and nothing else is written until it is whole. */
+  struct splice_out *splice_head, *splice_tail, *splice_cur;
   /* Replies waiting for conn_flush_all (see conn_write). */
   uv_buf_t *outq;
   unsigned outq_nbufs, outq_cap;
@@ -398,6 +408,13 @@ void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input
 typedef void (*conn_write_cb)(struct connection *conn, void *opaque, int status);
 int conn_write(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs, conn_write_cb cb,
                void *opaque);
+/* Queues a reply whose data waits in a pipe (splice.h): hdr (copied:
+ * the reply's header, and any data bytes that come before the pipe's),
+ * then len bytes moved from pipe_rd into the socket by splice(2), as room
+ * appears.  Only where the connection has a plain socket (direct_fd).
+ * Other replies go before or after it, never inside; cb as for conn_write. */
+int conn_write_splice(struct connection *conn, const void *hdr, size_t hdr_len, int pipe_rd,
+                      size_t len, conn_write_cb cb, void *opaque);
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
 /* Worker thread.  Writes a short reply (at most CONN_DIRECT_MAX bytes) to

@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "bufpool.h"
 #include "cleanup.h"
@@ -29,6 +30,7 @@ static struct request *request_new(struct connection *conn) {
   req->conn = conn;
   req->exp = conn->exp;
   req->started_ns = uv_hrtime();
+  req->pipe = (struct splice_pipe){-1, -1};
   metrics_request_begin(req->exp);
   conn_ref(conn);
   conn->inflight++;
@@ -60,6 +62,7 @@ static void request_free(struct request *req) {
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
   server_inflight_sub(req->accounted);
+  splice_pipe_put(&req->pipe, false); /* still held: bytes may be left in it */
   bufpool_put(req->data, req->data_size);
   free(req->errmsg);
   free(req->chunks);
@@ -92,6 +95,16 @@ static void on_reply_written(struct connection *conn, void *opaque, int status) 
   struct request *req = opaque;
   req->replied = true;
   request_free(req);
+}
+
+/* A spliced READ's reply is written (or cancelled): its pipe is empty
+ * only when all of it went out. */
+static void on_splice_written(struct connection *conn, void *opaque, int status) {
+  struct request *req = opaque;
+  if (status == 0)
+    metrics_read_spliced(req->exp);
+  splice_pipe_put(&req->pipe, status == 0);
+  on_reply_written(conn, opaque, status);
 }
 
 static bool last_slice(const struct request *req) {
@@ -356,6 +369,23 @@ static void send_reply(struct request *req) {
     return;
   }
   log_reply_error(req);
+  if (req->spliced && !req->error) {
+    /* One data chunk (or a simple reply) whose data is in the pipe, but
+     * for its first splice_head bytes, which follow the header. */
+    uint8_t hdr[NBD_CHUNK_OFFSET_DATA_PREFIX + REQUEST_SPLICE_HEAD_MAX];
+    size_t h;
+    if (req->structured) {
+      struct nbd_reply_to to = reply_to(req);
+      h = nbd_encode_chunk_offset_data(hdr, &to, NBD_REPLY_FLAG_DONE, req->io_off, req->io_len);
+    } else {
+      nbd_encode_simple_reply(hdr, req->r.cookie, 0);
+      h = NBD_SIMPLE_REPLY_SIZE;
+    }
+    memcpy(hdr + h, req->data, req->splice_head); /* at most REQUEST_SPLICE_HEAD_MAX */
+    conn_write_splice(conn, hdr, h + req->splice_head, req->pipe.rd,
+                      req->io_len - req->splice_head, on_splice_written, req);
+    return;
+  }
   int nb = req->structured ? build_structured(req) : build_simple(req);
   if (nb < 0) {
     if (conn->streaming == req)
@@ -467,7 +497,12 @@ static void dispatch(struct request *req) {
    * its bytes are in the page cache: no thread hand-off in either direction.
    * It completes before anything else runs on the loop, so it need not enter
    * the queue.  The budget bounds the copying done per loop iteration. */
-  if (req->r.type == NBD_CMD_READ && len <= SERVER_INLINE_READ_MAX &&
+  /* A large READ goes to a worker that splices it (ops.c), when the
+   * connection has a plain socket: no copy beats a copy without a thread
+   * hop.  Not a sliced one: its slices stream through the loop. */
+  req->may_splice = req->r.type == NBD_CMD_READ && server.splice_reads &&
+                    req->conn->direct_fd >= 0 && !req->sliced && len >= SERVER_SPLICE_MIN;
+  if (req->r.type == NBD_CMD_READ && len <= SERVER_INLINE_READ_MAX && !req->may_splice &&
       server.inline_bytes < SERVER_INLINE_BUDGET &&
       queue_may_start_now(&req->exp->queue, qi) && ops_read_now(req) == 0) {
     server.inline_bytes += len;
@@ -732,6 +767,25 @@ static void on_idle_timer(uv_timer_t *t) {
   uv_timer_start(&conn->timer, on_idle_timer, idle >= limit ? MIN(limit, 1000) : limit - idle, 0);
 }
 
+/* A Unix socket's send buffer is sized to hold a READ slice: with the
+ * default (about 200 KiB) a 1 MiB reply waited for the client four or five
+ * times, each wait a trip through the loop, and 1 MiB reads at QD16 ran at
+ * half the speed (bench/RESULTS.md).  Beyond net.core.wmem_max only with
+ * CAP_NET_ADMIN (SO_SNDBUFFORCE); elsewhere the default stays.  TCP sizes
+ * its own buffers as it goes, which setting one would stop. */
+static void size_send_buffer(int fd) {
+  int domain = 0, have = 0, want = (int)SERVER_READ_SLICE;
+  socklen_t len = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX)
+    return;
+  len = sizeof have;
+  /* The kernel doubles what it is given, for its bookkeeping. */
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &len) < 0 || have >= 2 * want)
+    return;
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+}
+
 /* Whether the last SET_META_CONTEXT selected base:allocation for exp. */
 static bool meta_selected(const struct connection *conn, const struct export *exp) {
   return conn->meta_allocation && conn->meta_export && strcmp(conn->meta_export, exp->name) == 0;
@@ -773,8 +827,10 @@ void transmission_start(struct connection *conn, struct export *exp) {
   /* Replies straight from the workers need the socket itself: not under
    * TLS (the session is the loop's), not on --stdio's pipe pair. */
   uv_os_fd_t fd;
-  if (!conn->tls && !conn->has_out_pipe && uv_fileno(&conn->sock.handle, &fd) == 0)
+  if (!conn->tls && !conn->has_out_pipe && uv_fileno(&conn->sock.handle, &fd) == 0) {
     conn->direct_fd = fd;
+    size_send_buffer(fd);
+  }
   conn_direct_allow(conn);
   read_request_header(conn);
 }

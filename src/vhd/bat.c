@@ -324,9 +324,17 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   if (vhd->bat[blk] != VHD_BAT_UNUSED)
     return 0;
-  if (vhd->n_free_ready > 0) {
+  while (vhd->n_free_ready > 0) {
     uint64_t entry = vhd->free_ready[--vhd->n_free_ready];
     uint64_t off = entry & ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
+    /* Pages of this space may still be in flight to a client, by
+     * reference (vhd_read_extent): only a punch, which takes them out of
+     * the file and leaves them as they are, makes it safe to write the
+     * new block's data there.  Where punching fails the space stays
+     * unused, rather than rewritten under those pages. */
+    if ((entry & VHD_FREE_NEEDS_ZEROING) && atomic_load(&vhd->extents_shared) &&
+        vhd_io_punch(vhd, off + vhd->bitmap_size, vhd->block_size) < 0)
+      continue;
     uint8_t *bm = calloc(1, vhd->bitmap_size);
     if (!bm) {
       vhd->n_free_ready++;

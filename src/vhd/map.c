@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "rw.h"
@@ -108,6 +109,53 @@ static int map_range(vhd_t *vhd, uint64_t off, uint64_t len, int depth, struct m
     len -= n;
   }
   return 0;
+}
+
+struct first_extent {
+  struct vhd_extent e;
+  bool have;
+};
+
+static int take_first(void *opaque, const struct vhd_extent *e) {
+  struct first_extent *f = opaque;
+  f->e = *e;
+  f->have = true;
+  return 1; /* one is enough: a second means the range is not one run */
+}
+
+int vhd_read_extent(vhd_t *vhd, uint64_t off, size_t len, int *fd, uint64_t *file_off,
+                    struct vhd_err *err) {
+  int r = vhd_check_range(vhd, off, len, "read", err);
+  if (r < 0 || len == 0)
+    return r;
+  struct first_extent f = {.have = false};
+  struct map_merge m = {.cb = take_first, .opaque = &f};
+  r = map_range(vhd, off, len, 0, &m, err);
+  if (r < 0)
+    return r;
+  if (r == 0 && m.have)
+    take_first(&f, &m.cur);
+  if (!f.have || f.e.length != len || f.e.depth < 0 || !(f.e.flags & VHD_MAP_DATA))
+    return 0;
+  vhd_t *level = vhd;
+  for (int d = 0; d < f.e.depth && level; d++)
+    level = level->parent;
+  if (!level)
+    return 0;
+  if (!level->readonly && level->type != VHD_TYPE_FIXED) {
+    /* A block of a writable image may be freed and its space reused: only
+     * whole pages of its data may be handed out, pages that a punch takes
+     * out of the file entire.  A page shared with a bitmap or another
+     * block would be zeroed or rewritten in place. */
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t data_start = f.e.file_offset - off % level->block_size;
+    if (data_start % page != 0 || level->block_size % page != 0)
+      return 0;
+    atomic_store(&level->extents_shared, true);
+  }
+  *fd = level->fd;
+  *file_off = f.e.file_offset;
+  return 1;
 }
 
 int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,

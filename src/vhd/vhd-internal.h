@@ -152,6 +152,9 @@ struct vhd {
    * mount).  Otherwise a read may wait for a journal commit to store the new
    * atime, so VHD_READ_NOWAIT gives up at once. */
   bool atime_free;
+  /* vhd_read_extent handed out file ranges of this image: freed space is
+   * then reused only where punching it out of the file works (bat.c). */
+  atomic_bool extents_shared;
   /* The kernel refused a RWF_NOWAIT write of fd (see vhd_io_pwrite_nowait):
    * VHD_WRITE_NOWAIT gives up at once from then on. */
   atomic_bool nowait_write_unsupported;

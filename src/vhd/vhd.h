@@ -221,6 +221,22 @@ typedef int (*vhd_map_cb)(void *opaque, const struct vhd_extent *ext);
 int vhd_map(vhd_t *vhd, uint64_t off, uint64_t len, vhd_map_cb cb, void *opaque,
             struct vhd_err *err);
 
+/* For a reader that moves file bytes itself rather than copying them
+ * (splice(2) from the page cache into a socket): the file and offset that
+ * hold all of [off, off+len) as one run of data.  Returns 1 with *fd (the
+ * image's or a parent's descriptor, owned by the image) and *file_off; 0
+ * when the range is not one run of one file's data (holes, runs in several
+ * levels or places); or a negative errno.  The bytes stay this range's
+ * until a later write or trim of it (the caller orders those after its
+ * use, as for a read).  Such a reader holds references to the page cache,
+ * not copies, for as long as the bytes are in flight: so from the first
+ * call on, space this image frees is given to another block only where
+ * the file system punches it out first (which leaves the pages held
+ * elsewhere as they were); without hole punching it stays unused, for
+ * vhdimg compact to give back. */
+int vhd_read_extent(vhd_t *vhd, uint64_t off, size_t len, int *fd, uint64_t *file_off,
+                    struct vhd_err *err);
+
 /* vhd_read and vhd_map in one pass (one look at each block's BAT entry and
  * bitmap): reads [off, off+len) into buf and, when cb is not NULL, calls it
  * for consecutive runs covering the range, flagged VHD_MAP_DATA (some level

@@ -13,7 +13,8 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-log-client-strings.sh \
 	tests/interop/test-metrics.sh \
 	tests/interop/test-loop-writes.sh \
-	tests/interop/test-direct-replies.sh
+	tests/interop/test-direct-replies.sh \
+	tests/interop/test-splice-reads.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)

@@ -129,6 +129,15 @@ test_vhd_read_coalesce_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_read_coalesce_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-read-coalesce
 
+# - test-vhd-read-extent: the file range behind a run of data (for splicing
+#   readers), and no in-place reuse of freed space once ranges were shared.
+check_PROGRAMS += test-vhd-read-extent
+TESTS += test-vhd-read-extent
+test_vhd_read_extent_SOURCES = tests/unit/test-vhd-read-extent.c $(ENGINE_TEST_UTIL)
+test_vhd_read_extent_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_read_extent_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-read-extent
+
 # Overlapping requests without the server's queue: no data lands in a block
 # it was not written to, whatever a freed block's space is reused for.
 check_PROGRAMS += test-vhd-race

@@ -1,0 +1,38 @@
+/* splice.h: READ data moved from the page cache into a client's socket
+ * through a pipe (splice(2)), never copied through the server.
+ *
+ * A worker fills a pipe from the image file (page references, not
+ * copies); the loop then moves the pipe's contents into the socket as
+ * room appears (conn_write_splice).  Pipes come from a small pool shared
+ * by all connections, made as large as one READ slice where the system
+ * allows; a READ that finds none free is copied as before. */
+#ifndef VHDNBD_SPLICE_H
+#define VHDNBD_SPLICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Pipes in the pool at most (two descriptors each). */
+#define SPLICE_PIPES_MAX 64u
+
+struct splice_pipe {
+  int rd, wr; /* -1: none */
+};
+
+/* Whether the system can splice at all (a pipe can be made and sized);
+ * decided once, at start. */
+bool splice_available(void);
+/* Any thread: a pipe from the pool, or false when none is free. */
+bool splice_pipe_get(struct splice_pipe *p);
+/* Any thread: back to the pool; a pipe that may still hold bytes (empty
+ * false) is closed instead.  p is then none. */
+void splice_pipe_put(struct splice_pipe *p, bool empty);
+/* Whether len bytes of a file at off fit in a pool pipe: a pipe holds a
+ * number of pages, and the range may start inside one. */
+bool splice_fits(uint64_t off, size_t len);
+/* Worker thread: moves [off, off+len) of fd into the empty pipe p.
+ * Returns 0, or a negative errno (the pipe may then hold part of it). */
+int splice_fill(struct splice_pipe *p, int fd, uint64_t off, size_t len);
+
+#endif
