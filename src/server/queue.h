@@ -13,6 +13,9 @@
  *      earlier request whose byte range overlaps its own.  The engine leaves
  *      concurrent overlapping writes, and a read racing a write, unspecified;
  *      clients expect them in order.
+ *      (A spliced READ (splice.h) completes here once its pages are in a
+ *      pipe; until the client has read them, a WRITE that waited for it
+ *      may still change bytes of its reply: see --no-splice in vhdnbd(8).)
  *   2. A READ-kind request (READ, BLOCK_STATUS) waits for every earlier
  *      overlapping WRITE-kind request; reads never wait for reads.
  *   3. A FLUSH waits for every earlier WRITE-kind request, whatever its
