@@ -303,8 +303,10 @@ static void splice_pump(struct connection *conn) {
     struct splice_out *s = conn->splice_cur;
     if (!s) {
       flush_queue(conn);
-      if (conn->closing || conn->writes_pending || conn->outq_n_done || !conn->splice_head)
+      if (conn->closing || conn->writes_pending || conn->outq_n_done || !conn->splice_head) {
+        conn_direct_allow(conn); /* all written: workers may send short replies again */
         return;
+      }
       if (direct_stop(conn))
         return; /* a worker's reply went out in part: conn_send_rest first */
       s = conn->splice_head;
