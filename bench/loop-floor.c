@@ -191,7 +191,7 @@ static int serve_one(int fd) {
   type = be16toh(type);
   off = be64toh(off);
   len = be32toh(len);
-  uint8_t rep[16];
+  uint8_t rep[16] = {0}; /* the error field stays 0 on the splice path */
   uint32_t magic = htobe32(0x67446698), err = 0;
   memcpy(rep, &magic, 4);
   memcpy(rep + 8, h + 8, 8); /* cookie */

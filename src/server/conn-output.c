@@ -9,12 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include "cleanup.h"
 #include "conn-internal.h"
 #include "log.h"
 #include "server.h"
+#include "splice.h"
 
 /* Whom to tell when a write is done: one per reply coalesced into it. */
 struct write_done {
@@ -246,20 +246,6 @@ static void flush_queue(struct connection *conn) {
   write_bufs(conn, w, bufs, nbufs);
 }
 
-/* Reads n bytes the pipe holds (they are there: the worker put them in). */
-static int pipe_read_full(int fd, uint8_t *p, size_t n) {
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return r < 0 ? -errno : -EPIPE;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
-
 /* The socket is full (or takes no splice: then all of it): the next part
  * of the reply being written goes as a copy through libuv (see
  * SPLICE_WAIT_CHUNK). */
@@ -279,7 +265,7 @@ static void splice_copy_part(struct connection *conn, struct splice_out *s, bool
     memcpy(w->copy, s->hdr + s->hdr_sent, n);
     s->hdr_sent += n;
   } else {
-    int r = pipe_read_full(s->pipe, w->copy, n);
+    int r = splice_read_full(s->pipe, w->copy, n, -1);
     if (r < 0) {
       free(w);
       log_msg(LOG_LEVEL_WARNING, "%s: reading a spliced reply back from its pipe: %s",

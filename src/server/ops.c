@@ -81,20 +81,6 @@ static int read_map_cb(void *opaque, const struct vhd_extent *ext) {
   return add_chunk(cl, ext->offset, ext->length, hole);
 }
 
-static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t off) {
-  while (len > 0) {
-    ssize_t n = pread(fd, buf, len, (off_t)off);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return n < 0 ? -errno : -ENODATA;
-    buf += n;
-    len -= (size_t)n;
-    off += (uint64_t)n;
-  }
-  return 0;
-}
-
 /* A READ whose range is one run of one file's data goes into a pipe by
  * reference (splice.h) rather than into req->data.  Returns true when it
  * did; anything in the way (holes, no pipe free, a range the pipe cannot
@@ -119,7 +105,7 @@ static bool read_spliced(struct request *req) {
   }
   if (!splice_pipe_get(&req->pipe))
     return false;
-  if ((head && pread_full(fd, req->data, head, foff) < 0) ||
+  if ((head && splice_read_full(fd, req->data, head, (int64_t)foff) < 0) ||
       splice_fill(&req->pipe, fd, foff + head, req->io_len - head) < 0) {
     splice_pipe_put(&req->pipe, false);
     return false;

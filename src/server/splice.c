@@ -88,6 +88,22 @@ bool splice_fits(uint64_t off, size_t len) {
   return pipe_pages && pages <= pipe_pages;
 }
 
+int splice_read_full(int fd, void *buf, size_t len, int64_t off) {
+  uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t n = off < 0 ? read(fd, p, len) : pread(fd, p, len, (off_t)off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? -errno : -ENODATA;
+    p += n;
+    len -= (size_t)n;
+    if (off >= 0)
+      off += n;
+  }
+  return 0;
+}
+
 int splice_fill(struct splice_pipe *p, int fd, uint64_t off, size_t len) {
   loff_t at = (loff_t)off;
   while (len > 0) {

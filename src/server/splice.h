@@ -31,6 +31,12 @@ void splice_pipe_put(struct splice_pipe *p, bool empty);
 /* Whether len bytes of a file at off fit in a pool pipe: a pipe holds a
  * number of pages, and the range may start inside one. */
 bool splice_fits(uint64_t off, size_t len);
+/* Reads len bytes of fd into buf: at off, or (off < 0) from where fd is,
+ * as from a pipe.  Returns 0, or a negative errno (-ENODATA: fewer bytes
+ * there).  For the bytes a spliced reply sends as a copy: the head before
+ * the first page boundary (worker), and what a full socket did not take
+ * (loop: the pipe is non-blocking, and holds them). */
+int splice_read_full(int fd, void *buf, size_t len, int64_t off);
 /* Worker thread: moves [off, off+len) of fd into the empty pipe p.
  * Returns 0, or a negative errno (the pipe may then hold part of it). */
 int splice_fill(struct splice_pipe *p, int fd, uint64_t off, size_t len);

@@ -208,7 +208,8 @@ int main(void) {
   uint64_t expect[4];
 
   /* A dynamic image. */
-  const char *dyn = strdup(t_path("dynamic.vhd"));
+  char dyn[4096];
+  snprintf(dyn, sizeof dyn, "%s", t_path("dynamic.vhd"));
   t_create(dyn, VHD_TYPE_DYNAMIC, SIZE, BLOCK, true, NULL);
   vhd_t *v = t_open(dyn, false);
   write_pattern(v);
@@ -218,8 +219,10 @@ int main(void) {
   check_reads(dyn, model, expect, "dynamic");
 
   /* A differencing child over a parent full of other bytes. */
-  const char *parent = strdup(t_path("parent.vhd"));
-  const char *child = strdup(t_path("child.vhd"));
+  char parent[4096];
+  snprintf(parent, sizeof parent, "%s", t_path("parent.vhd"));
+  char child[4096];
+  snprintf(child, sizeof child, "%s", t_path("child.vhd"));
   static uint8_t parent_bytes[SIZE], view[SIZE];
   t_fill_nonzero(parent_bytes, SIZE);
   t_create(parent, VHD_TYPE_DYNAMIC, SIZE, BLOCK, true, NULL);

@@ -118,7 +118,8 @@ int main(void) {
   static uint8_t model[8 * MiB];
 
   /* Fixed. */
-  const char *fixed = strdup(t_path("fixed.vhd"));
+  char fixed[4096];
+  snprintf(fixed, sizeof fixed, "%s", t_path("fixed.vhd"));
   t_create(fixed, VHD_TYPE_FIXED, 4 * MiB, 0, true, NULL);
   vhd_t *v = t_open(fixed, false);
   fill(v, 0, 4 * MiB, model);
@@ -128,7 +129,8 @@ int main(void) {
 
   /* Dynamic, 2 MiB blocks: data 4 KiB-aligned. */
   const uint32_t bs = 2 * MiB;
-  const char *dyn = strdup(t_path("dynamic.vhd"));
+  char dyn[4096];
+  snprintf(dyn, sizeof dyn, "%s", t_path("dynamic.vhd"));
   t_create(dyn, VHD_TYPE_DYNAMIC, 8 * MiB, bs, true, NULL);
   memset(model, 0, sizeof model);
   v = t_open(dyn, false);
@@ -142,7 +144,8 @@ int main(void) {
   T_OK(vhd_close(v, &err), &err, "close");
 
   /* Dynamic, 64 KiB blocks back to back: data starts inside a page. */
-  const char *small = strdup(t_path("small.vhd"));
+  char small[4096];
+  snprintf(small, sizeof small, "%s", t_path("small.vhd"));
   t_create(small, VHD_TYPE_DYNAMIC, 1 * MiB, 64 * KiB, true, NULL);
   memset(model, 0, sizeof model);
   v = t_open(small, false);
@@ -151,7 +154,8 @@ int main(void) {
   T_OK(vhd_close(v, &err), &err, "close");
 
   /* A child over that image: its ranges are the parent's, read-only. */
-  const char *child = strdup(t_path("child.vhd"));
+  char child[4096];
+  snprintf(child, sizeof child, "%s", t_path("child.vhd"));
   t_create(child, VHD_TYPE_DIFFERENCING, 0, 64 * KiB, true, small);
   v = t_open(child, false);
   expect_extent(v, 64 * KiB, 64 * KiB, model, "child, the parent's block");
