@@ -34,18 +34,22 @@ int vhd_block_snapshot_take(vhd_t *vhd, uint32_t blk, uint32_t s0, uint32_t s1,
     pthread_mutex_lock(&vhd->lock);
   }
   if (r == 0) {
+    uint8_t *full = NULL;
+    /* A bitmap read from the file drops the lock: look again after it. */
+    while (!nowait && vhd->bat[blk] != VHD_BAT_UNUSED &&
+           (r = vhd_bitmap_load(vhd, blk, &full, err)) == 1)
+      r = 0;
     snap->entry = vhd->bat[blk];
-    if (snap->entry == VHD_BAT_UNUSED) {
+    if (r < 0) {
+      /* reported below */
+    } else if (snap->entry == VHD_BAT_UNUSED) {
       uint32_t n = 1;
       while (n < span_blocks && vhd->bat[blk + n] == VHD_BAT_UNUSED)
         n++;
       snap->unused_blocks = n;
     } else {
-      uint8_t *full = NULL;
-      if (nowait && !vhd->bitmaps[blk])
+      if (nowait && !(full = vhd->bitmaps[blk]))
         r = -EAGAIN;
-      else
-        r = vhd_bitmap_get(vhd, blk, &full, err);
       if (r == 0) {
         bool v;
         if (vhd_bitmap_run(full, s0, s1, &v) == s1 - s0)

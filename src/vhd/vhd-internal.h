@@ -187,6 +187,7 @@ struct vhd {
   uint32_t *bat;          /* host order */
   uint32_t allocated_blocks;
   uint8_t **bitmaps;      /* per block, loaded on first use */
+  uint32_t bitmap_ra_end; /* bitmaps of blocks below this were read ahead */
   /* dirty tracking for flush: lists of indices plus membership flags */
   uint32_t *dirty_blocks;
   uint32_t n_dirty_blocks;
@@ -310,6 +311,13 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 /* bat.c */
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
+/* The same for the I/O paths: lock held, but dropped while a bitmap not yet
+ * in memory is read from the file (a cold read must not stall every other
+ * request of the image), and the following blocks' bitmaps are read ahead
+ * when blocks are loaded in sequence.  Returns 0 with *bm set, 1 if block
+ * blk is (now) unallocated, or a negative errno.  Whatever the caller
+ * looked at under the lock before may have changed when a read was made. */
+int vhd_bitmap_load(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err);
 /* Lock held; may drop it while the footer moves (see bat.c). */
 int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err);
 /* Records a block's space as free (lock held); reusable after the next flush.

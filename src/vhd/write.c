@@ -16,12 +16,15 @@ static int write_sectors(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t le
   uint32_t boff = (uint32_t)(off % vhd->block_size);
   uint32_t s0 = boff / 512, s1 = s0 + (uint32_t)(len / 512);
   pthread_mutex_lock(&vhd->lock);
-  int r = 0;
-  if (vhd->bat[blk] == VHD_BAT_UNUSED)
-    r = vhd_block_allocate(vhd, blk, err);
+  int r;
   uint8_t *bm = NULL;
-  if (r == 0)
-    r = vhd_bitmap_get(vhd, blk, &bm, err);
+  do { /* again if the block was freed while its bitmap was read */
+    r = 0;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED)
+      r = vhd_block_allocate(vhd, blk, err);
+    if (r == 0)
+      r = vhd_bitmap_load(vhd, blk, &bm, err);
+  } while (r == 1);
   bool all_set = false;
   uint32_t entry = VHD_BAT_UNUSED;
   if (r == 0) {

@@ -37,10 +37,10 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
   uint64_t a = ROUND_UP(off, 512), b = ROUND_DOWN(off + len, 512);
   int r = 0;
   pthread_mutex_lock(&vhd->lock);
-  uint32_t entry = vhd->bat[blk];
   uint8_t *bm = NULL;
-  if (entry != VHD_BAT_UNUSED)
-    r = vhd_bitmap_get(vhd, blk, &bm, err);
+  if (vhd->bat[blk] != VHD_BAT_UNUSED && (r = vhd_bitmap_load(vhd, blk, &bm, err)) == 1)
+    r = 0; /* freed while its bitmap was read: nothing left to clear */
+  uint32_t entry = vhd->bat[blk];
   bool head_set = false, tail_set = false;
   if (r == 0 && entry != VHD_BAT_UNUSED) {
     int freed = may_free && boff == 0 && len == vhd->block_size

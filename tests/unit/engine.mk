@@ -138,6 +138,15 @@ test_vhd_read_extent_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_read_extent_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-read-extent
 
+# - test-vhd-bitmap-load: bitmaps read on first use without the image lock,
+#   the next ones read ahead in sequence, races with loads and frees.
+check_PROGRAMS += test-vhd-bitmap-load
+TESTS += test-vhd-bitmap-load
+test_vhd_bitmap_load_SOURCES = tests/unit/test-vhd-bitmap-load.c $(ENGINE_TEST_UTIL)
+test_vhd_bitmap_load_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_bitmap_load_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-bitmap-load
+
 # Overlapping requests without the server's queue: no data lands in a block
 # it was not written to, whatever a freed block's space is reused for.
 check_PROGRAMS += test-vhd-race

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -540,3 +541,34 @@ static int do_ftruncate(int fd, off_t len) {
 
 int ftruncate(int fd, off_t len) { return do_ftruncate(fd, len); }
 int ftruncate64(int fd, off64_t len) { return do_ftruncate(fd, (off_t)len); }
+
+/* Readahead advice, recorded for t_readahead_take. */
+static pthread_mutex_t advice_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t advised[T_READAHEAD_MAX];
+static size_t n_advised;
+
+static int do_fadvise(int fd, off_t off, off_t len, int advice) {
+  if (advice == POSIX_FADV_WILLNEED) {
+    pthread_mutex_lock(&advice_mu);
+    if (n_advised < T_READAHEAD_MAX)
+      advised[n_advised++] = (uint64_t)off;
+    pthread_mutex_unlock(&advice_mu);
+  }
+  return syscall(SYS_fadvise64, fd, off, len, advice) < 0 ? errno : 0;
+}
+
+int posix_fadvise(int fd, off_t off, off_t len, int advice) {
+  return do_fadvise(fd, off, len, advice);
+}
+int posix_fadvise64(int fd, off64_t off, off64_t len, int advice) {
+  return do_fadvise(fd, (off_t)off, (off_t)len, advice);
+}
+
+size_t t_readahead_take(uint64_t *offs) {
+  pthread_mutex_lock(&advice_mu);
+  size_t n = n_advised;
+  memcpy(offs, advised, n * sizeof *offs);
+  n_advised = 0;
+  pthread_mutex_unlock(&advice_mu);
+  return n;
+}

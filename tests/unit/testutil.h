@@ -133,4 +133,9 @@ enum t_nowait_mode { T_NOWAIT_KERNEL, T_NOWAIT_ACCEPT, T_NOWAIT_SHORT, T_NOWAIT_
 void t_set_nowait_write(enum t_nowait_mode mode);
 /* pwritev2 calls with RWF_NOWAIT so far. */
 uint64_t t_nowait_write_count(void);
+/* File offsets the engine asked the kernel to read ahead (posix_fadvise
+ * POSIX_FADV_WILLNEED) since the last call, in order, at most
+ * T_READAHEAD_MAX of them; offs has room for that many. */
+#define T_READAHEAD_MAX 256
+size_t t_readahead_take(uint64_t *offs);
 #endif
