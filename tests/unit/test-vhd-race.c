@@ -53,8 +53,14 @@ struct tag {
   uint32_t blk, sector, writer, seq;
 };
 
+/* The bytes after a tag depend on its block and sector only.  A read that
+ * overlaps a write of the same sector may return part of each (the page
+ * cache copies a write in while readers copy out, in pieces: a torn
+ * sector, damaged at byte 64, 96 or 192 when the filler also depended on
+ * the write's sequence number), which NBD allows for requests in flight
+ * together; what must never show is another sector's bytes. */
 static uint8_t filler(const struct tag *t, size_t i) {
-  return (uint8_t)(t->blk * 7u + t->sector * 13u + t->seq * 31u + i);
+  return (uint8_t)(t->blk * 7u + t->sector * 13u + i);
 }
 
 static void tag_sector(uint8_t *s, uint32_t blk, uint32_t sector, uint32_t writer, uint32_t seq) {
