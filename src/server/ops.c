@@ -95,22 +95,16 @@ static bool read_spliced(struct request *req) {
   uint64_t foff;
   if (vhd_read_extent(req->exp->vhd, req->io_off, req->io_len, &fd, &foff, &err) != 1)
     return false;
-  uint32_t head = 0;
-  if (!splice_fits(foff, req->io_len)) {
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-    head = (uint32_t)MIN((uint64_t)req->io_len, (page - foff % page) % page);
-    if (head == 0 || head > REQUEST_SPLICE_HEAD_MAX ||
-        !splice_fits(foff + head, req->io_len - head))
-      return false;
-  }
-  if (!splice_pipe_get(&req->pipe))
+  size_t head;
+  if (!splice_plan(foff, req->io_len, REQUEST_SPLICE_HEAD_MAX, &head) ||
+      !splice_pipe_get(&req->pipe))
     return false;
   if ((head && splice_read_full(fd, req->data, head, (int64_t)foff) < 0) ||
       splice_fill(&req->pipe, fd, foff + head, req->io_len - head) < 0) {
     splice_pipe_put(&req->pipe, false);
     return false;
   }
-  req->splice_head = head;
+  req->splice_head = (uint32_t)head;
   req->spliced = true;
   req->n_chunks = 0;
   return true;

@@ -30,7 +30,7 @@ static int pipe_make(struct splice_pipe *p) {
     size = fcntl(fds[1], F_SETPIPE_SZ, (int)SERVER_READ_SLICE);
   if (size < 0)
     size = fcntl(fds[1], F_GETPIPE_SZ);
-  /* Every pipe holds what the first one did (splice_fits): the limits
+  /* Every pipe holds what the first one did (splice_plan): the limits
    * do not change while we run, but a smaller pipe is refused all the same. */
   int e = size < 0 ? -errno : pipe_pages && (size_t)size / page_size < pipe_pages ? -ENOSPC : 0;
   if (e < 0) {
@@ -83,9 +83,20 @@ void splice_pipe_put(struct splice_pipe *p, bool empty) {
   *p = (struct splice_pipe){-1, -1};
 }
 
-bool splice_fits(uint64_t off, size_t len) {
+static bool splice_fits(uint64_t off, size_t len) {
   size_t pages = (size_t)((off % page_size + len + page_size - 1) / page_size);
   return pipe_pages && pages <= pipe_pages;
+}
+
+bool splice_plan(uint64_t off, size_t len, size_t max_head, size_t *head) {
+  *head = 0;
+  if (splice_fits(off, len))
+    return true;
+  size_t h = (size_t)MIN((uint64_t)len, (page_size - off % page_size) % page_size);
+  if (h == 0 || h > max_head || !splice_fits(off + h, len - h))
+    return false;
+  *head = h;
+  return true;
 }
 
 int splice_read_full(int fd, void *buf, size_t len, int64_t off) {

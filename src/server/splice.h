@@ -28,9 +28,12 @@ bool splice_pipe_get(struct splice_pipe *p);
 /* Any thread: back to the pool; a pipe that may still hold bytes (empty
  * false) is closed instead.  p is then none. */
 void splice_pipe_put(struct splice_pipe *p, bool empty);
-/* Whether len bytes of a file at off fit in a pool pipe: a pipe holds a
- * number of pages, and the range may start inside one. */
-bool splice_fits(uint64_t off, size_t len);
+/* Whether len bytes of a file at off can go through a pool pipe, which
+ * holds a number of pages (the range may start inside one).  Where they
+ * do not fit, the bytes up to the first page boundary may be sent ahead
+ * as a copy if there are at most max_head of them and the rest fits:
+ * *head is their count (0 when everything fits). */
+bool splice_plan(uint64_t off, size_t len, size_t max_head, size_t *head);
 /* Reads len bytes of fd into buf: at off, or (off < 0) from where fd is,
  * as from a pipe.  Returns 0, or a negative errno (-ENODATA: fewer bytes
  * there).  For the bytes a spliced reply sends as a copy: the head before

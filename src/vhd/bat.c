@@ -394,9 +394,11 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
      * the file and leaves them as they are, makes it safe to write the
      * new block's data there.  Where punching fails the space stays
      * unused, rather than rewritten under those pages. */
-    if ((entry & VHD_FREE_NEEDS_ZEROING) && atomic_load(&vhd->extents_shared) &&
-        vhd_io_punch(vhd, off + vhd->bitmap_size, vhd->block_size) < 0)
-      continue;
+    if ((entry & VHD_FREE_NEEDS_ZEROING) && atomic_load(&vhd->extents_shared)) {
+      if (vhd_io_punch(vhd, off + vhd->bitmap_size, vhd->block_size) < 0)
+        continue;
+      entry &= ~(uint64_t)VHD_FREE_NEEDS_ZEROING; /* punched: reads as zeros now */
+    }
     uint8_t *bm = calloc(1, vhd->bitmap_size);
     if (!bm) {
       vhd->n_free_ready++;
