@@ -454,7 +454,7 @@ static void work_done(struct work_item *w) {
  * so the kernel runs them one at a time anyway, and with one per worker in
  * flight the others spun on that lock (a fifth of the server's CPU in 4k
  * random writes at QD16 with eight).  One lane avoided that but left every
- * write to one core; a few lanes (--write-lanes, about twice the CPUs) beat
+ * write to one core; a few lanes (--write-lanes, one per CPU) beat
  * both (bench/RESULTS.md).  FUA writes, whose flush runs outside that lock,
  * and everything else run in parallel.  The queue counts a WRITE waiting for
  * its turn as running, which only makes later conflicting requests wait
