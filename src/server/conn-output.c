@@ -97,11 +97,14 @@ void conn_direct_allow(struct connection *conn) {
   pthread_mutex_unlock(&conn->direct_lock);
 }
 
-size_t conn_send_direct(struct connection *conn, const void *buf, size_t len) {
-  size_t sent = 0;
+size_t conn_send_direct(struct connection *conn, const void *hdr, size_t hdr_len,
+                        const void *data, size_t data_len) {
+  size_t sent = 0, len = hdr_len + data_len;
+  struct iovec iov[2] = {{(void *)hdr, hdr_len}, {(void *)data, data_len}};
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = data_len ? 2 : 1};
   pthread_mutex_lock(&conn->direct_lock);
   if (conn->direct_ok && !conn->direct_held) {
-    ssize_t n = send(conn->direct_fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = sendmsg(conn->direct_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) {
       sent = (size_t)n;
       if (sent < len)
@@ -441,17 +444,18 @@ int conn_write_copy(struct connection *conn, const void *data, size_t len) {
 }
 
 
-int conn_send_rest(struct connection *conn, const uv_buf_t *buf, conn_write_cb cb, void *opaque) {
+int conn_send_rest(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs,
+                   conn_write_cb cb, void *opaque) {
   pthread_mutex_lock(&conn->direct_lock);
   conn->direct_held = false;
   pthread_mutex_unlock(&conn->direct_lock);
   /* Queue it, then move it in front of every reply queued since. */
-  unsigned nbufs = conn->outq_nbufs, n_done = conn->outq_n_done;
-  int r = conn_write(conn, buf, 1, cb, opaque);
+  unsigned queued = conn->outq_nbufs, n_done = conn->outq_n_done;
+  int r = conn_write(conn, bufs, nbufs, cb, opaque);
   if (r < 0)
     return r;
-  memmove(conn->outq + 1, conn->outq, nbufs * sizeof *conn->outq);
-  conn->outq[0] = *buf;
+  memmove(conn->outq + nbufs, conn->outq, queued * sizeof *conn->outq);
+  memcpy(conn->outq, bufs, nbufs * sizeof *conn->outq);
   memmove(conn->outq_done + 1, conn->outq_done, n_done * sizeof *conn->outq_done);
   conn->outq_done[0] = (struct write_done){cb, opaque};
   return 0;

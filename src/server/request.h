@@ -72,13 +72,15 @@ struct request {
   size_t n_depth_ext;
 
   /* A reply its worker wrote itself (conn_send_direct): may_direct is set
-   * by dispatch for the commands whose reply is short; direct_sent
-   * is how many of direct[0..direct_len) went out (0: none, the loop
-   * sends it as usual). */
+   * by dispatch for the commands whose reply is short, and for READs up
+   * to SERVER_DIRECT_READ_MAX; the reply is direct[0..direct_len), then
+   * for a READ its io_len bytes of data; direct_sent is how many of
+   * them went out (0: none, the loop sends it as usual). */
   bool may_direct;
   bool answered; /* counted off conn->unanswered */
-  uint8_t direct_len, direct_sent;
-  uint8_t direct[NBD_CHUNK_NONE_SIZE]; /* the larger of the two short replies */
+  uint8_t direct_len;
+  size_t direct_sent;
+  uint8_t direct[NBD_CHUNK_OFFSET_DATA_PREFIX]; /* the largest header sent so */
 
   /* Reply wire data. */
   uint8_t *reply;

@@ -94,6 +94,12 @@
  * against 60-61k over a Unix socket; 128 KiB: 22-28k against 20-21k and
  * 35-37k against 24-27k). */
 #define SERVER_SPLICE_MIN (128u * 1024)
+/* A READ a worker served (it waited for the disk) up to this size, and not
+ * one that may be spliced (SERVER_SPLICE_MIN and more, unless --no-splice),
+ * has its reply sent by that worker when it is the connection's only
+ * request (as short replies are): no hand-off back to the loop.  Larger
+ * ones are spliced, or streamed in slices by the loop. */
+#define SERVER_DIRECT_READ_MAX SERVER_SPLICE_MIN
 #define SERVER_SHUTDOWN_GRACE_MS 10000
 #define SERVER_LINGER_MS 1000
 #define SERVER_LINGER_MAX_BYTES (1024u * 1024)
@@ -421,16 +427,20 @@ int conn_write_splice(struct connection *conn, const void *hdr, size_t hdr_len, 
                       size_t len, conn_write_cb cb, void *opaque);
 /* Writes a private copy of data (handshake replies). */
 int conn_write_copy(struct connection *conn, const void *data, size_t len);
-/* Worker thread.  Writes a short reply (at most CONN_DIRECT_MAX bytes) to
- * the socket at once if the connection allows it now (see direct_ok).
- * Returns len when all of it went out; 0 when none did (the loop then
- * sends it as usual); or the count written, the rest of which the loop must
- * send before anything else (conn_send_rest). */
-#define CONN_DIRECT_MAX 32
-size_t conn_send_direct(struct connection *conn, const void *buf, size_t len);
-/* Loop thread: sends the rest of a reply conn_send_direct wrote in part,
- * ahead of every reply queued since, and lets output go on. */
-int conn_send_rest(struct connection *conn, const uv_buf_t *buf, conn_write_cb cb, void *opaque);
+/* Worker thread.  Writes a reply (a header of at most CONN_DIRECT_MAX
+ * bytes, then data_len bytes of data, which may be none) to the socket at
+ * once if the connection allows it now (see direct_ok).  Returns the
+ * whole length when all of it went out; 0 when none did (the loop then
+ * sends it as usual); or the count written, the rest of which the loop
+ * must send before anything else (conn_send_rest). */
+#define CONN_DIRECT_MAX 40
+size_t conn_send_direct(struct connection *conn, const void *hdr, size_t hdr_len,
+                        const void *data, size_t data_len);
+/* Loop thread: sends the rest of a reply conn_send_direct wrote in part
+ * (nbufs buffers, at most 2), ahead of every reply queued since, and lets
+ * output go on. */
+int conn_send_rest(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs,
+                   conn_write_cb cb, void *opaque);
 /* Loop thread: a reply went out without conn_write (conn_send_direct) and
  * its request is freed: input held back for it may go on. */
 void conn_reply_sent(struct connection *conn);

@@ -310,22 +310,35 @@ static void log_reply_error(const struct request *req) {
             error_text(req) ? error_text(req) : "");
 }
 
+/* The data a direct reply carries after its header: a READ's. */
+static size_t direct_data_len(const struct request *req) {
+  return req->r.type == NBD_CMD_READ ? req->io_len : 0;
+}
+
 /* The end of a reply its worker wrote itself, whole or in part. */
 static void finish_direct(struct request *req) {
   struct connection *conn = req->conn;
   log_reply_error(req);
   metrics_reply_from_worker(req->exp);
-  if (req->direct_sent < req->direct_len) {
-    req->bufs = malloc(sizeof *req->bufs);
-    uv_buf_t rest = uv_buf_init((char *)req->direct + req->direct_sent,
-                                (unsigned)(req->direct_len - req->direct_sent));
+  size_t data_len = direct_data_len(req);
+  if (req->direct_sent < req->direct_len + data_len) {
+    req->bufs = malloc(2 * sizeof *req->bufs);
     if (!req->bufs) {
       request_free(req);
       conn_close(conn, "out of memory sending a reply");
       return;
     }
-    req->bufs[0] = rest;
-    conn_send_rest(conn, req->bufs, on_reply_written, req);
+    unsigned nb = 0;
+    size_t sent = req->direct_sent;
+    if (sent < req->direct_len) {
+      req->bufs[nb++] = uv_buf_init((char *)req->direct + sent, (unsigned)(req->direct_len - sent));
+      sent = 0;
+    } else {
+      sent -= req->direct_len;
+    }
+    if (data_len > sent)
+      req->bufs[nb++] = uv_buf_init((char *)req->data + sent, (unsigned)(data_len - sent));
+    conn_send_rest(conn, req->bufs, nb, on_reply_written, req);
     return;
   }
   req->replied = true;
@@ -406,12 +419,12 @@ static void send_reply(struct request *req) {
 /* ---- dispatch ---- */
 
 /* Worker thread: the reply of a request alone on its connection (no other
- * reply outstanding) goes out from here, when it is short and the
- * connection's output is idle.
+ * reply outstanding) goes out from here, when it is short (or a READ of at
+ * most SERVER_DIRECT_READ_MAX, all data) and the connection's output is idle.
  * At queue depth 1 that takes a thread hand-off off every request's path:
  * the client has its reply before the loop even wakes to free the request.
- * (READs are not sent from here: at QD1 their reply carries data, and the
- * loop serves cached ones itself.) */
+ * The loop serves cached READs itself; the ones that come here waited for
+ * the disk. */
 static void reply_from_worker(struct request *req) {
   struct connection *conn = req->conn;
   /* With others outstanding the loop sends replies in batches, one write
@@ -420,6 +433,26 @@ static void reply_from_worker(struct request *req) {
     return;
   size_t len;
   _Static_assert(NBD_CHUNK_NONE_SIZE <= CONN_DIRECT_MAX, "a NONE chunk fits");
+  _Static_assert(NBD_CHUNK_OFFSET_DATA_PREFIX <= CONN_DIRECT_MAX, "a data chunk header fits");
+  if (req->r.type == NBD_CMD_READ) {
+    if (req->error || req->spliced || req->io_len == 0)
+      return;
+    if (!req->structured) {
+      nbd_encode_simple_reply(req->direct, req->r.cookie, 0);
+      len = NBD_SIMPLE_REPLY_SIZE;
+    } else if (req->n_chunks == 0 || (req->n_chunks == 1 && !req->chunks[0].hole)) {
+      struct nbd_reply_to to = reply_to(req);
+      len = nbd_encode_chunk_offset_data(req->direct, &to, NBD_REPLY_FLAG_DONE, req->io_off,
+                                         req->io_len);
+    } else {
+      return; /* holes: the loop builds the chunks */
+    }
+    req->direct_len = (uint8_t)len;
+    req->direct_sent = conn_send_direct(conn, req->direct, len, req->data, req->io_len);
+    if (req->direct_sent)
+      request_answered(req);
+    return;
+  }
   if (!req->structured) {
     nbd_encode_simple_reply(req->direct, req->r.cookie, req->error);
     len = NBD_SIMPLE_REPLY_SIZE;
@@ -430,7 +463,7 @@ static void reply_from_worker(struct request *req) {
     return; /* an error chunk carries a message: the loop builds it */
   }
   req->direct_len = (uint8_t)len;
-  req->direct_sent = (uint8_t)conn_send_direct(conn, req->direct, len);
+  req->direct_sent = conn_send_direct(conn, req->direct, len, NULL, 0);
   if (req->direct_sent)
     request_answered(req);
 }
@@ -525,9 +558,10 @@ static void dispatch(struct request *req) {
     send_reply(req);
     return;
   }
-  req->may_direct = req->conn->direct_fd >= 0 &&
-                    server.direct_replies && req->r.type != NBD_CMD_READ &&
-                    req->r.type != NBD_CMD_BLOCK_STATUS;
+  req->may_direct = req->conn->direct_fd >= 0 && server.direct_replies &&
+                    req->r.type != NBD_CMD_BLOCK_STATUS &&
+                    (req->r.type != NBD_CMD_READ ||
+                     (!req->sliced && !req->may_splice && len <= SERVER_DIRECT_READ_MAX));
   if (queue_submit(&req->exp->queue, qi) < 0) {
     req->error = NBD_ENOMEM;
     req->why = "out of memory queueing the request";
