@@ -129,3 +129,32 @@ wait_for() {
 vm_kib() {
   awk -v f="$2:" '$1 == f { print $2; found = 1 } END { exit !found }' "/proc/$1/status"
 }
+
+# export_metric FILE NAME: vhdnbd_NAME{export=""} in a metrics file
+# (--metrics-file, the default export).
+export_metric() {
+  sed -n "s/^vhdnbd_$2{export=\"\"} //p" "$1"
+}
+
+# requests_ok FILE COMMAND...: the successful requests of those commands
+# the metrics file counts (0 for none).
+requests_ok() {
+  local file=$1 cmds
+  shift
+  cmds=$(IFS='|'; echo "$*")
+  sed -n 's/^vhdnbd_requests_total{export="",command="\([A-Z_]*\)",result="ok"} \([0-9]*\)$/\1 \2/p' \
+    "$file" 2>/dev/null | awk -v re="^($cmds)\$" '$1 ~ re { n += $2 } END { print n + 0 }'
+}
+
+# wait_requests_ok FILE N COMMAND...: waits (at most 30 s) until the
+# metrics file, rewritten every second, counts N successful requests of
+# those commands; fails the test if it never does.
+wait_requests_ok() {
+  local file=$1 n=$2 i
+  shift 2
+  for ((i = 0; i < 300; i++)); do
+    [ "$(requests_ok "$file" "$@")" = "$n" ] && return 0
+    sleep 0.1
+  done
+  fail "the metrics file never counted the $n $* requests (it says $(requests_ok "$file" "$@"))"
+}

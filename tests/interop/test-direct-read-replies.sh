@@ -54,30 +54,18 @@ for i in range(120):
 print(n)
 PY
 
-metric() {
-  sed -n "s/^vhdnbd_$2{export=\"\"} //p" "$1"
-}
-reads_answered() {
-  sed -n 's/^vhdnbd_requests_total{export="",command="READ",result="ok"} //p' "$1"
-}
-
 # run DIRECT_REPLIES STRUCTURED: sets direct and reads.
 run() {
-  local prom=$TMPD/m.prom total i
+  local prom=$TMPD/m.prom
   rm -f "$prom"
   export VHDNBD_DIRECT_REPLIES=$1
   start_vhdnbd "$TMPD/sock" --metrics-file "$prom" --metrics-interval 1 "$img" \
     2>"$TMPD/server.log"
   unset VHDNBD_DIRECT_REPLIES
   reads=$("$PY3" "$TMPD/cold.py" "$TMPD/sock" "$img" "$2") || fail "the READ client failed"
-  total=120
-  for ((i = 0; i < 300; i++)); do
-    [ "$(reads_answered "$prom" 2>/dev/null)" = "$total" ] && break
-    sleep 0.1
-  done
-  [ "$(reads_answered "$prom")" = "$total" ] || fail "the metrics never counted the $total READs"
+  wait_requests_ok "$prom" 120 READ
   stop_vhdnbd
-  direct=$(metric "$prom" replies_from_workers_total)
+  direct=$(export_metric "$prom" replies_from_workers_total)
   [ -n "$direct" ] || fail "no replies_from_workers_total in the metrics file"
   echo "VHDNBD_DIRECT_REPLIES=$1 structured=$2: $direct replies from workers, $reads all-data READs"
 }

@@ -37,33 +37,18 @@ for i in range(200):
 print(n)
 PY
 
-metric() {
-  sed -n "s/^vhdnbd_$2{export=\"\"} //p" "$1"
-}
-# answered FILE: WRITEs, FLUSHes and TRIMs answered, in the metrics file.
-answered() {
-  sed -n 's/^vhdnbd_requests_total{export="",command="\(WRITE\|FLUSH\|TRIM\)",result="ok"} //p' \
-    "$1" | awk '{ n += $1 } END { print n + 0 }'
-}
-
 # run DIRECT_REPLIES: sets direct to the count of replies sent by workers.
 run() {
-  local prom=$TMPD/m.prom sent i
+  local prom=$TMPD/m.prom sent
   rm -f "$prom"
   export VHDNBD_DIRECT_REPLIES=$1
   start_vhdnbd "$TMPD/sock" --metrics-file "$prom" --metrics-interval 1 "$img" \
     2>"$TMPD/server.log"
   unset VHDNBD_DIRECT_REPLIES
   sent=$("$PY3" "$TMPD/qd1.py" "$TMPD/sock") || fail "the QD1 client failed"
-  # The file is rewritten every second: wait (at most 30 s) until it counts
-  # every request answered.
-  for ((i = 0; i < 300; i++)); do
-    [ "$(answered "$prom" 2>/dev/null)" = "$sent" ] && break
-    sleep 0.1
-  done
-  [ "$(answered "$prom")" = "$sent" ] || fail "the metrics file never counted the $sent requests"
+  wait_requests_ok "$prom" "$sent" WRITE FLUSH TRIM
   stop_vhdnbd
-  direct=$(metric "$prom" replies_from_workers_total)
+  direct=$(export_metric "$prom" replies_from_workers_total)
   [ -n "$direct" ] || fail "no replies_from_workers_total in the metrics file"
   echo "VHDNBD_DIRECT_REPLIES=$1: $direct of $sent worker-served requests answered by their worker"
   total=$sent

@@ -102,27 +102,6 @@ static void readahead_cases(vhd_t *v) {
   verify(v, "after the readahead cases");
 }
 
-/* One thread held inside its first bitmap read until released. */
-static pthread_mutex_t hold_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t hold_cv = PTHREAD_COND_INITIALIZER;
-static pthread_t holder;
-static bool hold_armed, hold_entered, hold_released;
-
-static void hold_hook(void *opaque, enum t_io_op op, int fd, uint64_t len, uint64_t off) {
-  (void)opaque, (void)fd, (void)off;
-  if (op != T_OP_READ || len != 512)
-    return;
-  pthread_mutex_lock(&hold_mu);
-  if (hold_armed && pthread_equal(pthread_self(), holder)) {
-    hold_armed = false;
-    hold_entered = true;
-    pthread_cond_broadcast(&hold_cv);
-    while (!hold_released)
-      pthread_cond_wait(&hold_cv, &hold_mu);
-  }
-  pthread_mutex_unlock(&hold_mu);
-}
-
 struct held_io {
   vhd_t *v;
   bool write;
@@ -140,25 +119,8 @@ static void *held_io_run(void *opaque) {
   return NULL;
 }
 
-static void hold_start(struct held_io *h) {
-  hold_armed = true;
-  hold_entered = hold_released = false;
-  t_set_io_before_hook(hold_hook, NULL);
-  pthread_mutex_lock(&hold_mu); /* holder is set before the thread can look */
-  T_ASSERT(pthread_create(&holder, NULL, held_io_run, h) == 0, "pthread_create");
-  while (!hold_entered)
-    pthread_cond_wait(&hold_cv, &hold_mu);
-  pthread_mutex_unlock(&hold_mu);
-}
-
-static void hold_end(void) {
-  pthread_mutex_lock(&hold_mu);
-  hold_released = true;
-  pthread_cond_broadcast(&hold_cv);
-  pthread_mutex_unlock(&hold_mu);
-  T_ASSERT(pthread_join(holder, NULL) == 0, "pthread_join");
-  t_set_io_before_hook(NULL, NULL);
-}
+/* Held inside its first bitmap read (the only reads of 512 bytes). */
+static void hold_start(struct held_io *h) { t_hold_start(T_OP_READ, 512, held_io_run, h); }
 
 static void on_watchdog(int sig) {
   (void)sig;
@@ -178,7 +140,7 @@ static void unlocked_read_case(vhd_t *v) {
   read_block(v, 1);
   write_model(v, (uint64_t)UNALLOCATED * BS, 512); /* an allocation */
   alarm(0);
-  hold_end();
+  t_hold_release();
   T_ASSERT(memcmp(h.data, model + 3ull * BS, sizeof h.data) == 0,
            "the held read of block 3 returned other bytes");
   verify(v, "after I/O beside a bitmap read");
@@ -190,7 +152,7 @@ static void concurrent_load_case(vhd_t *v) {
   t_fill_nonzero(h.data, sizeof h.data);
   hold_start(&h);
   write_model(v, 8ull * BS + 20 * 512, 512); /* loads block 8's bitmap itself */
-  hold_end();
+  t_hold_release();
   memcpy(model + h.off, h.data, sizeof h.data);
   verify(v, "after two threads loaded one bitmap");
 }
@@ -201,7 +163,7 @@ static void freed_while_read_case(vhd_t *v) {
   hold_start(&h);
   T_OK(vhd_write_zeroes(v, 10ull * BS, BS, VHD_MAY_TRIM, &err), &err, "vhd_write_zeroes");
   memset(model + 10ull * BS, 0, BS);
-  hold_end();
+  t_hold_release();
   memcpy(model + h.off, h.data, sizeof h.data);
   verify(v, "after a block was freed while its bitmap was read");
 }

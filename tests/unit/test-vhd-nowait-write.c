@@ -150,27 +150,6 @@ static vhd_t *reopen(vhd_t *v) {
   return t_open(path, false);
 }
 
-/* Holds one thread inside its first write (a new block's bitmap, written
- * under the image lock) until released.  (Bitmap reads drop the lock.) */
-static pthread_mutex_t hold_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t hold_cv = PTHREAD_COND_INITIALIZER;
-static pthread_t holder;
-static bool hold_armed, hold_entered, hold_released;
-
-static void hold_hook(void *opaque, enum t_io_op op, int fd, uint64_t len, uint64_t off) {
-  if (op != T_OP_WRITE)
-    return;
-  pthread_mutex_lock(&hold_mu);
-  if (hold_armed && pthread_equal(pthread_self(), holder)) {
-    hold_armed = false;
-    hold_entered = true;
-    pthread_cond_broadcast(&hold_cv);
-    while (!hold_released)
-      pthread_cond_wait(&hold_cv, &hold_mu);
-  }
-  pthread_mutex_unlock(&hold_mu);
-}
-
 /* Block HOLD_BLOCK is never written elsewhere; HOLD_BLOCK - 1 neither,
  * until lock_contended makes room for it in the allocation window. */
 #define HOLD_BLOCK (SIZE / BS - 1)
@@ -191,21 +170,11 @@ static void lock_contended(vhd_t *v) {
    * the lock); the next one then fits in the window. */
   plain_write(v, (uint64_t)(HOLD_BLOCK - 1) * BS, 512);
   t_fill_nonzero(hold_data, sizeof hold_data);
-  hold_armed = true;
-  hold_entered = hold_released = false;
-  t_set_io_before_hook(hold_hook, NULL);
-  pthread_mutex_lock(&hold_mu); /* holder is set before the thread can look */
-  T_ASSERT(pthread_create(&holder, NULL, allocate_block, v) == 0, "pthread_create");
-  while (!hold_entered)
-    pthread_cond_wait(&hold_cv, &hold_mu);
-  pthread_mutex_unlock(&hold_mu);
+  /* Held inside its first write: the new block's bitmap, written under
+   * the image lock.  (A bitmap read drops the lock.) */
+  t_hold_start(T_OP_WRITE, 0, allocate_block, v);
   expect_give_up_unmapped(v, BS + 512, 1024, "image lock held by an allocation");
-  pthread_mutex_lock(&hold_mu);
-  hold_released = true;
-  pthread_cond_broadcast(&hold_cv);
-  pthread_mutex_unlock(&hold_mu);
-  T_ASSERT(pthread_join(holder, NULL) == 0, "pthread_join");
-  t_set_io_before_hook(NULL, NULL);
+  t_hold_release();
   memcpy(model + (uint64_t)HOLD_BLOCK * BS, hold_data, sizeof hold_data);
   verify(v, "after a NOWAIT write met a held lock");
   expect_written(v, BS + 512, 1024, "lock free again");

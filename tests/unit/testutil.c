@@ -572,3 +572,48 @@ size_t t_readahead_take(uint64_t *offs) {
   pthread_mutex_unlock(&advice_mu);
   return n;
 }
+
+/* The held thread (t_hold_start). */
+static pthread_mutex_t hold_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hold_cv = PTHREAD_COND_INITIALIZER;
+static pthread_t hold_thread;
+static bool hold_armed, hold_entered, hold_released;
+static enum t_io_op hold_op;
+static uint64_t hold_len;
+
+static void hold_hook(void *opaque, enum t_io_op op, int fd, uint64_t len, uint64_t off) {
+  (void)opaque, (void)fd, (void)off;
+  if (op != hold_op || (hold_len && len != hold_len))
+    return;
+  pthread_mutex_lock(&hold_mu);
+  if (hold_armed && pthread_equal(pthread_self(), hold_thread)) {
+    hold_armed = false;
+    hold_entered = true;
+    pthread_cond_broadcast(&hold_cv);
+    while (!hold_released)
+      pthread_cond_wait(&hold_cv, &hold_mu);
+  }
+  pthread_mutex_unlock(&hold_mu);
+}
+
+void t_hold_start(enum t_io_op op, uint64_t len, void *(*fn)(void *), void *arg) {
+  hold_op = op;
+  hold_len = len;
+  hold_armed = true;
+  hold_entered = hold_released = false;
+  t_set_io_before_hook(hold_hook, NULL);
+  pthread_mutex_lock(&hold_mu); /* hold_thread is set before the thread can look */
+  T_ASSERT(pthread_create(&hold_thread, NULL, fn, arg) == 0, "pthread_create");
+  while (!hold_entered)
+    pthread_cond_wait(&hold_cv, &hold_mu);
+  pthread_mutex_unlock(&hold_mu);
+}
+
+void t_hold_release(void) {
+  pthread_mutex_lock(&hold_mu);
+  hold_released = true;
+  pthread_cond_broadcast(&hold_cv);
+  pthread_mutex_unlock(&hold_mu);
+  T_ASSERT(pthread_join(hold_thread, NULL) == 0, "pthread_join");
+  t_set_io_before_hook(NULL, NULL);
+}

@@ -133,6 +133,12 @@ enum t_nowait_mode { T_NOWAIT_KERNEL, T_NOWAIT_ACCEPT, T_NOWAIT_SHORT, T_NOWAIT_
 void t_set_nowait_write(enum t_nowait_mode mode);
 /* pwritev2 calls with RWF_NOWAIT so far. */
 uint64_t t_nowait_write_count(void);
+/* Runs fn(arg) on a new thread and returns once that thread is held inside
+ * its first I/O of kind op (of len bytes; 0: any length), before the I/O
+ * reaches the kernel; t_hold_release lets it go on and joins it.  Uses the
+ * before-hook (t_set_io_before_hook), one held thread at a time. */
+void t_hold_start(enum t_io_op op, uint64_t len, void *(*fn)(void *), void *arg);
+void t_hold_release(void);
 /* File offsets the engine asked the kernel to read ahead (posix_fadvise
  * POSIX_FADV_WILLNEED) since the last call, in order, at most
  * T_READAHEAD_MAX of them; offs has room for that many. */
