@@ -172,24 +172,31 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   return 0;
 }
 
-int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err) {
-  if (vhd->bitmaps[blk]) {
-    *bm = vhd->bitmaps[blk];
-    return 0;
-  }
+/* Reads block blk's bitmap at BAT entry `entry` into a new buffer. */
+static int bitmap_read(vhd_t *vhd, uint32_t blk, uint32_t entry, uint8_t **out,
+                       struct vhd_err *err) {
   uint8_t *b = malloc(vhd->bitmap_size);
   if (!b)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory for the bitmap of block %u", vhd->path,
                        blk);
-  uint64_t off = (uint64_t)vhd->bat[blk] * 512;
+  uint64_t off = (uint64_t)entry * 512;
   int r = vhd_io_pread(vhd->fd, b, vhd->bitmap_size, off);
   if (r < 0) {
     free(b);
     return vhd_set_err(err, r, "%s: reading the sector bitmap of block %u at offset %llu: %s",
                        vhd->path, blk, (unsigned long long)off, strerror(-r));
   }
-  vhd->bitmaps[blk] = b;
-  *bm = b;
+  *out = b;
+  return 0;
+}
+
+int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err) {
+  if (!vhd->bitmaps[blk]) {
+    int r = bitmap_read(vhd, blk, vhd->bat[blk], &vhd->bitmaps[blk], err);
+    if (r < 0)
+      return r;
+  }
+  *bm = vhd->bitmaps[blk];
   return 0;
 }
 
@@ -222,10 +229,6 @@ int vhd_bitmap_load(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err)
     uint32_t entry = vhd->bat[blk];
     if (entry == VHD_BAT_UNUSED)
       return 1;
-    uint8_t *b = malloc(vhd->bitmap_size);
-    if (!b)
-      return vhd_set_err(err, -ENOMEM, "%s: out of memory for the bitmap of block %u",
-                         vhd->path, blk);
     uint64_t ra[VHD_BITMAP_READAHEAD];
     size_t n_ra = bitmap_readahead_plan(vhd, blk, ra);
     /* Pinned, the space cannot go to another block while it is read: a
@@ -234,15 +237,12 @@ int vhd_bitmap_load(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err)
     pthread_mutex_unlock(&vhd->lock);
     for (size_t i = 0; i < n_ra; i++)
       (void)posix_fadvise(vhd->fd, (off_t)ra[i], vhd->bitmap_size, POSIX_FADV_WILLNEED);
-    uint64_t off = (uint64_t)entry * 512;
-    int r = vhd_io_pread(vhd->fd, b, vhd->bitmap_size, off);
+    uint8_t *b = NULL;
+    int r = bitmap_read(vhd, blk, entry, &b, err);
     pthread_mutex_lock(&vhd->lock);
     vhd_block_unpin(vhd, blk);
-    if (r < 0) {
-      free(b);
-      return vhd_set_err(err, r, "%s: reading the sector bitmap of block %u at offset %llu: %s",
-                         vhd->path, blk, (unsigned long long)off, strerror(-r));
-    }
+    if (r < 0)
+      return r;
     /* Another thread may have loaded it (and set bits since), or the block
      * may have been freed or reallocated: what was read is then stale. */
     if (vhd->bat[blk] == entry && !vhd->bitmaps[blk])
