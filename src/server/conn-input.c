@@ -3,8 +3,12 @@
  * socket is read at all (per connection and --max-inflight). */
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "conn-internal.h"
 #include "log.h"
@@ -104,8 +108,50 @@ void conn_inbuf_compact(struct connection *conn) {
   }
 }
 
+/* Moves everything already in the pipe to the spill buffer and reads the
+ * rest of the payload there: the pipe is full (or the socket cannot
+ * splice), and the bytes must keep their order. */
+static int spill_pipe(struct connection *conn) {
+  size_t have = (size_t)conn->want_done;
+  size_t got = (size_t)conn->want_head;
+  while (got < have) {
+    ssize_t n = read(conn->want_pipe_rd, conn->want_spill + got, have - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? -errno : -ENODATA;
+    got += (size_t)n;
+  }
+  conn->want_dst = conn->want_spill;
+  conn->want_pipe_rd = conn->want_pipe_wr = -1;
+  conn->want_spilled = true;
+  return 0;
+}
+
+/* libuv asks for a buffer when the socket is readable: a payload bound for
+ * a pipe is spliced right here, and an empty buffer tells libuv to read
+ * nothing (on_read then gets UV_ENOBUFS and accounts the splice).  The
+ * poll is level-triggered, so bytes left in the socket ask again. */
+static bool splice_in_now(struct connection *conn) {
+  if (conn->want_pipe_wr < 0 || conn->closing || conn->in_start != conn->in_end)
+    return false;
+  uint64_t left = conn->want_len - conn->want_done;
+  ssize_t n;
+  do
+    n = splice(conn->direct_fd, NULL, conn->want_pipe_wr, NULL, (size_t)left,
+               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  while (n < 0 && errno == EINTR);
+  conn->splice_in = n < 0 ? -errno : n;
+  conn->splice_in_made = true;
+  return true;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   struct connection *conn = h->data;
+  if (splice_in_now(conn)) {
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
   if (conn->tls) {
     /* Ciphertext: decrypted into inbuf later, never straight into payloads. */
     *buf = uv_buf_init((char *)conn->tls_in, SERVER_INBUF_SIZE);
@@ -197,6 +243,42 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn_process(conn);
     return;
   }
+  if (nread == UV_ENOBUFS && conn->splice_in_made) {
+    conn->splice_in_made = false;
+    ssize_t n = conn->splice_in;
+    if (n > 0) {
+      conn->last_input = uv_now(server.loop);
+      conn->want_done += (uint64_t)n;
+      conn_process(conn);
+      return;
+    }
+    if (n == 0) {
+      conn_on_eof(conn);
+      return;
+    }
+    int avail = 0;
+    if (n == -EAGAIN && (ioctl(conn->direct_fd, FIONREAD, &avail) < 0 || avail == 0))
+      return; /* nothing there after all: wait for more */
+    /* The pipe is full (its pages partly filled: the socket's data came in
+     * small pieces), or the socket cannot splice: copy from here on. */
+    if (n != -EAGAIN) {
+      log_msg(LOG_LEVEL_DEBUG, "%s: cannot splice from the socket (%s): WRITE payloads copied",
+              conn->peer, strerror((int)-n));
+      conn->no_splice_in = true;
+    } else {
+      log_msg(LOG_LEVEL_DEBUG, "%s: WRITE payload pipe full after %" PRIu64 " bytes: copied",
+              conn->peer, conn->want_done);
+    }
+    int r = spill_pipe(conn);
+    if (r < 0) {
+      log_msg(LOG_LEVEL_WARNING, "%s: reading back a WRITE payload: %s", conn->peer,
+              strerror(-r));
+      conn_close(conn, "payload pipe error");
+      return;
+    }
+    conn_process(conn);
+    return;
+  }
   if (nread == 0 || nread == UV_ENOBUFS)
     return;
   if (nread == UV_EOF) {
@@ -224,6 +306,37 @@ void conn_process(struct connection *conn) {
     uint64_t left = conn->want_len - conn->want_done;
     size_t avail = conn->in_end - conn->in_start;
     size_t n = 0;
+    if (left > 0 && avail > 0 && conn->want_pipe_wr >= 0 && conn->want_done == conn->want_head) {
+      /* What came in with the header goes ahead of the pipe: copied into
+       * the pipe, it would leave every page after it partly filled. */
+      n = (size_t)MIN(left, (uint64_t)avail);
+      memcpy(conn->want_spill + conn->want_done, conn->inbuf + conn->in_start, n);
+      conn->want_head += n;
+      conn->want_done += n;
+      conn->in_start += n;
+      continue;
+    }
+    if (left > 0 && avail > 0 && conn->want_pipe_wr >= 0) {
+      /* Input staged after the pipe got bytes (not expected: the socket
+       * is spliced whenever the staging buffer is empty): in order. */
+      ssize_t w = write(conn->want_pipe_wr, conn->inbuf + conn->in_start,
+                        (size_t)MIN(left, (uint64_t)avail));
+      if (w < 0 && errno != EAGAIN && errno != EINTR) {
+        log_msg(LOG_LEVEL_WARNING, "%s: WRITE payload pipe: %s", conn->peer, strerror(errno));
+        conn_close(conn, "payload pipe error");
+        break;
+      }
+      if (w <= 0) {
+        if (spill_pipe(conn) < 0) {
+          conn_close(conn, "payload pipe error");
+          break;
+        }
+        continue;
+      }
+      conn->want_done += (uint64_t)w;
+      conn->in_start += (size_t)w;
+      continue;
+    }
     if (left > 0 && avail > 0) {
       n = (size_t)MIN(left, (uint64_t)avail);
       if (conn->want_dst)
@@ -240,6 +353,7 @@ void conn_process(struct connection *conn) {
     }
     conn_input_cb cb = conn->want_cb;
     conn->want_cb = NULL;
+    conn->want_pipe_rd = conn->want_pipe_wr = -1;
     cb(conn);
   }
   if (conn->in_start == conn->in_end)
@@ -251,9 +365,24 @@ void conn_process(struct connection *conn) {
 
 void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb) {
   conn->want_dst = dst;
+  conn->want_pipe_rd = conn->want_pipe_wr = -1;
   conn->want_len = len;
   conn->want_done = 0;
   conn->want_cb = cb;
+}
+
+bool conn_may_splice_in(const struct connection *conn) {
+  return conn->direct_fd >= 0 && !conn->tls && !conn->no_splice_in;
+}
+
+void conn_expect_pipe(struct connection *conn, int pipe_rd, int pipe_wr, uint8_t *spill,
+                      uint64_t len, conn_input_cb cb) {
+  conn_expect(conn, NULL, len, cb);
+  conn->want_pipe_rd = pipe_rd;
+  conn->want_pipe_wr = pipe_wr;
+  conn->want_spill = spill;
+  conn->want_head = 0;
+  conn->want_spilled = false;
 }
 
 

@@ -92,6 +92,7 @@ void conn_reject(struct connection *conn, const char *why) {
   conn->lingering = true;
   conn->want_cb = NULL;
   conn->want_dst = NULL;
+  conn->want_pipe_rd = conn->want_pipe_wr = -1;
   conn->want_len = conn->want_done = 0;
   conn->in_start = conn->in_end = 0;
   transmission_abort_payload(conn);
@@ -123,6 +124,7 @@ static struct connection *conn_new(void) {
   }
   pthread_mutex_init(&conn->direct_lock, NULL);
   conn->direct_fd = -1;
+  conn->want_pipe_rd = conn->want_pipe_wr = -1;
   conn->id = ++server.next_conn_id;
   conn->last_input = conn->accepted = uv_now(server.loop);
   conn->out = &conn->sock.stream;

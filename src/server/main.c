@@ -66,10 +66,13 @@ static void usage(FILE *f) {
           "      --threads N          worker threads for image I/O (default %u)\n"
           "      --write-lanes N      plain WRITEs to one export running at once\n"
           "                           (default: one per CPU, at most --threads)\n"
-          "      --no-splice          copy READ data into replies; by default large\n"
-          "                           READs go from the page cache to the socket\n"
-          "                           uncopied (splice), and a WRITE sent after a READ\n"
-          "                           of the same bytes may show in its reply\n"
+          "      --no-splice          copy READ data into replies and WRITE payloads\n"
+          "                           into buffers; by default large READs go from\n"
+          "                           the page cache to the socket uncopied (splice),\n"
+          "                           and a WRITE sent after a READ of the same bytes\n"
+          "                           may show in its reply; large WRITEs go from the\n"
+          "                           socket into the file uncopied where they change\n"
+          "                           no metadata\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
@@ -754,6 +757,9 @@ int main(int argc, char **argv) {
   const char *dr = getenv("VHDNBD_DIRECT_REPLIES");
   server.direct_replies = !(dr && strcmp(dr, "0") == 0);
   server.splice_reads = !settings.no_splice && splice_available();
+  /* ...and WRITE payloads copied, to compare with splicing them. */
+  const char *sw = getenv("VHDNBD_SPLICE_WRITES");
+  server.splice_writes = server.splice_reads && !(sw && strcmp(sw, "0") == 0);
   int wr = workers_start(server.loop, threads);
   if (wr < 0) {
     log_msg(LOG_LEVEL_ERR, "cannot start %u worker threads: %s", threads, strerror(-wr));

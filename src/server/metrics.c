@@ -44,6 +44,7 @@ struct export_stats {
   uint64_t on_loop[2]; /* READs, WRITEs served on the loop thread */
   uint64_t from_worker; /* replies a worker sent itself */
   uint64_t spliced;     /* READ replies whose data was spliced */
+  uint64_t wspliced;    /* WRITEs whose payload was spliced into the file */
   uint64_t errors[N_ERRNOS];
   uint64_t inflight;
 };
@@ -159,6 +160,12 @@ void metrics_read_spliced(const struct export *exp) {
     st->spliced++;
 }
 
+void metrics_write_spliced(const struct export *exp) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    st->wspliced++;
+}
+
 void metrics_connection_accepted(void) { m.accepted++; }
 
 void metrics_connection_refused(const char *reason) {
@@ -219,6 +226,7 @@ static void sum_stats(struct export_stats *t) {
     t->on_loop[1] += st->on_loop[1];
     t->from_worker += st->from_worker;
     t->spliced += st->spliced;
+    t->wspliced += st->wspliced;
     t->inflight += st->inflight;
   }
 }
@@ -268,6 +276,13 @@ static void write_requests(FILE *f) {
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "reads_spliced_total", m.srv->exports[i]);
     fprintf(f, "} %" PRIu64 "\n", stats_at(i)->spliced);
+  }
+  family(f, "writes_spliced_total", "counter",
+         "WRITEs whose payload went from the socket into the file by splice, never copied "
+         "through the server.");
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    export_series(f, "writes_spliced_total", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->wspliced);
   }
   family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
@@ -338,6 +353,9 @@ static void write_server(FILE *f) {
   family(f, "server_reads_spliced_total", "counter",
          "READ replies whose data was spliced into the socket, all exports.");
   fprintf(f, "vhdnbd_server_reads_spliced_total %" PRIu64 "\n", t.spliced);
+  family(f, "server_writes_spliced_total", "counter",
+         "WRITEs whose payload was spliced into the file, all exports.");
+  fprintf(f, "vhdnbd_server_writes_spliced_total %" PRIu64 "\n", t.wspliced);
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;

@@ -41,6 +41,9 @@ void metrics_request_on_loop(const struct export *exp, uint16_t type);
 void metrics_reply_from_worker(const struct export *exp);
 /* A READ reply whose data was spliced into the socket (loop thread). */
 void metrics_read_spliced(const struct export *exp);
+/* A WRITE whose payload was spliced from the socket into the file (loop
+ * thread, once it is done). */
+void metrics_write_spliced(const struct export *exp);
 
 /* Connections accepted, and refused or dropped for `reason` (a label
  * value: per_address, max_connections, evicted, handshake_timeout,

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -291,6 +292,33 @@ static void op_write_zeroes(struct request *req) {
     fail_write(req, r, &err);
 }
 
+/* A WRITE whose payload waits in a pipe: spliced into the file where the
+ * engine can take it so (no metadata to change), else read out of the pipe
+ * and written as any other. */
+static int op_write_piped(struct request *req, unsigned fua, struct vhd_err *err) {
+  vhd_t *vhd = req->exp->vhd;
+  uint64_t off = req->r.offset;
+  size_t len = (size_t)req->r.length;
+  size_t head = req->payload_head;
+  int r = vhd_write_splice(vhd, req->data, head, req->pipe.rd, off, len, fua, err);
+  if (r <= 0) {
+    /* Failed, the pipe may hold bytes: request_free closes it. */
+    if (r == 0) {
+      req->write_spliced = true;
+      splice_pipe_put(&req->pipe, true);
+    }
+    return r;
+  }
+  r = splice_read_full(req->pipe.rd, req->data + head, len - head, -1);
+  if (r < 0) {
+    snprintf(err->msg, sizeof err->msg, "reading a WRITE payload back from its pipe: %s",
+             strerror(-r));
+    return r;
+  }
+  splice_pipe_put(&req->pipe, true);
+  return vhd_write(vhd, req->data, off, len, fua, err);
+}
+
 void ops_run(struct request *req) {
   struct vhd_err err = {{0}};
   vhd_t *vhd = req->exp->vhd;
@@ -301,7 +329,8 @@ void ops_run(struct request *req) {
     op_read(req, 0);
     return;
   case NBD_CMD_WRITE:
-    r = vhd_write(vhd, req->data, req->r.offset, req->r.length, fua, &err);
+    r = req->payload_piped ? op_write_piped(req, fua, &err)
+                           : vhd_write(vhd, req->data, req->r.offset, req->r.length, fua, &err);
     break;
   case NBD_CMD_FLUSH:
     r = vhd_flush(vhd, &err);

@@ -40,9 +40,14 @@ struct request {
   size_t data_size;   /* bytes allocated at data */
   uint64_t accounted; /* bytes counted in conn->inflight_bytes */
   uint32_t payload_done; /* WRITE: payload bytes read so far */
+  bool payload_piped;    /* WRITE: the payload waits in pipe, not in data,
+                            but for its first payload_head bytes */
+  uint32_t payload_head;
+  bool write_spliced;    /* ...and went from there into the file */
 
   /* READ of one run of file data: may_splice is set by dispatch where the
-   * worker may splice it; spliced, its data waits in pipe (not in data). */
+   * worker may splice it; spliced, its data waits in pipe (not in data).
+   * A WRITE's pipe holds its payload (payload_piped). */
   bool may_splice, spliced;
   struct splice_pipe pipe;
   uint32_t splice_head; /* bytes of data[] sent before the pipe's */

@@ -216,6 +216,7 @@ struct server {
   bool loop_writes;             /* WRITEs may be served on the loop (ops_write_now) */
   bool direct_replies;          /* workers may send short replies (conn_send_direct) */
   bool splice_reads;            /* large READs spliced from the page cache (splice.h) */
+  bool splice_writes;           /* large WRITE payloads spliced into the file */
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
 };
 
@@ -321,9 +322,21 @@ struct connection {
   /* Input: a staging buffer, and the one thing we are currently reading. */
   uint8_t *inbuf;
   size_t in_start, in_end;
-  uint8_t *want_dst;    /* NULL: discard */
+  uint8_t *want_dst;    /* NULL: discard (or into want_pipe_wr) */
   uint64_t want_len, want_done;
   conn_input_cb want_cb;
+  /* A payload moved into a pipe (conn_expect_pipe): want_pipe_wr >= 0.
+   * The socket's bytes go in by splice(2), made when libuv offers to read
+   * (on_alloc) and accounted in on_read (splice_in).  Should the pipe fill
+   * up, the bytes move to want_spill and the rest is read there as usual:
+   * want_spilled then says so. */
+  int want_pipe_rd, want_pipe_wr;
+  uint8_t *want_spill;
+  uint64_t want_head;   /* bytes copied to want_spill before the pipe had any */
+  bool want_spilled;
+  bool splice_in_made;  /* on_alloc spliced: on_read accounts splice_in */
+  ssize_t splice_in;    /* bytes, 0 at EOF, or a negative errno */
+  bool no_splice_in;    /* the socket refused to splice: copy from now on */
   bool reading;         /* uv_read_start active */
   bool in_process;
   bool eof;             /* no more input: EOF, DISC, fatal error or shutdown */
@@ -412,6 +425,18 @@ int conn_accept(uv_stream_t *listener, bool is_tcp);
 int conn_start_stdio(void);
 /* Reads len bytes into dst (NULL: discard them), then calls cb. */
 void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb);
+/* Whether conn_expect_pipe may be used: a plain socket that has not
+ * refused splice(2). */
+bool conn_may_splice_in(const struct connection *conn);
+/* The same, with the bytes moved into the empty, non-blocking pipe
+ * (pipe_rd, pipe_wr), which holds len bytes in whole pages, by splice(2)
+ * (page references where the socket holds its data in pages).  Bytes
+ * already read with the header are copied to spill (len bytes) instead:
+ * conn->want_head of them, the payload's first.  If the pipe cannot take
+ * the rest (the pages the socket hands over may be partly filled), every
+ * byte moves to spill and conn->want_spilled is true when cb runs. */
+void conn_expect_pipe(struct connection *conn, int pipe_rd, int pipe_wr, uint8_t *spill,
+                      uint64_t len, conn_input_cb cb);
 /* Queues bufs for writing; cb (may be NULL) runs when written or cancelled, with
  * the status.  Writes go out in call order; the queue is written by
  * conn_flush_all, in the same loop iteration. */

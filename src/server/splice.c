@@ -83,6 +83,10 @@ void splice_pipe_put(struct splice_pipe *p, bool empty) {
   *p = (struct splice_pipe){-1, -1};
 }
 
+size_t splice_pipe_payload_max(void) {
+  return pipe_pages * page_size;
+}
+
 static bool splice_fits(uint64_t off, size_t len) {
   size_t pages = (size_t)((off % page_size + len + page_size - 1) / page_size);
   return pipe_pages && pages <= pipe_pages;

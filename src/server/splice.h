@@ -1,5 +1,6 @@
 /* splice.h: READ data moved from the page cache into a client's socket
- * through a pipe (splice(2)), never copied through the server.
+ * through a pipe (splice(2)), never copied through the server; and WRITE
+ * payloads moved from the socket through a pipe into the file.
  *
  * A worker fills a pipe from the image file (page references, not
  * copies); the loop then moves the pipe's contents into the socket as
@@ -28,6 +29,9 @@ bool splice_pipe_get(struct splice_pipe *p);
 /* Any thread: back to the pool; a pipe that may still hold bytes (empty
  * false) is closed instead.  p is then none. */
 void splice_pipe_put(struct splice_pipe *p, bool empty);
+/* The largest WRITE payload a pool pipe holds, if the socket hands it
+ * over in whole pages (conn_expect_pipe copies what does not fit). */
+size_t splice_pipe_payload_max(void);
 /* Whether len bytes of a file at off can go through a pool pipe, which
  * holds a number of pages (the range may start inside one).  Where they
  * do not fit, the bytes up to the first page boundary may be sent ahead

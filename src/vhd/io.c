@@ -231,6 +231,31 @@ int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
   return 0;
 }
 
+/* The file side of vhd_write_splice: len bytes from the pipe into the file
+ * at off.  A write fault or failure latches as vhd_io_pwrite's; a pipe
+ * that runs dry (it is non-blocking: EAGAIN) is the caller's mistake and
+ * fails with EPIPE, which does not. */
+int vhd_io_splice_in(vhd_t *vhd, int pipe_fd, size_t len, uint64_t off) {
+  if (vhd_io_refuses_writes(vhd))
+    return -EIO;
+  int r = fault_check(FAULT_OP_WRITE);
+  if (r < 0)
+    return latch(vhd, r, "writing %zu bytes at offset %llu", len, (unsigned long long)off);
+  loff_t at = (loff_t)off;
+  while (len > 0) {
+    ssize_t n = splice(pipe_fd, NULL, vhd->fd, &at, len, SPLICE_F_MOVE);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n == 0 || (n < 0 && errno == EAGAIN))
+      return -EPIPE;
+    if (n < 0)
+      return latch(vhd, -errno, "writing %zu bytes at offset %llu", len,
+                   (unsigned long long)at);
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
 /* Measured on Linux 6.18, ext4 and tmpfs: every buffered pwritev2 with
  * RWF_NOWAIT fails with EOPNOTSUPP (cached or not, allocated or a hole,
  * aligned or not), so there a NOWAIT write always goes to a worker, after one

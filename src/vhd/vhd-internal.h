@@ -257,6 +257,9 @@ int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
  * file, or the image is latched.  Another failure latches as vhd_io_pwrite.
  * A short RWF_NOWAIT write is finished with a waiting one. */
 int vhd_io_pwrite_nowait(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
+/* len bytes from a pipe into the file at off (splice(2)), latching as
+ * vhd_io_pwrite; -EPIPE if the pipe holds fewer. */
+int vhd_io_splice_in(vhd_t *vhd, int pipe_fd, size_t len, uint64_t off);
 int vhd_io_sync(vhd_t *vhd);
 /* Writes [off, off+len) and returns once it is durable, without syncing
  * anything else of the file (through the O_DSYNC descriptor; pwrite and

@@ -178,6 +178,18 @@ int vhd_read(vhd_t *vhd, void *buf, uint64_t off, size_t len, struct vhd_err *er
 
 int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned flags,
               struct vhd_err *err);
+/* vhd_write with the first head_len bytes taken from head and the rest from
+ * the pipe pipe_fd (which holds at least that many), moved into the file
+ * by splice(2), no copy through the caller, where the write needs no
+ * metadata change: a fixed image, or
+ * blocks already allocated with every sector touched already marked (at
+ * most VHD_WRITE_NOWAIT_MAX_BLOCKS blocks).  Returns 0 when the bytes are
+ * written (durable too with VHD_FUA), 1 when the range is not like that
+ * (the pipe untouched: the caller reads it and calls vhd_write), or a
+ * negative errno as vhd_write, after which the pipe may still hold part of
+ * the bytes.  A bitmap not yet in memory is read, so it may wait. */
+int vhd_write_splice(vhd_t *vhd, const void *head, size_t head_len, int pipe_fd, uint64_t off,
+                     size_t len, unsigned flags, struct vhd_err *err);
 /* Makes [off, off+len) read as zeros.  On a dynamic disk unallocated blocks stay
  * unallocated, sectors of allocated blocks get their bitmap bits cleared, and
  * with VHD_MAY_TRIM whole blocks lose their BAT entry.  On a differencing disk

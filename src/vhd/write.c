@@ -147,6 +147,107 @@ static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len
   return r < 0 && r != -EAGAIN ? vhd_set_io_err(vhd, err, r, "writing", off) : r;
 }
 
+/* vhd_write_splice on a dynamic or differencing image: the blocks the range
+ * touches must be allocated with the bit of every sector touched set, as
+ * for a NOWAIT write, but here bitmaps not yet in memory are read (which
+ * may drop the lock: so every block is checked again, in one pass under
+ * the lock, before anything is pinned).  The bytes then go in place, and
+ * no bit, BAT entry or footer changes. */
+/* Where vhd_write_splice's bytes come from: the first head_len from head,
+ * the rest from the pipe. */
+struct splice_src {
+  const uint8_t *head;
+  size_t head_len;
+  int pipe_fd;
+};
+
+/* Bytes [at, at+n) of the source into the file at foff. */
+static int splice_src_write(vhd_t *vhd, const struct splice_src *src, size_t at, size_t n,
+                            uint64_t foff) {
+  int r = 0;
+  if (at < src->head_len) {
+    size_t h = MIN(n, src->head_len - at);
+    r = vhd_io_pwrite(vhd, src->head + at, h, foff);
+    n -= h;
+    foff += h;
+  }
+  if (r == 0 && n > 0)
+    r = vhd_io_splice_in(vhd, src->pipe_fd, n, foff);
+  return r;
+}
+
+static int write_splice_blocks(vhd_t *vhd, const struct splice_src *src, uint64_t off,
+                               size_t len, struct vhd_err *err) {
+  uint32_t first = (uint32_t)(off / vhd->block_size);
+  uint32_t last = (uint32_t)((off + len - 1) / vhd->block_size);
+  if (last - first >= VHD_WRITE_NOWAIT_MAX_BLOCKS)
+    return 1;
+  uint64_t foff[VHD_WRITE_NOWAIT_MAX_BLOCKS];
+  pthread_mutex_lock(&vhd->lock);
+  int r = 0;
+  for (uint32_t blk = first; blk <= last && r == 0; blk++) {
+    uint8_t *bm;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED)
+      r = 1;
+    else if (!vhd->bitmaps[blk])
+      r = vhd_bitmap_load(vhd, blk, &bm, err);
+  }
+  uint32_t pinned = 0;
+  for (uint32_t blk = first; blk <= last && r == 0; blk++) {
+    uint64_t start = MAX(off, (uint64_t)blk * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(blk + 1) * vhd->block_size);
+    uint32_t s0 = (uint32_t)(start % vhd->block_size / 512);
+    uint32_t s1 = (uint32_t)DIV_ROUND_UP(end - (uint64_t)blk * vhd->block_size, 512);
+    const uint8_t *bm = vhd->bitmaps[blk];
+    bool set = false;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED || !bm ||
+        vhd_bitmap_run(bm, s0, s1, &set) != s1 - s0 || !set) {
+      r = 1;
+      break;
+    }
+    foff[blk - first] =
+        (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + start % vhd->block_size;
+    vhd_block_pin(vhd, blk);
+    pinned++;
+  }
+  pthread_mutex_unlock(&vhd->lock);
+  if (r != 0) {
+    for (uint32_t i = 0; i < pinned; i++)
+      vhd_block_unpin(vhd, first + i);
+    return r;
+  }
+  for (uint32_t i = 0; i < pinned && r == 0; i++) {
+    uint64_t start = MAX(off, (uint64_t)(first + i) * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(first + i + 1) * vhd->block_size);
+    r = splice_src_write(vhd, src, (size_t)(start - off), end - start, foff[i]);
+    if (r < 0)
+      r = vhd_set_io_err(vhd, err, r, "writing data", foff[i]);
+  }
+  for (uint32_t i = 0; i < pinned; i++)
+    vhd_block_unpin(vhd, first + i);
+  return r;
+}
+
+int vhd_write_splice(vhd_t *vhd, const void *head, size_t head_len, int pipe_fd, uint64_t off,
+                     size_t len, unsigned flags, struct vhd_err *err) {
+  const struct splice_src src = {head, MIN(head_len, len), pipe_fd};
+  int r = vhd_check_writable(vhd, "write", err);
+  if (r == 0)
+    r = vhd_check_range(vhd, off, len, "write", err);
+  if (r < 0 || len == 0)
+    return r;
+  if (vhd->type == VHD_TYPE_FIXED) {
+    r = splice_src_write(vhd, &src, 0, len, off);
+    if (r < 0)
+      r = vhd_set_io_err(vhd, err, r, "writing", off);
+  } else {
+    r = write_splice_blocks(vhd, &src, off, len, err);
+  }
+  if (r == 0 && (flags & VHD_FUA))
+    r = vhd_flush(vhd, err);
+  return r;
+}
+
 int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned flags,
               struct vhd_err *err) {
   /* A NOWAIT write leaves the latch to write_nowait: it gives up there. */

@@ -15,6 +15,7 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-loop-writes.sh \
 	tests/interop/test-direct-replies.sh \
 	tests/interop/test-direct-read-replies.sh \
+	tests/interop/test-spliced-writes.sh \
 	tests/interop/test-splice-reads.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)

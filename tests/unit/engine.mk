@@ -147,6 +147,15 @@ test_vhd_bitmap_load_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_bitmap_load_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-bitmap-load
 
+# - test-vhd-write-splice: WRITE bytes from a pipe into the file in place,
+#   or declined with the pipe untouched.
+check_PROGRAMS += test-vhd-write-splice
+TESTS += test-vhd-write-splice
+test_vhd_write_splice_SOURCES = tests/unit/test-vhd-write-splice.c $(ENGINE_TEST_UTIL)
+test_vhd_write_splice_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_write_splice_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-write-splice
+
 # Overlapping requests without the server's queue: no data lands in a block
 # it was not written to, whatever a freed block's space is reused for.
 check_PROGRAMS += test-vhd-race

@@ -1,0 +1,222 @@
+#!/bin/bash
+# WRITE payloads spliced from the socket into the file.  A WRITE of 128 KiB
+# to 1 MiB on a plain socket has its payload moved into a pipe by
+# splice(2), and from there into the image where the write changes no
+# metadata; elsewhere (new blocks, sectors not yet marked) the worker reads
+# the pipe back and writes as usual.
+#  - libnbd writes 128 KiB to 1 MiB at any alignment, across blocks, some
+#    with FUA, twice over the same ranges (first into new blocks, then in
+#    place), into a fixed image, a dynamic one in QEMU's layout (block data
+#    512 bytes into a page), one in vhdimg's and a differencing child over
+#    a parent with data; over a Unix socket, and TCP for one.  Every byte is
+#    read back, and qemu-img reads the closed image against the client's
+#    model (vhdimg convert the differencing chain: QEMU reads no parent).  vhdnbd_writes_spliced_total counts the in-place
+#    ones, and none with VHDNBD_SPLICE_WRITES=0 or --no-splice;
+#  - a raw client sends a 1 MiB payload in 512-byte pieces (more pieces
+#    than the pipe has pages: the payload moves to memory mid-way), one
+#    whose header comes alone before its payload, and one it abandons
+#    half-sent; the data is right and the server serves the next client.
+. "$top_srcdir/tests/functions.sh"
+requires qemu-img
+requires_py nbd
+
+M=$((1024 * 1024))
+SIZE=$((24 * M))
+
+cat >"$TMPD/writes.py" <<'PY'
+# writes.py URI SEED MODEL: WRITEs as described above; the model is written
+# to MODEL (raw) for qemu-img to compare with.
+import random, sys, nbd
+uri, seed, model_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+h = nbd.NBD()
+h.connect_uri(uri)
+size = h.get_size()
+rng = random.Random(seed)
+with open(model_path + ".base", "rb") as f:
+    model = bytearray(f.read())
+assert len(model) == size, "base model %d bytes, disk %d" % (len(model), size)
+M = 1 << 20
+sizes = [128 * 1024, 128 * 1024 + 1, 300000, 512 * 1024, 1000 * 1024, M]
+ranges = []
+for i in range(24):
+    n = rng.choice(sizes)
+    off = rng.randrange(size - n)
+    if i % 3 == 0:
+        off &= ~511
+    if i % 6 == 1:
+        off = (rng.randrange(1, size // (2 * M)) * 2 * M) - n // 2  # across blocks
+    ranges.append((off, n))
+for rnd in range(2):
+    for i, (off, n) in enumerate(ranges):
+        d = rng.randbytes(n)
+        fua = nbd.CMD_FLAG_FUA if (i + rnd) % 5 == 0 and h.can_fua() else 0
+        h.pwrite(d, off, fua)
+        model[off:off + n] = d
+h.flush()
+for off in range(0, size, 4 * M):
+    n = min(4 * M, size - off)
+    got = h.pread(n, off)
+    if got != bytes(model[off:off + n]):
+        bad = next(i for i in range(n) if got[i] != model[off + i])
+        sys.exit("byte %d reads %#x, the model has %#x" % (off + bad, got[bad], model[off + bad]))
+with open(model_path, "wb") as f:
+    f.write(model)
+h.shutdown()
+print("ok")
+PY
+
+# image KIND PATH: a fresh image of that kind, and PATH.model.base with what
+# it reads as now.
+image() {
+  local kind=$1 img=$2
+  rm -f "$img" "$TMPD/parent.vhd"
+  case $kind in
+    fixed) "$VHDIMG" create -t fixed --exact "$img" $SIZE >/dev/null ;;
+    qemu) qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$img" $SIZE ;;
+    vhdimg) "$VHDIMG" create --exact "$img" $SIZE >/dev/null ;;
+    diff)
+      "$VHDIMG" create --exact "$TMPD/parent.vhd" $SIZE >/dev/null
+      qemu-io -f vpc -c "write -P 5 $((3 * M)) $((9 * M))" "$TMPD/parent.vhd" >/dev/null ||
+        fail "qemu-io cannot fill the parent"
+      "$VHDIMG" create -b "$TMPD/parent.vhd" "$img" >/dev/null
+      ;;
+  esac
+  to_raw "$kind" "$img" "$img.model.base"
+}
+
+# to_raw KIND IMG OUT: the image's virtual disk as a raw file, read by
+# qemu-img; a differencing chain by vhdimg (QEMU's vpc driver reads a
+# child without its parent).
+to_raw() {
+  if [ "$1" = diff ]; then
+    "$VHDIMG" convert -O raw "$2" "$3" >/dev/null || fail "vhdimg convert cannot read $2"
+  else
+    qemu-img convert -f vpc -O raw "$2" "$3" || fail "qemu-img cannot read $2"
+  fi
+}
+
+# run KIND TRANSPORT ENV ARGS...: the libnbd writes against a fresh image;
+# sets spliced (the counter at the end).
+run() {
+  local kind=$1 transport=$2 env=$3 uri
+  shift 3
+  local img=$TMPD/$kind.vhd prom=$TMPD/m.prom
+  image "$kind" "$img"
+  rm -f "$prom"
+  if [ "$transport" = tcp ]; then
+    export $env
+    start_vhdnbd_tcp "$TMPD/sock" --metrics-file "$prom" --metrics-interval 1 "$@" "$img" \
+      2>"$TMPD/server.log"
+    uri="nbd://127.0.0.1:$VHDNBD_PORT/"
+  else
+    export $env
+    start_vhdnbd "$TMPD/sock" --metrics-file "$prom" --metrics-interval 1 "$@" "$img" \
+      2>"$TMPD/server.log"
+    uri="nbd+unix:///?socket=$TMPD/sock"
+  fi
+  unset VHDNBD_SPLICE_WRITES
+  "$PY3" "$TMPD/writes.py" "$uri" 5 "$img.model" ||
+    fail "$kind over $transport ($env $*): the WRITEs did not read back (see above)"
+  wait_requests_ok "$prom" 48 WRITE
+  stop_vhdnbd
+  spliced=$(export_metric "$prom" writes_spliced_total)
+  [ -n "$spliced" ] || fail "no writes_spliced_total in the metrics file"
+  to_raw "$kind" "$img" "$TMPD/out.raw"
+  cmp "$TMPD/out.raw" "$img.model" || fail "$kind over $transport: the closed image reads other bytes"
+  echo "$kind over $transport ($env $*): $spliced of 48 WRITEs spliced"
+}
+
+for kind in fixed qemu vhdimg diff; do
+  run $kind unix VHDNBD_SPLICE_WRITES=1
+  # Fixed: all 48 in place.  Dynamic: the second round's 24 at least (the
+  # first round's too where an earlier WRITE had filled their sectors).
+  if [ $kind = fixed ]; then
+    [ "$spliced" -eq 48 ] || fail "fixed: $spliced of 48 WRITEs spliced"
+  else
+    [ "$spliced" -ge 24 ] || fail "$kind: only $spliced of 48 WRITEs spliced"
+    [ "$spliced" -lt 48 ] || fail "$kind: all 48 WRITEs spliced, new blocks too"
+  fi
+done
+run vhdimg tcp VHDNBD_SPLICE_WRITES=1
+[ "$spliced" -ge 24 ] || fail "TCP: only $spliced of 48 WRITEs spliced"
+run fixed unix VHDNBD_SPLICE_WRITES=0
+[ "$spliced" -eq 0 ] || fail "VHDNBD_SPLICE_WRITES=0, yet $spliced WRITEs spliced"
+run fixed unix VHDNBD_SPLICE_WRITES=1 --no-splice
+[ "$spliced" -eq 0 ] || fail "--no-splice, yet $spliced WRITEs spliced"
+
+cat >"$TMPD/raw.py" <<'PY'
+# raw.py SOCK: WRITEs whose payload comes in odd ways, each read back.
+import random, struct, sys, time
+import nbdraw
+sock = sys.argv[1]
+def connect():
+    c = nbdraw.Raw.unix(sock)
+    c.newstyle()
+    typ, _ = c.option(nbdraw.OPT_GO, nbdraw.name_data(""))
+    while typ == 3:  # NBD_REP_INFO, then the ACK
+        _, typ, _ = c.reply()
+    assert typ == nbdraw.REP_ACK, "GO refused: %#x" % typ
+    return c
+CMD_READ, CMD_WRITE = 0, 1
+M = 1 << 20
+rng = random.Random(3)
+def header(cmd, cookie, off, length):
+    return struct.pack(">IHHQQI", nbdraw.REQUEST_MAGIC, 0, cmd, cookie, off, length)
+def reply(c, cookie, n=0):
+    magic, err, got = struct.unpack(">IIQ", c.recv(16))
+    assert magic == nbdraw.SIMPLE_REPLY_MAGIC, "bytes %08x where a reply header should start" % magic
+    assert err == 0 and got == cookie, "reply %d error %d, expected cookie %d" % (got, err, cookie)
+    return c.recv(n) if n else b""
+c = connect()
+# In 512-byte pieces: some in the same segment as the header.
+d1 = rng.randbytes(M)
+msg = header(CMD_WRITE, 1, 2 * M, M) + d1
+c.send(msg[:28 + 5000])
+for i in range(28 + 5000, len(msg), 512):
+    c.send(msg[i:i + 512])
+    if i % 65536 < 512:
+        time.sleep(0.002)
+reply(c, 1)
+# The header alone, then the payload in one piece.
+d2 = rng.randbytes(512 * 1024)
+c.send(header(CMD_WRITE, 2, 5 * M + 512, len(d2)))
+time.sleep(0.1)
+c.send(d2)
+reply(c, 2)
+c.send(header(CMD_READ, 3, 2 * M, M))
+assert reply(c, 3, M) == d1, "the WRITE sent in pieces reads back other bytes"
+c.send(header(CMD_READ, 4, 5 * M + 512, len(d2)))
+assert reply(c, 4, len(d2)) == d2, "the WRITE whose header came alone reads back other bytes"
+# Half a payload, then gone.
+c.send(header(CMD_WRITE, 5, 8 * M, M) + rng.randbytes(M // 2))
+c.close()
+time.sleep(0.2)
+c = connect()
+c.send(header(CMD_READ, 6, 2 * M, M))
+assert reply(c, 6, M) == d1, "after a client left mid-payload, the data read back changed"
+print("ok")
+PY
+
+two_writes_ok() { [ "$(requests_ok "$prom" WRITE)" -ge 2 ]; }
+
+for kind in fixed vhdimg; do
+  img=$TMPD/$kind.vhd
+  image $kind "$img"
+  prom=$TMPD/m.prom
+  rm -f "$prom"
+  if [ $kind = vhdimg ]; then
+    # Allocated first, so that the WRITEs go in place.
+    qemu-io -f vpc -c "write -P 7 0 $SIZE" "$img" >/dev/null || fail "qemu-io cannot fill $img"
+  fi
+  start_vhdnbd "$TMPD/sock" -vv --metrics-file "$prom" --metrics-interval 1 "$img" \
+    2>"$TMPD/server.log"
+  "$PY3" "$TMPD/raw.py" "$TMPD/sock" || fail "$kind: WRITEs with odd payloads (see above)"
+  wait_for 30 "the metrics file counting 2 WRITEs" two_writes_ok
+  stop_vhdnbd
+  grep -q "payload pipe full" "$TMPD/server.log" ||
+    fail "$kind: the payload sent in 512-byte pieces never filled a pipe (log: $TMPD/server.log)"
+  spliced=$(export_metric "$prom" writes_spliced_total)
+  [ "$spliced" -ge 1 ] || fail "$kind: the WRITE whose header came alone was not spliced"
+  echo "$kind: odd payloads read back, $spliced spliced"
+done
+echo "ok"
