@@ -18,9 +18,10 @@
  * Two variants, as yardsticks measured by hand (bench/RESULTS.md):
  *   -t  a thread per connection blocked in recv, as nbdkit has, instead of
  *       the epoll loop: whether the loop's wake-ups are what costs;
- *   -s  READ data spliced from the file through a pipe into the socket
+ *   -s  READ data spliced from the file through a pipe into the socket,
+ *       and WRITE payloads from the socket through a pipe into the file
  *       (splice(2)): no copy through user space, what a server could gain
- *       by not copying page-cache data at all. */
+ *       by not copying the data at all. */
 #define _GNU_SOURCE
 #include <endian.h>
 #include <errno.h>

@@ -14,8 +14,11 @@
 #    ones, and none with VHDNBD_SPLICE_WRITES=0 or --no-splice;
 #  - a raw client sends a 1 MiB payload in 512-byte pieces (more pieces
 #    than the pipe has pages: the payload moves to memory mid-way), one
-#    whose header comes alone before its payload, and one it abandons
-#    half-sent; the data is right and the server serves the next client.
+#    in the same send as its header (its first bytes come with the header
+#    and stay in memory: the rest must still fit the pipe), one whose
+#    header comes alone before its payload, and one it abandons half-sent;
+#    the data is right, the middle two are spliced, and the server
+#    serves the next client.
 . "$top_srcdir/tests/functions.sh"
 requires qemu-img
 requires_py nbd
@@ -177,6 +180,14 @@ for i in range(28 + 5000, len(msg), 512):
     if i % 65536 < 512:
         time.sleep(0.002)
 reply(c, 1)
+# Header and payload in one send: the loop reads the header with the
+# payload's first bytes, which stay in memory; the rest, whole pages, fits
+# the pipe.
+d3 = rng.randbytes(M)
+c.send(header(CMD_WRITE, 7, 10 * M, M) + d3)
+reply(c, 7)
+c.send(header(CMD_READ, 8, 10 * M, M))
+assert reply(c, 8, M) == d3, "the WRITE sent in one piece reads back other bytes"
 # The header alone, then the payload in one piece.
 d2 = rng.randbytes(512 * 1024)
 c.send(header(CMD_WRITE, 2, 5 * M + 512, len(d2)))
@@ -197,7 +208,7 @@ assert reply(c, 6, M) == d1, "after a client left mid-payload, the data read bac
 print("ok")
 PY
 
-two_writes_ok() { [ "$(requests_ok "$prom" WRITE)" -ge 2 ]; }
+three_writes_ok() { [ "$(requests_ok "$prom" WRITE)" -ge 3 ]; }
 
 for kind in fixed vhdimg; do
   img=$TMPD/$kind.vhd
@@ -211,12 +222,13 @@ for kind in fixed vhdimg; do
   start_vhdnbd "$TMPD/sock" -vv --metrics-file "$prom" --metrics-interval 1 "$img" \
     2>"$TMPD/server.log"
   "$PY3" "$TMPD/raw.py" "$TMPD/sock" || fail "$kind: WRITEs with odd payloads (see above)"
-  wait_for 30 "the metrics file counting 2 WRITEs" two_writes_ok
+  wait_for 30 "the metrics file counting 3 WRITEs" three_writes_ok
   stop_vhdnbd
   grep -q "payload pipe full" "$TMPD/server.log" ||
     fail "$kind: the payload sent in 512-byte pieces never filled a pipe (log: $TMPD/server.log)"
   spliced=$(export_metric "$prom" writes_spliced_total)
-  [ "$spliced" -ge 1 ] || fail "$kind: the WRITE whose header came alone was not spliced"
+  [ "$spliced" -ge 2 ] ||
+    fail "$kind: $spliced spliced; the WRITEs sent in one piece and after their header alone were not both"
   echo "$kind: odd payloads read back, $spliced spliced"
 done
 echo "ok"
