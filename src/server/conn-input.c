@@ -307,8 +307,9 @@ void conn_process(struct connection *conn) {
     size_t avail = conn->in_end - conn->in_start;
     size_t n = 0;
     if (left > 0 && avail > 0 && conn->want_pipe_wr >= 0 && conn->want_done == conn->want_head) {
-      /* What came in with the header goes ahead of the pipe: copied into
-       * the pipe, it would leave every page after it partly filled. */
+      /* What came in with the header goes ahead of the pipe, into
+       * memory: the same copy as into the pipe, and it leaves the pipe's
+       * room to the socket's pieces. */
       n = (size_t)MIN(left, (uint64_t)avail);
       memcpy(conn->want_spill + conn->want_done, conn->inbuf + conn->in_start, n);
       conn->want_head += n;

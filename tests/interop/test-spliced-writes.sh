@@ -15,7 +15,7 @@
 #  - a raw client sends a 1 MiB payload in 512-byte pieces (more pieces
 #    than the pipe has pages: the payload moves to memory mid-way), one
 #    in the same send as its header (its first bytes come with the header
-#    and stay in memory: the rest must still fit the pipe), one whose
+#    and stay in memory, ahead of the pipe's), one whose
 #    header comes alone before its payload, and one it abandons half-sent;
 #    the data is right, the middle two are spliced, and the server
 #    serves the next client.
@@ -181,8 +181,7 @@ for i in range(28 + 5000, len(msg), 512):
         time.sleep(0.002)
 reply(c, 1)
 # Header and payload in one send: the loop reads the header with the
-# payload's first bytes, which stay in memory; the rest, whole pages, fits
-# the pipe.
+# payload's first bytes, which stay in memory; the rest goes to the pipe.
 d3 = rng.randbytes(M)
 c.send(header(CMD_WRITE, 7, 10 * M, M) + d3)
 reply(c, 7)
