@@ -293,8 +293,8 @@ static void op_write_zeroes(struct request *req) {
 }
 
 /* A WRITE whose payload waits in a pipe: spliced into the file where the
- * engine can take it so (no metadata to change), else read out of the pipe
- * and written as any other. */
+ * engine can take it so (whole sectors, or in place), else read out of
+ * the pipe and written as any other. */
 static int op_write_piped(struct request *req, unsigned fua, struct vhd_err *err) {
   vhd_t *vhd = req->exp->vhd;
   uint64_t off = req->r.offset;

@@ -631,11 +631,11 @@ static void on_payload_step(struct connection *conn) {
 }
 
 /* A large WRITE payload on a plain socket goes into a pipe by splice(2),
- * and from there into the file (ops.c): no copy through the server, which
- * here took a quarter of the loop's time in 1 MiB writes.  Its worker reads
- * the pipe into data[] where the engine cannot take it that way (new
- * blocks, sectors not yet marked).  All of it is counted at once: it is
- * at most one payload step. */
+ * and from there into the file (ops.c): no copy through the loop, which
+ * reads every client's requests.  Its worker reads the pipe into data[]
+ * where the engine cannot take it that way (partial sectors that would
+ * need a read-modify-write).  All of it is counted at once: it is at most
+ * one payload step. */
 static void on_payload_piped(struct connection *conn) {
   struct request *req = conn->payload_req;
   req->payload_done = (uint32_t)req->r.length;

@@ -180,10 +180,12 @@ int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned fl
               struct vhd_err *err);
 /* vhd_write with the first head_len bytes taken from head and the rest from
  * the pipe pipe_fd (which holds at least that many), moved into the file
- * by splice(2), no copy through the caller, where the write needs no
- * metadata change: a fixed image, or
- * blocks already allocated with every sector touched already marked (at
- * most VHD_WRITE_NOWAIT_MAX_BLOCKS blocks).  Returns 0 when the bytes are
+ * by splice(2), no copy through the caller.  Any range of whole 512-byte
+ * sectors is taken (blocks allocated and bits set as by vhd_write); a
+ * range that starts or ends inside a sector only where that needs no
+ * read-modify-write and no metadata change: a fixed image, or blocks
+ * already allocated with every sector touched already marked (at most
+ * VHD_WRITE_NOWAIT_MAX_BLOCKS blocks).  Returns 0 when the bytes are
  * written (durable too with VHD_FUA), 1 when the range is not like that
  * (the pipe untouched: the caller reads it and calls vhd_write), or a
  * negative errno as vhd_write, after which the pipe may still hold part of

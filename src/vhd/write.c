@@ -9,9 +9,33 @@
 #include "cleanup.h"
 #include "rw.h"
 
-/* Writes whole sectors [off, off+len) (512-aligned) inside one block. */
-static int write_sectors(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
-                         struct vhd_err *err) {
+/* Where a write's bytes come from: the first head_len from head, the rest
+ * from the pipe pipe_fd (vhd_write_splice); a plain buffer is all head. */
+struct splice_src {
+  const uint8_t *head;
+  size_t head_len;
+  int pipe_fd;
+};
+
+/* Bytes [at, at+n) of the source into the file at foff. */
+static int splice_src_write(vhd_t *vhd, const struct splice_src *src, size_t at, size_t n,
+                            uint64_t foff) {
+  int r = 0;
+  if (at < src->head_len) {
+    size_t h = MIN(n, src->head_len - at);
+    r = vhd_io_pwrite(vhd, src->head + at, h, foff);
+    n -= h;
+    foff += h;
+  }
+  if (r == 0 && n > 0)
+    r = vhd_io_splice_in(vhd, src->pipe_fd, n, foff);
+  return r;
+}
+
+/* Writes whole sectors [off, off+len) (512-aligned) inside one block, from
+ * bytes [at, at+len) of src. */
+static int write_sectors(vhd_t *vhd, const struct splice_src *src, size_t at, uint64_t off,
+                         size_t len, struct vhd_err *err) {
   uint32_t blk = (uint32_t)(off / vhd->block_size);
   uint32_t boff = (uint32_t)(off % vhd->block_size);
   uint32_t s0 = boff / 512, s1 = s0 + (uint32_t)(len / 512);
@@ -37,7 +61,7 @@ static int write_sectors(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t le
   if (r < 0)
     return r;
   uint64_t data_off = (uint64_t)entry * 512 + vhd->bitmap_size + boff;
-  r = vhd_io_pwrite(vhd, buf, len, data_off);
+  r = splice_src_write(vhd, src, at, len, data_off);
   if (r == 0 && !all_set) {
     /* Bits only after the data is in place: see the write order.  Still
      * pinned, so a block that kept its entry kept its space: a block
@@ -60,7 +84,7 @@ int vhd_write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
                       struct vhd_err *err) {
   uint64_t a = off & ~511ull, b = ROUND_UP(off + len, 512);
   if (a == off && b == off + len)
-    return write_sectors(vhd, buf, off, len, err);
+    return write_sectors(vhd, &(struct splice_src){buf, len, -1}, 0, off, len, err);
   size_t wlen = (size_t)(b - a);
   CLEANUP_FREE uint8_t *tmp = malloc(wlen);
   if (!tmp)
@@ -73,7 +97,7 @@ int vhd_write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
   if (r < 0)
     return r;
   memcpy(tmp + (off - a), buf, len);
-  return write_sectors(vhd, tmp, a, wlen, err);
+  return write_sectors(vhd, &(struct splice_src){tmp, wlen, -1}, 0, a, wlen, err);
 }
 
 int vhd_write_fixed(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
@@ -147,35 +171,13 @@ static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len
   return r < 0 && r != -EAGAIN ? vhd_set_io_err(vhd, err, r, "writing", off) : r;
 }
 
-/* vhd_write_splice on a dynamic or differencing image: the blocks the range
- * touches must be allocated with the bit of every sector touched set, as
- * for a NOWAIT write, but here bitmaps not yet in memory are read (which
- * may drop the lock: so every block is checked again, in one pass under
- * the lock, before anything is pinned).  The bytes then go in place, and
- * no bit, BAT entry or footer changes. */
-/* Where vhd_write_splice's bytes come from: the first head_len from head,
- * the rest from the pipe. */
-struct splice_src {
-  const uint8_t *head;
-  size_t head_len;
-  int pipe_fd;
-};
-
-/* Bytes [at, at+n) of the source into the file at foff. */
-static int splice_src_write(vhd_t *vhd, const struct splice_src *src, size_t at, size_t n,
-                            uint64_t foff) {
-  int r = 0;
-  if (at < src->head_len) {
-    size_t h = MIN(n, src->head_len - at);
-    r = vhd_io_pwrite(vhd, src->head + at, h, foff);
-    n -= h;
-    foff += h;
-  }
-  if (r == 0 && n > 0)
-    r = vhd_io_splice_in(vhd, src->pipe_fd, n, foff);
-  return r;
-}
-
+/* vhd_write_splice of a range not on sector boundaries, on a dynamic or
+ * differencing image: its partial sectors would need a read-modify-write,
+ * unless the blocks the range touches are allocated with the bit of every
+ * sector touched set, as for a NOWAIT write (but here bitmaps not yet in
+ * memory are read, which may drop the lock: so every block is checked
+ * again, in one pass under the lock, before anything is pinned).  The
+ * bytes then go in place, and no bit, BAT entry or footer changes. */
 static int write_splice_blocks(vhd_t *vhd, const struct splice_src *src, uint64_t off,
                                size_t len, struct vhd_err *err) {
   uint32_t first = (uint32_t)(off / vhd->block_size);
@@ -240,6 +242,14 @@ int vhd_write_splice(vhd_t *vhd, const void *head, size_t head_len, int pipe_fd,
     r = splice_src_write(vhd, &src, 0, len, off);
     if (r < 0)
       r = vhd_set_io_err(vhd, err, r, "writing", off);
+  } else if (off % 512 == 0 && len % 512 == 0) {
+    /* Whole sectors: as vhd_write, blocks allocated on the way and bits
+     * set after the data, only the data comes from the pipe. */
+    for (size_t at = 0; at < len && r == 0;) {
+      size_t n = (size_t)MIN((uint64_t)(len - at), vhd->block_size - (off + at) % vhd->block_size);
+      r = write_sectors(vhd, &src, at, off + at, n, err);
+      at += n;
+    }
   } else {
     r = write_splice_blocks(vhd, &src, off, len, err);
   }

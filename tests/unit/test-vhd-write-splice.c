@@ -1,15 +1,20 @@
 /* vhd_write_splice: a WRITE whose bytes wait in a pipe (after a head
- * held in memory) goes into the file by splice(2) where the write changes
- * no metadata, or is declined (1) with the pipe untouched.
+ * held in memory) goes into the file by splice(2): whole sectors always,
+ * a range with partial sectors where it changes no metadata; otherwise it
+ * is declined (1) with the pipe untouched.
  *
  * - Declined, pipe holding every byte and file and map as they were: a
- *   block not allocated, a sector touched whose bit is clear, more blocks
- *   than VHD_WRITE_NOWAIT_MAX_BLOCKS, a differencing child over its
- *   parent's data.
- * - Taken: the data is what vhd_write leaves (against a model), at any
- *   alignment and head length, across blocks, with bitmaps not yet in
- *   memory (read on the way), on dynamic, differencing and fixed images;
+ *   range with partial sectors over a block not allocated, over a sector
+ *   whose bit is clear, over more blocks than VHD_WRITE_NOWAIT_MAX_BLOCKS,
+ *   or in a differencing child over its parent's data.
+ * - Taken in place: the data is what vhd_write leaves (against a model),
+ *   at any alignment and head length, across blocks, with bitmaps not yet
+ *   in memory (read on the way), on dynamic, differencing and fixed images;
  *   the map and the file size do not change; FUA syncs.
+ * - Taken with allocation (whole sectors): new blocks, blocks with some
+ *   sectors marked, a child's block over its parent's data (the sectors
+ *   not written still read the parent's), more than 16 blocks; the data is
+ *   the model's and vhd_check finds the image clean.
  * - A write fault fails it and latches the image as vhd_write's does; a
  *   pipe holding fewer bytes than promised fails with EPIPE and does not.
  * - A random workload mixes plain writes, spliced ones (declined ones then
@@ -126,6 +131,19 @@ static void taken(vhd_t *v, const char *path, size_t head, uint64_t off, size_t 
            (unsigned long long)size0, (unsigned long long)t_file_size(path));
 }
 
+/* Whole sectors the engine must take, allocating where it needs to. */
+static void taken_alloc(vhd_t *v, size_t head, uint64_t off, size_t len, const char *what) {
+  static uint8_t buf[MAXW];
+  struct vhd_err err = {{0}};
+  T_ASSERT(off % 512 == 0 && len % 512 == 0, "%s: not whole sectors", what);
+  t_fill_random(buf, len);
+  int r = spliced(v, buf, head, off, len, 0, &err);
+  T_OK(r, &err, what);
+  T_ASSERT(r == 0, "%s: declined (%d), expected taken", what, r);
+  memcpy(model + off, buf, len);
+  check_model(v, what);
+}
+
 /* A write the engine must decline: nothing changes. */
 static void declined(vhd_t *v, const char *path, size_t head, uint64_t off, size_t len,
                      const char *what) {
@@ -150,13 +168,16 @@ static void test_dynamic(void) {
   memset(model, 0, sizeof model);
   static uint8_t buf[MAXW];
 
-  declined(v, path, 0, 0, BS, "an unallocated block");
-  declined(v, path, 100, 3 * BS + 512, 4096, "an unallocated block, with a head");
+  declined(v, path, 0, 77, BS - 100, "partial sectors in an unallocated block");
+  declined(v, path, 100, 3 * BS + 513, 4096, "partial sectors, unallocated, with a head");
   t_fill_random(buf, 512);
   plain(v, buf, 5 * BS + 3 * 512, 512);
-  declined(v, path, 0, 5 * BS, BS, "a block with one sector marked");
-  declined(v, path, 7, 5 * BS + 3 * 512, 1024, "one marked sector and one clear");
-
+  declined(v, path, 0, 5 * BS + 1, BS - 2, "partial sectors in a block with one marked");
+  declined(v, path, 7, 5 * BS + 3 * 512 + 1, 1000, "one marked sector and one clear, partly");
+  taken_alloc(v, 0, 31 * BS, BS, "whole sectors into a new block");
+  taken_alloc(v, 1000, 32 * BS + 1024, 3 * BS, "whole sectors into new blocks, with a head");
+  taken_alloc(v, 0, 6 * BS - 512, 2 * 512, "whole sectors across an unallocated block");
+  check_model(v, "the block with one sector marked, after a write beside it");
   /* Blocks 8..27 fully written. */
   t_fill_random(buf, MAXW);
   plain(v, buf, 8 * BS, MAXW);
@@ -165,7 +186,8 @@ static void test_dynamic(void) {
   taken(v, path, 1000, 10 * BS + 77, 5000, 0, "unaligned, head and pipe");
   taken(v, path, 0, 11 * BS - 300, 600, 0, "across two blocks, partial sectors");
   taken(v, path, 3 * 512, 12 * BS, 16 * BS, 0, "16 blocks");
-  declined(v, path, 0, 8 * BS, 17 * BS, "17 blocks");
+  declined(v, path, 0, 8 * BS + 1, 17 * BS - 2, "17 blocks, partial sectors");
+  taken(v, path, 512, 8 * BS, 17 * BS, 0, "17 blocks, whole sectors");
   taken(v, path, 512, 13 * BS, 2 * BS, VHD_FUA, "with FUA");
   /* A block whose sectors are all marked only after its first write. */
   t_fill_random(buf, BS);
@@ -177,7 +199,7 @@ static void test_dynamic(void) {
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   v = t_open(path, false);
   taken(v, path, 0, 20 * BS + 512, 3 * BS, 0, "bitmaps read from the file");
-  declined(v, path, 0, 30 * BS, BS, "still unallocated after a reopen");
+  declined(v, path, 0, 30 * BS + 9, BS - 9, "still unallocated after a reopen");
 
   /* Writes that failed leave the image latched only for file errors. */
   t_fill_random(buf, BS);
@@ -231,13 +253,16 @@ static void test_differencing(void) {
   T_OK(vhd_close(p, &err), &err, "vhd_close");
   t_create(path, VHD_TYPE_DIFFERENCING, 0, 0, false, parent);
   vhd_t *v = t_open(path, false);
-  declined(v, path, 0, 2 * BS, BS, "a child over its parent's data");
-  declined(v, path, 0, 10 * BS, BS, "a child over nothing");
+  declined(v, path, 0, 2 * BS + 5, BS - 10, "a child over its parent's data, partly");
+  declined(v, path, 0, 10 * BS + 1, BS, "a child over nothing, partly");
   t_fill_random(buf, 2 * BS);
   plain(v, buf, 2 * BS, 2 * BS);
   taken(v, path, 100, 2 * BS + 700, BS, 0, "a child's own block");
-  declined(v, path, 0, 3 * BS + 512, BS, "half the child's, half the parent's");
+  declined(v, path, 0, 3 * BS + 513, BS, "half the child's, half the parent's, partly");
+  taken_alloc(v, 0, 4 * BS + 1024, 2048, "whole sectors of a child over its parent");
+  taken_alloc(v, 64, 10 * BS, BS, "whole sectors of a child over nothing");
   T_OK(vhd_close(v, &err), &err, "vhd_close");
+  T_ASSERT(t_check(path) == 0, "vhd_check found problems in the child");
 }
 
 /* Plain writes, spliced ones and trims at random, as the server does them. */
