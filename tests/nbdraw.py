@@ -12,7 +12,7 @@ SIMPLE_REPLY_MAGIC = 0x67446698
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS = 1, 2, 3, 5
 OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 6, 7, 8
 OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 9, 10
-REP_ACK, REP_SERVER = 1, 2
+REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
 REP_ERR_POLICY, REP_ERR_TLS_REQD = 0x80000002, 0x80000005
 FLAGS_FIXED_NEWSTYLE_NO_ZEROES = 3
 
@@ -72,6 +72,14 @@ class Raw:
         self.send_option(opt, data)
         _, typ, payload = self.reply()
         return typ, payload
+
+    def go(self, name=""):
+        """NBD_OPT_GO for the export name: skips the NBD_REP_INFO replies and
+        requires the ACK that starts transmission."""
+        typ, _ = self.option(OPT_GO, name_data(name))
+        while typ == REP_INFO:
+            _, typ, _ = self.reply()
+        assert typ == REP_ACK, "GO refused: %#x" % typ
 
     def starttls(self, ctx):
         """NBD_OPT_STARTTLS, then a TLS session over the same socket."""

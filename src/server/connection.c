@@ -234,6 +234,10 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
   }
   if (is_tcp)
     uv_tcp_nodelay(&conn->sock.tcp, 1);
+  /* WRITE payloads are spliced from Unix sockets only: from TCP on
+   * loopback, splicing made 1 MiB WRITEs slower at queue depths 1 and 16
+   * (bench/RESULTS.md, "WRITE payloads spliced"). */
+  conn->no_splice_in = is_tcp;
   format_peer(conn, is_tcp);
   metrics_connection_accepted();
   if (server.shutting_down) {

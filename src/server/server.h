@@ -336,7 +336,7 @@ struct connection {
   bool want_spilled;
   bool splice_in_made;  /* on_alloc spliced: on_read accounts splice_in */
   ssize_t splice_in;    /* bytes, 0 at EOF, or a negative errno */
-  bool no_splice_in;    /* the socket refused to splice: copy from now on */
+  bool no_splice_in;    /* TCP, or the socket refused to splice: copy */
   bool reading;         /* uv_read_start active */
   bool in_process;
   bool eof;             /* no more input: EOF, DISC, fatal error or shutdown */
@@ -425,7 +425,7 @@ int conn_accept(uv_stream_t *listener, bool is_tcp);
 int conn_start_stdio(void);
 /* Reads len bytes into dst (NULL: discard them), then calls cb. */
 void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb);
-/* Whether conn_expect_pipe may be used: a plain socket that has not
+/* Whether conn_expect_pipe may be used: a plain Unix socket that has not
  * refused splice(2). */
 bool conn_may_splice_in(const struct connection *conn);
 /* The same, with the bytes moved into the empty, non-blocking pipe

@@ -630,7 +630,7 @@ static void on_payload_step(struct connection *conn) {
     expect_payload_step(conn);
 }
 
-/* A large WRITE payload on a plain socket goes into a pipe by splice(2),
+/* A large WRITE payload on a Unix socket goes into a pipe by splice(2),
  * and from there into the file (ops.c): no copy through the loop, which
  * reads every client's requests.  Its worker reads the pipe into data[]
  * where the engine cannot take it that way (partial sectors that would

@@ -106,13 +106,40 @@ int vhd_write_fixed(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
   return r < 0 ? vhd_set_io_err(vhd, err, r, "writing", off) : 0;
 }
 
+/* Lock held: if every block [off, off+len) touches (at most
+ * VHD_WRITE_NOWAIT_MAX_BLOCKS) is allocated, with its bitmap in memory and
+ * the bit of every sector touched set, pins them all, stores in foff the
+ * file offset of the range's part in each, and returns true; else pins
+ * nothing and returns false.  With all those bits set the sectors are the
+ * image's own: bytes of a partial sector are written in place, no
+ * read-modify-write, and no bit, BAT entry or footer changes. */
+static bool pin_in_place(vhd_t *vhd, uint64_t off, size_t len, uint64_t *foff) {
+  uint32_t first = (uint32_t)(off / vhd->block_size);
+  uint32_t last = (uint32_t)((off + len - 1) / vhd->block_size);
+  for (uint32_t blk = first; blk <= last; blk++) {
+    uint64_t start = MAX(off, (uint64_t)blk * vhd->block_size);
+    uint64_t end = MIN(off + len, (uint64_t)(blk + 1) * vhd->block_size);
+    uint32_t s0 = (uint32_t)(start % vhd->block_size / 512);
+    uint32_t s1 = (uint32_t)DIV_ROUND_UP(end - (uint64_t)blk * vhd->block_size, 512);
+    const uint8_t *bm = vhd->bitmaps[blk];
+    bool set = false;
+    if (vhd->bat[blk] == VHD_BAT_UNUSED || !bm ||
+        vhd_bitmap_run(bm, s0, s1, &set) != s1 - s0 || !set) {
+      for (uint32_t b = first; b < blk; b++)
+        vhd_block_unpin(vhd, b);
+      return false;
+    }
+    foff[blk - first] =
+        (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + start % vhd->block_size;
+    vhd_block_pin(vhd, blk);
+  }
+  return true;
+}
+
 /* VHD_WRITE_NOWAIT on a dynamic or differencing image: every block the
- * range touches is checked under one try of the lock (allocated, bitmap in
- * memory, the bit of every sector touched set) and pinned, before any byte
- * is written, so that giving up never leaves part of the write done.  With
- * all those bits set the sectors are the image's own: bytes of a partial
- * sector are written in place, no read-modify-write, and no bit, BAT entry
- * or footer changes. */
+ * range touches is checked under one try of the lock and pinned
+ * (pin_in_place), before any byte is written, so that giving up never
+ * leaves part of the write done. */
 static int write_nowait_blocks(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
                                struct vhd_err *err) {
   uint32_t first = (uint32_t)(off / vhd->block_size);
@@ -122,26 +149,12 @@ static int write_nowait_blocks(vhd_t *vhd, const uint8_t *buf, uint64_t off, siz
   uint64_t foff[VHD_WRITE_NOWAIT_MAX_BLOCKS];
   if (pthread_mutex_trylock(&vhd->lock) != 0)
     return -EAGAIN;
-  uint32_t pinned = 0;
-  int r = 0;
-  for (uint32_t blk = first; blk <= last && r == 0; blk++) {
-    uint64_t start = MAX(off, (uint64_t)blk * vhd->block_size);
-    uint64_t end = MIN(off + len, (uint64_t)(blk + 1) * vhd->block_size);
-    uint32_t s0 = (uint32_t)(start % vhd->block_size / 512);
-    uint32_t s1 = (uint32_t)DIV_ROUND_UP(end - (uint64_t)blk * vhd->block_size, 512);
-    const uint8_t *bm = vhd->bitmaps[blk];
-    bool set = false;
-    if (vhd->bat[blk] == VHD_BAT_UNUSED || !bm ||
-        vhd_bitmap_run(bm, s0, s1, &set) != s1 - s0 || !set) {
-      r = -EAGAIN;
-      break;
-    }
-    foff[blk - first] =
-        (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + start % vhd->block_size;
-    vhd_block_pin(vhd, blk);
-    pinned++;
-  }
+  bool ok = pin_in_place(vhd, off, len, foff);
   pthread_mutex_unlock(&vhd->lock);
+  if (!ok)
+    return -EAGAIN;
+  uint32_t pinned = last - first + 1;
+  int r = 0;
   bool wrote = false;
   for (uint32_t i = 0; i < pinned && r == 0; i++) {
     uint64_t start = MAX(off, (uint64_t)(first + i) * vhd->block_size);
@@ -173,11 +186,9 @@ static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len
 
 /* vhd_write_splice of a range not on sector boundaries, on a dynamic or
  * differencing image: its partial sectors would need a read-modify-write,
- * unless the blocks the range touches are allocated with the bit of every
- * sector touched set, as for a NOWAIT write (but here bitmaps not yet in
- * memory are read, which may drop the lock: so every block is checked
- * again, in one pass under the lock, before anything is pinned).  The
- * bytes then go in place, and no bit, BAT entry or footer changes. */
+ * so it is taken only in place (pin_in_place).  Bitmaps not yet in memory
+ * are read first, which may drop the lock: pin_in_place then checks every
+ * block again. */
 static int write_splice_blocks(vhd_t *vhd, const struct splice_src *src, uint64_t off,
                                size_t len, struct vhd_err *err) {
   uint32_t first = (uint32_t)(off / vhd->block_size);
@@ -194,39 +205,20 @@ static int write_splice_blocks(vhd_t *vhd, const struct splice_src *src, uint64_
     else if (!vhd->bitmaps[blk])
       r = vhd_bitmap_load(vhd, blk, &bm, err);
   }
-  uint32_t pinned = 0;
+  if (r == 0 && !pin_in_place(vhd, off, len, foff))
+    r = 1;
+  pthread_mutex_unlock(&vhd->lock);
+  if (r != 0)
+    return r;
   for (uint32_t blk = first; blk <= last && r == 0; blk++) {
     uint64_t start = MAX(off, (uint64_t)blk * vhd->block_size);
     uint64_t end = MIN(off + len, (uint64_t)(blk + 1) * vhd->block_size);
-    uint32_t s0 = (uint32_t)(start % vhd->block_size / 512);
-    uint32_t s1 = (uint32_t)DIV_ROUND_UP(end - (uint64_t)blk * vhd->block_size, 512);
-    const uint8_t *bm = vhd->bitmaps[blk];
-    bool set = false;
-    if (vhd->bat[blk] == VHD_BAT_UNUSED || !bm ||
-        vhd_bitmap_run(bm, s0, s1, &set) != s1 - s0 || !set) {
-      r = 1;
-      break;
-    }
-    foff[blk - first] =
-        (uint64_t)vhd->bat[blk] * 512 + vhd->bitmap_size + start % vhd->block_size;
-    vhd_block_pin(vhd, blk);
-    pinned++;
-  }
-  pthread_mutex_unlock(&vhd->lock);
-  if (r != 0) {
-    for (uint32_t i = 0; i < pinned; i++)
-      vhd_block_unpin(vhd, first + i);
-    return r;
-  }
-  for (uint32_t i = 0; i < pinned && r == 0; i++) {
-    uint64_t start = MAX(off, (uint64_t)(first + i) * vhd->block_size);
-    uint64_t end = MIN(off + len, (uint64_t)(first + i + 1) * vhd->block_size);
-    r = splice_src_write(vhd, src, (size_t)(start - off), end - start, foff[i]);
+    r = splice_src_write(vhd, src, (size_t)(start - off), end - start, foff[blk - first]);
     if (r < 0)
-      r = vhd_set_io_err(vhd, err, r, "writing data", foff[i]);
+      r = vhd_set_io_err(vhd, err, r, "writing data", foff[blk - first]);
   }
-  for (uint32_t i = 0; i < pinned; i++)
-    vhd_block_unpin(vhd, first + i);
+  for (uint32_t blk = first; blk <= last; blk++)
+    vhd_block_unpin(vhd, blk);
   return r;
 }
 

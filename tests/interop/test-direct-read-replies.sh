@@ -89,10 +89,7 @@ import nbdraw
 sock, img = sys.argv[1], sys.argv[2]
 c = nbdraw.Raw.unix(sock)
 c.newstyle()
-typ, _ = c.option(nbdraw.OPT_GO, nbdraw.name_data(""))
-while typ == 3:  # NBD_REP_INFO, then the ACK
-    _, typ, _ = c.reply()
-assert typ == nbdraw.REP_ACK, "GO refused: %#x" % typ
+c.go()
 CMD_READ, CMD_WRITE, CMD_FLUSH = 0, 1, 3
 M = 1 << 20
 rng = random.Random(11)

@@ -70,10 +70,7 @@ import random, struct, sys
 import nbdraw
 c = nbdraw.Raw.unix(sys.argv[2]) if sys.argv[1] == "unix" else nbdraw.Raw.tcp("127.0.0.1", sys.argv[2])
 c.newstyle()
-typ, _ = c.option(nbdraw.OPT_GO, nbdraw.name_data(""))
-while typ == 3:  # NBD_REP_INFO, then the ACK
-    _, typ, _ = c.reply()
-assert typ == nbdraw.REP_ACK, "GO refused: %#x" % typ
+c.go()
 CMD_READ, CMD_WRITE, FLAG_FUA = 0, 1, 1
 M = 1 << 20
 rng = random.Random(5)

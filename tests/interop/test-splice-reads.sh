@@ -101,10 +101,7 @@ c.newstyle()
 if structured:
     typ, _ = c.option(nbdraw.OPT_STRUCTURED_REPLY)
     assert typ == nbdraw.REP_ACK, "structured replies refused: %#x" % typ
-typ, _ = c.option(nbdraw.OPT_GO, nbdraw.name_data(""))
-while typ == 3:  # NBD_REP_INFO, then the ACK
-    _, typ, _ = c.reply()
-assert typ == nbdraw.REP_ACK, "GO refused: %#x" % typ
+c.go()
 CMD_READ, CMD_WRITE, CMD_FLUSH, CMD_TRIM = 0, 1, 3, 4
 STRUCTURED_MAGIC, TYPE_NONE, TYPE_OFFSET_DATA, TYPE_OFFSET_HOLE, FLAG_DONE = 0x668e33ef, 0, 1, 2, 1
 K, M = 1024, 1 << 20

@@ -1,6 +1,6 @@
 #!/bin/bash
 # WRITE payloads spliced from the socket into the file.  A WRITE of 128 KiB
-# to 1 MiB on a plain socket has its payload moved into a pipe by
+# to 1 MiB on a Unix socket has its payload moved into a pipe by
 # splice(2), and from there into the image: any range of whole sectors,
 # and others where they need no read-modify-write (a fixed image, or
 # sectors all marked already); elsewhere the worker reads the pipe back
@@ -9,7 +9,8 @@
 #    with FUA, twice over the same ranges (first into new blocks, then in
 #    place), into a fixed image, a dynamic one in QEMU's layout (block data
 #    512 bytes into a page), one in vhdimg's and a differencing child over
-#    a parent with data; over a Unix socket, and TCP for one.  Every byte
+#    a parent with data; over a Unix socket, and TCP for one (copied
+#    there: splicing from TCP measured slower).  Every byte
 #    is read back, and the closed image is read against the client's model
 #    by qemu-img (by vhdimg convert for the differencing chain: QEMU's vpc
 #    driver reads no parent).  vhdnbd_writes_spliced_total must equal the
@@ -148,8 +149,9 @@ for kind in fixed qemu vhdimg diff; do
   # Some of both kinds, or the counts say little.
   [ "$kind" = fixed ] || [ "$expected" -lt 48 ] || fail "$kind: every WRITE spliceable"
 done
+# Not from TCP (slower there, measured): the same data, all copied.
 run vhdimg tcp VHDNBD_SPLICE_WRITES=1
-[ "$spliced" -eq "$expected" ] || fail "TCP: $spliced WRITEs spliced, $expected expected"
+[ "$spliced" -eq 0 ] || fail "TCP: $spliced WRITEs spliced, none expected"
 run fixed unix VHDNBD_SPLICE_WRITES=0
 [ "$spliced" -eq 0 ] || fail "VHDNBD_SPLICE_WRITES=0, yet $spliced WRITEs spliced"
 run fixed unix VHDNBD_SPLICE_WRITES=1 --no-splice
@@ -163,10 +165,7 @@ sock = sys.argv[1]
 def connect():
     c = nbdraw.Raw.unix(sock)
     c.newstyle()
-    typ, _ = c.option(nbdraw.OPT_GO, nbdraw.name_data(""))
-    while typ == 3:  # NBD_REP_INFO, then the ACK
-        _, typ, _ = c.reply()
-    assert typ == nbdraw.REP_ACK, "GO refused: %#x" % typ
+    c.go()
     return c
 CMD_READ, CMD_WRITE = 0, 1
 M = 1 << 20

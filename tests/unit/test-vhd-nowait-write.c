@@ -66,22 +66,6 @@ static uint64_t file_hash(const char *p) {
   return h;
 }
 
-static int hash_extent(void *opaque, const struct vhd_extent *e) {
-  uint64_t *h = opaque;
-  uint64_t v[] = {e->offset, e->length, e->flags, (uint64_t)e->depth, e->file_offset};
-  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
-    *h = (*h ^ v[i]) * 0x100000001b3ull;
-  return 0;
-}
-
-/* The map as the engine holds it in memory (bitmaps, BAT). */
-static uint64_t map_hash(vhd_t *v) {
-  struct vhd_err err = {{0}};
-  uint64_t h = 0xcbf29ce484222325ull;
-  T_OK(vhd_map(v, 0, SIZE, hash_extent, &h, &err), &err, "vhd_map");
-  return h;
-}
-
 static void verify(vhd_t *v, const char *when) {
   static uint8_t buf[SIZE];
   struct vhd_err err = {{0}};
@@ -107,12 +91,12 @@ static void expect_give_up(vhd_t *v, uint64_t off, size_t len, unsigned flags, c
   struct vhd_err err = {{0}};
   T_ASSERT(len <= sizeof buf, "expect_give_up of %zu bytes", len);
   t_fill_nonzero(buf, len);
-  uint64_t file = file_hash(path), map = map_hash(v);
+  uint64_t file = file_hash(path), map = t_map_hash(v, SIZE);
   int r = vhd_write(v, buf, off, len, flags | VHD_WRITE_NOWAIT, &err);
   T_ASSERT(r == -EAGAIN, "%s: NOWAIT write at %llu length %zu returned %d (%s), not -EAGAIN",
            why, (unsigned long long)off, len, r, t_strerr(r));
   T_ASSERT(file_hash(path) == file, "%s: a NOWAIT write that gave up changed the file", why);
-  T_ASSERT(map_hash(v) == map, "%s: a NOWAIT write that gave up changed the map", why);
+  T_ASSERT(t_map_hash(v, SIZE) == map, "%s: a NOWAIT write that gave up changed the map", why);
 }
 
 /* The same without looking at the map first (vhd_map would load bitmaps
@@ -134,12 +118,12 @@ static void expect_written(vhd_t *v, uint64_t off, size_t len, const char *why) 
   uint8_t buf[SIZE];
   struct vhd_err err = {{0}};
   t_fill_nonzero(buf, len);
-  uint64_t map = map_hash(v), size = t_file_size(path);
+  uint64_t map = t_map_hash(v, SIZE), size = t_file_size(path);
   int r = vhd_write(v, buf, off, len, VHD_WRITE_NOWAIT, &err);
   T_ASSERT(r == 0, "%s: NOWAIT write at %llu length %zu returned %d (%s): %s", why,
            (unsigned long long)off, len, r, t_strerr(r), err.msg);
   memcpy(model + off, buf, len);
-  T_ASSERT(map_hash(v) == map, "%s: a NOWAIT write changed the map", why);
+  T_ASSERT(t_map_hash(v, SIZE) == map, "%s: a NOWAIT write changed the map", why);
   T_ASSERT(t_file_size(path) == size, "%s: a NOWAIT write changed the file size", why);
   verify(v, why);
 }
@@ -212,10 +196,10 @@ static void dynamic_cases(void) {
   expect_written(v, 4 * BS, VHD_WRITE_NOWAIT_MAX_BLOCKS * BS, "the most blocks allowed");
   expect_give_up(v, 4 * BS, (VHD_WRITE_NOWAIT_MAX_BLOCKS + 1) * BS, 0, "too many blocks");
 
-  uint64_t map = map_hash(v);
+  uint64_t map = t_map_hash(v, SIZE);
   v = reopen(v);
   expect_give_up_unmapped(v, BS, 512, "bitmap not in memory");
-  T_ASSERT(map_hash(v) == map, "bitmap not in memory: the map changed");
+  T_ASSERT(t_map_hash(v, SIZE) == map, "bitmap not in memory: the map changed");
   verify(v, "after reopening");
   v = reopen(v);
   lock_contended(v);
@@ -329,11 +313,11 @@ static void random_workload(void) {
       uint8_t buf[3 * BS];
       t_fill_nonzero(buf, len);
       t_set_nowait_write(modes[t_below(sizeof modes / sizeof modes[0])]);
-      uint64_t file = file_hash(path), map = map_hash(v);
+      uint64_t file = file_hash(path), map = t_map_hash(v, SIZE);
       int r = vhd_write(v, buf, off, len, VHD_WRITE_NOWAIT, &err);
       T_ASSERT(r == 0 || r == -EAGAIN, "step %llu: NOWAIT write returned %d (%s): %s",
                (unsigned long long)i, r, t_strerr(r), err.msg);
-      T_ASSERT(map_hash(v) == map, "step %llu: a NOWAIT write changed the map",
+      T_ASSERT(t_map_hash(v, SIZE) == map, "step %llu: a NOWAIT write changed the map",
                (unsigned long long)i);
       if (r == -EAGAIN) {
         T_ASSERT(file_hash(path) == file, "step %llu: a NOWAIT write that gave up changed "

@@ -92,21 +92,6 @@ static void check_model(vhd_t *v, const char *when) {
       t_fail("%s: byte %zu reads %#x, the model has %#x", when, i, got[i], model[i]);
 }
 
-static int hash_extent(void *opaque, const struct vhd_extent *e) {
-  uint64_t *h = opaque;
-  uint64_t v[] = {e->offset, e->length, e->flags, (uint64_t)e->depth, e->file_offset};
-  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
-    *h = (*h ^ v[i]) * 0x100000001b3ull;
-  return 0;
-}
-
-static uint64_t map_hash(vhd_t *v) {
-  struct vhd_err err = {{0}};
-  uint64_t h = 0xcbf29ce484222325ull;
-  T_OK(vhd_map(v, 0, SIZE, hash_extent, &h, &err), &err, "vhd_map");
-  return h;
-}
-
 static void plain(vhd_t *v, const uint8_t *buf, uint64_t off, size_t len) {
   struct vhd_err err = {{0}};
   T_OK(vhd_write(v, buf, off, len, 0, &err), &err, "vhd_write");
@@ -120,13 +105,13 @@ static void taken(vhd_t *v, const char *path, size_t head, uint64_t off, size_t 
   static uint8_t buf[MAXW];
   struct vhd_err err = {{0}};
   t_fill_random(buf, len);
-  uint64_t map0 = map_hash(v), size0 = t_file_size(path);
+  uint64_t map0 = t_map_hash(v, SIZE), size0 = t_file_size(path);
   int r = spliced(v, buf, head, off, len, flags, &err);
   T_OK(r, &err, what);
   T_ASSERT(r == 0, "%s: declined (%d), expected in place", what, r);
   memcpy(model + off, buf, len);
   check_model(v, what);
-  T_ASSERT(map_hash(v) == map0, "%s: the map changed", what);
+  T_ASSERT(t_map_hash(v, SIZE) == map0, "%s: the map changed", what);
   T_ASSERT(t_file_size(path) == size0, "%s: the file grew from %llu to %llu", what,
            (unsigned long long)size0, (unsigned long long)t_file_size(path));
 }
@@ -150,11 +135,11 @@ static void declined(vhd_t *v, const char *path, size_t head, uint64_t off, size
   static uint8_t buf[MAXW], back[MAXW];
   struct vhd_err err = {{0}};
   t_fill_random(buf, len);
-  uint64_t map0 = map_hash(v), file0 = t_file_hash(path);
+  uint64_t map0 = t_map_hash(v, SIZE), file0 = t_file_hash(path);
   int r = spliced(v, buf, head, off, len, 0, &err);
   T_OK(r, &err, what);
   T_ASSERT(r == 1, "%s: returned %d, expected a decline", what, r);
-  T_ASSERT(map_hash(v) == map0, "%s: declined, but the map changed", what);
+  T_ASSERT(t_map_hash(v, SIZE) == map0, "%s: declined, but the map changed", what);
   T_ASSERT(t_file_hash(path) == file0, "%s: declined, but the file changed", what);
   pipe_drain(back, len - MIN(head, len));
   T_ASSERT(memcmp(back, buf + MIN(head, len), len - MIN(head, len)) == 0, "%s: the pipe's bytes changed", what);

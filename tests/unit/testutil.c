@@ -186,6 +186,23 @@ void t_copy_file(const char *from, const char *to) {
     t_fail("close %s: %s", to, strerror(errno));
 }
 
+static int map_hash_extent(void *opaque, const struct vhd_extent *e) {
+  uint64_t *h = opaque;
+  uint64_t v[] = {e->offset, e->length, e->flags, (uint64_t)e->depth, e->file_offset};
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+    *h = (*h ^ v[i]) * 0x100000001b3ull;
+  return 0;
+}
+
+uint64_t t_map_hash(vhd_t *v, uint64_t size) {
+  struct vhd_err err = {{0}};
+  uint64_t h = 0xcbf29ce484222325ull;
+  int r = vhd_map(v, 0, size, map_hash_extent, &h, &err);
+  if (r < 0)
+    t_fail("vhd_map: %s", err.msg);
+  return h;
+}
+
 uint64_t t_file_hash(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)

@@ -65,6 +65,10 @@ void *t_xcalloc(size_t n, size_t len);
 void t_copy_file(const char *from, const char *to);
 /* 64-bit FNV-1a over the whole file. */
 uint64_t t_file_hash(const char *path);
+/* A hash of the map of [0, size) as the engine holds it (vhd_map: runs,
+ * flags, levels, file offsets): equal before and after a write that must
+ * change no metadata. */
+uint64_t t_map_hash(vhd_t *v, uint64_t size);
 uint64_t t_file_size(const char *path);
 /* Raw access to an image file, bypassing the engine. */
 void t_pread_file(const char *path, void *buf, size_t len, uint64_t off);
