@@ -13,6 +13,7 @@
 #include "conn-internal.h"
 #include "log.h"
 #include "server.h"
+#include "splice.h"
 
 /* Payload reads at least this large skip the staging buffer and land
  * directly in the request's buffer (no copy). */
@@ -112,16 +113,10 @@ void conn_inbuf_compact(struct connection *conn) {
  * rest of the payload there: the pipe is full (or the socket cannot
  * splice), and the bytes must keep their order. */
 static int spill_pipe(struct connection *conn) {
-  size_t have = (size_t)conn->want_done;
-  size_t got = (size_t)conn->want_head;
-  while (got < have) {
-    ssize_t n = read(conn->want_pipe_rd, conn->want_spill + got, have - got);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return n < 0 ? -errno : -ENODATA;
-    got += (size_t)n;
-  }
+  int r = splice_read_full(conn->want_pipe_rd, conn->want_spill + conn->want_head,
+                           (size_t)(conn->want_done - conn->want_head), -1);
+  if (r < 0)
+    return r;
   conn->want_dst = conn->want_spill;
   conn->want_pipe_rd = conn->want_pipe_wr = -1;
   conn->want_spilled = true;
