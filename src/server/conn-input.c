@@ -6,8 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "conn-internal.h"
@@ -121,6 +121,15 @@ static int spill_pipe(struct connection *conn) {
   conn->want_pipe_rd = conn->want_pipe_wr = -1;
   conn->want_spilled = true;
   return 0;
+}
+
+static bool pipe_has_room(int pipe_wr) {
+  struct pollfd p = {.fd = pipe_wr, .events = POLLOUT};
+  int r;
+  do
+    r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r == 1 && (p.revents & POLLOUT);
 }
 
 /* libuv asks for a buffer when the socket is readable: a payload bound for
@@ -251,11 +260,16 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       conn_on_eof(conn);
       return;
     }
-    int avail = 0;
-    if (n == -EAGAIN && (ioctl(conn->direct_fd, FIONREAD, &avail) < 0 || avail == 0))
+    /* splice(2) answers EAGAIN both for an empty socket and for a full
+     * pipe, and looks for room in the pipe before it looks at the socket:
+     * with the pipe full it says EAGAIN even at the socket's EOF, which the
+     * level-triggered poll would then report on every iteration.  So the
+     * pipe decides: with room left the socket was empty. */
+    if (n == -EAGAIN && pipe_has_room(conn->want_pipe_wr))
       return; /* nothing there after all: wait for more */
     /* The pipe is full (its pages partly filled: the socket's data came in
-     * small pieces), or the socket cannot splice: copy from here on. */
+     * small pieces), or the socket cannot splice: copy from here on (a
+     * copying read sees the EOF, if that is what is left). */
     if (n != -EAGAIN) {
       log_msg(LOG_LEVEL_DEBUG, "%s: cannot splice from the socket (%s): WRITE payloads copied",
               conn->peer, strerror((int)-n));

@@ -21,7 +21,10 @@
 #    the same send as its header (its first bytes come with the header and
 #    stay in memory, ahead of the pipe's), one whose header comes alone
 #    before its payload, and one it abandons half-sent; the data is right,
-#    the middle two are spliced, and the server serves the next client.
+#    the middle two are spliced, and the server serves the next client;
+#    one client sends exactly as many 512-byte pieces as the pipe has
+#    slots and leaves, and the server must notice within 5 s (splice(2)
+#    says EAGAIN for a full pipe even at the socket's EOF).
 . "$top_srcdir/tests/functions.sh"
 requires qemu-img
 requires_py nbd
@@ -158,10 +161,10 @@ run fixed unix VHDNBD_SPLICE_WRITES=1 --no-splice
 [ "$spliced" -eq 0 ] || fail "--no-splice, yet $spliced WRITEs spliced"
 
 cat >"$TMPD/raw.py" <<'PY'
-# raw.py SOCK: WRITEs whose payload comes in odd ways, each read back.
+# raw.py SOCK LOG: WRITEs whose payload comes in odd ways, each read back.
 import random, struct, sys, time
 import nbdraw
-sock = sys.argv[1]
+sock, log = sys.argv[1], sys.argv[2]
 def connect():
     c = nbdraw.Raw.unix(sock)
     c.newstyle()
@@ -211,6 +214,36 @@ time.sleep(0.2)
 c = connect()
 c.send(header(CMD_READ, 6, 2 * M, M))
 assert reply(c, 6, M) == d1, "after a client left mid-payload, the data read back changed"
+# A payload whose 512-byte pieces take every slot of the pipe, then EOF:
+# splice(2) then says EAGAIN for the full pipe even at the socket's end,
+# and the server must still see the client go (not only at the payload
+# timeout, 30 s, spinning meanwhile).  The pipe is sized as the server
+# sizes its pool's.
+import fcntl, os
+r, w = os.pipe()
+try:
+    size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, M + os.sysconf("SC_PAGE_SIZE"))
+except OSError:
+    size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, M)
+os.close(r)
+os.close(w)
+slots = size // os.sysconf("SC_PAGE_SIZE")
+def gone_count():
+    return open(log).read().count("in the middle of a request")
+before = gone_count()
+e = connect()
+e.send(header(CMD_WRITE, 9, 12 * M, M))
+time.sleep(0.2)  # header read alone: the pieces go to the pipe
+for i in range(slots):
+    e.s.send(b"\xab" * 512)
+e.close()
+end = time.monotonic() + 5
+while gone_count() == before and time.monotonic() < end:
+    time.sleep(0.05)
+assert gone_count() > before, \
+    "a client gone after filling the pipe's %d slots was not noticed within 5 s" % slots
+c.send(header(CMD_READ, 10, 2 * M, M))
+assert reply(c, 10, M) == d1, "after a client left with the pipe full, the data read back changed"
 print("ok")
 PY
 
@@ -227,7 +260,7 @@ for kind in fixed vhdimg; do
   fi
   start_vhdnbd "$TMPD/sock" -vv --metrics-file "$prom" --metrics-interval 1 "$img" \
     2>"$TMPD/server.log"
-  "$PY3" "$TMPD/raw.py" "$TMPD/sock" || fail "$kind: WRITEs with odd payloads (see above)"
+  "$PY3" "$TMPD/raw.py" "$TMPD/sock" "$TMPD/server.log" || fail "$kind: WRITEs with odd payloads (see above)"
   wait_for 30 "the metrics file counting 3 WRITEs" three_writes_ok
   stop_vhdnbd
   grep -q "payload pipe full" "$TMPD/server.log" ||
