@@ -1,10 +1,10 @@
 /* metrics.c: the counters behind --metrics-file and SIGUSR1 (see metrics.h).
  *
- * The text is built on the loop thread from the counters (memory only, a few
- * hundred lines per export); a worker adds each image's allocated bytes
- * (vhd_get_info, which may touch the file) and writes the file, so the loop
- * never waits for the disk.  One write is in flight at a time: a tick that
- * finds the last one unfinished is skipped. */
+ * The text is built on the loop thread from the counters and each image's
+ * allocated bytes (memory only: a few hundred lines per export, and the
+ * engine's BAT); a worker writes the file, so the loop never waits for the
+ * disk.  One write is in flight at a time: a tick that finds the last one
+ * unfinished is skipped. */
 #include "config.h"
 
 #include <errno.h>
@@ -405,8 +405,8 @@ static int write_all(int fd, const char *p, size_t len) {
   return 0;
 }
 
-/* Allocated bytes per image: only here, off the loop, since asking the
- * engine may touch the image file. */
+/* Allocated bytes per image, from the engine's memory (no disk I/O; see
+ * metrics_write). */
 static char *allocation_text(size_t *len) {
   char *buf = NULL;
   FILE *f = open_memstream(&buf, len);

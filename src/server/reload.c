@@ -165,6 +165,8 @@ static void log_global_changes(const struct settings *a, const struct settings *
   CHANGED(a->write_lanes != b->write_lanes, "write-lanes");
   CHANGED(a->no_splice != b->no_splice, "splice");
   CHANGED(!str_eq(a->pidfile, b->pidfile), "pidfile");
+  CHANGED(!str_eq(a->metrics_file, b->metrics_file), "metrics-file");
+  CHANGED(a->metrics_interval != b->metrics_interval, "metrics-interval");
   CHANGED(a->allow.n != b->allow.n ||
               (a->allow.n &&
                memcmp(a->allow.entries, b->allow.entries, a->allow.n * sizeof *a->allow.entries)),

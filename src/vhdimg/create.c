@@ -68,8 +68,11 @@ int cmd_create(int argc, char **argv) {
       int r = parse_size_arg("create", "block size", optarg, &bs);
       if (r)
         return r;
-      if (bs == 0 || bs > UINT32_MAX)
-        return usage_error("create", "block size '%s' is out of range", optarg);
+      /* The engine's limits, checked here so that a bad value is a usage
+       * error (exit 2), as in vhdimg convert. */
+      if (bs < VHD_MIN_BLOCK_SIZE || bs > VHD_MAX_BLOCK_SIZE || (bs & (bs - 1)))
+        return usage_error("create", "block size '%s' is not a power of two from 512 to 256M",
+                           optarg);
       opts.block_size = (uint32_t)bs;
       break;
     }
@@ -110,6 +113,9 @@ int cmd_create(int argc, char **argv) {
       return r;
     if (opts.size == 0)
       return usage_error("create", "size must not be zero");
+    if (opts.size > VHD_MAX_VIRTUAL_SIZE)
+      return usage_error("create", "size '%s' is larger than 2040G, the largest a VHD holds",
+                         argv[optind + 1]);
   }
 
   struct vhd_err err = {{0}};

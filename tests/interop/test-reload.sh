@@ -7,7 +7,8 @@
 #   a client of an unchanged export goes on undisturbed throughout;
 #   a bad configuration (unknown key, missing image, an image that is no
 #   VHD) is refused with a log
-#   line while everything keeps serving as before.
+#   line while everything keeps serving as before;
+#   changed [global] settings are each named in the restart warning.
 . "$top_srcdir/tests/functions.sh"
 requires nbdinfo
 requires_py nbd
@@ -137,6 +138,18 @@ wait_log("refused", at)
 wait_log("export 'junk'", at)
 got = listed()
 assert set(got) == {"keep", "change", "new"}, "a refused reload changed the exports: %s" % got
+# [global] settings wait for a restart, and the reload names each one.
+at = reload("[global]\nmax-connections = 77\nmetrics-interval = 9\n"
+            "metrics-file = %s/m.prom\n[export keep]\nimage = %s/keep.vhd\n"
+            "[export change]\nimage = %s/change.vhd\ndescription = after\n"
+            "[export new]\nimage = %s/new.vhd\n" % (tmpd, tmpd, tmpd, tmpd))
+wait_log("take effect only after a restart: ", at)
+with open(log) as f:
+    f.seek(at)
+    line = [l for l in f if "only after a restart" in l][0]
+# (the per-address and handshake caps follow max-connections)
+for key in ("max-connections", "metrics-file", "metrics-interval"):
+    assert key in line.split(": ")[-1].strip().split(", "), (key, line)
 keep.pwrite(b"\x03" * 4096, 8192)
 assert keep.pread(4096, 8192) == b"\x03" * 4096
 h = connect("new")

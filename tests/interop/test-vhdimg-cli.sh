@@ -32,6 +32,10 @@ usage_fails create -t fixed -b ok.vhd x.vhd
 usage_fails create -t differencing x.vhd
 usage_fails create -b ok.vhd x.vhd 1M
 usage_fails create --block-size 1X x.vhd 1M
+usage_fails create --block-size 3000 x.vhd 1M
+usage_fails create --block-size 512M x.vhd 1M
+usage_fails create x.vhd 2041G
+[ ! -e x.vhd ] || fail "a refused create left x.vhd behind"
 usage_fails create --frob x.vhd 1M
 usage_fails create x.vhd 1M extra
 usage_fails create -t
