@@ -175,8 +175,11 @@ static int write_nowait_blocks(vhd_t *vhd, const uint8_t *buf, uint64_t off, siz
 
 static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
                         unsigned flags, struct vhd_err *err) {
-  /* A latched image: the caller's waiting retry gives the message. */
-  if ((flags & VHD_FUA) || vhd_io_refuses_writes(vhd))
+  /* A latched image: the caller's waiting retry gives the message.  A
+   * file system that refused one NOWAIT write refuses them all (io.c):
+   * then not even the lock is tried, which the workers' writes hold. */
+  if ((flags & VHD_FUA) || vhd_io_refuses_writes(vhd) ||
+      atomic_load_explicit(&vhd->nowait_write_unsupported, memory_order_relaxed))
     return -EAGAIN;
   if (vhd->type != VHD_TYPE_FIXED)
     return write_nowait_blocks(vhd, buf, off, len, err);
