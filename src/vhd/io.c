@@ -23,7 +23,12 @@
 /* ---- the fault switch (tests) ---------------------------------------- */
 
 /* Which operations the armed mode counts. */
-enum fault_op { FAULT_OP_WRITE, FAULT_OP_SYNC, FAULT_OP_OTHER /* truncate, punch */ };
+enum fault_op {
+  FAULT_OP_WRITE,
+  FAULT_OP_SYNC,
+  FAULT_OP_OTHER, /* truncate, punch */
+  FAULT_OP_SPLICE /* the splice call itself: counted by VHD_FAULT_NO_SPLICE only */
+};
 
 static atomic_long fault_remaining = -1; /* < 0: disarmed */
 static atomic_int fault_mode = VHD_FAULT_POWER_CUT;
@@ -39,6 +44,7 @@ static bool parse_mode(const char *s, enum vhd_fault_mode *mode) {
       {"power-cut", VHD_FAULT_POWER_CUT},
       {"sync-once", VHD_FAULT_SYNC_ONCE},
       {"write-once", VHD_FAULT_WRITE_ONCE},
+      {"no-splice", VHD_FAULT_NO_SPLICE},
   };
   for (size_t i = 0; i < ARRAY_SIZE(modes); i++)
     if (strcmp(s, modes[i].name) == 0) {
@@ -52,7 +58,7 @@ static bool parse_errnum(const char *s, int *errnum) {
   static const struct {
     const char *name;
     int errnum;
-  } names[] = {{"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}};
+  } names[] = {{"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EINVAL", EINVAL}};
   for (size_t i = 0; i < ARRAY_SIZE(names); i++)
     if (strcmp(s, names[i].name) == 0) {
       *errnum = names[i].errnum;
@@ -108,13 +114,15 @@ static int fault_check(enum fault_op op) {
     return 0;
   int mode = atomic_load(&fault_mode);
   if ((mode == VHD_FAULT_SYNC_ONCE && op != FAULT_OP_SYNC) ||
-      (mode == VHD_FAULT_WRITE_ONCE && op != FAULT_OP_WRITE))
+      (mode == VHD_FAULT_WRITE_ONCE && op != FAULT_OP_WRITE) ||
+      ((mode == VHD_FAULT_NO_SPLICE) != (op == FAULT_OP_SPLICE)))
     return 0;
   while (cur >= 0) {
     if (cur == 0) {
-      /* A power cut stays; a single failure disarms the switch, and only
-       * the thread that disarms it fails. */
-      if (mode != VHD_FAULT_POWER_CUT &&
+      /* A power cut (or a file system without splices) stays; a single
+       * failure disarms the switch, and only the thread that disarms it
+       * fails. */
+      if (mode != VHD_FAULT_POWER_CUT && mode != VHD_FAULT_NO_SPLICE &&
           !atomic_compare_exchange_weak(&fault_remaining, &cur, -1))
         continue;
       atomic_store(&fault_hit, true);
@@ -234,18 +242,29 @@ int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
 /* The file side of vhd_write_splice: len bytes from the pipe into the file
  * at off.  A write fault or failure latches as vhd_io_pwrite's; a pipe
  * that runs dry (it is non-blocking: EAGAIN) is the caller's mistake and
- * fails with EPIPE, which does not. */
+ * fails with EPIPE, which does not.  A file system that takes no splice
+ * (EINVAL before any byte moved) is no write failure either: it answers
+ * EOPNOTSUPP with the pipe untouched, and so does every later call. */
 int vhd_io_splice_in(vhd_t *vhd, int pipe_fd, size_t len, uint64_t off) {
   if (vhd_io_refuses_writes(vhd))
     return -EIO;
+  if (atomic_load_explicit(&vhd->splice_in_unsupported, memory_order_relaxed))
+    return -EOPNOTSUPP;
   int r = fault_check(FAULT_OP_WRITE);
   if (r < 0)
     return latch(vhd, r, "writing %zu bytes at offset %llu", len, (unsigned long long)off);
   loff_t at = (loff_t)off;
   while (len > 0) {
-    ssize_t n = splice(pipe_fd, NULL, vhd->fd, &at, len, SPLICE_F_MOVE);
+    int injected = fault_check(FAULT_OP_SPLICE);
+    ssize_t n = injected ? (errno = -injected, -1)
+                         : splice(pipe_fd, NULL, vhd->fd, &at, len, SPLICE_F_MOVE);
     if (n < 0 && errno == EINTR)
       continue;
+    if (n < 0 && (errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS) &&
+        at == (loff_t)off) {
+      atomic_store(&vhd->splice_in_unsupported, true);
+      return -EOPNOTSUPP;
+    }
     if (n == 0 || (n < 0 && errno == EAGAIN))
       return -EPIPE;
     if (n < 0)

@@ -158,6 +158,7 @@ struct vhd {
   /* The kernel refused a RWF_NOWAIT write of fd (see vhd_io_pwrite_nowait):
    * VHD_WRITE_NOWAIT gives up at once from then on. */
   atomic_bool nowait_write_unsupported;
+  atomic_bool splice_in_unsupported; /* the file system took no splice (io.c) */
   /* The write-error latch (io.c): the first failed write or sync as a
    * negative errno (0: none yet), and what failed.  Set once, under
    * sync_lock, which also keeps fdatasyncs of the image one at a time. */

@@ -186,8 +186,9 @@ int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned fl
  * read-modify-write and no metadata change: a fixed image, or blocks
  * already allocated with every sector touched already marked (at most
  * VHD_WRITE_NOWAIT_MAX_BLOCKS blocks).  Returns 0 when the bytes are
- * written (durable too with VHD_FUA), 1 when the range is not like that
- * (the pipe untouched: the caller reads it and calls vhd_write), or a
+ * written (durable too with VHD_FUA), 1 when the range is not like that or
+ * the image's file system takes no splice (the pipe untouched: the caller
+ * reads it and calls vhd_write), or a
  * negative errno as vhd_write, after which the pipe may still hold part of
  * the bytes.  A bitmap not yet in memory is read, so it may wait. */
 int vhd_write_splice(vhd_t *vhd, const void *head, size_t head_len, int pipe_fd, uint64_t off,
@@ -371,13 +372,19 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *opts,
  *                         write-back error would.
  *   VHD_FAULT_WRITE_ONCE  the same for the (n+1)th pwrite.
  * n < 0 disarms; errnum <= 0 means EIO.  The environment arms it at first
- * use: VHDNBD_FAULT_AFTER=N, VHDNBD_FAULT_MODE=power-cut|sync-once|write-once
- * (default power-cut), VHDNBD_FAULT_ERRNO=EIO|ENOSPC|EDQUOT or a number
+ * use: VHDNBD_FAULT_AFTER=N,
+ * VHDNBD_FAULT_MODE=power-cut|sync-once|write-once|no-splice (default
+ * power-cut), VHDNBD_FAULT_ERRNO=EIO|ENOSPC|EDQUOT|EINVAL or a number
  * (default EIO); an unparsable value leaves it disarmed. */
 enum vhd_fault_mode {
   VHD_FAULT_POWER_CUT,
   VHD_FAULT_SYNC_ONCE,
   VHD_FAULT_WRITE_ONCE,
+  /* Counts only splices into an image (vhd_write_splice), and from the
+   * Nth on fails every one with the errno: a file system that takes no
+   * splice (EINVAL), or one that fails them (EIO).  Other modes do not
+   * count splices. */
+  VHD_FAULT_NO_SPLICE,
 };
 void vhd_fault_arm_mode(enum vhd_fault_mode mode, long n, int errnum);
 /* vhd_fault_arm_mode(VHD_FAULT_POWER_CUT, n, EIO) */

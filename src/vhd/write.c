@@ -10,15 +10,17 @@
 #include "rw.h"
 
 /* Where a write's bytes come from: the first head_len from head, the rest
- * from the pipe pipe_fd (vhd_write_splice); a plain buffer is all head. */
+ * from the pipe pipe_fd (vhd_write_splice); a plain buffer is all head.
+ * piped counts the bytes taken from the pipe so far. */
 struct splice_src {
   const uint8_t *head;
   size_t head_len;
   int pipe_fd;
+  size_t piped;
 };
 
 /* Bytes [at, at+n) of the source into the file at foff. */
-static int splice_src_write(vhd_t *vhd, const struct splice_src *src, size_t at, size_t n,
+static int splice_src_write(vhd_t *vhd, struct splice_src *src, size_t at, size_t n,
                             uint64_t foff) {
   int r = 0;
   if (at < src->head_len) {
@@ -27,14 +29,17 @@ static int splice_src_write(vhd_t *vhd, const struct splice_src *src, size_t at,
     n -= h;
     foff += h;
   }
-  if (r == 0 && n > 0)
+  if (r == 0 && n > 0) {
     r = vhd_io_splice_in(vhd, src->pipe_fd, n, foff);
+    if (r == 0)
+      src->piped += n;
+  }
   return r;
 }
 
 /* Writes whole sectors [off, off+len) (512-aligned) inside one block, from
  * bytes [at, at+len) of src. */
-static int write_sectors(vhd_t *vhd, const struct splice_src *src, size_t at, uint64_t off,
+static int write_sectors(vhd_t *vhd, struct splice_src *src, size_t at, uint64_t off,
                          size_t len, struct vhd_err *err) {
   uint32_t blk = (uint32_t)(off / vhd->block_size);
   uint32_t boff = (uint32_t)(off % vhd->block_size);
@@ -84,7 +89,7 @@ int vhd_write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
                       struct vhd_err *err) {
   uint64_t a = off & ~511ull, b = ROUND_UP(off + len, 512);
   if (a == off && b == off + len)
-    return write_sectors(vhd, &(struct splice_src){buf, len, -1}, 0, off, len, err);
+    return write_sectors(vhd, &(struct splice_src){buf, len, -1, 0}, 0, off, len, err);
   size_t wlen = (size_t)(b - a);
   CLEANUP_FREE uint8_t *tmp = malloc(wlen);
   if (!tmp)
@@ -97,7 +102,7 @@ int vhd_write_segment(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
   if (r < 0)
     return r;
   memcpy(tmp + (off - a), buf, len);
-  return write_sectors(vhd, &(struct splice_src){tmp, wlen, -1}, 0, a, wlen, err);
+  return write_sectors(vhd, &(struct splice_src){tmp, wlen, -1, 0}, 0, a, wlen, err);
 }
 
 int vhd_write_fixed(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len,
@@ -192,7 +197,7 @@ static int write_nowait(vhd_t *vhd, const uint8_t *buf, uint64_t off, size_t len
  * so it is taken only in place (pin_in_place).  Bitmaps not yet in memory
  * are read first, which may drop the lock: pin_in_place then checks every
  * block again. */
-static int write_splice_blocks(vhd_t *vhd, const struct splice_src *src, uint64_t off,
+static int write_splice_blocks(vhd_t *vhd, struct splice_src *src, uint64_t off,
                                size_t len, struct vhd_err *err) {
   uint32_t first = (uint32_t)(off / vhd->block_size);
   uint32_t last = (uint32_t)((off + len - 1) / vhd->block_size);
@@ -227,12 +232,14 @@ static int write_splice_blocks(vhd_t *vhd, const struct splice_src *src, uint64_
 
 int vhd_write_splice(vhd_t *vhd, const void *head, size_t head_len, int pipe_fd, uint64_t off,
                      size_t len, unsigned flags, struct vhd_err *err) {
-  const struct splice_src src = {head, MIN(head_len, len), pipe_fd};
+  struct splice_src src = {head, MIN(head_len, len), pipe_fd, 0};
   int r = vhd_check_writable(vhd, "write", err);
   if (r == 0)
     r = vhd_check_range(vhd, off, len, "write", err);
   if (r < 0 || len == 0)
     return r;
+  if (atomic_load_explicit(&vhd->splice_in_unsupported, memory_order_relaxed))
+    return 1;
   if (vhd->type == VHD_TYPE_FIXED) {
     r = splice_src_write(vhd, &src, 0, len, off);
     if (r < 0)
@@ -248,6 +255,14 @@ int vhd_write_splice(vhd_t *vhd, const void *head, size_t head_len, int pipe_fd,
   } else {
     r = write_splice_blocks(vhd, &src, off, len, err);
   }
+  /* The file system takes no splice (found out now: the pipe is as it
+   * was, and what went in from head is written again, the same bytes, by
+   * the caller's vhd_write).  Bits were set only for data in place. */
+  if (r == -EOPNOTSUPP && src.piped == 0)
+    return 1;
+  if (r == -EOPNOTSUPP)
+    r = vhd_set_err(err, -EIO, "%s: the file system stopped taking splices in the middle of a write",
+                    vhd->path);
   if (r == 0 && (flags & VHD_FUA))
     r = vhd_flush(vhd, err);
   return r;

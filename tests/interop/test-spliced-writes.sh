@@ -15,7 +15,8 @@
 #    by qemu-img (by vhdimg convert for the differencing chain: QEMU's vpc
 #    driver reads no parent).  vhdnbd_writes_spliced_total must equal the
 #    count the client works out from the rule above, and be 0 with
-#    VHDNBD_SPLICE_WRITES=0 or --no-splice;
+#    VHDNBD_SPLICE_WRITES=0 or --no-splice; on a file system that takes
+#    no splice (injected) every WRITE still succeeds, made from memory;
 #  - a raw client sends a 1 MiB payload in 512-byte pieces (more pieces
 #    than the pipe has pages: the payload moves to memory mid-way), one in
 #    the same send as its header (its first bytes come with the header and
@@ -159,6 +160,12 @@ run fixed unix VHDNBD_SPLICE_WRITES=0
 [ "$spliced" -eq 0 ] || fail "VHDNBD_SPLICE_WRITES=0, yet $spliced WRITEs spliced"
 run fixed unix VHDNBD_SPLICE_WRITES=1 --no-splice
 [ "$spliced" -eq 0 ] || fail "--no-splice, yet $spliced WRITEs spliced"
+# A file system that takes no splice (EINVAL from every splice into the
+# image, injected): each WRITE is made from memory instead, none fails,
+# the export is not latched.
+run vhdimg unix "VHDNBD_FAULT_AFTER=0 VHDNBD_FAULT_MODE=no-splice VHDNBD_FAULT_ERRNO=EINVAL"
+unset VHDNBD_FAULT_AFTER VHDNBD_FAULT_MODE VHDNBD_FAULT_ERRNO
+[ "$spliced" -eq 0 ] || fail "no splices taken, yet $spliced WRITEs counted as spliced"
 
 cat >"$TMPD/raw.py" <<'PY'
 # raw.py SOCK LOG: WRITEs whose payload comes in odd ways, each read back.

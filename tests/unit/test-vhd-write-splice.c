@@ -17,6 +17,12 @@
  *   the model's and vhd_check finds the image clean.
  * - A write fault fails it and latches the image as vhd_write's does; a
  *   pipe holding fewer bytes than promised fails with EPIPE and does not.
+ * - A file system that takes no splice (EINVAL, injected): every kind of
+ *   spliced write is declined with the pipe untouched, nothing latched,
+ *   no bit set for data not written (a new block, a half-marked one, a
+ *   child over its parent, head bytes already written), and the plain
+ *   write that follows gives the model's data; splices that fail with EIO
+ *   latch the image.
  * - A random workload mixes plain writes, spliced ones (declined ones then
  *   read out of the pipe and written plainly, as the server does), trims
  *   and reopens; the model is checked at every step and vhd_check at the
@@ -299,6 +305,81 @@ static void test_random(void) {
   T_ASSERT(t_check(path) == 0, "vhd_check found problems after the workload");
 }
 
+/* A spliced write the engine must decline, leaving the pipe as it was;
+ * then written plainly from the pipe's bytes, as the server does. */
+static void declined_then_plain(vhd_t *v, size_t head, uint64_t off, size_t len,
+                                const char *what) {
+  static uint8_t buf[MAXW];
+  struct vhd_err err = {{0}};
+  t_fill_random(buf, len);
+  head = MIN(head, len);
+  int r = spliced(v, buf, head, off, len, 0, &err);
+  T_ASSERT(r == 1, "%s: %d (%s), expected declined", what, r, err.msg);
+  T_ASSERT(vhd_write_error(v, NULL) == 0, "%s: a file system without splices latched the image",
+           what);
+  /* Parts written from the head before the refusal hold the new bytes
+   * already; the plain write writes them again. */
+  pipe_drain(buf + head, len - head);
+  plain(v, buf, off, len);
+  check_model(v, what);
+}
+
+static void test_no_splice(void) {
+  CLEANUP_FREE char *parent = strdup(t_path("nsparent.vhd"));
+  CLEANUP_FREE char *path = strdup(t_path("nschild.vhd"));
+  t_create(parent, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *p = t_open(parent, false);
+  memset(model, 0, sizeof model);
+  static uint8_t buf[4 * BS];
+  t_fill_random(buf, sizeof buf);
+  plain(p, buf, 2 * BS, sizeof buf);
+  struct vhd_err err = {{0}};
+  T_OK(vhd_close(p, &err), &err, "vhd_close");
+  t_create(path, VHD_TYPE_DIFFERENCING, 0, 0, false, parent);
+  vhd_t *v = t_open(path, false);
+  t_fill_random(buf, BS);
+  plain(v, buf, 8 * BS, BS / 2); /* a half-marked block */
+
+  /* Each case on a fresh handle, which has yet to find out. */
+  static const struct {
+    size_t head;
+    uint64_t off;
+    size_t len;
+    const char *what;
+  } cases[] = {
+      {0, 0, 2 * BS, "no splice: new blocks"},
+      {BS + 512, 4 * BS, 3 * BS, "no splice: a block written from the head first"},
+      {512, 8 * BS, BS, "no splice: a half-marked block"},
+      {0, 2 * BS + 1024, 2 * BS, "no splice: a child over its parent"},
+      {100, 3 * BS + 7, 1000, "no splice: in place, partial sectors, head first"},
+  };
+  for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    v = t_open(path, false);
+    vhd_fault_arm_mode(VHD_FAULT_NO_SPLICE, 0, EINVAL);
+    declined_then_plain(v, cases[i].head, cases[i].off, cases[i].len, cases[i].what);
+    T_ASSERT(vhd_fault_tripped(), "%s: the no-splice fault was never injected", cases[i].what);
+    vhd_fault_arm(-1);
+  }
+  /* Found out once, remembered: declined at once, with no fault armed. */
+  declined_then_plain(v, 0, 20 * BS, BS, "no splice, remembered");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  T_ASSERT(t_check(path) == 0, "vhd_check found problems after the declined writes");
+  v = t_open(path, false);
+  check_model(v, "no splice, reopened");
+
+  /* Splices that fail for the file's sake are write errors. */
+  vhd_fault_arm_mode(VHD_FAULT_NO_SPLICE, 0, EIO);
+  t_fill_random(buf, BS);
+  pipe_fill(buf, BS);
+  int r = vhd_write_splice(v, buf, 0, pipefd[0], 24 * BS, BS, 0, &err);
+  vhd_fault_arm(-1);
+  T_ASSERT(r == -EIO, "a failing splice: %d (%s), expected EIO", r, err.msg);
+  T_ASSERT(vhd_write_error(v, NULL) == -EIO, "a failing splice did not latch the image");
+  pipe_drain(buf, pipe_bytes());
+  vhd_abandon(v);
+}
+
 int main(void) {
   t_init("test-vhd-write-splice");
   T_ASSERT(pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) == 0, "pipe2: %s", strerror(errno));
@@ -309,6 +390,7 @@ int main(void) {
   test_dynamic();
   test_fixed();
   test_differencing();
+  test_no_splice();
   test_random();
   close(pipefd[0]);
   close(pipefd[1]);
