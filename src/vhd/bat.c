@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "endian-be.h"
@@ -57,6 +59,15 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
    * a 2 TiB image has a 4 MiB BAT, and opening it must stay cheap. */
   vhd->bat = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
   vhd->bitmaps = calloc((size_t)vhd->max_entries + 1, sizeof(uint8_t *));
+  size_t ones = ROUND_UP((size_t)vhd->bitmap_size, (size_t)sysconf(_SC_PAGESIZE));
+  void *m = mmap(NULL, ones, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m != MAP_FAILED) {
+    memset(m, 0xff, ones);
+    if (mprotect(m, ones, PROT_READ) == 0)
+      vhd->bitmap_ones = m;
+    else
+      munmap(m, ones);
+  }
   vhd->block_dirty = calloc((size_t)vhd->max_entries + 1, 1);
   vhd->dirty_blocks = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
   vhd->pins = calloc((size_t)vhd->max_entries + 1, sizeof *vhd->pins);
@@ -172,7 +183,8 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   return 0;
 }
 
-/* Reads block blk's bitmap at BAT entry `entry` into a new buffer. */
+/* Reads block blk's bitmap at BAT entry `entry` into a new buffer, or
+ * answers the shared all-ones one. */
 static int bitmap_read(vhd_t *vhd, uint32_t blk, uint32_t entry, uint8_t **out,
                        struct vhd_err *err) {
   uint8_t *b = malloc(vhd->bitmap_size);
@@ -186,7 +198,24 @@ static int bitmap_read(vhd_t *vhd, uint32_t blk, uint32_t entry, uint8_t **out,
     return vhd_set_err(err, r, "%s: reading the sector bitmap of block %u at offset %llu: %s",
                        vhd->path, blk, (unsigned long long)off, strerror(-r));
   }
+  if (vhd->bitmap_ones && memcmp(b, vhd->bitmap_ones, vhd->bitmap_size) == 0) {
+    free(b);
+    b = vhd->bitmap_ones;
+  }
   *out = b;
+  return 0;
+}
+
+int vhd_bitmap_own(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err) {
+  if (*bm != vhd->bitmap_ones)
+    return 0;
+  uint8_t *b = malloc(vhd->bitmap_size);
+  if (!b)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory for the bitmap of block %u", vhd->path,
+                       blk);
+  memcpy(b, *bm, vhd->bitmap_size);
+  vhd->bitmaps[blk] = b;
+  *bm = b;
   return 0;
 }
 
@@ -248,7 +277,7 @@ int vhd_bitmap_load(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err)
     if (vhd->bat[blk] == entry && !vhd->bitmaps[blk])
       vhd->bitmaps[blk] = b;
     else
-      free(b);
+      vhd_bitmap_free(vhd, b);
   }
   *bm = vhd->bitmaps[blk];
   return 0;
@@ -418,7 +447,7 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
                          (unsigned long long)off, strerror(-r));
     }
     vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
-    free(vhd->bitmaps[blk]);
+    vhd_bitmap_free(vhd, vhd->bitmaps[blk]);
     vhd->bitmaps[blk] = bm;
     vhd->allocated_blocks++;
     vhd_bat_mark_dirty(vhd, blk);
@@ -461,7 +490,7 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   }
   vhd->next_block_offset = off + span;
   vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
-  free(vhd->bitmaps[blk]);
+  vhd_bitmap_free(vhd, vhd->bitmaps[blk]);
   vhd->bitmaps[blk] = bm;
   vhd->allocated_blocks++;
   vhd_bat_mark_dirty(vhd, blk);

@@ -202,7 +202,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         report(&c, VHD_CHECK_CORRUPT, "%s", be.msg);
         continue;
       }
-      free(vhd->bitmaps[i]); /* keep memory flat on big images */
+      vhd_bitmap_free(vhd, vhd->bitmaps[i]); /* keep memory flat on big images */
       vhd->bitmaps[i] = NULL;
     }
     if (vhd->type == VHD_TYPE_DIFFERENCING) {

@@ -210,7 +210,7 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     }
     if (!o->dry_run) {
       vhd->bat[i] = VHD_BAT_UNUSED;
-      free(vhd->bitmaps[i]);
+      vhd_bitmap_free(vhd, vhd->bitmaps[i]);
       vhd->bitmaps[i] = NULL;
       vhd->allocated_blocks--;
       vhd_bat_mark_dirty(vhd, i);

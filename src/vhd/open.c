@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -222,8 +223,11 @@ void vhd_free(vhd_t *vhd) {
   if (vhd->bitmaps && vhd->bat)
     for (uint32_t i = 0; i < vhd->max_entries; i++)
       if (vhd->bat[i] != VHD_BAT_UNUSED)
-        free(vhd->bitmaps[i]);
+        vhd_bitmap_free(vhd, vhd->bitmaps[i]);
   free(vhd->bitmaps);
+  if (vhd->bitmap_ones)
+    munmap(vhd->bitmap_ones,
+           ROUND_UP((size_t)vhd->bitmap_size, (size_t)sysconf(_SC_PAGESIZE)));
   free(vhd->bat);
   free(vhd->block_dirty);
   free(vhd->dirty_blocks);

@@ -176,6 +176,8 @@ static int scan_tail(struct resize *z, uint64_t from, uint64_t to, bool first_se
         *at = start + (uint64_t)s * 512;
         return 1;
       }
+      if ((r = vhd_bitmap_own(vhd, blk, &bm, z->err)) < 0)
+        return r;
       vhd_bit_clear(bm, s);
       changed = true;
     }

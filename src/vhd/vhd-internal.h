@@ -82,6 +82,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/types.h>
 
 #include "vhd.h"
@@ -188,6 +189,12 @@ struct vhd {
   uint32_t *bat;          /* host order */
   uint32_t allocated_blocks;
   uint8_t **bitmaps;      /* per block, loaded on first use */
+  /* What every bitmap read as all ones points at, shared (NULL if it could
+   * not be mapped): a fully written image keeps no bitmap of its own, which
+   * for a 2 TiB image read end to end is 510 MiB.  Mapped read-only, so a
+   * write that forgot vhd_bitmap_own faults instead of marking every
+   * such block. */
+  uint8_t *bitmap_ones;
   uint32_t bitmap_ra_end; /* bitmaps of blocks below this were read ahead */
   /* dirty tracking for flush: lists of indices plus membership flags */
   uint32_t *dirty_blocks;
@@ -371,6 +378,14 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk);
 static inline bool vhd_bit_get(const uint8_t *bm, uint32_t s) {
   return bm[s >> 3] & (0x80u >> (s & 7));
 }
+/* Frees a block's bitmap, unless it is the shared all-ones one. */
+static inline void vhd_bitmap_free(vhd_t *vhd, uint8_t *bm) {
+  if (bm != vhd->bitmap_ones)
+    free(bm);
+}
+/* Lock held, block blk's bitmap *bm loaded: makes it the block's own (a
+ * copy of the shared all-ones one), to change bits in; *bm is updated. */
+int vhd_bitmap_own(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err);
 static inline void vhd_bit_set(uint8_t *bm, uint32_t s) { bm[s >> 3] |= (uint8_t)(0x80u >> (s & 7)); }
 static inline void vhd_bit_clear(uint8_t *bm, uint32_t s) {
   bm[s >> 3] &= (uint8_t) ~(0x80u >> (s & 7));

@@ -61,7 +61,7 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
           !freed)
         vhd->free_pending[vhd->n_free_pending - 1] &= ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
       vhd_bat_set(vhd, blk, VHD_BAT_UNUSED);
-      free(vhd->bitmaps[blk]);
+      vhd_bitmap_free(vhd, vhd->bitmaps[blk]);
       vhd->bitmaps[blk] = NULL;
       vhd->allocated_blocks--;
       vhd_bat_mark_dirty(vhd, blk);
@@ -69,7 +69,7 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
       return 0;
     }
     uint32_t bstart = (uint32_t)(a - (off - boff)) / 512, bend = (uint32_t)(b - (off - boff)) / 512;
-    if (a < b) {
+    if (a < b && (r = vhd_bitmap_own(vhd, blk, &bm, err)) == 0) {
       for (uint32_t s = bstart; s < bend; s++)
         vhd_bit_clear(bm, s);
       vhd_block_mark_dirty(vhd, blk);
@@ -78,7 +78,7 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
       head_set = vhd_bit_get(bm, boff / 512);
     if ((off + len) % 512 && (a <= b || !(off % 512)))
       tail_set = vhd_bit_get(bm, (uint32_t)((off + len - (off - boff)) / 512));
-    if (a < b)
+    if (a < b && r == 0)
       vhd_block_pin(vhd, blk);
   }
   pthread_mutex_unlock(&vhd->lock);

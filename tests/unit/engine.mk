@@ -72,6 +72,15 @@ test_vhd_nowait_write_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_nowait_write_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-nowait-write
 
+# - test-vhd-bitmap-shared: bitmaps read as all ones share one read-only
+#   copy, and a block gets its own before any bit of it is cleared.
+check_PROGRAMS += test-vhd-bitmap-shared
+TESTS += test-vhd-bitmap-shared
+test_vhd_bitmap_shared_SOURCES = tests/unit/test-vhd-bitmap-shared.c $(ENGINE_TEST_UTIL)
+test_vhd_bitmap_shared_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_bitmap_shared_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-bitmap-shared
+
 # - test-vhd-footer-dsync: a footer move syncs the footer alone (O_DSYNC),
 #   never the whole file.
 check_PROGRAMS += test-vhd-footer-dsync
