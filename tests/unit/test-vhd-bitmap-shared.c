@@ -33,14 +33,7 @@
 
 static uint8_t model[SIZE];
 
-static void check_model(vhd_t *v, const char *when) {
-  static uint8_t got[SIZE];
-  struct vhd_err err = {{0}};
-  T_OK(vhd_read(v, got, 0, SIZE, &err), &err, "vhd_read");
-  for (size_t i = 0; i < SIZE; i++)
-    if (got[i] != model[i])
-      t_fail("%s: byte %zu reads %#x, the model has %#x", when, i, got[i], model[i]);
-}
+static void check_model(vhd_t *v, const char *when) { t_expect_model(v, model, SIZE, when); }
 
 static void write_model(vhd_t *v, uint64_t off, size_t len) {
   static uint8_t buf[BS];

@@ -89,14 +89,7 @@ static int spliced(vhd_t *v, const uint8_t *buf, size_t head, uint64_t off, size
   return r;
 }
 
-static void check_model(vhd_t *v, const char *when) {
-  static uint8_t got[SIZE];
-  struct vhd_err err = {{0}};
-  T_OK(vhd_read(v, got, 0, SIZE, &err), &err, "vhd_read");
-  for (size_t i = 0; i < SIZE; i++)
-    if (got[i] != model[i])
-      t_fail("%s: byte %zu reads %#x, the model has %#x", when, i, got[i], model[i]);
-}
+static void check_model(vhd_t *v, const char *when) { t_expect_model(v, model, SIZE, when); }
 
 static void plain(vhd_t *v, const uint8_t *buf, uint64_t off, size_t len) {
   struct vhd_err err = {{0}};
@@ -231,9 +224,9 @@ static void test_fixed(void) {
   T_OK(vhd_close(v, &err), &err, "vhd_close");
 }
 
-static void test_differencing(void) {
-  CLEANUP_FREE char *parent = strdup(t_path("parent.vhd"));
-  CLEANUP_FREE char *path = strdup(t_path("child.vhd"));
+/* A differencing child at path over a new parent whose blocks 2-5 hold
+ * data (the model's); returns the child, open. */
+static vhd_t *chain_open(const char *parent, const char *path) {
   t_create(parent, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
   vhd_t *p = t_open(parent, false);
   memset(model, 0, sizeof model);
@@ -243,7 +236,15 @@ static void test_differencing(void) {
   struct vhd_err err = {{0}};
   T_OK(vhd_close(p, &err), &err, "vhd_close");
   t_create(path, VHD_TYPE_DIFFERENCING, 0, 0, false, parent);
-  vhd_t *v = t_open(path, false);
+  return t_open(path, false);
+}
+
+static void test_differencing(void) {
+  CLEANUP_FREE char *parent = strdup(t_path("parent.vhd"));
+  CLEANUP_FREE char *path = strdup(t_path("child.vhd"));
+  vhd_t *v = chain_open(parent, path);
+  static uint8_t buf[4 * BS];
+  struct vhd_err err = {{0}};
   declined(v, path, 0, 2 * BS + 5, BS - 10, "a child over its parent's data, partly");
   declined(v, path, 0, 10 * BS + 1, BS, "a child over nothing, partly");
   t_fill_random(buf, 2 * BS);
@@ -327,16 +328,9 @@ static void declined_then_plain(vhd_t *v, size_t head, uint64_t off, size_t len,
 static void test_no_splice(void) {
   CLEANUP_FREE char *parent = strdup(t_path("nsparent.vhd"));
   CLEANUP_FREE char *path = strdup(t_path("nschild.vhd"));
-  t_create(parent, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
-  vhd_t *p = t_open(parent, false);
-  memset(model, 0, sizeof model);
+  vhd_t *v = chain_open(parent, path);
   static uint8_t buf[4 * BS];
-  t_fill_random(buf, sizeof buf);
-  plain(p, buf, 2 * BS, sizeof buf);
   struct vhd_err err = {{0}};
-  T_OK(vhd_close(p, &err), &err, "vhd_close");
-  t_create(path, VHD_TYPE_DIFFERENCING, 0, 0, false, parent);
-  vhd_t *v = t_open(path, false);
   t_fill_random(buf, BS);
   plain(v, buf, 8 * BS, BS / 2); /* a half-marked block */
 

@@ -203,6 +203,19 @@ uint64_t t_map_hash(vhd_t *v, uint64_t size) {
   return h;
 }
 
+void t_expect_model(vhd_t *v, const uint8_t *model, size_t size, const char *when) {
+  uint8_t *got = malloc(size);
+  if (!got)
+    t_fail("%s: out of memory", when);
+  struct vhd_err err = {{0}};
+  if (vhd_read(v, got, 0, size, &err) < 0)
+    t_fail("%s: vhd_read: %s", when, err.msg);
+  for (size_t i = 0; i < size; i++)
+    if (got[i] != model[i])
+      t_fail("%s: byte %zu reads %#x, the model has %#x", when, i, got[i], model[i]);
+  free(got);
+}
+
 uint64_t t_file_hash(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)

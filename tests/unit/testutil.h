@@ -69,6 +69,9 @@ uint64_t t_file_hash(const char *path);
  * flags, levels, file offsets): equal before and after a write that must
  * change no metadata. */
 uint64_t t_map_hash(vhd_t *v, uint64_t size);
+/* Reads [0, size) of v and fails the test (naming when) at the first byte
+ * that differs from model. */
+void t_expect_model(vhd_t *v, const uint8_t *model, size_t size, const char *when);
 uint64_t t_file_size(const char *path);
 /* Raw access to an image file, bypassing the engine. */
 void t_pread_file(const char *path, void *buf, size_t len, uint64_t off);
