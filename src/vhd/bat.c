@@ -59,7 +59,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
    * a 2 TiB image has a 4 MiB BAT, and opening it must stay cheap. */
   vhd->bat = malloc(((size_t)vhd->max_entries + 1) * sizeof(uint32_t));
   vhd->bitmaps = calloc((size_t)vhd->max_entries + 1, sizeof(uint8_t *));
-  size_t ones = ROUND_UP((size_t)vhd->bitmap_size, (size_t)sysconf(_SC_PAGESIZE));
+  size_t ones = vhd_bitmap_ones_len(vhd);
   void *m = mmap(NULL, ones, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m != MAP_FAILED) {
     memset(m, 0xff, ones);
@@ -204,6 +204,10 @@ static int bitmap_read(vhd_t *vhd, uint32_t blk, uint32_t entry, uint8_t **out,
   }
   *out = b;
   return 0;
+}
+
+size_t vhd_bitmap_ones_len(const vhd_t *vhd) {
+  return ROUND_UP((size_t)vhd->bitmap_size, (size_t)sysconf(_SC_PAGESIZE));
 }
 
 int vhd_bitmap_own(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err) {

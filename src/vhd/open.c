@@ -226,8 +226,7 @@ void vhd_free(vhd_t *vhd) {
         vhd_bitmap_free(vhd, vhd->bitmaps[i]);
   free(vhd->bitmaps);
   if (vhd->bitmap_ones)
-    munmap(vhd->bitmap_ones,
-           ROUND_UP((size_t)vhd->bitmap_size, (size_t)sysconf(_SC_PAGESIZE)));
+    munmap(vhd->bitmap_ones, vhd_bitmap_ones_len(vhd));
   free(vhd->bat);
   free(vhd->block_dirty);
   free(vhd->dirty_blocks);

@@ -192,8 +192,8 @@ struct vhd {
   /* What every bitmap read as all ones points at, shared (NULL if it could
    * not be mapped): a fully written image keeps no bitmap of its own, which
    * for a 2 TiB image read end to end is 510 MiB.  Mapped read-only, so a
-   * write that forgot vhd_bitmap_own faults instead of marking every
-   * such block. */
+   * change that forgot vhd_bitmap_own faults instead of clearing bits of
+   * every such block.  vhd_bitmap_ones_len bytes. */
   uint8_t *bitmap_ones;
   uint32_t bitmap_ra_end; /* bitmaps of blocks below this were read ahead */
   /* dirty tracking for flush: lists of indices plus membership flags */
@@ -378,6 +378,8 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk);
 static inline bool vhd_bit_get(const uint8_t *bm, uint32_t s) {
   return bm[s >> 3] & (0x80u >> (s & 7));
 }
+/* The mapping behind vhd->bitmap_ones: the bitmap rounded up to pages. */
+size_t vhd_bitmap_ones_len(const vhd_t *vhd);
 /* Frees a block's bitmap, unless it is the shared all-ones one. */
 static inline void vhd_bitmap_free(vhd_t *vhd, uint8_t *bm) {
   if (bm != vhd->bitmap_ones)
