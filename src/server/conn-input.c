@@ -8,6 +8,8 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "conn-internal.h"
@@ -18,6 +20,11 @@
 /* Payload reads at least this large skip the staging buffer and land
  * directly in the request's buffer (no copy). */
 #define DIRECT_READ_MIN (16u * 1024)
+
+/* A TCP payload at least this large still to come is read in one piece
+ * (SO_RCVLOWAT), up to RCVLOWAT_MAX at a time. */
+#define RCVLOWAT_MIN (64u * 1024)
+#define RCVLOWAT_MAX (1u << 20)
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
@@ -220,6 +227,43 @@ void conn_on_eof(struct connection *conn) {
   }
 }
 
+/* Over TCP on loopback a 1 MiB payload arrives in pieces of a few dozen
+ * KiB, and the loop woke for each: an epoll_wait, a read and a context
+ * switch every piece (about ten a 1 MiB WRITE), where a thread blocked in
+ * recv(MSG_WAITALL) wakes once.  With the low-water mark at what is still
+ * to come, the kernel wakes the loop when the payload is whole (or at
+ * EOF, an error, or memory pressure, which leave it short: then the mark
+ * only ever goes down, never above what is left).  Back to 1 for the next
+ * header.  Unix sockets ignore the mark. */
+static void update_rcvlowat(struct connection *conn, bool drained) {
+  if (!conn->is_tcp || conn->direct_fd < 0 || conn->closing)
+    return;
+  uint64_t left = conn->want_len - conn->want_done;
+  unsigned want = 1;
+  if (!conn->tls && conn->want_dst && conn->want_dst != conn->hdr &&
+      conn->in_start == conn->in_end && left >= RCVLOWAT_MIN)
+    want = (unsigned)MIN(left, (uint64_t)RCVLOWAT_MAX);
+  /* Raised only once a read found the socket empty: libuv reads again
+   * straight after a read that filled its buffer, and the mark would
+   * otherwise be set for every read of the same wake-up. */
+  if (want == conn->rcvlowat || (want > 1 && !drained) ||
+      (want > 1 && conn->rcvlowat > 1 && want > conn->rcvlowat))
+    return;
+  int v = (int)want;
+  if (setsockopt(conn->direct_fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v) == 0)
+    conn->rcvlowat = want;
+  conn->rcvlowat_queued = 0;
+}
+
+bool conn_input_queued_grew(struct connection *conn) {
+  int queued = 0;
+  if (conn->rcvlowat <= 1 || ioctl(conn->direct_fd, FIONREAD, &queued) < 0 ||
+      (uint64_t)queued <= conn->rcvlowat_queued)
+    return false;
+  conn->rcvlowat_queued = (uint64_t)queued;
+  return true;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   struct connection *conn = stream->data;
   if (conn->closing)
@@ -245,6 +289,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     else
       conn->want_done += (uint64_t)nread;
     conn_process(conn);
+    /* A short read emptied the socket (libuv reads no further). */
+    if ((size_t)nread < buf->len)
+      update_rcvlowat(conn, true);
     return;
   }
   if (nread == UV_ENOBUFS && conn->splice_in_made) {
@@ -288,7 +335,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn_process(conn);
     return;
   }
-  if (nread == 0 || nread == UV_ENOBUFS)
+  if (nread == 0) {
+    update_rcvlowat(conn, true); /* EAGAIN */
+    return;
+  }
+  if (nread == UV_ENOBUFS)
     return;
   if (nread == UV_EOF) {
     if (conn->in_end > conn->in_start) {
@@ -369,6 +420,7 @@ void conn_process(struct connection *conn) {
   if (conn->in_start == conn->in_end)
     conn->in_start = conn->in_end = 0;
   conn->in_process = false;
+  update_rcvlowat(conn, false);
   conn_update_reading(conn);
   conn_unref(conn);
 }

@@ -238,6 +238,8 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
    * loopback, splicing made 1 MiB WRITEs slower at queue depths 1 and 16
    * (bench/RESULTS.md, "WRITE payloads spliced"). */
   conn->no_splice_in = is_tcp;
+  conn->is_tcp = is_tcp;
+  conn->rcvlowat = 1;
   format_peer(conn, is_tcp);
   metrics_connection_accepted();
   if (server.shutting_down) {

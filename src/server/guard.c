@@ -111,7 +111,8 @@ void guard_handshake_timeout(struct connection *conn) {
   conn_close(conn, "handshake timeout");
 }
 
-/* A payload counts as stalled when no byte of it arrived for the timeout:
+/* A payload counts as stalled when no byte of it arrived for the timeout
+ * (bytes the kernel holds back for the low-water mark count as arrived):
  * until then it holds a connection slot and the part of the shared budget
  * its bytes have taken. */
 static void check_payloads(void) {
@@ -122,6 +123,8 @@ static void check_payloads(void) {
   for (struct connection *c = server.conns; c; c = c->next) {
     if (!live(c) || c->phase != PHASE_TRANSMISSION || !transmission_payload_pending(c))
       continue;
+    if (conn_input_queued_grew(c))
+      c->last_input = now;
     if (now - c->last_input >= (uint64_t)timeout * 1000) {
       drop(DROP_PAYLOAD_STALLED);
       conn_close(c, "WRITE payload stalled (--payload-timeout)");

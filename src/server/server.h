@@ -337,6 +337,11 @@ struct connection {
   bool splice_in_made;  /* on_alloc spliced: on_read accounts splice_in */
   ssize_t splice_in;    /* bytes, 0 at EOF, or a negative errno */
   bool no_splice_in;    /* TCP, or the socket refused to splice: copy */
+  bool is_tcp;
+  /* SO_RCVLOWAT asked of a TCP socket while a large payload comes in
+   * (conn-input.c); 1, the kernel's default, otherwise. */
+  unsigned rcvlowat;
+  uint64_t rcvlowat_queued; /* bytes the kernel held when the guard last looked */
   bool reading;         /* uv_read_start active */
   bool in_process;
   bool eof;             /* no more input: EOF, DISC, fatal error or shutdown */
@@ -425,6 +430,10 @@ int conn_accept(uv_stream_t *listener, bool is_tcp);
 int conn_start_stdio(void);
 /* Reads len bytes into dst (NULL: discard them), then calls cb. */
 void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input_cb cb);
+/* Whether input arrived that the low-water mark keeps unread (a large
+ * TCP payload still short): the kernel holds more bytes than when this
+ * was last asked.  For the stall guard, which counts those as progress. */
+bool conn_input_queued_grew(struct connection *conn);
 /* Whether conn_expect_pipe may be used: a plain Unix socket that has not
  * refused splice(2). */
 bool conn_may_splice_in(const struct connection *conn);

@@ -16,6 +16,7 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-direct-replies.sh \
 	tests/interop/test-direct-read-replies.sh \
 	tests/interop/test-spliced-writes.sh \
+	tests/interop/test-payload-low-water.sh \
 	tests/interop/test-splice-reads.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)
