@@ -448,9 +448,10 @@ def report(workdir):
     out.append("- conditions: " + "; ".join(cond_title(c) for c in conds))
     if meta.get("cold_skipped"):
         out.append("- **not measured with the page cache dropped**: " + meta["cold_skipped"])
-    out.append("- machine: %s CPUs, %s, kernel %s" % (meta.get("nproc", "?"),
-                                                       meta.get("cpu", "?"),
-                                                       meta.get("kernel", "?")))
+    out.append("- machine: %s CPUs, %s, kernel %s%s" % (meta.get("nproc", "?"),
+                                                         meta.get("cpu", "?"),
+                                                         meta.get("kernel", "?"),
+                                                         "; " + meta["idle"] if meta.get("idle") else ""))
     out.append("- qemu-utils %s, nbdkit %s, fio %s" % (meta.get("pkg qemu-utils", "?"),
                                                        meta.get("pkg nbdkit", "?"),
                                                        meta.get("pkg fio", "?")))
