@@ -434,7 +434,16 @@ void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input
 }
 
 bool conn_may_splice_in(const struct connection *conn) {
-  return conn->direct_fd >= 0 && !conn->tls && !conn->no_splice_in;
+  if (conn->direct_fd < 0 || conn->tls || conn->no_splice_in)
+    return false;
+  /* From TCP on loopback, splicing made 1 MiB WRITEs of one client slower
+   * at queue depths 1 and 16 than copying with the low-water mark, and
+   * those of four clients faster: the copy is the loop's, and it is the
+   * loop that several clients wait for (bench/RESULTS.md).  So TCP
+   * payloads are spliced while other connections have bytes in flight. */
+  if (conn->is_tcp)
+    return server.inflight_bytes > conn->inflight_bytes + conn->write_bytes;
+  return true;
 }
 
 void conn_expect_pipe(struct connection *conn, int pipe_rd, int pipe_wr, uint8_t *spill,

@@ -234,10 +234,8 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
   }
   if (is_tcp)
     uv_tcp_nodelay(&conn->sock.tcp, 1);
-  /* WRITE payloads are spliced from Unix sockets only: from TCP on
-   * loopback, splicing made 1 MiB WRITEs slower at queue depths 1 and 16
-   * (bench/RESULTS.md, "WRITE payloads spliced"). */
-  conn->no_splice_in = is_tcp;
+  /* WRITE payloads from TCP are spliced only while other clients keep
+   * the loop busy (conn_may_splice_in). */
   conn->is_tcp = is_tcp;
   conn->rcvlowat = 1;
   format_peer(conn, is_tcp);

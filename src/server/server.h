@@ -336,7 +336,7 @@ struct connection {
   bool want_spilled;
   bool splice_in_made;  /* on_alloc spliced: on_read accounts splice_in */
   ssize_t splice_in;    /* bytes, 0 at EOF, or a negative errno */
-  bool no_splice_in;    /* TCP, or the socket refused to splice: copy */
+  bool no_splice_in;    /* the socket refused to splice: copy */
   bool is_tcp;
   /* SO_RCVLOWAT asked of a TCP socket while a large payload comes in
    * (conn-input.c); 1, the kernel's default, otherwise. */
