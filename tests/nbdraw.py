@@ -2,8 +2,10 @@
 not show or will not send: option reply types, refusals, malformed options,
 NBD_OPT_EXPORT_NAME.  Import it from an inline script run by $PY3; the
 test's functions.sh puts this directory on PYTHONPATH."""
+import select
 import socket
 import struct
+import time
 
 OPT_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
 REQUEST_MAGIC = 0x25609513
@@ -103,3 +105,23 @@ def meta_data(name, *queries):
     """LIST/SET_META_CONTEXT data: the export name and the queries."""
     q = b"".join(struct.pack(">I", len(x)) + x for x in queries)
     return struct.pack(">I", len(name)) + name + struct.pack(">I", len(queries)) + q
+
+
+def request(typ, off, length, cookie=1, flags=0):
+    """A compact (32-bit length) transmission request header."""
+    return struct.pack(">IHHQQI", REQUEST_MAGIC, flags, typ, cookie, off, length)
+
+
+def closed_within(sock, seconds):
+    """Whether the server closes sock within seconds (a bounded wait);
+    whatever it sends meanwhile is read and dropped."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        r, _, _ = select.select([sock], [], [], 0.1)
+        if r:
+            try:
+                if not sock.recv(65536):
+                    return True
+            except ConnectionResetError:
+                return True
+    return False

@@ -20,6 +20,7 @@ start_vhdnbd "$TMPD/sock" -b 127.0.0.1 -p "$port" --max-connections 8 --payload-
 rc=0
 "$PY3" - "$port" >"$TMPD/out" 2>&1 <<'PY' || rc=$?
 import select, socket, struct, sys, time
+from nbdraw import closed_within
 
 port = int(sys.argv[1])
 try:
@@ -66,19 +67,6 @@ def req(typ, off, length, cookie=1):
 def reply_ok(s, cookie=1):
     magic, err, c = struct.unpack(">IIQ", recv_exact(s, 16))
     assert (magic, err, c) == (0x67446698, 0, cookie), (magic, err, c)
-
-def closed_within(s, seconds):
-    """Whether the server closes s within seconds (a bounded wait)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        r, _, _ = select.select([s], [], [], 0.1)
-        if r:
-            try:
-                if not s.recv(4096):
-                    return True
-            except ConnectionResetError:
-                return True
-    return False
 
 def still_open(s):
     return not closed_within(s, 0.3)

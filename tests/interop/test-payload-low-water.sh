@@ -25,50 +25,37 @@ start_vhdnbd "$TMPD/sock" -v -b 127.0.0.1 -p "$port" --payload-timeout 1 "$img" 
 
 rc=0
 "$PY3" - "$port" "$VHDNBD_PID" "$TMPD/log" >"$TMPD/out" 2>&1 <<'PY' || rc=$?
-import random, select, socket, struct, sys, time
+import random, socket, struct, sys, time
+import nbdraw
+from nbdraw import closed_within
 
 port, pid, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = random.Random(20261130)
 K, M = 1024, 1 << 20
 
-def conn():
-    s = socket.create_connection(("127.0.0.1", port), 10)
-    s.settimeout(10)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
+class Conn(nbdraw.Raw):
+    def sendall(self, data):
+        self.s.sendall(data)
 
-def recv_exact(s, n):
-    b = bytearray()
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise ConnectionError("closed after %d of %d bytes" % (len(b), n))
-        b += c
-    return bytes(b)
-
-def go(s):
-    assert recv_exact(s, 18)[:8] == b"NBDMAGIC"
-    s.sendall(struct.pack(">I", 3) + struct.pack(">QII", 0x49484156454F5054, 7, 6) +
-              struct.pack(">IH", 0, 0))
-    while True:
-        _, _, typ, n = struct.unpack(">QIII", recv_exact(s, 20))
-        recv_exact(s, n)
-        if typ == 1:
-            return s
-        assert not typ & 0x80000000, "GO refused"
+def go():
+    c = Conn.tcp("127.0.0.1", port, 10)
+    c.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.newstyle()
+    c.go()
+    return c
 
 def req(typ, off, length, cookie):
-    return struct.pack(">IHHQQI", 0x25609513, 0, typ, cookie, off, length)
+    return nbdraw.request(typ, off, length, cookie)
 
 def reply(s, cookie, what):
-    magic, err, c = struct.unpack(">IIQ", recv_exact(s, 16))
+    magic, err, c = struct.unpack(">IIQ", s.recv(16))
     assert (magic, err, c) == (0x67446698, 0, cookie), "%s: reply %r" % (what, (magic, err, c))
 
 def read_back(s, off, data, cookie, what):
     time.sleep(0.02)  # the READ's header comes alone: the mark must be 1 again
     s.sendall(req(0, off, len(data), cookie))
     reply(s, cookie, what + " (READ)")
-    got = recv_exact(s, len(data))
+    got = s.recv(len(data))
     assert got == data, "%s: read back differs" % what
 
 def loop_wakeups():
@@ -78,22 +65,10 @@ def loop_wakeups():
                 return int(line.split()[1])
     raise AssertionError("no voluntary_ctxt_switches for the loop thread")
 
-def closed_within(s, seconds):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        r, _, _ = select.select([s], [], [], 0.1)
-        if r:
-            try:
-                if not s.recv(65536):
-                    return True
-            except ConnectionResetError:
-                return True
-    return False
-
 # Wake-ups of the loop thread for one paced 1 MiB WRITE.  Without the mark
 # it wakes for each of the 32 pieces; with it: the header, the whole
 # payload, the worker's completion, and perhaps a timer tick.
-s = go(conn())
+s = go()
 data = rng.randbytes(M)
 best = None
 for attempt in range(3):
@@ -151,26 +126,26 @@ read_back(s, 2 * M, c, 206, "header alone")
 print("ok: back to back")
 
 # --payload-timeout 1: bytes held back by the mark count as arriving.
-t = go(conn())
+t = go()
 data = rng.randbytes(M)
 t.sendall(req(1, 8 * M, M, 301) + data[:200 * K])
 for i in range(12):  # 3 s, three times the timeout
     time.sleep(0.25)
     t.sendall(data[200 * K + i:200 * K + i + 1])
-assert not closed_within(t, 0.1), "a trickling 1 MiB WRITE payload was taken for stalled"
+assert not closed_within(t.s, 0.1), "a trickling 1 MiB WRITE payload was taken for stalled"
 t.sendall(data[200 * K + 12:])
 reply(t, 301, "trickled WRITE")
 read_back(t, 8 * M, data, 302, "trickled WRITE")
 t.close()
 print("ok: trickling payload served")
 
-t = go(conn())
+t = go()
 t.sendall(req(1, 8 * M, M, 303) + data[:200 * K])
 t0 = time.monotonic()
-assert closed_within(t, 10), "a stalled 1 MiB WRITE payload was kept"
+assert closed_within(t.s, 10), "a stalled 1 MiB WRITE payload was kept"
 print("ok: stalled payload closed after %.1f s" % (time.monotonic() - t0))
 
-t = go(conn())
+t = go()
 t.sendall(req(1, 8 * M, M, 304) + data[:300 * K])
 time.sleep(0.05)
 t.close()
