@@ -233,15 +233,16 @@ void conn_on_eof(struct connection *conn) {
  * recv(MSG_WAITALL) wakes once.  With the low-water mark at what is still
  * to come, the kernel wakes the loop when the payload is whole (or at
  * EOF, an error, or memory pressure, which leave it short: then the mark
- * only ever goes down, never above what is left).  Back to 1 for the next
- * header.  Unix sockets ignore the mark. */
+ * only ever goes down, never above what is left).  The same for a payload
+ * spliced into a pipe: one splice of the whole payload, not one a piece.
+ * Back to 1 for the next header.  Unix sockets ignore the mark. */
 static void update_rcvlowat(struct connection *conn, bool drained) {
   if (!conn->is_tcp || conn->direct_fd < 0 || conn->closing)
     return;
   uint64_t left = conn->want_len - conn->want_done;
   unsigned want = 1;
-  if (!conn->tls && conn->want_dst && conn->want_dst != conn->hdr &&
-      conn->in_start == conn->in_end && left >= RCVLOWAT_MIN)
+  bool payload = (conn->want_dst && conn->want_dst != conn->hdr) || conn->want_pipe_wr >= 0;
+  if (!conn->tls && payload && conn->in_start == conn->in_end && left >= RCVLOWAT_MIN)
     want = (unsigned)MIN(left, (uint64_t)RCVLOWAT_MAX);
   /* Raised only once a read found the socket empty: libuv reads again
    * straight after a read that filled its buffer, and the mark would
@@ -298,9 +299,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn->splice_in_made = false;
     ssize_t n = conn->splice_in;
     if (n > 0) {
+      uint64_t left = conn->want_len - conn->want_done;
       conn->last_input = uv_now(server.loop);
       conn->want_done += (uint64_t)n;
       conn_process(conn);
+      /* splice(2) takes all the socket has, up to what the pipe holds:
+       * short of the payload, the socket is empty. */
+      if ((uint64_t)n < left)
+        update_rcvlowat(conn, true);
       return;
     }
     if (n == 0) {
