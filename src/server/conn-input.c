@@ -442,14 +442,18 @@ void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input
 bool conn_may_splice_in(const struct connection *conn) {
   if (conn->direct_fd < 0 || conn->tls || conn->no_splice_in)
     return false;
-  /* From TCP on loopback, splicing made 1 MiB WRITEs of one client slower
-   * at queue depths 1 and 16 than copying with the low-water mark, and
-   * those of four clients faster: the copy is the loop's, and it is the
-   * loop that several clients wait for (bench/RESULTS.md).  So TCP
-   * payloads are spliced while other connections have bytes in flight. */
-  if (conn->is_tcp)
-    return server.inflight_bytes > conn->inflight_bytes + conn->write_bytes;
-  return true;
+  /* Splicing is the cheaper path for the server's CPU, but not always the
+   * faster one (bench/RESULTS.md).  From TCP on loopback it made 1 MiB
+   * WRITEs of one client slower at queue depths 1 and 16 than copying with
+   * the low-water mark, and those of four clients faster: the copy is the
+   * loop's, and it is the loop that several clients wait for.  From a Unix
+   * socket it was as fast or faster at depth, but slower at depth 1, with
+   * a longer tail.  So a payload is spliced while other connections have
+   * bytes in flight, and from a Unix socket also while this connection has
+   * another request outstanding (the one being read is counted too). */
+  if (server.inflight_bytes > conn->inflight_bytes + conn->write_bytes)
+    return true;
+  return !conn->is_tcp && atomic_load_explicit(&conn->unanswered, memory_order_relaxed) > 1;
 }
 
 void conn_expect_pipe(struct connection *conn, int pipe_rd, int pipe_wr, uint8_t *spill,

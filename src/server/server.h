@@ -435,8 +435,9 @@ void conn_expect(struct connection *conn, uint8_t *dst, uint64_t len, conn_input
  * was last asked.  For the stall guard, which counts those as progress. */
 bool conn_input_queued_grew(struct connection *conn);
 /* Whether conn_expect_pipe may be used: a plain socket (no TLS, not
- * --stdio) that has not refused splice(2); a TCP one only while other
- * connections have bytes in flight. */
+ * --stdio) that has not refused splice(2), while other connections have
+ * bytes in flight, or (a Unix socket) this one has another request
+ * outstanding.  Called once the request being read exists. */
 bool conn_may_splice_in(const struct connection *conn);
 /* The same, with the bytes moved into the empty, non-blocking pipe
  * (pipe_rd, pipe_wr), which holds len bytes in whole pages, by splice(2)

@@ -5,12 +5,17 @@
 # and others where they need no read-modify-write (a fixed image, or
 # sectors all marked already); elsewhere the worker reads the pipe back
 # and writes as usual.
+#  - when: while other connections have bytes in flight, and from a Unix
+#    socket also while the client has another request outstanding (one
+#    client's WRITEs at depth 1 measured faster copied, over TCP one
+#    client's at any depth).  Below, a second client that leaves a 16 MiB
+#    READ reply unread keeps bytes in flight where splicing is wanted;
 #  - libnbd writes 128 KiB to 1 MiB at any alignment, across blocks, some
 #    with FUA, twice over the same ranges (first into new blocks, then in
 #    place), into a fixed image, a dynamic one in QEMU's layout (block data
 #    512 bytes into a page), one in vhdimg's and a differencing child over
-#    a parent with data; over a Unix socket, and TCP for one (copied
-#    there: splicing from one TCP client measured slower).  Every byte
+#    a parent with data; over a Unix socket; one at a time with no other
+#    client over a Unix socket and over TCP (copied: none spliced).  Every byte
 #    is read back, and the closed image is read against the client's model
 #    by qemu-img (by vhdimg convert for the differencing chain: QEMU's vpc
 #    driver reads no parent).  vhdnbd_writes_spliced_total must equal the
@@ -18,7 +23,9 @@
 #    VHDNBD_SPLICE_WRITES=0 or --no-splice; on a file system that takes
 #    no splice (injected) every WRITE still succeeds, made from memory;
 #  - two TCP clients with eight 512 KiB WRITEs in flight each: some are
-#    spliced (other connections have bytes in flight), all read back;
+#    spliced (other connections have bytes in flight), all read back; one
+#    such client over a Unix socket: some spliced (its own in flight); one
+#    over TCP: none;
 #  - a raw client sends a 1 MiB payload in 512-byte pieces (more pieces
 #    than the pipe has pages: the payload moves to memory mid-way), one in
 #    the same send as its header (its first bytes come with the header and
@@ -36,13 +43,22 @@ M=$((1024 * 1024))
 SIZE=$((24 * M))
 
 cat >"$TMPD/writes.py" <<'PY'
-# writes.py URI SEED MODEL FIXED: WRITEs as described above; the model is
+# writes.py URI SEED MODEL FIXED HOLD: WRITEs as described above; the model is
 # written to MODEL (raw) for qemu-img to compare with.  Prints how many of
-# them the server must splice: on a fixed image all; on a dynamic or
-# differencing one those of whole sectors, and those whose every sector
-# touched was written before (marked in the image's bitmap).
+# them the server can splice (must, with HOLD 1): on a fixed image all; on
+# a dynamic or differencing one those of whole sectors, and those whose
+# every sector touched was written before (marked in the image's bitmap).
 import random, sys, nbd
 uri, seed, model_path, fixed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+hold = sys.argv[5] == "1"
+if hold:
+    # Bytes in flight on another connection: a READ reply left unread (a
+    # simple reply, which carries every byte, holes too).
+    import nbdraw
+    h2 = nbdraw.Raw.unix(uri.split("socket=", 1)[1])
+    h2.newstyle()
+    h2.go()
+    h2.send(nbdraw.request(0, 0, 16 << 20, 1))
 h = nbd.NBD()
 h.connect_uri(uri)
 size = h.get_size()
@@ -119,8 +135,8 @@ to_raw() {
 # run KIND TRANSPORT ENV ARGS...: the libnbd writes against a fresh image;
 # sets spliced (the counter at the end).
 run() {
-  local kind=$1 transport=$2 env=$3 uri
-  shift 3
+  local kind=$1 transport=$2 hold=$3 env=$4 uri
+  shift 4
   local img=$TMPD/$kind.vhd prom=$TMPD/m.prom
   image "$kind" "$img"
   rm -f "$prom"
@@ -138,7 +154,7 @@ run() {
   unset VHDNBD_SPLICE_WRITES
   local fixed=0
   [ "$kind" != fixed ] || fixed=1
-  expected=$("$PY3" "$TMPD/writes.py" "$uri" 5 "$img.model" $fixed) ||
+  expected=$("$PY3" "$TMPD/writes.py" "$uri" 5 "$img.model" $fixed $hold) ||
     fail "$kind over $transport ($env $*): the WRITEs did not read back (see above)"
   wait_requests_ok "$prom" 48 WRITE
   stop_vhdnbd
@@ -146,26 +162,35 @@ run() {
   [ -n "$spliced" ] || fail "no writes_spliced_total in the metrics file"
   to_raw "$kind" "$img" "$TMPD/out.raw"
   cmp "$TMPD/out.raw" "$img.model" || fail "$kind over $transport: the closed image reads other bytes"
-  echo "$kind over $transport ($env $*): $spliced of 48 WRITEs spliced, $expected spliceable"
+  echo "$kind over $transport (hold $hold, $env $*): $spliced of 48 WRITEs spliced, $expected spliceable"
 }
 
 for kind in fixed qemu vhdimg diff; do
-  run $kind unix VHDNBD_SPLICE_WRITES=1
+  run $kind unix 1 VHDNBD_SPLICE_WRITES=1
   [ "$spliced" -eq "$expected" ] || fail "$kind: $spliced WRITEs spliced, $expected expected"
   # Some of both kinds, or the counts say little.
   [ "$kind" = fixed ] || [ "$expected" -lt 48 ] || fail "$kind: every WRITE spliceable"
 done
 # Not from one TCP client (slower there, measured): the same data, all
 # copied.
-run vhdimg tcp VHDNBD_SPLICE_WRITES=1
+# Alone and one at a time: copied.  A worker counts its reply sent just
+# after sending it, so a client quick enough may have its next header read
+# while the last still counts as outstanding: a few may be spliced.
+run vhdimg unix 0 VHDNBD_SPLICE_WRITES=1
+[ "$expected" -ge 12 ] || fail "only $expected of the WRITEs could be spliced at all"
+[ "$spliced" -le 3 ] ||
+  fail "one client, one WRITE at a time: $spliced of $expected spliceable WRITEs spliced, at most 3 expected"
+run vhdimg tcp 0 VHDNBD_SPLICE_WRITES=1
 [ "$spliced" -eq 0 ] || fail "TCP: $spliced WRITEs spliced, none expected"
 
-# From TCP while other clients have WRITEs in flight (four clients were
-# faster spliced): two clients, eight 512 KiB WRITEs in flight each.
-cat >"$TMPD/tcp2.py" <<'PY'
-# tcp2.py URI: two clients write at once, each its own 8 MiB; both read back.
+# Clients at depth 8: two over TCP (other connections' WRITEs in flight;
+# four clients were faster spliced), one over a Unix socket (its own in
+# flight), one over TCP (none spliced).
+cat >"$TMPD/depth.py" <<'PY'
+# depth.py URI N: N clients write at once, each its own 8 MiB with eight
+# 512 KiB WRITEs in flight; each reads its data back.
 import random, sys, threading, nbd
-uri = sys.argv[1]
+uri, nclients = sys.argv[1], int(sys.argv[2])
 K = 1024
 errors = []
 def client(i):
@@ -192,31 +217,49 @@ def client(i):
         h.shutdown()
     except Exception as e:
         errors.append("client %d: %s" % (i, e))
-t = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+t = [threading.Thread(target=client, args=(i,)) for i in range(nclients)]
 for x in t: x.start()
 for x in t: x.join()
 if errors:
     sys.exit("; ".join(errors))
 PY
-image vhdimg "$TMPD/tcp2.vhd"
-start_vhdnbd_tcp "$TMPD/sock" --metrics-file "$TMPD/m.prom" --metrics-interval 1 "$TMPD/tcp2.vhd" \
-  2>"$TMPD/server.log"
-"$PY3" "$TMPD/tcp2.py" "nbd://127.0.0.1:$VHDNBD_PORT/" ||
-  fail "two TCP clients: the WRITEs did not read back"
-wait_requests_ok "$TMPD/m.prom" 64 WRITE
-stop_vhdnbd
-spliced=$(export_metric "$TMPD/m.prom" writes_spliced_total)
+# depth TRANSPORT N: N clients at depth 8; sets $spliced.
+depth() {
+  local transport=$1 n=$2 uri
+  image vhdimg "$TMPD/depth.vhd"
+  rm -f "$TMPD/m.prom"
+  if [ "$transport" = tcp ]; then
+    start_vhdnbd_tcp "$TMPD/sock" --metrics-file "$TMPD/m.prom" --metrics-interval 1 \
+      "$TMPD/depth.vhd" 2>"$TMPD/server.log"
+    uri="nbd://127.0.0.1:$VHDNBD_PORT/"
+  else
+    start_vhdnbd "$TMPD/sock" --metrics-file "$TMPD/m.prom" --metrics-interval 1 \
+      "$TMPD/depth.vhd" 2>"$TMPD/server.log"
+    uri="nbd+unix:///?socket=$TMPD/sock"
+  fi
+  "$PY3" "$TMPD/depth.py" "$uri" "$n" ||
+    fail "$n client(s) over $transport at depth 8: the WRITEs did not read back"
+  wait_requests_ok "$TMPD/m.prom" $((n * 32)) WRITE
+  stop_vhdnbd
+  spliced=$(export_metric "$TMPD/m.prom" writes_spliced_total)
+  "$VHDIMG" check "$TMPD/depth.vhd" >/dev/null ||
+    fail "vhdimg check failed after $n client(s) over $transport"
+  echo "$n client(s) over $transport at depth 8: $spliced of $((n * 32)) WRITEs spliced"
+}
+depth tcp 2
 [ "${spliced:-0}" -ge 1 ] || fail "two TCP clients at once: no WRITE spliced"
-"$VHDIMG" check "$TMPD/tcp2.vhd" >/dev/null || fail "vhdimg check failed after two TCP clients"
-echo "two TCP clients at once: $spliced of 64 WRITEs spliced"
-run fixed unix VHDNBD_SPLICE_WRITES=0
+depth unix 1
+[ "${spliced:-0}" -ge 1 ] || fail "one Unix client at depth 8: no WRITE spliced"
+depth tcp 1
+[ "${spliced:-0}" -eq 0 ] || fail "one TCP client at depth 8: $spliced WRITEs spliced, none expected"
+run fixed unix 1 VHDNBD_SPLICE_WRITES=0
 [ "$spliced" -eq 0 ] || fail "VHDNBD_SPLICE_WRITES=0, yet $spliced WRITEs spliced"
-run fixed unix VHDNBD_SPLICE_WRITES=1 --no-splice
+run fixed unix 1 VHDNBD_SPLICE_WRITES=1 --no-splice
 [ "$spliced" -eq 0 ] || fail "--no-splice, yet $spliced WRITEs spliced"
 # A file system that takes no splice (EINVAL from every splice into the
 # image, injected): each WRITE is made from memory instead, none fails,
 # the export is not latched.
-run vhdimg unix "VHDNBD_FAULT_AFTER=0 VHDNBD_FAULT_MODE=no-splice VHDNBD_FAULT_ERRNO=EINVAL"
+run vhdimg unix 1 "VHDNBD_FAULT_AFTER=0 VHDNBD_FAULT_MODE=no-splice VHDNBD_FAULT_ERRNO=EINVAL"
 unset VHDNBD_FAULT_AFTER VHDNBD_FAULT_MODE VHDNBD_FAULT_ERRNO
 [ "$spliced" -eq 0 ] || fail "no splices taken, yet $spliced WRITEs counted as spliced"
 
@@ -240,6 +283,11 @@ def reply(c, cookie, n=0):
     assert magic == nbdraw.SIMPLE_REPLY_MAGIC, "bytes %08x where a reply header should start" % magic
     assert err == 0 and got == cookie, "reply %d error %d, expected cookie %d" % (got, err, cookie)
     return c.recv(n) if n else b""
+# Bytes in flight on another connection (a READ reply left unread), so
+# that these WRITEs, one at a time, are spliced.
+hold = connect()
+hold.send(header(CMD_READ, 99, 0, 16 * M))
+time.sleep(0.1)
 c = connect()
 # In 512-byte pieces: some in the same segment as the header.
 d1 = rng.randbytes(M)
@@ -304,6 +352,7 @@ assert gone_count() > before, \
     "a client gone after filling the pipe's %d slots was not noticed within 5 s" % slots
 c.send(header(CMD_READ, 10, 2 * M, M))
 assert reply(c, 10, M) == d1, "after a client left with the pipe full, the data read back changed"
+hold.close()
 print("ok")
 PY
 
