@@ -447,10 +447,12 @@ bool conn_may_splice_in(const struct connection *conn) {
    * WRITEs of one client slower at queue depths 1 and 16 than copying with
    * the low-water mark, and those of four clients faster: the copy is the
    * loop's, and it is the loop that several clients wait for.  From a Unix
-   * socket it was as fast or faster at depth, but slower at depth 1, with
-   * a longer tail.  So a payload is spliced while other connections have
-   * bytes in flight, and from a Unix socket also while this connection has
-   * another request outstanding (the one being read is counted too). */
+   * socket it was as fast or faster at depth, and at depth 1 slower, with
+   * a longer tail, more often than not.  So a payload is spliced while
+   * other connections have bytes in flight, and from a Unix socket also
+   * while this connection has another request outstanding (the one being
+   * read is counted too; a reply a worker sends itself is counted off just
+   * after the send, so a quick client's next payload may still splice). */
   if (server.inflight_bytes > conn->inflight_bytes + conn->write_bytes)
     return true;
   return !conn->is_tcp && atomic_load_explicit(&conn->unanswered, memory_order_relaxed) > 1;
