@@ -234,8 +234,8 @@ int conn_accept(uv_stream_t *listener, bool is_tcp) {
   }
   if (is_tcp)
     uv_tcp_nodelay(&conn->sock.tcp, 1);
-  /* WRITE payloads from TCP are spliced only while other clients keep
-   * the loop busy (conn_may_splice_in). */
+  /* TCP decides two input paths: the low-water mark for large payloads
+   * and when a payload is spliced (conn-input.c). */
   conn->is_tcp = is_tcp;
   conn->rcvlowat = 1;
   format_peer(conn, is_tcp);
