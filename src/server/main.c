@@ -760,7 +760,9 @@ int main(int argc, char **argv) {
   /* ...and WRITE payloads copied, to compare with splicing them. */
   const char *sw = getenv("VHDNBD_SPLICE_WRITES");
   server.splice_writes = server.splice_reads && !(sw && strcmp(sw, "0") == 0);
-  int wr = workers_start(server.loop, threads);
+  /* ...and the workers under the default policy, to compare (workers.c). */
+  const char *wb = getenv("VHDNBD_WORKER_BATCH");
+  int wr = workers_start(server.loop, threads, !(wb && strcmp(wb, "0") == 0));
   if (wr < 0) {
     log_msg(LOG_LEVEL_ERR, "cannot start %u worker threads: %s", threads, strerror(-wr));
     tls_creds_free(server.tls);

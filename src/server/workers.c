@@ -4,8 +4,13 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
 
 /* Idle workers wait on their own condition variable, in a stack: the
  * worker woken is the one that went idle last, whose stack and CPU caches
@@ -129,7 +134,30 @@ static void on_async(uv_async_t *h) {
   }
 }
 
-int workers_start(uv_loop_t *loop, unsigned n) {
+/* Workers run as SCHED_BATCH: a worker the loop wakes then does not
+ * preempt the loop, which goes on reading and dispatching the requests it
+ * has in hand, so the worker finds several waiting when it runs and sleeps
+ * less often.  At depth that halved the context switches a request costs
+ * (0.67 to 0.38 per 4k WRITE at QD16) and the server's CPU per GiB, and on
+ * this 2-CPU machine bought about a quarter more IOPS (bench/RESULTS.md).
+ * On a machine with idle CPUs the worker starts at once on another one
+ * either way.  The policy is a hint: where it is refused (a seccomp filter
+ * without sched_setscheduler) the workers simply stay SCHED_OTHER. */
+static void worker_set_policy(struct worker *k, unsigned i, bool batch) {
+  char name[32];
+  snprintf(name, sizeof name, "vhdnbd-io%u", i);
+  name[15] = '\0'; /* the kernel's limit for a thread name */
+  pthread_setname_np(k->thread, name);
+  if (!batch)
+    return;
+  struct sched_param sp = {.sched_priority = 0};
+  int r = pthread_setschedparam(k->thread, SCHED_BATCH, &sp);
+  if (r != 0 && i == 0)
+    log_msg(LOG_LEVEL_INFO, "worker threads stay SCHED_OTHER: SCHED_BATCH refused: %s",
+            strerror(r));
+}
+
+int workers_start(uv_loop_t *loop, unsigned n, bool batch) {
   wp.loop = loop;
   int r = uv_async_init(loop, &wp.async, on_async);
   if (r < 0)
@@ -148,6 +176,7 @@ int workers_start(uv_loop_t *loop, unsigned n) {
       return -r;
     }
     wp.n_workers++;
+    worker_set_policy(k, i, batch);
   }
   return 0;
 }

@@ -34,8 +34,10 @@ struct work_serial {
   bool busy;
 };
 
-/* Starts n threads serving loop.  Returns 0 or a negative errno. */
-int workers_start(uv_loop_t *loop, unsigned n);
+/* Starts n threads serving loop, named vhdnbd-io0, vhdnbd-io1, ...; with
+ * batch, under the SCHED_BATCH policy where the system allows it (see
+ * workers.c).  Returns 0 or a negative errno. */
+int workers_start(uv_loop_t *loop, unsigned n, bool batch);
 /* Loop thread.  While any item is outstanding the loop stays alive (the
  * handle is referenced only then; closing it is left to whoever closes every
  * handle of the loop). */

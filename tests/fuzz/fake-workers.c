@@ -16,9 +16,10 @@
 static struct work_item **ready; /* may run now, in submission order */
 static size_t n_ready, cap_ready;
 
-int workers_start(uv_loop_t *loop, unsigned n) {
+int workers_start(uv_loop_t *loop, unsigned n, bool batch) {
   (void)loop;
   (void)n;
+  (void)batch;
   return 0;
 }
 

@@ -57,6 +57,14 @@ for setting in NoNewPrivileges=yes ProtectSystem=strict PrivateTmp=yes ProtectHo
   grep -qx -- "$setting" "$service" || fail "vhdnbd.service: $setting is missing"
 done
 
+# The I/O threads' SCHED_BATCH (workers.c) needs sched_setscheduler, which
+# @resources holds: it must be let back in after that set is taken out.
+filters=$(grep -n '^SystemCallFilter=' "$service")
+excl=$(echo "$filters" | grep -m1 '~.*@resources' | cut -d: -f1)
+back=$(echo "$filters" | grep -E '^[0-9]+:SystemCallFilter=([^~].*)?\bsched_setscheduler\b' | cut -d: -f1 | tail -1)
+[ -n "$excl" ] && [ -n "$back" ] && [ "$back" -gt "$excl" ] ||
+  fail "vhdnbd.service: sched_setscheduler is not allowed after ~@resources: $filters"
+
 # --- systemd-analyze verify ------------------------------------------------
 # verify insists that ExecStart's binary exists: point a copy at the build.
 mkdir -p "$TMPD/units"
