@@ -137,12 +137,13 @@ static void on_async(uv_async_t *h) {
 /* Workers run as SCHED_BATCH: a worker the loop wakes then does not
  * preempt the loop, which goes on reading and dispatching the requests it
  * has in hand, so the worker finds several waiting when it runs and sleeps
- * less often.  At depth that halved the context switches a request costs
- * (0.67 to 0.38 per 4k WRITE at QD16) and the server's CPU per GiB, and on
- * this 2-CPU machine bought about a quarter more IOPS (bench/RESULTS.md).
- * On a machine with idle CPUs the worker starts at once on another one
- * either way.  The policy is a hint: where it is refused (a seccomp filter
- * without sched_setscheduler) the workers simply stay SCHED_OTHER. */
+ * less often.  Under 4k WRITEs at QD16 that cut the context switches a
+ * request costs from about 0.7 to 0.4 and the server's CPU per GiB by about
+ * a quarter, and on this 2-CPU machine bought 10-30 % more IOPS
+ * (bench/RESULTS.md).  On a machine with idle CPUs the worker starts at
+ * once on another one either way.  The policy is a hint: where it is
+ * refused (a seccomp filter without sched_setscheduler) the workers simply
+ * stay SCHED_OTHER. */
 static void worker_set_policy(struct worker *k, unsigned i, bool batch) {
   char name[32];
   snprintf(name, sizeof name, "vhdnbd-io%u", i);
