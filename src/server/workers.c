@@ -144,7 +144,7 @@ static void on_async(uv_async_t *h) {
  * once on another one either way.  The policy is a hint: where it is
  * refused (a seccomp filter without sched_setscheduler) the workers simply
  * stay SCHED_OTHER. */
-static void worker_set_policy(struct worker *k, unsigned i, bool batch) {
+static void worker_name_and_policy(struct worker *k, unsigned i, bool batch) {
   char name[32];
   snprintf(name, sizeof name, "vhdnbd-io%u", i);
   name[15] = '\0'; /* the kernel's limit for a thread name */
@@ -177,7 +177,7 @@ int workers_start(uv_loop_t *loop, unsigned n, bool batch) {
       return -r;
     }
     wp.n_workers++;
-    worker_set_policy(k, i, batch);
+    worker_name_and_policy(k, i, batch);
   }
   return 0;
 }
