@@ -27,7 +27,7 @@ WORKLOAD_ORDER = ["rr4k-qd1", "rr4k-qd4", "rr4k-qd16", "rr4k-qd64", "rr4k-4conn"
                   "rw4k-4conn", "rw4k-16conn", "sr1m-qd1", "sr1m-qd16", "sr1m-4conn",
                   "sw1m-qd1", "sw1m-qd16", "sw1m-4conn"]
 IMAGE_ORDER = ["empty", "alloc", "fixed", "diff", "raw-sparse", "raw", "null"]
-SERVER_ORDER = ["vhdnbd", "qemu-nbd", "nbdkit-raw", "loop-floor", "nbdkit-null"]
+SERVER_ORDER = ["vhdnbd", "qemu-nbd", "nbdkit-raw", "loop-floor", "nbdkit-null", "page-cache"]
 CONDITION_ORDER = ["unix/warm", "tcp/warm", "unix/cold", "tcp/cold"]
 IMAGE_NOTES = {
     "empty": "empty dynamic VHD (fresh copy per job): writes into new blocks",
@@ -35,7 +35,8 @@ IMAGE_NOTES = {
     "fixed": "fixed VHD",
     "diff": "differencing VHD (fresh, empty) over an allocated dynamic parent",
     "raw-sparse": "sparse raw file (fresh per job), nbdkit only",
-    "raw": "raw file with the same data, nbdkit only",
+    "raw": "raw file with the same data (nbdkit-raw, loop-floor; page-cache = no server: fio "
+           "writing into the file itself from one thread per CPU)",
     "null": "`nbdkit null`: no data, no I/O; the client's and kernel's round trip alone",
 }
 TRANSPORT_NAMES = {"unix": "Unix socket", "tcp": "TCP 127.0.0.1"}
@@ -171,7 +172,7 @@ def raw_image(image):
 def add_ratios(rows):
     by = {row_key(r): r for r in rows}
     for r in rows:
-        r["qemu"] = r["raw"] = r["null"] = r["floor"] = None
+        r["qemu"] = r["raw"] = r["null"] = r["floor"] = r["ceiling"] = None
         r["vs_qemu"] = r["vs_raw"] = None
         if r["server"] != "vhdnbd":
             continue
@@ -179,6 +180,7 @@ def add_ratios(rows):
         r["raw"] = by.get((r["wl"], raw_image(r["image"]), "nbdkit-raw", r["cond"]))
         r["null"] = by.get((r["wl"], "null", "nbdkit-null", r["cond"]))
         r["floor"] = by.get((r["wl"], "raw", "loop-floor", r["cond"]))
+        r["ceiling"] = by.get((r["wl"], "raw", "page-cache", r["cond"]))
         if r["iops"] is None:
             continue
         if r["qemu"] and r["qemu"]["iops"]:
@@ -198,7 +200,8 @@ def fmt_us(v):
 
 
 def cpu_per_gib(r, clk):
-    if not r or not r["bytes"]:
+    # ticks < 0: a row with no server (page-cache).
+    if not r or not r["bytes"] or r["ticks"] < 0:
         return None
     return (r["ticks"] / clk) / (r["bytes"] / GIB)
 
@@ -237,7 +240,7 @@ def floor_line(rows):
         if r["server"] != "nbdkit-null" or r["iops"] is None:
             continue
         peers = [p for p in rows if p["wl"] == r["wl"] and p["iops"]
-                 and p["server"] not in ("nbdkit-null", "loop-floor")]
+                 and p["server"] not in ("nbdkit-null", "loop-floor", "page-cache")]
         best = max(peers, key=lambda p: p["iops"], default=None)
         text = ("Round-trip floor, %s: `nbdkit null` %.0f IOPS, p50 %s µs, p99 %s µs"
                 % (r["wl"], r["iops"], fmt_us(r["p50"]), fmt_us(r["p99"])))
@@ -260,6 +263,23 @@ def floor_line(rows):
             text += ", %.2f× nbdkit-raw" % (r["iops"] / raw["iops"])
         if best:
             text += ("; vhdnbd's best row (%s) reaches %.0f%% of it"
+                     % (best["image"], 100 * best["iops"] / r["iops"]))
+        out.append(text + ".")
+    for r in sorted(rows, key=sort_key):
+        if r["server"] != "page-cache" or r["iops"] is None:
+            continue
+        raw = next((p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
+                    and p["server"] == "nbdkit-raw" and p["image"] == "raw" and p["iops"]), None)
+        vhd = [p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
+               and p["server"] == "vhdnbd" and p["iops"]]
+        best = max(vhd, key=lambda p: p["iops"], default=None)
+        text = ("Page-cache ceiling, %s %s: fio writing the same pattern straight into the "
+                "raw file (psync, one thread per CPU; no server, no socket) %.0f IOPS"
+                % (r["wl"], r["cond"], r["iops"]))
+        if raw:
+            text += "; nbdkit-raw reaches %.0f%% of it" % (100 * raw["iops"] / r["iops"])
+        if best:
+            text += (", vhdnbd's best row (%s) %.0f%%"
                      % (best["image"], 100 * best["iops"] / r["iops"]))
         out.append(text + ".")
     return out
@@ -298,11 +318,16 @@ def targets(rows, active, clk):
     miss = [r for r in vhd if r["vs_raw"] is None]
 
     def raw_detail(r):
-        # Say what an event loop with no work at all reaches on that row.
+        # Say what an event loop with no work at all reaches on that row,
+        # and for 4k writes at depth what the page cache itself allows (not
+        # for new blocks, compared with a sparse file, not the cached one).
         text = "%s %.2f×" % (row_name(r), r["vs_raw"])
         f = r["floor"]
         if f and f["iops"] and r["raw"]["iops"]:
             text += " (event-loop floor %.2f×)" % (f["iops"] / r["raw"]["iops"])
+        c = r["ceiling"]
+        if c and c["iops"] and r["raw"]["iops"] and r["image"] != "empty":
+            text += " (page-cache ceiling %.2f×)" % (c["iops"] / r["raw"]["iops"])
         return text
     out.append(verdict(
         "a", "every row ≥ %.1f× nbdkit-raw" % RAW_RATIO, sel,

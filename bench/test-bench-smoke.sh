@@ -2,8 +2,9 @@
 # bench/run --smoke runs every server on every image, over a Unix socket and
 # over TCP, with the page cache warm and dropped, and prints a complete
 # report: a number (latency percentiles included) in every table row, the
-# round-trip floor, memory with 1000 busy connections, open times, the layout
-# cost, the plots, and a verdict line for every target at the end.  As root
+# round-trip and event-loop floors, the page-cache ceiling of 4k writes,
+# memory with 1000 busy connections, open times, the layout cost, the
+# plots, and a verdict line for every target at the end.  As root
 # it drops the page cache (sync; echo 3 > /proc/sys/vm/drop_caches) before
 # each TCP job on an image and each layout-cost job.
 . "$top_srcdir/tests/functions.sh"
@@ -67,12 +68,18 @@ done
 row rw4k-4conn diff vhdnbd 2
 row rw4k-4conn raw-sparse nbdkit-raw
 row rw4k-4conn raw nbdkit-raw
+# The page cache's own ceiling for 4k writes at depth: fio straight into
+# the raw file, no server, so no server CPU and no ratios.
+n=$(grep -Ec "^\| rw4k-4conn \| raw \| page-cache \| $num \| $num \| $num \| $num \| — \| — \| — \|$" "$report")
+[ "$n" -eq 2 ] || fail "$n page-cache rows for rw4k-4conn (of 2, one per condition)"
 rows=$(grep -Ec '^\| (rr4k|rw4k|sr1m|sw1m)' "$report")
-[ "$rows" -eq 34 ] || fail "expected 34 benchmark rows (17 per condition), got $rows"
+[ "$rows" -eq 36 ] || fail "expected 36 benchmark rows (18 per condition), got $rows"
 n=$(grep -Ec "^Round-trip floor, rr4k-qd1: \`nbdkit null\` $num IOPS, p50 $num µs, p99 $num µs" "$report")
 [ "$n" -eq 2 ] || fail "expected a round-trip floor line per condition, got $n"
 n=$(grep -Ec "^Event-loop floor, rr4k-qd1 (unix|tcp)/(warm|cold): \`bench/loop-floor\` .* $num IOPS, .*$num× nbdkit-raw; vhdnbd's best row \([a-z]+\) reaches $num% of it\.$" "$report")
 [ "$n" -eq 2 ] || fail "expected an event-loop floor line per condition, got $n"
+n=$(grep -Ec "^Page-cache ceiling, rw4k-4conn (unix|tcp)/(warm|cold): fio .* $num IOPS; nbdkit-raw reaches $num% of it, vhdnbd's best row \([a-z]+\) $num%\.$" "$report")
+[ "$n" -eq 2 ] || fail "expected a page-cache ceiling line per condition, got $n"
 
 # The memory tables: 1 and 20 idle connections per server, 1000 busy ones.
 for s in vhdnbd qemu-nbd nbdkit-raw; do
