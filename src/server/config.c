@@ -17,6 +17,7 @@
  *   threads = 8
  *   write-lanes = 1      (default: derived from the CPUs, see main.c)
  *   splice = yes         (no: READ data always copied, see splice.h)
+ *   sparse-blocks = no   (yes: new blocks' unwritten space left as holes)
  *   pidfile = /run/vhdnbd.pid
  *   metrics-file = /var/lib/prometheus/node-exporter/vhdnbd.prom
  *   metrics-interval = 15
@@ -233,6 +234,8 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     s->no_splice = !on;
     return r;
   }
+  if (strcmp(key, "sparse-blocks") == 0)
+    return parse_bool(v, &s->sparse_blocks);
   return -ENOENT;
 }
 

@@ -93,7 +93,7 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
   /* Under overlays the image is every child's parent: never written. */
   bool overlaid = e->overlay.mode != OVERLAY_OFF;
   struct vhd_open_opts opts = {
-      .flags = e->readonly || overlaid ? VHD_OPEN_RDONLY : 0,
+      .flags = (e->readonly || overlaid ? VHD_OPEN_RDONLY : 0) | server.vhd_open_flags,
       .size_rule = VHD_SIZE_AUTO,
       .warn = on_warning,
       .warn_opaque = e->image,

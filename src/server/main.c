@@ -72,6 +72,11 @@ static void usage(FILE *f) {
           "                           and a WRITE sent after a READ of the same bytes\n"
           "                           may show in its reply; large WRITEs go from a\n"
           "                           Unix socket into the file uncopied\n"
+          "      --sparse-blocks      leave the unwritten sectors of each new block of\n"
+          "                           a dynamic or differencing image as holes; by\n"
+          "                           default a new block's space is reserved whole\n"
+          "                           when it is allocated (faster small writes into\n"
+          "                           it, contiguous on disk, but all of it used)\n"
           "  Sockets passed by systemd (LISTEN_FDS) are used instead when present.\n"
           "\n"
           "Access control and TLS:\n"
@@ -251,6 +256,7 @@ enum {
   OPT_TLS_CERTIFICATES,
   OPT_TLS_VERIFY_PEER,
   OPT_NO_SPLICE,
+  OPT_SPARSE_BLOCKS,
   OPT_TLS_PSK,
   OPT_IDLE_TIMEOUT,
   OPT_MAX_INFLIGHT,
@@ -287,6 +293,7 @@ static const struct option long_options[] = {
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
     {"no-splice", no_argument, NULL, OPT_NO_SPLICE},
+    {"sparse-blocks", no_argument, NULL, OPT_SPARSE_BLOCKS},
     {"tls-psk", required_argument, NULL, OPT_TLS_PSK},
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"metrics-file", required_argument, NULL, OPT_METRICS_FILE},
@@ -430,6 +437,9 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     case OPT_NO_SPLICE:
       cli.no_splice = true;
       break;
+    case OPT_SPARSE_BLOCKS:
+      cli.sparse_blocks = true;
+      break;
     case OPT_TLS_VERIFY_PEER:
       cli.tls_verify_peer = true;
       break;
@@ -519,6 +529,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     s->tls_verify_peer = true;
   if (cli.no_splice)
     s->no_splice = true;
+  if (cli.sparse_blocks)
+    s->sparse_blocks = true;
   if (max_set)
     s->max_connections = cli.max_connections;
   if (timeout_set)
@@ -749,6 +761,7 @@ int main(int argc, char **argv) {
   }
   unsigned threads = settings.threads;
   server.write_lanes = write_lanes(&settings);
+  server.vhd_open_flags = settings.sparse_blocks ? VHD_OPEN_SPARSE_BLOCKS : 0;
   /* Tests turn the loop's WRITEs off to exercise the workers' path alone
    * (HACKING.md)... */
   const char *lw = getenv("VHDNBD_LOOP_WRITES");

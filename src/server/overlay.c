@@ -216,6 +216,7 @@ static void open_run(struct work_item *w) {
     j->created = true;
   }
   struct vhd_open_opts oo = {
+      .flags = server.vhd_open_flags,
       .size_rule = VHD_SIZE_AUTO,
       .warn = on_warning,
       .parent = j->parent,

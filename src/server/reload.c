@@ -164,6 +164,7 @@ static void log_global_changes(const struct settings *a, const struct settings *
   CHANGED(a->threads != b->threads, "threads");
   CHANGED(a->write_lanes != b->write_lanes, "write-lanes");
   CHANGED(a->no_splice != b->no_splice, "splice");
+  CHANGED(a->sparse_blocks != b->sparse_blocks, "sparse-blocks");
   CHANGED(!str_eq(a->pidfile, b->pidfile), "pidfile");
   CHANGED(!str_eq(a->metrics_file, b->metrics_file), "metrics-file");
   CHANGED(a->metrics_interval != b->metrics_interval, "metrics-interval");

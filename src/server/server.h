@@ -188,6 +188,7 @@ struct settings {
   char *tls_psk;              /* psktool key file */
   bool tls_verify_peer;
   bool no_splice; /* READs always copied (--no-splice, splice = no) */
+  bool sparse_blocks; /* new blocks' space not reserved (--sparse-blocks) */
 };
 
 struct connection;
@@ -218,6 +219,7 @@ struct server {
   bool splice_reads;            /* large READs spliced from the page cache (splice.h) */
   bool splice_writes;           /* large WRITE payloads spliced into the file */
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
+  unsigned vhd_open_flags;      /* VHD_OPEN_SPARSE_BLOCKS or 0, fixed at startup */
 };
 
 extern struct server server;

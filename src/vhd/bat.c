@@ -486,6 +486,18 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   uint8_t *bm = calloc(1, vhd->bitmap_size);
   if (!bm)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory allocating block %u", vhd->path, blk);
+  /* The new block's data area is a hole until written.  Writes into holes
+   * cost the file system more than writes into allocated space (ext4:
+   * delayed allocation, its extent cache; 4k random writes into a fresh
+   * differencing child at QD16 took about 40 % more server CPU than into
+   * allocated blocks, bench/RESULTS.md), and the blocks it places at
+   * write-back in the order pages are written need not lie together.
+   * Reserving the whole block now costs one call per block and gives the
+   * block contiguous space; it still reads as zeros, so a crash at any
+   * point leaves what a hole would.  Space freed earlier (above) was
+   * punched or zeroed: not reserved.  A refusal leaves the hole. */
+  if (!vhd->sparse_blocks)
+    (void)vhd_io_reserve(vhd, off + vhd->bitmap_size, vhd->block_size);
   r = vhd_io_pwrite(vhd, bm, vhd->bitmap_size, off);
   if (r < 0) {
     free(bm);

@@ -399,6 +399,25 @@ int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len) {
   return 0;
 }
 
+int vhd_io_reserve(vhd_t *vhd, uint64_t off, uint64_t len) {
+  if (vhd_io_refuses_writes(vhd))
+    return -EIO;
+  if (vhd->reserve_refused)
+    return -EOPNOTSUPP;
+  int r = fault_check(FAULT_OP_OTHER);
+  if (r < 0)
+    return r;
+  /* KEEP_SIZE: never the reason the file grows, even were the range to
+   * reach past its end. */
+  if (fallocate(vhd->fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0) {
+    r = -errno;
+    if (r == -EOPNOTSUPP || r == -ENOSYS)
+      vhd->reserve_refused = true;
+    return r;
+  }
+  return 0;
+}
+
 /* Bytes of [off, off+len) that the file system has allocated (not holes). */
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
   uint64_t end = off + len, total = 0;

@@ -234,6 +234,8 @@ struct vhd {
   vhd_t *parent;
   bool parent_borrowed;   /* vhd_open_opts.parent: not ours to free */
   uint64_t max_file_size; /* vhd_open_opts.max_file_size; 0: none */
+  bool sparse_blocks;     /* VHD_OPEN_SPARSE_BLOCKS: new blocks' space not reserved */
+  bool reserve_refused;   /* the file system refused a reservation: not tried again */
   char parent_name[1024];
 
   /* A thread is moving the footer on, without the lock (see footer_move
@@ -278,6 +280,10 @@ int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off)
 void vhd_io_dsync_open(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
+/* Has the file system allocate [off, off+len) (inside the file) without
+ * writing it: it still reads as zeros.  A hint, as a punch is: a failure
+ * does not latch, and EOPNOTSUPP stops further tries on this handle. */
+int vhd_io_reserve(vhd_t *vhd, uint64_t off, uint64_t len);
 /* True once a write, sync or truncate of the image failed. */
 bool vhd_io_refuses_writes(const vhd_t *vhd);
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);

@@ -91,6 +91,11 @@ enum vhd_size_rule {
  * another process serves (vhdimg info, vhdnbd --check-config, tests). */
 #define VHD_OPEN_NOLOCK 0x2u
 #define VHD_OPEN_NOPARENT 0x4u /* differencing: do not open the parent (info/check) */
+/* Leave the data area of each new block a hole where it is not written,
+ * rather than reserve its space when the block is allocated (see
+ * vhd_block_allocate in bat.c): less disk used by blocks written in part,
+ * slower small writes into new blocks. */
+#define VHD_OPEN_SPARSE_BLOCKS 0x8u
 
 struct vhd_open_opts {
   unsigned flags;

@@ -166,7 +166,7 @@ sample() {
       metrics-interval) echo 5 ;;
     pidfile) echo "$TMPD/pid" ;; image) echo "$TMPD/missing.vhd" ;;
     description) echo '"some text"' ;; allow) echo 127.0.0.0/8,::1 ;;
-    tls) echo require ;; tls-verify-peer | splice) echo yes ;;
+    tls) echo require ;; tls-verify-peer | splice | sparse-blocks) echo yes ;;
     overlay) echo discard ;; overlay-key) echo address ;; overlay-dir) echo "$TMPD/ov" ;;
     overlay-max) echo 1G ;; *) echo x ;;
   esac

@@ -216,3 +216,10 @@ VALGRIND_TESTS += test-vhd-commit
 test_vhd_commit_SOURCES = tests/unit/test-vhd-commit.c $(ENGINE_TEST_UTIL)
 test_vhd_commit_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_commit_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+check_PROGRAMS += test-vhd-reserve-blocks
+TESTS += test-vhd-reserve-blocks
+VALGRIND_TESTS += test-vhd-reserve-blocks
+test_vhd_reserve_blocks_SOURCES = tests/unit/test-vhd-reserve-blocks.c $(ENGINE_TEST_UTIL)
+test_vhd_reserve_blocks_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_reserve_blocks_CFLAGS = $(ENGINE_TEST_CFLAGS)
