@@ -489,8 +489,9 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   /* The new block's data area is a hole until written.  Writes into holes
    * cost the file system more than writes into allocated space (ext4:
    * delayed allocation, its extent cache; 4k random writes into a fresh
-   * differencing child at QD16 took about 40 % more server CPU than into
-   * allocated blocks, bench/RESULTS.md), and the blocks it places at
+   * differencing child at QD16 took 2.9-3.7 s of server CPU per GiB into
+   * holes, 2.3-2.7 s into reserved space, bench/RESULTS.md), and the
+   * blocks it places at
    * write-back in the order pages are written need not lie together.
    * Reserving the whole block now costs one call per block and gives the
    * block contiguous space; it still reads as zeros, so a crash at any
