@@ -270,8 +270,10 @@ def floor_line(rows):
             continue
         raw = next((p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
                     and p["server"] == "nbdkit-raw" and p["image"] == "raw" and p["iops"]), None)
+        # Only the images whose data is the cached file's: writes into new
+        # blocks (empty, diff) go to pages the write itself allocates.
         vhd = [p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
-               and p["server"] == "vhdnbd" and p["iops"]]
+               and p["server"] == "vhdnbd" and p["image"] in ("alloc", "fixed") and p["iops"]]
         best = max(vhd, key=lambda p: p["iops"], default=None)
         text = ("Page-cache ceiling, %s %s: fio writing the same pattern straight into the "
                 "raw file (psync, one thread per CPU; no server, no socket) %.0f IOPS"
@@ -320,13 +322,13 @@ def targets(rows, active, clk):
     def raw_detail(r):
         # Say what an event loop with no work at all reaches on that row,
         # and for 4k writes at depth what the page cache itself allows (not
-        # for new blocks, compared with a sparse file, not the cached one).
+        # for writes into new blocks, which do not go into cached pages).
         text = "%s %.2f×" % (row_name(r), r["vs_raw"])
         f = r["floor"]
         if f and f["iops"] and r["raw"]["iops"]:
             text += " (event-loop floor %.2f×)" % (f["iops"] / r["raw"]["iops"])
         c = r["ceiling"]
-        if c and c["iops"] and r["raw"]["iops"] and r["image"] != "empty":
+        if c and c["iops"] and r["raw"]["iops"] and r["image"] in ("alloc", "fixed"):
             text += " (page-cache ceiling %.2f×)" % (c["iops"] / r["raw"]["iops"])
         return text
     out.append(verdict(
