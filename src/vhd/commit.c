@@ -309,7 +309,8 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
 
   vhd_t *p = NULL, *c = NULL;
   struct runs runs = {0};
-  struct vhd_open_opts po = {0};
+  /* Blocks new to the parent take only what the child held there. */
+  struct vhd_open_opts po = {.flags = VHD_OPEN_SPARSE_BLOCKS};
   if ((r = vhd_open(ppath, &po, &p, err)) < 0)
     return r;
   struct vhd_open_opts co = {.flags = VHD_OPEN_NOPARENT};

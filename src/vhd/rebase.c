@@ -128,7 +128,8 @@ int vhd_rebase(const char *child, const struct vhd_rebase_opts *o, struct vhd_re
     return vhd_set_err(err, -EINVAL, "%s: no new parent given", child);
   vhd_t *c = NULL, *np = NULL;
   /* Unsafe mode never reads the old parent: it may be gone. */
-  struct vhd_open_opts co = {.flags = o->unsafe ? VHD_OPEN_NOPARENT : 0};
+  /* Blocks new to the child take only the sectors copied into them. */
+  struct vhd_open_opts co = {.flags = (o->unsafe ? VHD_OPEN_NOPARENT : 0) | VHD_OPEN_SPARSE_BLOCKS};
   int r = vhd_open(child, &co, &c, err);
   if (r < 0)
     return r;

@@ -199,7 +199,10 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
   r = vhd_create(o->tmp, &co, err);
   if (r < 0)
     return r;
-  struct vhd_open_opts oo = {.flags = 0};
+  /* Holes stay holes: the copy writes each block's data once, in large
+   * runs, so reserving blocks would only cost the disk of their unwritten
+   * parts. */
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_SPARSE_BLOCKS};
   r = vhd_open(o->tmp, &oo, &o->vhd, err);
   if (r < 0)
     return r;
