@@ -232,6 +232,17 @@ def table(rows, clk):
     return out
 
 
+def raw_and_best(rows, r, images=None):
+    """For the yardstick row r: nbdkit-raw's row on the raw file and
+    vhdnbd's fastest row (among images, when given) of the same workload
+    and condition."""
+    raw = next((p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
+                and p["server"] == "nbdkit-raw" and p["image"] == "raw" and p["iops"]), None)
+    vhd = [p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
+           and p["server"] == "vhdnbd" and p["iops"] and (images is None or p["image"] in images)]
+    return raw, max(vhd, key=lambda p: p["iops"], default=None)
+
+
 def floor_line(rows):
     """Where a QD1 row is bound by the round trip: nbdkit null's figures
     next to the best any real server reached."""
@@ -251,11 +262,7 @@ def floor_line(rows):
     for r in sorted(rows, key=sort_key):
         if r["server"] != "loop-floor" or r["iops"] is None:
             continue
-        raw = next((p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
-                    and p["server"] == "nbdkit-raw" and p["image"] == "raw" and p["iops"]), None)
-        vhd = [p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
-               and p["server"] == "vhdnbd" and p["iops"]]
-        best = max(vhd, key=lambda p: p["iops"], default=None)
+        raw, best = raw_and_best(rows, r)
         text = ("Event-loop floor, %s %s: `bench/loop-floor` (one thread: epoll, read, "
                 "pread or pwrite, write; no queue, no format) %.0f IOPS, p50 %s µs, p99 %s µs"
                 % (r["wl"], r["cond"], r["iops"], fmt_us(r["p50"]), fmt_us(r["p99"])))
@@ -268,13 +275,9 @@ def floor_line(rows):
     for r in sorted(rows, key=sort_key):
         if r["server"] != "page-cache" or r["iops"] is None:
             continue
-        raw = next((p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
-                    and p["server"] == "nbdkit-raw" and p["image"] == "raw" and p["iops"]), None)
         # Only the images whose data is the cached file's: writes into new
         # blocks (empty, diff) go to pages the write itself allocates.
-        vhd = [p for p in rows if p["wl"] == r["wl"] and p["cond"] == r["cond"]
-               and p["server"] == "vhdnbd" and p["image"] in ("alloc", "fixed") and p["iops"]]
-        best = max(vhd, key=lambda p: p["iops"], default=None)
+        raw, best = raw_and_best(rows, r, ("alloc", "fixed"))
         text = ("Page-cache ceiling, %s %s: fio writing the same pattern straight into the "
                 "raw file (psync, one thread per CPU; no server, no socket) %.0f IOPS"
                 % (r["wl"], r["cond"], r["iops"]))
