@@ -491,8 +491,8 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
    * delayed allocation, its extent cache; 4k random writes into a fresh
    * differencing child at QD16 took 2.9-3.7 s of server CPU per GiB into
    * holes, 2.3-2.7 s into reserved space, bench/RESULTS.md), and the
-   * blocks it places at
-   * write-back in the order pages are written need not lie together.
+   * blocks it places at write-back in the order pages are written need not
+   * lie together.
    * Reserving the whole block now costs one call per block and gives the
    * block contiguous space; it still reads as zeros, so a crash at any
    * point leaves what a hole would.  Space freed earlier (above) was

@@ -165,7 +165,7 @@ static int add_blank(struct compact *c, uint64_t a, uint64_t b, struct seg **v, 
 
 int vhd_compact(const char *path, const struct vhd_compact_opts *o,
                 struct vhd_compact_result *res, struct vhd_err *err) {
-  struct vhd_open_opts oo = {.flags = (o->dry_run ? VHD_OPEN_RDONLY : 0) | VHD_OPEN_SPARSE_BLOCKS};
+  struct vhd_open_opts oo = {.flags = o->dry_run ? VHD_OPEN_RDONLY : 0};
   vhd_t *vhd;
   memset(res, 0, sizeof *res);
   int r = vhd_open(path, &oo, &vhd, err);
