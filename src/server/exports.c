@@ -46,10 +46,16 @@ void export_put(struct export *exp) {
  * a block (test-vhd-race), so this is not needed for correctness; it keeps
  * the writes that share a block's bitmap and allocation on one thread, and
  * sequential writes on one lane until they cross into the next block.  A
- * write over a block boundary runs on its first block's lane. */
+ * write over a block boundary runs on its first block's lane.  While the
+ * recent writes held the file long, every write takes the first lane
+ * (lanes.h). */
 struct work_serial *export_write_lane(struct export *exp, uint64_t off) {
   if (server.write_lanes <= 1)
     return &exp->write_lanes[0];
+  if (lane_policy_narrow(&exp->lanes)) {
+    metrics_write_one_lane(exp);
+    return &exp->write_lanes[0];
+  }
   return &exp->write_lanes[(off >> exp->lane_shift) % server.write_lanes];
 }
 
@@ -60,6 +66,7 @@ void export_set_lanes(struct export *exp) {
   while (shift < 31 && ((uint64_t)1 << shift) < info.block_size)
     shift++;
   exp->lane_shift = shift;
+  exp->lanes.fixed = !server.adaptive_lanes;
 }
 
 int export_open(const struct settings *s, const struct export_spec *sp, struct export **out) {

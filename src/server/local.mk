@@ -16,6 +16,7 @@ vhdnbd_SOURCES = \
 	src/server/request.h \
 	src/server/ops.c \
 	src/server/queue.c src/server/queue.h \
+	src/server/lanes.c src/server/lanes.h \
 	src/server/bufpool.c src/server/bufpool.h \
 	src/server/splice.c src/server/splice.h \
 	src/server/workers.c src/server/workers.h \

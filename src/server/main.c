@@ -65,7 +65,8 @@ static void usage(FILE *f) {
           "                           buffered (default 128M)\n"
           "      --threads N          worker threads for image I/O (default %u)\n"
           "      --write-lanes N      plain WRITEs to one export running at once\n"
-          "                           (default: one per CPU, at most --threads)\n"
+          "                           (default: one per CPU, at most --threads);\n"
+          "                           one while each write holds the file long\n"
           "      --no-splice          copy READ data into replies and WRITE payloads\n"
           "                           into buffers; by default large READs go from\n"
           "                           the page cache to the socket uncopied (splice),\n"
@@ -773,6 +774,9 @@ int main(int argc, char **argv) {
   /* ...and WRITE payloads copied, to compare with splicing them. */
   const char *sw = getenv("VHDNBD_SPLICE_WRITES");
   server.splice_writes = server.splice_reads && !(sw && strcmp(sw, "0") == 0);
+  /* ...and the write lanes never narrowed to one, to compare (lanes.h). */
+  const char *al = getenv("VHDNBD_ADAPTIVE_LANES");
+  server.adaptive_lanes = !(al && strcmp(al, "0") == 0);
   /* ...and the workers under the default policy, to compare (workers.c). */
   const char *wb = getenv("VHDNBD_WORKER_BATCH");
   int wr = workers_start(server.loop, threads, !(wb && strcmp(wb, "0") == 0));

@@ -45,6 +45,7 @@ struct export_stats {
   uint64_t from_worker; /* replies a worker sent itself */
   uint64_t spliced;     /* READ replies whose data was spliced */
   uint64_t wspliced;    /* WRITEs whose payload was spliced into the file */
+  uint64_t one_lane;    /* plain WRITEs narrowed to one lane */
   uint64_t errors[N_ERRNOS];
   uint64_t inflight;
 };
@@ -166,6 +167,12 @@ void metrics_write_spliced(const struct export *exp) {
     st->wspliced++;
 }
 
+void metrics_write_one_lane(const struct export *exp) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    st->one_lane++;
+}
+
 void metrics_connection_accepted(void) { m.accepted++; }
 
 void metrics_connection_refused(const char *reason) {
@@ -227,6 +234,7 @@ static void sum_stats(struct export_stats *t) {
     t->from_worker += st->from_worker;
     t->spliced += st->spliced;
     t->wspliced += st->wspliced;
+    t->one_lane += st->one_lane;
     t->inflight += st->inflight;
   }
 }
@@ -283,6 +291,13 @@ static void write_requests(FILE *f) {
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "writes_spliced_total", m.srv->exports[i]);
     fprintf(f, "} %" PRIu64 "\n", stats_at(i)->wspliced);
+  }
+  family(f, "writes_one_lane_total", "counter",
+         "Plain WRITEs run on one lane, not spread over all, because the recent ones held "
+         "the file long.");
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    export_series(f, "writes_one_lane_total", m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->one_lane);
   }
   family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
@@ -356,6 +371,10 @@ static void write_server(FILE *f) {
   family(f, "server_writes_spliced_total", "counter",
          "WRITEs whose payload was spliced into the file, all exports.");
   fprintf(f, "vhdnbd_server_writes_spliced_total %" PRIu64 "\n", t.wspliced);
+  family(f, "server_writes_one_lane_total", "counter",
+         "Plain WRITEs run on one lane because the recent ones held the file long, all "
+         "exports.");
+  fprintf(f, "vhdnbd_server_writes_one_lane_total %" PRIu64 "\n", t.one_lane);
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;

@@ -45,6 +45,10 @@ void metrics_read_spliced(const struct export *exp);
  * thread, once it is done). */
 void metrics_write_spliced(const struct export *exp);
 
+/* A plain WRITE sent to the export's first lane because the recent ones
+ * held the file long (lanes.h; loop thread). */
+void metrics_write_one_lane(const struct export *exp);
+
 /* Connections accepted, and refused or dropped for `reason` (a label
  * value: per_address, max_connections, evicted, handshake_timeout,
  * payload_stalled, not_allowed). */

@@ -43,6 +43,7 @@
 
 #include "acl.h"
 #include "codec.h"
+#include "lanes.h"
 #include "queue.h"
 #include "tls.h"
 #include "vhd.h"
@@ -135,6 +136,7 @@ struct export {
   /* Plain WRITEs, one at a time per lane (see export_write_lane). */
   struct work_serial write_lanes[SERVER_MAX_WRITE_LANES];
   uint32_t lane_shift;   /* log2 of the bytes that share a lane (export_set_lanes) */
+  struct lane_policy lanes; /* all lanes or one, from how long writes take */
   bool write_error_logged; /* loop thread: the image's write error was logged */
   struct overlay_settings overlay;
   unsigned refs;         /* connections (and, for a base, instances) using it */
@@ -219,6 +221,7 @@ struct server {
   bool splice_reads;            /* large READs spliced from the page cache (splice.h) */
   bool splice_writes;           /* large WRITE payloads spliced into the file */
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
+  bool adaptive_lanes;          /* narrowed to one while writes are long (lanes.h) */
   unsigned vhd_open_flags;      /* VHD_OPEN_SPARSE_BLOCKS or 0, fixed at startup */
 };
 
@@ -259,7 +262,8 @@ uint16_t export_tflags(const struct export *exp, bool structured);
 /* The lane a plain WRITE at off runs on (see transmission.c, start_work). */
 struct work_serial *export_write_lane(struct export *exp, uint64_t off);
 /* Sizes the lanes' regions for exp->vhd, once it is open (before any I/O:
- * the engine's fields are read without its lock). */
+ * the engine's fields are read without its lock), and sets whether they
+ * may narrow to one. */
 void export_set_lanes(struct export *exp);
 /* Drops a reference taken by a connection or an overlay instance (an
  * instance's own: see overlay_release). */

@@ -470,7 +470,14 @@ static void reply_from_worker(struct request *req) {
 
 static void work_run(struct work_item *w) {
   struct request *req = CONTAINER_OF(w, struct request, work);
-  ops_run(req);
+  if (w->serial) {
+    /* A lane WRITE: its duration decides how many lanes the next take. */
+    uint64_t t0 = uv_hrtime();
+    ops_run(req);
+    lane_policy_note(&req->exp->lanes, uv_hrtime() - t0);
+  } else {
+    ops_run(req);
+  }
   if (req->may_direct)
     reply_from_worker(req);
 }

@@ -76,6 +76,7 @@ fuzz_nbd_server_replay_SOURCES = $(FUZZ_SERVER_HARNESS) $(FUZZ_REPLAY_SOURCES) \
 	src/server/conn-internal.h src/server/conn-input.c src/server/conn-tls.c \
 	src/server/conn-output.c \
 	src/server/handshake.c src/server/transmission.c src/server/ops.c src/server/queue.c \
+	src/server/lanes.c \
 	src/server/bufpool.c src/server/splice.c src/server/guard.c src/server/metrics.c \
 	src/server/overlay.c
 fuzz_nbd_server_replay_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server -DFUZZ_STANDALONE \

@@ -19,7 +19,8 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-payload-low-water.sh \
 	tests/interop/test-splice-reads.sh \
 	tests/interop/test-worker-policy.sh \
-	tests/interop/test-sparse-blocks.sh
+	tests/interop/test-sparse-blocks.sh \
+	tests/interop/test-write-lanes.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)

@@ -14,6 +14,14 @@ test_server_queue_SOURCES = tests/unit/test-server-queue.c tests/unit/check.h sr
 test_server_queue_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server \
 	-DQUEUE_REALLOC=queue_test_realloc
 
+# The server's write lane policy.
+check_PROGRAMS += test-server-lanes
+TESTS += test-server-lanes
+VALGRIND_TESTS += test-server-lanes
+test_server_lanes_SOURCES = tests/unit/test-server-lanes.c tests/unit/check.h src/server/lanes.c \
+	src/server/lanes.h
+test_server_lanes_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server
+
 # The server's payload buffer pool.
 check_PROGRAMS += test-server-bufpool
 TESTS += test-server-bufpool
