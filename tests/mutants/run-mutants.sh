@@ -5,8 +5,9 @@
 #   # Caught by: tests/unit/test-foo tests/interop/test-bar.sh
 # For each mutant this applies the patch to a scratch copy of the tree,
 # rebuilds, runs the named tests and requires at least one of them to fail;
-# then it reverts the patch.  A mutant that no test catches, or that does not
-# apply or build, is reported and makes the run fail.
+# then it reverts the patch.  A mutant that no test catches, that names tests
+# the build does not have, or that does not apply or build, is reported and
+# makes the run fail; so is one whose `make check` fails with no test failing.
 #
 # Usage: run-mutants.sh [--sample N] [--seed S] [--keep] [NAME...]
 #   NAME...      run only these mutants (file names with or without .patch)
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   --sample) sample=$2; shift ;;
   --seed) seed=$2; shift ;;
   --keep) keep=yes ;;
-  -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "run-mutants.sh: unknown option $1" >&2; exit 2 ;;
   *) names+=("${1%.patch}") ;;
   esac
@@ -64,12 +65,21 @@ echo "=== building a scratch copy in $work"
 (cd "$build" && "$src/configure" -q --enable-werror >configure.out 2>&1 && make -j"$(nproc)" >make.out 2>&1) ||
   { tail -20 "$build/make.out" "$build/configure.out" 2>/dev/null; echo "run-mutants.sh: the unmutated tree does not build" >&2; exit 2; }
 
+# The tests the build knows: a name outside them makes `make check` fail
+# before any test runs, which must not count as the mutant caught.
+known=$(echo 'print-tests: ; @echo $(TESTS)' | make -s -C "$build" -f Makefile -f - print-tests)
+
 caught=0 missed=()
 for m in "${mutants[@]}"; do
   name=$(basename "$m" .patch)
   tests=$(sed -n '1s/^# Caught by: *//p' "$m")
   if [ -z "$tests" ]; then
     missed+=("$name: no '# Caught by:' line"); echo "MISSED: $name (no tests named)"; continue
+  fi
+  unknown=$(for t in $tests; do case " $known " in *" $t "*) ;; *) printf ' %s' "$t" ;; esac; done)
+  if [ -n "$unknown" ]; then
+    missed+=("$name: names tests the build does not have:$unknown")
+    echo "MISSED: $name (no such tests:$unknown)"; continue
   fi
   if ! (cd "$src" && patch -p1 -s --no-backup-if-mismatch <"$m"); then
     missed+=("$name: does not apply"); echo "MISSED: $name (does not apply)"; continue
@@ -79,8 +89,10 @@ for m in "${mutants[@]}"; do
     verdict="does not build"
   elif make -C "$build" -j"$(nproc)" check TESTS="$tests" >>"$log" 2>&1; then
     verdict=missed
-  else
+  elif grep -qE '^(FAIL|ERROR): ' "$log"; then
     verdict=caught
+  else
+    verdict="make check failed with no test failing"
   fi
   (cd "$src" && patch -p1 -R -s --no-backup-if-mismatch <"$m") || { echo "run-mutants.sh: cannot revert $name" >&2; exit 2; }
   case $verdict in
