@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,17 @@ static void export_series(FILE *f, const char *name, const struct export *exp) {
   fputc('"', f);
 }
 
+/* A family with one series per export, each the export's counter at byte
+ * offset field of struct export_stats. */
+static void export_family(FILE *f, const char *name, const char *type, const char *help,
+                          size_t field) {
+  family(f, name, type, help);
+  for (size_t i = 0; i < m.srv->n_exports; i++) {
+    export_series(f, name, m.srv->exports[i]);
+    fprintf(f, "} %" PRIu64 "\n", *(const uint64_t *)((const char *)stats_at(i) + field));
+  }
+}
+
 static unsigned export_connections(const struct export *exp) {
   unsigned n = 0;
   for (const struct connection *c = m.srv->conns; c; c = c->next)
@@ -254,16 +266,10 @@ static void write_requests(FILE *f) {
       export_series(f, "errors_total", m.srv->exports[i]);
       fprintf(f, ",errno=\"%s\"} %" PRIu64 "\n", errno_label(e), stats_at(i)->errors[e]);
     }
-  family(f, "read_bytes_total", "counter", "Bytes returned by successful READs.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "read_bytes_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->bytes_read);
-  }
-  family(f, "written_bytes_total", "counter", "Bytes stored by successful WRITEs.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "written_bytes_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->bytes_written);
-  }
+  export_family(f, "read_bytes_total", "counter", "Bytes returned by successful READs.",
+                offsetof(struct export_stats, bytes_read));
+  export_family(f, "written_bytes_total", "counter", "Bytes stored by successful WRITEs.",
+                offsetof(struct export_stats, bytes_written));
   family(f, "requests_on_loop_total", "counter",
          "READs and WRITEs the event loop served itself, with no worker thread.");
   for (size_t i = 0; i < m.srv->n_exports; i++)
@@ -272,38 +278,23 @@ static void write_requests(FILE *f) {
       fprintf(f, ",command=\"%s\"} %" PRIu64 "\n", w ? "WRITE" : "READ",
               stats_at(i)->on_loop[w]);
     }
-  family(f, "replies_from_workers_total", "counter",
-         "Replies a worker thread sent itself, with no trip through the event loop.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "replies_from_workers_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->from_worker);
-  }
-  family(f, "reads_spliced_total", "counter",
-         "READ replies whose data went from the page cache into the socket by splice, "
-         "never copied through the server.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "reads_spliced_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->spliced);
-  }
-  family(f, "writes_spliced_total", "counter",
-         "WRITEs whose payload went from the socket into the file by splice, never copied "
-         "through the server.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "writes_spliced_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->wspliced);
-  }
-  family(f, "writes_one_lane_total", "counter",
-         "Plain WRITEs run on one lane, not spread over all, because the recent ones held "
-         "the file long.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "writes_one_lane_total", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->one_lane);
-  }
-  family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.");
-  for (size_t i = 0; i < m.srv->n_exports; i++) {
-    export_series(f, "requests_in_flight", m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", stats_at(i)->inflight);
-  }
+  export_family(f, "replies_from_workers_total", "counter",
+                "Replies a worker thread sent itself, with no trip through the event loop.",
+                offsetof(struct export_stats, from_worker));
+  export_family(f, "reads_spliced_total", "counter",
+                "READ replies whose data went from the page cache into the socket by splice, "
+                "never copied through the server.",
+                offsetof(struct export_stats, spliced));
+  export_family(f, "writes_spliced_total", "counter",
+                "WRITEs whose payload went from the socket into the file by splice, never copied "
+                "through the server.",
+                offsetof(struct export_stats, wspliced));
+  export_family(f, "writes_one_lane_total", "counter",
+                "Plain WRITEs run on one lane, not spread over all, because the recent ones held "
+                "the file long.",
+                offsetof(struct export_stats, one_lane));
+  export_family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.",
+                offsetof(struct export_stats, inflight));
   family(f, "requests_queued", "gauge",
          "Requests waiting in the export's queue for earlier conflicting ones.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
