@@ -67,7 +67,8 @@ echo "=== building a scratch copy in $work"
 
 # The tests the build knows: a name outside them makes `make check` fail
 # before any test runs, which must not count as the mutant caught.
-known=$(echo 'print-tests: ; @echo $(TESTS)' | make -s -C "$build" -f Makefile -f - print-tests)
+known=$(echo 'print-tests: ; @echo $(TESTS)' |
+  MAKEFLAGS= MAKEOVERRIDES= make -s --no-print-directory -C "$build" -f Makefile -f - print-tests)
 
 caught=0 missed=()
 for m in "${mutants[@]}"; do
