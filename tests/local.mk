@@ -15,3 +15,7 @@ include tests/stress/local.mk
 include tests/kernel/local.mk
 # The whole directory: every planted bug and its runner.
 EXTRA_DIST += tests/mutants
+# Every planted bug still applies and names tests the build has (the
+# mutants themselves run from run-tests.sh, a sample of them, or
+# "make check-mutants").
+TESTS += tests/mutants/test-mutants-apply.sh
