@@ -343,12 +343,17 @@ def targets(rows, active, clk):
     miss = [r for r in vhd if r["qemu"] is not None and r["vs_qemu"] is None]
 
     def qemu_detail(r):
-        # Say when no server could have held the row: the null server
-        # itself is not twice as fast as qemu-nbd.
+        # Say when no server could have held the row (the null server
+        # itself is not twice as fast as qemu-nbd), or when serving the
+        # same data raw did not either: then the VHD mapping costing
+        # nothing, target (a), is not enough for this one.
         text = "%s %.2f×" % (row_name(r), r["vs_qemu"])
-        n = r["null"]
-        if n and n["iops"] and r["qemu"]["iops"] and n["iops"] < QEMU_RATIO * r["qemu"]["iops"]:
-            text += " (round-trip bound: nbdkit null %.2f×)" % (n["iops"] / r["qemu"]["iops"])
+        q = r["qemu"]["iops"]
+        n, raw = r["null"], r["raw"]
+        if n and n["iops"] and q and n["iops"] < QEMU_RATIO * q:
+            text += " (round-trip bound: nbdkit null %.2f×)" % (n["iops"] / q)
+        elif raw and raw["iops"] and q and raw["iops"] < QEMU_RATIO * q:
+            text += " (raw-bound: nbdkit-raw %.2f×)" % (raw["iops"] / q)
         return text
     out.append(verdict(
         "b", "every row where qemu-nbd runs ≥ %.0f× qemu-nbd" % QEMU_RATIO, sel,
