@@ -27,12 +27,17 @@ EXTRA_DIST += \
 	bench/plots/conns-iops.svg \
 	bench/plots/seq-mbps.svg \
 	bench/startup-time.py \
-	bench/test-bench-smoke.sh
+	bench/test-bench-smoke.sh \
+	bench/test-report-verdicts.sh
 
 # bench/run --smoke: two short workloads on every image and server, over a
 # Unix socket and TCP, so the benchmark, its report's latency columns and
 # target lines, and its plots keep working (it measures nothing worth keeping).
 TESTS += bench/test-bench-smoke.sh
+
+# bench/report.py's target lines on made-up rows: what holds, what fails,
+# worst first, and the bounds each failing row names.
+TESTS += bench/test-report-verdicts.sh
 
 # bench/loop-floor: an NBD server that is one epoll loop doing the I/O and
 # nothing else, the yardstick of bench/run's QD1 rows (built by bench/run).
