@@ -27,7 +27,10 @@ WORKLOAD_ORDER = ["rr4k-qd1", "rr4k-qd4", "rr4k-qd16", "rr4k-qd64", "rr4k-4conn"
                   "rw4k-4conn", "rw4k-16conn", "sr1m-qd1", "sr1m-qd16", "sr1m-4conn",
                   "sw1m-qd1", "sw1m-qd16", "sw1m-4conn"]
 IMAGE_ORDER = ["empty", "alloc", "fixed", "diff", "raw-sparse", "raw", "null"]
-SERVER_ORDER = ["vhdnbd", "qemu-nbd", "nbdkit-raw", "loop-floor", "nbdkit-null", "page-cache"]
+SERVER_ORDER = ["vhdnbd", "qemu-nbd", "nbdkit-raw", "loop-floor", "thread-floor", "nbdkit-null",
+                "page-cache"]
+# Yardsticks, not servers anyone would run: never "the fastest server".
+YARDSTICKS = ("nbdkit-null", "loop-floor", "thread-floor", "page-cache")
 CONDITION_ORDER = ["unix/warm", "tcp/warm", "unix/cold", "tcp/cold"]
 IMAGE_NOTES = {
     "empty": "empty dynamic VHD (fresh copy per job): writes into new blocks",
@@ -35,7 +38,7 @@ IMAGE_NOTES = {
     "fixed": "fixed VHD",
     "diff": "differencing VHD (fresh, empty) over an allocated dynamic parent",
     "raw-sparse": "sparse raw file (fresh per job), nbdkit only",
-    "raw": "raw file with the same data (nbdkit-raw, loop-floor; page-cache = no server: fio "
+    "raw": "raw file with the same data (nbdkit-raw, loop-floor, thread-floor; page-cache = no server: fio "
            "writing into the file itself from one thread per CPU)",
     "null": "`nbdkit null`: no data, no I/O; the client's and kernel's round trip alone",
 }
@@ -172,7 +175,7 @@ def raw_image(image):
 def add_ratios(rows):
     by = {row_key(r): r for r in rows}
     for r in rows:
-        r["qemu"] = r["raw"] = r["null"] = r["floor"] = r["ceiling"] = None
+        r["qemu"] = r["raw"] = r["null"] = r["floor"] = r["tfloor"] = r["ceiling"] = None
         r["vs_qemu"] = r["vs_raw"] = None
         if r["server"] != "vhdnbd":
             continue
@@ -180,6 +183,7 @@ def add_ratios(rows):
         r["raw"] = by.get((r["wl"], raw_image(r["image"]), "nbdkit-raw", r["cond"]))
         r["null"] = by.get((r["wl"], "null", "nbdkit-null", r["cond"]))
         r["floor"] = by.get((r["wl"], "raw", "loop-floor", r["cond"]))
+        r["tfloor"] = by.get((r["wl"], "raw", "thread-floor", r["cond"]))
         r["ceiling"] = by.get((r["wl"], "raw", "page-cache", r["cond"]))
         if r["iops"] is None:
             continue
@@ -243,6 +247,42 @@ def raw_and_best(rows, r, images=None):
     return raw, max(vhd, key=lambda p: p["iops"], default=None)
 
 
+def floor_table(rows):
+    """What serving the raw file costs with nothing but the I/O, from one
+    event loop and from a thread per connection, beside nbdkit-raw and
+    vhdnbd's best row of the same workload: a row vhdnbd fails where one
+    loop is slower than nbdkit-raw too, and vhdnbd passes that loop, is
+    bound by the loop's shape; one where vhdnbd is short of the loop is
+    bound by vhdnbd's own work."""
+    loops = {r["wl"]: r for r in rows if r["server"] == "loop-floor" and r["iops"]}
+    threads = {r["wl"]: r for r in rows if r["server"] == "thread-floor" and r["iops"]}
+    wls = sorted(set(loops) | set(threads), key=lambda w: idx(WORKLOAD_ORDER, w))
+    if not wls:
+        return []
+    out = ["Floors: `bench/loop-floor` serving the raw file with no queue, no checks and no "
+           "format, writing on the thread that reads the request (which vhdnbd may not do on "
+           "ext4): from one event loop for every connection (vhdnbd's shape) and, with `-t`, "
+           "from a thread per connection blocked in `recv` (nbdkit's).", "",
+           "| workload | nbdkit-raw IOPS | one loop IOPS | ×nbdkit-raw "
+           "| a thread per connection IOPS | ×nbdkit-raw | vhdnbd's best row | ×nbdkit-raw "
+           "| ×one loop |",
+           "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for wl in wls:
+        yard = loops.get(wl) or threads[wl]
+        raw, best = raw_and_best(rows, yard)
+        rawi = raw["iops"] if raw else None
+        lp, th = loops.get(wl), threads.get(wl)
+
+        def ratio(a, b):
+            return "%.2f" % (a / b) if a and b else "—"
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            wl, fmt(rawi, ".0f"), fmt(lp and lp["iops"], ".0f"), ratio(lp and lp["iops"], rawi),
+            fmt(th and th["iops"], ".0f"), ratio(th and th["iops"], rawi),
+            "%s %.0f" % (best["image"], best["iops"]) if best else "—",
+            ratio(best and best["iops"], rawi), ratio(best and best["iops"], lp and lp["iops"])))
+    return out
+
+
 def floor_line(rows):
     """Where a QD1 row is bound by the round trip: nbdkit null's figures
     next to the best any real server reached."""
@@ -251,26 +291,13 @@ def floor_line(rows):
         if r["server"] != "nbdkit-null" or r["iops"] is None:
             continue
         peers = [p for p in rows if p["wl"] == r["wl"] and p["iops"]
-                 and p["server"] not in ("nbdkit-null", "loop-floor", "page-cache")]
+                 and p["server"] not in YARDSTICKS]
         best = max(peers, key=lambda p: p["iops"], default=None)
         text = ("Round-trip floor, %s: `nbdkit null` %.0f IOPS, p50 %s µs, p99 %s µs"
                 % (r["wl"], r["iops"], fmt_us(r["p50"]), fmt_us(r["p99"])))
         if best:
             text += ("; the fastest server here (%s on %s) reaches %.0f%% of it"
                      % (best["server"], best["image"], 100 * best["iops"] / r["iops"]))
-        out.append(text + ".")
-    for r in sorted(rows, key=sort_key):
-        if r["server"] != "loop-floor" or r["iops"] is None:
-            continue
-        raw, best = raw_and_best(rows, r)
-        text = ("Event-loop floor, %s %s: `bench/loop-floor` (one thread: epoll, read, "
-                "pread or pwrite, write; no queue, no format) %.0f IOPS, p50 %s µs, p99 %s µs"
-                % (r["wl"], r["cond"], r["iops"], fmt_us(r["p50"]), fmt_us(r["p99"])))
-        if raw:
-            text += ", %.2f× nbdkit-raw" % (r["iops"] / raw["iops"])
-        if best:
-            text += ("; vhdnbd's best row (%s) reaches %.0f%% of it"
-                     % (best["image"], 100 * best["iops"] / r["iops"]))
         out.append(text + ".")
     for r in sorted(rows, key=sort_key):
         if r["server"] != "page-cache" or r["iops"] is None:
@@ -323,13 +350,18 @@ def targets(rows, active, clk):
     miss = [r for r in vhd if r["vs_raw"] is None]
 
     def raw_detail(r):
-        # Say what an event loop with no work at all reaches on that row,
-        # and for 4k writes at depth what the page cache itself allows (not
+        # Say what an event loop and a thread per connection with no work
+        # at all reach on that row, and for 4k writes at depth what the page cache itself allows (not
         # for writes into new blocks, which do not go into cached pages).
         text = "%s %.2f×" % (row_name(r), r["vs_raw"])
-        f = r["floor"]
+        floors = []
+        f, t = r["floor"], r["tfloor"]
         if f and f["iops"] and r["raw"]["iops"]:
-            text += " (event-loop floor %.2f×)" % (f["iops"] / r["raw"]["iops"])
+            floors.append("event-loop floor %.2f×" % (f["iops"] / r["raw"]["iops"]))
+        if t and t["iops"] and r["raw"]["iops"]:
+            floors.append("a thread per connection %.2f×" % (t["iops"] / r["raw"]["iops"]))
+        if floors:
+            text += " (%s)" % ", ".join(floors)
         c = r["ceiling"]
         if c and c["iops"] and r["raw"]["iops"] and r["image"] in ("alloc", "fixed"):
             text += " (page-cache ceiling %.2f×)" % (c["iops"] / r["raw"]["iops"])
@@ -509,6 +541,9 @@ def report(workdir):
         out.append("")
         out.extend(table(sub, clk))
         out.append("")
+        ft = floor_table(sub)
+        if ft:
+            out.extend(ft + [""])
         for line in floor_line(sub):
             out.extend([line, ""])
 

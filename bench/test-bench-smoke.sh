@@ -2,7 +2,8 @@
 # bench/run --smoke runs every server on every image, over a Unix socket and
 # over TCP, with the page cache warm and dropped, and prints a complete
 # report: a number (latency percentiles included) in every table row, the
-# round-trip and event-loop floors, the page-cache ceiling of 4k writes,
+# round-trip floor, the floor table (one event loop and a thread per
+# connection on every workload), the page-cache ceiling of 4k writes,
 # memory with 1000 busy connections, open times, the layout cost, the
 # plots, and a verdict line for every target at the end.  As root
 # it drops the page cache (sync; echo 3 > /proc/sys/vm/drop_caches) before
@@ -60,7 +61,10 @@ done
 row rr4k-qd1 diff vhdnbd 2
 row rr4k-qd1 raw nbdkit-raw
 row rr4k-qd1 null nbdkit-null
-row rr4k-qd1 raw loop-floor
+for wl in rr4k-qd1 rw4k-4conn; do
+  row "$wl" raw loop-floor
+  row "$wl" raw thread-floor
+done
 for img in empty alloc fixed; do
   row rw4k-4conn "$img" vhdnbd 1
   row rw4k-4conn "$img" qemu-nbd
@@ -72,12 +76,16 @@ row rw4k-4conn raw nbdkit-raw
 # the raw file, no server, so no server CPU and no ratios.
 n=$(grep -Ec "^\| rw4k-4conn \| raw \| page-cache \| $num \| $num \| $num \| $num \| — \| — \| — \|$" "$report")
 [ "$n" -eq 2 ] || fail "$n page-cache rows for rw4k-4conn (of 2, one per condition)"
-rows=$(grep -Ec '^\| (rr4k|rw4k|sr1m|sw1m)' "$report")
-[ "$rows" -eq 36 ] || fail "expected 36 benchmark rows (18 per condition), got $rows"
+rows=$(grep -Ec '^\| (rr4k|rw4k|sr1m|sw1m)[^|]* \| [a-z-]+ \|' "$report")
+[ "$rows" -eq 42 ] || fail "expected 42 benchmark rows (21 per condition), got $rows"
 n=$(grep -Ec "^Round-trip floor, rr4k-qd1: \`nbdkit null\` $num IOPS, p50 $num µs, p99 $num µs" "$report")
 [ "$n" -eq 2 ] || fail "expected a round-trip floor line per condition, got $n"
-n=$(grep -Ec "^Event-loop floor, rr4k-qd1 (unix|tcp)/(warm|cold): \`bench/loop-floor\` .* $num IOPS, .*$num× nbdkit-raw; vhdnbd's best row \([a-z]+\) reaches $num% of it\.$" "$report")
-[ "$n" -eq 2 ] || fail "expected an event-loop floor line per condition, got $n"
+n=$(grep -Ec '^Floors: `bench/loop-floor` serving the raw file .* one event loop .* a thread per connection' "$report")
+[ "$n" -eq 2 ] || fail "expected a floor table per condition, got $n"
+for wl in rr4k-qd1 rw4k-4conn; do
+  n=$(grep -Ec "^\| $wl( \| $num){5} \| [a-z]+ $num( \| $num){2} \|$" "$report")
+  [ "$n" -eq 2 ] || fail "$n complete floor-table rows for $wl (of 2, one per condition)"
+done
 n=$(grep -Ec "^Page-cache ceiling, rw4k-4conn (unix|tcp)/(warm|cold): fio .* $num IOPS; nbdkit-raw reaches $num% of it, vhdnbd's best row \([a-z]+\) $num%\.$" "$report")
 [ "$n" -eq 2 ] || fail "expected a page-cache ceiling line per condition, got $n"
 

@@ -2,8 +2,9 @@
 # The target lines of bench/report.py, on rows made up for the purpose (no
 # server, no fio): each target holds when every row meets it and otherwise
 # names the failing rows, worst first, with what bounds them.  A failing
-# (a) row names the event-loop floor and, for 4k writes at depth into
-# allocated blocks, the page-cache ceiling; a failing (b) row says
+# (a) row names the event-loop floor and the thread-per-connection floor
+# and, for 4k writes at depth into allocated blocks, the page-cache ceiling
+# (the floor table lists both floors beside nbdkit-raw and vhdnbd); a failing (b) row says
 # "round-trip bound" when nbdkit null is under 2x qemu-nbd and otherwise
 # "raw-bound" when nbdkit-raw is; (c) compares p99 at QD1; (d) CPU per GiB.
 . "$top_srcdir/tests/functions.sh"
@@ -21,9 +22,10 @@ def row(server, wl, image, iops, p99=100.0, ticks=100, cond="unix/warm"):
             "p99": p99, "bytes": iops * 4096, "ticks": ticks}
 
 
-def vhd(wl, image, iops, qemu=None, raw=None, null=None, floor=None, ceiling=None, **kw):
+def vhd(wl, image, iops, qemu=None, raw=None, null=None, floor=None, tfloor=None,
+        ceiling=None, **kw):
     r = row("vhdnbd", wl, image, iops, **kw)
-    r.update(qemu=qemu, raw=raw, null=null, floor=floor, ceiling=ceiling,
+    r.update(qemu=qemu, raw=raw, null=null, floor=floor, tfloor=tfloor, ceiling=ceiling,
              vs_qemu=iops / qemu["iops"] if qemu else None,
              vs_raw=iops / raw["iops"] if raw else None)
     return r
@@ -60,11 +62,29 @@ rows = [
         raw=row("nbdkit-raw", "rr4k-qd1", "raw", 1050, p99=100.0),
         null=row("nbdkit-null", "rr4k-qd1", "null", 1500)),
 ]
-lines = report.targets(rows, [], 100)
+# (a) fails over four connections, with both floors measured.
+raw4 = row("nbdkit-raw", "rw4k-4conn", "raw", 1000)
+loop4 = row("loop-floor", "rw4k-4conn", "raw", 700)
+thread4 = row("thread-floor", "rw4k-4conn", "raw", 1200)
+conn4 = vhd("rw4k-4conn", "alloc", 900, raw=raw4, floor=loop4, tfloor=thread4)
+lines = report.targets(rows + [conn4], [], 100)
 
 a = line(lines, "a")
-expect(a, "does not hold", "1 of 4 rows fails", "rw4k-qd1/alloc unix warm 0.70×",
-       "(event-loop floor 0.80×)", absent=("rw4k-qd16/fixed", "page-cache ceiling"))
+expect(a, "does not hold", "2 of 5 rows fail", "rw4k-qd1/alloc unix warm 0.70×",
+       "(event-loop floor 0.80×)",
+       "rw4k-4conn/alloc unix warm 0.90× (event-loop floor 0.70×, a thread per connection 1.20×)",
+       absent=("rw4k-qd16/fixed", "page-cache ceiling"))
+assert a.index("rw4k-qd1/alloc") < a.index("rw4k-4conn/alloc"), "(a) rows not worst first: " + a
+
+# The floor table: one row per workload with a floor, vhdnbd's best row
+# (the faster of two images) against nbdkit-raw and against the one loop.
+other = vhd("rw4k-4conn", "fixed", 800, raw=raw4)
+table = report.floor_table([raw4, loop4, thread4, conn4, other,
+                            row("loop-floor", "rr4k-qd1", "raw", 500)])
+expect("\n".join(table),
+       "| rw4k-4conn | 1000 | 700 | 0.70 | 1200 | 1.20 | alloc 900 | 0.90 | 1.29 |",
+       "| rr4k-qd1 | — | 500 | — | — | — | — | — | — |")
+assert report.floor_table([raw4, conn4]) == [], "a floor table with no floor rows"
 
 b = line(lines, "b")
 expect(b, "does not hold", "3 of 4 rows fail",
