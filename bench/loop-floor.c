@@ -1,7 +1,7 @@
 /* loop-floor: the fastest an event-loop NBD server can answer on this
  * machine, as a yardstick for vhdnbd's queue-depth-1 figures.
  *
- *   loop-floor [-t] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE
+ *   loop-floor [-t | -l N] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE
  *
  * Serves FILE (raw, read-write) on the Unix socket SOCKET or on TCP
  * 127.0.0.1:PORT (TCP_NODELAY) to any number of clients, all from one
@@ -15,9 +15,12 @@
  * where vhdnbd is as fast as this, what is left between it and a thread
  * per connection is the price of the event loop's wake-ups, not of VHD.
  *
- * Two variants, as yardsticks measured by hand (bench/RESULTS.md):
+ * Variants, as yardsticks (bench/run measures -t beside the plain loop;
+ * bench/RESULTS.md):
  *   -t  a thread per connection blocked in recv, as nbdkit has, instead of
  *       the epoll loop: whether the loop's wake-ups are what costs;
+ *   -l N  N epoll loops, each on its own thread, new connections handed to
+ *       them in turn: what a server with a loop per CPU could reach;
  *   -s  READ data spliced from the file through a pipe into the socket,
  *       and WRITE payloads from the socket through a pipe into the file
  *       (splice(2)): no copy through user space, what a server could gain
@@ -46,6 +49,7 @@
 static int file_fd;
 static uint64_t file_size;
 static bool thread_per_conn, splice_reads;
+#define MAX_LOOPS 64
 /* Per thread: the epoll loop has one, -t one per connection. */
 static __thread uint8_t *buf;
 static __thread int splice_pipe[2] = {-1, -1};
@@ -271,6 +275,52 @@ static void *connection_thread(void *arg) {
   return NULL;
 }
 
+/* Serves the connections of one epoll set; ls, when not -1, is the
+ * listener, whose connections it hands to the sets in eps in turn. */
+static int serve_loop(int ep, int ls, const int *eps, unsigned n_eps, bool tcp) {
+  unsigned next = 0;
+  for (;;) {
+    struct epoll_event evs[64];
+    int n = epoll_wait(ep, evs, 64, -1);
+    if (n < 0 && errno != EINTR)
+      return 1;
+    for (int i = 0; i < n; i++) {
+      int fd = evs[i].data.fd;
+      if (fd == ls) {
+        int c = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0)
+          continue;
+        int one = 1;
+        if (tcp)
+          setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (handshake(c) < 0) {
+          close(c);
+          continue;
+        }
+        pthread_t t;
+        if (thread_per_conn) {
+          if (pthread_create(&t, NULL, connection_thread, (void *)(intptr_t)c) == 0)
+            pthread_detach(t);
+          else
+            close(c);
+          continue;
+        }
+        struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
+        epoll_ctl(eps[next++ % n_eps], EPOLL_CTL_ADD, c, &ce);
+      } else if (serve_one(fd) < 0) {
+        epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+        close(fd);
+      }
+    }
+  }
+}
+
+static void *loop_thread(void *arg) {
+  int ep = (int)(intptr_t)arg;
+  serve_loop(ep, -1, &ep, 1, false);
+  return NULL;
+}
+
 static int listen_on(const char *unix_path, const char *port) {
   int ls;
   if (unix_path) {
@@ -297,9 +347,12 @@ static int listen_on(const char *unix_path, const char *port) {
 int main(int argc, char **argv) {
   const char *unix_path = NULL, *port = NULL, *pidfile = NULL;
   int opt;
-  while ((opt = getopt(argc, argv, "tsU:p:P:")) != -1) {
+  long n_loops = 1;
+  while ((opt = getopt(argc, argv, "tl:sU:p:P:")) != -1) {
     if (opt == 't')
       thread_per_conn = true;
+    else if (opt == 'l')
+      n_loops = strtol(optarg, NULL, 10);
     else if (opt == 's')
       splice_reads = true;
     else if (opt == 'U')
@@ -311,8 +364,10 @@ int main(int argc, char **argv) {
     else
       optind = argc + 1;
   }
-  if (optind != argc - 1 || !unix_path == !port) {
-    fprintf(stderr, "usage: loop-floor [-t] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
+  if (optind != argc - 1 || !unix_path == !port || n_loops < 1 || n_loops > MAX_LOOPS ||
+      (thread_per_conn && n_loops > 1)) {
+    fprintf(stderr,
+            "usage: loop-floor [-t | -l N] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
     return 2;
   }
   file_fd = open(argv[optind], O_RDWR);
@@ -335,41 +390,20 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  int ep = epoll_create1(EPOLL_CLOEXEC);
-  struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls};
-  epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
-  for (;;) {
-    struct epoll_event evs[64];
-    int n = epoll_wait(ep, evs, 64, -1);
-    if (n < 0 && errno != EINTR)
+  int eps[MAX_LOOPS];
+  for (long i = 0; i < n_loops; i++) {
+    eps[i] = epoll_create1(EPOLL_CLOEXEC);
+    if (eps[i] < 0) {
+      fprintf(stderr, "loop-floor: epoll_create1: %s\n", strerror(errno));
       return 1;
-    for (int i = 0; i < n; i++) {
-      int fd = evs[i].data.fd;
-      if (fd == ls) {
-        int c = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0)
-          continue;
-        int one = 1;
-        if (port)
-          setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (handshake(c) < 0) {
-          close(c);
-          continue;
-        }
-        pthread_t t;
-        if (thread_per_conn) {
-          if (pthread_create(&t, NULL, connection_thread, (void *)(intptr_t)c) == 0)
-            pthread_detach(t);
-          else
-            close(c);
-          continue;
-        }
-        struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
-        epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
-      } else if (serve_one(fd) < 0) {
-        epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
-        close(fd);
-      }
+    }
+    pthread_t t;
+    if (i > 0 && pthread_create(&t, NULL, loop_thread, (void *)(intptr_t)eps[i]) != 0) {
+      fprintf(stderr, "loop-floor: cannot start loop %ld\n", i);
+      return 1;
     }
   }
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls};
+  epoll_ctl(eps[0], EPOLL_CTL_ADD, ls, &ev);
+  return serve_loop(eps[0], ls, eps, (unsigned)n_loops, port != NULL);
 }

@@ -164,14 +164,15 @@ if ls -d "$TMPD"/vhdnbd-bench.* >/dev/null 2>&1; then
   fail "bench/run left its work directory behind"
 fi
 
-# bench/loop-floor's variants (-t: a thread per connection, -s: READ data
-# spliced into the socket), used by hand as yardsticks, serve the file's
-# bytes: nbdcopy over 2 connections copies it exactly.
+# bench/loop-floor's variants (-t: a thread per connection, -l 2: two
+# loops, -s: READ data spliced into the socket), used by hand as
+# yardsticks, serve the file's bytes: nbdcopy over 2 connections (one on
+# each loop with -l 2) copies it exactly.
 floor=$top_builddir/bench/loop-floor
 [ -x "$floor" ] || fail "bench/run did not build $floor"
 if command -v nbdcopy >/dev/null; then
   head -c $((4 * 1024 * 1024)) /dev/urandom >"$TMPD/floor.raw"
-  for opts in "" -t -s "-t -s"; do
+  for opts in "" -t "-l 2" -s "-t -s" "-l 2 -s"; do
     rm -f "$TMPD/floor.pid" "$TMPD/floor.copy"
     # shellcheck disable=SC2086
     "$floor" $opts -U "$TMPD/floor.sock" -P "$TMPD/floor.pid" "$TMPD/floor.raw" &
