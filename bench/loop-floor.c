@@ -1,5 +1,5 @@
 /* loop-floor: the fastest an event-loop NBD server can answer on this
- * machine, as a yardstick for vhdnbd's queue-depth-1 figures.
+ * machine, as a yardstick for vhdnbd's figures.
  *
  *   loop-floor [-t | -l N] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE
  *
@@ -45,12 +45,12 @@
 #include <unistd.h>
 
 #define MAX_LEN (32u << 20)
+#define MAX_LOOPS 64
 
 static int file_fd;
 static uint64_t file_size;
 static bool thread_per_conn, splice_reads;
-#define MAX_LOOPS 64
-/* Per thread: the epoll loop has one, -t one per connection. */
+/* Per thread: each epoll loop has one, -t one per connection. */
 static __thread uint8_t *buf;
 static __thread int splice_pipe[2] = {-1, -1};
 

@@ -38,8 +38,8 @@ IMAGE_NOTES = {
     "fixed": "fixed VHD",
     "diff": "differencing VHD (fresh, empty) over an allocated dynamic parent",
     "raw-sparse": "sparse raw file (fresh per job), nbdkit only",
-    "raw": "raw file with the same data (nbdkit-raw, loop-floor, thread-floor; page-cache = no server: fio "
-           "writing into the file itself from one thread per CPU)",
+    "raw": "raw file with the same data (nbdkit-raw, loop-floor, thread-floor; page-cache = "
+           "no server: fio writing into the file itself from one thread per CPU)",
     "null": "`nbdkit null`: no data, no I/O; the client's and kernel's round trip alone",
 }
 TRANSPORT_NAMES = {"unix": "Unix socket", "tcp": "TCP 127.0.0.1"}
@@ -247,6 +247,10 @@ def raw_and_best(rows, r, images=None):
     return raw, max(vhd, key=lambda p: p["iops"], default=None)
 
 
+def ratio_text(a, b):
+    return "%.2f" % (a / b) if a and b else "—"
+
+
 def floor_table(rows):
     """What serving the raw file costs with nothing but the I/O, from one
     event loop and from a thread per connection, beside nbdkit-raw and
@@ -272,14 +276,13 @@ def floor_table(rows):
         raw, best = raw_and_best(rows, yard)
         rawi = raw["iops"] if raw else None
         lp, th = loops.get(wl), threads.get(wl)
-
-        def ratio(a, b):
-            return "%.2f" % (a / b) if a and b else "—"
+        lpi, thi = lp and lp["iops"], th and th["iops"]
+        besti = best and best["iops"]
         out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            wl, fmt(rawi, ".0f"), fmt(lp and lp["iops"], ".0f"), ratio(lp and lp["iops"], rawi),
-            fmt(th and th["iops"], ".0f"), ratio(th and th["iops"], rawi),
-            "%s %.0f" % (best["image"], best["iops"]) if best else "—",
-            ratio(best and best["iops"], rawi), ratio(best and best["iops"], lp and lp["iops"])))
+            wl, fmt(rawi, ".0f"), fmt(lpi, ".0f"), ratio_text(lpi, rawi),
+            fmt(thi, ".0f"), ratio_text(thi, rawi),
+            "%s %.0f" % (best["image"], besti) if best else "—",
+            ratio_text(besti, rawi), ratio_text(besti, lpi)))
     return out
 
 
@@ -351,8 +354,9 @@ def targets(rows, active, clk):
 
     def raw_detail(r):
         # Say what an event loop and a thread per connection with no work
-        # at all reach on that row, and for 4k writes at depth what the page cache itself allows (not
-        # for writes into new blocks, which do not go into cached pages).
+        # at all reach on that row, and for 4k writes at depth what the
+        # page cache itself allows (not for writes into new blocks, which
+        # do not go into cached pages).
         text = "%s %.2f×" % (row_name(r), r["vs_raw"])
         floors = []
         f, t = r["floor"], r["tfloor"]

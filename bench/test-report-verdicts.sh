@@ -72,7 +72,8 @@ lines = report.targets(rows + [conn4], [], 100)
 a = line(lines, "a")
 expect(a, "does not hold", "2 of 5 rows fail", "rw4k-qd1/alloc unix warm 0.70×",
        "(event-loop floor 0.80×)",
-       "rw4k-4conn/alloc unix warm 0.90× (event-loop floor 0.70×, a thread per connection 1.20×)",
+       "rw4k-4conn/alloc unix warm 0.90× (event-loop floor 0.70×, "
+       "a thread per connection 1.20×)",
        absent=("rw4k-qd16/fixed", "page-cache ceiling"))
 assert a.index("rw4k-qd1/alloc") < a.index("rw4k-4conn/alloc"), "(a) rows not worst first: " + a
 
