@@ -5,15 +5,16 @@
  *
  * Serves FILE (raw, read-write) on the Unix socket SOCKET or on TCP
  * 127.0.0.1:PORT (TCP_NODELAY) to any number of clients, all from one
- * thread, and writes PIDFILE once it listens: epoll_wait, read the request, pread or
- * pwrite the file, write the reply, epoll_wait again: no queue, no worker,
- * no format, no checks beyond what framing needs.  (It writes on the loop
+ * thread (unless -t or -l), and writes PIDFILE once it listens: epoll_wait,
+ * read the request, pread or pwrite the file, write the reply, epoll_wait
+ * again: no queue, no worker, no format, no checks beyond what framing
+ * needs.  (It writes on the loop
  * thread, which vhdnbd must not do on file systems that refuse
  * RWF_NOWAIT writes; so for writes it is a floor vhdnbd is not allowed to
  * reach by design.)  Simple replies only; FLUSH is fdatasync; it stops at
  * SIGTERM or SIGINT.  bench/run measures it beside nbdkit's file plugin:
- * where vhdnbd is as fast as this, what is left between it and a thread
- * per connection is the price of the event loop's wake-ups, not of VHD.
+ * where vhdnbd is as fast as this, what is left between it and nbdkit is
+ * the shape of the server (one loop, its wake-ups), not VHD.
  *
  * Variants, as yardsticks (bench/run measures -t beside the plain loop;
  * bench/RESULTS.md):
