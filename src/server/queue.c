@@ -3,6 +3,7 @@
 #include "queue.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -197,6 +198,7 @@ static void unwait(struct submission *s) {
 /* ---- the queue ---- */
 
 void queue_init(struct queue *q) {
+  pthread_mutex_init(&q->lock, NULL);
   q->reads = q->writes = NULL;
   q->reads_head = q->reads_tail = NULL;
   q->writes_head = q->writes_tail = NULL;
@@ -207,9 +209,14 @@ void queue_init(struct queue *q) {
   q->records = q->record_slots = 0;
 }
 
-bool queue_empty(const struct queue *q) { return q->running == 0 && q->waiting == 0; }
+bool queue_empty(struct queue *q) {
+  pthread_mutex_lock(&q->lock);
+  bool empty = q->running == 0 && q->waiting == 0;
+  pthread_mutex_unlock(&q->lock);
+  return empty;
+}
 
-bool queue_may_start_now(const struct queue *q, const struct queue_item *item) {
+static bool may_start_now(const struct queue *q, const struct queue_item *item) {
   switch (item->kind) {
   case QUEUE_FLUSH:
     return q->writes_head == NULL;
@@ -225,7 +232,8 @@ bool queue_may_start_now(const struct queue *q, const struct queue_item *item) {
 static void start(struct queue *q, struct queue_item *item) {
   item->running = true;
   q->running++;
-  item->start(item);
+  if (item->start)
+    item->start(item);
 }
 
 static void append(struct queue_item **head, struct queue_item **tail, struct queue_item *it) {
@@ -321,7 +329,7 @@ static int record_blockers(struct queue *q, struct queue_item *item) {
   return 0;
 }
 
-int queue_submit(struct queue *q, struct queue_item *item) {
+static int submit(struct queue *q, struct queue_item *item) {
   item->running = false;
   item->barrier = false;
   item->in_tree = false;
@@ -367,6 +375,33 @@ int queue_submit(struct queue *q, struct queue_item *item) {
   return 0;
 }
 
+int queue_submit(struct queue *q, struct queue_item *item) {
+  pthread_mutex_lock(&q->lock);
+  int r = submit(q, item);
+  pthread_mutex_unlock(&q->lock);
+  return r;
+}
+
+bool queue_may_start_now(struct queue *q, const struct queue_item *item) {
+  pthread_mutex_lock(&q->lock);
+  bool now = may_start_now(q, item);
+  pthread_mutex_unlock(&q->lock);
+  return now;
+}
+
+bool queue_start_now(struct queue *q, struct queue_item *item) {
+  pthread_mutex_lock(&q->lock);
+  bool taken = may_start_now(q, item);
+  if (taken) {
+    queue_start_fn fn = item->start;
+    item->start = NULL; /* running once submitted, started by nobody */
+    taken = submit(q, item) == 0;
+    item->start = fn;
+  }
+  pthread_mutex_unlock(&q->lock);
+  return taken;
+}
+
 /* Starts the FLUSHes and barriers submitted before seq whose earlier items
  * have all completed, in submission order.  Each list is in submission
  * order, so only its head needs a look. */
@@ -389,7 +424,7 @@ static void start_barriers_before(struct queue *q, uint64_t seq) {
   }
 }
 
-void queue_done(struct queue *q, struct queue_item *item) {
+static void done(struct queue *q, struct queue_item *item) {
   if (item->in_tree) {
     if (item->kind == QUEUE_WRITE)
       q->writes = tree_remove(q->writes, item);
@@ -429,4 +464,10 @@ void queue_done(struct queue *q, struct queue_item *item) {
   if (barriers)
     start_barriers_before(q, UINT64_MAX);
   free(waiters);
+}
+
+void queue_done(struct queue *q, struct queue_item *item) {
+  pthread_mutex_lock(&q->lock);
+  done(q, item);
+  pthread_mutex_unlock(&q->lock);
 }

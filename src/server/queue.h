@@ -3,9 +3,10 @@
  * Every request that touches an export's image passes through its export's
  * queue, whatever connection it came from (all connections share one vhd_t,
  * which is what makes NBD_FLAG_CAN_MULTI_CONN truthful).  The queue only
- * decides *when* a request may start; it runs on the loop thread, needs no
- * lock, and starts requests through their start callback (which hands them
- * to a worker thread).
+ * decides *when* a request may start, and starts requests through their
+ * start callback (which hands them to a worker thread).  Its functions may
+ * be called from any thread: each holds the queue's lock, and start
+ * callbacks run under it, so they must not call into the queue again.
  *
  * Rules, applied against every earlier request still in the queue (running
  * or waiting), in submission order:
@@ -61,6 +62,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 /* The most dependency records one request may hold (rule 5).  A record is
  * a pointer in the array of the request waited for, so one request costs at
  * most 64 x 8 = 512 bytes of them (twice that with the arrays' slack): a
@@ -110,6 +113,7 @@ struct queue_item {
 };
 
 struct queue {
+  pthread_mutex_t lock; /* taken by every queue_* call */
   struct queue_item *reads, *writes; /* interval trees */
   /* Every unfinished READ-kind and WRITE-kind item. */
   struct queue_item *reads_head, *reads_tail;
@@ -132,10 +136,15 @@ int queue_submit(struct queue *q, struct queue_item *item);
 /* Removes a finished item (one the queue started) and starts every waiting
  * item it unblocked. */
 void queue_done(struct queue *q, struct queue_item *item);
-bool queue_empty(const struct queue *q);
+bool queue_empty(struct queue *q);
 /* Whether item, submitted now, would start at once (nothing in the queue
- * conflicts with it).  Lets the caller run a request that completes on the
- * spot without queueing it. */
-bool queue_may_start_now(const struct queue *q, const struct queue_item *item);
+ * conflicts with it). */
+bool queue_may_start_now(struct queue *q, const struct queue_item *item);
+/* Submits item only if it would start at once, and then without calling
+ * item->start: it is running, and the caller runs it and calls queue_done.
+ * Returns whether it was submitted.  Lets a request that can be served on
+ * the spot be served there, while later conflicting requests, from any
+ * thread, wait for it as for any other. */
+bool queue_start_now(struct queue *q, struct queue_item *item);
 
 #endif

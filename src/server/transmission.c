@@ -501,14 +501,47 @@ static void work_done(struct work_item *w) {
  * and everything else run in parallel.  The queue counts a WRITE waiting for
  * its turn as running, which only makes later conflicting requests wait
  * for it, as they must. */
+/* Whether a worker may send the reply of a request of len bytes itself
+ * (reply_from_worker). */
+static bool may_direct(const struct request *req, uint64_t len) {
+  return req->conn->direct_fd >= 0 && server.direct_replies &&
+         req->r.type != NBD_CMD_BLOCK_STATUS &&
+         (req->r.type != NBD_CMD_READ ||
+          (!req->sliced && !req->may_splice && len <= SERVER_DIRECT_READ_MAX));
+}
+
 static void start_work(struct queue_item *qi) {
   struct request *req = (struct request *)qi;
   req->work.run = work_run;
   req->work.done = work_done;
   if (req->r.type == NBD_CMD_WRITE && !(req->r.flags & NBD_CMD_FLAG_FUA))
-    workers_submit_serial(export_write_lane(req->exp, req->r.offset), &req->work);
+    workers_enqueue(export_write_lane(req->exp, req->r.offset), &req->work);
   else
-    workers_submit(&req->work);
+    workers_enqueue(NULL, &req->work);
+}
+
+enum served { NOT_TAKEN, SERVED_NOW, TO_WORKER };
+
+/* Serves a request of len bytes that nothing queued conflicts with on the
+ * spot, when now (ops_read_now, ops_write_now) can do it without waiting:
+ * it holds its place in the queue meanwhile, so a conflicting request of
+ * another connection waits for it.  When it turns out to need a worker
+ * after all, it goes to one with its place kept. */
+static enum served serve_now(struct request *req, uint64_t len, int (*now)(struct request *)) {
+  struct queue_item *qi = &req->qi;
+  if (!queue_start_now(&req->exp->queue, qi))
+    return NOT_TAKEN;
+  if (now(req) == 0) {
+    queue_done(&req->exp->queue, qi);
+    server.inline_bytes += len;
+    metrics_request_on_loop(req->exp, req->r.type);
+    send_reply(req);
+    return SERVED_NOW;
+  }
+  req->may_direct = may_direct(req, len);
+  workers_hold(req->work.home);
+  start_work(qi);
+  return TO_WORKER;
 }
 
 static void dispatch(struct request *req) {
@@ -536,22 +569,16 @@ static void dispatch(struct request *req) {
   qi->end = len ? (off + len + 511) & ~(uint64_t)511 : qi->off;
   qi->start = start_work;
   /* A READ that nothing earlier conflicts with may be served right here when
-   * its bytes are in the page cache: no thread hand-off in either direction.
-   * It completes before anything else runs on the loop, so it need not enter
-   * the queue.  The budget bounds the copying done per loop iteration. */
+   * its bytes are in the page cache: no thread hand-off in either direction
+   * (serve_now).  The budget bounds the copying done per loop iteration. */
   /* A large READ goes to a worker that splices it (ops.c), when the
    * connection has a plain socket: no copy beats a copy without a thread
    * hop.  Not a sliced one: its slices stream through the loop. */
   req->may_splice = req->r.type == NBD_CMD_READ && server.splice_reads &&
                     req->conn->direct_fd >= 0 && !req->sliced && len >= SERVER_SPLICE_MIN;
   if (req->r.type == NBD_CMD_READ && len <= SERVER_INLINE_READ_MAX && !req->may_splice &&
-      server.inline_bytes < SERVER_INLINE_BUDGET &&
-      queue_may_start_now(&req->exp->queue, qi) && ops_read_now(req) == 0) {
-    server.inline_bytes += len;
-    metrics_request_on_loop(req->exp, NBD_CMD_READ);
-    send_reply(req);
+      server.inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_read_now))
     return;
-  }
   /* So may a plain WRITE that the engine can store without waiting: into
    * blocks already allocated, sectors already marked, pages the kernel
    * takes at once (VHD_WRITE_NOWAIT).  It is then in the page cache before
@@ -560,18 +587,12 @@ static void dispatch(struct request *req) {
    * writes, which wait for the disk, always go to the workers. */
   if (req->r.type == NBD_CMD_WRITE && !(req->r.flags & NBD_CMD_FLAG_FUA) &&
       !req->payload_piped && server.loop_writes && len <= SERVER_INLINE_WRITE_MAX &&
-      server.inline_bytes < SERVER_INLINE_BUDGET &&
-      queue_may_start_now(&req->exp->queue, qi) && ops_write_now(req) == 0) {
-    server.inline_bytes += len;
-    metrics_request_on_loop(req->exp, NBD_CMD_WRITE);
-    send_reply(req);
+      server.inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_write_now))
     return;
-  }
-  req->may_direct = req->conn->direct_fd >= 0 && server.direct_replies &&
-                    req->r.type != NBD_CMD_BLOCK_STATUS &&
-                    (req->r.type != NBD_CMD_READ ||
-                     (!req->sliced && !req->may_splice && len <= SERVER_DIRECT_READ_MAX));
+  req->may_direct = may_direct(req, len);
+  workers_hold(req->work.home);
   if (queue_submit(&req->exp->queue, qi) < 0) {
+    workers_release(req->work.home);
     req->error = NBD_ENOMEM;
     req->why = "out of memory queueing the request";
     send_reply(req);

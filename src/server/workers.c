@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,9 +24,18 @@ struct worker {
   bool woken;
 };
 
-static struct {
-  uv_loop_t *loop;
+/* Where finished items go back to: one per event loop. */
+struct work_home {
   uv_async_t async;
+  /* Items run, waiting for the loop (LIFO; reversed when taken). */
+  pthread_mutex_t done_lock;
+  struct work_item *done;
+  /* The loop's thread only. */
+  unsigned outstanding;
+};
+
+static struct {
+  struct work_home main_home;
   struct worker *workers;
   unsigned n_workers;
   /* Items waiting for a worker (FIFO), idle workers, under lock. */
@@ -33,15 +43,14 @@ static struct {
   struct work_item *head, *tail;
   struct worker *idle;
   bool stop;
-  /* Items run, waiting for the loop (LIFO; reversed when taken). */
-  pthread_mutex_t done_lock;
-  struct work_item *done;
-  /* Loop thread only. */
-  unsigned outstanding;
 } wp = {
+    .main_home = {.done_lock = PTHREAD_MUTEX_INITIALIZER},
     .lock = PTHREAD_MUTEX_INITIALIZER,
-    .done_lock = PTHREAD_MUTEX_INITIALIZER,
 };
+
+static struct work_home *home_of(const struct work_item *w) {
+  return w->home ? w->home : &wp.main_home;
+}
 
 static void *worker_main(void *arg) {
   struct worker *self = arg;
@@ -84,14 +93,15 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&wp.lock);
       }
 
-      pthread_mutex_lock(&wp.done_lock);
-      w->next = wp.done;
-      wp.done = w;
+      struct work_home *h = home_of(w);
+      pthread_mutex_lock(&h->done_lock);
+      w->next = h->done;
+      h->done = w;
       /* Coalesced by libuv: one wake-up however many items finish.  Sent
        * under the lock so the loop cannot finish this item, see nothing
        * outstanding and close the handle before the send. */
-      uv_async_send(&wp.async);
-      pthread_mutex_unlock(&wp.done_lock);
+      uv_async_send(&h->async);
+      pthread_mutex_unlock(&h->done_lock);
 
       pthread_mutex_lock(&wp.lock);
       w = next;
@@ -111,12 +121,12 @@ static struct worker *idle_pop(void) {
   return k;
 }
 
-static void on_async(uv_async_t *h) {
-  (void)h;
-  pthread_mutex_lock(&wp.done_lock);
-  struct work_item *list = wp.done;
-  wp.done = NULL;
-  pthread_mutex_unlock(&wp.done_lock);
+static void on_async(uv_async_t *handle) {
+  struct work_home *h = (struct work_home *)((char *)handle - offsetof(struct work_home, async));
+  pthread_mutex_lock(&h->done_lock);
+  struct work_item *list = h->done;
+  h->done = NULL;
+  pthread_mutex_unlock(&h->done_lock);
   /* Oldest first. */
   struct work_item *rev = NULL;
   while (list) {
@@ -128,8 +138,7 @@ static void on_async(uv_async_t *h) {
   while (rev) {
     struct work_item *w = rev;
     rev = w->next;
-    if (--wp.outstanding == 0)
-      uv_unref((uv_handle_t *)&wp.async);
+    workers_release(h);
     w->done(w);
   }
 }
@@ -159,11 +168,10 @@ static void worker_name_and_policy(struct worker *k, unsigned i, bool batch) {
 }
 
 int workers_start(uv_loop_t *loop, unsigned n, bool batch) {
-  wp.loop = loop;
-  int r = uv_async_init(loop, &wp.async, on_async);
+  int r = uv_async_init(loop, &wp.main_home.async, on_async);
   if (r < 0)
     return r;
-  uv_unref((uv_handle_t *)&wp.async);
+  uv_unref((uv_handle_t *)&wp.main_home.async);
   wp.workers = calloc(n, sizeof *wp.workers);
   if (!wp.workers)
     return -ENOMEM;
@@ -182,9 +190,19 @@ int workers_start(uv_loop_t *loop, unsigned n, bool batch) {
   return 0;
 }
 
-static void submit(struct work_serial *s, struct work_item *w) {
-  if (wp.outstanding++ == 0)
-    uv_ref((uv_handle_t *)&wp.async);
+void workers_hold(struct work_home *home) {
+  struct work_home *h = home ? home : &wp.main_home;
+  if (h->outstanding++ == 0)
+    uv_ref((uv_handle_t *)&h->async);
+}
+
+void workers_release(struct work_home *home) {
+  struct work_home *h = home ? home : &wp.main_home;
+  if (--h->outstanding == 0)
+    uv_unref((uv_handle_t *)&h->async);
+}
+
+void workers_enqueue(struct work_serial *s, struct work_item *w) {
   w->next = NULL;
   w->serial = s;
   pthread_mutex_lock(&wp.lock);
@@ -212,9 +230,10 @@ static void submit(struct work_serial *s, struct work_item *w) {
     pthread_cond_signal(&k->wake);
 }
 
-void workers_submit(struct work_item *w) { submit(NULL, w); }
-
-void workers_submit_serial(struct work_serial *s, struct work_item *w) { submit(s, w); }
+void workers_submit(struct work_item *w) {
+  workers_hold(w->home);
+  workers_enqueue(NULL, w);
+}
 
 void workers_stop(void) {
   pthread_mutex_lock(&wp.lock);

@@ -18,12 +18,16 @@
 #include <uv.h>
 
 struct work_serial;
+struct work_home;
 
 struct work_item {
   struct work_item *next;
   void (*run)(struct work_item *w);  /* on a worker thread */
-  void (*done)(struct work_item *w); /* then on the loop thread */
-  struct work_serial *serial;        /* set by workers_submit_serial */
+  void (*done)(struct work_item *w); /* then on its home's loop thread */
+  struct work_serial *serial;        /* set by workers_enqueue */
+  /* Whose loop runs done: NULL is the loop given to workers_start.  Set
+   * before the item is held or submitted. */
+  struct work_home *home;
 };
 
 /* Items submitted to one serial run one at a time, in submission order; a
@@ -38,11 +42,19 @@ struct work_serial {
  * batch, under the SCHED_BATCH policy where the system allows it (see
  * workers.c).  Returns 0 or a negative errno. */
 int workers_start(uv_loop_t *loop, unsigned n, bool batch);
-/* Loop thread.  While any item is outstanding the loop stays alive (the
- * handle is referenced only then; closing it is left to whoever closes every
- * handle of the loop). */
+/* The home's loop thread: holds w's place (workers_hold) and enqueues it. */
 void workers_submit(struct work_item *w);
-void workers_submit_serial(struct work_serial *s, struct work_item *w);
+/* A home's loop thread.  While any item is held for a home its loop stays
+ * alive (the handle is referenced only then; closing it is left to whoever
+ * closes every handle of the loop).  Every item enqueued must have been
+ * held for its home, and its done releases that hold; workers_release
+ * gives one back for an item that will never be enqueued. */
+void workers_hold(struct work_home *home);
+void workers_release(struct work_home *home);
+/* Any thread (a queue may start the request of another loop's
+ * connection): w, held already, waits for a worker; with s, after every
+ * item enqueued on s before it. */
+void workers_enqueue(struct work_serial *s, struct work_item *w);
 /* Joins the threads, once the loop has stopped with nothing outstanding. */
 void workers_stop(void);
 

@@ -40,7 +40,13 @@ static void make_ready(struct work_item *w) {
   ready[n_ready++] = w;
 }
 
-static void submit(struct work_serial *s, struct work_item *w) {
+/* Holds are the real pool's business (they keep a loop alive); here
+ * nothing waits for a loop. */
+void workers_hold(struct work_home *home) { (void)home; }
+
+void workers_release(struct work_home *home) { (void)home; }
+
+void workers_enqueue(struct work_serial *s, struct work_item *w) {
   w->next = NULL;
   w->serial = s;
   if (s && s->busy) {
@@ -56,9 +62,7 @@ static void submit(struct work_serial *s, struct work_item *w) {
   make_ready(w);
 }
 
-void workers_submit(struct work_item *w) { submit(NULL, w); }
-
-void workers_submit_serial(struct work_serial *s, struct work_item *w) { submit(s, w); }
+void workers_submit(struct work_item *w) { workers_enqueue(NULL, w); }
 
 size_t fake_workers_pending(void) { return n_ready; }
 
