@@ -296,6 +296,10 @@ static void splice_pump(struct connection *conn) {
         conn_direct_allow(conn); /* all written: workers may send short replies again */
         return;
       }
+      /* Between two slices of a READ's reply nothing else may go out: the
+       * client reads the slices as one reply.  conn_stream_done resumes. */
+      if (conn->streaming)
+        return;
       if (direct_stop(conn))
         return; /* a worker's reply went out in part: conn_send_rest first */
       s = conn->splice_head;
@@ -340,6 +344,11 @@ static void splice_pump(struct connection *conn) {
     conn_close(conn, "write error");
     return;
   }
+}
+
+void conn_stream_done(struct connection *conn) {
+  if (!conn->closing && (conn->splice_head || conn->splice_cur))
+    outq_list(conn);
 }
 
 void conn_flush_output(struct connection *conn) {

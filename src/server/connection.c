@@ -48,12 +48,16 @@ void conn_unref(struct connection *conn) {
 static void on_handle_closed(uv_handle_t *h) { conn_unref(h->data); }
 
 void conn_close(struct connection *conn, const char *why) {
-  if (conn->closing)
+  if (conn->closing || conn->close_flushing)
     return;
   /* Queued replies go to libuv first: written if the socket takes them at
    * once, cancelled by the close otherwise; their requests are freed either way.
-   * A write that fails at once closes the connection from inside the flush. */
+   * A write that fails at once asks for this close again from inside the
+   * flush: that call returns at once (a spliced reply that failed would
+   * otherwise be retried, fail and close again, until the stack ran out). */
+  conn->close_flushing = true;
   conn_flush_output(conn);
+  conn->close_flushing = false;
   if (conn->closing)
     return;
   conn_output_stop(conn);

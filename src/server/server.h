@@ -352,6 +352,7 @@ struct connection {
   bool in_process;
   bool eof;             /* no more input: EOF, DISC, fatal error or shutdown */
   bool closing;
+  bool close_flushing;  /* conn_close is writing out what is queued */
   bool draining;        /* close once writes and requests are done */
   bool lingering;       /* rejected: replies flushed, write side shut, input discarded */
   uint64_t linger_bytes;
@@ -483,6 +484,9 @@ size_t conn_send_direct(struct connection *conn, const void *hdr, size_t hdr_len
  * output go on. */
 int conn_send_rest(struct connection *conn, const uv_buf_t *bufs, unsigned nbufs,
                    conn_write_cb cb, void *opaque);
+/* A sliced READ's reply is whole (conn->streaming cleared): spliced
+ * replies held back meanwhile may go out. */
+void conn_stream_done(struct connection *conn);
 /* Loop thread: a reply went out without conn_write (conn_send_direct) and
  * its request is freed: input held back for it may go on. */
 void conn_reply_sent(struct connection *conn);

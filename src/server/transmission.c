@@ -610,8 +610,10 @@ static void on_slice_written(struct connection *conn, void *opaque, int status) 
     if (conn->streaming == req)
       conn->streaming = NULL;
     request_free(req);
-    if (!conn->closing)
+    if (!conn->closing) {
       release_held(conn);
+      conn_stream_done(conn);
+    }
     return;
   }
   req->io_off += req->io_len;
