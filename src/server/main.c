@@ -599,9 +599,14 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       if (strcmp(s->exports[j].name, e->name) == 0)
         setting_error("export '%s' given twice: by %s and by %s", e->name,
                       export_origin(&s->exports[j]), export_origin(e));
-    if (e->overlay.mode != OVERLAY_OFF && e->readonly_set && e->readonly)
+    /* Read-only said once for every export counts too: an overlay would
+     * take writes the administrator said no export takes. */
+    if (e->overlay.mode != OVERLAY_OFF && (e->readonly_set ? e->readonly : s->readonly))
       setting_error("%s%sexport '%s': overlay = %s needs a writable export, but it is "
-                    "read-only", at, sep, e->name, overlay_mode_name(e->overlay.mode));
+                    "read-only%s", at, sep, e->name, overlay_mode_name(e->overlay.mode),
+                    e->readonly_set ? ""
+                                    : " (read-only = yes for every export: say read-only = "
+                                      "no in its section)");
     /* The check opens every image and reports this itself. */
     if (!check_only && e->image && access(e->image, F_OK) < 0)
       setting_error("%s%sexport '%s': %s: %s", at, sep, e->name, e->image, strerror(errno));

@@ -9,7 +9,9 @@
 #   log line;
 #   discard: every connection starts from the image, and no file is left;
 #   persistent keyed on the address: a plain client's writes come back;
-#   overlay-max: past it writes fail with ENOSPC, earlier data stays.
+#   overlay-max: past it writes fail with ENOSPC, earlier data stays;
+#   read-only = yes for every export refuses an overlay export at startup
+#   (it used to take writes), read-only = no in its section lets it be.
 # At the end the image's checksum is unchanged, and every child passes
 # vhdimg check and names the image as its parent in vhdimg info.
 . "$top_srcdir/tests/functions.sh"
@@ -57,6 +59,21 @@ overlay-key = address
 overlay-dir = $TMPD/address
 EOF
 mkdir -p "$TMPD/discard"
+
+# read-only = yes for every export leaves an overlay export nothing it may
+# take: refused at startup, as read-only in its own section is, unless the
+# section says read-only = no.
+printf '[global]\nread-only = yes\n[export ov]\nimage = %s\noverlay = discard\n' "$img" \
+  >"$TMPD/ro.conf"
+if "$VHDNBD" -C "$TMPD/ro.conf" --check-config >"$TMPD/ro.out" 2>&1; then
+  fail "an overlay export under read-only = yes for every export was accepted"
+fi
+grep -q "export 'ov': overlay = discard needs a writable export, but it is read-only" \
+  "$TMPD/ro.out" || fail "no reason for refusing the read-only overlay: $(cat "$TMPD/ro.out")"
+printf 'read-only = no\n' >>"$TMPD/ro.conf"
+"$VHDNBD" -C "$TMPD/ro.conf" --check-config >"$TMPD/ro.out" 2>&1 ||
+  fail "an overlay export that says read-only = no was refused: $(cat "$TMPD/ro.out")"
+
 log=$TMPD/vhdnbd.log
 # overlay-max from the command line: the image's header, BAT and two 2 MiB
 # blocks fit in 5 MiB, a third block does not.
