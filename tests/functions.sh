@@ -72,7 +72,10 @@ _start_vhdnbd() {
   shift
   local pidfile="$TMPD/vhdnbd.pid"
   rm -f "$pidfile"
-  "$VHDNBD" -U "$sock" --pidfile "$pidfile" "$@" &
+  # VHDNBD_TEST_ARGS: options every server of the run gets (run-tests.sh
+  # serves the protocol tests again from several event loops).
+  # shellcheck disable=SC2086
+  "$VHDNBD" -U "$sock" --pidfile "$pidfile" "$@" ${VHDNBD_TEST_ARGS:-} &
   VHDNBD_PID=$!
   cleanup_fn "kill $VHDNBD_PID 2>/dev/null; wait $VHDNBD_PID 2>/dev/null"
   local end=$((SECONDS + 60))

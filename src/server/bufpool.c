@@ -2,6 +2,8 @@
 
 #include "bufpool.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -12,6 +14,8 @@ struct free_buf {
   struct free_buf *next;
 };
 
+/* Every event loop takes and gives back (loops.h). */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct free_buf *free_lists[N_CLASSES];
 static size_t cached_bytes;
 
@@ -32,30 +36,39 @@ void *bufpool_get(size_t len) {
   int c = class_of(len);
   if (c < 0)
     return malloc(len);
+  pthread_mutex_lock(&lock);
   struct free_buf *b = free_lists[c];
   if (b) {
     free_lists[c] = b->next;
     cached_bytes -= class_size(c);
-    return b;
   }
-  return malloc(class_size(c));
+  pthread_mutex_unlock(&lock);
+  return b ? (void *)b : malloc(class_size(c));
 }
 
 void bufpool_put(void *buf, size_t len) {
   if (!buf)
     return;
   int c = class_of(len);
-  if (c < 0 || cached_bytes + class_size(c) > BUFPOOL_MAX_CACHED) {
+  if (c < 0) {
     free(buf);
     return;
   }
-  struct free_buf *b = buf;
-  b->next = free_lists[c];
-  free_lists[c] = b;
-  cached_bytes += class_size(c);
+  pthread_mutex_lock(&lock);
+  bool keep = cached_bytes + class_size(c) <= BUFPOOL_MAX_CACHED;
+  if (keep) {
+    struct free_buf *b = buf;
+    b->next = free_lists[c];
+    free_lists[c] = b;
+    cached_bytes += class_size(c);
+  }
+  pthread_mutex_unlock(&lock);
+  if (!keep)
+    free(buf);
 }
 
 void bufpool_drain(void) {
+  pthread_mutex_lock(&lock);
   for (int c = 0; c < N_CLASSES; c++) {
     while (free_lists[c]) {
       struct free_buf *b = free_lists[c];
@@ -64,6 +77,12 @@ void bufpool_drain(void) {
     }
   }
   cached_bytes = 0;
+  pthread_mutex_unlock(&lock);
 }
 
-size_t bufpool_cached_bytes(void) { return cached_bytes; }
+size_t bufpool_cached_bytes(void) {
+  pthread_mutex_lock(&lock);
+  size_t n = cached_bytes;
+  pthread_mutex_unlock(&lock);
+  return n;
+}

@@ -7,7 +7,7 @@
  * power-of-two classes, up to BUFPOOL_MAX_CACHED bytes in all; smaller ones
  * go straight to malloc, which already recycles them well.
  *
- * Loop thread only: no locking.
+ * Any thread: every event loop uses it (loops.h), under a lock.
  */
 #ifndef VHDNBD_BUFPOOL_H
 #define VHDNBD_BUFPOOL_H

@@ -15,6 +15,7 @@
  *   idle-timeout = 0
  *   max-inflight = 128M
  *   threads = 8
+ *   loops = 1
  *   write-lanes = 1      (default: derived from the CPUs, see main.c)
  *   splice = yes         (no: READ data always copied, see splice.h)
  *   sparse-blocks = no   (yes: new blocks' unwritten space left as holes)
@@ -203,6 +204,8 @@ static int global_key(struct settings *s, const char *key, const char *v) {
     return size_parse(v, &s->max_inflight) < 0 || s->max_inflight == 0 ? -EINVAL : 0;
   if (strcmp(key, "threads") == 0)
     return parse_uint(v, SERVER_MAX_THREADS, &s->threads) < 0 || s->threads == 0 ? -EINVAL : 0;
+  if (strcmp(key, "loops") == 0)
+    return parse_uint(v, LOOPS_MAX, &s->loops) < 0 || s->loops == 0 ? -EINVAL : 0;
   if (strcmp(key, "write-lanes") == 0)
     return parse_uint(v, SERVER_MAX_WRITE_LANES, &s->write_lanes) < 0 || s->write_lanes == 0
                ? -EINVAL

@@ -29,46 +29,53 @@
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
 static void on_resume(uv_timer_t *t) {
+  struct loop *l = t->data;
   /* Connections are freed only from close callbacks, so the list stays
    * valid while we walk it. */
-  for (struct connection *c = server.conns; c; c = c->next)
+  for (struct connection *c = l->conns; c; c = c->next)
     if (!c->closing)
       conn_update(c);
 }
 
-void server_inflight_add(uint64_t n) { server.inflight_bytes += n; }
+void loop_inflight_add(struct loop *l, uint64_t n) { l->inflight_bytes += n; }
 
-void server_inflight_sub(uint64_t n) {
-  server.inflight_bytes -= n;
-  if (server.inflight_blocked && server.inflight_bytes < server.cfg->max_inflight) {
-    server.inflight_blocked = false;
+void loop_inflight_sub(struct loop *l, uint64_t n) {
+  l->inflight_bytes -= n;
+  if (l->inflight_blocked && l->inflight_bytes < l->max_inflight) {
+    l->inflight_blocked = false;
     /* Not from here: we are inside some connection's callback. */
-    uv_timer_start(&server.resume_timer, on_resume, 0, 0);
+    uv_timer_start(&l->resume_timer, on_resume, 0, 0);
   }
 }
 
 /* Under load the cap can stop and restart reading with every completion:
  * one line a second at most, with how many pauses it stands for. */
-static void note_cap_pause(void) {
-  server.cap_pauses++;
-  uint64_t now = uv_now(server.loop) + 1; /* never 0, which means "not yet" */
-  if (server.cap_logged_ms && now - server.cap_logged_ms < 1000)
+static void note_cap_pause(struct loop *l) {
+  l->cap_pauses++;
+  uint64_t now = uv_now(l->uv) + 1; /* never 0, which means "not yet" */
+  if (l->cap_logged_ms && now - l->cap_logged_ms < 1000)
     return;
-  log_msg(LOG_LEVEL_DEBUG,
-          "%" PRIu64 " bytes buffered, --max-inflight %" PRIu64
-          ": stopped reading from every client until replies drain (%" PRIu64 " pause%s)",
-          server.inflight_bytes, server.cfg->max_inflight, server.cap_pauses,
-          server.cap_pauses == 1 ? "" : "s");
-  server.cap_pauses = 0;
-  server.cap_logged_ms = now;
+  if (loops_count() > 1)
+    log_msg(LOG_LEVEL_DEBUG,
+            "%" PRIu64 " bytes buffered by event loop %u, its share of --max-inflight %" PRIu64
+            ": stopped reading from its clients until replies drain (%" PRIu64 " pause%s)",
+            l->inflight_bytes, l->index, l->max_inflight, l->cap_pauses,
+            l->cap_pauses == 1 ? "" : "s");
+  else
+    log_msg(LOG_LEVEL_DEBUG,
+            "%" PRIu64 " bytes buffered, --max-inflight %" PRIu64
+            ": stopped reading from every client until replies drain (%" PRIu64 " pause%s)",
+            l->inflight_bytes, l->max_inflight, l->cap_pauses, l->cap_pauses == 1 ? "" : "s");
+  l->cap_pauses = 0;
+  l->cap_logged_ms = now;
 }
 
-static bool server_under_cap(void) {
-  if (server.inflight_bytes < server.cfg->max_inflight)
+static bool loop_under_cap(struct loop *l) {
+  if (l->inflight_bytes < l->max_inflight)
     return true;
-  if (!server.inflight_blocked)
-    note_cap_pause();
-  server.inflight_blocked = true;
+  if (!l->inflight_blocked)
+    note_cap_pause(l);
+  l->inflight_blocked = true;
   return false;
 }
 
@@ -84,7 +91,7 @@ static bool under_limits(const struct connection *conn) {
    * per connection: a READ slice, or a WRITE payload as it arrives. */
   if (conn->inflight == 0 && conn->write_bytes == 0)
     return true;
-  return server_under_cap();
+  return loop_under_cap(conn->loop);
 }
 
 static bool mid_message(const struct connection *conn) {
@@ -92,7 +99,7 @@ static bool mid_message(const struct connection *conn) {
 }
 
 static bool input_allowed(const struct connection *conn) {
-  if (conn->closing || conn->eof || !conn->want_cb)
+  if (conn->closing || conn->eof || !conn->want_cb || conn->move_to)
     return false;
   /* Once a message has started (a payload being read), finish it even when
    * draining: the bytes it costs were counted when its header arrived. */
@@ -191,7 +198,7 @@ static void start_reading(struct connection *conn) {
 }
 
 void conn_update_reading(struct connection *conn) {
-  if (conn->closing)
+  if (conn->closing || conn_move_step(conn))
     return;
   if (conn->lingering) {
     if (!conn->reading)
@@ -278,7 +285,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread > 0)
-    conn->last_input = uv_now(server.loop);
+    conn->last_input = uv_now(conn->loop->uv);
   if (nread > 0 && conn->tls) {
     conn_tls_read(conn, (const uint8_t *)buf->base, (size_t)nread);
     return;
@@ -300,7 +307,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     ssize_t n = conn->splice_in;
     if (n > 0) {
       uint64_t left = conn->want_len - conn->want_done;
-      conn->last_input = uv_now(server.loop);
+      conn->last_input = uv_now(conn->loop->uv);
       conn->want_done += (uint64_t)n;
       conn_process(conn);
       /* splice(2) takes all the socket has, up to what the pipe holds:
@@ -449,11 +456,11 @@ bool conn_may_splice_in(const struct connection *conn) {
    * loop's, and it is the loop that several clients wait for.  From a Unix
    * socket it was as fast or faster at depth, and at depth 1 slower, with
    * a longer tail, more often than not.  So a payload is spliced while
-   * other connections have bytes in flight, and from a Unix socket also
+   * other connections of its loop have bytes in flight, and from a Unix socket also
    * while this connection has another request outstanding (the one being
    * read is counted too; a reply a worker sends itself is counted off just
    * after the send, so a quick client's next payload may still splice). */
-  if (server.inflight_bytes > conn->inflight_bytes + conn->write_bytes)
+  if (conn->loop->inflight_bytes > conn->inflight_bytes + conn->write_bytes)
     return true;
   return !conn->is_tcp && atomic_load_explicit(&conn->unanswered, memory_order_relaxed) > 1;
 }

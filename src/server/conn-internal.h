@@ -1,9 +1,11 @@
 /* conn-internal.h: what the files of one client connection share
  * (connection.c, conn-input.c, conn-tls.c, conn-output.c); the rest of the
- * server sees only the conn_* calls in server.h.  Loop thread only. */
+ * server sees only the conn_* calls in server.h.  The connection's loop's
+ * thread only. */
 #ifndef VHDNBD_CONN_INTERNAL_H
 #define VHDNBD_CONN_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +23,12 @@ void conn_on_eof(struct connection *conn);
 /* Makes room at the end of inbuf: rewinds an empty buffer, and moves what
  * is left to the front once less than 4 KiB is free behind it. */
 void conn_inbuf_compact(struct connection *conn);
+
+/* connection.c */
+/* While the connection moves to another loop (conn_move): stops its
+ * input, and hands the socket over once its output is idle.  Returns
+ * whether it is moving, and so must not read. */
+bool conn_move_step(struct connection *conn);
 
 /* conn-tls.c */
 /* Decrypts what fits into inbuf.  Returns < 0 when the connection ended. */

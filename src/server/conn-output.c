@@ -60,8 +60,8 @@ struct splice_out {
 static void outq_list(struct connection *conn) {
   if (!conn->outq_listed) {
     conn->outq_listed = true;
-    conn->outq_next = server.outq_head;
-    server.outq_head = conn;
+    conn->outq_next = conn->loop->outq_head;
+    conn->loop->outq_head = conn;
     conn_ref(conn);
   }
 }
@@ -125,7 +125,7 @@ static void on_written(uv_write_t *req, int status) {
   struct connection *conn = w->conn;
   conn->write_bytes -= w->len;
   conn->writes_pending--;
-  server_inflight_sub(w->len);
+  loop_inflight_sub(conn->loop, w->len);
   if (status < 0 && status != UV_ECANCELED && !conn->closing) {
     log_msg(LOG_LEVEL_INFO, "%s: write error: %s", conn->peer, uv_strerror(status));
     conn_close(conn, "write error");
@@ -183,7 +183,7 @@ static int write_bufs(struct connection *conn, struct write_req *w, const uv_buf
   conn_ref(conn);
   conn->write_bytes += w->len;
   conn->writes_pending++;
-  server_inflight_add(w->len);
+  loop_inflight_add(conn->loop, w->len);
   return 0;
 }
 
@@ -381,10 +381,10 @@ int conn_write_splice(struct connection *conn, const void *hdr, size_t hdr_len, 
   return 0;
 }
 
-void conn_flush_all(void) {
-  while (server.outq_head) {
-    struct connection *conn = server.outq_head;
-    server.outq_head = conn->outq_next;
+void conn_flush_all(struct loop *l) {
+  while (l->outq_head) {
+    struct connection *conn = l->outq_head;
+    l->outq_head = conn->outq_next;
     conn->outq_next = NULL;
     conn->outq_listed = false;
     conn_flush_output(conn);

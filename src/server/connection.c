@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "conn-internal.h"
 #include "log.h"
 #include "metrics.h"
@@ -20,18 +22,55 @@
 
 void conn_ref(struct connection *conn) { conn->refs++; }
 
-void conn_unref(struct connection *conn) {
-  if (--conn->refs > 0)
-    return;
-  if (conn->prev)
-    conn->prev->next = conn->next;
-  else
-    server.conns = conn->next;
-  if (conn->next)
-    conn->next->prev = conn->prev;
+/* Main loop: the last of a connection, wherever it was served. */
+static void conn_finish(struct connection *conn) {
   server.n_conns--;
   if (conn->exp)
     export_put(conn->exp); /* taken when transmission started */
+  pthread_mutex_destroy(&conn->direct_lock);
+  free(conn);
+  server_check_done(&server);
+}
+
+static void on_moved_gone(struct loop *l, struct loop_msg *msg) {
+  (void)l;
+  struct connection *conn = CONTAINER_OF(msg, struct connection, msg);
+  if (conn->moved_prev)
+    conn->moved_prev->moved_next = conn->moved_next;
+  else
+    server.moved = conn->moved_next;
+  if (conn->moved_next)
+    conn->moved_next->moved_prev = conn->moved_prev;
+  if (!server.moved)
+    loops_main_wait(false);
+  conn_finish(conn);
+}
+
+static void list_remove(struct loop *l, struct connection *conn) {
+  if (conn->prev)
+    conn->prev->next = conn->next;
+  else
+    l->conns = conn->next;
+  if (conn->next)
+    conn->next->prev = conn->prev;
+  conn->prev = conn->next = NULL;
+}
+
+static void list_add(struct loop *l, struct connection *conn) {
+  conn->prev = NULL;
+  conn->next = l->conns;
+  if (l->conns)
+    l->conns->prev = conn;
+  l->conns = conn;
+}
+
+void conn_unref(struct connection *conn) {
+  if (--conn->refs > 0)
+    return;
+  struct loop *l = conn->loop;
+  list_remove(l, conn);
+  if (conn->serving_loop)
+    atomic_fetch_sub(&conn->serving_loop->serving, 1);
   free(conn->inbuf);
   free(conn->optbuf);
   tls_session_free(conn->tls);
@@ -40,9 +79,13 @@ void conn_unref(struct connection *conn) {
   free(conn->meta_export);
   free(conn->outq);
   free(conn->outq_done);
-  pthread_mutex_destroy(&conn->direct_lock);
-  free(conn);
-  server_check_done(&server);
+  if (l == loops_main()) {
+    conn_finish(conn);
+    return;
+  }
+  /* The main loop holds its export and counts it. */
+  conn->msg.fn = on_moved_gone;
+  loop_post(loops_main(), &conn->msg);
 }
 
 static void on_handle_closed(uv_handle_t *h) { conn_unref(h->data); }
@@ -129,6 +172,8 @@ static struct connection *conn_new(void) {
   pthread_mutex_init(&conn->direct_lock, NULL);
   conn->direct_fd = -1;
   conn->want_pipe_rd = conn->want_pipe_wr = -1;
+  conn->move_fd = -1;
+  conn->loop = loops_main();
   conn->id = ++server.next_conn_id;
   conn->last_input = conn->accepted = uv_now(server.loop);
   conn->out = &conn->sock.stream;
@@ -136,10 +181,7 @@ static struct connection *conn_new(void) {
   uv_timer_init(server.loop, &conn->timer);
   conn->timer.data = conn;
   conn->refs = 1; /* the timer */
-  conn->next = server.conns;
-  if (server.conns)
-    server.conns->prev = conn;
-  server.conns = conn;
+  list_add(conn->loop, conn);
   server.n_conns++;
   return conn;
 }
@@ -299,12 +341,123 @@ int conn_start_stdio(void) {
   return 0;
 }
 
+/* ---- moving to another loop ---- */
+
+static void on_arrived(struct loop *l, struct loop_msg *msg) {
+  struct connection *conn = CONTAINER_OF(msg, struct connection, msg);
+  int fd = conn->move_fd;
+  conn->move_fd = -1;
+  conn->loop = l;
+  conn->move_to = NULL;
+  list_add(l, conn);
+  uv_timer_init(l->uv, &conn->timer);
+  conn->timer.data = conn;
+  int r;
+  if (conn->is_tcp) {
+    uv_tcp_init(l->uv, &conn->sock.tcp);
+    r = uv_tcp_open(&conn->sock.tcp, fd);
+  } else {
+    uv_pipe_init(l->uv, &conn->sock.pipe, 0);
+    r = uv_pipe_open(&conn->sock.pipe, fd);
+  }
+  conn->sock.handle.data = conn;
+  conn->refs += 2; /* the two handles */
+  conn->refs--;    /* the move's own */
+  if (r < 0) {
+    close(fd);
+    log_msg(LOG_LEVEL_WARNING, "%s: event loop %u cannot take the socket: %s", conn->peer,
+            l->index, uv_strerror(r));
+    conn_close(conn, "cannot move to another event loop");
+    return;
+  }
+  pthread_mutex_lock(&conn->direct_lock);
+  conn->direct_fd = fd;
+  pthread_mutex_unlock(&conn->direct_lock);
+  log_msg(LOG_LEVEL_INFO, "%s: served by event loop %u", conn->peer, l->index);
+  transmission_arrived(conn);
+  /* What was asked of every connection of this loop while this one was on
+   * its way. */
+  int level = loops_shutdown();
+  if (level >= 2)
+    conn_close(conn, "server shutdown timed out");
+  else if (level == 1 || reload_conn_uses_retired(conn))
+    conn_drain(conn);
+}
+
+static void on_move_handle_closed(uv_handle_t *h) {
+  struct connection *conn = h->data;
+  conn->refs--;
+  if (--conn->move_handles > 0)
+    return;
+  conn->msg.fn = on_arrived;
+  loop_post(conn->move_to, &conn->msg);
+}
+
+/* Output idle: nothing queued, being written, or held back. */
+static bool output_idle(const struct connection *conn) {
+  return conn->writes_pending == 0 && conn->outq_nbufs == 0 && conn->outq_n_done == 0 &&
+         !conn->outq_listed && !conn->splice_head && !conn->splice_cur && !conn->streaming &&
+         conn->inflight == 0 && !conn->tls_out_len;
+}
+
+/* Hands the socket over once the replies are out: a duplicate goes to the
+ * loop, and the handles here close.  Until they have, and the loop has
+ * opened its own, neither side touches the connection's I/O. */
+bool conn_move_step(struct connection *conn) {
+  if (!conn->move_to)
+    return false;
+  if (conn->reading) {
+    uv_read_stop(&conn->sock.stream);
+    conn->reading = false;
+  }
+  if (!output_idle(conn) || conn->move_handles)
+    return true;
+  uv_os_fd_t fd;
+  int dup = -1;
+  if (uv_fileno(&conn->sock.handle, &fd) == 0)
+    dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) {
+    log_msg(LOG_LEVEL_WARNING, "%s: cannot move to event loop %u (%s): served by the main loop",
+            conn->peer, conn->move_to->index, strerror(errno));
+    atomic_fetch_sub(&conn->move_to->serving, 1);
+    atomic_fetch_add(&conn->loop->serving, 1);
+    conn->serving_loop = conn->loop;
+    conn->move_to = NULL;
+    conn_direct_allow(conn);
+    return false;
+  }
+  conn->move_fd = dup;
+  uv_timer_stop(&conn->timer);
+  list_remove(conn->loop, conn);
+  conn->moved_prev = NULL;
+  conn->moved_next = server.moved;
+  if (server.moved)
+    server.moved->moved_prev = conn;
+  server.moved = conn;
+  loops_main_wait(true);
+  conn->move_handles = 2;
+  conn->refs++; /* the move's own, until it arrives */
+  uv_close(&conn->sock.handle, on_move_handle_closed);
+  uv_close((uv_handle_t *)&conn->timer, on_move_handle_closed);
+  return true;
+}
+
+void conn_move(struct connection *conn, struct loop *l) {
+  conn->move_to = l;
+  conn->serving_loop = l;
+  /* No worker writes to the old socket from now on. */
+  pthread_mutex_lock(&conn->direct_lock);
+  conn->direct_ok = false;
+  conn->direct_fd = -1;
+  pthread_mutex_unlock(&conn->direct_lock);
+}
+
 /* Server shutdown: connections still negotiating are closed at once; those in
  * transmission stop reading and close when their requests are answered.
  * force closes everything (in-flight work finishes in the background). */
-void conns_shutdown(struct server *srv, bool force) {
+static void shutdown_list(struct connection *list, bool force) {
   struct connection *next;
-  for (struct connection *c = srv->conns; c; c = next) {
+  for (struct connection *c = list; c; c = next) {
     next = c->next;
     if (c->closing)
       continue;
@@ -315,4 +468,15 @@ void conns_shutdown(struct server *srv, bool force) {
     else
       conn_drain(c); /* a WRITE payload already started is still read */
   }
+}
+
+static void shutdown_loop(struct loop *l, uintptr_t force) {
+  shutdown_list(l->conns, force != 0);
+}
+
+void conns_shutdown(struct server *srv, bool force) {
+  (void)srv;
+  loops_set_shutdown(force ? 2 : 1);
+  shutdown_list(loops_main()->conns, force);
+  loops_each_other(shutdown_loop, force);
 }

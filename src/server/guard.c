@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <string.h>
 
@@ -43,7 +44,7 @@ static const char *const drop_text[DROP_N] = {
 
 static uv_timer_t tick;
 static bool tick_started;
-static unsigned drops[DROP_N];
+static atomic_uint drops[DROP_N]; /* any loop drops, the main loop logs */
 
 /* Label values of --metrics-file's vhdnbd_connections_refused_total. */
 static const char *const drop_label[DROP_N] = {
@@ -55,7 +56,7 @@ static const char *const drop_label[DROP_N] = {
 };
 
 static void drop(enum drop_reason why) {
-  drops[why]++;
+  atomic_fetch_add_explicit(&drops[why], 1, memory_order_relaxed);
   metrics_connection_refused(drop_label[why]);
 }
 
@@ -67,7 +68,7 @@ int guard_admit(struct connection *conn) {
   struct connection *oldest = NULL, *oldest_same = NULL;
   /* The list runs newest first, so the last negotiating connection seen is
    * the oldest. */
-  for (struct connection *c = server.conns; c; c = c->next) {
+  for (struct connection *c = loops_main()->conns; c; c = c->next) {
     if (c == conn || !live(c))
       continue;
     open++;
@@ -80,6 +81,14 @@ int guard_admit(struct connection *conn) {
       if (same_addr)
         oldest_same = c;
     }
+  }
+  /* Those other loops serve are in transmission, and counted until
+   * they are gone; only their address is read here. */
+  for (const struct connection *c = server.moved; c; c = c->moved_next) {
+    open++;
+    if (conn->addr.ss_family != AF_UNSPEC &&
+        same_client((const struct sockaddr *)&c->addr, (const struct sockaddr *)&conn->addr))
+      same++;
   }
   /* An address that has connections negotiating gives way with its own
    * oldest: a client reconnecting as fast as it is closed then only churns
@@ -115,12 +124,12 @@ void guard_handshake_timeout(struct connection *conn) {
  * (bytes the kernel holds back for the low-water mark count as arrived):
  * until then it holds a connection slot and the part of the shared budget
  * its bytes have taken. */
-static void check_payloads(void) {
+static void check_payloads(struct loop *l) {
   unsigned timeout = server.cfg->payload_timeout;
   if (!timeout)
     return;
-  uint64_t now = uv_now(server.loop);
-  for (struct connection *c = server.conns; c; c = c->next) {
+  uint64_t now = uv_now(l->uv);
+  for (struct connection *c = l->conns; c; c = c->next) {
     if (!live(c) || c->phase != PHASE_TRANSMISSION || !transmission_payload_pending(c))
       continue;
     if (conn_input_queued_grew(c))
@@ -136,21 +145,35 @@ static void log_drops(void) {
   char line[512];
   size_t len = 0;
   for (int i = 0; i < DROP_N; i++) {
-    if (!drops[i])
+    unsigned d = atomic_exchange_explicit(&drops[i], 0, memory_order_relaxed);
+    if (!d)
       continue;
-    int n = snprintf(line + len, sizeof line - len, "%s%u %s", len ? ", " : "", drops[i],
+    int n = snprintf(line + len, sizeof line - len, "%s%u %s", len ? ", " : "", d,
                      drop_text[i]);
     if (n > 0 && (size_t)n < sizeof line - len)
       len += (size_t)n;
-    drops[i] = 0;
   }
   if (len)
     log_msg(LOG_LEVEL_WARNING, "connections closed in the last second: %s", line);
 }
 
 static void on_tick(uv_timer_t *t) {
-  check_payloads();
+  check_payloads(loops_main());
   log_drops();
+}
+
+static void on_loop_tick(uv_timer_t *t) { check_payloads(t->data); }
+
+void guard_loop_start(struct loop *l) {
+  uv_timer_init(l->uv, &l->guard_tick);
+  l->guard_tick.data = l;
+  uv_timer_start(&l->guard_tick, on_loop_tick, GUARD_TICK_MS, GUARD_TICK_MS);
+  uv_unref((uv_handle_t *)&l->guard_tick);
+}
+
+void guard_loop_stop(struct loop *l) {
+  if (!uv_is_closing((uv_handle_t *)&l->guard_tick))
+    uv_close((uv_handle_t *)&l->guard_tick, NULL);
 }
 
 void guard_start(struct server *srv) {

@@ -15,9 +15,11 @@ bool lane_policy_narrow(struct lane_policy *p) {
   if (p->fixed)
     return false;
   uint32_t avg = atomic_load_explicit(&p->avg_ns, memory_order_relaxed);
-  if (p->narrow && avg < LANES_WIDEN_NS)
-    p->narrow = false;
-  else if (!p->narrow && avg > LANES_NARROW_NS)
-    p->narrow = true;
-  return p->narrow;
+  bool narrow = atomic_load_explicit(&p->narrow, memory_order_relaxed);
+  if (narrow && avg < LANES_WIDEN_NS)
+    narrow = false;
+  else if (!narrow && avg > LANES_NARROW_NS)
+    narrow = true;
+  atomic_store_explicit(&p->narrow, narrow, memory_order_relaxed);
+  return narrow;
 }

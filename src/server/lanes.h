@@ -30,11 +30,12 @@
 #define LANES_WIDEN_NS 8000u
 
 /* Embedded in struct export (no allocation); zero-initialized it is wide
- * with no history.  avg_ns is written by workers and read by the loop; the
- * rest is the loop's alone. */
+ * with no history.  avg_ns is written by workers and read by the loops,
+ * narrow by whichever loop starts a write (two at once decide alike, or
+ * one write later). */
 struct lane_policy {
   _Atomic uint32_t avg_ns; /* moving average of the lane WRITEs' durations */
-  bool narrow;             /* writes go to one lane */
+  _Atomic bool narrow;     /* writes go to one lane */
   bool fixed;              /* never narrow (VHDNBD_ADAPTIVE_LANES=0) */
 };
 
@@ -44,7 +45,7 @@ struct lane_policy {
  * do, and as many short ones widen them again. */
 void lane_policy_note(struct lane_policy *p, uint64_t ns);
 
-/* Whether the next write goes to one lane (loop thread): updates the
+/* Whether the next write goes to one lane (any loop's thread): updates the
  * choice from the average, with the hysteresis above. */
 bool lane_policy_narrow(struct lane_policy *p);
 

@@ -24,7 +24,8 @@ vhdnbd_SOURCES = \
 	src/server/metrics.c src/server/metrics.h \
 	src/server/notify.c \
 	src/server/overlay.c \
-	src/server/reload.c
+	src/server/reload.c \
+	src/server/loops.c src/server/loops.h
 vhdnbd_CFLAGS = $(AM_CFLAGS) -DVHDNBD_STATE_DIR='"$(localstatedir)/lib/vhdnbd"' $(UV_CFLAGS) $(SYSTEMD_CFLAGS) $(GNUTLS_CFLAGS)
 vhdnbd_LDADD = libnbdcodec.a libvhd.a libnet.a libcommon.a $(UV_LIBS) $(UUID_LIBS) $(SYSTEMD_LIBS) \
 	$(GNUTLS_LIBS)

@@ -64,6 +64,9 @@ static void usage(FILE *f) {
           "                           while this much request and reply data is\n"
           "                           buffered (default 128M)\n"
           "      --threads N          worker threads for image I/O (default %u)\n"
+          "      --loops N            event loops serving clients, each on a thread of\n"
+          "                           its own (default 1); plain (not TLS) clients\n"
+          "                           move to the least busy one after the handshake\n"
           "      --write-lanes N      plain WRITEs to one export running at once\n"
           "                           (default: one per CPU, at most --threads);\n"
           "                           one while each write holds the file long\n"
@@ -263,6 +266,7 @@ enum {
   OPT_MAX_INFLIGHT,
   OPT_THREADS,
   OPT_WRITE_LANES,
+  OPT_LOOPS,
   OPT_CHECK_CONFIG,
   OPT_MAX_HANDSHAKES,
   OPT_MAX_PER_ADDRESS,
@@ -290,6 +294,7 @@ static const struct option long_options[] = {
     {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"write-lanes", required_argument, NULL, OPT_WRITE_LANES},
+    {"loops", required_argument, NULL, OPT_LOOPS},
     {"tls", required_argument, NULL, OPT_TLS},
     {"tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES},
     {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER},
@@ -394,6 +399,11 @@ static void parse_args(int argc, char **argv, struct settings *s) {
       if (cli.threads == 0)
         usage_error("--threads: at least 1");
       break;
+    case OPT_LOOPS:
+      cli.loops = parse_count("--loops", optarg, LOOPS_MAX);
+      if (cli.loops == 0)
+        usage_error("--loops: at least 1");
+      break;
     case OPT_WRITE_LANES:
       cli.write_lanes = parse_count("--write-lanes", optarg, SERVER_MAX_WRITE_LANES);
       if (cli.write_lanes == 0)
@@ -477,6 +487,7 @@ static void parse_args(int argc, char **argv, struct settings *s) {
   s->payload_timeout = SERVER_DEFAULT_PAYLOAD_TIMEOUT;
   s->max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
   s->threads = SERVER_DEFAULT_THREADS;
+  s->loops = 1;
   s->metrics_interval = METRICS_DEFAULT_INTERVAL;
   if (config && reparsing && access(config, R_OK) < 0) {
     setting_error("--config %s: %s", config, strerror(errno));
@@ -557,6 +568,8 @@ static void parse_args(int argc, char **argv, struct settings *s) {
     s->threads = cli.threads;
   if (cli.write_lanes)
     s->write_lanes = cli.write_lanes;
+  if (cli.loops)
+    s->loops = cli.loops;
   s->stdio = cli.stdio;
   s->verbose = cli.verbose;
   if (optind < argc) {
@@ -680,12 +693,7 @@ void server_check_done(struct server *srv) {
     uv_close((uv_handle_t *)&grace_timer, NULL);
   guard_stop(srv);
   metrics_stop();
-  if (!uv_is_closing((uv_handle_t *)&server.resume_timer))
-    uv_close((uv_handle_t *)&server.resume_timer, NULL);
-  if (!uv_is_closing((uv_handle_t *)&server.flush_prepare))
-    uv_close((uv_handle_t *)&server.flush_prepare, NULL);
-  if (!uv_is_closing((uv_handle_t *)&server.flush_check))
-    uv_close((uv_handle_t *)&server.flush_check, NULL);
+  loops_close_handles(loops_main());
   if (!uv_is_closing((uv_handle_t *)&sig_term))
     uv_close((uv_handle_t *)&sig_term, NULL);
   if (!uv_is_closing((uv_handle_t *)&sig_int))
@@ -708,13 +716,6 @@ static unsigned write_lanes(const struct settings *s) {
   unsigned n = (unsigned)MAX(uv_available_parallelism(), 1u);
   return MIN(MIN(n, s->threads), SERVER_MAX_WRITE_LANES);
 }
-
-static void on_flush_prepare(uv_prepare_t *h) {
-  conn_flush_all();
-  server.inline_bytes = 0;
-}
-
-static void on_flush_check(uv_check_t *h) { conn_flush_all(); }
 
 static void on_hup(uv_signal_t *h, int signum) {
   if (!server.shutting_down)
@@ -799,15 +800,12 @@ int main(int argc, char **argv) {
   uv_signal_init(server.loop, &sig_int);
   uv_signal_init(server.loop, &sig_hup);
   uv_timer_init(server.loop, &grace_timer);
-  uv_timer_init(server.loop, &server.resume_timer);
-  /* Queued replies go out after every poll (check) and before the loop
-   * would block again (prepare); neither keeps the loop alive. */
-  uv_prepare_init(server.loop, &server.flush_prepare);
-  uv_check_init(server.loop, &server.flush_check);
-  uv_prepare_start(&server.flush_prepare, on_flush_prepare);
-  uv_check_start(&server.flush_check, on_flush_check);
-  uv_unref((uv_handle_t *)&server.flush_prepare);
-  uv_unref((uv_handle_t *)&server.flush_check);
+  /* Each loop writes its queued replies after every poll (check) and
+   * before it would block again (prepare); neither keeps it alive. */
+  if (loops_start(server.loop, settings.loops, settings.max_inflight) < 0) {
+    status = 1;
+    goto out;
+  }
   guard_start(&server);
   if (metrics_start(&server) < 0) {
     log_msg(LOG_LEVEL_ERR, "metrics: out of memory");
@@ -838,8 +836,10 @@ int main(int argc, char **argv) {
   uv_run(server.loop, UV_RUN_DEFAULT);
   log_msg(LOG_LEVEL_INFO, "all clients gone, closing images");
 out:
-  /* Workers first: none may still be returning from an item when the
-   * exports (and their write serials) go. */
+  /* The other loops, every client gone; then the workers: none may still
+   * be returning from an item when the exports (and their write serials)
+   * go. */
+  loops_stop();
   workers_stop();
   metrics_free();
   if (exports_close(&server) < 0)

@@ -40,7 +40,7 @@ static const struct {
 struct export_stats {
   uint64_t requests[N_COMMANDS][2]; /* [command][0 ok, 1 error] */
   uint64_t latency[N_COMMANDS][N_BUCKETS]; /* per bucket, not cumulative */
-  double latency_sum[N_COMMANDS];
+  uint64_t latency_ns[N_COMMANDS]; /* summed */
   uint64_t bytes_read, bytes_written;
   uint64_t on_loop[2]; /* READs, WRITEs served on the loop thread */
   uint64_t from_worker; /* replies a worker sent itself */
@@ -75,13 +75,26 @@ static struct {
 
 /* Each export carries its own counters, so a reload that adds or drops
  * exports never leaves them behind; an overlay instance counts for the
- * export it overlays.  NULL only when out of memory. */
+ * export it overlays.  NULL only when out of memory.  Every loop counts
+ * (loops.h): the counters change atomically, and whichever loop comes
+ * first makes them. */
 static struct export_stats *stats_of(const struct export *exp) {
   struct export *e = exp->base ? exp->base : (struct export *)exp;
-  if (!e->stats)
-    e->stats = calloc(1, sizeof *e->stats);
-  return e->stats;
+  struct export_stats *st = __atomic_load_n(&e->stats, __ATOMIC_ACQUIRE);
+  if (st)
+    return st;
+  struct export_stats *fresh = calloc(1, sizeof *fresh);
+  if (!fresh)
+    return NULL;
+  if (__atomic_compare_exchange_n(&e->stats, &st, fresh, false, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_ACQUIRE))
+    return fresh;
+  free(fresh);
+  return st;
 }
+
+#define COUNT(x, n) __atomic_fetch_add(&(x), (n), __ATOMIC_RELAXED)
+#define READ(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* The counters of the i-th export, zeros when they cannot be had. */
 static const struct export_stats *stats_at(size_t i) {
@@ -115,7 +128,7 @@ static const char *errno_label(size_t i) { return i < N_ERRNOS - 1 ? errnos[i].n
 void metrics_request_begin(const struct export *exp) {
   struct export_stats *st = stats_of(exp);
   if (st)
-    st->inflight++;
+    COUNT(st->inflight, 1);
 }
 
 void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_error,
@@ -123,55 +136,55 @@ void metrics_request_end(const struct export *exp, uint16_t type, uint32_t nbd_e
   struct export_stats *st = stats_of(exp);
   if (!st)
     return;
-  st->inflight--;
+  __atomic_fetch_sub(&st->inflight, 1, __ATOMIC_RELAXED);
   if (!replied)
     return;
   size_t c = command_index(type);
-  st->requests[c][nbd_error ? 1 : 0]++;
+  COUNT(st->requests[c][nbd_error ? 1 : 0], 1);
   double s = (double)latency_ns / 1e9;
   size_t b = 0;
   while (b < N_BUCKETS - 1 && s > bucket_le[b])
     b++;
-  st->latency[c][b]++;
-  st->latency_sum[c] += s;
+  COUNT(st->latency[c][b], 1);
+  COUNT(st->latency_ns[c], latency_ns);
   if (nbd_error) {
-    st->errors[errno_index(nbd_error)]++;
+    COUNT(st->errors[errno_index(nbd_error)], 1);
     return;
   }
   if (type == NBD_CMD_READ)
-    st->bytes_read += length;
+    COUNT(st->bytes_read, length);
   else if (type == NBD_CMD_WRITE)
-    st->bytes_written += length;
+    COUNT(st->bytes_written, length);
 }
 
 void metrics_request_on_loop(const struct export *exp, uint16_t type) {
   struct export_stats *st = stats_of(exp);
   if (st)
-    st->on_loop[type == NBD_CMD_WRITE]++;
+    COUNT(st->on_loop[type == NBD_CMD_WRITE], 1);
 }
 
 void metrics_reply_from_worker(const struct export *exp) {
   struct export_stats *st = stats_of(exp);
   if (st)
-    st->from_worker++;
+    COUNT(st->from_worker, 1);
 }
 
 void metrics_read_spliced(const struct export *exp) {
   struct export_stats *st = stats_of(exp);
   if (st)
-    st->spliced++;
+    COUNT(st->spliced, 1);
 }
 
 void metrics_write_spliced(const struct export *exp) {
   struct export_stats *st = stats_of(exp);
   if (st)
-    st->wspliced++;
+    COUNT(st->wspliced, 1);
 }
 
 void metrics_write_one_lane(const struct export *exp) {
   struct export_stats *st = stats_of(exp);
   if (st)
-    st->one_lane++;
+    COUNT(st->one_lane, 1);
 }
 
 void metrics_connection_accepted(void) { m.accepted++; }
@@ -179,7 +192,7 @@ void metrics_connection_accepted(void) { m.accepted++; }
 void metrics_connection_refused(const char *reason) {
   for (size_t i = 0; i < N_REFUSALS; i++)
     if (strcmp(reason, refusal_reasons[i]) == 0) {
-      m.refused[i]++;
+      COUNT(m.refused[i], 1);
       return;
     }
 }
@@ -215,14 +228,18 @@ static void export_family(FILE *f, const char *name, const char *type, const cha
   family(f, name, type, help);
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, name, m.srv->exports[i]);
-    fprintf(f, "} %" PRIu64 "\n", *(const uint64_t *)((const char *)stats_at(i) + field));
+    fprintf(f, "} %" PRIu64 "\n", READ(*(const uint64_t *)((const char *)stats_at(i) + field)));
   }
 }
 
 static unsigned export_connections(const struct export *exp) {
   unsigned n = 0;
-  for (const struct connection *c = m.srv->conns; c; c = c->next)
+  for (const struct connection *c = loops_main()->conns; c; c = c->next)
     if (c->exp == exp && !c->closing)
+      n++;
+  /* Those other loops serve count until they are gone (only exp is read). */
+  for (const struct connection *c = m.srv->moved; c; c = c->moved_next)
+    if (c->exp == exp)
       n++;
   return n;
 }
@@ -234,20 +251,20 @@ static void sum_stats(struct export_stats *t) {
     if (!st)
       continue;
     for (size_t c = 0; c < N_COMMANDS; c++) {
-      t->requests[c][0] += st->requests[c][0];
-      t->requests[c][1] += st->requests[c][1];
+      t->requests[c][0] += READ(st->requests[c][0]);
+      t->requests[c][1] += READ(st->requests[c][1]);
     }
     for (size_t e = 0; e < N_ERRNOS; e++)
-      t->errors[e] += st->errors[e];
-    t->bytes_read += st->bytes_read;
-    t->bytes_written += st->bytes_written;
-    t->on_loop[0] += st->on_loop[0];
-    t->on_loop[1] += st->on_loop[1];
-    t->from_worker += st->from_worker;
-    t->spliced += st->spliced;
-    t->wspliced += st->wspliced;
-    t->one_lane += st->one_lane;
-    t->inflight += st->inflight;
+      t->errors[e] += READ(st->errors[e]);
+    t->bytes_read += READ(st->bytes_read);
+    t->bytes_written += READ(st->bytes_written);
+    t->on_loop[0] += READ(st->on_loop[0]);
+    t->on_loop[1] += READ(st->on_loop[1]);
+    t->from_worker += READ(st->from_worker);
+    t->spliced += READ(st->spliced);
+    t->wspliced += READ(st->wspliced);
+    t->one_lane += READ(st->one_lane);
+    t->inflight += READ(st->inflight);
   }
 }
 
@@ -299,7 +316,7 @@ static void write_requests(FILE *f) {
          "Requests waiting in the export's queue for earlier conflicting ones.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
     export_series(f, "requests_queued", m.srv->exports[i]);
-    fprintf(f, "} %u\n", m.srv->exports[i]->queue.waiting);
+    fprintf(f, "} %u\n", queue_waiting(&m.srv->exports[i]->queue));
   }
   family(f, "export_connections", "gauge", "Connections in transmission with the export.");
   for (size_t i = 0; i < m.srv->n_exports; i++) {
@@ -316,7 +333,7 @@ static void write_latency(FILE *f) {
       const struct export_stats *st = stats_at(i);
       uint64_t cum = 0;
       for (size_t b = 0; b < N_BUCKETS; b++) {
-        cum += st->latency[c][b];
+        cum += READ(st->latency[c][b]);
         export_series(f, "request_duration_seconds_bucket", m.srv->exports[i]);
         if (b < N_BUCKETS - 1)
           fprintf(f, ",command=\"%s\",le=\"%g\"} %" PRIu64 "\n", command_label(c), bucket_le[b],
@@ -325,7 +342,8 @@ static void write_latency(FILE *f) {
           fprintf(f, ",command=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", command_label(c), cum);
       }
       export_series(f, "request_duration_seconds_sum", m.srv->exports[i]);
-      fprintf(f, ",command=\"%s\"} %.9f\n", command_label(c), st->latency_sum[c]);
+      fprintf(f, ",command=\"%s\"} %.9f\n", command_label(c),
+              (double)READ(st->latency_ns[c]) / 1e9);
       export_series(f, "request_duration_seconds_count", m.srv->exports[i]);
       fprintf(f, ",command=\"%s\"} %" PRIu64 "\n", command_label(c), cum);
     }
@@ -370,18 +388,18 @@ static void write_server(FILE *f) {
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;
   for (size_t i = 0; i < m.srv->n_exports; i++)
-    queued += m.srv->exports[i]->queue.waiting;
+    queued += queue_waiting(&m.srv->exports[i]->queue);
   family(f, "server_requests_queued", "gauge", "Requests waiting in a queue, all exports.");
   fprintf(f, "vhdnbd_server_requests_queued %u\n", queued);
   family(f, "connections", "gauge", "Client connections open, negotiating or not.");
   fprintf(f, "vhdnbd_connections %u\n", m.srv->n_conns);
   family(f, "connections_total", "counter", "Client connections accepted.");
-  fprintf(f, "vhdnbd_connections_total %" PRIu64 "\n", m.accepted);
+  fprintf(f, "vhdnbd_connections_total %" PRIu64 "\n", READ(m.accepted));
   family(f, "connections_refused_total", "counter",
          "Connections refused or closed by the server's limits, by reason.");
   for (size_t i = 0; i < N_REFUSALS; i++)
     fprintf(f, "vhdnbd_connections_refused_total{reason=\"%s\"} %" PRIu64 "\n",
-            refusal_reasons[i], m.refused[i]);
+            refusal_reasons[i], READ(m.refused[i]));
 }
 
 static char *build_text(size_t *len) {
@@ -510,15 +528,15 @@ static void on_sigusr1(uv_signal_t *h, int signum) {
     const struct export_stats *st = stats_at(i);
     uint64_t ok = 0, err = 0;
     for (size_t c = 0; c < N_COMMANDS; c++) {
-      ok += st->requests[c][0];
-      err += st->requests[c][1];
+      ok += READ(st->requests[c][0]);
+      err += READ(st->requests[c][1]);
     }
     log_msg(LOG_LEVEL_NOTICE,
             "export '%s': %" PRIu64 " requests, %" PRIu64 " failed; %" PRIu64
             " bytes read, %" PRIu64 " bytes written; %" PRIu64 " in flight, %u queued; "
             "%u connections",
-            m.srv->exports[i]->name, ok + err, err, st->bytes_read, st->bytes_written,
-            st->inflight, m.srv->exports[i]->queue.waiting,
+            m.srv->exports[i]->name, ok + err, err, READ(st->bytes_read), READ(st->bytes_written),
+            READ(st->inflight), queue_waiting(&m.srv->exports[i]->queue),
             export_connections(m.srv->exports[i]));
   }
 }

@@ -216,6 +216,13 @@ bool queue_empty(struct queue *q) {
   return empty;
 }
 
+unsigned queue_waiting(struct queue *q) {
+  pthread_mutex_lock(&q->lock);
+  unsigned n = q->waiting;
+  pthread_mutex_unlock(&q->lock);
+  return n;
+}
+
 static bool may_start_now(const struct queue *q, const struct queue_item *item) {
   switch (item->kind) {
   case QUEUE_FLUSH:

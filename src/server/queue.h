@@ -137,6 +137,8 @@ int queue_submit(struct queue *q, struct queue_item *item);
  * item it unblocked. */
 void queue_done(struct queue *q, struct queue_item *item);
 bool queue_empty(struct queue *q);
+/* Requests waiting to start (metrics). */
+unsigned queue_waiting(struct queue *q);
 /* Whether item, submitted now, would start at once (nothing in the queue
  * conflicts with it). */
 bool queue_may_start_now(struct queue *q, const struct queue_item *item);

@@ -183,16 +183,47 @@ static void log_global_changes(const struct settings *a, const struct settings *
             list);
 }
 
-static bool conn_uses_retired(const struct connection *c) {
-  return c->exp && (c->exp->retired || (c->exp->base && c->exp->base->retired));
+/* Any loop: retired is set on the main loop while other loops may be
+ * looking (their connections' exports are asked again once they are). */
+bool reload_conn_uses_retired(const struct connection *c) {
+  const struct export *e = c->exp;
+  return e && (__atomic_load_n(&e->retired, __ATOMIC_RELAXED) ||
+               (e->base && __atomic_load_n(&e->base->retired, __ATOMIC_RELAXED)));
+}
+
+/* Connections other loops serve with a retired export (only exp is read). */
+static unsigned moved_using_retired(void) {
+  unsigned n = 0;
+  for (const struct connection *c = server.moved; c; c = c->moved_next)
+    if (reload_conn_uses_retired(c))
+      n++;
+  return n;
+}
+
+static void close_retired_users(struct loop *l, uintptr_t arg) {
+  (void)arg;
+  struct connection *next;
+  for (struct connection *c = l->conns; c; c = next) {
+    next = c->next;
+    if (!c->closing && reload_conn_uses_retired(c))
+      conn_close(c, "export removed by a reload");
+  }
+}
+
+static void drain_retired_users(struct loop *l, uintptr_t arg) {
+  (void)arg;
+  for (struct connection *c = l->conns; c; c = c->next)
+    if (!c->closing && reload_conn_uses_retired(c))
+      conn_drain(c);
 }
 
 static void on_grace(uv_timer_t *t) {
   struct connection *next;
-  unsigned n = 0;
-  for (struct connection *c = server.conns; c; c = next) {
+  unsigned n = moved_using_retired();
+  loops_each_other(close_retired_users, 0);
+  for (struct connection *c = loops_main()->conns; c; c = next) {
     next = c->next;
-    if (!c->closing && conn_uses_retired(c)) {
+    if (!c->closing && reload_conn_uses_retired(c)) {
       conn_close(c, "export removed by a reload");
       n++;
     }
@@ -244,11 +275,13 @@ void reload_retired_unused(struct export *e) {
 }
 
 static void retire(struct export *e) {
-  e->retired = true;
+  __atomic_store_n(&e->retired, true, __ATOMIC_RELAXED);
   rl.retiring++;
-  unsigned n = 0;
-  for (struct connection *c = server.conns; c; c = c->next) {
-    if (!c->closing && conn_uses_retired(c)) {
+  unsigned n = moved_using_retired();
+  if (n)
+    loops_each_other(drain_retired_users, 0);
+  for (struct connection *c = loops_main()->conns; c; c = c->next) {
+    if (!c->closing && reload_conn_uses_retired(c)) {
       conn_drain(c);
       n++;
     }

@@ -26,8 +26,12 @@
  *   notify.c       sd_notify and the pidfile
  *   overlay.c      per-client copy-on-write children of an export's image
  *   reload.c       SIGHUP: the configuration file read again, exports swapped
+ *   loops.c        the event loops: the main one, and --loops more that serve
+ *                  plain clients' transmission phase (see loops.h)
  *
- * Everything except ops_run (ops.c) runs on the libuv loop thread.
+ * Everything except ops_run (ops.c) runs on a loop thread: a connection's
+ * business on the loop that serves it (conn->loop), everything else on the
+ * main loop.
  */
 #ifndef VHDNBD_SERVER_H
 #define VHDNBD_SERVER_H
@@ -44,6 +48,7 @@
 #include "acl.h"
 #include "codec.h"
 #include "lanes.h"
+#include "loops.h"
 #include "queue.h"
 #include "tls.h"
 #include "vhd.h"
@@ -137,7 +142,7 @@ struct export {
   struct work_serial write_lanes[SERVER_MAX_WRITE_LANES];
   uint32_t lane_shift;   /* log2 of the bytes that share a lane (export_set_lanes) */
   struct lane_policy lanes; /* all lanes or one, from how long writes take */
-  bool write_error_logged; /* loop thread: the image's write error was logged */
+  bool write_error_logged; /* the image's write error was logged (atomic) */
   struct overlay_settings overlay;
   unsigned refs;         /* connections (and, for a base, instances) using it */
   struct export *base;   /* instance: the export it overlays (holds a ref) */
@@ -176,6 +181,7 @@ struct settings {
   unsigned idle_timeout;      /* seconds without requests; 0 = none */
   uint64_t max_inflight;      /* bytes buffered for all connections together */
   unsigned threads;           /* worker threads */
+  unsigned loops;             /* event loops, the main one included */
   unsigned write_lanes;       /* plain WRITEs in parallel per export; 0: derived */
   char *pidfile;
   char *metrics_file;         /* Prometheus text file; NULL: none */
@@ -201,21 +207,15 @@ struct server {
   struct settings *cfg;
   struct export **exports;
   size_t n_exports;
-  struct connection *conns; /* doubly linked */
-  unsigned n_conns;
+  /* Connections another loop serves (linked by moved_next; main loop
+   * only): for the counts of the guard and metrics, which read nothing of
+   * them but addr and exp. */
+  struct connection *moved;
+  unsigned n_conns;         /* every connection, whichever loop has it */
   uint64_t next_conn_id;
   bool shutting_down;
   bool stdio_done;
   struct tls_creds *tls; /* NULL: --tls=off */
-  uint64_t inflight_bytes; /* sum over connections of their inflight + write bytes */
-  bool inflight_blocked;   /* some connection stopped reading for the cap */
-  uint64_t cap_pauses;     /* times the cap stopped reading, not yet logged */
-  uint64_t cap_logged_ms;  /* uv_now of the last line about them, 0: none yet */
-  uv_timer_t resume_timer; /* wakes every connection once below the cap */
-  struct connection *outq_head; /* connections with replies queued */
-  uv_prepare_t flush_prepare;   /* conn_flush_all before the loop polls */
-  uv_check_t flush_check;       /* ...and right after the poll's callbacks */
-  uint64_t inline_bytes;        /* READ and WRITE bytes served on the loop this iteration */
   bool loop_writes;             /* WRITEs may be served on the loop (ops_write_now) */
   bool direct_replies;          /* workers may send short replies (conn_send_direct) */
   bool splice_reads;            /* large READs spliced from the page cache (splice.h) */
@@ -293,6 +293,8 @@ void overlay_release(struct export *inst);
 void reload_start(struct server *srv);
 /* A retired export's last reference went: its image is closed. */
 void reload_retired_unused(struct export *e);
+/* Whether conn's export was removed by a reload (any loop). */
+bool reload_conn_uses_retired(const struct connection *c);
 
 /* listen.c */
 int listen_start(struct server *srv);
@@ -306,7 +308,17 @@ enum conn_phase { PHASE_HANDSHAKE, PHASE_TRANSMISSION };
 typedef void (*conn_input_cb)(struct connection *conn);
 
 struct connection {
-  struct connection *prev, *next;
+  struct connection *prev, *next; /* on its loop's list */
+  struct loop *loop;    /* the loop serving it (loops.h) */
+  /* Moving to another loop (conn_move): input stopped, waiting for its
+   * output to be written out; the main loop's moved list; the message
+   * that carries it there, and later tells the main loop it is gone. */
+  struct loop *move_to;
+  unsigned move_handles; /* handles still closing before the move */
+  struct connection *moved_prev, *moved_next;
+  struct loop_msg msg;
+  int move_fd;          /* the socket, duplicated for the loop it moves to */
+  struct loop *serving_loop; /* counted in its serving (loops_pick) */
   uint64_t id;
   char peer[128];
   struct sockaddr_storage addr; /* TCP peers; ss_family AF_UNSPEC otherwise */
@@ -498,8 +510,13 @@ void conn_close(struct connection *conn, const char *why);
 void conn_identity(const struct connection *conn, struct acl_peer *out);
 /* " (uid 0, gid 0)", " (x509 CN=...)", " (PSK identity ...)" or "": for logs. */
 const char *conn_describe_identity(const struct connection *conn, char *buf, size_t len);
-/* Writes every connection's queued replies, each as one write. */
-void conn_flush_all(void);
+/* Writes the queued replies of every connection of loop l, each as one write. */
+void conn_flush_all(struct loop *l);
+/* Main loop, a plain socket's transmission just set up (transmission.c):
+ * serves it from loop l from now on (see loops.h).  Its input stops at
+ * once; it moves once the replies it has queued are written, and
+ * transmission_arrived runs on l's thread. */
+void conn_move(struct connection *conn, struct loop *l);
 /* Switches the connection to TLS after the STARTTLS ACK was queued: drops any
  * plaintext already buffered and starts the TLS handshake.  When it completes,
  * cb runs (option haggling resumes inside TLS). */
@@ -515,9 +532,10 @@ void conn_update(struct connection *conn);
 void conn_ref(struct connection *conn);
 void conn_unref(struct connection *conn);
 void conns_shutdown(struct server *srv, bool force);
-/* Server-wide accounting of buffered bytes (see --max-inflight). */
-void server_inflight_add(uint64_t n);
-void server_inflight_sub(uint64_t n);
+/* The accounting of buffered bytes of a connection's loop (see
+ * --max-inflight). */
+void loop_inflight_add(struct loop *l, uint64_t n);
+void loop_inflight_sub(struct loop *l, uint64_t n);
 
 /* guard.c */
 /* Admits a new connection, or closes it (and returns -EBUSY) when its address
@@ -526,12 +544,17 @@ int guard_admit(struct connection *conn);
 void guard_handshake_timeout(struct connection *conn);
 void guard_start(struct server *srv);
 void guard_stop(struct server *srv);
+/* A loop other than the main one watches its own connections' payloads. */
+void guard_loop_start(struct loop *l);
+void guard_loop_stop(struct loop *l);
 
 /* handshake.c */
 void handshake_start(struct connection *conn);
 
 /* transmission.c */
 void transmission_start(struct connection *conn, struct export *exp);
+/* On the loop conn moved to: its timer and input go on there. */
+void transmission_arrived(struct connection *conn);
 /* The transmission flags conn is told for exp (INFO, GO, EXPORT_NAME). */
 uint16_t transmission_tflags(const struct connection *conn, const struct export *exp);
 /* Frees what the connection's requests hold that no completion will free: a

@@ -31,6 +31,7 @@ static struct request *request_new(struct connection *conn) {
   req->exp = conn->exp;
   req->started_ns = uv_hrtime();
   req->pipe = (struct splice_pipe){-1, -1};
+  req->work.home = conn->loop->home;
   metrics_request_begin(req->exp);
   conn_ref(conn);
   conn->inflight++;
@@ -46,12 +47,12 @@ static void request_answered(struct request *req) {
   }
 }
 
-/* Counts n more bytes held for req against its connection's and the
- * server's budgets (given back by request_free). */
+/* Counts n more bytes held for req against its connection's and its
+ * loop's budgets (given back by request_free). */
 static void request_charge(struct request *req, uint64_t n) {
   req->accounted += n;
   req->conn->inflight_bytes += n;
-  server_inflight_add(n);
+  loop_inflight_add(req->conn->loop, n);
 }
 
 static void request_free(struct request *req) {
@@ -61,7 +62,7 @@ static void request_free(struct request *req) {
                       uv_hrtime() - req->started_ns, req->replied);
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
-  server_inflight_sub(req->accounted);
+  loop_inflight_sub(conn->loop, req->accounted);
   splice_pipe_put(&req->pipe, false); /* still held: bytes may be left in it */
   bufpool_put(req->data, req->data_size);
   free(req->errmsg);
@@ -264,11 +265,11 @@ static int build_simple(struct request *req) {
  * that is said once per export, as an error naming the image and the first
  * failure (even when the client that met it has gone). */
 static void log_image_failure(struct export *exp) {
-  if (exp->write_error_logged)
+  /* Whichever loop meets it first says it (loops.h). */
+  if (__atomic_exchange_n(&exp->write_error_logged, true, __ATOMIC_RELAXED))
     return;
   struct vhd_err err = {{0}};
   vhd_write_error(exp->vhd, &err);
-  exp->write_error_logged = true;
   log_msg(LOG_LEVEL_ERR,
           "export '%s': %s; writes since the last successful flush may be lost, and every "
           "flush and write of this export now fails with EIO until vhdnbd is restarted",
@@ -533,7 +534,7 @@ static enum served serve_now(struct request *req, uint64_t len, int (*now)(struc
     return NOT_TAKEN;
   if (now(req) == 0) {
     queue_done(&req->exp->queue, qi);
-    server.inline_bytes += len;
+    req->conn->loop->inline_bytes += len;
     metrics_request_on_loop(req->exp, req->r.type);
     send_reply(req);
     return SERVED_NOW;
@@ -577,7 +578,7 @@ static void dispatch(struct request *req) {
   req->may_splice = req->r.type == NBD_CMD_READ && server.splice_reads &&
                     req->conn->direct_fd >= 0 && !req->sliced && len >= SERVER_SPLICE_MIN;
   if (req->r.type == NBD_CMD_READ && len <= SERVER_INLINE_READ_MAX && !req->may_splice &&
-      server.inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_read_now))
+      req->conn->loop->inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_read_now))
     return;
   /* So may a plain WRITE that the engine can store without waiting: into
    * blocks already allocated, sectors already marked, pages the kernel
@@ -587,7 +588,7 @@ static void dispatch(struct request *req) {
    * writes, which wait for the disk, always go to the workers. */
   if (req->r.type == NBD_CMD_WRITE && !(req->r.flags & NBD_CMD_FLAG_FUA) &&
       !req->payload_piped && server.loop_writes && len <= SERVER_INLINE_WRITE_MAX &&
-      server.inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_write_now))
+      req->conn->loop->inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_write_now))
     return;
   req->may_direct = may_direct(req, len);
   workers_hold(req->work.home);
@@ -707,7 +708,7 @@ static void start_request(struct connection *conn, struct nbd_request r, bool st
 static void on_status_payload(struct connection *conn);
 
 static void on_request_header(struct connection *conn) {
-  conn->last_request = uv_now(server.loop);
+  conn->last_request = uv_now(conn->loop->uv);
   struct nbd_request r;
   const char *why = NULL;
   int dr = conn->extended ? nbd_decode_request_ext(conn->hdr, &r, &why)
@@ -850,7 +851,7 @@ static void on_idle_timer(uv_timer_t *t) {
   if (conn->closing || conn->lingering)
     return;
   uint64_t limit = (uint64_t)server.cfg->idle_timeout * 1000;
-  uint64_t idle = uv_now(server.loop) - conn->last_request;
+  uint64_t idle = uv_now(conn->loop->uv) - conn->last_request;
   bool busy = conn->inflight > 0 || conn->writes_pending > 0 || conn->outq_n_done > 0 ||
               conn->want_done > 0 ||
               conn->want_dst != conn->hdr;
@@ -896,12 +897,20 @@ uint16_t transmission_tflags(const struct connection *conn, const struct export 
   return f;
 }
 
+/* A client that cannot move (TLS, --stdio) stays on the main loop, and
+ * is counted there instead. */
+static void transmission_stay(struct connection *conn, struct loop *picked) {
+  atomic_fetch_sub(&picked->serving, 1);
+  atomic_fetch_add(&conn->loop->serving, 1);
+  conn->serving_loop = conn->loop;
+}
+
 void transmission_start(struct connection *conn, struct export *exp) {
   conn->phase = PHASE_TRANSMISSION;
   conn->exp = exp;
   uv_timer_stop(&conn->timer);
   if (server.cfg->idle_timeout) {
-    conn->last_request = uv_now(server.loop);
+    conn->last_request = uv_now(conn->loop->uv);
     uv_timer_start(&conn->timer, on_idle_timer, (uint64_t)server.cfg->idle_timeout * 1000, 0);
   }
   conn->limits = (struct nbd_request_limits){
@@ -929,4 +938,22 @@ void transmission_start(struct connection *conn, struct export *exp) {
   }
   conn_direct_allow(conn);
   read_request_header(conn);
+  /* Served here or by another loop (loops.h); only a plain socket moves. */
+  struct loop *l = loops_pick();
+  conn->serving_loop = l;
+  if (l != conn->loop) {
+    if (conn->direct_fd >= 0)
+      conn_move(conn, l);
+    else
+      transmission_stay(conn, l);
+  }
+}
+
+void transmission_arrived(struct connection *conn) {
+  if (server.cfg->idle_timeout) {
+    conn->last_request = uv_now(conn->loop->uv);
+    uv_timer_start(&conn->timer, on_idle_timer, (uint64_t)server.cfg->idle_timeout * 1000, 0);
+  }
+  conn_direct_allow(conn);
+  conn_update(conn);
 }

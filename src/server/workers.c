@@ -190,6 +190,29 @@ int workers_start(uv_loop_t *loop, unsigned n, bool batch) {
   return 0;
 }
 
+int workers_home_open(uv_loop_t *loop, struct work_home **out) {
+  struct work_home *h = calloc(1, sizeof *h);
+  if (!h)
+    return -ENOMEM;
+  pthread_mutex_init(&h->done_lock, NULL);
+  int r = uv_async_init(loop, &h->async, on_async);
+  if (r < 0) {
+    pthread_mutex_destroy(&h->done_lock);
+    free(h);
+    return r;
+  }
+  uv_unref((uv_handle_t *)&h->async);
+  *out = h;
+  return 0;
+}
+
+void workers_home_free(struct work_home *home) {
+  if (!home)
+    return;
+  pthread_mutex_destroy(&home->done_lock);
+  free(home);
+}
+
 void workers_hold(struct work_home *home) {
   struct work_home *h = home ? home : &wp.main_home;
   if (h->outstanding++ == 0)

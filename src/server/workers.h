@@ -42,6 +42,13 @@ struct work_serial {
  * batch, under the SCHED_BATCH policy where the system allows it (see
  * workers.c).  Returns 0 or a negative errno. */
 int workers_start(uv_loop_t *loop, unsigned n, bool batch);
+/* Where items of another loop's requests come back: that loop's thread,
+ * before it runs.  Its handle is closed with the loop's others; free it
+ * with workers_home_free once that loop has ended.  Returns 0 or a
+ * negative errno. */
+int workers_home_open(uv_loop_t *loop, struct work_home **out);
+void workers_home_free(struct work_home *home);
+
 /* The home's loop thread: holds w's place (workers_hold) and enqueues it. */
 void workers_submit(struct work_item *w);
 /* A home's loop thread.  While any item is held for a home its loop stays

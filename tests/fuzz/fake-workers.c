@@ -9,6 +9,7 @@
 
 #include "fake-workers.h"
 
+#include <errno.h>
 #include <stdlib.h>
 
 #include "fuzz-common.h"
@@ -39,6 +40,15 @@ static void make_ready(struct work_item *w) {
   }
   ready[n_ready++] = w;
 }
+
+/* Only the main loop's items: the harness has one loop. */
+int workers_home_open(uv_loop_t *loop, struct work_home **out) {
+  (void)loop;
+  (void)out;
+  return -ENOSYS;
+}
+
+void workers_home_free(struct work_home *home) { (void)home; }
 
 /* Holds are the real pool's business (they keep a loop alive); here
  * nothing waits for a loop. */

@@ -188,7 +188,11 @@ static void setup_once(void) {
    * WRITEs tried on the loop first. */
   server.write_lanes = 2;
   server.loop_writes = true;
-  uv_timer_init(&loop, &server.resume_timer);
+  if (loops_start(&loop, 1, SERVER_DEFAULT_MAX_INFLIGHT) < 0)
+    die("loops_start", "failed");
+  /* The harness runs the flush phases itself, around its events. */
+  uv_prepare_stop(&loops_main()->flush_prepare);
+  uv_check_stop(&loops_main()->flush_check);
   make_images();
   load_tls();
 }
@@ -202,6 +206,11 @@ static void reset_image(struct image *img) {
  * export is ever retired and this is never reached. */
 void reload_retired_unused(struct export *e) {
   FUZZ_ASSERT(false, "export '%s' retired, but the harness never reloads", e->name);
+}
+
+bool reload_conn_uses_retired(const struct connection *c) {
+  (void)c;
+  return false;
 }
 
 static void settings_for(struct settings *s, uint8_t bits) {
@@ -254,7 +263,7 @@ static void client_send(struct client *c) {
   /* Real clients mostly send whole messages and wait for the answer: reads
    * that end where the server's current message ends come often (they let
    * the bytes after STARTTLS reach TLS), arbitrary cuts the rest of the time. */
-  const struct connection *conn = server.conns;
+  const struct connection *conn = loops_main()->conns;
   uint64_t wanted = conn && !conn->tls ? conn->want_len - conn->want_done : 0;
   switch (fuzz_rng_below(c->rng, 8)) {
   case 0:
@@ -329,17 +338,17 @@ static void run_connection(struct client *c) {
     uv_run(&loop, UV_RUN_NOWAIT);
     if (server.n_conns == 0)
       break;
-    /* The prepare phase (main.c: on_flush_prepare). */
-    conn_flush_all();
-    server.inline_bytes = 0;
+    /* The prepare phase (loops.c: on_flush_prepare). */
+    conn_flush_all(loops_main());
+    loops_main()->inline_bytes = 0;
     bool any = false;
     for (unsigned e = 1 + (unsigned)fuzz_rng_below(c->rng, 3); e > 0; e--) {
       if (!one_event(c))
         break;
       any = true;
     }
-    /* The check phase (main.c: on_flush_check). */
-    conn_flush_all();
+    /* The check phase (loops.c: on_flush_check). */
+    conn_flush_all(loops_main());
     if (any) {
       idle = 0;
       continue;
@@ -374,6 +383,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   settings_for(&cfg, data[0]);
   server.cfg = &cfg;
   server.tls = cfg.tls == TLS_OFF ? NULL : creds;
+  loops_main()->max_inflight = cfg.max_inflight;
   int r = exports_open(&server, &cfg);
   FUZZ_ASSERT(r == 0, "the exports do not open: %s", strerror(-r));
 
@@ -386,10 +396,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_ASSERT(fake_workers_pending() == 0, "work left after the connection closed");
   FUZZ_ASSERT(fake_uv_pending_writes() == 0 && !fake_uv_shutdown_pending(),
               "writes left after the connection closed");
-  FUZZ_ASSERT(server.inflight_bytes == 0,
+  FUZZ_ASSERT(loops_main()->inflight_bytes == 0,
               "%llu bytes still counted in flight after the connection closed",
-              (unsigned long long)server.inflight_bytes);
-  FUZZ_ASSERT(server.outq_head == NULL, "a closed connection is still listed for output");
+              (unsigned long long)loops_main()->inflight_bytes);
+  FUZZ_ASSERT(loops_main()->outq_head == NULL, "a closed connection is still listed for output");
+  FUZZ_ASSERT(atomic_load(&loops_main()->serving) == 0,
+              "a closed connection is still counted as served");
   for (size_t i = 0; i < server.n_exports; i++)
     FUZZ_ASSERT(queue_empty(&server.exports[i]->queue), "export '%s': requests left queued",
                 server.exports[i]->name);
@@ -404,12 +416,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_ASSERT(r == 0, "closing the exports: %s", strerror(-r));
   settings_free(&cfg);
   bufpool_drain();
-  uv_timer_stop(&server.resume_timer);
+  uv_timer_stop(&loops_main()->resume_timer);
   server.cfg = NULL;
   server.tls = NULL;
   server.shutting_down = false;
-  server.inflight_blocked = false;
-  server.inline_bytes = 0;
+  loops_main()->inflight_blocked = false;
+  loops_main()->inline_bytes = 0;
+  loops_set_shutdown(0);
   fake_uv_reset(NULL);
   return 0;
 }

@@ -78,7 +78,7 @@ fuzz_nbd_server_replay_SOURCES = $(FUZZ_SERVER_HARNESS) $(FUZZ_REPLAY_SOURCES) \
 	src/server/handshake.c src/server/transmission.c src/server/ops.c src/server/queue.c \
 	src/server/lanes.c \
 	src/server/bufpool.c src/server/splice.c src/server/guard.c src/server/metrics.c \
-	src/server/overlay.c
+	src/server/overlay.c src/server/loops.c
 fuzz_nbd_server_replay_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src/server -DFUZZ_STANDALONE \
 	-DVHDNBD_STATE_DIR='"$(localstatedir)/lib/vhdnbd"'
 fuzz_nbd_server_replay_CFLAGS = $(AM_CFLAGS) $(UV_CFLAGS) $(GNUTLS_CFLAGS) $(UUID_CFLAGS)

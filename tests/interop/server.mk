@@ -19,6 +19,8 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-payload-low-water.sh \
 	tests/interop/test-splice-reads.sh \
 	tests/interop/test-spliced-reply-framing.sh \
+	tests/interop/test-loops.sh \
+	tests/interop/test-loops-protocol.sh \
 	tests/interop/test-worker-policy.sh \
 	tests/interop/test-sparse-blocks.sh \
 	tests/interop/test-write-lanes.sh

@@ -162,7 +162,7 @@ sample() {
     port) echo 10809 ;; bind) echo 127.0.0.1 ;; unix) echo "$TMPD/sock" ;;
     read-only) echo yes ;;
     max-connections | max-connections-per-address | max-handshakes | handshake-timeout | \
-      payload-timeout | idle-timeout | max-inflight | threads | write-lanes | \
+      payload-timeout | idle-timeout | max-inflight | threads | loops | write-lanes | \
       metrics-interval) echo 5 ;;
     pidfile) echo "$TMPD/pid" ;; image) echo "$TMPD/missing.vhd" ;;
     description) echo '"some text"' ;; allow) echo 127.0.0.0/8,::1 ;;

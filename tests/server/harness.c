@@ -454,6 +454,19 @@ static pid_t start_server(const char *sock, const char *const *args, const char 
       FAIL("too many server arguments");
     argv[a++] = args[i];
   }
+  /* Options every server of the run gets (VHDNBD_TEST_ARGS, split at
+   * spaces): run-tests.sh serves these tests again from several event
+   * loops. */
+  static char extra[256];
+  const char *env = getenv("VHDNBD_TEST_ARGS");
+  if (env && *env) {
+    XSNPRINTF(extra, sizeof extra, "%s", env);
+    for (char *save = NULL, *t = strtok_r(extra, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+      if (a >= 63)
+        FAIL("too many server arguments");
+      argv[a++] = t;
+    }
+  }
   argv[a] = NULL;
   printf("%s: starting: ", test_name);
   print_argv(stdout, argv);
