@@ -324,24 +324,27 @@ bool nbd_request_has_payload(const struct nbd_request *req, bool extended) {
   return req->type == NBD_CMD_WRITE;
 }
 
-int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t context_id,
-                                   uint64_t *effect_length, const char **why) {
+int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t selected,
+                                   uint64_t *effect_length, uint32_t *chosen, const char **why) {
   if (len < 12 || (len - 8) % 4 != 0) {
     WHY("BLOCK_STATUS payload is not an effect length and one or more context ids");
     return -EINVAL;
   }
-  if (len > 12) {
-    /* Every id must be the one context, so a second one repeats it. */
-    WHY(be32_load(data + 8) == context_id && be32_load(data + 12) == context_id
-            ? "BLOCK_STATUS payload repeats a context id"
-            : "BLOCK_STATUS payload names a context that was not selected");
-    return -EINVAL;
-  }
-  if (be32_load(data + 8) != context_id) {
-    WHY("BLOCK_STATUS payload names a context that was not selected");
-    return -EINVAL;
+  uint32_t named = 0;
+  for (size_t i = 8; i < len; i += 4) {
+    uint32_t id = be32_load(data + i);
+    if (id >= 32 || !(selected & NBD_CONTEXT_BIT(id))) {
+      WHY("BLOCK_STATUS payload names a context that was not selected");
+      return -EINVAL;
+    }
+    if (named & NBD_CONTEXT_BIT(id)) {
+      WHY("BLOCK_STATUS payload repeats a context id");
+      return -EINVAL;
+    }
+    named |= NBD_CONTEXT_BIT(id);
   }
   *effect_length = be64_load(data);
+  *chosen = named;
   return 0;
 }
 

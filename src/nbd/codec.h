@@ -150,14 +150,17 @@ const char *nbd_cmd_name(uint16_t type);
 
 /* The BLOCK_STATUS payload form (extended headers, NBD_CMD_FLAG_PAYLOAD_LEN,
  * advertised with NBD_FLAG_BLOCK_STATUS_PAYLOAD): a 64-bit effect length,
- * then the ids of the contexts wanted.  A server with one context needs no
- * more than a few ids: a longer payload is consumed and refused unread. */
+ * then the ids of the contexts wanted.  A server with a few contexts needs
+ * no more than a few ids: a longer payload is consumed and refused unread. */
 #define NBD_BLOCK_STATUS_PAYLOAD_MAX (8u + 4u * 16)
-/* -EINVAL (with *why) unless len is 8 + 4n with n >= 1, and the ids are
- * context_id, the only one selected, without repeats (the spec refuses
- * unknown and duplicate ids). */
-int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t context_id,
-                                   uint64_t *effect_length, const char **why);
+/* Context ids as bits of a mask: bit id (ids below 32). */
+#define NBD_CONTEXT_BIT(id) (UINT32_C(1) << (id))
+/* -EINVAL (with *why) unless len is 8 + 4n with n >= 1, and every id is one
+ * of the contexts selected (bits of the mask `selected`), none repeated
+ * (the spec refuses unknown and duplicate ids).  On success *chosen holds
+ * the ids named, as bits. */
+int nbd_parse_block_status_payload(const uint8_t *data, size_t len, uint32_t selected,
+                                   uint64_t *effect_length, uint32_t *chosen, const char **why);
 
 void nbd_encode_simple_reply(uint8_t out[NBD_SIMPLE_REPLY_SIZE], uint64_t cookie,
                              uint32_t error);

@@ -704,8 +704,15 @@ static void on_write_discarded(struct connection *conn) {
   read_request_header(conn);
 }
 
-static void start_request(struct connection *conn, struct nbd_request r, bool status_payload_form);
+static void start_request(struct connection *conn, struct nbd_request r, uint32_t contexts);
 static void on_status_payload(struct connection *conn);
+
+/* The meta contexts the client selected for this export, as bits of their
+ * ids. */
+static uint32_t selected_contexts(const struct connection *conn) {
+  return (conn->limits.meta_allocation ? NBD_CONTEXT_BIT(SERVER_META_CONTEXT_ID) : 0) |
+         (conn->limits.meta_depth ? NBD_CONTEXT_BIT(SERVER_META_DEPTH_ID) : 0);
+}
 
 static void on_request_header(struct connection *conn) {
   conn->last_request = uv_now(conn->loop->uv);
@@ -733,17 +740,19 @@ static void on_request_header(struct connection *conn) {
       return;
     }
   }
-  start_request(conn, r, false);
+  start_request(conn, r, selected_contexts(conn));
 }
 
 /* The payload form of BLOCK_STATUS, read: with a valid payload the request
- * is an ordinary one of the effect length it gives. */
+ * is an ordinary one of the effect length it gives, for the contexts it
+ * names among those selected. */
 static void on_status_payload(struct connection *conn) {
   struct nbd_request r = conn->status_req;
   const char *why = NULL;
   uint64_t effect;
-  if (nbd_parse_block_status_payload(conn->status_payload, r.length, SERVER_META_CONTEXT_ID,
-                                     &effect, &why) < 0) {
+  uint32_t chosen;
+  if (nbd_parse_block_status_payload(conn->status_payload, r.length, selected_contexts(conn),
+                                     &effect, &chosen, &why) < 0) {
     conn->discard_req = r;
     conn->discard_error = NBD_EINVAL;
     conn->discard_why = why;
@@ -752,10 +761,12 @@ static void on_status_payload(struct connection *conn) {
   }
   r.length = effect;
   r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
-  start_request(conn, r, true);
+  start_request(conn, r, chosen);
 }
 
-static void start_request(struct connection *conn, struct nbd_request r, bool status_payload_form) {
+/* contexts: the meta contexts a BLOCK_STATUS answers for, as bits of their
+ * ids (NBD_CONTEXT_BIT). */
+static void start_request(struct connection *conn, struct nbd_request r, uint32_t contexts) {
   const char *why = NULL;
   uint32_t error = nbd_check_request(&r, &conn->limits, &why);
   if (nbd_request_has_payload(&r, conn->extended)) {
@@ -782,10 +793,8 @@ static void start_request(struct connection *conn, struct nbd_request r, bool st
   req->r = r;
   req->structured = reply_is_structured(conn, r.type);
   if (r.type == NBD_CMD_BLOCK_STATUS) {
-    /* The payload form chooses among the selected contexts; it can name
-     * only base:allocation (see on_status_payload). */
-    req->want_alloc = conn->limits.meta_allocation;
-    req->want_depth = conn->limits.meta_depth && !status_payload_form;
+    req->want_alloc = contexts & NBD_CONTEXT_BIT(SERVER_META_CONTEXT_ID);
+    req->want_depth = contexts & NBD_CONTEXT_BIT(SERVER_META_DEPTH_ID);
   }
   request_charge(req, ops_overhead_max(req));
   if (error) {
@@ -883,16 +892,21 @@ static void size_send_buffer(int fd) {
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
 }
 
-/* Whether the last SET_META_CONTEXT selected base:allocation for exp. */
+/* Whether the last SET_META_CONTEXT was for exp... */
+static bool meta_for(const struct connection *conn, const struct export *exp) {
+  return conn->meta_export && strcmp(conn->meta_export, exp->name) == 0;
+}
+
+/* ...and selected base:allocation. */
 static bool meta_selected(const struct connection *conn, const struct export *exp) {
-  return conn->meta_allocation && conn->meta_export && strcmp(conn->meta_export, exp->name) == 0;
+  return conn->meta_allocation && meta_for(conn, exp);
 }
 
 /* The spec allows the BLOCK_STATUS payload form only with extended headers,
  * and it means nothing without a context to choose. */
 uint16_t transmission_tflags(const struct connection *conn, const struct export *exp) {
   uint16_t f = export_tflags(exp, conn->structured);
-  if (conn->extended && meta_selected(conn, exp))
+  if (conn->extended && (conn->meta_allocation || conn->meta_depth) && meta_for(conn, exp))
     f |= NBD_FLAG_BLOCK_STATUS_PAYLOAD;
   return f;
 }
@@ -919,8 +933,7 @@ void transmission_start(struct connection *conn, struct export *exp) {
       .structured = conn->structured,
       .extended = conn->extended,
       .meta_allocation = meta_selected(conn, exp),
-      .meta_depth = conn->meta_depth && conn->meta_export &&
-                    strcmp(conn->meta_export, exp->name) == 0,
+      .meta_depth = conn->meta_depth && meta_for(conn, exp),
       .max_payload = SERVER_MAX_PAYLOAD,
   };
   log_msg(LOG_LEVEL_INFO, "%s: serving export '%s'%s%s%s", conn->peer, exp->name,

@@ -247,11 +247,16 @@ static void handle_request(struct cursor *c) {
   if (payload) {
     size_t plen = req.length < c->left ? req.length : c->left;
     const uint8_t *p = take(c, plen);
-    /* The BLOCK_STATUS payload form selects the one context, once. */
+    /* The BLOCK_STATUS payload form selects contexts 1 and 2, each once. */
     uint64_t effect = 0;
+    uint32_t chosen = 0;
     why = NULL;
-    if (p && nbd_parse_block_status_payload(p, plen, 1, &effect, &why) == 0)
-      FUZZ_ASSERT(plen == 12 && be32_load(p + 8) == 1 && effect == be64_load(p),
+    if (p && nbd_parse_block_status_payload(p, plen, NBD_CONTEXT_BIT(1) | NBD_CONTEXT_BIT(2),
+                                            &effect, &chosen, &why) == 0)
+      FUZZ_ASSERT((plen == 12 || plen == 16) && effect == be64_load(p) &&
+                      chosen == (NBD_CONTEXT_BIT(be32_load(p + 8)) |
+                                 NBD_CONTEXT_BIT(be32_load(p + plen - 4))) &&
+                      (plen == 12 || be32_load(p + 8) != be32_load(p + 12)),
                   "accepted a %zu-byte BLOCK_STATUS payload", plen);
     else if (p)
       FUZZ_ASSERT(why && why[0], "BLOCK_STATUS payload refused without a reason");

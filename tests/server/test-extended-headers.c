@@ -327,6 +327,112 @@ static void test_commands(const char *sock, const char *image) {
 }
 
 /* A 2040 GiB sparse image: one request each covers all of it. */
+/* SET_META_CONTEXT for the default export with the given queries; returns
+ * the ids granted, in query order (0: not granted). */
+static void select_contexts(int fd, const char *const *queries, size_t n, uint32_t *ids) {
+  uint8_t data[256];
+  size_t len = 8;
+  be32_store(data, 0);
+  be32_store(data + 4, (uint32_t)n);
+  for (size_t i = 0; i < n; i++) {
+    size_t ql = strlen(queries[i]);
+    CHECK(len + 4 + ql <= sizeof data, "queries too long");
+    be32_store(data + len, (uint32_t)ql);
+    memcpy(data + len + 4, queries[i], ql);
+    len += 4 + ql;
+    ids[i] = 0;
+  }
+  CHECK(raw_send_option(fd, NBD_OPT_SET_META_CONTEXT, data, (uint32_t)len) == 0, "send");
+  for (;;) {
+    uint32_t opt, type, rlen;
+    void *reply = NULL;
+    CHECK(raw_recv_option_reply(fd, &opt, &type, &reply, &rlen) == 0, "SET_META_CONTEXT reply");
+    if (type == NBD_REP_ACK) {
+      free(reply);
+      return;
+    }
+    CHECK(type == NBD_REP_META_CONTEXT && rlen > 4, "SET_META_CONTEXT reply type %#" PRIx32,
+          type);
+    for (size_t i = 0; i < n; i++)
+      if (rlen - 4 == strlen(queries[i]) && memcmp((uint8_t *)reply + 4, queries[i], rlen - 4) == 0)
+        ids[i] = be32_load(reply);
+    free(reply);
+  }
+}
+
+/* The payload form's BLOCK_STATUS for the context ids ids (n of them):
+ * returns, as bits of the ids, the contexts it answered for, one chunk
+ * each, the last one final. */
+static uint32_t block_status_contexts(int fd, const uint32_t *ids, size_t n) {
+  uint8_t payload[8 + 4 * 4];
+  be64_store(payload, 2 * MiB);
+  for (size_t i = 0; i < n; i++)
+    be32_store(payload + 8 + 4 * i, ids[i]);
+  uint64_t cookie = next_cookie++, len = 8 + 4 * n;
+  CHECK(raw_send_request_ext(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, cookie, 0,
+                             len) == 0, "send");
+  CHECK(raw_write(fd, payload, len) == 0, "sending the BLOCK_STATUS payload");
+  uint32_t seen = 0;
+  for (;;) {
+    struct raw_ext_reply rep;
+    CHECK(raw_recv_ext_reply(fd, &rep) == 0, "reading BLOCK_STATUS");
+    CHECK(rep.cookie == cookie, "BLOCK_STATUS cookie");
+    CHECK(rep.type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT, "BLOCK_STATUS reply type %u", rep.type);
+    uint32_t id = be32_load(rep.payload);
+    CHECK(id < 32 && !(seen & (1u << id)), "context id %" PRIu32 " answered twice", id);
+    seen |= 1u << id;
+    free(rep.payload);
+    if (rep.flags & NBD_REPLY_FLAG_DONE)
+      return seen;
+  }
+}
+
+/* The payload form chooses among every context selected: base:allocation,
+ * qemu:allocation-depth or both; with only one selected, the other's id
+ * is refused. */
+static void test_payload_contexts(const char *sock) {
+  static const char *const both[] = {NBD_CONTEXT_BASE_ALLOCATION, "qemu:allocation-depth"};
+  uint32_t ids[2];
+  int fd = raw_connect(sock);
+  raw_handshake(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+  CHECK(raw_send_option(fd, NBD_OPT_EXTENDED_HEADERS, NULL, 0) == 0, "send");
+  CHECK(expect_option_reply(fd, NBD_OPT_EXTENDED_HEADERS) == NBD_REP_ACK, "refused");
+  select_contexts(fd, both, 2, ids);
+  CHECK(ids[0] && ids[1] && ids[0] != ids[1], "contexts granted as %" PRIu32 " and %" PRIu32,
+        ids[0], ids[1]);
+  uint16_t flags;
+  CHECK(raw_opt_go(fd, "", NULL, &flags) == NBD_REP_ACK, "GO");
+  CHECK(flags & NBD_FLAG_BLOCK_STATUS_PAYLOAD, "payload form not advertised");
+  const uint32_t a = 1u << ids[0], d = 1u << ids[1];
+  uint32_t got = block_status_contexts(fd, &ids[1], 1);
+  CHECK(got == d, "payload naming qemu:allocation-depth answered for %#" PRIx32, got);
+  got = block_status_contexts(fd, &ids[0], 1);
+  CHECK(got == a, "payload naming base:allocation answered for %#" PRIx32, got);
+  uint32_t rev[2] = {ids[1], ids[0]};
+  got = block_status_contexts(fd, rev, 2);
+  CHECK(got == (a | d), "payload naming both answered for %#" PRIx32, got);
+  close(fd);
+
+  /* Only qemu:allocation-depth: still the payload form, but not for id 1. */
+  fd = raw_connect(sock);
+  raw_handshake(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+  CHECK(raw_send_option(fd, NBD_OPT_EXTENDED_HEADERS, NULL, 0) == 0, "send");
+  CHECK(expect_option_reply(fd, NBD_OPT_EXTENDED_HEADERS) == NBD_REP_ACK, "refused");
+  select_contexts(fd, &both[1], 1, &ids[1]);
+  CHECK(raw_opt_go(fd, "", NULL, &flags) == NBD_REP_ACK, "GO");
+  CHECK(flags & NBD_FLAG_BLOCK_STATUS_PAYLOAD,
+        "payload form not advertised with qemu:allocation-depth alone");
+  got = block_status_contexts(fd, &ids[1], 1);
+  CHECK(got == d, "depth alone answered for %#" PRIx32, got);
+  uint8_t bs[12];
+  be64_store(bs, 2 * MiB);
+  be32_store(bs + 8, ids[0]);
+  CHECK(simple_request(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, 0, 12, bs, 12) ==
+            NBD_EINVAL,
+        "payload naming base:allocation accepted though not selected");
+  close(fd);
+}
+
 static void test_huge(const char *sock) {
   int fd = connect_extended(sock, true);
   const uint64_t at = UINT64_C(2000) << 30;
@@ -373,6 +479,7 @@ int main(void) {
   harness_start_server_image(sock, image, false);
   test_negotiation(sock);
   test_commands(sock, image);
+  test_payload_contexts(sock);
 
   const char *huge = harness_vhdimg_create("huge.vhd", "dynamic", NULL, HUGE);
   XSNPRINTF(sock_huge, sizeof sock_huge, "%s", harness_path("sock-huge"));

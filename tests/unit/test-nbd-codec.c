@@ -347,20 +347,37 @@ static void test_request_ext(void) {
 static void test_block_status_payload(void) {
   uint8_t p[24];
   uint64_t effect = 0;
+  uint32_t chosen = 0;
+  const uint32_t one = NBD_CONTEXT_BIT(1), two = NBD_CONTEXT_BIT(2), both = one | two;
   const char *why = NULL;
   be64_store(p, UINT64_C(2040) << 30);
   be32_store(p + 8, 1);
-  CHECK_EQ(nbd_parse_block_status_payload(p, 12, 1, &effect, &why), 0);
-  CHECK(effect == UINT64_C(2040) << 30);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, one, &effect, &chosen, &why), 0);
+  CHECK(effect == UINT64_C(2040) << 30 && chosen == one);
   be32_store(p + 12, 1);
-  CHECK_EQ(nbd_parse_block_status_payload(p, 16, 1, &effect, &why), -EINVAL); /* repeated */
+  why = NULL;
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, both, &effect, &chosen, &why), -EINVAL);
   CHECK(why && strstr(why, "repeats"));
   be32_store(p + 12, 2);
-  CHECK_EQ(nbd_parse_block_status_payload(p, 16, 1, &effect, &why), -EINVAL); /* unknown */
-  CHECK_EQ(nbd_parse_block_status_payload(p, 12, 2, &effect, &why), -EINVAL);
-  CHECK_EQ(nbd_parse_block_status_payload(p, 8, 1, &effect, &why), -EINVAL);  /* no id */
-  CHECK_EQ(nbd_parse_block_status_payload(p, 13, 1, &effect, &why), -EINVAL); /* 8 + 4n */
-  CHECK_EQ(nbd_parse_block_status_payload(p, 0, 1, &effect, &why), -EINVAL);
+  why = NULL;
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, one, &effect, &chosen, &why), -EINVAL);
+  CHECK(why && strstr(why, "not selected"));
+  /* Both selected: either, or both in any order. */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, both, &effect, &chosen, &why), 0);
+  CHECK(chosen == both);
+  be32_store(p + 8, 2);
+  be32_store(p + 12, 1);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 16, both, &effect, &chosen, &why), 0);
+  CHECK(chosen == both);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, both, &effect, &chosen, &why), 0);
+  CHECK(chosen == two && effect == UINT64_C(2040) << 30);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, one, &effect, &chosen, &why), -EINVAL);
+  be32_store(p + 8, 40); /* beyond any mask bit */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 12, UINT32_MAX, &effect, &chosen, &why), -EINVAL);
+  be32_store(p + 8, 1);
+  CHECK_EQ(nbd_parse_block_status_payload(p, 8, one, &effect, &chosen, &why), -EINVAL);  /* no id */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 13, one, &effect, &chosen, &why), -EINVAL); /* 8+4n */
+  CHECK_EQ(nbd_parse_block_status_payload(p, 0, one, &effect, &chosen, &why), -EINVAL);
 }
 
 static uint32_t check(uint16_t type, uint16_t flags, uint64_t off, uint64_t len,
