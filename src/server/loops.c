@@ -23,18 +23,15 @@ unsigned loops_count(void) { return n_loops; }
 
 struct loop *loops_main(void) { return &loops[0]; }
 
-struct loop *loops_at(unsigned i) { return &loops[i]; }
-
 struct loop *loops_pick(void) {
   struct loop *best = &loops[0];
   unsigned least = atomic_load(&loops[0].serving);
   for (unsigned i = 1; i < n_loops; i++) {
     unsigned n = atomic_load(&loops[i].serving);
-    if (n <= least) { /* a tie goes to a loop that does not also negotiate */
-      if (n < least || best == &loops[0]) {
-        best = &loops[i];
-        least = n;
-      }
+    /* A tie with the main loop goes to a loop that does not also negotiate. */
+    if (n < least || (n == least && best == &loops[0])) {
+      best = &loops[i];
+      least = n;
     }
   }
   atomic_fetch_add(&best->serving, 1);

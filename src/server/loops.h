@@ -79,7 +79,6 @@ struct loop {
 int loops_start(uv_loop_t *main_uv, unsigned n, uint64_t max_inflight);
 unsigned loops_count(void);
 struct loop *loops_main(void);
-struct loop *loops_at(unsigned i);
 /* The loop a connection whose transmission starts should be served by:
  * the one serving fewest, the others before the main loop; counted as
  * serving one more from now on. */

@@ -491,6 +491,15 @@ static void work_done(struct work_item *w) {
   send_reply(req);
 }
 
+/* Whether a worker may send the reply of a request of len bytes itself
+ * (reply_from_worker). */
+static bool may_direct(const struct request *req, uint64_t len) {
+  return req->conn->direct_fd >= 0 && server.direct_replies &&
+         req->r.type != NBD_CMD_BLOCK_STATUS &&
+         (req->r.type != NBD_CMD_READ ||
+          (!req->sliced && !req->may_splice && len <= SERVER_DIRECT_READ_MAX));
+}
+
 /* Called by the queue once nothing earlier conflicts.  Plain WRITEs to an
  * export then still run one at a time per lane, back to back on one worker
  * each: a buffered write holds the file's inode lock for its whole length,
@@ -502,15 +511,6 @@ static void work_done(struct work_item *w) {
  * and everything else run in parallel.  The queue counts a WRITE waiting for
  * its turn as running, which only makes later conflicting requests wait
  * for it, as they must. */
-/* Whether a worker may send the reply of a request of len bytes itself
- * (reply_from_worker). */
-static bool may_direct(const struct request *req, uint64_t len) {
-  return req->conn->direct_fd >= 0 && server.direct_replies &&
-         req->r.type != NBD_CMD_BLOCK_STATUS &&
-         (req->r.type != NBD_CMD_READ ||
-          (!req->sliced && !req->may_splice && len <= SERVER_DIRECT_READ_MAX));
-}
-
 static void start_work(struct queue_item *qi) {
   struct request *req = (struct request *)qi;
   req->work.run = work_run;
