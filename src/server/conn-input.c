@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -55,17 +56,16 @@ static void note_cap_pause(struct loop *l) {
   uint64_t now = uv_now(l->uv) + 1; /* never 0, which means "not yet" */
   if (l->cap_logged_ms && now - l->cap_logged_ms < 1000)
     return;
-  if (loops_count() > 1)
-    log_msg(LOG_LEVEL_DEBUG,
-            "%" PRIu64 " bytes buffered by event loop %u, its share of --max-inflight %" PRIu64
-            ": stopped reading from its clients until replies drain (%" PRIu64 " pause%s)",
-            l->inflight_bytes, l->index, l->max_inflight, l->cap_pauses,
-            l->cap_pauses == 1 ? "" : "s");
-  else
-    log_msg(LOG_LEVEL_DEBUG,
-            "%" PRIu64 " bytes buffered, --max-inflight %" PRIu64
-            ": stopped reading from every client until replies drain (%" PRIu64 " pause%s)",
-            l->inflight_bytes, l->max_inflight, l->cap_pauses, l->cap_pauses == 1 ? "" : "s");
+  /* With several loops each has its share of the cap (loops.h). */
+  bool shared = loops_count() > 1;
+  char whose[32] = "";
+  if (shared)
+    snprintf(whose, sizeof whose, " by event loop %u", l->index);
+  log_msg(LOG_LEVEL_DEBUG,
+          "%" PRIu64 " bytes buffered%s, %s--max-inflight %" PRIu64
+          ": stopped reading from %s until replies drain (%" PRIu64 " pause%s)",
+          l->inflight_bytes, whose, shared ? "its share of " : "", l->max_inflight,
+          shared ? "its clients" : "every client", l->cap_pauses, l->cap_pauses == 1 ? "" : "s");
   l->cap_pauses = 0;
   l->cap_logged_ms = now;
 }

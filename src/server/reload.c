@@ -200,34 +200,32 @@ static unsigned moved_using_retired(void) {
   return n;
 }
 
-static void close_retired_users(struct loop *l, uintptr_t arg) {
-  (void)arg;
+/* Closes (close) or drains the clients of loop l whose export is retired;
+ * returns how many. */
+static unsigned end_retired_users(struct loop *l, bool close) {
+  unsigned n = 0;
   struct connection *next;
   for (struct connection *c = l->conns; c; c = next) {
     next = c->next;
-    if (!c->closing && reload_conn_uses_retired(c))
+    if (c->closing || !reload_conn_uses_retired(c))
+      continue;
+    if (close)
       conn_close(c, "export removed by a reload");
+    else
+      conn_drain(c);
+    n++;
   }
+  return n;
 }
 
-static void drain_retired_users(struct loop *l, uintptr_t arg) {
-  (void)arg;
-  for (struct connection *c = l->conns; c; c = c->next)
-    if (!c->closing && reload_conn_uses_retired(c))
-      conn_drain(c);
-}
+/* The same on another loop's thread (loops_each_other). */
+static void end_retired_in(struct loop *l, uintptr_t close) { end_retired_users(l, close != 0); }
 
 static void on_grace(uv_timer_t *t) {
-  struct connection *next;
   unsigned n = moved_using_retired();
-  loops_each_other(close_retired_users, 0);
-  for (struct connection *c = loops_main()->conns; c; c = next) {
-    next = c->next;
-    if (!c->closing && reload_conn_uses_retired(c)) {
-      conn_close(c, "export removed by a reload");
-      n++;
-    }
-  }
+  if (n)
+    loops_each_other(end_retired_in, true);
+  n += end_retired_users(loops_main(), true);
   if (n)
     log_msg(LOG_LEVEL_WARNING,
             "reload: %u client%s of removed exports did not finish within %d s; closed", n,
@@ -279,13 +277,8 @@ static void retire(struct export *e) {
   rl.retiring++;
   unsigned n = moved_using_retired();
   if (n)
-    loops_each_other(drain_retired_users, 0);
-  for (struct connection *c = loops_main()->conns; c; c = c->next) {
-    if (!c->closing && reload_conn_uses_retired(c)) {
-      conn_drain(c);
-      n++;
-    }
-  }
+    loops_each_other(end_retired_in, false);
+  n += end_retired_users(loops_main(), false);
   log_msg(LOG_LEVEL_NOTICE, "reload: export '%s' removed%s", e->name,
           n ? ", its clients drained" : "");
   if (e->refs == 0)
