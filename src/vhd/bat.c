@@ -88,8 +88,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     allocated += vhd->bat[i] != VHD_BAT_UNUSED;
   }
 
+  if ((r = vhd_batmap_load(vhd, fsz - VHD_FOOTER_SIZE, err)) < 0)
+    return r;
+
   /* Metadata regions, then every block, sorted: neighbours must not overlap. */
-  size_t n = 0, cap = 3 + 8 + allocated;
+  size_t n = 0, cap = 5 + 8 + allocated;
   CLEANUP_FREE struct extent_ref *ext = malloc(cap * sizeof *ext);
   if (!ext)
     return vhd_set_err(err, -ENOMEM, "%s: out of memory checking the BAT", p);
@@ -97,6 +100,12 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   ext[n++] = (struct extent_ref){vhd->header_offset, vhd->header_offset + VHD_HEADER_SIZE,
                                  UINT32_MAX, "the dynamic header"};
   ext[n++] = (struct extent_ref){bat_off, bat_off + bat_bytes, UINT32_MAX, "the BAT"};
+  if (vhd->batmap) {
+    ext[n++] = (struct extent_ref){vhd->batmap_header_offset, vhd->batmap_header_offset + 512,
+                                   UINT32_MAX, "the Xen batmap header"};
+    ext[n++] = (struct extent_ref){vhd->batmap_offset, vhd->batmap_offset + vhd->batmap_len,
+                                   UINT32_MAX, "the Xen batmap"};
+  }
   if (vhd->type == VHD_TYPE_DIFFERENCING) {
     for (int i = 0; i < 8; i++) {
       const struct vhd_locator *l = &vhd->header.locators[i];

@@ -102,7 +102,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     /* Leaked space: anything between the structures and the trailing footer
      * that nothing references (blocks freed by trims, a crash mid-allocation). */
     size_t n = 0;
-    CLEANUP_FREE struct span *sp = malloc(((size_t)vhd->allocated_blocks + 11) * sizeof *sp);
+    CLEANUP_FREE struct span *sp = malloc(((size_t)vhd->allocated_blocks + 13) * sizeof *sp);
     if (!sp) {
       vhd_free(vhd);
       return vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
@@ -117,6 +117,10 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         if (l->code != VHD_PLAT_NONE && l->data_length)
           sp[n++] = (struct span){l->data_offset, vhd_locator_area_end(l)};
       }
+    if (vhd->batmap) {
+      sp[n++] = (struct span){vhd->batmap_header_offset, vhd->batmap_header_offset + 512};
+      sp[n++] = (struct span){vhd->batmap_offset, vhd->batmap_offset + vhd->batmap_len};
+    }
     uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
     for (uint32_t i = 0; i < vhd->max_entries; i++)
       if (vhd->bat[i] != VHD_BAT_UNUSED)
@@ -192,16 +196,32 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer (zeros)", path,
              (unsigned long long)tail);
     }
-    /* Every bitmap must be readable. */
+    /* Every bitmap must be readable, and every block a Xen batmap marks
+     * full must be (tapdisk reads it whole, vhdnbd by its bitmap). */
     for (uint32_t i = 0; i < vhd->max_entries; i++) {
-      if (vhd->bat[i] == VHD_BAT_UNUSED)
+      bool marked = vhd_batmap_full(vhd, i);
+      if (vhd->bat[i] == VHD_BAT_UNUSED) {
+        if (marked)
+          report(&c, VHD_CHECK_WARNINGS,
+                 "%s: the Xen batmap marks unallocated block %u full (vhd-util check calls "
+                 "that an error)",
+                 path, i);
         continue;
+      }
       uint8_t *bm;
       struct vhd_err be;
       if (vhd_bitmap_get(vhd, i, &bm, &be) < 0) {
         report(&c, VHD_CHECK_CORRUPT, "%s", be.msg);
         continue;
       }
+      bool set;
+      if (marked && (vhd_bitmap_run(bm, 0, vhd->sectors_per_block, &set) !=
+                         vhd->sectors_per_block ||
+                     !set))
+        report(&c, VHD_CHECK_WARNINGS,
+               "%s: the Xen batmap marks block %u full but its sector bitmap is not: tapdisk "
+               "reads sectors of this image that vhdnbd reads from %s",
+               path, i, vhd->type == VHD_TYPE_DIFFERENCING ? "the parent" : "zeros");
       vhd_bitmap_free(vhd, vhd->bitmaps[i]); /* keep memory flat on big images */
       vhd->bitmaps[i] = NULL;
     }

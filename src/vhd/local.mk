@@ -6,6 +6,7 @@ libvhd_a_SOURCES = \
 	src/vhd/footer.c \
 	src/vhd/header.c \
 	src/vhd/bat.c \
+	src/vhd/batmap.c \
 	src/vhd/chain.c \
 	src/vhd/open.c \
 	src/vhd/rw.h \

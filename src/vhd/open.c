@@ -225,6 +225,7 @@ void vhd_free(vhd_t *vhd) {
       if (vhd->bat[i] != VHD_BAT_UNUSED)
         vhd_bitmap_free(vhd, vhd->bitmaps[i]);
   free(vhd->bitmaps);
+  free(vhd->batmap);
   if (vhd->bitmap_ones)
     munmap(vhd->bitmap_ones, vhd_bitmap_ones_len(vhd));
   free(vhd->bat);

@@ -378,10 +378,38 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
   return write_header(z, bat, entries);
 }
 
+/* A Xen batmap (batmap.c) must stay where tapdisk looks for it, right
+ * after the BAT, and cover the new size with the checksum it has: the
+ * engine does not rewrite it. */
+static int check_batmap(struct resize *z, uint64_t new_size, uint64_t entries) {
+  vhd_t *vhd = z->vhd;
+  if (!vhd->batmap)
+    return 0;
+  uint64_t bat_end = vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512);
+  if (entries > vhd->max_entries &&
+      vhd->header.table_offset + ROUND_UP(entries * 4, 512) > bat_end)
+    return vhd_set_err(z->err, -ENOTSUP,
+                       "%s: %llu bytes need a BAT of %llu entries, which would not fit before "
+                       "the Xen batmap at offset %llu (tapdisk expects it right after the BAT)",
+                       vhd->path, (unsigned long long)new_size, (unsigned long long)entries,
+                       (unsigned long long)vhd->batmap_header_offset);
+  uint64_t covered = MAX(DIV_ROUND_UP(new_size >> 24, 512), 1) * 512;
+  if (covered > vhd->batmap_len ||
+      vhd_batmap_checksum(vhd, new_size) != vhd_batmap_checksum(vhd, vhd->footer.current_size))
+    return vhd_set_err(z->err, -ENOTSUP,
+                       "%s: the Xen batmap at offset %llu (%u bytes) does not cover %llu bytes "
+                       "with its present checksum, and resizing does not rewrite it",
+                       vhd->path, (unsigned long long)vhd->batmap_offset, vhd->batmap_len,
+                       (unsigned long long)new_size);
+  return 0;
+}
+
 static int resize_dynamic(struct resize *z, uint64_t new_size, const uint8_t *footer) {
   vhd_t *vhd = z->vhd;
   uint64_t old = vhd->virtual_size;
   int r;
+  if ((r = check_batmap(z, new_size, DIV_ROUND_UP(new_size, vhd->block_size))) < 0)
+    return r;
   if (new_size < old) {
     uint64_t at;
     r = scan_tail(z, new_size, old, true, &at);

@@ -196,6 +196,11 @@ struct vhd {
    * every such block.  vhd_bitmap_ones_len bytes. */
   uint8_t *bitmap_ones;
   uint32_t bitmap_ra_end; /* bitmaps of blocks below this were read ahead */
+  /* Xen blktap's batmap, as read at open (NULL: none); see batmap.c. */
+  uint8_t *batmap;
+  uint32_t batmap_len; /* bytes: its sectors */
+  uint32_t batmap_version;
+  uint64_t batmap_header_offset, batmap_offset;
   /* dirty tracking for flush: lists of indices plus membership flags */
   uint32_t *dirty_blocks;
   uint32_t n_dirty_blocks;
@@ -327,6 +332,17 @@ size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t o
 
 /* bat.c */
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
+
+/* batmap.c: Xen's batmap, honoured and left as it is.  Load finds one
+ * (after the BAT, inside [0, data_end)) and reads it; none is not an
+ * error.  _full: the batmap marks block blk fully present, so it must stay
+ * allocated with every bit set.  _any_full: one of the blocks of
+ * [off, off+len) is so marked.  _checksum: what tapdisk computes over the
+ * map for a footer current size. */
+int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err);
+bool vhd_batmap_full(const vhd_t *vhd, uint32_t blk);
+bool vhd_batmap_any_full(const vhd_t *vhd, uint64_t off, uint64_t len);
+uint32_t vhd_batmap_checksum(const vhd_t *vhd, uint64_t current_size);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
 /* The same for the I/O paths: lock held, but dropped while a bitmap not yet
  * in memory is read from the file (a cold read must not stall every other

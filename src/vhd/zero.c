@@ -1,5 +1,6 @@
 /* zero.c: write-zeroes and trim: bitmap bits cleared, blocks freed,
- * zeros written only where a parent's data must be hidden. */
+ * zeros written only where a parent's data must be hidden or Xen's batmap
+ * holds a block full. */
 #include "config.h"
 
 #include <errno.h>
@@ -42,6 +43,12 @@ static int zero_by_bitmap(vhd_t *vhd, uint64_t off, uint64_t len, bool may_free,
     r = 0; /* freed while its bitmap was read: nothing left to clear */
   uint32_t entry = vhd->bat[blk];
   bool head_set = false, tail_set = false;
+  if (r == 0 && entry != VHD_BAT_UNUSED && vhd_batmap_full(vhd, blk)) {
+    /* Xen's batmap says every sector is here (batmap.c): the block keeps
+     * them all, so zeros are written and a trim is let go. */
+    pthread_mutex_unlock(&vhd->lock);
+    return whole_only ? 0 : write_zero_data(vhd, off, len, err);
+  }
   if (r == 0 && entry != VHD_BAT_UNUSED) {
     int freed = may_free && boff == 0 && len == vhd->block_size
                     ? vhd_block_release_space(vhd, blk,
@@ -204,7 +211,7 @@ int vhd_trim(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags, struct vhd_
 }
 
 bool vhd_zero_is_fast(vhd_t *vhd, uint64_t off, uint64_t len) {
-  if (vhd->type == VHD_TYPE_FIXED)
+  if (vhd->type == VHD_TYPE_FIXED || vhd_batmap_any_full(vhd, off, len))
     return false;
   if (!vhd->parent || off >= vhd->parent->virtual_size)
     return true;

@@ -196,15 +196,15 @@ class Image:
                 self.keep.append((1536, 512))  # the gap: zeros, none of ours
             if self.writer == "tap":
                 # Batmap header, then one bit per block, set for blocks
-                # written whole (bit 0 of byte 0 = block 0, as libvhd tests
-                # bits).
+                # written whole, most significant bit first (libvhd's
+                # test_bit: block 0 is 0x80 of byte 0).
                 map_off = end + SECTOR
                 map_bytes = bytearray((entries + 7) // 8)
                 per = self.bs // SECTOR
                 own = self.own_sectors()
                 for b in range(entries):
                     if all(s in own for s in range(b * per, (b + 1) * per)):
-                        map_bytes[b // 8] |= 1 << (b % 8)
+                        map_bytes[b // 8] |= 0x80 >> (b % 8)
                 map_secs = (len(map_bytes) + SECTOR - 1) // SECTOR
                 map_data = bytes(map_bytes) + bytes(map_secs * SECTOR - len(map_bytes))
                 hdr = bytearray(SECTOR)

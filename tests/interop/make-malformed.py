@@ -166,6 +166,21 @@ def corpus(good_dyn, good_fixed, outdir):
     img.set_bat(allocated[0], size // 512 + 100)
     emit("block-beyond-eof", img, "fail", "BAT entry;past|beyond|end")
 
+    # A Xen batmap header after the BAT that points outside the file, and
+    # one whose map lies across a block: ignored, with a warning (tapdisk
+    # could not use them either).
+    bat_end = base.bat_off + (base.entries * 4 + 511) // 512 * 512
+    for name, map_off in (("batmap-outside-file", size + 4096),
+                          ("batmap-across-block", base.bat(allocated[0]) * 512)):
+        img = dyn()
+        hdr = bytearray(512)
+        hdr[0:8] = b"tdbatmap"
+        struct.pack_into(">QIII", hdr, 8, map_off, 1, 0x00010002, 0xFFFFFFFF)
+        if base.bat(allocated[0]) * 512 < bat_end + 512:
+            sys.exit(f"{good_dyn}: no sector free after the BAT for a batmap header")
+        img.data[bat_end:bat_end + 512] = hdr
+        emit(name, img, "warn", "batmap;ignored")
+
     # Fixed disk whose data is shorter than its footer says.
     fixed = Image(good_fixed)
     emit("fixed-wrong-size", fixed, "fail", "file size|current size",

@@ -1,0 +1,142 @@
+/* batmap.c: Xen blktap's batmap, read and honoured, never written.
+ *
+ * blktap's vhd-util and tapdisk keep, right after the BAT (at table offset
+ * plus the BAT rounded up to a sector), a 512-byte header (cookie
+ * "tdbatmap", map offset u64, map size in sectors u32, version u32,
+ * checksum u32, big-endian) and a bitmap with one bit per block, most
+ * significant bit first as in sector bitmaps.  A set bit says "every sector
+ * of this block is present": tapdisk then reads the whole block from this
+ * image without looking at its sector bitmap, and vhd-util check calls a
+ * set bit on an unallocated block an error.
+ *
+ * So a block whose bit is set must stay allocated and fully present, or
+ * tapdisk reads sectors the engine cleared (or a reallocated block never
+ * wrote) from this image instead of the parent or zeros.  Clearing the bit
+ * instead would take two writes (the map, then the header's checksum over
+ * it), and a crash between them leaves a checksum tapdisk refuses to open
+ * read-write.  The engine therefore never changes the batmap: zeroing such
+ * a block writes zeros, a trim of it does nothing, and compaction keeps it
+ * (zero.c, compact.c).  Bits are honoured whatever the checksum says or
+ * who the creator is: the only cost is a block kept allocated. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "vhd-internal.h"
+
+#define BATMAP_COOKIE "tdbatmap"
+/* Far more than the 128 KiB a 2 TiB image of 2 MiB blocks needs. */
+#define BATMAP_MAX_BYTES (64u << 20)
+
+static uint64_t get_be64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+static uint32_t get_be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+uint32_t vhd_batmap_checksum(const vhd_t *vhd, uint64_t current_size) {
+  /* What tapdisk sums: whole sectors enough for one bit per 2 MiB of the
+   * footer's current size (at least one), whatever the map's size. */
+  uint64_t bytes = current_size >> (21 + 3);
+  uint64_t len = MAX(DIV_ROUND_UP(bytes, 512), 1) * 512;
+  uint32_t sum = 0;
+  for (uint64_t i = 0; i < len && i < vhd->batmap_len; i++) {
+    /* Version 1.1 summed the bytes as signed chars. */
+    if (vhd->batmap_version == 0x00010001)
+      sum += (uint32_t)(int32_t)(int8_t)vhd->batmap[i];
+    else
+      sum += vhd->batmap[i];
+  }
+  return ~sum;
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+  return a < b + blen && b < a + alen;
+}
+
+static int ignore(vhd_t *vhd, uint64_t hdr, const char *why, uint32_t which) {
+  vhd_warn(vhd, "%s: the Xen batmap whose header is at offset %llu %s %u: batmap ignored",
+           vhd->path, (unsigned long long)hdr, why, which);
+  return 0;
+}
+
+int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err) {
+  uint64_t hdr = vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512);
+  if (hdr + 512 > data_end)
+    return 0;
+  uint8_t raw[512];
+  int r = vhd_io_pread(vhd->fd, raw, sizeof raw, hdr);
+  if (r < 0)
+    return vhd_set_err(err, r, "%s: reading past the BAT at offset %llu: %s", vhd->path,
+                       (unsigned long long)hdr, strerror(-r));
+  if (memcmp(raw, BATMAP_COOKIE, 8) != 0)
+    return 0;
+  uint64_t map_off = get_be64(raw + 8);
+  uint32_t secs = get_be32(raw + 16);
+  uint64_t map_bytes = (uint64_t)secs * 512;
+  if (map_off % 512 || map_off < hdr + 512 || secs == 0 || map_bytes > BATMAP_MAX_BYTES ||
+      map_off > data_end || map_bytes > data_end - map_off) {
+    /* tapdisk cannot read it either (it refuses to open the image
+     * read-write), so no block is known full. */
+    vhd_warn(vhd,
+             "%s: Xen batmap header at offset %llu points at %u sectors at offset %llu, "
+             "outside the file's data area: batmap ignored",
+             vhd->path, (unsigned long long)hdr, secs, (unsigned long long)map_off);
+    return 0;
+  }
+  /* A "batmap" some block or locator lies across is none tapdisk could
+   * use either: the image opens as it did without it. */
+  uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  for (uint32_t i = 0; i < vhd->max_entries; i++) {
+    uint64_t b = (uint64_t)vhd->bat[i] * 512;
+    if (vhd->bat[i] != VHD_BAT_UNUSED &&
+        (overlaps(b, span, hdr, 512) || overlaps(b, span, map_off, map_bytes)))
+      return ignore(vhd, hdr, "lies across the block of BAT entry", i);
+  }
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length &&
+        (overlaps(l->data_offset, l->data_length, hdr, 512) ||
+         overlaps(l->data_offset, l->data_length, map_off, map_bytes)))
+      return ignore(vhd, hdr, "lies across the data of parent locator", (uint32_t)i);
+  }
+  vhd->batmap = malloc(map_bytes);
+  if (!vhd->batmap)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory for the Xen batmap", vhd->path);
+  if ((r = vhd_io_pread(vhd->fd, vhd->batmap, map_bytes, map_off)) < 0)
+    return vhd_set_err(err, r, "%s: reading the Xen batmap at offset %llu: %s", vhd->path,
+                       (unsigned long long)map_off, strerror(-r));
+  vhd->batmap_len = (uint32_t)map_bytes;
+  vhd->batmap_header_offset = hdr;
+  vhd->batmap_offset = map_off;
+  vhd->batmap_version = get_be32(raw + 20);
+  uint32_t stored = get_be32(raw + 24);
+  if (vhd_batmap_checksum(vhd, vhd->footer.current_size) != stored)
+    vhd_warn(vhd,
+             "%s: Xen batmap checksum 0x%08x does not match its bits (0x%08x): tapdisk "
+             "will not open the image read-write",
+             vhd->path, stored, vhd_batmap_checksum(vhd, vhd->footer.current_size));
+  return 0;
+}
+
+bool vhd_batmap_full(const vhd_t *vhd, uint32_t blk) {
+  return vhd->batmap && blk / 8 < vhd->batmap_len && (vhd->batmap[blk / 8] & (0x80 >> blk % 8));
+}
+
+bool vhd_batmap_any_full(const vhd_t *vhd, uint64_t off, uint64_t len) {
+  if (!vhd->batmap || len == 0)
+    return false;
+  for (uint64_t b = off / vhd->block_size; b <= (off + len - 1) / vhd->block_size; b++)
+    if (vhd_batmap_full(vhd, (uint32_t)b))
+      return true;
+  return false;
+}
