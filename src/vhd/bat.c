@@ -534,6 +534,14 @@ int vhd_block_allocate(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   return r;
 }
 
+static void drop_offsets_past(uint64_t *v, size_t *n, uint64_t end, uint64_t span) {
+  size_t k = 0;
+  for (size_t i = 0; i < *n; i++)
+    if ((v[i] & ~(uint64_t)VHD_FREE_NEEDS_ZEROING) + span <= end)
+      v[k++] = v[i];
+  *n = k;
+}
+
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
   if (vhd->readonly || vhd->type == VHD_TYPE_FIXED || !vhd->bat)
     return 0;
@@ -560,7 +568,20 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
   if (r < 0)
     return vhd_set_err(err, r, "%s: giving back unused space before the footer: %s", vhd->path,
                        strerror(-r));
+  /* The handle may go on writing: no block may be handed out past the
+   * new footer (freed space that was cut, the old window) until a footer
+   * move makes room again. */
+  pthread_mutex_lock(&vhd->lock);
   vhd->footer_offset = end;
+  vhd->next_block_offset = MIN(vhd->next_block_offset, end);
+  drop_offsets_past(vhd->free_pending, &vhd->n_free_pending, end, span);
+  drop_offsets_past(vhd->free_ready, &vhd->n_free_ready, end, span);
+  size_t k = 0;
+  for (size_t i = 0; i < vhd->n_retired; i++)
+    if ((vhd->retired[i].entry & ~(uint64_t)VHD_FREE_NEEDS_ZEROING) + span <= end)
+      vhd->retired[k++] = vhd->retired[i];
+  vhd->n_retired = k;
+  pthread_mutex_unlock(&vhd->lock);
   return 0;
 }
 

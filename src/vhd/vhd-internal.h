@@ -381,7 +381,8 @@ uint64_t vhd_locator_area_end(const struct vhd_locator *l);
 /* Where a block placed at off or after it goes: off itself, or further on
  * so that its data is VHD_DATA_ALIGN-aligned when the block size allows. */
 uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off);
-/* Gives back the unused end of the allocation window (after a flush). */
+/* Gives back the unused end of the allocation window and the freed blocks
+ * that ended the file (after a flush); the handle may go on writing. */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
 /* BAT entries change under vhd->lock, as atomic stores, so that a reader
  * may look at one without the lock (vhd_bat_peek): a read of a block the

@@ -81,6 +81,15 @@ test_vhd_bitmap_shared_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_bitmap_shared_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-bitmap-shared
 
+# - test-vhd-window-release: giving the window back with the handle open
+#   leaves no freed space past the new footer to reuse.
+check_PROGRAMS += test-vhd-window-release
+TESTS += test-vhd-window-release
+test_vhd_window_release_SOURCES = tests/unit/test-vhd-window-release.c $(ENGINE_TEST_UTIL)
+test_vhd_window_release_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_window_release_CFLAGS = $(ENGINE_TEST_CFLAGS)
+VALGRIND_TESTS += test-vhd-window-release
+
 # - test-vhd-footer-dsync: a footer move syncs the footer alone (O_DSYNC),
 #   never the whole file.
 check_PROGRAMS += test-vhd-footer-dsync

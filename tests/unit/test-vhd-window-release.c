@@ -1,0 +1,83 @@
+/* Giving back the end of the allocation window (vhd_window_release) with
+ * the handle kept open: freed blocks that ended the file are cut with it,
+ * so a later allocation must not reuse their space (past the new footer)
+ * nor the old window's.  White-box: the release is not in vhd.h.
+ *
+ * Blocks 0-5 written, 4 and 5 trimmed whole and flushed (their space
+ * reusable), the window given back: the file ends with a footer right
+ * after block 3.  Then block 9 is written and flushed: the file must still
+ * end with a valid footer (the write order's rule: every block lies before
+ * a durable trailing footer), and after an abandon (a crash after the
+ * flush) the image opens from that footer with the model's data. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "testutil.h"
+#include "vhd-internal.h"
+
+#define BS (64u * 1024) /* under 512 KiB: blocks back to back, unaligned */
+#define NBLK 16u
+#define SIZE ((uint64_t)NBLK * BS)
+
+static uint8_t model[SIZE];
+
+static void write_model(vhd_t *v, uint64_t off, size_t len) {
+  static uint8_t buf[BS];
+  struct vhd_err err = {{0}};
+  t_fill_nonzero(buf, len);
+  T_OK(vhd_write(v, buf, off, len, 0, &err), &err, "vhd_write");
+  memcpy(model + off, buf, len);
+}
+
+static void expect_trailing_footer(const char *path, const char *when) {
+  uint64_t size = t_file_size(path);
+  uint8_t tail[512];
+  t_pread_file(path, tail, sizeof tail, size - sizeof tail);
+  T_ASSERT(memcmp(tail, "conectix", 8) == 0,
+           "%s: the file (%llu bytes) does not end with a footer", when,
+           (unsigned long long)size);
+}
+
+int main(void) {
+  t_init("test-vhd-window-release");
+  CLEANUP_FREE char *path = strdup(t_path("win.vhd"));
+  t_create(path, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+  vhd_t *v = t_open(path, false);
+  struct vhd_err err = {{0}};
+  for (uint32_t b = 0; b < 6; b++)
+    write_model(v, (uint64_t)b * BS, BS);
+  T_OK(vhd_flush(v, &err), &err, "vhd_flush");
+  uint64_t end3 = (uint64_t)v->bat[3] * 512 + v->bitmap_size + BS;
+  T_ASSERT(v->bat[4] * 512ull >= end3 && v->bat[5] * 512ull >= end3,
+           "blocks 4 and 5 do not follow block 3 in the file");
+  T_OK(vhd_trim(v, 4 * BS, 2 * BS, 0, &err), &err, "vhd_trim of blocks 4 and 5");
+  memset(model + 4 * BS, 0, 2 * BS);
+  T_OK(vhd_flush(v, &err), &err, "vhd_flush after the trim");
+  T_OK(vhd_window_release(v, &err), &err, "vhd_window_release");
+  T_ASSERT(t_file_size(path) == end3 + 512, "the released file is %llu bytes, not %llu",
+           (unsigned long long)t_file_size(path), (unsigned long long)(end3 + 512));
+  expect_trailing_footer(path, "after the release");
+
+  write_model(v, 9 * BS, BS);
+  T_OK(vhd_flush(v, &err), &err, "vhd_flush after a new block");
+  T_ASSERT((uint64_t)v->bat[9] * 512 >= end3,
+           "block 9 was placed at %llu, inside the blocks still in use",
+           (unsigned long long)v->bat[9] * 512);
+  expect_trailing_footer(path, "after block 9 was written and flushed");
+  t_expect_model(v, model, SIZE, "before the abandon");
+  vhd_abandon(v);
+
+  v = t_open(path, false);
+  struct vhd_info info;
+  vhd_get_info(v, &info);
+  T_ASSERT(!info.footer_copy_used, "reopened from the footer copy at 0");
+  t_expect_model(v, model, SIZE, "reopened after the abandon");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  T_ASSERT((t_check(path) & VHD_CHECK_CORRUPT) == 0, "vhd_check finds the image corrupt");
+  printf("ok\n");
+  return 0;
+}
