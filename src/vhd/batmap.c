@@ -119,7 +119,7 @@ int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err) {
   vhd->batmap_header_offset = hdr;
   vhd->batmap_offset = map_off;
   vhd->batmap_version = get_be32(raw + 20);
-  uint32_t stored = get_be32(raw + 24);
+  uint32_t stored = vhd->batmap_checksum = get_be32(raw + 24);
   if (vhd_batmap_checksum(vhd, vhd->footer.current_size) != stored)
     vhd_warn(vhd,
              "%s: Xen batmap checksum 0x%08x does not match its bits (0x%08x): tapdisk "

@@ -384,6 +384,14 @@ void vhd_get_info(const vhd_t *vhd, struct vhd_info *info) {
     info->max_table_entries = vhd->max_entries;
     info->block_size = vhd->block_size;
     info->allocated_blocks = vhd->allocated_blocks;
+    if (vhd->batmap) {
+      info->xen_batmap = true;
+      info->batmap_offset = vhd->batmap_offset;
+      for (uint32_t i = 0; i < vhd->max_entries; i++)
+        info->batmap_full_blocks += vhd_batmap_full(vhd, i);
+      info->batmap_checksum_ok =
+          vhd_batmap_checksum(vhd, vhd->footer.current_size) == vhd->batmap_checksum;
+    }
   }
   if (vhd->type == VHD_TYPE_DIFFERENCING) {
     memcpy(info->parent_uuid, vhd->header.parent_uuid, 16);

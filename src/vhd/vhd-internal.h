@@ -199,7 +199,7 @@ struct vhd {
   /* Xen blktap's batmap, as read at open (NULL: none); see batmap.c. */
   uint8_t *batmap;
   uint32_t batmap_len; /* bytes: its sectors */
-  uint32_t batmap_version;
+  uint32_t batmap_version, batmap_checksum;
   uint64_t batmap_header_offset, batmap_offset;
   /* dirty tracking for flush: lists of indices plus membership flags */
   uint32_t *dirty_blocks;

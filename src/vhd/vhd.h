@@ -151,6 +151,11 @@ struct vhd_info {
   uint32_t max_table_entries;
   uint32_t block_size;
   uint32_t allocated_blocks;
+  /* a Xen blktap batmap after the BAT (never written: see vhdnbd(8)) */
+  bool xen_batmap;
+  uint64_t batmap_offset;       /* of its bits */
+  uint32_t batmap_full_blocks;  /* blocks (of the table's) it marks full */
+  bool batmap_checksum_ok;      /* as tapdisk computes it */
   /* differencing only */
   uint8_t parent_uuid[16];
   uint32_t parent_timestamp;

@@ -76,6 +76,9 @@ static void print_human(const struct info_ctx *ctx) {
            in->block_size);
     printf("allocated blocks: %" PRIu32 " of %" PRIu32 "\n", in->allocated_blocks,
            in->max_table_entries);
+    if (in->xen_batmap)
+      printf("Xen batmap: at offset %" PRIu64 ", %" PRIu32 " blocks marked full, checksum %s\n",
+             in->batmap_offset, in->batmap_full_blocks, in->batmap_checksum_ok ? "ok" : "wrong");
   }
   if (in->type == VHD_TYPE_DIFFERENCING) {
     printf("parent name: %s\n", in->parent_name);
@@ -147,6 +150,11 @@ static void print_json(const struct info_ctx *ctx) {
     json_u64("block-size", in->block_size, &first);
     json_u64("max-table-entries", in->max_table_entries, &first);
     json_u64("allocated-blocks", in->allocated_blocks, &first);
+    if (in->xen_batmap) {
+      json_u64("batmap-offset", in->batmap_offset, &first);
+      json_u64("batmap-full-blocks", in->batmap_full_blocks, &first);
+      json_bool("batmap-checksum-ok", in->batmap_checksum_ok, &first);
+    }
   }
   if (in->type == VHD_TYPE_DIFFERENCING) {
     json_str("parent-name", in->parent_name, &first);

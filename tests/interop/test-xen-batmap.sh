@@ -21,6 +21,16 @@ for f in tap-dyn tap-t0 tap-t1 tap-t2; do
   tv invariant $f.vhd || fail "$f: the fixture's batmap is not as tapdisk keeps it"
   tv dump $f.vhd >$f.batmap
 done
+# info shows it: tap-t0 wrote blocks 0-15, 256, 257 and 767 whole.
+"$VHDIMG" info --json tap-t0.vhd >info.json || fail "info tap-t0"
+"$PY3" - info.json <<'PYEOF' || fail "info: the batmap is not shown as it is"
+import json, sys
+i = json.load(open(sys.argv[1]))
+want = {"batmap-full-blocks": 19, "batmap-checksum-ok": True}
+got = {k: i.get(k) for k in want}
+if got != want or not i.get("batmap-offset"):
+    sys.exit(f"info: {got}, offset {i.get('batmap-offset')}; expected {want}")
+PYEOF
 
 # expect OUT RAW [OFFSET LENGTH BYTE]...: RAW with each range set to BYTE.
 expect() {
@@ -140,4 +150,5 @@ tv setbit sum.vhd 20 --keep-checksum
 "$VHDIMG" check sum.vhd >check.out 2>&1 && fail "check: a wrong batmap checksum passed"
 grep -q "Xen batmap checksum" check.out ||
   { cat check.out >&2; fail "check: the wrong checksum is not reported"; }
+"$VHDIMG" info sum.vhd | grep -q "blocks marked full, checksum wrong" || fail "info: the wrong checksum is not shown"
 echo "ok: tapdisk reads what vhdnbd serves after zero, trim and compact; check sees bad batmaps"
