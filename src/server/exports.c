@@ -120,6 +120,13 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
   log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name, e->image,
           e->size, e->readonly ? ", read-only" : "", overlaid ? ", overlay " : "",
           overlaid ? overlay_mode_name(e->overlay.mode) : "");
+  struct vhd_info info;
+  vhd_get_info(e->vhd, &info);
+  if (info.saved_state && !e->readonly && !overlaid)
+    log_msg(LOG_LEVEL_WARNING,
+            "export '%s': %s has the saved-state flag set: a virtual machine was saved "
+            "with this disk, and writes to it invalidate that saved state",
+            e->name, e->image);
   *out = e;
   return 0;
 }

@@ -186,6 +186,13 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     r = vhd_set_err(err, -EINVAL, "%s: a fixed image has no blocks to compact", path);
     goto out;
   }
+  if (vhd->footer.saved_state && !o->dry_run && !o->ignore_saved_state) {
+    r = vhd_set_err(err, -EPERM,
+                    "%s: the footer's saved-state flag is set (a virtual machine's saved state "
+                    "depends on this disk), and the VHD format forbids compacting it",
+                    path);
+    goto out;
+  }
   c.span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   buf = malloc(MAX((uint64_t)vhd->block_size, (uint64_t)COPY_CHUNK));
   kept = malloc(((size_t)vhd->allocated_blocks + 1) * sizeof *kept);

@@ -440,6 +440,14 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_res
   int r = vhd_open(path, &oo, &vhd, err);
   if (r < 0)
     return r;
+  if (vhd->footer.saved_state && !o->ignore_saved_state) {
+    r = vhd_set_err(err, -EPERM,
+                    "%s: the footer's saved-state flag is set (a virtual machine's saved state "
+                    "depends on this disk), and the VHD format forbids resizing it",
+                    path);
+    vhd_abandon(vhd);
+    return r;
+  }
   struct vhd_footer f = vhd->footer;
   uint64_t size = vhd_size_geometry(o->size, o->exact_size, &f);
   /* Both sizes: libvhdi takes the original size as the disk's. */

@@ -328,6 +328,10 @@ struct vhd_resize_opts {
   uint64_t size;
   bool exact_size;
   bool shrink;
+  /* The VHD format forbids resizing a disk whose footer has the
+   * saved-state flag set (a virtual machine's saved state depends on it):
+   * refused with EPERM unless this is set. */
+  bool ignore_saved_state;
   /* Called now and then with bytes of blocks moved so far and in all; may
    * be NULL. */
   void (*progress)(void *opaque, uint64_t done, uint64_t total);
@@ -359,6 +363,9 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *opts,
  * nothing is written and the result says what would be reclaimed. */
 struct vhd_compact_opts {
   bool dry_run;
+  /* As vhd_resize_opts: a saved-state disk is compacted only with this
+   * (a dry run always reports). */
+  bool ignore_saved_state;
   /* Called now and then with bytes of blocks examined or moved so far and
    * in all; may be NULL. */
   void (*progress)(void *opaque, uint64_t done, uint64_t total);

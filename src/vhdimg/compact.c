@@ -9,7 +9,7 @@
 
 void usage_compact(FILE *f) {
   fprintf(f,
-          "Usage: vhdimg compact [--dry-run] [--json] [-p] FILE\n"
+          "Usage: vhdimg compact [--dry-run] [--ignore-saved-state] [--json] [-p] FILE\n"
           "\n"
           "Gives back the space of a dynamic or differencing image's blocks that\n"
           "hold only zeros (in a differencing image, only where the parent reads\n"
@@ -18,16 +18,21 @@ void usage_compact(FILE *f) {
           "Prints the file size before and after and the bytes reclaimed.\n"
           "\n"
           "  -n, --dry-run      only say what would be reclaimed\n"
+          "      --ignore-saved-state\n"
+          "                     compact even though the footer's saved-state flag\n"
+          "                     is set (a saved virtual machine depends on the\n"
+          "                     disk; the VHD format forbids it)\n"
           "      --json         print the result as one JSON object\n"
           "  -p, --progress     show the progress (when stderr is a terminal)\n"
           "  -h, --help         show this help\n");
 }
 
 int cmd_compact(int argc, char **argv) {
-  enum { OPT_JSON = 256 };
+  enum { OPT_JSON = 256, OPT_SAVED };
   static const struct option longopts[] = {
       {"dry-run", no_argument, NULL, 'n'},
       {"json", no_argument, NULL, OPT_JSON},
+      {"ignore-saved-state", no_argument, NULL, OPT_SAVED},
       {"progress", no_argument, NULL, 'p'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -44,6 +49,9 @@ int cmd_compact(int argc, char **argv) {
       break;
     case OPT_JSON:
       json = true;
+      break;
+    case OPT_SAVED:
+      opts.ignore_saved_state = true;
       break;
     case 'p':
       progress = true;

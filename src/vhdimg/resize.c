@@ -9,7 +9,8 @@
 
 void usage_resize(FILE *f) {
   fprintf(f,
-          "Usage: vhdimg resize [--shrink] [--exact] [-p] [--json] FILE SIZE\n"
+          "Usage: vhdimg resize [--shrink] [--exact] [--ignore-saved-state] [-p] [--json]\n"
+          "                     FILE SIZE\n"
           "\n"
           "Gives a fixed, dynamic or differencing image the virtual size SIZE,\n"
           "rounded up to the next CHS geometry as create does.  Growing adds\n"
@@ -20,6 +21,10 @@ void usage_resize(FILE *f) {
           "      --shrink       allow a SIZE smaller than the image\n"
           "      --exact        keep SIZE exactly instead of rounding it up to\n"
           "                     the next CHS geometry\n"
+          "      --ignore-saved-state\n"
+          "                     resize even though the footer's saved-state flag\n"
+          "                     is set (a saved virtual machine depends on the\n"
+          "                     disk; the VHD format forbids it)\n"
           "  -p, --progress     show the progress of blocks moved (when stderr is\n"
           "                     a terminal)\n"
           "      --json         print the result as one JSON object: file,\n"
@@ -28,11 +33,12 @@ void usage_resize(FILE *f) {
 }
 
 int cmd_resize(int argc, char **argv) {
-  enum { OPT_SHRINK = 256, OPT_EXACT, OPT_JSON };
+  enum { OPT_SHRINK = 256, OPT_EXACT, OPT_JSON, OPT_SAVED };
   static const struct option longopts[] = {
       {"shrink", no_argument, NULL, OPT_SHRINK},
       {"exact", no_argument, NULL, OPT_EXACT},
       {"json", no_argument, NULL, OPT_JSON},
+      {"ignore-saved-state", no_argument, NULL, OPT_SAVED},
       {"progress", no_argument, NULL, 'p'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -52,6 +58,9 @@ int cmd_resize(int argc, char **argv) {
       break;
     case OPT_JSON:
       json = true;
+      break;
+    case OPT_SAVED:
+      opts.ignore_saved_state = true;
       break;
     case 'p':
       progress = true;

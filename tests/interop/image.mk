@@ -23,11 +23,13 @@ TESTS += \
 	tests/interop/test-vhdimg-convert-crash.sh \
 	tests/interop/test-vhdimg-json.sh \
 	tests/interop/test-vhdimg-small-blocks.sh \
-	tests/interop/test-xen-batmap.sh
+	tests/interop/test-xen-batmap.sh \
+	tests/interop/test-saved-state.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/tapdisk-view.py \
 	tests/interop/test-xen-batmap.sh \
+	tests/interop/test-saved-state.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
