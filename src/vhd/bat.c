@@ -380,7 +380,8 @@ static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, 
     pthread_cond_wait(&vhd->footer_moved, &vhd->lock);
     return 0;
   }
-  uint64_t window = MIN(VHD_WINDOW_MAX_BYTES, MAX(VHD_WINDOW_BYTES, off - vhd->alloc_floor));
+  uint64_t grown = off > vhd->alloc_floor ? off - vhd->alloc_floor : 0;
+  uint64_t window = MIN(VHD_WINDOW_MAX_BYTES, MAX(VHD_WINDOW_BYTES, grown));
   /* Blocks follow one another a stride apart (more than their span when
    * their data is aligned); the footer goes right after the last one. */
   uint64_t stride = vhd_block_place(vhd, off + span) - off;
@@ -574,6 +575,9 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
   pthread_mutex_lock(&vhd->lock);
   vhd->footer_offset = end;
   vhd->next_block_offset = MIN(vhd->next_block_offset, end);
+  /* Blocks that ended the file at open may have gone with the cut: what
+   * lies past end now is nobody's. */
+  vhd->alloc_floor = MIN(vhd->alloc_floor, end);
   drop_offsets_past(vhd->free_pending, &vhd->n_free_pending, end, span);
   drop_offsets_past(vhd->free_ready, &vhd->n_free_ready, end, span);
   size_t k = 0;

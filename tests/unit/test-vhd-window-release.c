@@ -3,12 +3,14 @@
  * so a later allocation must not reuse their space (past the new footer)
  * nor the old window's.  White-box: the release is not in vhd.h.
  *
- * Blocks 0-5 written, 4 and 5 trimmed whole and flushed (their space
- * reusable), the window given back: the file ends with a footer right
- * after block 3.  Then block 9 is written and flushed: the file must still
+ * Blocks 0-5 written and the image reopened (so 4 and 5 end the file as
+ * opened), 4 and 5 trimmed whole and flushed (their space reusable), the
+ * window given back: the file ends with a footer right after block 3.  Then block 9 is written and flushed: the file must still
  * end with a valid footer (the write order's rule: every block lies before
  * a durable trailing footer), and after an abandon (a crash after the
- * flush) the image opens from that footer with the model's data. */
+ * flush) the image opens from that footer with the model's data.  The
+ * window block 9 opens is the smallest, not one that counts from where new
+ * space began before the cut. */
 #include "config.h"
 
 #include <stdio.h>
@@ -50,7 +52,10 @@ int main(void) {
   struct vhd_err err = {{0}};
   for (uint32_t b = 0; b < 6; b++)
     write_model(v, (uint64_t)b * BS, BS);
-  T_OK(vhd_flush(v, &err), &err, "vhd_flush");
+  /* Reopened, blocks 4 and 5 end the file as it was at open: the cut
+   * goes below where new space began then. */
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  v = t_open(path, false);
   uint64_t end3 = (uint64_t)v->bat[3] * 512 + v->bitmap_size + BS;
   T_ASSERT(v->bat[4] * 512ull >= end3 && v->bat[5] * 512ull >= end3,
            "blocks 4 and 5 do not follow block 3 in the file");
@@ -68,6 +73,11 @@ int main(void) {
            "block 9 was placed at %llu, inside the blocks still in use",
            (unsigned long long)v->bat[9] * 512);
   expect_trailing_footer(path, "after block 9 was written and flushed");
+  /* A new window of the smallest size (64 MiB), not one measured from
+   * where new space began before the cut. */
+  T_ASSERT(t_file_size(path) < end3 + (128u << 20),
+           "block 9 made the file %llu bytes, for %llu bytes of blocks",
+           (unsigned long long)t_file_size(path), (unsigned long long)end3);
   t_expect_model(v, model, SIZE, "before the abandon");
   vhd_abandon(v);
 
