@@ -460,6 +460,11 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
       return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
                          (unsigned long long)off, strerror(-r));
     }
+    if ((r = vhd_batmap_fill_new(vhd, blk, off, bm, err)) < 0) {
+      vhd->n_free_ready++;
+      free(bm);
+      return r;
+    }
     vhd_bat_set(vhd, blk, (uint32_t)(off / 512));
     vhd_bitmap_free(vhd, vhd->bitmaps[blk]);
     vhd->bitmaps[blk] = bm;
@@ -514,6 +519,10 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
     free(bm);
     return vhd_set_err(err, r, "%s: allocating block %u at offset %llu: %s", vhd->path, blk,
                        (unsigned long long)off, strerror(-r));
+  }
+  if ((r = vhd_batmap_fill_new(vhd, blk, off, bm, err)) < 0) {
+    free(bm);
+    return r;
   }
   vhd->next_block_offset = off + span;
   vhd_bat_set(vhd, blk, (uint32_t)(off / 512));

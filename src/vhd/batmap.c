@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "cleanup.h"
-#include "vhd-internal.h"
+#include "rw.h"
 
 #define BATMAP_COOKIE "tdbatmap"
 /* Far more than the 128 KiB a 2 TiB image of 2 MiB blocks needs. */
@@ -83,14 +83,19 @@ int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err) {
   uint64_t map_off = get_be64(raw + 8);
   uint32_t secs = get_be32(raw + 16);
   uint64_t map_bytes = (uint64_t)secs * 512;
-  if (map_off % 512 || map_off < hdr + 512 || secs == 0 || map_bytes > BATMAP_MAX_BYTES ||
-      map_off > data_end || map_bytes > data_end - map_off) {
+  const char *bad = map_off % 512                               ? "not on a sector boundary"
+                    : map_off < hdr + 512                          ? "inside or before its header"
+                    : secs == 0                                    ? "empty"
+                    : map_bytes > BATMAP_MAX_BYTES                 ? "absurdly large"
+                    : map_off > data_end || map_bytes > data_end - map_off ? "past the data area"
+                                                                   : NULL;
+  if (bad) {
     /* tapdisk cannot read it either (it refuses to open the image
      * read-write), so no block is known full. */
     vhd_warn(vhd,
-             "%s: Xen batmap header at offset %llu points at %u sectors at offset %llu, "
-             "outside the file's data area: batmap ignored",
-             vhd->path, (unsigned long long)hdr, secs, (unsigned long long)map_off);
+             "%s: Xen batmap header at offset %llu points at %u sectors at offset %llu, %s: "
+             "batmap ignored",
+             vhd->path, (unsigned long long)hdr, secs, (unsigned long long)map_off, bad);
     return 0;
   }
   /* A "batmap" some block or locator lies across is none tapdisk could
@@ -122,9 +127,44 @@ int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err) {
   uint32_t stored = vhd->batmap_checksum = get_be32(raw + 24);
   if (vhd_batmap_checksum(vhd, vhd->footer.current_size) != stored)
     vhd_warn(vhd,
-             "%s: Xen batmap checksum 0x%08x does not match its bits (0x%08x): tapdisk "
-             "will not open the image read-write",
+             "%s: Xen batmap checksum 0x%08x does not match its bits (0x%08x): blktap's "
+             "tapdisk refuses such a batmap for read-write use",
              vhd->path, stored, vhd_batmap_checksum(vhd, vhd->footer.current_size));
+  return 0;
+}
+
+int vhd_batmap_fill_new(vhd_t *vhd, uint32_t blk, uint64_t off, uint8_t *bm,
+                        struct vhd_err *err) {
+  if (!vhd_batmap_full(vhd, blk))
+    return 0;
+  if (vhd->type == VHD_TYPE_DIFFERENCING) {
+    if (!vhd->parent)
+      return vhd_set_err(err, -ENOTSUP,
+                         "%s: block %u is marked full in the Xen batmap but unallocated, and "
+                         "without its parent open it cannot be filled",
+                         vhd->path, blk);
+    /* The new block's data area reads as zeros: only the parent's data
+     * (within its size) needs copying. */
+    uint64_t vstart = (uint64_t)blk * vhd->block_size;
+    uint64_t psize = vhd_virtual_size(vhd->parent);
+    uint64_t len = vstart < psize ? MIN((uint64_t)vhd->block_size, psize - vstart) : 0;
+    size_t chunk = (size_t)MIN(len, (uint64_t)(1u << 20));
+    CLEANUP_FREE uint8_t *buf = chunk ? malloc(chunk) : NULL;
+    if (chunk && !buf)
+      return vhd_set_err(err, -ENOMEM, "%s: out of memory filling block %u", vhd->path, blk);
+    for (uint64_t done = 0; done < len;) {
+      size_t n = (size_t)MIN(len - done, (uint64_t)chunk);
+      int r = vhd_read(vhd->parent, buf, vstart + done, n, err);
+      if (r < 0)
+        return r;
+      uint64_t at = off + vhd->bitmap_size + done;
+      if ((r = vhd_io_pwrite(vhd, buf, n, at)) < 0)
+        return vhd_set_io_err(vhd, err, r, "filling a block the Xen batmap marks full", at);
+      done += n;
+    }
+  }
+  memset(bm, 0xff, vhd->bitmap_size);
+  vhd_block_mark_dirty(vhd, blk);
   return 0;
 }
 

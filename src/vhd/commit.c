@@ -202,6 +202,31 @@ static int replace_with_empty(vhd_t *c, uint32_t ts, struct vhd_err *err) {
   at = bat_off;
   if ((r = vhd_io_pwrite_fd(fd, bat, bat_span, bat_off)) < 0)
     goto fail;
+  if (c->batmap) {
+    /* blktap's tapdisk wants its batmap right after the BAT of an image it
+     * made (and refuses to open it read-write without): the child's header,
+     * then a map as long, no block full. */
+    uint8_t bh[512];
+    what = "reading the Xen batmap header";
+    at = c->batmap_header_offset;
+    if ((r = vhd_io_pread(c->fd, bh, sizeof bh, at)) < 0)
+      goto fail;
+    be64_store(bh + 8, end + sizeof bh);
+    be32_store(bh + 24, ~0u); /* the sum of no bits */
+    memset(bat, 0, MIN(bat_span, (uint64_t)c->batmap_len));
+    what = "writing the Xen batmap";
+    at = end;
+    if ((r = vhd_io_pwrite_fd(fd, bh, sizeof bh, end)) < 0)
+      goto fail;
+    end += sizeof bh;
+    for (uint64_t done = 0; done < c->batmap_len;) {
+      size_t n = (size_t)MIN(bat_span, (uint64_t)c->batmap_len - done);
+      if ((r = vhd_io_pwrite_fd(fd, bat, n, end + done)) < 0)
+        goto fail;
+      done += n;
+    }
+    end += c->batmap_len;
+  }
   for (int i = 0; i < 8; i++) {
     const struct vhd_locator *l = &c->header.locators[i];
     uint8_t *raw = header + 576 + 24 * i;

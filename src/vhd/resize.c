@@ -169,7 +169,10 @@ static int scan_tail(struct resize *z, uint64_t from, uint64_t to, bool first_se
     uint32_t s0 = from > start ? (uint32_t)((from - start) / 512) : 0;
     uint32_t s1 = (uint32_t)((MIN(to, start + bs) - start) / 512);
     bool changed = false;
-    for (uint32_t s = s0; s < s1; s++) {
+    /* A block Xen's batmap marks full keeps its bits (batmap.c): the zeros
+     * written below make those sectors read as zeros all the same. */
+    bool keep_bits = !first_set && vhd_batmap_full(vhd, blk);
+    for (uint32_t s = s0; s < s1 && !keep_bits; s++) {
       if (!vhd_bit_get(bm, s))
         continue;
       if (first_set) {

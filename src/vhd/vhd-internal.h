@@ -341,6 +341,12 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);
  * map for a footer current size. */
 int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err);
 bool vhd_batmap_full(const vhd_t *vhd, uint32_t blk);
+/* Block blk was just allocated at off with bitmap bm (lock held, nothing
+ * else can reach it yet): when the batmap marks it full (an image other
+ * tools, or an older vhdnbd, left so), it is made full, with the parent's
+ * data where this image held none, as tapdisk will read it whole. */
+int vhd_batmap_fill_new(vhd_t *vhd, uint32_t blk, uint64_t off, uint8_t *bm,
+                        struct vhd_err *err);
 bool vhd_batmap_any_full(const vhd_t *vhd, uint64_t off, uint64_t len);
 uint32_t vhd_batmap_checksum(const vhd_t *vhd, uint64_t current_size);
 int vhd_bitmap_get(vhd_t *vhd, uint32_t blk, uint8_t **bm, struct vhd_err *err); /* lock held */
