@@ -13,7 +13,7 @@ build_pkgs="build-essential autoconf automake pkg-config libuv1-dev uuid-dev lib
 client_pkgs="libnbd-bin qemu-utils nbd-client"
 test_pkgs="$client_pkgs libnbd-dev python3-libnbd nbdkit fio
   libvhdi-utils python3-libvhdi valgrind clang libclang-rt-14-dev systemd gnutls-bin
-  qemu-system-x86 busybox-static python3-matplotlib xfsprogs
+  qemu-system-x86 busybox-static python3-matplotlib xfsprogs strace
   git dpkg-dev debhelper dh-autoreconf lintian"
 bench_pkgs="qemu-utils nbdkit fio python3 python3-matplotlib"
 

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,7 @@ static void export_free(struct export *e) {
   free(e->image);
   free(e->description);
   free(e->overlay.dir);
+  free(e->base_stamp);
   acl_free(&e->allow);
   free(e);
 }
@@ -115,6 +117,18 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
   }
   e->size = vhd_virtual_size(e->vhd);
   export_set_lanes(e);
+  struct stat st;
+  if (overlaid && ((r = vhd_file_stat(e->vhd, &st)) < 0 ||
+                   asprintf(&e->base_stamp, "vhdnbd overlay base\nsize %lld\nmtime %lld.%09ld\n",
+                            (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+                            st.st_mtim.tv_nsec) < 0)) {
+    log_msg(LOG_LEVEL_ERR, "export '%s': %s: %s", e->name, e->image,
+            r < 0 ? strerror(-r) : "out of memory");
+    e->base_stamp = NULL;
+    vhd_close(e->vhd, NULL);
+    export_free(e);
+    return r < 0 ? r : -ENOMEM;
+  }
   if (vhd_is_readonly(e->vhd) && !overlaid)
     e->readonly = true;
   log_msg(LOG_LEVEL_INFO, "export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name, e->image,

@@ -842,7 +842,7 @@ out:
   loops_stop();
   workers_stop();
   metrics_free();
-  if (exports_close(&server) < 0)
+  if (exports_close(&server) < 0 || server.overlay_close_failed)
     status = 1;
   listen_cleanup(&server);
   if (pidfile_written) /* last: its removal means the images are closed */

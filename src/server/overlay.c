@@ -29,6 +29,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/crypto.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "log.h"
 #include "server.h"
 
@@ -163,7 +165,15 @@ static int make_dirs(const char *dir, struct vhd_err *err) {
       continue;
     char c = *s;
     *s = '\0';
-    if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+    if (mkdir(p, 0700) == 0) {
+      /* A level made now must survive a power cut with the children that
+       * will live under it: its entry in the level above is synced. */
+      if ((r = vhd_io_sync_dir_of(p)) < 0) {
+        snprintf(err->msg, sizeof err->msg, "overlay directory %s: syncing its parent: %s", p,
+                 strerror(-r));
+        break;
+      }
+    } else if (errno != EEXIST) {
       r = -errno;
       snprintf(err->msg, sizeof err->msg, "overlay directory %s: %s", p, strerror(errno));
       break;
@@ -178,6 +188,56 @@ static int make_dirs(const char *dir, struct vhd_err *err) {
 
 static void on_warning(void *opaque, const char *msg) {
   log_msg(LOG_LEVEL_WARNING, "%s", msg);
+}
+
+/* A persistent child's record of its image (CHILD.base): the image's
+ * size and modification time when the child was made.  Writing into the
+ * image keeps its unique id, which is all the child's header can compare,
+ * but leaves the child's sectors over content they were not written over:
+ * a child whose record differs is refused.  Written under a temporary
+ * name and renamed; a child without one (an older vhdnbd's, or a crash
+ * between the two renames) gets one for the image as it is. */
+static int stamp_write(const char *path, const char *stamp, struct vhd_err *err) {
+  CLEANUP_FREE char *tmp = NULL;
+  if (asprintf(&tmp, "%s.new", path) < 0)
+    return -ENOMEM;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  size_t len = strlen(stamp);
+  int r = fd < 0 ? -errno : vhd_io_pwrite_fd(fd, stamp, len, 0);
+  if (r == 0)
+    r = vhd_io_sync_fd(fd);
+  if (fd >= 0)
+    close(fd);
+  if (r == 0 && rename(tmp, path) < 0)
+    r = -errno;
+  if (r < 0) {
+    unlink(tmp);
+    snprintf(err->msg, sizeof err->msg, "%s: recording the image: %s", path, strerror(-r));
+  }
+  return r;
+}
+
+/* 0: the record matches or was made now; -ESTALE: the image changed. */
+static int stamp_check(const char *child, const char *image, const char *stamp,
+                       struct vhd_err *err) {
+  CLEANUP_FREE char *path = NULL;
+  if (asprintf(&path, "%s.base", child) < 0)
+    return -ENOMEM;
+  char buf[256];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return errno == ENOENT ? stamp_write(path, stamp, err) : -errno;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  buf[n > 0 ? n : 0] = '\0';
+  if (n >= 0 && strcmp(buf, stamp) == 0)
+    return 0;
+  snprintf(err->msg, sizeof err->msg,
+           "%s: the image %s changed since this child was made (size or modification time "
+           "differ from %s), so the child's sectors no longer fit it: refused (remove the "
+           "child and its record to start over)",
+           child, image, path);
+  return -ESTALE;
 }
 
 /* Worker thread. */
@@ -204,16 +264,29 @@ static void open_run(struct work_item *w) {
     }
     unlink(tmp);
     j->r = vhd_create(tmp, &co, &j->err);
+    CLEANUP_FREE char *rec = NULL;
+    if (j->r == 0 && asprintf(&rec, "%s.base", path) < 0)
+      j->r = -ENOMEM;
+    if (j->r == 0)
+      j->r = stamp_write(rec, j->inst->base->base_stamp, &j->err);
     if (j->r == 0 && rename(tmp, path) < 0) {
       j->r = -errno;
       snprintf(j->err.msg, sizeof j->err.msg, "%s: %s", path, strerror(errno));
     }
+    /* The child's name (and its record's) must be durable before any
+     * write to it is acknowledged as flushed. */
+    if (j->r == 0 && (j->r = vhd_io_sync_dir_of(path)) < 0)
+      snprintf(j->err.msg, sizeof j->err.msg, "%s: syncing its directory: %s", path,
+               strerror(-j->r));
     if (j->r < 0)
       unlink(tmp);
     free(tmp);
     if (j->r < 0)
       return;
     j->created = true;
+  } else if ((j->r = stamp_check(path, j->inst->base->image, j->inst->base->base_stamp,
+                                 &j->err)) < 0) {
+    return;
   }
   struct vhd_open_opts oo = {
       .flags = server.vhd_open_flags,
@@ -253,10 +326,14 @@ static void start_open(struct export *inst);
 static void close_done(struct work_item *w) {
   struct overlay_job *j = (struct overlay_job *)w;
   struct export *inst = j->inst;
-  if (j->r < 0)
+  if (j->r < 0) {
     log_msg(LOG_LEVEL_ERR, "export '%s': closing overlay %s: %s", inst->name, inst->child,
             j->err.msg[0] ? j->err.msg : strerror(-j->r));
-  else
+    /* A persistent child's writes were to outlive the server: the exit
+     * status says they may not have (a discarded one's go anyway). */
+    if (inst->key)
+      server.overlay_close_failed = true;
+  } else
     log_msg(LOG_LEVEL_INFO, "export '%s': overlay %s closed", inst->name, inst->child);
   free(j);
   inst->vhd = NULL;
@@ -351,8 +428,11 @@ static void start_open(struct export *inst) {
 }
 
 /* What a persistent overlay keys on for conn, or NULL (with why). */
-static int connection_key(const struct connection *conn, const struct export *exp, char *buf,
-                          size_t cap, const char **why) {
+/* The whole identity, however long: a key cut short would give two
+ * identities that differ only past the cut one child (*out: malloc'd). */
+static int connection_key(const struct connection *conn, const struct export *exp, char **out,
+                          const char **why) {
+  char buf[INET6_ADDRSTRLEN];
   if (exp->overlay.key == OVERLAY_KEY_IDENTITY) {
     const char *id = conn->tls ? tls_session_identity(conn->tls) : NULL;
     if (!id) {
@@ -361,27 +441,26 @@ static int connection_key(const struct connection *conn, const struct export *ex
                        : "the client did not use TLS, so it has no identity";
       return -EACCES;
     }
-    snprintf(buf, cap, "%s", id);
-    return 0;
+    return (*out = strdup(id)) ? 0 : -ENOMEM;
   }
   const struct sockaddr_storage *a = &conn->addr;
   const void *ip = a->ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)a)->sin_addr
                    : a->ss_family == AF_INET6
                        ? (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr
                        : NULL;
-  if (!ip || !inet_ntop(a->ss_family, ip, buf, (socklen_t)cap)) {
+  if (!ip || !inet_ntop(a->ss_family, ip, buf, (socklen_t)sizeof buf)) {
     *why = "the client has no IP address (Unix socket or stdio)";
     return -EACCES;
   }
-  return 0;
+  return (*out = strdup(buf)) ? 0 : -ENOMEM;
 }
 
 int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
                    void *opaque, const char **why) {
-  char key[256];
+  CLEANUP_FREE char *key = NULL;
   bool persistent = exp->overlay.mode == OVERLAY_PERSISTENT;
   if (persistent) {
-    int r = connection_key(conn, exp, key, sizeof key, why);
+    int r = connection_key(conn, exp, &key, why);
     if (r < 0)
       return r;
   }

@@ -153,6 +153,9 @@ struct export {
   int state;             /* instance: see overlay.c */
   struct overlay_waiter *waiters; /* instance: connections waiting for it */
   bool retired;          /* out of the table after a reload: close once unused */
+  /* overlay base: what its image was when opened (size, modification
+   * time), recorded beside each persistent child (overlay.c) */
+  char *base_stamp;
 };
 
 struct export_spec {
@@ -223,6 +226,7 @@ struct server {
   unsigned write_lanes;         /* lanes per export for plain WRITEs, fixed at startup */
   bool adaptive_lanes;          /* narrowed to one while writes are long (lanes.h) */
   unsigned vhd_open_flags;      /* VHD_OPEN_SPARSE_BLOCKS or 0, fixed at startup */
+  bool overlay_close_failed;    /* a persistent child's final flush failed: exit 1 */
 };
 
 extern struct server server;

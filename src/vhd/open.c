@@ -356,6 +356,7 @@ uint64_t vhd_virtual_size(const vhd_t *vhd) { return vhd->virtual_size; }
 enum vhd_type vhd_get_type(const vhd_t *vhd) { return vhd->type; }
 bool vhd_is_readonly(const vhd_t *vhd) { return vhd->readonly; }
 const char *vhd_path(const vhd_t *vhd) { return vhd->path; }
+int vhd_file_stat(const vhd_t *vhd, struct stat *st) { return fstat(vhd->fd, st) < 0 ? -errno : 0; }
 vhd_t *vhd_parent(const vhd_t *vhd) { return vhd->parent; }
 
 void vhd_get_info(const vhd_t *vhd, struct vhd_info *info) {

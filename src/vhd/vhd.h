@@ -53,6 +53,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #define VHD_SECTOR_SIZE 512u
 #define VHD_DEFAULT_BLOCK_SIZE (2u * 1024 * 1024)
@@ -125,6 +126,8 @@ uint64_t vhd_virtual_size(const vhd_t *vhd);
 enum vhd_type vhd_get_type(const vhd_t *vhd);
 bool vhd_is_readonly(const vhd_t *vhd);
 const char *vhd_path(const vhd_t *vhd);
+/* fstat(2) of the image file as opened: 0 or a negative errno. */
+int vhd_file_stat(const vhd_t *vhd, struct stat *st);
 /* Parent of a differencing disk (NULL otherwise, or with VHD_OPEN_NOPARENT). */
 vhd_t *vhd_parent(const vhd_t *vhd);
 

@@ -1,6 +1,7 @@
 # Per-client copy-on-write overlays and live reconfiguration (SIGHUP).
 SERVER_OVERLAY_TESTS = \
 	tests/interop/test-overlay.sh \
+	tests/interop/test-overlay-base.sh \
 	tests/interop/test-reload.sh
 TESTS += $(SERVER_OVERLAY_TESTS)
 EXTRA_DIST += $(SERVER_OVERLAY_TESTS)

@@ -2,7 +2,8 @@
 # Per-client copy-on-write overlays, with libnbd's Python binding over TLS-PSK
 # and plain TCP on 127.0.0.1:
 #   persistent, keyed on the PSK identity: alice and bob each see only their
-#   own writes, again after reconnecting and while both are connected; two
+#   own writes, again after reconnecting and while both are connected (and
+#   so do two identities alike in their first 255 bytes); two
 #   connections of one identity share one child (a flush through one shows
 #   through the other), and a
 #   client without a TLS identity is refused with NBD_REP_ERR_POLICY and a
@@ -38,6 +39,10 @@ base_sum=$(sha256sum <"$img")
 psk=$TMPD/keys.psk
 psktool -u alice -p "$psk" >/dev/null 2>&1 || fail "psktool failed"
 psktool -u bob -p "$psk" >/dev/null 2>&1 || fail "psktool failed"
+# Two identities alike in their first 255 bytes (a key once cut there).
+long=$(printf 'u%.0s' $(seq 255))
+psktool -u "${long}-carol" -p "$psk" >/dev/null 2>&1 || fail "psktool failed"
+psktool -u "${long}-dave" -p "$psk" >/dev/null 2>&1 || fail "psktool failed"
 
 ov=$TMPD/state/persistent   # created by the server, with its missing parents
 cat >"$TMPD/vhdnbd.conf" <<EOF
@@ -189,12 +194,15 @@ client bob persist expect 0 0x11 $((1 << 20)) 0xbb $((4 << 20)) 0 ||
   fail "bob sees alice's writes, or not his own"
 client alice persist multi || fail "two connections of alice do not share one child"
 client alice persist apart bob || fail "alice and bob, connected at once, share a child"
+client "${long}-carol" persist write $((2 << 20)) 0xc1 || fail "the first long identity's write"
+client "${long}-dave" persist expect $((2 << 20)) 0 ||
+  fail "two identities that differ past byte 255 share a child"
 client - persist refused "policy" || fail "a client without identity was not refused"
 grep -q "export 'persist' refused: overlay-key = identity" "$log" ||
   fail "no log line for the client refused for want of an identity"
 [ "$(stat -c %a "$ov")" = 700 ] || fail "$ov: mode $(stat -c %a "$ov"), not 700"
 n=$(find "$ov" -name '*.vhd' | wc -l)
-[ "$n" -eq 2 ] || fail "expected 2 children in $ov (alice, bob), found $n"
+[ "$n" -eq 4 ] || fail "expected 4 children in $ov (alice, bob and the long ones), found $n"
 
 # --- discard -----------------------------------------------------------------
 client alice scratch discard || fail "discard overlay"

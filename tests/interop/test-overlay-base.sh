@@ -1,0 +1,131 @@
+#!/bin/bash
+# A persistent overlay child over an image that changed, and a child whose
+# last flush fails:
+#   - each persistent child gets a record of its image (CHILD.base: size
+#     and modification time); written into since (the unique id stays the
+#     same, so the child's header cannot tell), the image no longer fits
+#     the child: the client is refused, the reason logged, nothing written;
+#   - a child without a record (an older vhdnbd's) is taken as it is and
+#     gets one;
+#   - a new child's directory is synced after the child is renamed into
+#     place (strace), so that a flushed write cannot lose its file;
+#   - when a persistent child's final flush fails (every write failing from
+#     some point on, VHDNBD_FAULT_AFTER), vhdnbd exits 1 on SIGTERM.
+. "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/interop/image-functions.sh"
+requires_py nbd
+cd "$TMPD"
+img=$TMPD/base.vhd ov=$TMPD/ov log=$TMPD/log
+"$VHDIMG" create "$img" 64M >/dev/null
+"$WRITE_HELPER" "$img" 0 64K 0x11 || fail "writing the image"
+
+# client ACTION: over TCP to export p; write: 0xcc at 0 and flush; expect:
+# 0xcc at 0; refused: the connection must fail.
+client() {
+  "$PY3" - "$VHDNBD_PORT" "$1" <<'PYEOF'
+import sys, nbd
+port, action = sys.argv[1], sys.argv[2]
+h = nbd.NBD()
+h.set_export_name("p")
+try:
+    h.connect_tcp("127.0.0.1", port)
+except nbd.Error as e:
+    if action == "refused":
+        sys.exit(0)
+    sys.exit("connect: %s" % e)
+if action == "refused":
+    sys.exit("connected, but should have been refused")
+if action == "write":
+    h.pwrite(b"\xcc" * 65536, 0)
+    h.flush()
+elif action == "expect":
+    assert h.pread(65536, 0) == b"\xcc" * 65536, "the child's data is gone"
+    assert h.pread(4096, 65536) == bytes(4096), "unexpected data past the child's"
+elif action == "fill":             # 1 MiB writes until one fails
+    for i in range(256):
+        try:
+            h.pwrite(b"\x5a" * (1 << 20), i << 20)
+        except nbd.Error:
+            print(i)
+            break
+    else:
+        sys.exit("no write failed")
+h.shutdown()
+PYEOF
+}
+serve() { start_vhdnbd_tcp "$TMPD/sock" -e "p=$img,overlay=persistent,overlay-key=address,overlay-dir=$ov" "$@" 2>>"$log"; }
+
+serve
+client write || fail "the first client's write"
+stop_vhdnbd
+child=$(ls "$ov"/p-*.vhd) || fail "no persistent child in $ov"
+[ -s "$child.base" ] || fail "no record of the image beside $child"
+serve
+client expect || fail "the child was not reopened with its data"
+stop_vhdnbd
+
+# A child made before records existed: taken as it is, and recorded.
+rm "$child.base"
+serve
+client expect || fail "a child without a record was refused"
+stop_vhdnbd
+[ -s "$child.base" ] || fail "the child without a record got none"
+
+# The image written into: the child is refused, nothing changes.
+"$WRITE_HELPER" "$img" 4096 4K 0x22 || fail "writing the image again"
+cp "$child" child.before
+sum=$(sha256sum <"$img")
+serve
+client refused || fail "a child over a changed image was served"
+stop_vhdnbd
+grep -q "changed since this child was made" "$log" || fail "no log line for the refused child"
+cmp -s "$child" child.before || fail "the refused child was written"
+[ "$(sha256sum <"$img")" = "$sum" ] || fail "the image was written"
+
+# A new child's name is durable before its first flush is acknowledged: its
+# directory is synced after the rename (seen with strace, where installed).
+if command -v strace >/dev/null 2>&1; then
+  rm -rf "$ov"
+  serve
+  strace -f -qq -p "$VHDNBD_PID" -o "$TMPD/trace" -e trace=rename,renameat,renameat2,openat,fsync,fdatasync &
+  st=$!
+  sleep 1
+  client write || fail "the traced client's write"
+  kill "$st"
+  wait "$st" 2>/dev/null || true
+  stop_vhdnbd
+  "$PY3" - "$TMPD/trace" "$ov" <<'PYEOF' || fail "the new child's directory was not synced after its rename"
+import re, sys
+lines = open(sys.argv[1]).read().splitlines()
+ov = sys.argv[2]
+renamed = next((i for i, l in enumerate(lines)
+                if re.search(r'rename\w*\(.*"%s/p-[^"]*\.vhd\.new".*"%s/p-[^"]*\.vhd"' % (ov, ov), l)), None)
+if renamed is None:
+    sys.exit("no rename of the child into place in the trace")
+fds = set()
+for l in lines[renamed:]:
+    m = re.search(r'openat\(AT_FDCWD, "%s", [^)]*O_DIRECTORY[^)]*\)\s+=\s+(\d+)' % re.escape(ov), l)
+    if m:
+        fds.add(m.group(1))
+    m = re.search(r'f(?:data)?sync\((\d+)\)\s+=\s+0', l)
+    if m and m.group(1) in fds:
+        sys.exit(0)
+sys.exit("no sync of %s after the rename" % ov)
+PYEOF
+else
+  echo "PARTIAL: strace is not installed: the directory sync is not checked"
+fi
+
+# A persistent child whose final flush fails: exit status 1.
+rm -rf "$ov"
+export VHDNBD_FAULT_AFTER=60
+serve
+unset VHDNBD_FAULT_AFTER
+n=$(client fill) || fail "the filling client"
+[ "$n" -gt 0 ] || fail "no write succeeded before the fault"
+kill "$VHDNBD_PID"
+rc=0
+wait "$VHDNBD_PID" || rc=$?
+[ "$rc" -eq 1 ] || fail "vhdnbd exited $rc, not 1, after a persistent child's final flush failed"
+grep -q "closing overlay" "$log" || fail "no log line for the failed close"
+echo "ok: a changed image's child is refused; a failed final flush exits 1"
