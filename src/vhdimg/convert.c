@@ -477,6 +477,18 @@ int cmd_convert(int argc, char **argv) {
     return VHDIMG_EXIT_FAILURE;
   }
 
+  /* Replacing a parent of the source would change what the source (and
+   * every other child of that parent) reads, for good. */
+  for (vhd_t *p = src.vhd ? vhd_parent(src.vhd) : NULL; p; p = vhd_parent(p)) {
+    if (same_file(vhd_path(p), o.path)) {
+      print_error("%s: the destination is %s, a parent of %s: converting over it would destroy "
+                  "the chain's data",
+                  o.path, vhd_path(p), src_path);
+      source_close(&src);
+      return VHDIMG_EXIT_FAILURE;
+    }
+  }
+
   struct run_list runs = {0};
   uint64_t size;
   if (output_size(&src, &o, align, &size) < 0) {

@@ -280,3 +280,19 @@ for l in link1.vhd link2.vhd; do
   "$VHDIMG" compare -F raw "$(readlink $l)" src.raw >/dev/null || fail "$l: its target does not hold the image"
 done
 [ "$(ls -A linked | sort | tr '\n' ' ')" = "new.vhd old.vhd " ] || fail "files left beside the link targets: $(ls -A linked)"
+
+# DST a parent of SRC (itself, or through a link): refused, nothing changes,
+# as converting over it would change what SRC and its siblings read.
+mkdir -p chain && cd chain
+"$VHDIMG" create base.vhd 8M >/dev/null
+"$WRITE_HELPER" base.vhd 0 64K 0x11
+"$VHDIMG" create -b base.vhd top.vhd >/dev/null
+"$WRITE_HELPER" top.vhd 0 4K 0x22
+ln -s base.vhd base-link.vhd
+cp base.vhd base.before
+for dst in base.vhd base-link.vhd; do
+  "$VHDIMG" convert -O dynamic top.vhd $dst 2>err.out && fail "convert over $dst, a parent of its source, succeeded"
+  grep -q "a parent of top.vhd" err.out || { cat err.out >&2; fail "the refusal does not name the parent"; }
+  cmp -s base.vhd base.before || fail "a refused convert over $dst changed the parent"
+done
+"$VHDIMG" check top.vhd >/dev/null || fail "the chain does not check clean after the refusals"
