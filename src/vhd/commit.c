@@ -106,8 +106,9 @@ static void scan_dir(struct scan *s, const char *dir) {
   while ((de = readdir(d))) {
     if (!has_vhd_suffix(de->d_name))
       continue;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    char path[4096 + 256];
+    if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path)
+      continue;
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
         (st.st_dev == s->child_st.st_dev && st.st_ino == s->child_st.st_ino) ||
@@ -137,16 +138,32 @@ static void dir_of(const char *path, char *out, size_t len) {
   snprintf(out, len, "%s", copy ? dirname(copy) : ".");
 }
 
+/* The directories of the parent and the child, as named and (through
+ * symbolic links) where the files really are, each once. */
 static int scan_children(struct scan *s, const char *child, const char *parent) {
   if (stat(child, &s->child_st) < 0 || stat(parent, &s->parent_st) < 0)
     return -errno;
-  char cdir[4096], pdir[4096];
-  dir_of(child, cdir, sizeof cdir);
-  dir_of(parent, pdir, sizeof pdir);
-  struct stat a, b;
-  scan_dir(s, pdir);
-  if (stat(cdir, &a) < 0 || stat(pdir, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
-    scan_dir(s, cdir);
+  CLEANUP_FREE char *rparent = realpath(parent, NULL);
+  CLEANUP_FREE char *rchild = realpath(child, NULL);
+  const char *files[4] = {parent, rparent, child, rchild};
+  struct stat seen[4];
+  size_t n = 0;
+  for (size_t i = 0; i < 4; i++) {
+    char dir[4096];
+    struct stat st;
+    if (!files[i])
+      continue;
+    dir_of(files[i], dir, sizeof dir);
+    if (stat(dir, &st) < 0)
+      continue;
+    size_t k = 0;
+    while (k < n && (seen[k].st_dev != st.st_dev || seen[k].st_ino != st.st_ino))
+      k++;
+    if (k < n)
+      continue;
+    seen[n++] = st;
+    scan_dir(s, dir);
+  }
   return 0;
 }
 
@@ -154,10 +171,14 @@ static int scan_children(struct scan *s, const char *child, const char *parent) 
  * block size and locator data, naming the parent with timestamp ts, to a
  * new file beside c, and renames it over c (see step 3 above). */
 static int replace_with_empty(vhd_t *c, uint32_t ts, struct vhd_err *err) {
+  /* Through a symbolic link, the file it points to is replaced, not the
+   * link (which would leave that file full, with the child's unique id). */
+  CLEANUP_FREE char *real = realpath(c->path, NULL);
+  const char *target = real ? real : c->path;
   char dir[4096], tmp[8192];
-  dir_of(c->path, dir, sizeof dir);
+  dir_of(target, dir, sizeof dir);
   {
-    CLEANUP_FREE char *copy = strdup(c->path);
+    CLEANUP_FREE char *copy = strdup(target);
     snprintf(tmp, sizeof tmp, "%s/.%s.commit-XXXXXX", dir, copy ? basename(copy) : "child");
   }
   struct stat st;
@@ -260,10 +281,10 @@ static int replace_with_empty(vhd_t *c, uint32_t ts, struct vhd_err *err) {
   close(fd);
   fd = -1;
   what = "renaming it over the child";
-  if ((r = vhd_io_rename(tmp, c->path)) < 0)
+  if ((r = vhd_io_rename(tmp, target)) < 0)
     goto fail;
   what = "syncing the directory";
-  if ((r = vhd_io_sync_dir_of(c->path)) < 0)
+  if ((r = vhd_io_sync_dir_of(target)) < 0)
     return vhd_set_err(err, r, "%s: %s: %s", c->path, what, strerror(-r));
   return 0;
 fail:

@@ -159,9 +159,17 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
     for (char *p = win_rel; *p; p++)
       if (*p == '/')
         *p = '\\';
+    const char *base = strrchr(parent_abs, '/') ? strrchr(parent_abs, '/') + 1 : parent_abs;
+    if (!vhd_utf8_valid(win_rel) || !vhd_utf8_valid(base)) {
+      r = vhd_set_err(err, -EINVAL,
+                      "%s: the parent's name or its path from the child (%s) is not UTF-8, "
+                      "which the parent locators hold: no reader could find the parent "
+                      "(rename it)",
+                      path, parent_rel);
+      goto done;
+    }
     rel_len = vhd_utf8_to_utf16(win_rel, false, loc_rel, sizeof loc_rel);
     abs_len = vhd_utf8_to_utf16(parent_abs, false, loc_abs, sizeof loc_abs);
-    const char *base = strrchr(parent_abs, '/') ? strrchr(parent_abs, '/') + 1 : parent_abs;
     vhd_utf8_to_utf16(base, true, h.parent_name_raw, sizeof h.parent_name_raw - 2);
     /* Locator data sits between the BAT and the first block, 512-aligned,
      * its data space counted in bytes as Windows does. */

@@ -124,6 +124,27 @@ size_t vhd_utf16_to_utf8(const uint8_t *in, size_t in_len, bool big_endian, char
   return pos;
 }
 
+bool vhd_utf8_valid(const char *in) {
+  const unsigned char *s = (const unsigned char *)in;
+  while (*s) {
+    int n = *s < 0x80 ? 0 : (*s & 0xE0) == 0xC0 ? 1 : (*s & 0xF0) == 0xE0 ? 2
+                                : (*s & 0xF8) == 0xF0 ? 3 : -1;
+    if (n < 0)
+      return false;
+    uint32_t cp = n == 0 ? *s : (uint32_t)(*s & (0x3F >> n));
+    for (int k = 1; k <= n; k++) {
+      if ((s[k] & 0xC0) != 0x80)
+        return false;
+      cp = cp << 6 | (s[k] & 0x3F);
+    }
+    static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    s += n + 1;
+  }
+  return true;
+}
+
 size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t out_len) {
   const unsigned char *s = (const unsigned char *)in;
   size_t pos = 0;

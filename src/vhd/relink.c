@@ -75,9 +75,15 @@ int vhd_parent_ref_make(const char *child_path, const char *parent_path,
   for (char *p = win_rel; *p; p++)
     if (*p == '/')
       *p = '\\';
+  const char *base = strrchr(parent_abs, '/') + 1;
+  if (!vhd_utf8_valid(win_rel) || !vhd_utf8_valid(base))
+    return vhd_set_err(err, -EINVAL,
+                       "%s: the parent's name or its path from the child (%s) is not UTF-8, "
+                       "which the parent locators hold: no reader could find the parent "
+                       "(rename it)",
+                       child_path, rel);
   ref->rel_len = vhd_utf8_to_utf16(win_rel, false, ref->rel, sizeof ref->rel);
   ref->abs_len = vhd_utf8_to_utf16(parent_abs, false, ref->abs, sizeof ref->abs);
-  const char *base = strrchr(parent_abs, '/') + 1;
   vhd_utf8_to_utf16(base, true, ref->name_raw, sizeof ref->name_raw - 2);
   snprintf(ref->name, sizeof ref->name, "%s", base);
   return 0;

@@ -329,6 +329,8 @@ size_t vhd_utf16_to_utf8(const uint8_t *in, size_t in_len, bool big_endian, char
                          size_t out_len);
 /* UTF-8 to UTF-16; returns bytes written. */
 size_t vhd_utf8_to_utf16(const char *in, bool big_endian, uint8_t *out, size_t out_len);
+/* Whether in is well-formed UTF-8 (what the parent locators and name need). */
+bool vhd_utf8_valid(const char *in);
 
 /* bat.c */
 int vhd_bat_load(vhd_t *vhd, struct vhd_err *err);

@@ -182,3 +182,45 @@ vhdimg_reads top.vhd top8.exp
 expect_exit 2 "$VHDIMG" rebase top.vhd
 expect_exit 1 "$VHDIMG" rebase -b top.vhd top.vhd
 expect_exit 1 "$VHDIMG" commit base.vhd
+
+# Symbolic links.  A parent reached through one: children beside the file
+# it points to are found too, and the commit refused.  A child reached
+# through one: the file it points to is emptied, the link stays a link.
+# (The image moved to a shared store after its child was made, a link left
+# in its place: the child's locators name the link.)
+mkdir -p links/vm links/store && cd links
+"$VHDIMG" create vm/base.vhd 8M >/dev/null
+"$WRITE_HELPER" vm/base.vhd 0 64K 0x11
+"$VHDIMG" create -b vm/base.vhd vm/top.vhd >/dev/null
+"$WRITE_HELPER" vm/top.vhd 0 4K 0x22
+mv vm/base.vhd store/base.vhd && ln -s ../store/base.vhd vm/base.vhd
+"$VHDIMG" create -b store/base.vhd store/other.vhd >/dev/null
+cp store/base.vhd base.before
+"$VHDIMG" commit vm/top.vhd 2>err.out && fail "commit over a linked parent with a child beside its file"
+grep -q "store/other.vhd" err.out || { cat err.out >&2; fail "the refusal does not name the child beside the linked parent's file"; }
+cmp -s store/base.vhd base.before || fail "the refused commit changed the parent"
+rm store/other.vhd
+mkdir real && mv vm/top.vhd real/top.vhd && ln -s ../real/top.vhd vm/top.vhd
+"$VHDIMG" convert vm/top.vhd top.exp
+"$VHDIMG" commit vm/top.vhd >/dev/null 2>&1 || fail "commit through a linked child"
+[ -L vm/top.vhd ] || fail "commit replaced the link to the child with a file"
+[ "$(info_field real/top.vhd allocated-blocks)" = 0 ] || fail "the linked child's file was not emptied"
+"$VHDIMG" compare -F raw vm/top.vhd top.exp >/dev/null || fail "the linked child reads differently after the commit"
+cd ..
+
+# A parent whose name is not UTF-8 (Latin-1 here): the locators, UTF-16,
+# could not name it, so create -b and rebase onto it are refused and the
+# child keeps its old parent.
+mkdir -p latin1 && cd latin1
+bad=$'b\xe9se.vhd'
+"$VHDIMG" create "$bad" 8M >/dev/null
+"$VHDIMG" create base.vhd 8M >/dev/null
+"$VHDIMG" create -b "$bad" child.vhd 2>err.out && fail "create -b over a parent named in Latin-1"
+grep -q "not UTF-8" err.out || { cat err.out >&2; fail "create -b: the refusal does not say the name is not UTF-8"; }
+"$VHDIMG" create -b base.vhd top.vhd >/dev/null
+"$WRITE_HELPER" top.vhd 0 4K 0x33
+"$VHDIMG" convert top.vhd top.exp
+"$VHDIMG" rebase -b "$bad" top.vhd 2>err.out && fail "rebase onto a parent named in Latin-1"
+grep -q "not UTF-8" err.out || { cat err.out >&2; fail "rebase: the refusal does not say the name is not UTF-8"; }
+"$VHDIMG" compare -F raw top.vhd top.exp >/dev/null || fail "the refused rebase changed what the child reads"
+cd ..
