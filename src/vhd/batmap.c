@@ -26,22 +26,12 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "endian-be.h"
 #include "rw.h"
 
 #define BATMAP_COOKIE "tdbatmap"
 /* Far more than the 128 KiB a 2 TiB image of 2 MiB blocks needs. */
 #define BATMAP_MAX_BYTES (64u << 20)
-
-static uint64_t get_be64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v = v << 8 | p[i];
-  return v;
-}
-
-static uint32_t get_be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 uint32_t vhd_batmap_checksum(const vhd_t *vhd, uint64_t current_size) {
   /* What tapdisk sums: whole sectors enough for one bit per 2 MiB of the
@@ -80,8 +70,8 @@ int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err) {
                        (unsigned long long)hdr, strerror(-r));
   if (memcmp(raw, BATMAP_COOKIE, 8) != 0)
     return 0;
-  uint64_t map_off = get_be64(raw + 8);
-  uint32_t secs = get_be32(raw + 16);
+  uint64_t map_off = be64_load(raw + 8);
+  uint32_t secs = be32_load(raw + 16);
   uint64_t map_bytes = (uint64_t)secs * 512;
   const char *bad = map_off % 512                               ? "not on a sector boundary"
                     : map_off < hdr + 512                          ? "inside or before its header"
@@ -123,8 +113,8 @@ int vhd_batmap_load(vhd_t *vhd, uint64_t data_end, struct vhd_err *err) {
   vhd->batmap_len = (uint32_t)map_bytes;
   vhd->batmap_header_offset = hdr;
   vhd->batmap_offset = map_off;
-  vhd->batmap_version = get_be32(raw + 20);
-  uint32_t stored = vhd->batmap_checksum = get_be32(raw + 24);
+  vhd->batmap_version = be32_load(raw + 20);
+  uint32_t stored = vhd->batmap_checksum = be32_load(raw + 24);
   if (vhd_batmap_checksum(vhd, vhd->footer.current_size) != stored)
     vhd_warn(vhd,
              "%s: Xen batmap checksum 0x%08x does not match its bits (0x%08x): blktap's "
