@@ -167,6 +167,36 @@ static int scan_children(struct scan *s, const char *child, const char *parent) 
   return 0;
 }
 
+/* Whether the last step will be able to create (replace) or unlink the
+ * child in its directory, tried before anything is written: a directory
+ * that refuses it would otherwise be found only after the parent holds the
+ * child's sectors, leaving a commit that cannot finish.  A file is created
+ * and removed, as the last step will: permissions, a read-only file system
+ * and a full inode table all show.  Named as step 3's temporary files are,
+ * so a leftover is known for what it is. */
+static int probe_child_dir(const char *child, bool remove, struct vhd_err *err) {
+  CLEANUP_FREE char *real = remove ? NULL : realpath(child, NULL);
+  const char *target = real ? real : child;
+  char dir[4096], tmp[8192];
+  dir_of(target, dir, sizeof dir);
+  {
+    CLEANUP_FREE char *copy = strdup(target);
+    snprintf(tmp, sizeof tmp, "%s/.%s.commit-XXXXXX", dir, copy ? basename(copy) : "child");
+  }
+  int fd = mkostemp(tmp, O_CLOEXEC);
+  if (fd < 0 || unlink(tmp) < 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    return vhd_set_err(err, -e,
+                       "%s: its directory %s does not let the commit %s it (%s); nothing was "
+                       "written",
+                       child, dir, remove ? "remove" : "replace", strerror(e));
+  }
+  close(fd);
+  return 0;
+}
+
 /* Writes an empty differencing disk with c's footer (unique id included),
  * block size and locator data, naming the parent with timestamp ts, to a
  * new file beside c, and renames it over c (see step 3 above). */
@@ -414,6 +444,8 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
     }
   }
 
+  if ((r = probe_child_dir(child, o->remove, err)) < 0)
+    goto out;
   if ((r = vhd_map(c, 0, c->virtual_size, collect_held, &runs, err)) != 0) {
     if (r == -ENOMEM)
       vhd_set_err(err, r, "%s: out of memory", child);
@@ -431,8 +463,17 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
   if (r < 0)
     goto out;
   if (o->remove) {
-    if ((r = vhd_io_unlink(child)) < 0 || (r = vhd_io_sync_dir_of(child)) < 0) {
+    if ((r = vhd_io_unlink(child)) < 0) {
       r = vhd_set_err(err, r, "%s: removing it: %s", child, strerror(-r));
+      goto out;
+    }
+    /* The file is gone and the parent holds its sectors: only whether its
+     * removal survives a crash is in doubt (a rerun finds no child). */
+    if ((r = vhd_io_sync_dir_of(child)) < 0) {
+      r = vhd_set_err(err, r,
+                      "%s: removed, its sectors committed to %s, but syncing the directory "
+                      "failed: %s",
+                      child, res->parent, strerror(-r));
       goto out;
     }
   } else if ((r = replace_with_empty(c, ts, err)) < 0) {

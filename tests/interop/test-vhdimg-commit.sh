@@ -224,3 +224,43 @@ grep -q "not UTF-8" err.out || { cat err.out >&2; fail "create -b: the refusal d
 grep -q "not UTF-8" err.out || { cat err.out >&2; fail "rebase: the refusal does not say the name is not UTF-8"; }
 "$VHDIMG" compare -F raw top.vhd top.exp >/dev/null || fail "the refused rebase changed what the child reads"
 cd ..
+
+# A child whose directory refuses the commit's last step (replacing the
+# child, or with --remove unlinking it): refused before anything is written,
+# so the parent is untouched and the commit can finish once the directory
+# allows it.  Root writes despite permissions: the refused runs are made as
+# nobody where the build runs as nobody, else the case is skipped.
+mkdir -p rodir/p rodir/c && cd rodir
+"$VHDIMG" create p/base.vhd 8M >/dev/null
+"$WRITE_HELPER" p/base.vhd 0 64K 0x11
+"$VHDIMG" create -b p/base.vhd c/top.vhd >/dev/null
+"$WRITE_HELPER" c/top.vhd 32K 8K 0x22
+"$VHDIMG" convert c/top.vhd top.exp
+cp p/base.vhd base.before
+as_other=()
+if [ "$(id -u)" -ne 0 ]; then
+  as_other=(env)
+elif chmod o+x "$TMPD" && command -v setpriv >/dev/null &&
+  setpriv --reuid=nobody --regid=nogroup --clear-groups "$VHDIMG" --version >/dev/null 2>&1; then
+  chown -R nobody:nogroup "$TMPD/rodir"
+  as_other=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
+fi
+if [ ${#as_other[@]} = 0 ]; then
+  echo "PARTIAL: running as root and cannot run the build as nobody: an unwritable child directory not checked"
+else
+  chmod 555 c
+  for opt in "" --remove; do
+    "${as_other[@]}" "$VHDIMG" commit $opt c/top.vhd 2>err.out &&
+      fail "commit $opt with the child's directory unwritable"
+    grep -q "its directory .*c does not let the commit" err.out ||
+      { cat err.out >&2; fail "commit $opt: the refusal does not name the child's directory"; }
+    cmp -s p/base.vhd base.before || fail "commit $opt refused for the child's directory changed the parent"
+    ! ls -a c | grep -q commit || fail "commit $opt left a file in the child's directory"
+  done
+  chmod 755 c
+  "${as_other[@]}" "$VHDIMG" commit c/top.vhd >/dev/null 2>err.out ||
+    { cat err.out >&2; fail "commit once the child's directory is writable"; }
+  "$VHDIMG" compare -F raw c/top.vhd top.exp >/dev/null || fail "the child reads differently after the commit"
+  [ "$(info_field c/top.vhd allocated-blocks)" = 0 ] || fail "the child was not emptied"
+fi
+cd ..
