@@ -52,6 +52,14 @@ uint64_t vhd_size_geometry(uint64_t size, bool exact, struct vhd_footer *f) {
   return MIN(size, VHD_MAX_VIRTUAL_SIZE);
 }
 
+/* The smallest block size that keeps a BAT for size within the limit. */
+static uint64_t min_block_for(uint64_t size) {
+  uint64_t bs = VHD_MIN_BLOCK_SIZE;
+  while (DIV_ROUND_UP(size, bs) > VHD_MAX_NEW_TABLE_ENTRIES)
+    bs *= 2;
+  return bs;
+}
+
 int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err *err) {
   struct vhd_footer f = {0};
   struct vhd_header h = {0};
@@ -113,6 +121,16 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
     f.current_size = size;
   }
   f.disk_type = o->type;
+  if (o->type != VHD_TYPE_FIXED && DIV_ROUND_UP(size, bs) > VHD_MAX_NEW_TABLE_ENTRIES) {
+    r = vhd_set_err(err, -EFBIG,
+                    "%s: %llu bytes in blocks of %u bytes need a BAT of %llu entries, more than "
+                    "the %u QEMU opens (and each takes memory while the image is open): use "
+                    "blocks of at least %llu bytes",
+                    path, (unsigned long long)size, bs,
+                    (unsigned long long)DIV_ROUND_UP(size, bs), (unsigned)VHD_MAX_NEW_TABLE_ENTRIES,
+                    (unsigned long long)min_block_for(size));
+    goto out;
+  }
 
   int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {

@@ -30,11 +30,13 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cleanup.h"
+#include "endian-be.h"
 #include "vhd-internal.h"
 
 #define COPY_CHUNK (1024u * 1024)
@@ -239,16 +241,26 @@ static int copy_block(struct resize *z, uint64_t from, uint64_t to, uint64_t spa
   return 0;
 }
 
-/* Writes the header's first sector (see the write order above). */
+/* Writes the header's first sector (see the write order above).  Only the
+ * two fields change, in the bytes as they are on disk: reserved bytes
+ * another writer left there stay, and the checksum covers the second
+ * sector as it is (a header built anew would drop such bytes, and its
+ * checksum would not match the sector left unwritten). */
 static int write_header(struct resize *z, uint64_t table_offset, uint32_t entries) {
   vhd_t *vhd = z->vhd;
-  struct vhd_header h = vhd->header;
-  h.table_offset = table_offset;
-  h.max_table_entries = entries;
   uint8_t raw[VHD_HEADER_SIZE];
-  vhd_header_encode(&h, raw);
-  int r = put(z, raw, 512, vhd->header_offset, "the dynamic header");
+  int r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset);
   if (r == 0)
+    r = vhd_header_check(raw, vhd->path, vhd->header_offset, z->err);
+  else
+    vhd_set_err(z->err, r, "%s: reading the dynamic header at offset %llu: %s", vhd->path,
+                (unsigned long long)vhd->header_offset, strerror(-r));
+  if (r < 0)
+    return r;
+  be64_store(raw + 16, table_offset);
+  be32_store(raw + 28, entries);
+  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+  if ((r = put(z, raw, 512, vhd->header_offset, "the dynamic header")) == 0)
     r = sync_image(z, "writing the dynamic header");
   return r;
 }
@@ -431,6 +443,66 @@ static int resize_dynamic(struct resize *z, uint64_t new_size, const uint8_t *fo
   return write_footers(z, footer, pos);
 }
 
+struct parent_data {
+  vhd_t *parent;
+  uint8_t *buf;
+  uint64_t found; /* first byte of the parent's that is not zero */
+  struct vhd_err *err;
+};
+
+static int first_nonzero_in(void *opaque, const struct vhd_extent *e) {
+  struct parent_data *d = opaque;
+  if (!(e->flags & VHD_MAP_DATA))
+    return 0;
+  for (uint64_t done = 0; done < e->length;) {
+    size_t n = (size_t)MIN((uint64_t)COPY_CHUNK, e->length - done);
+    int r = vhd_read(d->parent, d->buf, e->offset + done, n, d->err);
+    if (r < 0)
+      return r;
+    for (size_t i = 0; i < n; i++)
+      if (d->buf[i]) {
+        d->found = e->offset + done + i;
+        return 1;
+      }
+    done += n;
+  }
+  return 0;
+}
+
+/* Space a differencing image gains reads through to its parent wherever the
+ * child holds no sector, and the parent may be larger and hold data there
+ * (a child shrunk earlier, or made smaller by another tool): growing would
+ * then show that data instead of zeros.  Such a grow is refused. */
+static int check_parent_past_end(struct resize *z, uint64_t new_size) {
+  vhd_t *vhd = z->vhd;
+  uint64_t old = vhd->virtual_size;
+  if (vhd->type != VHD_TYPE_DIFFERENCING || new_size <= old)
+    return 0;
+  vhd_t *c = NULL;
+  struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK};
+  int r = vhd_open(vhd->path, &ro, &c, z->err);
+  if (r < 0)
+    return r;
+  struct parent_data d = {.parent = vhd_parent(c), .err = z->err};
+  uint64_t end = d.parent ? MIN(new_size, vhd_virtual_size(d.parent)) : 0;
+  if (end > old) {
+    d.buf = malloc(COPY_CHUNK);
+    if (!d.buf)
+      r = vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
+    else
+      r = vhd_map(d.parent, old, end - old, first_nonzero_in, &d, z->err);
+    if (r == 1)
+      r = vhd_set_err(z->err, -ENOTSUP,
+                      "%s: its parent %s holds data at offset %llu, past the child's end (%llu "
+                      "bytes): the space a grow adds would read that data, not zeros; not grown",
+                      vhd->path, vhd_path(d.parent), (unsigned long long)d.found,
+                      (unsigned long long)old);
+    free(d.buf);
+  }
+  vhd_close(c, NULL);
+  return r;
+}
+
 int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_resize_result *res,
                struct vhd_err *err) {
   struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT};
@@ -466,7 +538,17 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_res
              size == vhd->footer.original_size &&
              memcmp(f.creator_app, vhd->footer.creator_app, 4) == 0) {
     r = 0; /* nothing to change */
-  } else {
+  } else if (vhd->type != VHD_TYPE_FIXED &&
+             DIV_ROUND_UP(size, vhd->block_size) > MAX(VHD_MAX_NEW_TABLE_ENTRIES, vhd->max_entries)) {
+    r = vhd_set_err(err, -EFBIG,
+                    "%s: %llu bytes in blocks of %u bytes need a BAT of %llu entries, more "
+                    "than the %u QEMU opens (and each takes memory while the image is open): "
+                    "at most %llu bytes with this block size",
+                    path, (unsigned long long)size, vhd->block_size,
+                    (unsigned long long)DIV_ROUND_UP(size, vhd->block_size),
+                    (unsigned)VHD_MAX_NEW_TABLE_ENTRIES,
+                    (unsigned long long)VHD_MAX_NEW_TABLE_ENTRIES * vhd->block_size);
+  } else if ((r = check_parent_past_end(&z, size)) == 0) {
     uint8_t raw[VHD_FOOTER_SIZE];
     vhd_footer_encode(&f, raw);
     r = vhd->type == VHD_TYPE_FIXED ? resize_fixed(&z, size, raw) : resize_dynamic(&z, size, raw);

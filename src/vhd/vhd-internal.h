@@ -312,6 +312,12 @@ void vhd_relative_path(const char *from_dir, const char *to, char *out, size_t l
  * size").  Never more than VHD_MAX_VIRTUAL_SIZE. */
 uint64_t vhd_size_geometry(uint64_t size, bool exact, struct vhd_footer *f);
 
+/* The most BAT entries create and resize give an image: QEMU refuses more
+ * (INT_MAX / 4), and each takes memory for as long as the image is open
+ * (4 bytes of table and more of state), so a larger BAT makes an image few
+ * machines can open.  Blocks of 4 KiB reach the format's largest size. */
+#define VHD_MAX_NEW_TABLE_ENTRIES (INT32_MAX / 4)
+
 /* footer.c */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
 void vhd_footer_decode(const uint8_t *raw, struct vhd_footer *f);

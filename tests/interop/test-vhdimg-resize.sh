@@ -4,8 +4,9 @@
 # CHS rule and --exact; dynamic BATs grown into their padding and over the
 # blocks that follow them; differencing BATs moved past their parent
 # locators; shrinks, refused while data lies past the new end (naming its
-# offset) or without --shrink; an image being served is refused by its
-# lock.
+# offset) or without --shrink; reserved header bytes kept; BATs QEMU
+# would refuse not made; a differencing image not grown over its parent's
+# data; an image being served is refused by its lock.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires qemu-img
@@ -102,6 +103,70 @@ done
 make_raw chain.raw "$size" 0 64K 0x51 500K 12K 0x52 16K 4K 0x61 32K 8K 0x71 600K 4K 0x62 \
   $((size - 512)) 512 0x72
 same_content chain.raw top.vhd mid.vhd base.vhd
+
+# --- reserved header bytes another writer left: kept, checksum still right ----
+# Bytes 60-63 and 768-1023 of the dynamic header are reserved; a resize
+# rebuilding the header dropped them, and its checksum then covered a second
+# sector it never wrote: the image no longer opened.
+"$VHDIMG" create -t dynamic --block-size 4K --exact rsv.vhd 512K
+"$WRITE_HELPER" rsv.vhd 0 8K 0x81
+"$PY3" - rsv.vhd <<'PYEOF'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(512)
+    h = bytearray(f.read(1024))
+    h[60:64] = b"\x01\x02\x03\x04"
+    h[1000] = 0x5a
+    h[36:40] = bytes(4)
+    struct.pack_into(">I", h, 36, (~sum(h)) & 0xFFFFFFFF)
+    f.seek(512)
+    f.write(h)
+PYEOF
+"$VHDIMG" check rsv.vhd >/dev/null || fail "reserved header bytes: the planted image does not check clean"
+size=$(resize_to rsv.vhd 3M --exact)
+make_raw rsv.raw "$size" 0 8K 0x81
+same_content rsv.raw rsv.vhd
+"$PY3" - rsv.vhd <<'PYEOF' || fail "resize changed reserved bytes of the dynamic header"
+import sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(512)
+    h = f.read(1024)
+sys.exit(0 if h[60:64] == b"\x01\x02\x03\x04" and h[1000] == 0x5a else 1)
+PYEOF
+
+# --- a BAT QEMU would refuse, and few machines could hold, is not made ---------
+"$VHDIMG" create -t dynamic --block-size 512 --exact tiny.vhd 64K 2>/dev/null
+before=$(md5sum <tiny.vhd)
+expect_exit 1 "$VHDIMG" resize --exact tiny.vhd 300G 2>err.out
+grep -q "need a BAT of .* entries, more than the 536870911" err.out ||
+  { cat err.out >&2; fail "a 300 GiB image of 512-byte blocks: the refusal does not say why"; }
+[ "$(md5sum <tiny.vhd)" = "$before" ] || fail "a refused resize to an oversized BAT changed the image"
+expect_exit 1 "$VHDIMG" create --block-size 2K huge.vhd 2040G 2>err.out
+grep -q "use blocks of at least 4096 bytes" err.out ||
+  { cat err.out >&2; fail "create with an oversized BAT: the refusal does not name the block size"; }
+[ ! -e huge.vhd ] || fail "a refused create left a file"
+
+# --- a differencing image grown where its parent holds data -------------------
+# The space a grow adds reads through to the parent: over a parent that is
+# larger and holds data there, it would read that data, not zeros.  Refused;
+# growing over a parent with no data there (or a smaller one) reads zeros.
+"$VHDIMG" create -t dynamic --block-size 4K --exact gp.vhd 2M
+"$WRITE_HELPER" gp.vhd 0 4K 0x91 1536K 8K 0x92
+"$VHDIMG" create -b gp.vhd gc.vhd
+"$WRITE_HELPER" gc.vhd 4K 4K 0x93
+resize_to gc.vhd 1M --shrink --exact >/dev/null
+before=$(md5sum <gc.vhd)
+expect_exit 1 "$VHDIMG" resize --exact gc.vhd 2M 2>err.out
+grep -q "holds data at offset $((1536 * 1024)), past the child's end" err.out ||
+  { cat err.out >&2; fail "differencing grow over parent data: the refusal does not name the offset"; }
+[ "$(md5sum <gc.vhd)" = "$before" ] || fail "a refused differencing grow changed the child"
+size=$(resize_to gc.vhd 1536K --exact)
+make_raw gc.raw "$size" 0 4K 0x91 4K 4K 0x93
+"$VHDIMG" compare -F raw gc.vhd gc.raw >/dev/null || fail "differencing grow up to the parent's data: not zeros"
+"$WRITE_HELPER" gp.vhd 1536K 8K 0
+size=$(resize_to gc.vhd 2M --exact)
+make_raw gc.raw "$size" 0 4K 0x91 4K 4K 0x93
+"$VHDIMG" compare -F raw gc.vhd gc.raw >/dev/null || fail "differencing grow over a parent of zeros: not zeros"
 
 # --- arguments, and an image in use -------------------------------------------
 expect_exit 2 "$VHDIMG" resize d.vhd 2>/dev/null
