@@ -3,9 +3,11 @@
  *
  * Write order (on top of the one in vhd-internal.h):
  *  1. Blocks whose present sectors read as zeros (and, in a differencing
- *     image, whose parent reads zeros there too) lose their BAT entry in
- *     memory; a vhd_flush makes that durable.  Either entry reads the same,
- *     so a crash on either side of it changes nothing a reader sees.
+ *     image, whose parent reads zeros there too) are zeroed, bitmaps
+ *     included, and synced, then lose their BAT entry; a vhd_flush makes
+ *     that durable.  Each of the three states reads the same, so a crash
+ *     anywhere changes nothing a reader sees, and the space is blank once
+ *     unreferenced.
  *  2. Only then is their space written: a block moves into free space
  *     below it (copy, sync, its BAT entry switched, sync), so the entry on
  *     disk always points at a complete copy.  Free space is what step 1
@@ -13,8 +15,12 @@
  *     copies of the footer; a destination never overlaps a block still in
  *     use (moves fill the lowest free slots from the highest blocks, whose
  *     old places are never reused).
- *  3. The footer is written at the new end and synced while the old one
- *     still ends the file, then the file is cut after it.
+ *  3. Right after the switch, the footer is written at the new end and
+ *     synced while the old one still ends the file, then the file is cut
+ *     after it: the old places of moved blocks, past the new end, go with
+ *     it.  Old places below the end are then zeroed.  A crash before the
+ *     cut leaves old places that are copies of blocks in use; a rerun
+ *     knows them as such and takes them as free (add_blank).
  */
 #include "config.h"
 
@@ -137,11 +143,183 @@ static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t
   return 0;
 }
 
+/* Copies of live blocks left where they were moved from.  A compaction
+ * cut short after a move's BAT switch leaves the block's old place as it
+ * was: unreferenced, but not blank.  Such a place is recognised (and taken
+ * as free) only when it is a copy: the same bitmap, and the same bytes in
+ * every sector the bitmap marks present, as a block in use.  One cut
+ * short right after the new footer was written has that footer over the
+ * first sector of the old place that began at the new end: with a bitmap
+ * of one sector, only the present sectors are compared there.  The index
+ * keys each block in use by its first present sector (where, and what),
+ * and is built only when unreferenced bytes that are not blank turn up. */
+struct live_key {
+  uint64_t key;
+  uint32_t blk, first;
+};
+struct live_index {
+  struct live_key *v;
+  size_t n;
+  uint32_t *firsts; /* the distinct first present sectors, for a copy without its bitmap */
+  size_t nfirsts;
+  bool built;
+};
+
+#define LIVE_FIRSTS_MAX 64u /* distinct first sectors tried for a copy without its bitmap */
+
+static uint64_t fnv1a(const uint8_t *p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* The first sector bitmap bm marks present, or sectors_per_block. */
+static uint32_t first_present(const vhd_t *vhd, const uint8_t *bm) {
+  bool set;
+  uint32_t n = vhd_bitmap_run(bm, 0, vhd->sectors_per_block, &set);
+  return set ? 0 : n;
+}
+
+/* *key: what data sector s of the block whose span starts at off holds. */
+static int sector_key(struct compact *c, uint64_t off, uint32_t s, uint64_t *key) {
+  vhd_t *vhd = c->vhd;
+  uint8_t sec[512];
+  uint64_t at = off + vhd->bitmap_size + (uint64_t)s * 512;
+  int r = vhd_io_pread(vhd->fd, sec, sizeof sec, at);
+  if (r < 0)
+    return vhd_set_err(c->err, r, "%s: reading offset %llu: %s", vhd->path,
+                       (unsigned long long)at, strerror(-r));
+  *key = fnv1a(sec, sizeof sec);
+  return 0;
+}
+
+static int live_key_cmp(const void *a, const void *b) {
+  const struct live_key *x = a, *y = b;
+  if (x->key != y->key)
+    return x->key < y->key ? -1 : 1;
+  return x->first < y->first ? -1 : x->first > y->first;
+}
+
+static int u32_cmp(const void *a, const void *b) {
+  const uint32_t *x = a, *y = b;
+  return *x < *y ? -1 : *x > *y;
+}
+
+static int live_index_build(struct compact *c, struct live_index *ix, const struct blk_ref *kept,
+                            size_t nk) {
+  vhd_t *vhd = c->vhd;
+  ix->built = true;
+  ix->v = malloc((nk + 1) * sizeof *ix->v);
+  ix->firsts = malloc((nk + 1) * sizeof *ix->firsts);
+  if (!ix->v || !ix->firsts)
+    return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+  for (size_t k = 0; k < nk; k++) {
+    uint8_t *bm;
+    uint64_t key;
+    int r = vhd_bitmap_get(vhd, kept[k].blk, &bm, c->err);
+    if (r < 0)
+      return r;
+    uint32_t s = first_present(vhd, bm);
+    if (s >= vhd->sectors_per_block)
+      continue; /* nothing to tell a copy by */
+    if ((r = sector_key(c, kept[k].off, s, &key)) < 0)
+      return r;
+    ix->v[ix->n++] = (struct live_key){key, kept[k].blk, s};
+    ix->firsts[ix->nfirsts++] = s;
+  }
+  qsort(ix->v, ix->n, sizeof *ix->v, live_key_cmp);
+  qsort(ix->firsts, ix->nfirsts, sizeof *ix->firsts, u32_cmp);
+  size_t w = 0;
+  for (size_t i = 0; i < ix->nfirsts; i++)
+    if (w == 0 || ix->firsts[w - 1] != ix->firsts[i])
+      ix->firsts[w++] = ix->firsts[i];
+  ix->nfirsts = MIN(w, (size_t)LIVE_FIRSTS_MAX);
+  return 0;
+}
+
+/* 1 when [q, q + span) holds a block in use's present sectors, keyed by
+ * key at first, and its bitmap cbm (NULL: the bitmap was overwritten). */
+static int copy_matches(struct compact *c, struct live_index *ix, uint64_t q, uint64_t key,
+                        uint32_t first, const uint8_t *cbm, uint8_t *buf, uint8_t *buf2) {
+  vhd_t *vhd = c->vhd;
+  struct live_key probe = {key, 0, first};
+  struct live_key *hit = bsearch(&probe, ix->v, ix->n, sizeof *ix->v, live_key_cmp);
+  if (!hit)
+    return 0;
+  while (hit > ix->v && live_key_cmp(hit - 1, &probe) == 0)
+    hit--;
+  for (; hit < ix->v + ix->n && live_key_cmp(hit, &probe) == 0; hit++) {
+    uint8_t *bm;
+    int r = vhd_bitmap_get(vhd, hit->blk, &bm, c->err);
+    if (r < 0)
+      return r;
+    if (cbm && memcmp(bm, cbm, vhd->bitmap_size) != 0)
+      continue;
+    uint64_t live = (uint64_t)vhd->bat[hit->blk] * 512 + vhd->bitmap_size;
+    uint64_t copy = q + vhd->bitmap_size;
+    bool same = true;
+    for (uint32_t s = 0; same && s < vhd->sectors_per_block;) {
+      bool set;
+      uint32_t e = s + vhd_bitmap_run(bm, s, vhd->sectors_per_block, &set);
+      for (uint64_t d = (uint64_t)s * 512; set && same && d < (uint64_t)e * 512;) {
+        size_t n = (size_t)MIN((uint64_t)e * 512 - d, (uint64_t)COPY_CHUNK);
+        if ((r = vhd_io_pread(vhd->fd, buf, n, live + d)) < 0 ||
+            (r = vhd_io_pread(vhd->fd, buf2, n, copy + d)) < 0)
+          return vhd_set_err(c->err, r, "%s: reading block %u: %s", vhd->path, hit->blk,
+                             strerror(-r));
+        same = memcmp(buf, buf2, n) == 0;
+        d += n;
+      }
+      s = e;
+    }
+    if (same)
+      return 1;
+  }
+  return 0;
+}
+
+/* 1 when [q, q + span) is a copy of a block in use (see above), else 0. */
+static int stale_copy_at(struct compact *c, struct live_index *ix, uint64_t q, uint8_t *buf,
+                         uint8_t *buf2) {
+  vhd_t *vhd = c->vhd;
+  CLEANUP_FREE uint8_t *cbm = malloc(vhd->bitmap_size);
+  if (!cbm)
+    return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+  int r = vhd_io_pread(vhd->fd, cbm, vhd->bitmap_size, q);
+  if (r < 0)
+    return vhd_set_err(c->err, r, "%s: reading offset %llu: %s", vhd->path,
+                       (unsigned long long)q, strerror(-r));
+  uint64_t key;
+  if (vhd->bitmap_size == VHD_FOOTER_SIZE && memcmp(cbm, vhd->footer_raw, VHD_FOOTER_SIZE) == 0) {
+    for (size_t i = 0; i < ix->nfirsts; i++) {
+      if ((r = sector_key(c, q, ix->firsts[i], &key)) < 0 ||
+          (r = copy_matches(c, ix, q, key, ix->firsts[i], NULL, buf, buf2)) != 0)
+        return r;
+    }
+    return 0;
+  }
+  uint32_t s = first_present(vhd, cbm);
+  if (s >= vhd->sectors_per_block)
+    return 0;
+  if ((r = sector_key(c, q, s, &key)) < 0)
+    return r;
+  return copy_matches(c, ix, q, key, s, cbm, buf, buf2);
+}
+
+struct blank_scan {
+  struct live_index ix;
+  const struct blk_ref *kept;
+  size_t nk;
+  uint8_t *buf, *buf2;
+};
+
 /* Adds the sectors of [a, b) that read blank (zeros, or a copy of the
- * footer) to the free segments; the others are someone's bytes, not ours
- * to take, and the file may not end before them (*busy_end). */
-static int add_blank(struct compact *c, uint64_t a, uint64_t b, struct seg **v, size_t *n,
-                     size_t *cap, uint64_t *busy_end) {
+ * footer) to the free segments, and the spans that are copies of blocks in
+ * use (left by a compaction cut short); the others are someone's bytes,
+ * not ours to take, and the file may not end before them (*busy_end). */
+static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint64_t b,
+                     struct seg **v, size_t *n, size_t *cap, uint64_t *busy_end) {
   vhd_t *vhd = c->vhd;
   /* The whole range first: the common case is all blank. */
   int r = vhd_io_range_is_blank(vhd->fd, a, b - a, vhd->footer_raw);
@@ -158,9 +336,32 @@ static int add_blank(struct compact *c, uint64_t a, uint64_t b, struct seg **v, 
     if ((len == 512 && memcmp(sec, vhd->footer_raw, 512) == 0) || all_zero(sec, len)) {
       if (push_seg(v, n, cap, p, p + len) < 0)
         return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
-    } else {
-      *busy_end = MAX(*busy_end, p + len);
+      continue;
     }
+    /* A copy's first sectors may be blank (a bitmap's leading zeros) or a
+     * copy of the footer (see stale_copy_at): where it starts is tried
+     * back over up to a bitmap's length and a sector. */
+    if (!bs->ix.built && (r = live_index_build(c, &bs->ix, bs->kept, bs->nk)) < 0)
+      return r;
+    uint64_t found = UINT64_MAX;
+    for (uint64_t q = p; bs->ix.n && q + c->span <= b && q + vhd->bitmap_size + 512 > p; q -= 512) {
+      if ((r = stale_copy_at(c, &bs->ix, q, bs->buf, bs->buf2)) < 0)
+        return r;
+      if (r == 1) {
+        found = q;
+        break;
+      }
+      if (q < a + 512)
+        break;
+    }
+    r = 0;
+    if (found != UINT64_MAX) {
+      if (push_seg(v, n, cap, p, found + c->span) < 0)
+        return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+      p = found + c->span - 512;
+      continue;
+    }
+    *busy_end = MAX(*busy_end, p + len);
   }
   if (r < 0)
     return vhd_set_err(c->err, r, "%s: reading offsets %llu to %llu: %s", vhd->path,
@@ -181,6 +382,9 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   CLEANUP_FREE struct blk_ref *kept = NULL;
   CLEANUP_FREE struct seg *free_s = NULL;
   CLEANUP_FREE uint64_t *dest = NULL;
+  CLEANUP_FREE uint8_t *buf2 = NULL;
+  CLEANUP_FREE uint32_t *freed = NULL;
+  struct blank_scan scan = {0};
   res->file_size_before = res->file_size_after = vhd->file_size;
   if (vhd->type == VHD_TYPE_FIXED) {
     r = vhd_set_err(err, -EINVAL, "%s: a fixed image has no blocks to compact", path);
@@ -196,13 +400,14 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   c.span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   buf = malloc(MAX((uint64_t)vhd->block_size, (uint64_t)COPY_CHUNK));
   kept = malloc(((size_t)vhd->allocated_blocks + 1) * sizeof *kept);
-  if (!buf || !kept) {
+  freed = malloc(((size_t)vhd->allocated_blocks + 1) * sizeof *freed);
+  if (!buf || !kept || !freed) {
     r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
     goto out;
   }
 
   /* 1. Blocks of zeros. */
-  size_t nk = 0, nf = 0, capf = 0;
+  size_t nk = 0, nf = 0, capf = 0, nfb = 0;
   c.total = (uint64_t)vhd->allocated_blocks * c.span;
   for (uint32_t i = 0; i < vhd->max_entries; i++) {
     if (vhd->bat[i] == VHD_BAT_UNUSED)
@@ -226,25 +431,35 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
       goto out;
     }
-    if (!o->dry_run) {
+    freed[nfb++] = i;
+  }
+  if (!o->dry_run && res->blocks_freed) {
+    /* Zeros first, bitmaps included, while the BAT still points there:
+     * a block whose bitmap marks nothing reads as one whose entry is
+     * unused (the parent's sectors show in both, and they read zeros
+     * here), so either order on disk reads the same.  Once unreferenced,
+     * the space is blank to any later look (this compaction cut short,
+     * check --repair), never someone's bytes. */
+    for (size_t i = 0; i < nf; i++)
+      if ((r = vhd_io_zero(vhd, free_s[i].start, free_s[i].end - free_s[i].start)) < 0) {
+        vhd_set_err(err, r, "%s: zeroing a block of zeros at offset %llu: %s", path,
+                    (unsigned long long)free_s[i].start, strerror(-r));
+        goto out;
+      }
+    if ((r = vhd_io_sync(vhd)) < 0) {
+      vhd_set_err(err, r, "%s: fdatasync after zeroing blocks of zeros: %s", path, strerror(-r));
+      goto out;
+    }
+    for (size_t k = 0; k < nfb; k++) {
+      uint32_t i = freed[k];
       vhd->bat[i] = VHD_BAT_UNUSED;
       vhd_bitmap_free(vhd, vhd->bitmaps[i]);
       vhd->bitmaps[i] = NULL;
       vhd->allocated_blocks--;
       vhd_bat_mark_dirty(vhd, i);
     }
-  }
-  if (!o->dry_run && res->blocks_freed) {
     if ((r = vhd_flush(vhd, err)) < 0)
       goto out;
-    /* Their bitmaps too read as zeros now, so that any later look (this
-     * compaction cut short, check --repair) knows the space as free. */
-    for (size_t i = 0; i < nf; i++)
-      if ((r = vhd_io_zero(vhd, free_s[i].start, free_s[i].end - free_s[i].start)) < 0) {
-        vhd_set_err(err, r, "%s: zeroing a freed block at offset %llu: %s", path,
-                    (unsigned long long)free_s[i].start, strerror(-r));
-        goto out;
-      }
   }
 
   /* 2. Free space after the structures: freed blocks, and blank gaps
@@ -254,6 +469,14 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   size_t nfreed = nf;
   if (nfreed)
     qsort(free_s, nfreed, sizeof *free_s, seg_cmp);
+  scan.kept = kept;
+  scan.nk = nk;
+  scan.buf = buf;
+  scan.buf2 = buf2 = malloc(COPY_CHUNK);
+  if (!buf2) {
+    r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
   uint64_t floor = structures_end(vhd), footer = vhd->footer_offset;
   uint64_t busy_end = floor; /* the file may not end before this */
   uint64_t cur = floor;
@@ -275,7 +498,7 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       }
       if (fi < nfreed && free_s[fi].start < stop)
         stop = free_s[fi].start;
-      if ((r = add_blank(&c, cur, stop, &free_s, &nf, &capf, &busy_end)) < 0)
+      if ((r = add_blank(&c, &scan, cur, stop, &free_s, &nf, &capf, &busy_end)) < 0)
         goto out;
       cur = stop;
     }
@@ -375,16 +598,11 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
      * not dirty, their data is durable already. */
     if ((r = vhd_flush(vhd, err)) < 0)
       goto out;
-    /* The old places are free now: zeros, for the same reason. */
-    for (size_t k = top; k < nk; k++)
-      if ((r = vhd_io_zero(vhd, kept[k].off, c.span)) < 0) {
-        vhd_set_err(err, r, "%s: zeroing the old place of block %u at offset %llu: %s", path,
-                    kept[k].blk, (unsigned long long)kept[k].off, strerror(-r));
-        goto out;
-      }
   }
 
-  /* 3. The footer down to the new end, then the cut. */
+  /* 3. The footer down to the new end, then the cut: right after the
+   * switch, so that the old places past the end go with it (cut short
+   * before, a rerun knows them as copies of blocks in use). */
   if (end < footer) {
     if ((r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end)) == 0 &&
         (r = vhd_io_sync(vhd)) == 0 && (r = vhd_io_truncate(vhd, end + VHD_FOOTER_SIZE)) == 0)
@@ -395,8 +613,26 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       goto out;
     }
   }
+  /* Old places left below the end are free now: zeros, for the same
+   * reason as freed blocks. */
+  for (size_t k = top; k < nk; k++) {
+    if (kept[k].off >= end)
+      continue;
+    uint64_t len = MIN(c.span, end - kept[k].off);
+    if ((r = vhd_io_zero(vhd, kept[k].off, len)) < 0) {
+      vhd_set_err(err, r, "%s: zeroing the old place of block %u at offset %llu: %s", path,
+                  kept[k].blk, (unsigned long long)kept[k].off, strerror(-r));
+      goto out;
+    }
+  }
+  if (top < nk && (r = vhd_io_sync(vhd)) < 0) {
+    vhd_set_err(err, r, "%s: fdatasync after zeroing old places: %s", path, strerror(-r));
+    goto out;
+  }
   r = 0;
 out:
+  free(scan.ix.v);
+  free(scan.ix.firsts);
   /* Everything written is synced; the handle's floors and window describe
    * the old layout, so it is dropped rather than closed. */
   vhd_abandon(vhd);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # vhdimg compact: images with blocks of zeros (written by vhdimg's engine
 # and by QEMU) get shorter, --dry-run predicts it without writing, --json
-# reports it, and qemu-img (dynamic) and libvhdi (every type, a chain of 3
+# reports it, a compaction cut short at any operation is finished by a rerun, and qemu-img (dynamic) and libvhdi (every type, a chain of 3
 # whose zeros over parent data must stay) read the same disk before and
 # after; a fixed image and an image being served are refused.
 . "$top_srcdir/tests/functions.sh"
@@ -60,6 +60,58 @@ compact_checked d.vhd 5 2
 reads_as d.raw d.vhd
 out=$("$VHDIMG" compact d.vhd)
 echo "$out" | grep -q "reclaimed 0 bytes" || fail "a second compaction: $out"
+
+# --- cut short at every write, sync and truncate: a rerun finishes ----------
+# Power-cut mode: from the Nth write, sync or truncate on, nothing reaches
+# the file.  After each such cut the disk reads the same and checks without
+# errors, and compacting again ends the file where one uninterrupted run
+# does: old places of moved blocks a cut left behind are copies of blocks
+# in use, known as such, not bytes of another tool.
+# cut_short_sweep IMAGE RAW: the sweep over a copy of IMAGE, which reads as RAW.
+cut_short_sweep() {
+  local img0=$1 raw=$2 clean_size n rc rc2
+  cp "$img0" cs.vhd
+  "$VHDIMG" compact cs.vhd >/dev/null || fail "$img0: compact of the image for the cut-short runs"
+  clean_size=$(stat -c %s cs.vhd)
+  [ "$clean_size" -lt "$(stat -c %s "$img0")" ] || fail "$img0: the cut-short image does not get shorter"
+  n=0 rc=1
+  while [ "$rc" != 0 ]; do
+    n=$((n + 1))
+    [ $n -le 200 ] || fail "$img0: compact still cut short after 200 operations"
+    cp "$img0" cs.vhd
+    rc=0
+    VHDNBD_FAULT_AFTER=$n "$VHDIMG" compact cs.vhd >/dev/null 2>err.out || rc=$?
+    [ "$rc" = 0 ] && break
+    [ "$rc" = 1 ] || { cat err.out >&2; fail "$img0: compact cut short at operation $n: exit $rc"; }
+    "$VHDIMG" compare -F raw cs.vhd "$raw" >/dev/null ||
+      fail "$img0: compact cut short at operation $n: the disk reads differently"
+    rc2=0; "$VHDIMG" check cs.vhd >check.out 2>&1 || rc2=$?
+    [ "$rc2" = 0 ] || [ "$rc2" = 3 ] ||
+      { cat check.out >&2; fail "$img0: compact cut short at operation $n: check exit $rc2"; }
+    "$VHDIMG" compact cs.vhd >/dev/null 2>err.out ||
+      { cat err.out >&2; fail "$img0: compact again after a cut at operation $n"; }
+    [ "$(stat -c %s cs.vhd)" = "$clean_size" ] ||
+      fail "$img0: compact again after a cut at operation $n ($(cat err.out)): $(stat -c %s cs.vhd) bytes, one run gives $clean_size"
+    "$VHDIMG" compare -F raw cs.vhd "$raw" >/dev/null ||
+      fail "$img0: compact again after a cut at operation $n: the disk reads differently"
+    "$VHDIMG" check cs.vhd >check.out 2>&1 ||
+      { cat check.out >&2; fail "$img0: compact again after a cut at operation $n: check"; }
+    rc=1
+  done
+  [ $n -gt 5 ] || fail "$img0: compact finished within $n operations: nothing was cut short"
+}
+# 512 KiB blocks (data aligned on 4 KiB), some sectors present.
+"$VHDIMG" create -t dynamic --block-size 512K --exact cs0.vhd 5M
+"$WRITE_HELPER" cs0.vhd 0 64K 0x11 512K 512K 0 1M 512K 0x22 1536K 512K 0 2M 8K 0x33 \
+  3584K 100K 0x44 4608K 4K 0x55
+make_raw cs0.raw 5M 0 64K 0x11 1M 512K 0x22 2M 8K 0x33 3584K 100K 0x44 4608K 4K 0x55
+cut_short_sweep cs0.vhd cs0.raw
+# 4 KiB blocks back to back: the new footer lands on a moved block's old
+# bitmap, so a cut before the file is cut leaves that copy without it.
+"$VHDIMG" create -t dynamic --block-size 4K --exact cs1.vhd 64K 2>/dev/null
+"$WRITE_HELPER" cs1.vhd 0 2K 0x11 4K 4K 0 8K 4K 0x22 12K 4K 0 16K 1K 0x33 40K 4K 0x44 60K 512 0x55
+make_raw cs1.raw 64K 0 2K 0x11 8K 4K 0x22 16K 1K 0x33 40K 4K 0x44 60K 512 0x55
+cut_short_sweep cs1.vhd cs1.raw
 
 # --- dynamic, written by QEMU ----------------------------------------------
 qemu-img create -q -f vpc q.vhd 16M
