@@ -96,7 +96,8 @@ for s in vhdnbd qemu-nbd nbdkit-raw; do
   done
 done
 grep -Eq "^\| vhdnbd \| 1000 \| 4 \| $num \| $num \| $num \| $num \| [1-9][0-9]* \| [1-9][0-9]* \|$" \
-  "$report" || fail "no memory figures for vhdnbd with 1000 busy connections"
+  "$report" || fail "no memory figures for vhdnbd with 1000 busy connections:" \
+  "$(grep -E "busy connections|^\| vhdnbd \| 1000 " "$TMPD/stderr" "$report")"
 grep -Eq "^\| vhd_open \| $num \| $num \| $num \| $num \|$" "$report" || fail "no vhd_open timing"
 grep -Eq "^\| vhdnbd start to greeting \| $num \| " "$report" || fail "no vhdnbd startup timing"
 
