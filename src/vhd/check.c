@@ -140,7 +140,22 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         uint64_t gap = sp[i].start - covered;
         /* Punching a block leaves at most the pages it shares with its
          * neighbours allocated. */
-        if (vhd_io_allocated_bytes(vhd->fd, covered, gap) > (gap / span + 1) * 8192) {
+        bool held = vhd_io_allocated_bytes(vhd->fd, covered, gap) > (gap / span + 1) * 8192;
+        /* Blank (zeros, copies of the footer), nothing any reader can see:
+         * --repair punches it out.  Other bytes stay, as in the tail. */
+        if (held && repair && vhd_io_range_is_blank(vhd->fd, covered, gap, vhd->footer_raw) == 1) {
+          int pr = vhd_io_punch(vhd, covered, gap);
+          if (pr == 0 && (pr = vhd_io_sync(vhd)) == 0) {
+            report(&c, VHD_CHECK_REPAIRED,
+                   "%s: punched out %llu blank unreferenced bytes between blocks at offset %llu",
+                   path, (unsigned long long)gap, (unsigned long long)covered);
+            held = false;
+          } else {
+            report(&c, 0, "%s: punching out %llu blank bytes at offset %llu failed: %s", path,
+                   (unsigned long long)gap, (unsigned long long)covered, strerror(-pr));
+          }
+        }
+        if (held) {
           leaked += sp[i].start - covered;
           leaked_extents++;
         } else {

@@ -220,6 +220,37 @@ rc=0
 expect_exit 0 "$VHDIMG" check leak.vhd
 qemu-img compare -q -f vpc -F vpc q.vhd leak.vhd || fail "repairing a leak changed the content"
 
+# Leaked space between blocks: a block of 64 KiB unreferenced, its span
+# written with zeros (a compaction cut short after zeroing it).  --repair
+# punches it out where it is blank; bytes that are not blank stay.
+"$VHDIMG" create -t dynamic --block-size 64K gap.vhd 1M >/dev/null
+qemu-io -f vpc -c "write -P 0x61 0 64k" -c "write -P 0x62 64k 64k" -c "write -P 0x63 128k 64k" \
+  gap.vhd >/dev/null || fail "qemu-io write into gap.vhd"
+"$PY3" - gap.vhd 0 <<'PYEOF'
+import struct, sys
+path, fill = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(512 + 16)
+    bat = struct.unpack(">Q", f.read(8))[0]
+    f.seek(bat + 4)
+    sector = struct.unpack(">I", f.read(4))[0]
+    f.seek(bat + 4)
+    f.write(b"\xff" * 4)
+    f.seek(sector * 512)
+    f.write(bytes([fill]) * (512 + 65536))
+PYEOF
+cp gap.vhd gap-data.vhd
+"$PY3" -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2])); f.write(b"x")' \
+  gap-data.vhd $(( $(stat -c %s gap.vhd) - 512 - 2 * 66048 + 100 ))
+expect_exit 3 "$VHDIMG" check gap.vhd
+"$VHDIMG" check --repair gap.vhd >repair.out || { cat repair.out >&2; fail "check --repair of blank space between blocks"; }
+grep -q "punched out 66048 blank unreferenced bytes" repair.out || { cat repair.out >&2; fail "check --repair: no punch reported"; }
+expect_exit 0 "$VHDIMG" check gap.vhd
+make_raw gap.raw 1M 0 64K 0x61 128K 64K 0x63
+"$VHDIMG" compare -F raw gap.vhd gap.raw >/dev/null || fail "punching blank space between blocks changed the content"
+expect_exit 3 "$VHDIMG" check --repair gap-data.vhd
+expect_exit 3 "$VHDIMG" check gap-data.vhd
+
 # A parent in a subdirectory, child and parent then moved together: only the
 # relative locator (W2ru, UTF-16LE) still leads to it (the absolute one names
 # the old place, and the parent's name is not beside the child).
