@@ -444,19 +444,20 @@ static int resize_dynamic(struct resize *z, uint64_t new_size, const uint8_t *fo
 }
 
 struct parent_data {
-  vhd_t *parent;
+  vhd_t *img;
+  int min_depth; /* levels of the chain below this one are skipped */
   uint8_t *buf;
-  uint64_t found; /* first byte of the parent's that is not zero */
+  uint64_t found; /* first byte read from those levels that is not zero */
   struct vhd_err *err;
 };
 
 static int first_nonzero_in(void *opaque, const struct vhd_extent *e) {
   struct parent_data *d = opaque;
-  if (!(e->flags & VHD_MAP_DATA))
+  if (!(e->flags & VHD_MAP_DATA) || e->depth < d->min_depth)
     return 0;
   for (uint64_t done = 0; done < e->length;) {
     size_t n = (size_t)MIN((uint64_t)COPY_CHUNK, e->length - done);
-    int r = vhd_read(d->parent, d->buf, e->offset + done, n, d->err);
+    int r = vhd_read(d->img, d->buf, e->offset + done, n, d->err);
     if (r < 0)
       return r;
     for (size_t i = 0; i < n; i++)
@@ -469,34 +470,46 @@ static int first_nonzero_in(void *opaque, const struct vhd_extent *e) {
   return 0;
 }
 
-/* Space a differencing image gains reads through to its parent wherever the
- * child holds no sector, and the parent may be larger and hold data there
- * (a child shrunk earlier, or made smaller by another tool): growing would
- * then show that data instead of zeros.  Such a grow is refused. */
-static int check_parent_past_end(struct resize *z, uint64_t new_size) {
+/* A differencing image reads its parent wherever it holds no sector.
+ * - Space a grow adds reads through too, and the parent may be larger and
+ *   hold data there (a child shrunk earlier, or made smaller by another
+ *   tool): growing would show that data instead of zeros.
+ * - A shrink drops what the image reads past the new end, its parent's
+ *   data too (the image's own sectors are scan_tail's to find).
+ * Either is refused where that data is not zeros, naming its offset. */
+static int check_parent_data(struct resize *z, uint64_t new_size) {
   vhd_t *vhd = z->vhd;
   uint64_t old = vhd->virtual_size;
-  if (vhd->type != VHD_TYPE_DIFFERENCING || new_size <= old)
+  if (vhd->type != VHD_TYPE_DIFFERENCING || new_size == old)
     return 0;
   vhd_t *c = NULL;
   struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK};
   int r = vhd_open(vhd->path, &ro, &c, z->err);
   if (r < 0)
     return r;
-  struct parent_data d = {.parent = vhd_parent(c), .err = z->err};
-  uint64_t end = d.parent ? MIN(new_size, vhd_virtual_size(d.parent)) : 0;
-  if (end > old) {
+  vhd_t *p = vhd_parent(c);
+  struct parent_data d = {.img = new_size > old ? p : c, .min_depth = new_size > old ? 0 : 1,
+                          .err = z->err};
+  uint64_t lo = MIN(old, new_size);
+  uint64_t hi = new_size > old ? (p ? MIN(new_size, vhd_virtual_size(p)) : 0) : old;
+  if (hi > lo) {
     d.buf = malloc(COPY_CHUNK);
     if (!d.buf)
       r = vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
     else
-      r = vhd_map(d.parent, old, end - old, first_nonzero_in, &d, z->err);
-    if (r == 1)
+      r = vhd_map(d.img, lo, hi - lo, first_nonzero_in, &d, z->err);
+    if (r == 1 && new_size > old)
       r = vhd_set_err(z->err, -ENOTSUP,
                       "%s: its parent %s holds data at offset %llu, past the child's end (%llu "
                       "bytes): the space a grow adds would read that data, not zeros; not grown",
-                      vhd->path, vhd_path(d.parent), (unsigned long long)d.found,
+                      vhd->path, vhd_path(p), (unsigned long long)d.found,
                       (unsigned long long)old);
+    else if (r == 1)
+      r = vhd_set_err(z->err, -ENOTEMPTY,
+                      "%s: it reads data from its parent %s at offset %llu, past the new end "
+                      "(%llu bytes), and so would every child of it: not shrunk",
+                      vhd->path, vhd_path(p), (unsigned long long)d.found,
+                      (unsigned long long)new_size);
     free(d.buf);
   }
   vhd_close(c, NULL);
@@ -548,7 +561,7 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_res
                     (unsigned long long)DIV_ROUND_UP(size, vhd->block_size),
                     (unsigned)VHD_MAX_NEW_TABLE_ENTRIES,
                     (unsigned long long)VHD_MAX_NEW_TABLE_ENTRIES * vhd->block_size);
-  } else if ((r = check_parent_past_end(&z, size)) == 0) {
+  } else if ((r = check_parent_data(&z, size)) == 0) {
     uint8_t raw[VHD_FOOTER_SIZE];
     vhd_footer_encode(&f, raw);
     r = vhd->type == VHD_TYPE_FIXED ? resize_fixed(&z, size, raw) : resize_dynamic(&z, size, raw);

@@ -5,8 +5,8 @@
 # blocks that follow them; differencing BATs moved past their parent
 # locators; shrinks, refused while data lies past the new end (naming its
 # offset) or without --shrink; reserved header bytes kept; BATs QEMU
-# would refuse not made; a differencing image not grown over its parent's
-# data; an image being served is refused by its lock.
+# would refuse not made; a differencing image neither shrunk nor grown over
+# its parent's data; an image being served is refused by its lock.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires qemu-img
@@ -146,15 +146,24 @@ grep -q "use blocks of at least 4096 bytes" err.out ||
   { cat err.out >&2; fail "create with an oversized BAT: the refusal does not name the block size"; }
 [ ! -e huge.vhd ] || fail "a refused create left a file"
 
-# --- a differencing image grown where its parent holds data -------------------
-# The space a grow adds reads through to the parent: over a parent that is
-# larger and holds data there, it would read that data, not zeros.  Refused;
-# growing over a parent with no data there (or a smaller one) reads zeros.
+# --- a differencing image resized where its parent holds data ----------------
+# A shrink drops what the image reads past the new end, its parent's data
+# too: refused, as for its own.  The space a grow adds reads through to the
+# parent: over a parent that is larger and holds data there, it would read
+# that data, not zeros.  Refused; growing over a parent with no data there
+# (or a smaller one) reads zeros.
 "$VHDIMG" create -t dynamic --block-size 4K --exact gp.vhd 2M
-"$WRITE_HELPER" gp.vhd 0 4K 0x91 1536K 8K 0x92
+"$WRITE_HELPER" gp.vhd 0 4K 0x91
 "$VHDIMG" create -b gp.vhd gc.vhd
+"$VHDIMG" create -b gp.vhd gs.vhd
 "$WRITE_HELPER" gc.vhd 4K 4K 0x93
 resize_to gc.vhd 1M --shrink --exact >/dev/null
+"$WRITE_HELPER" gp.vhd 1536K 8K 0x92
+before=$(md5sum <gs.vhd)
+expect_exit 1 "$VHDIMG" resize --shrink --exact gs.vhd 1M 2>err.out
+grep -q "reads data from its parent .*gp.vhd at offset $((1536 * 1024)), past the new end" err.out ||
+  { cat err.out >&2; fail "differencing shrink over parent data: the refusal does not name the offset"; }
+[ "$(md5sum <gs.vhd)" = "$before" ] || fail "a refused differencing shrink changed the child"
 before=$(md5sum <gc.vhd)
 expect_exit 1 "$VHDIMG" resize --exact gc.vhd 2M 2>err.out
 grep -q "holds data at offset $((1536 * 1024)), past the child's end" err.out ||

@@ -29,6 +29,7 @@ struct scenario {
   uint32_t block_size;
   bool shrink;
   bool relocates; /* the BAT must move (something not a block follows it) */
+  uint64_t parent_len; /* differencing: the parent's data (0: PARENT_DATA_LEN) */
   /* Data written: [off, off+len) ranges (random bytes). */
   struct {
     uint64_t off, len;
@@ -36,29 +37,31 @@ struct scenario {
 };
 
 static const struct scenario scenarios[] = {
-    {"fixed-grow", VHD_TYPE_FIXED, 1024 * 1024 + 1536, 3 * 1024 * 1024 + 512, 0, false, false,
+    {"fixed-grow", VHD_TYPE_FIXED, 1024 * 1024 + 1536, 3 * 1024 * 1024 + 512, 0, false, false, 0,
      {{0, 4096}, {1024 * 1024 - 700, 2000}, {1024 * 1024 + 1024, 512}}},
-    {"fixed-shrink", VHD_TYPE_FIXED, 1024 * 1024, 300 * 1024 + 512, 0, true, false,
+    {"fixed-shrink", VHD_TYPE_FIXED, 1024 * 1024, 300 * 1024 + 512, 0, true, false, 0,
      {{0, 4096}, {200 * 1024 + 7, 100 * 1024}}},
     {"dynamic-padding", VHD_TYPE_DYNAMIC, 3 * 1024 * 1024, 200 * 1024 * 1024, 2 * 1024 * 1024,
-     false, false, {{0, 4096}, {3 * 1024 * 1024 - 512, 512}}},
+     false, false, 0, {{0, 4096}, {3 * 1024 * 1024 - 512, 512}}},
     /* 128 entries fill the BAT's one sector: blocks 0 and 1 follow it. */
-    {"dynamic-move", VHD_TYPE_DYNAMIC, 512 * 1024, 1024 * 1024 + 1536, 4096, false, false,
+    {"dynamic-move", VHD_TYPE_DYNAMIC, 512 * 1024, 1024 * 1024 + 1536, 4096, false, false, 0,
      {{0, 9000}, {20 * 1024, 4096}, {508 * 1024, 4096}, {100 * 1024 + 3, 1}}},
-    {"dynamic-move-many", VHD_TYPE_DYNAMIC, 512 * 1024, 3 * 1024 * 1024, 4096, false, false,
+    {"dynamic-move-many", VHD_TYPE_DYNAMIC, 512 * 1024, 3 * 1024 * 1024, 4096, false, false, 0,
      {{0, 40 * 1024}, {300 * 1024, 4096}}},
     /* The same with blocks the engine aligns: the first block after the BAT
      * starts up to 3.5 KiB later (vhd_block_place), and the table grows
      * over those blank bytes instead of moving past everything. */
     {"dynamic-move-aligned", VHD_TYPE_DYNAMIC, 64 * 1024 * 1024, 64 * 1024 * 1024 + 512 * 1024,
-     512 * 1024, false, false,
+     512 * 1024, false, false, 0,
      {{0, 4096}, {512 * 1024 + 5, 100}, {64 * 1024 * 1024 - 4096, 4096}}},
     {"differencing-relocate", VHD_TYPE_DIFFERENCING, 512 * 1024, 1024 * 1024 + 512, 4096, false,
-     true, {{4096, 4096}, {510 * 1024, 2048}}},
-    {"dynamic-shrink", VHD_TYPE_DYNAMIC, 1024 * 1024, 600 * 1024 - 512, 4096, true, false,
+     true, 0, {{4096, 4096}, {510 * 1024, 2048}}},
+    {"dynamic-shrink", VHD_TYPE_DYNAMIC, 1024 * 1024, 600 * 1024 - 512, 4096, true, false, 0,
      {{0, 4096}, {590 * 1024, 10 * 1024 - 512}}},
+    /* The parent's data ends before the new end: a shrink over it is
+     * refused (refusals). */
     {"differencing-shrink", VHD_TYPE_DIFFERENCING, 512 * 1024, 256 * 1024, 4096, true, false,
-     {{4096, 4096}, {100 * 1024, 1000}}},
+     200 * 1024, {{4096, 4096}, {100 * 1024, 1000}}},
 };
 
 /* The parent of the differencing scenarios: data everywhere it is read. */
@@ -87,7 +90,7 @@ static void build(const struct scenario *s, const char *path) {
     remove(parent);
     t_create(parent, VHD_TYPE_DYNAMIC, s->size, s->block_size, true, NULL);
     vhd_t *p = t_open(parent, false);
-    write_range(p, PARENT_DATA_OFF, PARENT_DATA_LEN, model);
+    write_range(p, PARENT_DATA_OFF, s->parent_len ? s->parent_len : PARENT_DATA_LEN, model);
     T_OK(vhd_close(p, &err), &err, "vhd_close parent");
     t_create(path, VHD_TYPE_DIFFERENCING, 0, s->block_size, false, parent);
   } else {
@@ -211,6 +214,20 @@ static void refusals(void) {
   T_OK(vhd_write(v, &one, 700 * 1024 + 3, 1, 0, &err), &err, "vhd_write");
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   expect_refusal(fix, &o, -ENOTEMPTY, "offset 716803");
+
+  /* A differencing image reading its parent's data past the new end: the
+   * shrink would drop it, for its children too. */
+  CLEANUP_FREE char *par = strdup(t_path("refuse-parent.vhd"));
+  CLEANUP_FREE char *kid = strdup(t_path("refuse-child.vhd"));
+  remove(par);
+  remove(kid);
+  t_create(par, VHD_TYPE_DYNAMIC, 1024 * 1024, 4096, true, NULL);
+  v = t_open(par, false);
+  T_OK(vhd_write(v, &one, 600 * 1024 + 9, 1, 0, &err), &err, "vhd_write");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  t_create(kid, VHD_TYPE_DIFFERENCING, 0, 4096, false, par);
+  expect_refusal(kid, &o, -ENOTEMPTY, "from its parent");
+  expect_refusal(kid, &o, -ENOTEMPTY, "offset 614409");
 
   /* In use: the image lock refuses it. */
   v = t_open(dyn, false);
