@@ -435,10 +435,12 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
     /* Pages of this space may still be in flight to a client, by
      * reference (vhd_read_extent): only a punch, which takes them out of
      * the file and leaves them as they are, makes it safe to write the
-     * new block's data there.  Where punching fails the space stays
-     * unused, rather than rewritten under those pages. */
+     * new block's data there.  Where punching fails, or leaves pages in
+     * the file (data not on the file system's blocks: only whole blocks
+     * are punched, io.c), the space stays unused, rather than rewritten
+     * under those pages. */
     if ((entry & VHD_FREE_NEEDS_ZEROING) && atomic_load(&vhd->extents_shared)) {
-      if (vhd_io_punch(vhd, off + vhd->bitmap_size, vhd->block_size) < 0)
+      if (vhd_io_punch(vhd, off + vhd->bitmap_size, vhd->block_size) != 0)
         continue;
       entry &= ~(uint64_t)VHD_FREE_NEEDS_ZEROING; /* punched: reads as zeros now */
     }

@@ -145,7 +145,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
          * --repair punches it out.  Other bytes stay, as in the tail. */
         if (held && repair && vhd_io_range_is_blank(vhd->fd, covered, gap, vhd->footer_raw) == 1) {
           int pr = vhd_io_punch(vhd, covered, gap);
-          if (pr == 0 && (pr = vhd_io_sync(vhd)) == 0) {
+          if (pr >= 0 && (pr = vhd_io_sync(vhd)) == 0) {
             report(&c, VHD_CHECK_REPAIRED,
                    "%s: punched out %llu blank unreferenced bytes between blocks at offset %llu",
                    path, (unsigned long long)gap, (unsigned long long)covered);

@@ -386,17 +386,52 @@ int vhd_io_truncate(vhd_t *vhd, uint64_t size) {
   return 0;
 }
 
+static int pwrite_zeros_raw(int fd, uint64_t off, uint64_t len) {
+  static const uint8_t zeros[4096];
+  while (len > 0) {
+    size_t n = (size_t)MIN(len, (uint64_t)sizeof zeros);
+    ssize_t w = pwrite(fd, zeros, n, (off_t)off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? -errno : -EIO;
+    off += (uint64_t)w;
+    len -= (uint64_t)w;
+  }
+  return 0;
+}
+
 /* A punch is a hint the callers may do without (file systems without hole
- * punching answer EOPNOTSUPP): a failure does not latch. */
+ * punching answer EOPNOTSUPP): a failure does not latch.
+ *
+ * Only the file system blocks wholly inside the range are punched; the
+ * bytes of the range in a block it covers in part get zeros written.  A
+ * file system may take the page cache of every block a punch touches out
+ * or zero it whole (XFS does, by its blocks), and pages a spliced READ
+ * still holds in a pipe (vhd_read_extent) cannot be taken out: their
+ * bytes outside the range would go to the client as zeros.  Written
+ * zeros change the range's bytes and nothing else.
+ *
+ * Returns 0 when the whole range was punched (its pages are out of the
+ * file, left as they were to whoever holds them), 1 when part of it was
+ * zeroed in place instead, or a negative errno (nothing is known then). */
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len) {
   if (vhd_io_refuses_writes(vhd))
     return -EIO;
   int r = fault_check(FAULT_OP_OTHER);
   if (r < 0)
     return r;
-  if (fallocate(vhd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+  uint64_t unit = vhd->punch_unit ? vhd->punch_unit : 4096;
+  uint64_t a = ROUND_UP(off, unit), b = ROUND_DOWN(off + len, unit);
+  if (a < b &&
+      fallocate(vhd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)a, (off_t)(b - a)) < 0)
     return -errno;
-  return 0;
+  if (a >= b)
+    return (r = pwrite_zeros_raw(vhd->fd, off, len)) < 0 ? r : 1;
+  if ((off < a && (r = pwrite_zeros_raw(vhd->fd, off, a - off)) < 0) ||
+      (b < off + len && (r = pwrite_zeros_raw(vhd->fd, b, off + len - b)) < 0))
+    return r;
+  return off < a || b < off + len;
 }
 
 int vhd_io_reserve(vhd_t *vhd, uint64_t off, uint64_t len) {
@@ -484,7 +519,7 @@ int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *sam
 }
 
 int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len) {
-  if (vhd_io_punch(vhd, off, len) == 0)
+  if (vhd_io_punch(vhd, off, len) >= 0)
     return 0;
   static const uint8_t zeros[65536];
   for (uint64_t done = 0; done < len;) {

@@ -303,6 +303,14 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
     goto fail;
   }
   vhd->file_size = (uint64_t)st.st_size;
+  {
+    /* vhd_io_punch's unit: the file system's block, at least a page. */
+    long page = sysconf(_SC_PAGESIZE);
+    vhd->punch_unit = page > 0 ? (uint64_t)page : 4096;
+    if (st.st_blksize > 0 && (uint64_t)st.st_blksize > vhd->punch_unit &&
+        !(st.st_blksize & (st.st_blksize - 1)))
+      vhd->punch_unit = (uint64_t)st.st_blksize;
+  }
   if (!(flags & VHD_OPEN_NOLOCK) && (r = lock_image(vhd, err)) < 0)
     goto fail;
   if ((r = read_footer(vhd, err)) < 0 || (r = validate_footer(vhd, opts, err)) < 0)

@@ -241,6 +241,7 @@ struct vhd {
   uint64_t max_file_size; /* vhd_open_opts.max_file_size; 0: none */
   bool sparse_blocks;     /* VHD_OPEN_SPARSE_BLOCKS: new blocks' space not reserved */
   bool reserve_refused;   /* the file system refused a reservation: not tried again */
+  uint64_t punch_unit;    /* vhd_io_punch's block: the file system's, at least a page */
   char parent_name[1024];
 
   /* A thread is moving the footer on, without the lock (see footer_move
@@ -284,6 +285,7 @@ int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off)
  * first vhd_io_pwrite_durable). */
 void vhd_io_dsync_open(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
+/* 0: all punched; 1: part zeroed in place (io.c); or a negative errno. */
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
 /* Has the file system allocate [off, off+len) (inside the file) without
  * writing it: it still reads as zeros.  A hint, as a punch is: a failure

@@ -163,7 +163,7 @@ int vhd_write_zeroes(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags,
     return r;
   if (vhd->type == VHD_TYPE_FIXED || (flags & VHD_NO_HOLE)) {
     if (vhd->type == VHD_TYPE_FIXED && (flags & VHD_MAY_TRIM) && !(flags & VHD_NO_HOLE) &&
-        vhd_io_punch(vhd, off, len) == 0) {
+        vhd_io_punch(vhd, off, len) >= 0) {
       r = 0;
     } else {
       r = write_zero_data(vhd, off, len, err);

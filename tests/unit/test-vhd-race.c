@@ -194,7 +194,10 @@ static void deadline(struct timespec *ts) {
 static void hold_hook(void *opaque, enum t_io_op op, int fd, uint64_t len, uint64_t off) {
   (void)opaque, (void)fd, (void)len, (void)off;
   pthread_mutex_lock(&hold.mu);
-  if (!hold.armed || op != hold.op || !pthread_equal(pthread_self(), hold.thread)) {
+  /* A zeroing punches only the file system blocks it covers whole and
+   * writes zeros over the rest (vhd_io_punch): of a few sectors, a write. */
+  bool match = op == hold.op || (hold.op == T_OP_PUNCH && op == T_OP_WRITE);
+  if (!hold.armed || !match || !pthread_equal(pthread_self(), hold.thread)) {
     pthread_mutex_unlock(&hold.mu);
     return;
   }
