@@ -118,6 +118,26 @@ print(s.getsockname()[1])'
 # wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.1 s until it
 # succeeds; fails the test naming WHAT after SECONDS.  The limit is a
 # generous bound on a loaded machine, never a duration the test relies on.
+# xfs_dir: sets XFS_DIR to an XFS file system made on a loop device under
+# $TMPD (unmounted at exit) when running as root with mkfs.xfs and a loop
+# device to use, else to $TMPD.  Some kernel behaviour the tests look for
+# (buffered RWF_NOWAIT writes, how a hole punch treats the page cache)
+# shows on XFS and not on ext4 or tmpfs.
+xfs_dir() {
+  XFS_DIR=$TMPD
+  if [ "$(id -u)" -eq 0 ] && command -v mkfs.xfs >/dev/null 2>&1; then
+    # 300 MiB is the smallest XFS file system mkfs.xfs makes; the file is sparse.
+    truncate -s 320M "$TMPD/xfs.img"
+    mkdir -p "$TMPD/mnt"
+    if mkfs.xfs -q "$TMPD/xfs.img" 2>"$TMPD/mkfs.err" &&
+      mount -o loop "$TMPD/xfs.img" "$TMPD/mnt" 2>"$TMPD/mount.err"; then
+      # Lazy: a server killed at exit may still hold a file there.
+      cleanup_fn umount -l "$TMPD/mnt"
+      XFS_DIR=$TMPD/mnt
+    fi
+  fi
+}
+
 wait_for() {
   local limit=$1 what=$2
   shift 2

@@ -14,18 +14,8 @@
 requires qemu-img
 requires_py nbd
 
-dir=$TMPD
-if [ "$(id -u)" -eq 0 ] && command -v mkfs.xfs >/dev/null 2>&1; then
-  # 300 MiB is the smallest XFS file system mkfs.xfs makes; the file is sparse.
-  truncate -s 320M "$TMPD/xfs.img"
-  mkdir "$TMPD/mnt"
-  if mkfs.xfs -q "$TMPD/xfs.img" 2>"$TMPD/mkfs.err" &&
-    mount -o loop "$TMPD/xfs.img" "$TMPD/mnt" 2>"$TMPD/mount.err"; then
-    # Lazy: a server killed at exit may still hold a file there.
-    cleanup_fn umount -l "$TMPD/mnt"
-    dir=$TMPD/mnt
-  fi
-fi
+xfs_dir
+dir=$XFS_DIR
 
 # Whether the kernel takes a buffered RWF_NOWAIT write to a cached page there.
 loop_path=$("$PY3" - "$dir/probe" <<'PY'

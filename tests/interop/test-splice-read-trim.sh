@@ -17,17 +17,8 @@
 . "$top_srcdir/tests/functions.sh"
 requires_py nbd
 
-dir=$TMPD
-if [ "$(id -u)" -eq 0 ] && command -v mkfs.xfs >/dev/null 2>&1; then
-  # 300 MiB is the smallest XFS file system mkfs.xfs makes; the file is sparse.
-  truncate -s 320M "$TMPD/xfs.img"
-  mkdir "$TMPD/mnt"
-  if mkfs.xfs -q "$TMPD/xfs.img" 2>"$TMPD/mkfs.err" &&
-    mount -o loop "$TMPD/xfs.img" "$TMPD/mnt" 2>"$TMPD/mount.err"; then
-    cleanup_fn umount -l "$TMPD/mnt"
-    dir=$TMPD/mnt
-  fi
-fi
+xfs_dir
+dir=$XFS_DIR
 fstype=$(df --output=fstype "$dir" | tail -n 1)
 [ "$fstype" = xfs ] ||
   echo "PARTIAL: no XFS could be made (not root, no mkfs.xfs or no loop device): tested on $fstype, where a punch zeroes no more than its range"
