@@ -143,11 +143,13 @@ static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t
   return 0;
 }
 
-/* Copies of live blocks left where they were moved from.  A compaction
- * cut short after a move's BAT switch leaves the block's old place as it
- * was: unreferenced, but not blank.  Such a place is recognised (and taken
- * as free) only when it is a copy: the same bitmap, and the same bytes in
- * every sector the bitmap marks present, as a block in use.  One cut
+/* Copies of live blocks left where they were moved from or to.  A
+ * compaction cut short after a move's BAT switch leaves the block's old
+ * place as it was, and one cut short while copying leaves part of a copy:
+ * unreferenced, but not blank.  Such a place is recognised (and taken as
+ * free) only when it is a copy: the same bitmap as a block in use, and in
+ * every sector the bitmap marks present that block's bytes or blank ones
+ * (the free space a copy cut short was going into).  One cut
  * short right after the new footer was written has that footer over the
  * first sector of the old place that began at the new end: with a bitmap
  * of one sector, only the present sectors are compared there.  The index
@@ -163,7 +165,13 @@ struct live_index {
   uint32_t *firsts; /* the distinct first present sectors, for a copy without its bitmap */
   size_t nfirsts;
   bool built;
+  unsigned misses; /* candidates compared in full that were no copy */
 };
+
+/* Bytes that look like a copy by key and bitmap but are not, compared in
+ * full, cost up to two blocks' reads each: after this many the rest of a
+ * compaction stops looking (a copy is found at its first try). */
+#define LIVE_MISSES_MAX 64u
 
 #define LIVE_FIRSTS_MAX 64u /* distinct first sectors tried for a copy without its bitmap */
 
@@ -238,6 +246,10 @@ static int live_index_build(struct compact *c, struct live_index *ix, const stru
   return 0;
 }
 
+static bool sector_blank(const vhd_t *vhd, const uint8_t *sec) {
+  return all_zero(sec, 512) || memcmp(sec, vhd->footer_raw, 512) == 0;
+}
+
 /* 1 when [q, q + span) holds a block in use's present sectors, keyed by
  * key at first, and its bitmap cbm (NULL: the bitmap was overwritten). */
 static int copy_matches(struct compact *c, struct live_index *ix, uint64_t q, uint64_t key,
@@ -268,13 +280,18 @@ static int copy_matches(struct compact *c, struct live_index *ix, uint64_t q, ui
             (r = vhd_io_pread(vhd->fd, buf2, n, copy + d)) < 0)
           return vhd_set_err(c->err, r, "%s: reading block %u: %s", vhd->path, hit->blk,
                              strerror(-r));
-        same = memcmp(buf, buf2, n) == 0;
+        /* A copy cut short holds the block's first chunks and, after
+         * them, the blank free space it was written into. */
+        if (memcmp(buf, buf2, n) != 0)
+          for (size_t k = 0; same && k < n; k += 512)
+            same = memcmp(buf + k, buf2 + k, 512) == 0 || sector_blank(vhd, buf2 + k);
         d += n;
       }
       s = e;
     }
     if (same)
       return 1;
+    ix->misses++;
   }
   return 0;
 }
@@ -344,7 +361,10 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
     if (!bs->ix.built && (r = live_index_build(c, &bs->ix, bs->kept, bs->nk)) < 0)
       return r;
     uint64_t found = UINT64_MAX;
-    for (uint64_t q = p; bs->ix.n && q + c->span <= b && q + vhd->bitmap_size + 512 > p; q -= 512) {
+    for (uint64_t q = b - a >= c->span ? MIN(p, b - c->span) : 0;
+         bs->ix.n && bs->ix.misses < LIVE_MISSES_MAX && b - a >= c->span &&
+         q + vhd->bitmap_size + 512 > p;
+         q -= 512) {
       if ((r = stale_copy_at(c, &bs->ix, q, bs->buf, bs->buf2)) < 0)
         return r;
       if (r == 1) {

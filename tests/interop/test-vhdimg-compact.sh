@@ -112,6 +112,18 @@ cut_short_sweep cs0.vhd cs0.raw
 "$WRITE_HELPER" cs1.vhd 0 2K 0x11 4K 4K 0 8K 4K 0x22 12K 4K 0 16K 1K 0x33 40K 4K 0x44 60K 512 0x55
 make_raw cs1.raw 64K 0 2K 0x11 8K 4K 0x22 16K 1K 0x33 40K 4K 0x44 60K 512 0x55
 cut_short_sweep cs1.vhd cs1.raw
+# The old place whose bitmap the footer covers ends where the file's data
+# ends.
+"$VHDIMG" create -t dynamic --block-size 4K --exact cs2.vhd 64K 2>/dev/null
+"$WRITE_HELPER" cs2.vhd 0 4K 0x11 4K 4K 0 8K 4K 0x22
+make_raw cs2.raw 64K 0 4K 0x11 8K 4K 0x22
+cut_short_sweep cs2.vhd cs2.raw
+# 2 MiB blocks, copied in 1 MiB chunks: a copy cut short holds the first
+# chunk, then the blank space it was going into.
+"$VHDIMG" create -t dynamic --exact cs3.vhd 10M
+"$WRITE_HELPER" cs3.vhd 0 2M 0 2M 1M 0x11 4M 4K 0 6M 512 0x22 8M 2M 0x33
+make_raw cs3.raw 10M 2M 1M 0x11 6M 512 0x22 8M 2M 0x33
+cut_short_sweep cs3.vhd cs3.raw
 
 # --- dynamic, written by QEMU ----------------------------------------------
 qemu-img create -q -f vpc q.vhd 16M
