@@ -569,8 +569,13 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
   if (vhd->footer_offset <= end)
     return 0;
   /* Footer first at its new place, then cut: the file always ends with a
-   * valid footer. */
-  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
+   * valid footer.  Its new place may be a hole, which a full file system
+   * has no space for: the space is then kept (the old footer still ends
+   * the file, nothing was written), as a failure to give it back is no
+   * failure of the image's. */
+  int r = vhd_io_pwrite_unless_full(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
+  if (r == -ENOSPC || r == -EDQUOT)
+    return 0;
   if (r == 0)
     r = vhd_io_sync(vhd);
   if (r == 0)

@@ -239,6 +239,20 @@ int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
   return 0;
 }
 
+/* As vhd_io_pwrite, for a write the caller may do without (vhd_window_release's
+ * footer, into a hole): refused for want of space, it returns ENOSPC or
+ * EDQUOT without latching.  Nothing was written then. */
+int vhd_io_pwrite_unless_full(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
+  if (vhd_io_refuses_writes(vhd))
+    return -EIO;
+  int r = vhd_io_pwrite_fd(vhd->fd, buf, len, off);
+  if (r == -ENOSPC || r == -EDQUOT)
+    return r;
+  if (r < 0)
+    return latch(vhd, r, "writing %zu bytes at offset %llu", len, (unsigned long long)off);
+  return 0;
+}
+
 /* The file side of vhd_write_splice: len bytes from the pipe into the file
  * at off.  A write fault or failure latches as vhd_io_pwrite's; a pipe
  * that runs dry (it is non-blocking: EAGAIN) is the caller's mistake and
@@ -386,17 +400,36 @@ int vhd_io_truncate(vhd_t *vhd, uint64_t size) {
   return 0;
 }
 
-static int pwrite_zeros_raw(int fd, uint64_t off, uint64_t len) {
-  static const uint8_t zeros[4096];
-  while (len > 0) {
-    size_t n = (size_t)MIN(len, (uint64_t)sizeof zeros);
-    ssize_t w = pwrite(fd, zeros, n, (off_t)off);
+/* Zeros over [off, off+len), a part of one file system block, for
+ * vhd_io_punch.  Bytes that read as zeros already (a hole, most often)
+ * are left alone: writing them would take space, which a full file system
+ * has not.  Where writing fails for want of space, the part is punched
+ * after all (nothing is in flight there, or the file system zeroes no
+ * more than the part).  0, 1 when punched instead, or a negative errno. */
+static int zero_part(int fd, uint64_t off, uint64_t len) {
+  uint8_t buf[65536];
+  static const uint8_t zeros[sizeof buf];
+  if (len > sizeof buf)
+    return -EINVAL; /* a part is less than a block, and blocks are at most 64 KiB */
+  ssize_t n;
+  do
+    n = pread(fd, buf, len, (off_t)off);
+  while (n < 0 && errno == EINTR);
+  if (n == (ssize_t)len && memcmp(buf, zeros, len) == 0)
+    return 0;
+  for (uint64_t done = 0; done < len;) {
+    ssize_t w = pwrite(fd, zeros, len - done, (off_t)(off + done));
     if (w < 0 && errno == EINTR)
       continue;
+    if (w < 0 && (errno == ENOSPC || errno == EDQUOT)) {
+      if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(off + done),
+                    (off_t)(len - done)) < 0)
+        return -errno;
+      return 1;
+    }
     if (w <= 0)
       return w < 0 ? -errno : -EIO;
-    off += (uint64_t)w;
-    len -= (uint64_t)w;
+    done += (uint64_t)w;
   }
   return 0;
 }
@@ -423,13 +456,13 @@ int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len) {
     return r;
   uint64_t unit = vhd->punch_unit ? vhd->punch_unit : 4096;
   uint64_t a = ROUND_UP(off, unit), b = ROUND_DOWN(off + len, unit);
-  if (a < b &&
-      fallocate(vhd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)a, (off_t)(b - a)) < 0)
+  if (a >= b) /* inside one block, or across the edge of two */
+    a = b = MIN(ROUND_UP(off, unit), off + len);
+  else if (fallocate(vhd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)a,
+                     (off_t)(b - a)) < 0)
     return -errno;
-  if (a >= b)
-    return (r = pwrite_zeros_raw(vhd->fd, off, len)) < 0 ? r : 1;
-  if ((off < a && (r = pwrite_zeros_raw(vhd->fd, off, a - off)) < 0) ||
-      (b < off + len && (r = pwrite_zeros_raw(vhd->fd, b, off + len - b)) < 0))
+  if ((off < a && (r = zero_part(vhd->fd, off, a - off)) < 0) ||
+      (b < off + len && (r = zero_part(vhd->fd, b, off + len - b)) < 0))
     return r;
   return off < a || b < off + len;
 }

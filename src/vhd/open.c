@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -304,12 +305,15 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   }
   vhd->file_size = (uint64_t)st.st_size;
   {
-    /* vhd_io_punch's unit: the file system's block, at least a page. */
+    /* vhd_io_punch's unit: the file system's block (statfs; st_blksize
+     * may be a preferred I/O size, a stripe), at least a page, at most
+     * the 64 KiB no Linux file system's blocks exceed. */
     long page = sysconf(_SC_PAGESIZE);
+    struct statfs sf;
     vhd->punch_unit = page > 0 ? (uint64_t)page : 4096;
-    if (st.st_blksize > 0 && (uint64_t)st.st_blksize > vhd->punch_unit &&
-        !(st.st_blksize & (st.st_blksize - 1)))
-      vhd->punch_unit = (uint64_t)st.st_blksize;
+    if (fstatfs(vhd->fd, &sf) == 0 && sf.f_bsize > 0 && (uint64_t)sf.f_bsize > vhd->punch_unit &&
+        (uint64_t)sf.f_bsize <= 65536 && !(sf.f_bsize & (sf.f_bsize - 1)))
+      vhd->punch_unit = (uint64_t)sf.f_bsize;
   }
   if (!(flags & VHD_OPEN_NOLOCK) && (r = lock_image(vhd, err)) < 0)
     goto fail;

@@ -19,6 +19,7 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-payload-low-water.sh \
 	tests/interop/test-splice-reads.sh \
 	tests/interop/test-splice-read-trim.sh \
+	tests/interop/test-zero-full-fs.sh \
 	tests/interop/test-spliced-reply-framing.sh \
 	tests/interop/test-loops.sh \
 	tests/interop/test-loops-protocol.sh \
