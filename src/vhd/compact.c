@@ -350,7 +350,7 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
     r = vhd_io_pread(vhd->fd, sec, len, p);
     if (r < 0)
       break;
-    if ((len == 512 && memcmp(sec, vhd->footer_raw, 512) == 0) || all_zero(sec, len)) {
+    if (len == 512 ? sector_blank(vhd, sec) : all_zero(sec, len)) {
       if (push_seg(v, n, cap, p, p + len) < 0)
         return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
       continue;

@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -305,15 +304,15 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   }
   vhd->file_size = (uint64_t)st.st_size;
   {
-    /* vhd_io_punch's unit: the file system's block (statfs; st_blksize
+    /* vhd_io_punch's unit: the file system's block (statvfs; st_blksize
      * may be a preferred I/O size, a stripe), at least a page, at most
      * the 64 KiB no Linux file system's blocks exceed. */
     long page = sysconf(_SC_PAGESIZE);
-    struct statfs sf;
+    struct statvfs sv;
     vhd->punch_unit = page > 0 ? (uint64_t)page : 4096;
-    if (fstatfs(vhd->fd, &sf) == 0 && sf.f_bsize > 0 && (uint64_t)sf.f_bsize > vhd->punch_unit &&
-        (uint64_t)sf.f_bsize <= 65536 && !(sf.f_bsize & (sf.f_bsize - 1)))
-      vhd->punch_unit = (uint64_t)sf.f_bsize;
+    if (fstatvfs(vhd->fd, &sv) == 0 && sv.f_bsize > vhd->punch_unit && sv.f_bsize <= 65536 &&
+        !(sv.f_bsize & (sv.f_bsize - 1)))
+      vhd->punch_unit = sv.f_bsize;
   }
   if (!(flags & VHD_OPEN_NOLOCK) && (r = lock_image(vhd, err)) < 0)
     goto fail;
