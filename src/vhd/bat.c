@@ -568,20 +568,12 @@ int vhd_window_release(vhd_t *vhd, struct vhd_err *err) {
       end = MAX(end, (uint64_t)vhd->bat[i] * 512 + span);
   if (vhd->footer_offset <= end)
     return 0;
-  /* Footer first at its new place, then cut: the file always ends with a
-   * valid footer.  Its new place may be a hole, which a full file system
-   * has no space for: the space is then kept (the old footer still ends
-   * the file, nothing was written), as a failure to give it back is no
+  /* A full file system may have no space for the footer's new place (a
+   * hole): the space is then kept, as a failure to give it back is no
    * failure of the image's. */
-  int r = vhd_io_pwrite_unless_full(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
-  if (r == -ENOSPC || r == -EDQUOT)
+  int r = vhd_io_footer_cut(vhd, end, true);
+  if (r > 0)
     return 0;
-  if (r == 0)
-    r = vhd_io_sync(vhd);
-  if (r == 0)
-    r = vhd_io_truncate(vhd, end + VHD_FOOTER_SIZE);
-  if (r == 0)
-    r = vhd_io_sync(vhd);
   if (r < 0)
     return vhd_set_err(err, r, "%s: giving back unused space before the footer: %s", vhd->path,
                        strerror(-r));

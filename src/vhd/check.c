@@ -184,16 +184,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
              path, (unsigned long long)tail,
              repair ? ": left in place (they may belong to another tool)" : "");
     } else if (tail >= 512 && repair) {
-      /* Footer first at its new place, then cut: at every instant the file
-       * ends with a valid footer. */
-      uint64_t new_end = ROUND_UP(covered, 512);
-      r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, new_end);
-      if (r == 0)
-        r = vhd_io_sync(vhd);
-      if (r == 0)
-        r = vhd_io_truncate(vhd, new_end + VHD_FOOTER_SIZE);
-      if (r == 0)
-        r = vhd_io_sync(vhd);
+      r = vhd_io_footer_cut(vhd, ROUND_UP(covered, 512), false);
       if (r < 0)
         report(&c, VHD_CHECK_CORRUPT, "%s: reclaiming the unused tail failed: %s", path,
                strerror(-r));

@@ -624,10 +624,7 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
    * switch, so that the old places past the end go with it (cut short
    * before, a rerun knows them as copies of blocks in use). */
   if (end < footer) {
-    if ((r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, end)) == 0 &&
-        (r = vhd_io_sync(vhd)) == 0 && (r = vhd_io_truncate(vhd, end + VHD_FOOTER_SIZE)) == 0)
-      r = vhd_io_sync(vhd);
-    if (r < 0) {
+    if ((r = vhd_io_footer_cut(vhd, end, false)) < 0) {
       vhd_set_err(err, r, "%s: moving the footer to offset %llu: %s", path,
                   (unsigned long long)end, strerror(-r));
       goto out;

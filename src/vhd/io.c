@@ -239,20 +239,6 @@ int vhd_io_pwrite(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
   return 0;
 }
 
-/* As vhd_io_pwrite, for a write the caller may do without (vhd_window_release's
- * footer, into a hole): refused for want of space, it returns ENOSPC or
- * EDQUOT without latching.  Nothing was written then. */
-int vhd_io_pwrite_unless_full(vhd_t *vhd, const void *buf, size_t len, uint64_t off) {
-  if (vhd_io_refuses_writes(vhd))
-    return -EIO;
-  int r = vhd_io_pwrite_fd(vhd->fd, buf, len, off);
-  if (r == -ENOSPC || r == -EDQUOT)
-    return r;
-  if (r < 0)
-    return latch(vhd, r, "writing %zu bytes at offset %llu", len, (unsigned long long)off);
-  return 0;
-}
-
 /* The file side of vhd_write_splice: len bytes from the pipe into the file
  * at off.  A write fault or failure latches as vhd_io_pwrite's; a pipe
  * that runs dry (it is non-blocking: EAGAIN) is the caller's mistake and
@@ -398,6 +384,25 @@ int vhd_io_truncate(vhd_t *vhd, uint64_t size) {
   if (r < 0)
     return latch(vhd, r, "truncating to %llu bytes", (unsigned long long)size);
   return 0;
+}
+
+/* The footer is written at its new place and synced before the cut, so
+ * that at every instant the file ends with a valid footer: a crash leaves
+ * either the old file (with a stale footer copy below its end, which
+ * check and compact know) or the new one. */
+int vhd_io_footer_cut(vhd_t *vhd, uint64_t end, bool keep_when_full) {
+  if (vhd_io_refuses_writes(vhd))
+    return -EIO;
+  int r = vhd_io_pwrite_fd(vhd->fd, vhd->footer_raw, VHD_FOOTER_SIZE, end);
+  /* The new place may be a hole: refused for want of space, nothing was
+   * written and the old footer still ends the file. */
+  if ((r == -ENOSPC || r == -EDQUOT) && keep_when_full)
+    return 1;
+  if (r < 0)
+    return latch(vhd, r, "writing the footer at offset %llu", (unsigned long long)end);
+  if ((r = vhd_io_sync(vhd)) < 0 || (r = vhd_io_truncate(vhd, end + VHD_FOOTER_SIZE)) < 0)
+    return r;
+  return vhd_io_sync(vhd);
 }
 
 /* Zeros over [off, off+len), a part of one file system block, for

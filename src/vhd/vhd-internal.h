@@ -285,7 +285,10 @@ int vhd_io_pwrite_durable(vhd_t *vhd, const void *buf, size_t len, uint64_t off)
  * first vhd_io_pwrite_durable). */
 void vhd_io_dsync_open(vhd_t *vhd);
 int vhd_io_truncate(vhd_t *vhd, uint64_t size);
-int vhd_io_pwrite_unless_full(vhd_t *vhd, const void *buf, size_t len, uint64_t off);
+/* Ends the file at end + 512 with the footer, written before the cut and
+ * synced both sides of it.  keep_when_full: a file system with no space
+ * for the footer at end (a hole) returns 1 with nothing changed. */
+int vhd_io_footer_cut(vhd_t *vhd, uint64_t end, bool keep_when_full);
 /* 0: all punched; 1: part zeroed in place (io.c); or a negative errno. */
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
 /* Has the file system allocate [off, off+len) (inside the file) without
