@@ -40,15 +40,41 @@ static int locator_path(vhd_t *vhd, const struct vhd_locator *l, char *out, size
   } else if (l->code == VHD_PLAT_MACX) {
     raw[len] = 0;
     const char *s = (const char *)raw;
-    if (strncmp(s, "file://localhost", 16) == 0)
-      s += 16;
-    else if (strncmp(s, "file://", 7) == 0)
+    /* A file URL: the host (localhost, or none) goes, the path stays. */
+    if (strncmp(s, "file://", 7) == 0) {
       s += 7;
+      s += strcspn(s, "/");
+    }
     snprintf(out, out_len, "%s", s);
   } else {
     return -ENOTSUP;
   }
   return out[0] ? 0 : -EINVAL;
+}
+
+/* A URL's path with its %XX escapes decoded (a space is %20 in one a Mac
+ * writes as a URL should be).  Returns false when there is nothing to
+ * decode, or the escapes make no path (a NUL byte). */
+static bool percent_decode(const char *in, char *out, size_t out_len) {
+  static const char hex[] = "0123456789abcdef0123456789ABCDEF";
+  bool any = false;
+  size_t n = 0;
+  for (; *in && n + 1 < out_len; in++) {
+    const char *h1, *h2;
+    if (in[0] == '%' && in[1] && in[2] && (h1 = strchr(hex, in[1])) &&
+        (h2 = strchr(hex, in[2]))) {
+      int v = (int)((h1 - hex) % 16 * 16 + (h2 - hex) % 16);
+      if (v == 0)
+        return false;
+      out[n++] = (char)v;
+      in += 2;
+      any = true;
+    } else {
+      out[n++] = *in;
+    }
+  }
+  out[n] = '\0';
+  return any && !*in;
 }
 
 struct candidate_ctx {
@@ -70,6 +96,10 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
     snprintf(full, sizeof full, "%s", path);
   else
     snprintf(full, sizeof full, "%s/%s", c->dir, path[0] == '.' && path[1] == '/' ? path + 2 : path);
+  /* Every place looked at is named if none holds the parent. */
+  size_t tl = strlen(c->tried);
+  if (!strstr(c->tried, full))
+    snprintf(c->tried + tl, sizeof c->tried - tl, "%s%s", tl ? ", " : "", full);
   struct stat st, self;
   if (stat(full, &st) != 0)
     return;
@@ -79,8 +109,6 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
     c->give_up = true;
     return;
   }
-  size_t tl = strlen(c->tried);
-  snprintf(c->tried + tl, sizeof c->tried - tl, "%s%s", tl ? ", " : "", full);
   /* A child opened without a lock (to look at an image another process
    * serves) must not lock its parents either: a writer of a parent would
    * refuse the read lock. */
@@ -139,6 +167,13 @@ int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
       const struct vhd_locator *l = &vhd->header.locators[i];
       if (l->code != order[o] || locator_path(vhd, l, path, sizeof path) < 0)
         continue;
+      /* A Mac URL's path decoded first; as written after (vhd-util
+       * writes a space as it is). */
+      char decoded[4096];
+      if (l->code == VHD_PLAT_MACX && percent_decode(path, decoded, sizeof decoded)) {
+        try_candidate(c, decoded);
+        try_candidate(c, last_component(decoded));
+      }
       /* A POSIX absolute path is tried as written first: a backslash in
        * it is part of a file name, not a Windows separator. */
       if (path[0] == '/')

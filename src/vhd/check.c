@@ -62,6 +62,22 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     report(&c, VHD_CHECK_CORRUPT, "%s", oe.msg);
     return c.found;
   }
+  if (vhd->footer_short && repair) {
+    /* Written whole where it starts: the file gains the missing byte. */
+    uint64_t pos = vhd_fixed_footer_pos(vhd);
+    r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, pos);
+    if (r == 0)
+      r = vhd_io_sync(vhd);
+    if (r < 0) {
+      report(&c, VHD_CHECK_CORRUPT, "%s: writing the 511-byte footer whole failed: %s", path,
+             strerror(-r));
+    } else {
+      vhd->file_size = pos + VHD_FOOTER_SIZE;
+      vhd->footer_short = false;
+      c.found &= ~VHD_CHECK_WARNINGS;
+      report(&c, VHD_CHECK_REPAIRED, "%s: wrote the 511-byte footer whole (512 bytes)", path);
+    }
+  }
   if (vhd->footer_copy_used) {
     if (repair) {
       /* Open checked that every structure ends by file size - 512; a file

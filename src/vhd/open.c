@@ -84,6 +84,23 @@ static int read_footer(vhd_t *vhd, struct vhd_err *err) {
     memcpy(vhd->footer_raw, tail, VHD_FOOTER_SIZE);
     return 0;
   }
+  /* A fixed disk of Virtual PC before 2004: a footer of 511 bytes ends the
+   * file (the last reserved byte left out; it is zero, so the checksum
+   * over 512 bytes holds with it put back).  Only a fixed disk: a dynamic
+   * one cut by a byte has its copy at 0. */
+  memset(head, 0, sizeof head);
+  if (vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE - 1, vhd->file_size - (VHD_FOOTER_SIZE - 1)) ==
+          0 &&
+      vhd_footer_check(head, "511-byte footer", NULL) == 0 &&
+      be32_load(head + 60) == VHD_TYPE_FIXED) {
+    memcpy(vhd->footer_raw, head, VHD_FOOTER_SIZE);
+    vhd->footer_short = true;
+    vhd_warn(vhd,
+             "%s: fixed disk with a 511-byte footer (Virtual PC before 2004) at offset %llu "
+             "(vhdimg check --repair writes it whole)",
+             p, (unsigned long long)(vhd->file_size - (VHD_FOOTER_SIZE - 1)));
+    return 0;
+  }
   /* Dynamic and differencing disks keep a copy at 0: use it when the
    * trailing one is damaged (torn write, truncation). */
   if (vhd->file_size >= 2 * VHD_FOOTER_SIZE &&
@@ -145,13 +162,14 @@ static int validate_footer(vhd_t *vhd, const struct vhd_open_opts *opts, struct 
                        p, (unsigned long long)size, (unsigned long long)VHD_MAX_VIRTUAL_SIZE);
   vhd->virtual_size = size;
   if (vhd->type == VHD_TYPE_FIXED) {
-    if (vhd->file_size - VHD_FOOTER_SIZE < f->current_size)
+    if (vhd_fixed_footer_pos(vhd) < f->current_size)
       return vhd_set_err(err, -EINVAL,
                          "%s: fixed disk: file size %llu is smaller than current size %llu + "
-                         "the 512-byte footer",
+                         "the %u-byte footer",
                          p, (unsigned long long)vhd->file_size,
-                         (unsigned long long)f->current_size);
-    if (vhd->file_size - VHD_FOOTER_SIZE != f->current_size)
+                         (unsigned long long)f->current_size,
+                         vhd->footer_short ? VHD_FOOTER_SIZE - 1 : VHD_FOOTER_SIZE);
+    if (vhd_fixed_footer_pos(vhd) != f->current_size)
       vhd_warn(vhd, "%s: fixed disk: file size %llu is not current size %llu + 512", p,
                (unsigned long long)vhd->file_size, (unsigned long long)f->current_size);
   }

@@ -104,7 +104,7 @@ static int write_footers(struct resize *z, const uint8_t *footer, uint64_t pos) 
  * new one can. */
 static int resize_fixed(struct resize *z, uint64_t new_size, const uint8_t *footer) {
   vhd_t *vhd = z->vhd;
-  uint64_t fpos = vhd->file_size - VHD_FOOTER_SIZE, old = vhd->virtual_size;
+  uint64_t fpos = vhd_fixed_footer_pos(vhd), old = vhd->virtual_size;
   int r;
   if (new_size < old) {
     /* The new footer's sector may already hold it (a shrink cut short). */

@@ -176,6 +176,9 @@ struct vhd {
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];
   bool footer_copy_used;
+  /* A fixed disk whose footer is 511 bytes (Virtual PC before 2004 left
+   * out the last reserved byte): the file ends one byte short. */
+  bool footer_short;
   uint64_t virtual_size;
   uint64_t file_size;     /* at open */
 
@@ -404,6 +407,13 @@ uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off);
 /* Gives back the unused end of the allocation window and the freed blocks
  * that ended the file (after a flush); the handle may go on writing. */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
+
+/* Where a fixed disk's footer starts: 512 bytes before the end of the file,
+ * or 511 for a short footer.  A footer written there is written whole,
+ * which ends the file at the standard 512. */
+static inline uint64_t vhd_fixed_footer_pos(const vhd_t *vhd) {
+  return vhd->file_size - (vhd->footer_short ? VHD_FOOTER_SIZE - 1 : VHD_FOOTER_SIZE);
+}
 /* BAT entries change under vhd->lock, as atomic stores, so that a reader
  * may look at one without the lock (vhd_bat_peek): a read of a block the
  * image does not hold goes to its parent without taking this image's lock.
