@@ -29,6 +29,11 @@ struct tls_session {
   void *opaque;
   uint8_t *in;           /* ciphertext not yet consumed by GnuTLS */
   size_t in_start, in_end, in_cap;
+  /* The client's record framing, followed as ciphertext is fed: the
+   * header bytes of a record begun, or what is left of its body. */
+  uint8_t rec_hdr[5];
+  unsigned rec_hdr_len;
+  uint32_t rec_left;
   char error[256];
   char peer[256];
   char *dn;  /* verified client certificate's subject, or NULL */
@@ -280,7 +285,24 @@ int tls_session_feed(struct tls_session *s, const uint8_t *data, size_t len) {
   }
   memcpy(s->in + s->in_end, data, len);
   s->in_end += len;
+  for (size_t i = 0; i < len;) {
+    if (s->rec_left > 0) {
+      size_t n = len - i < s->rec_left ? len - i : s->rec_left;
+      s->rec_left -= (uint32_t)n;
+      i += n;
+      continue;
+    }
+    s->rec_hdr[s->rec_hdr_len++] = data[i++];
+    if (s->rec_hdr_len == sizeof s->rec_hdr) {
+      s->rec_left = (uint32_t)s->rec_hdr[3] << 8 | s->rec_hdr[4];
+      s->rec_hdr_len = 0;
+    }
+  }
   return 0;
+}
+
+bool tls_session_mid_record(const struct tls_session *s) {
+  return s->rec_hdr_len > 0 || s->rec_left > 0;
 }
 
 static void describe_peer(struct tls_session *s) {
@@ -327,14 +349,26 @@ int tls_session_handshake(struct tls_session *s) {
 
 ssize_t tls_session_read(struct tls_session *s, uint8_t *buf, size_t len) {
   for (;;) {
+    size_t held = s->in_end - s->in_start;
     ssize_t r = gnutls_record_recv(s->gs, buf, len);
     if (r > 0)
       return r;
     if (r == 0)
       return -EPIPE;
-    if (r == GNUTLS_E_AGAIN)
+    /* After a post-handshake message (a TLS 1.3 KeyUpdate, say) GnuTLS
+     * answers AGAIN with the records behind it still in memory, and no
+     * socket read may come to ask again: go on while it took bytes and
+     * some are left.  Each turn takes some, so this ends. */
+    if (r == GNUTLS_E_AGAIN) {
+      size_t left = s->in_end - s->in_start;
+      if (left > 0 && left < held)
+        continue;
       return 0;
-    if (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_REHANDSHAKE)
+    }
+    /* A warning alert (user_canceled, say) ends nothing; close_notify
+     * comes back as 0 above. */
+    if (r == GNUTLS_E_WARNING_ALERT_RECEIVED || r == GNUTLS_E_INTERRUPTED ||
+        r == GNUTLS_E_REHANDSHAKE)
       continue;
     if (r == GNUTLS_E_PREMATURE_TERMINATION)
       return -EPIPE;

@@ -216,7 +216,7 @@ grep -q "Pattern verification failed" <<<"$out" && fail "qemu-io read over TLS: 
 stop_vhdnbd
 
 # --- (b) --tls=require with PSK -------------------------------------------------
-start_vhdnbd_tcp "$TMPD/sock" -v -b 127.0.0.1 --tls=require \
+start_vhdnbd_tcp "$TMPD/sock" -v -b 127.0.0.1 --tls=require --payload-timeout 3 \
   --tls-psk "$pskdir/keys.psk" "$img" 2>"$TMPD/log-b"
 port=$VHDNBD_PORT
 expect_ok psk "$pskdir/keys.psk" "$port" 5
@@ -232,8 +232,8 @@ out=$(timeout 30 qemu-io -r "${qemu_psk[@]}" -c 'read -P 0x3c 20M 1M' 2>&1) ||
 grep -q "Pattern verification failed" <<<"$out" && fail "qemu-io read over TLS-PSK: $out"
 expect_ok psk "$pskdir/keys.psk" "$port" 7
 # Only (EC)DHE key exchanges: plain PSK has no forward secrecy.
-pskclient() { # PRIORITY: prints "ok KX" or "refused: ..."
-  timeout 30 "$top_builddir/tls-psk-client" "$port" alice "$(cut -d: -f2 "$pskdir/keys.psk")" "$1"
+pskclient() { # PRIORITY [MODE]: prints "ok KX" or "refused: ..." (see tls-psk-client.c)
+  timeout 90 "$top_builddir/tls-psk-client" "$port" alice "$(cut -d: -f2 "$pskdir/keys.psk")" "$@"
 }
 for kx in ECDHE-PSK DHE-PSK; do
   out=$(pskclient "NORMAL:-KX-ALL:+$kx") || fail "tls-psk-client $kx: $out"
@@ -241,6 +241,19 @@ for kx in ECDHE-PSK DHE-PSK; do
 done
 out=$(pskclient "NORMAL:-KX-ALL:+PSK") || fail "tls-psk-client PSK: $out"
 [[ $out == refused:* ]] || fail "a plain PSK key exchange (no DHE) was accepted: $out"
+# Records that carry no data, each with a READ behind it in one TCP segment:
+# a TLS 1.3 KeyUpdate (the READ once waited for the client's next bytes) and
+# a TLS 1.2 warning alert (it once closed the connection).
+out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK keyupdate) || fail "a READ behind a KeyUpdate: $out"
+[ "$out" = "answered TLS1.3" ] || fail "a READ behind a KeyUpdate: $out"
+out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK:-VERS-TLS1.3 alert) ||
+  fail "a READ behind a warning alert: $out"
+[ "$out" = "answered TLS1.2" ] || fail "a READ behind a warning alert: $out"
+# Half of the record that holds a request header: --payload-timeout ends it,
+# as it ends half a header in the clear.
+out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK halfrecord) || fail "half a TLS record: $out"
+[[ $out =~ ^closed\ after\ ([0-9]+)\ s$ ]] && [ "${BASH_REMATCH[1]}" -le 10 ] ||
+  fail "half a TLS record was not closed by --payload-timeout 3: $out"
 stop_vhdnbd
 
 # --- (e) --tls=on --tls-verify-peer ----------------------------------------------
