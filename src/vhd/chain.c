@@ -46,6 +46,10 @@ static int locator_path(vhd_t *vhd, const struct vhd_locator *l, char *out, size
       s += strcspn(s, "/");
     }
     snprintf(out, out_len, "%s", s);
+  } else if (l->code == VHD_PLAT_WI2R || l->code == VHD_PLAT_WI2K) {
+    /* The deprecated 8-bit forms of W2ru and W2ku (Virtual PC's own). */
+    raw[len] = 0;
+    snprintf(out, out_len, "%s", (const char *)raw);
   } else {
     return -ENOTSUP;
   }
@@ -159,8 +163,10 @@ int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
     snprintf(c->dir, sizeof c->dir, "%s", dirname(copy));
   }
   /* Order: relative Unicode path, absolute Unicode path (its last component
-   * beside the child, then as a POSIX path), Mac URL, the header's name. */
-  static const uint32_t order[] = {VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX};
+   * beside the child, then as a POSIX path), Mac URL, the deprecated 8-bit
+   * relative and absolute paths, the header's name. */
+  static const uint32_t order[] = {VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX, VHD_PLAT_WI2R,
+                                   VHD_PLAT_WI2K};
   char path[4096];
   for (size_t o = 0; o < ARRAY_SIZE(order) && !c->found && !c->give_up; o++) {
     for (int i = 0; i < 8 && !c->found && !c->give_up; i++) {
@@ -179,7 +185,7 @@ int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
       if (path[0] == '/')
         try_candidate(c, path);
       slashes_to_posix(path);
-      if (l->code == VHD_PLAT_W2RU) {
+      if (l->code == VHD_PLAT_W2RU || l->code == VHD_PLAT_WI2R) {
         try_candidate(c, path);
       } else {
         try_candidate(c, last_component(path));

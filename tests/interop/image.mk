@@ -26,14 +26,14 @@ TESTS += \
 	tests/interop/test-xen-batmap.sh \
 	tests/interop/test-saved-state.sh \
 	tests/interop/test-short-footer.sh \
-	tests/interop/test-parent-locator-url.sh
+	tests/interop/test-parent-locators.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/tapdisk-view.py \
 	tests/interop/test-xen-batmap.sh \
 	tests/interop/test-saved-state.sh \
 	tests/interop/test-short-footer.sh \
-	tests/interop/test-parent-locator-url.sh \
+	tests/interop/test-parent-locators.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
