@@ -34,7 +34,6 @@ struct tls_session {
   uint8_t rec_hdr[5];
   unsigned rec_hdr_len;
   uint32_t rec_left;
-  bool rec_lost; /* a header no TLS record has (an SSLv2 hello): not followed */
   char error[256];
   char peer[256];
   char *dn;  /* verified client certificate's subject, or NULL */
@@ -286,7 +285,7 @@ int tls_session_feed(struct tls_session *s, const uint8_t *data, size_t len) {
   }
   memcpy(s->in + s->in_end, data, len);
   s->in_end += len;
-  for (size_t i = 0; i < len && !s->rec_lost;) {
+  for (size_t i = 0; i < len;) {
     if (s->rec_left > 0) {
       size_t n = len - i < s->rec_left ? len - i : s->rec_left;
       s->rec_left -= (uint32_t)n;
@@ -295,9 +294,6 @@ int tls_session_feed(struct tls_session *s, const uint8_t *data, size_t len) {
     }
     s->rec_hdr[s->rec_hdr_len++] = data[i++];
     if (s->rec_hdr_len == sizeof s->rec_hdr) {
-      /* Content types 20-24 (change_cipher_spec .. heartbeat), version 3.x. */
-      if (s->rec_hdr[0] < 20 || s->rec_hdr[0] > 24 || s->rec_hdr[1] != 3)
-        s->rec_lost = true;
       s->rec_left = (uint32_t)s->rec_hdr[3] << 8 | s->rec_hdr[4];
       s->rec_hdr_len = 0;
     }
@@ -305,9 +301,8 @@ int tls_session_feed(struct tls_session *s, const uint8_t *data, size_t len) {
   return 0;
 }
 
-/* A stream not followed says nothing: never "inside a record". */
 bool tls_session_mid_record(const struct tls_session *s) {
-  return !s->rec_lost && (s->rec_hdr_len > 0 || s->rec_left > 0);
+  return s->rec_hdr_len > 0 || s->rec_left > 0;
 }
 
 static void describe_peer(struct tls_session *s) {

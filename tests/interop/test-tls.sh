@@ -249,10 +249,6 @@ out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK keyupdate) || fail "a READ behind a Ke
 out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK:-VERS-TLS1.3 alert) ||
   fail "a READ behind a warning alert: $out"
 [ "$out" = "answered TLS1.2" ] || fail "a READ behind a warning alert: $out"
-# Whole records and silence are no stalled request: a client idle for twice
-# --payload-timeout after a KeyUpdate is still served.
-out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK idle) || fail "an idle TLS client: $out"
-[ "$out" = "answered TLS1.3" ] || fail "an idle TLS client: $out"
 # Half of the record that holds a request header: --payload-timeout ends it,
 # as it ends half a header in the clear.
 out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK halfrecord) || fail "half a TLS record: $out"

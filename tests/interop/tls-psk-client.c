@@ -9,10 +9,7 @@
  *   keyupdate  a TLS 1.3 KeyUpdate and a second READ, in one TCP segment;
  *   alert      a warning alert (user_canceled) and a second READ, likewise;
  *   halfrecord half of the record that holds a READ's header, then waits
- *              (at most 60 s) for the server to close the connection;
- *   idle       a KeyUpdate alone, 6 s of silence, then the second READ (a
- *              server with --payload-timeout under 6 s must not have closed
- *              the connection meanwhile).
+ *              (at most 60 s) for the server to close the connection.
  * Prints "answered VERSION" (TLS1.3, TLS1.2) when the second READ was
  * answered, or "closed after N s"; exits 1 when a reply does not come (30 s) or is wrong. */
 #include "config.h"
@@ -147,17 +144,6 @@ static int post_handshake(const char *mode) {
     printf("open after 60 s\n");
     return 0;
   }
-  if (strcmp(mode, "idle") == 0) {
-    if (gnutls_session_key_update(s, 0) < 0)
-      return 1;
-    sleep(6);
-    if (tls_write_all(req, sizeof req) < 0 || read_reply(2) < 0) {
-      printf("closed while idle\n");
-      return 1;
-    }
-    printf("answered %s\n", gnutls_protocol_get_name(gnutls_protocol_get_version(s)));
-    return 0;
-  }
   int one = 1, zero = 0;
   setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof one);
   int r = strcmp(mode, "keyupdate") == 0
@@ -178,7 +164,7 @@ static int post_handshake(const char *mode) {
 
 int main(int argc, char **argv) {
   if (argc != 5 && argc != 6) {
-    fprintf(stderr, "usage: %s PORT USERNAME HEXKEY PRIORITY [keyupdate|alert|halfrecord|idle]\n",
+    fprintf(stderr, "usage: %s PORT USERNAME HEXKEY PRIORITY [keyupdate|alert|halfrecord]\n",
             argv[0]);
     return 2;
   }
