@@ -130,18 +130,18 @@ static void sanitize(char *out, size_t cap, const char *in, const char *empty) {
 }
 
 /* This process's TOKEN in discard children's names (8 hex digits). */
-static char process_token_hex[9];
+static char token[9];
 static void token_make(void) {
   uint32_t v = 0;
   if (gnutls_rnd(GNUTLS_RND_NONCE, &v, sizeof v) < 0)
     v = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
-  snprintf(process_token_hex, sizeof process_token_hex, "%08" PRIx32, v);
+  snprintf(token, sizeof token, "%08" PRIx32, v);
 }
 
 static const char *process_token(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, token_make);
-  return process_token_hex;
+  return token;
 }
 
 static int child_path(const struct export *base, const char *key, char **out) {
