@@ -130,17 +130,14 @@ static void sanitize(char *out, size_t cap, const char *in, const char *empty) {
 }
 
 /* This process's TOKEN in discard children's names (8 hex digits). */
-static char token[9];
-static void token_make(void) {
-  uint32_t v = 0;
-  if (gnutls_rnd(GNUTLS_RND_NONCE, &v, sizeof v) < 0)
-    v = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
-  snprintf(token, sizeof token, "%08" PRIx32, v);
-}
-
 static const char *process_token(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, token_make);
+  static char token[9];
+  if (!token[0]) {
+    uint32_t v = 0;
+    if (gnutls_rnd(GNUTLS_RND_NONCE, &v, sizeof v) < 0)
+      v = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
+    snprintf(token, sizeof token, "%08" PRIx32, v);
+  }
   return token;
 }
 
