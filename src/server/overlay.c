@@ -20,29 +20,22 @@
  * OPENING when its key comes back before the close is done (the child's
  * lock would refuse a second open), or is freed.
  *
- * Child file names: "p-NAME-KEY-HASH.vhd" and "d-NAME-PID-TOKEN-N.vhd",
- * where NAME and KEY are short prefixes with every byte outside
- * [A-Za-z0-9._-] replaced, and HASH is SHA-256 of the export name and key in
- * hex: the name never holds a '/' or starts with a dot whatever the key
- * contains, and the hash keeps keys that sanitize alike apart.  TOKEN is
- * random per process: a discard child left by a server killed between
- * creating and opening it never takes the name of a later server's child
- * that has the same PID (as after a reboot), and is known for a leftover. */
+ * Child file names: "p-NAME-KEY-HASH.vhd" and "d-NAME-PID-N.vhd", where
+ * NAME and KEY are short prefixes with every byte outside [A-Za-z0-9._-]
+ * replaced, and HASH is SHA-256 of the export name and key in hex: the name
+ * never holds a '/' or starts with a dot whatever the key contains, and the
+ * hash keeps keys that sanitize alike apart. */
 #include "config.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <gnutls/crypto.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -129,25 +122,13 @@ static void sanitize(char *out, size_t cap, const char *in, const char *empty) {
   out[n] = '\0';
 }
 
-/* This process's TOKEN in discard children's names (8 hex digits). */
-static const char *process_token(void) {
-  static char token[9];
-  if (!token[0]) {
-    uint32_t v = 0;
-    if (gnutls_rnd(GNUTLS_RND_NONCE, &v, sizeof v) < 0)
-      v = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
-    snprintf(token, sizeof token, "%08" PRIx32, v);
-  }
-  return token;
-}
-
 static int child_path(const struct export *base, const char *key, char **out) {
   char name[25], k[25];
   sanitize(name, sizeof name, base->name, "default");
   static uint64_t counter;
   if (!key) {
-    return asprintf(out, "%s/d-%s-%ld-%s-%" PRIu64 ".vhd", instance_dir(base), name,
-                    (long)getpid(), process_token(), ++counter) < 0
+    return asprintf(out, "%s/d-%s-%ld-%" PRIu64 ".vhd", instance_dir(base), name,
+                    (long)getpid(), ++counter) < 0
                ? -ENOMEM
                : 0;
   }
@@ -171,91 +152,6 @@ static int child_path(const struct export *base, const char *key, char **out) {
     snprintf(hex + 2 * i, 3, "%02x", digest[i]);
   return asprintf(out, "%s/p-%s-%s-%s.vhd", instance_dir(base), name, k, hex) < 0 ? -ENOMEM
                                                                                    : 0;
-}
-
-static bool all_of(const char *s, size_t n, const char *set) {
-  return n > 0 && strspn(s, set) >= n;
-}
-
-/* A discard child is unlinked right after it is open; a server killed
- * between its creation and that leaves the file.  It is a leftover when
- * the PID in its name is no live process's, or is this process's with
- * another TOKEN (or none: the names before TOKEN).  A live process of that
- * PID may be another server in the window: its file stays. */
-static bool discard_leftover(const char *name) {
-  size_t len = strlen(name);
-  if (strncmp(name, "d-", 2) != 0 || len < 6 || strcmp(name + len - 4, ".vhd") != 0)
-    return false;
-  const char *f[3]; /* N, then TOKEN or PID, then PID or part of NAME */
-  size_t flen[3];
-  const char *end = name + len - 4;
-  for (int i = 0; i < 3; i++) {
-    const char *d = end;
-    while (d > name + 2 && d[-1] != '-')
-      d--;
-    if (d == end || (d == name + 2 && i < 2))
-      return false;
-    f[i] = d;
-    flen[i] = (size_t)(end - d);
-    end = d - 1;
-  }
-  if (!all_of(f[0], flen[0], "0123456789"))
-    return false;
-  const char *pid_s, *token = NULL;
-  size_t pid_len;
-  if (flen[1] == 8 && all_of(f[1], 8, "0123456789abcdef") && f[2] > name + 2 &&
-      all_of(f[2], flen[2], "0123456789")) {
-    token = f[1];
-    pid_s = f[2];
-    pid_len = flen[2];
-  } else if (all_of(f[1], flen[1], "0123456789")) {
-    pid_s = f[1];
-    pid_len = flen[1];
-  } else {
-    return false;
-  }
-  if (pid_len > 9)
-    return false;
-  long pid = strtol(pid_s, NULL, 10);
-  if (pid <= 0)
-    return false;
-  if (pid == (long)getpid())
-    return !token || memcmp(token, process_token(), 8) != 0;
-  return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
-}
-
-/* Once per directory and process, before its first discard child. */
-static void sweep_discard_leftovers(const char *dir) {
-  static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-  static char **swept;
-  static size_t n_swept;
-  pthread_mutex_lock(&lock);
-  for (size_t i = 0; i < n_swept; i++) {
-    if (strcmp(swept[i], dir) == 0) {
-      pthread_mutex_unlock(&lock);
-      return;
-    }
-  }
-  char **grown = realloc(swept, (n_swept + 1) * sizeof *swept);
-  if (grown) {
-    swept = grown;
-    if ((swept[n_swept] = strdup(dir)))
-      n_swept++;
-  }
-  DIR *d = opendir(dir);
-  for (struct dirent *e; d && (e = readdir(d));) {
-    if (!discard_leftover(e->d_name))
-      continue;
-    if (unlinkat(dirfd(d), e->d_name, 0) == 0)
-      log_msg(LOG_LEVEL_NOTICE, "overlay directory %s: removed %s, a discard child its server left",
-              dir, e->d_name);
-    else if (errno != ENOENT)
-      log_msg(LOG_LEVEL_WARNING, "overlay directory %s: removing %s, a discard child its server "
-              "left: %s", dir, e->d_name, strerror(errno));
-  }
-  if (d)
-    closedir(d);
-  pthread_mutex_unlock(&lock);
 }
 
 /* mkdir -p, each missing level private to the service (mode 0700). */
@@ -355,7 +251,6 @@ static void open_run(struct work_item *w) {
       .parent = j->inst->base->image,
   };
   if (!j->persistent) {
-    sweep_discard_leftovers(j->dir);
     if ((j->r = vhd_create(path, &co, &j->err)) < 0)
       return;
     j->created = true;

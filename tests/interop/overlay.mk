@@ -2,7 +2,6 @@
 SERVER_OVERLAY_TESTS = \
 	tests/interop/test-overlay.sh \
 	tests/interop/test-overlay-base.sh \
-	tests/interop/test-overlay-leftovers.sh \
 	tests/interop/test-reload.sh
 TESTS += $(SERVER_OVERLAY_TESTS)
 EXTRA_DIST += $(SERVER_OVERLAY_TESTS)
