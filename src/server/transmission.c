@@ -89,10 +89,7 @@ void transmission_abort_payload(struct connection *conn) {
 }
 
 bool transmission_payload_pending(const struct connection *conn) {
-  /* Under TLS a message begins with its first record: a record cut short
-   * holds no plaintext yet. */
-  return conn->want_cb && (conn->want_dst != conn->hdr || conn->want_done > 0 ||
-                           (conn->tls && tls_session_mid_record(conn->tls)));
+  return conn->want_cb && (conn->want_dst != conn->hdr || conn->want_done > 0);
 }
 
 static void on_reply_written(struct connection *conn, void *opaque, int status) {

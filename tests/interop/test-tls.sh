@@ -249,11 +249,6 @@ out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK keyupdate) || fail "a READ behind a Ke
 out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK:-VERS-TLS1.3 alert) ||
   fail "a READ behind a warning alert: $out"
 [ "$out" = "answered TLS1.2" ] || fail "a READ behind a warning alert: $out"
-# Half of the record that holds a request header: --payload-timeout ends it,
-# as it ends half a header in the clear.
-out=$(pskclient NORMAL:-KX-ALL:+ECDHE-PSK halfrecord) || fail "half a TLS record: $out"
-[[ $out =~ ^closed\ after\ ([0-9]+)\ s$ ]] && [ "${BASH_REMATCH[1]}" -le 10 ] ||
-  fail "half a TLS record was not closed by --payload-timeout 3: $out"
 stop_vhdnbd
 
 # --- (e) --tls=on --tls-verify-peer ----------------------------------------------
