@@ -29,11 +29,6 @@ struct tls_session {
   void *opaque;
   uint8_t *in;           /* ciphertext not yet consumed by GnuTLS */
   size_t in_start, in_end, in_cap;
-  /* The client's record framing, followed as ciphertext is fed: the
-   * header bytes of a record begun, or what is left of its body. */
-  uint8_t rec_hdr[5];
-  unsigned rec_hdr_len;
-  uint32_t rec_left;
   char error[256];
   char peer[256];
   char *dn;  /* verified client certificate's subject, or NULL */
@@ -285,24 +280,7 @@ int tls_session_feed(struct tls_session *s, const uint8_t *data, size_t len) {
   }
   memcpy(s->in + s->in_end, data, len);
   s->in_end += len;
-  for (size_t i = 0; i < len;) {
-    if (s->rec_left > 0) {
-      size_t n = len - i < s->rec_left ? len - i : s->rec_left;
-      s->rec_left -= (uint32_t)n;
-      i += n;
-      continue;
-    }
-    s->rec_hdr[s->rec_hdr_len++] = data[i++];
-    if (s->rec_hdr_len == sizeof s->rec_hdr) {
-      s->rec_left = (uint32_t)s->rec_hdr[3] << 8 | s->rec_hdr[4];
-      s->rec_hdr_len = 0;
-    }
-  }
   return 0;
-}
-
-bool tls_session_mid_record(const struct tls_session *s) {
-  return s->rec_hdr_len > 0 || s->rec_left > 0;
 }
 
 static void describe_peer(struct tls_session *s) {

@@ -32,9 +32,6 @@ int tls_session_new(struct tls_creds *creds, tls_send_fn send, void *opaque,
 void tls_session_free(struct tls_session *s);
 /* Queues ciphertext received from the peer.  Returns 0 or -ENOMEM. */
 int tls_session_feed(struct tls_session *s, const uint8_t *data, size_t len);
-/* Whether the ciphertext fed so far ends inside a record: the client began
- * one and has not sent all of it. */
-bool tls_session_mid_record(const struct tls_session *s);
 /* Drives the handshake: 1 done, 0 needs more input, < 0 failed (message in
  * tls_session_error). */
 int tls_session_handshake(struct tls_session *s);
