@@ -14,8 +14,10 @@
 #include "metrics.h"
 #include "server.h"
 
+/* The engine's warnings name the file already; the export's name says
+ * which of several exports of one image it is. */
 static void on_warning(void *opaque, const char *msg) {
-  log_msg(LOG_LEVEL_WARNING, "%s: %s", (const char *)opaque, msg);
+  log_msg(LOG_LEVEL_WARNING, "export '%s': %s", (const char *)opaque, msg);
 }
 
 static void export_free(struct export *e) {
@@ -105,7 +107,7 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
       .flags = (e->readonly || overlaid ? VHD_OPEN_RDONLY : 0) | server.vhd_open_flags,
       .size_rule = VHD_SIZE_AUTO,
       .warn = on_warning,
-      .warn_opaque = e->image,
+      .warn_opaque = e->name,
   };
   struct vhd_err err = {{0}};
   int r = vhd_open(e->image, &opts, &e->vhd, &err);

@@ -92,6 +92,17 @@ struct candidate_ctx {
   struct vhd_err err;
 };
 
+/* Whether path is one of the ", "-separated entries of list, whole (a
+ * path that is part of a longer one listed is not). */
+static bool tried_already(const char *list, const char *path) {
+  size_t n = strlen(path);
+  for (const char *p = strstr(list, path); p; p = strstr(p + 1, path))
+    if ((p == list || (p - list >= 2 && p[-2] == ',' && p[-1] == ' ')) &&
+        (p[n] == '\0' || (p[n] == ',' && p[n + 1] == ' ')))
+      return true;
+  return false;
+}
+
 static void try_candidate(struct candidate_ctx *c, const char *path) {
   if (c->found || c->give_up || !path[0])
     return;
@@ -102,7 +113,7 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
     snprintf(full, sizeof full, "%s/%s", c->dir, path[0] == '.' && path[1] == '/' ? path + 2 : path);
   /* Every place looked at is named if none holds the parent. */
   size_t tl = strlen(c->tried);
-  if (!strstr(c->tried, full))
+  if (!tried_already(c->tried, full))
     snprintf(c->tried + tl, sizeof c->tried - tl, "%s%s", tl ? ", " : "", full);
   struct stat st, self;
   if (stat(full, &st) != 0)

@@ -12,12 +12,17 @@
 struct check {
   const struct vhd_check_opts *opts;
   int found;
+  /* Warnings reported and not repaired since: a repair clears the
+   * warning bit only when it took the last one away. */
+  unsigned warnings;
 };
 
 static void report(struct check *c, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void report(struct check *c, int kind, const char *fmt, ...) {
   c->found |= kind;
+  if (kind & VHD_CHECK_WARNINGS)
+    c->warnings++;
   if (!c->opts || !c->opts->report)
     return;
   char msg[1200];
@@ -37,6 +42,12 @@ static void collect_warning(void *opaque, const char *msg) {
   report(opaque, VHD_CHECK_WARNINGS, "%s", msg);
 }
 
+/* A repair that took away the one warning open gave for what it fixed. */
+static void warning_repaired(struct check *c) {
+  if (c->warnings > 0 && --c->warnings == 0)
+    c->found &= ~VHD_CHECK_WARNINGS;
+}
+
 struct span {
   uint64_t start, end;
 };
@@ -46,7 +57,7 @@ static int span_cmp(const void *a, const void *b) {
 }
 
 int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_err *err) {
-  struct check c = {opts, 0};
+  struct check c = {opts, 0, 0};
   bool repair = opts && opts->repair;
   struct vhd_open_opts oo = {
       .flags = VHD_OPEN_NOPARENT | (repair ? 0 : VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK),
@@ -64,17 +75,13 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
   }
   if (vhd->footer_short && repair) {
     /* Written whole where it starts: the file gains the missing byte. */
-    uint64_t pos = vhd_fixed_footer_pos(vhd);
-    r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, pos);
-    if (r == 0)
-      r = vhd_io_sync(vhd);
+    uint64_t pos;
+    r = vhd_io_fixed_footer_write(vhd, vhd->footer_raw, &pos);
     if (r < 0) {
-      report(&c, VHD_CHECK_CORRUPT, "%s: writing the 511-byte footer whole failed: %s", path,
-             strerror(-r));
+      report(&c, VHD_CHECK_CORRUPT, "%s: writing the 511-byte footer whole at offset %llu failed: %s",
+             path, (unsigned long long)pos, strerror(-r));
     } else {
-      vhd->file_size = pos + VHD_FOOTER_SIZE;
-      vhd->footer_short = false;
-      c.found &= ~VHD_CHECK_WARNINGS;
+      warning_repaired(&c);
       report(&c, VHD_CHECK_REPAIRED, "%s: wrote the 511-byte footer whole (512 bytes)", path);
     }
   }
@@ -95,7 +102,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         report(&c, VHD_CHECK_CORRUPT, "%s: rewriting the trailing footer failed: %s", path,
                strerror(-r));
       } else {
-        c.found &= ~VHD_CHECK_WARNINGS;
+        warning_repaired(&c);
         report(&c, VHD_CHECK_REPAIRED, "%s: rewrote the damaged trailing footer from the copy at 0",
                path);
       }

@@ -405,6 +405,26 @@ int vhd_io_footer_cut(vhd_t *vhd, uint64_t end, bool keep_when_full) {
   return vhd_io_sync(vhd);
 }
 
+/* A fixed image's footer, written whole where it starts and synced.  A
+ * 511-byte footer (Virtual PC before 2004) becomes a standard one: the
+ * file gains the missing byte, and file_size and footer_short say so. */
+int vhd_io_fixed_footer_write(vhd_t *vhd, const uint8_t raw[VHD_FOOTER_SIZE], uint64_t *at) {
+  pthread_mutex_lock(&vhd->lock);
+  uint64_t pos = vhd_fixed_footer_pos(vhd);
+  pthread_mutex_unlock(&vhd->lock);
+  *at = pos;
+  int r = vhd_io_pwrite(vhd, raw, VHD_FOOTER_SIZE, pos);
+  if (r == 0)
+    r = vhd_io_sync(vhd);
+  if (r == 0 && vhd->footer_short) {
+    pthread_mutex_lock(&vhd->lock);
+    vhd->file_size = pos + VHD_FOOTER_SIZE;
+    vhd->footer_short = false;
+    pthread_mutex_unlock(&vhd->lock);
+  }
+  return r;
+}
+
 /* Zeros over [off, off+len), a part of one file system block, for
  * vhd_io_punch.  Bytes that read as zeros already (a hole, most often)
  * are left alone: writing them would take space, which a full file system

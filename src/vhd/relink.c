@@ -183,17 +183,15 @@ int vhd_footer_set_timestamp(vhd_t *vhd, uint32_t ts, struct vhd_err *err) {
   vhd->footer.timestamp = ts;
   uint8_t raw[VHD_FOOTER_SIZE];
   memcpy(raw, vhd->footer_raw, sizeof raw);
-  uint64_t at = vhd->type == VHD_TYPE_FIXED ? vhd_fixed_footer_pos(vhd) : vhd->footer_offset;
+  uint64_t at = vhd->footer_offset;
   pthread_mutex_unlock(&vhd->lock);
-  int r = vhd_io_pwrite(vhd, raw, sizeof raw, at);
-  if (r == 0)
-    r = vhd_io_sync(vhd);
-  if (r == 0 && vhd->footer_short) {
-    /* Written whole: the file now ends at the standard 512 bytes. */
-    pthread_mutex_lock(&vhd->lock);
-    vhd->file_size = at + VHD_FOOTER_SIZE;
-    vhd->footer_short = false;
-    pthread_mutex_unlock(&vhd->lock);
+  int r;
+  if (vhd->type == VHD_TYPE_FIXED) {
+    r = vhd_io_fixed_footer_write(vhd, raw, &at);
+  } else {
+    r = vhd_io_pwrite(vhd, raw, sizeof raw, at);
+    if (r == 0)
+      r = vhd_io_sync(vhd);
   }
   if (r == 0 && vhd->type != VHD_TYPE_FIXED) {
     at = 0;

@@ -292,6 +292,9 @@ int vhd_io_truncate(vhd_t *vhd, uint64_t size);
  * synced both sides of it.  keep_when_full: a file system with no space
  * for the footer at end (a hole) returns 1 with nothing changed. */
 int vhd_io_footer_cut(vhd_t *vhd, uint64_t end, bool keep_when_full);
+/* A fixed image's footer written whole at its place and synced (a 511-byte
+ * one gains its last byte); *at is where. */
+int vhd_io_fixed_footer_write(vhd_t *vhd, const uint8_t raw[VHD_FOOTER_SIZE], uint64_t *at);
 /* 0: all punched; 1: part zeroed in place (io.c); or a negative errno. */
 int vhd_io_punch(vhd_t *vhd, uint64_t off, uint64_t len);
 /* Has the file system allocate [off, off+len) (inside the file) without

@@ -83,4 +83,13 @@ rc=0
 [ "$rc" -ne 0 ] || fail "a child whose parent is gone opened"
 grep -qF "tried $d/base.vhd" "$TMPD/info" || fail "the error does not name $d/base.vhd: $(cat "$TMPD/info")"
 grep -qF "$e/base.vhd" "$TMPD/info" || fail "the error does not name the URL's path: $(cat "$TMPD/info")"
+# A place whose path is the start of one tried before it is named too.
+"$PY3" "$TMPD/locator.py" "$TMPD/kids1/child.vhd" MacX "file://localhost$TMPD/kids1/base.vhd.bak" ||
+  fail "rewriting the locator"
+rc=0
+"$VHDIMG" info "$TMPD/kids1/child.vhd" >"$TMPD/info" 2>&1 || rc=$?
+[ "$rc" -ne 0 ] || fail "a child whose parent is gone opened"
+grep -qF "tried $TMPD/kids1/base.vhd.bak" "$TMPD/info" || fail "the error: $(cat "$TMPD/info")"
+grep -qE ", $TMPD/kids1/base\.vhd(,|\)|$)" "$TMPD/info" ||
+  fail "the error does not name $TMPD/kids1/base.vhd (the header's name): $(cat "$TMPD/info")"
 echo "PASS: $n children found their parents through MacX, Wi2r and Wi2k locators; a missing one names where it looked"

@@ -67,6 +67,36 @@ qemu_reads "$img" $((size - 4096)) 4096 0x77
 qemu_reads "$img" 0 8192 0x33
 qemu_reads "$img" $((size - 4096)) 4096 0x77
 
+# A repair takes away its own warning only: another one (the footer's
+# reserved feature bit missing) still makes check exit 3.
+odd=$TMPD/odd.vhd
+make_short "$odd"
+"$PY3" - "$odd" $size <<'PY' || fail "clearing the feature bits"
+import struct, sys
+path, at = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(at)
+    foot = bytearray(f.read(511)) + b"\0"
+    foot[8:12] = b"\0\0\0\0"
+    foot[64:68] = b"\0\0\0\0"
+    foot[64:68] = struct.pack(">I", ~sum(foot) & 0xffffffff)
+    f.seek(at)
+    f.write(foot[:511])
+PY
+rc=0
+"$VHDIMG" check --repair --json "$odd" >"$TMPD/repair" 2>&1 || rc=$?
+[ "$rc" -eq 3 ] || fail "check --repair with a second warning exited $rc, not 3: $(cat "$TMPD/repair")"
+"$PY3" - "$TMPD/repair" <<'PY' || fail "check --repair --json: $(cat "$TMPD/repair")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+levels = [(f["level"], f["message"]) for f in j["findings"]]
+assert any(l == "repaired" and "511-byte footer" in m for l, m in levels), levels
+assert j["warnings"] is True, "the repair of the footer took the other warning away"
+assert j["after-repair"]["warnings"] is True, j["after-repair"]
+assert j["result"] == "warnings", j["result"]
+PY
+[ "$(stat -c %s "$odd")" -eq $((size + 512)) ] || fail "after --repair: $(stat -c %s "$odd") bytes"
+
 # commit into a short-footer parent: its timestamp is written where the
 # footer starts.
 parent=$TMPD/parent.vhd
