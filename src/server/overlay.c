@@ -20,11 +20,14 @@
  * OPENING when its key comes back before the close is done (the child's
  * lock would refuse a second open), or is freed.
  *
- * Child file names: "p-NAME-KEY-HASH.vhd" and "d-NAME-PID-N.vhd", where
+ * Child file names: "p-NAME-KEY-HASH.vhd" and "d-NAME-PID-TAG-N.vhd", where
  * NAME and KEY are short prefixes with every byte outside [A-Za-z0-9._-]
  * replaced, and HASH is SHA-256 of the export name and key in hex: the name
  * never holds a '/' or starts with a dot whatever the key contains, and the
- * hash keeps keys that sanitize alike apart. */
+ * hash keeps keys that sanitize alike apart.  TAG is random, drawn once per
+ * process: a discard child left by a server killed between creating and
+ * opening it (an empty file) may carry a later server's PID, in another
+ * PID namespace or after the PIDs wrapped, and must not take its name. */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -35,7 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -125,10 +130,16 @@ static void sanitize(char *out, size_t cap, const char *in, const char *empty) {
 static int child_path(const struct export *base, const char *key, char **out) {
   char name[25], k[25];
   sanitize(name, sizeof name, base->name, "default");
-  static uint64_t counter;
+  static uint64_t counter, tag;
   if (!key) {
-    return asprintf(out, "%s/d-%s-%ld-%" PRIu64 ".vhd", instance_dir(base), name,
-                    (long)getpid(), ++counter) < 0
+    /* The loop thread alone names children: no race on tag or counter. */
+    if (!tag && getrandom(&tag, sizeof tag, GRND_NONBLOCK) != (ssize_t)sizeof tag) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      tag = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    }
+    return asprintf(out, "%s/d-%s-%ld-%08" PRIx32 "-%" PRIu64 ".vhd", instance_dir(base), name,
+                    (long)getpid(), (uint32_t)(tag ^ (tag >> 32)), ++counter) < 0
                ? -ENOMEM
                : 0;
   }
