@@ -7,23 +7,19 @@
  * With MODE, once the handshake is done: NBD_OPT_GO for the default export
  * and a 4 KiB READ at 0, then
  *   keyupdate  a TLS 1.3 KeyUpdate and a second READ, in one TCP segment;
- *   alert      a warning alert (user_canceled) and a second READ, likewise;
- *   halfrecord half of the record that holds a READ's header, then waits
- *              (at most 60 s) for the server to close the connection.
+ *   alert      a warning alert (user_canceled) and a second READ, likewise.
  * Prints "answered VERSION" (TLS1.3, TLS1.2) when the second READ was
- * answered, or "closed after N s"; exits 1 when a reply does not come (30 s) or is wrong. */
+ * answered; exits 1 when a reply does not come (30 s) or is wrong. */
 #include "config.h"
 
 #include <arpa/inet.h>
 #include <endian.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -122,28 +118,6 @@ static int post_handshake(const char *mode) {
     return 1;
   }
   read_request(req, 2);
-  if (strcmp(mode, "halfrecord") == 0) {
-    /* The record goes to a socket pair, half of it on to the server. */
-    int sp[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) < 0)
-      return 1;
-    gnutls_transport_set_int(s, sp[0]);
-    uint8_t rec[512];
-    ssize_t n;
-    if (tls_write_all(req, sizeof req) < 0 || (n = read(sp[1], rec, sizeof rec)) <= 0 ||
-        write(fd, rec, (size_t)n / 2) != n / 2)
-      return 1;
-    time_t t0 = time(NULL);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    while (time(NULL) - t0 < 60) {
-      if (poll(&p, 1, 1000) > 0 && read(fd, rec, sizeof rec) <= 0) {
-        printf("closed after %ld s\n", (long)(time(NULL) - t0));
-        return 0;
-      }
-    }
-    printf("open after 60 s\n");
-    return 0;
-  }
   int one = 1, zero = 0;
   setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof one);
   int r = strcmp(mode, "keyupdate") == 0
@@ -164,7 +138,7 @@ static int post_handshake(const char *mode) {
 
 int main(int argc, char **argv) {
   if (argc != 5 && argc != 6) {
-    fprintf(stderr, "usage: %s PORT USERNAME HEXKEY PRIORITY [keyupdate|alert|halfrecord]\n",
+    fprintf(stderr, "usage: %s PORT USERNAME HEXKEY PRIORITY [keyupdate|alert]\n",
             argv[0]);
     return 2;
   }
