@@ -123,6 +123,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   }
   uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   uint64_t data_end = fsz - VHD_FOOTER_SIZE;
+  /* A file cut inside its trailing footer (the copy at 0 stands in): that
+   * footer began on the sector boundary the cut left, where the last block
+   * may end and where check --repair writes the footer again. */
+  if (vhd->footer_copy_used)
+    data_end = ROUND_UP(data_end, 512);
   /* Everything up to the trailing footer is someone's: structures, blocks,
    * or bytes the engine cannot account for (another writer's extension, a
    * crash's leftovers).  Locator data areas count with the room they

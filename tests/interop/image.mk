@@ -26,6 +26,7 @@ TESTS += \
 	tests/interop/test-xen-batmap.sh \
 	tests/interop/test-saved-state.sh \
 	tests/interop/test-short-footer.sh \
+	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
@@ -33,6 +34,7 @@ EXTRA_DIST += \
 	tests/interop/test-xen-batmap.sh \
 	tests/interop/test-saved-state.sh \
 	tests/interop/test-short-footer.sh \
+	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/image-functions.sh \
