@@ -1,7 +1,7 @@
 /* loop-floor: the fastest an event-loop NBD server can answer on this
  * machine, as a yardstick for vhdnbd's figures.
  *
- *   loop-floor [-t | -l N] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE
+ *   loop-floor [-t | -l N] [-s | -c] -U SOCKET | -p PORT  [-P PIDFILE] FILE
  *
  * Serves FILE (raw, read-write) on the Unix socket SOCKET or on TCP
  * 127.0.0.1:PORT (TCP_NODELAY) to any number of clients, all from one
@@ -25,7 +25,11 @@
  *   -s  READ data spliced from the file through a pipe into the socket,
  *       and WRITE payloads from the socket through a pipe into the file
  *       (splice(2)): no copy through user space, what a server could gain
- *       by not copying the data at all. */
+ *       by not copying the data at all;
+ *   -c  WRITE payloads written to the file piece by piece as they arrive
+ *       (a `recv` of what the socket holds, then its `pwrite`), not read
+ *       whole first: whether copying into the page cache while the client
+ *       still sends the rest of a large payload pays. */
 #define _GNU_SOURCE
 #include <endian.h>
 #include <errno.h>
@@ -50,7 +54,7 @@
 
 static int file_fd;
 static uint64_t file_size;
-static bool thread_per_conn, splice_reads;
+static bool thread_per_conn, splice_reads, stream_writes;
 /* Per thread: each epoll loop has one, -t one per connection. */
 static __thread uint8_t *buf;
 static __thread int splice_pipe[2] = {-1, -1};
@@ -244,6 +248,20 @@ static int serve_one(int fd) {
         return -1;
       break;
     }
+    if (stream_writes) {
+      for (uint32_t done = 0; done < len;) {
+        ssize_t r = recv(fd, buf + done, len - done, 0);
+        if (r <= 0) {
+          if (r < 0 && errno == EINTR)
+            continue;
+          return -1;
+        }
+        if (!err && pwrite(file_fd, buf + done, (size_t)r, (off_t)(off + done)) != r)
+          err = 5;
+        done += (uint32_t)r;
+      }
+      break;
+    }
     if (read_full(fd, buf, len) < 0)
       return -1;
     if (pwrite(file_fd, buf, len, (off_t)off) != (ssize_t)len)
@@ -349,13 +367,15 @@ int main(int argc, char **argv) {
   const char *unix_path = NULL, *port = NULL, *pidfile = NULL;
   int opt;
   long n_loops = 1;
-  while ((opt = getopt(argc, argv, "tl:sU:p:P:")) != -1) {
+  while ((opt = getopt(argc, argv, "tl:scU:p:P:")) != -1) {
     if (opt == 't')
       thread_per_conn = true;
     else if (opt == 'l')
       n_loops = strtol(optarg, NULL, 10);
     else if (opt == 's')
       splice_reads = true;
+    else if (opt == 'c')
+      stream_writes = true;
     else if (opt == 'U')
       unix_path = optarg;
     else if (opt == 'p')
@@ -368,7 +388,7 @@ int main(int argc, char **argv) {
   if (optind != argc - 1 || !unix_path == !port || n_loops < 1 || n_loops > MAX_LOOPS ||
       (thread_per_conn && n_loops > 1)) {
     fprintf(stderr,
-            "usage: loop-floor [-t | -l N] [-s] -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
+            "usage: loop-floor [-t | -l N] [-s | -c] -U SOCKET | -p PORT  [-P PIDFILE] FILE\n");
     return 2;
   }
   file_fd = open(argv[optind], O_RDWR);
