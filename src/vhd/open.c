@@ -36,6 +36,22 @@ void vhd_warn(vhd_t *vhd, const char *fmt, ...) {
   vhd->warn(vhd->warn_opaque, msg);
 }
 
+/* The error for a lock refused on fd: names the process holding one. */
+static int lock_busy(int fd, const char *path, struct vhd_err *err) {
+  struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  const char *who = "another process";
+  char whobuf[128];
+  if (fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK && q.l_pid > 0) {
+    snprintf(whobuf, sizeof whobuf, "process %d", (int)q.l_pid);
+    who = whobuf;
+  } else if (vhd_lock_holder(fd, whobuf, sizeof whobuf) > 0) {
+    who = whobuf;
+  }
+  return vhd_set_err(err, -EBUSY,
+                     "%s: image is locked by %s (%s lock held): is it served or open elsewhere?",
+                     path, who, q.l_type == F_RDLCK ? "a read" : "a write");
+}
+
 static int lock_image(vhd_t *vhd, struct vhd_err *err) {
   struct flock fl = {
       .l_type = vhd->readonly ? F_RDLCK : F_WRLCK,
@@ -46,23 +62,26 @@ static int lock_image(vhd_t *vhd, struct vhd_err *err) {
   if (fcntl(vhd->fd, F_OFD_SETLK, &fl) == 0)
     return 0;
   int e = errno;
-  if (e == EAGAIN || e == EACCES) {
-    struct flock q = fl;
-    q.l_type = F_WRLCK;
-    const char *who = "another process";
-    char whobuf[128];
-    if (fcntl(vhd->fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK && q.l_pid > 0) {
-      snprintf(whobuf, sizeof whobuf, "process %d", (int)q.l_pid);
-      who = whobuf;
-    } else if (vhd_lock_holder(vhd->fd, whobuf, sizeof whobuf) > 0) {
-      who = whobuf;
-    }
-    return vhd_set_err(err, -EBUSY,
-                       "%s: image is locked by %s (%s lock held): is it served or open "
-                       "elsewhere?",
-                       vhd->path, who, q.l_type == F_RDLCK ? "a read" : "a write");
-  }
+  if (e == EAGAIN || e == EACCES)
+    return lock_busy(vhd->fd, vhd->path, err);
   return vhd_set_err(err, -e, "%s: cannot lock the image: %s", vhd->path, strerror(e));
+}
+
+int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err) {
+  /* Any lock, a reader's too: a server reading it as a parent would go on
+   * reading the old file while its children are meant to read the new. */
+  struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_OFD_GETLK, &q) < 0)
+    return vhd_set_err(err, -errno, "%s: cannot test its lock: %s", path, strerror(errno));
+  if (q.l_type != F_UNLCK)
+    return lock_busy(fd, path, err);
+  struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+    return 0;
+  int e = errno;
+  if (e == EAGAIN || e == EACCES)
+    return lock_busy(fd, path, err);
+  return vhd_set_err(err, -e, "%s: cannot lock it: %s", path, strerror(e));
 }
 
 static int read_footer(vhd_t *vhd, struct vhd_err *err) {

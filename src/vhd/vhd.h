@@ -122,6 +122,14 @@ int vhd_open(const char *path, const struct vhd_open_opts *opts, vhd_t **out,
 /* Flushes (when writable) and closes, parents included.  Returns the flush error. */
 int vhd_close(vhd_t *vhd, struct vhd_err *err);
 
+/* For a command about to replace the file at `path` (a rename over it):
+ * takes a read lock on fd, open on that file, which holds while fd stays
+ * open, so that no server opens it for writing meanwhile.  Refused with
+ * -EBUSY, naming the holder, while any other open file holds a lock on it
+ * (an image served, or read as a parent): its server would go on with the
+ * old, unlinked file, and what it acknowledged would be lost. */
+int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err);
+
 uint64_t vhd_virtual_size(const vhd_t *vhd);
 enum vhd_type vhd_get_type(const vhd_t *vhd);
 bool vhd_is_readonly(const vhd_t *vhd);

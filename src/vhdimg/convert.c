@@ -70,6 +70,7 @@ struct output {
   char *tmp;        /* the file written, renamed to DST at the end; NULL when
                        DST is a device written in place */
   int fd;           /* raw */
+  int dst_fd;       /* the DST replaced, read-locked until the rename; or -1 */
   vhd_t *vhd;       /* fixed, dynamic */
   uint64_t size;    /* virtual size of the output */
   size_t zero_unit; /* all-zero pieces of this size are not written */
@@ -129,6 +130,18 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
     if (!(o->target = link_target(o->path)))
       return set_errno_msg(err, errno, o->path, "reading the symbolic link");
     o->path = o->target;
+  }
+  /* A DST that exists is replaced by a rename.  A server serving it (or
+   * a chain it is a parent of) would go on with the old file, unlinked,
+   * and lose every write it acknowledged: refused, as vhdimg's other
+   * commands refuse a served image, and locked until the rename. */
+  o->dst_fd = open(o->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (o->dst_fd < 0 && errno != ENOENT)
+    return set_errno_msg(err, errno, o->path, "opening it to see whether it is in use");
+  if (o->dst_fd >= 0) {
+    int r = vhd_lock_replaced(o->dst_fd, o->path, err);
+    if (r < 0)
+      return r;
   }
   CLEANUP_FREE char *d = strdup(o->path), *b = strdup(o->path);
   if (!d || !b) {
@@ -258,6 +271,9 @@ static int out_commit(struct output *o, struct vhd_err *err) {
   /* The rename itself must survive a crash too. */
   if ((r = vhd_io_sync_dir_of(o->path)) < 0)
     r = set_errno_msg(err, -r, o->path, "fsync of its directory");
+  if (o->dst_fd >= 0)
+    close(o->dst_fd);
+  o->dst_fd = -1;
   return r;
 }
 
@@ -266,6 +282,9 @@ static void out_abort(struct output *o) {
   if (o->fd >= 0)
     close(o->fd);
   o->fd = -1;
+  if (o->dst_fd >= 0)
+    close(o->dst_fd);
+  o->dst_fd = -1;
   if (o->vhd)
     vhd_abandon(o->vhd); /* it is about to be removed: nothing to flush */
   o->vhd = NULL;
@@ -397,7 +416,7 @@ int cmd_convert(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct output o = {.fmt = OUT_RAW, .fd = -1};
+  struct output o = {.fmt = OUT_RAW, .fd = -1, .dst_fd = -1};
   enum source_format in_fmt = SOURCE_AUTO;
   bool show_progress = false, exact = false, json = false;
   uint64_t align = 0, bs = 0;

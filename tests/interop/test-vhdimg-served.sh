@@ -1,6 +1,7 @@
 #!/bin/bash
 # vhdimg on an image that vhdnbd is serving: info, map and convert work
 # (they open without the lock) and see data a client wrote and flushed;
+# convert refuses to rename its output over a served image or parent;
 # check --repair and writers are refused by the lock instead of racing it.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
@@ -35,3 +36,38 @@ rc=0
 grep -qi lock check.out || { cat check.out >&2; fail "check --repair does not say the image is locked"; }
 "$WRITE_HELPER" served.vhd 0 4K 0x01 2>err.out && fail "a second writer got the served image"
 grep -qi lock err.out || { cat err.out >&2; fail "the second writer was not refused by the lock"; }
+
+# convert never renames its output over a served image: the server would
+# go on with the old file, unlinked, and lose every write it acknowledged.
+# Nor over one reached through a symbolic link, nor over the parent a
+# served child reads.  (Over a file nobody uses it renames as before:
+# test-vhdimg-convert.sh.)
+"$VHDIMG" create other.vhd 16M
+ln -s served.vhd link.vhd
+sum=$(sha256sum <served.vhd)
+for dst in served.vhd link.vhd; do
+  rc=0
+  "$VHDIMG" convert -O dynamic other.vhd $dst >conv.out 2>&1 || rc=$?
+  [ $rc -eq 1 ] || { cat conv.out >&2; fail "convert over served $dst: exit $rc, expected 1"; }
+  grep -q "served.vhd: image is locked by process $VHDNBD_PID" conv.out ||
+    { cat conv.out >&2; fail "convert over served $dst does not name the lock's holder"; }
+done
+[ "$(sha256sum <served.vhd)" = "$sum" ] || fail "a refused convert changed the served image"
+[ -L link.vhd ] || fail "a refused convert replaced the symbolic link"
+ls -a | grep -q '^\.served' && fail "a refused convert left a temporary file: $(ls -a)"
+qemu-io -f raw -c 'write -q -P 0x5e 2M 4K' "$uri"
+qemu-io -f raw -c 'read -q -P 0x5e 2M 4K' -c 'read -q -P 0xab 0 1M' "$uri" ||
+  fail "the served image lost data to a refused convert"
+
+"$VHDIMG" create base.vhd 16M
+"$VHDIMG" create -b base.vhd child.vhd
+first_pid=$VHDNBD_PID
+start_vhdnbd "$TMPD/child.sock" child.vhd
+rc=0
+"$VHDIMG" convert -O dynamic other.vhd base.vhd >conv.out 2>&1 || rc=$?
+[ $rc -eq 1 ] || { cat conv.out >&2; fail "convert over a served child's parent: exit $rc, expected 1"; }
+grep -q "base.vhd: image is locked by process $VHDNBD_PID" conv.out ||
+  { cat conv.out >&2; fail "convert over a served child's parent does not name the lock's holder"; }
+stop_vhdnbd
+VHDNBD_PID=$first_pid
+echo "PASS: vhdimg on a served image"
