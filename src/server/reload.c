@@ -16,7 +16,9 @@
  * the last is gone its image is flushed and closed.  A new export that
  * shares its name or image with a retired one (a changed export, usually)
  * is opened only then, since the old one still holds the image's lock;
- * the others are opened before the table is swapped.
+ * the others are opened before the table is swapped.  A lock on such an
+ * export's chain that no retired export explains refuses the reload
+ * before anything closes (deferred_locks).
  *
  * [global] settings are not applied by a reload: those that changed are
  * logged as needing a restart (listening addresses, TLS credentials and
@@ -27,6 +29,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "log.h"
 #include "server.h"
@@ -84,6 +87,55 @@ static const struct export_spec *spec_find(const struct settings *s, const char 
   return NULL;
 }
 
+/* Whether a retired export has the file st open (its image or a parent):
+ * a lock it holds goes when it closes.  An overlay base keeps its image
+ * open too, so its instances, which the loop may be changing, need no
+ * look. */
+static bool retired_holds(const struct reload_job *j, const struct stat *st) {
+  for (size_t t = 0; t < server.n_exports; t++) {
+    if (!j->retire[t])
+      continue;
+    for (vhd_t *v = server.exports[t]->vhd; v; v = vhd_parent(v)) {
+      struct stat vs;
+      if (vhd_file_stat(v, &vs) == 0 && vs.st_dev == st->st_dev && vs.st_ino == st->st_ino)
+        return true;
+    }
+  }
+  return false;
+}
+
+/* A deferred export is opened only once the exports it waits for have
+ * closed: too late to refuse the reload if its open then fails.  A lock on
+ * its image or a parent that no retired export holds (another process's,
+ * or an export that stays) would refuse that open, so it refuses the
+ * reload now.  A lock a retired export holds may hide another behind it;
+ * the open finds that one, as before. */
+static unsigned deferred_locks(const struct reload_job *j, const struct settings *ns,
+                               const struct export_spec *sp) {
+  struct vhd_open_opts opts = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
+                               .size_rule = VHD_SIZE_AUTO};
+  vhd_t *vhd = NULL;
+  struct vhd_err err = {{0}};
+  if (vhd_open(sp->image, &opts, &vhd, &err) < 0)
+    return 0; /* config_check_export said why */
+  /* The image is written unless read-only or under an overlay; parents
+   * are only read. */
+  bool write = !effective_readonly(ns, sp) && sp->overlay.mode == OVERLAY_OFF;
+  unsigned errors = 0;
+  for (vhd_t *v = vhd; v && !errors; v = vhd_parent(v), write = false) {
+    struct stat st;
+    if (vhd_file_stat(v, &st) < 0 || retired_holds(j, &st))
+      continue;
+    if (vhd_lock_test(vhd_path(v), write, &err) < 0) {
+      log_msg(LOG_LEVEL_ERR, "%s%sexport '%s': %s", sp->origin ? sp->origin : "",
+              sp->origin ? ": " : "", sp->name, err.msg);
+      errors++;
+    }
+  }
+  vhd_close(vhd, NULL);
+  return errors;
+}
+
 /* Worker thread.  The loop changes neither the table nor the settings
  * while a reload is busy, so both may be read here. */
 static void reload_run(struct work_item *w) {
@@ -128,6 +180,10 @@ static void reload_run(struct work_item *w) {
         j->errors++;
     }
   }
+  /* After every open, whose locks count too. */
+  for (size_t i = 0; i < ns->n_exports && !j->errors; i++)
+    if (j->act[i] == ACT_DEFER)
+      j->errors += deferred_locks(j, ns, &ns->exports[i]);
   if (j->errors) {
     for (size_t i = 0; i < ns->n_exports; i++)
       if (j->opened[i])

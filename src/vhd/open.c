@@ -67,6 +67,21 @@ static int lock_image(vhd_t *vhd, struct vhd_err *err) {
   return vhd_set_err(err, -e, "%s: cannot lock the image: %s", vhd->path, strerror(e));
 }
 
+int vhd_lock_test(const char *path, bool write, struct vhd_err *err) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return vhd_set_err(err, -errno, "%s: %s", path, strerror(errno));
+  struct flock q = {.l_type = write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = 0,
+                    .l_len = 0};
+  int r = 0;
+  if (fcntl(fd, F_OFD_GETLK, &q) < 0)
+    r = vhd_set_err(err, -errno, "%s: cannot test its lock: %s", path, strerror(errno));
+  else if (q.l_type != F_UNLCK)
+    r = lock_busy(fd, path, err);
+  close(fd);
+  return r;
+}
+
 int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err) {
   /* Any lock, a reader's too: a server reading it as a parent would go on
    * reading the old file while its children are meant to read the new. */

@@ -129,6 +129,11 @@ int vhd_close(vhd_t *vhd, struct vhd_err *err);
  * (an image served, or read as a parent): its server would go on with the
  * old, unlinked file, and what it acknowledged would be lost. */
 int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err);
+/* Whether the lock an open of `path` would take (a write lock for a
+ * writable image, else a read lock) would be granted now: 0, or -EBUSY
+ * naming the holder, who may be this very process through another open
+ * file.  Nothing is held afterwards. */
+int vhd_lock_test(const char *path, bool write, struct vhd_err *err);
 
 uint64_t vhd_virtual_size(const vhd_t *vhd);
 enum vhd_type vhd_get_type(const vhd_t *vhd);

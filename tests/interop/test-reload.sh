@@ -6,7 +6,8 @@
 #   a changed one (new description) is served anew, its old client closed;
 #   a client of an unchanged export goes on undisturbed throughout;
 #   a bad configuration (unknown key, missing image, an image that is no
-#   VHD) is refused with a log
+#   VHD, a changed export's image that another export serves) is refused
+#   with a log
 #   line while everything keeps serving as before;
 #   changed [global] settings are each named in the restart warning.
 . "$top_srcdir/tests/functions.sh"
@@ -136,6 +137,22 @@ at = reload("[export keep]\nimage = %s/keep.vhd\n[export junk]\nimage = %s/junk.
             % (tmpd, tmpd))
 wait_log("refused", at)
 wait_log("export 'junk'", at)
+# A changed export is opened only after its old instance closes; an image
+# it could not lock then (one an export that stays serves read-write) is
+# found before anything closes, and refuses the reload too.
+at = reload("""[export keep]
+image = %(t)s/keep.vhd
+[export change]
+image = %(t)s/keep.vhd
+description = after
+[export new]
+image = %(t)s/new.vhd
+""" % {"t": tmpd})
+wait_log("refused", at)
+wait_log("export 'change': %s/keep.vhd: image is locked by process %d" % (tmpd, pid), at)
+h = connect("change")
+assert h.pread(4096, 0) == b"\x43" * 4096, "a refused reload closed the changed export"
+h.shutdown()
 got = listed()
 assert set(got) == {"keep", "change", "new"}, "a refused reload changed the exports: %s" % got
 # [global] settings wait for a restart, and the reload names each one.
