@@ -14,8 +14,9 @@
  * drained as at shutdown (no new requests, those received are answered),
  * those still there after SERVER_SHUTDOWN_GRACE_MS are closed, and when
  * the last is gone its image is flushed and closed.  A new export that
- * shares its name or image with a retired one (a changed export, usually)
- * is opened only then, since the old one still holds the image's lock;
+ * shares its name or image (the file, by whatever path) with a retired one
+ * (a changed export, usually) is opened only then, since the old one still
+ * holds the image's lock;
  * the others are opened before the table is swapped.  A lock on such an
  * export's chain that no retired export explains refuses the reload
  * before anything closes (deferred_locks).
@@ -136,6 +137,16 @@ static unsigned deferred_locks(const struct reload_job *j, const struct settings
   return errors;
 }
 
+/* Whether export e serves the file at path: the same name, or the same
+ * file reached by another (a symbolic link, "./"), whose lock is e's. */
+static bool same_image(const struct export *e, const char *path) {
+  if (strcmp(e->image, path) == 0)
+    return true;
+  struct stat a, b;
+  return e->vhd && vhd_file_stat(e->vhd, &a) == 0 && stat(path, &b) == 0 &&
+         a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 /* Worker thread.  The loop changes neither the table nor the settings
  * while a reload is busy, so both may be read here. */
 static void reload_run(struct work_item *w) {
@@ -166,7 +177,7 @@ static void reload_run(struct work_item *w) {
       if (!j->retire[t] && strcmp(e->name, sp->name) == 0)
         kept = true;
       else if (j->retire[t] &&
-               (strcmp(e->name, sp->name) == 0 || strcmp(e->image, sp->image) == 0))
+               (strcmp(e->name, sp->name) == 0 || same_image(e, sp->image)))
         conflict = true;
     }
     if (kept) {

@@ -155,6 +155,30 @@ assert h.pread(4096, 0) == b"\x43" * 4096, "a refused reload closed the changed 
 h.shutdown()
 got = listed()
 assert set(got) == {"keep", "change", "new"}, "a refused reload changed the exports: %s" % got
+# The same image by another path is still the image the old instance
+# locks: the changed export waits for it as for the same name.
+at = reload("""[export keep]
+image = %(t)s/keep.vhd
+[export moved]
+image = %(t)s/./change.vhd
+[export new]
+image = %(t)s/new.vhd
+""" % {"t": tmpd})
+wait_log("applied", at)
+wait_log("reload: export 'moved' added", at)
+h = connect("moved")
+assert h.pread(4096, 0) == b"\x43" * 4096, "the export moved to another name lost its data"
+h.shutdown()
+at = reload("""[export keep]
+image = %(t)s/keep.vhd
+[export change]
+image = %(t)s/change.vhd
+description = after
+[export new]
+image = %(t)s/new.vhd
+""" % {"t": tmpd})
+wait_log("reload: export 'change' added", at)
+assert set(listed()) == {"keep", "change", "new"}
 # [global] settings wait for a restart, and the reload names each one.
 at = reload("[global]\nmax-connections = 77\nmetrics-interval = 9\n"
             "metrics-file = %s/m.prom\n[export keep]\nimage = %s/keep.vhd\n"
