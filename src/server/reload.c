@@ -16,9 +16,9 @@
  * the last is gone its image is flushed and closed.  A new export that
  * shares its name or image (the file, by whatever path) with a retired one
  * (a changed export, usually) is opened only then, since the old one still
- * holds the image's lock;
- * the others are opened before the table is swapped.  A lock on such an
- * export's chain that no retired export explains refuses the reload
+ * holds the image's lock; the others are opened before the table is
+ * swapped.  A lock on such an export's chain that will still be there
+ * when it opens (one that no retired export holds) refuses the reload
  * before anything closes (deferred_locks).
  *
  * [global] settings are not applied by a reload: those that changed are
@@ -44,6 +44,13 @@ struct reload_job {
   enum action *act;       /* per export of ns */
   struct export **opened; /* ACT_OPEN: the export opened */
   bool *retire;           /* per export of the current table */
+  /* Locks the deferred exports checked so far will take (deferred_locks) */
+  struct planned_lock {
+    dev_t dev;
+    ino_t ino;
+    bool write;
+  } *planned;
+  size_t n_planned;
 };
 
 struct open_job {
@@ -88,30 +95,52 @@ static const struct export_spec *spec_find(const struct settings *s, const char 
   return NULL;
 }
 
-/* Whether a retired export has the file st open (its image or a parent):
- * a lock it holds goes when it closes.  An overlay base keeps its image
- * open too, so its instances, which the loop may be changing, need no
- * look. */
-static bool retired_holds(const struct reload_job *j, const struct stat *st) {
+/* The locks retired exports hold on the file st (their images and
+ * parents), by kind: they go when those exports close.  An overlay base
+ * keeps its image open too, so its instances, which the loop may be
+ * changing, need no look. */
+static unsigned retired_locks(const struct reload_job *j, const struct stat *st,
+                              unsigned *readers, unsigned *writers) {
+  *readers = *writers = 0;
   for (size_t t = 0; t < server.n_exports; t++) {
     if (!j->retire[t])
       continue;
     for (vhd_t *v = server.exports[t]->vhd; v; v = vhd_parent(v)) {
       struct stat vs;
       if (vhd_file_stat(v, &vs) == 0 && vs.st_dev == st->st_dev && vs.st_ino == st->st_ino)
-        return true;
+        (*(vhd_is_readonly(v) ? readers : writers))++;
     }
   }
-  return false;
+  return *readers + *writers;
+}
+
+/* Whether the lock a deferred export will take on the file st (a write
+ * lock if write) is kept out by a lock that stays once the retired exports
+ * have closed.  The retired ones hold locks of their own, which a test of
+ * the lock would find first and which hide any other behind them (another
+ * process, or an export that stays, reading the same image): so the
+ * kernel's list of locks is counted, less the retired ones, less none
+ * else.  An earlier deferred export that will lock the same file counts
+ * as a holder too.  Returns 1 when kept out, 0 when not or when it cannot
+ * be known (the open then finds it). */
+static int kept_out(const struct reload_job *j, const struct stat *st, bool write) {
+  unsigned rr, rw, r = 0, w = 0;
+  if (retired_locks(j, st, &rr, &rw) && vhd_lock_census(st, &r, &w) == 0) {
+    r -= r < rr ? r : rr;
+    w -= w < rw ? w : rw;
+  }
+  for (size_t k = 0; k < j->n_planned; k++)
+    if (j->planned[k].dev == st->st_dev && j->planned[k].ino == st->st_ino)
+      (*(j->planned[k].write ? &w : &r))++;
+  return w > 0 || (write && r > 0);
 }
 
 /* A deferred export is opened only once the exports it waits for have
  * closed: too late to refuse the reload if its open then fails.  A lock on
- * its image or a parent that no retired export holds (another process's,
- * or an export that stays) would refuse that open, so it refuses the
- * reload now.  A lock a retired export holds may hide another behind it;
- * the open finds that one, as before. */
-static unsigned deferred_locks(const struct reload_job *j, const struct settings *ns,
+ * its image or a parent that would refuse that open (another process's,
+ * an export's that stays, or an earlier deferred export's) refuses the
+ * reload now, before anything closes. */
+static unsigned deferred_locks(struct reload_job *j, const struct settings *ns,
                                const struct export_spec *sp) {
   struct vhd_open_opts opts = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
                                .size_rule = VHD_SIZE_AUTO};
@@ -123,15 +152,33 @@ static unsigned deferred_locks(const struct reload_job *j, const struct settings
    * are only read. */
   bool write = !effective_readonly(ns, sp) && sp->overlay.mode == OVERLAY_OFF;
   unsigned errors = 0;
-  for (vhd_t *v = vhd; v && !errors; v = vhd_parent(v), write = false) {
+  for (vhd_t *v = vhd; v; v = vhd_parent(v), write = false) {
     struct stat st;
-    if (vhd_file_stat(v, &st) < 0 || retired_holds(j, &st))
+    if (vhd_file_stat(v, &st) < 0)
       continue;
-    if (vhd_lock_test(vhd_path(v), write, &err) < 0) {
-      log_msg(LOG_LEVEL_ERR, "%s%sexport '%s': %s", sp->origin ? sp->origin : "",
-              sp->origin ? ": " : "", sp->name, err.msg);
+    unsigned rr, rw;
+    if (!retired_locks(j, &st, &rr, &rw) && vhd_lock_test(vhd_path(v), write, &err) < 0) {
+      errors++;
+    } else if (kept_out(j, &st, write)) {
+      snprintf(err.msg, sizeof err.msg,
+               "%s: image is locked (%s) by an export that stays, another process, or an "
+               "export before it in this reload: the %s lock it needs would be refused",
+               vhd_path(v), write ? "any lock" : "a write lock", write ? "write" : "read");
       errors++;
     }
+    if (errors) {
+      log_msg(LOG_LEVEL_ERR, "%s%sexport '%s': %s", sp->origin ? sp->origin : "",
+              sp->origin ? ": " : "", sp->name, err.msg);
+      break;
+    }
+    struct planned_lock *pl = realloc(j->planned, (j->n_planned + 1) * sizeof *pl);
+    if (!pl) {
+      log_msg(LOG_LEVEL_ERR, "reload: out of memory");
+      errors++;
+      break;
+    }
+    j->planned = pl;
+    j->planned[j->n_planned++] = (struct planned_lock){st.st_dev, st.st_ino, write};
   }
   vhd_close(vhd, NULL);
   return errors;
@@ -420,6 +467,7 @@ static void reload_job_free(struct reload_job *j) {
   free(j->act);
   free(j->opened);
   free(j->retire);
+  free(j->planned);
   free(j);
 }
 

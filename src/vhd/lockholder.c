@@ -4,11 +4,13 @@
  * /proc/PID/fdinfo/FD lists the locks of each description: a "lock:" line
  * naming OFDLCK and the file's device and inode.  Only processes whose
  * /proc entries we may read can be found; the search runs only when a lock
- * was refused. */
+ * was refused.  /proc/locks, the kernel's list of every lock, gives how
+ * many hold a file (vhd_lock_census), whoever they are. */
 #include "config.h"
 
 #include <ctype.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,4 +101,34 @@ int vhd_lock_holder(int fd, char *out, size_t len) {
   }
   closedir(proc);
   return r;
+}
+
+int vhd_lock_census(const struct stat *st, unsigned *readers, unsigned *writers) {
+  *readers = *writers = 0;
+  FILE *f = fopen("/proc/locks", "re");
+  if (!f)
+    return -errno;
+  char line[512];
+  while (fgets(line, sizeof line, f)) {
+    /* "ID: CLASS ADVISORY TYPE PID MAJ:MIN:INODE START END", or with
+     * "-> " after the id for a waiter, which holds nothing. */
+    char class[16], mode[16], type[16];
+    unsigned maj, min;
+    unsigned long long ino;
+    char *p = strchr(line, ':');
+    if (!p || strstr(p, "->") == p + 2 ||
+        sscanf(p + 1, "%15s %15s %15s %*s %x:%x:%llu", class, mode, type, &maj, &min, &ino) !=
+            6)
+      continue;
+    /* flock(2) locks and leases do not conflict with fcntl(2) locks. */
+    if ((strcmp(class, "POSIX") != 0 && strcmp(class, "OFDLCK") != 0) ||
+        makedev(maj, min) != st->st_dev || ino != (unsigned long long)st->st_ino)
+      continue;
+    if (strcmp(type, "WRITE") == 0)
+      (*writers)++;
+    else if (strcmp(type, "READ") == 0)
+      (*readers)++;
+  }
+  fclose(f);
+  return 0;
 }

@@ -134,6 +134,10 @@ int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err);
  * naming the holder, who may be this very process through another open
  * file.  Nothing is held afterwards. */
 int vhd_lock_test(const char *path, bool write, struct vhd_err *err);
+/* How many fcntl(2) locks, of open files in any process (this one too),
+ * hold the file st describes: readers and writers, each byte-range lock
+ * counted apart.  -errno when the kernel's list cannot be read. */
+int vhd_lock_census(const struct stat *st, unsigned *readers, unsigned *writers);
 
 uint64_t vhd_virtual_size(const vhd_t *vhd);
 enum vhd_type vhd_get_type(const vhd_t *vhd);

@@ -1,0 +1,149 @@
+#!/bin/bash
+# A reload that changes an export opens it again only once its old
+# instance has closed, too late to refuse the reload if that open then
+# fails (the export would be gone).  So the locks the new instance will
+# need are counted before anything closes, including those the old
+# instance's own lock hides:
+#   another export that stays reads the same image, and the changed export
+#   is to be written: refused;
+#   another server reads the image read-only: refused, and applied once it
+#   has gone;
+#   two exports changed by the same reload would both write one image:
+#   refused.
+# Each refused reload leaves every export serving as before.
+. "$top_srcdir/tests/functions.sh"
+requires nbdinfo
+requires_py nbd
+[ -r /proc/locks ] || skip "no /proc/locks to count locks in"
+
+for n in shared other both; do
+  "$VHDIMG" create "$TMPD/$n.vhd" 16M >/dev/null
+done
+conf=$TMPD/vhdnbd.conf
+cat >"$conf" <<EOF
+[export keep]
+image = $TMPD/shared.vhd
+read-only = true
+[export change]
+image = $TMPD/shared.vhd
+read-only = true
+[export solo]
+image = $TMPD/other.vhd
+read-only = true
+[export pair]
+image = $TMPD/both.vhd
+read-only = true
+EOF
+log=$TMPD/vhdnbd.log
+start_vhdnbd "$TMPD/sock" -v -C "$conf" 2>"$log"
+main_pid=$VHDNBD_PID
+
+# Another server reads other.vhd read-only.
+"$VHDNBD" -U "$TMPD/sock2" -r -v "$TMPD/other.vhd" 2>"$TMPD/other.log" &
+other_pid=$!
+cleanup_fn "kill $other_pid 2>/dev/null"
+for ((i = 0; i < 600; i++)); do
+  [ -S "$TMPD/sock2" ] && break
+  sleep 0.1
+done
+[ -S "$TMPD/sock2" ] || fail "the second server did not listen: $(cat "$TMPD/other.log")"
+
+cat >"$TMPD/reload.py" <<'PY'
+import os, signal, subprocess, sys, time, nbd
+sock, conf, log, pid, tmpd, other_pid = sys.argv[1:7]
+pid, other_pid = int(pid), int(other_pid)
+
+def connect(name):
+    h = nbd.NBD()
+    h.set_export_name(name)
+    h.connect_unix(sock)
+    return h
+
+def wait_log(text, after=0, limit=60):
+    """Waits (bounded) for text in the server's log past offset after."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        with open(log) as f:
+            f.seek(after)
+            if text in f.read():
+                return
+        time.sleep(0.1)
+    sys.exit("not in the log within %d s: %s\n%s" % (limit, text, open(log).read()))
+
+def reload(text):
+    with open(conf + ".new", "w") as f:
+        f.write(text)
+    os.rename(conf + ".new", conf)
+    at = os.path.getsize(log)
+    os.kill(pid, signal.SIGHUP)
+    return at
+
+def listed():
+    out = subprocess.run(["nbdinfo", "--list", "--json", "nbd+unix:///?socket=" + sock],
+                         capture_output=True, text=True, check=True).stdout
+    import json
+    return {e["export-name"] for e in json.loads(out)["exports"]}
+
+def serving(name, readonly):
+    h = connect(name)
+    assert h.is_read_only() == readonly, (name, h.is_read_only())
+    assert h.pread(4096, 0) == b"\0" * 4096, name
+    h.shutdown()
+
+ALL = {"keep", "change", "solo", "pair"}
+RO = "read-only = true\n"
+def config(change="", solo="", pair="", extra=""):
+    return ("[export keep]\nimage = %(t)s/shared.vhd\n" + RO +
+            "[export change]\nimage = %(t)s/shared.vhd\n" + (change or RO) +
+            "[export solo]\nimage = %(t)s/other.vhd\n" + (solo or RO) +
+            "[export pair]\nimage = %(t)s/both.vhd\n" + (pair or RO) + extra) % {"t": tmpd}
+
+def refused(text, name, why):
+    at = reload(text)
+    wait_log("refused", at)
+    wait_log("export '%s': " % name, at)
+    wait_log(why, at)
+    assert listed() == ALL, "a refused reload changed the exports: %s" % listed()
+    for n in ALL:
+        serving(n, True)
+
+held = connect("change")
+# An export that stays (keep) reads shared.vhd: change cannot write it.
+refused(config(change="read-only = false\n"), "change",
+        "shared.vhd: image is locked (any lock)")
+assert held.pread(512, 0) == b"\0" * 512
+# Another server reads other.vhd: solo cannot write it while it does.
+refused(config(solo="read-only = false\n"), "solo", "other.vhd: image is locked (any lock)")
+# Two exports changed in one reload, both to write both.vhd.
+refused(config(pair="read-only = false\n",
+               extra="[export twin]\nimage = %s/./both.vhd\nread-only = false\n" % tmpd),
+        "twin", "both.vhd: image is locked (any lock)")
+
+# Once the other server has gone, solo becomes writable.
+os.kill(other_pid, signal.SIGTERM)
+end = time.monotonic() + 60
+while time.monotonic() < end and os.path.exists("/proc/%d" % other_pid) and \
+        open("/proc/%d/stat" % other_pid).read().split()[2] != "Z":
+    time.sleep(0.1)
+at = reload(config(solo="read-only = false\n"))
+wait_log("applied", at)
+wait_log("reload: export 'solo' added", at)
+h = connect("solo")
+assert not h.is_read_only()
+h.pwrite(b"\x5a" * 4096, 0)
+h.flush()
+assert h.pread(4096, 0) == b"\x5a" * 4096
+h.shutdown()
+held.shutdown()
+print("ok")
+PY
+"$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$main_pid" "$TMPD" "$other_pid" ||
+  fail "reload: $(tail -40 "$log")"
+wait "$other_pid" 2>/dev/null || true
+stop_vhdnbd
+! grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$log" ||
+  fail "sanitizer report: $(cat "$log")"
+"$VHDIMG" convert -O raw "$TMPD/other.vhd" "$TMPD/other.raw" >/dev/null || fail "cannot read other.vhd"
+"$PY3" -c 'import sys; assert open(sys.argv[1], "rb").read(4096) == b"\x5a" * 4096' \
+  "$TMPD/other.raw" || fail "solo's write is not in other.vhd"
+echo PASS
