@@ -46,11 +46,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   if (bat_off < vhd->header_offset + VHD_HEADER_SIZE && bat_off + bat_bytes > vhd->header_offset)
     return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the dynamic header at %llu",
                        p, (unsigned long long)bat_off, (unsigned long long)vhd->header_offset);
-  if (bat_off + bat_bytes > fsz - VHD_FOOTER_SIZE)
+  if (bat_off + bat_bytes > vhd->data_end)
     return vhd_set_err(err, -EINVAL,
                        "%s: BAT (table offset %llu, %u entries) overlaps the trailing footer at %llu",
                        p, (unsigned long long)bat_off, vhd->max_entries,
-                       (unsigned long long)(fsz - VHD_FOOTER_SIZE));
+                       (unsigned long long)vhd->data_end);
   if (bat_off < VHD_FOOTER_SIZE)
     return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the footer copy at 0", p,
                        (unsigned long long)bat_off);
@@ -88,7 +88,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     allocated += vhd->bat[i] != VHD_BAT_UNUSED;
   }
 
-  if ((r = vhd_batmap_load(vhd, fsz - VHD_FOOTER_SIZE, err)) < 0)
+  if ((r = vhd_batmap_load(vhd, vhd->data_end, err)) < 0)
     return r;
 
   /* Metadata regions, then every block, sorted: neighbours must not overlap. */
@@ -111,8 +111,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
       const struct vhd_locator *l = &vhd->header.locators[i];
       if (l->code == VHD_PLAT_NONE || l->data_length == 0)
         continue;
-      if (l->data_offset >= fsz - VHD_FOOTER_SIZE ||
-          l->data_length > fsz - VHD_FOOTER_SIZE - l->data_offset)
+      if (l->data_offset >= vhd->data_end || l->data_length > vhd->data_end - l->data_offset)
         return vhd_set_err(err, -EINVAL,
                            "%s: parent locator %d data (offset %llu, length %u) lies beyond "
                            "the end of the file",
@@ -122,12 +121,10 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     }
   }
   uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
-  uint64_t data_end = fsz - VHD_FOOTER_SIZE;
-  /* A file cut inside its trailing footer (the copy at 0 stands in): that
-   * footer began on the sector boundary the cut left, where the last block
-   * may end and where check --repair writes the footer again. */
-  if (vhd->footer_copy_used)
-    data_end = ROUND_UP(data_end, 512);
+  /* For a file cut inside its trailing footer, the sector boundary the cut
+   * left: where the last block may end and check --repair writes the
+   * footer again. */
+  uint64_t data_end = vhd->data_end;
   /* Everything up to the trailing footer is someone's: structures, blocks,
    * or bytes the engine cannot account for (another writer's extension, a
    * crash's leftovers).  Locator data areas count with the room they

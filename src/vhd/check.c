@@ -87,10 +87,10 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
   }
   if (vhd->footer_copy_used) {
     if (repair) {
-      /* Open checked that every structure ends by file size - 512; a file
-       * cut inside its footer gets the footer on the next sector boundary
-       * and the file ends right after it. */
-      uint64_t pos = ROUND_UP(vhd->file_size - VHD_FOOTER_SIZE, 512);
+      /* Open checked that every structure ends by the data area's end: a
+       * file cut inside its footer gets the footer there, on the sector
+       * boundary the cut left, and the file ends right after it. */
+      uint64_t pos = vhd->data_end;
       r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, pos);
       if (r == 0)
         r = vhd_io_truncate(vhd, pos + VHD_FOOTER_SIZE);
@@ -187,7 +187,7 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       }
       covered = MAX(covered, sp[i].end);
     }
-    uint64_t data_end = vhd->file_size - VHD_FOOTER_SIZE;
+    uint64_t data_end = vhd->data_end;
     uint64_t tail = data_end > covered ? data_end - covered : 0;
     if (sparse_free)
       report(&c, 0, "%s: %llu bytes of unreferenced space between blocks (sparse: it costs no disk space)",

@@ -116,6 +116,7 @@ static int read_footer(vhd_t *vhd, struct vhd_err *err) {
   r = vhd_footer_check(tail, where, &tail_err);
   if (r == 0) {
     memcpy(vhd->footer_raw, tail, VHD_FOOTER_SIZE);
+    vhd->data_end = vhd->file_size - VHD_FOOTER_SIZE;
     return 0;
   }
   /* A fixed disk of Virtual PC before 2004: a footer of 511 bytes ends the
@@ -129,6 +130,7 @@ static int read_footer(vhd_t *vhd, struct vhd_err *err) {
       be32_load(head + 60) == VHD_TYPE_FIXED) {
     memcpy(vhd->footer_raw, head, VHD_FOOTER_SIZE);
     vhd->footer_short = true;
+    vhd->data_end = vhd->file_size - (VHD_FOOTER_SIZE - 1);
     vhd_warn(vhd,
              "%s: fixed disk with a 511-byte footer (Virtual PC before 2004) at offset %llu "
              "(vhdimg check --repair writes it whole)",
@@ -144,6 +146,7 @@ static int read_footer(vhd_t *vhd, struct vhd_err *err) {
     if (type == VHD_TYPE_DYNAMIC || type == VHD_TYPE_DIFFERENCING) {
       memcpy(vhd->footer_raw, head, VHD_FOOTER_SIZE);
       vhd->footer_copy_used = true;
+      vhd->data_end = ROUND_UP(vhd->file_size - VHD_FOOTER_SIZE, 512);
       vhd_warn(vhd, "%s: %s; using the footer copy at offset 0 (vhdimg check --repair rewrites it)",
                p, tail_err.msg);
       return 0;
@@ -213,8 +216,8 @@ static int validate_footer(vhd_t *vhd, const struct vhd_open_opts *opts, struct 
 static int read_header(vhd_t *vhd, struct vhd_err *err) {
   const char *p = vhd->path;
   uint64_t off = vhd->footer.data_offset;
-  if (off % 512 || off < VHD_FOOTER_SIZE || off > vhd->file_size ||
-      vhd->file_size - off < VHD_HEADER_SIZE + VHD_FOOTER_SIZE)
+  if (off % 512 || off < VHD_FOOTER_SIZE || off > vhd->data_end ||
+      vhd->data_end - off < VHD_HEADER_SIZE)
     return vhd_set_err(err, -EINVAL,
                        "%s: footer data offset %llu does not point at a dynamic header inside "
                        "the file (%llu bytes)",

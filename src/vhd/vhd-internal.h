@@ -181,6 +181,11 @@ struct vhd {
   bool footer_short;
   uint64_t virtual_size;
   uint64_t file_size;     /* at open */
+  /* The end of the data area as opened: where the trailing footer starts,
+   * or started when the file was cut inside it and the copy at 0 stands in
+   * (the sector boundary the cut left).  Every structure and block must
+   * end by here. */
+  uint64_t data_end;
 
   /* dynamic and differencing */
   struct vhd_header header;

@@ -7,7 +7,9 @@
 #   check says the trailing footer is damaged (exit 1), --repair rewrites
 #   it where it began, and the data is QEMU's;
 #   vhdnbd serves the data and takes writes into new blocks, which QEMU
-#   reads back.
+#   reads back;
+#   a differencing child whose locator data ends right before the cut
+#   footer opens, is repaired and takes writes.
 . "$top_srcdir/tests/functions.sh"
 requires qemu-img
 requires qemu-io
@@ -66,4 +68,34 @@ stop_vhdnbd
 "$VHDIMG" check "$TMPD/sparse.vhd" >"$TMPD/check" 2>&1 ||
   fail "sparse cut image: check: $(cat "$TMPD/check")"
 qemu_same "$TMPD/sparse.vhd" "$TMPD/data.raw"
-echo "PASS: dynamic images cut inside their footer are read, served, written and repaired"
+
+# A fresh differencing child keeps its parent locators' data last, right
+# before the footer: a cut of up to 511 bytes leaves that data whole, and
+# everything is measured from where the footer began, not from the cut
+# end.
+qemu-img convert -q -f raw -O vpc -o subformat=dynamic "$TMPD/data.raw" "$TMPD/base.vhd" ||
+  fail "qemu-img convert"
+cp "$TMPD/data.raw" "$TMPD/expect.raw"
+printf '\x22%.0s' $(seq 65536) | dd of="$TMPD/expect.raw" bs=64k seek=16 conv=notrunc status=none
+for cut in 500 511; do
+  child=$TMPD/child$cut.vhd
+  "$VHDIMG" create -b "$TMPD/base.vhd" "$child" >/dev/null || fail "vhdimg create -b"
+  full=$(stat -c %s "$child")
+  truncate -s -$cut "$child"
+  "$VHDIMG" info "$child" >"$TMPD/info" 2>&1 ||
+    fail "child cut by $cut: vhdimg info: $(cat "$TMPD/info")"
+  cp "$child" "$TMPD/repaired.vhd"
+  "$VHDIMG" check --repair "$TMPD/repaired.vhd" >"$TMPD/repair" 2>&1 ||
+    fail "child cut by $cut: check --repair: $(cat "$TMPD/repair")"
+  [ "$(stat -c %s "$TMPD/repaired.vhd")" -eq "$full" ] ||
+    fail "child cut by $cut: repaired file is $(stat -c %s "$TMPD/repaired.vhd") bytes, not $full"
+  start_vhdnbd "$TMPD/s" "$child"
+  qemu-io -f raw -c "write -P 0x22 1M 64k" "nbd+unix:///?socket=$TMPD/s" >/dev/null ||
+    fail "child cut by $cut: qemu-io write through vhdnbd"
+  stop_vhdnbd
+  "$VHDIMG" check "$child" >"$TMPD/check" 2>&1 ||
+    fail "child cut by $cut: check after writes: $(cat "$TMPD/check")"
+  "$VHDIMG" convert -O raw "$child" "$TMPD/child.raw" >/dev/null || fail "vhdimg convert"
+  cmp -n $size "$TMPD/child.raw" "$TMPD/expect.raw" || fail "child cut by $cut: data differs"
+done
+echo "PASS: dynamic and differencing images cut inside their footer are read, served, written and repaired"
