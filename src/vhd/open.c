@@ -52,32 +52,33 @@ static int lock_busy(int fd, const char *path, struct vhd_err *err) {
                      path, who, q.l_type == F_RDLCK ? "a read" : "a write");
 }
 
-static int lock_image(vhd_t *vhd, struct vhd_err *err) {
-  struct flock fl = {
-      .l_type = vhd->readonly ? F_RDLCK : F_WRLCK,
-      .l_whence = SEEK_SET,
-      .l_start = 0,
-      .l_len = 0,
-  };
-  if (fcntl(vhd->fd, F_OFD_SETLK, &fl) == 0)
+/* Whether a lock of `type` on fd's whole file would be granted now: 0,
+ * or -EBUSY naming the holder (this process too, through another open
+ * file). */
+static int lock_probe(int fd, const char *path, short type, struct vhd_err *err) {
+  struct flock q = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_OFD_GETLK, &q) < 0)
+    return vhd_set_err(err, -errno, "%s: cannot test its lock: %s", path, strerror(errno));
+  return q.l_type == F_UNLCK ? 0 : lock_busy(fd, path, err);
+}
+
+/* Takes a lock of `type` on fd's whole file, held while the open file
+ * lives: 0, or -EBUSY naming the holder. */
+static int lock_take(int fd, const char *path, short type, struct vhd_err *err) {
+  struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
     return 0;
   int e = errno;
   if (e == EAGAIN || e == EACCES)
-    return lock_busy(vhd->fd, vhd->path, err);
-  return vhd_set_err(err, -e, "%s: cannot lock the image: %s", vhd->path, strerror(e));
+    return lock_busy(fd, path, err);
+  return vhd_set_err(err, -e, "%s: cannot lock the image: %s", path, strerror(e));
 }
 
 int vhd_lock_test(const char *path, bool write, struct vhd_err *err) {
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0)
     return vhd_set_err(err, -errno, "%s: %s", path, strerror(errno));
-  struct flock q = {.l_type = write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = 0,
-                    .l_len = 0};
-  int r = 0;
-  if (fcntl(fd, F_OFD_GETLK, &q) < 0)
-    r = vhd_set_err(err, -errno, "%s: cannot test its lock: %s", path, strerror(errno));
-  else if (q.l_type != F_UNLCK)
-    r = lock_busy(fd, path, err);
+  int r = lock_probe(fd, path, write ? F_WRLCK : F_RDLCK, err);
   close(fd);
   return r;
 }
@@ -85,18 +86,8 @@ int vhd_lock_test(const char *path, bool write, struct vhd_err *err) {
 int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err) {
   /* Any lock, a reader's too: a server reading it as a parent would go on
    * reading the old file while its children are meant to read the new. */
-  struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-  if (fcntl(fd, F_OFD_GETLK, &q) < 0)
-    return vhd_set_err(err, -errno, "%s: cannot test its lock: %s", path, strerror(errno));
-  if (q.l_type != F_UNLCK)
-    return lock_busy(fd, path, err);
-  struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
-    return 0;
-  int e = errno;
-  if (e == EAGAIN || e == EACCES)
-    return lock_busy(fd, path, err);
-  return vhd_set_err(err, -e, "%s: cannot lock it: %s", path, strerror(e));
+  int r = lock_probe(fd, path, F_WRLCK, err);
+  return r < 0 ? r : lock_take(fd, path, F_RDLCK, err);
 }
 
 static int read_footer(vhd_t *vhd, struct vhd_err *err) {
@@ -369,7 +360,8 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
         !(sv.f_bsize & (sv.f_bsize - 1)))
       vhd->punch_unit = sv.f_bsize;
   }
-  if (!(flags & VHD_OPEN_NOLOCK) && (r = lock_image(vhd, err)) < 0)
+  if (!(flags & VHD_OPEN_NOLOCK) &&
+      (r = lock_take(vhd->fd, vhd->path, vhd->readonly ? F_RDLCK : F_WRLCK, err)) < 0)
     goto fail;
   if ((r = read_footer(vhd, err)) < 0 || (r = validate_footer(vhd, opts, err)) < 0)
     goto fail;
