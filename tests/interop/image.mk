@@ -18,6 +18,7 @@ TESTS += \
 	tests/interop/test-vhdimg-compact.sh \
 	tests/interop/test-layout-bat-after-block.sh \
 	tests/interop/test-vhd-crash-readers.sh \
+	tests/interop/test-vhd-crash-foreign.sh \
 	tests/interop/test-vhdimg-commit.sh \
 	tests/interop/test-vhdimg-foreign.sh \
 	tests/interop/test-vhdimg-convert-crash.sh \
@@ -37,6 +38,7 @@ EXTRA_DIST += \
 	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh \
 	tests/interop/test-vhd-crash-readers.sh \
+	tests/interop/test-vhd-crash-foreign.sh \
 	tests/interop/image-functions.sh \
 	tests/interop/make-malformed.py \
 	tests/interop/make-foreign-vhd.py \
