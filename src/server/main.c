@@ -656,8 +656,25 @@ const char *settings_config_path(void) { return config_path; }
 /* ---- lifecycle ---- */
 
 static void close_walk_cb(uv_handle_t *h, void *arg) {
-  if (!uv_is_closing(h))
+  /* The signal handles stay until the images are closed (signals_close). */
+  if (!uv_is_closing(h) && h->type != UV_SIGNAL)
     uv_close(h, NULL);
+}
+
+/* Closing a signal handle gives the signal its default action back, and a
+ * second SIGTERM (systemd's to the whole unit, timeout(1)'s to its process
+ * group, another Ctrl-C) would then end the process while it closes the
+ * images: the allocation window not given back, the pidfile left.  So
+ * the handles, unreferenced (they never keep a loop alive), are closed
+ * only once the images are; a signal meanwhile changes nothing. */
+static void signals_close(void) {
+  if (!sig_term.loop)
+    return; /* never made: the server stopped before */
+  uv_signal_t *sigs[] = {&sig_term, &sig_int, &sig_hup};
+  for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+    if (!uv_is_closing((uv_handle_t *)sigs[i]))
+      uv_close((uv_handle_t *)sigs[i], NULL);
+  uv_run(server.loop, UV_RUN_DEFAULT);
 }
 
 static void on_grace_timeout(uv_timer_t *t) {
@@ -694,12 +711,6 @@ void server_check_done(struct server *srv) {
   guard_stop(srv);
   metrics_stop();
   loops_close_handles(loops_main());
-  if (!uv_is_closing((uv_handle_t *)&sig_term))
-    uv_close((uv_handle_t *)&sig_term, NULL);
-  if (!uv_is_closing((uv_handle_t *)&sig_int))
-    uv_close((uv_handle_t *)&sig_int, NULL);
-  if (!uv_is_closing((uv_handle_t *)&sig_hup))
-    uv_close((uv_handle_t *)&sig_hup, NULL);
 }
 
 /* Plain WRITEs of one export run on this many lanes at once.  One lane
@@ -815,6 +826,9 @@ int main(int argc, char **argv) {
   uv_signal_start(&sig_term, on_signal, SIGTERM);
   uv_signal_start(&sig_int, on_signal, SIGINT);
   uv_signal_start(&sig_hup, on_hup, SIGHUP);
+  uv_unref((uv_handle_t *)&sig_term);
+  uv_unref((uv_handle_t *)&sig_int);
+  uv_unref((uv_handle_t *)&sig_hup);
   if (listen_start(&server) < 0) {
     status = 1;
     server.shutting_down = true;
@@ -847,6 +861,7 @@ out:
   listen_cleanup(&server);
   if (pidfile_written) /* last: its removal means the images are closed */
     pidfile_remove(settings.pidfile);
+  signals_close();
   uv_loop_close(server.loop);
   bufpool_drain();
   tls_creds_free(server.tls);
