@@ -4,12 +4,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -47,6 +49,10 @@ static size_t n_listeners;
 static uv_check_t accept_turn;
 static bool accept_turn_started;
 static bool unix_created;
+/* The socket this server made, held open (O_PATH) so that its inode number
+ * cannot go to another file: at exit the path is removed only if it still
+ * names this one. */
+static int unix_fd = -1;
 
 static void on_connection(uv_stream_t *s, int status) {
   struct listener *l = s->data;
@@ -159,6 +165,26 @@ static int listen_tcp(struct server *srv, const char *addr, const char *port) {
   return ok ? 0 : -EADDRNOTAVAIL;
 }
 
+/* Whether a server listens on the Unix socket at path: 1 when a connection
+ * is taken, 0 when refused (a socket nobody listens on: stale), or a
+ * negative errno when it cannot be told. */
+static int unix_socket_live(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path)
+    return -ENAMETOOLONG;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return -errno;
+  int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  /* A backlog that is full answers EAGAIN: somebody listens. */
+  int e = r < 0 ? errno : 0;
+  close(fd);
+  if (r == 0 || e == EAGAIN || e == EINPROGRESS)
+    return 1;
+  return e == ECONNREFUSED ? 0 : -e;
+}
+
 static int listen_unix(struct server *srv, const char *path) {
   struct listener *l = listener_new();
   if (!l)
@@ -167,16 +193,46 @@ static int listen_unix(struct server *srv, const char *path) {
   uv_pipe_init(srv->loop, &l->h.pipe, 0);
   l->h.handle.data = l;
   /* A stale socket from an earlier run would make bind fail; remove it, but
-   * never anything that is not a socket. */
+   * never anything that is not a socket, nor one a server listens on (its
+   * clients would be cut off from it for good). */
   struct stat st;
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    int r = unix_socket_live(path);
+    if (r != 0) {
+      if (r > 0)
+        log_msg(LOG_LEVEL_ERR,
+                "%s: a server is listening on this socket; stop it or choose another path", path);
+      else
+        log_msg(LOG_LEVEL_ERR, "%s: cannot tell whether a server listens on it: %s", path,
+                strerror(-r));
+      return r > 0 ? -EADDRINUSE : r;
+    }
     unlink(path);
-  int r = uv_pipe_bind(&l->h.pipe, path);
+  }
+  /* Bound here, not by uv_pipe_bind: libuv would remove the path when the
+   * listener closes, whatever socket it then names. */
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    log_msg(LOG_LEVEL_ERR, "%s: bind: %s", path, strerror(ENAMETOOLONG));
+    return -ENAMETOOLONG;
+  }
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    int e = errno;
+    log_msg(LOG_LEVEL_ERR, "%s: bind: %s", path, strerror(e));
+    if (fd >= 0)
+      close(fd);
+    return -e;
+  }
+  unix_fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  unix_created = true;
+  int r = uv_pipe_open(&l->h.pipe, fd);
   if (r < 0) {
-    log_msg(LOG_LEVEL_ERR, "%s: bind: %s", path, uv_strerror(r));
+    log_msg(LOG_LEVEL_ERR, "%s: %s", path, uv_strerror(r));
+    close(fd);
     return r;
   }
-  unix_created = true;
   return start_listening(l);
 }
 
@@ -265,6 +321,13 @@ void listen_stop(struct server *srv) {
 }
 
 void listen_cleanup(struct server *srv) {
-  if (unix_created && srv->cfg->unix_path)
+  /* Only the socket made here: another may have taken the path since. */
+  struct stat st, ours;
+  if (unix_created && srv->cfg->unix_path &&
+      (unix_fd < 0 || (lstat(srv->cfg->unix_path, &st) == 0 && fstat(unix_fd, &ours) == 0 &&
+                       st.st_dev == ours.st_dev && st.st_ino == ours.st_ino)))
     unlink(srv->cfg->unix_path);
+  if (unix_fd >= 0)
+    close(unix_fd);
+  unix_fd = -1;
 }

@@ -48,10 +48,15 @@ int pidfile_write(const char *path) {
   if (!tmp)
     return -ENOMEM;
   snprintf(tmp, n, "%s.tmp%ld", path, (long)getpid());
-  FILE *f = fopen(tmp, "w");
+  /* 0644 whatever the umask lets group members do with the socket
+   * beside it (the service's 0007): only the server writes its pid. */
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
   int r = 0;
   if (!f) {
     r = -errno;
+    if (fd >= 0)
+      close(fd);
   } else {
     bool ok = fprintf(f, "%ld\n", (long)getpid()) > 0;
     if (fclose(f) != 0 || !ok)
