@@ -241,7 +241,8 @@ int vhd_flush(vhd_t *vhd, struct vhd_err *err);
  * while none has (see "Write errors" above). */
 int vhd_write_error(const vhd_t *vhd, struct vhd_err *err);
 
-/* True when write_zeroes over [off,off+len) needs no data writes (FAST_ZERO). */
+/* True when write_zeroes over [off,off+len) needs no data writes (FAST_ZERO):
+ * not where part of a sector holding data must keep its other bytes. */
 bool vhd_zero_is_fast(vhd_t *vhd, uint64_t off, uint64_t len);
 
 /* Mapping of a virtual range, in runs.  depth is the chain level that holds the

@@ -210,8 +210,19 @@ int vhd_trim(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags, struct vhd_
   return r;
 }
 
+/* Whether the sector at sec reads as zeros at every level: a sector only
+ * partly zeroed keeps its other bytes, and where it holds data that is a
+ * read and a write of it, no faster than a WRITE (FAST_ZERO must say so). */
+static bool sector_blank(vhd_t *vhd, uint64_t sec) {
+  return vhd_map(vhd, sec, MIN((uint64_t)512, vhd->virtual_size - sec), NULL, NULL, NULL) == 1;
+}
+
 bool vhd_zero_is_fast(vhd_t *vhd, uint64_t off, uint64_t len) {
   if (vhd->type == VHD_TYPE_FIXED || vhd_batmap_any_full(vhd, off, len))
+    return false;
+  if (len && off % 512 && !sector_blank(vhd, ROUND_DOWN(off, 512)))
+    return false;
+  if (len && (off + len) % 512 && !sector_blank(vhd, ROUND_DOWN(off + len, 512)))
     return false;
   if (!vhd->parent || off >= vhd->parent->virtual_size)
     return true;

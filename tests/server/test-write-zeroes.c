@@ -139,6 +139,16 @@ static void test_dynamic(struct export *e) {
   verify(e, 20 * MiB, 2 * MiB, "FAST_ZERO|NO_HOLE over a hole (refused)");
   CHECK(status_of(e, 20 * MiB, 2 * MiB).all_or & NBD_STATE_HOLE,
         "dynamic: a refused FAST_ZERO|NO_HOLE allocated the block");
+  /* Part of a sector that holds data keeps its other bytes: a read and a
+   * write of the sector, no faster than a WRITE.  Refused, nothing
+   * changed; whole sectors around it, or part of a blank one, are fast. */
+  NBD_ERRNO(nbd_zero(e->h, 100, 7 * MiB + 3, LIBNBD_CMD_FLAG_FAST_ZERO), ENOTSUP);
+  verify(e, 7 * MiB, 4096, "FAST_ZERO inside a sector of data (refused)");
+  NBD_ERRNO(nbd_zero(e->h, 600, 7 * MiB, LIBNBD_CMD_FLAG_FAST_ZERO), ENOTSUP);
+  verify(e, 7 * MiB, 4096, "FAST_ZERO ending inside a sector of data (refused)");
+  do_zero(e, 7 * MiB + 512, 1024, LIBNBD_CMD_FLAG_FAST_ZERO, "FAST_ZERO of whole sectors of data");
+  do_zero(e, 7 * MiB + 700, 200, LIBNBD_CMD_FLAG_FAST_ZERO, "FAST_ZERO inside a zeroed sector");
+  do_zero(e, 24 * MiB + 3, 100, LIBNBD_CMD_FLAG_FAST_ZERO, "FAST_ZERO inside a hole's sector");
 
   if (nbd_can_fua(e->h) == 1)
     do_zero(e, 6 * MiB + 4096, 4096, LIBNBD_CMD_FLAG_FUA, "FUA zero");
