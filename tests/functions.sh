@@ -115,9 +115,6 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.1 s until it
-# succeeds; fails the test naming WHAT after SECONDS.  The limit is a
-# generous bound on a loaded machine, never a duration the test relies on.
 # xfs_dir: sets XFS_DIR to an XFS file system made on a loop device under
 # $TMPD (unmounted at exit) when running as root with mkfs.xfs and a loop
 # device to use, else to $TMPD.  Some kernel behaviour the tests look for
@@ -138,6 +135,9 @@ xfs_dir() {
   fi
 }
 
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.1 s until it
+# succeeds; fails the test naming WHAT after SECONDS.  The limit is a
+# generous bound on a loaded machine, never a duration the test relies on.
 wait_for() {
   local limit=$1 what=$2
   shift 2

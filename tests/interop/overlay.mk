@@ -5,4 +5,4 @@ SERVER_OVERLAY_TESTS = \
 	tests/interop/test-reload.sh \
 	tests/interop/test-reload-locks.sh
 TESTS += $(SERVER_OVERLAY_TESTS)
-EXTRA_DIST += $(SERVER_OVERLAY_TESTS)
+EXTRA_DIST += $(SERVER_OVERLAY_TESTS) tests/interop/reload_server.py

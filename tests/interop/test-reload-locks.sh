@@ -42,47 +42,19 @@ main_pid=$VHDNBD_PID
 "$VHDNBD" -U "$TMPD/sock2" -r -v "$TMPD/other.vhd" 2>"$TMPD/other.log" &
 other_pid=$!
 cleanup_fn "kill $other_pid 2>/dev/null"
-for ((i = 0; i < 600; i++)); do
-  [ -S "$TMPD/sock2" ] && break
-  sleep 0.1
-done
-[ -S "$TMPD/sock2" ] || fail "the second server did not listen: $(cat "$TMPD/other.log")"
+wait_for 60 "the second server listening" test -S "$TMPD/sock2"
 
 cat >"$TMPD/reload.py" <<'PY'
-import os, signal, subprocess, sys, time, nbd
+import os, signal, sys, time, nbd
+sys.path.insert(0, os.path.join(os.environ["top_srcdir"], "tests", "interop"))
+from reload_server import ReloadServer
 sock, conf, log, pid, tmpd, other_pid = sys.argv[1:7]
 pid, other_pid = int(pid), int(other_pid)
-
-def connect(name):
-    h = nbd.NBD()
-    h.set_export_name(name)
-    h.connect_unix(sock)
-    return h
-
-def wait_log(text, after=0, limit=60):
-    """Waits (bounded) for text in the server's log past offset after."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        with open(log) as f:
-            f.seek(after)
-            if text in f.read():
-                return
-        time.sleep(0.1)
-    sys.exit("not in the log within %d s: %s\n%s" % (limit, text, open(log).read()))
-
-def reload(text):
-    with open(conf + ".new", "w") as f:
-        f.write(text)
-    os.rename(conf + ".new", conf)
-    at = os.path.getsize(log)
-    os.kill(pid, signal.SIGHUP)
-    return at
+srv = ReloadServer(sock, conf, log, pid)
+connect, wait_log, reload = srv.connect, srv.wait_log, srv.reload
 
 def listed():
-    out = subprocess.run(["nbdinfo", "--list", "--json", "nbd+unix:///?socket=" + sock],
-                         capture_output=True, text=True, check=True).stdout
-    import json
-    return {e["export-name"] for e in json.loads(out)["exports"]}
+    return set(srv.listed())
 
 def serving(name, readonly):
     h = connect(name)
@@ -137,7 +109,7 @@ h.shutdown()
 held.shutdown()
 print("ok")
 PY
-"$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$main_pid" "$TMPD" "$other_pid" ||
+top_srcdir=$top_srcdir "$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$main_pid" "$TMPD" "$other_pid" ||
   fail "reload: $(tail -40 "$log")"
 wait "$other_pid" 2>/dev/null || true
 stop_vhdnbd

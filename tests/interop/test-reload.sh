@@ -31,49 +31,13 @@ log=$TMPD/vhdnbd.log
 start_vhdnbd "$TMPD/sock" -v -C "$conf" 2>"$log"
 
 cat >"$TMPD/reload.py" <<'PY'
-import os, signal, subprocess, sys, time, nbd
+import os, sys, nbd
+sys.path.insert(0, os.path.join(os.environ["top_srcdir"], "tests", "interop"))
+from reload_server import ReloadServer
 sock, conf, log, pid, tmpd = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-
-def connect(name):
-    h = nbd.NBD()
-    h.set_export_name(name)
-    h.connect_unix(sock)
-    return h
-
-def wait_log(text, after=0, limit=60):
-    """Waits (bounded) for text in the server's log past offset after."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        with open(log) as f:
-            f.seek(after)
-            if text in f.read():
-                return
-        time.sleep(0.1)
-    sys.exit("not in the log within %d s: %s\n%s" % (limit, text, open(log).read()))
-
-def log_size():
-    return os.path.getsize(log)
-
-def listed():
-    out = subprocess.run(["nbdinfo", "--list", "--json", "nbd+unix:///?socket=" + sock],
-                         capture_output=True, text=True, check=True).stdout
-    import json
-    return {e["export-name"]: e.get("description") for e in json.loads(out)["exports"]}
-
-def refused(name):
-    try:
-        connect(name).shutdown()
-    except nbd.Error:
-        return True
-    return False
-
-def reload(text):
-    with open(conf + ".new", "w") as f:
-        f.write(text)
-    os.rename(conf + ".new", conf)
-    at = log_size()
-    os.kill(pid, signal.SIGHUP)
-    return at
+srv = ReloadServer(sock, conf, log, pid)
+connect, wait_log, reload, listed, refused = (srv.connect, srv.wait_log, srv.reload, srv.listed,
+                                              srv.refused)
 
 keep, gone, change = connect("keep"), connect("gone"), connect("change")
 keep.pwrite(b"\x01" * 4096, 0)
@@ -199,7 +163,7 @@ h.shutdown()
 keep.shutdown()
 print("ok")
 PY
-"$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$VHDNBD_PID" "$TMPD" ||
+top_srcdir=$top_srcdir "$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$VHDNBD_PID" "$TMPD" ||
   fail "reload: $(tail -40 "$log")"
 stop_vhdnbd
 ! grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$log" ||

@@ -15,11 +15,7 @@ for round in 1 2 3 4 5 6; do
   timeout 120 "$VHDNBD" -U "$TMPD/sock" --pidfile "$TMPD/pid" "$img" 2>"$TMPD/log" &
   tpid=$!
   cleanup_fn "kill $tpid 2>/dev/null"
-  for ((i = 0; i < 600; i++)); do
-    [ -s "$TMPD/pid" ] && break
-    sleep 0.1
-  done
-  [ -s "$TMPD/pid" ] || fail "round $round: vhdnbd did not start: $(cat "$TMPD/log")"
+  wait_for 60 "round $round: vhdnbd writing its pidfile" test -s "$TMPD/pid"
   # One sector written and flushed: its block takes a window of new-block
   # space, given back when the image closes.
   "$PY3" -c '

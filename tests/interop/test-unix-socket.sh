@@ -52,11 +52,7 @@ chmod 0755 "$TMPD"
   2>"$TMPD/g.log" &
 g_pid=$!
 cleanup_fn "kill $g_pid 2>/dev/null"
-for ((i = 0; i < 600; i++)); do
-  [ -s "$TMPD/pid" ] && break
-  sleep 0.1
-done
-[ -s "$TMPD/pid" ] || fail "the server did not start: $(cat "$TMPD/g.log")"
+wait_for 60 "vhdnbd under the unit's umask writing its pidfile" test -s "$TMPD/pid"
 gid=$(stat -c %g "$sock")
 connect_as() { # GID: prints ok or the error
   "$PY3" - "$sock" "$1" <<'PY'
