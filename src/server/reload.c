@@ -14,12 +14,13 @@
  * drained as at shutdown (no new requests, those received are answered),
  * those still there after SERVER_SHUTDOWN_GRACE_MS are closed, and when
  * the last is gone its image is flushed and closed.  A new export that
- * shares its name or image (the file, by whatever path) with a retired one
- * (a changed export, usually) is opened only then, since the old one still
- * holds the image's lock; the others are opened before the table is
- * swapped.  A lock on such an export's chain that will still be there
- * when it opens (one that no retired export holds) refuses the reload
- * before anything closes (deferred_locks).
+ * shares its name with a retired one, or whose chain holds an image a
+ * retired one holds (the file, by whatever path: a changed export, or a
+ * new child served in place of its parent), is opened only then, since
+ * the old one still holds the image's lock; the others are opened before
+ * the table is swapped.  A lock on such an export's chain that will still
+ * be there when it opens (one that no retired export holds) refuses the
+ * reload before anything closes (deferred_locks).
  *
  * [global] settings are not applied by a reload: those that changed are
  * logged as needing a restart (listening addresses, TLS credentials and
@@ -194,6 +195,26 @@ static bool same_image(const struct export *e, const char *path) {
          a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+/* Whether an image of sp's chain (its own or a parent) is one a retired
+ * export holds: an export serving a base that is now served through a new
+ * child of it, say.  Its lock would refuse sp's open until that export
+ * has closed, so sp waits for it as for a changed export. */
+static bool chain_held_by_retired(const struct reload_job *j, const struct export_spec *sp) {
+  struct vhd_open_opts opts = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
+                               .size_rule = VHD_SIZE_AUTO};
+  vhd_t *vhd = NULL;
+  if (vhd_open(sp->image, &opts, &vhd, NULL) < 0)
+    return false; /* the open proper will say why */
+  bool held = false;
+  for (vhd_t *v = vhd; v && !held; v = vhd_parent(v)) {
+    struct stat st;
+    unsigned r, w;
+    held = vhd_file_stat(v, &st) == 0 && retired_locks(j, &st, &r, &w) > 0;
+  }
+  vhd_close(vhd, NULL);
+  return held;
+}
+
 /* Worker thread.  The loop changes neither the table nor the settings
  * while a reload is busy, so both may be read here. */
 static void reload_run(struct work_item *w) {
@@ -229,7 +250,7 @@ static void reload_run(struct work_item *w) {
     }
     if (kept) {
       j->act[i] = ACT_KEEP;
-    } else if (conflict) {
+    } else if (conflict || chain_held_by_retired(j, sp)) {
       j->act[i] = ACT_DEFER;
       j->errors += config_check_export(ns, sp, false);
     } else {

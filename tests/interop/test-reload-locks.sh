@@ -9,16 +9,20 @@
 #   another server reads the image read-only: refused, and applied once it
 #   has gone;
 #   two exports changed by the same reload would both write one image:
-#   refused.
+#   refused;
+#   an export serving a base read-write is replaced by one serving a new
+#   child of it (a snapshot): the new one waits for the old to close, and
+#   is served.
 # Each refused reload leaves every export serving as before.
 . "$top_srcdir/tests/functions.sh"
 requires nbdinfo
 requires_py nbd
 [ -r /proc/locks ] || skip "no /proc/locks to count locks in"
 
-for n in shared other both; do
+for n in shared other both base; do
   "$VHDIMG" create "$TMPD/$n.vhd" 16M >/dev/null
 done
+"$VHDIMG" create -b "$TMPD/base.vhd" "$TMPD/snap.vhd" >/dev/null
 conf=$TMPD/vhdnbd.conf
 cat >"$conf" <<EOF
 [export keep]
@@ -33,6 +37,8 @@ read-only = true
 [export pair]
 image = $TMPD/both.vhd
 read-only = true
+[export base]
+image = $TMPD/base.vhd
 EOF
 log=$TMPD/vhdnbd.log
 start_vhdnbd "$TMPD/sock" -v -C "$conf" 2>"$log"
@@ -62,13 +68,13 @@ def serving(name, readonly):
     assert h.pread(4096, 0) == b"\0" * 4096, name
     h.shutdown()
 
-ALL = {"keep", "change", "solo", "pair"}
+ALL = {"keep", "change", "solo", "pair", "base"}
 RO = "read-only = true\n"
-def config(change="", solo="", pair="", extra=""):
+def config(change="", solo="", pair="", extra="", base="[export base]\nimage = %(t)s/base.vhd\n"):
     return ("[export keep]\nimage = %(t)s/shared.vhd\n" + RO +
             "[export change]\nimage = %(t)s/shared.vhd\n" + (change or RO) +
             "[export solo]\nimage = %(t)s/other.vhd\n" + (solo or RO) +
-            "[export pair]\nimage = %(t)s/both.vhd\n" + (pair or RO) + extra) % {"t": tmpd}
+            "[export pair]\nimage = %(t)s/both.vhd\n" + (pair or RO) + base + extra) % {"t": tmpd}
 
 def refused(text, name, why):
     at = reload(text)
@@ -77,7 +83,7 @@ def refused(text, name, why):
     wait_log(why, at)
     assert listed() == ALL, "a refused reload changed the exports: %s" % listed()
     for n in ALL:
-        serving(n, True)
+        serving(n, n != "base")
 
 held = connect("change")
 # An export that stays (keep) reads shared.vhd: change cannot write it.
@@ -107,6 +113,24 @@ h.flush()
 assert h.pread(4096, 0) == b"\x5a" * 4096
 h.shutdown()
 held.shutdown()
+
+# The base, served read-write, is replaced by a child of it: the child's
+# open needs the base, which the old export locks until it has closed.
+h = connect("base")
+h.pwrite(b"\xba" * 8192, 0)
+h.flush()
+h.shutdown()
+at = reload(config(solo="read-only = false\n",
+                   base="[export snap]\nimage = %(t)s/snap.vhd\n"))
+wait_log("applied", at)
+wait_log("reload: export 'snap' added", at)
+h = connect("snap")
+assert not h.is_read_only()
+assert h.pread(8192, 0) == b"\xba" * 8192, "the child does not read its base"
+h.pwrite(b"\x5c" * 4096, 4096)
+h.flush()
+assert h.pread(8192, 0) == b"\xba" * 4096 + b"\x5c" * 4096
+h.shutdown()
 print("ok")
 PY
 top_srcdir=$top_srcdir "$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$main_pid" "$TMPD" "$other_pid" ||
@@ -118,4 +142,7 @@ stop_vhdnbd
 "$VHDIMG" convert -O raw "$TMPD/other.vhd" "$TMPD/other.raw" >/dev/null || fail "cannot read other.vhd"
 "$PY3" -c 'import sys; assert open(sys.argv[1], "rb").read(4096) == b"\x5a" * 4096' \
   "$TMPD/other.raw" || fail "solo's write is not in other.vhd"
+"$VHDIMG" convert -O raw "$TMPD/base.vhd" "$TMPD/base.raw" >/dev/null || fail "cannot read base.vhd"
+"$PY3" -c 'import sys; assert open(sys.argv[1], "rb").read(8192) == b"\xba" * 8192' \
+  "$TMPD/base.raw" || fail "the child's write reached its base, or the base lost its data"
 echo PASS
