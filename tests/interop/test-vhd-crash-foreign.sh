@@ -45,9 +45,9 @@ EOF
 # Shorter workloads under ASan, which runs them several times slower (the
 # cost grows with the square of the length).
 if nm "$top_builddir/test-vhd-crash" 2>/dev/null | grep -q __asan_init; then
-  : "${VHD_TEST_ITERS:=200}"
+  : "${VHD_TEST_ITERS:=120}"
 else
-  : "${VHD_TEST_ITERS:=400}"
+  : "${VHD_TEST_ITERS:=300}"
 fi
 export VHD_TEST_ITERS VHD_CRASH_FOREIGN=$dir VHD_CRASH_ONLY_FOREIGN=1
 for prog in test-vhd-crash test-vhd-crash-lost; do
