@@ -516,6 +516,23 @@ static int check_parent_data(struct resize *z, uint64_t new_size) {
   return r;
 }
 
+/* A resize cut short after the trailing footer took the new size and
+ * before its copy at 0 did leaves the copy with the old one: a run that
+ * finds nothing else to change writes it, as the cut run would have. */
+static int finish_footer_copy(vhd_t *vhd, struct vhd_err *err) {
+  uint8_t head[VHD_FOOTER_SIZE];
+  if (vhd->type == VHD_TYPE_FIXED || vhd->footer_copy_used ||
+      vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE, 0) < 0 ||
+      memcmp(head, vhd->footer_raw, VHD_FOOTER_SIZE) == 0)
+    return 0;
+  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, 0);
+  if (r == 0)
+    r = vhd_io_sync(vhd);
+  return r < 0 ? vhd_set_err(err, r, "%s: writing the footer copy at offset 0: %s", vhd->path,
+                             strerror(-r))
+               : 0;
+}
+
 int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_resize_result *res,
                struct vhd_err *err) {
   struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT};
@@ -550,7 +567,7 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_res
   } else if (size == vhd->virtual_size && size == vhd->footer.current_size &&
              size == vhd->footer.original_size &&
              memcmp(f.creator_app, vhd->footer.creator_app, 4) == 0) {
-    r = 0; /* nothing to change */
+    r = finish_footer_copy(vhd, err); /* the size is right; a crash may have left the copy */
   } else if (vhd->type != VHD_TYPE_FIXED &&
              DIV_ROUND_UP(size, vhd->block_size) > MAX(VHD_MAX_NEW_TABLE_ENTRIES, vhd->max_entries)) {
     r = vhd_set_err(err, -EFBIG,

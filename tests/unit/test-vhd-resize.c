@@ -16,7 +16,9 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "testutil.h"
@@ -125,6 +127,18 @@ static void verify(const struct scenario *s, const char *path, bool final, const
     T_ASSERT(buf[i] == model[i], "%s %s: byte at %llu reads 0x%02x, expected 0x%02x", s->name,
              when, (unsigned long long)i, buf[i], model[i]);
   vhd_close(v, NULL);
+  /* Finished, a dynamic image's two footers agree (the copy at 0 is what
+   * readers fall back to). */
+  if (final && s->type != VHD_TYPE_FIXED) {
+    uint8_t head[512], tail[512];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    off_t end = fd < 0 ? -1 : lseek(fd, 0, SEEK_END);
+    T_ASSERT(end >= 1024 && pread(fd, head, 512, 0) == 512 && pread(fd, tail, 512, end - 512) == 512,
+             "%s %s: reading the footers: %m", s->name, when);
+    close(fd);
+    T_ASSERT(memcmp(head, tail, 512) == 0,
+             "%s %s: the footer copy at offset 0 differs from the trailing footer", s->name, when);
+  }
 }
 
 static int do_resize(const struct scenario *s, const char *path, struct vhd_err *err) {
