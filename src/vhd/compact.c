@@ -374,6 +374,20 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
       if (q < a + 512)
         break;
     }
+    /* A copy whose bitmap the footer overwrote shows nothing before its
+     * first present sector, which may lie anywhere in the block (a block
+     * whose leading sectors are absent): its start is that far back. */
+    for (size_t i = 0; found == UINT64_MAX && r >= 0 && i < bs->ix.nfirsts &&
+                       bs->ix.misses < LIVE_MISSES_MAX && vhd->bitmap_size == VHD_FOOTER_SIZE;
+         i++) {
+      uint64_t back = vhd->bitmap_size + (uint64_t)bs->ix.firsts[i] * 512;
+      if (bs->ix.firsts[i] == 0 || p < a + back || p - back + c->span > b)
+        continue;
+      if ((r = stale_copy_at(c, &bs->ix, p - back, bs->buf, bs->buf2)) == 1)
+        found = p - back;
+    }
+    if (r < 0)
+      return r;
     r = 0;
     if (found != UINT64_MAX) {
       if (push_seg(v, n, cap, p, found + c->span) < 0)

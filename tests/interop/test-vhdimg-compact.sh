@@ -124,6 +124,13 @@ cut_short_sweep cs2.vhd cs2.raw
 "$WRITE_HELPER" cs3.vhd 0 2M 0 2M 1M 0x11 4M 4K 0 6M 512 0x22 8M 2M 0x33
 make_raw cs3.raw 10M 2M 1M 0x11 6M 512 0x22 8M 2M 0x33
 cut_short_sweep cs3.vhd cs3.raw
+# Other writers' layouts (Xen Orchestra's 1 KiB blocks, VirtualBox's
+# 64 KiB ones): a moved block whose first sectors are absent, cut short
+# after the footer took its old bitmap's place, shows nothing before its
+# first present sector.
+"$PY3" "$top_srcdir/tests/interop/make-foreign-vhd.py" fx >/dev/null || fail "make-foreign-vhd.py"
+cut_short_sweep fx/xo-1k.vhd fx/xo-1k.raw
+cut_short_sweep fx/vbox-dyn.vhd fx/vbox-dyn.raw
 
 # --- dynamic, written by QEMU ----------------------------------------------
 qemu-img create -q -f vpc q.vhd 16M
