@@ -247,7 +247,7 @@ static int live_index_build(struct compact *c, struct live_index *ix, const stru
 }
 
 static bool sector_blank(const vhd_t *vhd, const uint8_t *sec) {
-  return all_zero(sec, 512) || memcmp(sec, vhd->footer_raw, 512) == 0;
+  return all_zero(sec, 512) || vhd_footer_of_image(sec, vhd->footer_raw);
 }
 
 /* 1 when [q, q + span) holds a block in use's present sectors, keyed by
@@ -308,7 +308,7 @@ static int stale_copy_at(struct compact *c, struct live_index *ix, uint64_t q, u
     return vhd_set_err(c->err, r, "%s: reading offset %llu: %s", vhd->path,
                        (unsigned long long)q, strerror(-r));
   uint64_t key;
-  if (vhd->bitmap_size == VHD_FOOTER_SIZE && memcmp(cbm, vhd->footer_raw, VHD_FOOTER_SIZE) == 0) {
+  if (vhd->bitmap_size == VHD_FOOTER_SIZE && vhd_footer_of_image(cbm, vhd->footer_raw)) {
     for (size_t i = 0; i < ix->nfirsts; i++) {
       if ((r = sector_key(c, q, ix->firsts[i], &key)) < 0 ||
           (r = copy_matches(c, ix, q, key, ix->firsts[i], NULL, buf, buf2)) != 0)

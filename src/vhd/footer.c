@@ -72,6 +72,18 @@ int vhd_footer_check(const uint8_t *raw, const char *where, struct vhd_err *err)
   return 0;
 }
 
+/* A footer this image wrote at some time: the current one, or an older
+ * one a crash left behind a move (a stale copy in a window given back,
+ * or one a later run gave a new timestamp or size).  Such a sector is no
+ * one's data, wherever it lies outside the structures. */
+bool vhd_footer_of_image(const uint8_t *sec, const uint8_t *footer_raw) {
+  if (memcmp(sec, footer_raw, VHD_FOOTER_SIZE) == 0)
+    return true;
+  return memcmp(sec, VHD_FOOTER_COOKIE, 8) == 0 && memcmp(sec + 60, footer_raw + 60, 4) == 0 &&
+         memcmp(sec + 68, footer_raw + 68, 16) == 0 &&
+         be32_load(sec + 64) == vhd_checksum(sec, VHD_FOOTER_SIZE, 64);
+}
+
 /* Virtual PC and Virtual Server exposed the CHS geometry to the guest; every
  * later writer (Hyper-V, disk2vhd, QEMU with force_size, mkimg, VirtualBox,
  * vhd-util) means the current size.  At the maximum geometry CHS cannot

@@ -528,13 +528,13 @@ uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
   return total;
 }
 
-/* Whether buf[0, n) (at file offset pos) is blank: zeros, or the 512-byte
- * sector `same` where a whole aligned sector holds it. */
-static bool piece_blank(const uint8_t *buf, size_t n, uint64_t pos, const uint8_t *same) {
+/* Whether buf[0, n) (at file offset pos) is blank: zeros, or a footer of
+ * the image whose footer is `footer` where a whole aligned sector holds one. */
+static bool piece_blank(const uint8_t *buf, size_t n, uint64_t pos, const uint8_t *footer) {
   size_t i = 0;
   while (i < n) {
     size_t k = (size_t)MIN((uint64_t)(n - i), 512 - (pos + i) % 512);
-    if (same && k == 512 && memcmp(buf + i, same, 512) == 0) {
+    if (footer && k == 512 && vhd_footer_of_image(buf + i, footer)) {
       i += k;
       continue;
     }
@@ -546,7 +546,7 @@ static bool piece_blank(const uint8_t *buf, size_t n, uint64_t pos, const uint8_
   return true;
 }
 
-int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same) {
+int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *footer) {
   uint64_t end = off + len;
   uint8_t buf[65536];
   while (off < end) {
@@ -567,7 +567,7 @@ int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *sam
       int r = vhd_io_pread(fd, buf, n, p);
       if (r < 0)
         return r;
-      if (!piece_blank(buf, n, p, same))
+      if (!piece_blank(buf, n, p, footer))
         return 0;
       p += n;
     }

@@ -310,9 +310,10 @@ int vhd_io_reserve(vhd_t *vhd, uint64_t off, uint64_t len);
 bool vhd_io_refuses_writes(const vhd_t *vhd);
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
 /* 1 when every byte of [off, off+len) reads as zero (holes are skipped
- * without reading), apart from whole 512-byte-aligned sectors equal to
- * `same` (when not NULL); 0 when one does not; or a negative errno. */
-int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *same);
+ * without reading), apart from whole 512-byte-aligned sectors that are
+ * footers of the image whose footer is `footer` (when not NULL: see
+ * vhd_footer_of_image); 0 when one does not; or a negative errno. */
+int vhd_io_range_is_blank(int fd, uint64_t off, uint64_t len, const uint8_t *footer);
 /* 1 with *at set to the first byte of [off, off+len) that is not zero
  * (holes are skipped without reading), 0 when all are zero, or a negative
  * errno. */
@@ -341,6 +342,7 @@ void vhd_footer_decode(const uint8_t *raw, struct vhd_footer *f);
 void vhd_footer_encode(const struct vhd_footer *f, uint8_t *raw); /* sets checksum */
 /* Validates cookie and checksum only; returns 0 or -EINVAL with a message. */
 int vhd_footer_check(const uint8_t *raw, const char *where, struct vhd_err *err);
+bool vhd_footer_of_image(const uint8_t *sec, const uint8_t *footer_raw);
 bool vhd_footer_uses_chs(const struct vhd_footer *f);
 
 /* header.c */
