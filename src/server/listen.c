@@ -165,18 +165,24 @@ static int listen_tcp(struct server *srv, const char *addr, const char *port) {
   return ok ? 0 : -EADDRNOTAVAIL;
 }
 
-/* Whether a server listens on the Unix socket at path: 1 when a connection
- * is taken, 0 when refused (a socket nobody listens on: stale), or a
- * negative errno when it cannot be told. */
-static int unix_socket_live(const char *path) {
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof sa.sun_path)
+/* The address of the Unix socket at path, or -ENAMETOOLONG. */
+static int unix_addr(const char *path, struct sockaddr_un *sa) {
+  *sa = (struct sockaddr_un){.sun_family = AF_UNIX};
+  size_t len = strlen(path);
+  if (len >= sizeof sa->sun_path)
     return -ENAMETOOLONG;
-  memcpy(sa.sun_path, path, strlen(path) + 1);
+  memcpy(sa->sun_path, path, len + 1);
+  return 0;
+}
+
+/* Whether a server listens on the Unix socket sa: 1 when a connection is
+ * taken, 0 when refused (a socket nobody listens on: stale), or a negative
+ * errno when it cannot be told. */
+static int unix_socket_live(const struct sockaddr_un *sa) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0)
     return -errno;
-  int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  int r = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
   /* A backlog that is full answers EAGAIN: somebody listens. */
   int e = r < 0 ? errno : 0;
   close(fd);
@@ -186,6 +192,11 @@ static int unix_socket_live(const char *path) {
 }
 
 static int listen_unix(struct server *srv, const char *path) {
+  struct sockaddr_un sa;
+  if (unix_addr(path, &sa) < 0) {
+    log_msg(LOG_LEVEL_ERR, "%s: bind: %s", path, strerror(ENAMETOOLONG));
+    return -ENAMETOOLONG;
+  }
   struct listener *l = listener_new();
   if (!l)
     return -ENOMEM;
@@ -197,7 +208,7 @@ static int listen_unix(struct server *srv, const char *path) {
    * clients would be cut off from it for good). */
   struct stat st;
   if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
-    int r = unix_socket_live(path);
+    int r = unix_socket_live(&sa);
     if (r != 0) {
       if (r > 0)
         log_msg(LOG_LEVEL_ERR,
@@ -211,12 +222,6 @@ static int listen_unix(struct server *srv, const char *path) {
   }
   /* Bound here, not by uv_pipe_bind: libuv would remove the path when the
    * listener closes, whatever socket it then names. */
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof sa.sun_path) {
-    log_msg(LOG_LEVEL_ERR, "%s: bind: %s", path, strerror(ENAMETOOLONG));
-    return -ENAMETOOLONG;
-  }
-  memcpy(sa.sun_path, path, strlen(path) + 1);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
     int e = errno;

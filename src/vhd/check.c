@@ -112,16 +112,13 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
     }
   }
   if (vhd->type != VHD_TYPE_FIXED) {
-    uint8_t head[VHD_FOOTER_SIZE];
-    if (vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE, 0) == 0 &&
-        memcmp(head, vhd->footer_raw, VHD_FOOTER_SIZE) != 0) {
-      if (repair && vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, 0) == 0 &&
-          vhd_io_sync(vhd) == 0)
-        report(&c, VHD_CHECK_REPAIRED, "%s: rewrote the footer copy at offset 0", path);
-      else
-        report(&c, VHD_CHECK_LEAKS, "%s: the footer copy at offset 0 differs from the trailing footer",
-               path);
-    }
+    r = vhd_io_footer_copy_sync(vhd, repair);
+    if (r == 1 && repair)
+      report(&c, VHD_CHECK_REPAIRED, "%s: rewrote the footer copy at offset 0", path);
+    else if (r != 0)
+      report(&c, VHD_CHECK_LEAKS,
+             "%s: the footer copy at offset 0 differs from the trailing footer%s%s", path,
+             r < 0 ? "; rewriting it failed: " : "", r < 0 ? strerror(-r) : "");
     /* Leaked space: anything between the structures and the trailing footer
      * that nothing references (blocks freed by trims, a crash mid-allocation). */
     size_t n = 0;

@@ -390,6 +390,19 @@ int vhd_io_truncate(vhd_t *vhd, uint64_t size) {
  * that at every instant the file ends with a valid footer: a crash leaves
  * either the old file (with a stale footer copy below its end, which
  * check and compact know) or the new one. */
+int vhd_io_footer_copy_sync(vhd_t *vhd, bool write) {
+  uint8_t head[VHD_FOOTER_SIZE];
+  if (vhd->type == VHD_TYPE_FIXED || vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE, 0) < 0 ||
+      memcmp(head, vhd->footer_raw, VHD_FOOTER_SIZE) == 0)
+    return 0;
+  if (!write)
+    return 1;
+  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, 0);
+  if (r == 0)
+    r = vhd_io_sync(vhd);
+  return r < 0 ? r : 1;
+}
+
 int vhd_io_footer_cut(vhd_t *vhd, uint64_t end, bool keep_when_full) {
   if (vhd_io_refuses_writes(vhd))
     return -EIO;

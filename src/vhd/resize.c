@@ -520,14 +520,7 @@ static int check_parent_data(struct resize *z, uint64_t new_size) {
  * before its copy at 0 did leaves the copy with the old one: a run that
  * finds nothing else to change writes it, as the cut run would have. */
 static int finish_footer_copy(vhd_t *vhd, struct vhd_err *err) {
-  uint8_t head[VHD_FOOTER_SIZE];
-  if (vhd->type == VHD_TYPE_FIXED || vhd->footer_copy_used ||
-      vhd_io_pread(vhd->fd, head, VHD_FOOTER_SIZE, 0) < 0 ||
-      memcmp(head, vhd->footer_raw, VHD_FOOTER_SIZE) == 0)
-    return 0;
-  int r = vhd_io_pwrite(vhd, vhd->footer_raw, VHD_FOOTER_SIZE, 0);
-  if (r == 0)
-    r = vhd_io_sync(vhd);
+  int r = vhd->footer_copy_used ? 0 : vhd_io_footer_copy_sync(vhd, true);
   return r < 0 ? vhd_set_err(err, r, "%s: writing the footer copy at offset 0: %s", vhd->path,
                              strerror(-r))
                : 0;

@@ -297,6 +297,12 @@ int vhd_io_truncate(vhd_t *vhd, uint64_t size);
  * synced both sides of it.  keep_when_full: a file system with no space
  * for the footer at end (a hole) returns 1 with nothing changed. */
 int vhd_io_footer_cut(vhd_t *vhd, uint64_t end, bool keep_when_full);
+/* The footer copy at offset 0 of a dynamic or differencing image against
+ * the trailing footer: 0 when they agree (or the copy cannot be read), 1
+ * when it differs (and, with write, was rewritten and synced), or the
+ * negative errno of the failed rewrite.  A crash between the two footer
+ * writes of a resize or a commit leaves them apart. */
+int vhd_io_footer_copy_sync(vhd_t *vhd, bool write);
 /* A fixed image's footer written whole at its place and synced (a 511-byte
  * one gains its last byte); *at is where. */
 int vhd_io_fixed_footer_write(vhd_t *vhd, const uint8_t raw[VHD_FOOTER_SIZE], uint64_t *at);
