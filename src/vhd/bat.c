@@ -191,6 +191,22 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   }
   if (vhd->cut_floor == data_end)
     vhd->cut_floor = off_limits_end;
+  /* A tail in which nothing can be read (zeros, footers of this image,
+   * blocks allocated without a BAT entry: what a crash leaves of an
+   * allocation window) is such a window again, for this handle: new
+   * blocks fill it, and a clean close gives back what they leave, where
+   * before a crash cost its window for good and each rerun of a cut tool
+   * grew the file by another.  Only for writing: a reader has no use for
+   * it, and bytes of another writer's are never blank. */
+  uint64_t used_end = off_limits_end == ROUND_UP(data_end, 512) ? 0 : off_limits_end;
+  for (size_t i = 0; i < n; i++)
+    used_end = MAX(used_end, ROUND_UP(ext[i].end, 512));
+  if (!vhd->readonly && used_end < data_end &&
+      vhd_range_holds_nothing(vhd, used_end, data_end) == 1) {
+    vhd->next_block_offset = used_end;
+    vhd->alloc_floor = used_end;
+    vhd->cut_floor = used_end;
+  }
   return 0;
 }
 
@@ -422,6 +438,80 @@ uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off) {
   if (vhd->block_size % VHD_DATA_ALIGN != 0 || vhd->block_size < VHD_ALIGN_MIN_BLOCK)
     return off;
   return ROUND_UP(off + vhd->bitmap_size, VHD_DATA_ALIGN) - vhd->bitmap_size;
+}
+
+/* Whether the len bytes at q are a copy of parent locator i's data, with
+ * the zeros that pad it to a sector (what a relink cut short before its
+ * header switch, or the place a compaction moved it from, leaves). */
+static int locator_copy_at(vhd_t *vhd, int i, uint64_t q, uint64_t *len) {
+  const struct vhd_locator *l = &vhd->header.locators[i];
+  if (l->code == VHD_PLAT_NONE || l->data_length == 0 || l->data_offset == q ||
+      l->data_length > 65536)
+    return 0;
+  size_t n = ROUND_UP((size_t)l->data_length, 512);
+  CLEANUP_FREE uint8_t *live = malloc(n), *copy = malloc(n);
+  if (!live || !copy)
+    return -ENOMEM;
+  int r = vhd_io_pread(vhd->fd, live, l->data_length, l->data_offset);
+  if (r == 0)
+    r = vhd_io_pread(vhd->fd, copy, n, q);
+  if (r < 0)
+    return r == -ENODATA ? 0 : r; /* past the end of the file: no copy */
+  memset(live + l->data_length, 0, n - l->data_length);
+  *len = n;
+  return memcmp(live, copy, n) == 0;
+}
+
+int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
+  uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  uint8_t *bm = NULL;
+  int r;
+  /* A block whose bitmap marks nothing reads as one never allocated, and an
+   * unreferenced one is read by no one: its data bytes are unreachable
+   * under any reading of the format (readers that ignore bitmaps follow
+   * the BAT too).  Only such blocks one after another as allocation lays
+   * them from a, up to bytes that are blank to b, are taken: not any bytes
+   * behind a zero sector.  Copies of the parent locators' data are
+   * nothing either: the header points at the live ones. */
+  for (uint64_t q = a;;) {
+    if ((r = vhd_io_range_is_blank(vhd->fd, q, b - q, vhd->footer_raw)) != 0)
+      break;
+    uint64_t at, len = 0;
+    if ((r = vhd_io_first_nonzero(vhd->fd, q, b - q, &at)) <= 0)
+      break; /* 0 cannot be: not blank */
+    at = MAX(q, ROUND_DOWN(at, 512));
+    r = 0;
+    for (int i = 0; r == 0 && i < 8 && vhd->type == VHD_TYPE_DIFFERENCING; i++)
+      r = locator_copy_at(vhd, i, at, &len);
+    if (r < 0)
+      break;
+    if (r == 1 && at + len <= b &&
+        (at == q || (r = vhd_io_range_is_blank(vhd->fd, q, at - q, vhd->footer_raw)) == 1)) {
+      q = at + len;
+      continue;
+    }
+    if (r < 0)
+      break;
+    r = 0;
+    uint64_t o = vhd_block_place(vhd, q);
+    if (o + span > b ||
+        (o > q && (r = vhd_io_range_is_blank(vhd->fd, q, o - q, vhd->footer_raw)) != 1))
+      break;
+    if (!bm && !(bm = malloc(vhd->bitmap_size))) {
+      r = -ENOMEM;
+      break;
+    }
+    if ((r = vhd_io_pread(vhd->fd, bm, vhd->bitmap_size, o)) < 0)
+      break;
+    uint32_t k = 0;
+    while (k < vhd->bitmap_size && bm[k] == 0)
+      k++;
+    if (k < vhd->bitmap_size)
+      break; /* r == 0 */
+    q = o + span;
+  }
+  free(bm);
+  return r;
 }
 
 /* One try at allocating block blk: 0, a negative errno, or 1 after the

@@ -161,13 +161,15 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
         /* Punching a block leaves at most the pages it shares with its
          * neighbours allocated. */
         bool held = vhd_io_allocated_bytes(vhd->fd, covered, gap) > (gap / span + 1) * 8192;
-        /* Blank (zeros, copies of the footer), nothing any reader can see:
-         * --repair punches it out.  Other bytes stay, as in the tail. */
-        if (held && repair && vhd_io_range_is_blank(vhd->fd, covered, gap, vhd->footer_raw) == 1) {
+        /* Nothing any reader can see (zeros, footers of this image, blocks
+         * a crash left unreferenced with nothing marked present): --repair
+         * punches it out.  Other bytes stay, as in the tail. */
+        if (held && repair && vhd_range_holds_nothing(vhd, covered, sp[i].start) == 1) {
           int pr = vhd_io_punch(vhd, covered, gap);
           if (pr >= 0 && (pr = vhd_io_sync(vhd)) == 0) {
             report(&c, VHD_CHECK_REPAIRED,
-                   "%s: punched out %llu blank unreferenced bytes between blocks at offset %llu",
+                   "%s: punched out %llu unreferenced bytes between blocks at offset %llu (nothing "
+                   "any reader can see)",
                    path, (unsigned long long)gap, (unsigned long long)covered);
             held = false;
           } else {
@@ -193,12 +195,12 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       report(&c, VHD_CHECK_LEAKS, "%s: %llu bytes in %llu unreferenced block-sized extents", path,
              (unsigned long long)leaked, (unsigned long long)leaked_extents);
     /* The tail can be cut only when it holds nothing: zeros (never
-     * written, or zeroed), and stale copies of this very footer (a crash
-     * right after the footer moved for new blocks leaves the old one).
-     * Other bytes are not known to be the engine's, and a cut must not
-     * lose what another writer (or a crash) left there. */
-    int tail_blank =
-        tail >= 512 ? vhd_io_range_is_blank(vhd->fd, covered, tail, vhd->footer_raw) : 0;
+     * written, or zeroed), footers of this image (a crash right after the
+     * footer moved for new blocks leaves the old one), and blocks a crash
+     * left before their BAT entry with nothing marked present.  Other
+     * bytes are not known to be the engine's, and a cut must not lose what
+     * another writer (or a crash) left there. */
+    int tail_blank = tail >= 512 ? vhd_range_holds_nothing(vhd, covered, data_end) : 0;
     if (tail >= 512 && tail_blank != 1) {
       report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer hold data%s",
              path, (unsigned long long)tail,

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "endian-be.h"
 #include "vhd-internal.h"
 
 #define COPY_CHUNK (1024u * 1024)
@@ -108,8 +109,8 @@ static int ref_cmp(const void *a, const void *b) {
   return x->off < y->off ? -1 : x->off > y->off;
 }
 
-/* End of every structure that is not a block: free space is looked for
- * only after it. */
+/* End of the structures at the head of the file (dynamic header, BAT, Xen
+ * batmap): free space is looked for only after it. */
 static uint64_t structures_end(const vhd_t *vhd) {
   uint64_t end = vhd->header_offset + VHD_HEADER_SIZE;
   end = MAX(end, vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512));
@@ -118,12 +119,109 @@ static uint64_t structures_end(const vhd_t *vhd) {
     end = MAX(end, vhd->batmap_header_offset + 512);
     end = MAX(end, vhd->batmap_offset + vhd->batmap_len);
   }
+  return ROUND_UP(end, 512);
+}
+
+/* The parent locators' data areas past floor, with the room they reserve,
+ * sorted: they stay where they are, and blocks move around them (a
+ * locator written after the blocks, by a rebase for one, does not keep
+ * the space below it from being given back). */
+static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8]) {
+  size_t n = 0;
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length && vhd_locator_area_end(l) > floor)
+      out[n++] = (struct seg){ROUND_DOWN(l->data_offset, 512),
+                              ROUND_UP(vhd_locator_area_end(l), 512)};
+  }
+  qsort(out, n, sizeof *out, seg_cmp);
+  return n;
+}
+
+/* A parent locator's data moving down to the blocks' new end. */
+struct locator_move {
+  int i;
+  uint64_t from, to, room;
+};
+
+/* The locators whose areas lie past *end (a rebase writes them after the
+ * blocks) go to *end on, one after another, each with the room it
+ * reserves: *end becomes the end of the last.  They stay (and *end is
+ * past them) when a new place would overlap any locator's old area: the
+ * old header points there until the new one is written.  Returns how
+ * many move. */
+static size_t locator_moves(const vhd_t *vhd, uint64_t *end, struct locator_move lm[8]) {
+  size_t n = 0;
+  uint64_t at = *end, old_end = *end;
   for (int i = 0; i < 8; i++) {
     const struct vhd_locator *l = &vhd->header.locators[i];
     if (l->code != VHD_PLAT_NONE && l->data_length)
-      end = MAX(end, vhd_locator_area_end(l));
+      old_end = MAX(old_end, vhd_locator_area_end(l));
   }
-  return ROUND_UP(end, 512);
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code == VHD_PLAT_NONE || l->data_length == 0)
+      continue;
+    uint64_t area_end = vhd_locator_area_end(l);
+    if (area_end > *end && l->data_offset >= *end)
+      lm[n++] = (struct locator_move){i, l->data_offset, 0, area_end - l->data_offset};
+    else if (area_end > *end)
+      return *end = old_end, 0; /* reaches down into the blocks' range */
+  }
+  for (size_t k = 0; k < n; k++) {
+    lm[k].to = at;
+    at += ROUND_UP(lm[k].room, 512);
+  }
+  for (size_t k = 0; k < n; k++)
+    for (int i = 0; i < 8; i++) {
+      const struct vhd_locator *l = &vhd->header.locators[i];
+      if (l->code != VHD_PLAT_NONE && l->data_length &&
+          lm[k].to < vhd_locator_area_end(l) && l->data_offset < lm[k].to + lm[k].room) {
+        *end = MAX(old_end, *end);
+        return 0;
+      }
+    }
+  *end = MAX(at, *end);
+  return n;
+}
+
+/* Moves them (locator_moves): the data to its new place, synced, then the
+ * header in one write, synced, as relink.c writes it.  A crash before the
+ * header leaves the old one and its areas untouched; one after leaves the
+ * old areas as copies of the new, which check and compact know as
+ * nothing (vhd_range_holds_nothing). */
+static int locators_move(vhd_t *vhd, const struct locator_move *lm, size_t n,
+                         struct vhd_err *err) {
+  uint8_t raw[VHD_HEADER_SIZE];
+  int r;
+  for (size_t k = 0; k < n; k++) {
+    const struct vhd_locator *l = &vhd->header.locators[lm[k].i];
+    size_t room = (size_t)ROUND_UP(lm[k].room, 512);
+    CLEANUP_FREE uint8_t *buf = calloc(1, room);
+    if (!buf)
+      return vhd_set_err(err, -ENOMEM, "%s: out of memory", vhd->path);
+    if ((r = vhd_io_pread(vhd->fd, buf, l->data_length, l->data_offset)) < 0)
+      return vhd_set_err(err, r, "%s: reading parent locator %d at offset %llu: %s", vhd->path,
+                         lm[k].i, (unsigned long long)l->data_offset, strerror(-r));
+    if ((r = vhd_io_pwrite(vhd, buf, room, lm[k].to)) < 0)
+      return vhd_set_err(err, r, "%s: moving parent locator %d to offset %llu: %s", vhd->path,
+                         lm[k].i, (unsigned long long)lm[k].to, strerror(-r));
+  }
+  if ((r = vhd_io_sync(vhd)) < 0)
+    return vhd_set_err(err, r, "%s: fdatasync after moving parent locators: %s", vhd->path,
+                       strerror(-r));
+  if ((r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset)) < 0)
+    return vhd_set_err(err, r, "%s: reading the header at offset %llu: %s", vhd->path,
+                       (unsigned long long)vhd->header_offset, strerror(-r));
+  for (size_t k = 0; k < n; k++)
+    be64_store(raw + 576 + 24 * lm[k].i + 16, lm[k].to);
+  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+  if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset)) < 0 ||
+      (r = vhd_io_sync(vhd)) < 0)
+    return vhd_set_err(err, r, "%s: writing the header with the parent locators' new places: %s",
+                       vhd->path, strerror(-r));
+  vhd_header_decode(raw, &vhd->header);
+  return 0;
 }
 
 static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t b) {
@@ -331,6 +429,23 @@ struct blank_scan {
   uint8_t *buf, *buf2;
 };
 
+/* Adds [a, b) to the free segments when nothing in it can be read
+ * (vhd_range_holds_nothing): *next is b then, else a.  Only the whole
+ * range counts: a walk that stops short may have taken a zero sector in
+ * a hole for a block's bitmap and the start of other bytes for its data
+ * (a copy, below). */
+static int take_nothing(struct compact *c, uint64_t a, uint64_t b, struct seg **v, size_t *n,
+                        size_t *cap, uint64_t *next) {
+  int r = vhd_range_holds_nothing(c->vhd, a, b);
+  if (r < 0)
+    return vhd_set_err(c->err, r, "%s: reading offsets %llu to %llu: %s", c->vhd->path,
+                       (unsigned long long)a, (unsigned long long)b, strerror(-r));
+  *next = r == 1 ? b : a;
+  if (r == 1 && a < b && push_seg(v, n, cap, a, b) < 0)
+    return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", c->vhd->path);
+  return 0;
+}
+
 /* Adds the sectors of [a, b) that read blank (zeros, or a copy of the
  * footer) to the free segments, and the spans that are copies of blocks in
  * use (left by a compaction cut short); the others are someone's bytes,
@@ -338,14 +453,15 @@ struct blank_scan {
 static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint64_t b,
                      struct seg **v, size_t *n, size_t *cap, uint64_t *busy_end) {
   vhd_t *vhd = c->vhd;
-  /* The whole range first: the common case is all blank. */
-  int r = vhd_io_range_is_blank(vhd->fd, a, b - a, vhd->footer_raw);
-  if (r == 1)
-    return push_seg(v, n, cap, a, b) < 0 ? vhd_set_err(c->err, -ENOMEM, "%s: out of memory",
-                                                         vhd->path)
-                                         : 0;
+  /* As far as the range holds nothing, at once: the common case is all
+   * blank, or blank but for blocks a crash left before their BAT entry,
+   * marking nothing.  Then sector by sector. */
+  uint64_t from;
+  int r = take_nothing(c, a, b, v, n, cap, &from);
+  if (r < 0)
+    return r;
   uint8_t sec[512];
-  for (uint64_t p = a; r >= 0 && p < b; p += 512) {
+  for (uint64_t p = from; r >= 0 && p < b; p += 512) {
     size_t len = (size_t)MIN((uint64_t)512, b - p);
     r = vhd_io_pread(vhd->fd, sec, len, p);
     if (r < 0)
@@ -392,7 +508,9 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
     if (found != UINT64_MAX) {
       if (push_seg(v, n, cap, p, found + c->span) < 0)
         return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
-      p = found + c->span - 512;
+      if ((r = take_nothing(c, found + c->span, b, v, n, cap, &from)) < 0)
+        return r;
+      p = from - 512;
       continue;
     }
     *busy_end = MAX(*busy_end, p + len);
@@ -513,12 +631,22 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   }
   uint64_t floor = structures_end(vhd), footer = vhd->footer_offset;
   uint64_t busy_end = floor; /* the file may not end before this */
+  struct seg loc[8];
+  size_t nl = locator_areas(vhd, floor, loc), li = 0;
   uint64_t cur = floor;
   size_t fi = 0;
-  for (size_t k = 0; k <= nk && cur < footer; k++) {
-    uint64_t next = k < nk ? kept[k].off : footer;
-    if (next < cur) { /* a block inside the structures' range */
-      cur = MAX(cur, next + c.span);
+  /* What lies between the blocks kept and the locators, in file order. */
+  for (size_t k = 0; k <= nk && cur < footer;) {
+    uint64_t next = k < nk ? kept[k].off : footer, next_end = k < nk ? next + c.span : footer;
+    bool is_loc = li < nl && loc[li].start < next;
+    if (is_loc) {
+      next = loc[li].start;
+      next_end = loc[li++].end;
+    } else {
+      k++;
+    }
+    if (next < cur) { /* inside the structures' range, or overlapping */
+      cur = MAX(cur, next_end);
       continue;
     }
     /* [cur, next): freed blocks and other bytes. */
@@ -536,14 +664,18 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
         goto out;
       cur = stop;
     }
-    if (k < nk)
-      cur = next + c.span;
+    cur = next_end;
   }
-  /* Only free space past the structures counts. */
+  /* Only free space past the structures counts, and none a locator's
+   * area overlaps (a freed block may lie in room a locator reserves). */
   size_t w = 0;
-  for (size_t i = 0; i < nf; i++)
-    if (free_s[i].start >= floor)
+  for (size_t i = 0; i < nf; i++) {
+    bool clear = free_s[i].start >= floor;
+    for (size_t j = 0; clear && j < nl; j++)
+      clear = free_s[i].end <= loc[j].start || free_s[i].start >= loc[j].end;
+    if (clear)
       free_s[w++] = free_s[i];
+  }
   nf = w;
   if (nf)
     qsort(free_s, nf, sizeof *free_s, seg_cmp);
@@ -585,6 +717,9 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   for (size_t k = 0; k < nk; k++)
     end = MAX(end, (dest[k] ? dest[k] : kept[k].off) + c.span);
   end = ROUND_UP(end, 512);
+  uint64_t blocks_end = end;
+  struct locator_move lm[8];
+  size_t nlm = locator_moves(vhd, &end, lm);
   if (end < footer)
     res->file_size_after = end + VHD_FOOTER_SIZE;
   if (o->dry_run) {
@@ -634,6 +769,9 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       goto out;
   }
 
+  if (nlm && (r = locators_move(vhd, lm, nlm, err)) < 0)
+    goto out;
+
   /* 3. The footer down to the new end, then the cut: right after the
    * switch, so that the old places past the end go with it (cut short
    * before, a rerun knows them as copies of blocks in use). */
@@ -645,11 +783,11 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     }
   }
   /* Old places left below the end are free now: zeros, for the same
-   * reason as freed blocks. */
+   * reason as freed blocks.  Past the blocks' end lie the moved locators. */
   for (size_t k = top; k < nk; k++) {
-    if (kept[k].off >= end)
+    if (kept[k].off >= blocks_end)
       continue;
-    uint64_t len = MIN(c.span, end - kept[k].off);
+    uint64_t len = MIN(c.span, blocks_end - kept[k].off);
     if ((r = vhd_io_zero(vhd, kept[k].off, len)) < 0) {
       vhd_set_err(err, r, "%s: zeroing the old place of block %u at offset %llu: %s", path,
                   kept[k].blk, (unsigned long long)kept[k].off, strerror(-r));

@@ -9,7 +9,9 @@
  *     blocks and the moved footer go only past the end of all of it, where
  *     the trailing footer sat at open (`alloc_floor`), and the file is never
  *     cut below the end of the last of them (`cut_floor`: freed blocks
- *     that ran up to the footer at open may go).  Space is reused only when it was verifiably a block
+ *     that ran up to the footer at open may go).  An end before the footer
+ *     in which nothing can be read (vhd_range_holds_nothing: a window a
+ *     crash left) is the engine's own: both floors start where it does.  Space is reused only when it was verifiably a block
  *     of this image: a BAT entry loaded at open or allocated since, freed by
  *     zeroing or trimming.  vhd_resize alone also takes the BAT's padding
  *     for new entries, and the blocks it moved away first (see resize.c).
@@ -420,6 +422,12 @@ uint64_t vhd_locator_area_end(const struct vhd_locator *l);
 /* Where a block placed at off or after it goes: off itself, or further on
  * so that its data is VHD_DATA_ALIGN-aligned when the block size allows. */
 uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off);
+/* 1 when nothing in [a, b) can be read through the image, whoever follows
+ * its BAT: blank bytes (vhd_io_range_is_blank), and blocks laid where
+ * allocation puts them from a on (vhd_block_place) whose bitmap marks no
+ * sector present, which a crash leaves between a new block's first write
+ * and its BAT entry.  0 when some bytes are neither, or a negative errno. */
+int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b);
 /* Gives back the unused end of the allocation window and the freed blocks
  * that ended the file (after a flush); the handle may go on writing. */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);

@@ -157,6 +157,24 @@ compact_checked mid.vhd 1 1
 compact_checked top.vhd 2 1
 reads_as chain.raw top.vhd mid.vhd base.vhd
 
+# --- a rebased child: its locators lie after its blocks -----------------------
+# vhdimg rebase writes the new parent locators past the last block; compact
+# moves them down behind the blocks, so the file still gets shorter, and
+# libvhdi and vhdimg find the new parent through them.  (The rebase keeps
+# the child reading as before: zeros where the new parent has data.)
+"$VHDIMG" create -t dynamic --exact rb-old.vhd 16M >/dev/null
+"$VHDIMG" create -t dynamic --exact rb-new.vhd 16M >/dev/null
+"$WRITE_HELPER" rb-new.vhd 8M 64K 0x91
+"$VHDIMG" create -b rb-old.vhd rb.vhd >/dev/null
+"$WRITE_HELPER" rb.vhd 0 1M 0x81 4M 1M 0x82 12M 4K 0x83
+"$VHDIMG" rebase -b rb-new.vhd rb.vhd >/dev/null || fail "rebase rb.vhd"
+"$WRITE_HELPER" rb.vhd 0 2M 0
+make_raw rb.raw 16M 4M 1M 0x82 12M 4K 0x83
+reads_as rb.raw rb.vhd rb-new.vhd
+compact_checked rb.vhd 1 1
+reads_as rb.raw rb.vhd rb-new.vhd
+[ "$(info_field rb.vhd parent-name)" = rb-new.vhd ] || fail "rb.vhd: the parent's name changed"
+
 # --- refusals ----------------------------------------------------------------
 "$VHDIMG" create -t fixed f.vhd 1M
 expect_exit 1 "$VHDIMG" compact f.vhd 2>err.out

@@ -110,10 +110,14 @@ static void count_tail_leaks(void *opaque, const char *level, const char *msg) {
     ++*(unsigned *)opaque;
 }
 
-/* check --repair gives back what a crash left before the trailing footer:
- * zeros, and footers of the image however old (a window handed back only
- * in part, whose stale footer predates the rerun's new timestamp). */
-static void tail_reclaimed(const char *path, long n) {
+/* What a crash left of an allocation window (zeros, footers of the image
+ * however old, blocks whose BAT entry never landed) is given back by
+ * check --repair and compact: afterwards check finds nothing to report,
+ * and the file is as long as a run that was never cut, compacted
+ * (clean_size).  A window handed back only in part has a stale footer
+ * that predates the rerun's new timestamp; blocks allocated in a window
+ * before the cut are allocated again past it by the rerun. */
+static void leftovers_reclaimed(const char *path, long n, uint64_t clean_size) {
   unsigned tail = 0;
   struct vhd_check_opts o = {.repair = true, .report = report_unexpected, .opaque = (void *)path};
   struct vhd_err err = {{0}};
@@ -122,6 +126,16 @@ static void tail_reclaimed(const char *path, long n) {
   T_OK(vhd_check(path, &o, &err), &err, t_fmt("n=%ld: vhd_check %s", n, path));
   T_ASSERT(tail == 0, "n=%ld: %s: check --repair left unused bytes before the trailing footer", n,
            path);
+  struct vhd_compact_opts co = {0};
+  struct vhd_compact_result cr;
+  T_OK(vhd_compact(path, &co, &cr, &err), &err, t_fmt("n=%ld: vhd_compact %s", n, path));
+  o = (struct vhd_check_opts){.report = report_unexpected, .opaque = (void *)path};
+  int bits = vhd_check(path, &o, &err);
+  T_OK(bits, &err, t_fmt("n=%ld: vhd_check %s after compact", n, path));
+  T_ASSERT(bits == 0, "n=%ld: %s: check after check --repair and compact says %d", n, path, bits);
+  T_ASSERT(t_file_size(path) == clean_size,
+           "n=%ld: %s: %llu bytes after check --repair and compact, a run never cut leaves %llu",
+           n, path, (unsigned long long)t_file_size(path), (unsigned long long)clean_size);
 }
 
 static const char *const names[] = {"base.vhd", "mid.vhd", "top.vhd", "base2.vhd"};
@@ -212,6 +226,17 @@ static void test_commit_crashes(bool remove) {
   vhd_get_info(m, &mi);
   vhd_close(m, NULL);
   CLEANUP_FREE uint8_t *buf = t_xmalloc(SIZE);
+  uint64_t clean_size = 0;
+  if (!remove) {
+    struct vhd_commit_opts o = {0};
+    struct vhd_commit_result res;
+    struct vhd_compact_opts co = {0};
+    struct vhd_compact_result cr;
+    struct vhd_err err = {{0}};
+    T_OK(vhd_commit(top, &o, &res, &err), &err, "vhd_commit without a fault");
+    T_OK(vhd_compact(t_path("mid.vhd"), &co, &cr, &err), &err, "vhd_compact");
+    clean_size = t_file_size(t_path("mid.vhd"));
+  }
   long n;
   for (n = 0;; n++) {
     restore_all();
@@ -246,8 +271,10 @@ static void test_commit_crashes(bool remove) {
     /* Again, to the end. */
     T_OK(vhd_commit(top, &o, &res, &err), &err, t_fmt("n=%ld: vhd_commit again", n));
     expect_committed(remove, mi.timestamp);
-    tail_reclaimed(t_path("mid.vhd"), n);
-    expect_content(t_path("mid.vhd"), top_m);
+    if (!remove) {
+      leftovers_reclaimed(t_path("mid.vhd"), n, clean_size);
+      expect_content(t_path("mid.vhd"), top_m);
+    }
   }
   printf("commit%s: %ld crash points\n", remove ? " --remove" : "", n);
   T_ASSERT(n > 10, "only %ld I/O points: the fault switch does not see the commit", n);
@@ -315,6 +342,18 @@ static void test_rebase_crashes(bool lose) {
   char top[PATH_MAX], base2[PATH_MAX];
   snprintf(top, sizeof top, "%s", t_path("top.vhd"));
   snprintf(base2, sizeof base2, "%s", t_path("base2.vhd"));
+  uint64_t clean_size;
+  {
+    restore_all();
+    struct vhd_rebase_opts o = {.new_parent = base2};
+    struct vhd_rebase_result res;
+    struct vhd_compact_opts co = {0};
+    struct vhd_compact_result cr;
+    struct vhd_err err = {{0}};
+    T_OK(vhd_rebase(top, &o, &res, &err), &err, "vhd_rebase without a fault");
+    T_OK(vhd_compact(top, &co, &cr, &err), &err, "vhd_compact");
+    clean_size = t_file_size(top);
+  }
   long n;
   for (n = 0;; n++) {
     restore_all();
@@ -343,6 +382,8 @@ static void test_rebase_crashes(bool lose) {
     expect_content(base2, base2_m);
     T_OK(vhd_rebase(top, &o, &res, &err), &err, t_fmt("n=%ld: vhd_rebase again", n));
     expect_rebased("base2.vhd");
+    leftovers_reclaimed(top, n, clean_size);
+    expect_content(top, top_m);
   }
   printf("rebase%s: %ld crash points\n", lose ? " (unsynced writes lost)" : "", n);
   T_ASSERT(n > 5, "only %ld I/O points: the fault switch does not see the rebase", n);

@@ -10,7 +10,9 @@
  * a durable trailing footer), and after an abandon (a crash after the
  * flush) the image opens from that footer with the model's data.  The
  * window block 9 opens is the smallest, not one that counts from where new
- * space began before the cut. */
+ * space began before the cut.  Reopened after the abandon, the handle
+ * takes the window the abandon left as its own: block 10 follows block 9,
+ * and a clean close gives the rest back. */
 #include "config.h"
 
 #include <stdio.h>
@@ -34,6 +36,9 @@ static void write_model(vhd_t *v, uint64_t off, size_t len) {
   T_OK(vhd_write(v, buf, off, len, 0, &err), &err, "vhd_write");
   memcpy(model + off, buf, len);
 }
+
+/* A block's bitmap (one sector for blocks this small) and data. */
+static uint64_t v_span(uint64_t bs) { return 512 + bs; }
 
 static void expect_trailing_footer(const char *path, const char *when) {
   uint64_t size = t_file_size(path);
@@ -86,6 +91,26 @@ int main(void) {
   vhd_get_info(v, &info);
   T_ASSERT(!info.footer_copy_used, "reopened from the footer copy at 0");
   t_expect_model(v, model, SIZE, "reopened after the abandon");
+  /* The abandon left the window (nothing any reader sees) before the
+   * footer: this handle takes it as its own.  Block 10 goes right after
+   * block 9, not past the old window, and the close gives the rest back. */
+  uint64_t end9 = (uint64_t)v->bat[9] * 512 + v->bitmap_size + BS;
+  T_ASSERT(t_file_size(path) > end9 + (32u << 20),
+           "the abandon left no window: %llu bytes, block 9 ends at %llu",
+           (unsigned long long)t_file_size(path), (unsigned long long)end9);
+  write_model(v, 10 * BS, BS);
+  T_OK(vhd_flush(v, &err), &err, "vhd_flush after block 10");
+  uint64_t at10 = (uint64_t)v->bat[10] * 512;
+  T_ASSERT(at10 == end9,
+           "block 10 was placed at %llu, not at %llu right after block 9, in the window the "
+           "abandon left",
+           (unsigned long long)at10, (unsigned long long)end9);
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  T_ASSERT(t_file_size(path) == at10 + v_span(BS) + 512,
+           "the closed file is %llu bytes, block 10 ends at %llu",
+           (unsigned long long)t_file_size(path), (unsigned long long)(at10 + v_span(BS)));
+  v = t_open(path, true);
+  t_expect_model(v, model, SIZE, "reopened after the close");
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   T_ASSERT((t_check(path) & VHD_CHECK_CORRUPT) == 0, "vhd_check finds the image corrupt");
   printf("ok\n");
