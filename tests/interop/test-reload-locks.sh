@@ -23,41 +23,15 @@ for n in shared other both base; do
   "$VHDIMG" create "$TMPD/$n.vhd" 16M >/dev/null
 done
 "$VHDIMG" create -b "$TMPD/base.vhd" "$TMPD/snap.vhd" >/dev/null
-conf=$TMPD/vhdnbd.conf
-cat >"$conf" <<EOF
-[export keep]
-image = $TMPD/shared.vhd
-read-only = true
-[export change]
-image = $TMPD/shared.vhd
-read-only = true
-[export solo]
-image = $TMPD/other.vhd
-read-only = true
-[export pair]
-image = $TMPD/both.vhd
-read-only = true
-[export base]
-image = $TMPD/base.vhd
-EOF
-log=$TMPD/vhdnbd.log
-start_vhdnbd "$TMPD/sock" -v -C "$conf" 2>"$log"
-main_pid=$VHDNBD_PID
-
-# Another server reads other.vhd read-only.
-"$VHDNBD" -U "$TMPD/sock2" -r -v "$TMPD/other.vhd" 2>"$TMPD/other.log" &
-other_pid=$!
-cleanup_fn "kill $other_pid 2>/dev/null"
-wait_for 60 "the second server listening" test -S "$TMPD/sock2"
-
 cat >"$TMPD/reload.py" <<'PY'
 import os, signal, sys, time, nbd
 sys.path.insert(0, os.path.join(os.environ["top_srcdir"], "tests", "interop"))
 from reload_server import ReloadServer
-sock, conf, log, pid, tmpd, other_pid = sys.argv[1:7]
-pid, other_pid = int(pid), int(other_pid)
-srv = ReloadServer(sock, conf, log, pid)
-connect, wait_log, reload = srv.connect, srv.wait_log, srv.reload
+# --config TMPD prints the configuration the server starts with.
+if sys.argv[1] == "--config":
+    tmpd = sys.argv[2]
+else:
+    sock, conf, log, pid, tmpd, other_pid = sys.argv[1:7]
 
 def listed():
     return set(srv.listed())
@@ -75,6 +49,13 @@ def config(change="", solo="", pair="", extra="", base="[export base]\nimage = %
             "[export change]\nimage = %(t)s/shared.vhd\n" + (change or RO) +
             "[export solo]\nimage = %(t)s/other.vhd\n" + (solo or RO) +
             "[export pair]\nimage = %(t)s/both.vhd\n" + (pair or RO) + base + extra) % {"t": tmpd}
+
+if sys.argv[1] == "--config":
+    sys.stdout.write(config())
+    sys.exit(0)
+pid, other_pid = int(pid), int(other_pid)
+srv = ReloadServer(sock, conf, log, pid)
+connect, wait_log, reload = srv.connect, srv.wait_log, srv.reload
 
 def refused(text, name, why):
     at = reload(text)
@@ -133,6 +114,19 @@ assert h.pread(8192, 0) == b"\xba" * 4096 + b"\x5c" * 4096
 h.shutdown()
 print("ok")
 PY
+
+conf=$TMPD/vhdnbd.conf
+top_srcdir=$top_srcdir "$PY3" "$TMPD/reload.py" --config "$TMPD" >"$conf" || fail "reload.py --config"
+log=$TMPD/vhdnbd.log
+start_vhdnbd "$TMPD/sock" -v -C "$conf" 2>"$log"
+main_pid=$VHDNBD_PID
+
+# Another server reads other.vhd read-only.
+"$VHDNBD" -U "$TMPD/sock2" -r -v "$TMPD/other.vhd" 2>"$TMPD/other.log" &
+other_pid=$!
+cleanup_fn "kill $other_pid 2>/dev/null"
+wait_for 60 "the second server listening" test -S "$TMPD/sock2"
+
 top_srcdir=$top_srcdir "$PY3" "$TMPD/reload.py" "$TMPD/sock" "$conf" "$log" "$main_pid" "$TMPD" "$other_pid" ||
   fail "reload: $(tail -40 "$log")"
 wait "$other_pid" 2>/dev/null || true
