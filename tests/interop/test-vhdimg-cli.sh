@@ -244,12 +244,56 @@ cp gap.vhd gap-data.vhd
   gap-data.vhd $(( $(stat -c %s gap.vhd) - 512 - 2 * 66048 + 100 ))
 expect_exit 3 "$VHDIMG" check gap.vhd
 "$VHDIMG" check --repair gap.vhd >repair.out || { cat repair.out >&2; fail "check --repair of blank space between blocks"; }
-grep -q "punched out 66048 blank unreferenced bytes" repair.out || { cat repair.out >&2; fail "check --repair: no punch reported"; }
+grep -q "punched out 66048 unreferenced bytes between blocks" repair.out || { cat repair.out >&2; fail "check --repair: no punch reported"; }
 expect_exit 0 "$VHDIMG" check gap.vhd
 make_raw gap.raw 1M 0 64K 0x61 128K 64K 0x63
 "$VHDIMG" compare -F raw gap.vhd gap.raw >/dev/null || fail "punching blank space between blocks changed the content"
 expect_exit 3 "$VHDIMG" check --repair gap-data.vhd
 expect_exit 3 "$VHDIMG" check gap-data.vhd
+
+# Old footers of the image before the trailing footer: one with an older
+# timestamp (a commit cut short while giving back the parent's window, then
+# run again), one with another size (a resize).  They are the image's own:
+# --repair cuts them.  A footer with another unique id is not: it stays.
+"$VHDIMG" create -t dynamic stale.vhd 4M >/dev/null
+qemu-io -f vpc -c "write -P 0x71 0 64k" stale.vhd >/dev/null || fail "qemu-io write into stale.vhd"
+clean_size=$(stat -c %s stale.vhd)
+cp stale.vhd stale-foreign.vhd
+stale_tail() { # FILE UUID-BYTE-OR-KEEP
+  "$PY3" - "$@" <<'PYEOF'
+import struct, sys
+path, uuid = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+footer = bytearray(data[-512:])
+def variant(ts_delta, size_delta, uuid_byte):
+    f = bytearray(footer)
+    struct.pack_into(">I", f, 24, struct.unpack_from(">I", f, 24)[0] - ts_delta)
+    struct.pack_into(">Q", f, 48, struct.unpack_from(">Q", f, 48)[0] + size_delta)
+    if uuid_byte is not None:
+        f[68] ^= uuid_byte
+    struct.pack_into(">I", f, 64, 0)
+    struct.pack_into(">I", f, 64, ~sum(f) & 0xffffffff)
+    return bytes(f)
+keep = None if uuid == "keep" else int(uuid, 0)
+tail = variant(100, 0, keep) + bytes(65536) + variant(0, 1 << 20, keep) + bytes(3584)
+with open(path, "wb") as o:
+    o.write(data[:-512] + tail + bytes(footer))
+PYEOF
+}
+stale_tail stale.vhd keep || fail "writing old footers into stale.vhd"
+stale_tail stale-foreign.vhd 0x5a || fail "writing foreign footers into stale-foreign.vhd"
+expect_exit 3 "$VHDIMG" check stale.vhd
+"$VHDIMG" check --repair stale.vhd >repair.out || { cat repair.out >&2; fail "check --repair of old footers before the trailing footer"; }
+[ "$(stat -c %s stale.vhd)" = "$clean_size" ] ||
+  fail "check --repair left stale.vhd $(stat -c %s stale.vhd) bytes long, not $clean_size: $(cat repair.out)"
+expect_exit 0 "$VHDIMG" check stale.vhd
+size=$(stat -c %s stale-foreign.vhd)
+expect_exit 3 "$VHDIMG" check --repair stale-foreign.vhd
+[ "$(stat -c %s stale-foreign.vhd)" = "$size" ] || fail "check --repair cut another image's footers"
+make_raw stale.raw 4M 0 64K 0x71
+for f in stale.vhd stale-foreign.vhd; do
+  "$VHDIMG" compare -F raw "$f" stale.raw >/dev/null || fail "$f: content changed"
+done
 
 # A parent in a subdirectory, child and parent then moved together: only the
 # relative locator (W2ru, UTF-16LE) still leads to it (the absolute one names
