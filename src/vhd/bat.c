@@ -201,6 +201,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   uint64_t used_end = off_limits_end == ROUND_UP(data_end, 512) ? 0 : off_limits_end;
   for (size_t i = 0; i < n; i++)
     used_end = MAX(used_end, ROUND_UP(ext[i].end, 512));
+  for (int i = 0; i < 8; i++) { /* with the room each locator reserves */
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
+      used_end = MAX(used_end, vhd_locator_area_end(l));
+  }
   if (!vhd->readonly && used_end < data_end &&
       vhd_range_holds_nothing(vhd, used_end, data_end) == 1) {
     vhd->next_block_offset = used_end;
