@@ -141,7 +141,7 @@ static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8])
 /* A parent locator's data moving down to the blocks' new end. */
 struct locator_move {
   int i;
-  uint64_t from, to, room;
+  uint64_t to, room;
 };
 
 /* The locators whose areas lie past *end (a rebase writes them after the
@@ -164,7 +164,7 @@ static size_t locator_moves(const vhd_t *vhd, uint64_t *end, struct locator_move
       continue;
     uint64_t area_end = vhd_locator_area_end(l);
     if (area_end > *end && l->data_offset >= *end)
-      lm[n++] = (struct locator_move){i, l->data_offset, 0, area_end - l->data_offset};
+      lm[n++] = (struct locator_move){i, 0, area_end - l->data_offset};
     else if (area_end > *end)
       return *end = old_end, 0; /* reaches down into the blocks' range */
   }
