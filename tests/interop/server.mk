@@ -27,7 +27,8 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-sparse-blocks.sh \
 	tests/interop/test-write-lanes.sh \
 	tests/interop/test-sigterm-twice.sh \
-	tests/interop/test-unix-socket.sh
+	tests/interop/test-unix-socket.sh \
+	tests/interop/test-crash-window.sh
 
 TESTS += $(SERVER_INTEROP_TESTS)
 EXTRA_DIST += $(SERVER_INTEROP_TESTS)

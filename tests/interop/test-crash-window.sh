@@ -1,0 +1,50 @@
+#!/bin/bash
+# A server killed after it moved the footer for new blocks leaves that
+# allocation window (tens of MiB no reader sees) before the footer.  Served
+# again, the image takes the window as its own: the next new block goes
+# right after the last block in use, not past the window, and a clean stop
+# gives the rest back.  Before, every crash cost a window for good.
+# QEMU writes through NBD and reads the file afterwards; vhdimg check must
+# find it clean.
+. "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/interop/image-functions.sh"
+requires qemu-io
+requires qemu-img
+
+img=$TMPD/w.vhd
+sock=$TMPD/sock
+uri="nbd+unix:///?socket=$sock"
+M=$((1024 * 1024))
+"$VHDIMG" create -t dynamic --exact "$img" $((64 * M)) >/dev/null
+
+qemu_write() { # PATTERN OFFSET LENGTH
+  qemu-io -f raw -c "write -q -P $1 $2 $3" -c flush "$uri" >"$TMPD/qemu-io.out" 2>&1 ||
+    fail "qemu-io write $*: $(cat "$TMPD/qemu-io.out")"
+  ! grep -q "failed" "$TMPD/qemu-io.out" || fail "qemu-io write $*: $(cat "$TMPD/qemu-io.out")"
+}
+
+start_vhdnbd "$sock" "$img" 2>"$TMPD/server1.log"
+qemu_write 0x41 0 $((4 * M))
+kill -KILL "$VHDNBD_PID"
+wait "$VHDNBD_PID" 2>/dev/null || true
+crashed=$(stat -c %s "$img")
+# Two blocks of 2 MiB (and their bitmaps) are in use; the window reaches on.
+[ "$crashed" -gt $((32 * M)) ] ||
+  skip "the killed server left no allocation window ($crashed bytes): nothing to reuse"
+rc=0
+"$VHDIMG" check "$img" >"$TMPD/check1.out" 2>&1 || rc=$?
+[ "$rc" = 0 ] || [ "$rc" = 3 ] || fail "check after the kill: exit $rc: $(cat "$TMPD/check1.out")"
+
+start_vhdnbd "$sock" "$img" 2>"$TMPD/server2.log"
+qemu_write 0x42 $((40 * M)) $((1 * M))
+stop_vhdnbd
+size=$(stat -c %s "$img")
+# Three blocks in use: well under 8 MiB with the header and the BAT.
+[ "$size" -lt $((8 * M)) ] ||
+  fail "after a restart and a clean stop the file is $size bytes (it was $crashed after the kill): the window the crash left was not reused and given back"
+"$VHDIMG" check "$img" >"$TMPD/check2.out" 2>&1 ||
+  fail "check after the clean stop: $(cat "$TMPD/check2.out")"
+make_raw "$TMPD/w.raw" $((64 * M)) 0 4M 0x41 40M 1M 0x42
+qemu-img compare -q -f vpc -F raw "$img" "$TMPD/w.raw" ||
+  fail "the image does not read what was written"
+echo "ok: $crashed bytes after the kill, $size after a restart and a clean stop"
