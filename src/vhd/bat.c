@@ -206,8 +206,13 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
       used_end = MAX(used_end, vhd_locator_area_end(l));
   }
+  /* What lies there (old footers, blocks without a BAT entry) is zeroed
+   * first: the sectors of a new block never written must read as zeros on
+   * disk, also to readers that ignore bitmaps, as past a footer they do. */
   if (!vhd->readonly && used_end < data_end &&
-      vhd_range_holds_nothing(vhd, used_end, data_end) == 1) {
+      vhd_range_holds_nothing(vhd, used_end, data_end) == 1 &&
+      (vhd_io_range_is_blank(vhd->fd, used_end, data_end - used_end, NULL) == 1 ||
+       vhd_io_zero(vhd, used_end, data_end - used_end) == 0)) {
     vhd->next_block_offset = used_end;
     vhd->alloc_floor = used_end;
     vhd->cut_floor = used_end;
