@@ -274,6 +274,10 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
   uint64_t old_end = bat + ROUND_UP(old_bytes, 512), new_end = bat + ROUND_UP(new_bytes, 512);
   uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   static const uint8_t unused[512] = {[0 ... 511] = 0xFF};
+  /* Past everything, the trailing footer included: where a moved table or
+   * moved blocks go, and the footer after them.  alloc_floor alone may lie
+   * before the footer (a window a crash left, taken at open). */
+  uint64_t past_all = MAX(vhd->alloc_floor, ROUND_UP(vhd->footer_offset, 512));
   int r;
 
   if (new_end == old_end) {
@@ -327,7 +331,7 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
 
   if (relocate) {
     /* The whole table anew past everything, then the header points at it. */
-    uint64_t nbat = vhd->alloc_floor;
+    uint64_t nbat = past_all;
     uint64_t nspan = ROUND_UP(new_bytes, 512);
     *footer_pos = nbat + nspan;
     if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
@@ -348,7 +352,7 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
 
   /* The blocks in the way go past everything, then the table grows over
    * their old place. */
-  uint64_t dest = MAX(vhd->alloc_floor, new_end), stride = span;
+  uint64_t dest = MAX(past_all, new_end), stride = span;
   if (nmove) {
     /* Placed as new blocks are, data 4 KiB-aligned where the block size
      * allows. */

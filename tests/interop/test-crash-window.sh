@@ -46,6 +46,22 @@ rc=0
 "$VHDIMG" check "$img" >"$TMPD/check1.out" 2>&1 || rc=$?
 [ "$rc" = 0 ] || [ "$rc" = 3 ] || fail "check after the kill: exit $rc: $(cat "$TMPD/check1.out")"
 
+# vhdimg resize on the crashed image: the footer with the new size must
+# end the file (the window is the image's own now, but the footer stays
+# past it), for vhdimg and QEMU alike.
+cp "$img" "$TMPD/grown.vhd"
+"$VHDIMG" resize "$TMPD/grown.vhd" $((128 * M)) >/dev/null || fail "resize of the crashed image"
+vs=$(info_field "$TMPD/grown.vhd" virtual-size)
+qs=$(qemu-img info --output=json -f vpc "$TMPD/grown.vhd" |
+  "$PY3" -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+[ "$vs" -ge $((128 * M)) ] && [ "$qs" = "$vs" ] ||
+  fail "after the resize vhdimg reads $vs bytes, QEMU $qs (128 MiB asked)"
+"$VHDIMG" check "$TMPD/grown.vhd" >"$TMPD/check-grown.out" 2>&1 ||
+  fail "check of the grown image: $(cat "$TMPD/check-grown.out")"
+make_raw "$TMPD/grown.raw" "$vs" 0 4M 0x41
+qemu-img compare -q -f vpc -F raw "$TMPD/grown.vhd" "$TMPD/grown.raw" ||
+  fail "the grown image does not read what was written"
+
 start_vhdnbd "$sock" "$img" 2>"$TMPD/server2.log"
 qemu_write 0x42 $((40 * M)) $((1 * M))
 stop_vhdnbd
