@@ -16,7 +16,9 @@ img=$TMPD/w.vhd
 sock=$TMPD/sock
 uri="nbd+unix:///?socket=$sock"
 M=$((1024 * 1024))
-"$VHDIMG" create -t dynamic --exact "$img" $((64 * M)) >/dev/null
+# 64 KiB blocks: growing the disk then grows the BAT past its sector, over
+# the first blocks, which move.
+"$VHDIMG" create -t dynamic --block-size 64K --exact "$img" $((64 * M)) >/dev/null
 
 qemu_write() { # PATTERN OFFSET LENGTH
   qemu-io -f raw -c "write -q -P $1 $2 $3" -c flush "$uri" >"$TMPD/qemu-io.out" 2>&1 ||
@@ -38,7 +40,7 @@ PYEOF
 kill -KILL "$VHDNBD_PID"
 wait "$VHDNBD_PID" 2>/dev/null || true
 crashed=$(stat -c %s "$img")
-# Two blocks of 2 MiB (and their bitmaps) are in use, a third was lost;
+# 64 blocks (and their bitmaps) are in use, 32 more were lost;
 # the window reaches on.
 [ "$crashed" -gt $((32 * M)) ] ||
   skip "the killed server left no allocation window ($crashed bytes): nothing to reuse"
@@ -63,17 +65,17 @@ qemu-img compare -q -f vpc -F raw "$TMPD/grown.vhd" "$TMPD/grown.raw" ||
   fail "the grown image does not read what was written"
 
 start_vhdnbd "$sock" "$img" 2>"$TMPD/server2.log"
-qemu_write 0x42 $((40 * M)) $((1 * M))
+qemu_write 0x42 $((40 * M)) 4096
 stop_vhdnbd
 size=$(stat -c %s "$img")
-# Three blocks in use: well under 8 MiB with the header and the BAT.
+# 65 blocks in use: well under 8 MiB with the header and the BAT.
 [ "$size" -lt $((8 * M)) ] ||
   fail "after a restart and a clean stop the file is $size bytes (it was $crashed after the kill): the window the crash left was not reused and given back"
 "$VHDIMG" check "$img" >"$TMPD/check2.out" 2>&1 ||
   fail "check after the clean stop: $(cat "$TMPD/check2.out")"
-# QEMU reads a block's data area whatever its bitmap says: the 1 MiB of
-# block 20 never written reads zeros, not the lost block's bytes.
-make_raw "$TMPD/w.raw" $((64 * M)) 0 4M 0x41 40M 1M 0x42
+# QEMU reads a block's data area whatever its bitmap says: the 60 KiB of
+# the block never written reads zeros, not the lost blocks' bytes.
+make_raw "$TMPD/w.raw" $((64 * M)) 0 4M 0x41 40M 4K 0x42
 qemu-img compare -q -f vpc -F raw "$img" "$TMPD/w.raw" ||
   fail "QEMU does not read what was written (a lost block's bytes show through a new one?)"
 "$VHDIMG" compare -F raw "$img" "$TMPD/w.raw" >/dev/null || fail "vhdimg does not read what was written"
