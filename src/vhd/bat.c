@@ -450,26 +450,36 @@ uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off) {
   return ROUND_UP(off + vhd->bitmap_size, VHD_DATA_ALIGN) - vhd->bitmap_size;
 }
 
-/* Whether the len bytes at q are a copy of parent locator i's data, with
- * the zeros that pad it to a sector (what a relink cut short before its
- * header switch, or the place a compaction moved it from, leaves). */
+/* Whether the bytes at q are a copy of parent locator i's data (what a
+ * relink cut short before its header switch, or the place a compaction
+ * moved it from, leaves): 1 with *len its length, 0, or -errno. */
 static int locator_copy_at(vhd_t *vhd, int i, uint64_t q, uint64_t *len) {
   const struct vhd_locator *l = &vhd->header.locators[i];
   if (l->code == VHD_PLAT_NONE || l->data_length == 0 || l->data_offset == q ||
       l->data_length > 65536)
     return 0;
-  size_t n = ROUND_UP((size_t)l->data_length, 512);
+  size_t n = l->data_length;
   CLEANUP_FREE uint8_t *live = malloc(n), *copy = malloc(n);
   if (!live || !copy)
     return -ENOMEM;
-  int r = vhd_io_pread(vhd->fd, live, l->data_length, l->data_offset);
+  int r = vhd_io_pread(vhd->fd, live, n, l->data_offset);
   if (r == 0)
     r = vhd_io_pread(vhd->fd, copy, n, q);
   if (r < 0)
     return r == -ENODATA ? 0 : r; /* past the end of the file: no copy */
-  memset(live + l->data_length, 0, n - l->data_length);
   *len = n;
   return memcmp(live, copy, n) == 0;
+}
+
+int vhd_locator_copy_len(vhd_t *vhd, uint64_t off, uint64_t *len) {
+  if (vhd->type != VHD_TYPE_DIFFERENCING)
+    return 0;
+  for (int i = 0; i < 8; i++) {
+    int r = locator_copy_at(vhd, i, off, len);
+    if (r != 0)
+      return r;
+  }
+  return 0;
 }
 
 int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
@@ -489,10 +499,13 @@ int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
     uint64_t at, len = 0;
     if ((r = vhd_io_first_nonzero(vhd->fd, q, b - q, &at)) <= 0)
       break; /* 0 cannot be: not blank */
-    at = MAX(q, ROUND_DOWN(at, 512));
+    /* A copy starts at its first byte that is not zero, or at the
+     * sector that holds it (locator data need not start on a sector). */
+    uint64_t starts[2] = {MAX(q, ROUND_DOWN(at, 512)), at};
     r = 0;
-    for (int i = 0; r == 0 && i < 8 && vhd->type == VHD_TYPE_DIFFERENCING; i++)
-      r = locator_copy_at(vhd, i, at, &len);
+    for (int s = 0; r == 0 && s < 2 && (s == 0 || starts[1] != starts[0]); s++)
+      if ((r = vhd_locator_copy_len(vhd, starts[s], &len)) == 1)
+        at = starts[s];
     if (r < 0)
       break;
     if (r == 1 && at + len <= b &&

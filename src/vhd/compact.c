@@ -405,8 +405,12 @@ static int stale_copy_at(struct compact *c, struct live_index *ix, uint64_t q, u
   if (r < 0)
     return vhd_set_err(c->err, r, "%s: reading offset %llu: %s", vhd->path,
                        (unsigned long long)q, strerror(-r));
-  uint64_t key;
-  if (vhd->bitmap_size == VHD_FOOTER_SIZE && vhd_footer_of_image(cbm, vhd->footer_raw)) {
+  uint64_t key, ll = 0;
+  /* The bitmap's one sector may be under the footer, or under a locator's
+   * data that a compaction cut short was moving down. */
+  if (vhd->bitmap_size == VHD_FOOTER_SIZE &&
+      (vhd_footer_of_image(cbm, vhd->footer_raw) ||
+       (vhd_locator_copy_len(vhd, q, &ll) == 1 && ll <= VHD_FOOTER_SIZE))) {
     for (size_t i = 0; i < ix->nfirsts; i++) {
       if ((r = sector_key(c, q, ix->firsts[i], &key)) < 0 ||
           (r = copy_matches(c, ix, q, key, ix->firsts[i], NULL, buf, buf2)) != 0)
@@ -513,6 +517,19 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
       p = from - 512;
       continue;
     }
+    /* A copy of a parent locator's data: a move of them cut short. */
+    uint64_t ll = 0;
+    if ((r = vhd_locator_copy_len(vhd, p, &ll)) < 0)
+      break;
+    if (r == 1 && p + ll <= b) {
+      uint64_t e = MIN(ROUND_UP(p + ll, 512), b);
+      if (push_seg(v, n, cap, p, e) < 0)
+        return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+      p = e - 512;
+      r = 0;
+      continue;
+    }
+    r = 0;
     *busy_end = MAX(*busy_end, p + len);
   }
   if (r < 0)

@@ -428,6 +428,9 @@ uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off);
  * sector present, which a crash leaves between a new block's first write
  * and its BAT entry.  0 when some bytes are neither, or a negative errno. */
 int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b);
+/* 1 with *len set when the bytes at off are a copy of one of the parent
+ * locators' data (not the live one itself), 0 when not, or -errno. */
+int vhd_locator_copy_len(vhd_t *vhd, uint64_t off, uint64_t *len);
 /* Gives back the unused end of the allocation window and the freed blocks
  * that ended the file (after a flush); the handle may go on writing. */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);
