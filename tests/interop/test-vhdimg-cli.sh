@@ -290,6 +290,29 @@ expect_exit 0 "$VHDIMG" check stale.vhd
 size=$(stat -c %s stale-foreign.vhd)
 expect_exit 3 "$VHDIMG" check --repair stale-foreign.vhd
 [ "$(stat -c %s stale-foreign.vhd)" = "$size" ] || fail "check --repair cut another image's footers"
+# A copy of a parent locator's data, off a sector, before the trailing
+# footer (what a compaction or a rebase cut short leaves): nothing a reader
+# sees, cut by --repair.
+"$VHDIMG" create -t dynamic lc-base.vhd 4M >/dev/null
+"$VHDIMG" create -b lc-base.vhd lc.vhd >/dev/null
+lc_size=$(stat -c %s lc.vhd)
+"$PY3" - lc.vhd <<'PYEOF' || fail "writing a locator copy into lc.vhd"
+import struct, sys
+path = sys.argv[1]
+data = open(path, "rb").read()
+hoff = struct.unpack(">Q", data[16:24])[0]
+h = data[hoff:hoff + 1024]
+code, space, length, _, off = struct.unpack(">4sIIIQ", h[576 + 24:576 + 48])
+assert code == b"W2ku", code
+copy = bytes(100) + data[off:off + length]
+copy += bytes(-len(copy) % 512)
+with open(path, "wb") as o:
+    o.write(data[:-512] + copy + data[-512:])
+PYEOF
+"$VHDIMG" check --repair lc.vhd >repair.out || { cat repair.out >&2; fail "check --repair of a locator copy before the footer"; }
+[ "$(stat -c %s lc.vhd)" = "$lc_size" ] ||
+  fail "check --repair left lc.vhd $(stat -c %s lc.vhd) bytes long, not $lc_size: $(cat repair.out)"
+"$VHDIMG" info lc.vhd >/dev/null || fail "lc.vhd does not find its parent after the repair"
 make_raw stale.raw 4M 0 64K 0x71
 for f in stale.vhd stale-foreign.vhd; do
   "$VHDIMG" compare -F raw "$f" stale.raw >/dev/null || fail "$f: content changed"
