@@ -493,9 +493,18 @@ int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
    * them from a, up to bytes that are blank to b, are taken: not any bytes
    * behind a zero sector.  Copies of the parent locators' data are
    * nothing either: the header points at the live ones. */
+  bool orphans = false;
   for (uint64_t q = a;;) {
-    if ((r = vhd_io_range_is_blank(vhd->fd, q, b - q, vhd->footer_raw)) != 0)
+    if ((r = vhd_io_range_is_blank(vhd->fd, q, b - q, vhd->footer_raw)) != 0) {
+      /* Blocks marking nothing count only where they end as a window a
+       * footer move left does: in a hole at least a block long (the
+       * engine's signature, which no other writer's bytes have).  A zero
+       * sector and the bytes after it are otherwise someone's. */
+      if (r == 1 && orphans &&
+          (b - q < span || vhd_io_allocated_bytes(vhd->fd, q, b - q) > 8192))
+        r = 0;
       break;
+    }
     uint64_t at, len = 0;
     if ((r = vhd_io_first_nonzero(vhd->fd, q, b - q, &at)) <= 0)
       break; /* 0 cannot be: not blank */
@@ -531,6 +540,7 @@ int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
       k++;
     if (k < vhd->bitmap_size)
       break; /* r == 0 */
+    orphans = true;
     q = o + span;
   }
   free(bm);

@@ -30,7 +30,6 @@
 #include <string.h>
 
 #include "cleanup.h"
-#include "endian-be.h"
 #include "vhd-internal.h"
 
 #define COPY_CHUNK (1024u * 1024)
@@ -136,92 +135,6 @@ static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8])
   }
   qsort(out, n, sizeof *out, seg_cmp);
   return n;
-}
-
-/* A parent locator's data moving down to the blocks' new end. */
-struct locator_move {
-  int i;
-  uint64_t to, room;
-};
-
-/* The locators whose areas lie past *end (a rebase writes them after the
- * blocks) go to *end on, one after another, each with the room it
- * reserves: *end becomes the end of the last.  They stay (and *end is
- * past them) when a new place would overlap any locator's old area: the
- * old header points there until the new one is written.  Returns how
- * many move. */
-static size_t locator_moves(const vhd_t *vhd, uint64_t *end, struct locator_move lm[8]) {
-  size_t n = 0;
-  uint64_t at = *end, old_end = *end;
-  for (int i = 0; i < 8; i++) {
-    const struct vhd_locator *l = &vhd->header.locators[i];
-    if (l->code != VHD_PLAT_NONE && l->data_length)
-      old_end = MAX(old_end, vhd_locator_area_end(l));
-  }
-  for (int i = 0; i < 8; i++) {
-    const struct vhd_locator *l = &vhd->header.locators[i];
-    if (l->code == VHD_PLAT_NONE || l->data_length == 0)
-      continue;
-    uint64_t area_end = vhd_locator_area_end(l);
-    if (area_end > *end && l->data_offset >= *end)
-      lm[n++] = (struct locator_move){i, 0, area_end - l->data_offset};
-    else if (area_end > *end)
-      return *end = old_end, 0; /* reaches down into the blocks' range */
-  }
-  for (size_t k = 0; k < n; k++) {
-    lm[k].to = at;
-    at += ROUND_UP(lm[k].room, 512);
-  }
-  for (size_t k = 0; k < n; k++)
-    for (int i = 0; i < 8; i++) {
-      const struct vhd_locator *l = &vhd->header.locators[i];
-      if (l->code != VHD_PLAT_NONE && l->data_length &&
-          lm[k].to < vhd_locator_area_end(l) && l->data_offset < lm[k].to + lm[k].room) {
-        *end = MAX(old_end, *end);
-        return 0;
-      }
-    }
-  *end = MAX(at, *end);
-  return n;
-}
-
-/* Moves them (locator_moves): the data to its new place, synced, then the
- * header in one write, synced, as relink.c writes it.  A crash before the
- * header leaves the old one and its areas untouched; one after leaves the
- * old areas as copies of the new, which check and compact know as
- * nothing (vhd_range_holds_nothing). */
-static int locators_move(vhd_t *vhd, const struct locator_move *lm, size_t n,
-                         struct vhd_err *err) {
-  uint8_t raw[VHD_HEADER_SIZE];
-  int r;
-  for (size_t k = 0; k < n; k++) {
-    const struct vhd_locator *l = &vhd->header.locators[lm[k].i];
-    size_t room = (size_t)ROUND_UP(lm[k].room, 512);
-    CLEANUP_FREE uint8_t *buf = calloc(1, room);
-    if (!buf)
-      return vhd_set_err(err, -ENOMEM, "%s: out of memory", vhd->path);
-    if ((r = vhd_io_pread(vhd->fd, buf, l->data_length, l->data_offset)) < 0)
-      return vhd_set_err(err, r, "%s: reading parent locator %d at offset %llu: %s", vhd->path,
-                         lm[k].i, (unsigned long long)l->data_offset, strerror(-r));
-    if ((r = vhd_io_pwrite(vhd, buf, room, lm[k].to)) < 0)
-      return vhd_set_err(err, r, "%s: moving parent locator %d to offset %llu: %s", vhd->path,
-                         lm[k].i, (unsigned long long)lm[k].to, strerror(-r));
-  }
-  if ((r = vhd_io_sync(vhd)) < 0)
-    return vhd_set_err(err, r, "%s: fdatasync after moving parent locators: %s", vhd->path,
-                       strerror(-r));
-  if ((r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset)) < 0)
-    return vhd_set_err(err, r, "%s: reading the header at offset %llu: %s", vhd->path,
-                       (unsigned long long)vhd->header_offset, strerror(-r));
-  for (size_t k = 0; k < n; k++)
-    be64_store(raw + 576 + 24 * lm[k].i + 16, lm[k].to);
-  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
-  if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset)) < 0 ||
-      (r = vhd_io_sync(vhd)) < 0)
-    return vhd_set_err(err, r, "%s: writing the header with the parent locators' new places: %s",
-                       vhd->path, strerror(-r));
-  vhd_header_decode(raw, &vhd->header);
-  return 0;
 }
 
 static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t b) {
@@ -734,9 +647,10 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   for (size_t k = 0; k < nk; k++)
     end = MAX(end, (dest[k] ? dest[k] : kept[k].off) + c.span);
   end = ROUND_UP(end, 512);
-  uint64_t blocks_end = end;
-  struct locator_move lm[8];
-  size_t nlm = locator_moves(vhd, &end, lm);
+  /* Parent locator data stays where it is (it is not the engine's to
+   * move): the file ends past it. */
+  for (size_t i = 0; i < nl; i++)
+    end = MAX(end, loc[i].end);
   if (end < footer)
     res->file_size_after = end + VHD_FOOTER_SIZE;
   if (o->dry_run) {
@@ -786,9 +700,6 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
       goto out;
   }
 
-  if (nlm && (r = locators_move(vhd, lm, nlm, err)) < 0)
-    goto out;
-
   /* 3. The footer down to the new end, then the cut: right after the
    * switch, so that the old places past the end go with it (cut short
    * before, a rerun knows them as copies of blocks in use). */
@@ -800,11 +711,11 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     }
   }
   /* Old places left below the end are free now: zeros, for the same
-   * reason as freed blocks.  Past the blocks' end lie the moved locators. */
+   * reason as freed blocks. */
   for (size_t k = top; k < nk; k++) {
-    if (kept[k].off >= blocks_end)
+    if (kept[k].off >= end)
       continue;
-    uint64_t len = MIN(c.span, blocks_end - kept[k].off);
+    uint64_t len = MIN(c.span, end - kept[k].off);
     if ((r = vhd_io_zero(vhd, kept[k].off, len)) < 0) {
       vhd_set_err(err, r, "%s: zeroing the old place of block %u at offset %llu: %s", path,
                   kept[k].blk, (unsigned long long)kept[k].off, strerror(-r));
