@@ -451,8 +451,8 @@ uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off) {
 }
 
 /* Whether the bytes at q are a copy of parent locator i's data (what a
- * relink cut short before its header switch, or the place a compaction
- * moved it from, leaves): 1 with *len its length, 0, or -errno. */
+ * relink cut short before its header switch, or run again, leaves): 1
+ * with *len its length, 0, or -errno. */
 static int locator_copy_at(vhd_t *vhd, int i, uint64_t q, uint64_t *len) {
   const struct vhd_locator *l = &vhd->header.locators[i];
   if (l->code == VHD_PLAT_NONE || l->data_length == 0 || l->data_offset == q ||

@@ -320,7 +320,7 @@ static int stale_copy_at(struct compact *c, struct live_index *ix, uint64_t q, u
                        (unsigned long long)q, strerror(-r));
   uint64_t key, ll = 0;
   /* The bitmap's one sector may be under the footer, or under a locator's
-   * data that a compaction cut short was moving down. */
+   * data a rebase cut short left there. */
   if (vhd->bitmap_size == VHD_FOOTER_SIZE &&
       (vhd_footer_of_image(cbm, vhd->footer_raw) ||
        (vhd_locator_copy_len(vhd, q, &ll) == 1 && ll <= VHD_FOOTER_SIZE))) {
