@@ -500,9 +500,18 @@ int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
        * footer move left does: in a hole at least a block long (the
        * engine's signature, which no other writer's bytes have).  A zero
        * sector and the bytes after it are otherwise someone's. */
-      if (r == 1 && orphans &&
-          (b - q < span || vhd_io_allocated_bytes(vhd->fd, q, b - q) > 8192))
-        r = 0;
+      if (r == 1 && orphans) {
+        /* Blocks handed out after them whose bitmap and data are still
+         * zeros (allocated, never written) are such blocks too: the hole
+         * is looked for past them, on the allocation grid. */
+        uint64_t t = q;
+        for (uint64_t o = vhd_block_place(vhd, t);
+             o + span <= b && vhd_io_allocated_bytes(vhd->fd, t, o + span - t) > 0;
+             o = vhd_block_place(vhd, t))
+          t = o + span;
+        if (b - t < span || vhd_io_allocated_bytes(vhd->fd, t, b - t) > 8192)
+          r = 0;
+      }
       break;
     }
     uint64_t at, len = 0;

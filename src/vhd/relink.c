@@ -2,15 +2,27 @@
  * vhd_commit's new parent timestamp): the parent's identity in the header
  * and its locators, written as Windows writes them.
  *
+ * Where the new locator data goes: into blank room too small for a block
+ * (the padding before an aligned block, the area an earlier relink gave
+ * up), where nothing refers to it and it can stay for good; only where
+ * there is none, past every block, with the footer moved after it.  Data past the last block would pin the end of the file: no
+ * compaction could give back the space below it, since locator data is
+ * not the engine's to move.
+ *
  * Write order, so that a crash at any instant leaves a child that opens and
  * finds a parent:
- *  1. the footer is written again past the end of the file, after room for
- *     the new locator data, and synced: the file now ends with a valid
- *     footer, and the old trailing footer is only a stale copy;
- *  2. the new locator data goes into that room (over the old footer, past
- *     every block and every area the old header refers to), and is synced;
+ *  1. past the blocks only: the footer is written again past the end of
+ *     the file, after room for the new locator data, and synced: the file
+ *     now ends with a valid footer, and the old trailing footer is only a
+ *     stale copy;
+ *  2. the new locator data goes into its room (bytes nothing refers to:
+ *     neither a block, nor a structure, nor an area the old header points
+ *     to), and is synced;
  *  3. the header is rewritten in one 1024-byte write at its own offset, and
- *     synced.
+ *     synced;
+ *  4. the old locator data, which nothing refers to now, is zeroed, so
+ *     that a later relink can take its room, and a tail that held it is
+ *     given back.
  * Until step 3 reaches the disk the old header, and the old locator data it
  * points to, are untouched.  Step 3 changes two 512-byte sectors in one
  * aligned write; with the header at offset 512, where every writer puts
@@ -20,8 +32,9 @@
  * or none (a header elsewhere that crosses a 4 KiB boundary has no such
  * promise).  A device that tears it at a 512-byte sector leaves a header
  * whose checksum fails, and the image is refused on open rather than read
- * through the wrong parent.  The old locator areas stay in the file, unused
- * (a few KiB; `vhdimg check` does not count gaps this small as leaks). */
+ * through the wrong parent.  A crash before step 4 leaves the old locator
+ * data in place, unused (a few KiB; `vhdimg check` does not count gaps
+ * this small as leaks). */
 #include "config.h"
 
 #include <errno.h>
@@ -97,6 +110,119 @@ static void put_locator(uint8_t *l, uint32_t code, uint32_t space, uint32_t len,
   be64_store(l + 16, off);
 }
 
+struct used_range {
+  uint64_t start, end;
+};
+
+static int used_range_cmp(const void *a, const void *b) {
+  const struct used_range *x = a, *y = b;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Everything of the file that is someone's, below the footer: structures,
+ * the areas the header's locators reserve, blocks in use or freed but not
+ * yet given back.  Returns the count, or -ENOMEM; *data_start is where the
+ * structures before the data area end. */
+static ssize_t used_ranges(vhd_t *c, struct used_range **out, uint64_t *data_start) {
+  uint64_t span = (uint64_t)c->bitmap_size + c->block_size;
+  pthread_mutex_lock(&c->lock);
+  size_t cap = 5 + 8 + (size_t)c->max_entries + c->n_free_pending + c->n_free_ready +
+               c->n_retired;
+  struct used_range *u = malloc(cap * sizeof *u);
+  if (!u) {
+    pthread_mutex_unlock(&c->lock);
+    return -ENOMEM;
+  }
+  size_t n = 0;
+  uint64_t bat_end = ROUND_UP(c->header.table_offset + (uint64_t)c->max_entries * 4, 512);
+  u[n++] = (struct used_range){0, VHD_FOOTER_SIZE};
+  u[n++] = (struct used_range){c->header_offset, c->header_offset + VHD_HEADER_SIZE};
+  u[n++] = (struct used_range){c->header.table_offset, bat_end};
+  *data_start = MAX(c->header_offset + VHD_HEADER_SIZE, bat_end);
+  if (c->batmap) {
+    u[n++] = (struct used_range){c->batmap_header_offset, c->batmap_header_offset + 512};
+    u[n++] = (struct used_range){c->batmap_offset, c->batmap_offset + c->batmap_len};
+    *data_start = MAX(*data_start, MAX(c->batmap_header_offset + 512,
+                                       ROUND_UP(c->batmap_offset + c->batmap_len, 512)));
+  }
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &c->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length)
+      u[n++] = (struct used_range){l->data_offset, vhd_locator_area_end(l)};
+  }
+  for (uint32_t i = 0; i < c->max_entries; i++)
+    if (c->bat[i] != VHD_BAT_UNUSED)
+      u[n++] = (struct used_range){(uint64_t)c->bat[i] * 512, (uint64_t)c->bat[i] * 512 + span};
+  uint64_t mask = ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
+  for (size_t i = 0; i < c->n_free_pending; i++)
+    u[n++] = (struct used_range){c->free_pending[i] & mask, (c->free_pending[i] & mask) + span};
+  for (size_t i = 0; i < c->n_free_ready; i++)
+    u[n++] = (struct used_range){c->free_ready[i] & mask, (c->free_ready[i] & mask) + span};
+  for (size_t i = 0; i < c->n_retired; i++)
+    u[n++] = (struct used_range){c->retired[i].entry & mask, (c->retired[i].entry & mask) + span};
+  pthread_mutex_unlock(&c->lock);
+  qsort(u, n, sizeof *u, used_range_cmp);
+  *out = u;
+  return (ssize_t)n;
+}
+
+/* The first sector-aligned room of `need` bytes in the data area, below
+ * the footer, that nothing refers to and in which nothing can be read
+ * (vhd_range_holds_nothing: zeros, this image's old footers, copies of its
+ * locator data): 1 with *at, 0 where there is none, or -errno.  Each gap
+ * is tried at its start and at its end (blocks placed on a 4 KiB boundary
+ * leave zeros before them; slack another writer left after a structure
+ * may not be). */
+static int locator_room(vhd_t *c, uint64_t need, uint64_t *at) {
+  CLEANUP_FREE struct used_range *u = NULL;
+  uint64_t data_start;
+  ssize_t n = used_ranges(c, &u, &data_start);
+  if (n < 0)
+    return (int)n;
+  uint64_t span = (uint64_t)c->bitmap_size + c->block_size;
+  uint64_t limit = c->footer_offset, from = data_start;
+  for (ssize_t i = 0; i <= n && from < limit; i++) {
+    uint64_t to = i < n ? MIN(u[i].start, limit) : limit;
+    uint64_t first = ROUND_UP(from, 512);
+    /* Only gaps too small for a block: compaction fills larger ones with
+     * blocks from the end of the file, and locator data in them would
+     * keep it from doing so, or pin the end of the file if it lay high. */
+    if (to > first && to - first >= need && to - from < span) {
+      uint64_t tries[2] = {first, ROUND_DOWN(to - need, 512)};
+      for (int t = 0; t < 2; t++) {
+        if (t == 1 && tries[1] == tries[0])
+          break;
+        int r = vhd_range_holds_nothing(c, tries[t], tries[t] + need);
+        if (r < 0)
+          return r;
+        if (r == 1) {
+          *at = tries[t];
+          return 1;
+        }
+      }
+    }
+    if (i < n)
+      from = MAX(from, u[i].end);
+  }
+  return 0;
+}
+
+/* Where the file may end once the old locator data is gone: past the
+ * structures, the new locator areas and every block in use or freed;
+ * what lies between there and the footer must hold nothing. */
+static uint64_t end_without_old_locators(vhd_t *c) {
+  CLEANUP_FREE struct used_range *u = NULL;
+  uint64_t data_start;
+  ssize_t n = used_ranges(c, &u, &data_start);
+  if (n < 0)
+    return c->footer_offset;
+  uint64_t end = data_start;
+  for (ssize_t i = 0; i < n; i++)
+    if (u[i].start < c->footer_offset)
+      end = MAX(end, ROUND_UP(u[i].end, 512));
+  return end;
+}
+
 int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
                       struct vhd_err *err) {
   CLEANUP_FREE uint8_t *area = NULL;
@@ -110,10 +236,21 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
    * header points to (cut_floor covers them). */
   if ((r = vhd_flush(c, err)) < 0 || (r = vhd_window_release(c, err)) < 0)
     goto out;
-  uint64_t base = MAX(c->footer_offset, ROUND_UP(c->cut_floor, 512));
   uint32_t rel_space = (uint32_t)ROUND_UP(ref->rel_len, 512);
   uint32_t abs_space = (uint32_t)ROUND_UP(ref->abs_len, 512);
-  uint64_t new_footer = base + rel_space + abs_space;
+  uint64_t base = 0;
+  r = locator_room(c, (uint64_t)rel_space + abs_space, &base);
+  if (r < 0) {
+    r = vhd_set_err(err, r, "%s: looking for room for the parent locators: %s", c->path,
+                    strerror(-r));
+    goto out;
+  }
+  bool in_room = r == 1;
+  if (!in_room)
+    base = MAX(c->footer_offset, ROUND_UP(c->cut_floor, 512));
+  uint64_t new_footer = in_room ? c->footer_offset : base + rel_space + abs_space;
+  struct vhd_locator old_locators[8];
+  memcpy(old_locators, c->header.locators, sizeof old_locators);
 
   uint8_t raw[VHD_HEADER_SIZE];
   if ((r = vhd_io_pread(c->fd, raw, sizeof raw, c->header_offset)) < 0) {
@@ -141,8 +278,8 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
 
   const char *step = "moving the footer";
   uint64_t at = new_footer;
-  if ((r = vhd_io_pwrite(c, c->footer_raw, VHD_FOOTER_SIZE, new_footer)) < 0 ||
-      (r = vhd_io_sync(c)) < 0)
+  if (!in_room && ((r = vhd_io_pwrite(c, c->footer_raw, VHD_FOOTER_SIZE, new_footer)) < 0 ||
+                   (r = vhd_io_sync(c)) < 0))
     goto io_failed;
   step = "writing the parent locators";
   at = base;
@@ -161,8 +298,33 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
   c->footer_offset = new_footer;
   c->next_block_offset = MAX(c->next_block_offset, new_footer);
   c->alloc_floor = MAX(c->alloc_floor, new_footer);
-  c->cut_floor = new_footer;
+  if (!in_room)
+    c->cut_floor = new_footer;
   pthread_mutex_unlock(&c->lock);
+
+  /* The old locator data is nobody's now.  Zeroed, its room is blank for
+   * the next relink; a tail that held it goes back.  Both are tidying: a
+   * failure leaves a relinked image whose old data stays unused. */
+  step = "zeroing the old parent locator data";
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &old_locators[i];
+    if (l->code == VHD_PLAT_NONE || l->data_length == 0 || l->data_offset >= c->footer_offset)
+      continue;
+    at = l->data_offset;
+    if ((r = vhd_io_zero(c, l->data_offset, l->data_length)) < 0)
+      goto io_failed;
+  }
+  if ((r = vhd_io_sync(c)) < 0)
+    goto io_failed;
+  uint64_t end = end_without_old_locators(c);
+  if (end < c->cut_floor && end < c->footer_offset &&
+      vhd_range_holds_nothing(c, end, c->footer_offset) == 1) {
+    pthread_mutex_lock(&c->lock);
+    c->cut_floor = end;
+    pthread_mutex_unlock(&c->lock);
+    if ((r = vhd_window_release(c, err)) < 0)
+      goto out;
+  }
   r = 0;
   goto out;
 io_failed:
@@ -204,3 +366,4 @@ int vhd_footer_set_timestamp(vhd_t *vhd, uint32_t ts, struct vhd_err *err) {
                        vhd->path, (unsigned long long)at, strerror(-r));
   return 0;
 }
+

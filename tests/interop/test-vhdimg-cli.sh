@@ -313,6 +313,30 @@ PYEOF
 [ "$(stat -c %s lc.vhd)" = "$lc_size" ] ||
   fail "check --repair left lc.vhd $(stat -c %s lc.vhd) bytes long, not $lc_size: $(cat repair.out)"
 "$VHDIMG" info lc.vhd >/dev/null || fail "lc.vhd does not find its parent after the repair"
+# A window a crash left with small blocks: a block the crash caught before
+# its BAT entry (its bitmap marks nothing, its data was written), then
+# blocks handed out after it and never written (allocated zeros), then the
+# rest of the window, a hole, and the footer: nothing a reader sees, cut by
+# --repair, however many zero blocks follow.
+"$VHDIMG" create -t dynamic --block-size 4K ow.vhd 1M >/dev/null
+qemu-io -f vpc -c "write -P 0x41 0 8k" ow.vhd >/dev/null || fail "qemu-io write into ow.vhd"
+ow_size=$(stat -c %s ow.vhd)
+"$PY3" - ow.vhd <<'PYEOF' || fail "writing a crash window into ow.vhd"
+import sys
+path = sys.argv[1]
+data = open(path, "rb").read()
+with open(path, "wb") as o:
+    o.write(data[:-512])
+    o.write(bytes(512) + b"\x55" * 4096)  # bitmap marking nothing, data
+    o.write(bytes(3 * 4608))              # three blocks never written
+    o.seek(o.tell() + 65536)              # the rest of the window: a hole
+    o.write(data[-512:])
+PYEOF
+"$VHDIMG" check --repair ow.vhd >repair.out || { cat repair.out >&2; fail "check --repair of a crash window with zero blocks"; }
+[ "$(stat -c %s ow.vhd)" = "$ow_size" ] ||
+  fail "check --repair left ow.vhd $(stat -c %s ow.vhd) bytes long, not $ow_size: $(cat repair.out)"
+make_raw ow.raw 1M 0 8K 0x41
+"$VHDIMG" compare -F raw ow.vhd ow.raw >/dev/null || fail "ow.vhd: content changed"
 make_raw stale.raw 4M 0 64K 0x71
 for f in stale.vhd stale-foreign.vhd; do
   "$VHDIMG" compare -F raw "$f" stale.raw >/dev/null || fail "$f: content changed"

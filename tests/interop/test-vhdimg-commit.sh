@@ -121,6 +121,25 @@ for i in range(8):
         locs[code] = d[off:off + length].decode("utf-16-le")
 assert locs == {0x57327275: ".\\moved\\renamed.vhd", 0x57326B75: sys.argv[2]}, locs
 PYEOF
+  # The first rebase found no room among the blocks and put its locator
+  # data past the last one; the second reuses the room the first gave up,
+  # so no locator data is left past the last block, and the file ends
+  # there (locator data there would keep any compaction from giving back
+  # the space below it).
+  "$PY3" - top.vhd <<'PYEOF' || fail "bs $bs: locator data past the last block after two rebases"
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+h = d[512:1536]
+bat_off, = struct.unpack(">Q", h[16:24])
+n, bs = struct.unpack(">II", h[28:36])
+span = (bs // 512 + 7) // 8
+span = (span + 511) // 512 * 512 + bs
+ends = [e * 512 + span for e in struct.unpack(">%dI" % n, d[bat_off:bat_off + 4 * n]) if e != 0xFFFFFFFF]
+locs = [struct.unpack(">IIIIQ", h[576 + 24 * i:600 + 24 * i]) for i in range(8)]
+loc_end = max(off + length for code, _, length, _, off in locs if code)
+assert loc_end < max(ends), (loc_end, max(ends))
+assert len(d) == max(ends) + 512, (len(d), max(ends))
+PYEOF
   rm -rf moved
 done
 
