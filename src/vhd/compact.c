@@ -122,9 +122,10 @@ static uint64_t structures_end(const vhd_t *vhd) {
 }
 
 /* The parent locators' data areas past floor, with the room they reserve,
- * sorted: they stay where they are, and blocks move around them (a
- * locator written after the blocks, by a rebase for one, does not keep
- * the space below it from being given back). */
+ * sorted: they stay where they are, and blocks move around them.  Blocks
+ * past a locator move below it, but the file cannot end before it: a
+ * locator past every block (an older rebase's, another tool's) keeps the
+ * space below it (vhd_header_relink writes new ones where they can stay). */
 static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8]) {
   size_t n = 0;
   for (int i = 0; i < 8; i++) {
@@ -318,12 +319,10 @@ static int stale_copy_at(struct compact *c, struct live_index *ix, uint64_t q, u
   if (r < 0)
     return vhd_set_err(c->err, r, "%s: reading offset %llu: %s", vhd->path,
                        (unsigned long long)q, strerror(-r));
-  uint64_t key, ll = 0;
-  /* The bitmap's one sector may be under the footer, or under a locator's
-   * data a rebase cut short left there. */
-  if (vhd->bitmap_size == VHD_FOOTER_SIZE &&
-      (vhd_footer_of_image(cbm, vhd->footer_raw) ||
-       (vhd_locator_copy_len(vhd, q, &ll) == 1 && ll <= VHD_FOOTER_SIZE))) {
+  uint64_t key;
+  /* The bitmap's one sector may be under the footer (written at the new
+   * end of the file before the cut). */
+  if (vhd->bitmap_size == VHD_FOOTER_SIZE && vhd_footer_of_image(cbm, vhd->footer_raw)) {
     for (size_t i = 0; i < ix->nfirsts; i++) {
       if ((r = sector_key(c, q, ix->firsts[i], &key)) < 0 ||
           (r = copy_matches(c, ix, q, key, ix->firsts[i], NULL, buf, buf2)) != 0)
@@ -430,7 +429,9 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
       p = from - 512;
       continue;
     }
-    /* A copy of a parent locator's data: a move of them cut short. */
+    /* A copy of a parent locator's data: what a relink cut short and run
+     * again leaves where the first run wrote, here among other bytes
+     * (alone in a range, take_nothing took it above). */
     uint64_t ll = 0;
     if ((r = vhd_locator_copy_len(vhd, p, &ll)) < 0)
       break;
