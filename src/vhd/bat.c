@@ -14,6 +14,19 @@
 #include "endian-be.h"
 #include "vhd-internal.h"
 
+/* Room reserved per footer move: about 64 MiB of blocks, or as much as
+ * the handle has allocated since open, up to 1 GiB: a file growing fast
+ * moves its footer less often.  What a crash leaves of a window is a hole
+ * (a leak, see the write order), and a clean close gives it back. */
+#define VHD_WINDOW_BYTES (64ull * 1024 * 1024)
+#define VHD_WINDOW_MAX_BYTES (1024ull * 1024 * 1024)
+
+/* At most this much of a tail's written bytes is read at open to see
+ * whether it holds nothing (vhd_bat_load): what a crash wrote of a window
+ * before the footer, blocks never given a BAT entry, is rarely more, and
+ * a foreign tail of written zeros must not make every open read it. */
+#define VHD_OPEN_TAIL_READ_MAX VHD_WINDOW_BYTES
+
 struct extent_ref {
   uint64_t start, end;
   uint32_t blk; /* UINT32_MAX for metadata */
@@ -210,6 +223,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
    * first: the sectors of a new block never written must read as zeros on
    * disk, also to readers that ignore bitmaps, as past a footer they do. */
   if (!vhd->readonly && used_end < data_end &&
+      vhd_io_allocated_bytes(vhd->fd, used_end, data_end - used_end) <= VHD_OPEN_TAIL_READ_MAX &&
       vhd_range_holds_nothing(vhd, used_end, data_end) == 1 &&
       (vhd_io_range_is_blank(vhd->fd, used_end, data_end - used_end, NULL) == 1 ||
        vhd_io_zero(vhd, used_end, data_end - used_end) == 0)) {
@@ -338,13 +352,6 @@ void vhd_bat_mark_dirty(vhd_t *vhd, uint32_t blk) {
     vhd->dirty_bat_sectors[vhd->n_dirty_bat_sectors++] = sec;
   }
 }
-
-/* Room reserved per footer move: about 64 MiB of blocks, or as much as
- * the handle has allocated since open, up to 1 GiB: a file growing fast
- * moves its footer less often.  What a crash leaves of a window is a hole
- * (a leak, see the write order), and a clean close gives it back. */
-#define VHD_WINDOW_BYTES (64ull * 1024 * 1024)
-#define VHD_WINDOW_MAX_BYTES (1024ull * 1024 * 1024)
 
 static int push_offset(uint64_t **arr, size_t *n, size_t *cap, uint64_t off) {
   if (*n == *cap) {

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "testutil.h"
@@ -113,6 +114,42 @@ int main(void) {
   t_expect_model(v, model, SIZE, "reopened after the close");
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   T_ASSERT((t_check(path) & VHD_CHECK_CORRUPT) == 0, "vhd_check finds the image corrupt");
+
+  /* A tail of written zeros (another writer's slack) is read at open only
+   * up to a bound: 1 MiB of it is taken as window and given back at
+   * close, 65 MiB is left alone, and the file keeps its size. */
+  for (int big = 0; big < 2; big++) {
+    uint64_t zeros = big ? (65ull << 20) : (1ull << 20);
+    CLEANUP_FREE char *zp = strdup(t_path(big ? "zeros-big.vhd" : "zeros.vhd"));
+    t_create(zp, VHD_TYPE_DYNAMIC, SIZE, BS, true, NULL);
+    v = t_open(zp, false);
+    write_model(v, 0, BS);
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    uint64_t fsz = t_file_size(zp);
+    uint8_t footer[512];
+    t_pread_file(zp, footer, sizeof footer, fsz - 512);
+    CLEANUP_FREE uint8_t *z = calloc(1, 1 << 20);
+    T_ASSERT(z != NULL, "calloc");
+    for (uint64_t o = 0; o < zeros; o += 1 << 20)
+      t_pwrite_file(zp, z, 1 << 20, fsz - 512 + o);
+    t_pwrite_file(zp, footer, sizeof footer, fsz - 512 + zeros);
+    v = t_open(zp, false);
+    uint64_t next = v->next_block_offset;
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    if (big) {
+      T_ASSERT(next == fsz - 512 + zeros && t_file_size(zp) == fsz + zeros,
+               "a 65 MiB tail of written zeros was taken at open: new blocks at %llu, the file "
+               "%llu bytes after the close",
+               (unsigned long long)next, (unsigned long long)t_file_size(zp));
+    } else {
+      T_ASSERT(next == fsz - 512 && t_file_size(zp) == fsz,
+               "a 1 MiB tail of written zeros was not taken at open: new blocks at %llu, not "
+               "%llu; the file %llu bytes after the close, not %llu",
+               (unsigned long long)next, (unsigned long long)(fsz - 512),
+               (unsigned long long)t_file_size(zp), (unsigned long long)fsz);
+    }
+    unlink(zp);
+  }
   printf("ok\n");
   return 0;
 }
