@@ -87,7 +87,11 @@ int vhd_lock_replaced(int fd, const char *path, struct vhd_err *err) {
   /* Any lock, a reader's too: a server reading it as a parent would go on
    * reading the old file while its children are meant to read the new. */
   int r = lock_probe(fd, path, F_WRLCK, err);
-  return r < 0 ? r : lock_take(fd, path, F_RDLCK, err);
+  /* A file open for writing only (one its owner may replace but not
+   * read) takes the lock its mode allows. */
+  int fl = fcntl(fd, F_GETFL);
+  short type = fl >= 0 && (fl & O_ACCMODE) == O_WRONLY ? F_WRLCK : F_RDLCK;
+  return r < 0 ? r : lock_take(fd, path, type, err);
 }
 
 static int read_footer(vhd_t *vhd, struct vhd_err *err) {

@@ -123,8 +123,9 @@ int vhd_open(const char *path, const struct vhd_open_opts *opts, vhd_t **out,
 int vhd_close(vhd_t *vhd, struct vhd_err *err);
 
 /* For a command about to replace the file at `path` (a rename over it):
- * takes a read lock on fd, open on that file, which holds while fd stays
- * open, so that no server opens it for writing meanwhile.  Refused with
+ * takes a read lock on fd, open on that file (a write lock when fd is
+ * open for writing only), which holds while fd stays open, so that no
+ * server opens it for writing meanwhile.  Refused with
  * -EBUSY, naming the holder, while any other open file holds a lock on it
  * (an image served, or read as a parent): its server would go on with the
  * old, unlinked file, and what it acknowledged would be lost. */

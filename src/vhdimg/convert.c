@@ -105,6 +105,42 @@ static char *link_target(const char *path) {
   return p;
 }
 
+/* DST, opened to lock it: for reading, or for writing where only that is
+ * allowed (a file its owner made write-only may still be replaced). */
+static int dst_open(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0 && errno == EACCES)
+    fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+  return fd;
+}
+
+/* Just before the rename: the file at DST must still be the one locked at
+ * the start.  Another file put there meanwhile (a copy, an image a server
+ * has just opened) is checked as that one was, and locked in its place;
+ * one removed meanwhile leaves nothing to replace. */
+static int dst_recheck(struct output *o, struct vhd_err *err) {
+  int fd = dst_open(o->path);
+  if (fd < 0)
+    return errno == ENOENT
+               ? 0
+               : set_errno_msg(err, errno, o->path, "opening it again to see whether it is in use");
+  struct stat a, b;
+  if (o->dst_fd >= 0 && fstat(o->dst_fd, &a) == 0 && fstat(fd, &b) == 0 &&
+      a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+    close(fd);
+    return 0;
+  }
+  int r = vhd_lock_replaced(fd, o->path, err);
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  if (o->dst_fd >= 0)
+    close(o->dst_fd);
+  o->dst_fd = fd;
+  return 0;
+}
+
 /* Makes the file the output is written to: a temporary one beside DST, or DST
  * itself when it is a device (a raw output only). */
 static int out_prepare(struct output *o, struct vhd_err *err) {
@@ -135,7 +171,7 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
    * a chain it is a parent of) would go on with the old file, unlinked,
    * and lose every write it acknowledged: refused, as vhdimg's other
    * commands refuse a served image, and locked until the rename. */
-  o->dst_fd = open(o->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  o->dst_fd = dst_open(o->path);
   if (o->dst_fd < 0 && errno != ENOENT)
     return set_errno_msg(err, errno, o->path, "opening it to see whether it is in use");
   if (o->dst_fd >= 0) {
@@ -263,6 +299,8 @@ static int out_commit(struct output *o, struct vhd_err *err) {
       r = rc;
   }
   if (r < 0 || !o->tmp)
+    return r;
+  if ((r = dst_recheck(o, err)) < 0)
     return r;
   if ((r = vhd_io_rename(o->tmp, o->path)) < 0)
     return set_errno_msg(err, -r, o->path, "rename from the temporary file");

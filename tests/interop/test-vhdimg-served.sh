@@ -2,7 +2,9 @@
 # vhdimg on an image that vhdnbd is serving: info, map and convert work
 # (they open without the lock) and see data a client wrote and flushed;
 # convert refuses to rename its output over a served image or parent;
-# check --repair and writers are refused by the lock instead of racing it.
+# check --repair and writers are refused by the lock instead of racing it;
+# a DST served since the convert began is refused too, and a write-only
+# DST is replaced.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires qemu-io
@@ -70,4 +72,56 @@ grep -q "base.vhd: image is locked by process $VHDNBD_PID" conv.out ||
   { cat conv.out >&2; fail "convert over a served child's parent does not name the lock's holder"; }
 stop_vhdnbd
 VHDNBD_PID=$first_pid
+
+# A DST that is not there when convert starts, but served when it is
+# about to rename (a server started on a file put there meanwhile): the
+# rename would take the server's file from under it.  Every sync of the
+# convert is held up by strace, so the image and its server are in place
+# well before the rename.
+if command -v strace >/dev/null && strace -f -o /dev/null -e inject=fdatasync:delay_exit=1 true 2>/dev/null; then
+  rc=0
+  strace -f -o /dev/null -e trace=fsync,fdatasync -e inject=fsync,fdatasync:delay_exit=2000000 \
+    "$VHDIMG" convert -O dynamic other.vhd late.vhd >conv.out 2>&1 &
+  conv_pid=$!
+  for _ in $(seq 200); do
+    ls -a | grep -q '^\.late\.vhd\.' && break
+    sleep 0.05
+  done
+  ls -a | grep -q '^\.late\.vhd\.' || fail "convert into late.vhd made no temporary file"
+  "$VHDIMG" create late.vhd 16M
+  second_pid=$VHDNBD_PID
+  start_vhdnbd "$TMPD/late.sock" late.vhd
+  qemu-io -f raw -c 'write -q -P 0x6c 0 64K' "nbd+unix:///?socket=$TMPD/late.sock"
+  wait $conv_pid || rc=$?
+  [ $rc -eq 1 ] || { cat conv.out >&2; fail "convert over an image served since it began: exit $rc, expected 1"; }
+  grep -q "late.vhd: image is locked by process $VHDNBD_PID" conv.out ||
+    { cat conv.out >&2; fail "convert over an image served since it began does not name the lock's holder"; }
+  qemu-io -f raw -c 'write -q -P 0x6d 64K 4K' -c 'read -q -P 0x6c 0 64K' "nbd+unix:///?socket=$TMPD/late.sock" ||
+    fail "the image served since the convert began lost data"
+  stop_vhdnbd
+  "$VHDIMG" convert -O raw late.vhd late.raw >/dev/null || fail "reading late.vhd"
+  make_raw late.exp "$(info_field late.vhd virtual-size)" 0 64K 0x6c 64K 4K 0x6d
+  cmp late.raw late.exp || fail "late.vhd is not the served image after the refused convert"
+  VHDNBD_PID=$second_pid
+else
+  echo "strace cannot delay system calls here: the rename's second look is not tested" >&2
+fi
+
+# A DST its owner may replace but not read (mode 0200): its lock is taken
+# through a descriptor open for writing, and the convert goes ahead.
+if [ "$(id -u)" = 0 ]; then
+  as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+  chmod 711 "$TMPD" # the user reaches wo/ through it
+else
+  as_user() { "$@"; }
+fi
+mkdir -m 1777 wo
+cp other.vhd wo/src.vhd && chmod 644 wo/src.vhd
+if as_user test -x "$VHDIMG" && as_user sh -c 'echo old >wo/dst.raw && chmod 200 wo/dst.raw'; then
+  as_user "$VHDIMG" convert -O raw wo/src.vhd wo/dst.raw >conv.out 2>&1 ||
+    { cat conv.out >&2; fail "convert over a write-only DST"; }
+  [ "$(stat -c %s wo/dst.raw)" = "$(info_field other.vhd virtual-size)" ] || fail "the write-only DST was not replaced"
+else
+  echo "no unprivileged user can run $VHDIMG here: the write-only DST is not tested" >&2
+fi
 echo "PASS: vhdimg on a served image"
