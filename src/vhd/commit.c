@@ -458,10 +458,9 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
   if ((r = vhd_footer_set_timestamp(p, ts, err)) < 0)
     goto out;
   res->parent_timestamp = ts;
-  r = vhd_close(p, err);
-  p = NULL;
-  if (r < 0)
-    goto out;
+  /* The parent stays open, locked, until the child is emptied or gone:
+   * a writer that got it before would write under a child that still
+   * shadows it, and into what the emptied child then reads. */
   if (o->remove) {
     if ((r = vhd_io_unlink(child)) < 0) {
       r = vhd_set_err(err, r, "%s: removing it: %s", child, strerror(-r));
@@ -483,6 +482,8 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
    * is dirty, nothing to write. */
   vhd_abandon(c);
   c = NULL;
+  r = vhd_close(p, err);
+  p = NULL;
 out:
   free(runs.v);
   if (c)

@@ -283,3 +283,43 @@ else
   [ "$(info_field c/top.vhd allocated-blocks)" = 0 ] || fail "the child was not emptied"
 fi
 cd ..
+
+# The parent stays locked until the child is emptied: a writer that got it
+# before would write under a child still shadowing it.  strace holds up
+# every sync of a commit; meanwhile a probe (F_OFD_GETLK, which takes no
+# lock) must find the parent locked against writers for as long as the
+# child is the old file, once the commit has locked it.
+# locked FILE: exit 0 when a writer's lock on FILE would be refused now.
+locked() {
+  "$PY3" -c '
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fl = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, struct.pack("@hhqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+sys.exit(0 if struct.unpack("@hhqqixxxx", fl)[0] != fcntl.F_UNLCK else 1)' "$1"
+}
+if command -v strace >/dev/null && strace -f -o /dev/null -e inject=fdatasync:delay_exit=1 true 2>/dev/null; then
+  mkdir -p held && cd held
+  "$VHDIMG" create base.vhd 8M >/dev/null
+  "$VHDIMG" create -b base.vhd top.vhd >/dev/null
+  "$WRITE_HELPER" top.vhd 0 64K 0x66
+  old_ino=$(stat -c %i top.vhd)
+  strace -f -o /dev/null -e trace=fsync,fdatasync -e inject=fsync,fdatasync:delay_exit=500000 \
+    "$VHDIMG" commit top.vhd >/dev/null 2>commit.err &
+  commit_pid=$!
+  polls=0 seen=0
+  while kill -0 $commit_pid 2>/dev/null && [ $polls -lt 1000 ]; do
+    polls=$((polls + 1))
+    if locked base.vhd; then
+      seen=$((seen + 1))
+    elif [ $seen -gt 0 ] && [ "$(stat -c %i top.vhd)" = "$old_ino" ]; then
+      fail "the parent was open to writers while the child was not yet emptied (poll $polls)"
+    fi
+    sleep 0.02
+  done
+  wait $commit_pid || { cat commit.err >&2; fail "the held-up commit"; }
+  [ $seen -gt 0 ] || fail "the parent was never seen locked during the commit ($polls polls)"
+  [ "$(info_field top.vhd allocated-blocks)" = 0 ] || fail "the held-up commit did not empty the child"
+  cd ..
+else
+  echo "strace cannot delay system calls here: the parent's lock during the commit is not tested" >&2
+fi
