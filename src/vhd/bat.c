@@ -23,9 +23,10 @@
 
 /* At most this much of a tail's written bytes is read at open to see
  * whether it holds nothing (vhd_bat_load): what a crash wrote of a window
- * before the footer, blocks never given a BAT entry, is rarely more, and
- * a foreign tail of written zeros must not make every open read it. */
-#define VHD_OPEN_TAIL_READ_MAX VHD_WINDOW_BYTES
+ * before the footer, blocks never given a BAT entry, is at most a window;
+ * a longer foreign tail of written zeros (followed by other bytes, so
+ * that no close ever cuts it) must not make every open read it whole. */
+#define VHD_OPEN_TAIL_READ_MAX VHD_WINDOW_MAX_BYTES
 
 struct extent_ref {
   uint64_t start, end;

@@ -180,7 +180,9 @@ static int locator_room(vhd_t *c, uint64_t need, uint64_t *at) {
   if (n < 0)
     return (int)n;
   uint64_t span = (uint64_t)c->bitmap_size + c->block_size;
-  uint64_t limit = c->footer_offset, from = data_start;
+  /* Below where the engine hands out new blocks: a window the release
+   * could not give back (a full file system) is theirs. */
+  uint64_t limit = MIN(c->footer_offset, c->next_block_offset), from = data_start;
   for (ssize_t i = 0; i <= n && from < limit; i++) {
     uint64_t to = i < n ? MIN(u[i].start, limit) : limit;
     uint64_t first = ROUND_UP(from, 512);
@@ -298,33 +300,38 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
   c->footer_offset = new_footer;
   c->next_block_offset = MAX(c->next_block_offset, new_footer);
   c->alloc_floor = MAX(c->alloc_floor, new_footer);
-  if (!in_room)
-    c->cut_floor = new_footer;
+  /* The file may not end before the new locator data. */
+  c->cut_floor = in_room ? MAX(c->cut_floor, base + rel_space + abs_space) : new_footer;
   pthread_mutex_unlock(&c->lock);
 
   /* The old locator data is nobody's now.  Zeroed, its room is blank for
-   * the next relink; a tail that held it goes back.  Both are tidying: a
-   * failure leaves a relinked image whose old data stays unused. */
-  step = "zeroing the old parent locator data";
-  for (int i = 0; i < 8; i++) {
+   * the next relink; a tail that held it goes back.  Both are tidying:
+   * the relink is done, and a failure only leaves the old data unused. */
+  r = 0;
+  for (int i = 0; r == 0 && i < 8; i++) {
     const struct vhd_locator *l = &old_locators[i];
     if (l->code == VHD_PLAT_NONE || l->data_length == 0 || l->data_offset >= c->footer_offset)
       continue;
     at = l->data_offset;
-    if ((r = vhd_io_zero(c, l->data_offset, l->data_length)) < 0)
-      goto io_failed;
+    r = vhd_io_zero(c, l->data_offset, l->data_length);
   }
-  if ((r = vhd_io_sync(c)) < 0)
-    goto io_failed;
+  if (r == 0 && (r = vhd_io_sync(c)) < 0)
+    at = 0;
   uint64_t end = end_without_old_locators(c);
-  if (end < c->cut_floor && end < c->footer_offset &&
+  if (r == 0 && end < c->cut_floor && end < c->footer_offset &&
       vhd_range_holds_nothing(c, end, c->footer_offset) == 1) {
     pthread_mutex_lock(&c->lock);
     c->cut_floor = end;
     pthread_mutex_unlock(&c->lock);
-    if ((r = vhd_window_release(c, err)) < 0)
-      goto out;
+    struct vhd_err cut_err;
+    if (vhd_window_release(c, &cut_err) < 0)
+      vhd_warn(c, "%s (the parent is relinked; the old locator data stays unused)", cut_err.msg);
   }
+  if (r < 0)
+    vhd_warn(c,
+             "%s: zeroing the old parent locator data at offset %llu: %s (the parent is "
+             "relinked; the old data stays unused)",
+             c->path, (unsigned long long)at, strerror(-r));
   r = 0;
   goto out;
 io_failed:

@@ -108,9 +108,10 @@ static char *link_target(const char *path) {
 /* DST, opened to lock it: for reading, or for writing where only that is
  * allowed (a file its owner made write-only may still be replaced). */
 static int dst_open(const char *path) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  /* O_NONBLOCK: a FIFO put at DST meanwhile must not hang the open. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0 && errno == EACCES)
-    fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+    fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   return fd;
 }
 

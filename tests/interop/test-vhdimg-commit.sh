@@ -121,11 +121,12 @@ for i in range(8):
         locs[code] = d[off:off + length].decode("utf-16-le")
 assert locs == {0x57327275: ".\\moved\\renamed.vhd", 0x57326B75: sys.argv[2]}, locs
 PYEOF
-  # The first rebase found no room among the blocks and put its locator
-  # data past the last one; the second reuses the room the first gave up,
-  # so no locator data is left past the last block, and the file ends
-  # there (locator data there would keep any compaction from giving back
-  # the space below it).
+  # Locator data goes where it can stay: a rebase that finds no room
+  # among the blocks (this chain's first: its blocks follow the locators
+  # with at most 512 bytes between) puts it past the last block, and the
+  # next one reuses the room the first gave up.  So no locator data is
+  # left past the last block, and the file ends there (locator data there
+  # would keep any compaction from giving back the space below it).
   "$PY3" - top.vhd <<'PYEOF' || fail "bs $bs: locator data past the last block after two rebases"
 import struct, sys
 d = open(sys.argv[1], "rb").read()
@@ -288,14 +289,15 @@ cd ..
 # before would write under a child still shadowing it.  strace holds up
 # every sync of a commit; meanwhile a probe (F_OFD_GETLK, which takes no
 # lock) must find the parent locked against writers for as long as the
-# child is the old file, once the commit has locked it.
-# locked FILE: exit 0 when a writer's lock on FILE would be refused now.
-locked() {
+# child is the old file, once the commit has taken the parent's write lock.
+# lock_on FILE: the lock a writer's would meet on FILE now: w (a writer
+# holds it), r (readers: a child open for writing reads its parent) or -.
+lock_on() {
   "$PY3" -c '
 import fcntl, os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
 fl = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, struct.pack("@hhqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-sys.exit(0 if struct.unpack("@hhqqixxxx", fl)[0] != fcntl.F_UNLCK else 1)' "$1"
+print({fcntl.F_WRLCK: "w", fcntl.F_RDLCK: "r"}.get(struct.unpack("@hhqqixxxx", fl)[0], "-"))' "$1"
 }
 if command -v strace >/dev/null && strace -f -o /dev/null -e inject=fdatasync:delay_exit=1 true 2>/dev/null; then
   mkdir -p held && cd held
@@ -309,15 +311,16 @@ if command -v strace >/dev/null && strace -f -o /dev/null -e inject=fdatasync:de
   polls=0 seen=0
   while kill -0 $commit_pid 2>/dev/null && [ $polls -lt 1000 ]; do
     polls=$((polls + 1))
-    if locked base.vhd; then
+    lock=$(lock_on base.vhd)
+    if [ "$lock" = w ]; then
       seen=$((seen + 1))
-    elif [ $seen -gt 0 ] && [ "$(stat -c %i top.vhd)" = "$old_ino" ]; then
+    elif [ $seen -gt 0 ] && [ "$lock" = - ] && [ "$(stat -c %i top.vhd)" = "$old_ino" ]; then
       fail "the parent was open to writers while the child was not yet emptied (poll $polls)"
     fi
     sleep 0.02
   done
   wait $commit_pid || { cat commit.err >&2; fail "the held-up commit"; }
-  [ $seen -gt 0 ] || fail "the parent was never seen locked during the commit ($polls polls)"
+  [ $seen -gt 0 ] || fail "the parent was never seen write-locked during the commit ($polls polls)"
   [ "$(info_field top.vhd allocated-blocks)" = 0 ] || fail "the held-up commit did not empty the child"
   cd ..
 else

@@ -327,9 +327,28 @@ static void expect_rebased(const char *parent_name) {
   not_corrupt(top);
 }
 
+/* Where the child's parent locator data ends in its file. */
+static uint64_t locators_end(const char *path) {
+  uint8_t h[1024];
+  t_pread_file(path, h, sizeof h, 512);
+  uint64_t end = 0;
+  for (int i = 0; i < 8; i++) {
+    const uint8_t *l = h + 576 + 24 * i;
+    uint64_t len = (uint64_t)l[8] << 24 | (uint64_t)l[9] << 16 | (uint64_t)l[10] << 8 | l[11];
+    uint64_t off = 0;
+    for (int b = 0; b < 8; b++)
+      off = off << 8 | l[16 + b];
+    if (l[0] | l[1] | l[2] | l[3])
+      end = end > off + len ? end : off + len;
+  }
+  return end;
+}
+
 /* lose: a crash also loses every write to the child since its last sync,
- * as a power cut may (all of a rebase's writes go to the child). */
-static void test_rebase_crashes(bool lose) {
+ * as a power cut may (all of a rebase's writes go to the child).  room:
+ * the child has room for the new locator data among its blocks, which a
+ * rebase without a fault must take (below `room`), else 0. */
+static void test_rebase_crashes(bool lose, uint64_t room) {
   char top[PATH_MAX], base2[PATH_MAX];
   snprintf(top, sizeof top, "%s", t_path("top.vhd"));
   snprintf(base2, sizeof base2, "%s", t_path("base2.vhd"));
@@ -342,6 +361,9 @@ static void test_rebase_crashes(bool lose) {
     struct vhd_compact_result cr;
     struct vhd_err err = {{0}};
     T_OK(vhd_rebase(top, &o, &res, &err), &err, "vhd_rebase without a fault");
+    T_ASSERT(room == 0 || locators_end(top) <= room,
+             "the new locator data ends at %llu, not in the room below %llu",
+             (unsigned long long)locators_end(top), (unsigned long long)room);
     T_OK(vhd_compact(top, &co, &cr, &err), &err, "vhd_compact");
     clean_size = t_file_size(top);
   }
@@ -520,11 +542,30 @@ int main(void) {
     save_all();
     test_commit_crashes(false);
     test_commit_crashes(true);
-    test_rebase_crashes(false);
+    test_rebase_crashes(false, 0);
     if (sizes[i] == 4096)
-      test_rebase_crashes(true);
+      test_rebase_crashes(true, 0);
     test_rebase_unsafe_crashes();
     test_refusals();
+  }
+  /* A child whose locator data an earlier rebase moved past its blocks
+   * (a rebase -u onto the same parent), leaving room after the BAT: the
+   * rebase's crash points with the new data going into that room. */
+  {
+    printf("block size 65536, locator room after the BAT\n");
+    build_chain(65536);
+    char top[PATH_MAX], mid[PATH_MAX];
+    snprintf(top, sizeof top, "%s", t_path("top.vhd"));
+    snprintf(mid, sizeof mid, "%s", t_path("mid.vhd"));
+    uint64_t first = locators_end(top);
+    struct vhd_rebase_opts o = {.new_parent = mid, .unsafe = true};
+    struct vhd_rebase_result res;
+    struct vhd_err err = {{0}};
+    T_OK(vhd_rebase(top, &o, &res, &err), &err, "vhd_rebase -u onto the same parent");
+    T_ASSERT(locators_end(top) > first, "rebase -u put the locator data at %llu, among the blocks",
+             (unsigned long long)locators_end(top));
+    save_all();
+    test_rebase_crashes(false, (first + 511) / 512 * 512);
   }
   free(base_m);
   free(mid_m);
