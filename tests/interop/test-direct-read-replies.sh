@@ -4,7 +4,9 @@
 # its reply is all data (a simple reply, or one data chunk) of less than
 # 128 KiB, that worker sends header and data itself, with no hand-off back
 # to the loop.  The client drops the image's pages before every READ
-# (POSIX_FADV_DONTNEED after a flush), so every READ waits for the disk:
+# (POSIX_FADV_DONTNEED after a flush, repeated until mincore finds none
+# cached: a readahead may still be filling them), so every READ counted
+# waits for the disk:
 #  - libnbd, structured and simple replies, 4 KiB to 124 KiB, plus READs
 #    over holes (several chunks: the loop builds those): every byte checked;
 #    vhdnbd_replies_from_workers_total counts at least 80 % of the all-data
@@ -23,7 +25,7 @@ qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$img" $((16 * M))
 
 cat >"$TMPD/cold.py" <<'PY'
 # cold.py SOCK IMG STRUCTURED: prints how many all-data READs it made.
-import os, random, sys, nbd
+import ctypes, os, random, sys, time, nbd
 sock, img, structured = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 h = nbd.NBD()
 h.set_request_structured_replies(structured)
@@ -38,16 +40,38 @@ for off in range(0, 4 * M, M):  # data in [0, 4M); 4M on never written
     model[off:off + M] = d
 h.flush()
 fd = os.open(img, os.O_RDONLY)
+# The image's pages in the page cache (mincore of a mapping, which brings
+# none in): a readahead the server started for one READ may still be
+# filling pages when the next DONTNEED runs, and they would serve the next
+# READ from the cache.  Only READs made with none cached count.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+fsize = os.fstat(fd).st_size
+addr = libc.mmap(None, fsize, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+assert addr not in (None, ctypes.c_void_p(-1).value), "mmap of the image failed"
+pages = (ctypes.c_ubyte * ((fsize + 4095) // 4096))()
+def cached():
+    assert libc.mincore(addr, fsize, pages) == 0, "mincore: errno %d" % ctypes.get_errno()
+    return sum(p & 1 for p in pages)
+def drop():
+    for _ in range(200):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        time.sleep(0.002)
+        if cached() == 0:
+            return True
+    return False
 n = 0
 for i in range(120):
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    cold = drop()
     size = rng.choice([4096, 65536, 126976])
     if i % 6 == 5:
         # Across the end of the data: data, then a hole.
         off = 4 * M - size // 2
     else:
         off = rng.randrange((4 * M - size) // 512) * 512
-        n += 1
+        n += cold
     got = h.pread(size, off)
     assert got == bytes(model[off:off + size]), \
         "READ %d of %d bytes at %d (structured %s) returned other bytes" % (i, size, off, structured)
