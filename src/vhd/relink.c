@@ -5,9 +5,10 @@
  * Where the new locator data goes: into blank room too small for a block
  * (the padding before an aligned block, the area an earlier relink gave
  * up), where nothing refers to it and it can stay for good; only where
- * there is none, past every block, with the footer moved after it.  Data past the last block would pin the end of the file: no
- * compaction could give back the space below it, since locator data is
- * not the engine's to move.
+ * there is none, past every block, with the footer moved after it.  Data
+ * past the last block would pin the end of the file: no compaction could
+ * give back the space below it, since locator data is not the engine's to
+ * move.
  *
  * Write order, so that a crash at any instant leaves a child that opens and
  * finds a parent:
@@ -315,23 +316,22 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
     at = l->data_offset;
     r = vhd_io_zero(c, l->data_offset, l->data_length);
   }
+  const char *what = "zeroing the old parent locator data at offset";
   if (r == 0 && (r = vhd_io_sync(c)) < 0)
-    at = 0;
+    what = "syncing the zeroed old parent locator data, last at offset";
   uint64_t end = end_without_old_locators(c);
   if (r == 0 && end < c->cut_floor && end < c->footer_offset &&
       vhd_range_holds_nothing(c, end, c->footer_offset) == 1) {
     pthread_mutex_lock(&c->lock);
     c->cut_floor = end;
     pthread_mutex_unlock(&c->lock);
-    struct vhd_err cut_err;
+    struct vhd_err cut_err = {{0}};
     if (vhd_window_release(c, &cut_err) < 0)
       vhd_warn(c, "%s (the parent is relinked; the old locator data stays unused)", cut_err.msg);
   }
   if (r < 0)
-    vhd_warn(c,
-             "%s: zeroing the old parent locator data at offset %llu: %s (the parent is "
-             "relinked; the old data stays unused)",
-             c->path, (unsigned long long)at, strerror(-r));
+    vhd_warn(c, "%s: %s %llu: %s (the parent is relinked; the old data stays unused)",
+             c->path, what, (unsigned long long)at, strerror(-r));
   r = 0;
   goto out;
 io_failed:
