@@ -21,6 +21,14 @@
  *     it.  Old places below the end are then zeroed.  A crash before the
  *     cut leaves old places that are copies of blocks in use; a rerun
  *     knows them as such and takes them as free (add_blank).
+ *  4. Parent locator data that lies past every block (where a rebase puts
+ *     it when there is no room among the blocks) would keep the file from
+ *     ending after the blocks: it is copied, byte for byte, to the blank
+ *     space right after them and synced, the header is switched to the
+ *     copy and synced, and the footer is cut down after it as in 3.  The
+ *     copy is nothing until the switch and the old data nothing after it
+ *     (copies of the live locator data: vhd_range_holds_nothing), so a
+ *     crash leaves at most bytes a rerun takes as free.
  */
 #include "config.h"
 
@@ -30,6 +38,7 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "endian-be.h"
 #include "vhd-internal.h"
 
 #define COPY_CHUNK (1024u * 1024)
@@ -122,10 +131,9 @@ static uint64_t structures_end(const vhd_t *vhd) {
 }
 
 /* The parent locators' data areas past floor, with the room they reserve,
- * sorted: they stay where they are, and blocks move around them.  Blocks
- * past a locator move below it, but the file cannot end before it: a
- * locator past every block (an older rebase's, another tool's) keeps the
- * space below it (vhd_header_relink writes new ones where they can stay). */
+ * sorted: blocks move around them.  Those past every block (a rebase's
+ * with no room among the blocks, another tool's) move down after the
+ * blocks at the end (step 4); the others stay where they are. */
 static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8]) {
   size_t n = 0;
   for (int i = 0; i < 8; i++) {
@@ -136,6 +144,78 @@ static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8])
   }
   qsort(out, n, sizeof *out, seg_cmp);
   return n;
+}
+
+/* Where the parent locator data past `from` (the end of the blocks) can
+ * go: *dst, its span [*s, *e) and the locators in it as a mask, or 0 when
+ * none lies wholly past `from` or moving would not shorten the file.  The
+ * span moves as one: what lies between its locators is blank (add_blank
+ * found nothing there that would have ended the blocks past it). */
+static unsigned locators_past(const vhd_t *vhd, uint64_t from, uint64_t *dst, uint64_t *s,
+                              uint64_t *e) {
+  unsigned mask = 0;
+  uint64_t to = from;
+  *s = UINT64_MAX;
+  *e = 0;
+  for (int i = 0; i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code == VHD_PLAT_NONE || !l->data_length)
+      continue;
+    uint64_t a = ROUND_DOWN(l->data_offset, 512), b = ROUND_UP(vhd_locator_area_end(l), 512);
+    if (a < from) {
+      to = MAX(to, b); /* stays: one reaching past the blocks keeps its room */
+      continue;
+    }
+    mask |= 1u << i;
+    *s = MIN(*s, a);
+    *e = MAX(*e, b);
+  }
+  /* The copy may not overlap the live data, which must stay whole until
+   * the header is switched; a span just above the blocks stays put. */
+  *dst = ROUND_UP(to, 512);
+  return mask && *dst + (*e - *s) <= *s ? mask : 0;
+}
+
+/* 4. The locator data past the blocks moved down to right after them, the
+ * header switched to it, the file cut after it (see the top comment). */
+static int locators_move_down(struct compact *c, unsigned mask, uint64_t dst, uint64_t s,
+                              uint64_t e, uint8_t *buf) {
+  vhd_t *vhd = c->vhd;
+  uint64_t delta = s - dst;
+  int r;
+  for (uint64_t d = s; d < e;) {
+    size_t n = (size_t)MIN(e - d, (uint64_t)COPY_CHUNK);
+    if ((r = vhd_io_pread(vhd->fd, buf, n, d)) < 0)
+      return vhd_set_err(c->err, r, "%s: reading parent locator data at offset %llu: %s",
+                         vhd->path, (unsigned long long)d, strerror(-r));
+    if ((r = vhd_io_pwrite(vhd, buf, n, d - delta)) < 0)
+      return vhd_set_err(c->err, r, "%s: copying parent locator data to offset %llu: %s",
+                         vhd->path, (unsigned long long)(d - delta), strerror(-r));
+    d += n;
+  }
+  if ((r = vhd_io_sync(vhd)) < 0)
+    return vhd_set_err(c->err, r, "%s: fdatasync after copying parent locator data: %s",
+                       vhd->path, strerror(-r));
+  uint8_t raw[VHD_HEADER_SIZE];
+  if ((r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset)) < 0)
+    return vhd_set_err(c->err, r, "%s: reading the header at offset %llu: %s", vhd->path,
+                       (unsigned long long)vhd->header_offset, strerror(-r));
+  /* Only the data offsets change: everything else stays as it is on disk. */
+  for (int i = 0; i < 8; i++)
+    if (mask & (1u << i)) {
+      uint8_t *f = raw + 576 + 24 * i + 16;
+      be64_store(f, be64_load(f) - delta);
+    }
+  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+  if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset)) < 0 ||
+      (r = vhd_io_sync(vhd)) < 0)
+    return vhd_set_err(c->err, r, "%s: writing the header at offset %llu: %s", vhd->path,
+                       (unsigned long long)vhd->header_offset, strerror(-r));
+  vhd_header_decode(raw, &vhd->header);
+  if ((r = vhd_io_footer_cut(vhd, dst + (e - s), false)) < 0)
+    return vhd_set_err(c->err, r, "%s: moving the footer to offset %llu: %s", vhd->path,
+                       (unsigned long long)(dst + (e - s)), strerror(-r));
+  return 0;
 }
 
 static int push_seg(struct seg **v, size_t *n, size_t *cap, uint64_t a, uint64_t b) {
@@ -648,12 +728,16 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   for (size_t k = 0; k < nk; k++)
     end = MAX(end, (dest[k] ? dest[k] : kept[k].off) + c.span);
   end = ROUND_UP(end, 512);
-  /* Parent locator data stays where it is (it is not the engine's to
-   * move): the file ends past it. */
+  uint64_t loc_dst = 0, loc_s = 0, loc_e = 0;
+  unsigned loc_mask = locators_past(vhd, end, &loc_dst, &loc_s, &loc_e);
+  /* Blocks move around parent locator data (step 2); the file ends past
+   * it until step 4 has moved what lies past the blocks. */
   for (size_t i = 0; i < nl; i++)
     end = MAX(end, loc[i].end);
-  if (end < footer)
-    res->file_size_after = end + VHD_FOOTER_SIZE;
+  uint64_t final_end = loc_mask ? loc_dst + (loc_e - loc_s) : end;
+  if (final_end < footer)
+    res->file_size_after = final_end + VHD_FOOTER_SIZE;
+  res->locators_moved = (uint32_t)__builtin_popcount(loc_mask);
   if (o->dry_run) {
     r = 0;
     goto out;
@@ -727,6 +811,9 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     vhd_set_err(err, r, "%s: fdatasync after zeroing old places: %s", path, strerror(-r));
     goto out;
   }
+  /* 4. After the cut and the zeroing: the copy goes into blank space. */
+  if (loc_mask && (r = locators_move_down(&c, loc_mask, loc_dst, loc_s, loc_e, buf)) < 0)
+    goto out;
   r = 0;
 out:
   free(scan.ix.v);

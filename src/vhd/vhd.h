@@ -397,6 +397,7 @@ struct vhd_compact_result {
   uint64_t file_size_before, file_size_after; /* after: would be, with dry_run */
   uint32_t blocks_freed, blocks_moved;
   uint32_t blocks_kept_batmap; /* blank, but Xen's batmap marks them full */
+  uint32_t locators_moved;     /* parent locators whose data moved down after the blocks */
 };
 int vhd_compact(const char *path, const struct vhd_compact_opts *opts,
                 struct vhd_compact_result *res, struct vhd_err *err);

@@ -85,14 +85,18 @@ int cmd_compact(int argc, char **argv) {
     json_put_string(stdout, file);
     printf(", \"dry-run\": %s, \"file-size-before\": %" PRIu64 ", \"file-size-after\": %" PRIu64
            ", \"bytes-reclaimed\": %" PRIu64 ", \"blocks-freed\": %" PRIu32
-           ", \"blocks-moved\": %" PRIu32 ", \"blocks-kept-batmap\": %" PRIu32 "}\n",
+           ", \"blocks-moved\": %" PRIu32 ", \"blocks-kept-batmap\": %" PRIu32
+           ", \"locators-moved\": %" PRIu32 "}\n",
            opts.dry_run ? "true" : "false", res.file_size_before, res.file_size_after, gain,
-           res.blocks_freed, res.blocks_moved, res.blocks_kept_batmap);
+           res.blocks_freed, res.blocks_moved, res.blocks_kept_batmap, res.locators_moved);
   } else {
     printf("%s: %s %" PRIu64 " bytes (file size %" PRIu64 " -> %" PRIu64
            "; blocks of zeros freed: %" PRIu32 ", blocks moved: %" PRIu32 ")\n",
            file, opts.dry_run ? "would reclaim" : "reclaimed", gain, res.file_size_before,
            res.file_size_after, res.blocks_freed, res.blocks_moved);
+    if (res.locators_moved)
+      printf("%s: %s the data of %" PRIu32 " parent locators down after the blocks\n", file,
+             opts.dry_run ? "would move" : "moved", res.locators_moved);
     if (res.blocks_kept_batmap)
       printf("%s: %" PRIu32 " blocks of zeros kept: Xen's batmap marks them fully written\n",
              file, res.blocks_kept_batmap);

@@ -3,7 +3,8 @@
 # and by QEMU) get shorter, --dry-run predicts it without writing, --json
 # reports it, a compaction cut short at any operation is finished by a rerun, and qemu-img (dynamic) and libvhdi (every type, a chain of 3
 # whose zeros over parent data must stay) read the same disk before and
-# after; a fixed image and an image being served are refused.
+# after; parent locator data past the blocks moves down after them; a
+# fixed image and an image being served are refused.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires qemu-img
@@ -160,6 +161,49 @@ compact_checked top.vhd 2 1
 reads_as chain.raw top.vhd mid.vhd base.vhd
 
 # --- refusals ----------------------------------------------------------------
+# Parent locator data past the blocks (a rebase that found no room among
+# them put it there) moves down after them: the file ends right after it,
+# and the header's W2ru and W2ku locators still hold the parent's paths.
+mkdir -p loc && cd loc
+# 64 KiB blocks: no 4 KiB alignment padding among them to take the data.
+"$VHDIMG" create --block-size 64K base.vhd 8M >/dev/null
+"$WRITE_HELPER" base.vhd 0 2M 0x11
+"$VHDIMG" create -b base.vhd top.vhd >/dev/null
+"$WRITE_HELPER" top.vhd 1M 2M 0x22 6M 1M 0   # the last block: zeros over zeros
+"$VHDIMG" rebase -u -b base.vhd top.vhd || fail "rebase -u onto the same parent"
+make_raw loc.exp "$(info_field base.vhd virtual-size)" 0 2M 0x11 1M 2M 0x22
+# locators_end IMAGE: where the header's locator data ends; fails unless the
+# locators hold the relative and absolute paths of base.vhd.
+locators_end() {
+  "$PY3" - "$1" "$(pwd -P)/base.vhd" <<'PYEOF'
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+h = d[512:1536]
+locs, end = {}, 0
+for i in range(8):
+    code, space, length, _, off = struct.unpack(">IIIIQ", h[576 + 24 * i:600 + 24 * i])
+    if code:
+        locs[code] = d[off:off + length].decode("utf-16-le")
+        end = max(end, off + space)
+assert locs == {0x57327275: ".\\base.vhd", 0x57326B75: sys.argv[2]}, locs
+print(end)
+PYEOF
+}
+before_end=$(locators_end top.vhd) || fail "the locators after rebase -u"
+[ "$(stat -c %s top.vhd)" = $((before_end + 512)) ] ||
+  fail "rebase -u left the locator data among the blocks ($before_end)"
+out=$("$VHDIMG" compact --json top.vhd) || fail "compact of a child with locator data past its blocks"
+[ "$(json_field locators-moved <<<"$out")" = 2 ] || fail "compact moved no locator: $out"
+[ "$(json_field blocks-freed <<<"$out")" = 16 ] || fail "compact did not free the 16 blocks of zeros: $out"
+end=$(locators_end top.vhd) || fail "the locators after compact"
+[ "$end" -lt "$before_end" ] || fail "the locator data stayed at $end"
+[ "$(stat -c %s top.vhd)" = $((end + 512)) ] ||
+  fail "the file is $(stat -c %s top.vhd) bytes; it should end right after the locator data ($end)"
+reads_as loc.exp top.vhd base.vhd
+out=$("$VHDIMG" compact --json top.vhd) || fail "compact again"
+[ "$(json_field bytes-reclaimed <<<"$out")" = 0 ] || fail "a second compact still did something: $out"
+cd ..
+
 "$VHDIMG" create -t fixed f.vhd 1M
 expect_exit 1 "$VHDIMG" compact f.vhd 2>err.out
 grep -q fixed err.out || { cat err.out >&2; fail "compact of a fixed image: no reason given"; }

@@ -12,7 +12,9 @@
  * nothing vhd_check calls corrupt, keep the foreign bytes, and a second
  * vhd_compact must succeed with the same content.  The run without a fault
  * must give the expected counts and file size, and --dry-run must have
- * predicted them without changing a byte. */
+ * predicted them without changing a byte.  A child whose parent locator
+ * data lies past its blocks must have it moved down after them, with the
+ * header pointing at the whole data at every crash point. */
 #include "config.h"
 
 #include <errno.h>
@@ -139,6 +141,48 @@ static void build_differencing(const char *path) {
   T_OK(vhd_close(v, &err), &err, "vhd_close");
 }
 
+/* A child whose parent locator data a rebase -u moved past its blocks, as
+ * a rebase does when it finds no room among them: blocks freed below it
+ * let the compaction move the data down after the blocks (step 4). */
+static struct {
+  uint8_t code[4];
+  uint32_t len;
+  uint8_t data[512];
+} locs[8];
+static int n_locs;
+
+/* Each locator the header lists, with the bytes its data holds. */
+static int read_locators(const char *path, __typeof__(locs) out) {
+  uint8_t hdr[1024];
+  t_pread_file(path, hdr, sizeof hdr, 512);
+  int n = 0;
+  for (int i = 0; i < 8; i++) {
+    const uint8_t *l = hdr + 576 + 24 * i;
+    uint32_t len = (uint32_t)l[8] << 24 | (uint32_t)l[9] << 16 | (uint32_t)l[10] << 8 | l[11];
+    uint64_t off = 0;
+    for (int b = 0; b < 8; b++)
+      off = off << 8 | l[16 + b];
+    if (!(l[0] | l[1] | l[2] | l[3]))
+      continue;
+    T_ASSERT(len <= sizeof out[n].data, "locator %d: %u bytes", i, len);
+    memcpy(out[n].code, l, 4);
+    out[n].len = len;
+    t_pread_file(path, out[n].data, len, off);
+    n++;
+  }
+  return n;
+}
+
+static void build_locators_past(const char *path) {
+  build_differencing(path);
+  struct vhd_rebase_opts o = {.new_parent = parent_path, .unsafe = true};
+  struct vhd_rebase_result res;
+  struct vhd_err err = {{0}};
+  T_OK(vhd_rebase(path, &o, &res, &err), &err, "vhd_rebase -u onto the same parent");
+  n_locs = read_locators(path, locs);
+  T_ASSERT(n_locs == 2, "%d parent locators after the rebase", n_locs);
+}
+
 static void verify(const char *path, const char *when) {
   int c = t_check(path);
   T_ASSERT(!(c & VHD_CHECK_CORRUPT), "%s: vhd_check finds corruption (0x%x)", when, c);
@@ -152,6 +196,17 @@ static void verify(const char *path, const char *when) {
   for (uint64_t i = 0; i < SIZE; i++)
     T_ASSERT(buf[i] == model[i], "%s: byte at %llu reads 0x%02x, expected 0x%02x", when,
              (unsigned long long)i, buf[i], model[i]);
+  if (n_locs) {
+    /* The header's locators always point at their whole data. */
+    __typeof__(locs) now;
+    T_ASSERT(read_locators(path, now) == n_locs, "%s: the number of parent locators changed",
+             when);
+    for (int i = 0; i < n_locs; i++)
+      T_ASSERT(memcmp(now[i].code, locs[i].code, 4) == 0 && now[i].len == locs[i].len &&
+                   memcmp(now[i].data, locs[i].data, locs[i].len) == 0,
+               "%s: parent locator %d (%.4s) no longer points at its data", when, i,
+               (const char *)locs[i].code);
+  }
   if (foreign_off) {
     uint8_t now[SPAN];
     T_ASSERT(t_file_size(path) >= foreign_off + SPAN + 512, "%s: the file ends before the foreign bytes",
@@ -163,7 +218,7 @@ static void verify(const char *path, const char *when) {
 }
 
 static void run(const char *name, void (*build)(const char *), uint32_t want_freed,
-                uint32_t want_moved) {
+                uint32_t want_moved, uint32_t want_locators) {
   CLEANUP_FREE char *start = strdup(t_path("start.vhd")), *work = strdup(t_path("work.vhd"));
   remove(start);
   build(start);
@@ -174,9 +229,11 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
   uint64_t hash = t_file_hash(start);
   T_OK(vhd_compact(start, &dopts, &dry, &err), &err, "vhd_compact --dry-run");
   T_ASSERT(t_file_hash(start) == hash, "%s: --dry-run changed the file", name);
-  T_ASSERT(dry.blocks_freed == want_freed && dry.blocks_moved == want_moved,
-           "%s: dry run: %u freed, %u moved; expected %u and %u", name, dry.blocks_freed,
-           dry.blocks_moved, want_freed, want_moved);
+  T_ASSERT(dry.blocks_freed == want_freed && dry.blocks_moved == want_moved &&
+               dry.locators_moved == want_locators,
+           "%s: dry run: %u freed, %u moved, %u locators moved; expected %u, %u and %u", name,
+           dry.blocks_freed, dry.blocks_moved, dry.locators_moved, want_freed, want_moved,
+           want_locators);
   T_ASSERT(dry.file_size_before == t_file_size(start), "%s: size before", name);
   unsigned crashes = 0;
   for (long n = 0;; n++) {
@@ -191,6 +248,7 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
         t_track_unsynced(false);
         T_OK(r, &err, "vhd_compact");
         T_ASSERT(res.blocks_freed == dry.blocks_freed && res.blocks_moved == dry.blocks_moved &&
+                     res.locators_moved == dry.locators_moved &&
                      res.file_size_after == dry.file_size_after,
                  "%s: the dry run predicted %u/%u/%llu, the compaction did %u/%u/%llu", name,
                  dry.blocks_freed, dry.blocks_moved, (unsigned long long)dry.file_size_after,
@@ -202,7 +260,7 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
         verify(work, t_fmt("%s: after compacting", name));
         /* Compacting again finds nothing more. */
         T_OK(vhd_compact(work, &opts, &res, &err), &err, "vhd_compact again");
-        T_ASSERT(res.blocks_freed == 0 && res.blocks_moved == 0 &&
+        T_ASSERT(res.blocks_freed == 0 && res.blocks_moved == 0 && res.locators_moved == 0 &&
                      res.file_size_after == res.file_size_before,
                  "%s: a second compaction still did %u/%u", name, res.blocks_freed,
                  res.blocks_moved);
@@ -221,6 +279,10 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
       T_OK(vhd_compact(work, &opts, &res, &err), &err, "vhd_compact after a crash");
       verify(work, t_fmt("%s: compacted again %s", name, when));
       T_ASSERT(t_file_size(work) <= dry.file_size_before, "%s: the file grew", when);
+      /* What a compaction cut short leaves, a rerun takes: nothing stays. */
+      T_ASSERT(t_file_size(work) == dry.file_size_after,
+               "%s: compacted again, the file is %llu bytes; one never cut short leaves %llu", when,
+               (unsigned long long)t_file_size(work), (unsigned long long)dry.file_size_after);
     }
   }
 }
@@ -248,10 +310,13 @@ int main(void) {
   refusals();
   /* dynamic: blocks 1, 5 and 12 freed; 13, 11, 10 move down into 1, 4's gap
    * and 5 (the foreign bytes of 3 stay); 9 has no free slot below it. */
-  run("dynamic", build_dynamic, 3, 3);
-  run("adjacent", build_adjacent, 2, 3);
-  run("adjacent-packed", build_adjacent_packed, 2, 3);
+  run("dynamic", build_dynamic, 3, 3, 0);
+  run("adjacent", build_adjacent, 2, 3, 0);
+  run("adjacent-packed", build_adjacent_packed, 2, 3, 0);
   /* differencing: blocks 5 and 7 freed; 8 moves into 5's place. */
-  run("differencing", build_differencing, 2, 1);
+  run("differencing", build_differencing, 2, 1, 0);
+  /* The same with the locator data past block 8: it follows the blocks. */
+  run("locators-past-blocks", build_locators_past, 2, 1, 2);
+  n_locs = 0;
   return 0;
 }
