@@ -28,20 +28,78 @@
  * that no close ever cuts it) must not make every open read it whole. */
 #define VHD_OPEN_TAIL_READ_MAX VHD_WINDOW_MAX_BYTES
 
-struct extent_ref {
-  uint64_t start, end;
-  uint32_t blk; /* UINT32_MAX for metadata */
-  const char *what;
-};
-
-static int extent_cmp(const void *a, const void *b) {
-  const struct extent_ref *x = a, *y = b;
+static int used_cmp(const void *a, const void *b) {
+  const struct vhd_used *x = a, *y = b;
   return x->start < y->start ? -1 : x->start > y->start;
 }
 
 uint64_t vhd_locator_area_end(const struct vhd_locator *l) {
   uint64_t space = l->data_space >= l->data_length ? l->data_space : (uint64_t)l->data_space * 512;
   return ROUND_UP(l->data_offset + MAX(space, (uint64_t)l->data_length), 512);
+}
+
+uint64_t vhd_structures_end(const vhd_t *vhd) {
+  uint64_t end = vhd->header_offset + VHD_HEADER_SIZE;
+  end = MAX(end, vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512));
+  if (vhd->batmap) {
+    end = MAX(end, vhd->batmap_header_offset + 512);
+    end = MAX(end, vhd->batmap_offset + vhd->batmap_len);
+  }
+  return ROUND_UP(end, 512);
+}
+
+ssize_t vhd_used_extents(const vhd_t *vhd, unsigned flags, struct vhd_used **out) {
+  uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+  bool freed = flags & VHD_USED_FREED;
+  /* Counted first: a 2 TiB image has a million entries, mostly unused. */
+  size_t cap = 5 + 8;
+  for (uint32_t i = 0; i < vhd->max_entries; i++)
+    cap += vhd->bat[i] != VHD_BAT_UNUSED;
+  if (freed)
+    cap += vhd->n_free_pending + vhd->n_free_ready + vhd->n_retired;
+  struct vhd_used *u = malloc(cap * sizeof *u);
+  if (!u)
+    return -ENOMEM;
+  size_t n = 0;
+  uint64_t bat_off = vhd->header.table_offset;
+  u[n++] = (struct vhd_used){0, VHD_FOOTER_SIZE, UINT32_MAX, "the footer copy"};
+  u[n++] = (struct vhd_used){vhd->header_offset, vhd->header_offset + VHD_HEADER_SIZE,
+                             UINT32_MAX, "the dynamic header"};
+  u[n++] = (struct vhd_used){bat_off, bat_off + (uint64_t)vhd->max_entries * 4, UINT32_MAX,
+                             "the BAT"};
+  if (vhd->batmap) {
+    u[n++] = (struct vhd_used){vhd->batmap_header_offset, vhd->batmap_header_offset + 512,
+                               UINT32_MAX, "the Xen batmap header"};
+    u[n++] = (struct vhd_used){vhd->batmap_offset, vhd->batmap_offset + vhd->batmap_len,
+                               UINT32_MAX, "the Xen batmap"};
+  }
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length)
+      u[n++] = (struct vhd_used){l->data_offset,
+                                 flags & VHD_USED_LOCATOR_ROOM
+                                     ? vhd_locator_area_end(l)
+                                     : l->data_offset + l->data_length,
+                                 UINT32_MAX, "parent locator data"};
+  }
+  for (uint32_t i = 0; i < vhd->max_entries; i++)
+    if (vhd->bat[i] != VHD_BAT_UNUSED)
+      u[n++] = (struct vhd_used){(uint64_t)vhd->bat[i] * 512, (uint64_t)vhd->bat[i] * 512 + span,
+                                 i, NULL};
+  uint64_t mask = ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
+  for (size_t i = 0; freed && i < vhd->n_free_pending; i++)
+    u[n++] = (struct vhd_used){vhd->free_pending[i] & mask,
+                               (vhd->free_pending[i] & mask) + span, UINT32_MAX, "a freed block"};
+  for (size_t i = 0; freed && i < vhd->n_free_ready; i++)
+    u[n++] = (struct vhd_used){vhd->free_ready[i] & mask, (vhd->free_ready[i] & mask) + span,
+                               UINT32_MAX, "a freed block"};
+  for (size_t i = 0; freed && i < vhd->n_retired; i++)
+    u[n++] = (struct vhd_used){vhd->retired[i].entry & mask,
+                               (vhd->retired[i].entry & mask) + span, UINT32_MAX,
+                               "a freed block"};
+  qsort(u, n, sizeof *u, used_cmp);
+  *out = u;
+  return (ssize_t)n;
 }
 
 /* Loads the BAT and checks that every allocated block lies inside the file
@@ -96,43 +154,20 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   if (r < 0)
     return vhd_set_err(err, r, "%s: reading the BAT at offset %llu: %s", p,
                        (unsigned long long)bat_off, strerror(-r));
-  size_t allocated = 0;
-  for (uint32_t i = 0; i < vhd->max_entries; i++) {
+  for (uint32_t i = 0; i < vhd->max_entries; i++)
     vhd->bat[i] = be32toh(vhd->bat[i]);
-    allocated += vhd->bat[i] != VHD_BAT_UNUSED;
-  }
 
   if ((r = vhd_batmap_load(vhd, vhd->data_end, err)) < 0)
     return r;
 
-  /* Metadata regions, then every block, sorted: neighbours must not overlap. */
-  size_t n = 0, cap = 5 + 8 + allocated;
-  CLEANUP_FREE struct extent_ref *ext = malloc(cap * sizeof *ext);
-  if (!ext)
-    return vhd_set_err(err, -ENOMEM, "%s: out of memory checking the BAT", p);
-  ext[n++] = (struct extent_ref){0, VHD_FOOTER_SIZE, UINT32_MAX, "the footer copy"};
-  ext[n++] = (struct extent_ref){vhd->header_offset, vhd->header_offset + VHD_HEADER_SIZE,
-                                 UINT32_MAX, "the dynamic header"};
-  ext[n++] = (struct extent_ref){bat_off, bat_off + bat_bytes, UINT32_MAX, "the BAT"};
-  if (vhd->batmap) {
-    ext[n++] = (struct extent_ref){vhd->batmap_header_offset, vhd->batmap_header_offset + 512,
-                                   UINT32_MAX, "the Xen batmap header"};
-    ext[n++] = (struct extent_ref){vhd->batmap_offset, vhd->batmap_offset + vhd->batmap_len,
-                                   UINT32_MAX, "the Xen batmap"};
-  }
-  if (vhd->type == VHD_TYPE_DIFFERENCING) {
-    for (int i = 0; i < 8; i++) {
-      const struct vhd_locator *l = &vhd->header.locators[i];
-      if (l->code == VHD_PLAT_NONE || l->data_length == 0)
-        continue;
-      if (l->data_offset >= vhd->data_end || l->data_length > vhd->data_end - l->data_offset)
-        return vhd_set_err(err, -EINVAL,
-                           "%s: parent locator %d data (offset %llu, length %u) lies beyond "
-                           "the end of the file",
-                           p, i, (unsigned long long)l->data_offset, l->data_length);
-      ext[n++] = (struct extent_ref){l->data_offset, l->data_offset + l->data_length, UINT32_MAX,
-                                     "parent locator data"};
-    }
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
+    const struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code != VHD_PLAT_NONE && l->data_length &&
+        (l->data_offset >= vhd->data_end || l->data_length > vhd->data_end - l->data_offset))
+      return vhd_set_err(err, -EINVAL,
+                         "%s: parent locator %d data (offset %llu, length %u) lies beyond the "
+                         "end of the file",
+                         p, i, (unsigned long long)l->data_offset, l->data_length);
   }
   uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   /* For a file cut inside its trailing footer, the sector boundary the cut
@@ -162,13 +197,17 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
                          "of the data area (%llu)",
                          p, i, (unsigned long long)off, (unsigned long long)block_span,
                          (unsigned long long)data_end);
-    ext[n++] = (struct extent_ref){off, off + block_span, i, NULL};
     vhd->allocated_blocks++;
   }
-  qsort(ext, n, sizeof *ext, extent_cmp);
+  /* Metadata regions and every block, sorted: neighbours must not overlap. */
+  CLEANUP_FREE struct vhd_used *ext = NULL;
+  ssize_t nu = vhd_used_extents(vhd, 0, &ext);
+  if (nu < 0)
+    return vhd_set_err(err, -ENOMEM, "%s: out of memory checking the BAT", p);
+  size_t n = (size_t)nu;
   for (size_t i = 1; i < n; i++) {
     if (ext[i].start < ext[i - 1].end) {
-      const struct extent_ref *a = &ext[i - 1], *b = &ext[i];
+      const struct vhd_used *a = &ext[i - 1], *b = &ext[i];
       char an[64], bn[64];
       if (a->blk == UINT32_MAX)
         snprintf(an, sizeof an, "%s", a->what);

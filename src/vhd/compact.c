@@ -117,19 +117,6 @@ static int ref_cmp(const void *a, const void *b) {
   return x->off < y->off ? -1 : x->off > y->off;
 }
 
-/* End of the structures at the head of the file (dynamic header, BAT, Xen
- * batmap): free space is looked for only after it. */
-static uint64_t structures_end(const vhd_t *vhd) {
-  uint64_t end = vhd->header_offset + VHD_HEADER_SIZE;
-  end = MAX(end, vhd->header.table_offset + ROUND_UP((uint64_t)vhd->max_entries * 4, 512));
-  if (vhd->batmap) {
-    /* Its bits read as zeros where no block is full: not free space. */
-    end = MAX(end, vhd->batmap_header_offset + 512);
-    end = MAX(end, vhd->batmap_offset + vhd->batmap_len);
-  }
-  return ROUND_UP(end, 512);
-}
-
 /* The parent locators' data areas past floor, with the room they reserve,
  * sorted: blocks move around them.  Those past every block (a rebase's
  * with no room among the blocks, another tool's) move down after the
@@ -640,7 +627,8 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
     goto out;
   }
-  uint64_t floor = structures_end(vhd), footer = vhd->footer_offset;
+  /* Free space is looked for only after the structures. */
+  uint64_t floor = vhd_structures_end(vhd), footer = vhd->footer_offset;
   uint64_t busy_end = floor; /* the file may not end before this */
   struct seg loc[8];
   size_t nl = locator_areas(vhd, floor, loc), li = 0;

@@ -111,60 +111,14 @@ static void put_locator(uint8_t *l, uint32_t code, uint32_t space, uint32_t len,
   be64_store(l + 16, off);
 }
 
-struct used_range {
-  uint64_t start, end;
-};
-
-static int used_range_cmp(const void *a, const void *b) {
-  const struct used_range *x = a, *y = b;
-  return x->start < y->start ? -1 : x->start > y->start;
-}
-
-/* Everything of the file that is someone's, below the footer: structures,
- * the areas the header's locators reserve, blocks in use or freed but not
- * yet given back.  Returns the count, or -ENOMEM; *data_start is where the
- * structures before the data area end. */
-static ssize_t used_ranges(vhd_t *c, struct used_range **out, uint64_t *data_start) {
-  uint64_t span = (uint64_t)c->bitmap_size + c->block_size;
+/* Everything of the file that is someone's, below the footer or not:
+ * structures, the room the header's locators reserve, blocks in use or
+ * freed but not yet given back (vhd_used_extents). */
+static ssize_t used_ranges(vhd_t *c, struct vhd_used **out) {
   pthread_mutex_lock(&c->lock);
-  size_t cap = 5 + 8 + (size_t)c->max_entries + c->n_free_pending + c->n_free_ready +
-               c->n_retired;
-  struct used_range *u = malloc(cap * sizeof *u);
-  if (!u) {
-    pthread_mutex_unlock(&c->lock);
-    return -ENOMEM;
-  }
-  size_t n = 0;
-  uint64_t bat_end = ROUND_UP(c->header.table_offset + (uint64_t)c->max_entries * 4, 512);
-  u[n++] = (struct used_range){0, VHD_FOOTER_SIZE};
-  u[n++] = (struct used_range){c->header_offset, c->header_offset + VHD_HEADER_SIZE};
-  u[n++] = (struct used_range){c->header.table_offset, bat_end};
-  *data_start = MAX(c->header_offset + VHD_HEADER_SIZE, bat_end);
-  if (c->batmap) {
-    u[n++] = (struct used_range){c->batmap_header_offset, c->batmap_header_offset + 512};
-    u[n++] = (struct used_range){c->batmap_offset, c->batmap_offset + c->batmap_len};
-    *data_start = MAX(*data_start, MAX(c->batmap_header_offset + 512,
-                                       ROUND_UP(c->batmap_offset + c->batmap_len, 512)));
-  }
-  for (int i = 0; i < 8; i++) {
-    const struct vhd_locator *l = &c->header.locators[i];
-    if (l->code != VHD_PLAT_NONE && l->data_length)
-      u[n++] = (struct used_range){l->data_offset, vhd_locator_area_end(l)};
-  }
-  for (uint32_t i = 0; i < c->max_entries; i++)
-    if (c->bat[i] != VHD_BAT_UNUSED)
-      u[n++] = (struct used_range){(uint64_t)c->bat[i] * 512, (uint64_t)c->bat[i] * 512 + span};
-  uint64_t mask = ~(uint64_t)VHD_FREE_NEEDS_ZEROING;
-  for (size_t i = 0; i < c->n_free_pending; i++)
-    u[n++] = (struct used_range){c->free_pending[i] & mask, (c->free_pending[i] & mask) + span};
-  for (size_t i = 0; i < c->n_free_ready; i++)
-    u[n++] = (struct used_range){c->free_ready[i] & mask, (c->free_ready[i] & mask) + span};
-  for (size_t i = 0; i < c->n_retired; i++)
-    u[n++] = (struct used_range){c->retired[i].entry & mask, (c->retired[i].entry & mask) + span};
+  ssize_t n = vhd_used_extents(c, VHD_USED_LOCATOR_ROOM | VHD_USED_FREED, out);
   pthread_mutex_unlock(&c->lock);
-  qsort(u, n, sizeof *u, used_range_cmp);
-  *out = u;
-  return (ssize_t)n;
+  return n;
 }
 
 /* The first sector-aligned room of `need` bytes in the data area, below
@@ -175,11 +129,11 @@ static ssize_t used_ranges(vhd_t *c, struct used_range **out, uint64_t *data_sta
  * leave zeros before them; slack another writer left after a structure
  * may not be). */
 static int locator_room(vhd_t *c, uint64_t need, uint64_t *at) {
-  CLEANUP_FREE struct used_range *u = NULL;
-  uint64_t data_start;
-  ssize_t n = used_ranges(c, &u, &data_start);
+  CLEANUP_FREE struct vhd_used *u = NULL;
+  ssize_t n = used_ranges(c, &u);
   if (n < 0)
     return (int)n;
+  uint64_t data_start = vhd_structures_end(c);
   uint64_t span = (uint64_t)c->bitmap_size + c->block_size;
   /* Below where the engine hands out new blocks: a window the release
    * could not give back (a full file system) is theirs. */
@@ -214,12 +168,11 @@ static int locator_room(vhd_t *c, uint64_t need, uint64_t *at) {
  * structures, the new locator areas and every block in use or freed;
  * what lies between there and the footer must hold nothing. */
 static uint64_t end_without_old_locators(vhd_t *c) {
-  CLEANUP_FREE struct used_range *u = NULL;
-  uint64_t data_start;
-  ssize_t n = used_ranges(c, &u, &data_start);
+  CLEANUP_FREE struct vhd_used *u = NULL;
+  ssize_t n = used_ranges(c, &u);
   if (n < 0)
     return c->footer_offset;
-  uint64_t end = data_start;
+  uint64_t end = vhd_structures_end(c);
   for (ssize_t i = 0; i < n; i++)
     if (u[i].start < c->footer_offset)
       end = MAX(end, ROUND_UP(u[i].end, 512));

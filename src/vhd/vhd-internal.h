@@ -415,6 +415,23 @@ void vhd_retired_collect(vhd_t *vhd);
  * (bytes when at least the data length, else sectors, as in the reference
  * notes), never less than the data length, rounded up to a sector. */
 uint64_t vhd_locator_area_end(const struct vhd_locator *l);
+/* A piece of the file that is someone's (vhd_used_extents). */
+struct vhd_used {
+  uint64_t start, end;
+  uint32_t blk;     /* the block's number, or UINT32_MAX for metadata */
+  const char *what; /* what the metadata is ("the BAT"); NULL for a block */
+};
+#define VHD_USED_LOCATOR_ROOM 1u /* locator data with the room it reserves */
+#define VHD_USED_FREED 2u        /* and blocks freed, not yet given back (lock held) */
+/* The pieces of the file the image's structures account for, sorted by
+ * start: the footer copy, the dynamic header, the BAT, Xen's batmap, a
+ * differencing image's parent locator data (the data's own bytes, or with
+ * VHD_USED_LOCATOR_ROOM the room each reserves) and every block the BAT
+ * points to.  *out is malloc'ed; the count, or -ENOMEM. */
+ssize_t vhd_used_extents(const vhd_t *vhd, unsigned flags, struct vhd_used **out);
+/* Where the structures at the head of the file end (dynamic header, BAT,
+ * Xen batmap), rounded up to a sector: the data area starts there. */
+uint64_t vhd_structures_end(const vhd_t *vhd);
 /* Block data starts on this file boundary in blocks placed in new space,
  * for blocks of at least VHD_ALIGN_MIN_BLOCK (see vhd_block_place). */
 #define VHD_DATA_ALIGN 4096u
