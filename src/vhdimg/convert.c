@@ -115,16 +115,15 @@ static int dst_open(const char *path) {
   return fd;
 }
 
-/* Just before the rename: the file at DST must still be the one locked at
- * the start.  Another file put there meanwhile (a copy, an image a server
- * has just opened) is checked as that one was, and locked in its place;
- * one removed meanwhile leaves nothing to replace. */
-static int dst_recheck(struct output *o, struct vhd_err *err) {
+/* Locks the file at DST (vhd_lock_replaced), keeping it open in dst_fd:
+ * when the convert starts, and again just before the rename, when it must
+ * still be the file locked at the start.  Another file put there meanwhile
+ * (a copy, an image a server has just opened) is checked as that one was,
+ * and locked in its place; none there leaves nothing to replace. */
+static int dst_lock(struct output *o, const char *what, struct vhd_err *err) {
   int fd = dst_open(o->path);
   if (fd < 0)
-    return errno == ENOENT
-               ? 0
-               : set_errno_msg(err, errno, o->path, "opening it again to see whether it is in use");
+    return errno == ENOENT ? 0 : set_errno_msg(err, errno, o->path, what);
   struct stat a, b;
   if (o->dst_fd >= 0 && fstat(o->dst_fd, &a) == 0 && fstat(fd, &b) == 0 &&
       a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
@@ -172,14 +171,9 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
    * a chain it is a parent of) would go on with the old file, unlinked,
    * and lose every write it acknowledged: refused, as vhdimg's other
    * commands refuse a served image, and locked until the rename. */
-  o->dst_fd = dst_open(o->path);
-  if (o->dst_fd < 0 && errno != ENOENT)
-    return set_errno_msg(err, errno, o->path, "opening it to see whether it is in use");
-  if (o->dst_fd >= 0) {
-    int r = vhd_lock_replaced(o->dst_fd, o->path, err);
-    if (r < 0)
-      return r;
-  }
+  int r = dst_lock(o, "opening it to see whether it is in use", err);
+  if (r < 0)
+    return r;
   CLEANUP_FREE char *d = strdup(o->path), *b = strdup(o->path);
   if (!d || !b) {
     snprintf(err->msg, sizeof err->msg, "out of memory");
@@ -301,7 +295,7 @@ static int out_commit(struct output *o, struct vhd_err *err) {
   }
   if (r < 0 || !o->tmp)
     return r;
-  if ((r = dst_recheck(o, err)) < 0)
+  if ((r = dst_lock(o, "opening it again to see whether it is in use", err)) < 0)
     return r;
   if ((r = vhd_io_rename(o->tmp, o->path)) < 0)
     return set_errno_msg(err, -r, o->path, "rename from the temporary file");

@@ -85,11 +85,13 @@ if command -v strace >/dev/null && strace -f -o /dev/null -e inject=fdatasync:de
     strace -f -o /dev/null -e trace=fsync,fdatasync -e inject=fsync,fdatasync:delay_exit=2000000 \
     "$VHDIMG" convert -O dynamic other.vhd late.vhd >conv.out 2>&1 &
   conv_pid=$!
-  for _ in $(seq 200); do
+  for _ in $(seq 600); do
     ls -a | grep -q '^\.late\.vhd\.' && break
+    kill -0 $conv_pid 2>/dev/null || break
     sleep 0.05
   done
-  ls -a | grep -q '^\.late\.vhd\.' || fail "convert into late.vhd made no temporary file"
+  ls -a | grep -q '^\.late\.vhd\.' ||
+    { cat conv.out >&2; fail "convert into late.vhd made no temporary file in 30 s"; }
   "$VHDIMG" create late.vhd 16M
   second_pid=$VHDNBD_PID
   start_vhdnbd "$TMPD/late.sock" late.vhd
