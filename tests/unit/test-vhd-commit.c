@@ -278,13 +278,11 @@ static void expect_locators(const char *child, const char *parent_name) {
   size_t k;
   T_ASSERT(realpath(t_path(parent_name), want_abs) != NULL, "realpath");
   const char *want_rel = t_fmt(".\\%s", parent_name);
+  struct t_locator locs[8];
+  t_read_locators(child, locs);
   for (int i = 0; i < 2; i++) {
-    const uint8_t *l = h + 576 + 24 * i;
-    uint32_t code = (uint32_t)l[0] << 24 | (uint32_t)l[1] << 16 | (uint32_t)l[2] << 8 | l[3];
-    uint32_t len = (uint32_t)l[8] << 24 | (uint32_t)l[9] << 16 | (uint32_t)l[10] << 8 | l[11];
-    uint64_t off = 0;
-    for (int b = 0; b < 8; b++)
-      off = off << 8 | l[16 + b];
+    uint32_t code = locs[i].code, len = locs[i].len;
+    uint64_t off = locs[i].off;
     T_ASSERT(code == (i == 0 ? 0x57327275u : 0x57326B75u), "locator %d code 0x%08x", i, code);
     T_ASSERT(len % 2 == 0 && len / 2 < sizeof abs_path, "locator %d length %u", i, len);
     CLEANUP_FREE uint8_t *raw = t_xmalloc(len);
@@ -328,18 +326,12 @@ static void expect_rebased(const char *parent_name) {
 
 /* Where the child's parent locator data ends in its file. */
 static uint64_t locators_end(const char *path) {
-  uint8_t h[1024];
-  t_pread_file(path, h, sizeof h, 512);
+  struct t_locator locs[8];
+  t_read_locators(path, locs);
   uint64_t end = 0;
-  for (int i = 0; i < 8; i++) {
-    const uint8_t *l = h + 576 + 24 * i;
-    uint64_t len = (uint64_t)l[8] << 24 | (uint64_t)l[9] << 16 | (uint64_t)l[10] << 8 | l[11];
-    uint64_t off = 0;
-    for (int b = 0; b < 8; b++)
-      off = off << 8 | l[16 + b];
-    if (l[0] | l[1] | l[2] | l[3])
-      end = end > off + len ? end : off + len;
-  }
+  for (int i = 0; i < 8; i++)
+    if (locs[i].code)
+      end = MAX(end, locs[i].off + locs[i].len);
   return end;
 }
 

@@ -145,29 +145,23 @@ static void build_differencing(const char *path) {
  * a rebase does when it finds no room among them: blocks freed below it
  * let the compaction move the data down after the blocks (step 4). */
 static struct {
-  uint8_t code[4];
-  uint32_t len;
+  uint32_t code, len;
   uint8_t data[512];
 } locs[8];
 static int n_locs;
 
 /* Each locator the header lists, with the bytes its data holds. */
 static int read_locators(const char *path, __typeof__(locs) out) {
-  uint8_t hdr[1024];
-  t_pread_file(path, hdr, sizeof hdr, 512);
+  struct t_locator l[8];
+  t_read_locators(path, l);
   int n = 0;
   for (int i = 0; i < 8; i++) {
-    const uint8_t *l = hdr + 576 + 24 * i;
-    uint32_t len = (uint32_t)l[8] << 24 | (uint32_t)l[9] << 16 | (uint32_t)l[10] << 8 | l[11];
-    uint64_t off = 0;
-    for (int b = 0; b < 8; b++)
-      off = off << 8 | l[16 + b];
-    if (!(l[0] | l[1] | l[2] | l[3]))
+    if (!l[i].code)
       continue;
-    T_ASSERT(len <= sizeof out[n].data, "locator %d: %u bytes", i, len);
-    memcpy(out[n].code, l, 4);
-    out[n].len = len;
-    t_pread_file(path, out[n].data, len, off);
+    T_ASSERT(l[i].len <= sizeof out[n].data, "locator %d: %u bytes", i, l[i].len);
+    out[n].code = l[i].code;
+    out[n].len = l[i].len;
+    t_pread_file(path, out[n].data, l[i].len, l[i].off);
     n++;
   }
   return n;
@@ -202,10 +196,10 @@ static void verify(const char *path, const char *when) {
     T_ASSERT(read_locators(path, now) == n_locs, "%s: the number of parent locators changed",
              when);
     for (int i = 0; i < n_locs; i++)
-      T_ASSERT(memcmp(now[i].code, locs[i].code, 4) == 0 && now[i].len == locs[i].len &&
+      T_ASSERT(now[i].code == locs[i].code && now[i].len == locs[i].len &&
                    memcmp(now[i].data, locs[i].data, locs[i].len) == 0,
-               "%s: parent locator %d (%.4s) no longer points at its data", when, i,
-               (const char *)locs[i].code);
+               "%s: parent locator %d (code 0x%08x) no longer points at its data", when, i,
+               locs[i].code);
   }
   if (foreign_off) {
     uint8_t now[SPAN];

@@ -263,6 +263,15 @@ void t_pread_file(const char *path, void *buf, size_t len, uint64_t off) {
   close(fd);
 }
 
+void t_read_locators(const char *path, struct t_locator out[8]) {
+  uint8_t h[1024];
+  t_pread_file(path, h, sizeof h, 512);
+  for (int i = 0; i < 8; i++) {
+    const uint8_t *l = h + 576 + 24 * i;
+    out[i] = (struct t_locator){t_be32(l), t_be32(l + 4), t_be32(l + 8), t_be64(l + 16)};
+  }
+}
+
 void t_pwrite_file(const char *path, const void *buf, size_t len, uint64_t off) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   if (fd < 0)

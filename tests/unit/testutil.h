@@ -81,6 +81,13 @@ void t_truncate_file(const char *path, uint64_t size);
  * decoded here rather than with the engine's own helpers. */
 uint32_t t_be32(const uint8_t *p);
 uint64_t t_be64(const uint8_t *p);
+/* The eight parent locator entries of the dynamic header at offset 512 of
+ * path's file, decoded by the format's layout; code 0 is an unused one. */
+struct t_locator {
+  uint32_t code, space, len;
+  uint64_t off;
+};
+void t_read_locators(const char *path, struct t_locator out[8]);
 
 /* vhd_create with the given fields, failing the test on error. */
 void t_create(const char *path, enum vhd_type type, uint64_t size, uint32_t block_size,
