@@ -133,17 +133,25 @@ static size_t locator_areas(const vhd_t *vhd, uint64_t floor, struct seg out[8])
   return n;
 }
 
+/* Locator data longer than this is not known as a copy of the live data
+ * (bat.c's locator_copy_at), so a crash would leave its copy for good. */
+#define LOCATOR_MOVE_MAX 65536u
+
 /* Where the parent locator data past `from` (the end of the blocks) can
  * go: *dst, its span [*s, *e) and the locators in it as a mask, or 0 when
  * none lies wholly past `from` or moving would not shorten the file.  The
  * span moves as one: what lies between its locators is blank (add_blank
- * found nothing there that would have ended the blocks past it). */
+ * found nothing there that would have ended the blocks past it).  Only a
+ * differencing image's locators count (the format gives no other type
+ * any; open checks only theirs). */
 static unsigned locators_past(const vhd_t *vhd, uint64_t from, uint64_t *dst, uint64_t *s,
                               uint64_t *e) {
   unsigned mask = 0;
   uint64_t to = from;
   *s = UINT64_MAX;
   *e = 0;
+  if (vhd->type != VHD_TYPE_DIFFERENCING)
+    return 0;
   for (int i = 0; i < 8; i++) {
     const struct vhd_locator *l = &vhd->header.locators[i];
     if (l->code == VHD_PLAT_NONE || !l->data_length)
@@ -153,14 +161,21 @@ static unsigned locators_past(const vhd_t *vhd, uint64_t from, uint64_t *dst, ui
       to = MAX(to, b); /* stays: one reaching past the blocks keeps its room */
       continue;
     }
+    /* Room reserved past the footer is not in the file to copy, and a
+     * copy too long to be recognised would outlive a crash. */
+    if (b > vhd->footer_offset || l->data_length > LOCATOR_MOVE_MAX)
+      return 0;
     mask |= 1u << i;
     *s = MIN(*s, a);
     *e = MAX(*e, b);
   }
-  /* The copy may not overlap the live data, which must stay whole until
-   * the header is switched; a span just above the blocks stays put. */
+  /* The copy, and the footer written after it, may not overlap the live
+   * data, which must stay whole until the header is switched and until
+   * the cut has taken it (a footer over its first sector would leave the
+   * rest as bytes nothing recognises); a span just above the blocks stays
+   * put. */
   *dst = ROUND_UP(to, 512);
-  return mask && *dst + (*e - *s) <= *s ? mask : 0;
+  return mask && *dst + (*e - *s) + VHD_FOOTER_SIZE <= *s ? mask : 0;
 }
 
 /* 4. The locator data past the blocks moved down to right after them, the
@@ -725,8 +740,8 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   uint64_t final_end = loc_mask ? loc_dst + (loc_e - loc_s) : end;
   if (final_end < footer)
     res->file_size_after = final_end + VHD_FOOTER_SIZE;
-  res->locators_moved = (uint32_t)__builtin_popcount(loc_mask);
   if (o->dry_run) {
+    res->locators_moved = (uint32_t)__builtin_popcount(loc_mask);
     r = 0;
     goto out;
   }
@@ -800,8 +815,11 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
     goto out;
   }
   /* 4. After the cut and the zeroing: the copy goes into blank space. */
-  if (loc_mask && (r = locators_move_down(&c, loc_mask, loc_dst, loc_s, loc_e, buf)) < 0)
-    goto out;
+  if (loc_mask) {
+    if ((r = locators_move_down(&c, loc_mask, loc_dst, loc_s, loc_e, buf)) < 0)
+      goto out;
+    res->locators_moved = (uint32_t)__builtin_popcount(loc_mask);
+  }
   r = 0;
 out:
   free(scan.ix.v);

@@ -6,9 +6,8 @@
  * (the padding before an aligned block, the area an earlier relink gave
  * up), where nothing refers to it and it can stay for good; only where
  * there is none, past every block, with the footer moved after it.  Data
- * past the last block would pin the end of the file: no compaction could
- * give back the space below it, since locator data is not the engine's to
- * move.
+ * past the last block keeps the file from ending after the blocks until
+ * a compaction moves it down after them (compact.c, step 4).
  *
  * Write order, so that a crash at any instant leaves a child that opens and
  * finds a parent:

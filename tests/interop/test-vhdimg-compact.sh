@@ -30,21 +30,23 @@ reads_as() {
 
 json_field() { "$PY3" -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
-# compact_checked IMAGE FREED MOVED: --dry-run, then compact --json; the
+# compact_checked IMAGE FREED MOVED [LOCATORS]: --dry-run, then compact --json; the
 # dry run must predict the result and change nothing; the file must end
 # where the result says.
 compact_checked() {
-  local img=$1 freed=$2 moved=$3 before dry real
+  local img=$1 freed=$2 moved=$3 locators=${4:-0} before dry real
   before=$(md5sum <"$img")
   dry=$("$VHDIMG" compact --dry-run --json "$img") || fail "$img: compact --dry-run"
   [ "$(md5sum <"$img")" = "$before" ] || fail "$img: --dry-run changed the file"
   real=$("$VHDIMG" compact --json "$img") || fail "$img: compact"
-  for k in blocks-freed blocks-moved file-size-after bytes-reclaimed; do
+  for k in blocks-freed blocks-moved locators-moved file-size-after bytes-reclaimed; do
     [ "$(echo "$dry" | json_field $k)" = "$(echo "$real" | json_field $k)" ] ||
       fail "$img: --dry-run predicted $k $(echo "$dry" | json_field $k), got $(echo "$real" | json_field $k)"
   done
   [ "$(echo "$real" | json_field blocks-freed)" = "$freed" ] || fail "$img: $real; expected $freed blocks freed"
   [ "$(echo "$real" | json_field blocks-moved)" = "$moved" ] || fail "$img: $real; expected $moved blocks moved"
+  [ "$(echo "$real" | json_field locators-moved)" = "$locators" ] ||
+    fail "$img: $real; expected the data of $locators parent locators moved"
   [ "$(stat -c %s "$img")" = "$(echo "$real" | json_field file-size-after)" ] || fail "$img: file size is not the reported one"
   [ "$(echo "$real" | json_field bytes-reclaimed)" -gt 0 ] || fail "$img: nothing reclaimed"
 }
@@ -160,43 +162,51 @@ compact_checked mid.vhd 1 1
 compact_checked top.vhd 2 1
 reads_as chain.raw top.vhd mid.vhd base.vhd
 
-# --- refusals ----------------------------------------------------------------
-# Parent locator data past the blocks (a rebase that found no room among
-# them put it there) moves down after them: the file ends right after it,
-# and the header's W2ru and W2ku locators still hold the parent's paths.
+# --- parent locator data past the blocks ------------------------------------
+# A rebase that found no room among the blocks put it there; compact moves
+# it down to right after the blocks (the file then ends after it), and the
+# header's W2ru and W2ku locators, read here by the format's layout, still
+# hold the parent's paths.  Cut short anywhere, a rerun ends where one
+# uninterrupted run does.
 mkdir -p loc && cd loc
 # 64 KiB blocks: no 4 KiB alignment padding among them to take the data.
 "$VHDIMG" create --block-size 64K base.vhd 8M >/dev/null
 "$WRITE_HELPER" base.vhd 0 2M 0x11
 "$VHDIMG" create -b base.vhd top.vhd >/dev/null
-"$WRITE_HELPER" top.vhd 1M 2M 0x22 6M 1M 0   # the last block: zeros over zeros
+"$WRITE_HELPER" top.vhd 1M 2M 0x22 6M 1M 0   # the last blocks: zeros over zeros
 "$VHDIMG" rebase -u -b base.vhd top.vhd || fail "rebase -u onto the same parent"
 make_raw loc.exp "$(info_field base.vhd virtual-size)" 0 2M 0x11 1M 2M 0x22
-# locators_end IMAGE: where the header's locator data ends; fails unless the
-# locators hold the relative and absolute paths of base.vhd.
-locators_end() {
+# layout IMAGE: "START END BLOCKS_END" of the header's locator data and
+# where the last block ends; fails unless the locators hold the relative
+# and absolute paths of base.vhd.
+layout() {
   "$PY3" - "$1" "$(pwd -P)/base.vhd" <<'PYEOF'
 import struct, sys
 d = open(sys.argv[1], "rb").read()
 h = d[512:1536]
-locs, end = {}, 0
+bat_off, = struct.unpack(">Q", h[16:24])
+n, bs = struct.unpack(">II", h[28:36])
+span = ((bs // 512 + 7) // 8 + 511) // 512 * 512 + bs
+ends = [e * 512 + span for e in struct.unpack(">%dI" % n, d[bat_off:bat_off + 4 * n]) if e != 0xFFFFFFFF]
+locs, start, end = {}, len(d), 0
 for i in range(8):
     code, space, length, _, off = struct.unpack(">IIIIQ", h[576 + 24 * i:600 + 24 * i])
     if code:
         locs[code] = d[off:off + length].decode("utf-16-le")
-        end = max(end, off + space)
+        start, end = min(start, off), max(end, off + space)
 assert locs == {0x57327275: ".\\base.vhd", 0x57326B75: sys.argv[2]}, locs
-print(end)
+print(start, end, max(ends))
 PYEOF
 }
-before_end=$(locators_end top.vhd) || fail "the locators after rebase -u"
-[ "$(stat -c %s top.vhd)" = $((before_end + 512)) ] ||
-  fail "rebase -u left the locator data among the blocks ($before_end)"
-out=$("$VHDIMG" compact --json top.vhd) || fail "compact of a child with locator data past its blocks"
-[ "$(json_field locators-moved <<<"$out")" = 2 ] || fail "compact moved no locator: $out"
-[ "$(json_field blocks-freed <<<"$out")" = 16 ] || fail "compact did not free the 16 blocks of zeros: $out"
-end=$(locators_end top.vhd) || fail "the locators after compact"
-[ "$end" -lt "$before_end" ] || fail "the locator data stayed at $end"
+read -r start before_end blocks_end < <(layout top.vhd) || fail "the locators after rebase -u"
+[ "$start" -ge "$blocks_end" ] && [ "$(stat -c %s top.vhd)" = $((before_end + 512)) ] ||
+  fail "rebase -u left the locator data among the blocks ($start-$before_end, blocks end at $blocks_end)"
+cp top.vhd top.orig
+cut_short_sweep top.orig loc.exp
+compact_checked top.vhd 16 0 2
+read -r start end blocks_end < <(layout top.vhd) || fail "the locators after compact"
+[ "$start" = "$blocks_end" ] ||
+  fail "the locator data starts at $start after compact, not where the blocks end ($blocks_end)"
 [ "$(stat -c %s top.vhd)" = $((end + 512)) ] ||
   fail "the file is $(stat -c %s top.vhd) bytes; it should end right after the locator data ($end)"
 reads_as loc.exp top.vhd base.vhd
@@ -204,6 +214,7 @@ out=$("$VHDIMG" compact --json top.vhd) || fail "compact again"
 [ "$(json_field bytes-reclaimed <<<"$out")" = 0 ] || fail "a second compact still did something: $out"
 cd ..
 
+# --- refusals ----------------------------------------------------------------
 "$VHDIMG" create -t fixed f.vhd 1M
 expect_exit 1 "$VHDIMG" compact f.vhd 2>err.out
 grep -q fixed err.out || { cat err.out >&2; fail "compact of a fixed image: no reason given"; }

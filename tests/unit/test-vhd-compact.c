@@ -146,7 +146,8 @@ static void build_differencing(const char *path) {
  * let the compaction move the data down after the blocks (step 4). */
 static struct {
   uint32_t code, len;
-  uint8_t data[512];
+  uint64_t off;
+  uint8_t data[8192]; /* an absolute path of up to 4096 UTF-16 units */
 } locs[8];
 static int n_locs;
 
@@ -160,11 +161,27 @@ static int read_locators(const char *path, __typeof__(locs) out) {
       continue;
     T_ASSERT(l[i].len <= sizeof out[n].data, "locator %d: %u bytes", i, l[i].len);
     out[n].code = l[i].code;
+    out[n].off = l[i].off;
     out[n].len = l[i].len;
     t_pread_file(path, out[n].data, l[i].len, l[i].off);
     n++;
   }
   return n;
+}
+
+/* Where the last block the BAT points to ends, by the format's layout. */
+static uint64_t blocks_end(const char *path) {
+  uint8_t h[1024];
+  t_pread_file(path, h, sizeof h, 512);
+  uint64_t bat = t_be64(h + 16), end = 0;
+  uint32_t n = t_be32(h + 28), bs = t_be32(h + 32);
+  uint64_t span = ((uint64_t)(bs / 512 + 7) / 8 + 511) / 512 * 512 + bs;
+  CLEANUP_FREE uint8_t *e = t_xmalloc((size_t)n * 4);
+  t_pread_file(path, e, (size_t)n * 4, bat);
+  for (uint32_t i = 0; i < n; i++)
+    if (t_be32(e + 4 * i) != 0xFFFFFFFFu)
+      end = MAX(end, (uint64_t)t_be32(e + 4 * i) * 512 + span);
+  return end;
 }
 
 static void build_locators_past(const char *path) {
@@ -252,6 +269,16 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
                  (unsigned long long)res.file_size_after);
         T_ASSERT(res.file_size_after < res.file_size_before, "%s: nothing reclaimed", name);
         verify(work, t_fmt("%s: after compacting", name));
+        if (want_locators) {
+          /* Moved to right after the blocks, and the file ends after it. */
+          __typeof__(locs) now;
+          uint64_t first = UINT64_MAX;
+          for (int i = 0, k = read_locators(work, now); i < k; i++)
+            first = MIN(first, now[i].off);
+          T_ASSERT(first == blocks_end(work),
+                   "%s: the locator data starts at %llu, not where the blocks end (%llu)", name,
+                   (unsigned long long)first, (unsigned long long)blocks_end(work));
+        }
         /* Compacting again finds nothing more. */
         T_OK(vhd_compact(work, &opts, &res, &err), &err, "vhd_compact again");
         T_ASSERT(res.blocks_freed == 0 && res.blocks_moved == 0 && res.locators_moved == 0 &&

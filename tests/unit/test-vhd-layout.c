@@ -46,7 +46,8 @@
  * Others get a workload, then vhd_compact: the same content, to the
  * readers too, and the repair's rules (bytes to keep stay, the file may
  * get shorter but never over one of them, blocks move only into places of
- * the image's blocks or past what the file held).
+ * the image's blocks or past what the file held), but for parent locator
+ * data past every block, which may move down whole, the header following.
  *
  * VHD_TEST_SEED reproduces a run, VHD_TEST_ITERS scales it (the number of
  * images is ITERS / 25, the workload length ITERS / 50 steps).
@@ -526,6 +527,8 @@ static uint8_t *read_whole(const char *path, uint64_t *size) {
   return b;
 }
 
+static unsigned compact_locators_moved; /* compactions that moved locator data */
+
 /* path: g's file after the engine had it (or a repaired copy of it);
  * repaired: the footer copy at 0 may have been (re)written. */
 static void check_layout(const struct gen *g, const char *path, bool repaired, bool compacted,
@@ -539,17 +542,59 @@ static void check_layout(const struct gen *g, const char *path, bool repaired, b
                what, i, now[i], g->footer[i]);
     memcpy(now, g->file, 512); /* compared: the rest below */
   }
+  /* A compaction may move the parent locator data that lies past every
+   * block down after them (compact.c, step 4): the whole span byte for
+   * byte, every locator in it by the same distance, with only their data
+   * offsets and the checksum changed in the header.  Its old place is
+   * then not a byte to keep. */
+  CLEANUP_FREE uint8_t *keep = t_xmalloc(g->fsz);
+  memcpy(keep, g->keep, g->fsz);
+  uint64_t ho = be_u64(g->footer + 16);
+  if (compacted && g->type == 4 && nsz >= ho + 1024) {
+    uint64_t delta = 0;
+    for (int i = 0; i < 8; i++) {
+      const uint8_t *was = g->file + ho + 576 + 24 * i, *is = now + ho + 576 + 24 * i;
+      uint64_t old_off = be_u64(was + 16), new_off = be_u64(is + 16);
+      if (!rd32(was) || old_off == new_off)
+        continue;
+      T_ASSERT(memcmp(was, is, 16) == 0 && new_off < old_off && (old_off - new_off) % 512 == 0 &&
+                   (!delta || delta == old_off - new_off),
+               "%s: parent locator %d changed: offset %" PRIu64 " -> %" PRIu64, what, i, old_off,
+               new_off);
+      delta = old_off - new_off;
+      uint32_t space = rd32(was + 4), len = rd32(was + 8);
+      uint64_t area = space >= len ? space : (uint64_t)space * 512;
+      uint64_t a = old_off / 512 * 512, b = up512(old_off + MAX(area, (uint64_t)len));
+      T_ASSERT(b <= g->fsz - 512 && b - delta <= nsz - 512,
+               "%s: parent locator %d's area %" PRIu64 "-%" PRIu64 " moved by %" PRIu64, what, i,
+               a, b, delta);
+      for (uint64_t k = a; k < b; k++)
+        if (now[k - delta] != g->file[k])
+          t_fail("%s: parent locator %d's area moved from %" PRIu64 " to %" PRIu64
+                 ": byte %" PRIu64 " differs",
+                 what, i, a, a - delta, k - a);
+      memset(keep + a, 0, b - a);
+      memcpy(now + ho + 576 + 24 * i + 16, was + 16, 8); /* compared: the rest below */
+    }
+    if (delta) {
+      uint8_t *h = now + ho;
+      T_ASSERT(rd32(h + 36) == sum_csum(h, 1024, 36), "%s: the header's checksum is wrong after "
+               "the locator data moved", what);
+      memcpy(h + 36, g->file + ho + 36, 4);
+      compact_locators_moved++;
+    }
+  }
   /* Closing, and a repair, may cut only what was block space (blocks
    * freed at the end of the file), never a byte to keep: checked byte by
    * byte below. */
   T_ASSERT(nsz % 512 == 0 || nsz == g->fsz, "%s: file size %" PRIu64 " is not a sector multiple",
            what, nsz);
   for (uint64_t i = 0; i < g->fsz; i++)
-    if (g->keep[i] && i >= nsz - 512)
+    if (keep[i] && i >= nsz - 512)
       t_fail("%s: byte %" PRIu64 " of the file (not a block, BAT entry or the trailing footer) "
              "was cut off or overwritten by the footer (the file is now %" PRIu64 " bytes)",
              what, i, nsz);
-    else if (g->keep[i] && now[i] != g->file[i])
+    else if (keep[i] && now[i] != g->file[i])
       t_fail("%s: byte %" PRIu64 " of the file (not a block, BAT entry or the trailing footer) "
              "changed from 0x%02x to 0x%02x",
              what, i, g->file[i], now[i]);
@@ -968,9 +1013,9 @@ int main(void) {
     resize_round(n);
   printf("%" PRIu64 " generated images kept every byte outside the engine's blocks; "
          "%u read the same in libvhdi, %u in QEMU; %u crashes after a footer move, "
-         "%u tails given back by the repair; %u compactions freed %u blocks and moved %u; "
-         "%u resizes, %u with the BAT moved\n",
+         "%u tails given back by the repair; %u compactions freed %u blocks and moved %u, "
+         "%u moved parent locator data; %u resizes, %u with the BAT moved\n",
          rounds, compared_libvhdi, compared_qemu, crashes, crash_tails_reclaimed, compactions,
-         compact_freed, compact_moved, resizes, resizes_bat_moved);
+         compact_freed, compact_moved, compact_locators_moved, resizes, resizes_bat_moved);
   return 0;
 }
