@@ -308,6 +308,45 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
   }
 }
 
+/* A locator whose reserved room reaches past the footer (its data inside
+ * the file): the room is not in the file to copy, so the data stays, and
+ * the compaction does the rest. */
+static void locator_room_past_footer(void) {
+  CLEANUP_FREE char *path = strdup(t_path("room.vhd"));
+  remove(path);
+  build_locators_past(path);
+  uint8_t h[1024];
+  t_pread_file(path, h, sizeof h, 512);
+  int last = -1;
+  for (int i = 0; i < 8; i++)
+    if (t_be32(h + 576 + 24 * i) &&
+        (last < 0 || t_be64(h + 576 + 24 * i + 16) > t_be64(h + 576 + 24 * last + 16)))
+      last = i;
+  T_ASSERT(last >= 0, "no parent locator");
+  uint8_t *space = h + 576 + 24 * last + 4;
+  space[0] = 0, space[1] = 0x10, space[2] = 0, space[3] = 0; /* 1 MiB, in bytes */
+  memset(h + 36, 0, 4);
+  uint32_t sum = 0;
+  for (size_t i = 0; i < sizeof h; i++)
+    sum += h[i];
+  sum = ~sum;
+  h[36] = (uint8_t)(sum >> 24), h[37] = (uint8_t)(sum >> 16), h[38] = (uint8_t)(sum >> 8),
+  h[39] = (uint8_t)sum;
+  t_pwrite_file(path, h, sizeof h, 512);
+  verify(path, "room past the footer: before compacting");
+  struct vhd_err err = {{0}};
+  struct vhd_compact_result dry, res;
+  struct vhd_compact_opts dopts = {.dry_run = true}, opts = {0};
+  T_OK(vhd_compact(path, &dopts, &dry, &err), &err, "vhd_compact --dry-run, room past the footer");
+  T_OK(vhd_compact(path, &opts, &res, &err), &err, "vhd_compact, room past the footer");
+  T_ASSERT(res.locators_moved == 0 && dry.locators_moved == 0 && res.blocks_freed == 2 &&
+               res.file_size_after == dry.file_size_after,
+           "room past the footer: %u locators moved, %u blocks freed, %llu bytes (dry run %llu)",
+           res.locators_moved, res.blocks_freed, (unsigned long long)res.file_size_after,
+           (unsigned long long)dry.file_size_after);
+  verify(path, "room past the footer: after compacting");
+}
+
 static void refusals(void) {
   CLEANUP_FREE char *fixed = strdup(t_path("fixed.vhd")), *dyn = strdup(t_path("inuse.vhd"));
   struct vhd_err err = {{0}};
@@ -338,6 +377,7 @@ int main(void) {
   run("differencing", build_differencing, 2, 1, 0);
   /* The same with the locator data past block 8: it follows the blocks. */
   run("locators-past-blocks", build_locators_past, 2, 1, 2);
+  locator_room_past_footer();
   n_locs = 0;
   return 0;
 }
