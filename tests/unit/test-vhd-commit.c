@@ -324,27 +324,20 @@ static void expect_rebased(const char *parent_name) {
   not_corrupt(top);
 }
 
-/* Where the child's parent locator data ends in its file. */
-static uint64_t locators_end(const char *path) {
+/* Where the child's parent locator data ends in its file; *set_bytes (if
+ * not NULL): the bytes the locators take, each a whole number of sectors. */
+static uint64_t locators_end(const char *path, uint64_t *set_bytes) {
   struct t_locator locs[8];
   t_read_locators(path, locs);
-  uint64_t end = 0;
+  uint64_t end = 0, n = 0;
   for (int i = 0; i < 8; i++)
-    if (locs[i].code)
+    if (locs[i].code) {
       end = MAX(end, locs[i].off + locs[i].len);
-  return end;
-}
-
-/* The bytes the child's parent locators reserve, each a whole number of
- * sectors. */
-static uint64_t locator_set_bytes(const char *path) {
-  struct t_locator locs[8];
-  t_read_locators(path, locs);
-  uint64_t n = 0;
-  for (int i = 0; i < 8; i++)
-    if (locs[i].code)
       n += (locs[i].len + 511) / 512 * 512;
-  return n;
+    }
+  if (set_bytes)
+    *set_bytes = n;
+  return end;
 }
 
 /* lose: a crash also loses every write to the child since its last sync,
@@ -364,10 +357,10 @@ static void test_rebase_crashes(bool lose, uint64_t room) {
     struct vhd_compact_result cr;
     struct vhd_err err = {{0}};
     T_OK(vhd_rebase(top, &o, &res, &err), &err, "vhd_rebase without a fault");
-    T_ASSERT(room == 0 || locators_end(top) <= room,
+    T_ASSERT(room == 0 || locators_end(top, NULL) <= room,
              "the new locator data ends at %llu, not in the room below %llu",
-             (unsigned long long)locators_end(top), (unsigned long long)room);
-    set_bytes = locator_set_bytes(top);
+             (unsigned long long)locators_end(top, NULL), (unsigned long long)room);
+    locators_end(top, &set_bytes);
     T_OK(vhd_compact(top, &co, &cr, &err), &err, "vhd_compact");
     clean_size = t_file_size(top);
   }
@@ -563,13 +556,14 @@ int main(void) {
     char top[PATH_MAX], mid[PATH_MAX];
     snprintf(top, sizeof top, "%s", t_path("top.vhd"));
     snprintf(mid, sizeof mid, "%s", t_path("mid.vhd"));
-    uint64_t first = locators_end(top);
+    uint64_t first = locators_end(top, NULL);
     struct vhd_rebase_opts o = {.new_parent = mid, .unsafe = true};
     struct vhd_rebase_result res;
     struct vhd_err err = {{0}};
     T_OK(vhd_rebase(top, &o, &res, &err), &err, "vhd_rebase -u onto the same parent");
-    T_ASSERT(locators_end(top) > first, "rebase -u put the locator data at %llu, among the blocks",
-             (unsigned long long)locators_end(top));
+    T_ASSERT(locators_end(top, NULL) > first,
+             "rebase -u put the locator data at %llu, among the blocks",
+             (unsigned long long)locators_end(top, NULL));
     save_all();
     test_rebase_crashes(false, (first + 511) / 512 * 512);
   }
