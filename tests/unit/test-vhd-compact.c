@@ -147,9 +147,12 @@ static void build_differencing(const char *path) {
 static struct {
   uint32_t code, len;
   uint64_t off;
-  uint8_t data[8192]; /* an absolute path of up to 4096 UTF-16 units */
+  uint8_t data[66 * 1024]; /* a path, or another platform's longer data */
 } locs[8];
 static int n_locs;
+/* Whether the locators must stay where they are (no room to move them
+ * into, or data the compaction may not move). */
+static bool locs_stay;
 
 /* Each locator the header lists, with the bytes its data holds. */
 static int read_locators(const char *path, __typeof__(locs) out) {
@@ -184,14 +187,132 @@ static uint64_t blocks_end(const char *path) {
   return end;
 }
 
-static void build_locators_past(const char *path) {
+/* With nzero blocks of zeros over parent zeros after block 8: freed, they
+ * leave that much more room below the locator data. */
+static void build_locators_past_n(const char *path, uint32_t nzero) {
   build_differencing(path);
+  struct vhd_err err = {{0}};
+  if (nzero) {
+    vhd_t *v = t_open(path, false);
+    put(v, 10 * BS, (size_t)nzero * BS, 0);
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+  }
   struct vhd_rebase_opts o = {.new_parent = parent_path, .unsafe = true};
   struct vhd_rebase_result res;
-  struct vhd_err err = {{0}};
   T_OK(vhd_rebase(path, &o, &res, &err), &err, "vhd_rebase -u onto the same parent");
   n_locs = read_locators(path, locs);
   T_ASSERT(n_locs == 2, "%d parent locators after the rebase", n_locs);
+}
+
+static void build_locators_past(const char *path) { build_locators_past_n(path, 0); }
+
+static void store32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
+}
+
+/* The dynamic header h (1024 bytes, at offset 512) written back with its
+ * checksum. */
+static void header_write(const char *path, uint8_t *h) {
+  memset(h + 36, 0, 4);
+  uint32_t sum = 0;
+  for (size_t i = 0; i < 1024; i++)
+    sum += h[i];
+  store32(h + 36, ~sum);
+  t_pwrite_file(path, h, 1024, 512);
+}
+
+/* locs[0..n_locs) laid out again by hand, as another tool might leave
+ * them: from where the first starts (or the footer, for none in the file
+ * yet), back to back, each with the room space[k] (bytes), the footer
+ * right after the last.  The header lists them in that order. */
+static void relay_locators(const char *path, const uint32_t *space) {
+  uint8_t h[1024], foot[512];
+  uint64_t size = t_file_size(path), at = size - 512;
+  t_pread_file(path, foot, sizeof foot, at);
+  t_pread_file(path, h, sizeof h, 512);
+  for (int k = 0; k < n_locs; k++)
+    at = MIN(at, locs[k].off / 512 * 512);
+  memset(h + 576, 0, 8 * 24);
+  for (int k = 0; k < n_locs; k++) {
+    T_ASSERT(space[k] >= locs[k].len && space[k] % 512 == 0, "locator %d: room %u for %u bytes",
+             k, space[k], locs[k].len);
+    CLEANUP_FREE uint8_t *room = t_xcalloc(1, space[k]);
+    memcpy(room, locs[k].data, locs[k].len);
+    t_pwrite_file(path, room, space[k], at);
+    uint8_t *e = h + 576 + 24 * k;
+    store32(e, locs[k].code);
+    store32(e + 4, space[k]);
+    store32(e + 8, locs[k].len);
+    store32(e + 16, (uint32_t)(at >> 32));
+    store32(e + 20, (uint32_t)at);
+    locs[k].off = at;
+    at += space[k];
+  }
+  t_pwrite_file(path, foot, sizeof foot, at);
+  t_truncate_file(path, at + 512);
+  header_write(path, h);
+}
+
+/* Where a compaction of path would put the locator data (the end of the
+ * blocks once moved), by its dry run: the file then ends with the data
+ * and the footer. */
+static uint64_t locators_destination(const char *path) {
+  struct vhd_err err = {{0}};
+  struct vhd_compact_result dry;
+  struct vhd_compact_opts dopts = {.dry_run = true};
+  T_OK(vhd_compact(path, &dopts, &dry, &err), &err, "vhd_compact --dry-run");
+  T_ASSERT(dry.locators_moved == (uint32_t)n_locs, "%u of %d locators would move",
+           dry.locators_moved, n_locs);
+  uint64_t s = UINT64_MAX, e = 0;
+  for (int k = 0; k < n_locs; k++) {
+    s = MIN(s, locs[k].off / 512 * 512);
+    e = MAX(e, (locs[k].off + locs[k].len + 511) / 512 * 512);
+  }
+  return dry.file_size_after - 512 - (e - s);
+}
+
+/* Rooms that fill the whole space the blocks give up, so that the copy
+ * would end where the live data starts: no sector is left for the footer
+ * written after it, and the data must stay. */
+static void build_locators_no_room(const char *path) {
+  build_locators_past(path);
+  uint64_t dst = locators_destination(path), s = MIN(locs[0].off, locs[1].off) / 512 * 512;
+  uint32_t space[2];
+  space[0] = (locs[0].len + 511) / 512 * 512;
+  space[1] = (uint32_t)(s - dst) - space[0];
+  relay_locators(path, space);
+  locs_stay = true;
+}
+
+/* A third locator (another platform's, which open passes over) longer
+ * than a copy a crash could leave and a rerun recognise: none of the data
+ * moves, though 22 freed blocks would make room for it all. */
+static void build_locator_too_long(const char *path) {
+  build_locators_past_n(path, 20);
+  locs[2].code = 0x4D616320u; /* "Mac " */
+  locs[2].len = 65536 + 512;
+  locs[2].off = UINT64_MAX;
+  t_fill_nonzero(locs[2].data, locs[2].len);
+  n_locs = 3;
+  uint32_t space[3] = {(locs[0].len + 511) / 512 * 512, (locs[1].len + 511) / 512 * 512,
+                       locs[2].len};
+  relay_locators(path, space);
+  locs_stay = true;
+}
+
+/* A dynamic image whose header lists a parent locator past its blocks:
+ * the format gives a dynamic disk none, so it is nobody's to move. */
+static void build_dynamic_locator(const char *path) {
+  build_dynamic(path);
+  static const char name[] = "C:\\parent.vhd";
+  locs[0].code = 0x57326B75u; /* "W2ku" */
+  locs[0].len = sizeof name - 1;
+  locs[0].off = UINT64_MAX;
+  memcpy(locs[0].data, name, locs[0].len);
+  n_locs = 1;
+  uint32_t space[1] = {512};
+  relay_locators(path, space);
+  locs_stay = true;
 }
 
 static void verify(const char *path, const char *when) {
@@ -208,7 +329,8 @@ static void verify(const char *path, const char *when) {
     T_ASSERT(buf[i] == model[i], "%s: byte at %llu reads 0x%02x, expected 0x%02x", when,
              (unsigned long long)i, buf[i], model[i]);
   if (n_locs) {
-    /* The header's locators always point at their whole data. */
+    /* The header's locators always point at their whole data, where it
+     * was when it may not move. */
     __typeof__(locs) now;
     T_ASSERT(read_locators(path, now) == n_locs, "%s: the number of parent locators changed",
              when);
@@ -217,6 +339,9 @@ static void verify(const char *path, const char *when) {
                    memcmp(now[i].data, locs[i].data, locs[i].len) == 0,
                "%s: parent locator %d (code 0x%08x) no longer points at its data", when, i,
                locs[i].code);
+    for (int i = 0; locs_stay && i < n_locs; i++)
+      T_ASSERT(now[i].off == locs[i].off, "%s: parent locator %d moved from %llu to %llu", when,
+               i, (unsigned long long)locs[i].off, (unsigned long long)now[i].off);
   }
   if (foreign_off) {
     uint8_t now[SPAN];
@@ -267,7 +392,9 @@ static void run(const char *name, void (*build)(const char *), uint32_t want_fre
         T_ASSERT(t_file_size(work) == res.file_size_after, "%s: file is %llu bytes, reported %llu",
                  name, (unsigned long long)t_file_size(work),
                  (unsigned long long)res.file_size_after);
-        T_ASSERT(res.file_size_after < res.file_size_before, "%s: nothing reclaimed", name);
+        /* Locator data that stays at the end keeps the file's length. */
+        T_ASSERT(locs_stay || res.file_size_after < res.file_size_before, "%s: nothing reclaimed",
+                 name);
         verify(work, t_fmt("%s: after compacting", name));
         if (want_locators) {
           /* Moved to right after the blocks, and the file ends after it. */
@@ -327,14 +454,7 @@ static void locator_room_past_footer(void) {
   /* 1536 bytes: past the footer, which follows its 512, by 1024, and
    * short enough for the span to fit in the freed blocks below. */
   space[0] = 0, space[1] = 0, space[2] = 0x06, space[3] = 0;
-  memset(h + 36, 0, 4);
-  uint32_t sum = 0;
-  for (size_t i = 0; i < sizeof h; i++)
-    sum += h[i];
-  sum = ~sum;
-  h[36] = (uint8_t)(sum >> 24), h[37] = (uint8_t)(sum >> 16), h[38] = (uint8_t)(sum >> 8),
-  h[39] = (uint8_t)sum;
-  t_pwrite_file(path, h, sizeof h, 512);
+  header_write(path, h);
   verify(path, "room past the footer: before compacting");
   struct vhd_err err = {{0}};
   struct vhd_compact_result dry, res;
@@ -380,6 +500,13 @@ int main(void) {
   /* The same with the locator data past block 8: it follows the blocks. */
   run("locators-past-blocks", build_locators_past, 2, 1, 2);
   locator_room_past_footer();
+  /* Locator data that may not move: blocks are freed and moved around it. */
+  run("locators-no-room", build_locators_no_room, 2, 1, 0);
+  run("locator-too-long", build_locator_too_long, 22, 1, 0);
+  locs_stay = false;
   n_locs = 0;
+  run("dynamic-locator", build_dynamic_locator, 3, 3, 0);
+  n_locs = 0;
+  locs_stay = false;
   return 0;
 }
