@@ -845,8 +845,9 @@ static void start_request(struct connection *conn, struct nbd_request r, uint32_
     return;
   }
   if (r.type == NBD_CMD_CACHE || (r.type == NBD_CMD_READ && r.length == 0) ||
-      (r.type == NBD_CMD_WRITE && r.length == 0)) {
-    /* Nothing to do on the image: CACHE is a hint we cannot act on. */
+      (r.type == NBD_CMD_WRITE && r.length == 0 && !(r.flags & NBD_CMD_FLAG_FUA))) {
+    /* Nothing to do on the image: CACHE is a hint we cannot act on.  An
+     * empty WRITE with FUA goes to the image, which flushes for it. */
     send_reply(req);
   } else {
     dispatch(req);

@@ -216,6 +216,8 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
         continue;
       return -errno;
     }
+    if (n == 0) /* no progress (a FUSE file system may say so): not a loop */
+      return -EIO;
     p += n;
     len -= (size_t)n;
     off += (uint64_t)n;

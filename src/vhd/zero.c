@@ -159,8 +159,10 @@ int vhd_write_zeroes(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags,
   int r = vhd_check_writable(vhd, "write zeroes", err);
   if (r == 0)
     r = vhd_check_range(vhd, off, len, "write zeroes", err);
-  if (r < 0 || len == 0)
+  if (r < 0)
     return r;
+  if (len == 0) /* FUA still asks for what came before to be durable */
+    return flags & VHD_FUA ? vhd_flush(vhd, err) : 0;
   if (vhd->type == VHD_TYPE_FIXED || (flags & VHD_NO_HOLE)) {
     if (vhd->type == VHD_TYPE_FIXED && (flags & VHD_MAY_TRIM) && !(flags & VHD_NO_HOLE) &&
         vhd_io_punch(vhd, off, len) >= 0) {
@@ -185,8 +187,10 @@ int vhd_trim(vhd_t *vhd, uint64_t off, uint64_t len, unsigned flags, struct vhd_
   int r = vhd_check_writable(vhd, "trim", err);
   if (r == 0)
     r = vhd_check_range(vhd, off, len, "trim", err);
-  if (r < 0 || len == 0)
+  if (r < 0)
     return r;
+  if (len == 0) /* FUA still asks for what came before to be durable */
+    return flags & VHD_FUA ? vhd_flush(vhd, err) : 0;
   if (vhd->type == VHD_TYPE_FIXED) {
     uint64_t a = ROUND_UP(off, 512), b = ROUND_DOWN(off + len, 512);
     if (a < b)

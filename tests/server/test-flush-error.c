@@ -13,6 +13,10 @@
  *    WRITE, on this connection and on another; READs go on.
  *  - write-once with ENOSPC on a dynamic image: the first WRITE fails with
  *    ENOSPC, then FLUSH and FUA WRITE fail with EIO.
+ *  - sync-once with EIO on a fixed image, reached by an empty WRITE, TRIM
+ *    or WRITE_ZEROES with FUA instead of a FLUSH: FUA asks for everything
+ *    written before to be durable even when the request itself writes
+ *    nothing, so it must sync too (and meet the failure).
  * Each time the server logs the failure once, as an error naming the image
  * and the errno; export "b" still takes writes and flushes; on SIGTERM the
  * server exits 1 (the final flush of "a" fails) without crashing, and both
@@ -37,7 +41,13 @@ struct fault_case {
   const char *errname;  /* VHDNBD_FAULT_ERRNO */
   int errnum;
   const char *type;     /* image of export "a" */
+  int probe;            /* sync-once: what reaches the sync (enum probe) */
 };
+
+/* The request that makes the first WRITE durable. */
+enum probe { PROBE_FLUSH, PROBE_EMPTY_FUA_WRITE, PROBE_EMPTY_FUA_TRIM, PROBE_EMPTY_FUA_ZERO };
+static const char *const probe_names[] = {"FLUSH", "an empty FUA WRITE", "an empty FUA TRIM",
+                                          "an empty FUA WRITE_ZEROES"};
 
 static unsigned count_lines_with(const char *text, const char *needle) {
   unsigned n = 0;
@@ -87,8 +97,9 @@ static void run_case(const struct fault_case *fc, unsigned idx) {
   XSNPRINTF(imgb, sizeof imgb, "%s", harness_qemu_image(name, "dynamic", SIZE));
   XSNPRINTF(name, sizeof name, "server-%u.log", idx);
   XSNPRINTF(log, sizeof log, "%s", harness_path(name));
-  char what[128];
-  XSNPRINTF(what, sizeof what, "%s %s on a %s image", fc->mode, fc->errname, fc->type);
+  char what[192];
+  XSNPRINTF(what, sizeof what, "%s %s on a %s image, reached by %s", fc->mode, fc->errname,
+            fc->type, probe_names[fc->probe]);
 
   char ea[4200], eb[4200];
   XSNPRINTF(ea, sizeof ea, "a=%s", imga);
@@ -109,8 +120,23 @@ static void run_case(const struct fault_case *fc, unsigned idx) {
   struct nbd_handle *h = harness_connect(sock, "a");
   if (strcmp(fc->mode, "sync-once") == 0) {
     NBD_OK(nbd_pwrite(h, buf, sizeof buf, 0, 0));
-    /* The injected error itself: FLUSH went down to the sync. */
-    NBD_ERRNO(nbd_flush(h, 0), fc->errnum);
+    /* The injected error itself: the request went down to the sync.
+     * libnbd sends empty requests only outside its strict mode. */
+    NBD_OK(nbd_set_strict_mode(h, nbd_get_strict_mode(h) & ~LIBNBD_STRICT_ZERO_SIZE));
+    switch (fc->probe) {
+    case PROBE_FLUSH:
+      NBD_ERRNO(nbd_flush(h, 0), fc->errnum);
+      break;
+    case PROBE_EMPTY_FUA_WRITE:
+      NBD_ERRNO(nbd_pwrite(h, buf, 0, 4096, LIBNBD_CMD_FLAG_FUA), fc->errnum);
+      break;
+    case PROBE_EMPTY_FUA_TRIM:
+      NBD_ERRNO(nbd_trim(h, 0, 4096, LIBNBD_CMD_FLAG_FUA), fc->errnum);
+      break;
+    case PROBE_EMPTY_FUA_ZERO:
+      NBD_ERRNO(nbd_zero(h, 0, 4096, LIBNBD_CMD_FLAG_FUA), fc->errnum);
+      break;
+    }
   } else {
     NBD_ERRNO(nbd_pwrite(h, buf, sizeof buf, 0, 0), fc->errnum);
   }
@@ -157,9 +183,12 @@ int main(void) {
   harness_init("test-flush-error", 120);
   harness_vhdimg();
   static const struct fault_case cases[] = {
-      {"sync-once", "EIO", EIO, "fixed"},
-      {"sync-once", "ENOSPC", ENOSPC, "fixed"},
-      {"write-once", "ENOSPC", ENOSPC, "dynamic"},
+      {"sync-once", "EIO", EIO, "fixed", PROBE_FLUSH},
+      {"sync-once", "ENOSPC", ENOSPC, "fixed", PROBE_FLUSH},
+      {"write-once", "ENOSPC", ENOSPC, "dynamic", PROBE_FLUSH},
+      {"sync-once", "EIO", EIO, "fixed", PROBE_EMPTY_FUA_WRITE},
+      {"sync-once", "EIO", EIO, "fixed", PROBE_EMPTY_FUA_TRIM},
+      {"sync-once", "EIO", EIO, "fixed", PROBE_EMPTY_FUA_ZERO},
   };
   for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++)
     run_case(&cases[i], i);

@@ -20,6 +20,9 @@
  *
  * 3. The latch belongs to one image: another one open at the same time
  *    flushes normally.
+ *
+ * 4. A pwrite that makes no progress (returns 0) is an error (EIO) at once,
+ *    not a retry without end, and latches as any failed write.
  */
 #include "config.h"
 
@@ -270,6 +273,24 @@ static void test_other_image(void) {
   printf("ok a failure latches its own image only\n");
 }
 
+static void test_no_progress(enum vhd_type type) {
+  CLEANUP_FREE char *path = make_image(type, t_fmt("stall-%s", type_name(type)));
+  vhd_t *v = t_open(path, false);
+  struct vhd_err err = {{0}};
+  static uint8_t buf[BS];
+  t_fill_nonzero(buf, sizeof buf);
+  t_set_pwrite_stall(true);
+  int r = vhd_write(v, buf, 2 * BS, sizeof buf, 0, &err);
+  uint64_t calls = t_stalled_writes();
+  t_set_pwrite_stall(false);
+  T_ASSERT(r == -EIO && calls == 1,
+           "%s image: a write the file system takes nothing of returned %d (%s) after %" PRIu64
+           " pwrite calls; expected EIO after one",
+           type_name(type), r, err.msg, calls);
+  expect_refused(v, t_fmt("%s image after a write without progress", type_name(type)));
+  vhd_close(v, NULL);
+}
+
 int main(void) {
   t_init("test-vhd-write-error");
   test_flush_syncs();
@@ -288,5 +309,8 @@ int main(void) {
         }
   printf("ok the latch: %u cases (image type x fault point x errno)\n", cases);
   test_other_image();
+  for (size_t t = 0; t < ARRAY_SIZE(types); t++)
+    test_no_progress(types[t]);
+  printf("ok a write without progress is EIO at once and latches\n");
   return 0;
 }

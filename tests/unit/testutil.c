@@ -462,7 +462,23 @@ static ssize_t note_write(long r, int fd, const void *buf, off_t off, struct uns
   return r;
 }
 
+static bool pwrite_stall;
+static uint64_t stalled_writes;
+
+void t_set_pwrite_stall(bool stall) {
+  pwrite_stall = stall;
+  stalled_writes = 0;
+}
+uint64_t t_stalled_writes(void) { return stalled_writes; }
+
 static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
+  if (pwrite_stall && n > 0) {
+    if (++stalled_writes > 100) {
+      errno = EDQUOT;
+      return -1;
+    }
+    return 0;
+  }
   if (before_hook)
     before_hook(before_hook_opaque, T_OP_WRITE, fd, (uint64_t)n, (uint64_t)off);
   int fl = fcntl(fd, F_GETFL);

@@ -120,6 +120,12 @@ void t_set_io_before_hook(t_io_before_hook hook, void *opaque);
 /* Hole punching fails with EOPNOTSUPP while set, as on a file system that
  * cannot punch holes. */
 void t_set_punch_unsupported(bool unsupported);
+/* While set, pwrite writes nothing and returns 0 (no progress, as a FUSE
+ * file system may answer), for up to 100 calls in a row, then fails with
+ * EDQUOT: a caller that retries forever would still stop.  The calls are
+ * counted (t_stalled_writes). */
+void t_set_pwrite_stall(bool stall);
+uint64_t t_stalled_writes(void);
 /* Number of syncs the engine asked for (skipped or not). */
 uint64_t t_sync_count(void);
 /* Number of writes through O_DSYNC descriptors. */
