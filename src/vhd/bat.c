@@ -474,7 +474,19 @@ static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, 
   if (r < 0)
     return vhd_set_err(err, r, "%s: moving the footer to offset %llu for block %u: %s",
                        vhd->path, (unsigned long long)new_footer, blk, strerror(-r));
+  uint64_t old_footer = vhd->footer_offset;
   vhd->footer_offset = new_footer;
+  /* The old trailing footer (or what stood there, the copy at 0 being
+   * used) is nobody's now, and it may lie in the data area of the block
+   * that crossed it: open's tail reclaim starts new blocks where the last
+   * structure ends, off the grid the footer stands on.  A sector of that
+   * block never written must read as zeros on disk, to readers that ignore
+   * bitmaps too, so it goes now; the flush that makes the block's BAT
+   * entry durable syncs the data first, these zeros with it. */
+  static const uint8_t zeros[VHD_FOOTER_SIZE];
+  if ((r = vhd_io_pwrite(vhd, zeros, sizeof zeros, old_footer)) < 0)
+    return vhd_set_err(err, r, "%s: zeroing the old footer at offset %llu: %s", vhd->path,
+                       (unsigned long long)old_footer, strerror(-r));
   return 0;
 }
 
@@ -657,10 +669,10 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
   }
   /* The bytes skipped for alignment are never written: they are part of
    * the window the last footer move made (a hole, read as zeros), or the
-   * old trailing footer and the zeros after it, which a crash leaves the
-   * same way without a gap; both are what check --repair knows as blank,
-   * and no block's data was ever there (new space lies past every block
-   * the file held at open). */
+   * old trailing footer's sector (zeroed by the move, a copy of the footer
+   * if a crash came first) and the zeros after it; both are what check
+   * --repair knows as blank, and no block's data was ever there (new
+   * space lies past every block the file held at open). */
   uint64_t off = vhd_block_place(vhd, vhd->next_block_offset);
   uint64_t limit = (uint64_t)(VHD_BAT_UNUSED - 1) * 512; /* BAT entries are 32-bit sectors */
   if (off + span > limit)

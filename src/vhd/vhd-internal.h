@@ -30,9 +30,12 @@
  *     out past the old footer (footer_moving makes such allocations wait),
  *     and the moved footer counts only then.  A failed one is latched as
  *     a failed write and sync, and allocations that waited for the move
- *     then fail on the latch.  A new block then gets
+ *     then fail on the latch.  Once the move returned, the old footer's
+ *     sector is zeroed (a block may cover it: open's tail reclaim places
+ *     blocks off the footer's grid).  A new block then gets
  *     a zeroed sector bitmap, and its data area reads as zeros on disk (new
- *     file space, or a reused block punched or zeroed), so readers that
+ *     file space, the old footer zeroed, or a reused block punched or
+ *     zeroed), so readers that
  *     ignore bitmaps see zeros in sectors never written; its BAT entry
  *     changes only in memory.  A crash leaves unreferenced space before
  *     the footer: a leak, never corruption; `vhdimg check --repair`

@@ -232,3 +232,11 @@ VALGRIND_TESTS += test-vhd-reserve-blocks
 test_vhd_reserve_blocks_SOURCES = tests/unit/test-vhd-reserve-blocks.c $(ENGINE_TEST_UTIL)
 test_vhd_reserve_blocks_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_reserve_blocks_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
+# - test-vhd-tail-reuse: blocks placed in a blank tail before the trailing
+#   footer (engine and qemu-img images) hold zeros in every absent sector.
+check_PROGRAMS += test-vhd-tail-reuse
+TESTS += test-vhd-tail-reuse
+test_vhd_tail_reuse_SOURCES = tests/unit/test-vhd-tail-reuse.c $(ENGINE_TEST_UTIL)
+test_vhd_tail_reuse_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_tail_reuse_CFLAGS = $(ENGINE_TEST_CFLAGS)
