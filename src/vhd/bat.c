@@ -157,6 +157,20 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   for (uint32_t i = 0; i < vhd->max_entries; i++)
     vhd->bat[i] = be32toh(vhd->bat[i]);
 
+  /* With the copy at 0 in use, the last sector was taken for a damaged
+   * footer.  A file that lost its trailing footer whole (cut right after
+   * its last block) ends with that block's data there instead: a block
+   * reaching into the last sector, and no further than the file, says so,
+   * and the data area then runs to the end of the file. */
+  if (vhd->footer_copy_used) {
+    uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
+    uint64_t file_end = ROUND_DOWN(vhd->file_size, 512);
+    for (uint32_t i = 0; i < vhd->max_entries; i++) {
+      uint64_t end = (uint64_t)vhd->bat[i] * 512 + span;
+      if (vhd->bat[i] != VHD_BAT_UNUSED && end > vhd->data_end && end <= file_end)
+        vhd->data_end = end;
+    }
+  }
   if ((r = vhd_batmap_load(vhd, vhd->data_end, err)) < 0)
     return r;
 

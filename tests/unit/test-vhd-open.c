@@ -209,6 +209,33 @@ static void test_footer_copy(void) {
   T_ASSERT(memcmp(buf, good_content, vsize) == 0, "content differs after repair");
   T_OK(vhd_close(v, &err), &err, "vhd_close");
   printf("ok trailing footer repaired\n");
+
+  /* The trailing footer lost whole: the file ends with its last block,
+   * whose data stands where a damaged footer would.  It opens through the
+   * copy, reads the same, and the repair puts the footer back after it. */
+  snprintf(path, sizeof path, "%s", write_case("trailing-footer-lost", good, good_len - 512));
+  v = NULL;
+  T_OK(vhd_open(path, &quiet, &v, &err), &err, "vhd_open without its trailing footer");
+  vhd_get_info(v, &info);
+  T_ASSERT(info.footer_copy_used, "footer_copy_used not set without a trailing footer");
+  T_OK(vhd_read(v, buf, 0, vsize, &err), &err, "vhd_read");
+  T_ASSERT(memcmp(buf, good_content, vsize) == 0, "content differs without the trailing footer");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  co.repair = true;
+  r = vhd_check(path, &co, &err);
+  T_ASSERT(r >= 0 && (r & VHD_CHECK_REPAIRED), "vhd_check --repair of a file without its "
+           "trailing footer returned %d: %s", r, err.msg);
+  co.repair = false;
+  r = vhd_check(path, &co, &err);
+  T_ASSERT(r == 0 && t_file_size(path) == good_len,
+           "after the repair vhd_check returned %d, the file is %" PRIu64 " bytes (was %" PRIu64
+           ")", r, t_file_size(path), good_len);
+  v = NULL;
+  T_OK(vhd_open(path, &quiet, &v, &err), &err, "vhd_open after the repair");
+  T_OK(vhd_read(v, buf, 0, vsize, &err), &err, "vhd_read");
+  T_ASSERT(memcmp(buf, good_content, vsize) == 0, "content differs after the repair");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  printf("ok trailing footer lost whole: opened through the copy and repaired\n");
 }
 
 static void test_damaged(void) {
