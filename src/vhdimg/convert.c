@@ -3,7 +3,8 @@
  *
  * Only data is copied: ranges the source maps as zero (unallocated blocks,
  * holes of a raw file) are skipped, and so are chunks that read back as all
- * zeros, so raw and dynamic outputs stay sparse.
+ * zeros, so raw and dynamic outputs stay sparse; a block device, which
+ * keeps what it held, is zeroed first.
  *
  * The output is written under a temporary name beside DST, made durable, and
  * renamed over DST at the end: DST is at every instant either what it was or
@@ -20,7 +21,9 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdlib.h>
+#include <linux/fs.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -156,7 +159,15 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
                o->path);
       return -EINVAL;
     }
-    o->fd = open(o->path, O_WRONLY | O_CLOEXEC);
+    /* O_EXCL on a block device: refused while it is mounted or held by
+     * another exclusive user (a server, the device mapper), whose data
+     * the conversion would overwrite. */
+    o->fd = open(o->path, O_WRONLY | O_CLOEXEC | (S_ISBLK(st.st_mode) ? O_EXCL : 0));
+    if (o->fd < 0 && errno == EBUSY) {
+      snprintf(err->msg, sizeof err->msg,
+               "%s: the device is in use (mounted, or held by another program)", o->path);
+      return -EBUSY;
+    }
     return o->fd < 0 ? set_errno_msg(err, errno, o->path, "open") : 0;
   }
 
@@ -199,6 +210,27 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
   return 0;
 }
 
+/* A device keeps what it held where nothing is written: the zeros of the
+ * source (skipped, to keep files sparse) must be written to it.  Zeroed
+ * first, over the whole virtual size, by the device where it can
+ * (BLKZEROOUT: a write-zeroes command, or the kernel's own writes). */
+static int device_zero(struct output *o, uint64_t size, struct vhd_err *err) {
+  uint64_t range[2] = {0, ROUND_DOWN(size, 512)};
+  uint64_t at = range[1] && ioctl(o->fd, BLKZEROOUT, range) == 0 ? range[1] : 0;
+  static const uint8_t zeros[65536];
+  while (at < size) {
+    size_t n = (size_t)MIN(size - at, (uint64_t)sizeof zeros);
+    int r = vhd_io_pwrite_fd(o->fd, zeros, n, at);
+    if (r < 0) {
+      snprintf(err->msg, sizeof err->msg, "%s: zeroing at offset %" PRIu64 ": %s", o->path, at,
+               strerror(-r));
+      return r;
+    }
+    at += n;
+  }
+  return 0;
+}
+
 /* Sizes the raw output, or creates the VHD one: with `exact` its virtual size
  * is `size`, otherwise the smallest CHS geometry at least as large. */
 static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_size,
@@ -225,7 +257,7 @@ static int out_open(struct output *o, uint64_t size, bool exact, uint32_t block_
                o->path, (uint64_t)end, size);
       return -ENOSPC;
     }
-    return 0;
+    return S_ISBLK(st.st_mode) ? device_zero(o, size, err) : 0;
   }
 
   /* vhd_create makes the file itself (O_EXCL). */

@@ -8,6 +8,7 @@ vhd_write_helper_LDADD = libvhd.a libcommon.a $(UUID_LIBS)
 TESTS += \
 	tests/interop/test-vhdimg-cli.sh \
 	tests/interop/test-vhdimg-convert.sh \
+	tests/interop/test-vhdimg-convert-device.sh \
 	tests/interop/test-vhdimg-compare.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
@@ -45,6 +46,7 @@ EXTRA_DIST += \
 	tests/interop/pyvhdi-dump.py \
 	tests/interop/test-vhdimg-cli.sh \
 	tests/interop/test-vhdimg-convert.sh \
+	tests/interop/test-vhdimg-convert-device.sh \
 	tests/interop/test-vhdimg-compare.sh \
 	tests/interop/test-vhdimg-qemu-compare.sh \
 	tests/interop/test-vhdimg-pyvhdi.sh \
