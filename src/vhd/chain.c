@@ -131,6 +131,7 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
       .flags = VHD_OPEN_RDONLY | (c->child->nolock ? VHD_OPEN_NOLOCK : 0),
       .warn = c->child->warn,
       .warn_opaque = c->child->warn_opaque,
+      .size_rule = c->child->size_rule,
   };
   vhd_t *p = NULL;
   struct vhd_err e;

@@ -385,11 +385,15 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
 
   vhd_t *p = NULL, *c = NULL;
   struct runs runs = {0};
-  /* Blocks new to the parent take only what the child held there. */
-  struct vhd_open_opts po = {.flags = VHD_OPEN_SPARSE_BLOCKS};
+  /* Blocks new to the parent take only what the child held there.  Both
+   * at their current size: a Virtual PC disk's geometry (the size the
+   * engine serves it at) may end before it, and readers that take the
+   * current size (Hyper-V, VirtualBox, libvhdi) see the sectors between,
+   * which the commit must carry over like any other. */
+  struct vhd_open_opts po = {.flags = VHD_OPEN_SPARSE_BLOCKS, .size_rule = VHD_SIZE_CURRENT};
   if ((r = vhd_open(ppath, &po, &p, err)) < 0)
     return r;
-  struct vhd_open_opts co = {.flags = VHD_OPEN_NOPARENT};
+  struct vhd_open_opts co = {.flags = VHD_OPEN_NOPARENT, .size_rule = VHD_SIZE_CURRENT};
   if ((r = vhd_open(child, &co, &c, err)) < 0)
     goto out;
   if (memcmp(c->header.parent_uuid, p->footer.uuid, 16) != 0) {

@@ -536,7 +536,11 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
 
 int vhd_compact(const char *path, const struct vhd_compact_opts *o,
                 struct vhd_compact_result *res, struct vhd_err *err) {
-  struct vhd_open_opts oo = {.flags = o->dry_run ? VHD_OPEN_RDONLY : 0};
+  /* At the current size, the chain too: a block is freed only where every
+   * reader reads zeros, also one that takes the current size past a
+   * Virtual PC disk's geometry (see commit.c). */
+  struct vhd_open_opts oo = {.flags = o->dry_run ? VHD_OPEN_RDONLY : 0,
+                             .size_rule = VHD_SIZE_CURRENT};
   vhd_t *vhd;
   memset(res, 0, sizeof *res);
   int r = vhd_open(path, &oo, &vhd, err);

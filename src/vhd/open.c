@@ -330,6 +330,7 @@ int vhd_open_depth(const char *path, const struct vhd_open_opts *opts, int depth
   unsigned flags = opts ? opts->flags : 0;
   vhd->readonly = flags & VHD_OPEN_RDONLY;
   vhd->nolock = flags & VHD_OPEN_NOLOCK;
+  vhd->size_rule = opts ? opts->size_rule : VHD_SIZE_AUTO;
   vhd->sparse_blocks = flags & VHD_OPEN_SPARSE_BLOCKS;
   if (opts) {
     vhd->warn = opts->warn;

@@ -487,7 +487,8 @@ static int check_parent_data(struct resize *z, uint64_t new_size) {
   if (vhd->type != VHD_TYPE_DIFFERENCING || new_size == old)
     return 0;
   vhd_t *c = NULL;
-  struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK};
+  struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
+                             .size_rule = VHD_SIZE_CURRENT};
   int r = vhd_open(vhd->path, &ro, &c, z->err);
   if (r < 0)
     return r;
@@ -532,7 +533,11 @@ static int finish_footer_copy(vhd_t *vhd, struct vhd_err *err) {
 
 int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_resize_result *res,
                struct vhd_err *err) {
-  struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT};
+  /* The old size is the current size: sectors past a Virtual PC disk's
+   * geometry (the size the engine serves it at) are data to readers that
+   * take the current size, and growing must keep them, shrinking must
+   * look at them (see commit.c). */
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT, .size_rule = VHD_SIZE_CURRENT};
   vhd_t *vhd;
   if (o->size == 0)
     return vhd_set_err(err, -EINVAL, "%s: size must be larger than 0", path);

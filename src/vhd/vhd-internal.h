@@ -177,6 +177,7 @@ struct vhd {
   int dsync_fd;
   bool dsync_tried;
   bool nolock;            /* VHD_OPEN_NOLOCK: parents are opened without a lock too */
+  enum vhd_size_rule size_rule; /* as opened; parents are opened with it too */
   enum vhd_type type;
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];

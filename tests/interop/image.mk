@@ -29,7 +29,8 @@ TESTS += \
 	tests/interop/test-saved-state.sh \
 	tests/interop/test-short-footer.sh \
 	tests/interop/test-cut-footer.sh \
-	tests/interop/test-parent-locators.sh
+	tests/interop/test-parent-locators.sh \
+	tests/interop/test-vpc-geometry-tail.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/tapdisk-view.py \
@@ -38,6 +39,7 @@ EXTRA_DIST += \
 	tests/interop/test-short-footer.sh \
 	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh \
+	tests/interop/test-vpc-geometry-tail.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/test-vhd-crash-foreign.sh \
 	tests/interop/image-functions.sh \
