@@ -360,6 +360,14 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     stride = vhd_block_place(vhd, dest + span) - dest;
   }
   *footer_pos = nmove ? dest + (nmove - 1) * stride + span : dest;
+  /* A BAT entry holds a sector number in 32 bits: past that the moved
+   * blocks could not be pointed at (a file whose footer stands near 2 TiB,
+   * a hole before it). */
+  if (nmove && dest + (nmove - 1) * stride > (uint64_t)(VHD_BAT_UNUSED - 1) * 512)
+    return vhd_set_err(z->err, -EFBIG,
+                       "%s: the BAT grows over %zu block%s, which would move past offset %llu, "
+                       "beyond the 2 TiB a BAT entry can point at",
+                       vhd->path, nmove, nmove == 1 ? "" : "s", (unsigned long long)dest);
   if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
       (r = sync_image(z, "moving the footer")) < 0)
     return r;

@@ -293,10 +293,55 @@ static void stale_tail(void) {
   vhd_close(v, NULL);
 }
 
+/* A footer standing near 2 TiB (a hole before it, as a crash or another
+ * writer may leave it): the blocks a growing BAT would move past it could
+ * not be pointed at by a 32-bit BAT entry.  Refused, nothing changed. */
+static void bat_past_2tib(void) {
+  CLEANUP_FREE char *path = strdup(t_path("far.vhd"));
+  struct vhd_err err = {{0}};
+  t_create(path, VHD_TYPE_DYNAMIC, 8u << 20, 2u << 20, true, NULL);
+  vhd_t *v = t_open(path, false);
+  CLEANUP_FREE uint8_t *data = t_xmalloc(3u << 20);
+  t_fill_nonzero(data, 3u << 20);
+  T_OK(vhd_write(v, data, 0, 3u << 20, 0, &err), &err, "vhd_write");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  uint64_t size = t_file_size(path), far = (1ull << 41) + (1u << 20);
+  uint8_t foot[512];
+  t_pread_file(path, foot, sizeof foot, size - 512);
+  if (truncate(path, (off_t)far + 512) < 0) {
+    printf("SKIP a footer near 2 TiB: this file system takes no file of %llu bytes (%s)\n",
+           (unsigned long long)far + 512, strerror(errno));
+    return;
+  }
+  t_pwrite_file(path, foot, sizeof foot, far);
+  t_truncate_file(path, far + 512);
+  CLEANUP_FREE uint8_t *before = t_xmalloc(size - 512);
+  t_pread_file(path, before, size - 512, 0);
+  struct vhd_resize_opts o = {.size = 512u << 20};
+  int r = vhd_resize(path, &o, NULL, &err);
+  T_ASSERT(r == -EFBIG && strstr(err.msg, "2 TiB"),
+           "growing the BAT over blocks that would move past 2 TiB: %d (%s)", r, err.msg);
+  CLEANUP_FREE uint8_t *after = t_xmalloc(size - 512);
+  t_pread_file(path, after, size - 512, 0);
+  uint8_t foot_after[512];
+  t_pread_file(path, foot_after, sizeof foot_after, far);
+  T_ASSERT(memcmp(before, after, size - 512) == 0 && memcmp(foot, foot_after, 512) == 0 &&
+               t_file_size(path) == far + 512,
+           "a refused resize changed the image");
+  v = t_open(path, true);
+  CLEANUP_FREE uint8_t *back = t_xmalloc(3u << 20);
+  T_OK(vhd_read(v, back, 0, 3u << 20, &err), &err, "vhd_read");
+  T_ASSERT(memcmp(back, data, 3u << 20) == 0, "the data changed");
+  vhd_close(v, NULL);
+  remove(path);
+  printf("ok growing the BAT over blocks that would move past 2 TiB is refused: %s\n", err.msg);
+}
+
 int main(void) {
   t_init("test-vhd-resize");
   refusals();
   stale_tail();
+  bat_past_2tib();
   for (size_t i = 0; i < ARRAY_SIZE(scenarios); i++)
     crash_all(&scenarios[i]);
   free(model);
