@@ -194,7 +194,10 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
    * reserve, and may even reach past the footer. */
   uint64_t off_limits_end = ROUND_UP(data_end, 512);
   off_limits_end = MAX(off_limits_end, ROUND_UP(bat_off + bat_bytes, 512));
-  for (int i = 0; i < 8; i++) {
+  /* Only a differencing image's locators are anyone's: the format gives
+   * no other type any, and what another writer left in a dynamic disk's
+   * entries (a room of 2 TiB, say) must not push new blocks out. */
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
     const struct vhd_locator *l = &vhd->header.locators[i];
     if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
       off_limits_end = MAX(off_limits_end, vhd_locator_area_end(l));
@@ -251,7 +254,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   for (size_t i = 0; i < n; i++)
     if (ext[i].blk == UINT32_MAX)
       vhd->cut_floor = MAX(vhd->cut_floor, ROUND_UP(ext[i].end, 512));
-  for (int i = 0; i < 8; i++) {
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
     const struct vhd_locator *l = &vhd->header.locators[i];
     if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
       vhd->cut_floor = MAX(vhd->cut_floor, vhd_locator_area_end(l));
@@ -268,7 +271,8 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   uint64_t used_end = off_limits_end == ROUND_UP(data_end, 512) ? 0 : off_limits_end;
   for (size_t i = 0; i < n; i++)
     used_end = MAX(used_end, ROUND_UP(ext[i].end, 512));
-  for (int i = 0; i < 8; i++) { /* with the room each locator reserves */
+  /* with the room each locator reserves */
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
     const struct vhd_locator *l = &vhd->header.locators[i];
     if (l->code != VHD_PLAT_NONE && l->data_length && l->data_offset < data_end)
       used_end = MAX(used_end, vhd_locator_area_end(l));

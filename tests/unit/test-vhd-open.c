@@ -631,6 +631,43 @@ static void test_size_rule(void) {
   printf("ok size rule: current %" PRIu64 ", CHS %" PRIu64 "\n", cur, chs);
 }
 
+/* A dynamic disk whose header's locator entries hold what another writer
+ * left there (the format gives a dynamic disk none): a room of 2 TiB must
+ * not push new blocks past the limit, nor anything else change. */
+static void test_dynamic_locator_junk(void) {
+  CLEANUP_FREE uint8_t *img = fresh_copy();
+  uint8_t *e = img + hdr_off + 576;
+  be32_store(e, 0x57326B75);      /* "W2ku" */
+  be32_store(e + 4, 0xFFFFFFFEu); /* less than the length: sectors, 2 TiB */
+  be32_store(e + 8, 0xFFFFFFFFu);
+  be64_store(e + 16, 512);
+  fix_header(img);
+  char path[4096];
+  snprintf(path, sizeof path, "%s", write_case("dynamic-locator-junk", img, good_len));
+  vhd_t *v = t_open(path, false);
+  struct vhd_err err = {{0}};
+  uint8_t buf[4096];
+  t_fill_nonzero(buf, sizeof buf);
+  uint64_t at = 9 * 4096; /* a block never allocated */
+  T_OK(vhd_write(v, buf, at, sizeof buf, 0, &err), &err,
+       "writing a new block of a dynamic disk with junk locator entries");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  T_ASSERT(t_file_size(path) < good_len + (1u << 20), "the file grew to %" PRIu64 " bytes",
+           t_file_size(path));
+  int c = t_check(path);
+  T_ASSERT(!(c & VHD_CHECK_CORRUPT), "vhd_check says 0x%x", c);
+  v = t_open(path, true);
+  CLEANUP_FREE uint8_t *all = t_xmalloc(vsize);
+  T_OK(vhd_read(v, all, 0, vsize, &err), &err, "vhd_read");
+  vhd_close(v, NULL);
+  CLEANUP_FREE uint8_t *want = t_xmalloc(vsize);
+  memcpy(want, good_content, vsize);
+  memcpy(want + at, buf, sizeof buf);
+  T_ASSERT(memcmp(all, want, vsize) == 0,
+           "a dynamic disk with junk locator entries reads other data than written");
+  printf("ok dynamic disk with junk locator entries: a new block is written in place\n");
+}
+
 int main(void) {
   t_init("test-vhd-open");
   make_good();
@@ -640,6 +677,7 @@ int main(void) {
   test_locking();
   test_chains();
   test_size_rule();
+  test_dynamic_locator_junk();
 #ifdef OPEN_SELF_PARENT
   test_self_parent();
 #endif
