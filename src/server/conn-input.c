@@ -15,6 +15,7 @@
 
 #include "conn-internal.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "splice.h"
 
@@ -83,7 +84,8 @@ static bool loop_under_cap(struct loop *l) {
  * per connection and for the whole server. */
 static bool under_limits(const struct connection *conn) {
   if (conn->inflight >= SERVER_MAX_INFLIGHT_REQUESTS ||
-      conn->inflight_bytes + conn->write_bytes >= SERVER_MAX_INFLIGHT_BYTES)
+      conn->inflight_bytes + conn->write_bytes >= SERVER_MAX_INFLIGHT_BYTES ||
+      conn->write_ahead >= SERVER_WRITE_AHEAD_BYTES)
     return false;
   /* The shared budget never stops a connection with nothing of its own in
    * flight: clients that fill it without reading their replies must not
@@ -432,6 +434,12 @@ void conn_process(struct connection *conn) {
   }
   if (conn->in_start == conn->in_end)
     conn->in_start = conn->in_end = 0;
+  /* Counted once a pause, for the metrics: the client writes faster than
+   * its payloads are stored. */
+  bool capped = conn->write_ahead >= SERVER_WRITE_AHEAD_BYTES && !mid_message(conn);
+  if (capped && !conn->write_ahead_paused && conn->exp)
+    metrics_write_ahead_pause(conn->exp);
+  conn->write_ahead_paused = capped;
   conn->in_process = false;
   update_rcvlowat(conn, false);
   conn_update_reading(conn);

@@ -47,6 +47,7 @@ struct export_stats {
   uint64_t spliced;     /* READ replies whose data was spliced */
   uint64_t wspliced;    /* WRITEs whose payload was spliced into the file */
   uint64_t one_lane;    /* plain WRITEs narrowed to one lane */
+  uint64_t ahead_pauses; /* reading stopped: WRITE payloads held (write-ahead cap) */
   uint64_t errors[N_ERRNOS];
   uint64_t inflight;
 };
@@ -187,6 +188,12 @@ void metrics_write_one_lane(const struct export *exp) {
     COUNT(st->one_lane, 1);
 }
 
+void metrics_write_ahead_pause(const struct export *exp) {
+  struct export_stats *st = stats_of(exp);
+  if (st)
+    COUNT(st->ahead_pauses, 1);
+}
+
 void metrics_connection_accepted(void) { m.accepted++; }
 
 void metrics_connection_refused(const char *reason) {
@@ -264,6 +271,7 @@ static void sum_stats(struct export_stats *t) {
     t->spliced += READ(st->spliced);
     t->wspliced += READ(st->wspliced);
     t->one_lane += READ(st->one_lane);
+    t->ahead_pauses += READ(st->ahead_pauses);
     t->inflight += READ(st->inflight);
   }
 }
@@ -310,6 +318,10 @@ static void write_requests(FILE *f) {
                 "Plain WRITEs run on one lane, not spread over all, because the recent ones held "
                 "the file long.",
                 offsetof(struct export_stats, one_lane));
+  export_family(f, "write_ahead_pauses_total", "counter",
+                "Times a client's requests were left unread because WRITE payloads it had sent "
+                "were still waiting to be stored (2 MiB of them): it writes faster than the disk.",
+                offsetof(struct export_stats, ahead_pauses));
   export_family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.",
                 offsetof(struct export_stats, inflight));
   family(f, "requests_queued", "gauge",
@@ -384,6 +396,10 @@ static void write_server(FILE *f) {
          "Plain WRITEs run on one lane because the recent ones held the file long, all "
          "exports.");
   fprintf(f, "vhdnbd_server_writes_one_lane_total %" PRIu64 "\n", t.one_lane);
+  family(f, "server_write_ahead_pauses_total", "counter",
+         "Times a client's requests were left unread while its WRITE payloads waited to be "
+         "stored, all exports.");
+  fprintf(f, "vhdnbd_server_write_ahead_pauses_total %" PRIu64 "\n", t.ahead_pauses);
   family(f, "server_requests_in_flight", "gauge", "Requests not yet answered, all exports.");
   fprintf(f, "vhdnbd_server_requests_in_flight %" PRIu64 "\n", t.inflight);
   unsigned queued = 0;

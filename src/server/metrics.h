@@ -48,6 +48,8 @@ void metrics_write_spliced(const struct export *exp);
 /* A plain WRITE sent to the export's first lane because the recent ones
  * held the file long (lanes.h; loop thread). */
 void metrics_write_one_lane(const struct export *exp);
+/* A connection stopped reading at the write-ahead cap (server.h). */
+void metrics_write_ahead_pause(const struct export *exp);
 
 /* Connections accepted, and refused or dropped for `reason` (a label
  * value: per_address, max_connections, evicted, handshake_timeout,

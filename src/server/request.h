@@ -39,6 +39,7 @@ struct request {
   uint8_t *data;      /* READ result or WRITE payload */
   size_t data_size;   /* bytes allocated at data */
   uint64_t accounted; /* bytes counted in conn->inflight_bytes */
+  uint64_t payload_accounted; /* of those, WRITE payload (conn->write_ahead) */
   uint32_t payload_done; /* WRITE: payload bytes read so far */
   bool payload_piped;    /* WRITE: the payload waits in pipe, not in data,
                             but for its first payload_head bytes */

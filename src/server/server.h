@@ -59,6 +59,14 @@
 #define SERVER_ABSURD_PAYLOAD (64u * 1024 * 1024)    /* WRITE above this: close */
 #define SERVER_MAX_INFLIGHT_BYTES (64u * 1024 * 1024) /* stop reading the socket above */
 #define SERVER_MAX_INFLIGHT_REQUESTS 512u
+/* WRITE payloads a connection holds in memory, not yet written to the
+ * image, above which it reads no further request: two payloads of 1 MiB.
+ * A worker writes one while the loop reads the next, which is all the
+ * overlap there is to have (long writes run on one write lane), and the
+ * buffers then cycle hot in the CPUs' caches; reading sixteen ahead only
+ * copied each payload through cold memory twice (bench/RESULTS.md,
+ * "Payloads read ahead of the writes").  Small writes never reach it. */
+#define SERVER_WRITE_AHEAD_BYTES (2u * 1024 * 1024)
 /* All connections together.  A connection with nothing in flight may always
  * read one request, so the memory held is at most this plus one request per
  * connection: a READ slice, or a WRITE payload still arriving. */
@@ -421,6 +429,8 @@ struct connection {
   const char *discard_why;
   unsigned inflight;
   uint64_t inflight_bytes;
+  uint64_t write_ahead;  /* WRITE payload bytes held (SERVER_WRITE_AHEAD_BYTES) */
+  bool write_ahead_paused; /* input stopped at that cap (counted once a pause) */
   uint64_t write_bytes;  /* queued on the socket, not yet written */
   conn_input_cb tls_done_cb;
   unsigned writes_pending;

@@ -55,6 +55,13 @@ static void request_charge(struct request *req, uint64_t n) {
   loop_inflight_add(req->conn->loop, n);
 }
 
+/* A WRITE payload's bytes, counted also against the write-ahead cap. */
+static void request_charge_payload(struct request *req, uint64_t n) {
+  request_charge(req, n);
+  req->payload_accounted += n;
+  req->conn->write_ahead += n;
+}
+
 static void request_free(struct request *req) {
   struct connection *conn = req->conn;
   request_answered(req);
@@ -62,6 +69,7 @@ static void request_free(struct request *req) {
                       uv_hrtime() - req->started_ns, req->replied);
   conn->inflight--;
   conn->inflight_bytes -= req->accounted;
+  conn->write_ahead -= req->payload_accounted;
   loop_inflight_sub(conn->loop, req->accounted);
   splice_pipe_put(&req->pipe, false); /* still held: bytes may be left in it */
   bufpool_put(req->data, req->data_size);
@@ -657,7 +665,7 @@ static void on_payload_step(struct connection *conn);
 static void expect_payload_step(struct connection *conn) {
   struct request *req = conn->payload_req;
   uint32_t step = (uint32_t)MIN((uint64_t)SERVER_PAYLOAD_STEP, req->r.length - req->payload_done);
-  request_charge(req, step);
+  request_charge_payload(req, step);
   conn_expect(conn, req->data + req->payload_done, step, on_payload_step);
 }
 
@@ -694,7 +702,7 @@ static bool expect_payload_piped(struct connection *conn) {
       len > splice_pipe_payload_max() || !conn_may_splice_in(conn) ||
       !splice_pipe_get(&req->pipe))
     return false;
-  request_charge(req, len);
+  request_charge_payload(req, len);
   conn_expect_pipe(conn, req->pipe.rd, req->pipe.wr, req->data, len, on_payload_piped);
   return true;
 }

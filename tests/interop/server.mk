@@ -26,6 +26,7 @@ SERVER_INTEROP_TESTS = \
 	tests/interop/test-worker-policy.sh \
 	tests/interop/test-sparse-blocks.sh \
 	tests/interop/test-write-lanes.sh \
+	tests/interop/test-write-ahead.sh \
 	tests/interop/test-sigterm-twice.sh \
 	tests/interop/test-unix-socket.sh \
 	tests/interop/test-crash-window.sh
