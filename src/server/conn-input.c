@@ -82,10 +82,14 @@ static bool loop_under_cap(struct loop *l) {
 
 /* Whether we may start reading the next message: bounded requests and bytes,
  * per connection and for the whole server. */
+static bool write_ahead_full(const struct connection *conn) {
+  return conn->write_ahead >= SERVER_WRITE_AHEAD_BYTES;
+}
+
 static bool under_limits(const struct connection *conn) {
   if (conn->inflight >= SERVER_MAX_INFLIGHT_REQUESTS ||
       conn->inflight_bytes + conn->write_bytes >= SERVER_MAX_INFLIGHT_BYTES ||
-      conn->write_ahead >= SERVER_WRITE_AHEAD_BYTES)
+      write_ahead_full(conn))
     return false;
   /* The shared budget never stops a connection with nothing of its own in
    * flight: clients that fill it without reading their replies must not
@@ -436,7 +440,7 @@ void conn_process(struct connection *conn) {
     conn->in_start = conn->in_end = 0;
   /* Counted once a pause, for the metrics: the client writes faster than
    * its payloads are stored. */
-  bool capped = conn->write_ahead >= SERVER_WRITE_AHEAD_BYTES && !mid_message(conn);
+  bool capped = write_ahead_full(conn) && !mid_message(conn) && !input_allowed(conn);
   if (capped && !conn->write_ahead_paused && conn->exp)
     metrics_write_ahead_pause(conn->exp);
   conn->write_ahead_paused = capped;
