@@ -80,12 +80,13 @@ static bool loop_under_cap(struct loop *l) {
   return false;
 }
 
-/* Whether we may start reading the next message: bounded requests and bytes,
- * per connection and for the whole server. */
+/* Its WRITE payloads not yet stored and answered reach the cap (server.h). */
 static bool write_ahead_full(const struct connection *conn) {
   return conn->write_ahead >= SERVER_WRITE_AHEAD_BYTES;
 }
 
+/* Whether we may start reading the next message: bounded requests and bytes,
+ * per connection and for the whole server. */
 static bool under_limits(const struct connection *conn) {
   if (conn->inflight >= SERVER_MAX_INFLIGHT_REQUESTS ||
       conn->inflight_bytes + conn->write_bytes >= SERVER_MAX_INFLIGHT_BYTES ||
@@ -440,7 +441,8 @@ void conn_process(struct connection *conn) {
     conn->in_start = conn->in_end = 0;
   /* Counted once a pause, for the metrics: the client writes faster than
    * its payloads are stored. */
-  bool capped = write_ahead_full(conn) && !mid_message(conn) && !input_allowed(conn);
+  bool capped = write_ahead_full(conn) && !mid_message(conn) && !input_allowed(conn) &&
+                !conn->closing && !conn->eof && !conn->draining && conn->want_cb;
   if (capped && !conn->write_ahead_paused && conn->exp)
     metrics_write_ahead_pause(conn->exp);
   conn->write_ahead_paused = capped;

@@ -320,7 +320,8 @@ static void write_requests(FILE *f) {
                 offsetof(struct export_stats, one_lane));
   export_family(f, "write_ahead_pauses_total", "counter",
                 "Times a client's requests were left unread because WRITE payloads it had sent "
-                "were still waiting to be stored (2 MiB of them): it writes faster than the disk.",
+                "were still waiting to be stored and answered (2 MiB of them): it writes faster "
+                "than the disk.",
                 offsetof(struct export_stats, ahead_pauses));
   export_family(f, "requests_in_flight", "gauge", "Requests received and not yet answered.",
                 offsetof(struct export_stats, inflight));

@@ -59,13 +59,15 @@
 #define SERVER_ABSURD_PAYLOAD (64u * 1024 * 1024)    /* WRITE above this: close */
 #define SERVER_MAX_INFLIGHT_BYTES (64u * 1024 * 1024) /* stop reading the socket above */
 #define SERVER_MAX_INFLIGHT_REQUESTS 512u
-/* WRITE payloads a connection holds in memory, not yet written to the
- * image, above which it reads no further request: two payloads of 1 MiB.
+/* WRITE payloads a connection holds in memory (from their header until
+ * their reply is written), above which it reads no further request: two
+ * payloads of 1 MiB.
  * A worker writes one while the loop reads the next, which is all the
  * overlap there is to have (long writes run on one write lane), and the
  * buffers then cycle hot in the CPUs' caches; reading sixteen ahead only
  * copied each payload through cold memory twice (bench/RESULTS.md,
- * "Payloads read ahead of the writes").  Small writes never reach it. */
+ * "Payloads read ahead of the writes").  4 KiB writes stay under it at
+ * any depth SERVER_MAX_INFLIGHT_REQUESTS allows. */
 #define SERVER_WRITE_AHEAD_BYTES (2u * 1024 * 1024)
 /* All connections together.  A connection with nothing in flight may always
  * read one request, so the memory held is at most this plus one request per

@@ -162,7 +162,11 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
    * its last block) ends with that block's data there instead: a block
    * reaching into the last sector, and no further than the file, says so,
    * and the data area then runs to the end of the file. */
-  if (vhd->footer_copy_used) {
+  uint8_t last[8] = {0};
+  if (vhd->footer_copy_used && vhd->file_size >= 512)
+    (void)vhd_io_pread(vhd->fd, last, sizeof last, ROUND_DOWN(vhd->file_size, 512) - 512);
+  /* A torn footer (its cookie still there) is a footer, never a block's data. */
+  if (vhd->footer_copy_used && memcmp(last, "conectix", 8) != 0) {
     uint64_t span = (uint64_t)vhd->bitmap_size + vhd->block_size;
     uint64_t file_end = ROUND_DOWN(vhd->file_size, 512);
     for (uint32_t i = 0; i < vhd->max_entries; i++) {
@@ -502,7 +506,10 @@ static int footer_move(vhd_t *vhd, uint64_t off, uint64_t span, uint64_t limit, 
    * bitmaps too, so it goes now; the flush that makes the block's BAT
    * entry durable syncs the data first, these zeros with it. */
   static const uint8_t zeros[VHD_FOOTER_SIZE];
-  if ((r = vhd_io_pwrite(vhd, zeros, sizeof zeros, old_footer)) < 0)
+  /* Never into the new footer (an old one not on a sector boundary, a
+   * window of one block ending in its sector). */
+  if ((r = vhd_io_pwrite(vhd, zeros, (size_t)MIN((uint64_t)sizeof zeros, new_footer - old_footer),
+                         old_footer)) < 0)
     return vhd_set_err(err, r, "%s: zeroing the old footer at offset %llu: %s", vhd->path,
                        (unsigned long long)old_footer, strerror(-r));
   return 0;

@@ -69,8 +69,31 @@ static int collect_gaps(void *opaque, const struct vhd_extent *e) {
   return 0;
 }
 
+/* The size the new parent is served at with the size rule left automatic
+ * (vhdnbd's, QEMU's): a Virtual PC disk's geometry, which may end before
+ * the current size the rebase reads it at (see commit.c).  Past it the
+ * server reads zeros from it, whatever a current-size reader sees. */
+static uint64_t served_size(const vhd_t *np) {
+  const struct vhd_footer *f = &np->footer;
+  uint64_t chs = (uint64_t)f->cylinders * f->heads * f->spt * 512;
+  return vhd_footer_uses_chs(f) && chs && chs < np->virtual_size ? chs : np->virtual_size;
+}
+
+/* Whether the sector at old and the new parent's (nw, at file offset at)
+ * differ in either view of the new parent. */
+static bool sector_differs(const uint8_t *old, const uint8_t *nw, uint64_t at, uint64_t served) {
+  if (memcmp(old, nw, VHD_SECTOR_SIZE) != 0)
+    return true;
+  for (size_t i = 0; at >= served && i < VHD_SECTOR_SIZE; i++)
+    if (old[i])
+      return true;
+  return false;
+}
+
 /* Copies into the child the sectors of [off, off+len) where old (what the
- * child reads there now) and the new parent differ. */
+ * child reads there now) and the new parent differ, as a current-size
+ * reader sees the new parent or as the server does (zeros past its served
+ * size): the child then reads the same both ways. */
 static int copy_differences(vhd_t *c, vhd_t *np, uint8_t *old, uint8_t *nw, uint64_t off,
                             size_t len, uint64_t *copied, struct vhd_err *err) {
   int r = vhd_read(c, old, off, len, err);
@@ -80,13 +103,14 @@ static int copy_differences(vhd_t *c, vhd_t *np, uint8_t *old, uint8_t *nw, uint
   memset(nw + have, 0, len - have);
   if (have && (r = vhd_read(np, nw, off, have, err)) < 0)
     return r;
+  uint64_t served = served_size(np);
   for (size_t i = 0; i < len;) {
-    if (memcmp(old + i, nw + i, VHD_SECTOR_SIZE) == 0) {
+    if (!sector_differs(old + i, nw + i, off + i, served)) {
       i += VHD_SECTOR_SIZE;
       continue;
     }
     size_t j = i + VHD_SECTOR_SIZE;
-    while (j < len && memcmp(old + j, nw + j, VHD_SECTOR_SIZE) != 0)
+    while (j < len && sector_differs(old + j, nw + j, off + j, served))
       j += VHD_SECTOR_SIZE;
     if ((r = vhd_write(c, old + i, off + i, j - i, 0, err)) < 0)
       return r;

@@ -277,8 +277,10 @@ int vhd_write(vhd_t *vhd, const void *buf, uint64_t off, size_t len, unsigned fl
     r = vhd_check_range(vhd, off, len, "write", err);
   if (r < 0)
     return r;
-  if (len == 0) /* FUA still asks for what came before to be durable */
-    return flags & VHD_FUA ? vhd_flush(vhd, err) : 0;
+  if (len == 0 && (flags & VHD_FUA)) /* FUA asks for what came before to be durable */
+    return nowait ? -EAGAIN : vhd_flush(vhd, err);
+  if (len == 0)
+    return 0;
   if (nowait)
     return write_nowait(vhd, buf, off, len, flags, err);
   const uint8_t *p = buf;

@@ -215,7 +215,10 @@ static int out_prepare(struct output *o, struct vhd_err *err) {
  * first, over the whole virtual size, by the device where it can
  * (BLKZEROOUT: a write-zeroes command, or the kernel's own writes). */
 static int device_zero(struct output *o, uint64_t size, struct vhd_err *err) {
-  uint64_t range[2] = {0, ROUND_DOWN(size, 512)};
+  int sector = 512; /* BLKZEROOUT takes whole logical sectors (4 KiB on 4Kn disks) */
+  if (ioctl(o->fd, BLKSSZGET, &sector) < 0 || sector < 512)
+    sector = 512;
+  uint64_t range[2] = {0, ROUND_DOWN(size, (uint64_t)sector)};
   uint64_t at = range[1] && ioctl(o->fd, BLKZEROOUT, range) == 0 ? range[1] : 0;
   static const uint8_t zeros[65536];
   while (at < size) {

@@ -9,7 +9,12 @@
 #    the current size is a shrink (refused without --shrink);
 #  - commit carries a child's sectors there into its parent;
 #  - compact does not free a child's block of zeros that hides its
-#    parent's data there.
+#    parent's data there;
+#  - a safe rebase onto a Virtual PC parent that holds the same data as
+#    the old one past its geometry copies that data into the child, which
+#    then reads it both at the current size (libvhdi) and at the size the
+#    server serves its new parent at (vhdimg convert, whose reads are the
+#    server's).
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires_py pyvhdi
@@ -124,3 +129,16 @@ set_creator c2.vhd
 $dump c2.raw c2.vhd p2.vhd >/dev/null
 expect_bytes c2.raw $CHS $TAIL 0 "the compacted child, past its geometry (its zeros hide the parent's 0x44)"
 echo "ok compact keeps a Virtual PC child's zeros that hide its parent's data past the geometry"
+
+# --- rebase --------------------------------------------------------------------
+"$VHDIMG" create --exact p3.vhd $CUR >/dev/null
+"$WRITE_HELPER" p3.vhd 0 $CUR 0x55
+"$VHDIMG" create -b p3.vhd c3.vhd >/dev/null
+"$VHDIMG" convert -O dynamic --exact p3.vhd np3.vhd >/dev/null
+set_creator np3.vhd
+"$VHDIMG" rebase -b np3.vhd c3.vhd >/dev/null || fail "rebase failed"
+$dump c3.raw c3.vhd np3.vhd >/dev/null
+expect_bytes c3.raw $CHS $TAIL 0x55 "the rebased child at the current size, past the new parent's geometry"
+"$VHDIMG" convert -O raw c3.vhd c3-served.raw
+expect_bytes c3-served.raw $CHS $TAIL 0x55 "the rebased child as served, past the new parent's geometry"
+echo "ok rebase onto a Virtual PC parent keeps what the child read past the parent's geometry"
