@@ -145,8 +145,16 @@ int vhd_batmap_fill_new(vhd_t *vhd, uint32_t blk, uint64_t off, uint8_t *bm,
     for (uint64_t done = 0; done < len;) {
       size_t n = (size_t)MIN(len - done, (uint64_t)chunk);
       int r = vhd_read(vhd->parent, buf, vstart + done, n, err);
-      if (r < 0)
+      if (r < 0) {
+        /* The block is not allocated: its space goes to the next block,
+         * whose never-written sectors readers that ignore bitmaps (QEMU)
+         * take as data.  What the fill wrote there must read as zeros
+         * again; a failure to zero it latches the write error, and then
+         * nothing more is allocated. */
+        if (done > 0)
+          (void)vhd_io_zero(vhd, off + vhd->bitmap_size, done);
         return r;
+      }
       uint64_t at = off + vhd->bitmap_size + done;
       if ((r = vhd_io_pwrite(vhd, buf, n, at)) < 0)
         return vhd_set_io_err(vhd, err, r, "filling a block the Xen batmap marks full", at);

@@ -233,6 +233,14 @@ test_vhd_reserve_blocks_SOURCES = tests/unit/test-vhd-reserve-blocks.c $(ENGINE_
 test_vhd_reserve_blocks_LDADD = $(ENGINE_TEST_LDADD)
 test_vhd_reserve_blocks_CFLAGS = $(ENGINE_TEST_CFLAGS)
 
+# - test-vhd-batmap-fill: a block Xen's batmap marks full is filled from
+#   the parent when allocated; a fill the parent fails midway leaves zeros.
+check_PROGRAMS += test-vhd-batmap-fill
+TESTS += test-vhd-batmap-fill
+test_vhd_batmap_fill_SOURCES = tests/unit/test-vhd-batmap-fill.c $(ENGINE_TEST_UTIL)
+test_vhd_batmap_fill_LDADD = $(ENGINE_TEST_LDADD)
+test_vhd_batmap_fill_CFLAGS = $(ENGINE_TEST_CFLAGS)
+
 # - test-vhd-tail-reuse: blocks placed in a blank tail before the trailing
 #   footer (engine and qemu-img images) hold zeros in every absent sector.
 check_PROGRAMS += test-vhd-tail-reuse

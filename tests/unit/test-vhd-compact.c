@@ -212,14 +212,7 @@ static void store32(uint8_t *p, uint32_t v) {
 
 /* The dynamic header h (1024 bytes, at offset 512) written back with its
  * checksum. */
-static void header_write(const char *path, uint8_t *h) {
-  memset(h + 36, 0, 4);
-  uint32_t sum = 0;
-  for (size_t i = 0; i < 1024; i++)
-    sum += h[i];
-  store32(h + 36, ~sum);
-  t_pwrite_file(path, h, 1024, 512);
-}
+static void header_write(const char *path, uint8_t *h) { t_write_header(path, h, 512); }
 
 /* locs[0..n_locs) laid out again by hand, as another tool might leave
  * them: from where the first starts (or the footer, for none in the file

@@ -272,6 +272,17 @@ void t_read_locators(const char *path, struct t_locator out[8]) {
   }
 }
 
+void t_write_header(const char *path, uint8_t *h, uint64_t off) {
+  memset(h + 36, 0, 4);
+  uint32_t sum = 0;
+  for (size_t i = 0; i < 1024; i++)
+    sum += h[i];
+  sum = ~sum;
+  for (int i = 0; i < 4; i++)
+    h[36 + i] = (uint8_t)(sum >> (24 - 8 * i));
+  t_pwrite_file(path, h, 1024, off);
+}
+
 void t_pwrite_file(const char *path, const void *buf, size_t len, uint64_t off) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   if (fd < 0)

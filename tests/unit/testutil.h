@@ -88,6 +88,10 @@ struct t_locator {
   uint64_t off;
 };
 void t_read_locators(const char *path, struct t_locator out[8]);
+/* Writes the 1024-byte dynamic header h at offset off of path's file with
+ * its checksum (the ones' complement of its bytes' sum, the field itself
+ * counted as zeros) set, as a test that edits a header by hand needs. */
+void t_write_header(const char *path, uint8_t *h, uint64_t off);
 
 /* vhd_create with the given fields, failing the test on error. */
 void t_create(const char *path, enum vhd_type type, uint64_t size, uint32_t block_size,
