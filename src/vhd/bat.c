@@ -126,6 +126,17 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
   if (bat_off < VHD_FOOTER_SIZE)
     return vhd_set_err(err, -EINVAL, "%s: BAT at offset %llu overlaps the footer copy at 0", p,
                        (unsigned long long)bat_off);
+  /* Every writer puts the BAT on a sector boundary, and the write order
+   * relies on it: a flush writes a BAT sector's entries in one write that
+   * a crash keeps or loses whole, and resize moves the table by sectors.
+   * Off the boundary, a crash could keep half of a write, or of an entry.
+   * Reading needs none of that. */
+  if (bat_off % 512 && !vhd->readonly)
+    return vhd_set_err(err, -EINVAL,
+                       "%s: BAT at offset %llu is not on a sector boundary, which no VHD writer "
+                       "does and this one cannot update safely: open it read-only, or copy it "
+                       "with vhdimg convert",
+                       p, (unsigned long long)bat_off);
 
   /* The BAT is read straight into its in-memory array and swapped in place:
    * a 2 TiB image has a 4 MiB BAT, and opening it must stay cheap. */

@@ -668,6 +668,36 @@ static void test_dynamic_locator_junk(void) {
   printf("ok dynamic disk with junk locator entries: a new block is written in place\n");
 }
 
+/* A BAT off the sector grid (shifted by two bytes into its slack): the
+ * image reads as before, read-only; writing is refused with a message
+ * that says why and what to do. */
+static void test_bat_off_grid(void) {
+  CLEANUP_FREE uint8_t *img = fresh_copy();
+  T_ASSERT(ROUND_UP(bat_entries * 4u, 512u) - bat_entries * 4u >= 2, "no slack after the BAT");
+  memmove(img + bat_off + 2, img + bat_off, (size_t)bat_entries * 4);
+  be64_store(img + hdr_off + 16, bat_off + 2);
+  fix_header(img);
+  char path[4096];
+  snprintf(path, sizeof path, "%s", write_case("bat-off-grid", img, good_len));
+  vhd_t *v = t_open(path, true);
+  struct vhd_err err = {{0}};
+  CLEANUP_FREE uint8_t *all = t_xmalloc(vsize);
+  T_OK(vhd_read(v, all, 0, vsize, &err), &err, "vhd_read");
+  vhd_close(v, NULL);
+  T_ASSERT(memcmp(all, good_content, vsize) == 0, "a BAT off the sector grid reads other data");
+  struct vhd_open_opts o = {0};
+  v = NULL;
+  int r = vhd_open(path, &o, &v, &err);
+  if (r >= 0)
+    vhd_close(v, NULL);
+  T_ASSERT(r == -EINVAL, "opening a BAT off the sector grid for writing gave %d", r);
+  T_ASSERT(strstr(err.msg, path) && strstr(err.msg, "sector boundary") &&
+               strstr(err.msg, "read-only"),
+           "the refusal does not say what and why: %s", err.msg);
+  T_ASSERT(t_file_size(path) == good_len, "the refused open changed the file");
+  printf("ok BAT off the sector grid: read-only only (%s)\n", err.msg);
+}
+
 int main(void) {
   t_init("test-vhd-open");
   make_good();
@@ -678,6 +708,7 @@ int main(void) {
   test_chains();
   test_size_rule();
   test_dynamic_locator_junk();
+  test_bat_off_grid();
 #ifdef OPEN_SELF_PARENT
   test_self_parent();
 #endif
