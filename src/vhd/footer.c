@@ -94,6 +94,12 @@ bool vhd_footer_uses_chs(const struct vhd_footer *f) {
   return vpc && !max_geometry;
 }
 
+uint64_t vhd_footer_auto_size(const struct vhd_footer *f) {
+  uint64_t size = f->current_size / 512 * 512;
+  uint64_t chs = (uint64_t)f->cylinders * f->heads * f->spt * 512;
+  return vhd_footer_uses_chs(f) && chs && chs <= size ? chs : size;
+}
+
 uint64_t vhd_geometry_for_size(uint64_t size, uint16_t *cyls, uint8_t *heads, uint8_t *spt) {
   uint64_t sectors = size / 512;
   uint32_t s, h, cth;

@@ -174,18 +174,16 @@ static int validate_footer(vhd_t *vhd, const struct vhd_open_opts *opts, struct 
   }
   uint64_t chs = (uint64_t)f->cylinders * f->heads * f->spt * 512;
   enum vhd_size_rule rule = opts ? opts->size_rule : VHD_SIZE_AUTO;
-  bool use_chs = rule == VHD_SIZE_CHS || (rule == VHD_SIZE_AUTO && vhd_footer_uses_chs(f));
-  if (use_chs) {
-    if (chs == 0 || chs > size) {
-      if (rule == VHD_SIZE_CHS)
-        return vhd_set_err(err, -EINVAL,
-                           "%s: geometry %u/%u/%u (%llu bytes) cannot be used as the size: the "
-                           "current size is %llu",
-                           p, f->cylinders, f->heads, f->spt, (unsigned long long)chs,
-                           (unsigned long long)size);
-    } else {
-      size = chs;
-    }
+  if (rule == VHD_SIZE_CHS) {
+    if (chs == 0 || chs > size)
+      return vhd_set_err(err, -EINVAL,
+                         "%s: geometry %u/%u/%u (%llu bytes) cannot be used as the size: the "
+                         "current size is %llu",
+                         p, f->cylinders, f->heads, f->spt, (unsigned long long)chs,
+                         (unsigned long long)size);
+    size = chs;
+  } else if (rule == VHD_SIZE_AUTO) {
+    size = vhd_footer_auto_size(f);
   }
   if (size == 0)
     return vhd_set_err(err, -EINVAL, "%s: footer current size is 0", p);

@@ -74,9 +74,7 @@ static int collect_gaps(void *opaque, const struct vhd_extent *e) {
  * the current size the rebase reads it at (see commit.c).  Past it the
  * server reads zeros from it, whatever a current-size reader sees. */
 static uint64_t served_size(const vhd_t *np) {
-  const struct vhd_footer *f = &np->footer;
-  uint64_t chs = (uint64_t)f->cylinders * f->heads * f->spt * 512;
-  return vhd_footer_uses_chs(f) && chs && chs < np->virtual_size ? chs : np->virtual_size;
+  return MIN(vhd_footer_auto_size(&np->footer), np->virtual_size);
 }
 
 /* Whether the sector at old and the new parent's (nw, at file offset at)

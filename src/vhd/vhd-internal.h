@@ -356,6 +356,11 @@ void vhd_footer_encode(const struct vhd_footer *f, uint8_t *raw); /* sets checks
 int vhd_footer_check(const uint8_t *raw, const char *where, struct vhd_err *err);
 bool vhd_footer_of_image(const uint8_t *sec, const uint8_t *footer_raw);
 bool vhd_footer_uses_chs(const struct vhd_footer *f);
+/* The size VHD_SIZE_AUTO serves a disk at: the geometry's where
+ * vhd_footer_uses_chs says so and it fits in the current size, else the
+ * current size (rounded down to a sector).  One rule for open and for the
+ * tools that compare what the server reads with what other readers do. */
+uint64_t vhd_footer_auto_size(const struct vhd_footer *f);
 
 /* header.c */
 void vhd_header_decode(const uint8_t *raw, struct vhd_header *h);
