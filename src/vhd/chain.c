@@ -84,7 +84,12 @@ static bool percent_decode(const char *in, char *out, size_t out_len) {
 struct candidate_ctx {
   vhd_t *child;
   int depth;
-  char dir[4096];
+  /* Where relative names are looked for: the directory of the file the
+   * child is (symbolic links resolved), where the tools that wrote its
+   * locators measured them from; then, if other, the directory of the
+   * path it was opened by. */
+  char dirs[2][4096];
+  int n_dirs;
   char tried[2048];
   vhd_t *found;
   bool give_up; /* a deeper level found a loop: stop searching */
@@ -103,14 +108,24 @@ static bool tried_already(const char *list, const char *path) {
   return false;
 }
 
+static void try_file(struct candidate_ctx *c, const char *full);
+
 static void try_candidate(struct candidate_ctx *c, const char *path) {
   if (c->found || c->give_up || !path[0])
     return;
-  char full[8192];
-  if (path[0] == '/')
-    snprintf(full, sizeof full, "%s", path);
-  else
-    snprintf(full, sizeof full, "%s/%s", c->dir, path[0] == '.' && path[1] == '/' ? path + 2 : path);
+  if (path[0] == '/') {
+    try_file(c, path);
+    return;
+  }
+  for (int d = 0; d < c->n_dirs && !c->found && !c->give_up; d++) {
+    char full[8192];
+    snprintf(full, sizeof full, "%s/%s", c->dirs[d],
+             path[0] == '.' && path[1] == '/' ? path + 2 : path);
+    try_file(c, full);
+  }
+}
+
+static void try_file(struct candidate_ctx *c, const char *full) {
   /* Every place looked at is named if none holds the parent. */
   size_t tl = strlen(c->tried);
   if (!tried_already(c->tried, full))
@@ -119,9 +134,23 @@ static void try_candidate(struct candidate_ctx *c, const char *path) {
   if (stat(full, &st) != 0)
     return;
   if (fstat(c->child->fd, &self) == 0 && st.st_dev == self.st_dev && st.st_ino == self.st_ino) {
-    c->last_err = -ELOOP;
-    vhd_set_err(&c->err, -ELOOP, "%s: the image names itself as its parent", c->child->path);
-    c->give_up = true;
+    /* A name that leads back to the child: a parent of the same name in
+     * another directory (vm/disk.vhd over base/disk.vhd) makes the name
+     * beside the child one; the search goes on.  Only a child that gives
+     * its own unique id as its parent's is a loop. */
+    if (memcmp(c->child->header.parent_uuid, c->child->footer.uuid, 16) == 0) {
+      c->last_err = -ELOOP;
+      vhd_set_err(&c->err, -ELOOP, "%s: the image names itself as its parent", c->child->path);
+      c->give_up = true;
+    }
+    return;
+  }
+  /* A FIFO or a device would block the open, or answer it with side
+   * effects: a parent is a regular file, as any image vhd_open takes. */
+  if (!S_ISREG(st.st_mode)) {
+    c->last_err = -EINVAL;
+    vhd_set_err(&c->err, -EINVAL, "%s: candidate parent %s is not a regular file",
+                c->child->path, full);
     return;
   }
   /* A child opened without a lock (to look at an image another process
@@ -167,12 +196,20 @@ int vhd_parent_open(vhd_t *vhd, int depth, struct vhd_err *err) {
   c->child = vhd;
   c->depth = depth;
   {
+    CLEANUP_FREE char *real = realpath(vhd->path, NULL);
     CLEANUP_FREE char *copy = strdup(vhd->path);
     if (!copy) {
       free(c);
       return vhd_set_err(err, -ENOMEM, "%s: out of memory", vhd->path);
     }
-    snprintf(c->dir, sizeof c->dir, "%s", dirname(copy));
+    const char *given = dirname(copy);
+    CLEANUP_FREE char *given_real = realpath(given, NULL);
+    const char *real_dir = real ? dirname(real) : NULL;
+    /* Named as given where that is the same directory (messages and the
+     * parent's path stay as the user wrote them). */
+    if (real_dir && given_real && strcmp(given_real, real_dir) != 0)
+      snprintf(c->dirs[c->n_dirs++], sizeof c->dirs[0], "%s", real_dir);
+    snprintf(c->dirs[c->n_dirs++], sizeof c->dirs[0], "%s", given);
   }
   /* Order: relative Unicode path, absolute Unicode path (its last component
    * beside the child, then as a POSIX path), Mac URL, the deprecated 8-bit

@@ -174,9 +174,8 @@ static int scan_children(struct scan *s, const char *child, const char *parent) 
  * and removed, as the last step will: permissions, a read-only file system
  * and a full inode table all show.  Named as step 3's temporary files are,
  * so a leftover is known for what it is. */
-static int probe_child_dir(const char *child, bool remove, struct vhd_err *err) {
-  CLEANUP_FREE char *real = remove ? NULL : realpath(child, NULL);
-  const char *target = real ? real : child;
+static int probe_dir_of(const char *child, const char *target, bool remove,
+                        struct vhd_err *err) {
   char dir[4096], tmp[8192];
   dir_of(target, dir, sizeof dir);
   {
@@ -195,6 +194,18 @@ static int probe_child_dir(const char *child, bool remove, struct vhd_err *err) 
   }
   close(fd);
   return 0;
+}
+
+/* The file the child is (a symbolic link resolved) is replaced or removed;
+ * with remove, a link to it goes too. */
+static int probe_child_dir(const char *child, bool remove, struct vhd_err *err) {
+  CLEANUP_FREE char *real = realpath(child, NULL);
+  const char *target = real ? real : child;
+  int r = probe_dir_of(child, target, remove, err);
+  struct stat st;
+  if (r == 0 && remove && lstat(child, &st) == 0 && S_ISLNK(st.st_mode))
+    r = probe_dir_of(child, child, remove, err);
+  return r;
 }
 
 /* Writes an empty differencing disk with c's footer (unique id included),
@@ -349,9 +360,12 @@ static int copy_runs(vhd_t *c, vhd_t *p, const struct runs *l, const struct vhd_
 }
 
 /* The parent's path, found through the child's chain as any open does. */
-static int find_parent(const char *child, char *out, size_t len, struct vhd_err *err) {
+static int find_parent(const char *child, const struct vhd_commit_opts *co, char *out, size_t len,
+                       struct vhd_err *err) {
   vhd_t *c = NULL;
-  struct vhd_open_opts o = {0};
+  /* Its findings (a parent whose timestamp differs: modified since the
+   * child was made) are the user's to see before the commit is done. */
+  struct vhd_open_opts o = {.warn = co->warn, .warn_opaque = co->opaque};
   int r = vhd_open(child, &o, &c, err);
   if (r < 0)
     return r;
@@ -370,7 +384,7 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
   if (!o)
     o = &none;
   memset(res, 0, sizeof *res);
-  int r = find_parent(child, res->parent, sizeof res->parent, err);
+  int r = find_parent(child, o, res->parent, sizeof res->parent, err);
   if (r < 0)
     return r;
   const char *ppath = res->parent;
@@ -466,19 +480,29 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
    * a writer that got it before would write under a child that still
    * shadows it, and into what the emptied child then reads. */
   if (o->remove) {
-    if ((r = vhd_io_unlink(child)) < 0) {
-      r = vhd_set_err(err, r, "%s: removing it: %s", child, strerror(-r));
+    /* Through a symbolic link, the file it points to goes (left, it would
+     * be a full child under a parent that moved on), then the link. */
+    CLEANUP_FREE char *real = realpath(child, NULL);
+    const char *target = real ? real : child;
+    if ((r = vhd_io_unlink(target)) < 0) {
+      r = vhd_set_err(err, r, "%s: removing it: %s", target, strerror(-r));
       goto out;
     }
     /* The file is gone and the parent holds its sectors: only whether its
      * removal survives a crash is in doubt (a rerun finds no child). */
-    if ((r = vhd_io_sync_dir_of(child)) < 0) {
+    if ((r = vhd_io_sync_dir_of(target)) < 0) {
       r = vhd_set_err(err, r,
                       "%s: removed, its sectors committed to %s, but syncing the directory "
                       "failed: %s",
-                      child, res->parent, strerror(-r));
+                      target, res->parent, strerror(-r));
       goto out;
     }
+    if (target != child && (r = vhd_io_unlink(child)) < 0 && r != -ENOENT) {
+      r = vhd_set_err(err, r, "%s: removed %s, its sectors committed to %s, but not the link: %s",
+                      child, target, res->parent, strerror(-r));
+      goto out;
+    }
+    r = 0;
   } else if ((r = replace_with_empty(c, ts, err)) < 0) {
     goto out;
   }

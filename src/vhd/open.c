@@ -300,6 +300,11 @@ void vhd_free(vhd_t *vhd) {
  * atime updates. */
 static int open_image_fd(vhd_t *vhd, struct vhd_err *err) {
   int mode = (vhd->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  /* Opening a FIFO blocks until a writer comes, and a device's open may
+   * act: neither is an image (the fstat after the open checks again). */
+  struct stat st;
+  if (stat(vhd->path, &st) == 0 && !S_ISREG(st.st_mode))
+    return vhd_set_err(err, -EINVAL, "%s: not a regular file", vhd->path);
   vhd->fd = open(vhd->path, mode | O_NOATIME);
   vhd->atime_free = vhd->fd >= 0;
   if (vhd->fd < 0 && errno == EPERM) {

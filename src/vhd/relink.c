@@ -75,7 +75,12 @@ int vhd_parent_ref_make(const char *child_path, const char *parent_path,
   if (!realpath(parent_path, parent_abs))
     return vhd_set_err(err, -errno, "%s: %s", parent_path, strerror(errno));
   {
-    CLEANUP_FREE char *copy = strdup(child_path);
+    /* From the directory of the file the child is (a symbolic link to it
+     * resolved), where readers look first (chain.c); a child not made yet
+     * has its directory resolved. */
+    char real_child[PATH_MAX];
+    bool exists = realpath(child_path, real_child) != NULL;
+    CLEANUP_FREE char *copy = strdup(exists ? real_child : child_path);
     if (!copy)
       return vhd_set_err(err, -ENOMEM, "%s: out of memory", child_path);
     if (!realpath(dirname(copy), child_dir))

@@ -84,6 +84,11 @@ int cmd_commit(int argc, char **argv) {
            res.bytes, res.bytes / VHD_SECTOR_SIZE, o.remove ? "true" : "false");
     json_put_string(stdout, vhd_time_format(res.parent_timestamp, ts, sizeof ts));
     printf(", \"other-children\": %u}\n", res.other_children);
+  } else {
+    /* Which file took the data is worth seeing: the chain's search chose
+     * it. */
+    printf("%s: %" PRIu64 " bytes committed into %s%s\n", child, res.bytes, res.parent,
+           o.remove ? "; removed" : "");
   }
   return VHDIMG_EXIT_OK;
 }

@@ -30,6 +30,7 @@ TESTS += \
 	tests/interop/test-short-footer.sh \
 	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh \
+	tests/interop/test-parent-symlinks.sh \
 	tests/interop/test-vpc-geometry-tail.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
@@ -39,6 +40,7 @@ EXTRA_DIST += \
 	tests/interop/test-short-footer.sh \
 	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh \
+	tests/interop/test-parent-symlinks.sh \
 	tests/interop/test-vpc-geometry-tail.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/test-vhd-crash-foreign.sh \
