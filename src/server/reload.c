@@ -195,6 +195,28 @@ static bool same_image(const struct export *e, const char *path) {
          a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+/* Whether a file of e's chain is no longer what its path names: replaced
+ * (a backup restored by copy and rename, a new image moved in) or removed.
+ * Served on, its writes would go to a file that is gone with the last
+ * close, and the file at the path would carry no lock.  Such an export is
+ * opened again, as one whose section changed. */
+static bool chain_replaced(const struct export *e) {
+  for (vhd_t *v = e->vhd; v; v = vhd_parent(v)) {
+    struct stat was, now;
+    if (vhd_file_stat(v, &was) < 0)
+      continue;
+    bool gone = stat(vhd_path(v), &now) < 0;
+    if (gone || now.st_dev != was.st_dev || now.st_ino != was.st_ino) {
+      log_msg(LOG_LEVEL_WARNING,
+              "reload: export '%s': %s is not the file opened as it any more (%s): opening it "
+              "again",
+              e->name, vhd_path(v), gone ? "gone" : "replaced");
+      return true;
+    }
+  }
+  return false;
+}
+
 /* Whether an image of sp's chain (its own or a parent) is one a retired
  * export holds: an export serving a base that is now served through a new
  * child of it, say.  Its lock would refuse sp's open until that export
@@ -235,7 +257,7 @@ static void reload_run(struct work_item *w) {
   for (size_t t = 0; t < server.n_exports; t++) {
     const struct export *e = server.exports[t];
     const struct export_spec *now = spec_find(ns, e->name), *was = spec_find(cfg, e->name);
-    j->retire[t] = !now || !was || !spec_equal(cfg, was, ns, now);
+    j->retire[t] = !now || !was || !spec_equal(cfg, was, ns, now) || chain_replaced(e);
   }
   for (size_t i = 0; i < ns->n_exports; i++) {
     const struct export_spec *sp = &ns->exports[i];
