@@ -743,8 +743,19 @@ static int allocate_once(vhd_t *vhd, uint32_t blk, struct vhd_err *err) {
    * block contiguous space; it still reads as zeros, so a crash at any
    * point leaves what a hole would.  Space freed earlier (above) was
    * punched or zeroed: not reserved.  A refusal leaves the hole. */
-  if (!vhd->sparse_blocks)
-    (void)vhd_io_reserve(vhd, off + vhd->bitmap_size, vhd->block_size);
+  if (!vhd->sparse_blocks) {
+    /* The block's sectors and its bitmap's: a full file system says so
+     * here, before anything is written, and the write fails with ENOSPC
+     * alone.  Found by the bitmap's write instead, the failure would
+     * latch the image (every later write and flush failing) for want of
+     * space that trimming or deleting may give back. */
+    r = vhd_io_reserve(vhd, off, span);
+    if (r == -ENOSPC || r == -EDQUOT) {
+      free(bm);
+      return vhd_set_err(err, r, "%s: no space on the file system for block %u (%llu bytes)",
+                         vhd->path, blk, (unsigned long long)span);
+    }
+  }
   r = vhd_io_pwrite(vhd, bm, vhd->bitmap_size, off);
   if (r < 0) {
     free(bm);

@@ -6,7 +6,9 @@
 #
 # A fixed and a dynamic image on a small tmpfs that is then filled: small
 # unaligned zeroings and trims over holes and over data, then a WRITE and
-# a FLUSH, all of which must succeed and read back as they should.  Needs
+# a FLUSH, all of which must succeed and read back as they should.  Before
+# them, on the dynamic image, a WRITE into a block not yet allocated fails
+# with ENOSPC, and alone: the WRITE and FLUSH after it still succeed.  Needs
 # root to mount the tmpfs (else SKIP).
 . "$top_srcdir/tests/functions.sh"
 requires_py nbd
@@ -23,13 +25,22 @@ cat >"$TMPD/client.py" <<'PY'
 # over data and over holes, writes 4 KiB of 0x6b at 16 KiB (over data, so
 # that it needs no new space), flushes, and
 # checks what every range reads.
-import sys, nbd
+import errno, sys, nbd
 sock, phase = sys.argv[1], sys.argv[2]
 h = nbd.NBD()
 h.connect_unix(sock)
 if phase == "data":
     h.pwrite(b"\x5a" * 65536, 0)
     h.flush()
+    sys.exit(0)
+if phase == "newblock":
+    # A block the image does not hold yet: no space for it.
+    try:
+        h.pwrite(b"\x7c" * 4096, 6 * 1024 * 1024)
+    except nbd.Error as e:
+        assert e.errno == errno.ENOSPC or "ENOSPC" in str(e), "a new block on a full fs: %s" % e
+    else:
+        sys.exit("a write into a new block on a full file system succeeded")
     sys.exit(0)
 h.zero(512, 1024)              # over data, inside one page
 h.zero(1536, 64 * 1024 - 512)  # over data and the hole after it
@@ -56,6 +67,10 @@ for type in fixed dynamic; do
   # Fill the file system (dd stops at ENOSPC).
   dd if=/dev/zero of="$TMPD/full/fill" bs=64k 2>/dev/null || true
   [ "$(df --output=avail -B1 "$TMPD/full" | tail -n 1)" -lt 65536 ] || fail "$type: the tmpfs did not fill"
+  if [ $type = dynamic ]; then
+    out=$("$PY3" "$TMPD/client.py" "$TMPD/nbd.sock" newblock 2>&1) ||
+      fail "$type image on a full file system: $out"
+  fi
   out=$("$PY3" "$TMPD/client.py" "$TMPD/nbd.sock" zero 2>&1) ||
     fail "$type image on a full file system: $out"
   stop_vhdnbd
