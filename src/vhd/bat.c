@@ -186,18 +186,33 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
         vhd->data_end = end;
     }
   }
+  /* A differencing disk's locator whose data runs past the footer (a copy
+   * cut short, another writer's crash, junk) holds no path anyone can
+   * read.  This handle forgets it, so the other locators and the header's
+   * name still find the parent and the image opens; the header on disk
+   * keeps it.  Its room stays out of new blocks' way: a block there would
+   * turn the entry into a pointer at block data, which the next open
+   * refuses as an overlap.  Room past what a BAT entry can reach needs no
+   * keeping. */
+  uint64_t stale_room_end = 0;
+  uint64_t reach = (uint64_t)(VHD_BAT_UNUSED - 1) * 512;
+  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
+    struct vhd_locator *l = &vhd->header.locators[i];
+    if (l->code == VHD_PLAT_NONE || !l->data_length ||
+        (l->data_offset < vhd->data_end && l->data_length <= vhd->data_end - l->data_offset))
+      continue;
+    vhd_warn(vhd,
+             "%s: parent locator %d data (offset %llu, length %u) lies beyond the end of the "
+             "file's data (%llu): not used to find the parent",
+             p, i, (unsigned long long)l->data_offset, l->data_length,
+             (unsigned long long)vhd->data_end);
+    if (l->data_offset < reach)
+      stale_room_end = MAX(stale_room_end, MIN(vhd_locator_area_end(l), reach));
+    *l = (struct vhd_locator){0};
+  }
   if ((r = vhd_batmap_load(vhd, vhd->data_end, err)) < 0)
     return r;
 
-  for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
-    const struct vhd_locator *l = &vhd->header.locators[i];
-    if (l->code != VHD_PLAT_NONE && l->data_length &&
-        (l->data_offset >= vhd->data_end || l->data_length > vhd->data_end - l->data_offset))
-      return vhd_set_err(err, -EINVAL,
-                         "%s: parent locator %d data (offset %llu, length %u) lies beyond the "
-                         "end of the file",
-                         p, i, (unsigned long long)l->data_offset, l->data_length);
-  }
   uint64_t block_span = (uint64_t)vhd->bitmap_size + vhd->block_size;
   /* For a file cut inside its trailing footer, the sector boundary the cut
    * left: where the last block may end and check --repair writes the
@@ -209,6 +224,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
    * reserve, and may even reach past the footer. */
   uint64_t off_limits_end = ROUND_UP(data_end, 512);
   off_limits_end = MAX(off_limits_end, ROUND_UP(bat_off + bat_bytes, 512));
+  off_limits_end = MAX(off_limits_end, stale_room_end);
   /* Only a differencing image's locators are anyone's: the format gives
    * no other type any, and what another writer left in a dynamic disk's
    * entries (a room of 2 TiB, say) must not push new blocks out. */

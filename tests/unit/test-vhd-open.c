@@ -668,6 +668,72 @@ static void test_dynamic_locator_junk(void) {
   printf("ok dynamic disk with junk locator entries: a new block is written in place\n");
 }
 
+/* A differencing child whose first locator (W2ru) points past the end of
+ * its data: once just past the footer, where the next new block goes, once
+ * far past the 2 TiB a BAT entry reaches.  The child opens from its other
+ * locator with a warning naming the entry; a new block keeps clear of the
+ * stale entry's room (the next open would refuse the entry as overlapping
+ * it), and the far one does not push new blocks out. */
+static void test_locator_past_end(void) {
+  static const uint64_t far = 1ull << 50;
+  for (int round = 0; round < 2; round++) {
+    char parent[4096], child[4096];
+    snprintf(parent, sizeof parent, "%s", t_path("stale-loc-parent.vhd"));
+    snprintf(child, sizeof child, "%s", t_path("stale-loc-child.vhd"));
+    unlink(parent);
+    unlink(child);
+    t_create(parent, VHD_TYPE_DYNAMIC, 1u << 20, 4096, true, NULL);
+    uint8_t pdata[8192];
+    t_fill_nonzero(pdata, sizeof pdata);
+    vhd_t *v = t_open(parent, false);
+    struct vhd_err err = {{0}};
+    T_OK(vhd_write(v, pdata, 0, sizeof pdata, 0, &err), &err, "writing the parent");
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    t_create(child, VHD_TYPE_DIFFERENCING, 0, 4096, false, parent);
+    uint64_t len = t_file_size(child);
+    CLEANUP_FREE uint8_t *img = t_xmalloc(len);
+    t_pread_file(child, img, len, 0);
+    uint64_t h = be64_load(img + len - 512 + 16);
+    uint8_t *e = img + h + 576;
+    T_ASSERT(be32_load(e) == 0x57327275, "the child's first locator is not W2ru");
+    uint64_t at = round == 0 ? len : far; /* the footer ends at len - 512 */
+    be64_store(e + 16, at);
+    fix_checksum(img + h, 1024, 36);
+    t_pwrite_file(child, img, len, 0);
+
+    struct warnings w = {0};
+    struct vhd_open_opts o = {.warn = on_warn, .warn_opaque = &w};
+    v = NULL;
+    T_OK(vhd_open(child, &o, &v, &err), &err, "opening a child with a locator past its end");
+    T_ASSERT(vhd_parent(v) != NULL, "the child opened without its parent");
+    T_ASSERT(w.n >= 1 && strstr(w.last, child) && strstr(w.last, "locator 0") &&
+                 strstr(w.last, "beyond"),
+             "no warning names the stale locator (%u warnings, last: %s)", w.n, w.last);
+    uint8_t buf[4096];
+    t_fill_nonzero(buf, sizeof buf);
+    buf[0] ^= 0x5a;
+    uint64_t wat = 5 * 4096; /* a block the child has not got */
+    T_OK(vhd_write(v, buf, wat, sizeof buf, VHD_FUA, &err), &err,
+         "writing a new block of the child");
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    T_ASSERT(t_file_size(child) < len + (1u << 20), "the file grew to %" PRIu64 " bytes",
+             t_file_size(child));
+
+    w = (struct warnings){0};
+    v = NULL;
+    o.flags = VHD_OPEN_RDONLY;
+    T_OK(vhd_open(child, &o, &v, &err), &err, "reopening the child after a new block");
+    CLEANUP_FREE uint8_t *all = t_xmalloc(1u << 20);
+    T_OK(vhd_read(v, all, 0, 1u << 20, &err), &err, "vhd_read");
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    T_ASSERT(memcmp(all, pdata, sizeof pdata) == 0, "the parent's data reads otherwise");
+    T_ASSERT(memcmp(all + wat, buf, sizeof buf) == 0, "the written block reads otherwise");
+    int c = t_check(child);
+    T_ASSERT(!(c & VHD_CHECK_CORRUPT), "vhd_check says 0x%x", c);
+    printf("ok locator past the end (at %" PRIu64 "): opens, new block clear of it\n", at);
+  }
+}
+
 /* A BAT off the sector grid (shifted by two bytes into its slack): the
  * image reads as before, read-only; writing is refused with a message
  * that says why and what to do. */
@@ -709,6 +775,7 @@ int main(void) {
   test_size_rule();
   test_dynamic_locator_junk();
   test_bat_off_grid();
+  test_locator_past_end();
 #ifdef OPEN_SELF_PARENT
   test_self_parent();
 #endif
