@@ -84,6 +84,8 @@ for cut in 500 511; do
   truncate -s -$cut "$child"
   "$VHDIMG" info "$child" >"$TMPD/info" 2>&1 ||
     fail "child cut by $cut: vhdimg info: $(cat "$TMPD/info")"
+  ! grep -q "beyond the end" "$TMPD/info" ||
+    fail "child cut by $cut: its locator data is taken as past the end: $(cat "$TMPD/info")"
   cp "$child" "$TMPD/repaired.vhd"
   "$VHDIMG" check --repair "$TMPD/repaired.vhd" >"$TMPD/repair" 2>&1 ||
     fail "child cut by $cut: check --repair: $(cat "$TMPD/repair")"
