@@ -540,7 +540,9 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
    * reader reads zeros, also one that takes the current size past a
    * Virtual PC disk's geometry (see commit.c). */
   struct vhd_open_opts oo = {.flags = o->dry_run ? VHD_OPEN_RDONLY : 0,
-                             .size_rule = VHD_SIZE_CURRENT};
+                             .size_rule = VHD_SIZE_CURRENT,
+                             .warn = o->warn,
+                             .warn_opaque = o->opaque};
   vhd_t *vhd;
   memset(res, 0, sizeof *res);
   int r = vhd_open(path, &oo, &vhd, err);

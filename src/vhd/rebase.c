@@ -153,7 +153,9 @@ int vhd_rebase(const char *child, const struct vhd_rebase_opts *o, struct vhd_re
   /* Blocks new to the child take only the sectors copied into them. */
   /* At the current size, the chains too (see commit.c). */
   struct vhd_open_opts co = {.flags = (o->unsafe ? VHD_OPEN_NOPARENT : 0) | VHD_OPEN_SPARSE_BLOCKS,
-                             .size_rule = VHD_SIZE_CURRENT};
+                             .size_rule = VHD_SIZE_CURRENT,
+                             .warn = o->warn,
+                             .warn_opaque = o->opaque};
   int r = vhd_open(child, &co, &c, err);
   if (r < 0)
     return r;
@@ -170,7 +172,10 @@ int vhd_rebase(const char *child, const struct vhd_rebase_opts *o, struct vhd_re
                     o->new_parent);
     goto out;
   }
-  struct vhd_open_opts po = {.flags = VHD_OPEN_RDONLY, .size_rule = VHD_SIZE_CURRENT};
+  struct vhd_open_opts po = {.flags = VHD_OPEN_RDONLY,
+                             .size_rule = VHD_SIZE_CURRENT,
+                             .warn = o->warn,
+                             .warn_opaque = o->opaque};
   if ((r = vhd_open(o->new_parent, &po, &np, err)) < 0 || (r = check_loop(c, np, err)) < 0)
     goto out;
   if (!o->unsafe && (r = copy_all(c, np, o, &res->bytes, err)) < 0)

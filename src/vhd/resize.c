@@ -495,8 +495,11 @@ static int check_parent_data(struct resize *z, uint64_t new_size) {
   if (vhd->type != VHD_TYPE_DIFFERENCING || new_size == old)
     return 0;
   vhd_t *c = NULL;
+  /* The chain is opened here first: what finding it warns of is said here. */
   struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK,
-                             .size_rule = VHD_SIZE_CURRENT};
+                             .size_rule = VHD_SIZE_CURRENT,
+                             .warn = z->o->warn,
+                             .warn_opaque = z->o->opaque};
   int r = vhd_open(vhd->path, &ro, &c, z->err);
   if (r < 0)
     return r;
@@ -545,7 +548,10 @@ int vhd_resize(const char *path, const struct vhd_resize_opts *o, struct vhd_res
    * geometry (the size the engine serves it at) are data to readers that
    * take the current size, and growing must keep them, shrinking must
    * look at them (see commit.c). */
-  struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT, .size_rule = VHD_SIZE_CURRENT};
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_NOPARENT,
+                             .size_rule = VHD_SIZE_CURRENT,
+                             .warn = o->warn,
+                             .warn_opaque = o->opaque};
   vhd_t *vhd;
   if (o->size == 0)
     return vhd_set_err(err, -EINVAL, "%s: size must be larger than 0", path);

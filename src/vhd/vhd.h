@@ -358,6 +358,9 @@ struct vhd_resize_opts {
    * be NULL. */
   void (*progress)(void *opaque, uint64_t done, uint64_t total);
   void *opaque;
+  /* Called with what opening the image and its chain found that does not
+   * stop the resize (a damaged footer, a parent's timestamp); may be NULL. */
+  void (*warn)(void *opaque, const char *msg);
 };
 /* What a resize did. */
 struct vhd_resize_result {
@@ -392,6 +395,7 @@ struct vhd_compact_opts {
    * in all; may be NULL. */
   void (*progress)(void *opaque, uint64_t done, uint64_t total);
   void *opaque;
+  void (*warn)(void *opaque, const char *msg); /* as vhd_resize_opts' */
 };
 struct vhd_compact_result {
   uint64_t file_size_before, file_size_after; /* after: would be, with dry_run */
@@ -495,6 +499,7 @@ struct vhd_rebase_opts {
   bool unsafe;
   vhd_progress_cb progress;
   void *opaque;
+  void (*warn)(void *opaque, const char *msg); /* as vhd_resize_opts' */
 };
 struct vhd_rebase_result {
   uint64_t bytes; /* bytes copied into the child */

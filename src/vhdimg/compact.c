@@ -39,7 +39,8 @@ int cmd_compact(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct vhd_compact_opts opts = {0};
+  struct warn_list warns = {.print = true};
+  struct vhd_compact_opts opts = {.warn = warn_collect, .opaque = &warns};
   bool progress = false, json = false;
   int c;
 
@@ -77,6 +78,7 @@ int cmd_compact(int argc, char **argv) {
   struct vhd_err err = {{0}};
   struct vhd_compact_result res;
   int r = vhd_compact(file, &opts, &res, &err);
+  warn_list_free(&warns);
   if (r < 0) {
     print_vhd_error(r, &err);
     return VHDIMG_EXIT_FAILURE;

@@ -39,7 +39,8 @@ int cmd_rebase(int argc, char **argv) {
       {"progress", no_argument, NULL, 'p'},     {"json", no_argument, NULL, OPT_JSON},
       {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
   };
-  struct vhd_rebase_opts o = {0};
+  struct warn_list warns = {.print = true};
+  struct vhd_rebase_opts o = {.warn = warn_collect, .opaque = &warns};
   bool progress = false, json = false;
   int c;
   opterr = 0;
@@ -66,6 +67,7 @@ int cmd_rebase(int argc, char **argv) {
   struct vhd_rebase_result res;
   struct vhd_err err = {{0}};
   int r = vhd_rebase(child, &o, &res, &err);
+  warn_list_free(&warns);
   if (r < 0) {
     print_vhd_error(r, &err);
     if (r == -ENOENT && !o.unsafe)

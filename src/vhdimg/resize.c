@@ -43,7 +43,8 @@ int cmd_resize(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct vhd_resize_opts opts = {0};
+  struct warn_list warns = {.print = true};
+  struct vhd_resize_opts opts = {.warn = warn_collect, .opaque = &warns};
   bool progress = false, json = false;
   int c;
 
@@ -90,6 +91,7 @@ int cmd_resize(int argc, char **argv) {
   struct vhd_err err = {{0}};
   struct vhd_resize_result res;
   r = vhd_resize(argv[optind], &opts, &res, &err);
+  warn_list_free(&warns);
   if (r < 0) {
     print_vhd_error(r, &err);
     return VHDIMG_EXIT_FAILURE;

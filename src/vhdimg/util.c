@@ -110,6 +110,11 @@ const char *vhd_type_name(enum vhd_type t) {
 
 void warn_collect(void *opaque, const char *msg) {
   struct warn_list *w = opaque;
+  /* A command may open an image twice (with and without its chain): a
+   * finding is said once. */
+  for (size_t i = 0; i < w->n; i++)
+    if (strcmp(w->msgs[i], msg) == 0)
+      return;
   if (w->print)
     fprintf(stderr, "vhdimg: warning: %s\n", msg);
   char **n = realloc(w->msgs, (w->n + 1) * sizeof *n);

@@ -31,7 +31,8 @@ TESTS += \
 	tests/interop/test-cut-footer.sh \
 	tests/interop/test-parent-locators.sh \
 	tests/interop/test-parent-symlinks.sh \
-	tests/interop/test-vpc-geometry-tail.sh
+	tests/interop/test-vpc-geometry-tail.sh \
+	tests/interop/test-vhdimg-warnings.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/tapdisk-view.py \
@@ -42,6 +43,7 @@ EXTRA_DIST += \
 	tests/interop/test-parent-locators.sh \
 	tests/interop/test-parent-symlinks.sh \
 	tests/interop/test-vpc-geometry-tail.sh \
+	tests/interop/test-vhdimg-warnings.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/test-vhd-crash-foreign.sh \
 	tests/interop/image-functions.sh \
