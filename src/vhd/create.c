@@ -159,7 +159,7 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
   h.block_size = bs;
   uint64_t end = h.table_offset + bat_span;
 
-  uint8_t loc_rel[2 * PATH_MAX], loc_abs[2 * PATH_MAX];
+  uint8_t loc_rel[2 * (PATH_MAX + 2)], loc_abs[2 * PATH_MAX]; /* as vhd_parent_ref's */
   size_t rel_len = 0, abs_len = 0;
   if (o->type == VHD_TYPE_DIFFERENCING) {
     char child_dir[PATH_MAX];
@@ -170,7 +170,14 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
         goto done;
       }
     }
-    vhd_relative_path(child_dir, parent_abs, parent_rel, sizeof parent_rel);
+    if (vhd_relative_path(child_dir, parent_abs, parent_rel, sizeof parent_rel) < 0) {
+      r = vhd_set_err(err, -ENAMETOOLONG,
+                      "the parent %s is too far up from the child's directory: the relative "
+                      "path to it is longer than %zu bytes, too long for a parent locator "
+                      "(child %s)",
+                      parent_abs, sizeof parent_rel - 1, path);
+      goto done;
+    }
     char win_rel[PATH_MAX + 3];
     snprintf(win_rel, sizeof win_rel, "%s%s", strncmp(parent_rel, "../", 3) ? ".\\" : "",
              parent_rel);

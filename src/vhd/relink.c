@@ -48,7 +48,7 @@
 #include "endian-be.h"
 #include "vhd-internal.h"
 
-void vhd_relative_path(const char *from_dir, const char *to, char *out, size_t len) {
+int vhd_relative_path(const char *from_dir, const char *to, char *out, size_t len) {
   size_t common = 0;
   for (size_t i = 0;; i++) {
     char a = from_dir[i], b = to[i];
@@ -58,14 +58,20 @@ void vhd_relative_path(const char *from_dir, const char *to, char *out, size_t l
       break;
   }
   size_t pos = 0;
+  if (len == 0)
+    return -ENAMETOOLONG;
   out[0] = '\0';
   if (strcmp(from_dir, "/") != 0)
-    for (const char *p = from_dir + common; *p; p++)
-      if (*p == '/' && pos + 4 < len) {
-        memcpy(out + pos, "../", 4);
-        pos += 3;
-      }
-  snprintf(out + pos, len - pos, "%s", to + common + 1);
+    for (const char *p = from_dir + common; *p; p++) {
+      if (*p != '/')
+        continue;
+      if (pos + 4 > len)
+        return -ENAMETOOLONG;
+      memcpy(out + pos, "../", 4);
+      pos += 3;
+    }
+  int n = snprintf(out + pos, len - pos, "%s", to + common + 1);
+  return n < 0 || (size_t)n >= len - pos ? -ENAMETOOLONG : 0;
 }
 
 int vhd_parent_ref_make(const char *child_path, const char *parent_path,
@@ -87,7 +93,12 @@ int vhd_parent_ref_make(const char *child_path, const char *parent_path,
       return vhd_set_err(err, -errno, "%s: cannot resolve its directory: %s", child_path,
                          strerror(errno));
   }
-  vhd_relative_path(child_dir, parent_abs, rel, sizeof rel);
+  if (vhd_relative_path(child_dir, parent_abs, rel, sizeof rel) < 0)
+    return vhd_set_err(err, -ENAMETOOLONG,
+                       "the parent %s is too far up from the child's directory: the relative "
+                       "path to it is longer than %zu bytes, too long for a parent locator "
+                       "(child %s)",
+                       parent_abs, sizeof rel - 1, child_path);
   char win_rel[PATH_MAX + 3];
   snprintf(win_rel, sizeof win_rel, "%s%s", strncmp(rel, "../", 3) ? ".\\" : "", rel);
   for (char *p = win_rel; *p; p++)

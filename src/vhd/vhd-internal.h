@@ -82,6 +82,7 @@
 #ifndef VHDNBD_VHD_INTERNAL_H
 #define VHDNBD_VHD_INTERNAL_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -333,8 +334,10 @@ int vhd_io_first_nonzero(int fd, uint64_t off, uint64_t len, uint64_t *at);
 /* Makes [off, off+len) read as zeros: a hole punch, else zeros written. */
 int vhd_io_zero(vhd_t *vhd, uint64_t off, uint64_t len);
 /* relink.c: the relative path from directory from_dir to file to (both
- * absolute and canonical, as realpath gives them), for W2ru locators. */
-void vhd_relative_path(const char *from_dir, const char *to, char *out, size_t len);
+ * absolute and canonical, as realpath gives them), for W2ru locators: 0, or
+ * -ENAMETOOLONG when it does not fit in len bytes (a path cut short would
+ * name another file). */
+int vhd_relative_path(const char *from_dir, const char *to, char *out, size_t len);
 
 /* create.c: the size a request for `size` bytes gives (rounded up to a
  * sector, then to the next CHS geometry unless exact) and the footer's
@@ -517,7 +520,8 @@ void vhd_free(vhd_t *vhd);
  * the W2ru and W2ku locator data (UTF-16LE, Windows separators for rel),
  * name_raw the header's UTF-16BE file name, name the same in UTF-8. */
 struct vhd_parent_ref {
-  uint8_t rel[8192], abs[8192];
+  /* UTF-16 of a path of PATH_MAX bytes, and of ".\\" before it */
+  uint8_t rel[2 * (PATH_MAX + 2)], abs[2 * PATH_MAX];
   size_t rel_len, abs_len;
   uint8_t name_raw[512];
   char name[1024];

@@ -14,6 +14,8 @@
 #include <inttypes.h>
 #include <string.h>
 #include <strings.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -764,6 +766,61 @@ static void test_bat_off_grid(void) {
   printf("ok BAT off the sector grid: read-only only (%s)\n", err.msg);
 }
 
+/* A child so deep below its parent's directory that the relative path up
+ * to it ("../" for every level) passes PATH_MAX though both absolute paths
+ * fit.  Creating it, or pointing it at a parent, fails with ENAMETOOLONG
+ * and a message naming the paths, where a path cut short would have named
+ * another file; one level less fits and opens with its parent. */
+static void test_deep_child(void) {
+  char parent[4096], dir[PATH_MAX], child[PATH_MAX];
+  snprintf(parent, sizeof parent, "%s", t_path("p.vhd"));
+  t_create(parent, VHD_TYPE_DYNAMIC, 1u << 20, 4096, true, NULL);
+  size_t dl = (size_t)snprintf(dir, sizeof dir, "%s", t_dir());
+  /* levels of "/d": each adds 2 bytes to the path and 3 to the way up */
+  size_t levels = (PATH_MAX - 1 - strlen("p.vhd")) / 3 + 1;
+  T_ASSERT(dl + 2 * levels + 16 < PATH_MAX, "the test directory's path is too long");
+  for (size_t i = 0; i < levels; i++) {
+    memcpy(dir + dl, "/d", 3);
+    dl += 2;
+    T_ASSERT(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir: %s", strerror(errno));
+  }
+  struct vhd_err err = {{0}};
+  struct vhd_create_opts co = {.type = VHD_TYPE_DIFFERENCING, .parent = parent};
+  memcpy(child, dir, dl);
+  memcpy(child + dl, "/c.vhd", 7);
+  int r = vhd_create(child, &co, &err);
+  T_ASSERT(r == -ENAMETOOLONG, "creating a child %zu levels down gave %d (%s)", levels, r,
+           err.msg);
+  T_ASSERT(strstr(err.msg, "too long") && strstr(err.msg, parent),
+           "the refusal does not say why: %s", err.msg);
+  T_ASSERT(access(child, F_OK) < 0, "the refused create left %s", child);
+
+  /* Relinking a child moved there: refused, its header as it was. */
+  char up[PATH_MAX];
+  snprintf(up, sizeof up, "%s", child);
+  *strrchr(up, '/') = '\0';
+  *strrchr(up, '/') = '\0';
+  strcat(up, "/c.vhd");
+  T_OK(vhd_create(up, &co, &err), &err, "creating a child one level up");
+  vhd_t *v = t_open(up, true);
+  T_ASSERT(vhd_parent(v) != NULL, "the child one level up opened without its parent");
+  vhd_close(v, NULL);
+  T_ASSERT(rename(up, child) == 0, "rename: %s", strerror(errno));
+  uint64_t len = t_file_size(child);
+  CLEANUP_FREE uint8_t *before = t_xmalloc(len);
+  t_pread_file(child, before, len, 0);
+  struct vhd_rebase_opts ro = {.new_parent = parent, .unsafe = true};
+  struct vhd_rebase_result res;
+  r = vhd_rebase(child, &ro, &res, &err);
+  T_ASSERT(r == -ENAMETOOLONG, "relinking a child %zu levels down gave %d (%s)", levels, r,
+           err.msg);
+  CLEANUP_FREE uint8_t *after = t_xmalloc(len);
+  T_ASSERT(t_file_size(child) == len, "the refused relink changed the file's size");
+  t_pread_file(child, after, len, 0);
+  T_ASSERT(memcmp(before, after, len) == 0, "the refused relink changed the child");
+  printf("ok child %zu levels below its parent: %s\n", levels, err.msg);
+}
+
 int main(void) {
   t_init("test-vhd-open");
   make_good();
@@ -776,6 +833,7 @@ int main(void) {
   test_dynamic_locator_junk();
   test_bat_off_grid();
   test_locator_past_end();
+  test_deep_child();
 #ifdef OPEN_SELF_PARENT
   test_self_parent();
 #endif
