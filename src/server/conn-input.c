@@ -440,9 +440,10 @@ void conn_process(struct connection *conn) {
   if (conn->in_start == conn->in_end)
     conn->in_start = conn->in_end = 0;
   /* Counted once a pause, for the metrics: the client writes faster than
-   * its payloads are stored. */
-  bool capped = write_ahead_full(conn) && !mid_message(conn) && !input_allowed(conn) &&
-                !conn->closing && !conn->eof && !conn->draining && conn->want_cb;
+   * its payloads are stored (between messages, a full write-ahead is what
+   * stops input; a closing, ended or draining connection is not paused). */
+  bool capped = write_ahead_full(conn) && !mid_message(conn) && !conn->closing && !conn->eof &&
+                !conn->draining && conn->want_cb;
   if (capped && !conn->write_ahead_paused && conn->exp)
     metrics_write_ahead_pause(conn->exp);
   conn->write_ahead_paused = capped;
