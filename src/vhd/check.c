@@ -15,6 +15,10 @@ struct check {
   /* Warnings reported and not repaired since: a repair clears the
    * warning bit only when it took the last one away. */
   unsigned warnings;
+  /* What opening said, by hash: the chain is opened after the image alone,
+   * and says again what that open said of the image. */
+  uint64_t said[32];
+  unsigned n_said;
 };
 
 static void report(struct check *c, int kind, const char *fmt, ...)
@@ -39,7 +43,16 @@ static void report(struct check *c, int kind, const char *fmt, ...) {
 }
 
 static void collect_warning(void *opaque, const char *msg) {
-  report(opaque, VHD_CHECK_WARNINGS, "%s", msg);
+  struct check *c = opaque;
+  uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
+  for (const char *p = msg; *p; p++)
+    h = (h ^ (unsigned char)*p) * 0x100000001b3u;
+  for (unsigned i = 0; i < c->n_said; i++)
+    if (c->said[i] == h)
+      return;
+  if (c->n_said < ARRAY_SIZE(c->said))
+    c->said[c->n_said++] = h;
+  report(c, VHD_CHECK_WARNINGS, "%s", msg);
 }
 
 /* A repair that took away the one warning open gave for what it fixed. */
@@ -57,7 +70,7 @@ static int span_cmp(const void *a, const void *b) {
 }
 
 int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_err *err) {
-  struct check c = {opts, 0, 0};
+  struct check c = {.opts = opts};
   bool repair = opts && opts->repair;
   struct vhd_open_opts oo = {
       .flags = VHD_OPEN_NOPARENT | (repair ? 0 : VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK),

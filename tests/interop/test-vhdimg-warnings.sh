@@ -2,7 +2,8 @@
 # vhdimg resize, compact and rebase open an image with its chain, and say
 # what opening found that does not stop them (a trailing footer damaged and
 # the copy at 0 used, a parent's locator past the end of its file), once
-# each, on stderr, as info and commit do; they still do their work.
+# each, on stderr, as info and commit do; they still do their work.  check
+# lists each once too, though it opens a child twice.
 . "$top_srcdir/tests/functions.sh"
 requires qemu-img
 cd "$TMPD"
@@ -48,5 +49,13 @@ qemu-img convert -q -f vpc -O vpc -o subformat=dynamic clean.vhd other.vhd || fa
 warned err "rebase" "base.vhd" "footer copy"
 warned err "rebase" "child.vhd" "footer copy"
 "$VHDIMG" check other.vhd >/dev/null 2>&1 || fail "the new parent has findings of its own"
+
+# check opens the child alone, then with its chain: each finding once.
+fresh_chain
+rc=0
+"$VHDIMG" check child.vhd >err 2>&1 || rc=$?
+[ $rc -eq 1 ] || fail "check of a child with a damaged footer exited $rc, not 1: $(cat err)"
+warned err "check" "child.vhd" "footer copy"
+warned err "check" "base.vhd" "footer copy"
 
 echo "PASS: resize, compact and rebase say once what opening the chain found"
