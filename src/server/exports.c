@@ -29,6 +29,7 @@ static void export_free(struct export *e) {
   free(e->description);
   free(e->overlay.dir);
   free(e->base_stamp);
+  free(e->base_stamp_top);
   acl_free(&e->allow);
   free(e);
 }
@@ -71,6 +72,43 @@ void export_set_lanes(struct export *exp) {
     shift++;
   exp->lane_shift = shift;
   exp->lanes.fixed = !server.adaptive_lanes;
+}
+
+/* What an overlay child records of its base (overlay.c): the size and
+ * modification time of every image of the base's chain, the base first,
+ * then each parent as "parent N": writing into a parent changes what the
+ * base reads as much as writing into the base does.  The first three lines
+ * are all an older vhdnbd recorded (base_stamp_top, kept to recognise its
+ * records); a base without parents gives the same text either way. */
+static int base_stamp_make(struct export *e) {
+  char *s = NULL, *top = NULL;
+  unsigned level = 0;
+  for (vhd_t *v = e->vhd; v; v = vhd_parent(v), level++) {
+    struct stat st;
+    int r = vhd_file_stat(v, &st);
+    if (r < 0) {
+      free(s);
+      free(top);
+      return r;
+    }
+    char *next = NULL;
+    int n = level == 0 ? asprintf(&next, "vhdnbd overlay base\nsize %lld\nmtime %lld.%09ld\n",
+                                  (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+                                  st.st_mtim.tv_nsec)
+                       : asprintf(&next, "%sparent %u size %lld\nparent %u mtime %lld.%09ld\n", s,
+                                  level, (long long)st.st_size, level,
+                                  (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    free(s);
+    s = n < 0 ? NULL : next;
+    if (!s || (level == 0 && !(top = strdup(s)))) {
+      free(s);
+      free(top);
+      return -ENOMEM;
+    }
+  }
+  e->base_stamp = s;
+  e->base_stamp_top = top;
+  return 0;
 }
 
 int export_open(const struct settings *s, const struct export_spec *sp, struct export **out) {
@@ -119,17 +157,12 @@ int export_open(const struct settings *s, const struct export_spec *sp, struct e
   }
   e->size = vhd_virtual_size(e->vhd);
   export_set_lanes(e);
-  struct stat st;
-  if (overlaid && ((r = vhd_file_stat(e->vhd, &st)) < 0 ||
-                   asprintf(&e->base_stamp, "vhdnbd overlay base\nsize %lld\nmtime %lld.%09ld\n",
-                            (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-                            st.st_mtim.tv_nsec) < 0)) {
-    log_msg(LOG_LEVEL_ERR, "export '%s': %s: %s", e->name, e->image,
-            r < 0 ? strerror(-r) : "out of memory");
-    e->base_stamp = NULL;
+  if (overlaid && (r = base_stamp_make(e)) < 0) {
+    log_msg(LOG_LEVEL_ERR, "export '%s': %s: recording its chain for overlays: %s", e->name,
+            e->image, strerror(-r));
     vhd_close(e->vhd, NULL);
     export_free(e);
-    return r < 0 ? r : -ENOMEM;
+    return r;
   }
   if (vhd_is_readonly(e->vhd) && !overlaid)
     e->readonly = true;

@@ -201,13 +201,14 @@ static void on_warning(void *opaque, const char *msg) {
   log_msg(LOG_LEVEL_WARNING, "%s", msg);
 }
 
-/* A persistent child's record of its image (CHILD.base): the image's
- * size and modification time when the child was made.  Writing into the
- * image keeps its unique id, which is all the child's header can compare,
- * but leaves the child's sectors over content they were not written over:
- * a child whose record differs is refused.  Written under a temporary
- * name and renamed; a child without one (an older vhdnbd's, or a crash
- * between the two renames) gets one for the image as it is. */
+/* A persistent child's record of its image (CHILD.base): the size and
+ * modification time, when the child was made, of the image and of each of
+ * its parents (exports.c, base_stamp_make).  Writing into any of them keeps
+ * the unique ids, which are all the child's header (and the image's) can
+ * compare, but leaves the child's sectors over content they were not
+ * written over: a child whose record differs is refused.  Written under a
+ * temporary name and renamed; a child without one (an older vhdnbd's, or a
+ * crash between the two renames) gets one for the image as it is. */
 static int stamp_write(const char *path, const char *stamp, struct vhd_err *err) {
   CLEANUP_FREE char *tmp = NULL;
   if (asprintf(&tmp, "%s.new", path) < 0)
@@ -228,26 +229,59 @@ static int stamp_write(const char *path, const char *stamp, struct vhd_err *err)
   return r;
 }
 
-/* 0: the record matches or was made now; -ESTALE: the image changed. */
-static int stamp_check(const char *child, const char *image, const char *stamp,
-                       struct vhd_err *err) {
+/* Which image of base's chain a record's first line that differs from the
+ * current stamp is about: 0 for the image itself, N for its Nth parent. */
+static unsigned stamp_changed_level(const char *rec, const char *now) {
+  while (*rec && *rec == *now) {
+    const char *nl = strchr(rec, '\n');
+    size_t n = nl ? (size_t)(nl - rec) + 1 : strlen(rec);
+    if (strncmp(rec, now, n) != 0)
+      break;
+    rec += n;
+    now += n;
+  }
+  unsigned level = 0;
+  const char *line = strncmp(rec, "parent ", 7) == 0 ? rec : now;
+  if (sscanf(line, "parent %u ", &level) != 1)
+    level = 0;
+  return level;
+}
+
+/* 0: the record matches or was made now; -ESTALE: the image or one of its
+ * parents changed. */
+static int stamp_check(const char *child, const struct export *base, struct vhd_err *err) {
   CLEANUP_FREE char *path = NULL;
   if (asprintf(&path, "%s.base", child) < 0)
     return -ENOMEM;
-  char buf[256];
+  char buf[4096];
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return errno == ENOENT ? stamp_write(path, stamp, err) : -errno;
+    return errno == ENOENT ? stamp_write(path, base->base_stamp, err) : -errno;
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
   buf[n > 0 ? n : 0] = '\0';
-  if (n >= 0 && strcmp(buf, stamp) == 0)
+  if (n >= 0 && strcmp(buf, base->base_stamp) == 0)
     return 0;
-  snprintf(err->msg, sizeof err->msg,
-           "%s: the image %s changed since this child was made (size or modification time "
-           "differ from %s), so the child's sectors no longer fit it: refused (remove the "
-           "child and its record to start over)",
-           child, image, path);
+  /* An older vhdnbd recorded the image alone, blind to its parents as it
+   * was: such a record that fits the image is taken and completed. */
+  if (n >= 0 && strcmp(buf, base->base_stamp_top) == 0)
+    return stamp_write(path, base->base_stamp, err);
+  unsigned level = n >= 0 ? stamp_changed_level(buf, base->base_stamp) : 0;
+  const vhd_t *v = base->vhd;
+  for (unsigned i = 0; i < level && vhd_parent(v); i++)
+    v = vhd_parent(v);
+  if (v == base->vhd)
+    snprintf(err->msg, sizeof err->msg,
+             "%s: the image %s changed since this child was made (size or modification time "
+             "differ from %s), so the child's sectors no longer fit it: refused (remove the "
+             "child and its record to start over)",
+             child, base->image, path);
+  else
+    snprintf(err->msg, sizeof err->msg,
+             "%s: %s, a parent of the image %s, changed since this child was made (size or "
+             "modification time differ from %s), so the child's sectors no longer fit the "
+             "image: refused (remove the child and its record to start over)",
+             child, vhd_path(v), base->image, path);
   return -ESTALE;
 }
 
@@ -295,8 +329,7 @@ static void open_run(struct work_item *w) {
     if (j->r < 0)
       return;
     j->created = true;
-  } else if ((j->r = stamp_check(path, j->inst->base->image, j->inst->base->base_stamp,
-                                 &j->err)) < 0) {
+  } else if ((j->r = stamp_check(path, j->inst->base, &j->err)) < 0) {
     return;
   }
   struct vhd_open_opts oo = {

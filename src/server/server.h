@@ -163,9 +163,12 @@ struct export {
   int state;             /* instance: see overlay.c */
   struct overlay_waiter *waiters; /* instance: connections waiting for it */
   bool retired;          /* out of the table after a reload: close once unused */
-  /* overlay base: what its image was when opened (size, modification
-   * time), recorded beside each persistent child (overlay.c) */
+  /* overlay base: what its image and each of the image's parents were
+   * when opened (size, modification time), recorded beside each
+   * persistent child (overlay.c); base_stamp_top: the image's lines alone,
+   * all an older vhdnbd recorded */
   char *base_stamp;
+  char *base_stamp_top;
 };
 
 struct export_spec {

@@ -7,6 +7,9 @@
 #     the child: the client is refused, the reason logged, nothing written;
 #   - a child without a record (an older vhdnbd's) is taken as it is and
 #     gets one;
+#   - over an image that is a differencing child, the record covers every
+#     parent: a parent or grandparent changed is refused like the image;
+#     a record of the image alone (older vhdnbd) that fits is completed;
 #   - a new child's directory is synced after the child is renamed into
 #     place (strace), so that a flushed write cannot lose its file;
 #   - when a persistent child's final flush fails (every write failing from
@@ -115,6 +118,49 @@ PYEOF
 else
   echo "PARTIAL: strace is not installed: the directory sync is not checked"
 fi
+
+# An image that is itself a differencing child: the record covers its
+# parents too, for a write into one of them changes what the image reads.
+rm -rf "$ov"
+gp=$TMPD/chain-gp.vhd par=$TMPD/chain-par.vhd top=$TMPD/chain-top.vhd
+"$VHDIMG" create "$gp" 64M >/dev/null || fail "creating $gp"
+"$VHDIMG" create -b "$gp" "$par" >/dev/null || fail "creating $par"
+"$VHDIMG" create -b "$par" "$top" >/dev/null || fail "creating $top"
+plain_img=$img img=$top
+serve
+client write || fail "the write through a child of a chain"
+stop_vhdnbd
+child=$(ls "$ov"/p-*.vhd) || fail "no persistent child of the chain in $ov"
+[ "$(grep -c '^parent [12] ' "$child.base")" -eq 4 ] ||
+  fail "the record does not cover both parents: $(cat "$child.base")"
+# A record of an older vhdnbd (the image's lines alone) that fits the image:
+# the child is taken, and its record completed with the parents.
+head -n 3 "$child.base" >old.base
+cp old.base "$child.base"
+serve
+client expect || fail "a child with an older record that fits its image was refused"
+stop_vhdnbd
+grep -q '^parent 2 mtime ' "$child.base" ||
+  fail "the older record was not completed: $(cat "$child.base")"
+# The parent's modification time changed: refused, naming the parent.
+touch -d '2001-02-03 04:05:06' "$par"
+serve
+client refused || fail "a child over an image whose parent changed was served"
+stop_vhdnbd
+grep -q "$par, a parent of the image $top, changed since this child was made" "$log" ||
+  fail "no log line naming the changed parent"
+# Started over, then the grandparent written into: refused, naming it.
+rm -f "$child" "$child.base"
+serve
+client write || fail "the write through a new child of the chain"
+stop_vhdnbd
+"$WRITE_HELPER" "$gp" 1M 4K 0x33 || fail "writing the grandparent"
+serve
+client refused || fail "a child over an image whose grandparent was written was served"
+stop_vhdnbd
+grep -q "$gp, a parent of the image $top, changed since this child was made" "$log" ||
+  fail "no log line naming the changed grandparent"
+img=$plain_img
 
 # A persistent child whose final flush fails: exit status 1.
 rm -rf "$ov"
