@@ -294,6 +294,7 @@ static void open_run(struct work_item *w) {
   struct vhd_create_opts co = {
       .type = VHD_TYPE_DIFFERENCING,
       .parent = j->inst->base->image,
+      .mode = 0600, /* one client's data, for the service's eyes only */
   };
   if (!j->persistent) {
     if ((j->r = vhd_create(path, &co, &j->err)) < 0)

@@ -132,7 +132,7 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
     goto out;
   }
 
-  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o->mode ? (mode_t)o->mode : 0644);
   if (fd < 0) {
     r = vhd_set_err(err, -errno, "%s: %s", path, strerror(errno));
     goto out;

@@ -314,6 +314,9 @@ struct vhd_create_opts {
   uint32_t block_size;      /* 0 = 2 MiB */
   bool exact_size;          /* keep size exactly (creator "qem2"-style); else CHS-rounded up */
   const char *parent;       /* differencing: path of the parent */
+  /* Permission bits of the new file (before the umask); 0: 0644.  A
+   * child holding one client's data is made 0600. */
+  unsigned mode;
 };
 int vhd_create(const char *path, const struct vhd_create_opts *opts, struct vhd_err *err);
 

@@ -11,6 +11,7 @@
 #   discard: every connection starts from the image, and no file is left;
 #   files named as a server with the same PID once named its children
 #   neither stop a client nor are removed;
+#   persistent children and their records are mode 0600 under umask 022;
 #   persistent keyed on the address: a plain client's writes come back;
 #   overlay-max: past it writes fail with ENOSPC, earlier data stays;
 #   read-only = yes for every export refuses an overlay export at startup
@@ -22,6 +23,9 @@ requires psktool
 requires sha256sum
 requires_py nbd
 
+# A umask that lets others read what is created with it: the children
+# must be private by their own mode.
+umask 022
 img=$TMPD/base.vhd
 "$VHDIMG" create "$img" 64M >/dev/null
 # Something of the image's own to see through every child: 0x11 at 0-1 MiB.
@@ -203,6 +207,11 @@ client - persist refused "policy" || fail "a client without identity was not ref
 grep -q "export 'persist' refused: overlay-key = identity" "$log" ||
   fail "no log line for the client refused for want of an identity"
 [ "$(stat -c %a "$ov")" = 700 ] || fail "$ov: mode $(stat -c %a "$ov"), not 700"
+# Each child holds one client's data: private to the service whatever the
+# umask lets through (022, set above), as its record is.
+for c in "$ov"/*.vhd "$ov"/*.vhd.base; do
+  [ "$(stat -c %a "$c")" = 600 ] || fail "$c: mode $(stat -c %a "$c"), not 600"
+done
 n=$(find "$ov" -name '*.vhd' | wc -l)
 [ "$n" -eq 4 ] || fail "expected 4 children in $ov (alice, bob and the long ones), found $n"
 
