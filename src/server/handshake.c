@@ -172,10 +172,22 @@ static void info_go_reply(struct connection *conn, uint32_t option, struct expor
 /* The opaque of overlay_attach: the option and the NBD_INFO_WANT bits. */
 #define ATTACH_OPAQUE(option, want) ((void *)(uintptr_t)((option) | (uintptr_t)(want) << 16))
 
+/* What a client refused its overlay is told: the reason in its own terms,
+ * for the engine's message names server paths and stays in the log. */
+static const char *overlay_failure(int err) {
+  return err == -ESTALE ? "the export's image changed since this client's overlay was made, "
+                          "so the overlay no longer fits it"
+                        : strerror(-err);
+}
+
 static void on_overlay_attached(struct connection *conn, struct export *inst, int err,
-                                void *opaque) {
+                                const char *name, void *opaque) {
   uint32_t option = (uint32_t)((uintptr_t)opaque & 0xffff);
   unsigned want = (unsigned)((uintptr_t)opaque >> 16);
+  const char *oname = option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_EXPORT_NAME";
+  if (err < 0)
+    log_msg(LOG_LEVEL_WARNING, "%s: %s: export '%s' refused: its overlay for this client "
+            "cannot be opened: %s", conn->peer, oname, name, overlay_failure(err));
   if (option == NBD_OPT_EXPORT_NAME) {
     if (err < 0) {
       conn_reject(conn, "overlay unavailable");
@@ -192,8 +204,12 @@ static void on_overlay_attached(struct connection *conn, struct export *inst, in
     return;
   }
   if (err < 0) {
-    send_error(conn, NBD_REP_ERR_UNKNOWN,
-               "NBD_OPT_GO: the export's overlay cannot be opened: %s", strerror(-err));
+    /* Not NBD_REP_ERR_UNKNOWN: the export exists, and clients take that
+     * error for "no such export".  The server declines to serve this
+     * client, which is what NBD_REP_ERR_POLICY says. */
+    send_error(conn, NBD_REP_ERR_POLICY,
+               "%s: export '%s' exists, but this client's overlay of it cannot be opened: %s",
+               oname, name, overlay_failure(err));
     if (!conn->closing && !conn->draining)
       read_option_header(conn);
     return;

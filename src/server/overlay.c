@@ -430,11 +430,11 @@ static void finish_open(struct export *inst, vhd_t *vhd, int r, const char *msg,
     if (r < 0) {
       inst->refs--;
       if (!conn->closing)
-        wl->cb(conn, NULL, r, wl->opaque);
+        wl->cb(conn, NULL, r, inst->name, wl->opaque);
     } else if (conn->closing) {
       overlay_release(inst);
     } else {
-      wl->cb(conn, inst, 0, wl->opaque);
+      wl->cb(conn, inst, 0, inst->name, wl->opaque);
       /* A reload removed the export while the child opened: the client
        * gets the same drain as the export's other clients. */
       if (inst->base->retired && !conn->closing)
@@ -523,7 +523,7 @@ int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_c
   if (inst && inst->state == INST_OPEN) {
     free(w);
     inst->refs++;
-    cb(conn, inst, 0, opaque);
+    cb(conn, inst, 0, inst->name, opaque);
     return 0;
   }
   if (!inst) {

@@ -294,12 +294,13 @@ const char *overlay_mode_name(enum overlay_mode m);
  * $STATE_DIRECTORY, else under the package's state directory. */
 const char *overlay_default_dir(void);
 typedef void (*overlay_attach_cb)(struct connection *conn, struct export *inst, int err,
-                                  void *opaque);
+                                  const char *name, void *opaque);
 /* Finds or opens the instance of overlay export exp for conn.  Returns
  * -EACCES at once (with a reason in why) when conn has no key; otherwise 0,
  * and cb runs later on the loop thread with the instance (holding a
- * reference for conn) or an error.  cb does not run when conn closed
- * meanwhile. */
+ * reference for conn) or an error (inst NULL; -ESTALE: the image changed
+ * under a persistent child), and the export's name.  cb does not run when
+ * conn closed meanwhile. */
 int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
                    void *opaque, const char **why);
 /* Drops an instance's reference; the last one closes the child on a worker

@@ -10,6 +10,9 @@
 #   - over an image that is a differencing child, the record covers every
 #     parent: a parent or grandparent changed is refused like the image;
 #     a record of the image alone (older vhdnbd) that fits is completed;
+#   - a refused client is answered NBD_REP_ERR_POLICY, with a message that
+#     says the export exists and why its overlay cannot be opened (not
+#     NBD_REP_ERR_UNKNOWN, "no such export"), and a log line names it;
 #   - a new child's directory is synced after the child is renamed into
 #     place (strace), so that a flushed write cannot lose its file;
 #   - when a persistent child's final flush fails (every write failing from
@@ -22,20 +25,31 @@ img=$TMPD/base.vhd ov=$TMPD/ov log=$TMPD/log
 "$VHDIMG" create "$img" 64M >/dev/null
 "$WRITE_HELPER" "$img" 0 64K 0x11 || fail "writing the image"
 
-# client ACTION: over TCP to export p; write: 0xcc at 0 and flush; expect:
-# 0xcc at 0; refused: the connection must fail.
+# client ACTION [TEXT]: over TCP to export p; write: 0xcc at 0 and flush;
+# expect: 0xcc at 0; refused: the connection must fail with
+# NBD_REP_ERR_POLICY (not "no such export") and a message from the server
+# that holds TEXT.
 client() {
-  "$PY3" - "$VHDNBD_PORT" "$1" <<'PYEOF'
+  "$PY3" - "$VHDNBD_PORT" "$@" <<'PYEOF'
 import sys, nbd
 port, action = sys.argv[1], sys.argv[2]
 h = nbd.NBD()
 h.set_export_name("p")
+# libnbd passes the server's error message to its debug output alone.
+said = []
+h.set_debug(True)
+h.set_debug_callback(lambda ctx, msg: said.append(msg))
 try:
     h.connect_tcp("127.0.0.1", port)
 except nbd.Error as e:
     if action == "refused":
+        assert "policy" in (e.string or ""), "refused, but not by policy: %s" % e.string
+        msg = [m for m in said if "server error message" in m]
+        assert msg and sys.argv[3] in msg[0], "the server's message is %r, without %r" % (
+            msg, sys.argv[3])
         sys.exit(0)
     sys.exit("connect: %s" % e)
+h.set_debug(False)
 if action == "refused":
     sys.exit("connected, but should have been refused")
 if action == "write":
@@ -56,6 +70,8 @@ elif action == "fill":             # 1 MiB writes until one fails
 h.shutdown()
 PYEOF
 }
+unopened="export 'p' exists, but this client's overlay of it cannot be opened"
+stale="$unopened: the export's image changed"
 serve() { start_vhdnbd_tcp "$TMPD/sock" -e "p=$img,overlay=persistent,overlay-key=address,overlay-dir=$ov" "$@" 2>>"$log"; }
 
 serve
@@ -79,9 +95,11 @@ stop_vhdnbd
 cp "$child" child.before
 sum=$(sha256sum <"$img")
 serve
-client refused || fail "a child over a changed image was served"
+client refused "$stale" || fail "a child over a changed image was served"
 stop_vhdnbd
 grep -q "changed since this child was made" "$log" || fail "no log line for the refused child"
+grep -q "client 127\.0\.0\.1:[0-9]*: NBD_OPT_GO: export 'p' refused: its overlay for this client" \
+  "$log" || fail "no log line naming the refused client"
 cmp -s "$child" child.before || fail "the refused child was written"
 [ "$(sha256sum <"$img")" = "$sum" ] || fail "the image was written"
 
@@ -145,7 +163,7 @@ grep -q '^parent 2 mtime ' "$child.base" ||
 # The parent's modification time changed: refused, naming the parent.
 touch -d '2001-02-03 04:05:06' "$par"
 serve
-client refused || fail "a child over an image whose parent changed was served"
+client refused "$stale" || fail "a child over an image whose parent changed was served"
 stop_vhdnbd
 grep -q "$par, a parent of the image $top, changed since this child was made" "$log" ||
   fail "no log line naming the changed parent"
@@ -156,11 +174,22 @@ client write || fail "the write through a new child of the chain"
 stop_vhdnbd
 "$WRITE_HELPER" "$gp" 1M 4K 0x33 || fail "writing the grandparent"
 serve
-client refused || fail "a child over an image whose grandparent was written was served"
+client refused "$stale" || fail "a child over an image whose grandparent was written was served"
 stop_vhdnbd
 grep -q "$gp, a parent of the image $top, changed since this child was made" "$log" ||
   fail "no log line naming the changed grandparent"
 img=$plain_img
+
+# A child that cannot be made (its directory's path runs through a file):
+# the client is told the export exists but its overlay cannot be opened.
+: >"$TMPD/not-a-dir"
+saved_ov=$ov ov=$TMPD/not-a-dir/ov
+serve
+client refused "$unopened: Not a directory" ||
+  fail "a client whose overlay cannot be made was not told why"
+stop_vhdnbd
+grep -q "overlay directory $ov: Not a directory" "$log" || fail "no log line for the directory"
+ov=$saved_ov
 
 # A persistent child whose final flush fails: exit status 1.
 rm -rf "$ov"
