@@ -153,6 +153,11 @@ struct export {
   uint32_t lane_shift;   /* log2 of the bytes that share a lane (export_set_lanes) */
   struct lane_policy lanes; /* all lanes or one, from how long writes take */
   bool write_error_logged; /* the image's write error was logged (atomic) */
+  /* ENOSPC replies are logged at most once an interval (transmission.c):
+   * when the next may be (CLOCK_MONOTONIC ns, 0: none yet), and how many
+   * went unlogged since the last (both atomic). */
+  int64_t enospc_log_next;
+  uint64_t enospc_unlogged;
   struct overlay_settings overlay;
   unsigned refs;         /* connections (and, for a base, instances) using it */
   struct export *base;   /* instance: the export it overlays (holds a ref) */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "bufpool.h"
 #include "cleanup.h"
@@ -309,14 +310,55 @@ static void release_held(struct connection *conn) {
   }
 }
 
+/* A client writing past its overlay's overlay-max (or onto a full file
+ * system) gets ENOSPC for every write that needs a new block, as fast as
+ * it sends them: each is answered, but logged at most once an interval per
+ * export (an overlay instance is one), or the log would grow as fast. */
+#define ENOSPC_LOG_INTERVAL_S 60
+
+/* Whether this ENOSPC of exp is logged; if so, *unlogged says how many
+ * were not since the last that was.  Any loop's thread (loops.h). */
+static bool enospc_log_due(struct export *exp, uint64_t *unlogged) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  int64_t next = __atomic_load_n(&exp->enospc_log_next, __ATOMIC_RELAXED);
+  if ((next != 0 && now < next) ||
+      !__atomic_compare_exchange_n(&exp->enospc_log_next, &next,
+                                   now + (int64_t)ENOSPC_LOG_INTERVAL_S * 1000000000, false,
+                                   __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    __atomic_add_fetch(&exp->enospc_unlogged, 1, __ATOMIC_RELAXED);
+    return false;
+  }
+  *unlogged = __atomic_exchange_n(&exp->enospc_unlogged, 0, __ATOMIC_RELAXED);
+  return true;
+}
+
 /* Engine failures are warnings, a client's mistakes only debugging, and
  * so are the requests an image refuses after a write error. */
 static void log_reply_error(const struct request *req) {
-  if (req->error)
-    log_msg(req->errmsg && !req->image_failed ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
-            "%s: %s at %" PRIu64 "+%" PRIu64 ": error %" PRIu32 ": %s", req->conn->peer,
-            nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
-            error_text(req) ? error_text(req) : "");
+  if (!req->error)
+    return;
+  bool engine = req->errmsg && !req->image_failed;
+  uint64_t unlogged = 0;
+  char note[160] = "";
+  if (engine && req->error == NBD_ENOSPC) {
+    if (!enospc_log_due(req->exp, &unlogged))
+      return;
+    if (unlogged)
+      snprintf(note, sizeof note,
+               " (and %" PRIu64 " more ENOSPC failures of export '%s' since the last such "
+               "line; at most one such line every %d s)",
+               unlogged, req->exp->name, ENOSPC_LOG_INTERVAL_S);
+    else
+      snprintf(note, sizeof note,
+               " (further ENOSPC failures of export '%s' are logged at most once every %d s)",
+               req->exp->name, ENOSPC_LOG_INTERVAL_S);
+  }
+  log_msg(engine ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG,
+          "%s: %s at %" PRIu64 "+%" PRIu64 ": error %" PRIu32 ": %s%s", req->conn->peer,
+          nbd_cmd_name(req->r.type), req->r.offset, req->r.length, req->error,
+          error_text(req) ? error_text(req) : "", note);
 }
 
 /* The data a direct reply carries after its header: a READ's. */

@@ -13,7 +13,8 @@
 #   neither stop a client nor are removed;
 #   persistent children and their records are mode 0600 under umask 022;
 #   persistent keyed on the address: a plain client's writes come back;
-#   overlay-max: past it writes fail with ENOSPC, earlier data stays;
+#   overlay-max: past it writes fail with ENOSPC, earlier data stays; a
+#   flood of such writes gives a line or two in the log, not one each;
 #   read-only = yes for every export refuses an overlay export at startup
 #   (it used to take writes), read-only = no in its section lets it be.
 # At the end the image's checksum is unchanged, and every child passes
@@ -186,6 +187,16 @@ elif action == "fill":       # write 4 KiB at each OFF until one fails: ENOSPC
         check(h, int(off), 0xcc, 4096)
     h.shutdown()
     print(len(done))
+elif action == "flood":      # flood N: N writes into new blocks, each failing with ENOSPC
+    h = connect()
+    for i in range(int(args[0])):
+        try:
+            h.pwrite(b"\xee" * 4096, (4 << 20) + (i % 28) * (2 << 20))
+        except nbd.Error as e:
+            assert e.errno in (errno.ENOSPC, "ENOSPC"), "write %d: %s (errno %s)" % (i, e.string, e.errno)
+            continue
+        sys.exit("write %d past overlay-max succeeded" % i)
+    h.shutdown()
 PY
 client() { "$PY3" "$TMPD/client.py" "$port" "$@"; }
 
@@ -274,6 +285,10 @@ h.connect_tcp("127.0.0.1", sys.argv[1])
 assert h.pread(4096, 0) == b"\xcc" * 4096
 assert h.pread(4096, 2 << 20) == b"\xcc" * 4096
 PY
+# Past overlay-max every write fails, each answered with ENOSPC, but the log
+# says so at most once a minute per child, and counts the rest when the
+# child closes: a client cannot flood it.
+client - capped flood 300 || fail "overlay-max: a flood of writes did not all fail with ENOSPC"
 capped=$(ls "$TMPD/capped"/*.vhd)
 [ "$(stat -c %s "$capped")" -le $((5 << 20)) ] ||
   fail "capped child grew to $(stat -c %s "$capped") bytes, past 5M"
@@ -281,6 +296,14 @@ capped=$(ls "$TMPD/capped"/*.vhd)
 stop_vhdnbd
 ! grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$log" ||
   fail "sanitizer report: $(cat "$log")"
+# 301 ENOSPC replies (fill's one, flood's 300): a line or two for them,
+# and the summaries at close count the rest.
+lines=$(grep -c ': error 28: ' "$log")
+[ "$lines" -ge 1 ] && [ "$lines" -le 2 ] || fail "$lines log lines for 301 ENOSPC failures"
+counted=$(sed -n 's/.*: \([0-9]*\) more ENOSPC failures since the last line that said so$/\1/p' "$log" |
+  awk '{ n += $1 } END { print n + 0 }')
+[ $((lines + counted)) -eq 301 ] ||
+  fail "ENOSPC failures: $lines logged and $counted counted at close, not 301 in all"
 
 # --- the image and the children ------------------------------------------------
 [ "$(sha256sum <"$img")" = "$base_sum" ] || fail "the image was written"
