@@ -64,6 +64,8 @@ struct overlay_job {
   vhd_t *parent;
   uint64_t max;
   vhd_t *vhd;   /* open: the result; close: what to close */
+  const char *legacy; /* open: the instance's legacy_child, or NULL */
+  bool used_legacy;   /* open: the child is the one at legacy */
   bool created;
   int r;
   struct vhd_err err;
@@ -291,6 +293,12 @@ static void open_run(struct work_item *w) {
   const char *path = j->inst->child;
   if ((j->r = make_dirs(j->dir, &j->err)) < 0)
     return;
+  /* A child an older version made under the client's other key is the
+   * client's child still, unless one under the key it has now exists. */
+  if (j->persistent && j->legacy && access(path, F_OK) < 0 && access(j->legacy, F_OK) == 0) {
+    path = j->legacy;
+    j->used_legacy = true;
+  }
   struct vhd_create_opts co = {
       .type = VHD_TYPE_DIFFERENCING,
       .parent = j->inst->base->image,
@@ -362,6 +370,7 @@ static void instance_free(struct export *inst) {
   free(inst->description);
   free(inst->key);
   free(inst->child);
+  free(inst->legacy_child);
   free(inst);
   export_put(base);
 }
@@ -458,6 +467,12 @@ static void finish_open(struct export *inst, vhd_t *vhd, int r, const char *msg,
 
 static void open_done(struct work_item *w) {
   struct overlay_job *j = (struct overlay_job *)w;
+  if (j->used_legacy) {
+    /* From now on the instance's child is that one (closing, logging). */
+    free(j->inst->child);
+    j->inst->child = j->inst->legacy_child;
+    j->inst->legacy_child = NULL;
+  }
   finish_open(j->inst, j->vhd, j->r, j->err.msg, j->created);
   free(j);
 }
@@ -473,6 +488,7 @@ static void start_open(struct export *inst) {
   j->inst = inst;
   j->dir = (char *)instance_dir(base);
   j->persistent = inst->key != NULL;
+  j->legacy = inst->legacy_child;
   j->parent = base->vhd;
   j->max = base->overlay.max;
   j->work.run = open_run;
@@ -480,12 +496,18 @@ static void start_open(struct export *inst) {
   workers_submit(&j->work);
 }
 
-/* What a persistent overlay keys on for conn, or NULL (with why). */
-/* The whole identity, however long: a key cut short would give two
- * identities that differ only past the cut one child (*out: malloc'd). */
+/* What a persistent overlay keys on for conn (*out: malloc'd), or -EACCES
+ * with why.  The whole identity, however long: a key cut short would give
+ * two identities that differ only past the cut one child.  An IPv4-mapped
+ * IPv6 address (::ffff:a.b.c.d, a dual-stack listener's view of an IPv4
+ * client) keys as a.b.c.d, so a client has one child whichever way it
+ * comes; for an IPv4 client *legacy (malloc'd, else NULL) is then
+ * ::ffff:a.b.c.d, the key older versions gave it when it came that way,
+ * under which its child may still be. */
 static int connection_key(const struct connection *conn, const struct export *exp, char **out,
-                          const char **why) {
+                          char **legacy, const char **why) {
   char buf[INET6_ADDRSTRLEN];
+  *legacy = NULL;
   if (exp->overlay.key == OVERLAY_KEY_IDENTITY) {
     const char *id = conn->tls ? tls_session_identity(conn->tls) : NULL;
     if (!id) {
@@ -497,23 +519,42 @@ static int connection_key(const struct connection *conn, const struct export *ex
     return (*out = strdup(id)) ? 0 : -ENOMEM;
   }
   const struct sockaddr_storage *a = &conn->addr;
-  const void *ip = a->ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)a)->sin_addr
-                   : a->ss_family == AF_INET6
-                       ? (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr
-                       : NULL;
-  if (!ip || !inet_ntop(a->ss_family, ip, buf, (socklen_t)sizeof buf)) {
+  if (a->ss_family == AF_INET) {
+    if (!inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, buf, sizeof buf))
+      return -errno;
+    /* Its child may be from when it came IPv4-mapped. */
+    if (!(*out = strdup(buf)) || asprintf(legacy, "::ffff:%s", buf) < 0) {
+      free(*out);
+      *legacy = NULL;
+      return -ENOMEM;
+    }
+    return 0;
+  }
+  if (a->ss_family != AF_INET6) {
     *why = "the client has no IP address (Unix socket or stdio)";
     return -EACCES;
   }
-  return (*out = strdup(buf)) ? 0 : -ENOMEM;
+  const struct in6_addr *a6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
+  if (!inet_ntop(AF_INET6, a6, buf, sizeof buf))
+    return -errno;
+  if (!IN6_IS_ADDR_V4MAPPED(a6))
+    return (*out = strdup(buf)) ? 0 : -ENOMEM;
+  if (!(*legacy = strdup(buf)) || !inet_ntop(AF_INET, a6->s6_addr + 12, buf, sizeof buf) ||
+      !(*out = strdup(buf))) {
+    free(*legacy);
+    *legacy = NULL;
+    return -ENOMEM;
+  }
+  return 0;
 }
 
 int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
                    void *opaque, const char **why) {
   CLEANUP_FREE char *key = NULL;
+  CLEANUP_FREE char *legacy = NULL;
   bool persistent = exp->overlay.mode == OVERLAY_PERSISTENT;
   if (persistent) {
-    int r = connection_key(conn, exp, &key, why);
+    int r = connection_key(conn, exp, &key, &legacy, why);
     if (r < 0)
       return r;
   }
@@ -539,11 +580,13 @@ int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_c
     if (!inst || !(inst->name = strdup(exp->name)) ||
         (exp->description && !(inst->description = strdup(exp->description))) ||
         (persistent && !(inst->key = strdup(key))) ||
-        child_path(exp, persistent ? key : NULL, &inst->child) < 0) {
+        child_path(exp, persistent ? key : NULL, &inst->child) < 0 ||
+        (legacy && child_path(exp, legacy, &inst->legacy_child) < 0)) {
       if (inst) {
         free(inst->name);
         free(inst->description);
         free(inst->key);
+        free(inst->child);
         free(inst);
       }
       free(w);

@@ -165,6 +165,9 @@ struct export {
   struct export *instances; /* base: its open instances; instance: the next one */
   char *key;             /* persistent instance: what it is keyed on */
   char *child;           /* instance: the child image's path */
+  /* persistent instance keyed on an IPv4-mapped address: the child's path
+   * under the key older versions used (overlay.c), or NULL */
+  char *legacy_child;
   int state;             /* instance: see overlay.c */
   struct overlay_waiter *waiters; /* instance: connections waiting for it */
   bool retired;          /* out of the table after a reload: close once unused */

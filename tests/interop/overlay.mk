@@ -2,6 +2,7 @@
 SERVER_OVERLAY_TESTS = \
 	tests/interop/test-overlay.sh \
 	tests/interop/test-overlay-base.sh \
+	tests/interop/test-overlay-mapped.sh \
 	tests/interop/test-reload.sh \
 	tests/interop/test-reload-locks.sh \
 	tests/interop/test-reload-replaced.sh
