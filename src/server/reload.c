@@ -22,6 +22,10 @@
  * be there when it opens (one that no retired export holds) refuses the
  * reload before anything closes (deferred_locks).
  *
+ * A SIGHUP while a reload is under way, its retired exports closing or its
+ * deferred ones opening included, is queued, not dropped: once the reload
+ * is over the file is read again (reload_finished).
+ *
  * [global] settings are not applied by a reload: those that changed are
  * logged as needing a restart (listening addresses, TLS credentials and
  * limits are all fixed at startup).  Its read-only setting does reach the
@@ -63,6 +67,7 @@ struct open_job {
 
 static struct {
   bool busy;            /* a reload (or its deferred opens) is under way */
+  bool pending;         /* a SIGHUP came while busy: read the file again after */
   unsigned retiring;    /* retired exports not closed yet */
   char **deferred;      /* names of exports to open once retiring is 0 */
   size_t n_deferred;
@@ -390,6 +395,20 @@ static void on_grace(uv_timer_t *t) {
 }
 
 static void open_deferred(void);
+static void reload_begin(struct server *srv, bool queued);
+
+/* The reload under way is over.  A SIGHUP that came meanwhile was for a
+ * file edited since that reload read it (or while it waited): it runs now,
+ * else the operator's last edit would wait, unapplied and unsaid, for a
+ * SIGHUP that may never come.  Several such SIGHUPs make one reload, since
+ * it reads the file as it is by then. */
+static void reload_finished(void) {
+  rl.busy = false;
+  if (rl.pending && !server.shutting_down) {
+    rl.pending = false;
+    reload_begin(&server, true);
+  }
+}
 
 struct close_job {
   struct work_item work;
@@ -477,13 +496,13 @@ static void open_deferred_done(struct work_item *w) {
   free(j->names);
   free(j->opened);
   free(j);
-  rl.busy = false;
+  reload_finished();
 }
 
 static void open_deferred(void) {
   if (!rl.n_deferred) {
     if (rl.busy && !rl.retiring)
-      rl.busy = false;
+      reload_finished();
     return;
   }
   struct open_job *j = calloc(1, sizeof *j);
@@ -492,7 +511,7 @@ static void open_deferred(void) {
     log_msg(LOG_LEVEL_ERR, "reload: out of memory opening the changed exports");
     free(j);
     free(opened);
-    rl.busy = false;
+    reload_finished();
     return;
   }
   j->n = rl.n_deferred;
@@ -523,8 +542,8 @@ static void reload_done(struct work_item *w) {
             "configuration",
             settings_config_path(), j->errors, j->errors == 1 ? "" : "s");
     reload_job_free(j);
-    rl.busy = false;
     notify_ready();
+    reload_finished();
     return;
   }
   log_global_changes(cfg, ns);
@@ -538,8 +557,8 @@ static void reload_done(struct work_item *w) {
       if (j->opened[i])
         export_close(j->opened[i]); /* never used: nothing to flush */
     reload_job_free(j);
-    rl.busy = false;
     notify_ready();
+    reload_finished();
     return;
   }
   size_t n = 0, added = 0, kept = 0;
@@ -586,25 +605,15 @@ static void reload_done(struct work_item *w) {
           settings_config_path(), kept, kept == 1 ? "" : "s", added, rl.retiring,
           rl.n_deferred);
   reload_job_free(j);
+  /* Before a queued reload (open_deferred may start one) says RELOADING. */
+  notify_ready();
   if (rl.retiring)
     uv_timer_start(&rl.grace, on_grace, SERVER_SHUTDOWN_GRACE_MS, 0);
   else
-    open_deferred();
-  if (!rl.retiring && !rl.n_deferred)
-    rl.busy = false;
-  notify_ready();
+    open_deferred(); /* ends the reload when it has nothing to open */
 }
 
-void reload_start(struct server *srv) {
-  if (!settings_config_path()) {
-    log_msg(LOG_LEVEL_WARNING, "SIGHUP ignored: started without --config, nothing to reload");
-    return;
-  }
-  if (rl.busy) {
-    log_msg(LOG_LEVEL_WARNING, "SIGHUP ignored: the previous reload is still waiting for "
-            "clients of removed exports; send it again later");
-    return;
-  }
+static void reload_begin(struct server *srv, bool queued) {
   if (!rl.grace_init) {
     uv_timer_init(srv->loop, &rl.grace);
     uv_unref((uv_handle_t *)&rl.grace); /* never keeps a stopping server alive */
@@ -615,10 +624,27 @@ void reload_start(struct server *srv) {
     log_msg(LOG_LEVEL_ERR, "reload: out of memory");
     return;
   }
-  log_msg(LOG_LEVEL_NOTICE, "SIGHUP received, reading %s again", settings_config_path());
+  log_msg(LOG_LEVEL_NOTICE, "%s, reading %s again",
+          queued ? "reload: the SIGHUP queued meanwhile" : "SIGHUP received",
+          settings_config_path());
   notify_reloading();
   rl.busy = true;
   j->work.run = reload_run;
   j->work.done = reload_done;
   workers_submit(&j->work);
+}
+
+void reload_start(struct server *srv) {
+  if (!settings_config_path()) {
+    log_msg(LOG_LEVEL_WARNING, "SIGHUP ignored: started without --config, nothing to reload");
+    return;
+  }
+  if (rl.busy) {
+    log_msg(LOG_LEVEL_NOTICE, "SIGHUP received while the previous reload is under way (or "
+            "waiting for clients of removed exports): queued, %s is read again once it is done",
+            settings_config_path());
+    rl.pending = true;
+    return;
+  }
+  reload_begin(srv, false);
 }

@@ -9,12 +9,15 @@
 #   VHD, a changed export's image that another export serves) is refused
 #   with a log
 #   line while everything keeps serving as before;
-#   changed [global] settings are each named in the restart warning.
+#   changed [global] settings are each named in the restart warning;
+#   a SIGHUP while a reload still waits for a removed export's client is
+#   queued: two such SIGHUPs make one reload once the client leaves, and
+#   the file as last edited is what is served.
 . "$top_srcdir/tests/functions.sh"
 requires nbdinfo
 requires_py nbd
 
-for n in keep gone change new; do
+for n in keep gone change new first last; do
   "$VHDIMG" create "$TMPD/$n.vhd" 16M >/dev/null
 done
 conf=$TMPD/vhdnbd.conf
@@ -155,6 +158,42 @@ with open(log) as f:
 # (the per-address and handshake caps follow max-connections)
 for key in ("max-connections", "metrics-file", "metrics-interval"):
     assert key in line.split(": ")[-1].strip().split(", "), (key, line)
+
+# --- a SIGHUP while a reload waits is queued, not lost -------------------------
+# A client in the middle of a WRITE's payload holds a removed export (its
+# drain waits for the request), and so the reload that removed it.
+import nbdraw
+held = nbdraw.Raw.unix(sock)
+held.newstyle()
+held.go("new")
+held.send(nbdraw.request(1, 1 << 20, 65536) + b"\x57" * 4096)
+base = ("[export keep]\nimage = %(t)s/keep.vhd\n[export change]\nimage = %(t)s/change.vhd\n"
+        "description = after\n")
+at = reload(base % {"t": tmpd})
+wait_log("applied", at)
+at2 = reload((base + "[export first]\nimage = %(t)s/first.vhd\n") % {"t": tmpd})
+wait_log("queued", at2)
+# The operator's last edit: 'new' back, 'first' gone again, 'last' added.
+at3 = reload((base + "[export new]\nimage = %(t)s/new.vhd\n"
+              "[export last]\nimage = %(t)s/last.vhd\n") % {"t": tmpd})
+wait_log("queued", at3)
+with open(log) as f:
+    f.seek(at)
+    assert "export 'new' closed" not in f.read(), "the held client did not hold the reload"
+held.send(b"\x57" * (65536 - 4096))
+wait_log("reload: export 'last' added", at3)
+got = listed()
+assert set(got) == {"keep", "change", "new", "last"}, "the last SIGHUP's file is not served: %s" % got
+with open(log) as f:
+    f.seek(at2)
+    after = f.read()
+# The two SIGHUPs made one reload, of the file as last edited.
+assert after.count("reading %s again" % conf) == 1, after
+assert "export 'first' added" not in after, after
+h = connect("new")
+assert h.pread(65536, 1 << 20) == b"\x57" * 65536, "the held client's WRITE was lost"
+h.shutdown()
+held.close()
 keep.pwrite(b"\x03" * 4096, 8192)
 assert keep.pread(4096, 8192) == b"\x03" * 4096
 h = connect("new")
