@@ -37,8 +37,9 @@
  *   overlay-key = identity | address
  *   overlay-max = 1G
  *
- * Errors name the file and line; config_load logs every one and returns
- * -EINVAL. */
+ * A key is set once per section ([global] may be split, its parts counting
+ * as one section), bind and allow excepted.  Errors name the file and line;
+ * config_load logs every one and returns -EINVAL. */
 #include "config.h"
 
 #include <ctype.h>
@@ -276,6 +277,35 @@ static int section_export_name(char *sect, char **name) {
   return 0;
 }
 
+/* Keys of a section already set, and on which line: a key set twice is
+ * an error, since which of the two the operator meant is anybody's guess
+ * (the later one used to win, unsaid).  Only keys whose values add up
+ * (bind, allow) may repeat. */
+struct seen_keys {
+  size_t n;
+  struct {
+    char key[32];
+    unsigned line;
+  } k[48]; /* more than there are keys of a section */
+};
+
+static bool key_repeatable(const char *key) {
+  return strcmp(key, "bind") == 0 || strcmp(key, "allow") == 0;
+}
+
+/* The line key was first set on in the section, or 0; records it at line
+ * if it was not set yet. */
+static unsigned key_seen(struct seen_keys *seen, const char *key, unsigned line) {
+  for (size_t i = 0; i < seen->n; i++)
+    if (strcmp(seen->k[i].key, key) == 0)
+      return seen->k[i].line;
+  if (seen->n < ARRAY_SIZE(seen->k) && strlen(key) < sizeof seen->k[0].key) {
+    strcpy(seen->k[seen->n].key, key);
+    seen->k[seen->n++].line = line;
+  }
+  return 0;
+}
+
 /* Every problem is reported, not only the first: a check of the file
  * (--check-config) should list all there is to fix.  After a bad section
  * header the section's keys are skipped, since where they belong is unknown. */
@@ -290,6 +320,8 @@ int config_load(const char *path, struct settings *s) {
   unsigned lineno = 0;
   enum { NONE, GLOBAL, EXPORT, SKIP } sect = NONE;
   size_t first_export = s->n_exports;
+  /* [global] may be split into several sections: its keys are one set. */
+  struct seen_keys global_seen = {0}, export_seen = {0};
   int ret = 0;
   while (fgets(line, sizeof line, f)) {
     lineno++;
@@ -338,6 +370,7 @@ int config_load(const char *path, struct settings *s) {
           break;
         }
         sect = EXPORT;
+        export_seen.n = 0;
       } else {
         log_msg(LOG_LEVEL_ERR, "%s:%u: unknown section [%s]", path, lineno, name);
         ret = -EINVAL;
@@ -376,6 +409,15 @@ int config_load(const char *path, struct settings *s) {
       ret = -EINVAL;
     } else if (r < 0) {
       log_msg(LOG_LEVEL_ERR, "%s:%u: invalid value for '%s': '%s'", path, lineno, key, value);
+      ret = -EINVAL;
+    }
+    unsigned first;
+    if (r != -ENOENT && !key_repeatable(key) &&
+        (first = key_seen(sect == GLOBAL ? &global_seen : &export_seen, key, lineno))) {
+      const char *ename = sect == EXPORT ? s->exports[s->n_exports - 1].name : NULL;
+      log_msg(LOG_LEVEL_ERR, "%s:%u: '%s' already set on line %u in [%s%s%s]", path, lineno,
+              key, first, sect == GLOBAL ? "global" : "export", ename && *ename ? " " : "",
+              ename ? ename : "");
       ret = -EINVAL;
     }
   }

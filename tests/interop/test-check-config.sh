@@ -3,9 +3,10 @@
 # differencing chain, command-line additions) passes with one line per export
 # giving name, image, type, size, ro/rw and the parents in order; each kind of
 # mistake fails with status 1 and names the file and line, key, export or
-# image at fault; every error of a file is reported, not just the first; a
-# duplicate export name also stops a normal startup; and the check neither
-# takes the image lock (it passes while a server has the images open for
+# image at fault (a key set twice in a section names both lines, while bind
+# and allow may repeat); every error of a file is reported, not just the
+# first; a duplicate export name or key also stops a normal startup; and the
+# check neither takes the image lock (it passes while a server has the images open for
 # writing) nor writes, binds, or creates a pidfile.
 . "$top_srcdir/tests/functions.sh"
 
@@ -157,6 +158,26 @@ bad_conf "a duplicate export in the file" \
 [export chain]
 image = $TMPD/extra.vhd
 EOF
+bad_conf "a key twice in an export" \
+  "bad\\.conf:$((n + 3)): 'image' already set on line $((n + 1)) in \\[export dupkey\\]" <<EOF
+[export dupkey]
+image = $TMPD/extra.vhd
+description = two images
+image = $TMPD/fixed.vhd
+EOF
+bad_conf "a boolean twice in an export" \
+  "bad\\.conf:$((n + 3)): 'read-only' already set on line $((n + 2)) in \\[export ro2\\]" <<EOF
+[export ro2]
+image = $TMPD/extra.vhd
+read-only = yes
+read-only = no
+EOF
+# [global] may be split, but a key in both parts is set twice all the same.
+bad_conf "a key twice in [global]" \
+  "bad\\.conf:$((n + 1)): 'handshake-timeout' already set on line 2 in \\[global\\]" <<EOF
+[global]
+handshake-timeout = 30
+EOF
 bad_conf "an export in the file and on the command line" \
   "export 'base' given twice: by bad\\.conf:[0-9]+ and by the command line" \
   -e "base=$TMPD/extra.vhd" </dev/null
@@ -174,6 +195,22 @@ bad_conf "a missing parent" \
 image = $TMPD/orphan.vhd
 EOF
 echo "ok: unknown key, bad values, missing image and parent, duplicates"
+
+# The keys whose values add up may repeat, in [global] and in an export.
+cat >repeat.conf <<EOF
+[global]
+bind = 127.0.0.1
+bind = ::1
+allow = 127.0.0.1
+allow = ::1
+[export rep]
+image = $TMPD/extra.vhd
+allow = 127.0.0.1
+allow = uid:0
+EOF
+check -C repeat.conf
+[ "$rc" -eq 0 ] || fail "bind and allow repeated: status $rc: $err"
+echo "ok: bind and allow may repeat"
 
 # TLS credentials, loaded as the server loads them.
 mkdir -p pki-empty pki-nokey pskdir.psk
@@ -258,15 +295,17 @@ grep -q "export 'x': $TMPD/nothing-here.vhd: No such file" err || fail "-e missi
 
 # --- normal startup refuses duplicates too (status 2, the same message) ------
 { cat good.conf; printf '[export chain]\nimage = %s\n' "$TMPD/extra.vhd"; } >dup.conf
-for args in "-C dup.conf" "-C good.conf -e base=$TMPD/extra.vhd"; do
+{ cat good.conf; printf 'read-only = no\n'; } >dupkey.conf
+for args in "-C dup.conf" "-C good.conf -e base=$TMPD/extra.vhd" "-C dupkey.conf"; do
   rc=0
   # shellcheck disable=SC2086 # the words of args are the arguments
   timeout 20 "$VHDNBD" -U "$TMPD/dup.sock" $args >/dev/null 2>"$TMPD/err" || rc=$?
   [ "$rc" -ne 124 ] || fail "vhdnbd $args: started despite a duplicate export"
   [ "$rc" -eq 2 ] || fail "vhdnbd $args: status $rc, expected 2: $(cat "$TMPD/err")"
-  grep -qE "defined twice|given twice" "$TMPD/err" || fail "vhdnbd $args: $(cat "$TMPD/err")"
+  grep -qE "defined twice|given twice|'read-only' already set on line" "$TMPD/err" ||
+    fail "vhdnbd $args: $(cat "$TMPD/err")"
 done
-echo "ok: startup refuses duplicate export names"
+echo "ok: startup refuses duplicate export names and keys"
 
 sums | cmp -s - sums.before || fail "the checks changed an image: $(sums | diff sums.before - || true)"
 echo PASS

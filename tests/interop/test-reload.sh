@@ -5,10 +5,10 @@
 #   closed, and the writes it flushed are in the image afterwards;
 #   a changed one (new description) is served anew, its old client closed;
 #   a client of an unchanged export goes on undisturbed throughout;
-#   a bad configuration (unknown key, missing image, an image that is no
-#   VHD, a changed export's image that another export serves) is refused
-#   with a log
-#   line while everything keeps serving as before;
+#   a bad configuration (unknown key, a key set twice, missing image, an
+#   image that is no VHD, a changed export's image that another export
+#   serves) is refused with a log line while everything keeps serving as
+#   before;
 #   changed [global] settings are each named in the restart warning;
 #   a SIGHUP while a reload still waits for a removed export's client is
 #   queued: two such SIGHUPs make one reload once the client leaves, and
@@ -94,6 +94,13 @@ assert keep.pread(8192, 0) == b"\x01" * 4096 + b"\x02" * 4096
 at = reload("[export keep]\nimage = %s/keep.vhd\nno-such-key = 1\n" % tmpd)
 wait_log("refused", at)
 wait_log("unknown key 'no-such-key'", at)
+# A key set twice: which value was meant is not the server's guess.
+at = reload("[export keep]\nimage = %(t)s/keep.vhd\nread-only = yes\nread-only = no\n"
+            "[export change]\nimage = %(t)s/change.vhd\ndescription = after\n"
+            "[export new]\nimage = %(t)s/new.vhd\n" % {"t": tmpd})
+wait_log("refused", at)
+wait_log("%s:4: 'read-only' already set on line 3 in [export keep]" % conf, at)
+keep.pwrite(b"\x01" * 4096, 0)
 at = reload("[export keep]\nimage = %s/keep.vhd\n[export bad]\nimage = %s/missing.vhd\n"
             % (tmpd, tmpd))
 wait_log("refused", at)
