@@ -16,6 +16,9 @@ requires() {
     exit 77
   fi
 }
+# Built with AddressSanitizer: several times slower, so stress tests do less.
+sanitizer_build() { ldd "$VHDNBD" 2>/dev/null | grep -q libasan; }
+
 requires_py() {
   if ! "$PY3" -c "import $1" >/dev/null 2>&1; then
     echo "SKIP: python module $1 is not available" >&2

@@ -31,7 +31,7 @@ fi
 
 : "${ATTACK_LATENCY_LIMIT:=1}"
 : "${ATTACK_RSS_LIMIT_MB:=256}"
-if ldd "$VHDNBD" 2>/dev/null | grep -q libasan; then
+if sanitizer_build; then
   # AddressSanitizer slows the loop several times over and its shadow memory
   # and quarantine inflate the RSS: looser bounds there (the real ones hold
   # in ordinary builds).

@@ -14,7 +14,7 @@ requires qemu-img
 [ -x "$VHDNBD" ] || fail "$VHDNBD is not built"
 [ -x "$VHDIMG" ] || fail "$VHDIMG is not built"
 
-if ldd "$VHDNBD" 2>/dev/null | grep -q libasan; then
+if sanitizer_build; then
   : "${FREE_REUSE_ROUNDS:=2}"
 fi
 : "${FREE_REUSE_ROUNDS:=4}"

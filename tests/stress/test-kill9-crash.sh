@@ -16,7 +16,7 @@ requires qemu-img
 [ -x "$VHDIMG" ] || fail "$VHDIMG is not built"
 
 # Sanitizer builds run several times slower: fewer rounds keep the test short.
-if ldd "$VHDNBD" 2>/dev/null | grep -q libasan; then
+if sanitizer_build; then
   : "${KILL9_ROUNDS:=3}"
 fi
 : "${KILL9_ROUNDS:=6}"

@@ -16,7 +16,7 @@ requires_py nbd
 
 : "${LOAD_CONNECTIONS:=200}"
 : "${LOAD_SECONDS:=20}"
-if ldd "$VHDNBD" 2>/dev/null | grep -q libasan; then
+if sanitizer_build; then
   # AddressSanitizer's shadow memory and quarantine inflate the RSS: keep the
   # quarantine small and the bound loose; the real bound is checked in
   # ordinary builds.

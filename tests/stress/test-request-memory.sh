@@ -9,7 +9,7 @@
 
 requires_py nbd
 [ -x "$VHDNBD" ] || fail "$VHDNBD is not built"
-if ldd "$VHDNBD" 2>/dev/null | grep -q libasan; then
+if sanitizer_build; then
   # AddressSanitizer's quarantine keeps freed memory resident a while, and
   # its redzones and shadow add to every allocation: twice the bound (the
   # unbounded server grew four times more).
