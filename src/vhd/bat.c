@@ -186,14 +186,15 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
         vhd->data_end = end;
     }
   }
-  /* A differencing disk's locator whose data runs past the footer (a copy
+  /* A differencing disk's locator whose data lies past the footer (a copy
    * cut short, another writer's crash, junk) holds no path anyone can
    * read.  This handle forgets it, so the other locators and the header's
    * name still find the parent and the image opens; the header on disk
    * keeps it.  Its room stays out of new blocks' way: a block there would
    * turn the entry into a pointer at block data, which the next open
    * refuses as an overlap.  Room past what a BAT entry can reach needs no
-   * keeping. */
+   * keeping.  Data that starts inside the file and runs past its end
+   * overlaps what is there once the file grows: refused, as before. */
   uint64_t stale_room_end = 0;
   uint64_t reach = (uint64_t)(VHD_BAT_UNUSED - 1) * 512;
   for (int i = 0; vhd->type == VHD_TYPE_DIFFERENCING && i < 8; i++) {
@@ -201,6 +202,12 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     if (l->code == VHD_PLAT_NONE || !l->data_length ||
         (l->data_offset < vhd->data_end && l->data_length <= vhd->data_end - l->data_offset))
       continue;
+    if (l->data_offset < vhd->data_end)
+      return vhd_set_err(err, -EINVAL,
+                         "%s: parent locator %d data (offset %llu, length %u) runs past the end "
+                         "of the file's data (%llu)",
+                         p, i, (unsigned long long)l->data_offset, l->data_length,
+                         (unsigned long long)vhd->data_end);
     vhd_warn(vhd,
              "%s: parent locator %d data (offset %llu, length %u) lies beyond the end of the "
              "file's data (%llu): not used to find the parent",

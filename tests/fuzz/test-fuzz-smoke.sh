@@ -39,6 +39,12 @@ for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd nbd-server:corpus-server; do
   if [ "$rc" != 0 ]; then
     tail -60 "$log" >&2
     ls -l "$work/artifacts" >&2
+    # The scratch directory goes with the test: the input stays in the log.
+    for a in "$work/artifacts"/*; do
+      [ -f "$a" ] || continue
+      echo "--- $(basename "$a"), base64 (base64 -d > tests/fuzz/regressions/$target/NAME):" >&2
+      base64 "$a" >&2
+    done
     fail "fuzz-$target crashed; the input is above (add it to tests/fuzz/regressions/$target)"
   fi
   grep -E '^(#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units)' "$log" | tail -2

@@ -675,10 +675,12 @@ static void test_dynamic_locator_junk(void) {
  * far past the 2 TiB a BAT entry reaches.  The child opens from its other
  * locator with a warning naming the entry; a new block keeps clear of the
  * stale entry's room (the next open would refuse the entry as overlapping
- * it), and the far one does not push new blocks out. */
+ * it), and the far one does not push new blocks out.  An entry whose data
+ * starts inside the file and runs past its end is refused: grown over, the
+ * file would hold it across what lies there. */
 static void test_locator_past_end(void) {
   static const uint64_t far = 1ull << 50;
-  for (int round = 0; round < 2; round++) {
+  for (int round = 0; round < 3; round++) {
     char parent[4096], child[4096];
     snprintf(parent, sizeof parent, "%s", t_path("stale-loc-parent.vhd"));
     snprintf(child, sizeof child, "%s", t_path("stale-loc-child.vhd"));
@@ -698,10 +700,25 @@ static void test_locator_past_end(void) {
     uint64_t h = be64_load(img + len - 512 + 16);
     uint8_t *e = img + h + 576;
     T_ASSERT(be32_load(e) == 0x57327275, "the child's first locator is not W2ru");
-    uint64_t at = round == 0 ? len : far; /* the footer ends at len - 512 */
+    uint64_t at = round == 0 ? len : round == 1 ? far : 8; /* the footer ends at len - 512 */
     be64_store(e + 16, at);
+    if (round == 2) /* from inside the file to past its end */
+      be32_store(e + 8, (uint32_t)len);
     fix_checksum(img + h, 1024, 36);
     t_pwrite_file(child, img, len, 0);
+    if (round == 2) {
+      /* Grown over, the file would hold it across the footer copy and
+       * more: refused, naming the entry. */
+      struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY};
+      v = NULL;
+      int r = vhd_open(child, &ro, &v, &err);
+      if (r >= 0)
+        vhd_close(v, NULL);
+      T_ASSERT(r == -EINVAL && strstr(err.msg, "locator 0") && strstr(err.msg, "runs past"),
+               "a locator from inside the file to past its end: %d (%s)", r, err.msg);
+      printf("ok locator from inside the file to past its end: %s\n", err.msg);
+      continue;
+    }
 
     struct warnings w = {0};
     struct vhd_open_opts o = {.warn = on_warn, .warn_opaque = &w};
