@@ -2,9 +2,11 @@
 not show or will not send: option reply types, refusals, malformed options,
 NBD_OPT_EXPORT_NAME.  Import it from an inline script run by $PY3; the
 test's functions.sh puts this directory on PYTHONPATH."""
+import fcntl
 import select
 import socket
 import struct
+import termios
 import time
 
 OPT_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
@@ -52,6 +54,22 @@ class Raw:
 
     def send(self, data):
         self.s.sendall(data)
+
+    def wait_read(self, seconds=20):
+        """Waits until the server has read all that was sent (a Unix
+        socket's send queue counts bytes until the peer reads them); a
+        test that acts on the server's state of a request needs it to have
+        seen the request, not only the kernel."""
+        assert self.s.family == socket.AF_UNIX, "wait_read needs a Unix socket"
+        deadline = time.monotonic() + seconds
+        while True:
+            left = struct.unpack("i", fcntl.ioctl(self.s.fileno(), termios.TIOCOUTQ,
+                                                  b"\0" * 4))[0]
+            if left == 0:
+                return
+            assert time.monotonic() < deadline, \
+                "the server left %d bytes unread for %d s" % (left, seconds)
+            time.sleep(0.01)
 
     def newstyle(self, flags=FLAGS_FIXED_NEWSTYLE_NO_ZEROES):
         """Reads the greeting, checks it is fixed newstyle, answers with the

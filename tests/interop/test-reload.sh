@@ -174,6 +174,9 @@ held = nbdraw.Raw.unix(sock)
 held.newstyle()
 held.go("new")
 held.send(nbdraw.request(1, 1 << 20, 65536) + b"\x57" * 4096)
+# Only a request the server has read holds the export: a reload that came
+# first would close the idle client at once.
+held.wait_read()
 base = ("[export keep]\nimage = %(t)s/keep.vhd\n[export change]\nimage = %(t)s/change.vhd\n"
         "description = after\n")
 at = reload(base % {"t": tmpd})
