@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +66,7 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
   CLEANUP_FREE uint8_t *bat = NULL;
   uint64_t size = o->size;
   uint32_t bs = o->block_size ? o->block_size : VHD_DEFAULT_BLOCK_SIZE;
-  char parent_abs[PATH_MAX] = "", parent_rel[PATH_MAX] = "";
+  CLEANUP_FREE struct vhd_parent_ref *ref = NULL;
   int r;
 
   if (o->type != VHD_TYPE_FIXED && o->type != VHD_TYPE_DYNAMIC &&
@@ -91,10 +90,14 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
     struct vhd_open_opts po = {.flags = VHD_OPEN_RDONLY};
     if ((r = vhd_open(o->parent, &po, &parent, err)) < 0)
       return r;
-    if (!realpath(o->parent, parent_abs)) {
-      r = vhd_set_err(err, -errno, "%s: %s", o->parent, strerror(errno));
+    /* The locators and the name, before the file exists: a parent they
+     * cannot name leaves no file behind. */
+    if (!(ref = malloc(sizeof *ref))) {
+      r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
       goto out;
     }
+    if ((r = vhd_parent_ref_make(path, o->parent, ref, err)) < 0)
+      goto out;
     /* Same sizes, geometry and creator as the parent, so that every reader
      * derives the same virtual size for both. */
     f.original_size = parent->footer.current_size;
@@ -159,43 +162,11 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
   h.block_size = bs;
   uint64_t end = h.table_offset + bat_span;
 
-  uint8_t loc_rel[2 * (PATH_MAX + 2)], loc_abs[2 * PATH_MAX]; /* as vhd_parent_ref's */
   size_t rel_len = 0, abs_len = 0;
   if (o->type == VHD_TYPE_DIFFERENCING) {
-    char child_dir[PATH_MAX];
-    {
-      CLEANUP_FREE char *copy = strdup(path);
-      if (!copy || !realpath(dirname(copy), child_dir)) {
-        r = vhd_set_err(err, -errno, "%s: cannot resolve its directory", path);
-        goto done;
-      }
-    }
-    if (vhd_relative_path(child_dir, parent_abs, parent_rel, sizeof parent_rel) < 0) {
-      r = vhd_set_err(err, -ENAMETOOLONG,
-                      "the parent %s is too far up from the child's directory: the relative "
-                      "path to it is longer than %zu bytes, too long for a parent locator "
-                      "(child %s)",
-                      parent_abs, sizeof parent_rel - 1, path);
-      goto done;
-    }
-    char win_rel[PATH_MAX + 3];
-    snprintf(win_rel, sizeof win_rel, "%s%s", strncmp(parent_rel, "../", 3) ? ".\\" : "",
-             parent_rel);
-    for (char *p = win_rel; *p; p++)
-      if (*p == '/')
-        *p = '\\';
-    const char *base = strrchr(parent_abs, '/') ? strrchr(parent_abs, '/') + 1 : parent_abs;
-    if (!vhd_utf8_valid(win_rel) || !vhd_utf8_valid(base)) {
-      r = vhd_set_err(err, -EINVAL,
-                      "%s: the parent's name or its path from the child (%s) is not UTF-8, "
-                      "which the parent locators hold: no reader could find the parent "
-                      "(rename it)",
-                      path, parent_rel);
-      goto done;
-    }
-    rel_len = vhd_utf8_to_utf16(win_rel, false, loc_rel, sizeof loc_rel);
-    abs_len = vhd_utf8_to_utf16(parent_abs, false, loc_abs, sizeof loc_abs);
-    vhd_utf8_to_utf16(base, true, h.parent_name_raw, sizeof h.parent_name_raw - 2);
+    rel_len = ref->rel_len;
+    abs_len = ref->abs_len;
+    memcpy(h.parent_name_raw, ref->name_raw, sizeof h.parent_name_raw);
     /* Locator data sits between the BAT and the first block, 512-aligned,
      * its data space counted in bytes as Windows does. */
     h.locators[0] = (struct vhd_locator){VHD_PLAT_W2RU, (uint32_t)ROUND_UP(rel_len, 512),
@@ -219,9 +190,9 @@ int vhd_create(const char *path, const struct vhd_create_opts *o, struct vhd_err
       (r = write_all(fd, path, header, sizeof header, VHD_FOOTER_SIZE, err)) < 0 ||
       (r = write_all(fd, path, bat, bat_span, h.table_offset, err)) < 0)
     goto done;
-  if (rel_len && (r = write_all(fd, path, loc_rel, rel_len, h.locators[0].data_offset, err)) < 0)
+  if (rel_len && (r = write_all(fd, path, ref->rel, rel_len, h.locators[0].data_offset, err)) < 0)
     goto done;
-  if (abs_len && (r = write_all(fd, path, loc_abs, abs_len, h.locators[1].data_offset, err)) < 0)
+  if (abs_len && (r = write_all(fd, path, ref->abs, abs_len, h.locators[1].data_offset, err)) < 0)
     goto done;
   r = write_all(fd, path, footer, sizeof footer, end, err);
 done:
