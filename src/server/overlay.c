@@ -224,6 +224,12 @@ static int stamp_write(const char *path, const char *stamp, struct vhd_err *err)
     close(fd);
   if (r == 0 && rename(tmp, path) < 0)
     r = -errno;
+  /* The new name on disk too: a crash must not bring back the old record
+   * (an upgraded one would be upgraded again, harmless; a missing one
+   * would be made again for the image as it then is, which may have
+   * changed). */
+  if (r == 0)
+    r = vhd_io_sync_dir_of(path);
   if (r < 0) {
     unlink(tmp);
     snprintf(err->msg, sizeof err->msg, "%s: recording the image: %s", path, strerror(-r));
