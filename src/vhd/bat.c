@@ -216,6 +216,7 @@ int vhd_bat_load(vhd_t *vhd, struct vhd_err *err) {
     if (l->data_offset < reach)
       stale_room_end = MAX(stale_room_end, MIN(vhd_locator_area_end(l), reach));
     *l = (struct vhd_locator){0};
+    vhd->stale_locators |= (uint8_t)(1u << i);
   }
   if ((r = vhd_batmap_load(vhd, vhd->data_end, err)) < 0)
     return r;

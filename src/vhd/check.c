@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "endian-be.h"
 #include "vhd-internal.h"
 
 struct check {
@@ -59,6 +60,37 @@ static void collect_warning(void *opaque, const char *msg) {
 static void warning_repaired(struct check *c) {
   if (c->warnings > 0 && --c->warnings == 0)
     c->found &= ~VHD_CHECK_WARNINGS;
+}
+
+/* Parent locators whose data lay past the footer (open forgot them and
+ * warned once each) go from the header on disk: only their entries and
+ * the checksum change, every other byte stays as it was.  Their room past
+ * the footer is then nobody's. */
+static void clear_stale_locators(struct check *c, vhd_t *vhd) {
+  uint8_t raw[VHD_HEADER_SIZE];
+  int r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset);
+  if (r == 0) {
+    for (int i = 0; i < 8; i++)
+      if (vhd->stale_locators & (1u << i))
+        memset(raw + 576 + 24 * i, 0, 24);
+    be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+    r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset);
+  }
+  if (r == 0)
+    r = vhd_io_sync(vhd);
+  if (r < 0) {
+    report(c, VHD_CHECK_CORRUPT, "%s: clearing parent locators that lie beyond the end of the "
+           "file failed: %s", vhd->path, strerror(-r));
+    return;
+  }
+  for (int i = 0; i < 8; i++)
+    if (vhd->stale_locators & (1u << i)) {
+      warning_repaired(c);
+      report(c, VHD_CHECK_REPAIRED,
+             "%s: cleared parent locator %d, whose data lay beyond the end of the file", vhd->path,
+             i);
+    }
+  vhd->stale_locators = 0;
 }
 
 struct span {
@@ -124,6 +156,8 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
              "%s: the trailing footer is damaged (the copy at offset 0 is intact)", path);
     }
   }
+  if (vhd->stale_locators && repair)
+    clear_stale_locators(&c, vhd);
   if (vhd->type != VHD_TYPE_FIXED) {
     r = vhd_io_footer_copy_sync(vhd, repair);
     if (r == 1 && repair)

@@ -186,6 +186,9 @@ struct vhd {
   /* A fixed disk whose footer is 511 bytes (Virtual PC before 2004 left
    * out the last reserved byte): the file ends one byte short. */
   bool footer_short;
+  /* The header's parent locators whose data lay past the footer, one bit
+   * each: forgotten at open (bat.c), cleared on disk by check --repair. */
+  uint8_t stale_locators;
   uint64_t virtual_size;
   uint64_t file_size;     /* at open */
   /* The end of the data area as opened: where the trailing footer starts,

@@ -749,7 +749,48 @@ static void test_locator_past_end(void) {
     T_ASSERT(memcmp(all + wat, buf, sizeof buf) == 0, "the written block reads otherwise");
     int c = t_check(child);
     T_ASSERT(!(c & VHD_CHECK_CORRUPT), "vhd_check says 0x%x", c);
-    printf("ok locator past the end (at %" PRIu64 "): opens, new block clear of it\n", at);
+
+    /* The same child as it was, before its new block (which put the
+     * entry's room inside the file): check warns of the entry, and
+     * --repair clears it on disk, and nothing else of the header but its
+     * checksum; the image then opens without a warning, reading the same. */
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s", t_path("stale-loc-copy.vhd"));
+    unlink(copy);
+    int cfd = open(copy, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    T_ASSERT(cfd >= 0 && pwrite(cfd, img, len, 0) == (ssize_t)len, "writing %s", copy);
+    close(cfd);
+    c = t_check(copy);
+    T_ASSERT(c == VHD_CHECK_WARNINGS, "vhd_check of a stale locator says 0x%x, not a warning", c);
+    uint8_t before[1024], after[1024];
+    t_pread_file(copy, before, sizeof before, h);
+    struct vhd_check_opts co = {.repair = true};
+    c = vhd_check(copy, &co, &err);
+    T_ASSERT(c >= 0 && (c & VHD_CHECK_REPAIRED) && !(c & ~VHD_CHECK_REPAIRED),
+             "check --repair of a stale locator says 0x%x (%s)", c, err.msg);
+    t_pread_file(copy, after, sizeof after, h);
+    static const uint8_t zero[24];
+    T_ASSERT(memcmp(after + 576, zero, 24) == 0, "the stale entry is still on disk");
+    T_ASSERT(memcmp(after + 600, before + 600, 1024 - 600) == 0 &&
+                 memcmp(after + 40, before + 40, 576 - 40) == 0 &&
+                 memcmp(after, before, 36) == 0,
+             "check --repair changed more of the header than the stale entry");
+    w = (struct warnings){0};
+    v = NULL;
+    T_OK(vhd_open(copy, &o, &v, &err), &err, "reopening the repaired child");
+    T_ASSERT(w.n == 0, "the repaired child still warns: %s", w.last);
+    T_ASSERT(vhd_parent(v) != NULL, "the repaired child opened without its parent");
+    CLEANUP_FREE uint8_t *again = t_xmalloc(1u << 20);
+    T_OK(vhd_read(v, again, 0, 1u << 20, &err), &err, "vhd_read");
+    T_OK(vhd_close(v, &err), &err, "vhd_close");
+    CLEANUP_FREE uint8_t *want = calloc(1, 1u << 20);
+    T_ASSERT(want, "out of memory");
+    memcpy(want, pdata, sizeof pdata);
+    T_ASSERT(memcmp(again, want, 1u << 20) == 0, "the repaired child reads otherwise");
+    c = t_check(copy);
+    T_ASSERT(c == 0, "vhd_check of the repaired child says 0x%x", c);
+    printf("ok locator past the end (at %" PRIu64 "): opens, new block clear of it, "
+           "cleared by check --repair\n", at);
   }
 }
 
