@@ -531,6 +531,7 @@ static int connection_key(const struct connection *conn, const struct export *ex
     /* Its child may be from when it came IPv4-mapped. */
     if (!(*out = strdup(buf)) || asprintf(legacy, "::ffff:%s", buf) < 0) {
       free(*out);
+      *out = NULL;
       *legacy = NULL;
       return -ENOMEM;
     }
