@@ -66,21 +66,18 @@ static void warning_repaired(struct check *c) {
  * warned once each) go from the header on disk: only their entries and
  * the checksum change, every other byte stays as it was.  Their room past
  * the footer is then nobody's. */
+static void zero_stale_entries(uint8_t *raw, void *arg) {
+  const vhd_t *vhd = arg;
+  for (int i = 0; i < 8; i++)
+    if (vhd->stale_locators & (1u << i))
+      memset(raw + VHD_LOCATOR_ENTRY(i), 0, 24);
+}
+
 static void clear_stale_locators(struct check *c, vhd_t *vhd) {
-  uint8_t raw[VHD_HEADER_SIZE];
-  int r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset);
-  if (r == 0) {
-    for (int i = 0; i < 8; i++)
-      if (vhd->stale_locators & (1u << i))
-        memset(raw + 576 + 24 * i, 0, 24);
-    be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
-    r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset);
-  }
-  if (r == 0)
-    r = vhd_io_sync(vhd);
-  if (r < 0) {
-    report(c, VHD_CHECK_CORRUPT, "%s: clearing parent locators that lie beyond the end of the "
-           "file failed: %s", vhd->path, strerror(-r));
+  struct vhd_err e = {{0}};
+  if (vhd_header_rewrite(vhd, zero_stale_entries, vhd, &e) < 0) {
+    report(c, VHD_CHECK_CORRUPT,
+           "%s (clearing parent locators that lie beyond the end of the file)", e.msg);
     return;
   }
   for (int i = 0; i < 8; i++)

@@ -291,7 +291,7 @@ static int replace_with_empty(vhd_t *c, uint32_t ts, struct vhd_err *err) {
   }
   for (int i = 0; i < 8; i++) {
     const struct vhd_locator *l = &c->header.locators[i];
-    uint8_t *raw = header + 576 + 24 * i;
+    uint8_t *raw = header + VHD_LOCATOR_ENTRY(i);
     bool keep = l->code != VHD_PLAT_NONE && l->data_length > 0 &&
                 l->data_length <= VHD_MAX_LOCATOR_DATA &&
                 vhd_io_pread(c->fd, loc, l->data_length, l->data_offset) == 0;

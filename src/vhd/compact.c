@@ -178,6 +178,20 @@ static unsigned locators_past(const vhd_t *vhd, uint64_t from, uint64_t *dst, ui
   return mask && *dst + (*e - *s) + VHD_FOOTER_SIZE <= *s ? mask : 0;
 }
 
+struct locators_shift {
+  unsigned mask;
+  uint64_t delta;
+};
+
+static void shift_locators(uint8_t *raw, void *arg) {
+  const struct locators_shift *sh = arg;
+  for (int i = 0; i < 8; i++)
+    if (sh->mask & (1u << i)) {
+      uint8_t *f = raw + VHD_LOCATOR_ENTRY(i) + 16;
+      be64_store(f, be64_load(f) - sh->delta);
+    }
+}
+
 /* 4. The locator data past the blocks moved down to right after them, the
  * header switched to it, the file cut after it (see the top comment). */
 static int locators_move_down(struct compact *c, unsigned mask, uint64_t dst, uint64_t s,
@@ -198,22 +212,10 @@ static int locators_move_down(struct compact *c, unsigned mask, uint64_t dst, ui
   if ((r = vhd_io_sync(vhd)) < 0)
     return vhd_set_err(c->err, r, "%s: fdatasync after copying parent locator data: %s",
                        vhd->path, strerror(-r));
-  uint8_t raw[VHD_HEADER_SIZE];
-  if ((r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset)) < 0)
-    return vhd_set_err(c->err, r, "%s: reading the header at offset %llu: %s", vhd->path,
-                       (unsigned long long)vhd->header_offset, strerror(-r));
   /* Only the data offsets change: everything else stays as it is on disk. */
-  for (int i = 0; i < 8; i++)
-    if (mask & (1u << i)) {
-      uint8_t *f = raw + 576 + 24 * i + 16;
-      be64_store(f, be64_load(f) - delta);
-    }
-  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
-  if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset)) < 0 ||
-      (r = vhd_io_sync(vhd)) < 0)
-    return vhd_set_err(c->err, r, "%s: writing the header at offset %llu: %s", vhd->path,
-                       (unsigned long long)vhd->header_offset, strerror(-r));
-  vhd_header_decode(raw, &vhd->header);
+  struct locators_shift shift = {mask, delta};
+  if ((r = vhd_header_rewrite(vhd, shift_locators, &shift, c->err)) < 0)
+    return r;
   if ((r = vhd_io_footer_cut(vhd, dst + (e - s), false)) < 0)
     return vhd_set_err(c->err, r, "%s: moving the footer to offset %llu: %s", vhd->path,
                        (unsigned long long)(dst + (e - s)), strerror(-r));

@@ -19,7 +19,7 @@ void vhd_header_decode(const uint8_t *raw, struct vhd_header *h) {
   h->parent_timestamp = be32_load(raw + 56);
   memcpy(h->parent_name_raw, raw + 64, 512);
   for (int i = 0; i < 8; i++) {
-    const uint8_t *l = raw + 576 + 24 * i;
+    const uint8_t *l = raw + VHD_LOCATOR_ENTRY(i);
     h->locators[i].code = be32_load(l);
     h->locators[i].data_space = be32_load(l + 4);
     h->locators[i].data_length = be32_load(l + 8);
@@ -39,7 +39,7 @@ void vhd_header_encode(const struct vhd_header *h, uint8_t *raw) {
   be32_store(raw + 56, h->parent_timestamp);
   memcpy(raw + 64, h->parent_name_raw, 512);
   for (int i = 0; i < 8; i++) {
-    uint8_t *l = raw + 576 + 24 * i;
+    uint8_t *l = raw + VHD_LOCATOR_ENTRY(i);
     be32_store(l, h->locators[i].code);
     be32_store(l + 4, h->locators[i].data_space);
     be32_store(l + 8, h->locators[i].data_length);
@@ -63,6 +63,23 @@ int vhd_header_check(const uint8_t *raw, const char *path, uint64_t off, struct 
   if (version >> 16 != 1)
     return vhd_set_err(err, -EINVAL, "%s: dynamic header version 0x%08x is not 1.x", path,
                        version);
+  return 0;
+}
+
+int vhd_header_rewrite(vhd_t *vhd, void (*patch)(uint8_t *raw, void *arg), void *arg,
+                       struct vhd_err *err) {
+  uint8_t raw[VHD_HEADER_SIZE];
+  int r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset);
+  if (r < 0)
+    return vhd_set_err(err, r, "%s: reading the header at offset %llu: %s", vhd->path,
+                       (unsigned long long)vhd->header_offset, strerror(-r));
+  patch(raw, arg);
+  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+  if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset)) < 0 ||
+      (r = vhd_io_sync(vhd)) < 0)
+    return vhd_set_err(err, r, "%s: writing the header at offset %llu: %s", vhd->path,
+                       (unsigned long long)vhd->header_offset, strerror(-r));
+  vhd_header_decode(raw, &vhd->header);
   return 0;
 }
 

@@ -126,6 +126,28 @@ static void put_locator(uint8_t *l, uint32_t code, uint32_t space, uint32_t len,
   be64_store(l + 16, off);
 }
 
+struct relink_fields {
+  const uint8_t *uuid;
+  uint32_t timestamp;
+  const struct vhd_parent_ref *ref;
+  uint32_t rel_space, abs_space;
+  uint64_t base; /* where the W2ru data starts, the W2ku data right after */
+};
+
+/* Only the parent's fields change: reserved bytes stay as they were. */
+static void put_parent_fields(uint8_t *raw, void *arg) {
+  const struct relink_fields *f = arg;
+  memcpy(raw + 40, f->uuid, 16);
+  be32_store(raw + 56, f->timestamp);
+  memcpy(raw + 64, f->ref->name_raw, 512);
+  for (int i = 0; i < 8; i++)
+    put_locator(raw + VHD_LOCATOR_ENTRY(i), 0, 0, 0, 0);
+  put_locator(raw + VHD_LOCATOR_ENTRY(0), VHD_PLAT_W2RU, f->rel_space, (uint32_t)f->ref->rel_len,
+              f->base);
+  put_locator(raw + VHD_LOCATOR_ENTRY(1), VHD_PLAT_W2KU, f->abs_space, (uint32_t)f->ref->abs_len,
+              f->base + f->rel_space);
+}
+
 /* Everything of the file that is someone's, below the footer or not:
  * structures, the room the header's locators reserve, blocks in use or
  * freed but not yet given back (vhd_used_extents). */
@@ -223,21 +245,7 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
   struct vhd_locator old_locators[8];
   memcpy(old_locators, c->header.locators, sizeof old_locators);
 
-  uint8_t raw[VHD_HEADER_SIZE];
-  if ((r = vhd_io_pread(c->fd, raw, sizeof raw, c->header_offset)) < 0) {
-    r = vhd_set_err(err, r, "%s: reading the header at offset %llu: %s", c->path,
-                    (unsigned long long)c->header_offset, strerror(-r));
-    goto out;
-  }
-  /* Only the parent's fields change: reserved bytes stay as they were. */
-  memcpy(raw + 40, p->footer.uuid, 16);
-  be32_store(raw + 56, parent_timestamp);
-  memcpy(raw + 64, ref->name_raw, 512);
-  for (int i = 0; i < 8; i++)
-    put_locator(raw + 576 + 24 * i, 0, 0, 0, 0);
-  put_locator(raw + 576, VHD_PLAT_W2RU, rel_space, (uint32_t)ref->rel_len, base);
-  put_locator(raw + 600, VHD_PLAT_W2KU, abs_space, (uint32_t)ref->abs_len, base + rel_space);
-  be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
+  struct relink_fields fields = {p->footer.uuid, parent_timestamp, ref, rel_space, abs_space, base};
 
   area = calloc(1, (size_t)rel_space + abs_space);
   if (!area) {
@@ -257,13 +265,9 @@ int vhd_header_relink(vhd_t *c, const vhd_t *p, uint32_t parent_timestamp,
   if ((r = vhd_io_pwrite(c, area, (size_t)rel_space + abs_space, base)) < 0 ||
       (r = vhd_io_sync(c)) < 0)
     goto io_failed;
-  step = "writing the header";
-  at = c->header_offset;
-  if ((r = vhd_io_pwrite(c, raw, sizeof raw, c->header_offset)) < 0 ||
-      (r = vhd_io_sync(c)) < 0)
-    goto io_failed;
+  if ((r = vhd_header_rewrite(c, put_parent_fields, &fields, err)) < 0)
+    goto out;
 
-  vhd_header_decode(raw, &c->header);
   snprintf(c->parent_name, sizeof c->parent_name, "%s", ref->name);
   pthread_mutex_lock(&c->lock);
   c->footer_offset = new_footer;

@@ -372,6 +372,15 @@ uint64_t vhd_footer_auto_size(const struct vhd_footer *f);
 void vhd_header_decode(const uint8_t *raw, struct vhd_header *h);
 void vhd_header_encode(const struct vhd_header *h, uint8_t *raw); /* sets checksum */
 int vhd_header_check(const uint8_t *raw, const char *path, uint64_t off, struct vhd_err *err);
+/* Where parent locator entry i (0-7, 24 bytes each) starts in the header. */
+#define VHD_LOCATOR_ENTRY(i) (576 + 24 * (i))
+/* The header rewritten in place: read as it is on disk, changed by patch,
+ * its checksum set, written and synced; vhd->header is then decoded from
+ * it.  Bytes patch leaves alone (reserved ones, fields this code does not
+ * use) stay as they were.  For an image opened for writing and not being
+ * served: nothing else may write the header meanwhile. */
+int vhd_header_rewrite(vhd_t *vhd, void (*patch)(uint8_t *raw, void *arg), void *arg,
+                       struct vhd_err *err);
 /* UTF-16 (be or le) to UTF-8; returns length written (always NUL-terminated). */
 size_t vhd_utf16_to_utf8(const uint8_t *in, size_t in_len, bool big_endian, char *out,
                          size_t out_len);
