@@ -199,6 +199,7 @@ int export_close(struct export *e) {
   if (r < 0)
     log_msg(LOG_LEVEL_ERR, "export '%s': closing %s: %s", e->name, e->image,
             err.msg[0] ? err.msg : strerror(-r));
+  transmission_log_unlogged_enospc(e, NULL);
   export_free(e);
   return r;
 }

@@ -395,14 +395,7 @@ static void close_done(struct work_item *w) {
       server.overlay_close_failed = true;
   } else
     log_msg(LOG_LEVEL_INFO, "export '%s': overlay %s closed", inst->name, inst->child);
-  /* The failures the rate limit kept out of the log are counted at least
-   * once (transmission.c). */
-  uint64_t unlogged = __atomic_exchange_n(&inst->enospc_unlogged, 0, __ATOMIC_RELAXED);
-  if (unlogged)
-    log_msg(LOG_LEVEL_WARNING,
-            "export '%s': overlay %s: %" PRIu64 " more ENOSPC failures since the last line "
-            "that said so",
-            inst->name, inst->child, unlogged);
+  transmission_log_unlogged_enospc(inst, inst->child);
   free(j);
   inst->vhd = NULL;
   if (inst->waiters)

@@ -590,6 +590,10 @@ uint16_t transmission_tflags(const struct connection *conn, const struct export 
 void transmission_abort_payload(struct connection *conn);
 /* Whether a WRITE payload is being read (or discarded). */
 bool transmission_payload_pending(const struct connection *conn);
+/* Logs how many of exp's ENOSPC failures the rate limit left out of the
+ * log since its last line, if any: when exp closes, so that each is
+ * counted once.  child names an overlay instance's file (NULL: none). */
+void transmission_log_unlogged_enospc(struct export *exp, const char *child);
 
 /* notify.c */
 void notify_ready(void);

@@ -334,6 +334,14 @@ static bool enospc_log_due(struct export *exp, uint64_t *unlogged) {
   return true;
 }
 
+void transmission_log_unlogged_enospc(struct export *exp, const char *child) {
+  uint64_t unlogged = __atomic_exchange_n(&exp->enospc_unlogged, 0, __ATOMIC_RELAXED);
+  if (unlogged)
+    log_msg(LOG_LEVEL_WARNING,
+            "export '%s': %s%s%s%" PRIu64 " more ENOSPC failures since the last line that said so",
+            exp->name, child ? "overlay " : "", child ? child : "", child ? ": " : "", unlogged);
+}
+
 /* Engine failures are warnings, a client's mistakes only debugging, and
  * so are the requests an image refuses after a write error. */
 static void log_reply_error(const struct request *req) {

@@ -8,8 +8,9 @@
 # unaligned zeroings and trims over holes and over data, then a WRITE and
 # a FLUSH, all of which must succeed and read back as they should.  Before
 # them, on the dynamic image, a WRITE into a block not yet allocated fails
-# with ENOSPC, and alone: the WRITE and FLUSH after it still succeed.  Needs
-# root to mount the tmpfs (else SKIP).
+# with ENOSPC, and alone: the WRITE and FLUSH after it still succeed.  Five
+# such WRITEs get one log line, and the other four are counted in a line
+# when the export closes.  Needs root to mount the tmpfs (else SKIP).
 . "$top_srcdir/tests/functions.sh"
 requires_py nbd
 
@@ -34,13 +35,14 @@ if phase == "data":
     h.flush()
     sys.exit(0)
 if phase == "newblock":
-    # A block the image does not hold yet: no space for it.
-    try:
-        h.pwrite(b"\x7c" * 4096, 6 * 1024 * 1024)
-    except nbd.Error as e:
-        assert e.errno == errno.ENOSPC or "ENOSPC" in str(e), "a new block on a full fs: %s" % e
-    else:
-        sys.exit("a write into a new block on a full file system succeeded")
+    # Blocks the image does not hold yet: no space for them.
+    for mib in range(2, 7):
+        try:
+            h.pwrite(b"\x7c" * 4096, mib * 1024 * 1024)
+        except nbd.Error as e:
+            assert e.errno == errno.ENOSPC or "ENOSPC" in str(e), "a new block on a full fs: %s" % e
+        else:
+            sys.exit("a write into a new block on a full file system succeeded")
     sys.exit(0)
 h.zero(512, 1024)              # over data, inside one page
 h.zero(1536, 64 * 1024 - 512)  # over data and the hole after it
@@ -62,7 +64,7 @@ for type in fixed dynamic; do
   img=$TMPD/full/$type.vhd
   rm -f "$TMPD"/full/*
   "$VHDIMG" create -t $type --exact "$img" 8M >/dev/null
-  start_vhdnbd "$TMPD/nbd.sock" "$img"
+  start_vhdnbd "$TMPD/nbd.sock" "$img" 2>"$TMPD/$type.log"
   "$PY3" "$TMPD/client.py" "$TMPD/nbd.sock" data || fail "$type: writing the data"
   # Fill the file system (dd stops at ENOSPC).
   dd if=/dev/zero of="$TMPD/full/fill" bs=64k 2>/dev/null || true
@@ -74,6 +76,14 @@ for type in fixed dynamic; do
   out=$("$PY3" "$TMPD/client.py" "$TMPD/nbd.sock" zero 2>&1) ||
     fail "$type image on a full file system: $out"
   stop_vhdnbd
+  cat "$TMPD/$type.log" >&2
+  if [ $type = dynamic ]; then
+    # One line for the first ENOSPC, the four after it counted at close.
+    n=$(grep -c 'error 28: .*ENOSPC failures of export' "$TMPD/$type.log" || true)
+    [ "$n" = 1 ] || fail "$type: $n log lines for the ENOSPC failures, expected 1"
+    grep -q "^.*export '[^']*': 4 more ENOSPC failures since the last line that said so$" \
+      "$TMPD/$type.log" || fail "$type: the 4 ENOSPC failures left out of the log were not counted at close"
+  fi
   "$VHDIMG" check "$img" >/dev/null 2>&1 || [ $? = 3 ] || fail "$type: check after zeroing on a full file system"
   echo "ok: $type image on a full file system"
 done
