@@ -10,7 +10,12 @@
 #  - libnbd, structured and simple replies, 4 KiB to 124 KiB, plus READs
 #    over holes (several chunks: the loop builds those): every byte checked;
 #    vhdnbd_replies_from_workers_total counts at least 80 % of the all-data
-#    READs, and none with VHDNBD_DIRECT_REPLIES=0;
+#    READs that went to a worker, and none with VHDNBD_DIRECT_REPLIES=0.
+#    A cold READ may still be served on the loop: its RWF_NOWAIT read starts
+#    the readahead, and when the loop thread is preempted before it looks
+#    again (a busy machine) the pages are there.  So the READs the loop
+#    served (vhdnbd_requests_on_loop_total, holes included) are taken
+#    off, and a run where fewer than 20 went to workers is made again;
 #  - a raw client that sends 32 cold READs of 120 KiB one after the other
 #    (each answered before the next) and reads nothing back until then:
 #    the socket fills, a worker's reply goes out in part, and the loop
@@ -91,14 +96,28 @@ run() {
   stop_vhdnbd
   direct=$(export_metric "$prom" replies_from_workers_total)
   [ -n "$direct" ] || fail "no replies_from_workers_total in the metrics file"
-  echo "VHDNBD_DIRECT_REPLIES=$1 structured=$2: $direct replies from workers, $reads all-data READs"
+  on_loop=$(sed -n 's/^vhdnbd_requests_on_loop_total{export="",command="READ"} //p' "$prom")
+  [ -n "$on_loop" ] || fail "no requests_on_loop_total for READ in the metrics file"
+  echo "VHDNBD_DIRECT_REPLIES=$1 structured=$2: $direct replies from workers," \
+    "$reads all-data READs, $on_loop READs served on the loop"
 }
 
 for structured in 1 0; do
-  run 1 $structured
+  for attempt in 1 2 3; do
+    run 1 $structured
+    # At least this many cold all-data READs went to a worker.
+    to_workers=$((reads - on_loop))
+    [ "$to_workers" -lt 20 ] || break
+    [ "$attempt" -lt 3 ] || {
+      echo "SKIP: structured=$structured: in 3 runs the loop found most cold READs' pages" \
+        "cached (a busy machine)" >&2
+      exit 77
+    }
+  done
   # The fill's WRITEs and FLUSH are answered by workers too (at most 5).
-  [ "$direct" -ge $((reads * 8 / 10)) ] ||
-    fail "structured=$structured: only $direct replies from workers for $reads cold all-data READs"
+  [ "$direct" -ge $((to_workers * 8 / 10)) ] ||
+    fail "structured=$structured: only $direct replies from workers for $to_workers cold" \
+      "all-data READs that went to workers"
   run 0 $structured
   [ "$direct" -eq 0 ] || fail "VHDNBD_DIRECT_REPLIES=0, yet $direct replies came from workers"
 done
