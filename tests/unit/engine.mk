@@ -41,7 +41,8 @@ test_vhd_write_error_CFLAGS = $(ENGINE_TEST_CFLAGS)
 VALGRIND_TESTS += test-vhd-model test-vhd-crash test-vhd-open test-size test-vhd-write-error test-log-escape
 
 # - test-vhd-crash-lost: the crash workloads with unsynced writes dropped at
-#   random, as a power cut may: the trailing footer must survive.
+#   random, or torn by sectors, as a power cut may: the trailing footer
+#   must survive.
 # - test-vhd-open-loop: a self-parented differencing image must be refused
 #   quickly.
 check_PROGRAMS += test-vhd-crash-lost test-vhd-open-loop

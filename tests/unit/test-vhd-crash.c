@@ -20,7 +20,9 @@
  *    pwrite/fdatasync itself, see testutil.h); a crash at journal position k
  *    keeps every write before the last sync preceding k, and a random subset
  *    of the writes between that sync and k: what a power cut may leave of an
- *    unsynced page cache.
+ *    unsynced page cache.  One more crash image per k tears each of those
+ *    writes instead, keeping a random subset of its 512-byte sectors: a
+ *    disk writes a sector whole, but nothing more.
  *
  * After each crash the image must open, vhd_check must find nothing
  * VHD_CHECK_CORRUPT (leaks are fine), and every byte must be acceptable: the
@@ -653,6 +655,25 @@ static void apply_entry(int fd, const struct jentry *x) {
   }
 }
 
+/* Part of a write that a power cut may leave: a disk writes 512-byte
+ * sectors whole, but the sectors of one write in any order, so each of
+ * them is kept or lost on its own. */
+static void apply_torn(int fd, const struct jentry *x, char *detail, size_t detail_len,
+                       size_t *used) {
+  uint64_t off = x->off, end = x->off + x->len;
+  while (off < end) {
+    uint64_t next = MIN(end, (off / 512 + 1) * 512);
+    bool keep = t_chance(50);
+    if (keep)
+      T_ASSERT(pwrite(fd, x->data + (off - x->off), next - off, (off_t)off) ==
+                   (ssize_t)(next - off),
+               "replay: pwrite");
+    if (*used < detail_len)
+      *used += (size_t)snprintf(detail + *used, detail_len - *used, "%c", keep ? '+' : '-');
+    off = next;
+  }
+}
+
 static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
   const char *work = w->work;
   struct journal j = {.fd = -1};
@@ -686,20 +707,31 @@ static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
     for (size_t x = 0; x < k; x++)
       if (j.e[x].kind == T_IO_SYNC)
         s = x + 1;
-    unsigned n_sub = k > s ? subsets : 1;
+    /* The last subset tears the unsynced writes (apply_torn). */
+    unsigned n_sub = k > s ? subsets + 1 : 1;
     for (unsigned sub = 0; sub < n_sub; sub++) {
       t_copy_file(w->pristine, work);
       int fd = open(work, O_WRONLY | O_CLOEXEC);
       T_ASSERT(fd >= 0, "open %s: %s", work, strerror(errno));
       /* sub 0 keeps every write, sub 1 none of the unsynced ones, others a
-       * random subset, in order. */
+       * random subset, in order; the last keeps a random part of each. */
+      bool torn = n_sub > 1 && sub == n_sub - 1;
       size_t used = (size_t)snprintf(crash_detail, sizeof crash_detail,
                                      "entries before %zu kept; after it:", s);
       for (size_t x = 0; x < k; x++) {
         /* An O_DSYNC write that returned is on the disk. */
-        bool keep = x < s || sub == 0 || j.e[x].kind == T_IO_WRITE_DSYNC ||
-                    (sub > 1 && t_chance(50));
-        if (keep)
+        bool durable = x < s || j.e[x].kind == T_IO_WRITE_DSYNC;
+        bool tear = torn && !durable && j.e[x].kind == T_IO_WRITE;
+        bool keep = durable || sub == 0 || (sub > 1 && !tear && t_chance(50));
+        if (tear && used < sizeof crash_detail)
+          used += (size_t)snprintf(crash_detail + used, sizeof crash_detail - used,
+                                   " [%zu torn, sectors kept/lost: ", x);
+        if (tear) {
+          apply_torn(fd, &j.e[x], crash_detail, sizeof crash_detail, &used);
+          if (used < sizeof crash_detail)
+            used += (size_t)snprintf(crash_detail + used, sizeof crash_detail - used, "]");
+          keep = false;
+        } else if (keep)
           apply_entry(fd, &j.e[x]);
         if (x >= s && used < sizeof crash_detail)
           used += (size_t)snprintf(crash_detail + used, sizeof crash_detail - used,
@@ -709,7 +741,7 @@ static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
                                    : j.e[x].kind == T_IO_SYNC ? "sync"
                                    : j.e[x].kind == T_IO_PUNCH ? "punch"
                                                                : "truncate",
-                                   j.e[x].len, j.e[x].off, keep ? "kept" : "lost");
+                                   j.e[x].len, j.e[x].off, tear ? "torn" : keep ? "kept" : "lost");
       }
       close(fd);
 
@@ -729,7 +761,8 @@ static void crash_by_lost_writes(const struct workload *w, unsigned subsets) {
                      t_fmt("%s: crash at journal entry %zu of %zu (last sync before it: %zu), "
                            "unsynced writes kept: %s",
                            w->label, k, j.n, s,
-                           sub == 0 ? "all" : sub == 1 ? "none" : "a random subset"));
+                           sub == 0 ? "all" : sub == 1 ? "none"
+                           : torn ? "a random part of each, by sectors" : "a random subset"));
       expect_free(&e);
       tried++;
     }
