@@ -427,7 +427,31 @@ struct blank_scan {
   const struct blk_ref *kept;
   size_t nk;
   uint8_t *buf, *buf2;
+  /* The bytes of a gap read ahead (add_blank looks at it a sector at a
+   * time, mostly forward): [win_start, win_start + win_len). */
+  uint8_t *win;
+  uint64_t win_start;
+  size_t win_len;
 };
+
+#define SCAN_WINDOW (64u * 1024)
+
+/* The len bytes at p (p + len <= b), through the window: one read for up
+ * to SCAN_WINDOW bytes of [p, b) rather than one per sector. */
+static int scan_sector(const vhd_t *vhd, struct blank_scan *bs, uint64_t p, uint64_t b, size_t len,
+                       const uint8_t **sec) {
+  if (p < bs->win_start || p + len > bs->win_start + bs->win_len) {
+    size_t n = (size_t)MIN(b - p, (uint64_t)SCAN_WINDOW);
+    bs->win_len = 0;
+    int r = vhd_io_pread(vhd->fd, bs->win, n, p);
+    if (r < 0)
+      return r;
+    bs->win_start = p;
+    bs->win_len = n;
+  }
+  *sec = bs->win + (p - bs->win_start);
+  return 0;
+}
 
 /* Adds [a, b) to the free segments when nothing in it can be read
  * (vhd_range_holds_nothing): *next is b then, else a.  Only the whole
@@ -460,10 +484,21 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
   int r = take_nothing(c, a, b, v, n, cap, &from);
   if (r < 0)
     return r;
-  uint8_t sec[512];
+  const uint8_t *sec;
+  bs->win_len = 0;
   for (uint64_t p = from; r >= 0 && p < b; p += 512) {
     size_t len = (size_t)MIN((uint64_t)512, b - p);
-    r = vhd_io_pread(vhd->fd, sec, len, p);
+    /* A hole reads as zeros: blank as a whole, with no read. */
+    uint64_t hole_end = p < bs->win_start || p >= bs->win_start + bs->win_len
+                            ? ROUND_DOWN(vhd_io_hole_end(vhd->fd, p, b), 512)
+                            : p;
+    if (hole_end > p) {
+      if (push_seg(v, n, cap, p, hole_end) < 0)
+        return vhd_set_err(c->err, -ENOMEM, "%s: out of memory", vhd->path);
+      p = hole_end - 512;
+      continue;
+    }
+    r = scan_sector(vhd, bs, p, b, len, &sec);
     if (r < 0)
       break;
     if (len == 512 ? sector_blank(vhd, sec) : all_zero(sec, len)) {
@@ -646,7 +681,8 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
   scan.nk = nk;
   scan.buf = buf;
   scan.buf2 = buf2 = malloc(COPY_CHUNK);
-  if (!buf2) {
+  scan.win = malloc(SCAN_WINDOW);
+  if (!buf2 || !scan.win) {
     r = vhd_set_err(err, -ENOMEM, "%s: out of memory", path);
     goto out;
   }
@@ -832,6 +868,7 @@ int vhd_compact(const char *path, const struct vhd_compact_opts *o,
 out:
   free(scan.ix.v);
   free(scan.ix.firsts);
+  free(scan.win);
   /* Everything written is synced; the handle's floors and window describe
    * the old layout, so it is dropped rather than closed. */
   vhd_abandon(vhd);

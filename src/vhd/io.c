@@ -543,6 +543,13 @@ uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len) {
   return total;
 }
 
+uint64_t vhd_io_hole_end(int fd, uint64_t off, uint64_t end) {
+  off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+  if (d < 0)
+    return errno == ENXIO ? end : off; /* a hole to the end, or no SEEK_DATA */
+  return MIN((uint64_t)d, end);
+}
+
 /* Whether buf[0, n) (at file offset pos) is blank: zeros, or a footer of
  * the image whose footer is `footer` where a whole aligned sector holds one. */
 static bool piece_blank(const uint8_t *buf, size_t n, uint64_t pos, const uint8_t *footer) {

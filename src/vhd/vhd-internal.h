@@ -325,6 +325,9 @@ int vhd_io_reserve(vhd_t *vhd, uint64_t off, uint64_t len);
 /* True once a write, sync or truncate of the image failed. */
 bool vhd_io_refuses_writes(const vhd_t *vhd);
 uint64_t vhd_io_allocated_bytes(int fd, uint64_t off, uint64_t len);
+/* Where the hole of the file at off ends, at most end: off when off holds
+ * data (or the file system cannot tell), end when the hole reaches it. */
+uint64_t vhd_io_hole_end(int fd, uint64_t off, uint64_t end);
 /* 1 when every byte of [off, off+len) reads as zero (holes are skipped
  * without reading), apart from whole 512-byte-aligned sectors that are
  * footers of the image whose footer is `footer` (when not NULL: see

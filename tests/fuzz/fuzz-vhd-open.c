@@ -12,7 +12,10 @@
  *      once, the image must reopen after vhd_close with every write in
  *      place, and an image that checked clean must still check clean;
  *   4. (FUZZ_VHD_REPAIR=1) vhd_check with repair, which must not change
- *      what the disk reads.
+ *      what the disk reads;
+ *   5. (FUZZ_VHD_COMPACT=1) vhd_compact, which moves and frees blocks:
+ *      whether it succeeds or refuses, the disk (with its parent) must read
+ *      as before, and an image that opened before must open after.
  * Any broken rule aborts (FUZZ_ASSERT), which libFuzzer reports as a crash. */
 #include "config.h"
 
@@ -429,6 +432,102 @@ static void repair_phase(const char *path) {
   vhd_close(v, NULL);
 }
 
+/* ---- vhd_compact: what the disk reads stays ---- */
+
+/* What a disk reads, as a digest (FNV-1a over the offset and bytes of each
+ * sector that is not all zeros), taken from the runs the map calls data:
+ * the rest reads as zeros.  Disks holding more than the budget are not
+ * digested. */
+struct digest {
+  vhd_t *v;
+  uint64_t h;
+  size_t budget;
+  bool over;
+};
+
+FUZZ_NO_COVERAGE
+static void digest_bytes(struct digest *d, const void *p, size_t n) {
+  const uint8_t *b = p;
+  for (size_t i = 0; i < n; i++)
+    d->h = (d->h ^ b[i]) * 0x100000001b3ull;
+}
+
+FUZZ_NO_COVERAGE
+static int digest_run(void *opaque, const struct vhd_extent *e) {
+  struct digest *d = opaque;
+  if (!(e->flags & VHD_MAP_DATA))
+    return 0;
+  if (e->length > d->budget) {
+    d->over = true;
+    return 1;
+  }
+  d->budget -= (size_t)e->length;
+  static uint8_t buf[MAX_IO];
+  static const uint8_t zeros[512];
+  for (uint64_t off = e->offset; off < e->offset + e->length;) {
+    size_t n = (size_t)(e->offset + e->length - off < sizeof buf ? e->offset + e->length - off
+                                                                 : sizeof buf);
+    struct vhd_err err = {.msg = ""};
+    int r = vhd_read(d->v, buf, off, n, &err);
+    FUZZ_ASSERT(r == 0, "reading %zu bytes at %llu of a mapped run: %s", n,
+                (unsigned long long)off, err.msg);
+    for (size_t s = 0; s < n; s += 512) {
+      size_t k = n - s < 512 ? n - s : 512;
+      if (memcmp(buf + s, zeros, k) == 0)
+        continue;
+      uint64_t at = off + s;
+      digest_bytes(d, &at, sizeof at);
+      digest_bytes(d, buf + s, k);
+    }
+    off += n;
+  }
+  return 0;
+}
+
+/* Opens path read-only with its parent; false when it does not open or
+ * holds more than the budget. */
+static bool disk_digest(const char *path, uint64_t *h, uint64_t *vsize) {
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, .warn = ignore_warning};
+  vhd_t *v = NULL;
+  if (vhd_open(path, &oo, &v, NULL) < 0)
+    return false;
+  struct digest d = {.v = v, .h = 0xcbf29ce484222325ull, .budget = VERIFY_BUDGET};
+  *vsize = vhd_virtual_size(v);
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_map(v, 0, *vsize, digest_run, &d, &err);
+  FUZZ_ASSERT(r >= 0, "vhd_map of an image that opened: %s", err.msg);
+  vhd_close(v, NULL);
+  *h = d.h;
+  return !d.over;
+}
+
+static void compact_phase(const char *path) {
+  uint64_t before = 0, vsize = 0;
+  bool opened = disk_digest(path, &before, &vsize);
+  struct vhd_compact_opts co = {.warn = ignore_warning};
+  struct vhd_compact_result res;
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_compact(path, &co, &res, &err);
+  if (r < 0)
+    assert_error(r, &err, "vhd_compact");
+  if (!opened)
+    return;
+  uint64_t after = 0, vsize_after = 0;
+  bool again = disk_digest(path, &after, &vsize_after);
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, .warn = ignore_warning};
+  vhd_t *v = NULL;
+  err.msg[0] = '\0';
+  int ro = vhd_open(path, &oo, &v, &err);
+  FUZZ_ASSERT(ro == 0, "the image opened before vhd_compact (which returned %d) and not after: %s",
+              r, err.msg);
+  vhd_close(v, NULL);
+  FUZZ_ASSERT(vsize_after == vsize, "vhd_compact changed the virtual size from %llu to %llu",
+              (unsigned long long)vsize, (unsigned long long)vsize_after);
+  /* A compaction may free blocks, never add data: what fitted still does. */
+  FUZZ_ASSERT(again, "after vhd_compact the disk holds more data than before");
+  FUZZ_ASSERT(after == before, "vhd_compact (which returned %d) changed what the disk reads", r);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static bool parent_tried;
   if (!parent_tried) {
@@ -453,6 +552,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if (repair)
     repair_phase(path);
+  static int compact = -1;
+  if (compact < 0) {
+    const char *e = getenv("FUZZ_VHD_COMPACT");
+    compact = !(e && strcmp(e, "0") == 0);
+  }
+  if (compact)
+    compact_phase(path);
   return 0;
 }
 

@@ -214,6 +214,59 @@ out=$("$VHDIMG" compact --json top.vhd) || fail "compact again"
 [ "$(json_field bytes-reclaimed <<<"$out")" = 0 ] || fail "a second compact still did something: $out"
 cd ..
 
+# --- a sparse gap of 40 GiB --------------------------------------------------
+# One block placed 40 GiB into the file, and a sector of someone's bytes
+# right after the BAT: the gap between is a hole, blank without a read.
+# Compaction used to read it a sector at a time (80 million reads); the
+# block must move down past the foreign sector, which stays.
+"$VHDIMG" create -t dynamic sparse.vhd 64M >/dev/null
+"$PY3" - sparse.vhd <<'PY' || fail "building the sparse image"
+import struct, sys
+path = sys.argv[1]
+with open(path, "r+b") as f:
+    footer = f.read(512)
+    f.seek(512)
+    header = bytearray(f.read(1024))
+    bat_off = struct.unpack(">Q", header[16:24])[0]
+    entries = struct.unpack(">I", header[28:32])[0]
+    end = (bat_off + entries * 4 + 511) // 512 * 512
+    f.seek(end)
+    f.write(b"\x77" * 512)                      # someone's sector
+    block = 40 << 30
+    f.seek(bat_off)
+    f.write(struct.pack(">I", block // 512))    # BAT entry 0
+    f.seek(block)
+    f.write(b"\x80" + bytes(511))               # bitmap: sector 0 present
+    f.write(b"\x42" * 512)                      # its data
+    f.seek(block + 512 + (2 << 20))
+    f.write(footer)                             # the trailing footer
+PY
+printf '\x42%.0s' $(seq 512) >sparse.exp
+truncate -s 64M sparse.exp
+"$VHDIMG" compare -F raw sparse.vhd sparse.exp >/dev/null || fail "the sparse image reads wrong"
+# The reads are counted under strace where it is installed.
+if command -v strace >/dev/null 2>&1; then
+  trace=(strace -f -c -e trace=pread64 -o pread.count)
+else
+  echo "PARTIAL: strace is not installed: the reads of the hole are not counted"
+  trace=()
+fi
+timeout 300 "${trace[@]}" "$VHDIMG" compact sparse.vhd >compact.out 2>&1 ||
+  { cat compact.out >&2; fail "compacting the image with a 40 GiB hole failed or took over 300 s"; }
+if [ ${#trace[@]} -gt 0 ]; then
+  reads=$(awk '$NF == "pread64" { print $4 }' pread.count)
+  [ -n "$reads" ] && [ "$reads" -lt 10000 ] ||
+    { cat pread.count >&2; fail "compact made ${reads:-?} reads for an image with one block"; }
+  echo "compact of the image with a 40 GiB hole: $reads reads"
+fi
+[ "$(stat -c %s sparse.vhd)" -lt $((4 << 20)) ] ||
+  fail "after compact the sparse image is still $(stat -c %s sparse.vhd) bytes"
+"$VHDIMG" compare -F raw sparse.vhd sparse.exp >/dev/null ||
+  fail "compact changed the sparse image's disk"
+qemu-img compare -q -f vpc -F raw sparse.vhd sparse.exp ||
+  fail "qemu-img reads the compacted sparse image differently"
+rm -f sparse.vhd sparse.exp
+
 # --- refusals ----------------------------------------------------------------
 "$VHDIMG" create -t fixed f.vhd 1M
 expect_exit 1 "$VHDIMG" compact f.vhd 2>err.out
