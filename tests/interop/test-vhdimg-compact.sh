@@ -251,8 +251,8 @@ else
   echo "PARTIAL: strace is not installed: the reads of the hole are not counted"
   trace=()
 fi
-timeout 300 "${trace[@]}" "$VHDIMG" compact sparse.vhd >compact.out 2>&1 ||
-  { cat compact.out >&2; fail "compacting the image with a 40 GiB hole failed or took over 300 s"; }
+timeout 120 "${trace[@]}" "$VHDIMG" compact sparse.vhd >compact.out 2>&1 ||
+  { cat compact.out >&2; fail "compacting the image with a 40 GiB hole failed or took over 120 s"; }
 if [ ${#trace[@]} -gt 0 ]; then
   reads=$(awk '$NF == "pread64" { print $4 }' pread.count)
   [ -n "$reads" ] && [ "$reads" -lt 10000 ] ||
