@@ -265,6 +265,47 @@ static int write_header(struct resize *z, uint64_t table_offset, uint32_t entrie
   return r;
 }
 
+/* 1 when [a, b) is nobody's: no structure, block or parent locator data
+ * (with the room it reserves) lies in it, so that the BAT may grow over
+ * it; 0 if something does (open would refuse the overlap), or -ENOMEM.
+ * A locator's data counts whatever it holds: zeros too. */
+static int nobodys(const vhd_t *vhd, uint64_t a, uint64_t b) {
+  struct vhd_used *ext = NULL;
+  ssize_t n = vhd_used_extents(vhd, VHD_USED_LOCATOR_ROOM, &ext);
+  if (n < 0)
+    return (int)n;
+  int r = 1;
+  for (ssize_t i = 0; i < n && r == 1; i++)
+    if (ext[i].start < b && a < ext[i].end)
+      r = 0;
+  free(ext);
+  return r;
+}
+
+/* The whole table anew past everything (past_all), then the header points
+ * at it. */
+static int relocate_bat(struct resize *z, uint32_t entries, uint64_t past_all,
+                        uint64_t *footer_pos) {
+  vhd_t *vhd = z->vhd;
+  uint64_t nbat = past_all, nspan = ROUND_UP((uint64_t)entries * 4, 512);
+  int r;
+  *footer_pos = nbat + nspan;
+  if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
+      (r = sync_image(z, "moving the footer")) < 0)
+    return r;
+  CLEANUP_FREE uint8_t *t = malloc(nspan);
+  if (!t)
+    return vhd_set_err(z->err, -ENOMEM, "%s: out of memory for a BAT of %u entries", vhd->path,
+                       entries);
+  memset(t, 0xFF, nspan);
+  encode_entries(vhd, t, 0, vhd->max_entries);
+  if ((r = put(z, t, nspan, nbat, "the new BAT")) < 0 ||
+      (r = sync_image(z, "writing the new BAT")) < 0)
+    return r;
+  z->res.bat_moved = true;
+  return write_header(z, nbat, entries);
+}
+
 /* Makes the BAT hold `entries` entries; *footer_pos gets where the trailing
  * footer goes. */
 static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
@@ -281,7 +322,12 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
   int r;
 
   if (new_end == old_end) {
-    /* Room in the BAT's last sector. */
+    /* Room in the BAT's last sector, unless something else lies there
+     * (parent locator data may start in the BAT's padding). */
+    if ((r = nobodys(vhd, bat + old_bytes, bat + new_bytes)) < 0)
+      return vhd_set_err(z->err, r, "%s: out of memory", vhd->path);
+    if (r == 0)
+      return relocate_bat(z, entries, past_all, footer_pos);
     CLEANUP_FREE uint8_t *pad = malloc(new_bytes - old_bytes);
     if (!pad)
       return vhd_set_err(z->err, -ENOMEM, "%s: out of memory", vhd->path);
@@ -313,13 +359,17 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
   while (cur < new_end && cur < vhd->alloc_floor) {
     /* Up to 3.5 KiB before a block are what its alignment skipped (see
      * vhd_block_place): the table may grow over them when they hold
-     * nothing (zeros, old copies of the footer), never over anything
-     * else. */
+     * nothing (zeros, old copies of the footer) and are nobody's (zeros
+     * may be a parent locator's data), never over anything else. */
     if (first + nmove < nb && blocks[2 * (first + nmove)] > cur &&
         blocks[2 * (first + nmove)] - cur < VHD_DATA_ALIGN &&
         vhd_io_range_is_blank(vhd->fd, cur, blocks[2 * (first + nmove)] - cur,
-                              vhd->footer_raw) == 1)
-      cur = blocks[2 * (first + nmove)];
+                              vhd->footer_raw) == 1) {
+      if ((r = nobodys(vhd, cur, blocks[2 * (first + nmove)])) < 0)
+        return vhd_set_err(z->err, r, "%s: out of memory", vhd->path);
+      if (r == 1)
+        cur = blocks[2 * (first + nmove)];
+    }
     if (first + nmove < nb && blocks[2 * (first + nmove)] == cur) {
       cur += span;
       nmove++;
@@ -329,26 +379,8 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     }
   }
 
-  if (relocate) {
-    /* The whole table anew past everything, then the header points at it. */
-    uint64_t nbat = past_all;
-    uint64_t nspan = ROUND_UP(new_bytes, 512);
-    *footer_pos = nbat + nspan;
-    if ((r = put(z, vhd->footer_raw, VHD_FOOTER_SIZE, *footer_pos, "the footer")) < 0 ||
-        (r = sync_image(z, "moving the footer")) < 0)
-      return r;
-    CLEANUP_FREE uint8_t *t = malloc(nspan);
-    if (!t)
-      return vhd_set_err(z->err, -ENOMEM, "%s: out of memory for a BAT of %u entries",
-                         vhd->path, entries);
-    memset(t, 0xFF, nspan);
-    encode_entries(vhd, t, 0, vhd->max_entries);
-    if ((r = put(z, t, nspan, nbat, "the new BAT")) < 0 ||
-        (r = sync_image(z, "writing the new BAT")) < 0)
-      return r;
-    z->res.bat_moved = true;
-    return write_header(z, nbat, entries);
-  }
+  if (relocate)
+    return relocate_bat(z, entries, past_all, footer_pos);
 
   /* The blocks in the way go past everything, then the table grows over
    * their old place. */
