@@ -15,7 +15,10 @@
  *      what the disk reads;
  *   5. (FUZZ_VHD_COMPACT=1) vhd_compact, which moves and frees blocks:
  *      whether it succeeds or refuses, the disk (with its parent) must read
- *      as before, and an image that opened before must open after.
+ *      as before, and an image that opened before must open after;
+ *   6. (FUZZ_VHD_RESIZE=1) vhd_resize to an input-derived size, larger or
+ *      smaller: the image must still open, keep what the smaller size held,
+ *      read zeros in what growing added, and a refusal change nothing.
  * Any broken rule aborts (FUZZ_ASSERT), which libFuzzer reports as a crash. */
 #include "config.h"
 
@@ -438,6 +441,8 @@ static void repair_phase(const char *path) {
  * sector that is not all zeros), taken from the runs the map calls data:
  * the rest reads as zeros.  Disks holding more than the budget are not
  * digested. */
+#define DIGEST_EMPTY 0xcbf29ce484222325ull /* of a range reading all zeros */
+
 struct digest {
   vhd_t *v;
   uint64_t h;
@@ -484,26 +489,40 @@ static int digest_run(void *opaque, const struct vhd_extent *e) {
   return 0;
 }
 
-/* Opens path read-only with its parent; false when it does not open or
- * holds more than the budget. */
-static bool disk_digest(const char *path, uint64_t *h, uint64_t *vsize) {
+/* The digest of [from, to) of path's disk (to capped at its size), opened
+ * read-only with its parent; false when it does not open or [from, to)
+ * holds more than the budget.  *vsize: the disk's size. */
+static bool disk_digest(const char *path, uint64_t from, uint64_t to, uint64_t *h,
+                        uint64_t *vsize) {
   struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, .warn = ignore_warning};
   vhd_t *v = NULL;
   if (vhd_open(path, &oo, &v, NULL) < 0)
     return false;
-  struct digest d = {.v = v, .h = 0xcbf29ce484222325ull, .budget = VERIFY_BUDGET};
+  struct digest d = {.v = v, .h = DIGEST_EMPTY, .budget = VERIFY_BUDGET};
   *vsize = vhd_virtual_size(v);
+  if (to > *vsize)
+    to = *vsize;
   struct vhd_err err = {.msg = ""};
-  int r = vhd_map(v, 0, *vsize, digest_run, &d, &err);
+  int r = from < to ? vhd_map(v, from, to - from, digest_run, &d, &err) : 0;
   FUZZ_ASSERT(r >= 0, "vhd_map of an image that opened: %s", err.msg);
   vhd_close(v, NULL);
   *h = d.h;
   return !d.over;
 }
 
+/* Whether path opens read-only, with its parent. */
+static bool opens(const char *path, struct vhd_err *err) {
+  struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, .warn = ignore_warning};
+  vhd_t *v = NULL;
+  if (vhd_open(path, &oo, &v, err) < 0)
+    return false;
+  vhd_close(v, NULL);
+  return true;
+}
+
 static void compact_phase(const char *path) {
   uint64_t before = 0, vsize = 0;
-  bool opened = disk_digest(path, &before, &vsize);
+  bool opened = disk_digest(path, 0, UINT64_MAX, &before, &vsize);
   struct vhd_compact_opts co = {.warn = ignore_warning};
   struct vhd_compact_result res;
   struct vhd_err err = {.msg = ""};
@@ -512,20 +531,69 @@ static void compact_phase(const char *path) {
     assert_error(r, &err, "vhd_compact");
   if (!opened)
     return;
-  uint64_t after = 0, vsize_after = 0;
-  bool again = disk_digest(path, &after, &vsize_after);
-  struct vhd_open_opts oo = {.flags = VHD_OPEN_RDONLY | VHD_OPEN_NOLOCK, .warn = ignore_warning};
-  vhd_t *v = NULL;
   err.msg[0] = '\0';
-  int ro = vhd_open(path, &oo, &v, &err);
-  FUZZ_ASSERT(ro == 0, "the image opened before vhd_compact (which returned %d) and not after: %s",
-              r, err.msg);
-  vhd_close(v, NULL);
+  FUZZ_ASSERT(opens(path, &err),
+              "the image opened before vhd_compact (which returned %d) and not after: %s", r,
+              err.msg);
+  uint64_t after = 0, vsize_after = 0;
+  bool again = disk_digest(path, 0, UINT64_MAX, &after, &vsize_after);
   FUZZ_ASSERT(vsize_after == vsize, "vhd_compact changed the virtual size from %llu to %llu",
               (unsigned long long)vsize, (unsigned long long)vsize_after);
   /* A compaction may free blocks, never add data: what fitted still does. */
   FUZZ_ASSERT(again, "after vhd_compact the disk holds more data than before");
   FUZZ_ASSERT(after == before, "vhd_compact (which returned %d) changed what the disk reads", r);
+}
+
+/* ---- vhd_resize: the disk up to the smaller size stays, the rest is zeros ---- */
+
+static void resize_phase(const char *path, struct fuzz_rng *rng) {
+  uint64_t vsize = 0, h = 0;
+  if (!disk_digest(path, 0, 0, &h, &vsize))
+    return; /* does not open: resize must refuse it, as check did */
+  uint64_t step =
+      (1 + fuzz_rng_below(rng, 64)) * (uint64_t)(64 * 1024) << fuzz_rng_below(rng, 12);
+  bool shrink = fuzz_rng_below(rng, 3) == 0;
+  /* A shrink to an exact size, so that the size kept is known; a growth
+   * rounded as create rounds may still not end under the old size. */
+  struct vhd_resize_opts ro = {.warn = ignore_warning, .shrink = shrink,
+                               .exact_size = shrink || fuzz_rng_below(rng, 2)};
+  ro.size = shrink ? (step < vsize ? vsize - step : 512) : vsize + step;
+  if (ro.size > VHD_MAX_VIRTUAL_SIZE)
+    ro.size = VHD_MAX_VIRTUAL_SIZE;
+  /* What the smaller of the two sizes holds, before. */
+  uint64_t keep = ro.size < vsize ? ro.size : vsize, before = 0, unused = 0;
+  if (!disk_digest(path, 0, keep, &before, &unused))
+    return;
+  struct vhd_resize_result res = {0};
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_resize(path, &ro, &res, &err);
+  if (r < 0)
+    assert_error(r, &err, "vhd_resize");
+  err.msg[0] = '\0';
+  FUZZ_ASSERT(opens(path, &err), "the image opened before vhd_resize (which returned %d) and not "
+              "after: %s", r, err.msg);
+  uint64_t now = 0, after = 0, tail = 0;
+  FUZZ_ASSERT(disk_digest(path, 0, keep, &after, &now), "the disk holds more after vhd_resize");
+  if (r < 0) {
+    FUZZ_ASSERT(now == vsize, "a failed vhd_resize changed the size from %llu to %llu",
+                (unsigned long long)vsize, (unsigned long long)now);
+  } else {
+    /* The size served may be the geometry's, under the current size. */
+    FUZZ_ASSERT(now == res.new_size && res.old_size >= vsize,
+                "vhd_resize reported %llu -> %llu; the disk was %llu and is %llu",
+                (unsigned long long)res.old_size, (unsigned long long)res.new_size,
+                (unsigned long long)vsize, (unsigned long long)now);
+    FUZZ_ASSERT(shrink || now >= vsize, "growing made the disk smaller: %llu -> %llu",
+                (unsigned long long)vsize, (unsigned long long)now);
+  }
+  FUZZ_ASSERT(after == before,
+              "vhd_resize (which returned %d) changed the disk's first %llu bytes", r,
+              (unsigned long long)keep);
+  /* Growing adds zeros past the old current size (bytes between the
+   * geometry's size and it were the image's, only not served). */
+  if (r == 0 && now > res.old_size && disk_digest(path, res.old_size, now, &tail, &unused))
+    FUZZ_ASSERT(tail == DIGEST_EMPTY, "the %llu bytes vhd_resize added do not read as zeros",
+                (unsigned long long)(now - res.old_size));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -559,6 +627,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if (compact)
     compact_phase(path);
+  static int resize = -1;
+  if (resize < 0) {
+    const char *e = getenv("FUZZ_VHD_RESIZE");
+    resize = !(e && strcmp(e, "0") == 0);
+  }
+  if (resize)
+    resize_phase(path, &rng);
   return 0;
 }
 
