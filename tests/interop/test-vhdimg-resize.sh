@@ -216,9 +216,10 @@ open(path, "wb").write(img + footer)
 PY
   "$VHDIMG" check $name.vhd >/dev/null || fail "$name: the child made by hand does not check clean"
 done
+# lz grows past the BAT's sector; lp to exactly 128 entries, its padding.
 for case in lz:1M lp:512K; do
   name=${case%%:*} size=${case#*:}
-  "$VHDIMG" resize $name.vhd $size >/dev/null || fail "$name: resize to $size"
+  "$VHDIMG" resize --exact $name.vhd $size >/dev/null || fail "$name: resize to $size"
   # Past the parent's 64 KiB the child reads zeros; check warns of that.
   "$VHDIMG" check $name.vhd >check.out 2>&1 || [ $? = 3 ] ||
     { cat check.out >&2; fail "$name: resized to $size, the child no longer checks"; }
