@@ -615,26 +615,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   read_phase(path, data, size, &rng);
   int check_before = run_check(path);
   write_phase(path, &rng, check_before);
-  static int repair = -1;
-  if (repair < 0) {
-    const char *e = getenv("FUZZ_VHD_REPAIR");
-    repair = !(e && strcmp(e, "0") == 0);
-  }
-  if (repair)
+  /* Each later phase is on unless its variable is 0; read once. */
+  static int on[3] = {-1, -1, -1};
+  static const char *const vars[3] = {"FUZZ_VHD_REPAIR", "FUZZ_VHD_COMPACT", "FUZZ_VHD_RESIZE"};
+  for (int i = 0; i < 3; i++)
+    if (on[i] < 0) {
+      const char *e = getenv(vars[i]);
+      on[i] = !(e && strcmp(e, "0") == 0);
+    }
+  if (on[0])
     repair_phase(path);
-  static int compact = -1;
-  if (compact < 0) {
-    const char *e = getenv("FUZZ_VHD_COMPACT");
-    compact = !(e && strcmp(e, "0") == 0);
-  }
-  if (compact)
+  if (on[1])
     compact_phase(path);
-  static int resize = -1;
-  if (resize < 0) {
-    const char *e = getenv("FUZZ_VHD_RESIZE");
-    resize = !(e && strcmp(e, "0") == 0);
-  }
-  if (resize)
+  if (on[2])
     resize_phase(path, &rng);
   return 0;
 }
