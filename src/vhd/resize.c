@@ -265,21 +265,15 @@ static int write_header(struct resize *z, uint64_t table_offset, uint32_t entrie
   return r;
 }
 
-/* 1 when [a, b) is nobody's: no structure, block or parent locator data
- * (with the room it reserves) lies in it, so that the BAT may grow over
- * it; 0 if something does (open would refuse the overlap), or -ENOMEM.
- * A locator's data counts whatever it holds: zeros too. */
-static int nobodys(const vhd_t *vhd, uint64_t a, uint64_t b) {
-  struct vhd_used *ext = NULL;
-  ssize_t n = vhd_used_extents(vhd, VHD_USED_LOCATOR_ROOM, &ext);
-  if (n < 0)
-    return (int)n;
-  int r = 1;
-  for (ssize_t i = 0; i < n && r == 1; i++)
-    if (ext[i].start < b && a < ext[i].end)
-      r = 0;
-  free(ext);
-  return r;
+/* Whether [a, b) is nobody's: no extent of `used` (vhd_used_extents with
+ * the locator rooms) lies in it, so that the BAT may grow over it (open
+ * would refuse the overlap).  A locator's data counts whatever it holds:
+ * zeros too. */
+static bool nobodys(const struct vhd_used *used, ssize_t n, uint64_t a, uint64_t b) {
+  for (ssize_t i = 0; i < n; i++)
+    if (used[i].start < b && a < used[i].end)
+      return false;
+  return true;
 }
 
 /* The whole table anew past everything (past_all), then the header points
@@ -320,13 +314,16 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
    * before the footer (a window a crash left, taken at open). */
   uint64_t past_all = MAX(vhd->alloc_floor, ROUND_UP(vhd->footer_offset, 512));
   int r;
+  /* What is anyone's, listed once for every question below. */
+  CLEANUP_FREE struct vhd_used *used = NULL;
+  ssize_t nused = vhd_used_extents(vhd, VHD_USED_LOCATOR_ROOM, &used);
+  if (nused < 0)
+    return vhd_set_err(z->err, (int)nused, "%s: out of memory", vhd->path);
 
   if (new_end == old_end) {
     /* Room in the BAT's last sector, unless something else lies there
      * (parent locator data may start in the BAT's padding). */
-    if ((r = nobodys(vhd, bat + old_bytes, bat + new_bytes)) < 0)
-      return vhd_set_err(z->err, r, "%s: out of memory", vhd->path);
-    if (r == 0)
+    if (!nobodys(used, nused, bat + old_bytes, bat + new_bytes))
       return relocate_bat(z, entries, past_all, footer_pos);
     CLEANUP_FREE uint8_t *pad = malloc(new_bytes - old_bytes);
     if (!pad)
@@ -364,12 +361,9 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     if (first + nmove < nb && blocks[2 * (first + nmove)] > cur &&
         blocks[2 * (first + nmove)] - cur < VHD_DATA_ALIGN &&
         vhd_io_range_is_blank(vhd->fd, cur, blocks[2 * (first + nmove)] - cur,
-                              vhd->footer_raw) == 1) {
-      if ((r = nobodys(vhd, cur, blocks[2 * (first + nmove)])) < 0)
-        return vhd_set_err(z->err, r, "%s: out of memory", vhd->path);
-      if (r == 1)
-        cur = blocks[2 * (first + nmove)];
-    }
+                              vhd->footer_raw) == 1 &&
+        nobodys(used, nused, cur, blocks[2 * (first + nmove)]))
+      cur = blocks[2 * (first + nmove)];
     if (first + nmove < nb && blocks[2 * (first + nmove)] == cur) {
       cur += span;
       nmove++;
