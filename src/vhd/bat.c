@@ -590,7 +590,42 @@ static int locator_copy_at(vhd_t *vhd, int i, uint64_t q, uint64_t *len) {
   return memcmp(live, copy, n) == 0;
 }
 
-int vhd_locator_copy_len(vhd_t *vhd, uint64_t off, uint64_t *len) {
+/* Whether the sector at q starts a dynamic header of this image that is
+ * not the live one: what a header rewrite journals past the end of the
+ * file (header.c), left by a crash before the rewrite cut it off.  Its
+ * table, block size and length are the live header's, which a rewrite
+ * never changes. */
+static int header_journal_at(vhd_t *vhd, uint64_t q) {
+  if (q == vhd->header_offset)
+    return 0;
+  uint8_t h[VHD_HEADER_SIZE];
+  int r = vhd_io_pread(vhd->fd, h, sizeof h, q);
+  if (r < 0)
+    return r == -ENODATA ? 0 : r;
+  return vhd_header_check(h, vhd->path, q, NULL) == 0 &&
+         be64_load(h + 16) == vhd->header.table_offset &&
+         be32_load(h + 28) == vhd->header.max_table_entries &&
+         be32_load(h + 32) == vhd->header.block_size;
+}
+
+int vhd_stale_copy_len(vhd_t *vhd, uint64_t off, uint64_t *len) {
+  if (off % 512 == 0) {
+    uint8_t sec[VHD_FOOTER_SIZE];
+    int r = vhd_io_pread(vhd->fd, sec, sizeof sec, off);
+    if (r < 0 && r != -ENODATA)
+      return r;
+    /* The footer copy a journal follows counts as blank where blank bytes
+     * are looked for, but here it comes before bytes that are not. */
+    if (r == 0 && vhd_footer_of_image(sec, vhd->footer_raw)) {
+      *len = VHD_FOOTER_SIZE;
+      return 1;
+    }
+    if (r == 0 && memcmp(sec, VHD_HEADER_COOKIE, 8) == 0 &&
+        (r = header_journal_at(vhd, off)) != 0) {
+      *len = VHD_HEADER_SIZE;
+      return r;
+    }
+  }
   if (vhd->type != VHD_TYPE_DIFFERENCING)
     return 0;
   for (int i = 0; i < 8; i++) {
@@ -611,7 +646,8 @@ int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
    * the BAT too).  Only such blocks one after another as allocation lays
    * them from a, up to bytes that are blank to b, are taken: not any bytes
    * behind a zero sector.  Copies of the parent locators' data are
-   * nothing either: the header points at the live ones. */
+   * nothing either: the header points at the live ones; nor is a header
+   * journal (vhd_stale_copy_len). */
   bool orphans = false;
   for (uint64_t q = a;;) {
     if ((r = vhd_io_range_is_blank(vhd->fd, q, b - q, vhd->footer_raw)) != 0) {
@@ -641,7 +677,7 @@ int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b) {
     uint64_t starts[2] = {MAX(q, ROUND_DOWN(at, 512)), at};
     r = 0;
     for (int s = 0; r == 0 && s < 2 && (s == 0 || starts[1] != starts[0]); s++)
-      if ((r = vhd_locator_copy_len(vhd, starts[s], &len)) == 1)
+      if ((r = vhd_stale_copy_len(vhd, starts[s], &len)) == 1)
         at = starts[s];
     if (r < 0)
       break;

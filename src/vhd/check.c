@@ -153,6 +153,14 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
              "%s: the trailing footer is damaged (the copy at offset 0 is intact)", path);
     }
   }
+  if (vhd->header_journal && repair) {
+    /* Open warned of it, and a read-write open has written it back. */
+    warning_repaired(&c);
+    report(&c, VHD_CHECK_REPAIRED,
+           "%s: wrote the dynamic header back from the copy an interrupted rewrite journaled "
+           "at offset %llu",
+           path, (unsigned long long)vhd->header_journal);
+  }
   if (vhd->stale_locators && repair)
     clear_stale_locators(&c, vhd);
   if (vhd->type != VHD_TYPE_FIXED) {

@@ -548,11 +548,11 @@ static int add_blank(struct compact *c, struct blank_scan *bs, uint64_t a, uint6
       p = from - 512;
       continue;
     }
-    /* A copy of a parent locator's data: what a relink cut short and run
-     * again leaves where the first run wrote, here among other bytes
-     * (alone in a range, take_nothing took it above). */
+    /* A copy of a parent locator's data (what a relink cut short and run
+     * again leaves where the first run wrote) or a header journal, here
+     * among other bytes (alone in a range, take_nothing took it above). */
     uint64_t ll = 0;
-    if ((r = vhd_locator_copy_len(vhd, p, &ll)) < 0)
+    if ((r = vhd_stale_copy_len(vhd, p, &ll)) < 0)
       break;
     if (r == 1 && p + ll <= b) {
       uint64_t e = MIN(ROUND_UP(p + ll, 512), b);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "endian-be.h"
 #include "vhd-internal.h"
@@ -66,21 +67,74 @@ int vhd_header_check(const uint8_t *raw, const char *path, uint64_t off, struct 
   return 0;
 }
 
+/* A rewrite that changes only the header's first sector is one sector
+ * write, which a disk stores whole or not at all.  One that changes both
+ * (parent name, locators) could be torn between them, and a header whose
+ * checksum fails is refused; so the new header goes first past the end of
+ * the file, followed by a copy of the footer (the file still ends with a
+ * valid one), and is synced: the journal vhd_header_journal_find reads
+ * back when it finds the header torn.  Then the header, synced; then the
+ * journal is cut off again.  A crash before the header reaches the disk
+ * leaves the old header and at most 1536 unused bytes after the data. */
 int vhd_header_rewrite(vhd_t *vhd, void (*patch)(uint8_t *raw, void *arg), void *arg,
                        struct vhd_err *err) {
-  uint8_t raw[VHD_HEADER_SIZE];
-  int r = vhd_io_pread(vhd->fd, raw, sizeof raw, vhd->header_offset);
+  uint8_t old[VHD_HEADER_SIZE], raw[VHD_HEADER_SIZE + VHD_FOOTER_SIZE];
+  uint64_t at = vhd->header_offset;
+  const char *step = "reading the header";
+  int r = vhd_io_pread(vhd->fd, old, sizeof old, at);
   if (r < 0)
-    return vhd_set_err(err, r, "%s: reading the header at offset %llu: %s", vhd->path,
-                       (unsigned long long)vhd->header_offset, strerror(-r));
+    goto fail;
+  memcpy(raw, old, sizeof old);
   patch(raw, arg);
   be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
-  if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, vhd->header_offset)) < 0 ||
-      (r = vhd_io_sync(vhd)) < 0)
-    return vhd_set_err(err, r, "%s: writing the header at offset %llu: %s", vhd->path,
-                       (unsigned long long)vhd->header_offset, strerror(-r));
+  step = "writing the header";
+  if (at % 512 == 0 && memcmp(old + 512, raw + 512, 512) == 0) {
+    if ((r = vhd_io_pwrite(vhd, raw, 512, at)) < 0 || (r = vhd_io_sync(vhd)) < 0)
+      goto fail;
+  } else {
+    struct stat st;
+    if (fstat(vhd->fd, &st) < 0) {
+      r = -errno;
+      goto fail;
+    }
+    uint64_t end = (uint64_t)st.st_size;
+    memcpy(raw + VHD_HEADER_SIZE, vhd->footer_raw, VHD_FOOTER_SIZE);
+    step = "writing the header's journal";
+    at = end;
+    if ((r = vhd_io_pwrite(vhd, raw, sizeof raw, end)) < 0 || (r = vhd_io_sync(vhd)) < 0) {
+      /* Nothing refers to it yet: best effort, the file ends as before. */
+      vhd_io_truncate_fd(vhd->fd, end);
+      goto fail;
+    }
+    step = "writing the header";
+    at = vhd->header_offset;
+    if ((r = vhd_io_pwrite(vhd, raw, VHD_HEADER_SIZE, at)) < 0 || (r = vhd_io_sync(vhd)) < 0)
+      goto fail;
+    step = "cutting the header's journal off";
+    at = end;
+    if ((r = vhd_io_truncate(vhd, end)) < 0 || (r = vhd_io_sync(vhd)) < 0)
+      goto fail;
+  }
   vhd_header_decode(raw, &vhd->header);
   return 0;
+fail:
+  return vhd_set_err(err, r, "%s: %s at offset %llu: %s", vhd->path, step,
+                     (unsigned long long)at, strerror(-r));
+}
+
+uint64_t vhd_header_journal_find(vhd_t *vhd, uint64_t off, const uint8_t *torn,
+                                 uint8_t journal[VHD_HEADER_SIZE]) {
+  if (vhd->data_end < off + 2 * VHD_HEADER_SIZE)
+    return 0;
+  uint64_t at = vhd->data_end - VHD_HEADER_SIZE;
+  if (vhd_io_pread(vhd->fd, journal, VHD_HEADER_SIZE, at) < 0 ||
+      vhd_header_check(journal, vhd->path, at, NULL) < 0)
+    return 0;
+  /* Torn at a sector: one of the two is the new one.  Anything else is
+   * damage the journal does not explain. */
+  if (memcmp(torn, journal, 512) != 0 && memcmp(torn + 512, journal + 512, 512) != 0)
+    return 0;
+  return at;
 }
 
 static size_t put_utf8(uint32_t cp, char *out, size_t pos, size_t out_len) {

@@ -206,6 +206,37 @@ static int validate_footer(vhd_t *vhd, const struct vhd_open_opts *opts, struct 
   return 0;
 }
 
+/* A header that failed its check (`why`) and that an interrupted
+ * vhd_header_rewrite tore between its two sectors: the new header, from
+ * the journal the rewrite left, replaces raw.  An open for writing writes
+ * it back first, as the rewrite would have; before anything else could
+ * grow the file over the journal. */
+static int header_from_journal(vhd_t *vhd, uint64_t off, uint8_t *raw, const char *why,
+                               struct vhd_err *err) {
+  uint8_t journal[VHD_HEADER_SIZE];
+  uint64_t at = vhd_header_journal_find(vhd, off, raw, journal);
+  if (at == 0)
+    return vhd_set_err(err, -EINVAL, "%s", why);
+  const char *p = vhd->path;
+  if (!vhd->readonly) {
+    int r = vhd_io_pwrite(vhd, journal, sizeof journal, off);
+    if (r == 0)
+      r = vhd_io_sync(vhd);
+    if (r < 0)
+      return vhd_set_err(err, r,
+                         "%s: writing the dynamic header back at %llu from its journal at %llu: %s",
+                         p, (unsigned long long)off, (unsigned long long)at, strerror(-r));
+  }
+  vhd_warn(vhd,
+           "%s: a rewrite of the header was cut short; %s the new header from the copy "
+           "it journaled at offset %llu%s",
+           why, vhd->readonly ? "reading" : "wrote back", (unsigned long long)at,
+           vhd->readonly ? " (vhdimg check --repair writes it back)" : "");
+  memcpy(raw, journal, sizeof journal);
+  vhd->header_journal = at;
+  return 0;
+}
+
 static int read_header(vhd_t *vhd, struct vhd_err *err) {
   const char *p = vhd->path;
   uint64_t off = vhd->footer.data_offset;
@@ -220,8 +251,9 @@ static int read_header(vhd_t *vhd, struct vhd_err *err) {
   if (r < 0)
     return vhd_set_err(err, r, "%s: reading the dynamic header at %llu: %s", p,
                        (unsigned long long)off, strerror(-r));
-  r = vhd_header_check(raw, p, off, err);
-  if (r < 0)
+  struct vhd_err bad;
+  if (vhd_header_check(raw, p, off, &bad) < 0 &&
+      (r = header_from_journal(vhd, off, raw, bad.msg, err)) < 0)
     return r;
   vhd->header_offset = off;
   struct vhd_header *h = &vhd->header;

@@ -18,21 +18,18 @@
  *  2. the new locator data goes into its room (bytes nothing refers to:
  *     neither a block, nor a structure, nor an area the old header points
  *     to), and is synced;
- *  3. the header is rewritten in one 1024-byte write at its own offset, and
- *     synced;
+ *  3. the header is rewritten (vhd_header_rewrite): the new header is
+ *     journaled past the end of the file and synced, then written at its
+ *     own offset and synced, then the journal is cut off again;
  *  4. the old locator data, which nothing refers to now, is zeroed, so
  *     that a later relink can take its room, and a tail that held it is
  *     given back.
  * Until step 3 reaches the disk the old header, and the old locator data it
- * points to, are untouched.  Step 3 changes two 512-byte sectors in one
- * aligned write; with the header at offset 512, where every writer puts
- * it, that is inside the first 4 KiB of the file, one page of the page
- * cache, written back as one request: a device whose atomic write unit is
- * at least 4 KiB (4Kn and 512e disks, NVMe and SATA SSDs) stores all of it
- * or none (a header elsewhere that crosses a 4 KiB boundary has no such
- * promise).  A device that tears it at a 512-byte sector leaves a header
- * whose checksum fails, and the image is refused on open rather than read
- * through the wrong parent.  A crash before step 4 leaves the old locator
+ * points to, are untouched.  A device that tears the header's two sectors
+ * apart leaves a header whose checksum fails, and one of whose sectors is
+ * the journal's: open reads the new header from the journal (and an open
+ * for writing writes it back), so the child is read through the new parent
+ * or the old one, never a mix.  A crash before step 4 leaves the old locator
  * data in place, unused (a few KiB; `vhdimg check` does not count gaps
  * this small as leaks). */
 #include "config.h"

@@ -183,6 +183,9 @@ struct vhd {
   struct vhd_footer footer;
   uint8_t footer_raw[VHD_FOOTER_SIZE];
   bool footer_copy_used;
+  /* The header was found torn and read from the journal of its rewrite at
+   * this offset (0: it was not); an open for writing wrote it back. */
+  uint64_t header_journal;
   /* A fixed disk whose footer is 511 bytes (Virtual PC before 2004 left
    * out the last reserved byte): the file ends one byte short. */
   bool footer_short;
@@ -380,10 +383,18 @@ int vhd_header_check(const uint8_t *raw, const char *path, uint64_t off, struct 
 /* The header rewritten in place: read as it is on disk, changed by patch,
  * its checksum set, written and synced; vhd->header is then decoded from
  * it.  Bytes patch leaves alone (reserved ones, fields this code does not
- * use) stay as they were.  For an image opened for writing and not being
- * served: nothing else may write the header meanwhile. */
+ * use) stay as they were.  A change to both of its sectors is journaled
+ * past the end of the file first (see header.c), so that a write torn
+ * between them can be completed.  For an image opened for writing and not
+ * being served: nothing else may write the header meanwhile. */
 int vhd_header_rewrite(vhd_t *vhd, void (*patch)(uint8_t *raw, void *arg), void *arg,
                        struct vhd_err *err);
+/* For a header at `off` whose check failed (`torn`, as read): the journal an
+ * interrupted vhd_header_rewrite left at the end of the data area, read
+ * into `journal`, when it is a valid header and one of torn's two sectors
+ * is its own.  Returns the journal's offset, or 0 when there is none. */
+uint64_t vhd_header_journal_find(vhd_t *vhd, uint64_t off, const uint8_t *torn,
+                                 uint8_t journal[VHD_HEADER_SIZE]);
 /* UTF-16 (be or le) to UTF-8; returns length written (always NUL-terminated). */
 size_t vhd_utf16_to_utf8(const uint8_t *in, size_t in_len, bool big_endian, char *out,
                          size_t out_len);
@@ -472,9 +483,10 @@ uint64_t vhd_block_place(const vhd_t *vhd, uint64_t off);
  * sector present, which a crash leaves between a new block's first write
  * and its BAT entry.  0 when some bytes are neither, or a negative errno. */
 int vhd_range_holds_nothing(vhd_t *vhd, uint64_t a, uint64_t b);
-/* 1 with *len set when the bytes at off are a copy of one of the parent
- * locators' data (not the live one itself), 0 when not, or -errno. */
-int vhd_locator_copy_len(vhd_t *vhd, uint64_t off, uint64_t *len);
+/* 1 with *len set when the bytes at off are a copy nothing refers to of one
+ * of the parent locators' data (not the live one itself), or a journal a
+ * header rewrite left (header.c); 0 when not, or -errno. */
+int vhd_stale_copy_len(vhd_t *vhd, uint64_t off, uint64_t *len);
 /* Gives back the unused end of the allocation window and the freed blocks
  * that ended the file (after a flush); the handle may go on writing. */
 int vhd_window_release(vhd_t *vhd, struct vhd_err *err);

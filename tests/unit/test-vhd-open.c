@@ -879,6 +879,115 @@ static void test_deep_child(void) {
   printf("ok child %zu levels below its parent: %s\n", levels, err.msg);
 }
 
+/* A header rewrite torn between its two sectors, with the journal the
+ * rewrite writes past the end of the file first (the new header, then the
+ * footer again): read from the journal, written back by an open for
+ * writing, given back by check --repair.  A torn header without a journal,
+ * or one the journal does not explain, stays refused. */
+static void test_header_journal(void) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s", t_path("journal.vhd"));
+  t_create(path, VHD_TYPE_DYNAMIC, 1u << 20, 4096, true, NULL);
+  struct vhd_err err = {{0}};
+  vhd_t *v = t_open(path, false);
+  uint8_t data[8192];
+  t_fill_nonzero(data, sizeof data);
+  T_OK(vhd_write(v, data, 12288, sizeof data, 0, &err), &err, "vhd_write");
+  T_OK(vhd_close(v, &err), &err, "vhd_close");
+  uint64_t len = t_file_size(path);
+  uint8_t old_h[1024], new_h[1024], foot[512];
+  t_pread_file(path, old_h, sizeof old_h, 512);
+  t_pread_file(path, foot, sizeof foot, len - 512);
+  /* The new header differs in both sectors: a parent name (sector 0 and 1),
+   * as a relink writes, and its checksum. */
+  memcpy(new_h, old_h, sizeof new_h);
+  for (int i = 0; i < 300; i++)
+    new_h[64 + 2 * i + 1] = 'a' + i % 26;
+  fix_checksum(new_h, sizeof new_h, 36);
+  T_ASSERT(memcmp(old_h, new_h, 512) != 0 && memcmp(old_h + 512, new_h + 512, 512) != 0,
+           "the test's new header does not differ in both sectors");
+  CLEANUP_FREE uint8_t *before = t_xmalloc(len);
+  t_pread_file(path, before, len, 0);
+  for (int torn = 0; torn < 2; torn++) {
+    /* The journal, then the header torn: one sector new, the other old. */
+    t_truncate_file(path, len);
+    t_pwrite_file(path, before, len, 0);
+    t_pwrite_file(path, new_h, sizeof new_h, len);
+    t_pwrite_file(path, foot, sizeof foot, len + sizeof new_h);
+    t_pwrite_file(path, torn ? new_h : old_h, 512, 512);
+    t_pwrite_file(path, torn ? old_h + 512 : new_h + 512, 512, 1024);
+    uint64_t hash = t_file_hash(path);
+
+    struct warnings w = {0};
+    struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY, .warn = on_warn, .warn_opaque = &w};
+    T_OK(vhd_open(path, &ro, &v, &err), &err, "opening a header torn with its journal");
+    T_ASSERT(w.n == 1 && strstr(w.last, "cut short") && strstr(w.last, "checksum") &&
+                 strstr(w.last, t_fmt("offset %llu", (unsigned long long)len)),
+             "torn %d: %u warnings, the last: %s", torn, w.n, w.last);
+    uint8_t got[8192];
+    T_OK(vhd_read(v, got, 12288, sizeof got, &err), &err, "vhd_read");
+    T_ASSERT(memcmp(got, data, sizeof got) == 0, "torn %d: the data reads otherwise", torn);
+    vhd_close(v, NULL);
+    T_ASSERT(t_file_hash(path) == hash, "torn %d: a read-only open changed the file", torn);
+    int bits = t_check(path);
+    T_ASSERT(bits >= 0 && !(bits & VHD_CHECK_CORRUPT) && (bits & VHD_CHECK_WARNINGS),
+             "torn %d: check gave %d, not a warning", torn, bits);
+
+    if (torn == 0) {
+      /* Opened for writing, the header is written back at once. */
+      w.n = 0;
+      struct vhd_open_opts rw = {.warn = on_warn, .warn_opaque = &w};
+      T_OK(vhd_open(path, &rw, &v, &err), &err, "opening a torn header for writing");
+      T_ASSERT(w.n == 1 && strstr(w.last, "wrote back"), "torn %d: %u warnings, the last: %s",
+               torn, w.n, w.last);
+      uint8_t now[1024];
+      t_pread_file(path, now, sizeof now, 512);
+      T_ASSERT(memcmp(now, new_h, sizeof now) == 0,
+               "an open for writing left the torn header on disk");
+      T_OK(vhd_write(v, data, 65536, 4096, 0, &err), &err, "vhd_write into a new block");
+      T_OK(vhd_close(v, &err), &err, "vhd_close");
+      v = t_open(path, true);
+      T_OK(vhd_read(v, got, 65536, 4096, &err), &err, "vhd_read");
+      T_ASSERT(memcmp(got, data, 4096) == 0, "the block written after the write-back differs");
+      vhd_close(v, NULL);
+    } else {
+      /* check --repair writes it back and gives the journal's bytes back. */
+      struct vhd_check_opts co = {.repair = true};
+      bits = vhd_check(path, &co, &err);
+      T_ASSERT(bits >= 0 && (bits & VHD_CHECK_REPAIRED) && !(bits & ~VHD_CHECK_REPAIRED),
+               "check --repair gave %d (%s)", bits, err.msg);
+      T_ASSERT(t_check(path) == 0, "the image is not clean after check --repair");
+      T_ASSERT(t_file_size(path) == len, "check --repair left the file %llu bytes, not %llu",
+               (unsigned long long)t_file_size(path), (unsigned long long)len);
+      uint8_t now[1024];
+      t_pread_file(path, now, sizeof now, 512);
+      T_ASSERT(memcmp(now, new_h, sizeof now) == 0, "check --repair did not write the header");
+    }
+  }
+
+  /* Without the journal, or with one that matches neither sector: refused. */
+  for (int k = 0; k < 2; k++) {
+    t_truncate_file(path, len);
+    t_pwrite_file(path, before, len, 0);
+    if (k == 1) {
+      uint8_t other[1024];
+      memcpy(other, new_h, sizeof other);
+      other[100] ^= 1;
+      other[700] ^= 1;
+      fix_checksum(other, sizeof other, 36);
+      t_pwrite_file(path, other, sizeof other, len);
+      t_pwrite_file(path, foot, sizeof foot, len + sizeof other);
+    }
+    t_pwrite_file(path, new_h, 512, 512);
+    struct vhd_open_opts ro = {.flags = VHD_OPEN_RDONLY};
+    int r = vhd_open(path, &ro, &v, &err);
+    T_ASSERT(r == -EINVAL && strstr(err.msg, "checksum"),
+             "a torn header %s opened: %d %s", k ? "with a journal of another" : "alone", r,
+             err.msg);
+  }
+  printf("ok torn header and its journal\n");
+}
+
 int main(void) {
   t_init("test-vhd-open");
   make_good();
@@ -892,6 +1001,7 @@ int main(void) {
   test_bat_off_grid();
   test_locator_past_end();
   test_deep_child();
+  test_header_journal();
 #ifdef OPEN_SELF_PARENT
   test_self_parent();
 #endif

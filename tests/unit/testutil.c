@@ -406,7 +406,9 @@ void t_track_unsynced(bool on) {
   forget_unsynced();
 }
 
-void t_lose_unsynced(const char *path) {
+/* keep: -1 loses every unsynced write; 0 or 1 keeps the sectors whose
+ * index has that parity (see t_tear_unsynced). */
+static void undo_unsynced(const char *path, int keep) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   T_ASSERT(fd >= 0, "t_lose_unsynced: open %s: %s", path, strerror(errno));
   /* Straight to the kernel: these writes are the test's, not the engine's. */
@@ -414,11 +416,29 @@ void t_lose_unsynced(const char *path) {
     const struct unsynced *u = &unsynced[i];
     if (u->kind != T_IO_WRITE)
       continue;
-    T_ASSERT(syscall(SYS_pwrite64, fd, u->old, u->old_len, u->off) == (long)u->old_len,
-             "t_lose_unsynced: pwrite %s: %s", path, strerror(errno));
-    if (u->off + u->len > u->old_size)
-      T_ASSERT(syscall(SYS_ftruncate, fd, u->old_size) == 0, "t_lose_unsynced: ftruncate %s: %s",
-               path, strerror(errno));
+    bool grew = u->off + u->len > u->old_size;
+    if (keep < 0 || grew) {
+      /* A write that grew the file: its size and data go together (a
+       * journaling file system does not show a size before its data). */
+      if (keep == 1)
+        continue;
+      T_ASSERT(syscall(SYS_pwrite64, fd, u->old, u->old_len, u->off) == (long)u->old_len,
+               "t_lose_unsynced: pwrite %s: %s", path, strerror(errno));
+      if (grew)
+        T_ASSERT(syscall(SYS_ftruncate, fd, u->old_size) == 0,
+                 "t_lose_unsynced: ftruncate %s: %s", path, strerror(errno));
+      continue;
+    }
+    /* Torn: each 512-byte sector it covered holds its new bytes or the old
+     * ones, by the parity of its index (the same for every write, so that
+     * a sector's content is that of the newest write that reached it). */
+    for (uint64_t p = u->off; p < u->off + u->old_len;) {
+      uint64_t e = MIN(ROUND_DOWN(p, 512) + 512, u->off + u->old_len);
+      if ((int)(p / 512 % 2) != keep)
+        T_ASSERT(syscall(SYS_pwrite64, fd, u->old + (p - u->off), e - p, p) == (long)(e - p),
+                 "t_tear_unsynced: pwrite %s: %s", path, strerror(errno));
+      p = e;
+    }
   }
   for (size_t i = 0; i < n_unsynced; i++) {
     const struct unsynced *u = &unsynced[i];
@@ -439,6 +459,13 @@ void t_lose_unsynced(const char *path) {
   }
   close(fd);
   forget_unsynced();
+}
+
+void t_lose_unsynced(const char *path) { undo_unsynced(path, -1); }
+
+void t_tear_unsynced(const char *path, int parity) {
+  T_ASSERT(parity == 0 || parity == 1, "t_tear_unsynced: parity %d", parity);
+  undo_unsynced(path, parity);
 }
 
 /* The bytes a write is about to replace, and the file size before it. */

@@ -146,6 +146,12 @@ uint64_t t_dsync_write_count(void);
  * Single-threaded tests only. */
 void t_track_unsynced(bool on);
 void t_lose_unsynced(const char *path);
+/* The same, but a disk that tears writes at sectors: of every unsynced
+ * write, the 512-byte sectors whose index in the file has this parity (0
+ * or 1) keep the new bytes and the others get the old ones back; the two
+ * parities together split every write of two sectors or more both ways.
+ * A write that grew the file is kept whole for parity 1, lost for 0. */
+void t_tear_unsynced(const char *path, int parity);
 /* How the test VFS answers a pwritev2 with RWF_NOWAIT (VHD_WRITE_NOWAIT's
  * data write), whatever the kernel under it does:
  *   T_NOWAIT_KERNEL  as the kernel answers (the default);
