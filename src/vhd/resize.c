@@ -322,8 +322,10 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
 
   if (new_end == old_end) {
     /* Room in the BAT's last sector, unless something else lies there
-     * (parent locator data may start in the BAT's padding). */
-    if (!nobodys(used, nused, bat + old_bytes, bat + new_bytes))
+     * (parent locator data may start in the BAT's padding, and in a file
+     * whose length is not a multiple of 512 the trailing footer may). */
+    if (!nobodys(used, nused, bat + old_bytes, bat + new_bytes) ||
+        vhd->footer_offset < bat + new_bytes)
       return relocate_bat(z, entries, past_all, footer_pos);
     CLEANUP_FREE uint8_t *pad = malloc(new_bytes - old_bytes);
     if (!pad)
