@@ -32,7 +32,8 @@ TESTS += \
 	tests/interop/test-parent-locators.sh \
 	tests/interop/test-parent-symlinks.sh \
 	tests/interop/test-vpc-geometry-tail.sh \
-	tests/interop/test-vhdimg-warnings.sh
+	tests/interop/test-vhdimg-warnings.sh \
+	tests/interop/test-header-journal.sh
 EXTRA_DIST += \
 	tests/interop/crash-readers.py \
 	tests/interop/tapdisk-view.py \
@@ -44,6 +45,7 @@ EXTRA_DIST += \
 	tests/interop/test-parent-symlinks.sh \
 	tests/interop/test-vpc-geometry-tail.sh \
 	tests/interop/test-vhdimg-warnings.sh \
+	tests/interop/test-header-journal.sh \
 	tests/interop/test-vhd-crash-readers.sh \
 	tests/interop/test-vhd-crash-foreign.sh \
 	tests/interop/image-functions.sh \
