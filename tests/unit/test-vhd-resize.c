@@ -159,7 +159,9 @@ static void crash_all(const struct scenario *s) {
   verify(s, start, false, "before resizing");
   unsigned crashes = 0;
   for (long n = 0;; n++) {
-    for (int lose = 0; lose < 2; lose++) {
+    /* lose: 0 keeps what reached the page cache, 1 loses the writes since
+     * the last sync, 2 and 3 tear them at sectors (t_tear_unsynced). */
+    for (int lose = 0; lose < 4; lose++) {
       struct vhd_err err = {{0}};
       t_copy_file(start, work);
       t_track_unsynced(true);
@@ -186,10 +188,14 @@ static void crash_all(const struct scenario *s) {
         return;
       }
       T_ASSERT(r < 0, "%s: vhd_resize returned %d after the fault at %ld", s->name, r, n);
-      if (lose)
+      if (lose == 1)
         t_lose_unsynced(work);
+      else if (lose > 1)
+        t_tear_unsynced(work, lose - 2);
       t_track_unsynced(false);
-      const char *when = t_fmt("after a crash at I/O %ld%s", n, lose ? " (unsynced lost)" : "");
+      static const char *const how[] = {"", " (unsynced lost)", " (unsynced torn, even sectors kept)",
+                                        " (unsynced torn, odd sectors kept)"};
+      const char *when = t_fmt("after a crash at I/O %ld%s", n, how[lose]);
       verify(s, work, false, when);
       crashes++;
       T_OK(do_resize(s, work, &err), &err, "vhd_resize after a crash");
