@@ -16,7 +16,12 @@
  *   5. (FUZZ_VHD_COMPACT=1) vhd_compact, which moves and frees blocks:
  *      whether it succeeds or refuses, the disk (with its parent) must read
  *      as before, and an image that opened before must open after;
- *   6. (FUZZ_VHD_RESIZE=1) vhd_resize to an input-derived size, larger or
+ *   6. (FUZZ_VHD_REBASE=1) vhd_rebase -u onto a copy of the parent at
+ *      another path (the header's parent fields and both locators
+ *      rewritten, new locator data placed among what the input holds):
+ *      whether it succeeds or refuses, an image that opened before must
+ *      open after and read the same;
+ *   7. (FUZZ_VHD_RESIZE=1) vhd_resize to an input-derived size, larger or
  *      smaller: the image must still open, keep what the smaller size held,
  *      read zeros in what growing added, and a refusal change nothing.
  * Any broken rule aborts (FUZZ_ASSERT), which libFuzzer reports as a crash. */
@@ -24,6 +29,8 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -544,6 +551,66 @@ static void compact_phase(const char *path) {
   FUZZ_ASSERT(after == before, "vhd_compact (which returned %d) changed what the disk reads", r);
 }
 
+/* ---- vhd_rebase -u: the child reads the same through the parent's copy ---- */
+
+static char rebase_parent[4200];
+
+static void remove_rebase_parent(void) {
+  unlink(rebase_parent);
+  *strrchr(rebase_parent, '/') = '\0';
+  rmdir(rebase_parent);
+}
+
+/* The parent again, as a file (relink resolves the parent's path, which a
+ * descriptor of an unlinked file has not): made as the one installed at
+ * FUZZ_PARENT_FD is, so that its unique id and content are the same. */
+static bool make_rebase_parent(void) {
+  static int made = -1;
+  if (made >= 0)
+    return made;
+  const char *tmp = getenv("TMPDIR");
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/vhdnbd-fuzz-rebase.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  made = mkdtemp(dir) != NULL;
+  if (made) {
+    snprintf(rebase_parent, sizeof rebase_parent, "%s/parent.vhd", dir);
+    made = fuzz_vhd_make_parent(rebase_parent) == 0;
+    if (made)
+      atexit(remove_rebase_parent);
+    else
+      rmdir(dir);
+  }
+  if (!made)
+    fprintf(stderr, "warning: no parent copy for the rebase phase\n");
+  return made;
+}
+
+static void rebase_phase(const char *path) {
+  if (!make_rebase_parent())
+    return;
+  uint64_t before = 0, vsize = 0;
+  bool opened = disk_digest(path, 0, UINT64_MAX, &before, &vsize);
+  struct vhd_rebase_opts ro = {.new_parent = rebase_parent, .unsafe = true,
+                               .warn = ignore_warning};
+  struct vhd_rebase_result res;
+  struct vhd_err err = {.msg = ""};
+  int r = vhd_rebase(path, &ro, &res, &err);
+  if (r < 0)
+    assert_error(r, &err, "vhd_rebase");
+  if (!opened)
+    return;
+  err.msg[0] = '\0';
+  FUZZ_ASSERT(opens(path, &err),
+              "the image opened before vhd_rebase -u (which returned %d) and not after: %s", r,
+              err.msg);
+  uint64_t after = 0, vsize_after = 0;
+  FUZZ_ASSERT(disk_digest(path, 0, UINT64_MAX, &after, &vsize_after) && vsize_after == vsize,
+              "vhd_rebase -u changed the virtual size from %llu to %llu",
+              (unsigned long long)vsize, (unsigned long long)vsize_after);
+  FUZZ_ASSERT(after == before, "vhd_rebase -u (which returned %d) changed what the disk reads",
+              r);
+}
+
 /* ---- vhd_resize: the disk up to the smaller size stays, the rest is zeros ---- */
 
 static void resize_phase(const char *path, struct fuzz_rng *rng) {
@@ -616,9 +683,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int check_before = run_check(path);
   write_phase(path, &rng, check_before);
   /* Each later phase is on unless its variable is 0; read once. */
-  static int on[3] = {-1, -1, -1};
-  static const char *const vars[3] = {"FUZZ_VHD_REPAIR", "FUZZ_VHD_COMPACT", "FUZZ_VHD_RESIZE"};
-  for (int i = 0; i < 3; i++)
+  static int on[4] = {-1, -1, -1, -1};
+  static const char *const vars[4] = {"FUZZ_VHD_REPAIR", "FUZZ_VHD_COMPACT", "FUZZ_VHD_REBASE",
+                                      "FUZZ_VHD_RESIZE"};
+  for (int i = 0; i < 4; i++)
     if (on[i] < 0) {
       const char *e = getenv(vars[i]);
       on[i] = !(e && strcmp(e, "0") == 0);
@@ -628,6 +696,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (on[1])
     compact_phase(path);
   if (on[2])
+    rebase_phase(path);
+  if (on[3])
     resize_phase(path, &rng);
   return 0;
 }

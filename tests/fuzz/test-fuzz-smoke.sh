@@ -31,7 +31,7 @@ for t in vhd-open:corpus-vhd nbd-codec:corpus-nbd nbd-server:corpus-server; do
   fi
   log="$work/fuzz.log"
   rc=0
-  (cd "$work" && ASAN_OPTIONS=detect_leaks=1 \
+  (cd "$work" && ASAN_OPTIONS=detect_leaks=1 TMPDIR="$work" \
         timeout $((FUZZ_SECONDS + 120)) "$top_builddir/tests/fuzz/fuzz-$target" \
           -max_total_time="$FUZZ_SECONDS" -timeout=60 -rss_limit_mb=2048 \
           -artifact_prefix="$work/artifacts/" -print_final_stats=1 corpus \
