@@ -265,25 +265,27 @@ int vhd_check(const char *path, const struct vhd_check_opts *opts, struct vhd_er
       else
         report(&c, VHD_CHECK_REPAIRED, "%s: reclaimed %llu unused bytes before the footer", path,
                (unsigned long long)tail);
-    } else if (tail >= 512 &&
-               vhd_io_range_is_blank(vhd->fd, covered, tail, vhd->footer_raw) != 1) {
-      /* Nothing a reader sees, but not blank: copies a relink or a header
-       * rewrite cut short left (vhd_stale_copy_len), or orphan blocks. */
-      bool small = vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192;
-      report(&c, small ? 0 : VHD_CHECK_LEAKS,
-             "%s: %llu unused bytes before the trailing footer hold only what no reader sees "
-             "(what a crash left; --repair gives them back)",
-             path, (unsigned long long)tail);
-    } else if (tail >= 512 && vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192) {
-      /* Reserved, never written: the allocation window of a server that has
-       * the image open, or one a crash left.  It costs no disk space. */
-      report(&c, 0,
-             "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; given "
-             "back on close or by --repair)",
-             path, (unsigned long long)tail);
     } else if (tail >= 512) {
-      report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer (zeros)", path,
-             (unsigned long long)tail);
+      bool small = vhd_io_allocated_bytes(vhd->fd, covered, tail) <= 8192;
+      if (small && vhd_io_range_is_blank(vhd->fd, covered, tail, vhd->footer_raw) != 1) {
+        /* Nothing a reader sees, but not blank either: copies a relink or
+         * a header rewrite cut short left (vhd_stale_copy_len), or orphan
+         * blocks.  (A tail holding more than 8 KiB is not read again to tell.) */
+        report(&c, 0,
+               "%s: %llu unused bytes before the trailing footer hold only what no reader sees "
+               "(what a crash left; --repair gives them back)",
+               path, (unsigned long long)tail);
+      } else if (small) {
+        /* Reserved, never written: the allocation window of a server that
+         * has the image open, or one a crash left.  It costs no disk space. */
+        report(&c, 0,
+               "%s: %llu bytes reserved for new blocks before the trailing footer (sparse; given "
+               "back on close or by --repair)",
+               path, (unsigned long long)tail);
+      } else {
+        report(&c, VHD_CHECK_LEAKS, "%s: %llu unused bytes before the trailing footer (zeros)",
+               path, (unsigned long long)tail);
+      }
     }
     /* Every bitmap must be readable, and every block a Xen batmap marks
      * full must be (tapdisk reads it whole, vhdnbd by its bitmap). */

@@ -88,7 +88,8 @@ int vhd_header_rewrite(vhd_t *vhd, void (*patch)(uint8_t *raw, void *arg), void 
   patch(raw, arg);
   be32_store(raw + 36, vhd_checksum(raw, VHD_HEADER_SIZE, 36));
   step = "writing the header";
-  if (at % 512 == 0 && memcmp(old + 512, raw + 512, 512) == 0) {
+  /* (Open refuses a header that does not start on a sector.) */
+  if (memcmp(old + 512, raw + 512, 512) == 0) {
     if ((r = vhd_io_pwrite(vhd, raw, 512, at)) < 0 || (r = vhd_io_sync(vhd)) < 0)
       goto fail;
   } else {
