@@ -203,7 +203,15 @@ static void expect_committed(bool removed, uint32_t mid_ts_before) {
   not_corrupt(top);
 }
 
-static void test_commit_crashes(bool remove) {
+/* What a crash leaves of the writes to each image since its last sync: all
+ * of them, none (as a power cut may), or each torn at its sectors
+ * (t_tear_unsynced, both ways). */
+enum crash_kind { CRASH_KEEP, CRASH_LOSE, CRASH_TEAR_EVEN, CRASH_TEAR_ODD };
+static const char *const crash_said[] = {"", " (unsynced writes lost)",
+                                         " (unsynced writes torn, even sectors kept)",
+                                         " (unsynced writes torn, odd sectors kept)"};
+
+static void test_commit_crashes(bool remove, enum crash_kind crash) {
   char top[PATH_MAX];
   snprintf(top, sizeof top, "%s", t_path("top.vhd"));
   restore_all();
@@ -229,10 +237,18 @@ static void test_commit_crashes(bool remove) {
     struct vhd_commit_opts o = {.remove = remove};
     struct vhd_commit_result res;
     struct vhd_err err = {{0}};
+    t_track_unsynced(crash != CRASH_KEEP);
     vhd_fault_arm(n);
     int r = vhd_commit(top, &o, &res, &err);
     bool tripped = vhd_fault_tripped();
     vhd_fault_arm(-1);
+    /* The parent takes the copy; the child is only replaced (a file
+     * written and synced before the rename). */
+    if (crash == CRASH_LOSE && tripped)
+      t_lose_unsynced(t_path("mid.vhd"));
+    else if (crash >= CRASH_TEAR_EVEN && tripped)
+      t_tear_unsynced(t_path("mid.vhd"), crash == CRASH_TEAR_ODD);
+    t_track_unsynced(false);
     if (!tripped) {
       T_OK(r, &err, "vhd_commit without a fault");
       expect_committed(remove, mi.timestamp);
@@ -259,14 +275,17 @@ static void test_commit_crashes(bool remove) {
     expect_committed(remove, mi.timestamp);
     if (!remove) {
       uint64_t size = leftovers_reclaimed(t_path("mid.vhd"), n);
-      T_ASSERT(size == clean_size,
+      /* A lost or torn crash can leave a block whose data and bitmap were
+       * synced and whose BAT entry was not: sectors marked present, which
+       * compaction cannot prove its own.  A leak, not a loss. */
+      T_ASSERT(crash != CRASH_KEEP || size == clean_size,
                "n=%ld: mid.vhd: %llu bytes after check --repair and compact, a run never cut "
                "leaves %llu",
                n, (unsigned long long)size, (unsigned long long)clean_size);
       expect_content(t_path("mid.vhd"), top_m);
     }
   }
-  printf("commit%s: %ld crash points\n", remove ? " --remove" : "", n);
+  printf("commit%s: %ld crash points%s\n", remove ? " --remove" : "", n, crash_said[crash]);
   T_ASSERT(n > 10, "only %ld I/O points: the fault switch does not see the commit", n);
 }
 
@@ -350,14 +369,6 @@ static bool header_torn(const char *path) {
       sum += h[i];
   return t_be32(h + 36) != ~sum;
 }
-
-/* What a crash leaves of the writes to the child since its last sync (all
- * of a rebase's writes go to the child): all of them, none (as a power cut
- * may), or each torn at its sectors (t_tear_unsynced, both ways). */
-enum crash_kind { CRASH_KEEP, CRASH_LOSE, CRASH_TEAR_EVEN, CRASH_TEAR_ODD };
-static const char *const crash_said[] = {"", " (unsynced writes lost)",
-                                         " (unsynced writes torn, even sectors kept)",
-                                         " (unsynced writes torn, odd sectors kept)"};
 
 /* A crash of kind `crash` at every I/O point of a rebase.  room:
  * the child has room for the new locator data among its blocks, which a
@@ -572,8 +583,11 @@ int main(void) {
     printf("block size %u\n", sizes[i]);
     build_chain(sizes[i]);
     save_all();
-    test_commit_crashes(false);
-    test_commit_crashes(true);
+    test_commit_crashes(false, CRASH_KEEP);
+    test_commit_crashes(true, CRASH_KEEP);
+    if (sizes[i] == 4096)
+      for (enum crash_kind k = CRASH_LOSE; k <= CRASH_TEAR_ODD; k++)
+        test_commit_crashes(false, k);
     test_rebase_crashes(CRASH_KEEP, 0);
     if (sizes[i] == 4096)
       for (enum crash_kind k = CRASH_LOSE; k <= CRASH_TEAR_ODD; k++)

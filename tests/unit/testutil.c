@@ -373,6 +373,8 @@ uint64_t t_sync_count(void) { return sync_count; }
 
 /* What changed the file since the last sync, for t_lose_unsynced. */
 struct unsynced {
+  dev_t dev;           /* the file it changed */
+  ino_t ino;
   enum t_io_kind kind;
   uint64_t off, len;   /* T_IO_TRUNCATE: len is the new size */
   uint8_t *old;        /* T_IO_WRITE: the bytes it replaced (old_len of them);
@@ -390,14 +392,29 @@ static void forget_unsynced(void) {
   n_unsynced = 0;
 }
 
-static struct unsynced *add_unsynced(enum t_io_kind kind, uint64_t off, uint64_t len) {
+/* Forgets what changed the file st names, keeping the others' records. */
+static void forget_unsynced_of(const struct stat *st) {
+  size_t k = 0;
+  for (size_t i = 0; i < n_unsynced; i++) {
+    if (unsynced[i].dev == st->st_dev && unsynced[i].ino == st->st_ino)
+      free(unsynced[i].old);
+    else
+      unsynced[k++] = unsynced[i];
+  }
+  n_unsynced = k;
+}
+
+static struct unsynced *add_unsynced(enum t_io_kind kind, int fd, uint64_t off, uint64_t len) {
+  struct stat st;
+  T_ASSERT(fstat(fd, &st) == 0, "fstat: %s", strerror(errno));
   if (n_unsynced == cap_unsynced) {
     cap_unsynced = cap_unsynced ? 2 * cap_unsynced : 64;
     unsynced = realloc(unsynced, cap_unsynced * sizeof *unsynced);
     T_ASSERT(unsynced != NULL, "out of memory");
   }
   struct unsynced *u = &unsynced[n_unsynced++];
-  *u = (struct unsynced){.kind = kind, .off = off, .len = len};
+  *u = (struct unsynced){
+      .dev = st.st_dev, .ino = st.st_ino, .kind = kind, .off = off, .len = len};
   return u;
 }
 
@@ -411,10 +428,13 @@ void t_track_unsynced(bool on) {
 static void undo_unsynced(const char *path, int keep) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   T_ASSERT(fd >= 0, "t_lose_unsynced: open %s: %s", path, strerror(errno));
+  struct stat st;
+  T_ASSERT(fstat(fd, &st) == 0, "fstat %s: %s", path, strerror(errno));
+#define OTHER_FILE(u) ((u)->dev != st.st_dev || (u)->ino != st.st_ino)
   /* Straight to the kernel: these writes are the test's, not the engine's. */
   for (size_t i = n_unsynced; i-- > 0;) {
     const struct unsynced *u = &unsynced[i];
-    if (u->kind != T_IO_WRITE)
+    if (u->kind != T_IO_WRITE || OTHER_FILE(u))
       continue;
     bool grew = u->off + u->len > u->old_size;
     if (keep < 0 || grew) {
@@ -442,6 +462,8 @@ static void undo_unsynced(const char *path, int keep) {
   }
   for (size_t i = 0; i < n_unsynced; i++) {
     const struct unsynced *u = &unsynced[i];
+    if (OTHER_FILE(u))
+      continue;
     if (u->kind == T_IO_PUNCH)
       T_ASSERT(syscall(SYS_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, u->off,
                        u->len) == 0,
@@ -453,12 +475,13 @@ static void undo_unsynced(const char *path, int keep) {
   /* O_DSYNC writes reached the disk, whatever happened around them. */
   for (size_t i = 0; i < n_unsynced; i++) {
     const struct unsynced *u = &unsynced[i];
-    if (u->kind == T_IO_WRITE_DSYNC)
+    if (u->kind == T_IO_WRITE_DSYNC && !OTHER_FILE(u))
       T_ASSERT(syscall(SYS_pwrite64, fd, u->old, u->len, u->off) == (long)u->len,
                "t_lose_unsynced: pwrite %s: %s", path, strerror(errno));
   }
+#undef OTHER_FILE
   close(fd);
-  forget_unsynced();
+  forget_unsynced_of(&st);
 }
 
 void t_lose_unsynced(const char *path) { undo_unsynced(path, -1); }
@@ -488,7 +511,7 @@ uint64_t t_dsync_write_count(void) { return dsync_count; }
  * tells the I/O hook. */
 static ssize_t note_write(long r, int fd, const void *buf, off_t off, struct unsynced *before) {
   if (r > 0 && tracking) {
-    struct unsynced *u = add_unsynced(T_IO_WRITE, (uint64_t)off, (uint64_t)r);
+    struct unsynced *u = add_unsynced(T_IO_WRITE, fd, (uint64_t)off, (uint64_t)r);
     u->old = before->old;
     u->old_len = MIN(before->old_len, (uint64_t)r);
     u->old_size = before->old_size;
@@ -525,7 +548,7 @@ static ssize_t do_pwrite(int fd, const void *buf, size_t n, off_t off) {
     if (r > 0) {
       dsync_count++;
       if (tracking) {
-        struct unsynced *u = add_unsynced(T_IO_WRITE_DSYNC, (uint64_t)off, (uint64_t)r);
+        struct unsynced *u = add_unsynced(T_IO_WRITE_DSYNC, fd, (uint64_t)off, (uint64_t)r);
         u->old = t_xmalloc((size_t)r);
         memcpy(u->old, buf, (size_t)r);
       }
@@ -589,8 +612,9 @@ static int do_sync(int fd, long nr) {
     real_sync = getenv("VHD_TEST_REAL_SYNC") != NULL;
   sync_count++;
   long r = real_sync ? syscall(nr, fd) : fcntl(fd, F_GETFD) < 0 ? -1 : 0;
-  if (r == 0)
-    forget_unsynced();
+  struct stat st;
+  if (r == 0 && fstat(fd, &st) == 0)
+    forget_unsynced_of(&st); /* a file's sync makes only its own writes durable */
   if (r == 0 && io_hook)
     io_hook(io_hook_opaque, T_IO_SYNC, fd, NULL, 0, 0);
   return (int)r;
@@ -612,7 +636,7 @@ static int do_fallocate(int fd, int mode, off_t off, off_t len) {
   }
   long r = syscall(SYS_fallocate, fd, mode, off, len);
   if (r == 0 && (mode & FALLOC_FL_PUNCH_HOLE) && tracking)
-    add_unsynced(T_IO_PUNCH, (uint64_t)off, (uint64_t)len);
+    add_unsynced(T_IO_PUNCH, fd, (uint64_t)off, (uint64_t)len);
   if (r == 0 && (mode & FALLOC_FL_PUNCH_HOLE) && io_hook)
     io_hook(io_hook_opaque, T_IO_PUNCH, fd, NULL, (uint64_t)len, (uint64_t)off);
   return (int)r;
@@ -626,7 +650,7 @@ int fallocate64(int fd, int mode, off64_t off, off64_t len) {
 static int do_ftruncate(int fd, off_t len) {
   long r = syscall(SYS_ftruncate, fd, len);
   if (r == 0 && tracking)
-    add_unsynced(T_IO_TRUNCATE, 0, (uint64_t)len);
+    add_unsynced(T_IO_TRUNCATE, fd, 0, (uint64_t)len);
   if (r == 0 && io_hook)
     io_hook(io_hook_opaque, T_IO_TRUNCATE, fd, NULL, (uint64_t)len, 0);
   return (int)r;

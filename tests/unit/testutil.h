@@ -136,13 +136,15 @@ uint64_t t_sync_count(void);
 uint64_t t_dsync_write_count(void);
 /* Lost write-back, as Linux may leave it after a failed fdatasync: the
  * failed pages never reach the disk, and the error is reported only once.
- * While tracking is on, the test VFS remembers every pwrite since the last
- * sync (with the bytes it replaced), and every punch and truncate.  Writes
- * through an O_DSYNC descriptor are durable: they stay (put back last).
- * t_lose_unsynced(path) then puts the replaced bytes back, newest first (a
- * write that grew the file is cut off again), replays the punches and
- * truncates (metadata, not written back with the pages) and forgets it all:
- * the file as the disk would hold it had the unsynced pages been lost.
+ * While tracking is on, the test VFS remembers, file by file, every pwrite
+ * since that file's last sync (with the bytes it replaced), and every punch
+ * and truncate.  Writes through an O_DSYNC descriptor are durable: they
+ * stay (put back last).  t_lose_unsynced(path) then puts the replaced bytes
+ * of path's file back, newest first (a write that grew the file is cut off
+ * again), replays its punches and truncates (metadata, not written back
+ * with the pages) and forgets them: the file as the disk would hold it had
+ * its unsynced pages been lost.  Other files' records stay, for their own
+ * call.
  * Single-threaded tests only. */
 void t_track_unsynced(bool on);
 void t_lose_unsynced(const char *path);
