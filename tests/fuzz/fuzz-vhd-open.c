@@ -527,28 +527,36 @@ static bool opens(const char *path, struct vhd_err *err) {
   return true;
 }
 
-static void compact_phase(const char *path) {
+/* Runs op on path.  Whether it succeeds or refuses (with a message), an
+ * image that opened before must open after, at the same virtual size,
+ * holding no more data and reading the same. */
+static void keeps_disk(const char *path, const char *what,
+                       int (*op)(const char *path, void *arg, struct vhd_err *err), void *arg) {
   uint64_t before = 0, vsize = 0;
   bool opened = disk_digest(path, 0, UINT64_MAX, &before, &vsize);
-  struct vhd_compact_opts co = {.warn = ignore_warning};
-  struct vhd_compact_result res;
   struct vhd_err err = {.msg = ""};
-  int r = vhd_compact(path, &co, &res, &err);
+  int r = op(path, arg, &err);
   if (r < 0)
-    assert_error(r, &err, "vhd_compact");
+    assert_error(r, &err, what);
   if (!opened)
     return;
   err.msg[0] = '\0';
-  FUZZ_ASSERT(opens(path, &err),
-              "the image opened before vhd_compact (which returned %d) and not after: %s", r,
-              err.msg);
+  FUZZ_ASSERT(opens(path, &err), "the image opened before %s (which returned %d) and not after: %s",
+              what, r, err.msg);
   uint64_t after = 0, vsize_after = 0;
   bool again = disk_digest(path, 0, UINT64_MAX, &after, &vsize_after);
-  FUZZ_ASSERT(vsize_after == vsize, "vhd_compact changed the virtual size from %llu to %llu",
+  FUZZ_ASSERT(vsize_after == vsize, "%s changed the virtual size from %llu to %llu", what,
               (unsigned long long)vsize, (unsigned long long)vsize_after);
-  /* A compaction may free blocks, never add data: what fitted still does. */
-  FUZZ_ASSERT(again, "after vhd_compact the disk holds more data than before");
-  FUZZ_ASSERT(after == before, "vhd_compact (which returned %d) changed what the disk reads", r);
+  /* Blocks may be freed or moved, never data added: what fitted still does. */
+  FUZZ_ASSERT(again, "after %s the disk holds more data than before", what);
+  FUZZ_ASSERT(after == before, "%s (which returned %d) changed what the disk reads", what, r);
+}
+
+static int compact_op(const char *path, void *arg, struct vhd_err *err) {
+  (void)arg;
+  struct vhd_compact_opts co = {.warn = ignore_warning};
+  struct vhd_compact_result res;
+  return vhd_compact(path, &co, &res, err);
 }
 
 /* ---- vhd_rebase -u: the child reads the same through the parent's copy ---- */
@@ -585,30 +593,12 @@ static bool make_rebase_parent(void) {
   return made;
 }
 
-static void rebase_phase(const char *path) {
-  if (!make_rebase_parent())
-    return;
-  uint64_t before = 0, vsize = 0;
-  bool opened = disk_digest(path, 0, UINT64_MAX, &before, &vsize);
+static int rebase_op(const char *path, void *arg, struct vhd_err *err) {
+  (void)arg;
   struct vhd_rebase_opts ro = {.new_parent = rebase_parent, .unsafe = true,
                                .warn = ignore_warning};
   struct vhd_rebase_result res;
-  struct vhd_err err = {.msg = ""};
-  int r = vhd_rebase(path, &ro, &res, &err);
-  if (r < 0)
-    assert_error(r, &err, "vhd_rebase");
-  if (!opened)
-    return;
-  err.msg[0] = '\0';
-  FUZZ_ASSERT(opens(path, &err),
-              "the image opened before vhd_rebase -u (which returned %d) and not after: %s", r,
-              err.msg);
-  uint64_t after = 0, vsize_after = 0;
-  FUZZ_ASSERT(disk_digest(path, 0, UINT64_MAX, &after, &vsize_after) && vsize_after == vsize,
-              "vhd_rebase -u changed the virtual size from %llu to %llu",
-              (unsigned long long)vsize, (unsigned long long)vsize_after);
-  FUZZ_ASSERT(after == before, "vhd_rebase -u (which returned %d) changed what the disk reads",
-              r);
+  return vhd_rebase(path, &ro, &res, err);
 }
 
 /* ---- vhd_resize: the disk up to the smaller size stays, the rest is zeros ---- */
@@ -694,9 +684,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (on[0])
     repair_phase(path);
   if (on[1])
-    compact_phase(path);
-  if (on[2])
-    rebase_phase(path);
+    keeps_disk(path, "vhd_compact", compact_op, NULL);
+  if (on[2] && make_rebase_parent())
+    keeps_disk(path, "vhd_rebase -u", rebase_op, NULL);
   if (on[3])
     resize_phase(path, &rng);
   return 0;
