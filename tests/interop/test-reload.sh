@@ -189,7 +189,11 @@ at3 = reload((base + "[export new]\nimage = %(t)s/new.vhd\n"
 wait_log("queued", at3)
 with open(log) as f:
     f.seek(at)
-    assert "export 'new' closed" not in f.read(), "the held client did not hold the reload"
+    held_log = f.read()
+# Only the reload's grace period (10 s) may close the held client; a host slow
+# enough to reach it says so in the log, and then nothing was held to check.
+if "did not finish within" not in held_log:
+    assert "export 'new' closed" not in held_log, "the held client did not hold the reload"
 try:
     held.send(b"\x57" * (65536 - 4096))
 except OSError:
