@@ -337,6 +337,11 @@ static int grow_bat(struct resize *z, uint32_t entries, uint64_t *footer_pos) {
     *footer_pos = vhd->footer_offset;
     return write_header(z, bat, entries);
   }
+  /* The new entries start in the last sector's padding too: what lies
+   * there (parent locator data that starts and ends in it) is in their
+   * way as much as anything in the sectors after it. */
+  if (!nobodys(used, nused, bat + old_bytes, old_end))
+    return relocate_bat(z, entries, past_all, footer_pos);
 
   /* Which blocks lie in [old_end, new_end), back to back from old_end? */
   CLEANUP_FREE uint64_t *blocks = malloc(((size_t)vhd->allocated_blocks + 1) * 2 * sizeof *blocks);

@@ -183,10 +183,12 @@ make_raw gc.raw "$size" 0 4K 0x91 4K 4K 0x93
 # Children laid out by hand, 4 KiB blocks, 16 BAT entries at 0x600 (one
 # sector), block 0 of 0x5a.  lz: a W2ru locator whose data is zeros at
 # 0x800 (its 512 bytes are the gap before block 0 at 0xa00: blank, but the
-# locator's); lp: the W2ru data starting at 0x700, in the BAT's padding.
-# Growing the BAT over either left a child that no longer opened.
+# locator's); lp: the W2ru data starting at 0x700, in the BAT's padding;
+# lq: the same data reserving only its own length, so that it ends in the
+# padding too.  Growing the BAT over any of them left a child that no
+# longer opened.
 "$VHDIMG" create -t dynamic --exact --block-size 4K lpar.vhd 64K >/dev/null
-for name in lz lp; do
+for name in lz lp lq; do
   "$VHDIMG" create -b lpar.vhd --block-size 4K $name.vhd >/dev/null
   "$PY3" - $name.vhd $name <<'PY' || fail "$name: building the child"
 import struct, sys
@@ -197,16 +199,17 @@ old = open(path, "rb").read()
 footer, header = bytearray(old[-512:]), bytearray(old[512:1536])
 rel = "./lpar.vhd".encode("utf-16-le")
 loc, block = (0x800, 0xA00) if kind == "lz" else (0x700, 0xA00)
+space = len(rel) if kind == "lq" else 512
 header[16:24] = struct.pack(">Q", 0x600)        # table offset
 header[28:32] = struct.pack(">I", 16)           # max table entries
 header[576:768] = bytes(192)                    # no locators but ours
 length = 24 if kind == "lz" else len(rel)
-header[576:600] = struct.pack(">IIIIQ", 0x57327275, 512, length, 0, loc)
+header[576:600] = struct.pack(">IIIIQ", 0x57327275, space, length, 0, loc)
 header[36:40] = csum(header, 36)
 img = bytearray(block + 512 + 4096)
 img[512:1536] = header
 img[0x600:0x640] = struct.pack(">I", block // 512) + b"\xff" * 60
-if kind == "lp":
+if kind != "lz":
     img[loc:loc + len(rel)] = rel
 img[block] = 0xFF                               # bitmap: 8 sectors present
 img[block + 512:block + 512 + 4096] = b"\x5a" * 4096
@@ -216,8 +219,8 @@ open(path, "wb").write(img + footer)
 PY
   "$VHDIMG" check $name.vhd >/dev/null || fail "$name: the child made by hand does not check clean"
 done
-# lz grows past the BAT's sector; lp to exactly 128 entries, its padding.
-for case in lz:1M lp:512K; do
+# lz and lq grow past the BAT's sector; lp to exactly 128 entries, its padding.
+for case in lz:1M lp:512K lq:1M; do
   name=${case%%:*} size=${case#*:}
   "$VHDIMG" resize --exact $name.vhd $size >/dev/null || fail "$name: resize to $size"
   # Past the parent's 64 KiB the child reads zeros; check warns of that.
@@ -228,6 +231,7 @@ for case in lz:1M lp:512K; do
   "$VHDIMG" compare -F raw $name.vhd $name.exp >/dev/null || fail "$name: resized, it reads wrong"
 done
 [ "$(info_field lp.vhd bat-offset)" != 1536 ] || fail "lp: the BAT grew over locator data in its padding"
+[ "$(info_field lq.vhd bat-offset)" != 1536 ] || fail "lq: the BAT grew over locator data in its padding"
 
 # --- arguments, and an image in use -------------------------------------------
 expect_exit 2 "$VHDIMG" resize d.vhd 2>/dev/null
