@@ -469,6 +469,24 @@ int vhd_commit(const char *child, const struct vhd_commit_opts *o,
       vhd_set_err(err, r, "%s: out of memory", child);
     goto out;
   }
+  /* A parent served at its Virtual PC geometry (see above) ends before
+   * the child does: what the child holds between the two is what the
+   * server reads there now.  Committed, the child would pass those reads
+   * on to the parent, past its served end: zeros. */
+  uint64_t p_served = MIN(vhd_footer_auto_size(&p->footer), p->virtual_size);
+  uint64_t c_served = MIN(vhd_footer_auto_size(&c->footer), c->virtual_size);
+  for (size_t i = 0; i < runs.n && c_served > p_served; i++) {
+    const struct run *u = &runs.v[i];
+    if (u->off + u->len > p_served && u->off < c_served) {
+      r = vhd_set_err(err, -EINVAL,
+                      "%s: the child holds data at offset %llu, past the %llu bytes its parent "
+                      "%s is served at (its Virtual PC disk geometry): committed, it would read "
+                      "as zeros; nothing was changed",
+                      child, (unsigned long long)MAX(u->off, p_served),
+                      (unsigned long long)p_served, ppath);
+      goto out;
+    }
+  }
   if ((r = copy_runs(c, p, &runs, o, err)) < 0 || (r = vhd_flush(p, err)) < 0)
     goto out;
   res->bytes = runs.total;

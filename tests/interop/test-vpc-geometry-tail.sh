@@ -14,7 +14,9 @@
 #    the old one past its geometry copies that data into the child, which
 #    then reads it both at the current size (libvhdi) and at the size the
 #    server serves its new parent at (vhdimg convert, whose reads are the
-#    server's).
+#    server's);
+#  - commit refuses such a child, served past its parent's geometry: the
+#    data it holds there would read as zeros once committed.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/interop/image-functions.sh"
 requires_py pyvhdi
@@ -142,3 +144,17 @@ expect_bytes c3.raw $CHS $TAIL 0x55 "the rebased child at the current size, past
 "$VHDIMG" convert -O raw c3.vhd c3-served.raw
 expect_bytes c3-served.raw $CHS $TAIL 0x55 "the rebased child as served, past the new parent's geometry"
 echo "ok rebase onto a Virtual PC parent keeps what the child read past the parent's geometry"
+
+# --- commit from a child served past its parent's geometry ---------------------
+# c3's own creator keeps it served at its current size; np3 is served at its
+# geometry.  What c3 holds past np3's geometry (the copies above) is what
+# the server reads there: committed, it would read as zeros.
+sum_c=$(md5sum <c3.vhd) sum_p=$(md5sum <np3.vhd)
+expect_exit 1 "$VHDIMG" commit c3.vhd 2>err.out
+grep -q "offset $CHS, past the $CHS bytes .*geometry" err.out ||
+  { cat err.out >&2; fail "commit past the parent's geometry: the refusal names no offset"; }
+[ "$(md5sum <c3.vhd)" = "$sum_c" ] && [ "$(md5sum <np3.vhd)" = "$sum_p" ] ||
+  fail "a refused commit changed the child or its parent"
+"$VHDIMG" convert -O raw c3.vhd c3-again.raw
+cmp -s c3-served.raw c3-again.raw || fail "after the refused commit the child reads otherwise"
+echo "ok commit refuses data a child holds past its Virtual PC parent's geometry"
