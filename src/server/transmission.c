@@ -123,7 +123,8 @@ static bool last_slice(const struct request *req) {
 
 /* A reply whose framing was sent whole with its first slice: a simple
  * reply, or a structured READ the client asked not to fragment (DF), which
- * is one data chunk.  Later slices are bare data; it cannot end in error. */
+ * is one data chunk.  Later slices are bare data: a simple reply cannot
+ * end in error, a DF one only after its chunk is made whole. */
 static bool one_frame(const struct request *req) {
   return !req->structured || (req->r.flags & NBD_CMD_FLAG_DF);
 }
@@ -133,20 +134,26 @@ static struct nbd_reply_to reply_to(const struct request *req) {
                                .extended = req->conn->extended};
 }
 
-/* A sliced DF READ: one data chunk for the whole range, streamed. */
+/* A sliced DF READ: one data chunk for the whole range, streamed.  The
+ * chunk cannot say DONE: a later slice may still fail (then
+ * build_df_failed ends the reply), so a NONE chunk follows the last. */
 static int build_df_slice(struct request *req) {
   struct nbd_reply_to to = reply_to(req);
-  req->reply = malloc(NBD_CHUNK_OFFSET_DATA_PREFIX);
+  req->reply = malloc(MAX(NBD_CHUNK_OFFSET_DATA_PREFIX, NBD_CHUNK_NONE_SIZE));
   req->bufs = malloc(2 * sizeof *req->bufs);
   if (!req->reply || !req->bufs)
     return -ENOMEM;
   int nb = 0;
   if (!req->streaming) {
-    size_t h = nbd_encode_chunk_offset_data(req->reply, &to, NBD_REPLY_FLAG_DONE, req->r.offset,
+    size_t h = nbd_encode_chunk_offset_data(req->reply, &to, 0, req->r.offset,
                                             (uint32_t)req->r.length);
     req->bufs[nb++] = uv_buf_init((char *)req->reply, (unsigned)h);
   }
   req->bufs[nb++] = uv_buf_init((char *)req->data, req->io_len);
+  if (last_slice(req)) {
+    size_t h = nbd_encode_chunk_none(req->reply, &to);
+    req->bufs[nb++] = uv_buf_init((char *)req->reply, (unsigned)h);
+  }
   return nb;
 }
 
@@ -164,6 +171,31 @@ static const char *client_error_text(const struct request *req, char *buf, size_
   snprintf(buf, size, "%s failed on the server: %s", nbd_cmd_name(req->r.type),
            strerror((int)req->error));
   return buf;
+}
+
+/* A DF READ's slice failed after its data chunk began: the chunk is
+ * completed with zeros, as the protocol asks, and an error chunk naming
+ * the failed slice's offset ends the reply. */
+static int build_df_failed(struct request *req) {
+  struct nbd_reply_to to = reply_to(req);
+  char text[128];
+  const char *msg = client_error_text(req, text, sizeof text);
+  uint64_t rest = req->r.offset + req->r.length - req->io_off;
+  size_t piece = req->data_size, npieces = (size_t)((rest + piece - 1) / piece);
+  req->reply = malloc(NBD_CHUNK_ERROR_MAX);
+  req->bufs = malloc((npieces + 1) * sizeof *req->bufs);
+  if (!req->reply || !req->bufs)
+    return -ENOMEM;
+  memset(req->data, 0, piece);
+  int nb = 0;
+  for (uint64_t left = rest; left; left -= MIN(left, (uint64_t)piece))
+    req->bufs[nb++] = uv_buf_init((char *)req->data, (unsigned)MIN(left, (uint64_t)piece));
+  ssize_t n = nbd_encode_chunk_error(req->reply, NBD_CHUNK_ERROR_MAX, &to, NBD_REPLY_FLAG_DONE,
+                                     req->error, msg, true, req->io_off);
+  if (n < 0)
+    return (int)n;
+  req->bufs[nb++] = uv_buf_init((char *)req->reply, (unsigned)n);
+  return nb;
 }
 
 /* Encodes the reply into req->reply / req->bufs; returns the buffer count. */
@@ -430,8 +462,21 @@ static void send_reply(struct request *req) {
   free(req->bufs);
   req->reply = NULL;
   req->bufs = NULL;
+  if (req->error && req->streaming && req->structured && one_frame(req)) {
+    log_reply_error(req);
+    int nb = build_df_failed(req);
+    if (nb < 0) {
+      conn->streaming = NULL;
+      request_free(req);
+      conn_close(conn, "out of memory building a reply");
+      return;
+    }
+    conn_write(conn, req->bufs, (unsigned)nb, on_slice_written, req);
+    return;
+  }
   if (req->error && req->streaming && one_frame(req)) {
-    /* The framing already said success: nothing can tell the client now. */
+    /* A simple reply's header already said success: nothing can tell the
+     * client now. */
     log_msg(LOG_LEVEL_WARNING, "%s: READ at %" PRIu64 "+%" PRIu64 " failed after part of "
             "its reply was sent: %s", conn->peer, req->r.offset, req->r.length,
             error_text(req) ? error_text(req) : "");

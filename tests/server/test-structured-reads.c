@@ -1,6 +1,8 @@
 /* READ with structured replies (chunks checked one by one: inside the request,
  * no overlap, full cover, data and holes matching the image, DF = one chunk)
- * and with simple replies, against an image of known content. */
+ * and with simple replies, against an image of known content; a DF read that
+ * fails after its data chunk began completes the chunk and ends in an error
+ * chunk. */
 #include <config.h>
 
 #include <errno.h>
@@ -8,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -123,6 +126,76 @@ static void check_chunks(struct nbd_handle *h, uint32_t flags) {
   free(buf);
 }
 
+struct df_failure {
+  int data_chunks, error_chunks;
+  uint64_t data_len, error_off;
+};
+
+static int df_failure_cb(void *opaque, const void *subbuf, size_t count, uint64_t offset,
+                         unsigned status, int *error) {
+  struct df_failure *f = opaque;
+  if (status == LIBNBD_READ_DATA) {
+    f->data_chunks++;
+    f->data_len += count;
+    /* The slice read before the failure carries the image's data. */
+    CHECK(offset == 0 && memcmp(subbuf, expected, 1 * MiB) == 0,
+          "DF read failing in its second slice: data chunk at %" PRIu64 " holds wrong data",
+          offset);
+  } else if (status == LIBNBD_READ_ERROR) {
+    f->error_chunks++;
+    f->error_off = offset;
+  } else {
+    FAIL("DF read failing in its second slice: chunk status %u (error %d)", status, *error);
+  }
+  return 0;
+}
+
+/* A DF READ whose second slice fails (its image cut short under the
+ * server): its one data chunk must still be whole, an error chunk must
+ * follow it, and the connection must go on serving. */
+static void check_df_failure(const char *img) {
+  char copy[4096], sock2[4096];
+  XSNPRINTF(copy, sizeof copy, "%s", harness_path("cut.vhd"));
+  XSNPRINTF(sock2, sizeof sock2, "%s", harness_path("sock2"));
+  harness_run_ok((const char *const[]){"cp", img, copy, NULL});
+  harness_start_server_image(sock2, copy, true);
+  struct nbd_handle *h = harness_connect(sock2, "");
+  /* Block 0's data: its BAT entry's sector, past a bitmap of one sector
+   * (2 MiB blocks); the file ends 4 KiB into its second MiB. */
+  FILE *f = fopen(copy, "r+b");
+  uint8_t hdr[1024], ent[4];
+  CHECK(f && fseek(f, 512, SEEK_SET) == 0 && fread(hdr, 1, sizeof hdr, f) == sizeof hdr,
+        "%s: reading its header", copy);
+  uint64_t bat = 0;
+  for (int i = 0; i < 8; i++)
+    bat = bat << 8 | hdr[16 + i];
+  CHECK(fseek(f, (long)bat, SEEK_SET) == 0 && fread(ent, 1, 4, f) == 4, "%s: its BAT", copy);
+  uint64_t data = ((uint64_t)ent[0] << 24 | ent[1] << 16 | ent[2] << 8 | ent[3]) * 512 + 512;
+  CHECK(ftruncate(fileno(f), (off_t)(data + 1 * MiB + 4096)) == 0, "%s: truncate", copy);
+  fclose(f);
+
+  uint8_t *buf = malloc(2 * MiB);
+  if (!buf)
+    FAIL("malloc");
+  struct df_failure c = {0};
+  int r = nbd_pread_structured(h, buf, 2 * MiB, 0,
+                               (nbd_chunk_callback){.callback = df_failure_cb, .user_data = &c},
+                               LIBNBD_CMD_FLAG_DF);
+  CHECK(r == -1 && nbd_get_errno() == EIO, "DF read failing in its second slice: %s",
+        r == -1 ? nbd_get_error() : "succeeded");
+  CHECK(c.data_chunks == 1 && c.data_len == 2 * MiB,
+        "DF read failing in its second slice: %d data chunks, %" PRIu64 " bytes", c.data_chunks,
+        c.data_len);
+  CHECK(c.error_chunks == 1 && c.error_off == 1 * MiB,
+        "DF read failing in its second slice: %d error chunks, the last at %" PRIu64,
+        c.error_chunks, c.error_off);
+  /* The reply was framed whole: the connection goes on. */
+  NBD_OK(nbd_pread(h, buf, 4096, 0, 0));
+  CHECK(memcmp(buf, expected, 4096) == 0, "after the failed DF read: data");
+  free(buf);
+  harness_close(h);
+}
+
 int main(void) {
   harness_init("test-structured-reads", 60);
   XSNPRINTF(sock, sizeof sock, "%s", harness_path("sock"));
@@ -153,6 +226,8 @@ int main(void) {
   CHECK(nbd_can_df(h) == 0, "SEND_DF advertised without structured replies");
   check_pread(h, "simple");
   harness_close(h);
+
+  check_df_failure(img);
 
   free(expected);
   return harness_finish();
