@@ -217,6 +217,18 @@ static void on_overlay_attached(struct connection *conn, struct export *inst, in
   info_go_reply(conn, option, inst, want);
 }
 
+/* The answer to an NBD_OPT_GO, or the NBD_OPT_INFO before it, for a client
+ * refused its overlay of exp (r from overlay_key_check/overlay_attach). */
+static void send_overlay_refusal(struct connection *conn, const char *oname,
+                                 const struct export *exp, int r, const char *why) {
+  if (r == -EACCES)
+    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%s' needs a client %s: %s", oname,
+               exp->name,
+               exp->overlay.key == OVERLAY_KEY_IDENTITY ? "TLS identity" : "IP address", why);
+  else
+    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%s': %s", oname, exp->name, why);
+}
+
 /* Starts attaching conn to its overlay of exp: true when that is under
  * way (the option's answer comes later), false when the client was
  * refused (answered here). */
@@ -232,12 +244,8 @@ static bool start_overlay(struct connection *conn, struct export *exp, unsigned 
           exp->overlay.key == OVERLAY_KEY_IDENTITY ? "identity" : "address", why);
   if (option == NBD_OPT_EXPORT_NAME)
     conn_reject(conn, "no overlay key");
-  else if (r == -EACCES)
-    send_error(conn, NBD_REP_ERR_POLICY, "%s: export '%s' needs a client %s: %s", oname,
-               exp->name,
-               exp->overlay.key == OVERLAY_KEY_IDENTITY ? "TLS identity" : "IP address", why);
   else
-    send_error(conn, NBD_REP_ERR_UNKNOWN, "%s: export '%s': %s", oname, exp->name, why);
+    send_overlay_refusal(conn, oname, exp, r, why);
   return false;
 }
 
@@ -261,6 +269,13 @@ static bool opt_info_go(struct connection *conn) {
     return false;
   if (option == NBD_OPT_GO && exp->overlay.mode != OVERLAY_OFF)
     return start_overlay(conn, exp, ir.want);
+  /* INFO answers as the same GO would: a client GO refuses for want of a
+   * key is refused here too. */
+  int r;
+  if (option == NBD_OPT_INFO && (r = overlay_key_check(conn, exp, &why)) < 0) {
+    send_overlay_refusal(conn, oname, exp, r, why ? why : "out of memory");
+    return false;
+  }
   if (option == NBD_OPT_GO)
     exp->refs++;
   info_go_reply(conn, option, exp, ir.want);

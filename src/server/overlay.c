@@ -548,6 +548,14 @@ static int connection_key(const struct connection *conn, const struct export *ex
   return 0;
 }
 
+int overlay_key_check(const struct connection *conn, const struct export *exp, const char **why) {
+  if (exp->overlay.mode != OVERLAY_PERSISTENT)
+    return 0;
+  CLEANUP_FREE char *key = NULL;
+  CLEANUP_FREE char *legacy = NULL;
+  return connection_key(conn, exp, &key, &legacy, why);
+}
+
 int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
                    void *opaque, const char **why) {
   CLEANUP_FREE char *key = NULL;

@@ -311,6 +311,10 @@ typedef void (*overlay_attach_cb)(struct connection *conn, struct export *inst, 
  * conn closed meanwhile. */
 int overlay_attach(struct connection *conn, struct export *exp, overlay_attach_cb cb,
                    void *opaque, const char **why);
+/* The check overlay_attach makes first, alone: -EACCES (with why) when exp
+ * keeps a persistent child per client and conn has no key, so NBD_OPT_INFO
+ * answers as NBD_OPT_GO would; else 0 (-ENOMEM). */
+int overlay_key_check(const struct connection *conn, const struct export *exp, const char **why);
 /* Drops an instance's reference; the last one closes the child on a worker
  * thread (a discarded child is gone with it). */
 void overlay_release(struct export *inst);

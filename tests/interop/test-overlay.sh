@@ -7,7 +7,7 @@
 #   connections of one identity share one child (a flush through one shows
 #   through the other), and a
 #   client without a TLS identity is refused with NBD_REP_ERR_POLICY and a
-#   log line;
+#   log line (NBD_OPT_INFO is refused as NBD_OPT_GO is);
 #   discard: every connection starts from the image, and no file is left;
 #   files named as a server with the same PID once named its children
 #   neither stop a client nor are removed;
@@ -265,6 +265,17 @@ PY
 "$PY3" "$TMPD/export-name.py" "$port" scratch data || fail "NBD_OPT_EXPORT_NAME on a discard overlay"
 "$PY3" "$TMPD/export-name.py" "$port" persist closed ||
   fail "NBD_OPT_EXPORT_NAME without an identity was not closed"
+# NBD_OPT_INFO answers as the same NBD_OPT_GO would: refused by policy,
+# both of them, for a client without an identity.
+"$PY3" - "$port" <<'PY' || fail "NBD_OPT_INFO and NBD_OPT_GO disagree on a client without an identity"
+import sys, nbdraw
+c = nbdraw.Raw.tcp("127.0.0.1", sys.argv[1])
+c.newstyle()
+for opt in (nbdraw.OPT_INFO, nbdraw.OPT_GO):
+    typ, msg = c.option(opt, nbdraw.name_data("persist"))
+    assert typ == nbdraw.REP_ERR_POLICY, "option %d: reply %#x %r" % (opt, typ, msg)
+    assert b"needs a client TLS identity" in msg, msg
+PY
 
 # --- persistent, by address --------------------------------------------------
 client - byaddr write $((2 << 20)) 0x5a || fail "write through the address overlay"
