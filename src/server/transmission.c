@@ -686,9 +686,16 @@ static void dispatch(struct request *req) {
    * (serve_now).  The budget bounds the copying done per loop iteration. */
   /* A large READ goes to a worker that splices it (ops.c), when the
    * connection has a plain socket: no copy beats a copy without a thread
-   * hop.  Not a sliced one: its slices stream through the loop. */
-  req->may_splice = req->r.type == NBD_CMD_READ && server.splice_reads &&
-                    req->conn->direct_fd >= 0 && !req->sliced && len >= SERVER_SPLICE_MIN;
+   * hop.  Not a sliced one: its slices stream through the loop.  Over TCP
+   * only while it is its client's one request: spliced page-cache pages
+   * reach a loopback TCP socket in many small packets, and with several
+   * 1 MiB READs in flight copying was faster and cost less CPU (see
+   * bench/RESULTS.md, "1 MiB reads over TCP"); alone, splicing still wins. */
+  req->may_splice =
+      req->r.type == NBD_CMD_READ && server.splice_reads && req->conn->direct_fd >= 0 &&
+      !req->sliced && len >= SERVER_SPLICE_MIN &&
+      (!req->conn->is_tcp ||
+       atomic_load_explicit(&req->conn->unanswered, memory_order_relaxed) <= 1);
   if (req->r.type == NBD_CMD_READ && len <= SERVER_INLINE_READ_MAX && !req->may_splice &&
       req->conn->loop->inline_bytes < SERVER_INLINE_BUDGET && serve_now(req, len, ops_read_now))
     return;

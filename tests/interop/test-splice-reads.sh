@@ -8,6 +8,8 @@
 #    vhdnbd_reads_spliced_total counts the READs; with --no-splice the same
 #    bytes and none spliced.  A dynamic image QEMU wrote (block data mostly
 #    inside a page) is mostly copied when writable, spliced when read-only.
+#  - Over TCP a READ alone is spliced, eight pipelined at once are copied
+#    but for the first one or two.
 #  - A raw client pipelines 512 KiB READs with 4 KiB READs and FLUSHes and
 #    waits before reading (so the socket fills and the rest of a spliced
 #    reply goes through a copy), in simple and structured replies: every
@@ -85,6 +87,40 @@ serve "$TMPD/child.vhd" "$TMPD/child.raw" part
 # starts on a page, and only those are spliced while the image is writable.
 serve "$TMPD/qemu-dyn.vhd" "$raw" part
 serve "$TMPD/qemu-dyn.vhd" "$raw" all --read-only
+
+# Over TCP a READ is spliced only while it is its client's one request
+# (several spliced 1 MiB replies in flight were slower there than copies):
+# one READ alone, waited for, is spliced; eight sent at once are copied but
+# for the first one or two, which the server may take while still alone.
+prom=$TMPD/tcp.prom
+start_vhdnbd_tcp "$TMPD/sock" --metrics-file "$prom" --metrics-interval 1 "$TMPD/fixed.vhd" \
+  2>>"$TMPD/server.log"
+"$PY3" - "$VHDNBD_PORT" "$raw" <<'PY' || fail "TCP: READs alone and pipelined read wrong bytes"
+import struct, sys, nbdraw
+M = 1 << 20
+c = nbdraw.Raw.tcp("127.0.0.1", sys.argv[1])
+c.newstyle()
+c.go("")
+want = open(sys.argv[2], "rb").read()
+def replies(waiting):
+    """Replies in any order: cookie -> offset read."""
+    while waiting:
+        magic, err, ck = struct.unpack(">IIQ", c.recv(16))
+        assert magic == nbdraw.SIMPLE_REPLY_MAGIC and err == 0 and ck in waiting, \
+            (hex(magic), err, ck)
+        off = waiting.pop(ck)
+        assert c.recv(M) == want[off:off + M], "READ at %d: other bytes" % off
+c.send(nbdraw.request(0, 0, M, cookie=1))
+replies({1: 0})
+c.send(b"".join(nbdraw.request(0, i * M, M, cookie=10 + i) for i in range(8)))
+replies({10 + i: i * M for i in range(8)})
+PY
+# The metrics file is written every second.
+sleep 2.5
+n=$(spliced "$prom")
+stop_vhdnbd
+echo "TCP: $n of 9 READs spliced"
+[ "$n" -ge 1 ] && [ "$n" -le 3 ] || fail "TCP: $n of 9 READs spliced, expected the lone one and at most two of eight pipelined"
 
 cat >"$TMPD/slow.py" <<'PY'
 # slow.py unix SOCK | tcp PORT, RAWFILE, simple|structured: rounds of

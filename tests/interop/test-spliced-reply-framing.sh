@@ -6,8 +6,9 @@
 #    out before it or after it, never between two of its slices.  A raw
 #    client pipelines ten 195 KiB READs, an 8 MiB READ and ten more, with
 #    the page cache of the image dropped so that the slices come from the
-#    workers, in simple replies and in structured replies with DF; every
-#    reply is parsed and its bytes checked, five times each.
+#    workers, in simple replies and in structured replies with DF (whose
+#    sliced data chunk goes without DONE, a NONE chunk ending the reply);
+#    every reply is parsed and its bytes checked, five times each.
 #  - A client that pipelines 1 MiB READs without reading any reply, until
 #    the server stops reading, then closes: the spliced reply being written
 #    fails, and the connection closes once (it used to close again from
@@ -83,13 +84,24 @@ for structured in (False, True) * 5:
         out += request(READ, off, n, cookie=cookie, flags=DF if structured else 0)
         cookie += 1
     c.send(out)
-    while want:
+    # Replies whose one data chunk came without DONE (sliced: a later slice
+    # could still fail): a NONE chunk with DONE ends each.
+    open_ended = set()
+    while want or open_ended:
         if structured:
             magic, flags, typ, ck, ln = struct.unpack(">IHHQI", c.recv(20))
             assert magic == CHUNK, "chunk magic %#x where a chunk starts" % magic
+            if typ == 0:
+                assert ck in open_ended and flags & 1 and ln == 0, \
+                    "cookie %#x: NONE chunk (flags %d, %d bytes) ending no open reply" % (ck, flags, ln)
+                open_ended.discard(ck)
+                continue
             assert ck in want, "chunk for cookie %#x, not an outstanding READ" % ck
             off, n = want.pop(ck)
             assert typ == 1 and ln == n + 8, "cookie %d: chunk type %d, %d bytes" % (ck, typ, ln)
+            assert bool(flags & 1) == (n <= M), "cookie %d: %d-byte READ, flags %d" % (ck, n, flags)
+            if not flags & 1:
+                open_ended.add(ck)
             body = c.recv(ln)
             assert struct.unpack(">Q", body[:8])[0] == off, "cookie %d: offset" % ck
             data = body[8:]
